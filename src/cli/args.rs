@@ -1,0 +1,86 @@
+//! The raw command line, as clap parses it. Nothing here is validated beyond its syntax; the
+//! `settings` module turns it into what the library takes.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "xfer",
+    version,
+    about = "Move large files and secrets to and from remote machines over SSH, resumably",
+    long_about = None,
+    after_help = "Exit codes: 0 done; 1 partly done (re-run the same command to resume); 2 usage or config; \
+                  3 connection; 4 authentication or host key; 5 local I/O; 6 remote error; 7 a check failed."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check that hosts are reachable and usable: config, auth, host key, latency, clock, disk.
+    Doctor(DoctorArgs),
+    /// Remove a host's keys from known_hosts (after a machine was re-created), keeping a backup.
+    ForgetHost(ForgetHostArgs),
+}
+
+/// Options every command that reaches a host takes, with ssh's meaning.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ConnectionArgs {
+    /// Read this ssh_config instead of ~/.ssh/config and /etc/ssh/ssh_config (as ssh -F).
+    #[arg(short = 'F', value_name = "CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Identity (private key) file, tried before those of the config (as ssh -i). Repeatable.
+    #[arg(short = 'i', value_name = "IDENTITY")]
+    pub identity: Vec<String>,
+    /// Port to connect to (as ssh -p).
+    #[arg(short = 'p', value_name = "PORT")]
+    pub port: Option<u16>,
+    /// Jump hosts, comma separated (as ssh -J).
+    #[arg(short = 'J', value_name = "[USER@]HOST[:PORT][,...]")]
+    pub jump: Option<String>,
+    /// An ssh_config option, as ssh -o (e.g. -o StrictHostKeyChecking=accept-new). Repeatable.
+    #[arg(short = 'o', value_name = "KEY=VALUE")]
+    pub option: Vec<String>,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct OutputArgs {
+    /// More detail on stderr; repeat for more (-vvv traces the SSH protocol).
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Print only errors.
+    #[arg(short = 'q', long = "quiet", conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Hosts to check: ssh_config aliases, HOST or USER@HOST.
+    #[arg(value_name = "HOST", required = true)]
+    pub hosts: Vec<String>,
+    /// Measure free disk space at this remote path (default: the login directory).
+    #[arg(long, value_name = "REMOTE_PATH")]
+    pub path: Option<String>,
+    /// Print the reports as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ForgetHostArgs {
+    /// The host whose keys to forget: an ssh_config alias, HOST or USER@HOST.
+    #[arg(value_name = "HOST")]
+    pub host: String,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+

@@ -1,0 +1,151 @@
+//! `xfer doctor HOST...`: runs the checks and prints a table (or JSON), then what is wrong
+//! with each failing host and what to do about it.
+
+use crate::cli::args::DoctorArgs;
+use crate::cli::settings::ConnectionSettings;
+use std::sync::Arc;
+use xfer::doctor::{DoctorOptions, HostReport, check_hosts};
+use xfer::error::{Error, ErrorKind, Result};
+use xfer::target::{parse_host, printable};
+
+pub async fn run(args: &DoctorArgs) -> Result<()> {
+    let settings = ConnectionSettings::from_args(&args.connection)?;
+    let connector = Arc::new(settings.connector()?);
+    let hosts = args
+        .hosts
+        .iter()
+        .map(|host| parse_host(host))
+        .collect::<Result<Vec<_>>>()?;
+    let options = DoctorOptions {
+        path: args.path.clone(),
+    };
+    let reports = check_hosts(connector, hosts, options).await;
+    if args.json {
+        let text = serde_json::to_string_pretty(&reports).map_err(|error| {
+            Error::new(ErrorKind::LocalIo, format!("cannot encode JSON: {error}"))
+        })?;
+        println!("{text}");
+    } else {
+        print!("{}", render_table(&reports));
+        print!("{}", render_problems(&reports));
+    }
+    let failed = reports.iter().filter(|report| !report.passed).count();
+    if failed > 0 {
+        return Err(Error::new(
+            ErrorKind::CheckFailed,
+            format!("{failed} of {} host(s) failed the checks", reports.len()),
+        ));
+    }
+    Ok(())
+}
+
+fn or_dash<T: ToString>(value: &Option<T>) -> String {
+    value
+        .as_ref()
+        .map(|v| printable(&v.to_string()))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+pub fn render_table(reports: &[HostReport]) -> String {
+    let header = [
+        "HOST", "ADDRESS", "USER", "VIA", "AUTH", "HOST KEY", "RTT", "REMOTE", "SYSTEM", "SKEW",
+        "EXEC", "SFTP", "FREE", "STATUS",
+    ];
+    let rows: Vec<Vec<String>> = reports
+        .iter()
+        .map(|report| {
+            let address = match (&report.hostname, report.port) {
+                (Some(host), Some(port)) if host.contains(':') => format!("[{host}]:{port}"),
+                (Some(host), Some(port)) => format!("{host}:{port}"),
+                _ => "-".into(),
+            };
+            let via = match (&report.proxy_jump, &report.proxy_command) {
+                (Some(jump), _) => format!("jump {jump}"),
+                (None, Some(_)) => "command".into(),
+                (None, None) => "direct".into(),
+            };
+            vec![
+                printable(&report.host),
+                printable(&address),
+                or_dash(&report.user),
+                printable(&via),
+                or_dash(&report.auth_summary),
+                or_dash(&report.host_key_summary),
+                report
+                    .latency_ms
+                    .map(|ms| format!("{ms:.1} ms"))
+                    .unwrap_or_else(|| "-".into()),
+                or_dash(&report.remote_hostname),
+                or_dash(&report.uname),
+                report
+                    .clock_skew_seconds
+                    .map(|s| format!("{s:+} s"))
+                    .unwrap_or_else(|| "-".into()),
+                report.exec.to_string(),
+                report.sftp.to_string(),
+                report
+                    .free_bytes
+                    .map(human_bytes)
+                    .unwrap_or_else(|| "-".into()),
+                if report.passed {
+                    "ok".into()
+                } else {
+                    "FAILED".into()
+                },
+            ]
+        })
+        .collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut push_row = |cells: Vec<String>| {
+        let line: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    };
+    push_row(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        push_row(row);
+    }
+    out
+}
+
+pub fn render_problems(reports: &[HostReport]) -> String {
+    let mut out = String::new();
+    for report in reports.iter().filter(|report| !report.passed) {
+        out.push_str(&format!("\n{}:\n", printable(&report.host)));
+        for problem in &report.problems {
+            for (index, line) in problem.lines().enumerate() {
+                let lead = if index == 0 { "  - " } else { "    " };
+                out.push_str(&format!("{lead}{}\n", printable(line)));
+            }
+        }
+        for hint in &report.hints {
+            out.push_str(&format!("    hint: {}\n", printable(hint)));
+        }
+    }
+    out
+}

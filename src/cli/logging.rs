@@ -1,0 +1,22 @@
+//! Logging to stderr through `tracing`, at the level `-v`/`-q` ask for (or `XFER_LOG`).
+
+use crate::cli::settings::Verbosity;
+use tracing_subscriber::EnvFilter;
+
+pub fn init(verbosity: Verbosity) {
+    let default = match verbosity {
+        Verbosity::Quiet => "error",
+        Verbosity::Normal => "warn",
+        Verbosity::Verbose(1) => "xfer=info,warn",
+        Verbosity::Verbose(2) => "xfer=debug,info",
+        Verbosity::Verbose(_) => "trace",
+    };
+    let filter = xfer::env::var(xfer::env::XFER_LOG).unwrap_or_else(|| default.to_string());
+    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(matches!(verbosity, Verbosity::Verbose(level) if level >= 2))
+        .without_time()
+        .try_init();
+}

@@ -1,0 +1,9 @@
+//! The command line: raw arguments (`args`), validated settings (`settings`), one module per
+//! subcommand that runs it and prints for a person or a script, and logging setup. Only this
+//! layer knows about the terminal.
+
+pub mod args;
+pub mod doctor;
+pub mod forget_host;
+pub mod logging;
+pub mod settings;

@@ -1,0 +1,364 @@
+//! `xfer doctor`: checks that hosts are reachable and usable, several at once.
+//!
+//! For each host it resolves the config, connects (host key, authentication), measures the
+//! round trip, asks the remote for its name, system, clock and free disk through one fixed
+//! script, and probes which channels the login allows: exec, the SFTP subsystem, a shell. A
+//! login that gives a shell but refuses SFTP and exec is a proxied shell-only endpoint, which
+//! cannot carry files the way xfer (or scp, sftp, rsync) does; the report says so.
+
+use crate::error::Result;
+use crate::ssh::connect::{Connection, Connector, label_of};
+use crate::ssh::exec::{self, ExecLimits};
+use crate::target::{HostSpec, printable};
+use russh::ChannelMsg;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Clock skew beyond this is reported as a problem: it breaks mtime comparisons and tokens.
+const SKEW_LIMIT_SECONDS: i64 = 60;
+/// Longest value kept from the remote's answers.
+const MAX_FIELD_LENGTH: usize = 256;
+
+/// The fixed script that reports facts about the remote; the path to measure comes on stdin.
+const FACTS_SCRIPT: &str = r#"IFS= read -r target || target=
+[ -n "$target" ] || target="$HOME"
+echo "hostname=$(hostname 2>/dev/null || uname -n)"
+echo "uname=$(uname -sm)"
+echo "time=$(date +%s)"
+echo "free=$(df -Pk -- "$target" 2>/dev/null | awk "NR==2{print \$(NF-2)}")"
+echo "path=$target""#;
+
+#[derive(Debug, Clone, Default)]
+pub struct DoctorOptions {
+    /// Where to measure free disk space; the login directory when None.
+    pub path: Option<String>,
+}
+
+/// Whether a kind of channel is allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Capability {
+    Allowed,
+    Refused,
+    NotChecked,
+}
+
+impl std::fmt::Display for Capability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Capability::Allowed => "yes",
+            Capability::Refused => "no",
+            Capability::NotChecked => "-",
+        })
+    }
+}
+
+/// Everything doctor found out about one host.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostReport {
+    pub host: String,
+    pub hostname: Option<String>,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    pub proxy_jump: Option<String>,
+    pub proxy_command: Option<String>,
+    pub auth_method: Option<String>,
+    pub auth_summary: Option<String>,
+    pub host_key: Option<String>,
+    pub host_key_summary: Option<String>,
+    pub host_key_fingerprint: Option<String>,
+    pub latency_ms: Option<f64>,
+    pub remote_hostname: Option<String>,
+    pub uname: Option<String>,
+    pub clock_skew_seconds: Option<i64>,
+    pub exec: Capability,
+    pub sftp: Capability,
+    pub shell: Capability,
+    pub free_bytes: Option<u64>,
+    pub free_path: Option<String>,
+    /// What is wrong, one sentence each; empty when the host passed.
+    pub problems: Vec<String>,
+    /// What to do about the problems.
+    pub hints: Vec<String>,
+    pub passed: bool,
+}
+
+impl HostReport {
+    fn new(host: &str) -> Self {
+        HostReport {
+            host: host.to_string(),
+            hostname: None,
+            port: None,
+            user: None,
+            proxy_jump: None,
+            proxy_command: None,
+            auth_method: None,
+            auth_summary: None,
+            host_key: None,
+            host_key_summary: None,
+            host_key_fingerprint: None,
+            latency_ms: None,
+            remote_hostname: None,
+            uname: None,
+            clock_skew_seconds: None,
+            exec: Capability::NotChecked,
+            sftp: Capability::NotChecked,
+            shell: Capability::NotChecked,
+            free_bytes: None,
+            free_path: None,
+            problems: Vec::new(),
+            hints: Vec::new(),
+            passed: false,
+        }
+    }
+
+    fn fail(&mut self, error: &crate::Error) {
+        self.problems.push(error.to_string());
+        if let Some(hint) = error.hint() {
+            self.hints.push(hint.to_string());
+        }
+    }
+}
+
+/// Checks every host concurrently; the reports come back in the order given.
+pub async fn check_hosts(
+    connector: Arc<Connector>,
+    hosts: Vec<HostSpec>,
+    options: DoctorOptions,
+) -> Vec<HostReport> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, spec) in hosts.into_iter().enumerate() {
+        let connector = connector.clone();
+        let options = options.clone();
+        tasks.spawn(async move { (index, check_host(&connector, &spec, &options).await) });
+    }
+    let mut reports: Vec<(usize, HostReport)> = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(report) => reports.push(report),
+            Err(error) => tracing::error!(%error, "a doctor check crashed"),
+        }
+    }
+    reports.sort_by_key(|(index, _)| *index);
+    reports.into_iter().map(|(_, report)| report).collect()
+}
+
+pub async fn check_host(
+    connector: &Connector,
+    spec: &HostSpec,
+    options: &DoctorOptions,
+) -> HostReport {
+    let mut report = HostReport::new(&spec.to_string());
+    let config = match connector.resolve(spec) {
+        Ok(config) => config,
+        Err(error) => {
+            report.fail(&error);
+            return report;
+        }
+    };
+    report.hostname = Some(config.hostname.clone());
+    report.port = Some(config.port);
+    report.user = Some(config.user.clone());
+    if !config.proxy_jump.is_empty() {
+        let hops: Vec<String> = config
+            .proxy_jump
+            .iter()
+            .map(|hop| {
+                let mut text = String::new();
+                if let Some(user) = &hop.user {
+                    text.push_str(user);
+                    text.push('@');
+                }
+                text.push_str(&hop.host);
+                if let Some(port) = hop.port {
+                    text.push_str(&format!(":{port}"));
+                }
+                text
+            })
+            .collect();
+        report.proxy_jump = Some(hops.join(","));
+    } else {
+        report.proxy_command = config.expand_proxy_command();
+    }
+    let label = label_of(&config);
+    let connection = match connector.connect_resolved(Arc::new(config)).await {
+        Ok(connection) => connection,
+        Err(error) => {
+            report.fail(&error);
+            return report;
+        }
+    };
+    report.auth_method = Some(connection.auth_method().to_string());
+    report.auth_summary = Some(connection.auth_summary().to_string());
+    report.host_key = Some(connection.host_key().to_string());
+    report.host_key_summary = Some(connection.host_key().summary().to_string());
+    report.host_key_fingerprint = Some(connection.host_key_fingerprint().to_string());
+
+    match probe(&connection, &mut report, options).await {
+        Ok(()) => {}
+        Err(error) => report.fail(&error),
+    }
+    if report.exec == Capability::Refused && report.sftp == Capability::Refused {
+        if report.shell == Capability::Allowed {
+            report.problems.push(format!(
+                "{label} is a proxied shell-only endpoint: it gives an interactive shell but refuses exec and SFTP, so no file transfer tool (xfer, scp, sftp, rsync) can use it"
+            ));
+            report.hints.push(
+                "use the provider's direct SSH endpoint (a public IP and port) instead of its proxy, or enable sshd's SFTP subsystem on the box".into(),
+            );
+        } else {
+            report.problems.push(format!(
+                "{label} refuses exec, SFTP and shell: nothing can be run there"
+            ));
+        }
+    } else if report.sftp == Capability::Refused {
+        report
+            .problems
+            .push(format!("{label} refuses the SFTP subsystem"));
+        report
+            .hints
+            .push("enable 'Subsystem sftp internal-sftp' in the remote sshd_config".into());
+    } else if report.exec == Capability::Refused {
+        report
+            .problems
+            .push(format!("{label} refuses exec channels"));
+    }
+    if let Some(skew) = report.clock_skew_seconds
+        && skew.abs() > SKEW_LIMIT_SECONDS
+    {
+        report.problems.push(format!(
+            "{label}: clock differs from this machine's by {skew} s"
+        ));
+        report.hints.push(
+            "run NTP (e.g. systemd-timesyncd or chrony) on the machine whose clock is off".into(),
+        );
+    }
+    report.passed = report.problems.is_empty();
+    connection.close().await;
+    report
+}
+
+async fn probe(
+    connection: &Connection,
+    report: &mut HostReport,
+    options: &DoctorOptions,
+) -> Result<()> {
+    // Round trip: opening a channel is one request and one reply, with no process started.
+    let started = Instant::now();
+    let channel = connection.open_session().await?;
+    report.latency_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+    report.sftp = request_accepted(channel, Request::Subsystem).await;
+
+    let mut stdin = options.path.clone().unwrap_or_default().into_bytes();
+    stdin.push(b'\n');
+    let before = unix_now();
+    let facts = exec::run(
+        connection,
+        FACTS_SCRIPT,
+        &stdin,
+        ExecLimits {
+            max_output: 64 * 1024,
+            timeout: Duration::from_secs(30),
+        },
+    )
+    .await;
+    let after = unix_now();
+    match facts {
+        Ok(output) if output.success() => {
+            report.exec = Capability::Allowed;
+            for line in output.stdout_text().lines() {
+                let Some((key, value)) = line.split_once('=') else {
+                    continue;
+                };
+                let value: String = printable(value.trim())
+                    .chars()
+                    .take(MAX_FIELD_LENGTH)
+                    .collect();
+                match key {
+                    "hostname" => report.remote_hostname = Some(value),
+                    "uname" => report.uname = Some(value),
+                    "time" => {
+                        if let Ok(remote) = value.parse::<f64>() {
+                            let local = (before + after) / 2.0;
+                            report.clock_skew_seconds = Some((remote - local).round() as i64);
+                        }
+                    }
+                    "free" => {
+                        report.free_bytes = value
+                            .parse::<u64>()
+                            .ok()
+                            .map(|kib| kib.saturating_mul(1024))
+                    }
+                    "path" => report.free_path = Some(value),
+                    _ => {}
+                }
+            }
+            if report.free_bytes.is_none() {
+                report.problems.push(format!(
+                    "{}: cannot measure free space at {}",
+                    connection.label(),
+                    report.free_path.as_deref().unwrap_or("the login directory")
+                ));
+            }
+        }
+        Ok(output) => {
+            report.exec = Capability::Allowed;
+            report.problems.push(format!(
+                "{}: the check script failed (status {:?}): {}",
+                connection.label(),
+                output.status,
+                output.stderr_text()
+            ));
+        }
+        Err(error) if error.kind() == crate::ErrorKind::Remote => {
+            report.exec = Capability::Refused;
+            let channel = connection.open_session().await?;
+            report.shell = request_accepted(channel, Request::Shell).await;
+        }
+        Err(error) => return Err(error),
+    }
+    Ok(())
+}
+
+enum Request {
+    Subsystem,
+    Shell,
+}
+
+/// Sends one channel request with want-reply and reads the verdict, bounded in time.
+async fn request_accepted(
+    mut channel: russh::Channel<russh::client::Msg>,
+    request: Request,
+) -> Capability {
+    let sent = match request {
+        Request::Subsystem => channel.request_subsystem(true, "sftp").await,
+        Request::Shell => channel.request_shell(true).await,
+    };
+    if sent.is_err() {
+        return Capability::Refused;
+    }
+    let verdict = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(message) = channel.wait().await {
+            match message {
+                ChannelMsg::Success => return Capability::Allowed,
+                ChannelMsg::Failure | ChannelMsg::Close | ChannelMsg::Eof => {
+                    return Capability::Refused;
+                }
+                _ => {}
+            }
+        }
+        Capability::Refused
+    })
+    .await
+    .unwrap_or(Capability::Refused);
+    let _ = channel.close().await;
+    verdict
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs_f64())
+        .unwrap_or(0.0)
+}

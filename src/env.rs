@@ -1,0 +1,30 @@
+//! Every environment variable xfer reads, declared in one place.
+//!
+//! Reading the environment anywhere else is a bug: this list is what the README documents.
+
+/// The ssh-agent socket, as for ssh.
+pub const SSH_AUTH_SOCK: &str = "SSH_AUTH_SOCK";
+/// Where xfer keeps its state (journals, completion records); default `~/.local/state/xfer`.
+pub const XFER_STATE_DIR: &str = "XFER_STATE_DIR";
+/// Base of the state directory when XFER_STATE_DIR is unset (XDG Base Directory spec).
+pub const XDG_STATE_HOME: &str = "XDG_STATE_HOME";
+/// The home directory, for the default state directory.
+pub const HOME: &str = "HOME";
+/// Log filter for `-v` output, in `tracing` syntax (e.g. `xfer=trace`); overrides `-v`.
+pub const XFER_LOG: &str = "XFER_LOG";
+/// The `ssh` binary used by tests and `xfer doctor --compare`; never needed to transfer.
+pub const XFER_SSH_BINARY: &str = "XFER_SSH_BINARY";
+/// Disables colour, as everywhere.
+pub const NO_COLOR: &str = "NO_COLOR";
+
+/// Reads a variable, treating an empty value as unset.
+pub fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|value| !value.is_empty())
+}
+
+/// Reads a variable as an OS path, treating an empty value as unset.
+pub fn var_path(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os(name)
+        .filter(|value| !value.is_empty())
+        .map(std::path::PathBuf::from)
+}

@@ -1,0 +1,14 @@
+//! xfer: move large files and secrets to and from remote machines over SSH, and keep working
+//! when the link does not.
+//!
+//! The library holds everything but the command line: `ssh` reaches hosts exactly as OpenSSH
+//! would, `target` parses `alias:path` arguments, `doctor` checks hosts. The `xfer` binary parses
+//! arguments, builds settings and dispatches here.
+
+pub mod doctor;
+pub mod env;
+pub mod error;
+pub mod ssh;
+pub mod target;
+
+pub use error::{Error, ErrorKind, Result};

@@ -1,0 +1,49 @@
+//! The `xfer` binary: parse arguments, build settings, dispatch, and turn the outcome into a
+//! message and an exit code. Everything else lives in the library.
+
+mod cli;
+
+use clap::Parser;
+use cli::args::{Cli, Command};
+use cli::settings::Verbosity;
+use std::process::ExitCode;
+use xfer::target::{printable, printable_lines};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let output = match &cli.command {
+        Command::Doctor(args) => &args.output,
+        Command::ForgetHost(args) => &args.output,
+    };
+    let verbosity = Verbosity::from_args(output);
+    cli::logging::init(verbosity);
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("xfer: cannot start the async runtime: {error}");
+            return ExitCode::from(5);
+        }
+    };
+    let result = runtime.block_on(async {
+        match &cli.command {
+            Command::Doctor(args) => cli::doctor::run(args).await,
+            Command::ForgetHost(args) => cli::forget_host::run(args, verbosity == Verbosity::Quiet),
+        }
+    });
+    // Proxy commands and jump connections end with the runtime; do not wait on stragglers.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xfer: {}", printable_lines(&error.to_string()));
+            if let Some(hint) = error.hint() {
+                eprintln!("hint: {}", printable(hint));
+            }
+            ExitCode::from(error.kind().exit_code() as u8)
+        }
+    }
+}

@@ -1,0 +1,617 @@
+//! Public-key authentication in OpenSSH's order.
+//!
+//! ssh tries, in turn: certificates named by `CertificateFile`, certificates found beside
+//! identity files (`id-cert.pub`), agent keys that match an identity file, the agent's other
+//! keys (unless `IdentitiesOnly`), and last the identity files that the agent does not hold.
+//! This module does the same and keeps a record of every key it tried, so that a refusal can
+//! say exactly what was offered. Decrypted keys are kept in a [`KeyStore`] shared by all
+//! connections of one run, so a passphrase is asked for once.
+
+use crate::error::{Error, Result};
+use crate::ssh::config::HostConfig;
+use crate::target::printable;
+use russh::client::{Handle, Handler};
+use russh::keys::agent::AgentIdentity;
+use russh::keys::agent::client::AgentClient;
+use russh::keys::{Certificate, HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey};
+use secrecy::{ExposeSecret, SecretString};
+use std::collections::HashMap;
+use std::fmt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Upper bound on one authentication exchange; a server that stops answering mid-auth must not
+/// hang xfer.
+const AUTH_STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Largest key or certificate file read; real ones are a few KiB.
+const MAX_KEY_FILE_SIZE: u64 = 1 << 20;
+
+/// How many times a wrong passphrase may be typed, as ssh allows.
+const PASSPHRASE_TRIES: usize = 3;
+
+/// Whether xfer may ask the person at the terminal for passphrases and confirmations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interaction {
+    /// A controlling terminal is available and BatchMode is off.
+    Terminal,
+    /// No prompts: a key that needs a passphrase is skipped with a message.
+    Batch,
+}
+
+impl Interaction {
+    /// A terminal is usable when the process has a controlling terminal it can open.
+    pub fn detect(batch_mode: bool) -> Interaction {
+        if !batch_mode && std::fs::File::open("/dev/tty").is_ok() {
+            Interaction::Terminal
+        } else {
+            Interaction::Batch
+        }
+    }
+}
+
+/// Keys decrypted during this run, by file, so every connection after the first authenticates
+/// without asking again.
+#[derive(Default)]
+pub struct KeyStore {
+    keys: Mutex<HashMap<PathBuf, Arc<PrivateKey>>>,
+}
+
+impl KeyStore {
+    fn get(&self, path: &Path) -> Option<Arc<PrivateKey>> {
+        self.keys.lock().ok()?.get(path).cloned()
+    }
+
+    fn insert(&self, path: &Path, key: Arc<PrivateKey>) {
+        if let Ok(mut keys) = self.keys.lock() {
+            keys.insert(path.to_path_buf(), key);
+        }
+    }
+}
+
+impl fmt::Debug for KeyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyStore(..)")
+    }
+}
+
+/// One key offered (or not) to the server, for the error message and `-v` logs.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub key: String,
+    pub outcome: String,
+}
+
+/// How the connection was authenticated, for `xfer doctor`.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    /// The whole story: method, key source, algorithm and fingerprint.
+    pub method: String,
+    /// A few words for a table column: "agent", "key id_ed25519", "cert id-cert.pub".
+    pub summary: String,
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+/// An identity file with what could be learned of it without decrypting it.
+struct IdentityFile {
+    path: PathBuf,
+    public: Option<PublicKey>,
+    explicit: bool,
+}
+
+fn describe_public(key: &PublicKey) -> String {
+    format!(
+        "{} {}",
+        key.algorithm().as_str(),
+        key.fingerprint(HashAlg::Sha256)
+    )
+}
+
+fn read_small(path: &Path) -> std::io::Result<String> {
+    let metadata = std::fs::metadata(path)?;
+    if metadata.len() > MAX_KEY_FILE_SIZE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "file is too large to be a key",
+        ));
+    }
+    std::fs::read_to_string(path)
+}
+
+fn read_public_key(path: &Path) -> Option<PublicKey> {
+    let text = read_small(path).ok()?;
+    PublicKey::from_openssh(text.trim()).ok()
+}
+
+fn read_certificate(path: &Path) -> Option<Certificate> {
+    let text = read_small(path).ok()?;
+    Certificate::from_openssh(text.trim()).ok()
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut text = path.as_os_str().to_os_string();
+    text.push(suffix);
+    PathBuf::from(text)
+}
+
+/// The public half of an identity file: from `path.pub`, or from the private key file itself
+/// (OpenSSH's format keeps the public key in clear even when the private part is encrypted).
+fn identity_public_key(path: &Path) -> Option<PublicKey> {
+    if let Some(key) = read_public_key(&with_suffix(path, ".pub")) {
+        return Some(key);
+    }
+    let text = read_small(path).ok()?;
+    PrivateKey::from_openssh(text.trim())
+        .ok()
+        .map(|key| key.public_key().clone())
+}
+
+/// ssh refuses a private key that others can read, and so do we: someone may have copied it.
+fn check_private_key_permissions(path: &Path) -> std::result::Result<(), String> {
+    let metadata = std::fs::metadata(path).map_err(|error| error.to_string())?;
+    let owned_by_us = metadata.uid() == nix::unistd::getuid().as_raw();
+    if owned_by_us && metadata.mode() & 0o077 != 0 {
+        return Err(format!(
+            "refused: permissions {:04o} are too open (readable by others); fix with: chmod 600 {}",
+            metadata.mode() & 0o777,
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Runs the authentication of one connection.
+pub struct Authenticator<'a> {
+    pub config: &'a HostConfig,
+    pub keys: &'a KeyStore,
+    pub interaction: Interaction,
+    /// Where to reach the agent (already resolved from IdentityAgent / SSH_AUTH_SOCK).
+    pub agent_socket: Option<PathBuf>,
+}
+
+enum Offer {
+    Accepted,
+    Refused,
+}
+
+impl Authenticator<'_> {
+    pub async fn authenticate<H: Handler>(
+        &self,
+        handle: &mut Handle<H>,
+        label: &str,
+    ) -> Result<Authenticated> {
+        let user = self.config.user.clone();
+        let mut attempts: Vec<Attempt> = Vec::new();
+        let mut server_methods: Option<String> = None;
+        let rsa_hash =
+            match tokio::time::timeout(AUTH_STEP_TIMEOUT, handle.best_supported_rsa_hash()).await {
+                Ok(Ok(Some(hash))) => hash,
+                // No server-sig-algs: OpenSSH servers since 7.2 take rsa-sha2-256.
+                _ => Some(HashAlg::Sha256),
+            };
+
+        let identities: Vec<IdentityFile> = self
+            .config
+            .identity_files
+            .iter()
+            .map(|path| IdentityFile {
+                path: path.clone(),
+                public: identity_public_key(path),
+                explicit: !self.config.identity_files_are_defaults,
+            })
+            .collect();
+
+        let mut agent = self.connect_agent(&mut attempts).await;
+        let agent_keys: Vec<AgentIdentity> = match agent.as_mut() {
+            Some(agent) => {
+                match tokio::time::timeout(AUTH_STEP_TIMEOUT, agent.request_identities()).await {
+                    Ok(Ok(keys)) => keys,
+                    _ => {
+                        attempts.push(Attempt {
+                            key: "ssh-agent".into(),
+                            outcome: "did not list its keys".into(),
+                        });
+                        Vec::new()
+                    }
+                }
+            }
+            None => Vec::new(),
+        };
+        let agent_has = |public: &PublicKey| {
+            agent_keys
+                .iter()
+                .any(|identity| identity.public_key().key_data() == public.key_data())
+        };
+        let in_config = |public: &PublicKey| {
+            identities.iter().any(|identity| {
+                identity
+                    .public
+                    .as_ref()
+                    .is_some_and(|p| p.key_data() == public.key_data())
+            })
+        };
+
+        // 1 and 2: certificates from CertificateFile, then beside identity files.
+        let mut certificates: Vec<(PathBuf, Certificate)> = Vec::new();
+        let certificate_paths = self.config.certificate_files.iter().cloned().chain(
+            identities
+                .iter()
+                .map(|identity| with_suffix(&identity.path, "-cert.pub")),
+        );
+        for path in certificate_paths {
+            if let Some(certificate) = read_certificate(&path) {
+                certificates.push((path, certificate));
+            }
+        }
+        for (path, certificate) in &certificates {
+            let public = PublicKey::new(certificate.public_key().clone(), "");
+            let description = format!(
+                "certificate {} ({})",
+                path.display(),
+                describe_public(&public)
+            );
+            let outcome = if let (Some(agent), true) = (agent.as_mut(), agent_has(&public)) {
+                let hash = if public.algorithm().is_rsa() {
+                    rsa_hash
+                } else {
+                    None
+                };
+                let result = tokio::time::timeout(
+                    AUTH_STEP_TIMEOUT,
+                    handle.authenticate_certificate_with(
+                        user.clone(),
+                        certificate.clone(),
+                        hash,
+                        agent,
+                    ),
+                )
+                .await;
+                self.settle(
+                    result.map(|r| r.map_err(|e| e.to_string())),
+                    &mut server_methods,
+                    label,
+                )?
+            } else if let Some(identity) = identities.iter().find(|identity| {
+                identity
+                    .public
+                    .as_ref()
+                    .is_some_and(|p| p.key_data() == public.key_data())
+            }) {
+                match self.load_private_key(identity, &mut attempts) {
+                    Some(key) => {
+                        let result = tokio::time::timeout(
+                            AUTH_STEP_TIMEOUT,
+                            handle.authenticate_openssh_cert(
+                                user.clone(),
+                                key,
+                                certificate.clone(),
+                            ),
+                        )
+                        .await;
+                        self.settle(
+                            result.map(|r| r.map_err(|e| e.to_string())),
+                            &mut server_methods,
+                            label,
+                        )?
+                    }
+                    None => continue,
+                }
+            } else {
+                attempts.push(Attempt {
+                    key: description,
+                    outcome: "skipped: no private key for it in the agent or the identity files"
+                        .into(),
+                });
+                continue;
+            };
+            match outcome {
+                Offer::Accepted => {
+                    return Ok(Authenticated {
+                        method: format!("publickey ({description})"),
+                        summary: format!("cert {}", file_name(path)),
+                    });
+                }
+                Offer::Refused => attempts.push(Attempt {
+                    key: description,
+                    outcome: "refused by the server".into(),
+                }),
+            }
+        }
+
+        // 3 and 4: agent keys, those named in the config first.
+        if let Some(agent) = agent.as_mut() {
+            let mut ordered: Vec<&AgentIdentity> = agent_keys
+                .iter()
+                .filter(|identity| in_config(&identity.public_key()))
+                .collect();
+            if !self.config.identities_only {
+                ordered.extend(
+                    agent_keys
+                        .iter()
+                        .filter(|identity| !in_config(&identity.public_key())),
+                );
+            }
+            for identity in ordered {
+                let public = identity.public_key().into_owned();
+                let description = format!("agent key {}", describe_public(&public));
+                let hash = if public.algorithm().is_rsa() {
+                    rsa_hash
+                } else {
+                    None
+                };
+                let result = match identity {
+                    AgentIdentity::PublicKey { .. } => {
+                        tokio::time::timeout(
+                            AUTH_STEP_TIMEOUT,
+                            handle.authenticate_publickey_with(
+                                user.clone(),
+                                public.clone(),
+                                hash,
+                                agent,
+                            ),
+                        )
+                        .await
+                    }
+                    AgentIdentity::Certificate { certificate, .. } => {
+                        tokio::time::timeout(
+                            AUTH_STEP_TIMEOUT,
+                            handle.authenticate_certificate_with(
+                                user.clone(),
+                                certificate.clone(),
+                                hash,
+                                agent,
+                            ),
+                        )
+                        .await
+                    }
+                };
+                match self.settle(
+                    result.map(|r| r.map_err(|e| e.to_string())),
+                    &mut server_methods,
+                    label,
+                )? {
+                    Offer::Accepted => {
+                        return Ok(Authenticated {
+                            method: format!("publickey ({description})"),
+                            summary: "agent".into(),
+                        });
+                    }
+                    Offer::Refused => attempts.push(Attempt {
+                        key: description,
+                        outcome: "refused by the server".into(),
+                    }),
+                }
+            }
+        }
+
+        // 5: identity files the agent does not hold.
+        for identity in &identities {
+            if identity
+                .public
+                .as_ref()
+                .is_some_and(|public| agent.is_some() && agent_has(public))
+            {
+                continue;
+            }
+            if !identity.path.exists() {
+                if identity.explicit {
+                    attempts.push(Attempt {
+                        key: identity.path.display().to_string(),
+                        outcome: "no such file".into(),
+                    });
+                }
+                continue;
+            }
+            let Some(key) = self.load_private_key(identity, &mut attempts) else {
+                continue;
+            };
+            let description = format!(
+                "key file {} ({})",
+                identity.path.display(),
+                describe_public(key.public_key())
+            );
+            let hash = if key.algorithm().is_rsa() {
+                rsa_hash
+            } else {
+                None
+            };
+            let result = tokio::time::timeout(
+                AUTH_STEP_TIMEOUT,
+                handle.authenticate_publickey(user.clone(), PrivateKeyWithHashAlg::new(key, hash)),
+            )
+            .await;
+            match self.settle(
+                result.map(|r| r.map_err(|e| e.to_string())),
+                &mut server_methods,
+                label,
+            )? {
+                Offer::Accepted => {
+                    return Ok(Authenticated {
+                        method: format!("publickey ({description})"),
+                        summary: format!("key {}", file_name(&identity.path)),
+                    });
+                }
+                Offer::Refused => attempts.push(Attempt {
+                    key: description,
+                    outcome: "refused by the server".into(),
+                }),
+            }
+        }
+
+        Err(self.refusal(label, &attempts, server_methods))
+    }
+
+    async fn connect_agent(
+        &self,
+        attempts: &mut Vec<Attempt>,
+    ) -> Option<AgentClient<tokio::net::UnixStream>> {
+        let socket = self.agent_socket.as_ref()?;
+        match tokio::time::timeout(AUTH_STEP_TIMEOUT, AgentClient::connect_uds(socket)).await {
+            Ok(Ok(agent)) => Some(agent),
+            _ => {
+                attempts.push(Attempt {
+                    key: format!("ssh-agent at {}", socket.display()),
+                    outcome: "could not connect to the agent".into(),
+                });
+                None
+            }
+        }
+    }
+
+    /// Turns one server reply into accepted/refused, or an error when the link failed.
+    fn settle(
+        &self,
+        result: std::result::Result<
+            std::result::Result<russh::client::AuthResult, String>,
+            tokio::time::error::Elapsed,
+        >,
+        server_methods: &mut Option<String>,
+        label: &str,
+    ) -> Result<Offer> {
+        match result {
+            Err(_) => Err(Error::connect(format!(
+                "{label}: the server stopped answering during authentication"
+            ))),
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "an authentication attempt failed locally");
+                Ok(Offer::Refused)
+            }
+            Ok(Ok(russh::client::AuthResult::Success)) => Ok(Offer::Accepted),
+            Ok(Ok(russh::client::AuthResult::Failure {
+                remaining_methods, ..
+            })) => {
+                let names: Vec<&str> = remaining_methods.iter().map(<&str>::from).collect();
+                *server_methods = Some(names.join(", "));
+                Ok(Offer::Refused)
+            }
+        }
+    }
+
+    /// Loads (and if needed decrypts) a private key file, noting why when it cannot be used.
+    fn load_private_key(
+        &self,
+        identity: &IdentityFile,
+        attempts: &mut Vec<Attempt>,
+    ) -> Option<Arc<PrivateKey>> {
+        let path = &identity.path;
+        if let Some(key) = self.keys.get(path) {
+            return Some(key);
+        }
+        let note = |attempts: &mut Vec<Attempt>, outcome: String| {
+            attempts.push(Attempt {
+                key: format!("key file {}", path.display()),
+                outcome,
+            })
+        };
+        if let Err(problem) = check_private_key_permissions(path) {
+            tracing::warn!("{}: {problem}", path.display());
+            note(attempts, problem);
+            return None;
+        }
+        let text = match read_small(path) {
+            Ok(text) => SecretString::from(text),
+            Err(error) => {
+                note(attempts, format!("unreadable: {error}"));
+                return None;
+            }
+        };
+        match russh::keys::decode_secret_key(text.expose_secret(), None) {
+            Ok(key) => {
+                let key = Arc::new(key);
+                self.keys.insert(path, key.clone());
+                return Some(key);
+            }
+            Err(russh::keys::Error::KeyIsEncrypted) => {}
+            Err(error) => {
+                note(attempts, format!("not a usable private key: {error}"));
+                return None;
+            }
+        }
+        if self.interaction == Interaction::Batch {
+            note(
+                attempts,
+                format!(
+                    "encrypted, and there is no terminal to ask for its passphrase; add it to ssh-agent first: ssh-add {}",
+                    path.display()
+                ),
+            );
+            return None;
+        }
+        for _ in 0..PASSPHRASE_TRIES {
+            let prompt = format!(
+                "Enter passphrase for key '{}': ",
+                printable(&path.display().to_string())
+            );
+            let passphrase = match rpassword::prompt_password(prompt) {
+                Ok(passphrase) => SecretString::from(passphrase),
+                Err(error) => {
+                    note(
+                        attempts,
+                        format!("encrypted, and the terminal could not be read: {error}"),
+                    );
+                    return None;
+                }
+            };
+            if passphrase.expose_secret().is_empty() {
+                break;
+            }
+            match russh::keys::decode_secret_key(
+                text.expose_secret(),
+                Some(passphrase.expose_secret()),
+            ) {
+                Ok(key) => {
+                    let key = Arc::new(key);
+                    self.keys.insert(path, key.clone());
+                    return Some(key);
+                }
+                Err(_) => eprintln!(
+                    "Bad passphrase, try again for {}",
+                    printable(&path.display().to_string())
+                ),
+            }
+        }
+        note(
+            attempts,
+            "encrypted, and no correct passphrase was given".into(),
+        );
+        None
+    }
+
+    fn refusal(&self, label: &str, attempts: &[Attempt], server_methods: Option<String>) -> Error {
+        let mut message = format!("{label}: permission denied for user '{}'", self.config.user);
+        if let Some(methods) = &server_methods {
+            message.push_str(&format!(" (the server accepts: {methods})"));
+        }
+        if attempts.is_empty() {
+            message.push_str("; no key was available to try (no agent keys, no identity files)");
+        } else {
+            message.push_str("; tried:");
+            for attempt in attempts {
+                message.push_str(&format!("\n  - {}: {}", attempt.key, attempt.outcome));
+            }
+        }
+        let needs_agent = attempts.iter().any(|a| a.outcome.contains("ssh-add"));
+        let hint = if needs_agent {
+            "load the encrypted key into ssh-agent (eval $(ssh-agent); ssh-add KEY) or run xfer from a terminal"
+                .to_string()
+        } else if server_methods
+            .as_deref()
+            .is_some_and(|m| !m.contains("publickey"))
+        {
+            "this server does not take public keys; xfer authenticates with keys only".to_string()
+        } else {
+            format!(
+                "check that one of these public keys is in ~/.ssh/authorized_keys of '{}' on the remote (ssh-copy-id does that), or name the right key with -i or IdentityFile",
+                self.config.user
+            )
+        };
+        Error::auth(message).with_hint(hint)
+    }
+}

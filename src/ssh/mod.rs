@@ -1,0 +1,9 @@
+//! Reaching a host the way `ssh alias` does: configuration resolution (`config`), host key
+//! checking (`known_hosts`), authentication (`auth`), and the connection itself with proxies,
+//! keepalive and timeouts (`connect`).
+
+pub mod auth;
+pub mod config;
+pub mod connect;
+pub mod exec;
+pub mod known_hosts;

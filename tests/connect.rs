@@ -1,0 +1,525 @@
+//! The connection layer against a real OpenSSH sshd, through the `xfer doctor` and
+//! `xfer forget-host` commands a user runs: key files of every type (and an encrypted one),
+//! ssh-agent, IdentitiesOnly, ProxyJump, ProxyCommand, unknown and changed host keys,
+//! forget-host, timeouts and doctor on healthy and broken aliases.
+
+mod support;
+
+use serde_json::Value;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+use support::{Agent, Sshd, keygen, public_key_path, run_with_timeout, xfer_command};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn doctor(config: &Path, hosts: &[&str], extra: &[&str]) -> Output {
+    let mut command = xfer_command();
+    command.arg("doctor").arg("-F").arg(config).arg("--json");
+    command.args(extra).args(hosts);
+    run_with_timeout(&mut command, LIMIT)
+}
+
+fn reports(output: &Output) -> Vec<Value> {
+    let text = String::from_utf8_lossy(&output.stdout);
+    let parsed: Value = serde_json::from_str(&text).unwrap_or_else(|error| {
+        panic!(
+            "doctor --json printed no JSON ({error}):\n{text}\nstderr:\n{}",
+            stderr(output)
+        )
+    });
+    parsed.as_array().cloned().expect("a JSON array of reports")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn assert_passed(output: &Output) -> Value {
+    let all = reports(output);
+    assert_eq!(all.len(), 1);
+    let report = all[0].clone();
+    assert!(
+        output.status.success() && report["passed"] == true,
+        "doctor failed: {report:#}\nstderr:\n{}",
+        stderr(output)
+    );
+    report
+}
+
+/// xfer without a controlling terminal, as under cron or CI: `setsid -w` starts it in a new
+/// session (and waits for it), so opening /dev/tty fails as it would there.
+fn xfer_without_terminal() -> Command {
+    let template = xfer_command();
+    let mut command = Command::new("setsid");
+    command.arg("-w").arg(template.get_program());
+    for (key, value) in template.get_envs() {
+        match value {
+            Some(value) => command.env(key, value),
+            None => command.env_remove(key),
+        };
+    }
+    command.stdin(std::process::Stdio::null());
+    command
+}
+
+#[test]
+fn doctor_reports_a_healthy_host() {
+    let sshd = Sshd::start();
+    let config = sshd.write_client_config("box", &[]);
+    let output = doctor(&config, &["box"], &[]);
+    let report = assert_passed(&output);
+    assert_eq!(report["hostname"], "127.0.0.1");
+    assert_eq!(report["port"], sshd.port());
+    assert_eq!(report["user"], sshd.user());
+    assert_eq!(report["exec"], "allowed");
+    assert_eq!(report["sftp"], "allowed");
+    assert_eq!(report["host_key_summary"], "known");
+    assert_eq!(
+        report["auth_summary"],
+        "key client_ed25519".replace(
+            "client_ed25519",
+            sshd.client_key().file_name().unwrap().to_str().unwrap()
+        )
+    );
+    let expected_name = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    assert_eq!(report["remote_hostname"], expected_name.as_str());
+    assert!(report["uname"].as_str().unwrap().starts_with("Linux"));
+    assert!(report["free_bytes"].as_u64().unwrap() > 0);
+    assert!(report["clock_skew_seconds"].as_i64().unwrap().abs() <= 2);
+    assert!(report["latency_ms"].as_f64().unwrap() > 0.0);
+
+    // The table form names the same facts.
+    let mut command = xfer_command();
+    command.arg("doctor").arg("-F").arg(&config).arg("box");
+    let output = run_with_timeout(&mut command, LIMIT);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let table = stdout(&output);
+    assert!(table.starts_with("HOST"), "{table}");
+    assert!(
+        table.contains(&format!("127.0.0.1:{}", sshd.port())),
+        "{table}"
+    );
+    assert!(table.contains(" ok"), "{table}");
+}
+
+#[test]
+fn doctor_checks_several_hosts_and_fails_for_a_broken_one() {
+    let sshd = Sshd::start();
+    let config = sshd.write_client_config("good", &[]);
+    // A port where nothing listens: bind one, then let it go.
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    sshd.append_client_config(&config, "broken", &[&format!("Port {closed_port}")]);
+    let output = doctor(&config, &["good", "broken"], &[]);
+    assert_eq!(output.status.code(), Some(7), "{}", stderr(&output));
+    let all = reports(&output);
+    assert_eq!(all[0]["host"], "good");
+    assert_eq!(all[0]["passed"], true);
+    assert_eq!(all[1]["host"], "broken");
+    assert_eq!(all[1]["passed"], false);
+    let problem = all[1]["problems"][0].as_str().unwrap();
+    assert!(
+        problem.contains("broken") && problem.contains("connection refused"),
+        "{problem}"
+    );
+    assert!(
+        problem.contains(&format!("127.0.0.1:{closed_port}")),
+        "{problem}"
+    );
+    assert!(
+        stderr(&output).contains("1 of 2 host(s) failed"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn agent_authenticates_and_identities_only_limits_it() {
+    let sshd = Sshd::start();
+    let agent = Agent::start();
+    agent.add(&sshd.client_key());
+    let config = sshd.write_client_config(
+        "via-agent",
+        &["IdentitiesOnly no", "IdentityFile /nonexistent/key"],
+    );
+    let mut command = xfer_command();
+    command
+        .env("SSH_AUTH_SOCK", agent.socket())
+        .args(["doctor", "--json", "-F"])
+        .arg(&config)
+        .arg("via-agent");
+    let output = run_with_timeout(&mut command, LIMIT);
+    let report = assert_passed(&output);
+    assert_eq!(report["auth_summary"], "agent");
+
+    // IdentitiesOnly: the agent's key is not named by IdentityFile, so it must not be offered.
+    let other = keygen(sshd.dir(), "unauthorized", "ed25519", None);
+    sshd.append_client_config(
+        &config,
+        "only-file",
+        &[
+            "IdentitiesOnly yes",
+            &format!("IdentityFile {}", other.display()),
+        ],
+    );
+    let mut command = xfer_command();
+    command
+        .env("SSH_AUTH_SOCK", agent.socket())
+        .args(["doctor", "-F"])
+        .arg(&config)
+        .arg("only-file");
+    let output = run_with_timeout(&mut command, LIMIT);
+    assert_eq!(output.status.code(), Some(7));
+    let text = stdout(&output);
+    assert!(text.contains("permission denied"), "{text}");
+    assert!(text.contains(&other.display().to_string()), "{text}");
+    assert!(
+        !text.contains("agent key"),
+        "the agent's key was offered: {text}"
+    );
+}
+
+#[test]
+fn key_types_rsa_ecdsa_and_an_rsa_host_key() {
+    let sshd = Sshd::builder().host_key_type("rsa").start();
+    let rsa = keygen(sshd.dir(), "user_rsa", "rsa", None);
+    let ecdsa = keygen(sshd.dir(), "user_ecdsa", "ecdsa", None);
+    sshd.authorize(&public_key_path(&rsa));
+    sshd.authorize(&public_key_path(&ecdsa));
+    let config = sshd.write_client_config("rsa", &[&format!("IdentityFile {}", rsa.display())]);
+    sshd.append_client_config(
+        &config,
+        "ecdsa",
+        &[&format!("IdentityFile {}", ecdsa.display())],
+    );
+    let output = doctor(&config, &["rsa"], &[]);
+    let report = assert_passed(&output);
+    assert_eq!(report["auth_summary"], "key user_rsa");
+    assert!(
+        report["host_key_fingerprint"]
+            .as_str()
+            .unwrap()
+            .starts_with("SHA256:")
+    );
+    let output = doctor(&config, &["ecdsa"], &[]);
+    let report = assert_passed(&output);
+    assert_eq!(report["auth_summary"], "key user_ecdsa");
+    // The signature was rsa-sha2 (OpenSSH 9.2 refuses ssh-rsa SHA-1 signatures anyway).
+    let log = sshd.log();
+    assert!(log.contains("rsa-sha2-"), "{log}");
+}
+
+#[test]
+fn encrypted_key_needs_an_agent_without_a_terminal() {
+    let sshd = Sshd::start();
+    let locked = keygen(sshd.dir(), "locked", "ed25519", Some("correct horse"));
+    sshd.authorize(&public_key_path(&locked));
+    let config = sshd.write_client_config(
+        "locked",
+        &[
+            &format!("IdentityFile {}", locked.display()),
+            "BatchMode no",
+        ],
+    );
+    let mut command = xfer_without_terminal();
+    command.args(["doctor", "-F"]).arg(&config).arg("locked");
+    let output = run_with_timeout(&mut command, LIMIT);
+    assert_eq!(output.status.code(), Some(7));
+    let text = stdout(&output);
+    assert!(
+        text.contains(&format!("ssh-add {}", locked.display())),
+        "{text}"
+    );
+    assert!(text.contains("no terminal"), "{text}");
+
+    // The same key through an agent works without any prompt.
+    let agent = Agent::start();
+    agent.add_with_passphrase(&locked, "correct horse");
+    let mut command = xfer_without_terminal();
+    command
+        .env("SSH_AUTH_SOCK", agent.socket())
+        .args(["doctor", "--json", "-F"])
+        .arg(&config)
+        .arg("locked");
+    let report = assert_passed(&run_with_timeout(&mut command, LIMIT));
+    assert_eq!(report["auth_summary"], "agent");
+}
+
+#[test]
+fn a_key_readable_by_others_is_refused_with_the_fix() {
+    let sshd = Sshd::start();
+    let key = keygen(sshd.dir(), "loose", "ed25519", None);
+    sshd.authorize(&public_key_path(&key));
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+    let config = sshd.write_client_config("loose", &[&format!("IdentityFile {}", key.display())]);
+    let mut command = xfer_command();
+    command.args(["doctor", "-F"]).arg(&config).arg("loose");
+    let output = run_with_timeout(&mut command, LIMIT);
+    assert_eq!(output.status.code(), Some(7));
+    let text = stdout(&output);
+    assert!(
+        text.contains(&format!("chmod 600 {}", key.display())),
+        "{text}"
+    );
+}
+
+#[test]
+fn proxy_jump_from_config_and_command_line() {
+    let jump = Sshd::start();
+    let target = Sshd::start();
+    // The target trusts the jump server's client key too, so one config serves both hops.
+    target.authorize(&public_key_path(&jump.client_key()));
+    let config = jump.write_client_config("jump", &[]);
+    target.append_client_config(&config, "inner", &["ProxyJump jump"]);
+    // Both hops' host keys must be known: the target's known_hosts file holds the target's key.
+    let output = doctor(&config, &["inner"], &[]);
+    let report = assert_passed(&output);
+    assert_eq!(report["proxy_jump"], "jump");
+    // sshd on the jump host logged the forwarding to the target's port.
+    assert!(
+        jump.log()
+            .contains(&format!("127.0.0.1 port {}", target.port()))
+            || jump.log().contains("direct-tcpip"),
+        "jump log:\n{}",
+        jump.log()
+    );
+
+    // The same through -J on the command line, with a two-hop chain (jump twice).
+    target.append_client_config(&config, "inner-plain", &[]);
+    let output = doctor(&config, &["inner-plain"], &["-J", "jump,jump"]);
+    let report = assert_passed(&output);
+    assert_eq!(report["proxy_jump"], "jump,jump");
+}
+
+#[test]
+fn proxy_command_carries_the_session_and_its_failure_is_explained() {
+    let jump = Sshd::start();
+    let target = Sshd::start();
+    target.authorize(&public_key_path(&jump.client_key()));
+    let config = jump.write_client_config("jump", &[]);
+    let proxy = format!("ProxyCommand ssh -F {} -W %h:%p jump", config.display());
+    target.append_client_config(&config, "inner", &[&proxy]);
+    let output = doctor(&config, &["inner"], &[]);
+    let report = assert_passed(&output);
+    assert!(
+        report["proxy_command"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("-W 127.0.0.1:{}", target.port()))
+    );
+
+    target.append_client_config(
+        &config,
+        "bad-proxy",
+        &["ProxyCommand sh -c 'echo proxy says no >&2; exit 3'"],
+    );
+    let mut command = xfer_command();
+    command.args(["doctor", "-F"]).arg(&config).arg("bad-proxy");
+    let output = run_with_timeout(&mut command, LIMIT);
+    assert_eq!(output.status.code(), Some(7));
+    let text = stdout(&output);
+    assert!(
+        text.contains("ProxyCommand exited with exit status: 3"),
+        "{text}"
+    );
+    assert!(text.contains("proxy says no"), "{text}");
+}
+
+#[test]
+fn unknown_host_key_policies() {
+    let sshd = Sshd::start();
+    let empty = sshd.dir().join("empty_known_hosts");
+    let config = sshd.write_client_config(
+        "strict",
+        &[&format!("UserKnownHostsFile {}", empty.display())],
+    );
+    let output = doctor(&config, &["strict"], &[]);
+    assert_eq!(output.status.code(), Some(7));
+    let report = &reports(&output)[0];
+    let problem = report["problems"][0].as_str().unwrap();
+    assert!(
+        problem.contains("not known") && problem.contains("SHA256:"),
+        "{problem}"
+    );
+    let hint = report["hints"][0].as_str().unwrap();
+    assert!(
+        hint.contains("xfer doctor -o StrictHostKeyChecking=accept-new strict"),
+        "{hint}"
+    );
+    assert!(!empty.exists() || fs::read_to_string(&empty).unwrap().is_empty());
+
+    // The command the hint gives records a hashed entry, which OpenSSH then finds.
+    let output = doctor(
+        &config,
+        &["strict"],
+        &["-o", "StrictHostKeyChecking=accept-new"],
+    );
+    let report = assert_passed(&output);
+    assert_eq!(report["host_key_summary"], "recorded");
+    let recorded = fs::read_to_string(&empty).unwrap();
+    assert!(recorded.starts_with("|1|"), "{recorded}");
+    assert!(
+        !recorded.contains("127.0.0.1"),
+        "entry is not hashed: {recorded}"
+    );
+    let found = Command::new("ssh-keygen")
+        .arg("-F")
+        .arg(format!("[127.0.0.1]:{}", sshd.port()))
+        .arg("-f")
+        .arg(&empty)
+        .output()
+        .unwrap();
+    assert!(
+        found.status.success(),
+        "ssh-keygen -F does not find the recorded key"
+    );
+    let output = doctor(&config, &["strict"], &[]);
+    assert_eq!(assert_passed(&output)["host_key_summary"], "known");
+
+    // Ask without a terminal refuses rather than hanging.
+    let other = sshd.dir().join("other_known_hosts");
+    sshd.append_client_config(
+        &config,
+        "ask",
+        &[
+            &format!("UserKnownHostsFile {}", other.display()),
+            "StrictHostKeyChecking ask",
+            "BatchMode no",
+        ],
+    );
+    let mut command = xfer_without_terminal();
+    command.args(["doctor", "-F"]).arg(&config).arg("ask");
+    let output = run_with_timeout(&mut command, LIMIT);
+    assert_eq!(output.status.code(), Some(7));
+    assert!(
+        stdout(&output).contains("no terminal to confirm"),
+        "{}",
+        stdout(&output)
+    );
+}
+
+#[test]
+fn changed_host_key_is_refused_until_forgotten() {
+    let mut sshd = Sshd::start();
+    let config = sshd.write_client_config("box", &[]);
+    assert_passed(&doctor(&config, &["box"], &[]));
+    let old_fingerprint =
+        reports(&doctor(&config, &["box"], &[]))[0]["host_key_fingerprint"].clone();
+    sshd.regenerate_host_key();
+
+    // Even accept-new and no refuse a changed key.
+    for policy in ["yes", "accept-new", "no"] {
+        let output = doctor(
+            &config,
+            &["box"],
+            &["-o", &format!("StrictHostKeyChecking={policy}")],
+        );
+        assert_eq!(output.status.code(), Some(7), "policy {policy}");
+        let report = &reports(&output)[0];
+        let problem = report["problems"][0].as_str().unwrap();
+        assert!(problem.contains("HOST KEY CHANGED"), "{problem}");
+        assert!(
+            problem.contains(&format!("{}:1", sshd.known_hosts().display())),
+            "{problem}"
+        );
+        assert!(
+            problem.contains(old_fingerprint.as_str().unwrap()),
+            "{problem}"
+        );
+        let hint = report["hints"][0].as_str().unwrap();
+        assert!(hint.contains("xfer forget-host box"), "{hint}");
+    }
+
+    let before = fs::read_to_string(sshd.known_hosts()).unwrap();
+    let mut command = xfer_command();
+    command.args(["forget-host", "-F"]).arg(&config).arg("box");
+    let output = run_with_timeout(&mut command, LIMIT);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains(&format!("removed 1 key(s) for [127.0.0.1]:{}", sshd.port())),
+        "{}",
+        stdout(&output)
+    );
+    let backup = sshd.dir().join("known_hosts.old");
+    assert_eq!(fs::read_to_string(&backup).unwrap(), before);
+    assert!(
+        !fs::read_to_string(sshd.known_hosts())
+            .unwrap()
+            .contains(&format!("[127.0.0.1]:{}", sshd.port()))
+    );
+
+    let output = doctor(
+        &config,
+        &["box"],
+        &["-o", "StrictHostKeyChecking=accept-new"],
+    );
+    assert_eq!(assert_passed(&output)["host_key_summary"], "recorded");
+}
+
+#[test]
+fn a_server_that_never_speaks_times_out() {
+    // Accepts TCP but never sends an SSH banner: only ConnectTimeout can end this.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let _hold = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().take(4).flatten() {
+            held.push(stream);
+        }
+        std::thread::sleep(Duration::from_secs(30));
+    });
+    let sshd = Sshd::start();
+    let config = sshd.write_client_config("silent", &[&format!("Port {port}"), "ConnectTimeout 2"]);
+    let started = std::time::Instant::now();
+    let output = doctor(&config, &["silent"], &[]);
+    assert_eq!(output.status.code(), Some(7));
+    let problem = reports(&output)[0]["problems"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(problem.contains("no SSH handshake within 2 s"), "{problem}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
+fn usage_errors_have_their_exit_code() {
+    let mut command = xfer_command();
+    command.args(["doctor", "-o", "NoValue", "host"]);
+    let output = run_with_timeout(&mut command, LIMIT);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let mut command = xfer_command();
+    command.args(["doctor", "bad;host"]);
+    let output = run_with_timeout(&mut command, LIMIT);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("contains the character ';'"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn match_exec_is_refused_clearly() {
+    let sshd = Sshd::start();
+    let config = sshd.dir().join("exec_config");
+    fs::write(&config, "Match exec \"true\"\n  Port 1\n").unwrap();
+    let mut command = xfer_command();
+    command.args(["doctor", "-F"]).arg(&config).arg("anything");
+    let output = run_with_timeout(&mut command, LIMIT);
+    assert_eq!(output.status.code(), Some(7));
+    let text = stdout(&output);
+    assert!(
+        text.contains(&format!("{} line 1", config.display())) && text.contains("Match exec"),
+        "{text}"
+    );
+}

@@ -1,0 +1,246 @@
+//! Shared harness for xfer's integration tests: a real OpenSSH server on 127.0.0.1 ([`Sshd`]),
+//! an ssh-agent ([`Agent`]), a byte-counting TCP proxy that can cut or stall links ([`Proxy`]),
+//! key generation, and a way to run the built `xfer` binary that can never hang a test.
+//!
+//! Each test binary includes this with `mod support;` and uses a subset, hence the `allow`s.
+
+#![allow(dead_code)]
+
+mod agent;
+mod proxy;
+mod sshd;
+
+#[allow(unused_imports)]
+pub use agent::Agent;
+#[allow(unused_imports)]
+pub use proxy::{Proxy, ProxyMode};
+#[allow(unused_imports)]
+pub use sshd::{Sshd, SshdBuilder};
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+/// How long key generation or ssh-add may take before the harness gives up.
+const TOOL_LIMIT: Duration = Duration::from_secs(30);
+
+/// Generates a key pair with `ssh-keygen` as `<dir>/<name>` and `<dir>/<name>.pub`, replacing
+/// any existing pair, and returns the private key's path (mode 0600).
+/// `key_type` is `ed25519`, `rsa` (3072 bits) or `ecdsa`; `None` means no passphrase.
+pub fn keygen(dir: &Path, name: &str, key_type: &str, passphrase: Option<&str>) -> PathBuf {
+    let private = dir.join(name);
+    // ssh-keygen asks before overwriting, and nobody is there to answer.
+    for stale in [private.clone(), public_key_path(&private)] {
+        match fs::remove_file(&stale) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => panic!("cannot remove {}: {error}", stale.display()),
+        }
+    }
+    let mut command = Command::new("ssh-keygen");
+    command.args(["-q", "-t", key_type]);
+    if key_type == "rsa" {
+        command.args(["-b", "3072"]);
+    }
+    command
+        .arg("-N")
+        .arg(passphrase.unwrap_or(""))
+        .arg("-C")
+        .arg(name)
+        .arg("-f")
+        .arg(&private)
+        .stdin(Stdio::null());
+    let output = run_with_timeout(&mut command, TOOL_LIMIT);
+    assert!(
+        output.status.success(),
+        "ssh-keygen -t {key_type} -f {} failed: {}",
+        private.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o600))
+        .unwrap_or_else(|error| panic!("cannot chmod {}: {error}", private.display()));
+    private
+}
+
+/// The `.pub` file that `ssh-keygen` writes beside a private key.
+pub fn public_key_path(private_key: &Path) -> PathBuf {
+    let mut name = private_key.as_os_str().to_owned();
+    name.push(".pub");
+    PathBuf::from(name)
+}
+
+/// The name of the user running the tests, who is also the login user on every [`Sshd`].
+pub fn current_user() -> String {
+    let uid = nix::unistd::getuid();
+    match nix::unistd::User::from_uid(uid) {
+        Ok(Some(user)) => user.name,
+        _ => std::env::var("USER").unwrap_or_else(|_| panic!("no user name for uid {uid}")),
+    }
+}
+
+/// True when the tests run as root (as in CI).
+pub fn running_as_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// A `Command` for the built `xfer` binary with a fresh, empty state directory, no ssh-agent
+/// and stdin from /dev/null.
+///
+/// The state directory lives under Cargo's scratch directory for tests
+/// (`target/tmp/xfer-state`, or the system temporary directory if that is not writable) and
+/// is not removed, so a failed test's journals can be read afterwards. Tests that run xfer
+/// more than once against the same state (resuming), or that want it removed, keep a
+/// `tempfile::TempDir` and use [`xfer_command_in`] instead.
+pub fn xfer_command() -> Command {
+    let fresh_in = |root: PathBuf| {
+        fs::create_dir_all(&root)?;
+        tempfile::Builder::new().prefix("state-").tempdir_in(&root)
+    };
+    let state = fresh_in(Path::new(env!("CARGO_TARGET_TMPDIR")).join("xfer-state"))
+        .or_else(|_| fresh_in(std::env::temp_dir().join("xfer-state")))
+        .unwrap_or_else(|error| panic!("cannot create a state directory: {error}"))
+        .keep();
+    xfer_command_in(&state)
+}
+
+/// A `Command` for the built `xfer` binary using `state_dir` (kept alive by the caller) as
+/// `XFER_STATE_DIR`, with no ssh-agent and stdin from /dev/null.
+pub fn xfer_command_in(state_dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_xfer"));
+    command
+        .env_remove("SSH_AUTH_SOCK")
+        .env("XFER_STATE_DIR", state_dir)
+        .stdin(Stdio::null());
+    command
+}
+
+/// Runs `command` to completion and returns its output, capturing stdout and stderr.
+/// If it takes longer than `limit`, kills it (and everything in its process group) and panics
+/// with what it wrote to stderr, so that a test can never hang.
+pub fn run_with_timeout(command: &mut Command, limit: Duration) -> Output {
+    run(command, None, limit)
+}
+
+/// Like [`run_with_timeout`], feeding `input` to the command's stdin and then closing it.
+pub fn run_with_input(command: &mut Command, input: &[u8], limit: Duration) -> Output {
+    run(command, Some(input), limit)
+}
+
+fn run(command: &mut Command, input: Option<&[u8]>, limit: Duration) -> Output {
+    let deadline = Instant::now() + limit;
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    if input.is_some() {
+        command.stdin(Stdio::piped());
+    }
+    // Its own process group, so a timeout also ends helpers it started (ssh, ProxyCommand)
+    // that would otherwise keep the output pipes open.
+    command.process_group(0);
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|error| panic!("cannot start {command:?}: {error}"));
+    let group = Pid::from_raw(child.id() as i32);
+
+    let writer = input.map(|input| {
+        let mut stdin = child.stdin.take().expect("stdin was piped");
+        let input = input.to_vec();
+        // A command that exits without reading all its input is not an error here.
+        thread::spawn(move || drop(stdin.write_all(&input)))
+    });
+    let stdout = Arc::new(Mutex::new(Vec::new()));
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    let readers = [
+        collect(child.stdout.take().expect("stdout was piped"), &stdout),
+        collect(child.stderr.take().expect("stderr was piped"), &stderr),
+    ];
+
+    let timed_out = |what: &str| -> ! {
+        // The group is the one this function created; nothing else is in it.
+        let _ = killpg(group, Signal::SIGKILL);
+        // A moment for the killed group's pipes to close, so the readers catch its last words.
+        thread::sleep(Duration::from_millis(50));
+        let stderr = String::from_utf8_lossy(&stderr.lock().unwrap()).into_owned();
+        let stdout = String::from_utf8_lossy(&stdout.lock().unwrap()).into_owned();
+        panic!(
+            "timed out after {limit:?} ({what}), killed: {command:?}\n--- stderr ---\n{stderr}\n--- stdout (last 2000 bytes) ---\n{}",
+            tail(&stdout, 2000)
+        );
+    };
+
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => {}
+            Err(error) => panic!("cannot wait for {command:?}: {error}"),
+        }
+        if Instant::now() >= deadline {
+            let _ = killpg(group, Signal::SIGKILL);
+            let _ = child.wait();
+            timed_out("still running");
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    // Something the command started may still hold its stdout or stderr open.
+    while !readers.iter().all(|reader| reader.is_finished()) {
+        if Instant::now() >= deadline {
+            timed_out("its output stayed open after it exited");
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    for reader in readers {
+        reader.join().expect("output reader panicked");
+    }
+    if let Some(writer) = writer {
+        let _ = writer.join();
+    }
+    let stdout = std::mem::take(&mut *stdout.lock().unwrap());
+    let stderr = std::mem::take(&mut *stderr.lock().unwrap());
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// Copies everything from `source` into `sink` as it arrives, so that a timeout can still
+/// report what was written so far.
+fn collect(
+    mut source: impl Read + Send + 'static,
+    sink: &Arc<Mutex<Vec<u8>>>,
+) -> thread::JoinHandle<()> {
+    let sink = Arc::clone(sink);
+    thread::spawn(move || {
+        let mut buffer = [0u8; 64 * 1024];
+        loop {
+            match source.read(&mut buffer) {
+                Ok(0) => return,
+                Ok(count) => sink.lock().unwrap().extend_from_slice(&buffer[..count]),
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    })
+}
+
+fn tail(text: &str, limit: usize) -> &str {
+    let mut start = text.len().saturating_sub(limit);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
+/// Reads a file that may not exist yet as text ("" if missing).
+fn read_lossy(path: &Path) -> String {
+    fs::read(path)
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .unwrap_or_default()
+}
