@@ -8,6 +8,7 @@
 pub mod doctor;
 pub mod env;
 pub mod error;
+pub mod local;
 pub mod ssh;
 pub mod target;
 

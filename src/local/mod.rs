@@ -1,0 +1,25 @@
+//! Everything a transfer does to the local filesystem, and the checks that keep it inside the
+//! destination directory.
+//!
+//! A server can lie: it can send names with `..`, `/`, `\`, NUL or terminal escapes, absolute
+//! paths, links pointing out of the tree, and it (or a local user) can swap a directory for a
+//! link while xfer writes. This module is the single place that defeats those attacks:
+//! - [`names`] decides which remote names are acceptable ([`validate_component`]) and builds
+//!   [`RelativePath`]s out of them only; [`printable`] renders any bytes for a terminal.
+//! - [`symlinks`] decides whether a link the server sends stays inside the tree
+//!   ([`symlink_target_is_contained`]).
+//! - [`destination`] performs every write below the destination root without ever following a
+//!   link ([`Destination`]).
+//!
+//! The engine never builds a local path itself: it validates names here, then hands the
+//! resulting [`RelativePath`] to [`Destination`].
+
+pub mod destination;
+pub mod names;
+pub mod symlinks;
+
+pub use destination::{Destination, EntryKind, EntryMetadata, Timestamp};
+pub use names::{
+    MAX_NAME_BYTES, NameError, PathError, RelativePath, printable, validate_component,
+};
+pub use symlinks::symlink_target_is_contained;
