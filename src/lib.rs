@@ -7,9 +7,12 @@
 
 pub mod blocks;
 pub mod doctor;
+pub mod engine;
 pub mod env;
 pub mod error;
 pub mod local;
+pub mod progress;
+pub mod remote;
 pub mod ssh;
 pub mod target;
 

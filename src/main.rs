@@ -7,11 +7,13 @@ use clap::Parser;
 use cli::args::{Cli, Command};
 use cli::settings::Verbosity;
 use std::process::ExitCode;
+use xfer::engine::plan::Direction;
 use xfer::target::{printable, printable_lines};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let output = match &cli.command {
+        Command::Pull(args) | Command::Push(args) => &args.output,
         Command::Doctor(args) => &args.output,
         Command::ForgetHost(args) => &args.output,
     };
@@ -30,6 +32,8 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match &cli.command {
+            Command::Pull(args) => cli::transfer::run(args, Direction::Pull, verbosity).await,
+            Command::Push(args) => cli::transfer::run(args, Direction::Push, verbosity).await,
             Command::Doctor(args) => cli::doctor::run(args).await,
             Command::ForgetHost(args) => cli::forget_host::run(args, verbosity == Verbosity::Quiet),
         }

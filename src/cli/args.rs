@@ -20,6 +20,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Copy a remote file or tree here: xfer pull HOST:PATH LOCAL. Re-run to resume.
+    Pull(TransferArgs),
+    /// Copy a local file or tree to a host: xfer push LOCAL HOST:PATH. Re-run to resume.
+    Push(TransferArgs),
     /// Check that hosts are reachable and usable: config, auth, host key, latency, clock, disk.
     Doctor(DoctorArgs),
     /// Remove a host's keys from known_hosts (after a machine was re-created), keeping a backup.
@@ -84,3 +88,26 @@ pub struct ForgetHostArgs {
     pub output: OutputArgs,
 }
 
+#[derive(Debug, Args)]
+pub struct TransferArgs {
+    /// What to copy: HOST:PATH for pull, a local path for push.
+    #[arg(value_name = "SOURCE")]
+    pub source: String,
+    /// Where the copy goes: a local path for pull, HOST:PATH for push. It becomes the copy
+    /// itself (a tree's root or the file); a file sent onto an existing directory goes inside it.
+    #[arg(value_name = "DESTINATION")]
+    pub destination: String,
+    /// Print what would be transferred and why, and change nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// Print a machine-readable summary (or plan, with --dry-run) as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Do not ask the remote for whole-file digests (b3sum/sha256sum over exec).
+    #[arg(long)]
+    pub no_remote_digest: bool,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}

@@ -6,4 +6,6 @@ pub mod args;
 pub mod doctor;
 pub mod forget_host;
 pub mod logging;
+pub mod progress;
 pub mod settings;
+pub mod transfer;

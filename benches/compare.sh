@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# End-to-end comparison of xfer with scp, sftp and rsync on the same data in one run, over a
+# throwaway OpenSSH sshd on loopback. Uses the benchmark kit in ../shared/bench (BENCH_DIR to
+# point elsewhere): its baseline.sh times pulls (full copy of a 1 GiB file, a checkpoint-like
+# tree and 10,000 small files; resume after a cut at half; delta after 1% mutation; no-op re-run;
+# a far link), counts bytes on the wire through its proxy, and prints markdown tables. This script
+# builds xfer in release mode, adds it to every table, then times pushes the same way.
+#
+#   benches/compare.sh > report.md              # everything, about 15 minutes
+#   SCENARIOS="full resume" DATASETS=big benches/compare.sh
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(dirname "$here")
+bench=${BENCH_DIR:-$root/../shared/bench}
+[ -x "$bench/baseline.sh" ] || { echo "compare.sh: no benchmark kit at $bench (set BENCH_DIR)" >&2; exit 2; }
+
+cargo build --release --quiet --manifest-path "$root/Cargo.toml" >&2
+xfer="$root/target/release/xfer"
+state=$(mktemp -d)
+work=$(mktemp -d)
+trap 'rm -rf "$state" "$work"; [ -z "${SSHD_DIR:-}" ] || "$bench/sshd-down" "$SSHD_DIR" >/dev/null 2>&1 || true' EXIT
+export XFER_STATE_DIR=$state
+
+echo "# xfer compared with scp, sftp and rsync ($(date -u +%Y-%m-%d), $(nproc) cores, $(uname -sr))"
+echo
+echo "## Pull (baseline.sh, every tool on the same data in one run)"
+echo
+XFER="$xfer pull -F {config} bench:{src} {dst}" "$bench/baseline.sh"
+
+# Push: the same data uploaded by each tool, timed with hyperfine when available.
+echo
+echo "## Push (1 GiB file and the checkpoint tree, into an empty remote directory)"
+echo
+SSHD_DIR=$work/sshd
+"$bench/sshd-up" "$SSHD_DIR" >/dev/null
+config=$SSHD_DIR/ssh_config
+"$bench/make-data" "$work/data" big "${BIG_MIB:-1024}" >/dev/null 2>&1
+"$bench/make-data" "$work/data" ckpt "${CKPT_MIB:-1024}" >/dev/null 2>&1
+echo "| dataset | tool | seconds (median of ${REPS:-3}) |"
+echo "|---|---|---|"
+for dataset in big.bin ckpt; do
+  for tool in xfer scp rsync; do
+    times=()
+    for _ in $(seq "${REPS:-3}"); do
+      rm -rf "$work/remote" && mkdir -p "$work/remote"
+      start=$(date +%s.%N)
+      case $tool in
+        xfer) "$xfer" push -q -F "$config" "$work/data/$dataset" "bench:$work/remote/$dataset" ;;
+        scp) scp -q -r -F "$config" "$work/data/$dataset" "bench:$work/remote/$dataset" ;;
+        rsync) rsync -a -e "ssh -F $config" "$work/data/$dataset" "bench:$work/remote/" ;;
+      esac
+      end=$(date +%s.%N)
+      times+=("$(python3 -c "print(round($end - $start, 2))")")
+    done
+    median=$(printf '%s\n' "${times[@]}" | sort -n | sed -n "$(( (${#times[@]} + 1) / 2 ))p")
+    echo "| $dataset | $tool | $median |"
+  done
+done

@@ -1,0 +1,712 @@
+//! Plan, then execute: what a transfer will do, decided before any data moves.
+//!
+//! A [`Plan`] is a plain value: every directory, file and symlink of the source with the action
+//! it needs at the destination (create, update, resume with N of M blocks already in place, or
+//! nothing because it is up to date), plus what was skipped and why (hostile names, special
+//! files, links pointing out of the tree). `--dry-run` prints it; the executor follows it; tests
+//! snapshot it. Building a plan reads metadata only (remote listings, local lstat, journal
+//! headers), never file data.
+//!
+//! "Up to date" is rsync's quick check: same kind, same size and same modification time (whole
+//! seconds, which is all SFTP v3 carries). xfer sets a file's mtime only after the file is
+//! verified, so a partial file never passes it.
+
+use crate::blocks::DEFAULT_BLOCK_SIZE;
+use crate::blocks::journal::{self, JournalHeader};
+use crate::engine::state::StateDir;
+use crate::error::{Error, Result};
+use crate::local::{
+    self, Destination, RelativePath, symlink_target_is_contained, validate_component,
+};
+use crate::remote::{self, EntryKind, Remote};
+use serde::Serialize;
+use std::collections::{BTreeMap, VecDeque};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// Which way the data goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Direction {
+    Pull,
+    Push,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Pull => "pull",
+            Direction::Push => "push",
+        }
+    }
+}
+
+/// What one item needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+pub enum Action {
+    /// Not at the destination yet.
+    Create,
+    /// At the destination but different (size or mtime, or another kind of entry).
+    Update { reason: String },
+    /// A previous run left `have` of `total` blocks recorded in its journal.
+    Resume { have: u64, total: u64 },
+    /// Nothing to do.
+    UpToDate,
+}
+
+/// One directory, file or symlink of the source.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanItem {
+    /// Where it goes, relative to the destination root (`""` for the root itself).
+    pub path: String,
+    /// Where it is on the source side (a remote path for pull, a local one for push).
+    pub source: String,
+    /// Where it goes on the destination side (a local path for pull, a remote one for push).
+    pub target: String,
+    pub kind: EntryKind,
+    pub size: u64,
+    pub mtime: i64,
+    pub mode: u32,
+    pub link_target: Option<String>,
+    #[serde(flatten)]
+    pub action: Action,
+}
+
+impl PlanItem {
+    pub fn relative(&self) -> Result<RelativePath> {
+        parse_relative(&self.path)
+    }
+}
+
+/// Parses a plan path; `""` is the destination root.
+pub fn parse_relative(text: &str) -> Result<RelativePath> {
+    if text.is_empty() {
+        return Ok(RelativePath::root());
+    }
+    RelativePath::parse(text).map_err(|error| error.into_error(text))
+}
+
+/// Something in the source that will not be transferred, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Skipped {
+    /// Terminal-safe.
+    pub path: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub direction: Direction,
+    /// `host:path` or a local path, for messages.
+    pub source: String,
+    pub destination: String,
+    pub items: Vec<PlanItem>,
+    pub skipped: Vec<Skipped>,
+}
+
+impl Plan {
+    /// Bytes of file data the plan will move (resumed files count their missing blocks).
+    pub fn bytes_to_move(&self) -> u64 {
+        self.items
+            .iter()
+            .filter(|item| item.kind == EntryKind::File)
+            .map(|item| match &item.action {
+                Action::Create | Action::Update { .. } => item.size,
+                Action::Resume { have, .. } => item
+                    .size
+                    .saturating_sub(have.saturating_mul(u64::from(DEFAULT_BLOCK_SIZE))),
+                Action::UpToDate => 0,
+            })
+            .sum()
+    }
+
+    pub fn files(&self) -> impl Iterator<Item = &PlanItem> {
+        self.items
+            .iter()
+            .filter(|item| item.kind == EntryKind::File)
+    }
+
+    /// The `--dry-run` text: a summary line, then one line per item that needs work and per
+    /// skipped entry.
+    pub fn render(&self) -> String {
+        let count = |wanted: fn(&Action) -> bool| {
+            self.items
+                .iter()
+                .filter(|item| wanted(&item.action))
+                .count()
+        };
+        let mut out = format!(
+            "{} {} -> {}: {} to create, {} to update, {} to resume, {} up to date, {} skipped; {} to move\n",
+            self.direction.as_str(),
+            local::printable(self.source.as_bytes()),
+            local::printable(self.destination.as_bytes()),
+            count(|a| matches!(a, Action::Create)),
+            count(|a| matches!(a, Action::Update { .. })),
+            count(|a| matches!(a, Action::Resume { .. })),
+            count(|a| matches!(a, Action::UpToDate)),
+            self.skipped.len(),
+            human_bytes(self.bytes_to_move()),
+        );
+        for item in &self.items {
+            let shown = if item.path.is_empty() {
+                ".".to_string()
+            } else {
+                local::printable(item.path.as_bytes())
+            };
+            let kind = match item.kind {
+                EntryKind::Directory => "dir",
+                EntryKind::File => "file",
+                EntryKind::Symlink => "link",
+                EntryKind::Special => "special",
+            };
+            let what = match &item.action {
+                Action::Create => "new".to_string(),
+                Action::Update { reason } => format!("changed ({reason})"),
+                Action::Resume { have, total } => {
+                    format!("resume ({have} of {total} blocks in place)")
+                }
+                Action::UpToDate => "up to date".to_string(),
+            };
+            let size = if item.kind == EntryKind::File {
+                human_bytes(item.size)
+            } else {
+                String::new()
+            };
+            out.push_str(&format!("{what:<40} {kind:<4} {size:>10}  {shown}\n"));
+        }
+        for skipped in &self.skipped {
+            out.push_str(&format!(
+                "{:<40} {:<4} {:>10}  {}\n",
+                format!("skip ({})", skipped.reason),
+                "",
+                "",
+                skipped.path
+            ));
+        }
+        out
+    }
+}
+
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// What identifies the two ends of a transfer in journals and completion records.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    /// `user@host:port`, the remote end.
+    pub remote_id: String,
+}
+
+/// The journal header a file's transfer uses: any change of source size or mtime, or of the
+/// paths, makes an old journal stale.
+pub fn journal_header(
+    direction: Direction,
+    endpoints: &Endpoints,
+    item: &PlanItem,
+) -> JournalHeader {
+    let (source_id, destination_id) = match direction {
+        Direction::Pull => (
+            format!("{}:{}", endpoints.remote_id, item.source),
+            item.target.clone(),
+        ),
+        Direction::Push => (
+            item.source.clone(),
+            format!("{}:{}", endpoints.remote_id, item.target),
+        ),
+    };
+    JournalHeader {
+        block_size: DEFAULT_BLOCK_SIZE,
+        file_size: item.size,
+        source_mtime_seconds: item.mtime,
+        source_mtime_nanos: 0,
+        source_id: truncate_id(source_id),
+        destination_id: truncate_id(destination_id),
+    }
+}
+
+fn truncate_id(mut id: String) -> String {
+    if id.len() > journal::MAX_ID_LEN {
+        // Long paths still get distinct journals (the file name hashes the full ids); the
+        // header only needs to be a faithful prefix.
+        let mut cut = journal::MAX_ID_LEN;
+        while !id.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        id.truncate(cut);
+    }
+    id
+}
+
+/// How many blocks a usable journal for this item vouches for, without trusting them yet.
+pub fn journal_blocks(state: &StateDir, direction: Direction, header: &JournalHeader) -> u64 {
+    let path = state.journal_path(
+        direction.as_str(),
+        &header.source_id,
+        &header.destination_id,
+    );
+    let Ok(file) = std::fs::File::open(&path) else {
+        return 0;
+    };
+    let Ok(layout) = header.layout() else {
+        return 0;
+    };
+    let cap = 64 * 1024
+        + layout
+            .block_count()
+            .saturating_mul(journal::RECORD_LEN as u64)
+            .saturating_mul(4);
+    let mut bytes = Vec::new();
+    if file.take(cap).read_to_end(&mut bytes).is_err() {
+        return 0;
+    }
+    match journal::decode(&bytes) {
+        Ok(decoded) if decoded.matches(header) => decoded.blocks().len() as u64,
+        _ => 0,
+    }
+}
+
+/// Where a pull writes: the directory that is the destination root, and the item path of the
+/// source root inside it (the root itself for a tree, a file name for a single file).
+#[derive(Debug, Clone)]
+pub struct PullTarget {
+    pub root: PathBuf,
+    pub top: RelativePath,
+}
+
+/// Decides where a pull of `source_kind` lands, the way cp and scp do: a tree becomes the
+/// destination path itself; a file goes to the destination path, or inside it if it is an
+/// existing directory.
+pub fn pull_target(
+    source_path: &str,
+    source_kind: EntryKind,
+    destination: &Path,
+) -> Result<PullTarget> {
+    if source_kind == EntryKind::Directory {
+        return Ok(PullTarget {
+            root: destination.to_path_buf(),
+            top: RelativePath::root(),
+        });
+    }
+    if destination.is_dir() {
+        let name = source_path
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .unwrap_or_default();
+        let name = validate_component(name.as_bytes())
+            .map_err(|error| error.into_error(name.as_bytes()))?;
+        let top = RelativePath::root()
+            .join(name)
+            .map_err(|error| error.into_error(name.as_bytes()))?;
+        return Ok(PullTarget {
+            root: destination.to_path_buf(),
+            top,
+        });
+    }
+    let name = destination
+        .file_name()
+        .and_then(|name| name.to_str())
+        .ok_or_else(|| Error::usage(format!("{} does not name a file", destination.display())))?;
+    let top = RelativePath::root()
+        .join(name)
+        .map_err(|error| error.into_error(name.as_bytes()))?;
+    let parent = destination
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    Ok(PullTarget {
+        root: parent.to_path_buf(),
+        top,
+    })
+}
+
+/// Builds the plan of a pull: lists the remote tree (metadata only), validates every name,
+/// and compares with what the destination holds (`destination` is None when it does not exist
+/// yet and this is a dry run: everything is new).
+#[allow(clippy::too_many_arguments)]
+pub async fn plan_pull<R: Remote>(
+    remote: &R,
+    source_path: &str,
+    destination_text: &str,
+    destination_root: &Path,
+    destination: Option<&Destination>,
+    top: &RelativePath,
+    state: &StateDir,
+    endpoints: &Endpoints,
+) -> Result<Plan> {
+    let label = remote.label().to_string();
+    let root_entry = remote.stat(source_path, true).await?.ok_or_else(|| {
+        Error::remote(format!("{label}: {source_path}: no such file or directory")).with_hint(
+            "check the remote path (it is relative to the login directory unless it starts with /)",
+        )
+    })?;
+    let mut plan = Plan {
+        direction: Direction::Pull,
+        source: format!("{}:{source_path}", endpoints.remote_id),
+        destination: destination_text.to_string(),
+        items: Vec::new(),
+        skipped: Vec::new(),
+    };
+    let mut queue: VecDeque<(String, RelativePath, crate::remote::RemoteEntry)> = VecDeque::new();
+    queue.push_back((source_path.to_string(), top.clone(), root_entry));
+    while let Some((remote_path, relative, entry)) = queue.pop_front() {
+        let mut link_target = None;
+        match entry.kind {
+            EntryKind::Special => {
+                plan.skipped.push(Skipped {
+                    path: relative.to_string(),
+                    reason: "special file (device, socket or fifo)".into(),
+                });
+                continue;
+            }
+            EntryKind::Symlink => {
+                let target = remote.read_link(&remote_path).await?;
+                if !symlink_target_is_contained(&relative, &target) {
+                    plan.skipped.push(Skipped {
+                        path: relative.to_string(),
+                        reason: format!(
+                            "symlink to {} points outside the tree",
+                            local::printable(target.as_bytes())
+                        ),
+                    });
+                    continue;
+                }
+                link_target = Some(target);
+            }
+            EntryKind::Directory => {
+                let mut children = remote.list(&remote_path).await?;
+                children.sort_by(|a, b| a.name.cmp(&b.name));
+                for child in children {
+                    match validate_component(child.name.as_bytes()) {
+                        Ok(name) => {
+                            let Ok(child_relative) = relative.join(name) else {
+                                continue;
+                            };
+                            let child_remote = remote::join(&remote_path, name);
+                            queue.push_back((child_remote, child_relative, child));
+                        }
+                        Err(error) => {
+                            let shown = local::printable(child.name.as_bytes());
+                            plan.skipped.push(Skipped {
+                                path: format!("{relative}/{shown}"),
+                                reason: format!("refused name from the server: {error}"),
+                            });
+                        }
+                    }
+                }
+            }
+            EntryKind::File => {}
+        }
+        let target = destination_root
+            .join(relative.to_raw_string())
+            .display()
+            .to_string();
+        let mut item = PlanItem {
+            path: relative.to_raw_string(),
+            source: remote_path,
+            target,
+            kind: entry.kind,
+            size: if entry.kind == EntryKind::File {
+                entry.size
+            } else {
+                0
+            },
+            mtime: entry.mtime,
+            mode: entry.mode,
+            link_target,
+            action: Action::Create,
+        };
+        item.action = match destination {
+            Some(destination) => local_action(destination, &relative, &item, state, endpoints)?,
+            None => Action::Create,
+        };
+        plan.items.push(item);
+    }
+    Ok(plan)
+}
+
+/// Compares one source item with what the local destination holds.
+fn local_action(
+    destination: &Destination,
+    relative: &RelativePath,
+    item: &PlanItem,
+    state: &StateDir,
+    endpoints: &Endpoints,
+) -> Result<Action> {
+    let Some(existing) = destination.metadata(relative)? else {
+        return Ok(Action::Create);
+    };
+    let existing_kind = match existing.kind {
+        local::EntryKind::Directory => EntryKind::Directory,
+        local::EntryKind::File => EntryKind::File,
+        local::EntryKind::Symlink => EntryKind::Symlink,
+        _ => EntryKind::Special,
+    };
+    if existing_kind != item.kind {
+        return Ok(Action::Update {
+            reason: format!("a {existing_kind:?} is there").to_lowercase(),
+        });
+    }
+    match item.kind {
+        EntryKind::Directory => Ok(Action::UpToDate),
+        EntryKind::Symlink => {
+            // Compare targets: a link is up to date only if it points where the source's does.
+            let current = destination
+                .read_symlink(relative)?
+                .and_then(|target| target.to_str().map(str::to_string));
+            if current.as_deref() == item.link_target.as_deref() {
+                Ok(Action::UpToDate)
+            } else {
+                Ok(Action::Update {
+                    reason: "link target differs".into(),
+                })
+            }
+        }
+        EntryKind::File => {
+            if existing.size == item.size && existing.modified.seconds == item.mtime {
+                return Ok(Action::UpToDate);
+            }
+            let header = journal_header(Direction::Pull, endpoints, item);
+            let have = journal_blocks(state, Direction::Pull, &header);
+            if have > 0 {
+                let total = header
+                    .layout()
+                    .map(|layout| layout.block_count())
+                    .unwrap_or(0);
+                return Ok(Action::Resume { have, total });
+            }
+            let reason = if existing.size != item.size {
+                format!("size {} -> {}", existing.size, item.size)
+            } else {
+                "modification time differs".to_string()
+            };
+            Ok(Action::Update { reason })
+        }
+        EntryKind::Special => Ok(Action::Update {
+            reason: "special file".into(),
+        }),
+    }
+}
+
+/// A local entry found by walking the push source.
+fn local_kind(file_type: std::fs::FileType) -> EntryKind {
+    if file_type.is_symlink() {
+        EntryKind::Symlink
+    } else if file_type.is_dir() {
+        EntryKind::Directory
+    } else if file_type.is_file() {
+        EntryKind::File
+    } else {
+        EntryKind::Special
+    }
+}
+
+/// Builds the plan of a push: walks the local tree (never following links) and compares with
+/// remote listings, one per directory.
+pub async fn plan_push<R: Remote>(
+    remote: &R,
+    source: &Path,
+    destination_path: &str,
+    state: &StateDir,
+    endpoints: &Endpoints,
+) -> Result<Plan> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = std::fs::symlink_metadata(source)
+        .map_err(|error| Error::local_io(format!("cannot read {}", source.display()), error))?;
+    let root_kind = local_kind(metadata.file_type());
+    // A file pushed onto an existing remote directory goes inside it, as with cp and scp.
+    let mut destination_root = destination_path.to_string();
+    if root_kind != EntryKind::Directory
+        && let Some(existing) = remote.stat(destination_path, true).await?
+        && existing.kind == EntryKind::Directory
+    {
+        let name = source
+            .file_name()
+            .and_then(|name| name.to_str())
+            .ok_or_else(|| Error::usage(format!("{} has no usable file name", source.display())))?;
+        destination_root = remote::join(destination_path, name);
+    }
+    let mut plan = Plan {
+        direction: Direction::Push,
+        source: source.display().to_string(),
+        destination: format!("{}:{destination_root}", endpoints.remote_id),
+        items: Vec::new(),
+        skipped: Vec::new(),
+    };
+    // Remote listings by directory, fetched once per directory the walk enters.
+    let mut listings: BTreeMap<String, BTreeMap<String, crate::remote::RemoteEntry>> =
+        BTreeMap::new();
+    let walker = walkdir::WalkDir::new(source)
+        .follow_links(false)
+        .sort_by_file_name();
+    for entry in walker {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(error) => {
+                let path = error
+                    .path()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                plan.skipped.push(Skipped {
+                    path,
+                    reason: format!("cannot read: {error}"),
+                });
+                continue;
+            }
+        };
+        let relative_os = entry.path().strip_prefix(source).unwrap_or(Path::new(""));
+        let Some(relative_text) = relative_os.to_str() else {
+            plan.skipped.push(Skipped {
+                path: local::printable(relative_os.as_os_str().as_encoded_bytes()),
+                reason: "name is not UTF-8, which SFTP cannot carry".into(),
+            });
+            continue;
+        };
+        let relative = match parse_relative(relative_text) {
+            Ok(relative) => relative,
+            Err(error) => {
+                plan.skipped.push(Skipped {
+                    path: local::printable(relative_text.as_bytes()),
+                    reason: error.message().to_string(),
+                });
+                continue;
+            }
+        };
+        let metadata = match entry.path().symlink_metadata() {
+            Ok(metadata) => metadata,
+            Err(error) => {
+                plan.skipped.push(Skipped {
+                    path: relative.to_string(),
+                    reason: format!("cannot read: {error}"),
+                });
+                continue;
+            }
+        };
+        let kind = local_kind(metadata.file_type());
+        if kind == EntryKind::Special {
+            plan.skipped.push(Skipped {
+                path: relative.to_string(),
+                reason: "special file (device, socket or fifo)".into(),
+            });
+            continue;
+        }
+        let mut link_target = None;
+        if kind == EntryKind::Symlink {
+            let target = std::fs::read_link(entry.path())
+                .ok()
+                .and_then(|t| t.to_str().map(str::to_string));
+            match target {
+                Some(target) => link_target = Some(target),
+                None => {
+                    plan.skipped.push(Skipped {
+                        path: relative.to_string(),
+                        reason: "link target is not UTF-8".into(),
+                    });
+                    continue;
+                }
+            }
+        }
+        let remote_path = if relative.is_root() {
+            destination_root.clone()
+        } else {
+            remote::join(&destination_root, &relative.to_raw_string())
+        };
+        let mut item = PlanItem {
+            path: relative.to_raw_string(),
+            source: entry.path().display().to_string(),
+            target: remote_path.clone(),
+            kind,
+            size: if kind == EntryKind::File {
+                metadata.len()
+            } else {
+                0
+            },
+            mtime: metadata.mtime(),
+            mode: metadata.mode() & 0o7777,
+            link_target,
+            action: Action::Create,
+        };
+        // What the remote holds there: from its parent's listing.
+        let (parent, name) = match remote_path.rsplit_once('/') {
+            Some((parent, name)) => (
+                if parent.is_empty() {
+                    "/".to_string()
+                } else {
+                    parent.to_string()
+                },
+                name.to_string(),
+            ),
+            None => (".".to_string(), remote_path.clone()),
+        };
+        if !listings.contains_key(&parent) {
+            let listing = match remote.stat(&parent, true).await? {
+                Some(entry) if entry.kind == EntryKind::Directory => remote
+                    .list(&parent)
+                    .await?
+                    .into_iter()
+                    .map(|entry| (entry.name.clone(), entry))
+                    .collect(),
+                _ => BTreeMap::new(),
+            };
+            listings.insert(parent.clone(), listing);
+        }
+        let existing = listings.get(&parent).and_then(|listing| listing.get(&name));
+        item.action = match existing {
+            None => Action::Create,
+            Some(existing) if existing.kind != item.kind => Action::Update {
+                reason: format!("a {:?} is there", existing.kind).to_lowercase(),
+            },
+            Some(existing) => match item.kind {
+                EntryKind::Directory => Action::UpToDate,
+                EntryKind::Symlink => {
+                    let current = remote.read_link(&remote_path).await.ok();
+                    if current == item.link_target {
+                        Action::UpToDate
+                    } else {
+                        Action::Update {
+                            reason: "link target differs".into(),
+                        }
+                    }
+                }
+                _ => {
+                    if existing.size == item.size && existing.mtime == item.mtime {
+                        Action::UpToDate
+                    } else {
+                        let header = journal_header(Direction::Push, endpoints, &item);
+                        let have = journal_blocks(state, Direction::Push, &header);
+                        if have > 0 {
+                            let total = header
+                                .layout()
+                                .map(|layout| layout.block_count())
+                                .unwrap_or(0);
+                            Action::Resume { have, total }
+                        } else if existing.size != item.size {
+                            Action::Update {
+                                reason: format!("size {} -> {}", existing.size, item.size),
+                            }
+                        } else {
+                            Action::Update {
+                                reason: "modification time differs".into(),
+                            }
+                        }
+                    }
+                }
+            },
+        };
+        plan.items.push(item);
+    }
+    Ok(plan)
+}

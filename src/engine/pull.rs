@@ -1,0 +1,498 @@
+//! Executing a pull plan: remote data into the local destination, in place, resumably.
+//!
+//! Directories are made first (writable by the owner until the end), then files are fetched
+//! several at a time, then symlinks, and last the directories get their modes and mtimes,
+//! deepest first. One file's transfer: open the journal (keeping only blocks whose bytes on
+//! disk still hash to what was recorded), fetch the other blocks with many offset reads in
+//! flight, write each block at its offset once it is whole, and every [`SYNC_INTERVAL`] sync the
+//! file and only then journal the blocks; at the end check the remote did not grow, read the
+//! whole file back against the block hashes, compare with the remote's own digest when it can
+//! give one, and only then set the mode and mtime that mark the file done.
+
+use crate::blocks::{BlockHash, BlockLayout, DEFAULT_BLOCK_SIZE, hash_block};
+use crate::engine::plan::{Action, Endpoints, Plan, PlanItem, journal_header};
+use crate::engine::state::{JournalFile, StateDir};
+use crate::engine::verify::{hash_blocks, verify_file};
+use crate::engine::{ItemError, Options, REMOTE_DIGEST_MIN_SIZE, SYNC_INTERVAL, Summary};
+use crate::error::{Error, ErrorKind, Result};
+use crate::local::{Destination, Timestamp};
+use crate::progress::Reporter;
+use crate::remote::{EntryKind, Remote, RemoteDigest};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::task::JoinSet;
+
+/// Everything one file's transfer needs, shared by the tasks of a pull.
+struct Context<R: Remote> {
+    remote: Arc<R>,
+    destination: Arc<Destination>,
+    state: StateDir,
+    endpoints: Endpoints,
+    reporter: Arc<dyn Reporter>,
+    options: Options,
+}
+
+/// What one file's transfer moved.
+#[derive(Debug, Default, Clone, Copy)]
+struct FileTotals {
+    moved: u64,
+    reused: u64,
+}
+
+pub async fn execute<R: Remote>(
+    remote: Arc<R>,
+    plan: &Plan,
+    destination: Arc<Destination>,
+    state: StateDir,
+    endpoints: Endpoints,
+    reporter: Arc<dyn Reporter>,
+    options: Options,
+) -> Summary {
+    let started = Instant::now();
+    let mut summary = Summary {
+        skipped: plan.skipped.clone(),
+        ..Summary::default()
+    };
+    for skipped in &plan.skipped {
+        reporter.warning(&format!("skipped {}: {}", skipped.path, skipped.reason));
+    }
+    let files = plan.files().count() as u64;
+    reporter.planned(files, plan.files().map(|item| item.size).sum());
+    let context = Arc::new(Context {
+        remote,
+        destination,
+        state,
+        endpoints,
+        reporter,
+        options,
+    });
+
+    // Directories, parents first (the plan lists them breadth first).
+    let mut failed_directories: Vec<String> = Vec::new();
+    for item in plan
+        .items
+        .iter()
+        .filter(|item| item.kind == EntryKind::Directory)
+    {
+        summary.directories += 1;
+        if let Err(error) = make_directory(&context.destination, item) {
+            failed_directories.push(item.path.clone());
+            summary.errors.push(ItemError::new(&item.path, &error));
+        }
+    }
+    let under_failed = |item: &PlanItem| {
+        failed_directories.iter().any(|directory| {
+            item.path.starts_with(&format!("{directory}/")) || directory.is_empty()
+        })
+    };
+
+    // Files, several at a time.
+    let mut queue: VecDeque<&PlanItem> = plan.files().filter(|item| !under_failed(item)).collect();
+    summary.files = files;
+    let mut tasks: JoinSet<(String, u64, Result<FileTotals>)> = JoinSet::new();
+    loop {
+        while tasks.len() < context.options.files_in_flight.max(1) {
+            let Some(item) = queue.pop_front() else { break };
+            if item.action == Action::UpToDate {
+                summary.files_up_to_date += 1;
+                summary.bytes_reused += item.size;
+                continue;
+            }
+            let context = context.clone();
+            let item = item.clone();
+            tasks.spawn(async move {
+                let size = item.size;
+                let result = pull_file(&context, &item).await;
+                match &result {
+                    Ok(_) => context.reporter.file_finished(&item.path, Ok(())),
+                    Err(error) => context
+                        .reporter
+                        .file_finished(&item.path, Err(&error.to_string())),
+                }
+                (item.path, size, result)
+            });
+        }
+        let Some(joined) = tasks.join_next().await else {
+            break;
+        };
+        match joined {
+            Ok((_, _, Ok(totals))) => {
+                summary.files_transferred += 1;
+                summary.bytes_moved += totals.moved;
+                summary.bytes_reused += totals.reused;
+            }
+            Ok((path, _, Err(error))) => {
+                summary.files_failed += 1;
+                summary.errors.push(ItemError::new(&path, &error));
+            }
+            Err(panic) => {
+                summary.files_failed += 1;
+                let error = Error::new(
+                    ErrorKind::LocalIo,
+                    format!("a transfer task failed: {panic}"),
+                );
+                summary.errors.push(ItemError::new("", &error));
+            }
+        }
+    }
+
+    // Symlinks, once what they point to exists.
+    for item in plan
+        .items
+        .iter()
+        .filter(|item| item.kind == EntryKind::Symlink)
+    {
+        summary.symlinks += 1;
+        if item.action == Action::UpToDate || under_failed(item) {
+            continue;
+        }
+        let result = item.relative().and_then(|relative| {
+            let target = item.link_target.as_deref().unwrap_or_default();
+            context.destination.create_symlink(&relative, target)?;
+            context
+                .destination
+                .set_permissions_and_times(&relative, 0o777, timestamp(item.mtime))
+        });
+        if let Err(error) = result {
+            summary.errors.push(ItemError::new(&item.path, &error));
+        }
+    }
+
+    // Directory modes and mtimes last, deepest first, so writing children does not change them.
+    for item in plan
+        .items
+        .iter()
+        .rev()
+        .filter(|item| item.kind == EntryKind::Directory)
+    {
+        if failed_directories.contains(&item.path) {
+            continue;
+        }
+        let result = item.relative().and_then(|relative| {
+            context.destination.set_permissions_and_times(
+                &relative,
+                item.mode,
+                timestamp(item.mtime),
+            )
+        });
+        if let Err(error) = result {
+            summary.errors.push(ItemError::new(&item.path, &error));
+        }
+    }
+    summary.seconds = started.elapsed().as_secs_f64();
+    summary
+}
+
+fn timestamp(mtime: i64) -> Timestamp {
+    Timestamp {
+        seconds: mtime,
+        nanoseconds: 0,
+    }
+}
+
+fn make_directory(destination: &Destination, item: &PlanItem) -> Result<()> {
+    let relative = item.relative()?;
+    if matches!(item.action, Action::Update { .. }) {
+        // Something that is not a directory is in the way: a file or a link, never followed.
+        destination.remove_file(&relative)?;
+    }
+    // Owner-writable until the end, whatever the final mode, so the children can be written.
+    destination.create_dir_all(&relative, item.mode | 0o700)
+}
+
+/// Transfers one file; returns what moved.
+async fn pull_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<FileTotals> {
+    let relative = item.relative()?;
+    let destination = &context.destination;
+    let display = destination.display_path(&relative);
+    if let Some(existing) = destination.metadata(&relative)?
+        && existing.kind != crate::local::EntryKind::File
+    {
+        destination.remove_file(&relative)?;
+    }
+    let layout = BlockLayout::new(item.size, DEFAULT_BLOCK_SIZE).map_err(|error| {
+        Error::remote(format!(
+            "{}: {}: {error}",
+            context.remote.label(),
+            item.source
+        ))
+    })?;
+    // A file of one block or less has nothing to resume inside it: no journal, no syncs.
+    let journaled = layout.block_count() > 1;
+    let header = journal_header(
+        crate::engine::plan::Direction::Pull,
+        &context.endpoints,
+        item,
+    );
+    let journal_path =
+        context
+            .state
+            .journal_path("pull", &header.source_id, &header.destination_id);
+    let (mut journal, recorded) = if journaled {
+        let (journal, recorded) = JournalFile::open(&journal_path, &header)?;
+        (Some(journal), recorded)
+    } else {
+        (None, BTreeMap::new())
+    };
+
+    let file = destination.open_write(&relative)?;
+    destination.set_len(&file, &relative, item.size)?;
+    // Trust a recorded block only if its bytes on disk still hash to what was recorded.
+    let on_disk = hash_blocks(&file, &layout, recorded.keys().copied());
+    let mut have: BTreeMap<u64, BlockHash> = recorded
+        .into_iter()
+        .filter(|(index, hash)| on_disk.get(index) == Some(hash))
+        .collect();
+    let reused: u64 = have
+        .keys()
+        .map(|&index| u64::from(layout.len_of(index)))
+        .sum();
+    let needed: Vec<u64> = (0..layout.block_count())
+        .filter(|index| !have.contains_key(index))
+        .collect();
+    context.reporter.file_started(&item.path, item.size, reused);
+
+    // The remote hashes the file while we fetch it.
+    let digest_task =
+        (context.options.remote_digest && item.size >= REMOTE_DIGEST_MIN_SIZE).then(|| {
+            let remote = context.remote.clone();
+            let path = item.source.clone();
+            tokio::spawn(async move { remote.digest(&path).await })
+        });
+
+    let handle = context.remote.open_read(&item.source).await?;
+    let fetched = fetch_blocks(
+        context,
+        item,
+        &handle,
+        &file,
+        &layout,
+        &needed,
+        journal.as_mut(),
+        &mut have,
+    )
+    .await;
+    if let Err(error) = fetched {
+        let _ = context.remote.close(handle).await;
+        return Err(error);
+    }
+    // The size was a promise: more bytes past it means the stat lied or the file grew.
+    let beyond = context.remote.read_at(&handle, item.size, 1).await?;
+    let _ = context.remote.close(handle).await;
+    if !beyond.is_empty() {
+        return Err(Error::remote(format!(
+            "{}: {} has more than the {} bytes its size said (it grew while being read?)",
+            context.remote.label(),
+            item.source,
+            item.size
+        ))
+        .with_hint("re-run the same command once the file stops changing"));
+    }
+
+    let digest = match digest_task {
+        Some(task) => match task.await {
+            Ok(Ok(digest)) => digest,
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "no remote digest for {}", item.source);
+                None
+            }
+            Err(_) => None,
+        },
+        None => None,
+    };
+    let want_sha256 = matches!(digest, Some(RemoteDigest::Sha256(_)));
+    let verification = {
+        let file = file
+            .try_clone()
+            .map_err(|error| Error::local_io(format!("cannot reopen {display}"), error))?;
+        let have = have.clone();
+        let display = display.clone();
+        tokio::task::spawn_blocking(move || {
+            verify_file(&file, &layout, &have, want_sha256, &display)
+        })
+        .await
+        .map_err(|error| {
+            Error::new(
+                ErrorKind::LocalIo,
+                format!("verification task failed: {error}"),
+            )
+        })??
+    };
+    if !verification.mismatched.is_empty() {
+        return Err(Error::new(
+            ErrorKind::LocalIo,
+            format!(
+                "{display}: {} block(s) read back differ from what was written (first at offset {}); the disk or another program changed the file",
+                verification.mismatched.len(),
+                layout.range(verification.mismatched[0]).start
+            ),
+        )
+        .with_hint("re-run the same command to fetch those blocks again")
+        .transient(true));
+    }
+    let agrees = match digest {
+        Some(RemoteDigest::Blake3(remote)) => remote == verification.blake3,
+        Some(RemoteDigest::Sha256(remote)) => Some(remote) == verification.sha256,
+        None => true,
+    };
+    if !agrees {
+        // What we hold is consistent with itself but not with the source: never keep it.
+        if let Some(journal) = journal.take() {
+            journal.remove()?;
+        }
+        return Err(Error::remote(format!(
+            "{display}: the whole-file digest differs from the remote's {}: the source changed during the transfer",
+            item.source
+        ))
+        .with_hint("re-run the same command; the file will be fetched again")
+        .transient(true));
+    }
+    destination.set_file_permissions_and_times(
+        &file,
+        &relative,
+        item.mode,
+        timestamp(item.mtime),
+    )?;
+    if let Some(journal) = journal {
+        journal.remove()?;
+    }
+    Ok(FileTotals {
+        moved: item.size - reused,
+        reused,
+    })
+}
+
+/// A block being assembled from several reads.
+struct Assembly {
+    data: Vec<u8>,
+    filled: usize,
+}
+
+/// Fetches `needed` blocks with many reads in flight and writes each whole block in place.
+/// Blocks written so far are synced and journaled even when this fails, so a dropped link
+/// loses only what was in flight.
+#[allow(clippy::too_many_arguments)]
+async fn fetch_blocks<R: Remote>(
+    context: &Context<R>,
+    item: &PlanItem,
+    handle: &R::File,
+    file: &File,
+    layout: &BlockLayout,
+    needed: &[u64],
+    mut journal: Option<&mut JournalFile>,
+    have: &mut BTreeMap<u64, BlockHash>,
+) -> Result<()> {
+    let chunk = u64::from(context.remote.max_io_size());
+    let mut requests: VecDeque<(u64, u64, u32)> = VecDeque::new();
+    for &index in needed {
+        let range = layout.range(index);
+        let mut offset = range.start;
+        while offset < range.end {
+            let length = chunk.min(range.end - offset) as u32;
+            requests.push_back((index, offset, length));
+            offset += u64::from(length);
+        }
+    }
+    let mut in_flight: JoinSet<(u64, u64, u32, Result<Vec<u8>>)> = JoinSet::new();
+    let mut assemblies: HashMap<u64, Assembly> = HashMap::new();
+    let mut unsynced: Vec<(u64, BlockHash)> = Vec::new();
+    let mut unsynced_bytes = 0u64;
+    let label = context.remote.label().to_string();
+    let display = || format!("{label}:{}", item.source);
+
+    // After the first failure no new reads go out, but replies that already arrived are still
+    // written: on a dropped link that is everything the server managed to send.
+    let mut first_error: Option<Error> = None;
+    let outcome: Result<()> = async {
+        loop {
+            while first_error.is_none() && in_flight.len() < context.options.requests_in_flight.max(1) {
+                let Some((index, offset, length)) = requests.pop_front() else { break };
+                let remote = context.remote.clone();
+                let handle = handle.clone();
+                in_flight.spawn(async move {
+                    let result = remote.read_at(&handle, offset, length).await;
+                    (index, offset, length, result)
+                });
+            }
+            let Some(joined) = in_flight.join_next().await else { break };
+            let (index, offset, length, result) =
+                joined.map_err(|error| Error::new(ErrorKind::LocalIo, format!("a read task failed: {error}")))?;
+            let data = match result {
+                Ok(data) => data,
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                    continue;
+                }
+            };
+            if data.is_empty() {
+                return Err(Error::remote(format!(
+                    "{}: the file ends at byte {offset}, before the {} bytes its size said (it shrank while being read?)",
+                    display(),
+                    item.size
+                ))
+                .with_hint("re-run the same command once the file stops changing"));
+            }
+            let range = layout.range(index);
+            let assembly = assemblies.entry(index).or_insert_with(|| Assembly {
+                data: vec![0u8; (range.end - range.start) as usize],
+                filled: 0,
+            });
+            let start = (offset - range.start) as usize;
+            let Some(slot) = assembly.data.get_mut(start..start + data.len()) else {
+                return Err(Error::remote(format!("{}: a read returned more than was asked", display())));
+            };
+            slot.copy_from_slice(&data);
+            assembly.filled += data.len();
+            if (data.len() as u32) < length {
+                // A short read is legal; ask for the rest.
+                let done = data.len() as u64;
+                requests.push_front((index, offset + done, length - done as u32));
+            }
+            if assembly.filled == assembly.data.len() {
+                let Some(assembly) = assemblies.remove(&index) else { continue };
+                let hash = hash_block(&assembly.data);
+                file.write_all_at(&assembly.data, range.start)
+                    .map_err(|error| Error::local_io(format!("cannot write {}", item.target), error))?;
+                context.reporter.bytes_moved(&item.path, assembly.data.len() as u64);
+                unsynced.push((index, hash));
+                unsynced_bytes += assembly.data.len() as u64;
+                if unsynced_bytes >= SYNC_INTERVAL {
+                    commit(file, journal.as_deref_mut(), &mut unsynced, have, item)?;
+                    unsynced_bytes = 0;
+                }
+            }
+        }
+        match first_error.take() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+    .await;
+    in_flight.abort_all();
+    // Keep every whole block written so far, whatever happened.
+    let committed = commit(file, journal, &mut unsynced, have, item);
+    outcome.and(committed)
+}
+
+/// Makes written blocks durable, then records them.
+fn commit(
+    file: &File,
+    journal: Option<&mut JournalFile>,
+    unsynced: &mut Vec<(u64, BlockHash)>,
+    have: &mut BTreeMap<u64, BlockHash>,
+    item: &PlanItem,
+) -> Result<()> {
+    if unsynced.is_empty() {
+        return Ok(());
+    }
+    if let Some(journal) = journal {
+        file.sync_data()
+            .map_err(|error| Error::local_io(format!("cannot sync {}", item.target), error))?;
+        journal.append(unsynced)?;
+    }
+    have.extend(unsynced.drain(..));
+    Ok(())
+}

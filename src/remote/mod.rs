@@ -1,0 +1,145 @@
+//! The one interface the transfer engine uses to reach the other side.
+//!
+//! [`Remote`] is what a pull or a push needs from a remote machine: metadata (stat, list a
+//! directory, read a link), offset reads and writes on open files, syncing, attributes,
+//! directories, links, renames, and (where the remote can compute one) a whole-file hash. The
+//! SFTP implementation lives in `sftp`; a remote agent can implement the same trait later and
+//! the engine will not change. Names that come back from `list` are the peer's words: the
+//! engine validates every one before it touches the local disk.
+
+pub mod sftp;
+
+use crate::error::Result;
+use std::future::Future;
+
+/// What kind of filesystem object an entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EntryKind {
+    File,
+    Directory,
+    Symlink,
+    /// Devices, sockets, fifos: skipped with a warning, as rsync -a without -D.
+    Special,
+}
+
+/// One remote directory entry or stat result, as the peer describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteEntry {
+    /// The name exactly as the peer sent it (unvalidated).
+    pub name: String,
+    pub kind: EntryKind,
+    pub size: u64,
+    /// Seconds since the epoch; SFTP v3 carries whole seconds only.
+    pub mtime: i64,
+    /// Permission bits (07777).
+    pub mode: u32,
+}
+
+/// Attributes to set on a remote path; None leaves a field as it is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetAttributes {
+    pub size: Option<u64>,
+    pub mode: Option<u32>,
+    pub mtime: Option<i64>,
+}
+
+/// A whole-file digest computed on the remote, for end-to-end verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteDigest {
+    Blake3([u8; 32]),
+    Sha256([u8; 32]),
+}
+
+/// The remote side of a transfer.
+pub trait Remote: Send + Sync + 'static {
+    /// An open file on the remote.
+    type File: Clone + Send + Sync + 'static;
+
+    /// How messages name this remote: `alias (user@host:port)`.
+    fn label(&self) -> &str;
+
+    /// The largest read or write this remote takes in one request.
+    fn max_io_size(&self) -> u32;
+
+    /// Metadata of a path, following a final symlink only if `follow`; None if it does not
+    /// exist.
+    fn stat(
+        &self,
+        path: &str,
+        follow: bool,
+    ) -> impl Future<Output = Result<Option<RemoteEntry>>> + Send;
+
+    /// The entries of a directory, without `.` and `..`.
+    fn list(&self, path: &str) -> impl Future<Output = Result<Vec<RemoteEntry>>> + Send;
+
+    fn read_link(&self, path: &str) -> impl Future<Output = Result<String>> + Send;
+
+    fn open_read(&self, path: &str) -> impl Future<Output = Result<Self::File>> + Send;
+
+    /// Reads up to `length` bytes at `offset`; fewer at the end of the file, none past it.
+    fn read_at(
+        &self,
+        file: &Self::File,
+        offset: u64,
+        length: u32,
+    ) -> impl Future<Output = Result<Vec<u8>>> + Send;
+
+    /// Opens for writing at offsets, creating the file (private until finished) if missing and
+    /// never truncating it.
+    fn open_write(&self, path: &str) -> impl Future<Output = Result<Self::File>> + Send;
+
+    fn write_at(
+        &self,
+        file: &Self::File,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Makes what was written durable on the remote disk, where the remote can.
+    fn sync(&self, file: &Self::File) -> impl Future<Output = Result<()>> + Send;
+
+    fn close(&self, file: Self::File) -> impl Future<Output = Result<()>> + Send;
+
+    fn set_attributes(
+        &self,
+        path: &str,
+        attributes: SetAttributes,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Creates one directory; an existing directory is not an error.
+    fn make_directory(&self, path: &str, mode: u32) -> impl Future<Output = Result<()>> + Send;
+
+    /// Creates `path` as a symlink to `target`, replacing a symlink or file already there.
+    fn make_symlink(&self, path: &str, target: &str) -> impl Future<Output = Result<()>> + Send;
+
+    fn remove_file(&self, path: &str) -> impl Future<Output = Result<()>> + Send;
+
+    /// A whole-file digest computed on the remote, or None where the remote cannot.
+    fn digest(&self, path: &str) -> impl Future<Output = Result<Option<RemoteDigest>>> + Send;
+}
+
+/// Joins a remote directory and a validated name with `/`.
+pub fn join(directory: &str, name: &str) -> String {
+    if directory.is_empty() || directory == "." {
+        name.to_string()
+    } else if directory.ends_with('/') {
+        format!("{directory}{name}")
+    } else {
+        format!("{directory}/{name}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_paths() {
+        assert_eq!(join("", "a"), "a");
+        assert_eq!(join(".", "a"), "a");
+        assert_eq!(join("/", "a"), "/a");
+        assert_eq!(join("/x", "a"), "/x/a");
+        assert_eq!(join("/x/", "a"), "/x/a");
+    }
+}

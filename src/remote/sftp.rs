@@ -1,0 +1,504 @@
+//! [`Remote`] over SFTP (russh-sftp), plus whole-file digests through a fixed exec script.
+//!
+//! The SFTP subsystem is requested on its own channel and refused cleanly when the server does
+//! not offer it (a proxied shell-only endpoint says so in the error). Every request is bounded
+//! in time (a stalled link becomes a transient error), every reply is bounded in size by the
+//! packet limit, and a directory listing is capped in entries, so a hostile server can neither
+//! hang xfer nor make it allocate without bound.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::remote::{EntryKind, Remote, RemoteDigest, RemoteEntry, SetAttributes};
+use crate::ssh::connect::{Connection, russh_error};
+use crate::ssh::exec::{self, ExecLimits};
+use russh::ChannelMsg;
+use russh_sftp::client::RawSftpSession;
+use russh_sftp::client::error::Error as SftpError;
+use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+/// The largest read or write request xfer sends. OpenSSH's sftp-server answers up to 255 KiB
+/// and advertises that through limits@openssh.com; we never ask for more than a server says.
+const PREFERRED_IO_SIZE: u32 = 255 * 1024;
+/// Reply packets larger than this are refused (a little more than the largest read reply).
+const MAX_PACKET_LENGTH: u32 = 512 * 1024;
+/// A directory with more entries than this is refused rather than listed into memory.
+pub const MAX_DIRECTORY_ENTRIES: usize = 2_000_000;
+/// One SFTP request may take this long before the link is considered stalled.
+const REQUEST_TIMEOUT_SECONDS: u64 = 60;
+
+/// Whether exec works on this connection, learned on first use.
+const EXEC_UNKNOWN: u8 = 0;
+const EXEC_ALLOWED: u8 = 1;
+const EXEC_REFUSED: u8 = 2;
+
+/// An SFTP session on an authenticated connection.
+pub struct SftpRemote {
+    session: RawSftpSession,
+    connection: Arc<Connection>,
+    label: String,
+    io_size: u32,
+    exec: AtomicU8,
+}
+
+/// An open remote file: the SFTP handle and the path (for messages).
+#[derive(Debug, Clone)]
+pub struct SftpFile {
+    handle: String,
+    path: Arc<str>,
+}
+
+impl SftpRemote {
+    /// Starts the SFTP subsystem on a new channel of `connection`.
+    pub async fn open(connection: Arc<Connection>) -> Result<SftpRemote> {
+        let label = connection.label().to_string();
+        let mut channel = connection.open_session().await?;
+        channel
+            .request_subsystem(true, "sftp")
+            .await
+            .map_err(|error| russh_error(&label, error))?;
+        let accepted = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(message) = channel.wait().await {
+                match message {
+                    ChannelMsg::Success => return Some(true),
+                    ChannelMsg::Failure | ChannelMsg::Close | ChannelMsg::Eof => {
+                        return Some(false);
+                    }
+                    _ => {}
+                }
+            }
+            Some(false)
+        })
+        .await
+        .map_err(|_| Error::connect(format!("{label}: no answer to the SFTP subsystem request")))?;
+        if accepted != Some(true) {
+            return Err(Error::remote(format!(
+                "{label}: the server refuses the SFTP subsystem"
+            ))
+            .with_hint(
+                "if this is a provider's proxied SSH endpoint that only gives a shell, use the box's direct SSH address; xfer doctor ALIAS tells what the login allows",
+            )
+            .transient(false));
+        }
+        let config = russh_sftp::client::Config {
+            max_packet_len: MAX_PACKET_LENGTH,
+            request_timeout_secs: REQUEST_TIMEOUT_SECONDS,
+            ..Default::default()
+        };
+        let session = RawSftpSession::new_with_config(channel.into_stream(), config);
+        session.set_timeout(REQUEST_TIMEOUT_SECONDS);
+        session
+            .init()
+            .await
+            .map_err(|error| sftp_error(&label, "starting SFTP", error))?;
+        let mut io_size = PREFERRED_IO_SIZE;
+        if let Ok(limits) = session.limits().await {
+            // A server's own limits win; zero means "no limit given".
+            for limit in [limits.max_read_len, limits.max_write_len] {
+                if limit > 0 && limit < u64::from(io_size) {
+                    io_size = limit as u32;
+                }
+            }
+        } else {
+            // Without the extension only 32 KiB is guaranteed by the draft.
+            io_size = 32 * 1024;
+        }
+        let io_size = io_size.max(4096);
+        tracing::debug!(%label, io_size, "SFTP session started");
+        Ok(SftpRemote {
+            session,
+            connection,
+            label,
+            io_size,
+            exec: AtomicU8::new(EXEC_UNKNOWN),
+        })
+    }
+
+    pub fn connection(&self) -> &Arc<Connection> {
+        &self.connection
+    }
+
+    /// Sends a `posix-rename@openssh.com`, which replaces the target atomically (plain SFTP
+    /// rename refuses an existing target on OpenSSH).
+    async fn posix_rename(&self, from: &str, to: &str) -> Result<()> {
+        let mut data = Vec::with_capacity(8 + from.len() + to.len());
+        for text in [from, to] {
+            data.extend_from_slice(&(text.len() as u32).to_be_bytes());
+            data.extend_from_slice(text.as_bytes());
+        }
+        match self
+            .session
+            .extended("posix-rename@openssh.com", data)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(error) => Err(sftp_error(
+                &self.label,
+                &format!("renaming {from} to {to}"),
+                error,
+            )),
+        }
+    }
+}
+
+/// Maps an SFTP failure to an xfer error: a status from the server is a remote error
+/// (permanent), a timeout or a dropped session is a connection error (transient).
+pub fn sftp_error(label: &str, action: &str, error: SftpError) -> Error {
+    match error {
+        SftpError::Status(status) => {
+            let what = match status.status_code {
+                StatusCode::NoSuchFile => "no such file or directory".to_string(),
+                StatusCode::PermissionDenied => "permission denied".to_string(),
+                StatusCode::OpUnsupported => "operation not supported by the server".to_string(),
+                code => format!(
+                    "{code}: {}",
+                    crate::target::printable(&status.error_message)
+                ),
+            };
+            let error = Error::remote(format!("{label}: {action}: {what}"));
+            if status.status_code == StatusCode::Failure {
+                // OpenSSH's generic failure is also what a full disk looks like.
+                error.with_hint("the remote may be out of disk space or quota (xfer doctor ALIAS --path PATH shows free space)")
+            } else {
+                error
+            }
+        }
+        SftpError::Timeout => Error::connect(format!(
+            "{label}: {action}: the server did not answer within {REQUEST_TIMEOUT_SECONDS} s"
+        )),
+        SftpError::Limited(text) => Error::remote(format!("{label}: {action}: {text}")),
+        other => Error::connect(format!("{label}: {action}: SFTP session failed: {other}")),
+    }
+}
+
+fn is_status(error: &SftpError, code: StatusCode) -> bool {
+    matches!(error, SftpError::Status(status) if status.status_code == code)
+}
+
+/// File type bits of a POSIX mode.
+const TYPE_MASK: u32 = 0o170000;
+const TYPE_REGULAR: u32 = 0o100000;
+const TYPE_DIRECTORY: u32 = 0o040000;
+const TYPE_SYMLINK: u32 = 0o120000;
+
+fn entry_from(name: String, attributes: &FileAttributes) -> RemoteEntry {
+    let permissions = attributes.permissions.unwrap_or(0);
+    let kind = match permissions & TYPE_MASK {
+        TYPE_REGULAR => EntryKind::File,
+        TYPE_DIRECTORY => EntryKind::Directory,
+        TYPE_SYMLINK => EntryKind::Symlink,
+        _ => EntryKind::Special,
+    };
+    RemoteEntry {
+        name,
+        kind,
+        size: attributes.size.unwrap_or(0),
+        mtime: i64::from(attributes.mtime.unwrap_or(0)),
+        mode: permissions & 0o7777,
+    }
+}
+
+/// The fixed script that hashes one file; the path arrives on stdin, whole (any bytes but NUL),
+/// so nothing of it is ever parsed by the remote shell.
+const DIGEST_SCRIPT: &str = r#"p=$(cat; printf x); p=${p%x}
+[ -f "$p" ] && [ -r "$p" ] || exit 66
+if command -v b3sum >/dev/null 2>&1; then
+  echo "blake3 $(b3sum < "$p" | cut -c1-64)"
+elif command -v sha256sum >/dev/null 2>&1; then
+  echo "sha256 $(sha256sum < "$p" | cut -c1-64)"
+else
+  exit 69
+fi"#;
+
+fn parse_digest(text: &str) -> Option<RemoteDigest> {
+    let (kind, hex) = text.trim().split_once(' ')?;
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut bytes = [0u8; 32];
+    for (index, byte) in bytes.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(index * 2..index * 2 + 2)?, 16).ok()?;
+    }
+    match kind {
+        "blake3" => Some(RemoteDigest::Blake3(bytes)),
+        "sha256" => Some(RemoteDigest::Sha256(bytes)),
+        _ => None,
+    }
+}
+
+impl Remote for SftpRemote {
+    type File = SftpFile;
+
+    fn label(&self) -> &str {
+        &self.label
+    }
+
+    fn max_io_size(&self) -> u32 {
+        self.io_size
+    }
+
+    async fn stat(&self, path: &str, follow: bool) -> Result<Option<RemoteEntry>> {
+        let result = if follow {
+            self.session.stat(path).await
+        } else {
+            self.session.lstat(path).await
+        };
+        match result {
+            Ok(attributes) => Ok(Some(entry_from(String::new(), &attributes.attrs))),
+            Err(error) if is_status(&error, StatusCode::NoSuchFile) => Ok(None),
+            Err(error) => Err(sftp_error(&self.label, &format!("stat {path}"), error)),
+        }
+    }
+
+    async fn list(&self, path: &str) -> Result<Vec<RemoteEntry>> {
+        let handle = self
+            .session
+            .opendir(path)
+            .await
+            .map_err(|error| sftp_error(&self.label, &format!("listing {path}"), error))?
+            .handle;
+        let mut entries = Vec::new();
+        let outcome = loop {
+            match self.session.readdir(handle.as_str()).await {
+                Ok(name) => {
+                    for file in name.files {
+                        if file.filename == "." || file.filename == ".." {
+                            continue;
+                        }
+                        entries.push(entry_from(file.filename, &file.attrs));
+                    }
+                    if entries.len() > MAX_DIRECTORY_ENTRIES {
+                        break Err(Error::remote(format!(
+                            "{}: listing {path}: more than {MAX_DIRECTORY_ENTRIES} entries; refusing to hold them all",
+                            self.label
+                        )));
+                    }
+                }
+                Err(error) if is_status(&error, StatusCode::Eof) => break Ok(()),
+                Err(error) => {
+                    break Err(sftp_error(&self.label, &format!("listing {path}"), error));
+                }
+            }
+        };
+        let _ = self.session.close(handle).await;
+        outcome.map(|()| entries)
+    }
+
+    async fn read_link(&self, path: &str) -> Result<String> {
+        let name = self
+            .session
+            .readlink(path)
+            .await
+            .map_err(|error| sftp_error(&self.label, &format!("reading link {path}"), error))?;
+        name.files
+            .into_iter()
+            .next()
+            .map(|file| file.filename)
+            .ok_or_else(|| {
+                Error::remote(format!("{}: reading link {path}: empty answer", self.label))
+            })
+    }
+
+    async fn open_read(&self, path: &str) -> Result<SftpFile> {
+        let handle = self
+            .session
+            .open(path, OpenFlags::READ, FileAttributes::default())
+            .await
+            .map_err(|error| sftp_error(&self.label, &format!("opening {path}"), error))?;
+        Ok(SftpFile {
+            handle: handle.handle,
+            path: path.into(),
+        })
+    }
+
+    async fn read_at(&self, file: &SftpFile, offset: u64, length: u32) -> Result<Vec<u8>> {
+        let length = length.min(self.io_size);
+        match self
+            .session
+            .read(file.handle.as_str(), offset, length)
+            .await
+        {
+            Ok(data) => {
+                if data.data.len() > length as usize {
+                    return Err(Error::remote(format!(
+                        "{}: reading {}: the server sent {} bytes for a {length}-byte read",
+                        self.label,
+                        file.path,
+                        data.data.len()
+                    ))
+                    .transient(false));
+                }
+                Ok(data.data)
+            }
+            Err(error) if is_status(&error, StatusCode::Eof) => Ok(Vec::new()),
+            Err(error) => Err(sftp_error(
+                &self.label,
+                &format!("reading {}", file.path),
+                error,
+            )),
+        }
+    }
+
+    async fn open_write(&self, path: &str) -> Result<SftpFile> {
+        let attributes = FileAttributes {
+            permissions: Some(0o600),
+            ..Default::default()
+        };
+        let handle = self
+            .session
+            .open(path, OpenFlags::WRITE | OpenFlags::CREATE, attributes)
+            .await
+            .map_err(|error| {
+                sftp_error(&self.label, &format!("opening {path} for writing"), error)
+            })?;
+        Ok(SftpFile {
+            handle: handle.handle,
+            path: path.into(),
+        })
+    }
+
+    async fn write_at(&self, file: &SftpFile, offset: u64, data: Vec<u8>) -> Result<()> {
+        self.session
+            .write(file.handle.as_str(), offset, data)
+            .await
+            .map(|_| ())
+            .map_err(|error| sftp_error(&self.label, &format!("writing {}", file.path), error))
+    }
+
+    async fn sync(&self, file: &SftpFile) -> Result<()> {
+        match self.session.fsync(file.handle.as_str()).await {
+            Ok(_) => Ok(()),
+            Err(error) if is_status(&error, StatusCode::OpUnsupported) => {
+                tracing::debug!(label = %self.label, "the server has no fsync@openssh.com");
+                Ok(())
+            }
+            Err(error) => Err(sftp_error(
+                &self.label,
+                &format!("syncing {}", file.path),
+                error,
+            )),
+        }
+    }
+
+    async fn close(&self, file: SftpFile) -> Result<()> {
+        self.session
+            .close(file.handle)
+            .await
+            .map(|_| ())
+            .map_err(|error| sftp_error(&self.label, &format!("closing {}", file.path), error))
+    }
+
+    async fn set_attributes(&self, path: &str, attributes: SetAttributes) -> Result<()> {
+        let mtime = attributes
+            .mtime
+            .map(|mtime| mtime.clamp(0, i64::from(u32::MAX)) as u32);
+        let sftp_attributes = FileAttributes {
+            size: attributes.size,
+            permissions: attributes.mode,
+            // SFTP v3 sets both times together.
+            atime: mtime,
+            mtime,
+            ..Default::default()
+        };
+        self.session
+            .setstat(path, sftp_attributes)
+            .await
+            .map(|_| ())
+            .map_err(|error| {
+                sftp_error(&self.label, &format!("setting attributes of {path}"), error)
+            })
+    }
+
+    async fn make_directory(&self, path: &str, mode: u32) -> Result<()> {
+        let attributes = FileAttributes {
+            permissions: Some(mode & 0o7777),
+            ..Default::default()
+        };
+        match self.session.mkdir(path, attributes).await {
+            Ok(_) => Ok(()),
+            Err(error) => match self.stat(path, false).await {
+                Ok(Some(entry)) if entry.kind == EntryKind::Directory => Ok(()),
+                _ => Err(sftp_error(
+                    &self.label,
+                    &format!("creating directory {path}"),
+                    error,
+                )),
+            },
+        }
+    }
+
+    async fn make_symlink(&self, path: &str, target: &str) -> Result<()> {
+        // Made under a temporary name and renamed over the final one, so the name is never
+        // missing or half-made.
+        let temporary = format!("{path}.xfer-link-{}", std::process::id());
+        let _ = self.session.remove(temporary.as_str()).await;
+        // OpenSSH's sftp-server swaps SSH_FXP_SYMLINK's arguments: the first is the target.
+        self.session
+            .symlink(target, temporary.as_str())
+            .await
+            .map_err(|error| sftp_error(&self.label, &format!("creating symlink {path}"), error))?;
+        self.posix_rename(&temporary, path).await
+    }
+
+    async fn remove_file(&self, path: &str) -> Result<()> {
+        self.session
+            .remove(path)
+            .await
+            .map(|_| ())
+            .map_err(|error| sftp_error(&self.label, &format!("removing {path}"), error))
+    }
+
+    async fn digest(&self, path: &str) -> Result<Option<RemoteDigest>> {
+        if self.exec.load(Ordering::Relaxed) == EXEC_REFUSED {
+            return Ok(None);
+        }
+        let limits = ExecLimits {
+            max_output: 4096,
+            // Hashing 100 GB at a few hundred MB/s takes minutes.
+            timeout: Duration::from_secs(3600),
+        };
+        match exec::run(&self.connection, DIGEST_SCRIPT, path.as_bytes(), limits).await {
+            Ok(output) => {
+                self.exec.store(EXEC_ALLOWED, Ordering::Relaxed);
+                if !output.success() {
+                    tracing::debug!(label = %self.label, status = ?output.status, "no remote digest");
+                    return Ok(None);
+                }
+                Ok(parse_digest(&output.stdout_text()))
+            }
+            Err(error) if error.kind() == ErrorKind::Remote => {
+                self.exec.store(EXEC_REFUSED, Ordering::Relaxed);
+                Ok(None)
+            }
+            Err(error) => Err(error),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests_parse_strictly() {
+        let hex = "00".repeat(31) + "ff";
+        let Some(RemoteDigest::Blake3(bytes)) = parse_digest(&format!("blake3 {hex}\n")) else {
+            panic!("not parsed");
+        };
+        assert_eq!(bytes[31], 0xff);
+        assert!(matches!(
+            parse_digest(&format!("sha256 {hex}")),
+            Some(RemoteDigest::Sha256(_))
+        ));
+        assert_eq!(parse_digest("sha256 abc"), None);
+        assert_eq!(parse_digest(&format!("md5 {hex}")), None);
+        assert_eq!(parse_digest(&format!("blake3 {}", "zz".repeat(32))), None);
+        assert_eq!(parse_digest(""), None);
+    }
+
+    #[test]
+    fn the_digest_script_is_quotable() {
+        assert!(exec::command_line(DIGEST_SCRIPT).starts_with("sh -c '"));
+    }
+}
