@@ -13,8 +13,12 @@ pub fn init(verbosity: Verbosity) {
     };
     let filter = xfer::env::var(xfer::env::XFER_LOG).unwrap_or_else(|| default.to_string());
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new(default));
+    // Colour only on a terminal, and never when NO_COLOR is set.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && xfer::env::var(xfer::env::NO_COLOR).is_none();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .with_target(matches!(verbosity, Verbosity::Verbose(level) if level >= 2))
         .without_time()

@@ -24,6 +24,12 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+/// A tree deeper than this is refused: no real tree is, and a lying server could make one
+/// endless.
+pub const MAX_TREE_DEPTH: usize = 1024;
+/// A tree with more entries than this is refused rather than planned into memory.
+pub const MAX_TREE_ENTRIES: usize = 20_000_000;
+
 /// Which way the data goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -103,6 +109,9 @@ pub struct Plan {
     pub destination: String,
     pub items: Vec<PlanItem>,
     pub skipped: Vec<Skipped>,
+    /// Entries that could not be examined (a listing or a link that failed): they count as
+    /// failures of the run, but do not stop the rest of it.
+    pub problems: Vec<crate::engine::ItemError>,
 }
 
 impl Plan {
@@ -118,7 +127,14 @@ impl Plan {
                     .saturating_sub(have.saturating_mul(u64::from(DEFAULT_BLOCK_SIZE))),
                 Action::UpToDate => 0,
             })
-            .sum()
+            .fold(0u64, u64::saturating_add)
+    }
+
+    /// Sizes as the peer claims them: added without overflow, whatever they say.
+    pub fn total_file_bytes(&self) -> u64 {
+        self.files()
+            .map(|item| item.size)
+            .fold(0u64, u64::saturating_add)
     }
 
     pub fn files(&self) -> impl Iterator<Item = &PlanItem> {
@@ -359,10 +375,20 @@ pub async fn plan_pull<R: Remote>(
         destination: destination_text.to_string(),
         items: Vec::new(),
         skipped: Vec::new(),
+        problems: Vec::new(),
     };
     let mut queue: VecDeque<(String, RelativePath, crate::remote::RemoteEntry)> = VecDeque::new();
     queue.push_back((source_path.to_string(), top.clone(), root_entry));
+    let mut seen = 0usize;
     while let Some((remote_path, relative, entry)) = queue.pop_front() {
+        seen += 1;
+        if seen > MAX_TREE_ENTRIES || relative.components().len() > MAX_TREE_DEPTH {
+            return Err(Error::remote(format!(
+                "{label}: {source_path} has more than {MAX_TREE_ENTRIES} entries or is deeper than {MAX_TREE_DEPTH} levels; refusing to plan it"
+            ))
+            .with_hint("pull a smaller part of the tree")
+            .transient(false));
+        }
         let mut link_target = None;
         match entry.kind {
             EntryKind::Special => {
@@ -373,7 +399,17 @@ pub async fn plan_pull<R: Remote>(
                 continue;
             }
             EntryKind::Symlink => {
-                let target = remote.read_link(&remote_path).await?;
+                let target = match remote.read_link(&remote_path).await {
+                    Ok(target) => target,
+                    Err(error) if error.kind() == crate::ErrorKind::Remote => {
+                        plan.problems.push(crate::engine::ItemError::new(
+                            &relative.to_raw_string(),
+                            &error,
+                        ));
+                        continue;
+                    }
+                    Err(error) => return Err(error),
+                };
                 if !symlink_target_is_contained(&relative, &target) {
                     plan.skipped.push(Skipped {
                         path: relative.to_string(),
@@ -387,8 +423,35 @@ pub async fn plan_pull<R: Remote>(
                 link_target = Some(target);
             }
             EntryKind::Directory => {
-                let mut children = remote.list(&remote_path).await?;
+                let mut children = match remote.list(&remote_path).await {
+                    Ok(children) => children,
+                    // The root must list; below it, one unreadable directory is one failure.
+                    Err(error)
+                        if error.kind() == crate::ErrorKind::Remote
+                            && !relative.is_root()
+                            && relative != *top =>
+                    {
+                        plan.problems.push(crate::engine::ItemError::new(
+                            &relative.to_raw_string(),
+                            &error,
+                        ));
+                        continue;
+                    }
+                    Err(error) => return Err(error),
+                };
                 children.sort_by(|a, b| a.name.cmp(&b.name));
+                // A name listed twice would be transferred twice, by two tasks at once: keep
+                // the first.
+                children.dedup_by(|later, earlier| {
+                    let duplicate = later.name == earlier.name;
+                    if duplicate {
+                        tracing::warn!(
+                            "{label}: {remote_path} lists {} twice; using the first",
+                            local::printable(later.name.as_bytes())
+                        );
+                    }
+                    duplicate
+                });
                 for child in children {
                     match validate_component(child.name.as_bytes()) {
                         Ok(name) => {
@@ -545,6 +608,7 @@ pub async fn plan_push<R: Remote>(
         destination: format!("{}:{destination_root}", endpoints.remote_id),
         items: Vec::new(),
         skipped: Vec::new(),
+        problems: Vec::new(),
     };
     // Remote listings by directory, fetched once per directory the walk enters.
     let mut listings: BTreeMap<String, BTreeMap<String, crate::remote::RemoteEntry>> =

@@ -54,13 +54,14 @@ pub async fn execute<R: Remote>(
     let started = Instant::now();
     let mut summary = Summary {
         skipped: plan.skipped.clone(),
+        errors: plan.problems.clone(),
         ..Summary::default()
     };
     for skipped in &plan.skipped {
         reporter.warning(&format!("skipped {}: {}", skipped.path, skipped.reason));
     }
     let files = plan.files().count() as u64;
-    reporter.planned(files, plan.files().map(|item| item.size).sum());
+    reporter.planned(files, plan.total_file_bytes());
     let context = Arc::new(Context {
         remote,
         destination,
@@ -98,7 +99,7 @@ pub async fn execute<R: Remote>(
             let Some(item) = queue.pop_front() else { break };
             if item.action == Action::UpToDate {
                 summary.files_up_to_date += 1;
-                summary.bytes_reused += item.size;
+                summary.bytes_reused = summary.bytes_reused.saturating_add(item.size);
                 continue;
             }
             let context = context.clone();
@@ -121,8 +122,8 @@ pub async fn execute<R: Remote>(
         match joined {
             Ok((_, _, Ok(totals))) => {
                 summary.files_transferred += 1;
-                summary.bytes_moved += totals.moved;
-                summary.bytes_reused += totals.reused;
+                summary.bytes_moved = summary.bytes_moved.saturating_add(totals.moved);
+                summary.bytes_reused = summary.bytes_reused.saturating_add(totals.reused);
             }
             Ok((path, _, Err(error))) => {
                 summary.files_failed += 1;
@@ -239,6 +240,7 @@ async fn pull_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
     };
 
     let file = destination.open_write(&relative)?;
+    ensure_room(&file, item.size, &display)?;
     destination.set_len(&file, &relative, item.size)?;
     // Trust a recorded block only if its bytes on disk still hash to what was recorded.
     let on_disk = hash_blocks(&file, &layout, recorded.keys().copied());
@@ -249,10 +251,7 @@ async fn pull_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
     let reused: u64 = have
         .keys()
         .map(|&index| u64::from(layout.len_of(index)))
-        .sum();
-    let needed: Vec<u64> = (0..layout.block_count())
-        .filter(|index| !have.contains_key(index))
-        .collect();
+        .fold(0u64, u64::saturating_add);
     context.reporter.file_started(&item.path, item.size, reused);
 
     // The remote hashes the file while we fetch it.
@@ -270,7 +269,6 @@ async fn pull_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
         &handle,
         &file,
         &layout,
-        &needed,
         journal.as_mut(),
         &mut have,
     )
@@ -371,37 +369,53 @@ struct Assembly {
     filled: usize,
 }
 
-/// Fetches `needed` blocks with many reads in flight and writes each whole block in place.
-/// Blocks written so far are synced and journaled even when this fails, so a dropped link
-/// loses only what was in flight.
-#[allow(clippy::too_many_arguments)]
+/// Refuses a file the local filesystem has no room for, before anything is written: a clear
+/// message now beats "no space left" halfway through (and a lying size costs nothing).
+fn ensure_room(file: &File, size: u64, display: &str) -> Result<()> {
+    let current = file.metadata().map(|metadata| metadata.len()).unwrap_or(0);
+    let Ok(status) = nix::sys::statvfs::fstatvfs(file) else {
+        return Ok(());
+    };
+    let available =
+        (status.blocks_available() as u64).saturating_mul(status.fragment_size() as u64);
+    let wanted = size.saturating_sub(current);
+    if wanted > available {
+        return Err(Error::new(
+            ErrorKind::LocalIo,
+            format!(
+                "{display}: needs {} more bytes but the filesystem has {available} free",
+                wanted
+            ),
+        )
+        .with_hint("free some space (or pull to another disk), then re-run the same command"));
+    }
+    Ok(())
+}
+
+/// Fetches the blocks `have` lacks, with many reads in flight, and writes each whole block in
+/// place. Requests are made only as slots free up, so memory does not grow with the file's
+/// (claimed) size. Blocks written so far are synced and journaled even when this fails, so a
+/// dropped link loses only what was in flight.
 async fn fetch_blocks<R: Remote>(
     context: &Context<R>,
     item: &PlanItem,
     handle: &R::File,
     file: &File,
     layout: &BlockLayout,
-    needed: &[u64],
     mut journal: Option<&mut JournalFile>,
     have: &mut BTreeMap<u64, BlockHash>,
 ) -> Result<()> {
     let chunk = u64::from(context.remote.max_io_size());
+    let mut next_block = 0u64;
+    let block_count = layout.block_count();
+    // Short reads put their remainders here, ahead of new blocks.
     let mut requests: VecDeque<(u64, u64, u32)> = VecDeque::new();
-    for &index in needed {
-        let range = layout.range(index);
-        let mut offset = range.start;
-        while offset < range.end {
-            let length = chunk.min(range.end - offset) as u32;
-            requests.push_back((index, offset, length));
-            offset += u64::from(length);
-        }
-    }
     let mut in_flight: JoinSet<(u64, u64, u32, Result<Vec<u8>>)> = JoinSet::new();
     let mut assemblies: HashMap<u64, Assembly> = HashMap::new();
     let mut unsynced: Vec<(u64, BlockHash)> = Vec::new();
     let mut unsynced_bytes = 0u64;
     let label = context.remote.label().to_string();
-    let display = || format!("{label}:{}", item.source);
+    let display = || format!("{label} {}", item.source);
 
     // After the first failure no new reads go out, but replies that already arrived are still
     // written: on a dropped link that is everything the server managed to send.
@@ -409,6 +423,22 @@ async fn fetch_blocks<R: Remote>(
     let outcome: Result<()> = async {
         loop {
             while first_error.is_none() && in_flight.len() < context.options.requests_in_flight.max(1) {
+                if requests.is_empty() {
+                    while next_block < block_count && have.contains_key(&next_block) {
+                        next_block += 1;
+                    }
+                    if next_block >= block_count {
+                        break;
+                    }
+                    let range = layout.range(next_block);
+                    let mut offset = range.start;
+                    while offset < range.end {
+                        let length = chunk.min(range.end - offset) as u32;
+                        requests.push_back((next_block, offset, length));
+                        offset += u64::from(length);
+                    }
+                    next_block += 1;
+                }
                 let Some((index, offset, length)) = requests.pop_front() else { break };
                 let remote = context.remote.clone();
                 let handle = handle.clone();
@@ -429,7 +459,7 @@ async fn fetch_blocks<R: Remote>(
             };
             if data.is_empty() {
                 return Err(Error::remote(format!(
-                    "{}: the file ends at byte {offset}, before the {} bytes its size said (it shrank while being read?)",
+                    "{}: the file ends before byte {offset}, short of the {} bytes its size said (it shrank while being read?)",
                     display(),
                     item.size
                 ))

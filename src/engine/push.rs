@@ -48,6 +48,7 @@ pub async fn execute<R: Remote>(
     let started = Instant::now();
     let mut summary = Summary {
         skipped: plan.skipped.clone(),
+        errors: plan.problems.clone(),
         ..Summary::default()
     };
     for skipped in &plan.skipped {
@@ -55,7 +56,7 @@ pub async fn execute<R: Remote>(
     }
     let files = plan.files().count() as u64;
     summary.files = files;
-    reporter.planned(files, plan.files().map(|item| item.size).sum());
+    reporter.planned(files, plan.total_file_bytes());
     let context = Arc::new(Context {
         remote,
         state,
@@ -114,7 +115,7 @@ pub async fn execute<R: Remote>(
             let Some(item) = queue.pop_front() else { break };
             if item.action == Action::UpToDate {
                 summary.files_up_to_date += 1;
-                summary.bytes_reused += item.size;
+                summary.bytes_reused = summary.bytes_reused.saturating_add(item.size);
                 continue;
             }
             let context = context.clone();
@@ -136,8 +137,8 @@ pub async fn execute<R: Remote>(
         match joined {
             Ok((_, Ok(totals))) => {
                 summary.files_transferred += 1;
-                summary.bytes_moved += totals.moved;
-                summary.bytes_reused += totals.reused;
+                summary.bytes_moved = summary.bytes_moved.saturating_add(totals.moved);
+                summary.bytes_reused = summary.bytes_reused.saturating_add(totals.reused);
             }
             Ok((path, Err(error))) => {
                 summary.files_failed += 1;
@@ -287,7 +288,7 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
     let reused: u64 = have
         .keys()
         .map(|&index| u64::from(layout.len_of(index)))
-        .sum();
+        .fold(0u64, u64::saturating_add);
     let needed: Vec<u64> = (0..layout.block_count())
         .filter(|index| !have.contains_key(index))
         .collect();

@@ -262,11 +262,18 @@ impl Remote for SftpRemote {
         let outcome = loop {
             match self.session.readdir(handle.as_str()).await {
                 Ok(name) => {
+                    let before = entries.len();
                     for file in name.files {
                         if file.filename == "." || file.filename == ".." {
                             continue;
                         }
                         entries.push(entry_from(file.filename, &file.attrs));
+                    }
+                    // A batch with no entries (empty, or only `.` and `..` again) is taken as
+                    // the end: OpenSSH never sends one, and a server that did would otherwise
+                    // keep us listing forever.
+                    if entries.len() == before {
+                        break Ok(());
                     }
                     if entries.len() > MAX_DIRECTORY_ENTRIES {
                         break Err(Error::remote(format!(
