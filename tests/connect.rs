@@ -523,3 +523,90 @@ fn match_exec_is_refused_clearly() {
         "{text}"
     );
 }
+
+/// Runs xfer under `script`, which gives it a pseudo-terminal, typing `typed` after a pause.
+fn xfer_on_a_terminal(arguments: &[String], typed: &str) -> Output {
+    let template = xfer_command();
+    let mut line = String::from("exec");
+    line.push(' ');
+    line.push_str(template.get_program().to_str().unwrap());
+    for argument in arguments {
+        line.push_str(&format!(" '{argument}'"));
+    }
+    let mut command = Command::new("script");
+    command.args(["-qfec", &line, "/dev/null"]);
+    for (key, value) in template.get_envs() {
+        match value {
+            Some(value) => command.env(key, value),
+            None => command.env_remove(key),
+        };
+    }
+    let input = format!("sleep 2; printf '{typed}\\n'");
+    let feeder = Command::new("sh")
+        .args(["-c", &input])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    command.stdin(feeder.stdout.unwrap());
+    run_with_timeout(&mut command, LIMIT)
+}
+
+#[test]
+fn encrypted_key_asks_for_its_passphrase_on_a_terminal_without_echo() {
+    let sshd = Sshd::start();
+    let locked = keygen(sshd.dir(), "locked", "ed25519", Some("open sesame"));
+    sshd.authorize(&public_key_path(&locked));
+    let config = sshd.write_client_config(
+        "locked",
+        &[
+            &format!("IdentityFile {}", locked.display()),
+            "BatchMode no",
+        ],
+    );
+    let arguments = vec![
+        "doctor".to_string(),
+        "-F".into(),
+        config.display().to_string(),
+        "locked".into(),
+    ];
+    let output = xfer_on_a_terminal(&arguments, "open sesame");
+    let screen = stdout(&output);
+    assert!(output.status.success(), "{screen}");
+    assert!(
+        screen.contains(&format!("Enter passphrase for key '{}'", locked.display())),
+        "{screen}"
+    );
+    assert!(
+        !screen.contains("open sesame"),
+        "the passphrase was echoed: {screen}"
+    );
+    assert!(screen.contains("key locked"), "{screen}");
+}
+
+#[test]
+fn ask_on_a_terminal_shows_the_fingerprint_and_records_on_yes() {
+    let sshd = Sshd::start();
+    let fresh = sshd.dir().join("fresh_known_hosts");
+    let config = sshd.write_client_config(
+        "askme",
+        &[
+            &format!("UserKnownHostsFile {}", fresh.display()),
+            "StrictHostKeyChecking ask",
+            "BatchMode no",
+        ],
+    );
+    let arguments = vec![
+        "doctor".to_string(),
+        "-F".into(),
+        config.display().to_string(),
+        "askme".into(),
+    ];
+    let output = xfer_on_a_terminal(&arguments, "yes");
+    let screen = stdout(&output);
+    assert!(output.status.success(), "{screen}");
+    assert!(
+        screen.contains("can't be established") && screen.contains("SHA256:"),
+        "{screen}"
+    );
+    assert!(fs::read_to_string(&fresh).unwrap().starts_with("|1|"));
+}

@@ -377,7 +377,7 @@ fn ensure_room(file: &File, size: u64, display: &str) -> Result<()> {
         return Ok(());
     };
     let available =
-        (status.blocks_available() as u64).saturating_mul(status.fragment_size() as u64);
+        status.blocks_available().saturating_mul(status.fragment_size());
     let wanted = size.saturating_sub(current);
     if wanted > available {
         return Err(Error::new(
