@@ -542,13 +542,15 @@ fn xfer_on_a_terminal(arguments: &[String], typed: &str) -> Output {
         };
     }
     let input = format!("sleep 2; printf '{typed}\\n'");
-    let feeder = Command::new("sh")
+    let mut feeder = Command::new("sh")
         .args(["-c", &input])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    command.stdin(feeder.stdout.unwrap());
-    run_with_timeout(&mut command, LIMIT)
+    command.stdin(feeder.stdout.take().unwrap());
+    let output = run_with_timeout(&mut command, LIMIT);
+    let _ = feeder.wait();
+    output
 }
 
 #[test]

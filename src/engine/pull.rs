@@ -12,7 +12,7 @@
 use crate::blocks::{BlockHash, BlockLayout, DEFAULT_BLOCK_SIZE, hash_block};
 use crate::engine::plan::{Action, Endpoints, Plan, PlanItem, journal_header};
 use crate::engine::state::{JournalFile, StateDir};
-use crate::engine::verify::{hash_blocks, verify_file};
+use crate::engine::verify::{WholeFileDigests, hash_blocks, verify_file};
 use crate::engine::{ItemError, Options, REMOTE_DIGEST_MIN_SIZE, SYNC_INTERVAL, Summary};
 use crate::error::{Error, ErrorKind, Result};
 use crate::local::{Destination, Timestamp};
@@ -301,23 +301,24 @@ async fn pull_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
         },
         None => None,
     };
-    let want_sha256 = matches!(digest, Some(RemoteDigest::Sha256(_)));
+    let wanted = WholeFileDigests {
+        blake3: matches!(digest, Some(RemoteDigest::Blake3(_))),
+        sha256: matches!(digest, Some(RemoteDigest::Sha256(_))),
+    };
     let verification = {
         let file = file
             .try_clone()
             .map_err(|error| Error::local_io(format!("cannot reopen {display}"), error))?;
         let have = have.clone();
         let display = display.clone();
-        tokio::task::spawn_blocking(move || {
-            verify_file(&file, &layout, &have, want_sha256, &display)
-        })
-        .await
-        .map_err(|error| {
-            Error::new(
-                ErrorKind::LocalIo,
-                format!("verification task failed: {error}"),
-            )
-        })??
+        tokio::task::spawn_blocking(move || verify_file(&file, &layout, &have, wanted, &display))
+            .await
+            .map_err(|error| {
+                Error::new(
+                    ErrorKind::LocalIo,
+                    format!("verification task failed: {error}"),
+                )
+            })??
     };
     if !verification.mismatched.is_empty() {
         return Err(Error::new(
@@ -332,7 +333,7 @@ async fn pull_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
         .transient(true));
     }
     let agrees = match digest {
-        Some(RemoteDigest::Blake3(remote)) => remote == verification.blake3,
+        Some(RemoteDigest::Blake3(remote)) => Some(remote) == verification.blake3,
         Some(RemoteDigest::Sha256(remote)) => Some(remote) == verification.sha256,
         None => true,
     };
@@ -376,8 +377,9 @@ fn ensure_room(file: &File, size: u64, display: &str) -> Result<()> {
     let Ok(status) = nix::sys::statvfs::fstatvfs(file) else {
         return Ok(());
     };
-    let available =
-        status.blocks_available().saturating_mul(status.fragment_size());
+    let available = status
+        .blocks_available()
+        .saturating_mul(status.fragment_size());
     let wanted = size.saturating_sub(current);
     if wanted > available {
         return Err(Error::new(
@@ -412,6 +414,7 @@ async fn fetch_blocks<R: Remote>(
     let mut requests: VecDeque<(u64, u64, u32)> = VecDeque::new();
     let mut in_flight: JoinSet<(u64, u64, u32, Result<Vec<u8>>)> = JoinSet::new();
     let mut assemblies: HashMap<u64, Assembly> = HashMap::new();
+    let mut spare: Vec<Vec<u8>> = Vec::new();
     let mut unsynced: Vec<(u64, BlockHash)> = Vec::new();
     let mut unsynced_bytes = 0u64;
     let label = context.remote.label().to_string();
@@ -466,9 +469,11 @@ async fn fetch_blocks<R: Remote>(
                 .with_hint("re-run the same command once the file stops changing"));
             }
             let range = layout.range(index);
-            let assembly = assemblies.entry(index).or_insert_with(|| Assembly {
-                data: vec![0u8; (range.end - range.start) as usize],
-                filled: 0,
+            let assembly = assemblies.entry(index).or_insert_with(|| {
+                // Reuse a finished block's buffer: no allocation or zeroing per block.
+                let mut data = spare.pop().unwrap_or_default();
+                data.resize((range.end - range.start) as usize, 0);
+                Assembly { data, filled: 0 }
             });
             let start = (offset - range.start) as usize;
             let Some(slot) = assembly.data.get_mut(start..start + data.len()) else {
@@ -489,6 +494,7 @@ async fn fetch_blocks<R: Remote>(
                 context.reporter.bytes_moved(&item.path, assembly.data.len() as u64);
                 unsynced.push((index, hash));
                 unsynced_bytes += assembly.data.len() as u64;
+                spare.push(assembly.data);
                 if unsynced_bytes >= SYNC_INTERVAL {
                     commit(file, journal.as_deref_mut(), &mut unsynced, have, item)?;
                     unsynced_bytes = 0;

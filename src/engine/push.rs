@@ -11,7 +11,7 @@
 use crate::blocks::{BlockHash, BlockLayout, DEFAULT_BLOCK_SIZE, hash_block};
 use crate::engine::plan::{Action, Direction, Endpoints, Plan, PlanItem, journal_header};
 use crate::engine::state::{JournalFile, StateDir};
-use crate::engine::verify::{hash_blocks, verify_file};
+use crate::engine::verify::{WholeFileDigests, hash_blocks, verify_file};
 use crate::engine::{ItemError, Options, REMOTE_DIGEST_MIN_SIZE, SYNC_INTERVAL, Summary};
 use crate::error::{Error, ErrorKind, Result};
 use crate::progress::Reporter;
@@ -327,25 +327,36 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
     synced?;
     closed?;
 
-    // The local file must not have changed while it was read.
-    let want_sha256 = context.options.remote_digest && item.size >= REMOTE_DIGEST_MIN_SIZE;
-    let verification = {
+    // The remote hashes what it holds while the local file is read back; both are needed.
+    let want_digest = context.options.remote_digest && item.size >= REMOTE_DIGEST_MIN_SIZE;
+    let remote_digest = async {
+        if want_digest {
+            remote.digest(&item.target).await.unwrap_or(None)
+        } else {
+            None
+        }
+    };
+    // Which digest the remote will give is not known until it answers, so both are computed
+    // locally when one is wanted (on a second core, overlapping the block check).
+    let wanted = WholeFileDigests {
+        blake3: want_digest,
+        sha256: want_digest,
+    };
+    let local_check = {
         let file = file
             .try_clone()
             .map_err(|error| Error::local_io(format!("cannot reopen {}", item.source), error))?;
         let have = have.clone();
         let source = item.source.clone();
-        tokio::task::spawn_blocking(move || {
-            verify_file(&file, &layout, &have, want_sha256, &source)
-        })
-        .await
-        .map_err(|error| {
-            Error::new(
-                ErrorKind::LocalIo,
-                format!("verification task failed: {error}"),
-            )
-        })??
+        tokio::task::spawn_blocking(move || verify_file(&file, &layout, &have, wanted, &source))
     };
+    let (digest, verification) = tokio::join!(remote_digest, local_check);
+    let verification = verification.map_err(|error| {
+        Error::new(
+            ErrorKind::LocalIo,
+            format!("verification task failed: {error}"),
+        )
+    })??;
     if !verification.mismatched.is_empty() {
         if let Some(journal) = journal.take() {
             journal.remove()?;
@@ -357,25 +368,22 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
         .with_hint("re-run the same command once the file stops changing")
         .transient(true));
     }
-    if context.options.remote_digest && item.size >= REMOTE_DIGEST_MIN_SIZE {
-        let digest = remote.digest(&item.target).await.unwrap_or(None);
-        let agrees = match digest {
-            Some(RemoteDigest::Blake3(remote)) => remote == verification.blake3,
-            Some(RemoteDigest::Sha256(remote)) => Some(remote) == verification.sha256,
-            None => true,
-        };
-        if !agrees {
-            if let Some(journal) = journal.take() {
-                journal.remove()?;
-            }
-            return Err(Error::remote(format!(
-                "{}: {}: the remote copy's digest differs from the local file's",
-                remote.label(),
-                item.target
-            ))
-            .with_hint("re-run the same command; the file will be sent again")
-            .transient(true));
+    let agrees = match digest {
+        Some(RemoteDigest::Blake3(remote)) => Some(remote) == verification.blake3,
+        Some(RemoteDigest::Sha256(remote)) => Some(remote) == verification.sha256,
+        None => true,
+    };
+    if !agrees {
+        if let Some(journal) = journal.take() {
+            journal.remove()?;
         }
+        return Err(Error::remote(format!(
+            "{}: {}: the remote copy's digest differs from the local file's",
+            remote.label(),
+            item.target
+        ))
+        .with_hint("re-run the same command; the file will be sent again")
+        .transient(true));
     }
     remote
         .set_attributes(

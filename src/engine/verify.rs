@@ -13,9 +13,20 @@ use std::os::unix::fs::FileExt;
 pub struct Verification {
     /// Blocks whose bytes on disk differ from the expected hash.
     pub mismatched: Vec<u64>,
-    /// Plain BLAKE3 of the whole file, as `b3sum` prints it.
-    pub blake3: [u8; 32],
+    /// Plain BLAKE3 of the whole file, as `b3sum` prints it, when asked for.
+    pub blake3: Option<[u8; 32]>,
+    /// SHA-256 of the whole file, when asked for.
     pub sha256: Option<[u8; 32]>,
+}
+
+/// BLAKE3 and SHA-256 of a whole file, each when asked for.
+type WholeFileHashes = (Option<[u8; 32]>, Option<[u8; 32]>);
+
+/// Which whole-file digests a verification computes (each costs a pass over the data).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WholeFileDigests {
+    pub blake3: bool,
+    pub sha256: bool,
 }
 
 /// Reads `which` blocks of `file` and hashes each; a block that cannot be read whole (the file
@@ -40,36 +51,65 @@ pub fn hash_blocks(
     hashes
 }
 
-/// Reads the whole file once: compares every block with `expected` and computes the whole-file
-/// digests. `display` names the file in errors.
+/// Reads the whole file back: compares every block with `expected` and computes the
+/// whole-file digests asked for, on a second thread so the two passes overlap. `display` names
+/// the file in errors.
 pub fn verify_file(
     file: &File,
     layout: &BlockLayout,
     expected: &BTreeMap<u64, BlockHash>,
-    want_sha256: bool,
+    digests: WholeFileDigests,
     display: &str,
 ) -> Result<Verification> {
-    let mut buffer = vec![0u8; layout.block_size() as usize];
-    let mut blake3 = FileHasher::new();
-    let mut sha256 = want_sha256.then(sha2::Sha256::new);
-    let mut mismatched = Vec::new();
-    for index in 0..layout.block_count() {
-        let range = layout.range(index);
-        let length = (range.end - range.start) as usize;
-        let slice = &mut buffer[..length];
-        file.read_exact_at(slice, range.start)
-            .map_err(|error| Error::local_io(format!("cannot read back {display}"), error))?;
-        if expected.get(&index) != Some(&hash_block(slice)) {
-            mismatched.push(index);
+    std::thread::scope(|scope| {
+        let whole = (digests.blake3 || digests.sha256).then(|| {
+            scope.spawn(move || -> Result<WholeFileHashes> {
+                let mut blake3 = digests.blake3.then(FileHasher::new);
+                let mut sha256 = digests.sha256.then(sha2::Sha256::new);
+                let mut buffer = vec![0u8; layout.block_size() as usize];
+                for index in 0..layout.block_count() {
+                    let range = layout.range(index);
+                    let slice = &mut buffer[..(range.end - range.start) as usize];
+                    file.read_exact_at(slice, range.start).map_err(|error| {
+                        Error::local_io(format!("cannot read back {display}"), error)
+                    })?;
+                    if let Some(hasher) = blake3.as_mut() {
+                        hasher.update(slice);
+                    }
+                    if let Some(hasher) = sha256.as_mut() {
+                        hasher.update(&*slice);
+                    }
+                }
+                Ok((
+                    blake3.map(|hasher| hasher.finish()),
+                    sha256.map(|hasher| hasher.finalize().into()),
+                ))
+            })
+        });
+        let mut buffer = vec![0u8; layout.block_size() as usize];
+        let mut mismatched = Vec::new();
+        for index in 0..layout.block_count() {
+            let range = layout.range(index);
+            let slice = &mut buffer[..(range.end - range.start) as usize];
+            file.read_exact_at(slice, range.start)
+                .map_err(|error| Error::local_io(format!("cannot read back {display}"), error))?;
+            if expected.get(&index) != Some(&hash_block(slice)) {
+                mismatched.push(index);
+            }
         }
-        blake3.update(slice);
-        if let Some(sha256) = sha256.as_mut() {
-            sha256.update(&*slice);
-        }
-    }
-    Ok(Verification {
-        mismatched,
-        blake3: blake3.finish(),
-        sha256: sha256.map(|hasher| hasher.finalize().into()),
+        let (blake3, sha256) = match whole {
+            Some(handle) => handle.join().map_err(|_| {
+                Error::new(
+                    crate::ErrorKind::LocalIo,
+                    format!("hashing {display} failed"),
+                )
+            })??,
+            None => (None, None),
+        };
+        Ok(Verification {
+            mismatched,
+            blake3,
+            sha256,
+        })
     })
 }

@@ -200,11 +200,14 @@ fn entry_from(name: String, attributes: &FileAttributes) -> RemoteEntry {
 }
 
 /// The fixed script that hashes one file; the path arrives on stdin, whole (any bytes but NUL),
-/// so nothing of it is ever parsed by the remote shell.
+/// so nothing of it is ever parsed by the remote shell. OpenSSL comes before coreutils'
+/// sha256sum, which runs at a fifth of the speed on the same machine (no SHA extensions).
 const DIGEST_SCRIPT: &str = r#"p=$(cat; printf x); p=${p%x}
 [ -f "$p" ] && [ -r "$p" ] || exit 66
 if command -v b3sum >/dev/null 2>&1; then
   echo "blake3 $(b3sum < "$p" | cut -c1-64)"
+elif command -v openssl >/dev/null 2>&1; then
+  echo "sha256 $(openssl dgst -sha256 -r < "$p" | cut -c1-64)"
 elif command -v sha256sum >/dev/null 2>&1; then
   echo "sha256 $(sha256sum < "$p" | cut -c1-64)"
 else
