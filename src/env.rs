@@ -14,6 +14,10 @@ pub const HOME: &str = "HOME";
 pub const XFER_LOG: &str = "XFER_LOG";
 /// The `ssh` binary used by tests and `xfer doctor --compare`; never needed to transfer.
 pub const XFER_SSH_BINARY: &str = "XFER_SSH_BINARY";
+/// The netrc file to read stanzas from when `--netrc` is not given (as curl and Python do).
+pub const NETRC: &str = "NETRC";
+/// Whether a desktop session bus (and so perhaps a Secret Service keyring) is reachable.
+pub const DBUS_SESSION_BUS_ADDRESS: &str = "DBUS_SESSION_BUS_ADDRESS";
 /// Disables colour, as everywhere.
 pub const NO_COLOR: &str = "NO_COLOR";
 
@@ -27,4 +31,11 @@ pub fn var_path(name: &str) -> Option<std::path::PathBuf> {
     std::env::var_os(name)
         .filter(|value| !value.is_empty())
         .map(std::path::PathBuf::from)
+}
+
+/// Reads a variable the user named on the command line (`xfer secret push --from-env NAME`):
+/// the one kind of variable not declared above. Unset is None; an empty value is returned as
+/// is, so the caller can say "set but empty".
+pub fn user_named(name: &str) -> Option<std::ffi::OsString> {
+    std::env::var_os(name)
 }

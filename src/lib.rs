@@ -13,6 +13,7 @@ pub mod error;
 pub mod local;
 pub mod progress;
 pub mod remote;
+pub mod secret;
 pub mod ssh;
 pub mod target;
 

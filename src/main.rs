@@ -4,7 +4,7 @@
 mod cli;
 
 use clap::Parser;
-use cli::args::{Cli, Command};
+use cli::args::{Cli, Command, SecretCommand};
 use cli::settings::Verbosity;
 use std::process::ExitCode;
 use xfer::engine::plan::Direction;
@@ -15,6 +15,8 @@ fn main() -> ExitCode {
     let output = match &cli.command {
         Command::Pull(args) | Command::Push(args) => &args.output,
         Command::Doctor(args) => &args.output,
+        Command::Secret(SecretCommand::Push(args)) => &args.output,
+        Command::Secret(SecretCommand::Check(args)) => &args.output,
         Command::ForgetHost(args) => &args.output,
     };
     let verbosity = Verbosity::from_args(output);
@@ -35,6 +37,8 @@ fn main() -> ExitCode {
             Command::Pull(args) => cli::transfer::run(args, Direction::Pull, verbosity).await,
             Command::Push(args) => cli::transfer::run(args, Direction::Push, verbosity).await,
             Command::Doctor(args) => cli::doctor::run(args).await,
+            Command::Secret(SecretCommand::Push(args)) => cli::secret::push(args).await,
+            Command::Secret(SecretCommand::Check(args)) => cli::secret::check(args).await,
             Command::ForgetHost(args) => cli::forget_host::run(args, verbosity == Verbosity::Quiet),
         }
     });

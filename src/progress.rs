@@ -7,7 +7,7 @@
 /// Progress events of a transfer. Paths are relative to the transfer's root and already
 /// validated; they are still to be made terminal-safe by whoever prints them.
 pub trait Reporter: Send + Sync {
-    /// The plan is known: how many files and bytes the transfer covers.
+    /// More of the plan is known: this many more files and bytes (called once per unit).
     fn planned(&self, _files: u64, _bytes: u64) {}
     /// A file's transfer starts; `reused` of its `size` bytes are already in place.
     fn file_started(&self, _path: &str, _size: u64, _reused: u64) {}

@@ -470,7 +470,8 @@ fn cut_pull(setup: &Setup, proxy: &Proxy, config: &Path, size: usize) -> PathBuf
     proxy.set_mode(ProxyMode::CutAllAfter(size as u64 / 2));
     let mut command = xfer_command_in(setup.state.path());
     command
-        .args(["pull", "--no-remote-digest", "-F"])
+        // No retries: this run must end at the cut, as when the whole link is down.
+        .args(["pull", "--no-remote-digest", "--retries", "0", "-F"])
         .arg(config)
         .arg(format!("via:{}", setup.path("big.bin").display()))
         .arg(&destination);

@@ -24,6 +24,9 @@ pub enum Command {
     Pull(TransferArgs),
     /// Copy a local file or tree to a host: xfer push LOCAL HOST:PATH. Re-run to resume.
     Push(TransferArgs),
+    /// Put a token or a netrc stanza into a private file on remote hosts, leaking it nowhere.
+    #[command(subcommand)]
+    Secret(SecretCommand),
     /// Check that hosts are reachable and usable: config, auth, host key, latency, clock, disk.
     Doctor(DoctorArgs),
     /// Remove a host's keys from known_hosts (after a machine was re-created), keeping a backup.
@@ -106,6 +109,87 @@ pub struct TransferArgs {
     /// Do not ask the remote for whole-file digests (b3sum/sha256sum over exec).
     #[arg(long)]
     pub no_remote_digest: bool,
+    /// Directories transferred at once, each over its own SSH connection.
+    #[arg(short = 'j', long, value_name = "N", default_value_t = 4)]
+    pub jobs: usize,
+    /// Further attempts of a directory after a transient failure (dropped link, stall, timeout).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub retries: u32,
+    /// Seconds before the first retry; each further retry waits twice as long (with jitter).
+    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+    pub retry_wait: f64,
+    /// Verify files that look up to date (same size and mtime) by whole-file hash on both sides.
+    #[arg(short = 'c', long)]
+    pub checksum: bool,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Write the secret to a 0600 file on each host (atomically, never on a shared filesystem).
+    Push(SecretPushArgs),
+    /// Check each host's copy: a regular 0600 file of yours, on a local disk, with the same
+    /// content (compared by hash; the value is never sent back).
+    Check(SecretCheckArgs),
+}
+
+/// Where the secret comes from: exactly one. There is deliberately no option that takes the
+/// value itself, which would put it in the shell history and in `ps`.
+#[derive(Debug, Args, Clone)]
+#[group(required = true, multiple = false)]
+pub struct SecretSourceArgs {
+    /// The value of this environment variable.
+    #[arg(long, value_name = "VAR")]
+    pub from_env: Option<String>,
+    /// This machine's stanza (login, password, account) from the local netrc.
+    #[arg(long, value_name = "MACHINE")]
+    pub from_netrc: Option<String>,
+    /// An entry of the system keyring (Secret Service, or the kernel keyutils on a headless box).
+    #[arg(long, value_name = "SERVICE[/USER]")]
+    pub from_keyring: Option<String>,
+    /// Read the value from standard input (prompted without echo on a terminal).
+    #[arg(long)]
+    pub stdin: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SecretPushArgs {
+    #[command(flatten)]
+    pub source: SecretSourceArgs,
+    /// The netrc file to read with --from-netrc (default $NETRC, else ~/.netrc).
+    #[arg(long, value_name = "FILE", requires = "from_netrc")]
+    pub netrc: Option<std::path::PathBuf>,
+    /// Remote path (default ~/.config/xfer/secrets/NAME for a value, ~/.netrc for a stanza).
+    #[arg(long, value_name = "REMOTE_PATH")]
+    pub to: Option<String>,
+    /// Write even onto a shared or network filesystem (NFS, SMB, 9p, FUSE, Ceph, Lustre, ...).
+    #[arg(long)]
+    pub allow_shared_fs: bool,
+    /// Hosts to write to.
+    #[arg(value_name = "HOST", required = true)]
+    pub hosts: Vec<String>,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SecretCheckArgs {
+    #[command(flatten)]
+    pub source: SecretSourceArgs,
+    /// The netrc file to read with --from-netrc (default $NETRC, else ~/.netrc).
+    #[arg(long, value_name = "FILE", requires = "from_netrc")]
+    pub netrc: Option<std::path::PathBuf>,
+    /// Remote path to check (the same default as push).
+    #[arg(long, value_name = "REMOTE_PATH")]
+    pub to: Option<String>,
+    /// Hosts to check.
+    #[arg(value_name = "HOST", required = true)]
+    pub hosts: Vec<String>,
     #[command(flatten)]
     pub connection: ConnectionArgs,
     #[command(flatten)]

@@ -7,5 +7,6 @@ pub mod doctor;
 pub mod forget_host;
 pub mod logging;
 pub mod progress;
+pub mod secret;
 pub mod settings;
 pub mod transfer;

@@ -89,9 +89,10 @@ impl TerminalReporter {
 
 impl Reporter for TerminalReporter {
     fn planned(&self, files: u64, bytes: u64) {
-        self.files_total.store(files, Ordering::Relaxed);
+        // Units are planned one by one: each adds to the totals.
+        self.files_total.fetch_add(files, Ordering::Relaxed);
         if let Some(bars) = &self.bars {
-            bars.total.set_length(bytes);
+            bars.total.inc_length(bytes);
         }
         self.update_message();
     }

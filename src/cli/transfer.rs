@@ -6,9 +6,11 @@ use crate::cli::args::TransferArgs;
 use crate::cli::progress::TerminalReporter;
 use crate::cli::settings::{ConnectionSettings, Verbosity};
 use std::sync::Arc;
+use std::time::Duration;
 use xfer::engine::plan::{self, Direction, Endpoints, Plan, human_bytes};
 use xfer::engine::state::StateDir;
-use xfer::engine::{Options, Summary, pull, push};
+use xfer::engine::units::{self, Transfer, UnitOptions};
+use xfer::engine::{Options, Summary};
 use xfer::error::{Error, ErrorKind, Result};
 use xfer::local::Destination;
 use xfer::remote::Remote;
@@ -36,89 +38,103 @@ pub async fn run(args: &TransferArgs, direction: Direction, verbosity: Verbosity
             ));
         }
     };
+    if args.jobs == 0 {
+        return Err(Error::usage("-j takes at least 1"));
+    }
+    if !(0.0..=3600.0).contains(&args.retry_wait) {
+        return Err(Error::usage("--retry-wait takes 0 to 3600 seconds"));
+    }
     let settings = ConnectionSettings::from_args(&args.connection)?;
-    let connector = settings.connector()?;
+    let connector = Arc::new(settings.connector()?);
     let state = StateDir::locate()?;
-    let remote = open_remote(&connector, &host).await?;
+    let quiet = verbosity == Verbosity::Quiet;
+    let verbose = matches!(verbosity, Verbosity::Verbose(_));
+    if args.dry_run {
+        return dry_run(
+            &connector,
+            &host,
+            direction,
+            &remote_path,
+            &local_path,
+            &state,
+            args.json,
+        )
+        .await;
+    }
+    let reporter = Arc::new(TerminalReporter::new(verbose, quiet));
+    let transfer = Transfer {
+        connector,
+        host,
+        direction,
+        remote_path,
+        local_path,
+        state,
+        reporter: reporter.clone(),
+        options: UnitOptions {
+            jobs: args.jobs,
+            retries: args.retries,
+            retry_wait: Duration::from_secs_f64(args.retry_wait),
+            checksum: args.checksum,
+            engine: Options {
+                remote_digest: !args.no_remote_digest,
+                ..Options::default()
+            },
+        },
+    };
+    let summary = units::run(transfer).await;
+    reporter.finish();
+    let summary = summary?;
+    report(&summary, args.json, quiet)?;
+    match summary.outcome() {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+/// Plans the whole transfer over one connection and prints it; nothing is changed.
+async fn dry_run(
+    connector: &xfer::ssh::connect::Connector,
+    host: &HostSpec,
+    direction: Direction,
+    remote_path: &str,
+    local_path: &std::path::Path,
+    state: &StateDir,
+    json: bool,
+) -> Result<()> {
+    let remote = open_remote(connector, host).await?;
     let config = remote.connection().config().clone();
     let endpoints = Endpoints {
         remote_id: format!("{}@{}:{}", config.user, config.hostname, config.port),
     };
-    let options = Options {
-        remote_digest: !args.no_remote_digest,
-        ..Options::default()
-    };
-    let remote = Arc::new(remote);
-    let quiet = verbosity == Verbosity::Quiet;
-    let verbose = matches!(verbosity, Verbosity::Verbose(_));
-    let reporter = Arc::new(TerminalReporter::new(verbose, quiet));
-
-    let summary = match direction {
+    let plan = match direction {
         Direction::Pull => {
-            let root_entry = remote.stat(&remote_path, true).await?.ok_or_else(|| {
+            let root_entry = remote.stat(remote_path, true).await?.ok_or_else(|| {
                 Error::remote(format!(
                     "{}: {remote_path}: no such file or directory",
                     remote.label()
                 ))
                 .with_hint("check the remote path (relative paths start at the login directory)")
             })?;
-            let target = plan::pull_target(&remote_path, root_entry.kind, &local_path)?;
-            let destination = match Destination::open(&target.root, !args.dry_run) {
-                Ok(destination) => Some(destination),
-                Err(_) if args.dry_run => None,
-                Err(error) => return Err(error),
-            };
-            let plan = plan::plan_pull(
-                &*remote,
-                &remote_path,
+            let target = plan::pull_target(remote_path, root_entry.kind, local_path)?;
+            let destination = Destination::open(&target.root, false).ok();
+            plan::plan_pull(
+                &remote,
+                remote_path,
                 &local_path.display().to_string(),
                 &target.root,
                 destination.as_ref(),
                 &target.top,
-                &state,
-                &endpoints,
-            )
-            .await?;
-            if args.dry_run {
-                return show_plan(&plan, args.json);
-            }
-            let Some(destination) = destination else {
-                return Err(Error::new(ErrorKind::LocalIo, "no destination"));
-            };
-            pull::execute(
-                remote.clone(),
-                &plan,
-                Arc::new(destination),
                 state,
-                endpoints,
-                reporter.clone(),
-                options,
+                &endpoints,
+                false,
             )
-            .await
+            .await?
         }
         Direction::Push => {
-            let plan =
-                plan::plan_push(&*remote, &local_path, &remote_path, &state, &endpoints).await?;
-            if args.dry_run {
-                return show_plan(&plan, args.json);
-            }
-            push::execute(
-                remote.clone(),
-                &plan,
-                state,
-                endpoints,
-                reporter.clone(),
-                options,
-            )
-            .await
+            plan::plan_push(&remote, local_path, remote_path, state, &endpoints, false).await?
         }
     };
-    reporter.finish();
-    report(&summary, args.json, quiet)?;
-    match summary.outcome() {
-        Some(error) => Err(error),
-        None => Ok(()),
-    }
+    show_plan(&plan, json)
 }
 
 async fn open_remote(
@@ -170,6 +186,30 @@ fn report(summary: &Summary, json: bool, quiet: bool) -> Result<()> {
         human_bytes(summary.bytes_reused),
         summary.seconds
     );
+    for unit in summary.units.iter().filter(|unit| unit.outcome == "failed") {
+        eprintln!(
+            "  unit {} failed after {} attempt(s): {}",
+            unit.unit,
+            unit.attempts,
+            xfer::target::printable_lines(unit.last_error.as_deref().unwrap_or(""))
+        );
+    }
+    if summary.units.len() > 1 {
+        let skipped = summary
+            .units
+            .iter()
+            .filter(|unit| unit.outcome == "skipped-complete")
+            .count();
+        let done = summary
+            .units
+            .iter()
+            .filter(|unit| unit.outcome == "done")
+            .count();
+        eprintln!(
+            "  directories: {done} done, {skipped} skipped as complete, {} failed",
+            summary.units.len() - done - skipped
+        );
+    }
     for error in &summary.errors {
         eprintln!(
             "  failed {}: {}",

@@ -3,6 +3,7 @@
 //! - [`plan`]: what to move and why, from metadata only; `--dry-run` prints it.
 //! - [`pull`] and [`push`]: execute a plan over a [`crate::remote::Remote`], writing in place,
 //!   recording synced blocks in a journal, verifying every file whole before it counts as done.
+//! - [`units`]: the transfer split per directory, one connection each, several at once, retried.
 //! - [`state`]: where journals live and how they are read and appended.
 //! - [`verify`]: reading files back.
 //!
@@ -13,6 +14,7 @@ pub mod plan;
 pub mod pull;
 pub mod push;
 pub mod state;
+pub mod units;
 pub mod verify;
 
 use crate::error::{Error, ErrorKind};
@@ -45,6 +47,10 @@ impl Default for Options {
 /// more than the file, the SSH MAC already protects the bytes in transit, and every file is
 /// read back locally against its block hashes anyway.
 pub const REMOTE_DIGEST_MIN_SIZE: u64 = 8 << 20;
+
+/// A push journals the blocks the server acknowledged every this many bytes (and whenever the
+/// link fails), so a flaky link that drops every few MiB still makes progress.
+pub const JOURNAL_INTERVAL: u64 = 4 << 20;
 
 /// Data at least this size is synced and journaled every this many bytes: a crash loses at
 /// most this much work per file, and syncing less often would not be measurably faster.
@@ -90,6 +96,8 @@ pub struct Summary {
     pub bytes_reused: u64,
     pub skipped: Vec<plan::Skipped>,
     pub errors: Vec<ItemError>,
+    /// Per unit (directory) of the transfer: done, skipped as complete, or failed after N tries.
+    pub units: Vec<units::UnitReport>,
     pub seconds: f64,
 }
 

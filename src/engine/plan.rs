@@ -219,6 +219,14 @@ pub fn human_bytes(bytes: u64) -> String {
     }
 }
 
+/// A file being written is one byte longer than its source until it is verified, then cut to
+/// its size just before its mode and mtime are set. So rsync's quick check (size and mtime) can
+/// never take a partial file for a finished one, whenever xfer was stopped, even when the
+/// source changed in the same second as the copy was written.
+pub fn size_while_incomplete(size: u64) -> u64 {
+    size.saturating_add(1)
+}
+
 /// What identifies the two ends of a transfer in journals and completion records.
 #[derive(Debug, Clone)]
 pub struct Endpoints {
@@ -362,6 +370,7 @@ pub async fn plan_pull<R: Remote>(
     top: &RelativePath,
     state: &StateDir,
     endpoints: &Endpoints,
+    shallow: bool,
 ) -> Result<Plan> {
     let label = remote.label().to_string();
     let root_entry = remote.stat(source_path, true).await?.ok_or_else(|| {
@@ -453,6 +462,16 @@ pub async fn plan_pull<R: Remote>(
                     duplicate
                 });
                 for child in children {
+                    // A shallow plan covers the top directory and what is directly in it but
+                    // its subdirectories, which are units of their own.
+                    // (A refused name still falls through, to be reported below.)
+                    if shallow
+                        && relative == *top
+                        && child.kind == EntryKind::Directory
+                        && validate_component(child.name.as_bytes()).is_ok()
+                    {
+                        continue;
+                    }
                     match validate_component(child.name.as_bytes()) {
                         Ok(name) => {
                             let Ok(child_relative) = relative.join(name) else {
@@ -585,6 +604,7 @@ pub async fn plan_push<R: Remote>(
     destination_path: &str,
     state: &StateDir,
     endpoints: &Endpoints,
+    shallow: bool,
 ) -> Result<Plan> {
     use std::os::unix::fs::MetadataExt;
     let metadata = std::fs::symlink_metadata(source)
@@ -613,9 +633,12 @@ pub async fn plan_push<R: Remote>(
     // Remote listings by directory, fetched once per directory the walk enters.
     let mut listings: BTreeMap<String, BTreeMap<String, crate::remote::RemoteEntry>> =
         BTreeMap::new();
-    let walker = walkdir::WalkDir::new(source)
+    let mut walker = walkdir::WalkDir::new(source)
         .follow_links(false)
         .sort_by_file_name();
+    if shallow {
+        walker = walker.max_depth(1);
+    }
     for entry in walker {
         let entry = match entry {
             Ok(entry) => entry,
@@ -660,6 +683,9 @@ pub async fn plan_push<R: Remote>(
             }
         };
         let kind = local_kind(metadata.file_type());
+        if shallow && kind == EntryKind::Directory && !relative.is_root() {
+            continue;
+        }
         if kind == EntryKind::Special {
             plan.skipped.push(Skipped {
                 path: relative.to_string(),

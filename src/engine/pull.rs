@@ -61,7 +61,6 @@ pub async fn execute<R: Remote>(
         reporter.warning(&format!("skipped {}: {}", skipped.path, skipped.reason));
     }
     let files = plan.files().count() as u64;
-    reporter.planned(files, plan.total_file_bytes());
     let context = Arc::new(Context {
         remote,
         destination,
@@ -240,8 +239,9 @@ async fn pull_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
     };
 
     let file = destination.open_write(&relative)?;
-    ensure_room(&file, item.size, &display)?;
-    destination.set_len(&file, &relative, item.size)?;
+    let incomplete_size = crate::engine::plan::size_while_incomplete(item.size);
+    ensure_room(&file, incomplete_size, &display)?;
+    destination.set_len(&file, &relative, incomplete_size)?;
     // Trust a recorded block only if its bytes on disk still hash to what was recorded.
     let on_disk = hash_blocks(&file, &layout, recorded.keys().copied());
     let mut have: BTreeMap<u64, BlockHash> = recorded
@@ -349,6 +349,8 @@ async fn pull_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
         .with_hint("re-run the same command; the file will be fetched again")
         .transient(true));
     }
+    // Verified: the real size, then the mode and mtime that mark it done.
+    destination.set_len(&file, &relative, item.size)?;
     destination.set_file_permissions_and_times(
         &file,
         &relative,

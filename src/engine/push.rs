@@ -1,8 +1,9 @@
 //! Executing a push plan: local data onto the remote, in place, resumably.
 //!
 //! The mirror of `pull`: remote directories are made before any write, files are sent several
-//! at a time with many offset writes in flight, every [`SYNC_INTERVAL`] the remote file is
-//! synced (fsync@openssh.com) and only then are the acknowledged blocks journaled locally.
+//! at a time with many offset writes in flight; blocks the server acknowledged are journaled
+//! locally every [`JOURNAL_INTERVAL`] and whenever the link fails, and every [`SYNC_INTERVAL`]
+//! and at the end the remote file is synced (fsync@openssh.com).
 //! On a re-run, a journaled block is trusted only if the local bytes still hash to what was
 //! sent and the remote file still has the size xfer gave it; where the remote can hash
 //! (b3sum or sha256sum over exec), every finished file is checked end to end, and a mismatch
@@ -12,7 +13,9 @@ use crate::blocks::{BlockHash, BlockLayout, DEFAULT_BLOCK_SIZE, hash_block};
 use crate::engine::plan::{Action, Direction, Endpoints, Plan, PlanItem, journal_header};
 use crate::engine::state::{JournalFile, StateDir};
 use crate::engine::verify::{WholeFileDigests, hash_blocks, verify_file};
-use crate::engine::{ItemError, Options, REMOTE_DIGEST_MIN_SIZE, SYNC_INTERVAL, Summary};
+use crate::engine::{
+    ItemError, JOURNAL_INTERVAL, Options, REMOTE_DIGEST_MIN_SIZE, SYNC_INTERVAL, Summary,
+};
 use crate::error::{Error, ErrorKind, Result};
 use crate::progress::Reporter;
 use crate::remote::{EntryKind, Remote, RemoteDigest, SetAttributes};
@@ -56,7 +59,6 @@ pub async fn execute<R: Remote>(
     }
     let files = plan.files().count() as u64;
     summary.files = files;
-    reporter.planned(files, plan.total_file_bytes());
     let context = Arc::new(Context {
         remote,
         state,
@@ -267,9 +269,10 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
 
     // What the remote holds is trusted only if it still has the size this transfer gave it.
     let existing = remote.stat(&item.target, false).await?;
-    let remote_intact = existing
-        .as_ref()
-        .is_some_and(|entry| entry.kind == EntryKind::File && entry.size == item.size);
+    let remote_intact = existing.as_ref().is_some_and(|entry| {
+        entry.kind == EntryKind::File
+            && entry.size == crate::engine::plan::size_while_incomplete(item.size)
+    });
     let mut have: BTreeMap<u64, BlockHash> = if remote_intact && !recorded.is_empty() {
         let local = hash_blocks(&file, &layout, recorded.keys().copied());
         recorded
@@ -298,8 +301,9 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
     let sized = remote
         .set_attributes(
             &item.target,
+            // One byte long until verified (see plan::size_while_incomplete).
             SetAttributes {
-                size: Some(item.size),
+                size: Some(crate::engine::plan::size_while_incomplete(item.size)),
                 ..SetAttributes::default()
             },
         )
@@ -327,6 +331,16 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
     synced?;
     closed?;
 
+    // Everything is written and synced: the real size (digests and checks cover exactly it).
+    remote
+        .set_attributes(
+            &item.target,
+            SetAttributes {
+                size: Some(item.size),
+                ..SetAttributes::default()
+            },
+        )
+        .await?;
     // The remote hashes what it holds while the local file is read back; both are needed.
     let want_digest = context.options.remote_digest && item.size >= REMOTE_DIGEST_MIN_SIZE;
     let remote_digest = async {
@@ -389,7 +403,7 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
         .set_attributes(
             &item.target,
             SetAttributes {
-                size: None,
+                size: Some(item.size),
                 mode: Some(item.mode),
                 mtime: Some(item.mtime),
             },
@@ -425,6 +439,7 @@ async fn send_blocks<R: Remote>(
     let mut in_flight: JoinSet<(u64, u64, Result<()>)> = JoinSet::new();
     let mut unsynced: Vec<(u64, BlockHash)> = Vec::new();
     let mut unsynced_bytes = 0u64;
+    let mut since_sync = 0u64;
     let mut buffer = vec![0u8; layout.block_size() as usize];
 
     let outcome: Result<()> = async {
@@ -478,8 +493,15 @@ async fn send_blocks<R: Remote>(
                 outstanding.remove(&index);
                 unsynced.push((index, hash));
                 unsynced_bytes += u64::from(layout.len_of(index));
-                if unsynced_bytes >= SYNC_INTERVAL {
-                    commit(context, handle, journal.as_deref_mut(), &mut unsynced, have).await?;
+                since_sync += u64::from(layout.len_of(index));
+                // The remote disk is synced now and then; acknowledged blocks are journaled
+                // often, so a dropped link loses little (they are re-checked end to end).
+                if since_sync >= SYNC_INTERVAL {
+                    context.remote.sync(handle).await?;
+                    since_sync = 0;
+                }
+                if unsynced_bytes >= JOURNAL_INTERVAL {
+                    record(journal.as_deref_mut(), &mut unsynced, have)?;
                     unsynced_bytes = 0;
                 }
             }
@@ -488,24 +510,15 @@ async fn send_blocks<R: Remote>(
     }
     .await;
     in_flight.abort_all();
-    let committed = if outcome.is_ok() {
-        commit(context, handle, journal, &mut unsynced, have).await
-    } else {
-        // The link may be gone; journal only if the remote can still confirm a sync.
-        match commit(context, handle, journal, &mut unsynced, have).await {
-            Ok(()) => Ok(()),
-            Err(error) => {
-                tracing::debug!(%error, "could not record acknowledged blocks after a failure");
-                Ok(())
-            }
-        }
-    };
-    outcome.and(committed)
+    // Every acknowledged block is recorded, whatever happened: the server has it (a dropped
+    // link does not lose acknowledged writes; a crash of the server is caught by the size check
+    // and the end-to-end digest).
+    let recorded = record(journal, &mut unsynced, have);
+    outcome.and(recorded)
 }
 
-async fn commit<R: Remote>(
-    context: &Context<R>,
-    handle: &R::File,
+/// Journals acknowledged blocks (a local append and sync; the remote is not involved).
+fn record(
     journal: Option<&mut JournalFile>,
     unsynced: &mut Vec<(u64, BlockHash)>,
     have: &mut BTreeMap<u64, BlockHash>,
@@ -514,7 +527,6 @@ async fn commit<R: Remote>(
         return Ok(());
     }
     if let Some(journal) = journal {
-        context.remote.sync(handle).await?;
         journal.append(unsynced)?;
     }
     have.extend(unsynced.drain(..));

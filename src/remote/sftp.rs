@@ -119,6 +119,26 @@ impl SftpRemote {
         &self.connection
     }
 
+    /// Runs one SFTP request, failing it at once if the SSH connection under it has died.
+    /// (russh-sftp would otherwise leave it waiting for its full request timeout.)
+    async fn call<T>(
+        &self,
+        request: impl std::future::Future<Output = Result<T, SftpError>>,
+    ) -> Result<T, SftpError> {
+        tokio::select! {
+            result = request => result,
+            () = self.connection_closed() => Err(SftpError::UnexpectedBehavior("the SSH connection closed".into())),
+        }
+    }
+
+    async fn connection_closed(&self) {
+        while !self.connection.is_closed() {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        // Replies that arrived before the end may still be on their way up: let them land.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
     /// Sends a `posix-rename@openssh.com`, which replaces the target atomically (plain SFTP
     /// rename refuses an existing target on OpenSSH).
     async fn posix_rename(&self, from: &str, to: &str) -> Result<()> {
@@ -128,8 +148,7 @@ impl SftpRemote {
             data.extend_from_slice(text.as_bytes());
         }
         match self
-            .session
-            .extended("posix-rename@openssh.com", data)
+            .call(self.session.extended("posix-rename@openssh.com", data))
             .await
         {
             Ok(_) => Ok(()),
@@ -243,9 +262,9 @@ impl Remote for SftpRemote {
 
     async fn stat(&self, path: &str, follow: bool) -> Result<Option<RemoteEntry>> {
         let result = if follow {
-            self.session.stat(path).await
+            self.call(self.session.stat(path)).await
         } else {
-            self.session.lstat(path).await
+            self.call(self.session.lstat(path)).await
         };
         match result {
             Ok(attributes) => Ok(Some(entry_from(String::new(), &attributes.attrs))),
@@ -256,14 +275,13 @@ impl Remote for SftpRemote {
 
     async fn list(&self, path: &str) -> Result<Vec<RemoteEntry>> {
         let handle = self
-            .session
-            .opendir(path)
+            .call(self.session.opendir(path))
             .await
             .map_err(|error| sftp_error(&self.label, &format!("listing {path}"), error))?
             .handle;
         let mut entries = Vec::new();
         let outcome = loop {
-            match self.session.readdir(handle.as_str()).await {
+            match self.call(self.session.readdir(handle.as_str())).await {
                 Ok(name) => {
                     let before = entries.len();
                     for file in name.files {
@@ -291,14 +309,13 @@ impl Remote for SftpRemote {
                 }
             }
         };
-        let _ = self.session.close(handle).await;
+        let _ = self.call(self.session.close(handle)).await;
         outcome.map(|()| entries)
     }
 
     async fn read_link(&self, path: &str) -> Result<String> {
         let name = self
-            .session
-            .readlink(path)
+            .call(self.session.readlink(path))
             .await
             .map_err(|error| sftp_error(&self.label, &format!("reading link {path}"), error))?;
         name.files
@@ -312,8 +329,10 @@ impl Remote for SftpRemote {
 
     async fn open_read(&self, path: &str) -> Result<SftpFile> {
         let handle = self
-            .session
-            .open(path, OpenFlags::READ, FileAttributes::default())
+            .call(
+                self.session
+                    .open(path, OpenFlags::READ, FileAttributes::default()),
+            )
             .await
             .map_err(|error| sftp_error(&self.label, &format!("opening {path}"), error))?;
         Ok(SftpFile {
@@ -325,8 +344,7 @@ impl Remote for SftpRemote {
     async fn read_at(&self, file: &SftpFile, offset: u64, length: u32) -> Result<Vec<u8>> {
         let length = length.min(self.io_size);
         match self
-            .session
-            .read(file.handle.as_str(), offset, length)
+            .call(self.session.read(file.handle.as_str(), offset, length))
             .await
         {
             Ok(data) => {
@@ -356,8 +374,10 @@ impl Remote for SftpRemote {
             ..Default::default()
         };
         let handle = self
-            .session
-            .open(path, OpenFlags::WRITE | OpenFlags::CREATE, attributes)
+            .call(
+                self.session
+                    .open(path, OpenFlags::WRITE | OpenFlags::CREATE, attributes),
+            )
             .await
             .map_err(|error| {
                 sftp_error(&self.label, &format!("opening {path} for writing"), error)
@@ -369,15 +389,14 @@ impl Remote for SftpRemote {
     }
 
     async fn write_at(&self, file: &SftpFile, offset: u64, data: Vec<u8>) -> Result<()> {
-        self.session
-            .write(file.handle.as_str(), offset, data)
+        self.call(self.session.write(file.handle.as_str(), offset, data))
             .await
             .map(|_| ())
             .map_err(|error| sftp_error(&self.label, &format!("writing {}", file.path), error))
     }
 
     async fn sync(&self, file: &SftpFile) -> Result<()> {
-        match self.session.fsync(file.handle.as_str()).await {
+        match self.call(self.session.fsync(file.handle.as_str())).await {
             Ok(_) => Ok(()),
             Err(error) if is_status(&error, StatusCode::OpUnsupported) => {
                 tracing::debug!(label = %self.label, "the server has no fsync@openssh.com");
@@ -392,8 +411,7 @@ impl Remote for SftpRemote {
     }
 
     async fn close(&self, file: SftpFile) -> Result<()> {
-        self.session
-            .close(file.handle)
+        self.call(self.session.close(file.handle))
             .await
             .map(|_| ())
             .map_err(|error| sftp_error(&self.label, &format!("closing {}", file.path), error))
@@ -411,8 +429,7 @@ impl Remote for SftpRemote {
             mtime,
             ..Default::default()
         };
-        self.session
-            .setstat(path, sftp_attributes)
+        self.call(self.session.setstat(path, sftp_attributes))
             .await
             .map(|_| ())
             .map_err(|error| {
@@ -425,7 +442,7 @@ impl Remote for SftpRemote {
             permissions: Some(mode & 0o7777),
             ..Default::default()
         };
-        match self.session.mkdir(path, attributes).await {
+        match self.call(self.session.mkdir(path, attributes)).await {
             Ok(_) => Ok(()),
             Err(error) => match self.stat(path, false).await {
                 Ok(Some(entry)) if entry.kind == EntryKind::Directory => Ok(()),
@@ -442,18 +459,16 @@ impl Remote for SftpRemote {
         // Made under a temporary name and renamed over the final one, so the name is never
         // missing or half-made.
         let temporary = format!("{path}.xfer-link-{}", std::process::id());
-        let _ = self.session.remove(temporary.as_str()).await;
+        let _ = self.call(self.session.remove(temporary.as_str())).await;
         // OpenSSH's sftp-server swaps SSH_FXP_SYMLINK's arguments: the first is the target.
-        self.session
-            .symlink(target, temporary.as_str())
+        self.call(self.session.symlink(target, temporary.as_str()))
             .await
             .map_err(|error| sftp_error(&self.label, &format!("creating symlink {path}"), error))?;
         self.posix_rename(&temporary, path).await
     }
 
     async fn remove_file(&self, path: &str) -> Result<()> {
-        self.session
-            .remove(path)
+        self.call(self.session.remove(path))
             .await
             .map(|_| ())
             .map_err(|error| sftp_error(&self.label, &format!("removing {path}"), error))

@@ -48,6 +48,8 @@ pub struct Connector {
     keys: KeyStore,
     /// Tuning for data transfer: window and packet sizes.
     tuning: Tuning,
+    /// Environment variables ProxyCommand children must not inherit (a secret's variable).
+    scrubbed: Vec<String>,
 }
 
 /// SSH transport settings that matter for throughput.
@@ -142,7 +144,15 @@ impl Connector {
             local,
             keys: KeyStore::default(),
             tuning: Tuning::default(),
+            scrubbed: Vec::new(),
         }
+    }
+
+    /// Keeps these environment variables from every process a connection starts
+    /// (ProxyCommand), e.g. the variable a secret was read from.
+    pub fn without_environment(mut self, names: Vec<String>) -> Self {
+        self.scrubbed = names;
+        self
     }
 
     pub fn with_tuning(mut self, tuning: Tuning) -> Self {
@@ -361,7 +371,7 @@ impl Connector {
             ));
         }
         if let Some(command) = config.expand_proxy_command() {
-            return spawn_proxy_command(&command, label);
+            return spawn_proxy_command(&command, label, &self.scrubbed);
         }
         let stream = connect_tcp(&config.hostname, config.port, label).await?;
         Ok((Box::pin(stream), TransportGuard::Direct))
@@ -456,8 +466,16 @@ async fn connect_tcp(host: &str, port: u16, label: &str) -> Result<tokio::net::T
 
 /// Runs a ProxyCommand through `sh -c` as ssh does, its stdio becoming the transport. The child
 /// is killed when the connection is dropped.
-fn spawn_proxy_command(command: &str, label: &str) -> Result<(BoxedStream, TransportGuard)> {
-    let mut child = tokio::process::Command::new("/bin/sh")
+fn spawn_proxy_command(
+    command: &str,
+    label: &str,
+    scrubbed: &[String],
+) -> Result<(BoxedStream, TransportGuard)> {
+    let mut builder = tokio::process::Command::new("/bin/sh");
+    for name in scrubbed {
+        builder.env_remove(name);
+    }
+    let mut child = builder
         .arg("-c")
         .arg(command)
         .stdin(std::process::Stdio::piped())

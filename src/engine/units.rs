@@ -1,0 +1,798 @@
+//! One SSH connection per directory: a transfer split into units, several at once, each retried.
+//!
+//! A tree is cut into units: every top-level subdirectory of the source (with everything below
+//! it), and one unit for the top directory itself and the loose files and links in it. Up to
+//! `jobs` workers take units from a queue; each holds its own connection (its own TCP and SSH
+//! session) and keeps it for the next unit while it is healthy, so a dropped connection loses
+//! only the blocks in flight on it. A unit that fails for a transient reason (reset, EOF,
+//! keepalive timeout, stall, request timeout) is planned again and resumed on a fresh connection
+//! after an exponential backoff with jitter, up to `retries` times; a permanent failure (auth,
+//! host key, no such file, permission denied, disk full) is not retried. One unit failing does
+//! not stop the others. A unit whose every file is verified gets a completion record of the
+//! listing it matched; a re-run plans from metadata only (listings and lstat), so a unit that is
+//! unchanged on both sides is skipped without reading any file data.
+
+use crate::blocks::record::{CompletionEntry, CompletionRecord, EntryKind as RecordKind};
+use crate::engine::plan::{self, Action, Direction, Endpoints, Plan, PlanItem};
+use crate::engine::state::StateDir;
+use crate::engine::{ItemError, Options, Summary, pull, push};
+use crate::error::{Error, ErrorKind, Result};
+use crate::local::{Destination, RelativePath, Timestamp, validate_component};
+use crate::progress::Reporter;
+use crate::remote::sftp::SftpRemote;
+use crate::remote::{self, EntryKind, Remote, SetAttributes};
+use crate::ssh::connect::Connector;
+use crate::target::HostSpec;
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The meaning of a completion record written by this version (which checks made it complete).
+const RECORD_VERSION: u32 = 1;
+
+/// How a transfer is split and retried.
+#[derive(Debug, Clone, Copy)]
+pub struct UnitOptions {
+    /// Units (and connections) at once.
+    pub jobs: usize,
+    /// Further attempts of a unit after a transient failure.
+    pub retries: u32,
+    /// The first backoff; each retry doubles it, up to [`MAX_BACKOFF`], with ±50% jitter.
+    pub retry_wait: Duration,
+    /// Verify files that look up to date by whole-file hash on both sides.
+    pub checksum: bool,
+    pub engine: Options,
+}
+
+impl Default for UnitOptions {
+    fn default() -> Self {
+        UnitOptions {
+            jobs: 4,
+            retries: 10,
+            retry_wait: Duration::from_secs(1),
+            checksum: false,
+            engine: Options::default(),
+        }
+    }
+}
+
+/// The longest wait between two attempts of a unit.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// The wait before attempt `failures + 1`: `first * 2^(failures-1)`, capped, scaled by a jitter
+/// factor in [0.5, 1.5) so that units cut by the same outage do not reconnect in lockstep.
+pub fn backoff(first: Duration, failures: u32, jitter: f64) -> Duration {
+    let exponent = failures.saturating_sub(1).min(16);
+    let base = first.saturating_mul(1u32 << exponent).min(MAX_BACKOFF);
+    base.mul_f64(0.5 + jitter.clamp(0.0, 1.0))
+}
+
+/// What became of one unit.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnitReport {
+    /// The unit's directory relative to the transfer root (`.` for the top unit).
+    pub unit: String,
+    /// `done`, `skipped-complete` or `failed`.
+    pub outcome: &'static str,
+    pub attempts: u32,
+    pub files_transferred: u64,
+    pub bytes_moved: u64,
+    pub last_error: Option<String>,
+}
+
+/// One unit: where it is on the source side and where it goes.
+#[derive(Debug, Clone)]
+struct Unit {
+    /// Relative path of the unit's top below the destination root (pull) or the source
+    /// root (push); empty for the top unit.
+    relative: RelativePath,
+    /// Source path of the unit's top (remote for pull, local for push).
+    source: String,
+    /// Destination path of the unit's top (remote for push).
+    target: String,
+    /// Only the top directory and its non-directory entries.
+    shallow: bool,
+    /// A subdirectory found by listing its parent (so it must still be a directory).
+    listed_directory: bool,
+}
+
+/// A pull or a push, as the command line gave it.
+pub struct Transfer {
+    pub connector: Arc<Connector>,
+    pub host: HostSpec,
+    pub direction: Direction,
+    pub remote_path: String,
+    pub local_path: PathBuf,
+    pub state: StateDir,
+    pub reporter: Arc<dyn Reporter>,
+    pub options: UnitOptions,
+}
+
+/// Shared by the workers.
+struct Shared {
+    transfer: Transfer,
+    endpoints: Endpoints,
+    destination: Option<Arc<Destination>>,
+    queue: Mutex<VecDeque<Unit>>,
+    results: Mutex<Vec<(UnitReport, Summary)>>,
+}
+
+async fn open_remote(connector: &Connector, host: &HostSpec) -> Result<Arc<SftpRemote>> {
+    let connection = Arc::new(connector.connect(host).await?);
+    Ok(Arc::new(SftpRemote::open(connection).await?))
+}
+
+/// Runs a whole transfer: discovers the units over a first connection, then runs them.
+pub async fn run(transfer: Transfer) -> Result<Summary> {
+    let started = Instant::now();
+    let first = open_remote(&transfer.connector, &transfer.host).await?;
+    let config = first.connection().config().clone();
+    let endpoints = Endpoints {
+        remote_id: format!("{}@{}:{}", config.user, config.hostname, config.port),
+    };
+    let (units, destination, root) = match transfer.direction {
+        Direction::Pull => discover_pull(&transfer, &*first).await?,
+        Direction::Push => discover_push(&transfer, &*first).await?,
+    };
+    let jobs = transfer.options.jobs.clamp(1, 64).min(units.len().max(1));
+    let shared = Arc::new(Shared {
+        transfer,
+        endpoints,
+        destination,
+        queue: Mutex::new(units.into_iter().collect()),
+        results: Mutex::new(Vec::new()),
+    });
+    let mut workers = tokio::task::JoinSet::new();
+    for index in 0..jobs {
+        let shared = shared.clone();
+        // The discovery connection serves the first worker.
+        let connection = (index == 0).then(|| first.clone());
+        workers.spawn(async move { worker(shared, connection).await });
+    }
+    while let Some(joined) = workers.join_next().await {
+        if let Err(error) = joined {
+            return Err(Error::new(
+                ErrorKind::LocalIo,
+                format!("a worker failed: {error}"),
+            ));
+        }
+    }
+    let mut results = shared
+        .results
+        .lock()
+        .map(|mut results| std::mem::take(&mut *results))
+        .unwrap_or_default();
+    results.sort_by(|a, b| a.0.unit.cmp(&b.0.unit));
+
+    // The top directory's own mode and mtime last: every unit wrote into it.
+    let mut root_error = None;
+    if let Some((mode, mtime)) = root {
+        let result = match shared.transfer.direction {
+            Direction::Pull => match &shared.destination {
+                Some(destination) => {
+                    let top = pull_top(&shared.transfer, EntryKind::Directory)?;
+                    destination.set_permissions_and_times(
+                        &top,
+                        mode,
+                        Timestamp {
+                            seconds: mtime,
+                            nanoseconds: 0,
+                        },
+                    )
+                }
+                None => Ok(()),
+            },
+            Direction::Push => finish_remote_root(&shared, first.clone(), mode, mtime).await,
+        };
+        root_error = result.err();
+    }
+
+    let mut summary = Summary::default();
+    for (report, unit_summary) in results {
+        summary.files += unit_summary.files;
+        summary.files_transferred += unit_summary.files_transferred;
+        summary.files_up_to_date += unit_summary.files_up_to_date;
+        summary.files_failed += unit_summary.files_failed;
+        summary.directories += unit_summary.directories;
+        summary.symlinks += unit_summary.symlinks;
+        summary.bytes_moved = summary.bytes_moved.saturating_add(report.bytes_moved);
+        summary.bytes_reused = summary
+            .bytes_reused
+            .saturating_add(unit_summary.bytes_reused);
+        summary.skipped.extend(unit_summary.skipped);
+        summary.errors.extend(unit_summary.errors);
+        summary.units.push(report);
+    }
+    if let Some(error) = root_error {
+        summary.errors.push(ItemError::new("", &error));
+    }
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// Sets the remote top directory's mode and mtime, on a healthy connection, retried like a
+/// unit: the discovery connection may have died long ago.
+async fn finish_remote_root(
+    shared: &Shared,
+    first: Arc<SftpRemote>,
+    mode: u32,
+    mtime: i64,
+) -> Result<()> {
+    let options = shared.transfer.options;
+    let mut remote = Some(first);
+    let mut failures = 0;
+    loop {
+        let result = async {
+            let current = match remote
+                .as_ref()
+                .filter(|remote| !remote.connection().is_closed())
+            {
+                Some(current) => current.clone(),
+                None => open_remote(&shared.transfer.connector, &shared.transfer.host).await?,
+            };
+            remote = Some(current.clone());
+            let root = push_root(&shared.transfer, &*current).await?;
+            current
+                .set_attributes(
+                    &root,
+                    SetAttributes {
+                        size: None,
+                        mode: Some(mode),
+                        mtime: Some(mtime),
+                    },
+                )
+                .await
+        }
+        .await;
+        match result {
+            Err(error) if error.is_transient() && failures < options.retries => {
+                failures += 1;
+                remote = None;
+                tokio::time::sleep(backoff(options.retry_wait, failures, rand::random::<f64>()))
+                    .await;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn pull_top(transfer: &Transfer, kind: EntryKind) -> Result<RelativePath> {
+    Ok(plan::pull_target(&transfer.remote_path, kind, &transfer.local_path)?.top)
+}
+
+/// The remote path a push's top lands at (inside an existing directory for a file).
+async fn push_root<R: Remote>(transfer: &Transfer, remote: &R) -> Result<String> {
+    let metadata = std::fs::symlink_metadata(&transfer.local_path).map_err(|error| {
+        Error::local_io(
+            format!("cannot read {}", transfer.local_path.display()),
+            error,
+        )
+    })?;
+    if !metadata.is_dir()
+        && let Some(existing) = remote.stat(&transfer.remote_path, true).await?
+        && existing.kind == EntryKind::Directory
+    {
+        let name = transfer
+            .local_path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .ok_or_else(|| {
+                Error::usage(format!(
+                    "{} has no usable file name",
+                    transfer.local_path.display()
+                ))
+            })?;
+        return Ok(remote::join(&transfer.remote_path, name));
+    }
+    Ok(transfer.remote_path.clone())
+}
+
+type Discovery = (Vec<Unit>, Option<Arc<Destination>>, Option<(u32, i64)>);
+
+async fn discover_pull<R: Remote>(transfer: &Transfer, remote: &R) -> Result<Discovery> {
+    let path = &transfer.remote_path;
+    let root = remote.stat(path, true).await?.ok_or_else(|| {
+        Error::remote(format!(
+            "{}: {path}: no such file or directory",
+            remote.label()
+        ))
+        .with_hint("check the remote path (relative paths start at the login directory)")
+    })?;
+    let target = plan::pull_target(path, root.kind, &transfer.local_path)?;
+    let destination = Arc::new(Destination::open(&target.root, true)?);
+    let top = Unit {
+        relative: target.top.clone(),
+        source: path.clone(),
+        target: String::new(),
+        shallow: root.kind == EntryKind::Directory,
+        listed_directory: false,
+    };
+    if root.kind != EntryKind::Directory {
+        return Ok((vec![top], Some(destination), None));
+    }
+    let mut units = vec![top];
+    let mut children = remote.list(path).await?;
+    children.sort_by(|a, b| a.name.cmp(&b.name));
+    children.dedup_by(|later, earlier| later.name == earlier.name);
+    for child in children
+        .into_iter()
+        .filter(|child| child.kind == EntryKind::Directory)
+    {
+        // Refused names are reported by the top unit's plan, which lists them too.
+        let Ok(name) = validate_component(child.name.as_bytes()) else {
+            continue;
+        };
+        let Ok(relative) = target.top.join(name) else {
+            continue;
+        };
+        units.push(Unit {
+            relative,
+            source: remote::join(path, name),
+            target: String::new(),
+            shallow: false,
+            listed_directory: true,
+        });
+    }
+    Ok((units, Some(destination), Some((root.mode, root.mtime))))
+}
+
+async fn discover_push<R: Remote>(transfer: &Transfer, remote: &R) -> Result<Discovery> {
+    use std::os::unix::fs::MetadataExt;
+    let source = &transfer.local_path;
+    let metadata = std::fs::symlink_metadata(source)
+        .map_err(|error| Error::local_io(format!("cannot read {}", source.display()), error))?;
+    let root_target = push_root(transfer, remote).await?;
+    let top = Unit {
+        relative: RelativePath::root(),
+        source: source.display().to_string(),
+        target: root_target.clone(),
+        shallow: metadata.is_dir(),
+        listed_directory: false,
+    };
+    if !metadata.is_dir() {
+        return Ok((vec![top], None, None));
+    }
+    let mut units = vec![top];
+    let mut entries: Vec<_> = std::fs::read_dir(source)
+        .map_err(|error| Error::local_io(format!("cannot list {}", source.display()), error))?
+        .flatten()
+        .collect();
+    entries.sort_by_key(|entry| entry.file_name());
+    for entry in entries {
+        let Ok(file_type) = entry.file_type() else {
+            continue;
+        };
+        if !file_type.is_dir() {
+            continue;
+        }
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        let Ok(relative) = RelativePath::root().join(&name) else {
+            continue;
+        };
+        units.push(Unit {
+            relative,
+            source: entry.path().display().to_string(),
+            target: remote::join(&root_target, &name),
+            shallow: false,
+            listed_directory: true,
+        });
+    }
+    Ok((
+        units,
+        None,
+        Some((metadata.mode() & 0o7777, metadata.mtime())),
+    ))
+}
+
+async fn worker(shared: Arc<Shared>, mut connection: Option<Arc<SftpRemote>>) {
+    loop {
+        let unit = match shared.queue.lock() {
+            Ok(mut queue) => queue.pop_front(),
+            Err(_) => None,
+        };
+        let Some(unit) = unit else { break };
+        let result = run_unit(&shared, &unit, &mut connection).await;
+        if let Ok(mut results) = shared.results.lock() {
+            results.push(result);
+        }
+    }
+}
+
+fn unit_name(unit: &Unit) -> String {
+    if unit.relative.is_root() {
+        ".".to_string()
+    } else {
+        unit.relative.to_string()
+    }
+}
+
+/// Runs one unit to completion or to its last attempt.
+async fn run_unit(
+    shared: &Shared,
+    unit: &Unit,
+    connection: &mut Option<Arc<SftpRemote>>,
+) -> (UnitReport, Summary) {
+    let transfer = &shared.transfer;
+    let options = transfer.options;
+    let mut report = UnitReport {
+        unit: unit_name(unit),
+        outcome: "failed",
+        attempts: 0,
+        files_transferred: 0,
+        bytes_moved: 0,
+        last_error: None,
+    };
+    let mut planned = false;
+    let mut last_summary = Summary::default();
+    loop {
+        report.attempts += 1;
+        let attempt = attempt_unit(shared, unit, connection, &mut planned).await;
+        let retry = match attempt {
+            Ok(Attempt::SkippedComplete(summary)) => {
+                report.outcome = "skipped-complete";
+                return (report, summary);
+            }
+            Ok(Attempt::Executed(summary)) => {
+                report.bytes_moved = report.bytes_moved.saturating_add(summary.bytes_moved);
+                report.files_transferred += summary.files_transferred;
+                if summary.errors.is_empty() {
+                    report.outcome = "done";
+                    report.last_error = None;
+                    return (report, summary);
+                }
+                let transient = summary.errors.iter().any(|error| error.transient);
+                report.last_error = summary
+                    .errors
+                    .first()
+                    .map(|error| format!("{}: {}", error.path, error.message));
+                last_summary = summary;
+                transient
+            }
+            Err(error) => {
+                report.last_error = Some(error.to_string());
+                let transient = error.is_transient();
+                last_summary.errors = vec![ItemError::new(&report.unit, &error)];
+                transient
+            }
+        };
+        if !retry || report.attempts > options.retries {
+            return (report, last_summary);
+        }
+        // The connection may be what failed: the next attempt gets a fresh one.
+        *connection = None;
+        let wait = backoff(options.retry_wait, report.attempts, rand::random::<f64>());
+        tracing::info!(unit = %report.unit, attempt = report.attempts, ?wait, "retrying after: {}", report.last_error.as_deref().unwrap_or(""));
+        transfer.reporter.warning(&format!(
+            "{}: retrying in {:.1} s after: {}",
+            report.unit,
+            wait.as_secs_f64(),
+            report.last_error.as_deref().unwrap_or("")
+        ));
+        tokio::time::sleep(wait).await;
+    }
+}
+
+enum Attempt {
+    SkippedComplete(Summary),
+    Executed(Summary),
+}
+
+async fn attempt_unit(
+    shared: &Shared,
+    unit: &Unit,
+    connection: &mut Option<Arc<SftpRemote>>,
+    planned: &mut bool,
+) -> Result<Attempt> {
+    let transfer = &shared.transfer;
+    let remote = match connection
+        .as_ref()
+        .filter(|remote| !remote.connection().is_closed())
+    {
+        Some(remote) => remote.clone(),
+        None => {
+            let remote = open_remote(&transfer.connector, &transfer.host).await?;
+            *connection = Some(remote.clone());
+            remote
+        }
+    };
+    // A directory unit must still be a directory: the listing that made it a unit may lie.
+    if transfer.direction == Direction::Pull && unit.listed_directory {
+        match remote.stat(&unit.source, true).await? {
+            Some(entry) if entry.kind == EntryKind::Directory => {}
+            _ => {
+                return Err(Error::remote(format!(
+                    "{}: {} was listed as a directory but is not one now",
+                    remote.label(),
+                    unit.source
+                )));
+            }
+        }
+    }
+    let mut plan = match transfer.direction {
+        Direction::Pull => {
+            let destination = shared
+                .destination
+                .as_ref()
+                .ok_or_else(|| Error::new(ErrorKind::LocalIo, "no destination"))?;
+            plan::plan_pull(
+                &*remote,
+                &unit.source,
+                &transfer.local_path.display().to_string(),
+                destination.root_path(),
+                Some(destination),
+                &unit.relative,
+                &transfer.state,
+                &shared.endpoints,
+                unit.shallow,
+            )
+            .await?
+        }
+        Direction::Push => {
+            plan::plan_push(
+                &*remote,
+                Path::new(&unit.source),
+                &unit.target,
+                &transfer.state,
+                &shared.endpoints,
+                unit.shallow,
+            )
+            .await?
+        }
+    };
+    if transfer.options.checksum {
+        verify_by_checksum(
+            &mut plan,
+            &*remote,
+            shared.destination.as_deref(),
+            transfer.direction,
+        )
+        .await?;
+    }
+    let record_path = record_path(shared, unit);
+    let record = completion_record(unit, &plan);
+    let everything_current = plan.problems.is_empty()
+        && plan
+            .items
+            .iter()
+            .all(|item| item.action == Action::UpToDate);
+    if everything_current {
+        let recorded = std::fs::read(&record_path)
+            .ok()
+            .and_then(|bytes| CompletionRecord::decode(&bytes).ok());
+        if recorded.as_ref() == Some(&record) {
+            let mut summary = Summary {
+                files: plan.files().count() as u64,
+                files_up_to_date: plan.files().count() as u64,
+                bytes_reused: plan.total_file_bytes(),
+                skipped: plan.skipped.clone(),
+                ..Summary::default()
+            };
+            summary.directories = plan
+                .items
+                .iter()
+                .filter(|item| item.kind == EntryKind::Directory)
+                .count() as u64;
+            summary.symlinks = plan
+                .items
+                .iter()
+                .filter(|item| item.kind == EntryKind::Symlink)
+                .count() as u64;
+            return Ok(Attempt::SkippedComplete(summary));
+        }
+    }
+    if !*planned {
+        transfer
+            .reporter
+            .planned(plan.files().count() as u64, plan.total_file_bytes());
+        *planned = true;
+    }
+    let summary = match transfer.direction {
+        Direction::Pull => {
+            let destination = shared
+                .destination
+                .clone()
+                .ok_or_else(|| Error::new(ErrorKind::LocalIo, "no destination"))?;
+            pull::execute(
+                remote.clone(),
+                &plan,
+                destination,
+                transfer.state.clone(),
+                shared.endpoints.clone(),
+                transfer.reporter.clone(),
+                transfer.options.engine,
+            )
+            .await
+        }
+        Direction::Push => {
+            push::execute(
+                remote.clone(),
+                &plan,
+                transfer.state.clone(),
+                shared.endpoints.clone(),
+                transfer.reporter.clone(),
+                transfer.options.engine,
+            )
+            .await
+        }
+    };
+    if summary.errors.is_empty() {
+        // Every file verified: record the listing this unit matched.
+        match record.encode() {
+            Ok(bytes) => {
+                let temporary = record_path.with_extension("done.tmp");
+                if std::fs::write(&temporary, bytes).is_ok() {
+                    let _ = std::fs::rename(&temporary, &record_path);
+                }
+            }
+            Err(error) => tracing::debug!(%error, "no completion record for {}", unit_name(unit)),
+        }
+    } else {
+        let _ = std::fs::remove_file(&record_path);
+    }
+    Ok(Attempt::Executed(summary))
+}
+
+fn record_path(shared: &Shared, unit: &Unit) -> PathBuf {
+    let transfer = &shared.transfer;
+    let (source, destination) = match transfer.direction {
+        Direction::Pull => (
+            format!("{}:{}", shared.endpoints.remote_id, unit.source),
+            transfer
+                .local_path
+                .join(unit.relative.to_raw_string())
+                .display()
+                .to_string(),
+        ),
+        Direction::Push => (
+            unit.source.clone(),
+            format!("{}:{}", shared.endpoints.remote_id, unit.target),
+        ),
+    };
+    transfer
+        .state
+        .unit_path(transfer.direction.as_str(), &source, &destination)
+}
+
+/// The listing a unit's plan saw, as a completion record.
+fn completion_record(unit: &Unit, plan: &Plan) -> CompletionRecord {
+    let entries = plan
+        .items
+        .iter()
+        .filter_map(|item: &PlanItem| {
+            let kind = match item.kind {
+                EntryKind::File => RecordKind::File,
+                EntryKind::Directory => RecordKind::Dir,
+                EntryKind::Symlink => RecordKind::Symlink,
+                EntryKind::Special => return None,
+            };
+            Some(CompletionEntry {
+                name: item.path.clone(),
+                kind,
+                size: item.size,
+                mtime_seconds: item.mtime,
+                mtime_nanos: 0,
+                mode: item.mode,
+                symlink_target: item.link_target.clone(),
+                content_hash: None,
+            })
+        })
+        .collect();
+    CompletionRecord {
+        version: RECORD_VERSION,
+        unit_id: unit
+            .source
+            .chars()
+            .take(crate::blocks::record::MAX_NAME_LEN / 4)
+            .collect(),
+        entries,
+    }
+}
+
+/// `--checksum`: a file that passes the quick check must also have the same whole-file digest
+/// on both sides, or it is transferred again.
+async fn verify_by_checksum<R: Remote>(
+    plan: &mut Plan,
+    remote: &R,
+    destination: Option<&Destination>,
+    direction: Direction,
+) -> Result<()> {
+    use sha2::Digest;
+    for item in plan.items.iter_mut() {
+        if item.kind != EntryKind::File || item.action != Action::UpToDate {
+            continue;
+        }
+        let remote_path = match direction {
+            Direction::Pull => &item.source,
+            Direction::Push => &item.target,
+        };
+        let digest = remote.digest(remote_path).await?;
+        let local = match direction {
+            Direction::Pull => {
+                let Some(destination) = destination else {
+                    continue;
+                };
+                destination.open_read(&item.relative()?)?
+            }
+            Direction::Push => std::fs::File::open(&item.source)
+                .map_err(|error| Error::local_io(format!("cannot read {}", item.source), error))?,
+        };
+        let same = tokio::task::spawn_blocking(move || -> Result<Option<bool>> {
+            use std::io::Read;
+            let mut reader = std::io::BufReader::with_capacity(1 << 20, local);
+            let mut buffer = vec![0u8; 1 << 20];
+            let mut blake3 = blake3::Hasher::new();
+            let mut sha256 = sha2::Sha256::new();
+            loop {
+                let read = reader
+                    .read(&mut buffer)
+                    .map_err(|error| Error::local_io("cannot read a file to checksum it", error))?;
+                if read == 0 {
+                    break;
+                }
+                match digest {
+                    Some(remote::RemoteDigest::Blake3(_)) => {
+                        blake3.update(&buffer[..read]);
+                    }
+                    Some(remote::RemoteDigest::Sha256(_)) => sha256.update(&buffer[..read]),
+                    None => return Ok(None),
+                }
+            }
+            Ok(match digest {
+                Some(remote::RemoteDigest::Blake3(expected)) => {
+                    Some(<[u8; 32]>::from(blake3.finalize()) == expected)
+                }
+                Some(remote::RemoteDigest::Sha256(expected)) => {
+                    Some(<[u8; 32]>::from(sha256.finalize()) == expected)
+                }
+                None => None,
+            })
+        })
+        .await
+        .map_err(|error| {
+            Error::new(ErrorKind::LocalIo, format!("checksum task failed: {error}"))
+        })??;
+        match same {
+            Some(true) => {}
+            Some(false) => item.action = Action::Update { reason: "content differs (--checksum)".into() },
+            None => {
+                item.action = Action::Update {
+                    reason: "the remote cannot hash it, so it is transferred and verified again (--checksum)".into(),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_caps_and_jitters() {
+        let first = Duration::from_secs(1);
+        assert_eq!(backoff(first, 1, 0.5), Duration::from_secs(1));
+        assert_eq!(backoff(first, 2, 0.5), Duration::from_secs(2));
+        assert_eq!(backoff(first, 4, 0.5), Duration::from_secs(8));
+        assert_eq!(backoff(first, 30, 0.5), MAX_BACKOFF);
+        assert_eq!(backoff(first, 1, 0.0), Duration::from_millis(500));
+        assert!(backoff(first, 1, 0.999) < Duration::from_millis(1500));
+        assert_eq!(backoff(first, u32::MAX, 1.0), MAX_BACKOFF.mul_f64(1.5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_sleeps_are_driven_by_the_runtime_clock() {
+        // With the clock paused, ten retries' worth of waiting takes no real time.
+        let started = tokio::time::Instant::now();
+        let real = std::time::Instant::now();
+        for failures in 1..=10 {
+            tokio::time::sleep(backoff(Duration::from_secs(1), failures, 0.5)).await;
+        }
+        assert!(started.elapsed() >= Duration::from_secs(1 + 2 + 4 + 8 + 16 + 32 + 60 * 4));
+        assert!(real.elapsed() < Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,5 @@
+//! Secrets: where values come from and how they reach a remote file without leaking.
+
+pub mod deliver;
+pub mod netrc;
+pub mod source;

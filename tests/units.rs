@@ -1,0 +1,410 @@
+//! One SSH session per directory, against a real sshd behind a byte-counting proxy: a link cut
+//! over and over still ends byte-identical in one invocation with little waste; without retries
+//! the failed directories are reported and a re-run moves nothing of the finished ones; a no-op
+//! re-run of 10,000 files reads no file data; a stalled link is detected and retried; a deleted
+//! local file is all a re-run fetches.
+
+mod support;
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+use support::{Proxy, ProxyMode, Sshd, run_with_timeout, xfer_command_in};
+
+const LIMIT: Duration = Duration::from_secs(240);
+const MIB: usize = 1 << 20;
+
+fn pattern(seed: u64, length: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut bytes = Vec::with_capacity(length + 8);
+    while bytes.len() < length {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        bytes.extend_from_slice(&state.to_le_bytes());
+    }
+    bytes.truncate(length);
+    bytes
+}
+
+fn write(path: &Path, seed: u64, length: usize) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, pattern(seed, length)).unwrap();
+}
+
+/// A checkpoint-like tree: `dirs` step directories of files, plus loose files at the top.
+fn make_tree(root: &Path, dirs: usize, files: usize, size: usize) -> u64 {
+    let mut total = 0;
+    for dir in 0..dirs {
+        for file in 0..files {
+            let length = size + dir * 1000 + file * 17;
+            write(
+                &root.join(format!("step-{dir:03}/part-{file}.bin")),
+                (dir * 100 + file) as u64,
+                length,
+            );
+            total += length as u64;
+        }
+    }
+    write(&root.join("config.json"), 7, 1234);
+    total + 1234
+}
+
+fn digest(root: &Path) -> BTreeMap<String, (u64, u32, i64, String)> {
+    let mut map = BTreeMap::new();
+    for entry in walkdir::WalkDir::new(root).sort_by_file_name() {
+        let entry = entry.unwrap();
+        let metadata = entry.path().symlink_metadata().unwrap();
+        if metadata.is_file() {
+            let relative = entry
+                .path()
+                .strip_prefix(root)
+                .unwrap()
+                .display()
+                .to_string();
+            let hash = blake3::hash(&fs::read(entry.path()).unwrap())
+                .to_hex()
+                .to_string();
+            map.insert(
+                relative,
+                (
+                    metadata.len(),
+                    metadata.mode() & 0o7777,
+                    metadata.mtime(),
+                    hash,
+                ),
+            );
+        }
+    }
+    map
+}
+
+struct Bench {
+    sshd: Sshd,
+    proxy: Proxy,
+    config: PathBuf,
+    state: tempfile::TempDir,
+    work: tempfile::TempDir,
+}
+
+fn bench(extra: &[&str]) -> Bench {
+    let sshd = Sshd::start();
+    let proxy = Proxy::start(sshd.port());
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("ssh_config");
+    let mut lines = vec![format!("Port {}", proxy.port())];
+    lines.extend(extra.iter().map(|line| line.to_string()));
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    sshd.append_client_config(&config, "flaky", &lines);
+    Bench {
+        sshd,
+        proxy,
+        config,
+        state: tempfile::tempdir().unwrap(),
+        work,
+    }
+}
+
+impl Bench {
+    fn path(&self, name: &str) -> PathBuf {
+        self.work.path().join(name)
+    }
+
+    fn pull(&self, extra: &[&str]) -> Output {
+        let mut command = xfer_command_in(self.state.path());
+        command
+            .args(["pull", "--json", "--retry-wait", "0.05", "-F"])
+            .arg(&self.config)
+            .args(extra)
+            .arg(format!("flaky:{}", self.path("source").display()))
+            .arg(self.path("copy"));
+        run_with_timeout(&mut command, LIMIT)
+    }
+}
+
+fn summary(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!(
+            "no JSON ({error}):\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+fn assert_success(output: &Output) {
+    assert!(
+        output.status.success(),
+        "{:?}\n{}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn a_link_cut_over_and_over_still_ends_identical_in_one_run() {
+    let bench = bench(&[]);
+    let data = make_tree(&bench.path("source"), 4, 3, 6 * MIB);
+    // Every connection dies after 16 MiB (both ways): far less than the 72 MiB of data.
+    bench
+        .proxy
+        .set_mode(ProxyMode::CutEachAfter(16 * MIB as u64));
+    let output = bench.pull(&["-j", "2"]);
+    assert_success(&output);
+    assert_eq!(digest(&bench.path("source")), digest(&bench.path("copy")));
+    let result = summary(&output);
+    let retried: u64 = result["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|unit| unit["attempts"].as_u64().unwrap() - 1)
+        .sum();
+    assert!(
+        retried >= 3,
+        "the cuts should have forced retries: {result}"
+    );
+    assert!(
+        bench.proxy.connections() >= 5,
+        "{} connections",
+        bench.proxy.connections()
+    );
+    let wire = bench.proxy.bytes_total();
+    assert!(
+        (wire as f64) < data as f64 * 1.15,
+        "{wire} bytes on the wire for {data} bytes of data"
+    );
+}
+
+#[test]
+fn without_retries_failures_are_reported_and_a_rerun_skips_finished_units() {
+    let bench = bench(&[]);
+    make_tree(&bench.path("source"), 4, 2, 4 * MIB);
+    bench
+        .proxy
+        .set_mode(ProxyMode::CutEachAfter(6 * MIB as u64));
+    let output = bench.pull(&["-j", "4", "--retries", "0"]);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let first = summary(&output);
+    let units = first["units"].as_array().unwrap().clone();
+    let failed: Vec<String> = units
+        .iter()
+        .filter(|unit| unit["outcome"] == "failed")
+        .map(|unit| unit["unit"].as_str().unwrap().to_string())
+        .collect();
+    let done: Vec<String> = units
+        .iter()
+        .filter(|unit| unit["outcome"] == "done")
+        .map(|unit| unit["unit"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!failed.is_empty(), "nothing failed: {first}");
+    assert!(!done.is_empty(), "nothing finished: {first}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("re-run the same command"));
+
+    bench.proxy.set_mode(ProxyMode::Pass);
+    let output = bench.pull(&["-j", "4"]);
+    assert_success(&output);
+    assert_eq!(digest(&bench.path("source")), digest(&bench.path("copy")));
+    let second = summary(&output);
+    for unit in second["units"].as_array().unwrap() {
+        let name = unit["unit"].as_str().unwrap().to_string();
+        if done.contains(&name) {
+            assert_eq!(unit["outcome"], "skipped-complete", "{unit}");
+            assert_eq!(unit["bytes_moved"], 0, "{unit}");
+        }
+    }
+}
+
+#[test]
+fn a_noop_rerun_of_ten_thousand_files_reads_no_file_data() {
+    let bench = bench(&[]);
+    let source = bench.path("source");
+    let mut data = 0u64;
+    for dir in 0..100 {
+        for file in 0..100 {
+            let length = 1024 + (dir * 100 + file) % 2048;
+            write(
+                &source.join(format!("d{dir:02}/f{file:03}")),
+                (dir * 1000 + file) as u64,
+                length,
+            );
+            data += length as u64;
+        }
+    }
+    assert_success(&bench.pull(&[]));
+    assert_eq!(digest(&source), digest(&bench.path("copy")));
+    bench.proxy.reset_counters();
+    let started = Instant::now();
+    let output = bench.pull(&[]);
+    let took = started.elapsed();
+    assert_success(&output);
+    let result = summary(&output);
+    assert_eq!(result["bytes_moved"], 0);
+    assert_eq!(result["files_up_to_date"], 10_000);
+    let skipped = result["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|unit| unit["outcome"] == "skipped-complete")
+        .count();
+    assert_eq!(skipped, 101, "{result}");
+    // Listings only: a few hundred bytes per file would already be the whole data.
+    let wire = bench.proxy.bytes_total();
+    assert!(
+        wire < data / 8,
+        "{wire} bytes on the wire for a no-op over {data} bytes of files"
+    );
+    eprintln!("no-op re-run of 10,000 files: {took:?}, {wire} bytes on the wire");
+}
+
+#[test]
+fn a_stalled_link_is_detected_and_retried() {
+    let bench = bench(&["ServerAliveInterval 1", "ServerAliveCountMax 2"]);
+    let data = make_tree(&bench.path("source"), 2, 2, 8 * MIB);
+    // Every connection goes silent after 12 MiB while keeping its socket open.
+    bench
+        .proxy
+        .set_mode(ProxyMode::StallEachAfter(12 * MIB as u64));
+    let started = Instant::now();
+    let output = bench.pull(&["-j", "2"]);
+    assert_success(&output);
+    assert_eq!(digest(&bench.path("source")), digest(&bench.path("copy")));
+    let result = summary(&output);
+    let retried: u64 = result["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|unit| unit["attempts"].as_u64().unwrap() - 1)
+        .sum();
+    assert!(retried >= 1, "{result}");
+    assert!(
+        started.elapsed() < Duration::from_secs(180),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(data > 0);
+}
+
+#[test]
+fn deleting_one_local_file_makes_the_rerun_fetch_just_that_file() {
+    let bench = bench(&[]);
+    make_tree(&bench.path("source"), 3, 2, MIB);
+    assert_success(&bench.pull(&[]));
+    let victim = bench.path("copy/step-001/part-1.bin");
+    let size = fs::metadata(&victim).unwrap().len();
+    fs::remove_file(&victim).unwrap();
+    // A truncated file elsewhere is noticed too.
+    let truncated = bench.path("copy/step-002/part-0.bin");
+    let truncated_size = fs::metadata(&truncated).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&truncated)
+        .unwrap()
+        .set_len(10)
+        .unwrap();
+    let output = bench.pull(&[]);
+    assert_success(&output);
+    assert_eq!(digest(&bench.path("source")), digest(&bench.path("copy")));
+    let result = summary(&output);
+    assert_eq!(result["files_transferred"], 2, "{result}");
+    assert_eq!(
+        result["bytes_moved"].as_u64().unwrap(),
+        size + truncated_size,
+        "{result}"
+    );
+    let outcomes: BTreeMap<String, String> = result["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|unit| {
+            (
+                unit["unit"].as_str().unwrap().to_string(),
+                unit["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(outcomes["step-000"], "skipped-complete");
+    assert_eq!(outcomes["step-001"], "done");
+    assert_eq!(outcomes["step-002"], "done");
+}
+
+#[test]
+fn a_changed_source_file_is_noticed_even_within_a_complete_unit() {
+    let bench = bench(&[]);
+    make_tree(&bench.path("source"), 2, 2, MIB);
+    assert_success(&bench.pull(&[]));
+    // Same size, new content and mode, an mtime a few seconds on.
+    let changed = bench.path("source/step-000/part-0.bin");
+    let before = fs::metadata(&changed).unwrap();
+    fs::write(&changed, pattern(999, before.len() as usize)).unwrap();
+    fs::set_permissions(&changed, fs::Permissions::from_mode(0o600)).unwrap();
+    set_mtime(&changed, before.mtime() + 5);
+    let output = bench.pull(&[]);
+    assert_success(&output);
+    assert_eq!(digest(&bench.path("source")), digest(&bench.path("copy")));
+    assert_eq!(summary(&output)["files_transferred"], 1);
+}
+
+#[test]
+fn checksum_catches_a_change_that_keeps_size_and_mtime() {
+    let bench = bench(&[]);
+    make_tree(&bench.path("source"), 2, 2, 9 * MIB);
+    assert_success(&bench.pull(&[]));
+    // The blind spot of any size-and-mtime check: same size, same mtime, other bytes.
+    let changed = bench.path("source/step-001/part-1.bin");
+    let before = fs::metadata(&changed).unwrap();
+    fs::write(&changed, pattern(4242, before.len() as usize)).unwrap();
+    set_mtime(&changed, before.mtime());
+    let output = bench.pull(&[]);
+    assert_success(&output);
+    assert_eq!(
+        summary(&output)["files_transferred"],
+        0,
+        "the quick check cannot see it, as documented"
+    );
+    let output = bench.pull(&["--checksum"]);
+    assert_success(&output);
+    assert_eq!(summary(&output)["files_transferred"], 1);
+    assert_eq!(digest(&bench.path("source")), digest(&bench.path("copy")));
+}
+
+fn set_mtime(path: &Path, seconds: i64) {
+    let time = nix::sys::time::TimeSpec::new(seconds, 0);
+    nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        &time,
+        &time,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .unwrap();
+}
+
+#[test]
+fn push_with_cuts_and_retries_ends_identical() {
+    let bench = bench(&[]);
+    make_tree(&bench.path("source"), 3, 2, 4 * MIB);
+    bench
+        .proxy
+        .set_mode(ProxyMode::CutEachAfter(8 * MIB as u64));
+    let mut command = xfer_command_in(bench.state.path());
+    command
+        .args(["push", "--json", "--retry-wait", "0.05", "-j", "3", "-F"])
+        .arg(&bench.config)
+        .arg(bench.path("source"))
+        .arg(format!("flaky:{}", bench.path("pushed").display()))
+        .stdout(Stdio::piped());
+    let output = run_with_timeout(&mut command, LIMIT);
+    assert_success(&output);
+    assert_eq!(digest(&bench.path("source")), digest(&bench.path("pushed")));
+    let _ = &bench.sshd;
+}
