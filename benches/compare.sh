@@ -4,10 +4,13 @@
 # point elsewhere): its baseline.sh times pulls (full copy of a 1 GiB file, a checkpoint-like
 # tree and 10,000 small files; resume after a cut at half; delta after 1% mutation; no-op re-run;
 # a far link), counts bytes on the wire through its proxy, and prints markdown tables. This script
-# builds xfer in release mode, adds it to every table, then times pushes the same way.
+# builds xfer in release mode, adds it to every table, then times pushes of the same data with a
+# shell loop (median of REPS wall times; no byte counts, no content check). Arguments are passed
+# to baseline.sh, so --tool NAME=TEMPLATE adds more tools to the pull tables.
 #
 #   benches/compare.sh > report.md              # everything, about 15 minutes
 #   SCENARIOS="full resume" DATASETS=big benches/compare.sh
+#   benches/compare.sh --tool "xfer-j1=$PWD/target/release/xfer pull -j 1 -F {config} bench:{src} {dst}"
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -18,18 +21,18 @@ cargo build --release --quiet --manifest-path "$root/Cargo.toml" >&2
 xfer="$root/target/release/xfer"
 state=$(mktemp -d)
 work=$(mktemp -d)
-trap 'rm -rf "$state" "$work"; [ -z "${SSHD_DIR:-}" ] || "$bench/sshd-down" "$SSHD_DIR" >/dev/null 2>&1 || true' EXIT
+trap '[ -z "${SSHD_DIR:-}" ] || "$bench/sshd-down" "$SSHD_DIR" >/dev/null 2>&1 || true; rm -rf "$state" "$work"' EXIT
 export XFER_STATE_DIR=$state
 
 echo "# xfer compared with scp, sftp and rsync ($(date -u +%Y-%m-%d), $(nproc) cores, $(uname -sr))"
 echo
 echo "## Pull (baseline.sh, every tool on the same data in one run)"
 echo
-XFER="$xfer pull -F {config} bench:{src} {dst}" "$bench/baseline.sh"
+XFER="$xfer pull -F {config} bench:{src} {dst}" "$bench/baseline.sh" "$@"
 
-# Push: the same data uploaded by each tool, timed with hyperfine when available.
+# Push: the same data uploaded by each tool, timed with a shell loop (median of REPS).
 echo
-echo "## Push (1 GiB file and the checkpoint tree, into an empty remote directory)"
+echo "## Push (${BIG_MIB:-1024} MiB file and the checkpoint tree, into an empty remote directory)"
 echo
 SSHD_DIR=$work/sshd
 "$bench/sshd-up" "$SSHD_DIR" >/dev/null

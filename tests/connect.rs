@@ -622,13 +622,32 @@ fn doctor_and_pull_explain_a_server_without_sftp() {
     let report = &reports(&output)[0];
     assert_eq!(report["sftp"], "refused");
     assert_eq!(report["exec"], "allowed");
-    assert!(report["problems"][0].as_str().unwrap().contains("refuses the SFTP subsystem"), "{report}");
-    assert!(report["hints"][0].as_str().unwrap().contains("Subsystem sftp"), "{report}");
+    assert!(
+        report["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("refuses the SFTP subsystem"),
+        "{report}"
+    );
+    assert!(
+        report["hints"][0]
+            .as_str()
+            .unwrap()
+            .contains("Subsystem sftp"),
+        "{report}"
+    );
 
     let mut command = xfer_command();
-    command.args(["pull", "-F"]).arg(&config).arg("nosftp:/etc/hostname").arg(sshd.dir().join("copy"));
+    command
+        .args(["pull", "-F"])
+        .arg(&config)
+        .arg("nosftp:/etc/hostname")
+        .arg(sshd.dir().join("copy"));
     let output = run_with_timeout(&mut command, LIMIT);
     assert_eq!(output.status.code(), Some(6), "{}", stderr(&output));
     let text = stderr(&output);
-    assert!(text.contains("refuses the SFTP subsystem") && text.contains("xfer doctor"), "{text}");
+    assert!(
+        text.contains("refuses the SFTP subsystem") && text.contains("xfer doctor"),
+        "{text}"
+    );
 }

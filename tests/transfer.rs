@@ -13,36 +13,10 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use support::{Proxy, ProxyMode, Sshd, run_with_timeout, xfer_command_in};
+use support::{Proxy, ProxyMode, Sshd, pattern, run_with_timeout, set_mtime, xfer_command_in};
 
 const LIMIT: Duration = Duration::from_secs(120);
 const BLOCK: u64 = 1 << 20;
-
-/// Deterministic incompressible bytes (xorshift), so every run and machine sees the same data.
-fn pattern(seed: u64, length: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut bytes = Vec::with_capacity(length + 8);
-    while bytes.len() < length {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        bytes.extend_from_slice(&state.to_le_bytes());
-    }
-    bytes.truncate(length);
-    bytes
-}
-
-fn set_mtime(path: &Path, seconds: i64) {
-    let time = nix::sys::time::TimeSpec::new(seconds, 0);
-    nix::sys::stat::utimensat(
-        nix::fcntl::AT_FDCWD,
-        path,
-        &time,
-        &time,
-        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-    )
-    .unwrap();
-}
 
 fn write_file(path: &Path, seed: u64, length: usize, mode: u32, mtime: i64) {
     fs::create_dir_all(path.parent().unwrap()).unwrap();

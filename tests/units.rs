@@ -13,23 +13,10 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
-use support::{Proxy, ProxyMode, Sshd, run_with_timeout, xfer_command_in};
+use support::{Proxy, ProxyMode, Sshd, pattern, run_with_timeout, set_mtime, xfer_command_in};
 
 const LIMIT: Duration = Duration::from_secs(240);
 const MIB: usize = 1 << 20;
-
-fn pattern(seed: u64, length: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut bytes = Vec::with_capacity(length + 8);
-    while bytes.len() < length {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        bytes.extend_from_slice(&state.to_le_bytes());
-    }
-    bytes.truncate(length);
-    bytes
-}
 
 fn write(path: &Path, seed: u64, length: usize) {
     fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -375,18 +362,6 @@ fn checksum_catches_a_change_that_keeps_size_and_mtime() {
     assert_success(&output);
     assert_eq!(summary(&output)["files_transferred"], 1);
     assert_eq!(digest(&bench.path("source")), digest(&bench.path("copy")));
-}
-
-fn set_mtime(path: &Path, seconds: i64) {
-    let time = nix::sys::time::TimeSpec::new(seconds, 0);
-    nix::sys::stat::utimensat(
-        nix::fcntl::AT_FDCWD,
-        path,
-        &time,
-        &time,
-        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-    )
-    .unwrap();
 }
 
 #[test]

@@ -5,6 +5,7 @@ use crate::cli::args::DoctorArgs;
 use crate::cli::settings::ConnectionSettings;
 use std::sync::Arc;
 use xfer::doctor::{DoctorOptions, HostReport, check_hosts};
+use xfer::engine::plan::human_bytes;
 use xfer::error::{Error, ErrorKind, Result};
 use xfer::target::{parse_host, printable};
 
@@ -44,21 +45,6 @@ fn or_dash<T: ToString>(value: &Option<T>) -> String {
         .as_ref()
         .map(|v| printable(&v.to_string()))
         .unwrap_or_else(|| "-".into())
-}
-
-fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }
 
 pub fn render_table(reports: &[HostReport]) -> String {

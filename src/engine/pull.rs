@@ -263,6 +263,14 @@ async fn pull_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
         });
 
     let handle = context.remote.open_read(&item.source).await?;
+    // The size was a promise: more bytes past it means the stat lied or the file grew. Asked
+    // now, alongside the data, so small files cost no extra round trip.
+    let beyond = {
+        let remote = context.remote.clone();
+        let handle = handle.clone();
+        let size = item.size;
+        tokio::spawn(async move { remote.read_at(&handle, size, 1).await })
+    };
     let fetched = fetch_blocks(
         context,
         item,
@@ -277,8 +285,9 @@ async fn pull_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
         let _ = context.remote.close(handle).await;
         return Err(error);
     }
-    // The size was a promise: more bytes past it means the stat lied or the file grew.
-    let beyond = context.remote.read_at(&handle, item.size, 1).await?;
+    let beyond = beyond.await.map_err(|error| {
+        Error::new(ErrorKind::LocalIo, format!("a read task failed: {error}"))
+    })??;
     let _ = context.remote.close(handle).await;
     if !beyond.is_empty() {
         return Err(Error::remote(format!(

@@ -119,6 +119,18 @@ pub trait Remote: Send + Sync + 'static {
     fn digest(&self, path: &str) -> impl Future<Output = Result<Option<RemoteDigest>>> + Send;
 }
 
+/// Parses the 64 hex digits of a SHA-256 or BLAKE3 digest as a remote tool printed them.
+pub fn parse_digest_hex(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 {
+        return None;
+    }
+    let mut bytes = [0u8; 32];
+    for (index, byte) in bytes.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(index * 2..index * 2 + 2)?, 16).ok()?;
+    }
+    Some(bytes)
+}
+
 /// Joins a remote directory and a validated name with `/`.
 pub fn join(directory: &str, name: &str) -> String {
     if directory.is_empty() || directory == "." {

@@ -235,13 +235,7 @@ fi"#;
 
 fn parse_digest(text: &str) -> Option<RemoteDigest> {
     let (kind, hex) = text.trim().split_once(' ')?;
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut bytes = [0u8; 32];
-    for (index, byte) in bytes.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(index * 2..index * 2 + 2)?, 16).ok()?;
-    }
+    let bytes = crate::remote::parse_digest_hex(hex)?;
     match kind {
         "blake3" => Some(RemoteDigest::Blake3(bytes)),
         "sha256" => Some(RemoteDigest::Sha256(bytes)),

@@ -261,22 +261,11 @@ pub async fn inspect(connection: &Connection, path: &str) -> Result<Inspection> 
             "mode" => inspection.mode = u32::from_str_radix(value.trim(), 8).ok(),
             "owned" => inspection.owned_by_user = value == "yes",
             "fs" => inspection.filesystem = Some(crate::target::printable(value.trim())),
-            "sha256" => inspection.sha256 = parse_hex(value.trim()),
+            "sha256" => inspection.sha256 = crate::remote::parse_digest_hex(value.trim()),
             _ => {}
         }
     }
     Ok(inspection)
-}
-
-fn parse_hex(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 {
-        return None;
-    }
-    let mut bytes = [0u8; 32];
-    for (index, byte) in bytes.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(index * 2..index * 2 + 2)?, 16).ok()?;
-    }
-    Some(bytes)
 }
 
 #[cfg(test)]
