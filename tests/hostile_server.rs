@@ -61,8 +61,11 @@ struct Scene {
 
 impl Scene {
     fn new(tree: Tree) -> Scene {
+        Scene::with_server(FakeServer::start(tree))
+    }
+
+    fn with_server(server: FakeServer) -> Scene {
         let scratch = tempfile::tempdir().expect("a scratch directory");
-        let server = FakeServer::start(tree);
         let keys = scratch.path().join("keys");
         fs::create_dir(&keys).expect("the keys directory");
         let key = support::keygen(&keys, "client", "ed25519", None);
@@ -884,4 +887,44 @@ fn a_tree_that_never_ends_in_depth_stops() {
     assert_terminal_safe(&output);
     assert_failed(&output);
     scene.assert_nothing_outside_changed();
+}
+
+#[test]
+fn a_shell_only_endpoint_is_explained_not_hung_on() {
+    let scene = Scene::with_server(FakeServer::start_shell_only(honest_tree()));
+    let mut command = support::xfer_command();
+    command
+        .args(["doctor", "--json", "-F"])
+        .arg(&scene.config)
+        .arg("evil");
+    let started = Instant::now();
+    let output = support::run_with_timeout(&mut command, Duration::from_secs(60));
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "doctor took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(output.status.code(), Some(7), "{}", text(&output.stderr));
+    let reports: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let report = &reports[0];
+    assert_eq!(report["exec"], "refused", "{report}");
+    assert_eq!(report["sftp"], "refused", "{report}");
+    assert_eq!(report["shell"], "allowed", "{report}");
+    let problem = report["problems"][0].as_str().unwrap_or_default();
+    assert!(problem.contains("proxied shell-only endpoint"), "{report}");
+    assert!(
+        report["hints"][0]
+            .as_str()
+            .unwrap_or_default()
+            .contains("direct SSH endpoint"),
+        "{report}"
+    );
+
+    let output = scene.pull(Duration::from_secs(60));
+    assert_eq!(output.status.code(), Some(6), "{}", text(&output.stderr));
+    let message = text(&output.stderr);
+    assert!(
+        message.contains("refuses the SFTP subsystem") && message.contains("xfer doctor"),
+        "{message}"
+    );
 }

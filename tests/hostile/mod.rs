@@ -302,6 +302,8 @@ pub struct Record {
 /// State every connection shares.
 struct Shared {
     tree: Tree,
+    /// Like a provider's proxied endpoint: a shell, but no exec and no SFTP.
+    shell_only: bool,
     stat_calls: Mutex<HashMap<String, usize>>,
     record: Arc<Record>,
 }
@@ -342,6 +344,15 @@ pub struct FakeServer {
 
 impl FakeServer {
     pub fn start(tree: Tree) -> FakeServer {
+        FakeServer::start_with(tree, false)
+    }
+
+    /// A server that gives a shell but refuses exec and the SFTP subsystem.
+    pub fn start_shell_only(tree: Tree) -> FakeServer {
+        FakeServer::start_with(tree, true)
+    }
+
+    fn start_with(tree: Tree, shell_only: bool) -> FakeServer {
         // russh's own `PrivateKey::random` wants a newer rand_core than this crate's rand; a
         // seed from rand 0.8 makes the same kind of key.
         let key = PrivateKey::from(Ed25519Keypair::from_seed(&rand::random::<[u8; 32]>()));
@@ -360,6 +371,7 @@ impl FakeServer {
         let record = Arc::new(Record::default());
         let shared = Arc::new(Shared {
             tree,
+            shell_only,
             stat_calls: Mutex::new(HashMap::new()),
             record: record.clone(),
         });
@@ -464,12 +476,36 @@ impl russh::server::Handler for SshConnection {
         session.close(channel)
     }
 
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        _command: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if self.shared.shell_only {
+            session.channel_success(channel)
+        } else {
+            session.channel_failure(channel)
+        }
+    }
+
     async fn subsystem_request(
         &mut self,
         channel: ChannelId,
         name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if self.shared.shell_only {
+            return session.channel_failure(channel);
+        }
         match (name, self.channels.remove(&channel)) {
             ("sftp", Some(opened)) => {
                 session.channel_success(channel)?;
