@@ -12,7 +12,7 @@
 use crate::blocks::{BlockHash, BlockLayout, DEFAULT_BLOCK_SIZE, hash_block};
 use crate::engine::plan::{Action, Direction, Endpoints, Plan, PlanItem, journal_header};
 use crate::engine::state::{JournalFile, StateDir};
-use crate::engine::verify::{WholeFileDigests, hash_blocks, verify_file};
+use crate::engine::verify::{WholeFileDigests, buffer_size, hash_blocks, verify_file};
 use crate::engine::{
     ItemError, JOURNAL_INTERVAL, Options, REMOTE_DIGEST_MIN_SIZE, SYNC_INTERVAL, Summary,
 };
@@ -440,7 +440,7 @@ async fn send_blocks<R: Remote>(
     let mut unsynced: Vec<(u64, BlockHash)> = Vec::new();
     let mut unsynced_bytes = 0u64;
     let mut since_sync = 0u64;
-    let mut buffer = vec![0u8; layout.block_size() as usize];
+    let mut buffer = vec![0u8; buffer_size(layout)];
 
     let outcome: Result<()> = async {
         loop {

@@ -29,6 +29,12 @@ pub struct WholeFileDigests {
     pub sha256: bool,
 }
 
+/// A buffer for one block, no larger than the file: a megabyte zeroed for every small file
+/// of a tree costs more than the file.
+pub fn buffer_size(layout: &BlockLayout) -> usize {
+    (layout.block_size() as u64).min(layout.file_size()) as usize
+}
+
 /// Reads `which` blocks of `file` and hashes each; a block that cannot be read whole (the file
 /// is shorter) is left out.
 pub fn hash_blocks(
@@ -36,7 +42,7 @@ pub fn hash_blocks(
     layout: &BlockLayout,
     which: impl Iterator<Item = u64>,
 ) -> BTreeMap<u64, BlockHash> {
-    let mut buffer = vec![0u8; layout.block_size() as usize];
+    let mut buffer = vec![0u8; buffer_size(layout)];
     let mut hashes = BTreeMap::new();
     for index in which {
         let range = layout.range(index);
@@ -66,7 +72,7 @@ pub fn verify_file(
             scope.spawn(move || -> Result<WholeFileHashes> {
                 let mut blake3 = digests.blake3.then(FileHasher::new);
                 let mut sha256 = digests.sha256.then(sha2::Sha256::new);
-                let mut buffer = vec![0u8; layout.block_size() as usize];
+                let mut buffer = vec![0u8; buffer_size(layout)];
                 for index in 0..layout.block_count() {
                     let range = layout.range(index);
                     let slice = &mut buffer[..(range.end - range.start) as usize];
@@ -86,7 +92,7 @@ pub fn verify_file(
                 ))
             })
         });
-        let mut buffer = vec![0u8; layout.block_size() as usize];
+        let mut buffer = vec![0u8; buffer_size(layout)];
         let mut mismatched = Vec::new();
         for index in 0..layout.block_count() {
             let range = layout.range(index);
