@@ -136,11 +136,13 @@ fn assert_success(output: &Output) {
 #[test]
 fn a_link_cut_over_and_over_still_ends_identical_in_one_run() {
     let bench = bench(&[]);
-    let data = make_tree(&bench.path("source"), 4, 3, 6 * MIB);
-    // Every connection dies after 16 MiB (both ways): far less than the 72 MiB of data.
+    let data = make_tree(&bench.path("source"), 4, 3, 10 * MIB);
+    // Every connection dies after 32 MiB (both ways), a quarter of the 120 MiB of data. Each cut
+    // loses what was in flight (a few MiB in socket buffers and half-assembled blocks), so the
+    // bound below needs the data to be several times the cut length.
     bench
         .proxy
-        .set_mode(ProxyMode::CutEachAfter(16 * MIB as u64));
+        .set_mode(ProxyMode::CutEachAfter(32 * MIB as u64));
     let output = bench.pull(&["-j", "2"]);
     assert_success(&output);
     assert_eq!(digest(&bench.path("source")), digest(&bench.path("copy")));
@@ -152,15 +154,20 @@ fn a_link_cut_over_and_over_still_ends_identical_in_one_run() {
         .map(|unit| unit["attempts"].as_u64().unwrap() - 1)
         .sum();
     assert!(
-        retried >= 3,
+        retried >= 2,
         "the cuts should have forced retries: {result}"
     );
     assert!(
-        bench.proxy.connections() >= 5,
+        bench.proxy.connections() >= 4,
         "{} connections",
         bench.proxy.connections()
     );
     let wire = bench.proxy.bytes_total();
+    eprintln!(
+        "{} connections, {retried} retries, wire / data = {:.3}",
+        bench.proxy.connections(),
+        wire as f64 / data as f64
+    );
     assert!(
         (wire as f64) < data as f64 * 1.15,
         "{wire} bytes on the wire for {data} bytes of data"

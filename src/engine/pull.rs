@@ -13,7 +13,9 @@ use crate::blocks::{BlockHash, BlockLayout, DEFAULT_BLOCK_SIZE, hash_block};
 use crate::engine::plan::{Action, Endpoints, Plan, PlanItem, journal_header};
 use crate::engine::state::{JournalFile, StateDir};
 use crate::engine::verify::{WholeFileDigests, hash_blocks, verify_file};
-use crate::engine::{ItemError, Options, REMOTE_DIGEST_MIN_SIZE, SYNC_INTERVAL, Summary};
+use crate::engine::{
+    FileTotals, ItemError, Options, REMOTE_DIGEST_MIN_SIZE, SYNC_INTERVAL, Summary, transfer_files,
+};
 use crate::error::{Error, ErrorKind, Result};
 use crate::local::{Destination, Timestamp};
 use crate::progress::Reporter;
@@ -28,18 +30,14 @@ use tokio::task::JoinSet;
 /// Everything one file's transfer needs, shared by the tasks of a pull.
 struct Context<R: Remote> {
     remote: Arc<R>,
+    /// Reads in flight on this connection, whatever file they belong to: bounds the bytes
+    /// lost when the link drops and the memory held in half-assembled blocks.
+    reads: Arc<tokio::sync::Semaphore>,
     destination: Arc<Destination>,
     state: StateDir,
     endpoints: Endpoints,
     reporter: Arc<dyn Reporter>,
     options: Options,
-}
-
-/// What one file's transfer moved.
-#[derive(Debug, Default, Clone, Copy)]
-struct FileTotals {
-    moved: u64,
-    reused: u64,
 }
 
 pub async fn execute<R: Remote>(
@@ -63,6 +61,9 @@ pub async fn execute<R: Remote>(
     let files = plan.files().count() as u64;
     let context = Arc::new(Context {
         remote,
+        reads: Arc::new(tokio::sync::Semaphore::new(
+            options.requests_in_flight.max(1),
+        )),
         destination,
         state,
         endpoints,
@@ -90,54 +91,18 @@ pub async fn execute<R: Remote>(
     };
 
     // Files, several at a time.
-    let mut queue: VecDeque<&PlanItem> = plan.files().filter(|item| !under_failed(item)).collect();
     summary.files = files;
-    let mut tasks: JoinSet<(String, u64, Result<FileTotals>)> = JoinSet::new();
-    loop {
-        while tasks.len() < context.options.files_in_flight.max(1) {
-            let Some(item) = queue.pop_front() else { break };
-            if item.action == Action::UpToDate {
-                summary.files_up_to_date += 1;
-                summary.bytes_reused = summary.bytes_reused.saturating_add(item.size);
-                continue;
-            }
+    transfer_files(
+        plan.files().filter(|item| !under_failed(item)),
+        context.options.files_in_flight,
+        context.reporter.clone(),
+        &mut summary,
+        |item| {
             let context = context.clone();
-            let item = item.clone();
-            tasks.spawn(async move {
-                let size = item.size;
-                let result = pull_file(&context, &item).await;
-                match &result {
-                    Ok(_) => context.reporter.file_finished(&item.path, Ok(())),
-                    Err(error) => context
-                        .reporter
-                        .file_finished(&item.path, Err(&error.to_string())),
-                }
-                (item.path, size, result)
-            });
-        }
-        let Some(joined) = tasks.join_next().await else {
-            break;
-        };
-        match joined {
-            Ok((_, _, Ok(totals))) => {
-                summary.files_transferred += 1;
-                summary.bytes_moved = summary.bytes_moved.saturating_add(totals.moved);
-                summary.bytes_reused = summary.bytes_reused.saturating_add(totals.reused);
-            }
-            Ok((path, _, Err(error))) => {
-                summary.files_failed += 1;
-                summary.errors.push(ItemError::new(&path, &error));
-            }
-            Err(panic) => {
-                summary.files_failed += 1;
-                let error = Error::new(
-                    ErrorKind::LocalIo,
-                    format!("a transfer task failed: {panic}"),
-                );
-                summary.errors.push(ItemError::new("", &error));
-            }
-        }
-    }
+            async move { pull_file(&context, &item).await }
+        },
+    )
+    .await;
 
     // Symlinks, once what they point to exists.
     for item in plan
@@ -454,10 +419,12 @@ async fn fetch_blocks<R: Remote>(
                     next_block += 1;
                 }
                 let Some((index, offset, length)) = requests.pop_front() else { break };
+                let Ok(permit) = context.reads.clone().acquire_owned().await else { break };
                 let remote = context.remote.clone();
                 let handle = handle.clone();
                 in_flight.spawn(async move {
                     let result = remote.read_at(&handle, offset, length).await;
+                    drop(permit);
                     (index, offset, length, result)
                 });
             }

@@ -14,7 +14,8 @@ use crate::engine::plan::{Action, Direction, Endpoints, Plan, PlanItem, journal_
 use crate::engine::state::{JournalFile, StateDir};
 use crate::engine::verify::{WholeFileDigests, buffer_size, hash_blocks, verify_file};
 use crate::engine::{
-    ItemError, JOURNAL_INTERVAL, Options, REMOTE_DIGEST_MIN_SIZE, SYNC_INTERVAL, Summary,
+    FileTotals, ItemError, JOURNAL_INTERVAL, Options, REMOTE_DIGEST_MIN_SIZE, SYNC_INTERVAL,
+    Summary, transfer_files,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::progress::Reporter;
@@ -28,16 +29,13 @@ use tokio::task::JoinSet;
 
 struct Context<R: Remote> {
     remote: Arc<R>,
+    /// Writes in flight on this connection, whatever file they belong to: bounds the memory
+    /// they hold and what a dropped link loses.
+    writes: Arc<tokio::sync::Semaphore>,
     state: StateDir,
     endpoints: Endpoints,
     reporter: Arc<dyn Reporter>,
     options: Options,
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-struct FileTotals {
-    moved: u64,
-    reused: u64,
 }
 
 pub async fn execute<R: Remote>(
@@ -61,6 +59,9 @@ pub async fn execute<R: Remote>(
     summary.files = files;
     let context = Arc::new(Context {
         remote,
+        writes: Arc::new(tokio::sync::Semaphore::new(
+            options.requests_in_flight.max(1),
+        )),
         state,
         endpoints,
         reporter,
@@ -110,52 +111,17 @@ pub async fn execute<R: Remote>(
         })
     };
 
-    let mut queue: VecDeque<&PlanItem> = plan.files().filter(|item| !under_failed(item)).collect();
-    let mut tasks: JoinSet<(String, Result<FileTotals>)> = JoinSet::new();
-    loop {
-        while tasks.len() < context.options.files_in_flight.max(1) {
-            let Some(item) = queue.pop_front() else { break };
-            if item.action == Action::UpToDate {
-                summary.files_up_to_date += 1;
-                summary.bytes_reused = summary.bytes_reused.saturating_add(item.size);
-                continue;
-            }
+    transfer_files(
+        plan.files().filter(|item| !under_failed(item)),
+        context.options.files_in_flight,
+        context.reporter.clone(),
+        &mut summary,
+        |item| {
             let context = context.clone();
-            let item = item.clone();
-            tasks.spawn(async move {
-                let result = push_file(&context, &item).await;
-                match &result {
-                    Ok(_) => context.reporter.file_finished(&item.path, Ok(())),
-                    Err(error) => context
-                        .reporter
-                        .file_finished(&item.path, Err(&error.to_string())),
-                }
-                (item.path, result)
-            });
-        }
-        let Some(joined) = tasks.join_next().await else {
-            break;
-        };
-        match joined {
-            Ok((_, Ok(totals))) => {
-                summary.files_transferred += 1;
-                summary.bytes_moved = summary.bytes_moved.saturating_add(totals.moved);
-                summary.bytes_reused = summary.bytes_reused.saturating_add(totals.reused);
-            }
-            Ok((path, Err(error))) => {
-                summary.files_failed += 1;
-                summary.errors.push(ItemError::new(&path, &error));
-            }
-            Err(panic) => {
-                summary.files_failed += 1;
-                let error = Error::new(
-                    ErrorKind::LocalIo,
-                    format!("a transfer task failed: {panic}"),
-                );
-                summary.errors.push(ItemError::new("", &error));
-            }
-        }
-    }
+            async move { push_file(&context, &item).await }
+        },
+    )
+    .await;
 
     for item in plan
         .items
@@ -468,11 +434,15 @@ async fn send_blocks<R: Remote>(
                 let Some((index, offset, data)) = requests.pop_front() else {
                     break;
                 };
+                let Ok(permit) = context.writes.clone().acquire_owned().await else {
+                    break;
+                };
                 let remote = context.remote.clone();
                 let handle = handle.clone();
                 in_flight.spawn(async move {
                     let length = data.len() as u64;
                     let result = remote.write_at(&handle, offset, data).await;
+                    drop(permit);
                     (index, length, result)
                 });
             }
