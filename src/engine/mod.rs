@@ -205,3 +205,25 @@ pub(crate) async fn transfer_files<'a, F, Fut>(
         }
     }
 }
+
+/// The summary a pull or push of `plan` starts from: what planning skipped (each reported as a
+/// warning) and what it could not examine, and the number of files.
+pub(crate) fn starting_summary(plan: &plan::Plan, reporter: &dyn Reporter) -> Summary {
+    for skipped in &plan.skipped {
+        reporter.warning(&format!("skipped {}: {}", skipped.path, skipped.reason));
+    }
+    Summary {
+        files: plan.files().count() as u64,
+        skipped: plan.skipped.clone(),
+        errors: plan.problems.clone(),
+        ..Summary::default()
+    }
+}
+
+/// Whether `path` lies in (or is) one of the directories that could not be made: nothing is
+/// written below those.
+pub(crate) fn below_any(directories: &[String], path: &str) -> bool {
+    directories
+        .iter()
+        .any(|directory| directory.is_empty() || path.starts_with(&format!("{directory}/")))
+}

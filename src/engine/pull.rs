@@ -14,7 +14,8 @@ use crate::engine::plan::{Action, Endpoints, Plan, PlanItem, journal_header};
 use crate::engine::state::{JournalFile, StateDir};
 use crate::engine::verify::{WholeFileDigests, hash_blocks, verify_file};
 use crate::engine::{
-    FileTotals, ItemError, Options, REMOTE_DIGEST_MIN_SIZE, SYNC_INTERVAL, Summary, transfer_files,
+    FileTotals, ItemError, Options, REMOTE_DIGEST_MIN_SIZE, SYNC_INTERVAL, Summary, below_any,
+    starting_summary, transfer_files,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::local::{Destination, Timestamp};
@@ -50,15 +51,7 @@ pub async fn execute<R: Remote>(
     options: Options,
 ) -> Summary {
     let started = Instant::now();
-    let mut summary = Summary {
-        skipped: plan.skipped.clone(),
-        errors: plan.problems.clone(),
-        ..Summary::default()
-    };
-    for skipped in &plan.skipped {
-        reporter.warning(&format!("skipped {}: {}", skipped.path, skipped.reason));
-    }
-    let files = plan.files().count() as u64;
+    let mut summary = starting_summary(plan, &*reporter);
     let context = Arc::new(Context {
         remote,
         reads: Arc::new(tokio::sync::Semaphore::new(
@@ -84,14 +77,9 @@ pub async fn execute<R: Remote>(
             summary.errors.push(ItemError::new(&item.path, &error));
         }
     }
-    let under_failed = |item: &PlanItem| {
-        failed_directories.iter().any(|directory| {
-            item.path.starts_with(&format!("{directory}/")) || directory.is_empty()
-        })
-    };
+    let under_failed = |item: &PlanItem| below_any(&failed_directories, &item.path);
 
     // Files, several at a time.
-    summary.files = files;
     transfer_files(
         plan.files().filter(|item| !under_failed(item)),
         context.options.files_in_flight,

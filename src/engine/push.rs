@@ -15,7 +15,7 @@ use crate::engine::state::{JournalFile, StateDir};
 use crate::engine::verify::{WholeFileDigests, buffer_size, hash_blocks, verify_file};
 use crate::engine::{
     FileTotals, ItemError, JOURNAL_INTERVAL, Options, REMOTE_DIGEST_MIN_SIZE, SYNC_INTERVAL,
-    Summary, transfer_files,
+    Summary, below_any, starting_summary, transfer_files,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::progress::Reporter;
@@ -47,16 +47,7 @@ pub async fn execute<R: Remote>(
     options: Options,
 ) -> Summary {
     let started = Instant::now();
-    let mut summary = Summary {
-        skipped: plan.skipped.clone(),
-        errors: plan.problems.clone(),
-        ..Summary::default()
-    };
-    for skipped in &plan.skipped {
-        reporter.warning(&format!("skipped {}: {}", skipped.path, skipped.reason));
-    }
-    let files = plan.files().count() as u64;
-    summary.files = files;
+    let mut summary = starting_summary(plan, &*reporter);
     let context = Arc::new(Context {
         remote,
         writes: Arc::new(tokio::sync::Semaphore::new(
@@ -105,11 +96,7 @@ pub async fn execute<R: Remote>(
             summary.errors.push(ItemError::new(&item.path, &error));
         }
     }
-    let under_failed = |item: &PlanItem| {
-        failed_directories.iter().any(|directory| {
-            directory.is_empty() || item.path.starts_with(&format!("{directory}/"))
-        })
-    };
+    let under_failed = |item: &PlanItem| below_any(&failed_directories, &item.path);
 
     transfer_files(
         plan.files().filter(|item| !under_failed(item)),
