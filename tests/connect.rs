@@ -651,3 +651,45 @@ fn doctor_and_pull_explain_a_server_without_sftp() {
         "{text}"
     );
 }
+
+#[test]
+fn a_certificate_signed_by_a_trusted_ca_authenticates() {
+    // The server trusts a CA, not the user's key: only the certificate can get in.
+    let work = tempfile::tempdir().unwrap();
+    let ca = keygen(work.path(), "user_ca", "ed25519", None);
+    let sshd = Sshd::builder()
+        .extra_config(&format!(
+            "TrustedUserCAKeys {}",
+            public_key_path(&ca).display()
+        ))
+        .start();
+    let key = keygen(sshd.dir(), "certified", "ed25519", None);
+    let signed = Command::new("ssh-keygen")
+        .args(["-q", "-s"])
+        .arg(&ca)
+        .args(["-I", "xfer-test", "-n"])
+        .arg(sshd.user())
+        .args(["-V", "-5m:+1h"])
+        .arg(public_key_path(&key))
+        .output()
+        .unwrap();
+    assert!(
+        signed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&signed.stderr)
+    );
+    let config = sshd.write_client_config("cert", &[&format!("IdentityFile {}", key.display())]);
+    let output = doctor(&config, &["cert"], &[]);
+    let report = assert_passed(&output);
+    assert_eq!(
+        report["auth_summary"], "cert certified-cert.pub",
+        "{report}"
+    );
+    assert!(
+        report["auth_method"]
+            .as_str()
+            .unwrap()
+            .contains("certificate"),
+        "{report}"
+    );
+}
