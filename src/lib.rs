@@ -5,6 +5,7 @@
 //! would, `target` parses `alias:path` arguments, `doctor` checks hosts. The `xfer` binary parses
 //! arguments, builds settings and dispatches here.
 
+pub mod agent;
 pub mod blocks;
 pub mod doctor;
 pub mod engine;

@@ -1,0 +1,39 @@
+//! Agent protocol frames (`xfer::agent::protocol`): any bytes, read as a stream of frames the way
+//! the agent reads requests and the client reads responses, decode or are refused without
+//! panicking, and whatever decodes re-encodes to exactly the same bytes.
+#![no_main]
+
+use xfer::agent::protocol::{ClientHello, Frame, LENGTH_LEN, Request, Response, ServerHello};
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    // The input as a stream of frames, as both ends read it.
+    let mut rest = data;
+    while let Ok(Some((frame, used))) = Frame::split(rest) {
+        check_frame(&rest[..used], &frame);
+        rest = &rest[used..];
+    }
+    // The input as one frame body, whatever its length says.
+    if let Ok(frame) = Frame::parse(data) {
+        let mut whole = (data.len() as u32).to_be_bytes().to_vec();
+        whole.extend_from_slice(data);
+        check_frame(&whole, &frame);
+    }
+});
+
+/// Decodes one frame (`bytes`, length field included) every way a peer could, and checks that a
+/// successful decode is canonical.
+fn check_frame(bytes: &[u8], frame: &Frame<'_>) {
+    assert!(bytes.len() > LENGTH_LEN);
+    if let Ok(request) = Request::decode(frame) {
+        assert_eq!(request.encode(frame.id).as_deref(), Ok(bytes));
+    }
+    if let Ok(response) = Response::decode(frame) {
+        assert_eq!(response.encode(frame.id).as_deref(), Ok(bytes));
+    }
+    if let Ok(hello) = ServerHello::decode(frame) {
+        assert_eq!(hello.encode().as_deref(), Ok(bytes));
+    }
+    if let Ok(hello) = ClientHello::decode(frame) {
+        assert_eq!(hello.encode().as_deref(), Ok(bytes));
+    }
+}

@@ -1,0 +1,1371 @@
+//! [`AgentClient`]: the client end of the agent protocol, a request multiplexer over one reader
+//! and one writer (the SSH exec channel's stdout and stdin).
+//!
+//! Many tasks share one client (it is a cheap `Clone`) and have requests in flight at once. A
+//! writer task sends request frames queued on a bounded channel, flushing when none is waiting;
+//! a reader task routes every answer to the request with its id, several frames for a List. Ids
+//! are u32, never 0, and skip ids still in flight (including requests whose caller gave up, whose
+//! answers are still to come and are then discarded).
+//!
+//! When the stream ends or breaks, or the agent breaks the protocol (an undecodable frame, an
+//! answer to no request in flight, an answer of the wrong type), every request in flight and
+//! every later one fails promptly with [`AgentError::Closed`] or [`AgentError::Protocol`], and
+//! the agent's stdin is closed. Dropping the last clone closes it too, so the agent sees the end
+//! of its input and exits.
+
+use super::protocol::{
+    ClientHello, Entry, ErrorCode, Frame, MAGIC, PROTOCOL_MAX, PROTOCOL_MIN, Request, Response,
+    ResponseKind, ServerHello, choose_version,
+};
+use super::read_frame;
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::sync::{Arc, Mutex, PoisonError};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::sync::{Notify, mpsc};
+
+/// Request frames waiting for the writer task.
+const REQUEST_QUEUE: usize = 32;
+/// How much of what a non-agent printed is kept for the message.
+pub const NOT_AGENT_CAP: usize = 4096;
+/// The most requests in flight on one client.
+pub const MAX_IN_FLIGHT: usize = 1 << 20;
+/// Buffers of the streams.
+const STREAM_BUFFER: usize = 256 << 10;
+
+/// What answered on the other end of the stream.
+#[derive(Debug)]
+pub enum Startup {
+    /// An agent, which agreed on a version.
+    Agent(AgentClient, ServerHello),
+    /// Not an agent: the bytes read instead of the magic, plus the rest until the end of the
+    /// stream, at most [`NOT_AGENT_CAP`] bytes in all (what the remote start script printed).
+    NotAgent(Vec<u8>),
+}
+
+/// Why a request to the agent failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The stream to the agent ended or broke. Transient: a new connection may succeed.
+    #[error("the connection to the xfer agent ended")]
+    Closed,
+    /// The agent (or this side's request) broke the protocol.
+    #[error("xfer agent protocol error: {0}")]
+    Protocol(String),
+    /// The agent speaks no version this build speaks.
+    #[error(
+        "the xfer agent speaks protocol versions {}..={}, this xfer speaks {}..={}",
+        theirs.0, theirs.1, ours.0, ours.1
+    )]
+    VersionMismatch {
+        ours: (u16, u16),
+        theirs: (u16, u16),
+    },
+    /// The agent carried out the request and it failed there.
+    #[error("{message}")]
+    Remote { code: ErrorCode, message: String },
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+impl AgentError {
+    /// Whether the same request on a new connection may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, AgentError::Closed)
+    }
+
+    /// The agent's error code, for [`AgentError::Remote`].
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            AgentError::Remote { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// A shared handle on one agent session. Clones share it; the session's stdin is closed when the
+/// last clone is dropped.
+#[derive(Clone)]
+pub struct AgentClient {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    hello: ServerHello,
+    version: u16,
+    requests: mpsc::Sender<Vec<u8>>,
+    link: Arc<Link>,
+    reader: tokio::task::AbortHandle,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Nobody can wait for an answer any more. The writer task ends by itself, once it has
+        // sent what is queued and closed the agent's stdin.
+        self.reader.abort();
+    }
+}
+
+/// What the requests, the reader task and the writer task share.
+#[derive(Default)]
+struct Link {
+    state: Mutex<State>,
+    /// Tells the writer task to close the agent's stdin and stop.
+    stop: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    pending: HashMap<u32, Pending>,
+    last_id: u32,
+    closed: Option<Closure>,
+}
+
+/// A request in flight.
+struct Pending {
+    expect: ResponseKind,
+    /// Dropped by the reader once the last answer is routed; sending fails (and the answer is
+    /// discarded) when the caller gave up.
+    answers: mpsc::UnboundedSender<Response>,
+}
+
+/// Why the session ended.
+#[derive(Debug, Clone)]
+enum Closure {
+    Closed,
+    Protocol(String),
+}
+
+impl Closure {
+    fn error(&self) -> AgentError {
+        match self {
+            Closure::Closed => AgentError::Closed,
+            Closure::Protocol(message) => AgentError::Protocol(message.clone()),
+        }
+    }
+}
+
+impl Link {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Ends the session: every request in flight and every later one fails with `closure` (or
+    /// with the reason the session ended first).
+    fn close(&self, closure: Closure) {
+        let pending = {
+            let mut state = self.state();
+            if state.closed.is_none() {
+                state.closed = Some(closure);
+            }
+            std::mem::take(&mut state.pending)
+        };
+        // Dropping the senders wakes every waiting request.
+        drop(pending);
+        self.stop.notify_one();
+    }
+
+    fn closure_error(&self) -> AgentError {
+        self.state()
+            .closed
+            .as_ref()
+            .map_or(AgentError::Closed, Closure::error)
+    }
+
+    /// Takes a free request id for a request answered by `expect`.
+    fn register(
+        &self,
+        expect: ResponseKind,
+    ) -> Result<(u32, mpsc::UnboundedReceiver<Response>), AgentError> {
+        let mut state = self.state();
+        if let Some(closure) = &state.closed {
+            return Err(closure.error());
+        }
+        if state.pending.len() >= MAX_IN_FLIGHT {
+            return Err(AgentError::Protocol(format!(
+                "more than {MAX_IN_FLIGHT} requests in flight"
+            )));
+        }
+        let id = loop {
+            state.last_id = state.last_id.wrapping_add(1);
+            if state.last_id != 0 && !state.pending.contains_key(&state.last_id) {
+                break state.last_id;
+            }
+        };
+        let (answers, receiver) = mpsc::unbounded_channel();
+        state.pending.insert(id, Pending { expect, answers });
+        Ok((id, receiver))
+    }
+
+    /// Hands one answer frame to the request waiting for it; `Err` ends the session.
+    fn route(&self, body: &[u8]) -> Result<(), Closure> {
+        let protocol = |error: super::protocol::ProtocolError| Closure::Protocol(error.to_string());
+        let frame = Frame::parse(body).map_err(protocol)?;
+        let response = Response::decode(&frame).map_err(protocol)?;
+        let id = frame.id;
+        if id == 0 {
+            let message = match response {
+                Response::Error { message, .. } => message,
+                other => format!("{:?}", other.kind()),
+            };
+            return Err(Closure::Protocol(format!(
+                "the agent ended the session: {message}"
+            )));
+        }
+        let answers = {
+            let mut state = self.state();
+            let Some(pending) = state.pending.get(&id) else {
+                return Err(Closure::Protocol(format!(
+                    "an answer to request {id}, which is not in flight"
+                )));
+            };
+            let kind = response.kind();
+            if kind != ResponseKind::Error && kind != pending.expect {
+                return Err(Closure::Protocol(format!(
+                    "a {kind:?} answer to request {id}, which expects {:?}",
+                    pending.expect
+                )));
+            }
+            let last = match &response {
+                Response::EntryBatch { last, .. } => *last,
+                _ => true,
+            };
+            if last {
+                state.pending.remove(&id).map(|pending| pending.answers)
+            } else {
+                Some(pending.answers.clone())
+            }
+        };
+        if let Some(answers) = answers {
+            // The caller may have given up: its answer is dropped.
+            let _ = answers.send(response);
+        }
+        Ok(())
+    }
+}
+
+/// Frees a request id whose frame never left: the caller gave up before it was queued.
+struct Registration<'a> {
+    link: &'a Link,
+    id: u32,
+    sent: bool,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        if !self.sent {
+            self.link.state().pending.remove(&self.id);
+        }
+    }
+}
+
+async fn read_responses<R: AsyncRead + Unpin>(mut reader: BufReader<R>, link: Arc<Link>) {
+    let closure = loop {
+        match read_frame(&mut reader).await {
+            Ok(Some(body)) => {
+                if let Err(closure) = link.route(&body) {
+                    break closure;
+                }
+            }
+            Ok(None) => break Closure::Closed,
+            Err(error) if error.kind() == io::ErrorKind::InvalidData => {
+                break Closure::Protocol(error.to_string());
+            }
+            // The stream broke, or ended inside a frame.
+            Err(_) => break Closure::Closed,
+        }
+    };
+    link.close(closure);
+}
+
+async fn write_requests<W: AsyncWrite + Unpin>(
+    writer: W,
+    mut requests: mpsc::Receiver<Vec<u8>>,
+    link: Arc<Link>,
+) {
+    let mut writer = BufWriter::with_capacity(STREAM_BUFFER, writer);
+    let written: io::Result<()> = async {
+        loop {
+            let frame = tokio::select! {
+                frame = requests.recv() => frame,
+                () = link.stop.notified() => None,
+            };
+            let Some(frame) = frame else {
+                break;
+            };
+            writer.write_all(&frame).await?;
+            while let Ok(frame) = requests.try_recv() {
+                writer.write_all(&frame).await?;
+            }
+            writer.flush().await?;
+        }
+        writer.shutdown().await
+    }
+    .await;
+    if written.is_err() {
+        link.close(Closure::Closed);
+    }
+}
+
+fn unexpected(response: &Response) -> AgentError {
+    AgentError::Protocol(format!("an unexpected {:?} answer", response.kind()))
+}
+
+impl fmt::Debug for AgentClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AgentClient")
+            .field("version", &self.shared.version)
+            .field("build", &self.shared.hello.build)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl AgentClient {
+    /// Reads the agent's magic and hello from `reader`, answers with the version to speak on
+    /// `writer`, and starts the session. [`Startup::NotAgent`] when something else answered;
+    /// [`AgentError::VersionMismatch`] (after closing `writer`) when no version is common.
+    pub async fn start<R, W>(reader: R, writer: W) -> Result<Startup, AgentError>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        Self::start_versions(reader, writer, (PROTOCOL_MIN, PROTOCOL_MAX)).await
+    }
+
+    /// [`AgentClient::start`] speaking the versions `ours.0..=ours.1`.
+    pub(crate) async fn start_versions<R, W>(
+        reader: R,
+        mut writer: W,
+        ours: (u16, u16),
+    ) -> Result<Startup, AgentError>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut reader = BufReader::with_capacity(STREAM_BUFFER, reader);
+        let mut head = Vec::with_capacity(MAGIC.len());
+        (&mut reader)
+            .take(MAGIC.len() as u64)
+            .read_to_end(&mut head)
+            .await?;
+        if head != MAGIC {
+            let rest = (NOT_AGENT_CAP - head.len()) as u64;
+            // What was printed is only for a message: keep what could be read.
+            let _ = (&mut reader).take(rest).read_to_end(&mut head).await;
+            return Ok(Startup::NotAgent(head));
+        }
+        let body = match read_frame(&mut reader).await {
+            Ok(Some(body)) => body,
+            Ok(None) => return Err(AgentError::Closed),
+            Err(error) if error.kind() == io::ErrorKind::InvalidData => {
+                return Err(AgentError::Protocol(format!("the agent's hello: {error}")));
+            }
+            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(AgentError::Closed);
+            }
+            Err(error) => return Err(AgentError::Io(error)),
+        };
+        let hello = Frame::parse(&body)
+            .and_then(|frame| ServerHello::decode(&frame))
+            .map_err(|error| AgentError::Protocol(format!("the agent's hello: {error}")))?;
+        let theirs = (hello.min_version, hello.max_version);
+        let Some(version) = choose_version(ours, theirs) else {
+            // The agent exits when its input ends.
+            let _ = writer.shutdown().await;
+            return Err(AgentError::VersionMismatch { ours, theirs });
+        };
+        let answer = ClientHello { version }
+            .encode()
+            .map_err(|error| AgentError::Protocol(error.to_string()))?;
+        writer.write_all(&answer).await?;
+        writer.flush().await?;
+
+        let link = Arc::new(Link::default());
+        let (requests, queue) = mpsc::channel(REQUEST_QUEUE);
+        tokio::spawn(write_requests(writer, queue, Arc::clone(&link)));
+        let reader = tokio::spawn(read_responses(reader, Arc::clone(&link))).abort_handle();
+        let client = AgentClient {
+            shared: Arc::new(Shared {
+                hello: hello.clone(),
+                version,
+                requests,
+                link,
+                reader,
+            }),
+        };
+        Ok(Startup::Agent(client, hello))
+    }
+
+    /// The agent's hello: its versions and build.
+    pub fn hello(&self) -> &ServerHello {
+        &self.shared.hello
+    }
+
+    /// The protocol version both sides speak.
+    pub fn version(&self) -> u16 {
+        self.shared.version
+    }
+
+    /// Whether the session has ended (every request fails).
+    pub fn is_closed(&self) -> bool {
+        self.shared.link.state().closed.is_some()
+    }
+
+    /// Sends a request; the answers come on the receiver.
+    async fn send(
+        &self,
+        request: Request,
+    ) -> Result<mpsc::UnboundedReceiver<Response>, AgentError> {
+        let link = &self.shared.link;
+        let (id, answers) = link.register(request.response_kind())?;
+        let mut registration = Registration {
+            link,
+            id,
+            sent: false,
+        };
+        let frame = request
+            .encode(id)
+            .map_err(|error| AgentError::Protocol(format!("cannot send the request: {error}")))?;
+        self.shared
+            .requests
+            .send(frame)
+            .await
+            .map_err(|_| link.closure_error())?;
+        registration.sent = true;
+        Ok(answers)
+    }
+
+    async fn next_answer(
+        &self,
+        answers: &mut mpsc::UnboundedReceiver<Response>,
+    ) -> Result<Response, AgentError> {
+        match answers.recv().await {
+            Some(Response::Error { code, message }) => Err(AgentError::Remote { code, message }),
+            Some(response) => Ok(response),
+            None => Err(self.shared.link.closure_error()),
+        }
+    }
+
+    /// One request, one answer.
+    async fn call(&self, request: Request) -> Result<Response, AgentError> {
+        let mut answers = self.send(request).await?;
+        self.next_answer(&mut answers).await
+    }
+
+    async fn call_done(&self, request: Request) -> Result<(), AgentError> {
+        match self.call(request).await? {
+            Response::Done => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Metadata of `path`, following a final symlink only if `follow`; None if it does not
+    /// exist.
+    pub async fn stat(&self, path: &str, follow: bool) -> Result<Option<Entry>, AgentError> {
+        let request = Request::Stat {
+            path: path.to_owned(),
+            follow,
+        };
+        match self.call(request).await? {
+            Response::Entry(entry) => Ok(entry),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The entries of a directory, without `.` and `..`; an error TooLarge when it has more
+    /// than `max_entries`.
+    pub async fn list(&self, path: &str, max_entries: usize) -> Result<Vec<Entry>, AgentError> {
+        let mut answers = self
+            .send(Request::List {
+                path: path.to_owned(),
+            })
+            .await?;
+        let mut entries = Vec::new();
+        loop {
+            match self.next_answer(&mut answers).await? {
+                Response::EntryBatch {
+                    entries: batch,
+                    last,
+                } => {
+                    if batch.len() > max_entries - entries.len() {
+                        // The rest of the answer is discarded as it comes.
+                        return Err(AgentError::Remote {
+                            code: ErrorCode::TooLarge,
+                            message: format!("{path} has more than {max_entries} entries"),
+                        });
+                    }
+                    entries.extend(batch);
+                    if last {
+                        return Ok(entries);
+                    }
+                }
+                other => return Err(unexpected(&other)),
+            }
+        }
+    }
+
+    /// The target of a symlink; an error Invalid when it is not UTF-8.
+    pub async fn read_link(&self, path: &str) -> Result<String, AgentError> {
+        let request = Request::ReadLink {
+            path: path.to_owned(),
+        };
+        match self.call(request).await? {
+            Response::Text(target) => String::from_utf8(target).map_err(|_| AgentError::Remote {
+                code: ErrorCode::Invalid,
+                message: format!("the target of {path} is not UTF-8"),
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn call_handle(&self, request: Request) -> Result<u64, AgentError> {
+        match self.call(request).await? {
+            Response::Handle(handle) => Ok(handle),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Opens a regular file for reading.
+    pub async fn open_read(&self, path: &str) -> Result<u64, AgentError> {
+        self.call_handle(Request::OpenRead {
+            path: path.to_owned(),
+        })
+        .await
+    }
+
+    /// Opens a regular file for reading and writing at offsets, creating it (mode 0600) if
+    /// missing and never truncating it.
+    pub async fn open_write(&self, path: &str) -> Result<u64, AgentError> {
+        self.call_handle(Request::OpenWrite {
+            path: path.to_owned(),
+        })
+        .await
+    }
+
+    /// Up to `length` (≤ `MAX_DATA`) bytes at `offset`: fewer at the end of the file, none
+    /// past it.
+    pub async fn read(&self, handle: u64, offset: u64, length: u32) -> Result<Vec<u8>, AgentError> {
+        let request = Request::Read {
+            handle,
+            offset,
+            length,
+        };
+        match self.call(request).await? {
+            Response::Data(data) if data.len() <= length as usize => Ok(data),
+            Response::Data(data) => Err(AgentError::Protocol(format!(
+                "{} bytes in answer to a read of {length}",
+                data.len()
+            ))),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Writes all of `data` (≤ `MAX_DATA` bytes) at `offset`.
+    pub async fn write(&self, handle: u64, offset: u64, data: Vec<u8>) -> Result<(), AgentError> {
+        self.call_done(Request::Write {
+            handle,
+            offset,
+            data,
+        })
+        .await
+    }
+
+    /// Makes what was written durable (fsync).
+    pub async fn sync(&self, handle: u64) -> Result<(), AgentError> {
+        self.call_done(Request::Sync { handle }).await
+    }
+
+    pub async fn close(&self, handle: u64) -> Result<(), AgentError> {
+        self.call_done(Request::Close { handle }).await
+    }
+
+    /// The whole file in one round trip; an error TooLarge when it has more than `max_length`
+    /// (≤ `MAX_DATA`) bytes.
+    pub async fn read_file(&self, path: &str, max_length: u32) -> Result<Vec<u8>, AgentError> {
+        let request = Request::ReadFile {
+            path: path.to_owned(),
+            max_length,
+        };
+        match self.call(request).await? {
+            Response::Data(data) if data.len() <= max_length as usize => Ok(data),
+            Response::Data(data) => Err(AgentError::Protocol(format!(
+                "{} bytes in answer to a read of at most {max_length}",
+                data.len()
+            ))),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Sets the size, then the permission bits, then the access and modification times (both to
+    /// `mtime`), following a final symlink; None leaves a field alone.
+    pub async fn set_attributes(
+        &self,
+        path: &str,
+        size: Option<u64>,
+        mode: Option<u32>,
+        mtime: Option<i64>,
+    ) -> Result<(), AgentError> {
+        self.call_done(Request::SetAttributes {
+            path: path.to_owned(),
+            size,
+            mode,
+            mtime,
+        })
+        .await
+    }
+
+    /// Creates one directory; an existing directory is not an error.
+    pub async fn make_directory(&self, path: &str, mode: u32) -> Result<(), AgentError> {
+        self.call_done(Request::MakeDirectory {
+            path: path.to_owned(),
+            mode,
+        })
+        .await
+    }
+
+    /// Makes `path` a symlink to `target`, replacing a symlink or file there.
+    pub async fn make_symlink(&self, path: &str, target: &str) -> Result<(), AgentError> {
+        self.call_done(Request::MakeSymlink {
+            path: path.to_owned(),
+            target: target.to_owned(),
+        })
+        .await
+    }
+
+    /// Unlinks a file, symlink or special file.
+    pub async fn remove(&self, path: &str) -> Result<(), AgentError> {
+        self.call_done(Request::Remove {
+            path: path.to_owned(),
+        })
+        .await
+    }
+
+    /// Renames `from` to `to`, replacing `to`.
+    pub async fn rename(&self, from: &str, to: &str) -> Result<(), AgentError> {
+        self.call_done(Request::Rename {
+            from: from.to_owned(),
+            to: to.to_owned(),
+        })
+        .await
+    }
+
+    /// Plain BLAKE3 of the whole file, as `b3sum` prints it.
+    pub async fn digest(&self, path: &str) -> Result<[u8; 32], AgentError> {
+        let request = Request::Digest {
+            path: path.to_owned(),
+        };
+        match self.call(request).await? {
+            Response::Hash(hash) => Ok(hash),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The block hashes (`crate::blocks::hash_block`) of blocks `first..first + count`
+    /// (`count` ≤ `MAX_HASHES`) of the file in `block_size` blocks: the last possibly short,
+    /// none past the end of the file.
+    pub async fn block_hashes(
+        &self,
+        path: &str,
+        block_size: u32,
+        first: u64,
+        count: u32,
+    ) -> Result<Vec<[u8; 32]>, AgentError> {
+        let request = Request::BlockHashes {
+            path: path.to_owned(),
+            block_size,
+            first,
+            count,
+        };
+        match self.call(request).await? {
+            Response::Hashes(hashes) if hashes.len() <= count as usize => Ok(hashes),
+            Response::Hashes(hashes) => Err(AgentError::Protocol(format!(
+                "{} hashes in answer to a request for {count}",
+                hashes.len()
+            ))),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::protocol::{BuildId, MAX_LIST_BATCH};
+    use crate::agent::server::{LIST_BATCH_BYTES, serve, serve_versions};
+    use crate::blocks::{file_hash_of, hash_block};
+    use crate::remote::EntryKind;
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::Duration;
+    use tokio::io::{DuplexStream, duplex};
+    use tokio::task::JoinHandle;
+
+    const PROMPTLY: Duration = Duration::from_secs(10);
+
+    fn build() -> BuildId {
+        BuildId {
+            version: "0.0.0-test".into(),
+            executable_blake3: [9; 32],
+            os: "linux".into(),
+            arch: "x86_64".into(),
+        }
+    }
+
+    #[test]
+    fn client_is_shareable() {
+        fn shareable<T: Clone + Send + Sync + 'static>() {}
+        shareable::<AgentClient>();
+        fn sendable<T: Send + 'static>() {}
+        sendable::<AgentError>();
+        sendable::<Startup>();
+    }
+
+    /// A client talking to a real server over two in-process pipes.
+    async fn connect_versions(
+        client: (u16, u16),
+        server: (u16, u16),
+    ) -> (Result<Startup, AgentError>, JoinHandle<io::Result<()>>) {
+        let (client_out, server_in) = duplex(1 << 20);
+        let (server_out, client_in) = duplex(1 << 20);
+        let server = tokio::spawn(serve_versions(server_in, server_out, build(), server));
+        let startup = AgentClient::start_versions(client_in, client_out, client).await;
+        (startup, server)
+    }
+
+    async fn connect() -> (AgentClient, JoinHandle<io::Result<()>>) {
+        let (client_out, server_in) = duplex(1 << 20);
+        let (server_out, client_in) = duplex(1 << 20);
+        let server = tokio::spawn(serve(server_in, server_out, build()));
+        match AgentClient::start(client_in, client_out).await {
+            Ok(Startup::Agent(client, hello)) => {
+                assert_eq!(hello.build, build());
+                assert_eq!(client.hello(), &hello);
+                assert_eq!(client.version(), PROTOCOL_MAX);
+                (client, server)
+            }
+            other => panic!("no agent: {other:?}"),
+        }
+    }
+
+    fn path(directory: &tempfile::TempDir, name: &str) -> String {
+        directory
+            .path()
+            .join(name)
+            .to_str()
+            .expect("utf-8 temp path")
+            .to_owned()
+    }
+
+    fn code(result: Result<impl fmt::Debug, AgentError>) -> ErrorCode {
+        match result {
+            Err(AgentError::Remote { code, .. }) => code,
+            other => panic!("expected a remote error, got {other:?}"),
+        }
+    }
+
+    async fn shutdown(client: AgentClient, server: JoinHandle<io::Result<()>>) {
+        drop(client);
+        tokio::time::timeout(PROMPTLY, server)
+            .await
+            .expect("the agent ends when the last client is dropped")
+            .expect("no panic")
+            .expect("a clean end");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn every_operation_against_a_directory() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        std::fs::write(directory.path().join("a.txt"), b"alpha").expect("write");
+        std::fs::create_dir(directory.path().join("d")).expect("mkdir");
+        std::os::unix::fs::symlink("a.txt", directory.path().join("l")).expect("symlink");
+        let (client, server) = connect().await;
+        let root = directory.path().to_str().expect("utf-8");
+
+        // List and stat.
+        let mut entries = client.list(root, 100).await.expect("list");
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        let names: Vec<(&[u8], EntryKind)> = entries
+            .iter()
+            .map(|entry| (entry.name.as_slice(), entry.kind))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                (&b"a.txt"[..], EntryKind::File),
+                (b"d", EntryKind::Directory),
+                (b"l", EntryKind::Symlink)
+            ]
+        );
+        assert_eq!(entries[0].size, 5);
+        let a = client
+            .stat(&path(&directory, "a.txt"), false)
+            .await
+            .expect("stat")
+            .expect("exists");
+        assert_eq!(a, entries[0]);
+        assert_eq!(a.to_remote_entry().name, "a.txt");
+        let link = client
+            .stat(&path(&directory, "l"), false)
+            .await
+            .expect("stat");
+        assert_eq!(link.expect("exists").kind, EntryKind::Symlink);
+        let followed = client
+            .stat(&path(&directory, "l"), true)
+            .await
+            .expect("stat");
+        let followed = followed.expect("exists");
+        assert_eq!((followed.kind, followed.size), (EntryKind::File, 5));
+        assert_eq!(followed.name, b"l");
+        assert_eq!(
+            client
+                .stat(&path(&directory, "missing"), false)
+                .await
+                .expect("stat"),
+            None
+        );
+        assert_eq!(
+            client
+                .stat(&path(&directory, "a.txt/below"), true)
+                .await
+                .expect("stat"),
+            None
+        );
+        assert_eq!(
+            code(client.list(&path(&directory, "missing"), 10).await),
+            ErrorCode::NotFound
+        );
+
+        // Writes at offsets, sync, read back.
+        let new = path(&directory, "new");
+        let handle = client.open_write(&new).await.expect("open");
+        client
+            .write(handle, 10, b"world".to_vec())
+            .await
+            .expect("write");
+        client
+            .write(handle, 0, b"hello".to_vec())
+            .await
+            .expect("write");
+        client.sync(handle).await.expect("sync");
+        let expected = b"hello\0\0\0\0\0world".to_vec();
+        assert_eq!(client.read(handle, 0, 100).await.expect("read"), expected);
+        assert_eq!(client.read(handle, 3, 4).await.expect("read"), b"lo\0\0");
+        assert_eq!(client.read(handle, 15, 4).await.expect("read"), b"");
+        assert_eq!(client.read(handle, 1 << 40, 4).await.expect("read"), b"");
+        client.close(handle).await.expect("close");
+        assert_eq!(code(client.close(handle).await), ErrorCode::BadHandle);
+        assert_eq!(code(client.read(handle, 0, 1).await), ErrorCode::BadHandle);
+        assert_eq!(code(client.sync(9999).await), ErrorCode::BadHandle);
+        assert_eq!(std::fs::read(&new).expect("read"), expected);
+        let mode = std::fs::metadata(&new).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o7777, 0o600);
+        // Opening for writing again never truncates; handles are not reused.
+        let again = client.open_write(&new).await.expect("open");
+        assert_ne!(again, handle);
+        assert_eq!(client.read(again, 0, 100).await.expect("read"), expected);
+        client.close(again).await.expect("close");
+        // A read-only handle refuses writes.
+        let reading = client.open_read(&new).await.expect("open");
+        assert_eq!(
+            code(client.write(reading, 0, b"x".to_vec()).await),
+            ErrorCode::BadHandle
+        );
+        client.close(reading).await.expect("close");
+        assert_eq!(
+            code(client.open_read(&path(&directory, "missing")).await),
+            ErrorCode::NotFound
+        );
+        assert_eq!(code(client.open_read(root).await), ErrorCode::Invalid);
+
+        // Whole files in one round trip.
+        assert_eq!(client.read_file(&new, 100).await.expect("read"), expected);
+        assert_eq!(client.read_file(&new, 15).await.expect("read"), expected);
+        assert_eq!(code(client.read_file(&new, 14).await), ErrorCode::TooLarge);
+        assert_eq!(
+            code(client.read_file(&path(&directory, "missing"), 1).await),
+            ErrorCode::NotFound
+        );
+
+        // Block hashes and digests.
+        let data: Vec<u8> = (0..3 * 4096 + 1234).map(|i| (i * 7 % 253) as u8).collect();
+        let big = path(&directory, "big");
+        std::fs::write(&big, &data).expect("write");
+        let blocks: Vec<[u8; 32]> = data.chunks(4096).map(hash_block).collect();
+        assert_eq!(
+            client
+                .block_hashes(&big, 4096, 0, 100)
+                .await
+                .expect("hashes"),
+            blocks
+        );
+        assert_eq!(
+            client.block_hashes(&big, 4096, 2, 1).await.expect("hashes"),
+            blocks[2..3]
+        );
+        assert!(
+            client
+                .block_hashes(&big, 4096, 4, 1)
+                .await
+                .expect("hashes")
+                .is_empty()
+        );
+        assert_eq!(
+            code(client.block_hashes(&big, 1000, 0, 1).await),
+            ErrorCode::Invalid
+        );
+        assert_eq!(
+            client.digest(&big).await.expect("digest"),
+            file_hash_of(&data)
+        );
+        assert_eq!(
+            code(client.digest(&path(&directory, "missing")).await),
+            ErrorCode::NotFound
+        );
+
+        // Attributes.
+        client
+            .set_attributes(&big, Some(3), Some(0o640), Some(1_600_000_000))
+            .await
+            .expect("set attributes");
+        let entry = client
+            .stat(&big, false)
+            .await
+            .expect("stat")
+            .expect("exists");
+        assert_eq!(
+            (entry.size, entry.mode, entry.mtime),
+            (3, 0o640, 1_600_000_000)
+        );
+        assert_eq!(entry.mtime_nanoseconds, 0);
+        client
+            .set_attributes(
+                &path(&directory, "d"),
+                None,
+                Some(0o700),
+                Some(1_500_000_000),
+            )
+            .await
+            .expect("set attributes of a directory");
+        let entry = client
+            .stat(&path(&directory, "d"), false)
+            .await
+            .expect("stat")
+            .expect("d");
+        assert_eq!((entry.mode, entry.mtime), (0o700, 1_500_000_000));
+        assert_eq!(
+            code(
+                client
+                    .set_attributes(&path(&directory, "missing"), None, Some(0o600), None)
+                    .await
+            ),
+            ErrorCode::NotFound
+        );
+
+        // Directories, symlinks, renames, removals.
+        let made = path(&directory, "made");
+        client.make_directory(&made, 0o750).await.expect("mkdir");
+        client
+            .make_directory(&made, 0o750)
+            .await
+            .expect("mkdir again");
+        let entry = client
+            .stat(&made, false)
+            .await
+            .expect("stat")
+            .expect("made");
+        assert_eq!((entry.kind, entry.mode), (EntryKind::Directory, 0o750));
+        assert_eq!(
+            code(client.make_directory(&big, 0o755).await),
+            ErrorCode::AlreadyExists
+        );
+        let link = path(&directory, "link");
+        client.make_symlink(&link, "a.txt").await.expect("symlink");
+        assert_eq!(client.read_link(&link).await.expect("readlink"), "a.txt");
+        client
+            .make_symlink(&link, "elsewhere")
+            .await
+            .expect("replace symlink");
+        assert_eq!(
+            client.read_link(&link).await.expect("readlink"),
+            "elsewhere"
+        );
+        client
+            .make_symlink(&new, "a.txt")
+            .await
+            .expect("replace a file");
+        assert_eq!(client.read_link(&new).await.expect("readlink"), "a.txt");
+        assert!(
+            client.make_symlink(&made, "a.txt").await.is_err(),
+            "a directory stays"
+        );
+        assert_eq!(code(client.read_link(&big).await), ErrorCode::Invalid);
+        let renamed = path(&directory, "renamed");
+        client.rename(&big, &renamed).await.expect("rename");
+        assert_eq!(client.stat(&big, false).await.expect("stat"), None);
+        assert_eq!(
+            client.read_file(&renamed, 10).await.expect("read"),
+            &data[..3]
+        );
+        client.remove(&renamed).await.expect("remove");
+        assert_eq!(client.stat(&renamed, false).await.expect("stat"), None);
+        assert_eq!(code(client.remove(&renamed).await), ErrorCode::NotFound);
+        assert_eq!(
+            code(client.rename(&renamed, &big).await),
+            ErrorCode::NotFound
+        );
+        // No temporary names were left behind.
+        let mut names: Vec<String> = std::fs::read_dir(directory.path())
+            .expect("list")
+            .map(|entry| {
+                entry
+                    .expect("entry")
+                    .file_name()
+                    .into_string()
+                    .expect("utf-8")
+            })
+            .collect();
+        names.sort();
+        assert_eq!(names, ["a.txt", "d", "l", "link", "made", "new"]);
+
+        // Requests the client cannot encode fail alone.
+        let long = "x".repeat(5000);
+        assert!(matches!(
+            client.stat(&long, false).await,
+            Err(AgentError::Protocol(_))
+        ));
+        assert!(!client.is_closed());
+        assert!(client.stat(root, false).await.expect("stat").is_some());
+
+        shutdown(client, server).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn large_directories_come_in_batches() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        // Long names, so the answer takes several batches without thousands of files.
+        let count = 1500;
+        let prefix = "n".repeat(200);
+        assert!(
+            count * (prefix.len() + 6) > LIST_BATCH_BYTES,
+            "two batches at least"
+        );
+        assert!(count < MAX_LIST_BATCH);
+        for index in 0..count {
+            std::fs::write(directory.path().join(format!("{prefix}-{index:05}")), b"")
+                .expect("write");
+        }
+        let (client, server) = connect().await;
+        let root = directory.path().to_str().expect("utf-8");
+        let entries = client.list(root, count).await.expect("list");
+        assert_eq!(entries.len(), count);
+        // Over the caller's cap: refused, and the rest of the answer is discarded quietly.
+        assert_eq!(
+            code(client.list(root, count - 1).await),
+            ErrorCode::TooLarge
+        );
+        assert_eq!(code(client.list(root, 10).await), ErrorCode::TooLarge);
+        assert_eq!(client.list(root, count).await.expect("list").len(), count);
+        assert!(!client.is_closed());
+        shutdown(client, server).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn many_concurrent_reads_from_many_tasks() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let data: Vec<u8> = (0..1u32 << 20)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        let file = path(&directory, "data");
+        std::fs::write(&file, &data).expect("write");
+        let data = Arc::new(data);
+        let (client, server) = connect().await;
+        let handle = client.open_read(&file).await.expect("open");
+        let mut tasks = Vec::new();
+        for index in 0..200u64 {
+            let client = client.clone();
+            let data = Arc::clone(&data);
+            tasks.push(tokio::spawn(async move {
+                let offset = index * 5021 % (1 << 20);
+                let length = 4096 + index as u32 * 37;
+                let read = client.read(handle, offset, length).await.expect("read");
+                let start = offset as usize;
+                let end = (start + length as usize).min(data.len());
+                assert_eq!(read, data[start..end]);
+            }));
+        }
+        for task in tasks {
+            task.await.expect("no panic");
+        }
+        client.close(handle).await.expect("close");
+        shutdown(client, server).await;
+    }
+
+    #[tokio::test]
+    async fn versions_meet_at_the_highest_common() {
+        let (startup, server) = connect_versions((1, 3), (1, 2)).await;
+        let Ok(Startup::Agent(client, hello)) = startup else {
+            panic!("no agent: {startup:?}");
+        };
+        assert_eq!((hello.min_version, hello.max_version), (1, 2));
+        assert_eq!(client.version(), 2);
+        let directory = tempfile::tempdir().expect("tempdir");
+        let root = directory.path().to_str().expect("utf-8");
+        assert!(client.stat(root, true).await.expect("stat").is_some());
+        shutdown(client, server).await;
+
+        let (startup, server) = connect_versions((3, 4), (1, 2)).await;
+        match startup {
+            Err(AgentError::VersionMismatch { ours, theirs }) => {
+                assert_eq!((ours, theirs), ((3, 4), (1, 2)));
+            }
+            other => panic!("expected a version mismatch, got {other:?}"),
+        }
+        // The client closed the agent's stdin: the agent ends cleanly.
+        tokio::time::timeout(PROMPTLY, server)
+            .await
+            .expect("prompt")
+            .expect("no panic")
+            .expect("clean end");
+    }
+
+    #[tokio::test]
+    async fn text_instead_of_the_magic_is_not_an_agent() {
+        let startup = AgentClient::start(&b"Linux\nx86_64\n"[..], tokio::io::sink())
+            .await
+            .expect("startup");
+        match startup {
+            Startup::NotAgent(output) => assert_eq!(output, b"Linux\nx86_64\n"),
+            other => panic!("expected not an agent, got {other:?}"),
+        }
+        let startup = AgentClient::start(&b""[..], tokio::io::sink())
+            .await
+            .expect("startup");
+        assert!(matches!(startup, Startup::NotAgent(output) if output.is_empty()));
+        let long: &'static [u8] = Box::leak(vec![b'x'; 10_000].into_boxed_slice());
+        let startup = AgentClient::start(long, tokio::io::sink())
+            .await
+            .expect("startup");
+        assert!(matches!(startup, Startup::NotAgent(output) if output.len() == NOT_AGENT_CAP));
+        // The magic and then garbage instead of a hello.
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&[0, 0, 0, 5, 0x86, 0, 0, 0, 0]);
+        let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+        let startup = AgentClient::start(bytes, tokio::io::sink()).await;
+        assert!(
+            matches!(startup, Err(AgentError::Protocol(_))),
+            "{startup:?}"
+        );
+        let startup = AgentClient::start(&MAGIC[..], tokio::io::sink()).await;
+        assert!(matches!(startup, Err(AgentError::Closed)), "{startup:?}");
+    }
+
+    #[tokio::test]
+    async fn a_greeting_of_other_versions_is_a_mismatch() {
+        let greeting = crate::agent::protocol::test_server_hello(9, 9);
+        let greeting: &'static [u8] = Box::leak(greeting.into_boxed_slice());
+        let error = AgentClient::start(greeting, tokio::io::sink())
+            .await
+            .expect_err("no common version");
+        assert!(
+            matches!(
+                error,
+                AgentError::VersionMismatch {
+                    ours: (PROTOCOL_MIN, PROTOCOL_MAX),
+                    theirs: (9, 9)
+                }
+            ),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("version"), "{error}");
+        assert!(!error.is_transient());
+    }
+
+    /// An agent played by the test, frame by frame.
+    struct FakeAgent {
+        from_client: DuplexStream,
+        to_client: DuplexStream,
+    }
+
+    impl FakeAgent {
+        async fn start() -> (FakeAgent, AgentClient) {
+            let (client_out, from_client) = duplex(1 << 20);
+            let (mut to_client, client_in) = duplex(1 << 20);
+            to_client.write_all(&MAGIC).await.expect("magic");
+            let hello = ServerHello {
+                min_version: 1,
+                max_version: 1,
+                build: build(),
+            };
+            to_client
+                .write_all(&hello.encode().expect("hello"))
+                .await
+                .expect("hello");
+            let startup = AgentClient::start(client_in, client_out).await;
+            let Ok(Startup::Agent(client, _)) = startup else {
+                panic!("no agent: {startup:?}");
+            };
+            let mut fake = FakeAgent {
+                from_client,
+                to_client,
+            };
+            let body = read_frame(&mut fake.from_client)
+                .await
+                .expect("read")
+                .expect("hello");
+            let frame = Frame::parse(&body).expect("frame");
+            assert_eq!(ClientHello::decode(&frame), Ok(ClientHello { version: 1 }));
+            (fake, client)
+        }
+
+        async fn request(&mut self) -> Option<(u32, Request)> {
+            let body = read_frame(&mut self.from_client).await.expect("read")?;
+            let frame = Frame::parse(&body).expect("frame");
+            Some((frame.id, Request::decode(&frame).expect("request")))
+        }
+
+        async fn answer(&mut self, id: u32, response: Response) {
+            let frame = response.encode(id).expect("encodable");
+            self.to_client.write_all(&frame).await.expect("answer");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_vanished_agent_fails_every_request_promptly() {
+        let (mut fake, client) = FakeAgent::start().await;
+        let mut waiting = Vec::new();
+        for index in 0..5 {
+            let client = client.clone();
+            waiting.push(tokio::spawn(async move {
+                client.stat(&format!("/x/{index}"), false).await
+            }));
+        }
+        for _ in 0..5 {
+            fake.request().await.expect("a request");
+        }
+        // The agent goes away mid-flight.
+        drop(fake);
+        for task in waiting {
+            let result = tokio::time::timeout(PROMPTLY, task)
+                .await
+                .expect("prompt")
+                .expect("no panic");
+            assert!(matches!(result, Err(AgentError::Closed)), "{result:?}");
+        }
+        assert!(client.is_closed());
+        let later = tokio::time::timeout(PROMPTLY, client.stat("/y", false))
+            .await
+            .expect("prompt");
+        assert!(matches!(later, Err(AgentError::Closed)));
+        assert!(later.expect_err("closed").is_transient());
+    }
+
+    #[tokio::test]
+    async fn answers_to_no_request_or_of_the_wrong_type_end_the_session() {
+        // The wrong type.
+        let (mut fake, client) = FakeAgent::start().await;
+        let stat = tokio::spawn({
+            let client = client.clone();
+            async move { client.stat("/a", false).await }
+        });
+        let (id, request) = fake.request().await.expect("request");
+        assert!(matches!(request, Request::Stat { .. }));
+        fake.answer(id, Response::Done).await;
+        let result = tokio::time::timeout(PROMPTLY, stat)
+            .await
+            .expect("prompt")
+            .expect("no panic");
+        assert!(matches!(result, Err(AgentError::Protocol(_))), "{result:?}");
+        assert!(client.is_closed());
+        // The client closed the agent's stdin.
+        assert!(fake.request().await.is_none());
+
+        // An unknown id.
+        let (mut fake, client) = FakeAgent::start().await;
+        let stat = tokio::spawn({
+            let client = client.clone();
+            async move { client.stat("/a", false).await }
+        });
+        let (id, _) = fake.request().await.expect("request");
+        fake.answer(id + 1, Response::Entry(None)).await;
+        let result = tokio::time::timeout(PROMPTLY, stat)
+            .await
+            .expect("prompt")
+            .expect("no panic");
+        assert!(matches!(result, Err(AgentError::Protocol(_))), "{result:?}");
+        assert!(matches!(client.sync(1).await, Err(AgentError::Protocol(_))));
+
+        // A protocol-level error from the agent.
+        let (mut fake, client) = FakeAgent::start().await;
+        fake.answer(
+            0,
+            Response::Error {
+                code: ErrorCode::Invalid,
+                message: "bad".into(),
+            },
+        )
+        .await;
+        let result = tokio::time::timeout(PROMPTLY, client.sync(1))
+            .await
+            .expect("prompt");
+        match result {
+            Err(AgentError::Protocol(message)) => assert!(message.contains("bad"), "{message}"),
+            other => panic!("expected a protocol error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_given_up_keeps_its_id_until_answered() {
+        let (mut fake, client) = FakeAgent::start().await;
+        // Give up on a read the agent has not answered yet.
+        let given_up = tokio::time::timeout(Duration::from_millis(50), client.read(7, 0, 10)).await;
+        assert!(given_up.is_err(), "timed out");
+        let (first, _) = fake.request().await.expect("the read");
+        // The next request gets another id, and the late answer is discarded quietly.
+        let sync = tokio::spawn({
+            let client = client.clone();
+            async move { client.sync(7).await }
+        });
+        let (second, request) = fake.request().await.expect("the sync");
+        assert_ne!(first, second);
+        assert_eq!(request, Request::Sync { handle: 7 });
+        fake.answer(first, Response::Data(b"late".to_vec())).await;
+        fake.answer(second, Response::Done).await;
+        tokio::time::timeout(PROMPTLY, sync)
+            .await
+            .expect("prompt")
+            .expect("no panic")
+            .expect("done");
+        assert!(!client.is_closed());
+        // A List given up after its first batch: the remaining batches are discarded.
+        let list = tokio::spawn({
+            let client = client.clone();
+            async move { client.list("/d", 1).await }
+        });
+        let (id, _) = fake.request().await.expect("the list");
+        let entry = Entry {
+            name: b"n".to_vec(),
+            kind: EntryKind::File,
+            size: 0,
+            mtime: 0,
+            mtime_nanoseconds: 0,
+            mode: 0o644,
+        };
+        let batch = |last| Response::EntryBatch {
+            entries: vec![entry.clone(), entry.clone()],
+            last,
+        };
+        fake.answer(id, batch(false)).await;
+        assert_eq!(code(list.await.expect("no panic")), ErrorCode::TooLarge);
+        fake.answer(id, batch(false)).await;
+        fake.answer(id, batch(true)).await;
+        let stat = tokio::spawn({
+            let client = client.clone();
+            async move { client.stat("/s", true).await }
+        });
+        let (id, _) = fake.request().await.expect("the stat");
+        fake.answer(id, Response::Entry(Some(entry.clone()))).await;
+        assert_eq!(stat.await.expect("no panic").expect("stat"), Some(entry));
+        assert!(!client.is_closed());
+    }
+}
