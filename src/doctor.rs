@@ -218,7 +218,7 @@ pub async fn check_host(
             .push(format!("{label} refuses the SFTP subsystem"));
         report
             .hints
-            .push("enable 'Subsystem sftp internal-sftp' in the remote sshd_config".into());
+            .push("enable 'Subsystem sftp internal-sftp' in the remote sshd_config; until then xfer pull and push still work through the xfer agent (exec is allowed), but --no-agent, scp and sftp do not".into());
     } else if report.exec == Capability::Refused {
         report
             .problems

@@ -637,9 +637,10 @@ fn doctor_and_pull_explain_a_server_without_sftp() {
         "{report}"
     );
 
+    // SFTP only: refused, with the reason and what to do.
     let mut command = xfer_command();
     command
-        .args(["pull", "-F"])
+        .args(["pull", "--no-agent", "-F"])
         .arg(&config)
         .arg("nosftp:/etc/hostname")
         .arg(sshd.dir().join("copy"));
@@ -649,6 +650,21 @@ fn doctor_and_pull_explain_a_server_without_sftp() {
     assert!(
         text.contains("refuses the SFTP subsystem") && text.contains("xfer doctor"),
         "{text}"
+    );
+    assert!(!sshd.dir().join("copy").exists());
+
+    // The agent needs only exec: the same pull works.
+    let mut command = xfer_command();
+    command
+        .args(["pull", "-F"])
+        .arg(&config)
+        .arg("nosftp:/etc/hostname")
+        .arg(sshd.dir().join("copy"));
+    let output = run_with_timeout(&mut command, LIMIT);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        fs::read(sshd.dir().join("copy")).unwrap(),
+        fs::read("/etc/hostname").unwrap()
     );
 }
 

@@ -31,6 +31,9 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Remove a host's keys from known_hosts (after a machine was re-created), keeping a backup.
     ForgetHost(ForgetHostArgs),
+    /// Serve the xfer agent protocol on stdin/stdout. xfer starts this on remote hosts itself.
+    #[command(hide = true)]
+    Agent,
 }
 
 /// Options every command that reaches a host takes, with ssh's meaning.
@@ -109,6 +112,12 @@ pub struct TransferArgs {
     /// Do not ask the remote for whole-file digests (b3sum/sha256sum over exec).
     #[arg(long)]
     pub no_remote_digest: bool,
+    /// Use SFTP only: never start (or upload) the xfer agent on the host.
+    #[arg(long, conflicts_with = "agent")]
+    pub no_agent: bool,
+    /// Run the agent from this remote executable instead of xfer's cached copy of itself.
+    #[arg(long, value_name = "REMOTE_PATH")]
+    pub agent: Option<String>,
     /// Directories transferred at once, each over its own SSH connection.
     #[arg(short = 'j', long, value_name = "N", default_value_t = 4)]
     pub jobs: usize,

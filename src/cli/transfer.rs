@@ -14,7 +14,7 @@ use xfer::engine::{Options, Summary};
 use xfer::error::{Error, ErrorKind, Result};
 use xfer::local::Destination;
 use xfer::remote::Remote;
-use xfer::remote::sftp::SftpRemote;
+use xfer::remote::deploy::AgentMode;
 use xfer::target::{HostSpec, Location, parse_location};
 
 pub async fn run(args: &TransferArgs, direction: Direction, verbosity: Verbosity) -> Result<()> {
@@ -49,6 +49,14 @@ pub async fn run(args: &TransferArgs, direction: Direction, verbosity: Verbosity
     let state = StateDir::locate()?;
     let quiet = verbosity == Verbosity::Quiet;
     let verbose = matches!(verbosity, Verbosity::Verbose(_));
+    let agent = match (&args.agent, args.no_agent) {
+        (_, true) => AgentMode::Off,
+        (Some(path), false) if path.is_empty() => {
+            return Err(Error::usage("--agent takes a remote path"));
+        }
+        (Some(path), false) => AgentMode::Path(path.clone()),
+        (None, false) => AgentMode::Auto,
+    };
     if args.dry_run {
         return dry_run(
             &connector,
@@ -70,6 +78,7 @@ pub async fn run(args: &TransferArgs, direction: Direction, verbosity: Verbosity
         local_path,
         state,
         reporter: reporter.clone(),
+        agent,
         options: UnitOptions {
             jobs: args.jobs,
             retries: args.retries,
@@ -101,7 +110,15 @@ async fn dry_run(
     state: &StateDir,
     json: bool,
 ) -> Result<()> {
-    let remote = open_remote(connector, host).await?;
+    // A dry run changes nothing on the host, not even the agent's cache: SFTP plans the same.
+    let remote = units::open_remote(
+        connector,
+        host,
+        &AgentMode::Off,
+        &xfer::progress::NoProgress,
+    )
+    .await?;
+    let remote = &*remote;
     let config = remote.connection().config().clone();
     let endpoints = Endpoints {
         remote_id: format!("{}@{}:{}", config.user, config.hostname, config.port),
@@ -118,7 +135,7 @@ async fn dry_run(
             let target = plan::pull_target(remote_path, root_entry.kind, local_path)?;
             let destination = Destination::open(&target.root, false).ok();
             plan::plan_pull(
-                &remote,
+                remote,
                 remote_path,
                 &local_path.display().to_string(),
                 &target.root,
@@ -131,18 +148,10 @@ async fn dry_run(
             .await?
         }
         Direction::Push => {
-            plan::plan_push(&remote, local_path, remote_path, state, &endpoints, false).await?
+            plan::plan_push(remote, local_path, remote_path, state, &endpoints, false).await?
         }
     };
     show_plan(&plan, json)
-}
-
-async fn open_remote(
-    connector: &xfer::ssh::connect::Connector,
-    host: &HostSpec,
-) -> Result<SftpRemote> {
-    let connection = Arc::new(connector.connect(host).await?);
-    SftpRemote::open(connection).await
 }
 
 fn show_plan(plan: &Plan, json: bool) -> Result<()> {

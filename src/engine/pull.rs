@@ -161,10 +161,14 @@ async fn pull_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
     let relative = item.relative()?;
     let destination = &context.destination;
     let display = destination.display_path(&relative);
-    if let Some(existing) = destination.metadata(&relative)?
-        && existing.kind != crate::local::EntryKind::File
-    {
-        destination.remove_file(&relative)?;
+    // Bytes already in a local file of that name: with an agent, a delta compares them.
+    let mut existing_length = 0;
+    if let Some(existing) = destination.metadata(&relative)? {
+        if existing.kind == crate::local::EntryKind::File {
+            existing_length = existing.size;
+        } else {
+            destination.remove_file(&relative)?;
+        }
     }
     let layout = BlockLayout::new(item.size, DEFAULT_BLOCK_SIZE).map_err(|error| {
         Error::remote(format!(
@@ -201,56 +205,70 @@ async fn pull_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
         .into_iter()
         .filter(|(index, hash)| on_disk.get(index) == Some(hash))
         .collect();
+    // An agent hashes every block where the data is: that finds the blocks a local file
+    // already holds (the delta) and checks every received block end to end.
+    let remote_hashes = match context.remote.hashes_blocks() {
+        true => {
+            let remote = context.remote.clone();
+            let path = item.source.clone();
+            let task = tokio::spawn(async move { remote.block_hashes(&path, &layout).await });
+            let reused_before = have.len();
+            let hashes = if existing_length > 0 {
+                // Needed before fetching: they say which blocks need not travel.
+                let hashes = join_hashes(task).await?;
+                if let Some(hashes) = &hashes {
+                    reuse_matching_blocks(&file, &layout, existing_length, hashes, &mut have)
+                        .await?;
+                }
+                RemoteHashes::Ready(hashes)
+            } else {
+                RemoteHashes::Pending(task)
+            };
+            tracing::debug!(path = %item.path, reused = have.len() - reused_before, "delta");
+            hashes
+        }
+        false => RemoteHashes::Ready(None),
+    };
     let reused: u64 = have
         .keys()
         .map(|&index| u64::from(layout.len_of(index)))
         .fold(0u64, u64::saturating_add);
     context.reporter.file_started(&item.path, item.size, reused);
 
-    // The remote hashes the file while we fetch it.
-    let digest_task =
-        (context.options.remote_digest && item.size >= REMOTE_DIGEST_MIN_SIZE).then(|| {
+    if context.remote.hashes_blocks() && layout.block_count() == 1 && have.is_empty() {
+        fetch_small(context, item, &file, &layout, &mut have).await?;
+    } else {
+        fetch_large(context, item, &file, &layout, journal.as_mut(), &mut have).await?;
+    }
+    let remote_hashes = match remote_hashes {
+        RemoteHashes::Ready(hashes) => hashes,
+        RemoteHashes::Pending(task) => join_hashes(task).await?,
+    };
+    if let Some(hashes) = &remote_hashes {
+        let differing = (0..layout.block_count())
+            .filter(|&index| hashes.get(index as usize) != have.get(&index))
+            .count();
+        if differing > 0 {
+            // Blocks hashed and blocks read disagree: the source changed under the transfer.
+            // What arrived is kept; the re-run hashes again and fetches only what differs.
+            return Err(Error::remote(format!(
+                "{display}: {differing} block(s) differ from the remote's hashes of {}: the source changed during the transfer",
+                item.source
+            ))
+            .with_hint("re-run the same command once the file stops changing")
+            .transient(true));
+        }
+    }
+
+    // Without block hashes, the remote hashes the whole file while we fetch it.
+    let digest_task = (remote_hashes.is_none()
+        && context.options.remote_digest
+        && item.size >= REMOTE_DIGEST_MIN_SIZE)
+        .then(|| {
             let remote = context.remote.clone();
             let path = item.source.clone();
             tokio::spawn(async move { remote.digest(&path).await })
         });
-
-    let handle = context.remote.open_read(&item.source).await?;
-    // The size was a promise: more bytes past it means the stat lied or the file grew. Asked
-    // now, alongside the data, so small files cost no extra round trip.
-    let beyond = {
-        let remote = context.remote.clone();
-        let handle = handle.clone();
-        let size = item.size;
-        tokio::spawn(async move { remote.read_at(&handle, size, 1).await })
-    };
-    let fetched = fetch_blocks(
-        context,
-        item,
-        &handle,
-        &file,
-        &layout,
-        journal.as_mut(),
-        &mut have,
-    )
-    .await;
-    if let Err(error) = fetched {
-        let _ = context.remote.close(handle).await;
-        return Err(error);
-    }
-    let beyond = beyond.await.map_err(|error| {
-        Error::new(ErrorKind::LocalIo, format!("a read task failed: {error}"))
-    })??;
-    let _ = context.remote.close(handle).await;
-    if !beyond.is_empty() {
-        return Err(Error::remote(format!(
-            "{}: {} has more than the {} bytes its size said (it grew while being read?)",
-            context.remote.label(),
-            item.source,
-            item.size
-        ))
-        .with_hint("re-run the same command once the file stops changing"));
-    }
 
     let digest = match digest_task {
         Some(task) => match task.await {
@@ -326,6 +344,132 @@ async fn pull_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
         moved: item.size - reused,
         reused,
     })
+}
+
+/// The remote's block hashes: known already, or still being computed.
+enum RemoteHashes {
+    Ready(Option<Vec<BlockHash>>),
+    Pending(tokio::task::JoinHandle<Result<Option<Vec<BlockHash>>>>),
+}
+
+async fn join_hashes(
+    task: tokio::task::JoinHandle<Result<Option<Vec<BlockHash>>>>,
+) -> Result<Option<Vec<BlockHash>>> {
+    task.await.map_err(|error| {
+        Error::new(
+            ErrorKind::LocalIo,
+            format!("a hashing task failed: {error}"),
+        )
+    })?
+}
+
+/// The delta: every block wholly inside the first `existing_length` bytes of the local file
+/// whose bytes hash to the remote's hash of that block is kept, not fetched.
+async fn reuse_matching_blocks(
+    file: &File,
+    layout: &BlockLayout,
+    existing_length: u64,
+    remote: &[BlockHash],
+    have: &mut BTreeMap<u64, BlockHash>,
+) -> Result<()> {
+    let candidates: Vec<u64> = (0..layout.block_count())
+        .filter(|&index| !have.contains_key(&index) && layout.range(index).end <= existing_length)
+        .filter(|&index| (index as usize) < remote.len())
+        .collect();
+    if candidates.is_empty() {
+        return Ok(());
+    }
+    let file = file
+        .try_clone()
+        .map_err(|error| Error::local_io("cannot reopen a local file", error))?;
+    let layout = *layout;
+    let local = tokio::task::spawn_blocking(move || {
+        crate::engine::verify::hash_blocks_parallel(&file, &layout, &candidates)
+    })
+    .await
+    .map_err(|error| {
+        Error::new(
+            ErrorKind::LocalIo,
+            format!("a hashing task failed: {error}"),
+        )
+    })?;
+    for (index, hash) in local {
+        if remote.get(index as usize) == Some(&hash) {
+            have.insert(index, hash);
+        }
+    }
+    Ok(())
+}
+
+/// A file of one block, in one request (the agent reads it whole): no open, no close.
+async fn fetch_small<R: Remote>(
+    context: &Context<R>,
+    item: &PlanItem,
+    file: &File,
+    layout: &BlockLayout,
+    have: &mut BTreeMap<u64, BlockHash>,
+) -> Result<()> {
+    // One byte more than the size, so a file that grew is told from one that did not.
+    let asked = u32::try_from(item.size.saturating_add(1)).unwrap_or(u32::MAX);
+    let Some(data) = context.remote.read_small(&item.source, asked).await? else {
+        return fetch_large(context, item, file, layout, None, have).await;
+    };
+    if data.len() as u64 != item.size {
+        return Err(Error::remote(format!(
+            "{}: {} has {} bytes, not the {} its size said (it changed while being read?)",
+            context.remote.label(),
+            item.source,
+            data.len(),
+            item.size
+        ))
+        .with_hint("re-run the same command once the file stops changing"));
+    }
+    file.write_all_at(&data, 0)
+        .map_err(|error| Error::local_io(format!("cannot write {}", item.target), error))?;
+    context.reporter.bytes_moved(&item.path, data.len() as u64);
+    have.insert(0, hash_block(&data));
+    Ok(())
+}
+
+/// Opens the remote file, fetches the blocks `have` lacks, and checks the file ends where its
+/// size said.
+async fn fetch_large<R: Remote>(
+    context: &Context<R>,
+    item: &PlanItem,
+    file: &File,
+    layout: &BlockLayout,
+    journal: Option<&mut JournalFile>,
+    have: &mut BTreeMap<u64, BlockHash>,
+) -> Result<()> {
+    let handle = context.remote.open_read(&item.source).await?;
+    // The size was a promise: more bytes past it means the stat lied or the file grew. Asked
+    // now, alongside the data, so small files cost no extra round trip.
+    let beyond = {
+        let remote = context.remote.clone();
+        let handle = handle.clone();
+        let size = item.size;
+        tokio::spawn(async move { remote.read_at(&handle, size, 1).await })
+    };
+    let fetched = fetch_blocks(context, item, &handle, file, layout, journal, have).await;
+    if let Err(error) = fetched {
+        beyond.abort();
+        let _ = context.remote.close(handle).await;
+        return Err(error);
+    }
+    let beyond = beyond.await.map_err(|error| {
+        Error::new(ErrorKind::LocalIo, format!("a read task failed: {error}"))
+    })??;
+    let _ = context.remote.close(handle).await;
+    if !beyond.is_empty() {
+        return Err(Error::remote(format!(
+            "{}: {} has more than the {} bytes its size said (it grew while being read?)",
+            context.remote.label(),
+            item.source,
+            item.size
+        ))
+        .with_hint("re-run the same command once the file stops changing"));
+    }
+    Ok(())
 }
 
 /// A block being assembled from several reads.

@@ -241,6 +241,40 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
     {
         remote.remove_file(&item.target).await?;
     }
+    // The delta: an agent hashes the blocks the remote file already holds, whatever wrote
+    // them; those equal to the local blocks do not travel.
+    if remote.hashes_blocks()
+        && let Some(entry) = existing
+            .as_ref()
+            .filter(|entry| entry.kind == EntryKind::File && entry.size > 0)
+        && let Some(remote_hashes) = remote.block_hashes(&item.target, &layout).await?
+    {
+        let candidates: Vec<u64> = (0..layout.block_count())
+            .filter(|&index| {
+                !have.contains_key(&index)
+                    && layout.range(index).end <= entry.size
+                    && (index as usize) < remote_hashes.len()
+            })
+            .collect();
+        let source = file
+            .try_clone()
+            .map_err(|error| Error::local_io(format!("cannot reopen {}", item.source), error))?;
+        let local = tokio::task::spawn_blocking(move || {
+            crate::engine::verify::hash_blocks_parallel(&source, &layout, &candidates)
+        })
+        .await
+        .map_err(|error| {
+            Error::new(
+                ErrorKind::LocalIo,
+                format!("a hashing task failed: {error}"),
+            )
+        })?;
+        for (index, hash) in local {
+            if remote_hashes.get(index as usize) == Some(&hash) {
+                have.insert(index, hash);
+            }
+        }
+    }
     let reused: u64 = have
         .keys()
         .map(|&index| u64::from(layout.len_of(index)))
@@ -295,13 +329,26 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
         )
         .await?;
     // The remote hashes what it holds while the local file is read back; both are needed.
-    let want_digest = context.options.remote_digest && item.size >= REMOTE_DIGEST_MIN_SIZE;
+    // An agent hashes every block (checked against what was sent, below); otherwise a
+    // whole-file digest where the remote has a tool for it.
+    let by_blocks = remote.hashes_blocks();
+    let want_digest =
+        !by_blocks && context.options.remote_digest && item.size >= REMOTE_DIGEST_MIN_SIZE;
     let remote_digest = async {
-        if want_digest {
-            remote.digest(&item.target).await.unwrap_or(None)
-        } else {
-            None
+        if by_blocks {
+            return remote
+                .block_hashes(&item.target, &layout)
+                .await
+                .map(|hashes| hashes.map(RemoteCheck::Blocks));
         }
+        if want_digest {
+            return Ok(remote
+                .digest(&item.target)
+                .await
+                .unwrap_or(None)
+                .map(RemoteCheck::Digest));
+        }
+        Ok(None)
     };
     // Which digest the remote will give is not known until it answers, so both are computed
     // locally when one is wanted (on a second core, overlapping the block check).
@@ -335,9 +382,20 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
         .with_hint("re-run the same command once the file stops changing")
         .transient(true));
     }
-    let agrees = match digest {
-        Some(RemoteDigest::Blake3(remote)) => Some(remote) == verification.blake3,
-        Some(RemoteDigest::Sha256(remote)) => Some(remote) == verification.sha256,
+    let agrees = match digest? {
+        Some(RemoteCheck::Digest(RemoteDigest::Blake3(remote))) => {
+            Some(remote) == verification.blake3
+        }
+        Some(RemoteCheck::Digest(RemoteDigest::Sha256(remote))) => {
+            Some(remote) == verification.sha256
+        }
+        Some(RemoteCheck::Blocks(hashes)) => {
+            hashes.len() as u64 == layout.block_count()
+                && hashes
+                    .iter()
+                    .enumerate()
+                    .all(|(index, hash)| have.get(&(index as u64)) == Some(hash))
+        }
         None => true,
     };
     if !agrees {
@@ -369,6 +427,12 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
         moved: item.size - reused,
         reused,
     })
+}
+
+/// What the remote says it holds once a file is written.
+enum RemoteCheck {
+    Digest(RemoteDigest),
+    Blocks(Vec<BlockHash>),
 }
 
 /// Sends `needed` blocks with many writes in flight. Blocks acknowledged so far are synced on

@@ -19,7 +19,8 @@ use crate::engine::{ItemError, Options, Summary, pull, push};
 use crate::error::{Error, ErrorKind, Result};
 use crate::local::{Destination, RelativePath, Timestamp, validate_component};
 use crate::progress::Reporter;
-use crate::remote::sftp::SftpRemote;
+use crate::remote::deploy::AgentMode;
+use crate::remote::session::Session;
 use crate::remote::{self, EntryKind, Remote, SetAttributes};
 use crate::ssh::connect::Connector;
 use crate::target::HostSpec;
@@ -108,6 +109,8 @@ pub struct Transfer {
     pub state: StateDir,
     pub reporter: Arc<dyn Reporter>,
     pub options: UnitOptions,
+    /// Whether connections run the xfer agent (`--no-agent`, `--agent PATH`).
+    pub agent: AgentMode,
 }
 
 /// Shared by the workers.
@@ -119,15 +122,39 @@ struct Shared {
     results: Mutex<Vec<(UnitReport, Summary)>>,
 }
 
-async fn open_remote(connector: &Connector, host: &HostSpec) -> Result<Arc<SftpRemote>> {
+/// Connects and opens the remote side (agent or SFTP). Why the agent is not used is said
+/// once per run, not once per connection.
+pub async fn open_remote(
+    connector: &Connector,
+    host: &HostSpec,
+    agent: &AgentMode,
+    reporter: &dyn Reporter,
+) -> Result<Arc<Session>> {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     let connection = Arc::new(connector.connect(host).await?);
-    Ok(Arc::new(SftpRemote::open(connection).await?))
+    let (session, fallback) = Session::open(connection, agent).await?;
+    if let Some(reason) = fallback
+        && !SAID.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        reporter.warning(&format!(
+            "{}: using SFTP, no xfer agent: {reason}",
+            session.label()
+        ));
+    }
+    tracing::debug!(label = %session.label(), kind = session.kind(), "remote session open");
+    Ok(Arc::new(session))
 }
 
 /// Runs a whole transfer: discovers the units over a first connection, then runs them.
 pub async fn run(transfer: Transfer) -> Result<Summary> {
     let started = Instant::now();
-    let first = open_remote(&transfer.connector, &transfer.host).await?;
+    let first = open_remote(
+        &transfer.connector,
+        &transfer.host,
+        &transfer.agent,
+        &*transfer.reporter,
+    )
+    .await?;
     let config = first.connection().config().clone();
     let endpoints = Endpoints {
         remote_id: format!("{}@{}:{}", config.user, config.hostname, config.port),
@@ -216,7 +243,7 @@ pub async fn run(transfer: Transfer) -> Result<Summary> {
 /// unit: the discovery connection may have died long ago.
 async fn finish_remote_root(
     shared: &Shared,
-    first: Arc<SftpRemote>,
+    first: Arc<Session>,
     mode: u32,
     mtime: i64,
 ) -> Result<()> {
@@ -225,12 +252,17 @@ async fn finish_remote_root(
     let mut failures = 0;
     loop {
         let result = async {
-            let current = match remote
-                .as_ref()
-                .filter(|remote| !remote.connection().is_closed())
-            {
+            let current = match remote.as_ref().filter(|remote| !remote.is_closed()) {
                 Some(current) => current.clone(),
-                None => open_remote(&shared.transfer.connector, &shared.transfer.host).await?,
+                None => {
+                    open_remote(
+                        &shared.transfer.connector,
+                        &shared.transfer.host,
+                        &shared.transfer.agent,
+                        &*shared.transfer.reporter,
+                    )
+                    .await?
+                }
             };
             remote = Some(current.clone());
             let root = push_root(&shared.transfer, &*current).await?;
@@ -388,7 +420,7 @@ async fn discover_push<R: Remote>(transfer: &Transfer, remote: &R) -> Result<Dis
     ))
 }
 
-async fn worker(shared: Arc<Shared>, mut connection: Option<Arc<SftpRemote>>) {
+async fn worker(shared: Arc<Shared>, mut connection: Option<Arc<Session>>) {
     loop {
         let unit = match shared.queue.lock() {
             Ok(mut queue) => queue.pop_front(),
@@ -414,7 +446,7 @@ fn unit_name(unit: &Unit) -> String {
 async fn run_unit(
     shared: &Shared,
     unit: &Unit,
-    connection: &mut Option<Arc<SftpRemote>>,
+    connection: &mut Option<Arc<Session>>,
 ) -> (UnitReport, Summary) {
     let transfer = &shared.transfer;
     let options = transfer.options;
@@ -484,17 +516,20 @@ enum Attempt {
 async fn attempt_unit(
     shared: &Shared,
     unit: &Unit,
-    connection: &mut Option<Arc<SftpRemote>>,
+    connection: &mut Option<Arc<Session>>,
     planned: &mut bool,
 ) -> Result<Attempt> {
     let transfer = &shared.transfer;
-    let remote = match connection
-        .as_ref()
-        .filter(|remote| !remote.connection().is_closed())
-    {
+    let remote = match connection.as_ref().filter(|remote| !remote.is_closed()) {
         Some(remote) => remote.clone(),
         None => {
-            let remote = open_remote(&transfer.connector, &transfer.host).await?;
+            let remote = open_remote(
+                &transfer.connector,
+                &transfer.host,
+                &transfer.agent,
+                &*transfer.reporter,
+            )
+            .await?;
             *connection = Some(remote.clone());
             remote
         }

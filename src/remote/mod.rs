@@ -7,8 +7,12 @@
 //! the engine will not change. Names that come back from `list` are the peer's words: the
 //! engine validates every one before it touches the local disk.
 
+pub mod agent;
+pub mod deploy;
+pub mod session;
 pub mod sftp;
 
+use crate::blocks::{BlockHash, BlockLayout};
 use crate::error::Result;
 use std::future::Future;
 
@@ -117,6 +121,34 @@ pub trait Remote: Send + Sync + 'static {
 
     /// A whole-file digest computed on the remote, or None where the remote cannot.
     fn digest(&self, path: &str) -> impl Future<Output = Result<Option<RemoteDigest>>> + Send;
+
+    /// Whether [`Remote::block_hashes`] can answer (an agent computes them; SFTP cannot).
+    fn hashes_blocks(&self) -> bool {
+        false
+    }
+
+    /// The [`crate::blocks::hash_block`] hash of every block of the file at `path` as `layout`
+    /// cuts it (the last block may be short; blocks past the file's end are missing from the
+    /// answer), computed on the remote; None where the remote cannot.
+    fn block_hashes(
+        &self,
+        path: &str,
+        layout: &BlockLayout,
+    ) -> impl Future<Output = Result<Option<Vec<BlockHash>>>> + Send {
+        let _ = (path, layout);
+        async { Ok(None) }
+    }
+
+    /// The whole content of a file of at most `max_length` bytes in one request, or None where
+    /// the remote has no such request (then the caller opens and reads).
+    fn read_small(
+        &self,
+        path: &str,
+        max_length: u32,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send {
+        let _ = (path, max_length);
+        async { Ok(None) }
+    }
 }
 
 /// Parses the 64 hex digits of a SHA-256 or BLAKE3 digest as a remote tool printed them.

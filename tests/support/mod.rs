@@ -92,6 +92,46 @@ pub fn running_as_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// The home directory sshd gives sessions (`SetEnv HOME`), shared by every test of a run:
+/// `target/tmp/remote-home`, with the agent of the built `xfer` already in its cache, as a
+/// host xfer has reached before would have it. So tests that count bytes count the transfer,
+/// not a deployment; the tests of deployment give sshd a home of their own.
+pub fn remote_home() -> &'static Path {
+    static HOME: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    HOME.get_or_init(|| {
+        let home = Path::new(env!("CARGO_TARGET_TMPDIR")).join("remote-home");
+        install_agent(&home);
+        home
+    })
+}
+
+/// Puts the built `xfer` into `home`'s agent cache under the name xfer looks for.
+pub fn install_agent(home: &Path) {
+    let binary = fs::read(env!("CARGO_BIN_EXE_xfer"))
+        .unwrap_or_else(|error| panic!("cannot read the xfer binary: {error}"));
+    let name = xfer::remote::deploy::cache_name(
+        env!("CARGO_PKG_VERSION"),
+        &xfer::blocks::file_hash_of(&binary),
+    );
+    let cache = home.join(".cache/xfer");
+    fs::create_dir_all(&cache)
+        .unwrap_or_else(|error| panic!("cannot create {}: {error}", cache.display()));
+    for dir in [home, &home.join(".cache"), &cache] {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .unwrap_or_else(|error| panic!("cannot chmod {}: {error}", dir.display()));
+    }
+    let path = cache.join(&name);
+    if fs::read(&path).is_ok_and(|existing| existing == binary) {
+        return;
+    }
+    // Written aside and renamed: test processes running at once may install it together.
+    let temporary = cache.join(format!(".install-{}", std::process::id()));
+    fs::write(&temporary, &binary)
+        .and_then(|()| fs::set_permissions(&temporary, fs::Permissions::from_mode(0o700)))
+        .and_then(|()| fs::rename(&temporary, &path))
+        .unwrap_or_else(|error| panic!("cannot install the agent in {}: {error}", cache.display()));
+}
+
 /// A `Command` for the built `xfer` binary with a fresh, empty state directory, no ssh-agent
 /// and stdin from /dev/null.
 ///

@@ -1,5 +1,5 @@
 //! A TCP proxy on 127.0.0.1 in front of a local port, on plain threads, that counts the bytes
-//! it forwards and can cut or stall its connections to imitate a failing network.
+//! it forwards and can cut, stall or throttle its connections to imitate a failing network.
 //!
 //! Every connection is two pumps (client to server, server to client). Before forwarding what
 //! it has read, a pump reserves an allowance under the proxy's one lock, so that limits hold
@@ -12,7 +12,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What the proxy does to the bytes it carries. Limits count both directions together.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +32,9 @@ pub enum ProxyMode {
     StallEachAfter(u64),
     /// Every open and every new connection goes silent, as for `StallEachAfter`.
     StallNow,
+    /// Forward everything, but no faster than this many bytes per second over all connections
+    /// and both directions together, like one slow shared link (a rate of 0 is taken as 1).
+    Throttle { bytes_per_second: u64 },
 }
 
 /// A byte-counting proxy; dropping it closes the listener and every connection.
@@ -56,9 +59,16 @@ struct State {
     mode_bytes: u64,
     /// Whether `CutAllAfter` has fired since the mode was set.
     cut_all_done: bool,
+    /// When the throttled link is next free: bytes reserved so far in `Throttle` are sent by
+    /// then. Cleared by `set_mode`.
+    throttle_free_at: Option<Instant>,
     bytes_up: u64,
     bytes_down: u64,
     connections: u64,
+    /// Connections closed because a mode's limit was reached (or a zero limit was set).
+    cuts: u64,
+    /// Connections that went silent under a stall mode.
+    stalls: u64,
     next_id: u64,
     links: HashMap<u64, Link>,
     stopping: bool,
@@ -120,9 +130,12 @@ impl Proxy {
                 generation: 0,
                 mode_bytes: 0,
                 cut_all_done: false,
+                throttle_free_at: None,
                 bytes_up: 0,
                 bytes_down: 0,
                 connections: 0,
+                cuts: 0,
+                stalls: 0,
                 next_id: 0,
                 links: HashMap::new(),
                 stopping: false,
@@ -164,12 +177,26 @@ impl Proxy {
         self.shared.lock().connections
     }
 
-    /// Zeroes the byte and connection counters (not the mode's own count).
+    /// Connections the proxy closed because a cut mode's limit was reached (each counted
+    /// once), since the start or the last `reset_counters`.
+    pub fn cuts(&self) -> u64 {
+        self.shared.lock().cuts
+    }
+
+    /// Connections that went silent under a stall mode (each counted once), since the start or
+    /// the last `reset_counters`.
+    pub fn stalls(&self) -> u64 {
+        self.shared.lock().stalls
+    }
+
+    /// Zeroes the byte, connection, cut and stall counters (not the mode's own count).
     pub fn reset_counters(&self) {
         let mut state = self.shared.lock();
         state.bytes_up = 0;
         state.bytes_down = 0;
         state.connections = 0;
+        state.cuts = 0;
+        state.stalls = 0;
     }
 
     /// Switches mode for new and open connections; limits count from now.
@@ -179,18 +206,29 @@ impl Proxy {
         state.generation += 1;
         state.mode_bytes = 0;
         state.cut_all_done = false;
+        state.throttle_free_at = None;
         // Zero budgets act at once rather than waiting for the next byte.
         match mode {
             ProxyMode::StallNow | ProxyMode::StallEachAfter(0) => {
+                let mut stalled = 0;
                 for link in state.links.values_mut() {
+                    if !link.stalled && !link.closed {
+                        stalled += 1;
+                    }
                     link.stalled = true;
                 }
+                state.stalls += stalled;
             }
             ProxyMode::CutEachAfter(0) | ProxyMode::CutAllAfter(0) => {
                 state.cut_all_done = mode == ProxyMode::CutAllAfter(0);
+                let mut cut = 0;
                 for link in state.links.values_mut() {
+                    if !link.closed {
+                        cut += 1;
+                    }
                     link.shut();
                 }
+                state.cuts += cut;
                 self.shared.closed.notify_all();
             }
             _ => {}
@@ -261,6 +299,9 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 state.mode,
                 ProxyMode::StallNow | ProxyMode::StallEachAfter(0)
             );
+            if stalled {
+                state.stalls += 1;
+            }
             let link = Link {
                 client: client_copy,
                 server: server_copy,
@@ -327,7 +368,11 @@ fn pump(
             end_of_stream(shared, id, &sink);
             return;
         }
-        let (allowed, next) = reserve(shared, id, count);
+        let (allowed, next, pace) = reserve(shared, id, count);
+        if let Some(until) = pace {
+            // Throttled: these bytes leave when the shared link has carried the ones before.
+            thread::sleep(until.saturating_duration_since(Instant::now()));
+        }
         let mut written = 0;
         while written < allowed {
             match sink.write(&buffer[written..allowed]) {
@@ -371,8 +416,25 @@ fn pump(
     }
 }
 
-/// Decides how many of the `count` bytes just read may be forwarded, and what comes after.
-fn reserve(shared: &Shared, id: u64, count: usize) -> (usize, Next) {
+/// Decides how many of the `count` bytes just read may be forwarded, what comes after, and
+/// (when throttled) the moment before which they must not be written.
+fn reserve(shared: &Shared, id: u64, count: usize) -> (usize, Next, Option<Instant>) {
+    let (allowed, next) = reserve_bytes(shared, id, count);
+    if !matches!(next, Next::Continue) || allowed == 0 {
+        return (allowed, next, None);
+    }
+    let mut state = shared.lock();
+    let ProxyMode::Throttle { bytes_per_second } = state.mode else {
+        return (allowed, next, None);
+    };
+    let now = Instant::now();
+    let start = state.throttle_free_at.map_or(now, |free| free.max(now));
+    let takes = Duration::from_secs_f64(allowed as f64 / bytes_per_second.max(1) as f64);
+    state.throttle_free_at = Some(start + takes);
+    (allowed, next, Some(start + takes))
+}
+
+fn reserve_bytes(shared: &Shared, id: u64, count: usize) -> (usize, Next) {
     let mut guard = shared.lock();
     let state = &mut *guard;
     let Some(link) = state.links.get_mut(&id) else {
@@ -390,7 +452,7 @@ fn reserve(shared: &Shared, id: u64, count: usize) -> (usize, Next) {
     }
     let wanted = count as u64;
     match state.mode {
-        ProxyMode::Pass => (count, Next::Continue),
+        ProxyMode::Pass | ProxyMode::Throttle { .. } => (count, Next::Continue),
         ProxyMode::CutEachAfter(limit) | ProxyMode::StallEachAfter(limit) => {
             let allowed = min(wanted, limit.saturating_sub(link.carried));
             link.carried += allowed;
@@ -399,9 +461,11 @@ fn reserve(shared: &Shared, id: u64, count: usize) -> (usize, Next) {
             } else if matches!(state.mode, ProxyMode::CutEachAfter(_)) {
                 // Closed now, so that the other pump forwards nothing more.
                 link.closed = true;
+                state.cuts += 1;
                 Next::Cut
             } else {
                 link.stalled = true;
+                state.stalls += 1;
                 Next::Stall
             };
             (allowed as usize, next)
@@ -415,13 +479,19 @@ fn reserve(shared: &Shared, id: u64, count: usize) -> (usize, Next) {
             }
             // Everything open now is doomed; this pump shuts it all once its bytes are out.
             state.cut_all_done = true;
+            let mut cut = 0;
             for link in state.links.values_mut() {
+                if !link.closed {
+                    cut += 1;
+                }
                 link.closed = true;
             }
+            state.cuts += cut;
             (allowed as usize, Next::CutAll)
         }
         ProxyMode::StallNow => {
             link.stalled = true;
+            state.stalls += 1;
             (0, Next::Stall)
         }
     }

@@ -381,6 +381,9 @@ impl Sshd {
             ("AllowTcpForwarding", "yes".to_owned()),
             ("X11Forwarding", "no".to_owned()),
             ("UseDNS", "no".to_owned()),
+            // The remote's home, where the xfer agent is cached: the harness's, never the
+            // user's, with the agent already there (see `remote_home`).
+            ("SetEnv", format!("HOME={}", super::remote_home().display())),
         ];
         if self.settings.sftp {
             defaults.push(("Subsystem", "sftp internal-sftp".to_owned()));

@@ -1,0 +1,419 @@
+//! Starting `xfer agent` on a host, and putting it there first when it is missing.
+//!
+//! The agent is xfer's own executable. On the remote it lives in a per-user cache,
+//! `~/.cache/xfer/agent-VERSION-HASH` (HASH: the first 16 hex digits of the executable's
+//! BLAKE3), so different builds never run each other's agent. One exec channel both looks for
+//! it and, when it is there, becomes it (`exec`), so a cached agent costs no extra round trip;
+//! when it is not, the same script answers with the host's `uname -s` and `uname -m` instead.
+//! A missing or corrupted agent on a host of this binary's platform is replaced: the executable
+//! streams over exec stdin into `cat` (so hosts that refuse SFTP still get it), lands under a
+//! temporary name with `umask 077` and is renamed into place; the started agent then reports
+//! the BLAKE3 of its own executable, which must equal ours. A cache directory that is not
+//! owned by the user or is writable by others is refused. Every other failure (another
+//! platform, no exec, an agent that does not start, no common protocol version) is a
+//! [`Outcome::Fallback`] with one line saying why: the caller then uses SFTP.
+//!
+//! Scripts are constants; the only variable (the agent's file name, or the path given with
+//! `--agent`) travels on stdin, never on the command line.
+
+use crate::agent::client::{AgentClient, AgentError, Startup};
+use crate::agent::protocol::BuildId;
+use crate::error::{Error, Result};
+use crate::remote::agent::AgentRemote;
+use crate::ssh::connect::{Connection, russh_error};
+use crate::ssh::exec::{self, ExecLimits};
+use russh::ChannelMsg;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Which agent a connection uses.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AgentMode {
+    /// The cached agent, deployed when missing; SFTP when that cannot work.
+    #[default]
+    Auto,
+    /// SFTP only (`--no-agent`).
+    Off,
+    /// A remote executable given with `--agent PATH`, never uploaded.
+    Path(String),
+}
+
+/// What starting the agent came to.
+pub enum Outcome {
+    Ready(AgentRemote),
+    /// SFTP it is; the reason, in one line.
+    Fallback(String),
+}
+
+/// Exit status of the scripts when the cache directory is unsafe.
+const UNSAFE_CACHE: u32 = 94;
+/// How long starting (or uploading) may take before the agent is given up.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Runs the cached agent named on the first line of stdin, or prints why not.
+const START_CACHED: &str = r#"IFS= read -r name || exit 96
+case $name in ""|*/*|.*) exit 96;; esac
+dir="${HOME:-/nonexistent}/.cache/xfer"
+agent="$dir/$name"
+safe=yes
+if [ -d "$dir" ]; then
+  [ -O "$dir" ] || safe=no
+  case $(ls -ld "$dir") in d????w*|d???????w*) safe=no;; esac
+fi
+if [ "$safe" = yes ] && [ -f "$agent" ] && [ -x "$agent" ] && [ -O "$agent" ]; then
+  case $(ls -l "$agent") in -????w*|-???????w*) ;; *) exec "$agent" agent;; esac
+fi
+printf "XFER-NO-AGENT\n%s\n%s\n%s\n" "$(uname -s)" "$(uname -m)" "$safe""#;
+
+/// Runs the agent at the path on the first line of stdin (`--agent PATH`), or prints why not.
+const START_PATH: &str = r#"IFS= read -r agent || exit 96
+case $agent in "~/"*) agent="${HOME:-/nonexistent}/${agent#"~/"}";; esac
+if [ -f "$agent" ] && [ -x "$agent" ]; then exec "$agent" agent; fi
+printf "XFER-NO-AGENT\n%s\n%s\nmissing\n" "$(uname -s)" "$(uname -m)""#;
+
+/// Writes the executable on stdin (after the name line) into the cache, atomically.
+const UPLOAD: &str = r#"IFS= read -r name || exit 96
+case $name in ""|*/*|.*) exit 96;; esac
+umask 077
+dir="${HOME:-/nonexistent}/.cache/xfer"
+mkdir -p "$dir" || exit 95
+[ -O "$dir" ] || exit 94
+case $(ls -ld "$dir") in d????w*|d???????w*) exit 94;; esac
+tmp="$dir/.upload-$$"
+if cat > "$tmp" && chmod 700 "$tmp" && mv -f "$tmp" "$dir/$name"; then
+  for old in "$dir/${name%-*}"-*; do
+    [ "$old" = "$dir/$name" ] || rm -f "$old"
+  done
+  exit 0
+fi
+rm -f "$tmp"
+exit 93"#;
+
+/// Prints the host's platform.
+const PROBE: &str = r#"printf "%s\n%s\n" "$(uname -s)" "$(uname -m)""#;
+
+/// This executable: its bytes' identity and its platform, read once per process.
+struct Own {
+    build: BuildId,
+    name: String,
+}
+
+fn own() -> std::result::Result<&'static Own, String> {
+    static OWN: OnceLock<std::result::Result<Own, String>> = OnceLock::new();
+    OWN.get_or_init(|| {
+        let build = crate::agent::server::own_build_id()
+            .map_err(|error| format!("cannot read xfer's own executable: {error}"))?;
+        let name = cache_name(&build.version, &build.executable_blake3);
+        Ok(Own { build, name })
+    })
+    .as_ref()
+    .map_err(Clone::clone)
+}
+
+/// The agent's file name in the remote cache: `agent-VERSION-HASH`, HASH the first 16 hex
+/// digits of the executable's BLAKE3.
+pub fn cache_name(version: &str, executable_blake3: &[u8; 32]) -> String {
+    let hash = crate::blocks::to_hex(executable_blake3);
+    format!("agent-{version}-{}", &hash[..16])
+}
+
+/// Starts the agent on `connection` as `mode` says. `Err` only when the connection itself
+/// failed (transient: the caller retries); anything else wrong is a fallback.
+pub async fn start_agent(connection: &Arc<Connection>, mode: &AgentMode) -> Result<Outcome> {
+    let outcome = match mode {
+        AgentMode::Off => Ok(Outcome::Fallback("--no-agent".into())),
+        AgentMode::Path(path) => start_at_path(connection, path).await,
+        AgentMode::Auto => start_cached(connection).await,
+    };
+    match outcome {
+        Err(error) if !connection.is_closed() && !error.is_transient() => {
+            Ok(Outcome::Fallback(error.message().to_string()))
+        }
+        other => other,
+    }
+}
+
+async fn start_at_path(connection: &Arc<Connection>, path: &str) -> Result<Outcome> {
+    if path.contains(['\n', '\0']) {
+        return Ok(Outcome::Fallback(
+            "the --agent path contains a newline".into(),
+        ));
+    }
+    match launch(connection, START_PATH, path).await? {
+        Launch::Agent(client) => Ok(Outcome::Ready(AgentRemote::new(client, connection.clone()))),
+        Launch::NotAgent(_) => Ok(Outcome::Fallback(format!(
+            "no runnable xfer agent at {}",
+            crate::target::printable(path)
+        ))),
+        Launch::Refused(reason) | Launch::Failed(reason) => Ok(Outcome::Fallback(reason)),
+    }
+}
+
+async fn start_cached(connection: &Arc<Connection>) -> Result<Outcome> {
+    let own = match own() {
+        Ok(own) => own,
+        Err(reason) => return Ok(Outcome::Fallback(reason)),
+    };
+    let platform = match launch(connection, START_CACHED, &own.name).await? {
+        Launch::Agent(client)
+            if client.hello().build.executable_blake3 == own.build.executable_blake3 =>
+        {
+            return Ok(Outcome::Ready(AgentRemote::new(client, connection.clone())));
+        }
+        // Same name, other bytes: a damaged or tampered copy. Replace it.
+        Launch::Agent(_) | Launch::Refused(_) => probe(connection).await?,
+        Launch::Failed(reason) => return Ok(Outcome::Fallback(reason)),
+        Launch::NotAgent(text) => match parse_no_agent(&text) {
+            Some(answer) => {
+                if !answer.cache_safe {
+                    return Ok(Outcome::Fallback(unsafe_cache_reason()));
+                }
+                answer.platform
+            }
+            // No answer at all: an agent was there but could not run. Replace it.
+            None => probe(connection).await?,
+        },
+    };
+    let (os, machine) = match platform {
+        Some(platform) => platform,
+        None => return Ok(Outcome::Fallback("the host does not run commands".into())),
+    };
+    if !same_platform(&own.build.os, &own.build.arch, &os, &machine) {
+        return Ok(Outcome::Fallback(format!(
+            "the host is {} {}, this xfer is built for {} {}",
+            crate::target::printable(&os),
+            crate::target::printable(&machine),
+            own.build.os,
+            own.build.arch
+        )));
+    }
+    upload(connection, own).await?;
+    match launch(connection, START_CACHED, &own.name).await? {
+        Launch::Agent(client)
+            if client.hello().build.executable_blake3 == own.build.executable_blake3 =>
+        {
+            Ok(Outcome::Ready(AgentRemote::new(client, connection.clone())))
+        }
+        Launch::Agent(_) => Ok(Outcome::Fallback(
+            "the uploaded agent's hash differs from this executable's".into(),
+        )),
+        Launch::NotAgent(_) => Ok(Outcome::Fallback(
+            "the uploaded agent does not start on the host".into(),
+        )),
+        Launch::Refused(reason) | Launch::Failed(reason) => Ok(Outcome::Fallback(reason)),
+    }
+}
+
+fn unsafe_cache_reason() -> String {
+    "~/.cache/xfer on the host is not owned by you or is writable by others; refusing to run an agent from it (fix: chmod 700 ~/.cache/xfer)".into()
+}
+
+enum Launch {
+    Agent(AgentClient),
+    /// What the script printed instead of the agent's greeting.
+    NotAgent(Vec<u8>),
+    /// The agent answered but no protocol version is common, or its greeting was malformed.
+    Refused(String),
+    /// Nothing to try again here: the server refused exec, or did not answer in time.
+    Failed(String),
+}
+
+/// Runs `script` with `line` as the first line of its stdin and, when an agent answers, keeps
+/// the channel as the agent's stream.
+async fn launch(connection: &Arc<Connection>, script: &'static str, line: &str) -> Result<Launch> {
+    let label = connection.label().to_string();
+    let work = async {
+        let mut channel = connection.open_session().await?;
+        channel
+            .exec(true, exec::command_line(script))
+            .await
+            .map_err(|error| russh_error(&label, error))?;
+        // The server's answer to the exec request comes first; output that raced ahead of
+        // it is kept for the stream.
+        let mut early = Vec::new();
+        loop {
+            match channel.wait().await {
+                Some(ChannelMsg::Success) => break,
+                Some(ChannelMsg::Failure) => {
+                    return Ok(Launch::Failed(
+                        "the server does not allow running commands (exec)".into(),
+                    ));
+                }
+                Some(ChannelMsg::Data { data }) => {
+                    early.extend_from_slice(&data);
+                    break;
+                }
+                Some(ChannelMsg::Eof | ChannelMsg::Close) | None => {
+                    return Ok(Launch::NotAgent(Vec::new()));
+                }
+                Some(_) => {}
+            }
+        }
+        let (reader, mut writer) = tokio::io::split(channel.into_stream());
+        let reader = std::io::Cursor::new(early).chain(reader);
+        let mut first = line.as_bytes().to_vec();
+        first.push(b'\n');
+        writer.write_all(&first).await.map_err(|error| {
+            Error::connect(format!("{label}: starting the xfer agent: {error}"))
+        })?;
+        writer.flush().await.map_err(|error| {
+            Error::connect(format!("{label}: starting the xfer agent: {error}"))
+        })?;
+        match AgentClient::start(reader, writer).await {
+            Ok(Startup::Agent(client, _)) => Ok(Launch::Agent(client)),
+            Ok(Startup::NotAgent(text)) => Ok(Launch::NotAgent(text)),
+            Err(AgentError::Closed | AgentError::Io(_)) if !connection.is_closed() => {
+                Ok(Launch::NotAgent(Vec::new()))
+            }
+            Err(error @ (AgentError::Closed | AgentError::Io(_))) => Err(Error::connect(format!(
+                "{label}: starting the xfer agent: {error}"
+            ))),
+            Err(error) => Ok(Launch::Refused(format!(
+                "the xfer agent on the host: {error}"
+            ))),
+        }
+    };
+    match tokio::time::timeout(START_TIMEOUT, work).await {
+        Ok(result) => result,
+        Err(_) if !connection.is_closed() => Ok(Launch::Failed(format!(
+            "the xfer agent did not answer within {} s",
+            START_TIMEOUT.as_secs()
+        ))),
+        Err(_) => Err(Error::connect(format!(
+            "{label}: the xfer agent did not answer within {} s",
+            START_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// What the start script printed when it did not find a usable agent.
+struct NoAgent {
+    platform: Option<(String, String)>,
+    cache_safe: bool,
+}
+
+fn parse_no_agent(text: &[u8]) -> Option<NoAgent> {
+    let text = String::from_utf8_lossy(text);
+    let mut lines = text.lines();
+    if lines.next()? != "XFER-NO-AGENT" {
+        return None;
+    }
+    let os = lines.next()?.trim().to_string();
+    let machine = lines.next()?.trim().to_string();
+    let cache_safe = lines.next().map(str::trim) != Some("no");
+    Some(NoAgent {
+        platform: (!os.is_empty() && !machine.is_empty()).then_some((os, machine)),
+        cache_safe,
+    })
+}
+
+async fn probe(connection: &Arc<Connection>) -> Result<Option<(String, String)>> {
+    let output = exec::run(
+        connection,
+        PROBE,
+        b"",
+        ExecLimits {
+            max_output: 4096,
+            timeout: START_TIMEOUT,
+        },
+    )
+    .await?;
+    if !output.success() {
+        return Ok(None);
+    }
+    let text = output.stdout_text();
+    let mut lines = text.lines();
+    match (lines.next(), lines.next()) {
+        (Some(os), Some(machine)) if !os.trim().is_empty() => {
+            Ok(Some((os.trim().to_string(), machine.trim().to_string())))
+        }
+        _ => Ok(None),
+    }
+}
+
+async fn upload(connection: &Arc<Connection>, own: &Own) -> Result<()> {
+    let executable = std::env::current_exe()
+        .and_then(std::fs::read)
+        .map_err(|error| Error::local_io("cannot read xfer's own executable", error))?;
+    if crate::blocks::file_hash_of(&executable) != own.build.executable_blake3 {
+        return Err(Error::remote(
+            "xfer's own executable changed on disk while running (an upgrade?)",
+        )
+        .transient(false));
+    }
+    let mut stdin = Vec::with_capacity(own.name.len() + 1 + executable.len());
+    stdin.extend_from_slice(own.name.as_bytes());
+    stdin.push(b'\n');
+    stdin.extend_from_slice(&executable);
+    drop(executable);
+    tracing::info!(label = %connection.label(), bytes = stdin.len(), "uploading the xfer agent");
+    let output = exec::run(
+        connection,
+        UPLOAD,
+        &stdin,
+        ExecLimits {
+            max_output: 4096,
+            timeout: UPLOAD_TIMEOUT,
+        },
+    )
+    .await?;
+    match output.status {
+        Some(0) => Ok(()),
+        Some(UNSAFE_CACHE) => Err(Error::remote(unsafe_cache_reason()).transient(false)),
+        _ => Err(Error::remote(format!(
+            "uploading the xfer agent failed: {}",
+            output.stderr_text()
+        ))
+        .transient(false)),
+    }
+}
+
+/// Whether `uname -s` / `uname -m` of a host name the platform Rust calls `os` / `arch`.
+pub fn same_platform(os: &str, arch: &str, uname_system: &str, uname_machine: &str) -> bool {
+    let machine = match uname_machine {
+        "amd64" => "x86_64",
+        "arm64" | "armv8l" => "aarch64",
+        "i386" | "i486" | "i586" | "i686" => "x86",
+        other => other,
+    };
+    os.eq_ignore_ascii_case(uname_system) && arch == machine
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scripts_have_no_single_quotes() {
+        for script in [START_CACHED, START_PATH, UPLOAD, PROBE] {
+            exec::command_line(script);
+        }
+    }
+
+    #[test]
+    fn platforms() {
+        assert!(same_platform("linux", "x86_64", "Linux", "x86_64"));
+        assert!(same_platform("linux", "aarch64", "Linux", "arm64"));
+        assert!(!same_platform("linux", "x86_64", "Linux", "aarch64"));
+        assert!(!same_platform("linux", "x86_64", "Darwin", "x86_64"));
+    }
+
+    #[test]
+    fn no_agent_answers() {
+        let answer = parse_no_agent(b"XFER-NO-AGENT\nLinux\nx86_64\nyes\n").unwrap();
+        assert_eq!(
+            answer.platform,
+            Some(("Linux".to_string(), "x86_64".to_string()))
+        );
+        assert!(answer.cache_safe);
+        assert!(
+            !parse_no_agent(b"XFER-NO-AGENT\nLinux\nx86_64\nno\n")
+                .unwrap()
+                .cache_safe
+        );
+        assert!(parse_no_agent(b"").is_none());
+        assert!(parse_no_agent(b"hello\n").is_none());
+    }
+}

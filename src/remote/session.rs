@@ -1,0 +1,205 @@
+//! One connection's way to the remote's files: the xfer agent when it can run there, SFTP
+//! otherwise.
+//!
+//! [`Session`] is what the engine's connections hold. Opening one asks `deploy` for the agent
+//! (unless `--no-agent`); when that falls back, the reason comes back alongside the SFTP
+//! session so the caller can say it once. A host that refuses SFTP too gets one error naming
+//! both reasons.
+
+use crate::blocks::{BlockHash, BlockLayout};
+use crate::error::Result;
+use crate::remote::agent::{AgentFile, AgentRemote};
+use crate::remote::deploy::{self, AgentMode, Outcome};
+use crate::remote::sftp::{SftpFile, SftpRemote};
+use crate::remote::{Remote, RemoteDigest, RemoteEntry, SetAttributes};
+use crate::ssh::connect::Connection;
+use std::sync::Arc;
+
+/// A connection's remote: agent or SFTP.
+pub enum Session {
+    Agent(AgentRemote),
+    Sftp(SftpRemote),
+}
+
+/// An open file of either kind.
+#[derive(Debug, Clone)]
+pub enum SessionFile {
+    Agent(AgentFile),
+    Sftp(SftpFile),
+}
+
+impl Session {
+    /// Opens the remote side of `connection`. The string is why the agent is not used, when
+    /// it was wanted but SFTP serves instead.
+    pub async fn open(
+        connection: Arc<Connection>,
+        mode: &AgentMode,
+    ) -> Result<(Session, Option<String>)> {
+        let reason = match deploy::start_agent(&connection, mode).await? {
+            Outcome::Ready(agent) => return Ok((Session::Agent(agent), None)),
+            Outcome::Fallback(reason) => reason,
+        };
+        let notice = (*mode != AgentMode::Off).then(|| reason.clone());
+        match SftpRemote::open(connection).await {
+            Ok(sftp) => Ok((Session::Sftp(sftp), notice)),
+            Err(error) => match notice {
+                Some(reason) => Err(error.context(format!("no xfer agent ({reason}) and"))),
+                None => Err(error),
+            },
+        }
+    }
+
+    pub fn connection(&self) -> &Arc<Connection> {
+        match self {
+            Session::Agent(agent) => agent.connection(),
+            Session::Sftp(sftp) => sftp.connection(),
+        }
+    }
+
+    /// Whether the connection (or the agent's stream on it) has ended.
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Session::Agent(agent) => agent.is_closed(),
+            Session::Sftp(sftp) => sftp.connection().is_closed(),
+        }
+    }
+
+    /// "agent" or "sftp", for messages and summaries.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Session::Agent(_) => "agent",
+            Session::Sftp(_) => "sftp",
+        }
+    }
+}
+
+/// Calls the same method on whichever remote this is.
+macro_rules! both {
+    ($self:expr, $remote:ident => $call:expr) => {
+        match $self {
+            Session::Agent($remote) => $call,
+            Session::Sftp($remote) => $call,
+        }
+    };
+}
+
+fn mismatched() -> crate::Error {
+    crate::Error::new(
+        crate::ErrorKind::LocalIo,
+        "a file handle of one remote kind was used with another (a bug in xfer)",
+    )
+}
+
+impl Remote for Session {
+    type File = SessionFile;
+
+    fn label(&self) -> &str {
+        both!(self, remote => remote.label())
+    }
+
+    fn max_io_size(&self) -> u32 {
+        both!(self, remote => remote.max_io_size())
+    }
+
+    async fn stat(&self, path: &str, follow: bool) -> Result<Option<RemoteEntry>> {
+        both!(self, remote => remote.stat(path, follow).await)
+    }
+
+    async fn list(&self, path: &str) -> Result<Vec<RemoteEntry>> {
+        both!(self, remote => remote.list(path).await)
+    }
+
+    async fn read_link(&self, path: &str) -> Result<String> {
+        both!(self, remote => remote.read_link(path).await)
+    }
+
+    async fn open_read(&self, path: &str) -> Result<SessionFile> {
+        match self {
+            Session::Agent(agent) => agent.open_read(path).await.map(SessionFile::Agent),
+            Session::Sftp(sftp) => sftp.open_read(path).await.map(SessionFile::Sftp),
+        }
+    }
+
+    async fn read_at(&self, file: &SessionFile, offset: u64, length: u32) -> Result<Vec<u8>> {
+        match (self, file) {
+            (Session::Agent(agent), SessionFile::Agent(file)) => {
+                agent.read_at(file, offset, length).await
+            }
+            (Session::Sftp(sftp), SessionFile::Sftp(file)) => {
+                sftp.read_at(file, offset, length).await
+            }
+            _ => Err(mismatched()),
+        }
+    }
+
+    async fn open_write(&self, path: &str) -> Result<SessionFile> {
+        match self {
+            Session::Agent(agent) => agent.open_write(path).await.map(SessionFile::Agent),
+            Session::Sftp(sftp) => sftp.open_write(path).await.map(SessionFile::Sftp),
+        }
+    }
+
+    async fn write_at(&self, file: &SessionFile, offset: u64, data: Vec<u8>) -> Result<()> {
+        match (self, file) {
+            (Session::Agent(agent), SessionFile::Agent(file)) => {
+                agent.write_at(file, offset, data).await
+            }
+            (Session::Sftp(sftp), SessionFile::Sftp(file)) => {
+                sftp.write_at(file, offset, data).await
+            }
+            _ => Err(mismatched()),
+        }
+    }
+
+    async fn sync(&self, file: &SessionFile) -> Result<()> {
+        match (self, file) {
+            (Session::Agent(agent), SessionFile::Agent(file)) => agent.sync(file).await,
+            (Session::Sftp(sftp), SessionFile::Sftp(file)) => sftp.sync(file).await,
+            _ => Err(mismatched()),
+        }
+    }
+
+    async fn close(&self, file: SessionFile) -> Result<()> {
+        match (self, file) {
+            (Session::Agent(agent), SessionFile::Agent(file)) => agent.close(file).await,
+            (Session::Sftp(sftp), SessionFile::Sftp(file)) => sftp.close(file).await,
+            _ => Err(mismatched()),
+        }
+    }
+
+    async fn set_attributes(&self, path: &str, attributes: SetAttributes) -> Result<()> {
+        both!(self, remote => remote.set_attributes(path, attributes).await)
+    }
+
+    async fn make_directory(&self, path: &str, mode: u32) -> Result<()> {
+        both!(self, remote => remote.make_directory(path, mode).await)
+    }
+
+    async fn make_symlink(&self, path: &str, target: &str) -> Result<()> {
+        both!(self, remote => remote.make_symlink(path, target).await)
+    }
+
+    async fn remove_file(&self, path: &str) -> Result<()> {
+        both!(self, remote => remote.remove_file(path).await)
+    }
+
+    async fn digest(&self, path: &str) -> Result<Option<RemoteDigest>> {
+        both!(self, remote => remote.digest(path).await)
+    }
+
+    fn hashes_blocks(&self) -> bool {
+        both!(self, remote => remote.hashes_blocks())
+    }
+
+    async fn block_hashes(
+        &self,
+        path: &str,
+        layout: &BlockLayout,
+    ) -> Result<Option<Vec<BlockHash>>> {
+        both!(self, remote => remote.block_hashes(path, layout).await)
+    }
+
+    async fn read_small(&self, path: &str, max_length: u32) -> Result<Option<Vec<u8>>> {
+        both!(self, remote => remote.read_small(path, max_length).await)
+    }
+}

@@ -1,0 +1,663 @@
+//! The remote xfer agent against a real OpenSSH sshd: deployed into an empty cache, reused,
+//! replaced when corrupted, refused from a cache others can write, skipped (with one line) on a
+//! host of another platform or with an agent of another protocol version; pull and push
+//! through it when the server refuses SFTP; deltas that move only the changed blocks (counted
+//! at a proxy) and leave both sides identical for random mutations; SIGKILL of xfer, or of the
+//! agent, in the middle of a delta, then a re-run.
+
+mod support;
+
+use proptest::prelude::*;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use support::{Proxy, Sshd, SshdBuilder, pattern, run_with_timeout, xfer_command_in};
+
+const LIMIT: Duration = Duration::from_secs(120);
+const BLOCK: usize = 1 << 20;
+
+struct Setup {
+    sshd: Sshd,
+    config: PathBuf,
+    state: tempfile::TempDir,
+    work: tempfile::TempDir,
+    /// The remote's home when the test gave sshd one of its own.
+    home: Option<PathBuf>,
+}
+
+/// An sshd whose sessions get `home` as HOME (an empty agent cache unless the test fills it),
+/// and `extra` sshd_config lines.
+fn setup_with(builder: SshdBuilder, own_home: bool, path_prefix: Option<&Path>) -> Setup {
+    let work = tempfile::tempdir().unwrap();
+    let home = own_home.then(|| {
+        let home = work.path().join("home");
+        fs::create_dir_all(&home).unwrap();
+        fs::set_permissions(&home, fs::Permissions::from_mode(0o700)).unwrap();
+        home
+    });
+    let mut builder = builder;
+    let home_value = home
+        .clone()
+        .unwrap_or_else(|| support::remote_home().to_path_buf());
+    let mut line = format!("SetEnv HOME={}", home_value.display());
+    if let Some(prefix) = path_prefix {
+        line.push_str(&format!(" PATH={}:/usr/bin:/bin", prefix.display()));
+    }
+    builder = builder.extra_config(&line);
+    let sshd = builder.start();
+    let config = sshd.write_client_config("box", &[]);
+    Setup {
+        sshd,
+        config,
+        state: tempfile::tempdir().unwrap(),
+        work,
+        home,
+    }
+}
+
+fn setup() -> Setup {
+    setup_with(Sshd::builder(), false, None)
+}
+
+impl Setup {
+    fn xfer(&self, arguments: &[&str]) -> Command {
+        let mut command = xfer_command_in(self.state.path());
+        command.args(arguments).arg("-F").arg(&self.config);
+        command
+    }
+
+    fn run(&self, arguments: &[&str]) -> Output {
+        run_with_timeout(&mut self.xfer(arguments), LIMIT)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.work.path().join(name)
+    }
+
+    fn remote(&self, name: &str) -> String {
+        format!("box:{}", self.path(name).display())
+    }
+
+    fn cache(&self) -> PathBuf {
+        self.home.as_ref().expect("own home").join(".cache/xfer")
+    }
+
+    fn cached_agents(&self) -> Vec<PathBuf> {
+        match fs::read_dir(self.cache()) {
+            Ok(entries) => entries.map(|entry| entry.unwrap().path()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn assert_success(output: &Output) {
+    assert!(
+        output.status.success(),
+        "xfer failed ({:?}):\n{}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        stderr(output)
+    );
+}
+
+fn assert_no_fallback(output: &Output) {
+    assert!(
+        !stderr(output).contains("using SFTP"),
+        "the agent was not used:\n{}",
+        stderr(output)
+    );
+}
+
+fn summary(output: &Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!(
+            "no JSON summary ({error}):\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            stderr(output)
+        )
+    })
+}
+
+/// A small tree: files around the block size, an empty file, a symlink, an empty directory.
+fn make_tree(root: &Path) {
+    fs::create_dir_all(root.join("a/b")).unwrap();
+    fs::create_dir_all(root.join("empty-dir")).unwrap();
+    fs::write(root.join("empty.bin"), b"").unwrap();
+    fs::write(root.join("small.txt"), pattern(1, 3000)).unwrap();
+    fs::write(root.join("a/block.bin"), pattern(2, BLOCK)).unwrap();
+    fs::write(root.join("a/b/several.bin"), pattern(3, 3 * BLOCK + 77)).unwrap();
+    fs::set_permissions(
+        root.join("a/b/several.bin"),
+        fs::Permissions::from_mode(0o750),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("a/block.bin", root.join("latest")).unwrap();
+}
+
+/// Per path: kind, mode, size and content (or link target).
+fn tree(root: &Path) -> Vec<(String, String)> {
+    let mut entries = Vec::new();
+    for entry in walkdir::WalkDir::new(root).sort_by_file_name() {
+        let entry = entry.unwrap();
+        let relative = entry
+            .path()
+            .strip_prefix(root)
+            .unwrap()
+            .display()
+            .to_string();
+        let metadata = entry.path().symlink_metadata().unwrap();
+        let value = if metadata.file_type().is_symlink() {
+            format!("link {}", fs::read_link(entry.path()).unwrap().display())
+        } else if metadata.is_dir() {
+            "dir".to_string()
+        } else {
+            format!(
+                "file {:o} {} {}",
+                metadata.permissions().mode() & 0o7777,
+                metadata.len(),
+                blake3::hash(&fs::read(entry.path()).unwrap()).to_hex()
+            )
+        };
+        entries.push((relative, value));
+    }
+    entries
+}
+
+fn xfer_binary() -> Vec<u8> {
+    fs::read(env!("CARGO_BIN_EXE_xfer")).unwrap()
+}
+
+#[test]
+fn deploys_into_an_empty_cache_then_reuses_it() {
+    let setup = setup_with(Sshd::builder(), true, None);
+    make_tree(&setup.path("source"));
+    let output = setup.run(&[
+        "pull",
+        &setup.remote("source"),
+        setup.path("copy").to_str().unwrap(),
+    ]);
+    assert_success(&output);
+    assert_no_fallback(&output);
+    assert_eq!(tree(&setup.path("source")), tree(&setup.path("copy")));
+
+    let agents = setup.cached_agents();
+    assert_eq!(agents.len(), 1, "one agent in the cache: {agents:?}");
+    let agent = &agents[0];
+    let name = agent.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        name.starts_with(&format!("agent-{}-", env!("CARGO_PKG_VERSION"))),
+        "{name}"
+    );
+    assert_eq!(fs::read(agent).unwrap(), xfer_binary());
+    assert_eq!(
+        fs::metadata(agent).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    assert_eq!(
+        fs::metadata(setup.cache()).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+
+    // Reused: the cached file is not written again.
+    let before = fs::metadata(agent).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let output = setup.run(&[
+        "push",
+        setup.path("source").to_str().unwrap(),
+        &setup.remote("pushed"),
+    ]);
+    assert_success(&output);
+    assert_no_fallback(&output);
+    assert_eq!(tree(&setup.path("source")), tree(&setup.path("pushed")));
+    let after = fs::metadata(agent).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(before.ino(), after.ino());
+    assert_eq!(before.mtime_nsec(), after.mtime_nsec());
+    assert_eq!(setup.cached_agents().len(), 1);
+}
+
+#[test]
+fn a_corrupted_cached_agent_is_replaced() {
+    let setup = setup_with(Sshd::builder(), true, None);
+    support::install_agent(setup.home.as_ref().unwrap());
+    let agent = setup.cached_agents().pop().unwrap();
+    // Same size, a few bytes flipped in the middle: it may even still run.
+    let mut bytes = fs::read(&agent).unwrap();
+    let middle = bytes.len() / 2;
+    for byte in &mut bytes[middle..middle + 16] {
+        *byte ^= 0x5a;
+    }
+    fs::write(&agent, &bytes).unwrap();
+    make_tree(&setup.path("source"));
+    let output = setup.run(&[
+        "pull",
+        &setup.remote("source"),
+        setup.path("copy").to_str().unwrap(),
+    ]);
+    assert_success(&output);
+    assert_no_fallback(&output);
+    assert_eq!(tree(&setup.path("source")), tree(&setup.path("copy")));
+    assert_eq!(fs::read(&agent).unwrap(), xfer_binary());
+
+    // Cut short (not even an executable any more): replaced too.
+    fs::write(&agent, &xfer_binary()[..4096]).unwrap();
+    let output = setup.run(&[
+        "pull",
+        &setup.remote("source"),
+        setup.path("copy2").to_str().unwrap(),
+    ]);
+    assert_success(&output);
+    assert_no_fallback(&output);
+    assert_eq!(fs::read(&agent).unwrap(), xfer_binary());
+}
+
+#[test]
+fn another_platform_falls_back_to_sftp_in_one_line() {
+    // A host that says it is a riscv64 machine: nothing is uploaded there.
+    let fake = tempfile::tempdir().unwrap();
+    let uname = fake.path().join("uname");
+    fs::write(
+        &uname,
+        "#!/bin/sh\ncase \"$1\" in -m) echo riscv64;; *) echo Linux;; esac\n",
+    )
+    .unwrap();
+    fs::set_permissions(&uname, fs::Permissions::from_mode(0o755)).unwrap();
+    let setup = setup_with(Sshd::builder(), true, Some(fake.path()));
+    make_tree(&setup.path("source"));
+    let output = setup.run(&[
+        "pull",
+        &setup.remote("source"),
+        setup.path("copy").to_str().unwrap(),
+    ]);
+    assert_success(&output);
+    assert_eq!(tree(&setup.path("source")), tree(&setup.path("copy")));
+    let text = stderr(&output);
+    let notices: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains("using SFTP"))
+        .collect();
+    assert_eq!(notices.len(), 1, "one line says why:\n{text}");
+    assert!(notices[0].contains("riscv64"), "{text}");
+    assert!(setup.cached_agents().is_empty());
+}
+
+#[test]
+fn a_cache_others_can_write_is_refused() {
+    let setup = setup_with(Sshd::builder(), true, None);
+    fs::create_dir_all(setup.cache()).unwrap();
+    fs::set_permissions(setup.cache(), fs::Permissions::from_mode(0o777)).unwrap();
+    make_tree(&setup.path("source"));
+    let output = setup.run(&[
+        "pull",
+        &setup.remote("source"),
+        setup.path("copy").to_str().unwrap(),
+    ]);
+    assert_success(&output);
+    assert!(
+        stderr(&output).contains("writable by others"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(setup.cached_agents().is_empty());
+    assert_eq!(tree(&setup.path("source")), tree(&setup.path("copy")));
+}
+
+#[test]
+fn an_agent_of_another_protocol_version_falls_back() {
+    let setup = setup();
+    // An "agent" that greets with protocol versions 9 to 9 only.
+    let hello = xfer::agent::protocol::test_server_hello(9, 9);
+    let greeting = setup.path("hello.bin");
+    fs::write(&greeting, hello).unwrap();
+    let fake = setup.path("fake-agent");
+    fs::write(
+        &fake,
+        format!("#!/bin/sh\ncat {}\ncat >/dev/null\n", greeting.display()),
+    )
+    .unwrap();
+    fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
+    make_tree(&setup.path("source"));
+    let output = setup.run(&[
+        "pull",
+        "--agent",
+        fake.to_str().unwrap(),
+        &setup.remote("source"),
+        setup.path("copy").to_str().unwrap(),
+    ]);
+    assert_success(&output);
+    let text = stderr(&output);
+    assert!(
+        text.contains("using SFTP") && text.contains("version"),
+        "{text}"
+    );
+    assert_eq!(tree(&setup.path("source")), tree(&setup.path("copy")));
+}
+
+#[test]
+fn without_sftp_pull_and_push_go_through_the_agent() {
+    let setup = setup_with(Sshd::builder().sftp(false), false, None);
+    make_tree(&setup.path("source"));
+    let output = setup.run(&[
+        "pull",
+        &setup.remote("source"),
+        setup.path("copy").to_str().unwrap(),
+    ]);
+    assert_success(&output);
+    assert_eq!(tree(&setup.path("source")), tree(&setup.path("copy")));
+    let output = setup.run(&[
+        "push",
+        setup.path("source").to_str().unwrap(),
+        &setup.remote("pushed"),
+    ]);
+    assert_success(&output);
+    assert_eq!(tree(&setup.path("source")), tree(&setup.path("pushed")));
+
+    // SFTP only is refused with the reason.
+    let output = setup.run(&[
+        "pull",
+        "--no-agent",
+        &setup.remote("source"),
+        setup.path("copy3").to_str().unwrap(),
+    ]);
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("SFTP"), "{}", stderr(&output));
+}
+
+#[test]
+fn deploys_without_sftp() {
+    let setup = setup_with(Sshd::builder().sftp(false), true, None);
+    make_tree(&setup.path("source"));
+    let output = setup.run(&[
+        "pull",
+        &setup.remote("source"),
+        setup.path("copy").to_str().unwrap(),
+    ]);
+    assert_success(&output);
+    assert_eq!(tree(&setup.path("source")), tree(&setup.path("copy")));
+    assert_eq!(setup.cached_agents().len(), 1);
+}
+
+/// Rewrites whole blocks `indexes` of `path` with new bytes, keeping its size.
+fn rewrite_blocks(path: &Path, indexes: &[usize], seed: u64) {
+    let mut data = fs::read(path).unwrap();
+    for &index in indexes {
+        let start = index * BLOCK;
+        let end = ((index + 1) * BLOCK).min(data.len());
+        data[start..end].copy_from_slice(&pattern(seed + index as u64, end - start));
+    }
+    fs::write(path, data).unwrap();
+}
+
+fn via_proxy(setup: &Setup) -> (Proxy, PathBuf) {
+    let proxy = Proxy::start(setup.sshd.port());
+    let config = setup.work.path().join("proxy_config");
+    setup
+        .sshd
+        .append_client_config(&config, "via", &[&format!("Port {}", proxy.port())]);
+    (proxy, config)
+}
+
+fn run_via(setup: &Setup, config: &Path, arguments: &[&str]) -> Output {
+    let mut command = xfer_command_in(setup.state.path());
+    command.args(arguments).arg("-F").arg(config);
+    run_with_timeout(&mut command, LIMIT)
+}
+
+#[test]
+fn a_delta_pull_moves_only_the_changed_blocks() {
+    let setup = setup();
+    let source = setup.path("big.bin");
+    fs::write(&source, pattern(10, 48 * BLOCK + 1234)).unwrap();
+    let copy = setup.path("copy.bin");
+    let remote = format!("via:{}", source.display());
+    let (proxy, config) = via_proxy(&setup);
+    assert_success(&run_via(
+        &setup,
+        &config,
+        &["pull", &remote, copy.to_str().unwrap()],
+    ));
+    assert_eq!(fs::read(&source).unwrap(), fs::read(&copy).unwrap());
+
+    // Three blocks change on the remote (the last, short one among them).
+    rewrite_blocks(&source, &[3, 20, 48], 99);
+    proxy.reset_counters();
+    let output = run_via(
+        &setup,
+        &config,
+        &["pull", "--json", &remote, copy.to_str().unwrap()],
+    );
+    assert_success(&output);
+    assert_no_fallback(&output);
+    assert_eq!(fs::read(&source).unwrap(), fs::read(&copy).unwrap());
+    let changed = (2 * BLOCK + 1234) as u64;
+    let wire = proxy.bytes_total();
+    assert!(
+        wire < changed + 512 * 1024,
+        "{wire} bytes on the wire for {changed} changed"
+    );
+    assert_eq!(summary(&output)["bytes_moved"], changed);
+}
+
+#[test]
+fn a_delta_push_moves_only_the_changed_blocks() {
+    let setup = setup();
+    let source = setup.path("big.bin");
+    fs::write(&source, pattern(11, 40 * BLOCK)).unwrap();
+    let target = setup.path("remote.bin");
+    let remote = format!("via:{}", target.display());
+    let (proxy, config) = via_proxy(&setup);
+    assert_success(&run_via(
+        &setup,
+        &config,
+        &["push", source.to_str().unwrap(), &remote],
+    ));
+    assert_eq!(fs::read(&source).unwrap(), fs::read(&target).unwrap());
+
+    rewrite_blocks(&source, &[0, 17, 39], 7);
+    proxy.reset_counters();
+    let output = run_via(
+        &setup,
+        &config,
+        &["push", "--json", source.to_str().unwrap(), &remote],
+    );
+    assert_success(&output);
+    assert_eq!(fs::read(&source).unwrap(), fs::read(&target).unwrap());
+    let changed = 3 * BLOCK as u64;
+    let wire = proxy.bytes_total();
+    assert!(
+        wire < changed + 512 * 1024,
+        "{wire} bytes on the wire for {changed} changed"
+    );
+    // The destination changed under a file xfer had finished: only a delta fixes it too.
+    let mut remote_copy = fs::read(&target).unwrap();
+    remote_copy[5 * BLOCK + 3] ^= 1;
+    fs::write(&target, &remote_copy).unwrap();
+    // Same size and mtime as the source would make it look up to date: --checksum looks.
+    proxy.reset_counters();
+    let output = run_via(
+        &setup,
+        &config,
+        &["push", "--checksum", source.to_str().unwrap(), &remote],
+    );
+    assert_success(&output);
+    assert_eq!(fs::read(&source).unwrap(), fs::read(&target).unwrap());
+    assert!(proxy.bytes_total() < 2 * BLOCK as u64 + 512 * 1024);
+}
+
+/// One random change to a file: bytes overwritten, the file cut short, or grown.
+#[derive(Debug, Clone)]
+enum Mutation {
+    Overwrite { at: usize, length: usize, seed: u64 },
+    Truncate { to: usize },
+    Append { length: usize, seed: u64 },
+}
+
+fn apply(data: &mut Vec<u8>, mutation: &Mutation) {
+    match *mutation {
+        Mutation::Overwrite { at, length, seed } => {
+            if data.is_empty() {
+                return;
+            }
+            let at = at % data.len();
+            let end = (at + length).min(data.len());
+            data[at..end].copy_from_slice(&pattern(seed, end - at));
+        }
+        Mutation::Truncate { to } => {
+            let to = to % (data.len() + 1);
+            data.truncate(to);
+        }
+        Mutation::Append { length, seed } => data.extend(pattern(seed, length)),
+    }
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        4 => (0usize..8 * BLOCK, 1usize..2 * BLOCK, any::<u64>())
+            .prop_map(|(at, length, seed)| Mutation::Overwrite { at, length, seed }),
+        1 => (0usize..8 * BLOCK).prop_map(|to| Mutation::Truncate { to }),
+        1 => (1usize..BLOCK + 10, any::<u64>())
+            .prop_map(|(length, seed)| Mutation::Append { length, seed }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 6, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Whatever changed on the source side since the last transfer, a delta in either
+    /// direction leaves the two sides identical.
+    #[test]
+    fn deltas_leave_both_sides_identical(
+        size in 0usize..6 * BLOCK,
+        seed in any::<u64>(),
+        mutations in proptest::collection::vec(mutation(), 1..5),
+        push in any::<bool>(),
+    ) {
+        let setup = setup();
+        let local = setup.path("local.bin");
+        let remote_path = setup.path("remote.bin");
+        let remote = format!("box:{}", remote_path.display());
+        let (source, destination) = if push { (&local, &remote_path) } else { (&remote_path, &local) };
+        fs::write(source, pattern(seed, size)).unwrap();
+        let transfer = || {
+            let arguments: Vec<&str> = if push {
+                vec!["push", local.to_str().unwrap(), &remote]
+            } else {
+                vec!["pull", &remote, local.to_str().unwrap()]
+            };
+            let output = setup.run(&arguments);
+            assert_success(&output);
+            assert_no_fallback(&output);
+        };
+        transfer();
+        prop_assert_eq!(fs::read(source).unwrap(), fs::read(destination).unwrap());
+        let mut data = fs::read(source).unwrap();
+        for mutation in &mutations {
+            apply(&mut data, mutation);
+        }
+        fs::write(source, &data).unwrap();
+        // A new mtime, as any writer would leave.
+        support::set_mtime(source, 1_700_000_000 + (seed % 1000) as i64);
+        transfer();
+        prop_assert_eq!(fs::read(source).unwrap(), fs::read(destination).unwrap());
+    }
+}
+
+/// Processes whose command line is a cached agent serving (`.../agent-... agent`).
+fn agent_processes(home: &Path) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&cmdline);
+        if text.starts_with(&*home.join(".cache/xfer/agent-").to_string_lossy()) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[test]
+fn sigkill_of_xfer_or_of_the_agent_mid_delta_then_a_rerun() {
+    let setup = setup_with(Sshd::builder(), true, None);
+    support::install_agent(setup.home.as_ref().unwrap());
+    let source = setup.path("big.bin");
+    fs::write(&source, pattern(20, 64 * BLOCK)).unwrap();
+    let copy = setup.path("copy.bin");
+    let remote = setup.remote("big.bin");
+    assert_success(&setup.run(&["pull", &remote, copy.to_str().unwrap()]));
+
+    // Every other block changes: a long delta.
+    let changed: Vec<usize> = (0..64).step_by(2).collect();
+    rewrite_blocks(&source, &changed, 5);
+    let (proxy, config) = via_proxy(&setup);
+    // A slow link, so the kill lands mid-transfer.
+    proxy.set_mode(support::ProxyMode::Throttle {
+        bytes_per_second: 8 << 20,
+    });
+    let via = format!("via:{}", source.display());
+
+    // SIGKILL xfer mid-delta.
+    let mut child = xfer_command_in(setup.state.path())
+        .args(["pull", &via, copy.to_str().unwrap(), "-F"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(|| proxy.bytes_total() > 6 << 20);
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "finished before the kill"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // SIGKILL the agent mid-delta: the unit is retried on a fresh connection.
+    let child = xfer_command_in(setup.state.path())
+        .args([
+            "pull",
+            "--retry-wait",
+            "0.1",
+            &via,
+            copy.to_str().unwrap(),
+            "-F",
+        ])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let home = setup.home.clone().unwrap();
+    proxy.reset_counters();
+    wait_for(|| proxy.bytes_total() > 4 << 20 && !agent_processes(&home).is_empty());
+    for pid in agent_processes(&home) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    proxy.set_mode(support::ProxyMode::Pass);
+    let output = child.wait_with_output().unwrap();
+    assert_success(&output);
+    // The kill landed mid-transfer: the unit was retried on a fresh connection.
+    assert!(stderr(&output).contains("retrying"), "{}", stderr(&output));
+    assert_eq!(fs::read(&source).unwrap(), fs::read(&copy).unwrap());
+}
+
+fn wait_for(mut condition: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !condition() {
+        assert!(started.elapsed() < LIMIT, "timed out waiting");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
