@@ -613,3 +613,71 @@ fn a_missing_remote_path_is_a_clear_remote_error() {
     assert_eq!(output.status.code(), Some(2));
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+#[test]
+fn shell_scripts_with_crlf_are_warned_about_or_converted() {
+    let setup = setup();
+    let source = setup.path("job");
+    fs::create_dir_all(&source).unwrap();
+    let script = b"#!/bin/bash\r\nset -e\r\necho training\r\n".to_vec();
+    fs::write(source.join("train.sh"), &script).unwrap();
+    fs::set_permissions(source.join("train.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    // Not a script: bytes that happen to hold CRLF are never touched.
+    let data = b"\x00\x01\r\n\x02 binary\r\n".to_vec();
+    fs::write(source.join("weights.bin"), &data).unwrap();
+    let remote = setup.remote("remote-job");
+    let target = setup.path("remote-job");
+
+    let output = setup.run(&["push", source.to_str().unwrap(), &remote]);
+    assert_success(&output);
+    let text = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        text.contains("train.sh") && text.contains("CRLF") && text.contains("--fix-crlf"),
+        "{text}"
+    );
+    assert!(!text.contains("weights.bin"), "{text}");
+    assert_eq!(fs::read(target.join("train.sh")).unwrap(), script);
+
+    let output = setup.run(&[
+        "push",
+        "--fix-crlf",
+        "--json",
+        source.to_str().unwrap(),
+        &remote,
+    ]);
+    assert_success(&output);
+    assert_eq!(
+        fs::read(target.join("train.sh")).unwrap(),
+        b"#!/bin/bash\nset -e\necho training\n"
+    );
+    assert_eq!(
+        fs::metadata(target.join("train.sh"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o755
+    );
+    assert_eq!(fs::read(target.join("weights.bin")).unwrap(), data);
+    // The local file is left as it is.
+    assert_eq!(fs::read(source.join("train.sh")).unwrap(), script);
+    // Converted once: a re-run finds the remote up to date.
+    let output = setup.run(&[
+        "push",
+        "--fix-crlf",
+        "--json",
+        source.to_str().unwrap(),
+        &remote,
+    ]);
+    assert_success(&output);
+    assert_eq!(summary(&output)["bytes_moved"], 0);
+
+    // Pull has nothing to convert.
+    let output = setup.run(&[
+        "pull",
+        "--fix-crlf",
+        &remote,
+        setup.path("back").to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+}

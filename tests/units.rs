@@ -390,3 +390,40 @@ fn push_with_cuts_and_retries_ends_identical() {
     assert_eq!(digest(&bench.path("source")), digest(&bench.path("pushed")));
     let _ = &bench.sshd;
 }
+
+#[test]
+fn a_large_file_travels_over_several_connections_and_survives_cuts() {
+    // One big file is one unit; the rest of the -j budget carries its blocks too.
+    let bench = bench(&[]);
+    let source = bench.path("source");
+    write(&source, 77, 80 * MIB);
+    let output = bench.pull(&["-j", "4"]);
+    assert_success(&output);
+    assert_eq!(
+        fs::read(&source).unwrap(),
+        fs::read(bench.path("copy")).unwrap()
+    );
+    assert!(
+        bench.proxy.connections() >= 3,
+        "{} connections for a file of 80 blocks",
+        bench.proxy.connections()
+    );
+
+    // Every connection cut after 12 MiB: retried, resumed, identical, little waste.
+    fs::remove_file(bench.path("copy")).unwrap();
+    bench.proxy.reset_counters();
+    bench
+        .proxy
+        .set_mode(ProxyMode::CutEachAfter(12 * MIB as u64));
+    let output = bench.pull(&["-j", "4"]);
+    assert_success(&output);
+    assert_eq!(
+        fs::read(&source).unwrap(),
+        fs::read(bench.path("copy")).unwrap()
+    );
+    let wire = bench.proxy.bytes_total();
+    assert!(
+        wire < (80 * MIB as u64) * 3 / 2,
+        "{wire} bytes on the wire for 80 MiB"
+    );
+}

@@ -112,6 +112,10 @@ pub struct TransferArgs {
     /// Do not ask the remote for whole-file digests (b3sum/sha256sum over exec).
     #[arg(long)]
     pub no_remote_digest: bool,
+    /// Push: convert shell scripts with CRLF (Windows) line endings to LF on the way (without
+    /// it they are sent as they are, with a warning).
+    #[arg(long)]
+    pub fix_crlf: bool,
     /// Use SFTP only: never start (or upload) the xfer agent on the host.
     #[arg(long, conflicts_with = "agent")]
     pub no_agent: bool,

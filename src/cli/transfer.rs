@@ -49,6 +49,11 @@ pub async fn run(args: &TransferArgs, direction: Direction, verbosity: Verbosity
     let state = StateDir::locate()?;
     let quiet = verbosity == Verbosity::Quiet;
     let verbose = matches!(verbosity, Verbosity::Verbose(_));
+    if args.fix_crlf && direction == Direction::Pull {
+        return Err(Error::usage(
+            "--fix-crlf converts scripts on their way to a host: it applies to push",
+        ));
+    }
     let agent = match (&args.agent, args.no_agent) {
         (_, true) => AgentMode::Off,
         (Some(path), false) if path.is_empty() => {
@@ -66,6 +71,7 @@ pub async fn run(args: &TransferArgs, direction: Direction, verbosity: Verbosity
             &local_path,
             &state,
             args.json,
+            args.fix_crlf,
         )
         .await;
     }
@@ -84,6 +90,7 @@ pub async fn run(args: &TransferArgs, direction: Direction, verbosity: Verbosity
             retries: args.retries,
             retry_wait: Duration::from_secs_f64(args.retry_wait),
             checksum: args.checksum,
+            fix_crlf: args.fix_crlf,
             engine: Options {
                 remote_digest: !args.no_remote_digest,
                 ..Options::default()
@@ -101,6 +108,7 @@ pub async fn run(args: &TransferArgs, direction: Direction, verbosity: Verbosity
 }
 
 /// Plans the whole transfer over one connection and prints it; nothing is changed.
+#[allow(clippy::too_many_arguments)]
 async fn dry_run(
     connector: &xfer::ssh::connect::Connector,
     host: &HostSpec,
@@ -109,6 +117,7 @@ async fn dry_run(
     local_path: &std::path::Path,
     state: &StateDir,
     json: bool,
+    fix_crlf: bool,
 ) -> Result<()> {
     // A dry run changes nothing on the host, not even the agent's cache: SFTP plans the same.
     let remote = units::open_remote(
@@ -148,7 +157,16 @@ async fn dry_run(
             .await?
         }
         Direction::Push => {
-            plan::plan_push(remote, local_path, remote_path, state, &endpoints, false).await?
+            plan::plan_push(
+                remote,
+                local_path,
+                remote_path,
+                state,
+                &endpoints,
+                false,
+                fix_crlf,
+            )
+            .await?
         }
     };
     show_plan(&plan, json)

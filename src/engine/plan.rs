@@ -93,6 +93,52 @@ pub fn parse_relative(text: &str) -> Result<RelativePath> {
     RelativePath::parse(text).map_err(|error| error.into_error(text))
 }
 
+/// A shell script with CRLF line endings: a warning, or (with `fix_crlf`) a converted copy in
+/// the state directory that becomes what is sent. Its mtime is the original's, so a re-run
+/// finds the remote up to date.
+fn check_crlf(item: &mut PlanItem, state: &StateDir, fix_crlf: bool) -> Result<Option<Skipped>> {
+    let Ok(content) = std::fs::read(&item.source) else {
+        return Ok(None);
+    };
+    if !crate::engine::crlf::is_crlf_script(&item.path, &content) {
+        return Ok(None);
+    }
+    let path = local::printable(item.path.as_bytes());
+    if !fix_crlf {
+        return Ok(Some(Skipped {
+            path,
+            reason: "a shell script with CRLF (Windows) line endings: on Linux it fails with `$'\\r': command not found`; push with --fix-crlf to convert it on the way".into(),
+        }));
+    }
+    let converted = crate::engine::crlf::to_lf(&content);
+    let staged = state.converted_path(&item.source);
+    let write = || -> std::io::Result<()> {
+        std::fs::write(&staged, &converted)?;
+        let mtime = std::time::UNIX_EPOCH
+            + std::time::Duration::from_secs(u64::try_from(item.mtime).unwrap_or(0));
+        std::fs::File::options()
+            .write(true)
+            .open(&staged)?
+            .set_times(
+                std::fs::FileTimes::new()
+                    .set_modified(mtime)
+                    .set_accessed(mtime),
+            )
+    };
+    write().map_err(|error| {
+        Error::local_io(
+            format!("cannot stage a converted copy of {}", item.source),
+            error,
+        )
+    })?;
+    item.source = staged.display().to_string();
+    item.size = converted.len() as u64;
+    Ok(Some(Skipped {
+        path,
+        reason: "CRLF line endings converted to LF on the way (--fix-crlf)".into(),
+    }))
+}
+
 /// Something in the source that will not be transferred, and why.
 #[derive(Debug, Clone, Serialize)]
 pub struct Skipped {
@@ -109,6 +155,8 @@ pub struct Plan {
     pub destination: String,
     pub items: Vec<PlanItem>,
     pub skipped: Vec<Skipped>,
+    /// Transferred, but worth a word (a shell script with CRLF line endings).
+    pub warnings: Vec<Skipped>,
     /// Entries that could not be examined (a listing or a link that failed): they count as
     /// failures of the run, but do not stop the rest of it.
     pub problems: Vec<crate::engine::ItemError>,
@@ -190,6 +238,9 @@ impl Plan {
                 String::new()
             };
             out.push_str(&format!("{what:<40} {kind:<4} {size:>10}  {shown}\n"));
+        }
+        for warning in &self.warnings {
+            out.push_str(&format!("warning: {}: {}\n", warning.path, warning.reason));
         }
         for skipped in &self.skipped {
             out.push_str(&format!(
@@ -384,6 +435,7 @@ pub async fn plan_pull<R: Remote>(
         destination: destination_text.to_string(),
         items: Vec::new(),
         skipped: Vec::new(),
+        warnings: Vec::new(),
         problems: Vec::new(),
     };
     let mut queue: VecDeque<(String, RelativePath, crate::remote::RemoteEntry)> = VecDeque::new();
@@ -598,6 +650,7 @@ fn local_kind(file_type: std::fs::FileType) -> EntryKind {
 
 /// Builds the plan of a push: walks the local tree (never following links) and compares with
 /// remote listings, one per directory.
+#[allow(clippy::too_many_arguments)]
 pub async fn plan_push<R: Remote>(
     remote: &R,
     source: &Path,
@@ -605,6 +658,7 @@ pub async fn plan_push<R: Remote>(
     state: &StateDir,
     endpoints: &Endpoints,
     shallow: bool,
+    fix_crlf: bool,
 ) -> Result<Plan> {
     use std::os::unix::fs::MetadataExt;
     let metadata = std::fs::symlink_metadata(source)
@@ -628,6 +682,7 @@ pub async fn plan_push<R: Remote>(
         destination: format!("{}:{destination_root}", endpoints.remote_id),
         items: Vec::new(),
         skipped: Vec::new(),
+        warnings: Vec::new(),
         problems: Vec::new(),
     };
     // Remote listings by directory, fetched once per directory the walk enters.
@@ -729,6 +784,12 @@ pub async fn plan_push<R: Remote>(
             link_target,
             action: Action::Create,
         };
+        if kind == EntryKind::File
+            && crate::engine::crlf::may_be_script(relative_text, item.mode, item.size)
+            && let Some(warning) = check_crlf(&mut item, state, fix_crlf)?
+        {
+            plan.warnings.push(warning);
+        }
         // What the remote holds there: from its parent's listing.
         let (parent, name) = match remote_path.rsplit_once('/') {
             Some((parent, name)) => (

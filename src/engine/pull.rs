@@ -10,6 +10,7 @@
 //! give one, and only then set the mode and mtime that mark the file done.
 
 use crate::blocks::{BlockHash, BlockLayout, DEFAULT_BLOCK_SIZE, hash_block};
+use crate::engine::lanes::{Lane, Lanes, wanted_for};
 use crate::engine::plan::{Action, Endpoints, Plan, PlanItem, journal_header};
 use crate::engine::state::{JournalFile, StateDir};
 use crate::engine::verify::{WholeFileDigests, hash_blocks, verify_file};
@@ -39,8 +40,11 @@ struct Context<R: Remote> {
     endpoints: Endpoints,
     reporter: Arc<dyn Reporter>,
     options: Options,
+    /// Extra connections a large file may borrow.
+    lanes: Option<Arc<Lanes<R>>>,
 }
 
+#[allow(clippy::too_many_arguments)]
 pub async fn execute<R: Remote>(
     remote: Arc<R>,
     plan: &Plan,
@@ -49,19 +53,21 @@ pub async fn execute<R: Remote>(
     endpoints: Endpoints,
     reporter: Arc<dyn Reporter>,
     options: Options,
+    lanes: Option<Arc<Lanes<R>>>,
 ) -> Summary {
     let started = Instant::now();
     let mut summary = starting_summary(plan, &*reporter);
     let context = Arc::new(Context {
-        remote,
         reads: Arc::new(tokio::sync::Semaphore::new(
-            options.requests_in_flight.max(1),
+            options.requests_for(remote.max_io_size()),
         )),
+        remote,
         destination,
         state,
         endpoints,
         reporter,
         options,
+        lanes,
     });
 
     // Directories, parents first (the plan lists them breadth first).
@@ -450,7 +456,58 @@ async fn fetch_large<R: Remote>(
         let size = item.size;
         tokio::spawn(async move { remote.read_at(&handle, size, 1).await })
     };
-    let fetched = fetch_blocks(context, item, &handle, file, layout, journal, have).await;
+    // A large file also travels over borrowed connections, each with the file open; they join
+    // as they come up, while the unit's own connection is already fetching.
+    let needed = (0..layout.block_count())
+        .filter(|index| !have.contains_key(index))
+        .count() as u64;
+    let (arrivals, lanes_task) = match (&context.lanes, wanted_for(item.size, needed)) {
+        (Some(lanes), wanted) if wanted > 0 => {
+            let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+            let lanes = lanes.clone();
+            let source = item.source.clone();
+            let task = tokio::spawn(async move {
+                let mut opening = JoinSet::new();
+                for _ in 0..wanted {
+                    let lanes = lanes.clone();
+                    let source = source.clone();
+                    opening.spawn(async move {
+                        let lane = lanes.borrow_one().await?;
+                        match lane.remote.open_read(&source).await {
+                            Ok(opened) => Some((lane, opened)),
+                            Err(error) => {
+                                tracing::debug!(%error, "a borrowed connection cannot open the file");
+                                None
+                            }
+                        }
+                    });
+                }
+                while let Some(joined) = opening.join_next().await {
+                    if let Ok(Some(arrived)) = joined
+                        && sender.send(arrived).is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+            (Some(receiver), Some(task))
+        }
+        _ => (None, None),
+    };
+    let fetched = fetch_blocks(
+        context,
+        item,
+        (context.remote.clone(), handle.clone()),
+        arrivals,
+        file,
+        layout,
+        journal,
+        have,
+    )
+    .await;
+    if let Some(task) = lanes_task {
+        task.abort();
+    }
     if let Err(error) = fetched {
         beyond.abort();
         let _ = context.remote.close(handle).await;
@@ -471,6 +528,9 @@ async fn fetch_large<R: Remote>(
     }
     Ok(())
 }
+
+/// A finished read: the connection it went over, block index, offset, length asked, data.
+type ReadDone = (usize, u64, u64, u32, Result<Vec<u8>>);
 
 /// A block being assembled from several reads.
 struct Assembly {
@@ -506,21 +566,28 @@ fn ensure_room(file: &File, size: u64, display: &str) -> Result<()> {
 /// place. Requests are made only as slots free up, so memory does not grow with the file's
 /// (claimed) size. Blocks written so far are synced and journaled even when this fails, so a
 /// dropped link loses only what was in flight.
+#[allow(clippy::too_many_arguments)]
 async fn fetch_blocks<R: Remote>(
     context: &Context<R>,
     item: &PlanItem,
-    handle: &R::File,
+    primary: (Arc<R>, R::File),
+    mut arrivals: Option<tokio::sync::mpsc::UnboundedReceiver<(Lane<R>, R::File)>>,
     file: &File,
     layout: &BlockLayout,
     mut journal: Option<&mut JournalFile>,
     have: &mut BTreeMap<u64, BlockHash>,
 ) -> Result<()> {
-    let chunk = u64::from(context.remote.max_io_size());
+    let chunk = u64::from(primary.0.max_io_size());
+    let per_connection = context.options.requests_for(chunk as u32);
+    // The connections this file is fetched over, with their reads in flight; borrowed ones
+    // (kept alive by their lane) join as they arrive. Each read goes to the least busy one.
+    let mut paths: Vec<(Arc<R>, R::File, usize)> = vec![(primary.0, primary.1, 0)];
+    let mut borrowed: Vec<Lane<R>> = Vec::new();
     let mut next_block = 0u64;
     let block_count = layout.block_count();
     // Short reads put their remainders here, ahead of new blocks.
     let mut requests: VecDeque<(u64, u64, u32)> = VecDeque::new();
-    let mut in_flight: JoinSet<(u64, u64, u32, Result<Vec<u8>>)> = JoinSet::new();
+    let mut in_flight: JoinSet<ReadDone> = JoinSet::new();
     let mut assemblies: HashMap<u64, Assembly> = HashMap::new();
     let mut spare: Vec<Vec<u8>> = Vec::new();
     let mut unsynced: Vec<(u64, BlockHash)> = Vec::new();
@@ -533,7 +600,16 @@ async fn fetch_blocks<R: Remote>(
     let mut first_error: Option<Error> = None;
     let outcome: Result<()> = async {
         loop {
-            while first_error.is_none() && in_flight.len() < context.options.requests_in_flight.max(1) {
+            while first_error.is_none() {
+                let Some(lane) = paths
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, path)| path.2 < per_connection)
+                    .min_by_key(|(_, path)| path.2)
+                    .map(|(lane, _)| lane)
+                else {
+                    break;
+                };
                 if requests.is_empty() {
                     while next_block < block_count && have.contains_key(&next_block) {
                         next_block += 1;
@@ -551,18 +627,53 @@ async fn fetch_blocks<R: Remote>(
                     next_block += 1;
                 }
                 let Some((index, offset, length)) = requests.pop_front() else { break };
-                let Ok(permit) = context.reads.clone().acquire_owned().await else { break };
-                let remote = context.remote.clone();
-                let handle = handle.clone();
+                // The unit's own connection is shared with other files: its reads are bounded
+                // across them. A borrowed one serves this file alone.
+                let permit = if lane == 0 {
+                    let Ok(permit) = context.reads.clone().acquire_owned().await else { break };
+                    Some(permit)
+                } else {
+                    None
+                };
+                let remote = paths[lane].0.clone();
+                let handle = paths[lane].1.clone();
+                paths[lane].2 += 1;
                 in_flight.spawn(async move {
                     let result = remote.read_at(&handle, offset, length).await;
                     drop(permit);
-                    (index, offset, length, result)
+                    (lane, index, offset, length, result)
                 });
             }
-            let Some(joined) = in_flight.join_next().await else { break };
-            let (index, offset, length, result) =
+            if in_flight.is_empty() {
+                break;
+            }
+            let joined = tokio::select! {
+                joined = in_flight.join_next() => joined,
+                arrived = async {
+                    match arrivals.as_mut() {
+                        Some(receiver) => receiver.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    match arrived {
+                        Some((lane, opened)) if first_error.is_none() => {
+                            paths.push((lane.remote.clone(), opened, 0));
+                            borrowed.push(lane);
+                        }
+                        Some((lane, opened)) => {
+                            let _ = lane.remote.close(opened).await;
+                        }
+                        None => arrivals = None,
+                    }
+                    continue;
+                }
+            };
+            let Some(joined) = joined else { break };
+            let (lane, index, offset, length, result) =
                 joined.map_err(|error| Error::new(ErrorKind::LocalIo, format!("a read task failed: {error}")))?;
+            if let Some(path) = paths.get_mut(lane) {
+                path.2 = path.2.saturating_sub(1);
+            }
             let data = match result {
                 Ok(data) => data,
                 Err(error) => {
@@ -618,6 +729,10 @@ async fn fetch_blocks<R: Remote>(
     }
     .await;
     in_flight.abort_all();
+    for (remote, opened, _) in paths.into_iter().skip(1) {
+        let _ = remote.close(opened).await;
+    }
+    drop(borrowed);
     // Keep every whole block written so far, whatever happened.
     let committed = commit(file, journal, &mut unsynced, have, item);
     outcome.and(committed)

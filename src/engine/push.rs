@@ -49,10 +49,10 @@ pub async fn execute<R: Remote>(
     let started = Instant::now();
     let mut summary = starting_summary(plan, &*reporter);
     let context = Arc::new(Context {
-        remote,
         writes: Arc::new(tokio::sync::Semaphore::new(
-            options.requests_in_flight.max(1),
+            options.requests_for(remote.max_io_size()),
         )),
+        remote,
         state,
         endpoints,
         reporter,
@@ -461,7 +461,7 @@ async fn send_blocks<R: Remote>(
 
     let outcome: Result<()> = async {
         loop {
-            while in_flight.len() < context.options.requests_in_flight.max(1) {
+            while in_flight.len() < context.options.requests_for(context.remote.max_io_size()) {
                 if requests.is_empty() {
                     // Read the next block only when its writes can go out, to bound memory.
                     let Some(index) = pending_blocks.pop_front() else {

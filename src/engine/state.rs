@@ -43,7 +43,12 @@ impl StateDir {
     }
 
     pub fn at(root: PathBuf) -> Result<StateDir> {
-        for directory in [root.clone(), root.join("journals"), root.join("units")] {
+        for directory in [
+            root.clone(),
+            root.join("journals"),
+            root.join("units"),
+            root.join("converted"),
+        ] {
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
@@ -69,6 +74,14 @@ impl StateDir {
             "{}.journal",
             state_key(&[direction, source_id, destination_id])
         ))
+    }
+
+    /// Where a file converted on the way (`--fix-crlf`) is staged: the converted bytes are
+    /// what is sent, resumed and verified.
+    pub fn converted_path(&self, source: &str) -> PathBuf {
+        self.root
+            .join("converted")
+            .join(format!("{}.lf", state_key(&["crlf", source])))
     }
 
     /// The completion record file for one unit of a transfer.

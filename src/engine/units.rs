@@ -13,6 +13,7 @@
 //! unchanged on both sides is skipped without reading any file data.
 
 use crate::blocks::record::{CompletionEntry, CompletionRecord, EntryKind as RecordKind};
+use crate::engine::lanes::Lanes;
 use crate::engine::plan::{self, Action, Direction, Endpoints, Plan, PlanItem};
 use crate::engine::state::StateDir;
 use crate::engine::{ItemError, Options, Summary, pull, push};
@@ -44,6 +45,8 @@ pub struct UnitOptions {
     pub retry_wait: Duration,
     /// Verify files that look up to date by whole-file hash on both sides.
     pub checksum: bool,
+    /// Push: convert shell scripts with CRLF line endings to LF on the way.
+    pub fix_crlf: bool,
     pub engine: Options,
 }
 
@@ -54,6 +57,7 @@ impl Default for UnitOptions {
             retries: 10,
             retry_wait: Duration::from_secs(1),
             checksum: false,
+            fix_crlf: false,
             engine: Options::default(),
         }
     }
@@ -120,6 +124,8 @@ struct Shared {
     destination: Option<Arc<Destination>>,
     queue: Mutex<VecDeque<Unit>>,
     results: Mutex<Vec<(UnitReport, Summary)>>,
+    /// The `-j` connection budget: one slot per running unit, the rest lent to large files.
+    lanes: Arc<Lanes<Session>>,
 }
 
 /// Connects and opens the remote side (agent or SFTP). Why the agent is not used is said
@@ -163,14 +169,40 @@ pub async fn run(transfer: Transfer) -> Result<Summary> {
         Direction::Pull => discover_pull(&transfer, &*first).await?,
         Direction::Push => discover_push(&transfer, &*first).await?,
     };
-    let jobs = transfer.options.jobs.clamp(1, 64).min(units.len().max(1));
+    let budget = transfer.options.jobs.clamp(1, 64);
+    let jobs = budget.min(units.len().max(1));
+    let lanes = {
+        let connector = transfer.connector.clone();
+        let host = transfer.host.clone();
+        let agent = transfer.agent.clone();
+        let reporter = transfer.reporter.clone();
+        Lanes::new(
+            budget,
+            Box::new(move || {
+                let connector = connector.clone();
+                let host = host.clone();
+                let agent = agent.clone();
+                let reporter = reporter.clone();
+                Box::pin(async move { open_remote(&connector, &host, &agent, &*reporter).await })
+            }),
+        )
+    };
     let shared = Arc::new(Shared {
         transfer,
         endpoints,
         destination,
         queue: Mutex::new(units.into_iter().collect()),
         results: Mutex::new(Vec::new()),
+        lanes,
     });
+    // Slots no unit will use are lent to large files; on a far link their connections take
+    // seconds to come up, so they are opened now, while the first files are planned.
+    if shared.transfer.direction == Direction::Pull && budget > jobs {
+        for _ in jobs..budget {
+            let lanes = shared.lanes.clone();
+            tokio::spawn(async move { drop(lanes.borrow_one().await) });
+        }
+    }
     let mut workers = tokio::task::JoinSet::new();
     for index in 0..jobs {
         let shared = shared.clone();
@@ -427,7 +459,9 @@ async fn worker(shared: Arc<Shared>, mut connection: Option<Arc<Session>>) {
             Err(_) => None,
         };
         let Some(unit) = unit else { break };
+        let slot = shared.lanes.hold_slot().await;
         let result = run_unit(&shared, &unit, &mut connection).await;
+        drop(slot);
         if let Ok(mut results) = shared.results.lock() {
             results.push(result);
         }
@@ -574,6 +608,7 @@ async fn attempt_unit(
                 &transfer.state,
                 &shared.endpoints,
                 unit.shallow,
+                transfer.options.fix_crlf,
             )
             .await?
         }
@@ -639,6 +674,7 @@ async fn attempt_unit(
                 shared.endpoints.clone(),
                 transfer.reporter.clone(),
                 transfer.options.engine,
+                Some(shared.lanes.clone()),
             )
             .await
         }

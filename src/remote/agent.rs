@@ -228,6 +228,10 @@ impl Remote for AgentRemote {
         true
     }
 
+    fn is_closed(&self) -> bool {
+        self.client.is_closed() || self.connection.is_closed()
+    }
+
     async fn block_hashes(
         &self,
         path: &str,
@@ -276,9 +280,5 @@ impl AgentRemote {
             .rename(from, to)
             .await
             .map_err(|error| self.error(&format!("renaming {from} to {to}"), error))
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.client.is_closed() || self.connection.is_closed()
     }
 }

@@ -25,7 +25,7 @@ use crate::ssh::exec::{self, ExecLimits};
 use russh::ChannelMsg;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 /// Which agent a connection uses.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -230,6 +230,13 @@ async fn launch(connection: &Arc<Connection>, script: &'static str, line: &str) 
             .exec(true, exec::command_line(script))
             .await
             .map_err(|error| russh_error(&label, error))?;
+        // The first line goes out with the request, not a round trip later.
+        let mut first = line.as_bytes().to_vec();
+        first.push(b'\n');
+        channel
+            .data(&first[..])
+            .await
+            .map_err(|error| russh_error(&label, error))?;
         // The server's answer to the exec request comes first; output that raced ahead of
         // it is kept for the stream.
         let mut early = Vec::new();
@@ -251,16 +258,8 @@ async fn launch(connection: &Arc<Connection>, script: &'static str, line: &str) 
                 Some(_) => {}
             }
         }
-        let (reader, mut writer) = tokio::io::split(channel.into_stream());
+        let (reader, writer) = tokio::io::split(channel.into_stream());
         let reader = std::io::Cursor::new(early).chain(reader);
-        let mut first = line.as_bytes().to_vec();
-        first.push(b'\n');
-        writer.write_all(&first).await.map_err(|error| {
-            Error::connect(format!("{label}: starting the xfer agent: {error}"))
-        })?;
-        writer.flush().await.map_err(|error| {
-            Error::connect(format!("{label}: starting the xfer agent: {error}"))
-        })?;
         match AgentClient::start(reader, writer).await {
             Ok(Startup::Agent(client, _)) => Ok(Launch::Agent(client)),
             Ok(Startup::NotAgent(text)) => Ok(Launch::NotAgent(text)),

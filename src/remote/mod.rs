@@ -122,6 +122,11 @@ pub trait Remote: Send + Sync + 'static {
     /// A whole-file digest computed on the remote, or None where the remote cannot.
     fn digest(&self, path: &str) -> impl Future<Output = Result<Option<RemoteDigest>>> + Send;
 
+    /// Whether the connection under this remote has ended (then it is not reused).
+    fn is_closed(&self) -> bool {
+        false
+    }
+
     /// Whether [`Remote::block_hashes`] can answer (an agent computes them; SFTP cannot).
     fn hashes_blocks(&self) -> bool {
         false

@@ -56,14 +56,6 @@ impl Session {
         }
     }
 
-    /// Whether the connection (or the agent's stream on it) has ended.
-    pub fn is_closed(&self) -> bool {
-        match self {
-            Session::Agent(agent) => agent.is_closed(),
-            Session::Sftp(sftp) => sftp.connection().is_closed(),
-        }
-    }
-
     /// "agent" or "sftp", for messages and summaries.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -189,6 +181,10 @@ impl Remote for Session {
 
     fn hashes_blocks(&self) -> bool {
         both!(self, remote => remote.hashes_blocks())
+    }
+
+    fn is_closed(&self) -> bool {
+        both!(self, remote => remote.is_closed())
     }
 
     async fn block_hashes(

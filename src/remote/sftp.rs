@@ -246,6 +246,10 @@ fn parse_digest(text: &str) -> Option<RemoteDigest> {
 impl Remote for SftpRemote {
     type File = SftpFile;
 
+    fn is_closed(&self) -> bool {
+        self.connection.is_closed()
+    }
+
     fn label(&self) -> &str {
         &self.label
     }

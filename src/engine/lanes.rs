@@ -1,0 +1,117 @@
+//! Extra connections for one large file, as lftp's `pget -n` does.
+//!
+//! On a far link one TCP connection carries at most its window per round trip, however fast
+//! the link: a 2 MiB window over 100 ms is 20 MB/s. A large file therefore borrows more
+//! connections and fetches its blocks over all of them at once. The transfer has one budget of
+//! connections (`-j`): a unit's worker holds one while it runs, and a large file borrows only
+//! what is left, so a tree of many directories keeps its one connection per directory and a
+//! single big file gets them all. A file never waits for a slot: it starts on its unit's own
+//! connection and the borrowed ones join as they come up. They go back to an idle list when
+//! the file is done, so the next large file does not authenticate again.
+
+use crate::error::Result;
+use crate::remote::Remote;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// A file at least this large may borrow connections: below it the handshake costs more than
+/// the parallelism saves.
+pub const LANE_MIN_SIZE: u64 = 64 << 20;
+/// Blocks each borrowed connection should have to carry, at least.
+pub const BLOCKS_PER_LANE: u64 = 16;
+
+/// Opens a fresh connection to the transfer's host.
+pub type Opener<R> =
+    Box<dyn Fn() -> Pin<Box<dyn Future<Output = Result<Arc<R>>> + Send>> + Send + Sync>;
+
+/// The transfer's connection budget and the connections large files may borrow.
+pub struct Lanes<R: Remote> {
+    budget: Arc<Semaphore>,
+    open: Opener<R>,
+    idle: Mutex<Vec<Arc<R>>>,
+}
+
+/// One borrowed connection; dropping it gives the connection and its slot back.
+pub struct Lane<R: Remote> {
+    pub remote: Arc<R>,
+    pool: Arc<Lanes<R>>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl<R: Remote> Drop for Lane<R> {
+    fn drop(&mut self) {
+        if !self.remote.is_closed()
+            && let Ok(mut idle) = self.pool.idle.lock()
+        {
+            idle.push(self.remote.clone());
+        }
+    }
+}
+
+impl<R: Remote> Lanes<R> {
+    /// A budget of `connections` slots, opening new connections with `open`.
+    pub fn new(connections: usize, open: Opener<R>) -> Arc<Lanes<R>> {
+        Arc::new(Lanes {
+            budget: Arc::new(Semaphore::new(connections.max(1))),
+            open,
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The slot a unit's worker holds while it runs a unit.
+    pub async fn hold_slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.budget.clone().acquire_owned().await.ok()
+    }
+
+    /// One more connection, once a slot is free (a caller that stops wanting it drops the
+    /// future). None when the connection cannot be opened.
+    pub async fn borrow_one(self: &Arc<Self>) -> Option<Lane<R>> {
+        let slot = self.budget.clone().acquire_owned().await.ok()?;
+        let reused = self.idle.lock().ok().and_then(|mut idle| {
+            while let Some(remote) = idle.pop() {
+                if !remote.is_closed() {
+                    return Some(remote);
+                }
+            }
+            None
+        });
+        let remote = match reused {
+            Some(remote) => remote,
+            None => match (self.open)().await {
+                Ok(remote) => remote,
+                Err(error) => {
+                    tracing::debug!(%error, "no extra connection for a large file");
+                    return None;
+                }
+            },
+        };
+        Some(Lane {
+            remote,
+            pool: self.clone(),
+            _slot: slot,
+        })
+    }
+}
+
+/// How many extra connections a file of `blocks_needed` blocks should ask for.
+pub fn wanted_for(size: u64, blocks_needed: u64) -> usize {
+    if size < LANE_MIN_SIZE {
+        return 0;
+    }
+    (blocks_needed / BLOCKS_PER_LANE).saturating_sub(1).min(7) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_large_files_borrow() {
+        assert_eq!(wanted_for(LANE_MIN_SIZE - 1, 1000), 0);
+        assert_eq!(wanted_for(1 << 30, 1024), 7);
+        assert_eq!(wanted_for(1 << 30, 40), 1);
+        assert_eq!(wanted_for(1 << 30, 10), 0);
+    }
+}
