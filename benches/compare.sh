@@ -5,7 +5,8 @@
 # tree and 10,000 small files; resume after a cut at half; delta after 1% mutation; no-op re-run;
 # a far link), counts bytes on the wire through its proxy, and prints markdown tables. This script
 # builds xfer in release mode, adds it to every table, then times pushes of the same data with a
-# shell loop (median of REPS wall times; no byte counts, no content check). Arguments are passed
+# shell loop (median of REPS wall times; no byte counts, no content check), a delta push against
+# rsync --inplace, and xfer's peak memory (GNU time). Arguments are passed
 # to baseline.sh, so --tool NAME=TEMPLATE adds more tools to the pull tables.
 #
 #   benches/compare.sh > report.md              # everything, about 15 minutes
@@ -59,3 +60,46 @@ for dataset in big.bin ckpt; do
     echo "| $dataset | $tool | $median |"
   done
 done
+
+# Delta push: the remote holds the old file, the local one has 1% of its 64 KiB blocks rewritten
+# (make-data mutate, the same blocks every run); xfer (agent: block hashes on both sides)
+# against rsync --inplace (rolling checksum). Wall time, median of REPS.
+echo
+echo "## Delta push (${BIG_MIB:-1024} MiB file, 1% of blocks rewritten locally)"
+echo
+echo "| tool | seconds (median of ${REPS:-3}) |"
+echo "|---|---|"
+cp "$work/data/big.bin" "$work/mutated.bin"
+"$bench/make-data" mutate "$work/mutated.bin" 1 >/dev/null 2>&1
+for tool in xfer rsync; do
+  times=()
+  for _ in $(seq "${REPS:-3}"); do
+    rm -rf "$work/remote" && mkdir -p "$work/remote"
+    cp "$work/data/big.bin" "$work/remote/big.bin"
+    touch -d '2001-01-01' "$work/remote/big.bin"
+    sync
+    start=$(date +%s.%N)
+    case $tool in
+      xfer) "$xfer" push -q -F "$config" "$work/mutated.bin" "bench:$work/remote/big.bin" ;;
+      rsync) rsync -a --inplace --no-whole-file -e "ssh -F $config" "$work/mutated.bin" "bench:$work/remote/big.bin" ;;
+    esac
+    end=$(date +%s.%N)
+    cmp -s "$work/mutated.bin" "$work/remote/big.bin" || echo "| $tool | CONTENT DIFFERS |"
+    times+=("$(python3 -c "print(round($end - $start, 2))")")
+  done
+  median=$(printf '%s\n' "${times[@]}" | sort -n | sed -n "$(( (${#times[@]} + 1) / 2 ))p")
+  echo "| $tool | $median |"
+done
+
+# Peak memory (maximum resident set size of the xfer process) for a full pull and a full push
+# of the big file.
+echo
+echo "## Peak memory of xfer (max RSS, one run each)"
+echo
+echo "| transfer | MiB |"
+echo "|---|---|"
+rm -rf "$work/pulled" "$work/remote" && mkdir -p "$work/remote"
+rss=$( { /usr/bin/time -f '%M' "$xfer" pull -q -F "$config" "bench:$work/data/big.bin" "$work/pulled" >/dev/null; } 2>&1 | tail -1)
+echo "| pull ${BIG_MIB:-1024} MiB | $((rss / 1024)) |"
+rss=$( { /usr/bin/time -f '%M' "$xfer" push -q -F "$config" "$work/data/big.bin" "bench:$work/remote/big.bin" >/dev/null; } 2>&1 | tail -1)
+echo "| push ${BIG_MIB:-1024} MiB | $((rss / 1024)) |"
