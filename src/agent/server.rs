@@ -53,16 +53,13 @@ const DIGEST_CHUNK: usize = 1 << 20;
 /// Buffers of the input and output streams.
 const STREAM_BUFFER: usize = 256 << 10;
 
-/// This build's identity: the crate version, the plain BLAKE3 of the running executable and the
-/// platform.
-pub fn own_build_id() -> io::Result<BuildId> {
-    let executable = std::env::current_exe()?;
-    let mut file = File::open(executable)?;
+/// The plain BLAKE3 of everything `reader` yields, read in large chunks.
+fn hash_whole(reader: &mut impl Read) -> io::Result<[u8; 32]> {
     let mut hasher = FileHasher::new();
     let mut buffer = vec![0u8; DIGEST_CHUNK];
     loop {
-        match file.read(&mut buffer) {
-            Ok(0) => break,
+        match reader.read(&mut buffer) {
+            Ok(0) => return Ok(hasher.finish()),
             Ok(read) => {
                 hasher.update(&buffer[..read]);
             }
@@ -70,9 +67,16 @@ pub fn own_build_id() -> io::Result<BuildId> {
             Err(error) => return Err(error),
         }
     }
+}
+
+/// This build's identity: the crate version, the plain BLAKE3 of the running executable and the
+/// platform.
+pub fn own_build_id() -> io::Result<BuildId> {
+    let executable = std::env::current_exe()?;
+    let hash = hash_whole(&mut File::open(executable)?)?;
     Ok(BuildId {
         version: env!("CARGO_PKG_VERSION").to_string(),
-        executable_blake3: hasher.finish(),
+        executable_blake3: hash,
         os: std::env::consts::OS.to_string(),
         arch: std::env::consts::ARCH.to_string(),
     })
@@ -755,19 +759,7 @@ fn make_symlink(session: &Session, path: &str, target: &str) -> Result<(), Failu
 
 fn digest(path: &str) -> Result<[u8; 32], Failure> {
     let mut file = open_regular(path, OpenOptions::new().read(true))?;
-    let mut hasher = FileHasher::new();
-    let mut buffer = vec![0u8; DIGEST_CHUNK];
-    loop {
-        match file.read(&mut buffer) {
-            Ok(0) => break,
-            Ok(read) => {
-                hasher.update(&buffer[..read]);
-            }
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(error) => return Err(error.into()),
-        }
-    }
-    Ok(hasher.finish())
+    Ok(hash_whole(&mut file)?)
 }
 
 /// One hashed block: its index among those asked for, how many bytes were read, its hash.

@@ -223,8 +223,14 @@ async fn pull_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
                 // Needed before fetching: they say which blocks need not travel.
                 let hashes = join_hashes(task).await?;
                 if let Some(hashes) = &hashes {
-                    reuse_matching_blocks(&file, &layout, existing_length, hashes, &mut have)
-                        .await?;
+                    crate::engine::verify::reuse_matching_blocks(
+                        &file,
+                        &layout,
+                        existing_length,
+                        hashes,
+                        &mut have,
+                    )
+                    .await?;
                 }
                 RemoteHashes::Ready(hashes)
             } else {
@@ -367,44 +373,6 @@ async fn join_hashes(
             format!("a hashing task failed: {error}"),
         )
     })?
-}
-
-/// The delta: every block wholly inside the first `existing_length` bytes of the local file
-/// whose bytes hash to the remote's hash of that block is kept, not fetched.
-async fn reuse_matching_blocks(
-    file: &File,
-    layout: &BlockLayout,
-    existing_length: u64,
-    remote: &[BlockHash],
-    have: &mut BTreeMap<u64, BlockHash>,
-) -> Result<()> {
-    let candidates: Vec<u64> = (0..layout.block_count())
-        .filter(|&index| !have.contains_key(&index) && layout.range(index).end <= existing_length)
-        .filter(|&index| (index as usize) < remote.len())
-        .collect();
-    if candidates.is_empty() {
-        return Ok(());
-    }
-    let file = file
-        .try_clone()
-        .map_err(|error| Error::local_io("cannot reopen a local file", error))?;
-    let layout = *layout;
-    let local = tokio::task::spawn_blocking(move || {
-        crate::engine::verify::hash_blocks_parallel(&file, &layout, &candidates)
-    })
-    .await
-    .map_err(|error| {
-        Error::new(
-            ErrorKind::LocalIo,
-            format!("a hashing task failed: {error}"),
-        )
-    })?;
-    for (index, hash) in local {
-        if remote.get(index as usize) == Some(&hash) {
-            have.insert(index, hash);
-        }
-    }
-    Ok(())
 }
 
 /// A file of one block, in one request (the agent reads it whole): no open, no close.

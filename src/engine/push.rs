@@ -249,31 +249,14 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
             .filter(|entry| entry.kind == EntryKind::File && entry.size > 0)
         && let Some(remote_hashes) = remote.block_hashes(&item.target, &layout).await?
     {
-        let candidates: Vec<u64> = (0..layout.block_count())
-            .filter(|&index| {
-                !have.contains_key(&index)
-                    && layout.range(index).end <= entry.size
-                    && (index as usize) < remote_hashes.len()
-            })
-            .collect();
-        let source = file
-            .try_clone()
-            .map_err(|error| Error::local_io(format!("cannot reopen {}", item.source), error))?;
-        let local = tokio::task::spawn_blocking(move || {
-            crate::engine::verify::hash_blocks_parallel(&source, &layout, &candidates)
-        })
-        .await
-        .map_err(|error| {
-            Error::new(
-                ErrorKind::LocalIo,
-                format!("a hashing task failed: {error}"),
-            )
-        })?;
-        for (index, hash) in local {
-            if remote_hashes.get(index as usize) == Some(&hash) {
-                have.insert(index, hash);
-            }
-        }
+        crate::engine::verify::reuse_matching_blocks(
+            &file,
+            &layout,
+            entry.size,
+            &remote_hashes,
+            &mut have,
+        )
+        .await?;
     }
     let reused: u64 = have
         .keys()

@@ -2,7 +2,7 @@
 //! decide whether a file counts as done.
 
 use crate::blocks::{BlockHash, BlockLayout, FileHasher, hash_block};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use sha2::Digest;
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -169,4 +169,42 @@ pub fn verify_file(
             sha256,
         })
     })
+}
+
+/// The delta, both ways: every block wholly inside the first `existing_length` bytes (of the
+/// file that already holds data on the destination side) whose local bytes hash to the
+/// remote's hash of that block joins `have`, and does not travel.
+pub async fn reuse_matching_blocks(
+    file: &File,
+    layout: &BlockLayout,
+    existing_length: u64,
+    remote: &[BlockHash],
+    have: &mut BTreeMap<u64, BlockHash>,
+) -> Result<()> {
+    let candidates: Vec<u64> = (0..layout.block_count())
+        .filter(|&index| !have.contains_key(&index) && layout.range(index).end <= existing_length)
+        .filter(|&index| (index as usize) < remote.len())
+        .collect();
+    if candidates.is_empty() {
+        return Ok(());
+    }
+    let file = file
+        .try_clone()
+        .map_err(|error| Error::local_io("cannot reopen a local file", error))?;
+    let layout = *layout;
+    let local =
+        tokio::task::spawn_blocking(move || hash_blocks_parallel(&file, &layout, &candidates))
+            .await
+            .map_err(|error| {
+                Error::new(
+                    ErrorKind::LocalIo,
+                    format!("a hashing task failed: {error}"),
+                )
+            })?;
+    for (index, hash) in local {
+        if remote.get(index as usize) == Some(&hash) {
+            have.insert(index, hash);
+        }
+    }
+    Ok(())
 }
