@@ -5,6 +5,7 @@
 //!
 //! - [`layout`]: [`BlockLayout`], block size limits.
 //! - [`hash`]: [`hash_block`] (keyed BLAKE3), [`FileHasher`] (plain BLAKE3, as `b3sum`).
+//! - [`delta`]: the differing pieces inside a differing block.
 //! - [`signature`]: [`Signature`], [`SignatureBuilder`], [`blocks_to_fetch`].
 //! - [`journal`]: the resume journal of one destination file.
 //! - [`record`]: completion records of whole units.
@@ -22,11 +23,12 @@
 //! signatures in proportion for little gain; larger ones would grow the re-fetch after a crash
 //! and the memory held per block in flight.
 //!
-//! A finer block for delta comparison (finding the changed 4 KiB inside an existing
-//! destination) can be derived later without touching the journal: block sizes are powers of
-//! two, so every 1 MiB block is exactly 256 blocks of 4 KiB.
+//! A finer block for delta comparison is derived without touching the journal: block sizes
+//! are powers of two, so every 1 MiB block is exactly 32 pieces of 32 KiB, and a block that
+//! differs is compared again piece by piece ([`delta`]).
 
 mod codec;
+pub mod delta;
 pub mod hash;
 pub mod journal;
 pub mod layout;
