@@ -16,11 +16,30 @@ pub fn init(verbosity: Verbosity) {
     // Colour only on a terminal, and never when NO_COLOR is set.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && xfer::env::var(xfer::env::NO_COLOR).is_none();
+    // Debugging output says when, from the start (where a slow run spends its time); normal
+    // warnings do not.
+    let detailed = matches!(verbosity, Verbosity::Verbose(level) if level >= 2)
+        || xfer::env::var(xfer::env::XFER_LOG).is_some();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(colour)
         .with_writer(std::io::stderr)
         .with_target(matches!(verbosity, Verbosity::Verbose(level) if level >= 2))
-        .without_time()
+        .with_timer(Clock(detailed.then(tracing_subscriber::fmt::time::uptime)))
         .try_init();
+}
+
+/// Seconds since the start, or nothing.
+struct Clock(Option<tracing_subscriber::fmt::time::Uptime>);
+
+impl tracing_subscriber::fmt::time::FormatTime for Clock {
+    fn format_time(
+        &self,
+        writer: &mut tracing_subscriber::fmt::format::Writer<'_>,
+    ) -> std::fmt::Result {
+        match &self.0 {
+            Some(uptime) => uptime.format_time(writer),
+            None => Ok(()),
+        }
+    }
 }
