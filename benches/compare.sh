@@ -6,7 +6,8 @@
 # a far link), counts bytes on the wire through its proxy, and prints markdown tables. This script
 # builds xfer in release mode, adds it to every table, then times pushes of the same data with a
 # shell loop (median of REPS wall times; no byte counts, no content check), a delta push against
-# rsync --inplace, and xfer's peak memory (GNU time). Arguments are passed
+# rsync --inplace (time and bytes on the wire), and xfer's peak memory (GNU time); every table
+# gets a column of ratios to the best peer (benches/ratios.py). Arguments are passed
 # to baseline.sh, so --tool NAME=TEMPLATE adds more tools to the pull tables.
 #
 #   benches/compare.sh > report.md              # everything, about 15 minutes
@@ -24,6 +25,11 @@ state=$(mktemp -d)
 work=$(mktemp -d)
 trap '[ -z "${SSHD_DIR:-}" ] || "$bench/sshd-down" "$SSHD_DIR" >/dev/null 2>&1 || true; rm -rf "$state" "$work"' EXIT
 export XFER_STATE_DIR=$state
+
+# Every table gets its ratios to the best peer (benches/ratios.py) as the report is written.
+exec 3>&1
+exec > >(python3 "$here/ratios.py" >&3)
+ratios=$!
 
 echo "# xfer compared with scp, sftp and rsync ($(date -u +%Y-%m-%d), $(nproc) cores, $(uname -sr))"
 echo
@@ -62,33 +68,47 @@ for dataset in big.bin ckpt; do
 done
 
 # Delta push: the remote holds the old file, the local one has 1% of its 64 KiB blocks rewritten
-# (make-data mutate, the same blocks every run); xfer (agent: block hashes on both sides)
-# against rsync --inplace (rolling checksum). Wall time, median of REPS.
+# (make-data mutate, the same blocks every run); xfer (agent: block hashes on both sides, then
+# 32 KiB pieces of the differing blocks) against rsync --inplace (rolling checksum). Wall time,
+# median of REPS on a direct connection, then one more run through wire-proxy for the bytes.
 echo
-echo "## Delta push (${BIG_MIB:-1024} MiB file, 1% of blocks rewritten locally)"
+echo "## Delta push (${BIG_MIB:-1024} MiB file, 1% of its 64 KiB blocks rewritten locally)"
 echo
-echo "| tool | seconds (median of ${REPS:-3}) |"
-echo "|---|---|"
+echo "| tool | seconds (median of ${REPS:-3}) | wire MiB | same content |"
+echo "|---|---|---|---|"
 cp "$work/data/big.bin" "$work/mutated.bin"
 "$bench/make-data" mutate "$work/mutated.bin" 1 >/dev/null 2>&1
+proxy_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+(source "$bench/lib.sh"; write_ssh_config "$SSHD_DIR" bench 127.0.0.1 "$proxy_port" "$work/proxy_config")
+delta_push() { # TOOL CONFIG
+  case $1 in
+    xfer) "$xfer" push -q -F "$2" "$work/mutated.bin" "bench:$work/remote/big.bin" ;;
+    rsync) rsync -a --inplace --no-whole-file -e "ssh -F $2" "$work/mutated.bin" "bench:$work/remote/big.bin" ;;
+  esac
+}
+old_copy() {
+  rm -rf "$work/remote" && mkdir -p "$work/remote"
+  cp "$work/data/big.bin" "$work/remote/big.bin"
+  touch -d '2001-01-01' "$work/remote/big.bin"
+  sync
+}
 for tool in xfer rsync; do
   times=()
   for _ in $(seq "${REPS:-3}"); do
-    rm -rf "$work/remote" && mkdir -p "$work/remote"
-    cp "$work/data/big.bin" "$work/remote/big.bin"
-    touch -d '2001-01-01' "$work/remote/big.bin"
-    sync
+    old_copy
     start=$(date +%s.%N)
-    case $tool in
-      xfer) "$xfer" push -q -F "$config" "$work/mutated.bin" "bench:$work/remote/big.bin" ;;
-      rsync) rsync -a --inplace --no-whole-file -e "ssh -F $config" "$work/mutated.bin" "bench:$work/remote/big.bin" ;;
-    esac
+    delta_push "$tool" "$config"
     end=$(date +%s.%N)
-    cmp -s "$work/mutated.bin" "$work/remote/big.bin" || echo "| $tool | CONTENT DIFFERS |"
     times+=("$(python3 -c "print(round($end - $start, 2))")")
   done
   median=$(printf '%s\n' "${times[@]}" | sort -n | sed -n "$(( (${#times[@]} + 1) / 2 ))p")
-  echo "| $tool | $median |"
+  old_copy
+  "$bench/wire-proxy" "$proxy_port" "$(cat "$SSHD_DIR/port")" --stats "$work/wire.json" -- \
+    bash -c "$(declare -f delta_push); xfer=$xfer work=$work delta_push $tool $work/proxy_config" >/dev/null 2>&1
+  wire=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(round((d["total_up"]+d["total_down"])/1048576, 1))' "$work/wire.json")
+  same=no
+  cmp -s "$work/mutated.bin" "$work/remote/big.bin" && same=yes
+  echo "| $tool | $median | $wire | $same |"
 done
 
 # Peak memory (maximum resident set size of the xfer process) for a full pull and a full push
@@ -103,3 +123,7 @@ rss=$( { /usr/bin/time -f '%M' "$xfer" pull -q -F "$config" "bench:$work/data/bi
 echo "| pull ${BIG_MIB:-1024} MiB | $((rss / 1024)) |"
 rss=$( { /usr/bin/time -f '%M' "$xfer" push -q -F "$config" "$work/data/big.bin" "bench:$work/remote/big.bin" >/dev/null; } 2>&1 | tail -1)
 echo "| push ${BIG_MIB:-1024} MiB | $((rss / 1024)) |"
+
+# The report is complete once the ratio filter has written it.
+exec >&-
+wait "$ratios"
