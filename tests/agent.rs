@@ -490,6 +490,91 @@ fn a_delta_push_moves_only_the_changed_blocks() {
     assert!(proxy.bytes_total() < 2 * BLOCK as u64 + 512 * 1024);
 }
 
+/// The 32 KiB pieces a delta compares a differing block in.
+const PIECE: usize = 32 << 10;
+
+/// Small edits inside three blocks: the second straddles two pieces. Returns the bytes of the
+/// pieces they touch.
+fn edit_pieces(path: &Path) -> u64 {
+    let before = fs::metadata(path).unwrap().modified().unwrap();
+    let mut data = fs::read(path).unwrap();
+    for (offset, length) in [
+        (3 * BLOCK + 100, 8),
+        (7 * BLOCK + PIECE - 2, 4),
+        (12 * BLOCK + 500_000, 1),
+    ] {
+        for byte in &mut data[offset..offset + length] {
+            *byte ^= 0x5a;
+        }
+    }
+    fs::write(path, data).unwrap();
+    // A later mtime, whatever the clock did: the quick check must see a change.
+    let file = fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.set_modified(before + Duration::from_secs(10)).unwrap();
+    4 * PIECE as u64
+}
+
+#[test]
+fn small_edits_move_only_the_pieces_they_touch_both_ways() {
+    let setup = setup();
+    let (proxy, config) = via_proxy(&setup);
+    let data = pattern(21, 16 * BLOCK + 777);
+
+    // Pull: the remote file is edited after a first copy.
+    let source = setup.path("pulled-source.bin");
+    fs::write(&source, &data).unwrap();
+    let copy = setup.path("pulled.bin");
+    let remote = format!("via:{}", source.display());
+    assert_success(&run_via(
+        &setup,
+        &config,
+        &["pull", &remote, copy.to_str().unwrap()],
+    ));
+    let pieces = edit_pieces(&source);
+    proxy.reset_counters();
+    let output = run_via(
+        &setup,
+        &config,
+        &["pull", "--json", &remote, copy.to_str().unwrap()],
+    );
+    assert_success(&output);
+    assert_no_fallback(&output);
+    assert_eq!(fs::read(&source).unwrap(), fs::read(&copy).unwrap());
+    assert_eq!(summary(&output)["bytes_moved"], pieces);
+    let wire = proxy.bytes_total();
+    assert!(
+        wire < pieces + 256 * 1024,
+        "{wire} bytes on the wire for {pieces} in pieces"
+    );
+
+    // Push: the local file is edited after a first copy.
+    let local = setup.path("pushed-source.bin");
+    fs::write(&local, &data).unwrap();
+    let target = setup.path("pushed.bin");
+    let remote = format!("via:{}", target.display());
+    assert_success(&run_via(
+        &setup,
+        &config,
+        &["push", local.to_str().unwrap(), &remote],
+    ));
+    let pieces = edit_pieces(&local);
+    proxy.reset_counters();
+    let output = run_via(
+        &setup,
+        &config,
+        &["push", "--json", local.to_str().unwrap(), &remote],
+    );
+    assert_success(&output);
+    assert_no_fallback(&output);
+    assert_eq!(fs::read(&local).unwrap(), fs::read(&target).unwrap());
+    assert_eq!(summary(&output)["bytes_moved"], pieces);
+    let wire = proxy.bytes_total();
+    assert!(
+        wire < pieces + 256 * 1024,
+        "{wire} bytes on the wire for {pieces} in pieces"
+    );
+}
+
 /// One random change to a file: bytes overwritten, the file cut short, or grown.
 #[derive(Debug, Clone)]
 enum Mutation {

@@ -4,6 +4,8 @@
 //! - [`pull`] and [`push`]: execute a plan over a [`crate::remote::Remote`], writing in place,
 //!   recording synced blocks in a journal, verifying every file whole before it counts as done.
 //! - [`units`]: the transfer split per directory, one connection each, several at once, retried.
+//! - [`delta`]: what a file present on both sides must move, block by block and piece by piece.
+//! - [`early`]: hashing the local copy of a single large file while connecting.
 //! - [`lanes`]: extra connections a large file borrows from the same budget.
 //! - [`state`]: where journals live and how they are read and appended.
 //! - [`verify`]: reading files back.
@@ -12,6 +14,8 @@
 //! whether re-running the same command can help.
 
 pub mod crlf;
+pub mod delta;
+pub mod early;
 pub mod lanes;
 pub mod plan;
 pub mod pull;

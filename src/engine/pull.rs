@@ -10,6 +10,8 @@
 //! give one, and only then set the mode and mtime that mark the file done.
 
 use crate::blocks::{BlockHash, BlockLayout, DEFAULT_BLOCK_SIZE, hash_block};
+use crate::engine::delta;
+use crate::engine::early::EarlyHashes;
 use crate::engine::lanes::{Lane, Lanes, wanted_for};
 use crate::engine::plan::{Action, Endpoints, Plan, PlanItem, journal_header};
 use crate::engine::state::{JournalFile, StateDir};
@@ -22,8 +24,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::local::{Destination, Timestamp};
 use crate::progress::Reporter;
 use crate::remote::{EntryKind, Remote, RemoteDigest};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fs::File;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Instant;
@@ -42,6 +45,8 @@ struct Context<R: Remote> {
     options: Options,
     /// Extra connections a large file may borrow.
     lanes: Option<Arc<Lanes<R>>>,
+    /// The local file's hashes, computed while connecting.
+    early: Option<Arc<EarlyHashes>>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -54,6 +59,7 @@ pub async fn execute<R: Remote>(
     reporter: Arc<dyn Reporter>,
     options: Options,
     lanes: Option<Arc<Lanes<R>>>,
+    early: Option<Arc<EarlyHashes>>,
 ) -> Summary {
     let started = Instant::now();
     let mut summary = starting_summary(plan, &*reporter);
@@ -68,6 +74,7 @@ pub async fn execute<R: Remote>(
         reporter,
         options,
         lanes,
+        early,
     });
 
     // Directories, parents first (the plan lists them breadth first).
@@ -202,59 +209,106 @@ async fn pull_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
     };
 
     let file = destination.open_write(&relative)?;
+    // With an agent and data here already, the remote starts hashing now: that says which
+    // blocks need not travel, and checks every block end to end.
+    let remote_task = (context.remote.hashes_blocks() && existing_length > 0)
+        .then(|| delta::remote_hashes_task(&context.remote, &item.source, layout));
+    // Hashes computed while connecting, if this is the file they are of (checked before this
+    // run changes it).
+    let early = match &context.early {
+        Some(early) if existing_length > 0 => early.for_file(&file, &layout).await,
+        _ => BTreeMap::new(),
+    };
     let incomplete_size = crate::engine::plan::size_while_incomplete(item.size);
     ensure_room(&file, incomplete_size, &display)?;
     destination.set_len(&file, &relative, incomplete_size)?;
     // Trust a recorded block only if its bytes on disk still hash to what was recorded.
-    let on_disk = hash_blocks(&file, &layout, recorded.keys().copied());
+    let mut on_disk = hash_blocks(
+        &file,
+        &layout,
+        recorded
+            .keys()
+            .copied()
+            .filter(|index| !early.contains_key(index)),
+    );
+    on_disk.extend(
+        recorded
+            .keys()
+            .filter_map(|index| early.get(index).map(|hash| (*index, *hash))),
+    );
     let mut have: BTreeMap<u64, BlockHash> = recorded
         .into_iter()
         .filter(|(index, hash)| on_disk.get(index) == Some(hash))
         .collect();
-    // An agent hashes every block where the data is: that finds the blocks a local file
-    // already holds (the delta) and checks every received block end to end.
-    let remote_hashes = match context.remote.hashes_blocks() {
-        true => {
-            let remote = context.remote.clone();
-            let path = item.source.clone();
-            let task = tokio::spawn(async move { remote.block_hashes(&path, &layout).await });
-            let reused_before = have.len();
-            let hashes = if existing_length > 0 {
-                // Needed before fetching: they say which blocks need not travel.
-                let hashes = join_hashes(task).await?;
-                if let Some(hashes) = &hashes {
-                    crate::engine::verify::reuse_matching_blocks(
-                        &file,
-                        &layout,
-                        existing_length,
-                        hashes,
-                        &mut have,
-                    )
-                    .await?;
+    // Blocks whose bytes on disk were read and found good in this run: not read back again.
+    let mut checked: BTreeSet<u64> = have.keys().copied().collect();
+    // An agent hashes every block where the data is: that finds the blocks (and the pieces of
+    // blocks) a local file already holds, and checks every received block end to end.
+    let mut pieces = BTreeMap::new();
+    let remote_hashes =
+        match remote_task {
+            Some(remote_task) => {
+                // Needed before fetching: they say what need not travel.
+                let candidates = (0..layout.block_count())
+                    .filter(|&index| {
+                        !have.contains_key(&index) && layout.range(index).end <= existing_length
+                    })
+                    .collect();
+                let compared = delta::compare(
+                    &context.remote,
+                    &item.source,
+                    &file,
+                    layout,
+                    candidates,
+                    &early,
+                    remote_task,
+                )
+                .await?;
+                match compared {
+                    Some(delta) => {
+                        tracing::debug!(
+                            path = %item.path,
+                            same = delta.same.len(),
+                            pieces = delta.pieces.len(),
+                            "delta"
+                        );
+                        checked.extend(delta.same.keys().copied());
+                        have.extend(delta.same);
+                        pieces = delta.pieces;
+                        RemoteHashes::Ready(Some(delta.remote_hashes))
+                    }
+                    None => RemoteHashes::Ready(None),
                 }
-                RemoteHashes::Ready(hashes)
-            } else {
-                RemoteHashes::Pending(task)
-            };
-            tracing::debug!(path = %item.path, reused = have.len() - reused_before, "delta");
-            hashes
-        }
-        false => RemoteHashes::Ready(None),
-    };
-    let reused: u64 = have
-        .keys()
-        .map(|&index| u64::from(layout.len_of(index)))
-        .fold(0u64, u64::saturating_add);
+            }
+            // Nothing to compare: the remote hashes while the data travels.
+            None if context.remote.hashes_blocks() => RemoteHashes::Pending(
+                delta::remote_hashes_task(&context.remote, &item.source, layout),
+            ),
+            None => RemoteHashes::Ready(None),
+        };
+    let reused = item
+        .size
+        .saturating_sub(delta::bytes_needed(&layout, &have, &pieces));
     context.reporter.file_started(&item.path, item.size, reused);
 
     if context.remote.hashes_blocks() && layout.block_count() == 1 && have.is_empty() {
         fetch_small(context, item, &file, &layout, &mut have).await?;
     } else {
-        fetch_large(context, item, &file, &layout, journal.as_mut(), &mut have).await?;
+        fetch_large(
+            context,
+            item,
+            &file,
+            &layout,
+            &pieces,
+            journal.as_mut(),
+            &mut have,
+        )
+        .await?;
     }
+    tracing::debug!(path = %item.path, "fetched");
     let remote_hashes = match remote_hashes {
         RemoteHashes::Ready(hashes) => hashes,
-        RemoteHashes::Pending(task) => join_hashes(task).await?,
+        RemoteHashes::Pending(task) => delta::join(task).await?,
     };
     if let Some(hashes) = &remote_hashes {
         let differing = (0..layout.block_count())
@@ -303,15 +357,18 @@ async fn pull_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
             .map_err(|error| Error::local_io(format!("cannot reopen {display}"), error))?;
         let have = have.clone();
         let display = display.clone();
-        tokio::task::spawn_blocking(move || verify_file(&file, &layout, &have, wanted, &display))
-            .await
-            .map_err(|error| {
-                Error::new(
-                    ErrorKind::LocalIo,
-                    format!("verification task failed: {error}"),
-                )
-            })??
+        tokio::task::spawn_blocking(move || {
+            verify_file(&file, &layout, &have, &checked, wanted, &display)
+        })
+        .await
+        .map_err(|error| {
+            Error::new(
+                ErrorKind::LocalIo,
+                format!("verification task failed: {error}"),
+            )
+        })??
     };
+    tracing::debug!(path = %item.path, "read back");
     if !verification.mismatched.is_empty() {
         return Err(Error::new(
             ErrorKind::LocalIo,
@@ -361,18 +418,7 @@ async fn pull_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
 /// The remote's block hashes: known already, or still being computed.
 enum RemoteHashes {
     Ready(Option<Vec<BlockHash>>),
-    Pending(tokio::task::JoinHandle<Result<Option<Vec<BlockHash>>>>),
-}
-
-async fn join_hashes(
-    task: tokio::task::JoinHandle<Result<Option<Vec<BlockHash>>>>,
-) -> Result<Option<Vec<BlockHash>>> {
-    task.await.map_err(|error| {
-        Error::new(
-            ErrorKind::LocalIo,
-            format!("a hashing task failed: {error}"),
-        )
-    })?
+    Pending(delta::RemoteTask),
 }
 
 /// A file of one block, in one request (the agent reads it whole): no open, no close.
@@ -386,7 +432,7 @@ async fn fetch_small<R: Remote>(
     // One byte more than the size, so a file that grew is told from one that did not.
     let asked = u32::try_from(item.size.saturating_add(1)).unwrap_or(u32::MAX);
     let Some(data) = context.remote.read_small(&item.source, asked).await? else {
-        return fetch_large(context, item, file, layout, None, have).await;
+        return fetch_large(context, item, file, layout, &BTreeMap::new(), None, have).await;
     };
     if data.len() as u64 != item.size {
         return Err(Error::remote(format!(
@@ -412,6 +458,7 @@ async fn fetch_large<R: Remote>(
     item: &PlanItem,
     file: &File,
     layout: &BlockLayout,
+    pieces: &BTreeMap<u64, Vec<Range<u64>>>,
     journal: Option<&mut JournalFile>,
     have: &mut BTreeMap<u64, BlockHash>,
 ) -> Result<()> {
@@ -426,9 +473,7 @@ async fn fetch_large<R: Remote>(
     };
     // A large file also travels over borrowed connections, each with the file open; they join
     // as they come up, while the unit's own connection is already fetching.
-    let needed = (0..layout.block_count())
-        .filter(|index| !have.contains_key(index))
-        .count() as u64;
+    let needed = delta::bytes_needed(layout, have, pieces).div_ceil(u64::from(layout.block_size()));
     let (arrivals, lanes_task) = match (&context.lanes, wanted_for(item.size, needed)) {
         (Some(lanes), wanted) if wanted > 0 => {
             let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
@@ -469,6 +514,7 @@ async fn fetch_large<R: Remote>(
         arrivals,
         file,
         layout,
+        pieces,
         journal,
         have,
     )
@@ -542,6 +588,7 @@ async fn fetch_blocks<R: Remote>(
     mut arrivals: Option<tokio::sync::mpsc::UnboundedReceiver<(Lane<R>, R::File)>>,
     file: &File,
     layout: &BlockLayout,
+    pieces: &BTreeMap<u64, Vec<Range<u64>>>,
     mut journal: Option<&mut JournalFile>,
     have: &mut BTreeMap<u64, BlockHash>,
 ) -> Result<()> {
@@ -585,12 +632,16 @@ async fn fetch_blocks<R: Remote>(
                     if next_block >= block_count {
                         break;
                     }
-                    let range = layout.range(next_block);
-                    let mut offset = range.start;
-                    while offset < range.end {
-                        let length = chunk.min(range.end - offset) as u32;
-                        requests.push_back((next_block, offset, length));
-                        offset += u64::from(length);
+                    // The whole block, or only its pieces that differ from the local bytes.
+                    let whole = [layout.range(next_block)];
+                    let ranges = pieces.get(&next_block).map_or(&whole[..], |ranges| &ranges[..]);
+                    for range in ranges {
+                        let mut offset = range.start;
+                        while offset < range.end {
+                            let length = chunk.min(range.end - offset) as u32;
+                            requests.push_back((next_block, offset, length));
+                            offset += u64::from(length);
+                        }
                     }
                     next_block += 1;
                 }
@@ -658,18 +709,32 @@ async fn fetch_blocks<R: Remote>(
                 .with_hint("re-run the same command once the file stops changing"));
             }
             let range = layout.range(index);
-            let assembly = assemblies.entry(index).or_insert_with(|| {
-                // Reuse a finished block's buffer: no allocation or zeroing per block.
-                let mut data = spare.pop().unwrap_or_default();
-                data.resize((range.end - range.start) as usize, 0);
-                Assembly { data, filled: 0 }
-            });
+            let assembly = match assemblies.entry(index) {
+                std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+                std::collections::hash_map::Entry::Vacant(entry) => {
+                    // Reuse a finished block's buffer: no allocation or zeroing per block.
+                    let mut data = spare.pop().unwrap_or_default();
+                    data.resize((range.end - range.start) as usize, 0);
+                    let mut filled = 0;
+                    if let Some(ranges) = pieces.get(&index) {
+                        // Only some pieces travel: the rest of the block is the local bytes.
+                        file.read_exact_at(&mut data, range.start).map_err(|error| {
+                            Error::local_io(format!("cannot read {}", item.target), error)
+                        })?;
+                        filled = data
+                            .len()
+                            .saturating_sub(crate::blocks::delta::covered(ranges) as usize);
+                    }
+                    entry.insert(Assembly { data, filled })
+                }
+            };
             let start = (offset - range.start) as usize;
             let Some(slot) = assembly.data.get_mut(start..start + data.len()) else {
                 return Err(Error::remote(format!("{}: a read returned more than was asked", display())));
             };
             slot.copy_from_slice(&data);
             assembly.filled += data.len();
+            context.reporter.bytes_moved(&item.path, data.len() as u64);
             if (data.len() as u32) < length {
                 // A short read is legal; ask for the rest.
                 let done = data.len() as u64;
@@ -678,11 +743,17 @@ async fn fetch_blocks<R: Remote>(
             if assembly.filled == assembly.data.len() {
                 let Some(assembly) = assemblies.remove(&index) else { continue };
                 let hash = hash_block(&assembly.data);
-                file.write_all_at(&assembly.data, range.start)
-                    .map_err(|error| Error::local_io(format!("cannot write {}", item.target), error))?;
-                context.reporter.bytes_moved(&item.path, assembly.data.len() as u64);
+                // Only what arrived is written: the kept pieces are on disk already.
+                let whole = [range.clone()];
+                let written = pieces.get(&index).map_or(&whole[..], |ranges| &ranges[..]);
+                for part in written {
+                    let within = (part.start - range.start) as usize..(part.end - range.start) as usize;
+                    let Some(bytes) = assembly.data.get(within) else { continue };
+                    file.write_all_at(bytes, part.start)
+                        .map_err(|error| Error::local_io(format!("cannot write {}", item.target), error))?;
+                    unsynced_bytes += bytes.len() as u64;
+                }
                 unsynced.push((index, hash));
-                unsynced_bytes += assembly.data.len() as u64;
                 spare.push(assembly.data);
                 if unsynced_bytes >= SYNC_INTERVAL {
                     commit(file, journal.as_deref_mut(), &mut unsynced, have, item)?;

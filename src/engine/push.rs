@@ -9,7 +9,10 @@
 //! (b3sum or sha256sum over exec), every finished file is checked end to end, and a mismatch
 //! throws the journal away so the next run sends everything again.
 
+use crate::blocks::delta::covered;
 use crate::blocks::{BlockHash, BlockLayout, DEFAULT_BLOCK_SIZE, hash_block};
+use crate::engine::delta;
+use crate::engine::early::EarlyHashes;
 use crate::engine::plan::{Action, Direction, Endpoints, Plan, PlanItem, journal_header};
 use crate::engine::state::{JournalFile, StateDir};
 use crate::engine::verify::{WholeFileDigests, buffer_size, hash_blocks, verify_file};
@@ -20,8 +23,9 @@ use crate::engine::{
 use crate::error::{Error, ErrorKind, Result};
 use crate::progress::Reporter;
 use crate::remote::{EntryKind, Remote, RemoteDigest, SetAttributes};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fs::File;
+use std::ops::Range;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::sync::Arc;
 use std::time::Instant;
@@ -36,6 +40,8 @@ struct Context<R: Remote> {
     endpoints: Endpoints,
     reporter: Arc<dyn Reporter>,
     options: Options,
+    /// The local file's hashes, computed while connecting.
+    early: Option<Arc<EarlyHashes>>,
 }
 
 pub async fn execute<R: Remote>(
@@ -45,6 +51,7 @@ pub async fn execute<R: Remote>(
     endpoints: Endpoints,
     reporter: Arc<dyn Reporter>,
     options: Options,
+    early: Option<Arc<EarlyHashes>>,
 ) -> Summary {
     let started = Instant::now();
     let mut summary = starting_summary(plan, &*reporter);
@@ -57,6 +64,7 @@ pub async fn execute<R: Remote>(
         endpoints,
         reporter,
         options,
+        early,
     });
 
     // Every parent of the destination first (mkdir -p), so no write meets a missing directory.
@@ -222,12 +230,43 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
 
     // What the remote holds is trusted only if it still has the size this transfer gave it.
     let existing = remote.stat(&item.target, false).await?;
+    let existing_data = existing
+        .as_ref()
+        .filter(|entry| entry.kind == EntryKind::File && entry.size > 0)
+        .map(|entry| entry.size);
+    // With an agent and data there already, the remote starts hashing it now: that finds the
+    // delta, and checks the journal's blocks end to end.
+    let remote_task = existing_data
+        .filter(|_| remote.hashes_blocks())
+        .map(|size| {
+            (
+                size,
+                delta::remote_hashes_task(remote, &item.target, layout),
+            )
+        });
+    // Hashes computed while connecting, if this is the file they are of.
+    let early = match &context.early {
+        Some(early) => early.for_file(&file, &layout).await,
+        None => BTreeMap::new(),
+    };
     let remote_intact = existing.as_ref().is_some_and(|entry| {
         entry.kind == EntryKind::File
             && entry.size == crate::engine::plan::size_while_incomplete(item.size)
     });
     let mut have: BTreeMap<u64, BlockHash> = if remote_intact && !recorded.is_empty() {
-        let local = hash_blocks(&file, &layout, recorded.keys().copied());
+        let mut local = hash_blocks(
+            &file,
+            &layout,
+            recorded
+                .keys()
+                .copied()
+                .filter(|index| !early.contains_key(index)),
+        );
+        local.extend(
+            recorded
+                .keys()
+                .filter_map(|index| early.get(index).map(|hash| (*index, *hash))),
+        );
         recorded
             .into_iter()
             .filter(|(index, hash)| local.get(index) == Some(hash))
@@ -241,30 +280,46 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
     {
         remote.remove_file(&item.target).await?;
     }
+    // Blocks whose local bytes were read and found good in this run: not read back again.
+    let mut checked: BTreeSet<u64> = have.keys().copied().collect();
+    // Blocks the remote hashed in this run and found equal to the local ones: not asked again.
+    let mut confirmed: BTreeSet<u64> = BTreeSet::new();
+    let mut pieces = BTreeMap::new();
     // The delta: an agent hashes the blocks the remote file already holds, whatever wrote
-    // them; those equal to the local blocks do not travel.
-    if remote.hashes_blocks()
-        && let Some(entry) = existing
-            .as_ref()
-            .filter(|entry| entry.kind == EntryKind::File && entry.size > 0)
-        && let Some(remote_hashes) = remote.block_hashes(&item.target, &layout).await?
-    {
-        crate::engine::verify::reuse_matching_blocks(
+    // them; those equal to the local blocks do not travel, nor do the equal pieces of the
+    // others.
+    if let Some((existing_size, remote_task)) = remote_task {
+        let candidates = (0..layout.block_count())
+            .filter(|&index| !have.contains_key(&index) && layout.range(index).end <= existing_size)
+            .collect();
+        if let Some(found) = delta::compare(
+            remote,
+            &item.target,
             &file,
-            &layout,
-            entry.size,
-            &remote_hashes,
-            &mut have,
+            layout,
+            candidates,
+            &early,
+            remote_task,
         )
-        .await?;
+        .await?
+        {
+            // The journal's blocks are checked end to end now: one the remote no longer
+            // holds travels again.
+            have.retain(|index, hash| found.remote_hashes.get(*index as usize) == Some(hash));
+            confirmed.extend(have.keys().copied());
+            confirmed.extend(found.same.keys().copied());
+            checked.extend(found.same.keys().copied());
+            have.extend(found.same);
+            pieces = found.pieces;
+        }
     }
-    let reused: u64 = have
-        .keys()
-        .map(|&index| u64::from(layout.len_of(index)))
-        .fold(0u64, u64::saturating_add);
+    let reused = item
+        .size
+        .saturating_sub(delta::bytes_needed(&layout, &have, &pieces));
     let needed: Vec<u64> = (0..layout.block_count())
         .filter(|index| !have.contains_key(index))
         .collect();
+    tracing::debug!(path = %item.path, reused, pieces = pieces.len(), "delta");
     context.reporter.file_started(&item.path, item.size, reused);
 
     let handle = remote.open_write(&item.target).await?;
@@ -289,18 +344,29 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
         &file,
         &layout,
         &needed,
+        &pieces,
         journal.as_mut(),
         &mut have,
     )
     .await;
     let synced = match sent {
-        Ok(()) => remote.sync(&handle).await,
+        Ok(checked_early) => {
+            // Blocks the remote hashed as they landed, equal to what was sent.
+            confirmed.extend(
+                checked_early
+                    .into_iter()
+                    .filter(|(index, hash)| have.get(index) == Some(hash))
+                    .map(|(index, _)| index),
+            );
+            remote.sync(&handle).await
+        }
         Err(error) => Err(error),
     };
     let closed = remote.close(handle).await;
     synced?;
     closed?;
 
+    tracing::debug!(path = %item.path, "sent");
     // Everything is written and synced: the real size (digests and checks cover exactly it).
     remote
         .set_attributes(
@@ -312,15 +378,17 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
         )
         .await?;
     // The remote hashes what it holds while the local file is read back; both are needed.
-    // An agent hashes every block (checked against what was sent, below); otherwise a
-    // whole-file digest where the remote has a tool for it.
+    // An agent hashes every block not yet confirmed (checked against what was sent, below);
+    // otherwise a whole-file digest where the remote has a tool for it.
     let by_blocks = remote.hashes_blocks();
     let want_digest =
         !by_blocks && context.options.remote_digest && item.size >= REMOTE_DIGEST_MIN_SIZE;
+    let unconfirmed: Vec<u64> = (0..layout.block_count())
+        .filter(|index| !confirmed.contains(index))
+        .collect();
     let remote_digest = async {
         if by_blocks {
-            return remote
-                .block_hashes(&item.target, &layout)
+            return delta::remote_hashes_of(remote, &item.target, &layout, &unconfirmed)
                 .await
                 .map(|hashes| hashes.map(RemoteCheck::Blocks));
         }
@@ -345,9 +413,12 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
             .map_err(|error| Error::local_io(format!("cannot reopen {}", item.source), error))?;
         let have = have.clone();
         let source = item.source.clone();
-        tokio::task::spawn_blocking(move || verify_file(&file, &layout, &have, wanted, &source))
+        tokio::task::spawn_blocking(move || {
+            verify_file(&file, &layout, &have, &checked, wanted, &source)
+        })
     };
     let (digest, verification) = tokio::join!(remote_digest, local_check);
+    tracing::debug!(path = %item.path, "checked");
     let verification = verification.map_err(|error| {
         Error::new(
             ErrorKind::LocalIo,
@@ -372,13 +443,9 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
         Some(RemoteCheck::Digest(RemoteDigest::Sha256(remote))) => {
             Some(remote) == verification.sha256
         }
-        Some(RemoteCheck::Blocks(hashes)) => {
-            hashes.len() as u64 == layout.block_count()
-                && hashes
-                    .iter()
-                    .enumerate()
-                    .all(|(index, hash)| have.get(&(index as u64)) == Some(hash))
-        }
+        Some(RemoteCheck::Blocks(hashes)) => unconfirmed
+            .iter()
+            .all(|index| hashes.contains_key(index) && hashes.get(index) == have.get(index)),
         None => true,
     };
     if !agrees {
@@ -415,11 +482,32 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
 /// What the remote says it holds once a file is written.
 enum RemoteCheck {
     Digest(RemoteDigest),
-    Blocks(Vec<BlockHash>),
+    Blocks(BTreeMap<u64, BlockHash>),
 }
 
+/// One block hashed by the remote: its index and the answer.
+type BlockCheck = (u64, Result<Option<Vec<BlockHash>>>);
+
+/// Keeps the remote's hash of one block, if it gave one.
+fn take_check(
+    checked: &mut BTreeMap<u64, BlockHash>,
+    joined: std::result::Result<BlockCheck, tokio::task::JoinError>,
+) {
+    if let Ok((index, Ok(Some(hashes)))) = joined
+        && let [hash] = hashes[..]
+    {
+        checked.insert(index, hash);
+    }
+}
+
+/// Block checks in flight while sending: the remote hashes a block as soon as all its writes
+/// are acknowledged, so the end-to-end check overlaps the transfer instead of following it.
+const CHECKS_IN_FLIGHT: usize = 16;
+
 /// Sends `needed` blocks with many writes in flight. Blocks acknowledged so far are synced on
-/// the remote and journaled even when this fails.
+/// the remote and journaled even when this fails. Where the remote hashes blocks, returns the
+/// remote's hashes of the blocks it could check while they were sent (never the last block:
+/// the file is one byte longer until it is verified); the others are checked afterwards.
 #[allow(clippy::too_many_arguments)]
 async fn send_blocks<R: Remote>(
     context: &Context<R>,
@@ -428,10 +516,14 @@ async fn send_blocks<R: Remote>(
     file: &File,
     layout: &BlockLayout,
     needed: &[u64],
+    pieces: &BTreeMap<u64, Vec<Range<u64>>>,
     mut journal: Option<&mut JournalFile>,
     have: &mut BTreeMap<u64, BlockHash>,
-) -> Result<()> {
+) -> Result<BTreeMap<u64, BlockHash>> {
     let chunk = u64::from(context.remote.max_io_size());
+    let check_early = context.remote.hashes_blocks();
+    let mut checks: JoinSet<BlockCheck> = JoinSet::new();
+    let mut checked = BTreeMap::new();
     let mut pending_blocks: VecDeque<u64> = needed.iter().copied().collect();
     let mut requests: VecDeque<(u64, u64, Vec<u8>)> = VecDeque::new();
     // Per block: its hash and how many bytes are still unacknowledged.
@@ -456,13 +548,19 @@ async fn send_blocks<R: Remote>(
                     file.read_exact_at(slice, range.start).map_err(|error| {
                         Error::local_io(format!("cannot read {}", item.source), error)
                     })?;
-                    outstanding.insert(index, (hash_block(slice), length as u64));
-                    for (position, piece) in slice.chunks(chunk as usize).enumerate() {
-                        requests.push_back((
-                            index,
-                            range.start + position as u64 * chunk,
-                            piece.to_vec(),
-                        ));
+                    // The whole block, or only its pieces that differ from the remote's bytes.
+                    let whole = [range.clone()];
+                    let ranges = pieces.get(&index).map_or(&whole[..], |ranges| &ranges[..]);
+                    outstanding.insert(index, (hash_block(slice), covered(ranges)));
+                    for part in ranges {
+                        let mut offset = part.start;
+                        while offset < part.end {
+                            let end = part.end.min(offset + chunk);
+                            let within =
+                                (offset - range.start) as usize..(end - range.start) as usize;
+                            requests.push_back((index, offset, slice[within].to_vec()));
+                            offset = end;
+                        }
                     }
                 }
                 let Some((index, offset, data)) = requests.pop_front() else {
@@ -495,6 +593,23 @@ async fn send_blocks<R: Remote>(
             if entry.1 == 0 {
                 let hash = entry.0;
                 outstanding.remove(&index);
+                while let Some(joined) = checks.try_join_next() {
+                    take_check(&mut checked, joined);
+                }
+                if check_early
+                    && index + 1 < layout.block_count()
+                    && checks.len() < CHECKS_IN_FLIGHT
+                {
+                    let remote = context.remote.clone();
+                    let path = item.target.clone();
+                    let layout = *layout;
+                    checks.spawn(async move {
+                        (
+                            index,
+                            remote.block_hashes(&path, &layout, index..index + 1).await,
+                        )
+                    });
+                }
                 unsynced.push((index, hash));
                 unsynced_bytes += u64::from(layout.len_of(index));
                 since_sync += u64::from(layout.len_of(index));
@@ -518,7 +633,11 @@ async fn send_blocks<R: Remote>(
     // link does not lose acknowledged writes; a crash of the server is caught by the size check
     // and the end-to-end digest).
     let recorded = record(journal, &mut unsynced, have);
-    outcome.and(recorded)
+    outcome.and(recorded)?;
+    while let Some(joined) = checks.join_next().await {
+        take_check(&mut checked, joined);
+    }
+    Ok(checked)
 }
 
 /// Journals acknowledged blocks (a local append and sync; the remote is not involved).

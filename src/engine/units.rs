@@ -13,6 +13,7 @@
 //! unchanged on both sides is skipped without reading any file data.
 
 use crate::blocks::record::{CompletionEntry, CompletionRecord, EntryKind as RecordKind};
+use crate::engine::early::EarlyHashes;
 use crate::engine::lanes::Lanes;
 use crate::engine::plan::{self, Action, Direction, Endpoints, Plan, PlanItem};
 use crate::engine::state::StateDir;
@@ -126,6 +127,30 @@ struct Shared {
     results: Mutex<Vec<(UnitReport, Summary)>>,
     /// The `-j` connection budget: one slot per running unit, the rest lent to large files.
     lanes: Arc<Lanes<Session>>,
+    /// Hashes of the single local file the command names, computed while connecting.
+    early: Option<Arc<EarlyHashes>>,
+}
+
+/// The one local file whose hashes a transfer will want first, if the command names one: the
+/// existing destination file of a pull (the path itself, or the remote name inside a local
+/// directory), the source file of a push.
+fn early_candidate(transfer: &Transfer) -> Option<PathBuf> {
+    let local = &transfer.local_path;
+    let metadata = std::fs::symlink_metadata(local).ok()?;
+    if metadata.is_file() {
+        return Some(local.clone());
+    }
+    if transfer.direction == Direction::Pull && metadata.is_dir() {
+        let name = transfer
+            .remote_path
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()?;
+        if !name.is_empty() && name != "." && name != ".." {
+            return Some(local.join(name));
+        }
+    }
+    None
 }
 
 /// Connects and opens the remote side (agent or SFTP). Why the agent is not used is said
@@ -154,6 +179,7 @@ pub async fn open_remote(
 /// Runs a whole transfer: discovers the units over a first connection, then runs them.
 pub async fn run(transfer: Transfer) -> Result<Summary> {
     let started = Instant::now();
+    let early = early_candidate(&transfer).and_then(|path| EarlyHashes::start(&path));
     let first = open_remote(
         &transfer.connector,
         &transfer.host,
@@ -169,6 +195,12 @@ pub async fn run(transfer: Transfer) -> Result<Summary> {
         Direction::Pull => discover_pull(&transfer, &*first).await?,
         Direction::Push => discover_push(&transfer, &*first).await?,
     };
+    // A single file that is mostly here already (a resume, or a delta) seldom needs more
+    // connections; if it does, it opens them when it knows.
+    let mostly_here = transfer.direction == Direction::Pull
+        && root.is_none()
+        && matches!((&destination, units.first()), (Some(destination), Some(unit))
+            if single_file_mostly_here(&*first, &transfer.remote_path, destination, unit).await);
     let budget = transfer.options.jobs.clamp(1, 64);
     let jobs = budget.min(units.len().max(1));
     let lanes = {
@@ -194,10 +226,11 @@ pub async fn run(transfer: Transfer) -> Result<Summary> {
         queue: Mutex::new(units.into_iter().collect()),
         results: Mutex::new(Vec::new()),
         lanes,
+        early,
     });
     // Slots no unit will use are lent to large files; on a far link their connections take
     // seconds to come up, so they are opened now, while the first files are planned.
-    if shared.transfer.direction == Direction::Pull && budget > jobs {
+    if shared.transfer.direction == Direction::Pull && budget > jobs && !mostly_here {
         for _ in jobs..budget {
             let lanes = shared.lanes.clone();
             tokio::spawn(async move { drop(lanes.borrow_one().await) });
@@ -351,6 +384,22 @@ async fn push_root<R: Remote>(transfer: &Transfer, remote: &R) -> Result<String>
         return Ok(remote::join(&transfer.remote_path, name));
     }
     Ok(transfer.remote_path.clone())
+}
+
+/// Whether the remote file `path` is already at least half here, in the unit's local file.
+async fn single_file_mostly_here<R: Remote>(
+    remote: &R,
+    path: &str,
+    destination: &Destination,
+    unit: &Unit,
+) -> bool {
+    let Ok(Some(local)) = destination.metadata(&unit.relative) else {
+        return false;
+    };
+    match remote.stat(path, true).await {
+        Ok(Some(entry)) => local.size >= entry.size / 2,
+        _ => false,
+    }
 }
 
 type Discovery = (Vec<Unit>, Option<Arc<Destination>>, Option<(u32, i64)>);
@@ -675,6 +724,7 @@ async fn attempt_unit(
                 transfer.reporter.clone(),
                 transfer.options.engine,
                 Some(shared.lanes.clone()),
+                shared.early.clone(),
             )
             .await
         }
@@ -686,6 +736,7 @@ async fn attempt_unit(
                 shared.endpoints.clone(),
                 transfer.reporter.clone(),
                 transfer.options.engine,
+                shared.early.clone(),
             )
             .await
         }

@@ -2,9 +2,9 @@
 //! decide whether a file counts as done.
 
 use crate::blocks::{BlockHash, BlockLayout, FileHasher, hash_block};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use sha2::Digest;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
@@ -88,27 +88,32 @@ pub fn hash_blocks_parallel(
     })
 }
 
-/// Reads the whole file back: compares every block with `expected` and computes the
-/// whole-file digests asked for, on a second thread so the two passes overlap. `display` names
-/// the file in errors.
+/// Reads the file back: compares every block with `expected` and computes the whole-file
+/// digests asked for, on a second thread so the two passes overlap. Without whole-file digests,
+/// blocks in `checked` (their bytes on disk were read and found equal to `expected` earlier in
+/// this run: kept from a journal, or equal on both sides of a delta) are not read again.
+/// `display` names the file in errors.
 pub fn verify_file(
     file: &File,
     layout: &BlockLayout,
     expected: &BTreeMap<u64, BlockHash>,
+    checked: &BTreeSet<u64>,
     digests: WholeFileDigests,
     display: &str,
 ) -> Result<Verification> {
     if !digests.blake3 && !digests.sha256 {
         // Only the block check: spread it over the cores.
-        let all: Vec<u64> = (0..layout.block_count()).collect();
-        let on_disk = hash_blocks_parallel(file, layout, &all);
-        if on_disk.len() as u64 != layout.block_count() {
+        let unchecked: Vec<u64> = (0..layout.block_count())
+            .filter(|index| !checked.contains(index))
+            .collect();
+        let on_disk = hash_blocks_parallel(file, layout, &unchecked);
+        if on_disk.len() != unchecked.len() {
             return Err(Error::new(
                 crate::ErrorKind::LocalIo,
                 format!("cannot read back {display}: it is shorter than it should be"),
             ));
         }
-        let mismatched = all
+        let mismatched = unchecked
             .into_iter()
             .filter(|index| expected.get(index) != on_disk.get(index))
             .collect();
@@ -169,42 +174,4 @@ pub fn verify_file(
             sha256,
         })
     })
-}
-
-/// The delta, both ways: every block wholly inside the first `existing_length` bytes (of the
-/// file that already holds data on the destination side) whose local bytes hash to the
-/// remote's hash of that block joins `have`, and does not travel.
-pub async fn reuse_matching_blocks(
-    file: &File,
-    layout: &BlockLayout,
-    existing_length: u64,
-    remote: &[BlockHash],
-    have: &mut BTreeMap<u64, BlockHash>,
-) -> Result<()> {
-    let candidates: Vec<u64> = (0..layout.block_count())
-        .filter(|&index| !have.contains_key(&index) && layout.range(index).end <= existing_length)
-        .filter(|&index| (index as usize) < remote.len())
-        .collect();
-    if candidates.is_empty() {
-        return Ok(());
-    }
-    let file = file
-        .try_clone()
-        .map_err(|error| Error::local_io("cannot reopen a local file", error))?;
-    let layout = *layout;
-    let local =
-        tokio::task::spawn_blocking(move || hash_blocks_parallel(&file, &layout, &candidates))
-            .await
-            .map_err(|error| {
-                Error::new(
-                    ErrorKind::LocalIo,
-                    format!("a hashing task failed: {error}"),
-                )
-            })?;
-    for (index, hash) in local {
-        if remote.get(index as usize) == Some(&hash) {
-            have.insert(index, hash);
-        }
-    }
-    Ok(())
 }

@@ -236,10 +236,12 @@ impl Remote for AgentRemote {
         &self,
         path: &str,
         layout: &BlockLayout,
+        blocks: std::ops::Range<u64>,
     ) -> Result<Option<Vec<BlockHash>>> {
-        let count = layout.block_count();
-        let mut hashes = Vec::with_capacity(count.min(HASHES_PER_REQUEST) as usize);
-        let mut first = 0u64;
+        let count = blocks.end.min(layout.block_count());
+        let mut first = blocks.start;
+        let mut hashes =
+            Vec::with_capacity(count.saturating_sub(first).min(HASHES_PER_REQUEST) as usize);
         while first < count {
             let asked = (count - first).min(HASHES_PER_REQUEST);
             let batch = self

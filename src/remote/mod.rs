@@ -132,15 +132,17 @@ pub trait Remote: Send + Sync + 'static {
         false
     }
 
-    /// The [`crate::blocks::hash_block`] hash of every block of the file at `path` as `layout`
-    /// cuts it (the last block may be short; blocks past the file's end are missing from the
-    /// answer), computed on the remote; None where the remote cannot.
+    /// The [`crate::blocks::hash_block`] hashes of the blocks `blocks` of the file at `path`
+    /// as `layout` cuts it (the last block may be short; blocks past the file's end are
+    /// missing from the answer, which then ends early), computed on the remote; None where the
+    /// remote cannot.
     fn block_hashes(
         &self,
         path: &str,
         layout: &BlockLayout,
+        blocks: std::ops::Range<u64>,
     ) -> impl Future<Output = Result<Option<Vec<BlockHash>>>> + Send {
-        let _ = (path, layout);
+        let _ = (path, layout, blocks);
         async { Ok(None) }
     }
 

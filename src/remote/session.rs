@@ -191,8 +191,9 @@ impl Remote for Session {
         &self,
         path: &str,
         layout: &BlockLayout,
+        blocks: std::ops::Range<u64>,
     ) -> Result<Option<Vec<BlockHash>>> {
-        both!(self, remote => remote.block_hashes(path, layout).await)
+        both!(self, remote => remote.block_hashes(path, layout, blocks).await)
     }
 
     async fn read_small(&self, path: &str, max_length: u32) -> Result<Option<Vec<u8>>> {

@@ -1,0 +1,175 @@
+//! Hashing the local copy of a single large file while the connection comes up.
+//!
+//! A delta or a resume of one large file starts by hashing its local copy, a full pass over
+//! the data, and connecting (TCP, SSH, the remote agent) takes a quarter of a second or more
+//! during which the CPU waits. So when the command names one local file that exists (the
+//! destination of a pull, the source of a push), its blocks are hashed at once on blocking
+//! threads, and the transfer uses those hashes only if the file it opens is that same file,
+//! unchanged: same device, inode, size, mtime and ctime before and after the hashing. Otherwise
+//! they are dropped and the file is hashed as usual; they never decide anything a fresh hash
+//! would not.
+
+use crate::blocks::{BlockHash, BlockLayout, DEFAULT_BLOCK_SIZE};
+use crate::engine::verify::hash_blocks_parallel;
+use std::collections::BTreeMap;
+use std::fs::{File, Metadata};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// Below this a file is hashed in a few milliseconds when needed: not worth guessing.
+pub const EARLY_MIN_SIZE: u64 = 16 << 20;
+
+/// What identifies a file and its content without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Identity {
+    device: u64,
+    inode: u64,
+    size: u64,
+    modified: (i64, i64),
+    changed: (i64, i64),
+}
+
+impl Identity {
+    fn of(metadata: &Metadata) -> Self {
+        Identity {
+            device: metadata.dev(),
+            inode: metadata.ino(),
+            size: metadata.size(),
+            modified: (metadata.mtime(), metadata.mtime_nsec()),
+            changed: (metadata.ctime(), metadata.ctime_nsec()),
+        }
+    }
+}
+
+type Hashes = Option<Arc<BTreeMap<u64, BlockHash>>>;
+
+/// The block hashes of one local file, being computed.
+pub struct EarlyHashes {
+    identity: Identity,
+    layout: BlockLayout,
+    task: Mutex<Option<tokio::task::JoinHandle<Hashes>>>,
+    done: tokio::sync::OnceCell<Hashes>,
+}
+
+impl EarlyHashes {
+    /// Starts hashing `path` if it is a regular file (never through a symlink) of at least
+    /// [`EARLY_MIN_SIZE`] bytes. Must run inside a tokio runtime.
+    pub fn start(path: &Path) -> Option<Arc<EarlyHashes>> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+            .open(path)
+            .ok()?;
+        let metadata = file.metadata().ok()?;
+        if !metadata.is_file() || metadata.len() < EARLY_MIN_SIZE {
+            return None;
+        }
+        let identity = Identity::of(&metadata);
+        let layout = BlockLayout::new(metadata.len(), DEFAULT_BLOCK_SIZE).ok()?;
+        let task = tokio::task::spawn_blocking(move || {
+            let all: Vec<u64> = (0..layout.block_count()).collect();
+            let hashes = hash_blocks_parallel(&file, &layout, &all);
+            let after = file.metadata().ok().map(|metadata| Identity::of(&metadata));
+            (after == Some(identity) && hashes.len() == all.len()).then(|| Arc::new(hashes))
+        });
+        tracing::debug!(path = %path.display(), "hashing the local file while connecting");
+        Some(Arc::new(EarlyHashes {
+            identity,
+            layout,
+            task: Mutex::new(Some(task)),
+            done: tokio::sync::OnceCell::new(),
+        }))
+    }
+
+    /// The hashes, if `file` (as the transfer opened it, before changing it) is the file
+    /// hashed and it did not change while hashed; keyed by block in `layout`, only for blocks
+    /// cut the same way in both layouts (the last block of a file whose size changed is not).
+    pub async fn for_file(&self, file: &File, layout: &BlockLayout) -> BTreeMap<u64, BlockHash> {
+        let same_file = file
+            .metadata()
+            .is_ok_and(|metadata| Identity::of(&metadata) == self.identity);
+        if !same_file || layout.block_size() != self.layout.block_size() {
+            return BTreeMap::new();
+        }
+        let hashes = self
+            .done
+            .get_or_init(|| async {
+                let task = self.task.lock().ok().and_then(|mut task| task.take());
+                match task {
+                    Some(task) => task.await.ok().flatten(),
+                    None => None,
+                }
+            })
+            .await;
+        let Some(hashes) = hashes else {
+            return BTreeMap::new();
+        };
+        hashes
+            .iter()
+            .filter(|&(&index, _)| {
+                layout.contains(index) && layout.range(index) == self.layout.range(index)
+            })
+            .map(|(&index, hash)| (index, *hash))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::verify::hash_blocks;
+
+    use std::io::Write;
+
+    fn file_of(size: usize) -> (tempfile::TempDir, std::path::PathBuf) {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let path = directory.path().join("data");
+        let mut file = File::create(&path).expect("create");
+        let data: Vec<u8> = (0..size).map(|index| (index * 7 % 251) as u8).collect();
+        file.write_all(&data).expect("write");
+        (directory, path)
+    }
+
+    #[tokio::test]
+    async fn hashes_are_those_of_the_same_unchanged_file() {
+        let size = EARLY_MIN_SIZE as usize + 12345;
+        let (_directory, path) = file_of(size);
+        let early = EarlyHashes::start(&path).expect("started");
+        let file = File::open(&path).expect("open");
+        let layout = BlockLayout::new(size as u64, DEFAULT_BLOCK_SIZE).expect("layout");
+        let all: Vec<u64> = (0..layout.block_count()).collect();
+        let expected = hash_blocks(&file, &layout, all.iter().copied());
+        assert_eq!(early.for_file(&file, &layout).await, expected);
+        // Another size cuts the last block differently: that block is left out.
+        let longer = BlockLayout::new(size as u64 + 10, DEFAULT_BLOCK_SIZE).expect("layout");
+        let hashes = early.for_file(&file, &longer).await;
+        assert_eq!(hashes.len() as u64, layout.block_count() - 1);
+    }
+
+    #[tokio::test]
+    async fn a_changed_or_other_file_gets_nothing() {
+        let size = EARLY_MIN_SIZE as usize;
+        let (_directory, path) = file_of(size);
+        let early = EarlyHashes::start(&path).expect("started");
+        let layout = BlockLayout::new(size as u64, DEFAULT_BLOCK_SIZE).expect("layout");
+        let (_other_directory, other) = file_of(size);
+        let other = File::open(&other).expect("open");
+        assert!(early.for_file(&other, &layout).await.is_empty());
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open");
+        file.set_len(size as u64 + 1).expect("grow");
+        assert!(early.for_file(&file, &layout).await.is_empty());
+    }
+
+    #[test]
+    fn small_files_and_directories_are_not_hashed() {
+        let (directory, path) = file_of(4096);
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let _guard = runtime.enter();
+        assert!(EarlyHashes::start(&path).is_none());
+        assert!(EarlyHashes::start(directory.path()).is_none());
+    }
+}
