@@ -15,7 +15,7 @@ use crate::engine::early::EarlyHashes;
 use crate::engine::lanes::{Lane, Lanes, wanted_for};
 use crate::engine::plan::{Action, Endpoints, Plan, PlanItem, journal_header};
 use crate::engine::state::{JournalFile, StateDir};
-use crate::engine::verify::{WholeFileDigests, hash_blocks, verify_file};
+use crate::engine::verify::{WholeFileDigests, hash_blocks, hash_blocks_parallel, verify_file};
 use crate::engine::{
     FileTotals, ItemError, Options, REMOTE_DIGEST_MIN_SIZE, SYNC_INTERVAL, Summary, below_any,
     starting_summary, transfer_files,
@@ -302,6 +302,7 @@ async fn pull_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
             &pieces,
             journal.as_mut(),
             &mut have,
+            &mut checked,
         )
         .await?;
     }
@@ -432,7 +433,18 @@ async fn fetch_small<R: Remote>(
     // One byte more than the size, so a file that grew is told from one that did not.
     let asked = u32::try_from(item.size.saturating_add(1)).unwrap_or(u32::MAX);
     let Some(data) = context.remote.read_small(&item.source, asked).await? else {
-        return fetch_large(context, item, file, layout, &BTreeMap::new(), None, have).await;
+        let mut checked = BTreeSet::new();
+        return fetch_large(
+            context,
+            item,
+            file,
+            layout,
+            &BTreeMap::new(),
+            None,
+            have,
+            &mut checked,
+        )
+        .await;
     };
     if data.len() as u64 != item.size {
         return Err(Error::remote(format!(
@@ -453,6 +465,7 @@ async fn fetch_small<R: Remote>(
 
 /// Opens the remote file, fetches the blocks `have` lacks, and checks the file ends where its
 /// size said.
+#[allow(clippy::too_many_arguments)]
 async fn fetch_large<R: Remote>(
     context: &Context<R>,
     item: &PlanItem,
@@ -461,6 +474,7 @@ async fn fetch_large<R: Remote>(
     pieces: &BTreeMap<u64, Vec<Range<u64>>>,
     journal: Option<&mut JournalFile>,
     have: &mut BTreeMap<u64, BlockHash>,
+    checked: &mut BTreeSet<u64>,
 ) -> Result<()> {
     let handle = context.remote.open_read(&item.source).await?;
     // The size was a promise: more bytes past it means the stat lied or the file grew. Asked
@@ -517,6 +531,7 @@ async fn fetch_large<R: Remote>(
         pieces,
         journal,
         have,
+        checked,
     )
     .await;
     if let Some(task) = lanes_task {
@@ -591,6 +606,7 @@ async fn fetch_blocks<R: Remote>(
     pieces: &BTreeMap<u64, Vec<Range<u64>>>,
     mut journal: Option<&mut JournalFile>,
     have: &mut BTreeMap<u64, BlockHash>,
+    checked: &mut BTreeSet<u64>,
 ) -> Result<()> {
     let chunk = u64::from(primary.0.max_io_size());
     let per_connection = context.options.requests_for(chunk as u32);
@@ -605,7 +621,7 @@ async fn fetch_blocks<R: Remote>(
     let mut in_flight: JoinSet<ReadDone> = JoinSet::new();
     let mut assemblies: HashMap<u64, Assembly> = HashMap::new();
     let mut spare: Vec<Vec<u8>> = Vec::new();
-    let mut unsynced: Vec<(u64, BlockHash)> = Vec::new();
+    let mut unsynced: Vec<(u64, Option<BlockHash>)> = Vec::new();
     let mut unsynced_bytes = 0u64;
     let label = context.remote.label().to_string();
     let display = || format!("{label} {}", item.source);
@@ -742,7 +758,9 @@ async fn fetch_blocks<R: Remote>(
             }
             if assembly.filled == assembly.data.len() {
                 let Some(assembly) = assemblies.remove(&index) else { continue };
-                let hash = hash_block(&assembly.data);
+                // The hash of what arrived, to check the read-back against; with an agent the
+                // remote's own block hashes are that reference, and this pass is saved.
+                let hash = (!context.remote.hashes_blocks()).then(|| hash_block(&assembly.data));
                 // Only what arrived is written: the kept pieces are on disk already.
                 let whole = [range.clone()];
                 let written = pieces.get(&index).map_or(&whole[..], |ranges| &ranges[..]);
@@ -756,7 +774,7 @@ async fn fetch_blocks<R: Remote>(
                 unsynced.push((index, hash));
                 spare.push(assembly.data);
                 if unsynced_bytes >= SYNC_INTERVAL {
-                    commit(file, journal.as_deref_mut(), &mut unsynced, have, item)?;
+                    commit(file, layout, journal.as_deref_mut(), &mut unsynced, have, checked, item)?;
                     unsynced_bytes = 0;
                 }
             }
@@ -773,26 +791,59 @@ async fn fetch_blocks<R: Remote>(
     }
     drop(borrowed);
     // Keep every whole block written so far, whatever happened.
-    let committed = commit(file, journal, &mut unsynced, have, item);
+    let committed = commit(file, layout, journal, &mut unsynced, have, checked, item);
     outcome.and(committed)
 }
 
-/// Makes written blocks durable, then records them.
+/// Makes written blocks durable, reads them back and records them: the hash read back is the
+/// one journaled and compared with the remote's, and must equal the hash of what arrived when
+/// that was computed. A block that reads back differently is not recorded (it is fetched
+/// again on the next attempt) and fails the file.
+#[allow(clippy::too_many_arguments)]
 fn commit(
     file: &File,
+    layout: &BlockLayout,
     journal: Option<&mut JournalFile>,
-    unsynced: &mut Vec<(u64, BlockHash)>,
+    unsynced: &mut Vec<(u64, Option<BlockHash>)>,
     have: &mut BTreeMap<u64, BlockHash>,
+    checked: &mut BTreeSet<u64>,
     item: &PlanItem,
 ) -> Result<()> {
     if unsynced.is_empty() {
         return Ok(());
     }
-    if let Some(journal) = journal {
+    if journal.is_some() {
         file.sync_data()
             .map_err(|error| Error::local_io(format!("cannot sync {}", item.target), error))?;
-        journal.append(unsynced)?;
     }
-    have.extend(unsynced.drain(..));
-    Ok(())
+    let indices: Vec<u64> = unsynced.iter().map(|(index, _)| *index).collect();
+    let on_disk = hash_blocks_parallel(file, layout, &indices);
+    let mut verified = Vec::with_capacity(unsynced.len());
+    let mut differing = None;
+    for (index, expected) in unsynced.drain(..) {
+        match on_disk.get(&index) {
+            Some(hash) if expected.is_none_or(|expected| expected == *hash) => {
+                verified.push((index, *hash));
+            }
+            _ => differing = differing.or(Some(index)),
+        }
+    }
+    if let Some(journal) = journal {
+        journal.append(&verified)?;
+    }
+    checked.extend(verified.iter().map(|(index, _)| *index));
+    have.extend(verified);
+    match differing {
+        Some(index) => Err(Error::new(
+            ErrorKind::LocalIo,
+            format!(
+                "{}: the block at offset {} read back differs from what was written; the disk or another program changed the file",
+                item.target,
+                layout.range(index).start
+            ),
+        )
+        .with_hint("re-run the same command to fetch it again")
+        .transient(true)),
+        None => Ok(()),
+    }
 }
