@@ -35,7 +35,9 @@ echo "# xfer compared with scp, sftp and rsync ($(date -u +%Y-%m-%d), $(nproc) c
 echo
 echo "## Pull (baseline.sh, every tool on the same data in one run)"
 echo
-XFER="$xfer pull -F {config} bench:{src} {dst}" "$bench/baseline.sh" "$@"
+# --retries 0: the resume scenario's first run goes through a proxy that kills the link at half
+# the file and refuses every later connection; like the other tools, xfer must stop there.
+XFER="$xfer pull --retries 0 -F {config} bench:{src} {dst}" "$bench/baseline.sh" "$@"
 
 # Push: the same data uploaded by each tool, timed with a shell loop (median of REPS).
 echo
