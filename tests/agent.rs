@@ -409,6 +409,16 @@ fn run_via(setup: &Setup, config: &Path, arguments: &[&str]) -> Output {
     run_with_timeout(&mut command, LIMIT)
 }
 
+/// Runs xfer through the counting proxy from zero, expecting success through the agent;
+/// returns its output and the bytes it put on the wire.
+fn counted_run(setup: &Setup, proxy: &Proxy, config: &Path, arguments: &[&str]) -> (Output, u64) {
+    proxy.reset_counters();
+    let output = run_via(setup, config, arguments);
+    assert_success(&output);
+    assert_no_fallback(&output);
+    (output, proxy.bytes_total())
+}
+
 #[test]
 fn a_delta_pull_moves_only_the_changed_blocks() {
     let setup = setup();
@@ -426,17 +436,14 @@ fn a_delta_pull_moves_only_the_changed_blocks() {
 
     // Three blocks change on the remote (the last, short one among them).
     rewrite_blocks(&source, &[3, 20, 48], 99);
-    proxy.reset_counters();
-    let output = run_via(
+    let (output, wire) = counted_run(
         &setup,
+        &proxy,
         &config,
         &["pull", "--json", &remote, copy.to_str().unwrap()],
     );
-    assert_success(&output);
-    assert_no_fallback(&output);
     assert_eq!(fs::read(&source).unwrap(), fs::read(&copy).unwrap());
     let changed = (2 * BLOCK + 1234) as u64;
-    let wire = proxy.bytes_total();
     assert!(
         wire < changed + 512 * 1024,
         "{wire} bytes on the wire for {changed} changed"
@@ -531,17 +538,14 @@ fn small_edits_move_only_the_pieces_they_touch_both_ways() {
         &["pull", &remote, copy.to_str().unwrap()],
     ));
     let pieces = edit_pieces(&source);
-    proxy.reset_counters();
-    let output = run_via(
+    let (output, wire) = counted_run(
         &setup,
+        &proxy,
         &config,
         &["pull", "--json", &remote, copy.to_str().unwrap()],
     );
-    assert_success(&output);
-    assert_no_fallback(&output);
     assert_eq!(fs::read(&source).unwrap(), fs::read(&copy).unwrap());
     assert_eq!(summary(&output)["bytes_moved"], pieces);
-    let wire = proxy.bytes_total();
     assert!(
         wire < pieces + 256 * 1024,
         "{wire} bytes on the wire for {pieces} in pieces"
@@ -558,17 +562,14 @@ fn small_edits_move_only_the_pieces_they_touch_both_ways() {
         &["push", local.to_str().unwrap(), &remote],
     ));
     let pieces = edit_pieces(&local);
-    proxy.reset_counters();
-    let output = run_via(
+    let (output, wire) = counted_run(
         &setup,
+        &proxy,
         &config,
         &["push", "--json", local.to_str().unwrap(), &remote],
     );
-    assert_success(&output);
-    assert_no_fallback(&output);
     assert_eq!(fs::read(&local).unwrap(), fs::read(&target).unwrap());
     assert_eq!(summary(&output)["bytes_moved"], pieces);
-    let wire = proxy.bytes_total();
     assert!(
         wire < pieces + 256 * 1024,
         "{wire} bytes on the wire for {pieces} in pieces"

@@ -15,7 +15,7 @@ use crate::engine::early::EarlyHashes;
 use crate::engine::lanes::{Lane, Lanes, wanted_for};
 use crate::engine::plan::{Action, Endpoints, Plan, PlanItem, journal_header};
 use crate::engine::state::{JournalFile, StateDir};
-use crate::engine::verify::{WholeFileDigests, hash_blocks, hash_blocks_parallel, verify_file};
+use crate::engine::verify::{WholeFileDigests, hash_blocks_parallel, still_matching, verify_file};
 use crate::engine::{
     FileTotals, ItemError, Options, REMOTE_DIGEST_MIN_SIZE, SYNC_INTERVAL, Summary, below_any,
     starting_summary, transfer_files,
@@ -223,23 +223,7 @@ async fn pull_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
     ensure_room(&file, incomplete_size, &display)?;
     destination.set_len(&file, &relative, incomplete_size)?;
     // Trust a recorded block only if its bytes on disk still hash to what was recorded.
-    let mut on_disk = hash_blocks(
-        &file,
-        &layout,
-        recorded
-            .keys()
-            .copied()
-            .filter(|index| !early.contains_key(index)),
-    );
-    on_disk.extend(
-        recorded
-            .keys()
-            .filter_map(|index| early.get(index).map(|hash| (*index, *hash))),
-    );
-    let mut have: BTreeMap<u64, BlockHash> = recorded
-        .into_iter()
-        .filter(|(index, hash)| on_disk.get(index) == Some(hash))
-        .collect();
+    let mut have = still_matching(&file, &layout, recorded, &early);
     // Blocks whose bytes on disk were read and found good in this run: not read back again.
     let mut checked: BTreeSet<u64> = have.keys().copied().collect();
     // An agent hashes every block where the data is: that finds the blocks (and the pieces of

@@ -15,7 +15,7 @@ use crate::engine::delta;
 use crate::engine::early::EarlyHashes;
 use crate::engine::plan::{Action, Direction, Endpoints, Plan, PlanItem, journal_header};
 use crate::engine::state::{JournalFile, StateDir};
-use crate::engine::verify::{WholeFileDigests, buffer_size, hash_blocks, verify_file};
+use crate::engine::verify::{WholeFileDigests, buffer_size, still_matching, verify_file};
 use crate::engine::{
     FileTotals, ItemError, JOURNAL_INTERVAL, Options, REMOTE_DIGEST_MIN_SIZE, SYNC_INTERVAL,
     Summary, below_any, starting_summary, transfer_files,
@@ -254,23 +254,7 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
             && entry.size == crate::engine::plan::size_while_incomplete(item.size)
     });
     let mut have: BTreeMap<u64, BlockHash> = if remote_intact && !recorded.is_empty() {
-        let mut local = hash_blocks(
-            &file,
-            &layout,
-            recorded
-                .keys()
-                .copied()
-                .filter(|index| !early.contains_key(index)),
-        );
-        local.extend(
-            recorded
-                .keys()
-                .filter_map(|index| early.get(index).map(|hash| (*index, *hash))),
-        );
-        recorded
-            .into_iter()
-            .filter(|(index, hash)| local.get(index) == Some(hash))
-            .collect()
+        still_matching(&file, &layout, recorded, &early)
     } else {
         BTreeMap::new()
     };

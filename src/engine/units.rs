@@ -191,16 +191,10 @@ pub async fn run(transfer: Transfer) -> Result<Summary> {
     let endpoints = Endpoints {
         remote_id: format!("{}@{}:{}", config.user, config.hostname, config.port),
     };
-    let (units, destination, root) = match transfer.direction {
+    let (units, destination, root, mostly_here) = match transfer.direction {
         Direction::Pull => discover_pull(&transfer, &*first).await?,
         Direction::Push => discover_push(&transfer, &*first).await?,
     };
-    // A single file that is mostly here already (a resume, or a delta) seldom needs more
-    // connections; if it does, it opens them when it knows.
-    let mostly_here = transfer.direction == Direction::Pull
-        && root.is_none()
-        && matches!((&destination, units.first()), (Some(destination), Some(unit))
-            if single_file_mostly_here(&*first, &transfer.remote_path, destination, unit).await);
     let budget = transfer.options.jobs.clamp(1, 64);
     let jobs = budget.min(units.len().max(1));
     let lanes = {
@@ -386,23 +380,15 @@ async fn push_root<R: Remote>(transfer: &Transfer, remote: &R) -> Result<String>
     Ok(transfer.remote_path.clone())
 }
 
-/// Whether the remote file `path` is already at least half here, in the unit's local file.
-async fn single_file_mostly_here<R: Remote>(
-    remote: &R,
-    path: &str,
-    destination: &Destination,
-    unit: &Unit,
-) -> bool {
-    let Ok(Some(local)) = destination.metadata(&unit.relative) else {
-        return false;
-    };
-    match remote.stat(path, true).await {
-        Ok(Some(entry)) => local.size >= entry.size / 2,
-        _ => false,
-    }
-}
-
-type Discovery = (Vec<Unit>, Option<Arc<Destination>>, Option<(u32, i64)>);
+/// The units, the local destination (pull), the remote root directory's mode and mtime, and
+/// whether the transfer is a single file already at least half here (a resume or a delta,
+/// which seldom needs extra connections; if it does, it opens them when it knows).
+type Discovery = (
+    Vec<Unit>,
+    Option<Arc<Destination>>,
+    Option<(u32, i64)>,
+    bool,
+);
 
 async fn discover_pull<R: Remote>(transfer: &Transfer, remote: &R) -> Result<Discovery> {
     let path = &transfer.remote_path;
@@ -423,7 +409,12 @@ async fn discover_pull<R: Remote>(transfer: &Transfer, remote: &R) -> Result<Dis
         listed_directory: false,
     };
     if root.kind != EntryKind::Directory {
-        return Ok((vec![top], Some(destination), None));
+        let mostly_here = destination
+            .metadata(&top.relative)
+            .ok()
+            .flatten()
+            .is_some_and(|local| local.size >= root.size / 2);
+        return Ok((vec![top], Some(destination), None, mostly_here));
     }
     let mut units = vec![top];
     let mut children = remote.list(path).await?;
@@ -448,7 +439,12 @@ async fn discover_pull<R: Remote>(transfer: &Transfer, remote: &R) -> Result<Dis
             listed_directory: true,
         });
     }
-    Ok((units, Some(destination), Some((root.mode, root.mtime))))
+    Ok((
+        units,
+        Some(destination),
+        Some((root.mode, root.mtime)),
+        false,
+    ))
 }
 
 async fn discover_push<R: Remote>(transfer: &Transfer, remote: &R) -> Result<Discovery> {
@@ -465,7 +461,7 @@ async fn discover_push<R: Remote>(transfer: &Transfer, remote: &R) -> Result<Dis
         listed_directory: false,
     };
     if !metadata.is_dir() {
-        return Ok((vec![top], None, None));
+        return Ok((vec![top], None, None, false));
     }
     let mut units = vec![top];
     let mut entries: Vec<_> = std::fs::read_dir(source)
@@ -498,6 +494,7 @@ async fn discover_push<R: Remote>(transfer: &Transfer, remote: &R) -> Result<Dis
         units,
         None,
         Some((metadata.mode() & 0o7777, metadata.mtime())),
+        false,
     ))
 }
 

@@ -57,6 +57,34 @@ pub fn hash_blocks(
     hashes
 }
 
+/// The blocks of `recorded` (a journal's) whose bytes in `file` still hash to what was
+/// recorded; hashes in `known` (read from this same file earlier in the run) stand in for
+/// reading those blocks again.
+pub fn still_matching(
+    file: &File,
+    layout: &BlockLayout,
+    recorded: BTreeMap<u64, BlockHash>,
+    known: &BTreeMap<u64, BlockHash>,
+) -> BTreeMap<u64, BlockHash> {
+    let mut on_disk = hash_blocks(
+        file,
+        layout,
+        recorded
+            .keys()
+            .copied()
+            .filter(|index| !known.contains_key(index)),
+    );
+    on_disk.extend(
+        recorded
+            .keys()
+            .filter_map(|index| known.get(index).map(|hash| (*index, *hash))),
+    );
+    recorded
+        .into_iter()
+        .filter(|(index, hash)| on_disk.get(index) == Some(hash))
+        .collect()
+}
+
 /// Reads and hashes the blocks `which` of `file` on several threads (files are large and the
 /// blocks independent); a block that cannot be read whole is left out.
 pub fn hash_blocks_parallel(
