@@ -55,9 +55,11 @@ impl Default for Options {
     }
 }
 
-/// Bytes of reads or writes in flight on one connection: enough for a 100 ms link at 80 MB/s,
-/// little to lose when a link drops, and well under the memory bound.
-pub const BYTES_IN_FLIGHT: u64 = 8 << 20;
+/// Bytes of reads or writes in flight on one connection: enough for a 100 ms link at 40 MB/s
+/// per connection (a large file spreads over `-j` of them), little to lose when a link drops,
+/// and four connections' worth stays well under the 64 MiB memory bound (each reply may sit
+/// once in the SSH layer and once decoded).
+pub const BYTES_IN_FLIGHT: u64 = 4 << 20;
 
 impl Options {
     /// Requests in flight on one connection whose requests carry `io_size` bytes each.

@@ -709,58 +709,61 @@ async fn fetch_blocks<R: Remote>(
                 .with_hint("re-run the same command once the file stops changing"));
             }
             let range = layout.range(index);
-            let assembly = match assemblies.entry(index) {
-                std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
-                std::collections::hash_map::Entry::Vacant(entry) => {
-                    // Reuse a finished block's buffer: no allocation or zeroing per block.
-                    let mut data = spare.pop().unwrap_or_default();
-                    data.resize((range.end - range.start) as usize, 0);
-                    let mut filled = 0;
-                    if let Some(ranges) = pieces.get(&index) {
-                        // Only some pieces travel: the rest of the block is the local bytes.
-                        file.read_exact_at(&mut data, range.start).map_err(|error| {
-                            Error::local_io(format!("cannot read {}", item.target), error)
-                        })?;
-                        filled = data
-                            .len()
-                            .saturating_sub(crate::blocks::delta::covered(ranges) as usize);
+            // A read that is the whole block (the agent's reads are) is the block itself: no
+            // assembly buffer and no copy.
+            let whole_read = offset == range.start
+                && data.len() as u64 == range.end - range.start
+                && !pieces.contains_key(&index)
+                && !assemblies.contains_key(&index);
+            if whole_read {
+                context.reporter.bytes_moved(&item.path, data.len() as u64);
+                let hashes = context.remote.hashes_blocks();
+                let queue = (&mut unsynced, &mut unsynced_bytes);
+                write_block(file, item, layout, index, &data, None, queue, hashes)?;
+            } else {
+                let assembly = match assemblies.entry(index) {
+                    std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(entry) => {
+                        // Reuse a finished block's buffer: no allocation or zeroing per block.
+                        let mut data = spare.pop().unwrap_or_default();
+                        data.resize((range.end - range.start) as usize, 0);
+                        let mut filled = 0;
+                        if let Some(ranges) = pieces.get(&index) {
+                            // Only some pieces travel: the rest of the block is the local bytes.
+                            file.read_exact_at(&mut data, range.start).map_err(|error| {
+                                Error::local_io(format!("cannot read {}", item.target), error)
+                            })?;
+                            filled = data
+                                .len()
+                                .saturating_sub(crate::blocks::delta::covered(ranges) as usize);
+                        }
+                        entry.insert(Assembly { data, filled })
                     }
-                    entry.insert(Assembly { data, filled })
+                };
+                let start = (offset - range.start) as usize;
+                let Some(slot) = assembly.data.get_mut(start..start + data.len()) else {
+                    return Err(Error::remote(format!("{}: a read returned more than was asked", display())));
+                };
+                slot.copy_from_slice(&data);
+                assembly.filled += data.len();
+                context.reporter.bytes_moved(&item.path, data.len() as u64);
+                if (data.len() as u32) < length {
+                    // A short read is legal; ask for the rest.
+                    let done = data.len() as u64;
+                    requests.push_front((index, offset + done, length - done as u32));
                 }
-            };
-            let start = (offset - range.start) as usize;
-            let Some(slot) = assembly.data.get_mut(start..start + data.len()) else {
-                return Err(Error::remote(format!("{}: a read returned more than was asked", display())));
-            };
-            slot.copy_from_slice(&data);
-            assembly.filled += data.len();
-            context.reporter.bytes_moved(&item.path, data.len() as u64);
-            if (data.len() as u32) < length {
-                // A short read is legal; ask for the rest.
-                let done = data.len() as u64;
-                requests.push_front((index, offset + done, length - done as u32));
+                if assembly.filled == assembly.data.len() {
+                    let Some(assembly) = assemblies.remove(&index) else { continue };
+                    let hashes = context.remote.hashes_blocks();
+                    let queue = (&mut unsynced, &mut unsynced_bytes);
+                    let kept = pieces.get(&index);
+                    write_block(file, item, layout, index, &assembly.data, kept, queue, hashes)?;
+                    spare.push(assembly.data);
+                }
             }
-            if assembly.filled == assembly.data.len() {
-                let Some(assembly) = assemblies.remove(&index) else { continue };
-                // The hash of what arrived, to check the read-back against; with an agent the
-                // remote's own block hashes are that reference, and this pass is saved.
-                let hash = (!context.remote.hashes_blocks()).then(|| hash_block(&assembly.data));
-                // Only what arrived is written: the kept pieces are on disk already.
-                let whole = [range.clone()];
-                let written = pieces.get(&index).map_or(&whole[..], |ranges| &ranges[..]);
-                for part in written {
-                    let within = (part.start - range.start) as usize..(part.end - range.start) as usize;
-                    let Some(bytes) = assembly.data.get(within) else { continue };
-                    file.write_all_at(bytes, part.start)
-                        .map_err(|error| Error::local_io(format!("cannot write {}", item.target), error))?;
-                    unsynced_bytes += bytes.len() as u64;
-                }
-                unsynced.push((index, hash));
-                spare.push(assembly.data);
-                if unsynced_bytes >= SYNC_INTERVAL {
-                    commit(file, layout, journal.as_deref_mut(), &mut unsynced, have, checked, item)?;
-                    unsynced_bytes = 0;
-                }
+            if unsynced_bytes >= SYNC_INTERVAL {
+                commit(file, layout, journal.as_deref_mut(), &mut unsynced, have, checked, item)?;
+                unsynced_bytes = 0;
             }
         }
         match first_error.take() {
@@ -779,7 +782,39 @@ async fn fetch_blocks<R: Remote>(
     outcome.and(committed)
 }
 
-/// Makes written blocks durable, reads them back and records them: the hash read back is the
+/// Writes a finished block in place and queues it for [`commit`]. Only what arrived is
+/// written: with `pieces`, the rest of the block is the local bytes, on disk already.
+#[allow(clippy::too_many_arguments)]
+fn write_block(
+    file: &File,
+    item: &PlanItem,
+    layout: &BlockLayout,
+    index: u64,
+    data: &[u8],
+    pieces: Option<&Vec<Range<u64>>>,
+    (unsynced, unsynced_bytes): (&mut Vec<(u64, Option<BlockHash>)>, &mut u64),
+    remote_hashes_blocks: bool,
+) -> Result<()> {
+    let range = layout.range(index);
+    // The hash of what arrived, to check the read-back against; with an agent the remote's
+    // own block hashes are that reference, and this pass is saved.
+    let hash = (!remote_hashes_blocks).then(|| hash_block(data));
+    let whole = [range.clone()];
+    let written = pieces.map_or(&whole[..], |ranges| &ranges[..]);
+    for part in written {
+        let within = (part.start - range.start) as usize..(part.end - range.start) as usize;
+        let Some(bytes) = data.get(within) else {
+            continue;
+        };
+        file.write_all_at(bytes, part.start)
+            .map_err(|error| Error::local_io(format!("cannot write {}", item.target), error))?;
+        *unsynced_bytes += bytes.len() as u64;
+    }
+    unsynced.push((index, hash));
+    Ok(())
+}
+
+/// Makes written blocks durable, reads them back and records them:/// Makes written blocks durable, reads them back and records them: the hash read back is the
 /// one journaled and compared with the remote's, and must equal the hash of what arrived when
 /// that was computed. A block that reads back differently is not recorded (it is fetched
 /// again on the next attempt) and fails the file.

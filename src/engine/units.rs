@@ -23,8 +23,9 @@ use crate::local::{Destination, RelativePath, Timestamp, validate_component};
 use crate::progress::Reporter;
 use crate::remote::deploy::AgentMode;
 use crate::remote::session::Session;
+use crate::remote::sftp::SftpRemote;
 use crate::remote::{self, EntryKind, Remote, SetAttributes};
-use crate::ssh::connect::Connector;
+use crate::ssh::connect::{Connection, Connector};
 use crate::target::HostSpec;
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -129,6 +130,10 @@ struct Shared {
     lanes: Arc<Lanes<Session>>,
     /// Hashes of the single local file the command names, computed while connecting.
     early: Option<Arc<EarlyHashes>>,
+    /// The first connection's listing session: discovery, and every unit's first plan.
+    planner: Arc<Session>,
+    /// The first connection's data session, for the first unit that moves data.
+    first_data: Mutex<Option<Pending>>,
 }
 
 /// The one local file whose hashes a transfer will want first, if the command names one: the
@@ -161,8 +166,17 @@ pub async fn open_remote(
     agent: &AgentMode,
     reporter: &dyn Reporter,
 ) -> Result<Arc<Session>> {
-    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     let connection = Arc::new(connector.connect(host).await?);
+    start_session(connection, agent, reporter).await
+}
+
+/// Opens the remote side of an established connection, as [`open_remote`] does.
+async fn start_session(
+    connection: Arc<Connection>,
+    agent: &AgentMode,
+    reporter: &dyn Reporter,
+) -> Result<Arc<Session>> {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     let (session, fallback) = Session::open(connection, agent).await?;
     if let Some(reason) = fallback
         && !SAID.swap(true, std::sync::atomic::Ordering::Relaxed)
@@ -176,17 +190,42 @@ pub async fn open_remote(
     Ok(Arc::new(session))
 }
 
+/// The first connection's data session, until a unit that moves data takes it.
+enum Pending {
+    /// Already open (the planner serves data too).
+    Ready(Arc<Session>),
+    /// Not started: the agent is started only when a unit has data to move.
+    Connection(Arc<Connection>),
+}
+
+/// Opens the first connection. Discovery and planning need only listings, which SFTP answers
+/// without starting a shell on the remote (on many hosts the login shell's startup files cost
+/// more than the whole listing), so the planner is an SFTP session and the agent is started
+/// on the same connection only when a unit has data to move: a re-run with nothing to do never
+/// starts it. A host that refuses SFTP plans over the agent.
+async fn open_first(transfer: &Transfer) -> Result<(Arc<Session>, Pending)> {
+    let connection = Arc::new(transfer.connector.connect(&transfer.host).await?);
+    if transfer.agent != AgentMode::Off {
+        match SftpRemote::open(connection.clone()).await {
+            Ok(sftp) => {
+                return Ok((
+                    Arc::new(Session::Sftp(sftp)),
+                    Pending::Connection(connection),
+                ));
+            }
+            Err(error) if connection.is_closed() => return Err(error),
+            Err(_) => {}
+        }
+    }
+    let session = start_session(connection, &transfer.agent, &*transfer.reporter).await?;
+    Ok((session.clone(), Pending::Ready(session)))
+}
+
 /// Runs a whole transfer: discovers the units over a first connection, then runs them.
 pub async fn run(transfer: Transfer) -> Result<Summary> {
     let started = Instant::now();
     let early = early_candidate(&transfer).and_then(|path| EarlyHashes::start(&path));
-    let first = open_remote(
-        &transfer.connector,
-        &transfer.host,
-        &transfer.agent,
-        &*transfer.reporter,
-    )
-    .await?;
+    let (first, first_data) = open_first(&transfer).await?;
     let config = first.connection().config().clone();
     let endpoints = Endpoints {
         remote_id: format!("{}@{}:{}", config.user, config.hostname, config.port),
@@ -221,6 +260,8 @@ pub async fn run(transfer: Transfer) -> Result<Summary> {
         results: Mutex::new(Vec::new()),
         lanes,
         early,
+        planner: first.clone(),
+        first_data: Mutex::new(Some(first_data)),
     });
     // Slots no unit will use are lent to large files; on a far link their connections take
     // seconds to come up, so they are opened now, while the first files are planned.
@@ -231,11 +272,9 @@ pub async fn run(transfer: Transfer) -> Result<Summary> {
         }
     }
     let mut workers = tokio::task::JoinSet::new();
-    for index in 0..jobs {
+    for _ in 0..jobs {
         let shared = shared.clone();
-        // The discovery connection serves the first worker.
-        let connection = (index == 0).then(|| first.clone());
-        workers.spawn(async move { worker(shared, connection).await });
+        workers.spawn(async move { worker(shared).await });
     }
     while let Some(joined) = workers.join_next().await {
         if let Err(error) = joined {
@@ -498,7 +537,8 @@ async fn discover_push<R: Remote>(transfer: &Transfer, remote: &R) -> Result<Dis
     ))
 }
 
-async fn worker(shared: Arc<Shared>, mut connection: Option<Arc<Session>>) {
+async fn worker(shared: Arc<Shared>) {
+    let mut connection = None;
     loop {
         let unit = match shared.queue.lock() {
             Ok(mut queue) => queue.pop_front(),
@@ -542,7 +582,8 @@ async fn run_unit(
     let mut last_summary = Summary::default();
     loop {
         report.attempts += 1;
-        let attempt = attempt_unit(shared, unit, connection, &mut planned).await;
+        let first_attempt = report.attempts == 1;
+        let attempt = attempt_unit(shared, unit, connection, first_attempt, &mut planned).await;
         let retry = match attempt {
             Ok(Attempt::SkippedComplete(summary)) => {
                 report.outcome = "skipped-complete";
@@ -597,36 +638,18 @@ async fn attempt_unit(
     shared: &Shared,
     unit: &Unit,
     connection: &mut Option<Arc<Session>>,
+    first_attempt: bool,
     planned: &mut bool,
 ) -> Result<Attempt> {
     let transfer = &shared.transfer;
-    let remote = match connection.as_ref().filter(|remote| !remote.is_closed()) {
-        Some(remote) => remote.clone(),
-        None => {
-            let remote = open_remote(
-                &transfer.connector,
-                &transfer.host,
-                &transfer.agent,
-                &*transfer.reporter,
-            )
-            .await?;
-            *connection = Some(remote.clone());
-            remote
-        }
+    // A unit is planned over the first connection's listing session, so a unit with nothing
+    // to do never opens a connection of its own. A retry plans over its fresh connection (the
+    // first one may be what failed), and --checksum hashes, which wants the data session.
+    let remote = if first_attempt && !transfer.options.checksum && !shared.planner.is_closed() {
+        shared.planner.clone()
+    } else {
+        data_session(shared, connection).await?
     };
-    // A directory unit must still be a directory: the listing that made it a unit may lie.
-    if transfer.direction == Direction::Pull && unit.listed_directory {
-        match remote.stat(&unit.source, true).await? {
-            Some(entry) if entry.kind == EntryKind::Directory => {}
-            _ => {
-                return Err(Error::remote(format!(
-                    "{}: {} was listed as a directory but is not one now",
-                    remote.label(),
-                    unit.source
-                )));
-            }
-        }
-    }
     let mut plan = match transfer.direction {
         Direction::Pull => {
             let destination = shared
@@ -659,6 +682,21 @@ async fn attempt_unit(
             .await?
         }
     };
+    // A directory unit must still be a directory: the listing that made it a unit may lie.
+    // (The plan's first item is the unit's top, as the remote stat it just now.)
+    if transfer.direction == Direction::Pull
+        && unit.listed_directory
+        && plan
+            .items
+            .first()
+            .is_none_or(|top| top.kind != EntryKind::Directory)
+    {
+        return Err(Error::remote(format!(
+            "{}: {} was listed as a directory but is not one now",
+            remote.label(),
+            unit.source
+        )));
+    }
     if transfer.options.checksum {
         verify_by_checksum(
             &mut plan,
@@ -700,6 +738,7 @@ async fn attempt_unit(
             return Ok(Attempt::SkippedComplete(summary));
         }
     }
+    let remote = data_session(shared, connection).await?;
     if !*planned {
         transfer
             .reporter
@@ -753,6 +792,41 @@ async fn attempt_unit(
         let _ = std::fs::remove_file(&record_path);
     }
     Ok(Attempt::Executed(summary))
+}
+
+/// The worker's own connection for moving data: the one it holds while healthy, else the first
+/// connection's (once), else a new one.
+async fn data_session(
+    shared: &Shared,
+    connection: &mut Option<Arc<Session>>,
+) -> Result<Arc<Session>> {
+    if let Some(remote) = connection.as_ref().filter(|remote| !remote.is_closed()) {
+        return Ok(remote.clone());
+    }
+    let first = shared
+        .first_data
+        .lock()
+        .ok()
+        .and_then(|mut first_data| first_data.take());
+    let remote = match first {
+        Some(Pending::Ready(remote)) if !remote.is_closed() => remote,
+        Some(Pending::Connection(connection)) if !connection.is_closed() => {
+            let transfer = &shared.transfer;
+            start_session(connection, &transfer.agent, &*transfer.reporter).await?
+        }
+        _ => {
+            let transfer = &shared.transfer;
+            open_remote(
+                &transfer.connector,
+                &transfer.host,
+                &transfer.agent,
+                &*transfer.reporter,
+            )
+            .await?
+        }
+    };
+    *connection = Some(remote.clone());
+    Ok(remote)
 }
 
 fn record_path(shared: &Shared, unit: &Unit) -> PathBuf {

@@ -147,6 +147,33 @@ impl AsFd for Directory<'_> {
     }
 }
 
+/// An open directory of the destination, from [`Destination::lookup`].
+pub struct Lookup<'d> {
+    destination: &'d Destination,
+    directory: Directory<'d>,
+    components: Vec<String>,
+}
+
+impl Lookup<'_> {
+    /// The directory's path below the destination root.
+    pub fn components(&self) -> &[String] {
+        &self.components
+    }
+
+    /// What is at `name` in this directory, as [`Destination::metadata`] answers.
+    pub fn metadata(&self, name: &str) -> Result<Option<EntryMetadata>> {
+        match stat::fstatat(&self.directory, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(status) => Ok(Some(EntryMetadata::from_stat(&status))),
+            Err(Errno::ENOENT) => Ok(None),
+            Err(errno) => {
+                let mut path = self.components.clone();
+                path.push(name.to_string());
+                Err(self.destination.failure("inspect", &path, errno))
+            }
+        }
+    }
+}
+
 impl Destination {
     /// Opens the destination root `root`, creating it and its parents first if `create`.
     /// Links in `root` itself are followed: that path is the user's choice.
@@ -290,6 +317,19 @@ impl Destination {
             Err(Errno::ENOENT) => Ok(None),
             Err(errno) => Err(self.failure("inspect", path.components(), errno)),
         }
+    }
+
+    /// The directory `path`, held open to look up many of its entries without walking to it
+    /// again for each (a plan compares every entry of a directory); `None` when it (or a
+    /// directory on the way) is missing.
+    pub fn lookup(&self, path: &RelativePath) -> Result<Option<Lookup<'_>>> {
+        Ok(self
+            .walk(path.components(), None, true)?
+            .map(|directory| Lookup {
+                destination: self,
+                directory,
+                components: path.components().to_vec(),
+            }))
     }
 
     /// Sets the length of `file` (opened by [`Destination::open_write`] for `path`), cutting or

@@ -18,7 +18,7 @@ pub mod destination;
 pub mod names;
 pub mod symlinks;
 
-pub use destination::{Destination, EntryKind, EntryMetadata, Timestamp};
+pub use destination::{Destination, EntryKind, EntryMetadata, Lookup, Timestamp};
 pub use names::{
     MAX_NAME_BYTES, NameError, PathError, RelativePath, printable, validate_component,
 };

@@ -189,7 +189,16 @@ async fn start_cached(connection: &Arc<Connection>) -> Result<Outcome> {
             own.build.arch
         )));
     }
-    upload(connection, own).await?;
+    // The connections of one run find the agent missing at the same moment: one uploads
+    // while the others wait, then they start the copy it left.
+    static UPLOADED: tokio::sync::Mutex<Vec<String>> = tokio::sync::Mutex::const_new(Vec::new());
+    let mut uploaded = UPLOADED.lock().await;
+    let host = connection.label().to_string();
+    if !uploaded.contains(&host) {
+        upload(connection, own).await?;
+        uploaded.push(host);
+    }
+    drop(uploaded);
     match launch(connection, START_CACHED, &own.name).await? {
         Launch::Agent(client)
             if client.hello().build.executable_blake3 == own.build.executable_blake3 =>
@@ -342,16 +351,13 @@ async fn upload(connection: &Arc<Connection>, own: &Own) -> Result<()> {
         )
         .transient(false));
     }
-    let mut stdin = Vec::with_capacity(own.name.len() + 1 + executable.len());
-    stdin.extend_from_slice(own.name.as_bytes());
-    stdin.push(b'\n');
-    stdin.extend_from_slice(&executable);
-    drop(executable);
-    tracing::info!(label = %connection.label(), bytes = stdin.len(), "uploading the xfer agent");
-    let output = exec::run(
+    let name_line = format!("{}\n", own.name);
+    let stdin = name_line.as_bytes().chain(&executable[..]);
+    tracing::info!(label = %connection.label(), bytes = executable.len(), "uploading the xfer agent");
+    let output = exec::run_reading(
         connection,
         UPLOAD,
-        &stdin,
+        stdin,
         ExecLimits {
             max_output: 4096,
             timeout: UPLOAD_TIMEOUT,

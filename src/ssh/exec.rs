@@ -69,6 +69,17 @@ pub async fn run(
     stdin: &[u8],
     limits: ExecLimits,
 ) -> Result<ExecOutput> {
+    run_reading(connection, script, stdin, limits).await
+}
+
+/// [`run`] with standard input read from `stdin` as the channel's window allows: the bytes
+/// are sent packet by packet, never gathered into one more buffer.
+pub async fn run_reading(
+    connection: &Connection,
+    script: &'static str,
+    stdin: impl tokio::io::AsyncRead + Unpin,
+    limits: ExecLimits,
+) -> Result<ExecOutput> {
     let label = connection.label().to_string();
     let work = async {
         let mut channel = connection.open_session().await?;
@@ -76,12 +87,10 @@ pub async fn run(
             .exec(true, command_line(script))
             .await
             .map_err(|error| russh_error(&label, error))?;
-        if !stdin.is_empty() {
-            channel
-                .data_bytes(stdin.to_vec())
-                .await
-                .map_err(|error| russh_error(&label, error))?;
-        }
+        channel
+            .data(stdin)
+            .await
+            .map_err(|error| russh_error(&label, error))?;
         channel
             .eof()
             .await
