@@ -414,8 +414,13 @@ fn proxy_counts_exactly_what_it_forwards() {
     let mut second = connect(&proxy);
     echo(&mut first, 100_000);
     echo(&mut second, 1_234);
-    eventually("all bytes counted", || proxy.bytes_down() == 101_234);
+    // Each direction is counted by its own task after it forwards, so an echo can come back
+    // before the count of what went up is added: wait for both.
+    eventually("all bytes counted", || {
+        proxy.bytes_down() == 101_234 && proxy.bytes_up() == 101_234
+    });
     assert_eq!(proxy.bytes_up(), 101_234);
+    assert_eq!(proxy.bytes_down(), 101_234);
     assert_eq!(proxy.connections(), 2);
 }
 

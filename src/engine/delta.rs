@@ -30,6 +30,9 @@ pub struct Delta {
     pub remote_hashes: Vec<BlockHash>,
     /// Blocks whose bytes agree on both sides, with their hash: they do not travel.
     pub same: BTreeMap<u64, BlockHash>,
+    /// The local hash of every block compared (those that differ too: a sender need not
+    /// hash them again).
+    pub local: BTreeMap<u64, BlockHash>,
     /// Blocks that differ in some pieces only: the byte ranges (in the file) that must travel.
     /// A block that differs in every piece, or could not be compared, is not listed: it
     /// travels whole.
@@ -85,13 +88,14 @@ pub async fn compare<R: Remote>(
     };
     let mut delta = Delta::default();
     let mut differing = Vec::new();
-    for (index, hash) in local {
+    for (&index, &hash) in &local {
         if remote_hashes.get(index as usize) == Some(&hash) {
             delta.same.insert(index, hash);
         } else if remote_hashes.get(index as usize).is_some() {
             differing.push(index);
         }
     }
+    delta.local = local;
     delta.pieces = compare_pieces(remote, path, file, &layout, differing).await?;
     delta.remote_hashes = remote_hashes;
     Ok(Some(delta))

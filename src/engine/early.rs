@@ -19,6 +19,8 @@ use std::sync::{Arc, Mutex};
 
 /// Below this a file is hashed in a few milliseconds when needed: not worth guessing.
 pub const EARLY_MIN_SIZE: u64 = 16 << 20;
+/// The niceness of the early hashing threads (Linux: per thread; 0 is normal, 19 the lowest).
+const EARLY_NICENESS: i32 = 10;
 
 /// What identifies a file and its content without reading it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +50,7 @@ type Hashes = Option<Arc<BTreeMap<u64, BlockHash>>>;
 pub struct EarlyHashes {
     identity: Identity,
     layout: BlockLayout,
-    task: Mutex<Option<tokio::task::JoinHandle<Hashes>>>,
+    task: Mutex<Option<tokio::sync::oneshot::Receiver<Hashes>>>,
     done: tokio::sync::OnceCell<Hashes>,
 }
 
@@ -67,12 +69,22 @@ impl EarlyHashes {
         }
         let identity = Identity::of(&metadata);
         let layout = BlockLayout::new(metadata.len(), DEFAULT_BLOCK_SIZE).ok()?;
-        let task = tokio::task::spawn_blocking(move || {
-            let all: Vec<u64> = (0..layout.block_count()).collect();
-            let hashes = hash_blocks_parallel(&file, &layout, &all);
-            let after = file.metadata().ok().map(|metadata| Identity::of(&metadata));
-            (after == Some(identity) && hashes.len() == all.len()).then(|| Arc::new(hashes))
-        });
+        let (sender, task) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("early-hashes".into())
+            .spawn(move || {
+                // Speculative work yields to what the transfer waits for first (the
+                // handshake, starting the agent, and on a shared machine the remote's own
+                // hashing): the threads below inherit this thread's lower priority.
+                let _ = rustix::process::setpriority_process(None, EARLY_NICENESS);
+                let all: Vec<u64> = (0..layout.block_count()).collect();
+                let hashes = hash_blocks_parallel(&file, &layout, &all);
+                let after = file.metadata().ok().map(|metadata| Identity::of(&metadata));
+                let hashes = (after == Some(identity) && hashes.len() == all.len())
+                    .then(|| Arc::new(hashes));
+                let _ = sender.send(hashes);
+            })
+            .ok()?;
         tracing::debug!(path = %path.display(), "hashing the local file while connecting");
         Some(Arc::new(EarlyHashes {
             identity,

@@ -269,6 +269,10 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
     // Blocks the remote hashed in this run and found equal to the local ones: not asked again.
     let mut confirmed: BTreeSet<u64> = BTreeSet::new();
     let mut pieces = BTreeMap::new();
+    // Local block hashes computed earlier in this run (while connecting, or by the delta):
+    // the blocks sent are not hashed again as they are read (the read-back check below
+    // still reads them, so a file that changes meanwhile is caught).
+    let mut known = early.clone();
     // The delta: an agent hashes the blocks the remote file already holds, whatever wrote
     // them; those equal to the local blocks do not travel, nor do the equal pieces of the
     // others.
@@ -295,6 +299,7 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
             checked.extend(found.same.keys().copied());
             have.extend(found.same);
             pieces = found.pieces;
+            known.extend(found.local);
         }
     }
     let reused = item
@@ -327,8 +332,7 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
         &handle,
         &file,
         &layout,
-        &needed,
-        &pieces,
+        (&needed, &pieces, &known),
         journal.as_mut(),
         &mut have,
     )
@@ -499,8 +503,11 @@ async fn send_blocks<R: Remote>(
     handle: &R::File,
     file: &File,
     layout: &BlockLayout,
-    needed: &[u64],
-    pieces: &BTreeMap<u64, Vec<Range<u64>>>,
+    (needed, pieces, known): (
+        &[u64],
+        &BTreeMap<u64, Vec<Range<u64>>>,
+        &BTreeMap<u64, BlockHash>,
+    ),
     mut journal: Option<&mut JournalFile>,
     have: &mut BTreeMap<u64, BlockHash>,
 ) -> Result<BTreeMap<u64, BlockHash>> {
@@ -512,6 +519,8 @@ async fn send_blocks<R: Remote>(
     let mut requests: VecDeque<(u64, u64, Vec<u8>)> = VecDeque::new();
     // Per block: its hash and how many bytes are still unacknowledged.
     let mut outstanding: HashMap<u64, (BlockHash, u64)> = HashMap::new();
+    // Per block: the bytes it sends (all of it, or its differing pieces).
+    let mut sent_of: HashMap<u64, u64> = HashMap::new();
     let mut in_flight: JoinSet<(u64, u64, Result<()>)> = JoinSet::new();
     let mut unsynced: Vec<(u64, BlockHash)> = Vec::new();
     let mut unsynced_bytes = 0u64;
@@ -535,7 +544,12 @@ async fn send_blocks<R: Remote>(
                     // The whole block, or only its pieces that differ from the remote's bytes.
                     let whole = [range.clone()];
                     let ranges = pieces.get(&index).map_or(&whole[..], |ranges| &ranges[..]);
-                    outstanding.insert(index, (hash_block(slice), covered(ranges)));
+                    let hash = known
+                        .get(&index)
+                        .copied()
+                        .unwrap_or_else(|| hash_block(slice));
+                    outstanding.insert(index, (hash, covered(ranges)));
+                    sent_of.insert(index, covered(ranges));
                     for part in ranges {
                         let mut offset = part.start;
                         while offset < part.end {
@@ -595,8 +609,11 @@ async fn send_blocks<R: Remote>(
                     });
                 }
                 unsynced.push((index, hash));
-                unsynced_bytes += u64::from(layout.len_of(index));
-                since_sync += u64::from(layout.len_of(index));
+                // Intervals count the bytes that travelled: a delta of scattered pieces is
+                // not synced and journaled once per few blocks it touched.
+                let sent = sent_of.remove(&index).unwrap_or(0);
+                unsynced_bytes += sent;
+                since_sync += sent;
                 // The remote disk is synced now and then; acknowledged blocks are journaled
                 // often, so a dropped link loses little (they are re-checked end to end).
                 if since_sync >= SYNC_INTERVAL {
