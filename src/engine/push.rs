@@ -488,6 +488,14 @@ fn take_check(
     }
 }
 
+/// What [`send_blocks`] sends: the blocks needed, the pieces of those that differ only in
+/// some, and local block hashes already known.
+type ToSend<'a> = (
+    &'a [u64],
+    &'a BTreeMap<u64, Vec<Range<u64>>>,
+    &'a BTreeMap<u64, BlockHash>,
+);
+
 /// Block checks in flight while sending: the remote hashes a block as soon as all its writes
 /// are acknowledged, so the end-to-end check overlaps the transfer instead of following it.
 const CHECKS_IN_FLIGHT: usize = 16;
@@ -503,11 +511,7 @@ async fn send_blocks<R: Remote>(
     handle: &R::File,
     file: &File,
     layout: &BlockLayout,
-    (needed, pieces, known): (
-        &[u64],
-        &BTreeMap<u64, Vec<Range<u64>>>,
-        &BTreeMap<u64, BlockHash>,
-    ),
+    (needed, pieces, known): ToSend<'_>,
     mut journal: Option<&mut JournalFile>,
     have: &mut BTreeMap<u64, BlockHash>,
 ) -> Result<BTreeMap<u64, BlockHash>> {
