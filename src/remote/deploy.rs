@@ -351,13 +351,12 @@ async fn upload(connection: &Arc<Connection>, own: &Own) -> Result<()> {
         )
         .transient(false));
     }
-    let name_line = format!("{}\n", own.name);
-    let stdin = name_line.as_bytes().chain(&executable[..]);
+    let name_line = format!("{}\n", own.name).into_bytes();
     tracing::info!(label = %connection.label(), bytes = executable.len(), "uploading the xfer agent");
-    let output = exec::run_reading(
+    let output = exec::run_owned(
         connection,
         UPLOAD,
-        stdin,
+        vec![name_line, executable],
         ExecLimits {
             max_output: 4096,
             timeout: UPLOAD_TIMEOUT,

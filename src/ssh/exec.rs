@@ -69,15 +69,29 @@ pub async fn run(
     stdin: &[u8],
     limits: ExecLimits,
 ) -> Result<ExecOutput> {
-    run_reading(connection, script, stdin, limits).await
+    execute(connection, script, Stdin::Borrowed(stdin), limits).await
 }
 
-/// [`run`] with standard input read from `stdin` as the channel's window allows: the bytes
-/// are sent packet by packet, never gathered into one more buffer.
-pub async fn run_reading(
+/// [`run`] with standard input given as owned parts, sent one after the other as the
+/// channel's window allows, without being copied (an executable of many megabytes).
+pub async fn run_owned(
     connection: &Connection,
     script: &'static str,
-    stdin: impl tokio::io::AsyncRead + Unpin,
+    stdin: Vec<Vec<u8>>,
+    limits: ExecLimits,
+) -> Result<ExecOutput> {
+    execute(connection, script, Stdin::Owned(stdin), limits).await
+}
+
+enum Stdin<'a> {
+    Borrowed(&'a [u8]),
+    Owned(Vec<Vec<u8>>),
+}
+
+async fn execute(
+    connection: &Connection,
+    script: &'static str,
+    stdin: Stdin<'_>,
     limits: ExecLimits,
 ) -> Result<ExecOutput> {
     let label = connection.label().to_string();
@@ -87,10 +101,20 @@ pub async fn run_reading(
             .exec(true, command_line(script))
             .await
             .map_err(|error| russh_error(&label, error))?;
-        channel
-            .data(stdin)
-            .await
-            .map_err(|error| russh_error(&label, error))?;
+        match stdin {
+            Stdin::Borrowed(bytes) => channel.data(bytes).await,
+            Stdin::Owned(parts) => {
+                let mut sent = Ok(());
+                for part in parts {
+                    sent = channel.data_bytes(part).await;
+                    if sent.is_err() {
+                        break;
+                    }
+                }
+                sent
+            }
+        }
+        .map_err(|error| russh_error(&label, error))?;
         channel
             .eof()
             .await
