@@ -13,7 +13,7 @@ use crate::blocks::{BlockHash, BlockLayout};
 use crate::engine::verify::hash_blocks_parallel;
 use crate::error::{Error, ErrorKind, Result};
 use crate::remote::Remote;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::ops::Range;
 use std::sync::Arc;
@@ -52,6 +52,49 @@ pub fn remote_hashes_task<R: Remote>(
             .block_hashes(&path, &layout, 0..layout.block_count())
             .await
     })
+}
+
+/// Data ranges beyond this many are not worth listing: the file is treated as all data.
+const MAX_DATA_RANGES: usize = 1 << 16;
+
+/// Which blocks of the first `length` bytes of the local `file` hold data, as the filesystem
+/// knows it (`SEEK_DATA`/`SEEK_HOLE`). A block wholly inside a hole (space an interrupted run
+/// reserved and never wrote) reads as zeros nobody sent: comparing it would cost hashing on
+/// both sides and a piece round trip for nothing. Where the filesystem cannot say, every
+/// block holds data.
+pub fn blocks_with_data(file: &File, layout: &BlockLayout, length: u64) -> BTreeSet<u64> {
+    use nix::unistd::{Whence, lseek};
+    let length = length.min(layout.file_size());
+    let block_size = u64::from(layout.block_size());
+    let everything = || (0..length.div_ceil(block_size)).collect();
+    let mut blocks = BTreeSet::new();
+    let mut offset = 0u64;
+    let mut ranges = 0usize;
+    while offset < length {
+        let Ok(at) = i64::try_from(offset) else {
+            return everything();
+        };
+        let start = match lseek(file, at, Whence::SeekData) {
+            Ok(start) => start as u64,
+            // No data from here to the end.
+            Err(nix::errno::Errno::ENXIO) => break,
+            Err(_) => return everything(),
+        };
+        if start >= length {
+            break;
+        }
+        let end = match lseek(file, start as i64, Whence::SeekHole) {
+            Ok(end) => (end as u64).min(length),
+            Err(_) => return everything(),
+        };
+        ranges += 1;
+        if end <= start || ranges > MAX_DATA_RANGES {
+            return everything();
+        }
+        blocks.extend(layout.index_of(start)..=layout.index_of(end - 1));
+        offset = end;
+    }
+    blocks
 }
 
 /// The remote's answer to a block-hash request.
@@ -255,4 +298,43 @@ pub async fn remote_hashes_of<R: Remote>(
         hashes.extend(run.zip(answer));
     }
     Ok(Some(hashes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn holes_are_not_data_and_written_blocks_are() {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let path = directory.path().join("partial");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .expect("create");
+        let mebibyte = 1u64 << 20;
+        // An interrupted pull: the whole size reserved, blocks 0 and 5 written.
+        file.set_len(10 * mebibyte).expect("set_len");
+        file.write_all_at(&vec![1u8; mebibyte as usize], 0)
+            .expect("write");
+        file.write_all_at(&vec![2u8; mebibyte as usize], 5 * mebibyte)
+            .expect("write");
+        file.sync_all().expect("sync");
+        let layout = BlockLayout::new(10 * mebibyte, mebibyte as u32).expect("layout");
+        let blocks = blocks_with_data(&file, &layout, 10 * mebibyte);
+        // A filesystem that cannot tell holes apart reports everything as data.
+        let all: BTreeSet<u64> = (0..10).collect();
+        assert!(
+            blocks == BTreeSet::from([0, 5]) || blocks == all,
+            "unexpected data blocks {blocks:?}"
+        );
+        // Only the first length bytes count.
+        let first = blocks_with_data(&file, &layout, mebibyte);
+        assert!(first == BTreeSet::from([0]), "{first:?}");
+        assert!(blocks_with_data(&file, &layout, 0).is_empty());
+    }
 }

@@ -94,6 +94,25 @@ impl EarlyHashes {
         }))
     }
 
+    /// [`for_file`](Self::for_file) without waiting: empty if the hashing has not finished
+    /// (a transfer that only saves work with them does not wait for them).
+    pub async fn for_file_if_ready(
+        &self,
+        file: &File,
+        layout: &BlockLayout,
+    ) -> BTreeMap<u64, BlockHash> {
+        let finished = self.done.initialized()
+            || self.task.lock().is_ok_and(|task| {
+                task.as_ref()
+                    .is_some_and(|receiver| !receiver.is_empty() || receiver.is_terminated())
+            });
+        if finished {
+            self.for_file(file, layout).await
+        } else {
+            BTreeMap::new()
+        }
+    }
+
     /// The hashes, if `file` (as the transfer opened it, before changing it) is the file
     /// hashed and it did not change while hashed; keyed by block in `layout`, only for blocks
     /// cut the same way in both layouts (the last block of a file whose size changed is not).

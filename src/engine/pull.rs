@@ -229,15 +229,22 @@ async fn pull_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
     // An agent hashes every block where the data is: that finds the blocks (and the pieces of
     // blocks) a local file already holds, and checks every received block end to end.
     let mut pieces = BTreeMap::new();
+    // Blocks worth comparing: local data the journal does not vouch for. A resumed file is
+    // its journaled blocks and a hole: with nothing to compare, the remote hashes while the
+    // data travels instead of before.
+    let candidates: Vec<u64> = match remote_task {
+        Some(_) => delta::blocks_with_data(&file, &layout, existing_length)
+            .into_iter()
+            .filter(|&index| {
+                !have.contains_key(&index) && layout.range(index).end <= existing_length
+            })
+            .collect(),
+        None => Vec::new(),
+    };
     let remote_hashes =
         match remote_task {
-            Some(remote_task) => {
+            Some(remote_task) if !candidates.is_empty() => {
                 // Needed before fetching: they say what need not travel.
-                let candidates = (0..layout.block_count())
-                    .filter(|&index| {
-                        !have.contains_key(&index) && layout.range(index).end <= existing_length
-                    })
-                    .collect();
                 let compared = delta::compare(
                     &context.remote,
                     &item.source,
@@ -265,6 +272,7 @@ async fn pull_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
                 }
             }
             // Nothing to compare: the remote hashes while the data travels.
+            Some(remote_task) => RemoteHashes::Pending(remote_task),
             None if context.remote.hashes_blocks() => RemoteHashes::Pending(
                 delta::remote_hashes_task(&context.remote, &item.source, layout),
             ),

@@ -245,8 +245,13 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
             )
         });
     // Hashes computed while connecting, if this is the file they are of.
+    // They are waited for only where they are compared (a delta, a journal); a file sent
+    // whole starts at once and uses them only if they are done.
     let early = match &context.early {
-        Some(early) => early.for_file(&file, &layout).await,
+        Some(early) if existing_data.is_some() || !recorded.is_empty() => {
+            early.for_file(&file, &layout).await
+        }
+        Some(early) => early.for_file_if_ready(&file, &layout).await,
         None => BTreeMap::new(),
     };
     let remote_intact = existing.as_ref().is_some_and(|entry| {
@@ -618,9 +623,12 @@ async fn send_blocks<R: Remote>(
                 let sent = sent_of.remove(&index).unwrap_or(0);
                 unsynced_bytes += sent;
                 since_sync += sent;
-                // The remote disk is synced now and then; acknowledged blocks are journaled
-                // often, so a dropped link loses little (they are re-checked end to end).
-                if since_sync >= SYNC_INTERVAL {
+                // Acknowledged blocks are journaled often, so a dropped link loses little.
+                // Without an agent the remote disk is synced now and then, which bounds what
+                // the journal may claim after a crash of the server; an agent re-hashes every
+                // journaled block before it is trusted again, so a block such a crash lost is
+                // found and sent again, and the transfer does not stall on a remote fsync.
+                if since_sync >= SYNC_INTERVAL && !check_early {
                     context.remote.sync(handle).await?;
                     since_sync = 0;
                 }
