@@ -10,7 +10,7 @@
 # gets a column of ratios to the best peer (benches/ratios.py). Arguments are passed
 # to baseline.sh, so --tool NAME=TEMPLATE adds more tools to the pull tables.
 #
-#   benches/compare.sh > report.md              # everything, about 15 minutes
+#   benches/compare.sh > report.md              # everything, about 30 minutes
 #   SCENARIOS="full resume" DATASETS=big benches/compare.sh
 #   benches/compare.sh --tool "xfer-j1=$PWD/target/release/xfer pull -j 1 -F {config} bench:{src} {dst}"
 set -euo pipefail
