@@ -801,49 +801,57 @@ fn block_hashes(
         // Within the file: the block is at most block_size long.
         (offset, size.saturating_sub(offset).min(block) as usize)
     };
+    // The longest block asked for: a small file's one block, not the whole block size (a
+    // pull of many small files asks for one hash per file).
+    let longest = expected(0).1;
     let next = AtomicUsize::new(0);
-    let hashed: Vec<io::Result<Vec<HashedBlock>>> = std::thread::scope(|scope| {
-        let worker = || -> io::Result<Vec<HashedBlock>> {
-            let mut buffer = vec![0u8; block_size as usize];
-            let mut done = Vec::new();
-            loop {
-                let index = next.fetch_add(1, Ordering::Relaxed);
-                if index >= blocks {
-                    return Ok(done);
-                }
-                let (offset, length) = expected(index);
-                let read = read_full(&file, &mut buffer[..length], offset)?;
-                done.push((index, read, hash_block(&buffer[..read])));
+    let worker = || -> io::Result<Vec<HashedBlock>> {
+        let mut buffer = vec![0u8; longest];
+        let mut done = Vec::new();
+        loop {
+            let index = next.fetch_add(1, Ordering::Relaxed);
+            if index >= blocks {
+                return Ok(done);
             }
-        };
-        let mut handles = Vec::with_capacity(threads);
-        let mut results = Vec::with_capacity(threads);
-        for _ in 0..threads {
-            match std::thread::Builder::new()
-                .name("xfer-agent-hash".into())
-                .spawn_scoped(scope, worker)
-            {
-                Ok(handle) => handles.push(handle),
-                // Fewer threads: the ones running take every block.
-                Err(error) if !handles.is_empty() => {
-                    tracing::debug!(%error, "fewer hashing threads");
-                    break;
-                }
-                Err(error) => {
-                    results.push(Err(error));
-                    break;
+            let (offset, length) = expected(index);
+            let read = read_full(&file, &mut buffer[..length], offset)?;
+            done.push((index, read, hash_block(&buffer[..read])));
+        }
+    };
+    let hashed: Vec<io::Result<Vec<HashedBlock>>> = if threads <= 1 {
+        // One thread: this one (no thread to start per request).
+        vec![worker()]
+    } else {
+        std::thread::scope(|scope| {
+            let mut handles = Vec::with_capacity(threads);
+            let mut results = Vec::with_capacity(threads);
+            for _ in 0..threads {
+                match std::thread::Builder::new()
+                    .name("xfer-agent-hash".into())
+                    .spawn_scoped(scope, worker)
+                {
+                    Ok(handle) => handles.push(handle),
+                    // Fewer threads: the ones running take every block.
+                    Err(error) if !handles.is_empty() => {
+                        tracing::debug!(%error, "fewer hashing threads");
+                        break;
+                    }
+                    Err(error) => {
+                        results.push(Err(error));
+                        break;
+                    }
                 }
             }
-        }
-        for handle in handles {
-            results.push(
-                handle
-                    .join()
-                    .unwrap_or_else(|_| Err(io::Error::other("a hashing thread panicked"))),
-            );
-        }
-        results
-    });
+            for handle in handles {
+                results.push(
+                    handle
+                        .join()
+                        .unwrap_or_else(|_| Err(io::Error::other("a hashing thread panicked"))),
+                );
+            }
+            results
+        })
+    };
     let mut by_index: Vec<Option<(usize, [u8; 32])>> = vec![None; blocks];
     for result in hashed {
         for (index, read, hash) in result? {
