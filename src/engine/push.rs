@@ -244,10 +244,12 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
                 delta::remote_hashes_task(remote, &item.target, layout),
             )
         });
-    // Hashes computed while connecting, if this is the file they are of.
-    // They are waited for only where they are compared (a delta, a journal); a file sent
-    // whole starts at once and uses them only if they are done.
-    let early = match &context.early {
+    // Local block hashes computed earlier in this run: while connecting, if this is the file
+    // they are of (waited for only where they are compared, a delta or a journal; a file sent
+    // whole starts at once and uses them only if they are done), then by the delta. The blocks
+    // sent are not hashed again as they are read (the read-back check below still reads them,
+    // so a file that changes meanwhile is caught).
+    let mut known = match &context.early {
         Some(early) if existing_data.is_some() || !recorded.is_empty() => {
             early.for_file(&file, &layout).await
         }
@@ -259,7 +261,7 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
             && entry.size == crate::engine::plan::size_while_incomplete(item.size)
     });
     let mut have: BTreeMap<u64, BlockHash> = if remote_intact && !recorded.is_empty() {
-        still_matching(&file, &layout, recorded, &early)
+        still_matching(&file, &layout, recorded, &known)
     } else {
         BTreeMap::new()
     };
@@ -274,10 +276,6 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
     // Blocks the remote hashed in this run and found equal to the local ones: not asked again.
     let mut confirmed: BTreeSet<u64> = BTreeSet::new();
     let mut pieces = BTreeMap::new();
-    // Local block hashes computed earlier in this run (while connecting, or by the delta):
-    // the blocks sent are not hashed again as they are read (the read-back check below
-    // still reads them, so a file that changes meanwhile is caught).
-    let mut known = early.clone();
     // The delta: an agent hashes the blocks the remote file already holds, whatever wrote
     // them; those equal to the local blocks do not travel, nor do the equal pieces of the
     // others.
@@ -291,7 +289,7 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
             &file,
             layout,
             candidates,
-            &early,
+            &known,
             remote_task,
         )
         .await?
