@@ -392,6 +392,33 @@ fn push_with_cuts_and_retries_ends_identical() {
 }
 
 #[test]
+fn a_tree_never_opens_more_connections_than_jobs() {
+    // A large file in one directory wants more connections while small directories still wait
+    // in the queue: the workers keep their slots for the queued units, and once the queue is
+    // empty a finished worker's connection is lent to the large file, not a new one opened.
+    let bench = bench(&[]);
+    let source = bench.path("source");
+    write(&source.join("aa/large.bin"), 91, 70 * MIB);
+    for (index, name) in ["bb", "cc", "dd", "ee"].iter().enumerate() {
+        for file in 0..3 {
+            write(
+                &source.join(format!("{name}/small-{file}.bin")),
+                (index * 10 + file) as u64,
+                20_000 + file,
+            );
+        }
+    }
+    let output = bench.pull(&["-j", "2"]);
+    assert_success(&output);
+    assert_eq!(digest(&source), digest(&bench.path("copy")));
+    assert!(
+        bench.proxy.connections() <= 2,
+        "{} connections with -j 2",
+        bench.proxy.connections()
+    );
+}
+
+#[test]
 fn a_large_file_travels_over_several_connections_and_survives_cuts() {
     // One big file is one unit; the rest of the -j budget carries its blocks too.
     let bench = bench(&[]);

@@ -8,6 +8,11 @@
 //! single big file gets them all. A file never waits for a slot: it starts on its unit's own
 //! connection and the borrowed ones join as they come up. They go back to an idle list when
 //! the file is done, so the next large file does not authenticate again.
+//!
+//! A worker holds its slot for as long as there are units to take, and when the queue is empty
+//! it leaves its connection here before giving the slot up: at the end of a transfer the last
+//! files are carried by every connection that is still open, not by their unit's alone. A
+//! file too small to be worth a new handshake still takes connections that are already open.
 
 use crate::error::Result;
 use crate::remote::Remote;
@@ -16,8 +21,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// A file at least this large may borrow connections: below it the handshake costs more than
-/// the parallelism saves.
+/// A file at least this large may open new connections to borrow: below it the handshake
+/// costs more than the parallelism saves. Smaller files borrow only open, idle ones.
 pub const LANE_MIN_SIZE: u64 = 64 << 20;
 /// Blocks each borrowed connection should have to carry, at least.
 pub const BLOCKS_PER_LANE: u64 = 16;
@@ -60,14 +65,23 @@ impl<R: Remote> Lanes<R> {
         })
     }
 
-    /// The slot a unit's worker holds while it runs a unit.
+    /// The slot a worker holds while there are units for it to run.
     pub async fn hold_slot(&self) -> Option<OwnedSemaphorePermit> {
         self.budget.clone().acquire_owned().await.ok()
     }
 
+    /// Leaves an open connection for large files to borrow (a worker with no more units).
+    pub fn add_idle(&self, remote: Arc<R>) {
+        if !remote.is_closed()
+            && let Ok(mut idle) = self.idle.lock()
+        {
+            idle.push(remote);
+        }
+    }
+
     /// One more connection, once a slot is free (a caller that stops wanting it drops the
-    /// future). None when the connection cannot be opened.
-    pub async fn borrow_one(self: &Arc<Self>) -> Option<Lane<R>> {
+    /// future): an idle one, else a new one when `may_open`. None when there is none to take.
+    pub async fn borrow_one(self: &Arc<Self>, may_open: bool) -> Option<Lane<R>> {
         let slot = self.budget.clone().acquire_owned().await.ok()?;
         let reused = self.idle.lock().ok().and_then(|mut idle| {
             while let Some(remote) = idle.pop() {
@@ -79,6 +93,7 @@ impl<R: Remote> Lanes<R> {
         });
         let remote = match reused {
             Some(remote) => remote,
+            None if !may_open => return None,
             None => match (self.open)().await {
                 Ok(remote) => remote,
                 Err(error) => {
@@ -95,12 +110,22 @@ impl<R: Remote> Lanes<R> {
     }
 }
 
-/// How many extra connections a file of `blocks_needed` blocks should ask for.
-pub fn wanted_for(size: u64, blocks_needed: u64) -> usize {
-    if size < LANE_MIN_SIZE {
-        return 0;
+/// The extra connections a file of `size` bytes, `blocks_needed` of whose blocks travel,
+/// should ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wanted {
+    pub connections: usize,
+    /// Whether new connections may be opened for it, or only idle ones taken.
+    pub may_open: bool,
+}
+
+/// How many extra connections a file should ask for: one per [`BLOCKS_PER_LANE`] blocks to
+/// fetch beyond the first lot, at most 7.
+pub fn wanted_for(size: u64, blocks_needed: u64) -> Wanted {
+    Wanted {
+        connections: (blocks_needed / BLOCKS_PER_LANE).saturating_sub(1).min(7) as usize,
+        may_open: size >= LANE_MIN_SIZE,
     }
-    (blocks_needed / BLOCKS_PER_LANE).saturating_sub(1).min(7) as usize
 }
 
 #[cfg(test)]
@@ -108,10 +133,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_large_files_borrow() {
-        assert_eq!(wanted_for(LANE_MIN_SIZE - 1, 1000), 0);
-        assert_eq!(wanted_for(1 << 30, 1024), 7);
-        assert_eq!(wanted_for(1 << 30, 40), 1);
-        assert_eq!(wanted_for(1 << 30, 10), 0);
+    fn only_large_files_open_connections() {
+        let wanted = |size, blocks| {
+            let Wanted {
+                connections,
+                may_open,
+            } = wanted_for(size, blocks);
+            (connections, may_open)
+        };
+        assert_eq!(wanted(LANE_MIN_SIZE - 1, 48), (2, false));
+        assert_eq!(wanted(LANE_MIN_SIZE, 64), (3, true));
+        assert_eq!(wanted(1 << 30, 1024), (7, true));
+        assert_eq!(wanted(1 << 30, 40), (1, true));
+        assert_eq!(wanted(1 << 30, 10), (0, true));
+        assert_eq!(wanted(4 << 20, 4), (0, false));
     }
 }

@@ -481,17 +481,17 @@ async fn fetch_large<R: Remote>(
     // as they come up, while the unit's own connection is already fetching.
     let needed = delta::bytes_needed(layout, have, pieces).div_ceil(u64::from(layout.block_size()));
     let (arrivals, lanes_task) = match (&context.lanes, wanted_for(item.size, needed)) {
-        (Some(lanes), wanted) if wanted > 0 => {
+        (Some(lanes), wanted) if wanted.connections > 0 => {
             let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
             let lanes = lanes.clone();
             let source = item.source.clone();
             let task = tokio::spawn(async move {
                 let mut opening = JoinSet::new();
-                for _ in 0..wanted {
+                for _ in 0..wanted.connections {
                     let lanes = lanes.clone();
                     let source = source.clone();
                     opening.spawn(async move {
-                        let lane = lanes.borrow_one().await?;
+                        let lane = lanes.borrow_one(wanted.may_open).await?;
                         match lane.remote.open_read(&source).await {
                             Ok(opened) => Some((lane, opened)),
                             Err(error) => {

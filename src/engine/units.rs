@@ -134,6 +134,8 @@ struct Shared {
     planner: Arc<Session>,
     /// The first connection's data session, for the first unit that moves data.
     first_data: Mutex<Option<Pending>>,
+    /// Data sessions being opened ahead of the workers that will want them.
+    opening: Mutex<Vec<tokio::task::JoinHandle<Result<Arc<Session>>>>>,
 }
 
 /// The one local file whose hashes a transfer will want first, if the command names one: the
@@ -230,10 +232,11 @@ pub async fn run(transfer: Transfer) -> Result<Summary> {
     let endpoints = Endpoints {
         remote_id: format!("{}@{}:{}", config.user, config.hostname, config.port),
     };
-    let (units, destination, root, mostly_here) = match transfer.direction {
+    let (units, destination, root, data_expected) = match transfer.direction {
         Direction::Pull => discover_pull(&transfer, &*first).await?,
         Direction::Push => discover_push(&transfer, &*first).await?,
     };
+    tracing::debug!(units = units.len(), data_expected, "discovered");
     let budget = transfer.options.jobs.clamp(1, 64);
     let jobs = budget.min(units.len().max(1));
     let lanes = {
@@ -262,13 +265,50 @@ pub async fn run(transfer: Transfer) -> Result<Summary> {
         early,
         planner: first.clone(),
         first_data: Mutex::new(Some(first_data)),
+        opening: Mutex::new(Vec::new()),
     });
-    // Slots no unit will use are lent to large files; on a far link their connections take
-    // seconds to come up, so they are opened now, while the first files are planned.
-    if shared.transfer.direction == Direction::Pull && budget > jobs && !mostly_here {
+    // On a far link a connection takes a second or more to come up: when data is sure to move,
+    // the workers' connections (and the agent on the first one) are opened now, while the
+    // units are planned, and so are the ones for the slots no unit will use, which are lent
+    // to large files.
+    if shared.transfer.direction == Direction::Pull && data_expected {
+        let mut opening = Vec::new();
+        for _ in 1..jobs {
+            let transfer = &shared.transfer;
+            let (connector, host) = (transfer.connector.clone(), transfer.host.clone());
+            let (agent, reporter) = (transfer.agent.clone(), transfer.reporter.clone());
+            opening.push(tokio::spawn(async move {
+                open_remote(&connector, &host, &agent, &*reporter).await
+            }));
+        }
+        let first_connection =
+            shared
+                .first_data
+                .lock()
+                .ok()
+                .and_then(|mut first_data| match first_data.take() {
+                    Some(Pending::Connection(connection)) => Some(connection),
+                    other => {
+                        *first_data = other;
+                        None
+                    }
+                });
+        if let Some(connection) = first_connection {
+            let (agent, reporter) = (
+                shared.transfer.agent.clone(),
+                shared.transfer.reporter.clone(),
+            );
+            // Last, so the first worker to want data takes it: it needs no handshake.
+            opening.push(tokio::spawn(async move {
+                start_session(connection, &agent, &*reporter).await
+            }));
+        }
+        if let Ok(mut slots) = shared.opening.lock() {
+            *slots = opening;
+        }
         for _ in jobs..budget {
             let lanes = shared.lanes.clone();
-            tokio::spawn(async move { drop(lanes.borrow_one().await) });
+            tokio::spawn(async move { drop(lanes.borrow_one(true).await) });
         }
     }
     let mut workers = tokio::task::JoinSet::new();
@@ -420,8 +460,10 @@ async fn push_root<R: Remote>(transfer: &Transfer, remote: &R) -> Result<String>
 }
 
 /// The units, the local destination (pull), the remote root directory's mode and mtime, and
-/// whether the transfer is a single file already at least half here (a resume or a delta,
-/// which seldom needs extra connections; if it does, it opens them when it knows).
+/// whether data is sure to move, so the connections it will need can be opened while the
+/// units are planned: a pull into a destination that does not exist yet, or of a single large
+/// file that is not at least half here (a resume or a delta seldom needs extra connections; if it
+/// does, it opens them when it knows). A re-run with nothing to do opens none.
 type Discovery = (
     Vec<Unit>,
     Option<Arc<Destination>>,
@@ -439,6 +481,8 @@ async fn discover_pull<R: Remote>(transfer: &Transfer, remote: &R) -> Result<Dis
         .with_hint("check the remote path (relative paths start at the login directory)")
     })?;
     let target = plan::pull_target(path, root.kind, &transfer.local_path)?;
+    // Opening the destination creates its root, so whether it was there is asked first.
+    let root_absent = std::fs::symlink_metadata(&target.root).is_err();
     let destination = Arc::new(Destination::open(&target.root, true)?);
     let top = Unit {
         relative: target.top.clone(),
@@ -453,8 +497,11 @@ async fn discover_pull<R: Remote>(transfer: &Transfer, remote: &R) -> Result<Dis
             .ok()
             .flatten()
             .is_some_and(|local| local.size >= root.size / 2);
-        return Ok((vec![top], Some(destination), None, mostly_here));
+        // A small file moves over the first connection alone.
+        let large = root.size >= crate::engine::lanes::LANE_MIN_SIZE;
+        return Ok((vec![top], Some(destination), None, large && !mostly_here));
     }
+    let absent = root_absent || matches!(destination.metadata(&top.relative), Ok(None));
     let mut units = vec![top];
     let mut children = remote.list(path).await?;
     children.sort_by(|a, b| a.name.cmp(&b.name));
@@ -482,7 +529,7 @@ async fn discover_pull<R: Remote>(transfer: &Transfer, remote: &R) -> Result<Dis
         units,
         Some(destination),
         Some((root.mode, root.mtime)),
-        false,
+        absent,
     ))
 }
 
@@ -537,21 +584,28 @@ async fn discover_push<R: Remote>(transfer: &Transfer, remote: &R) -> Result<Dis
     ))
 }
 
+/// Takes units from the queue until it is empty. The worker's slot is held across units, so a
+/// large file's borrowing never delays the next unit; once the queue is empty the worker's
+/// connection is left to the lanes before its slot is given up, and the files still running
+/// get it without a new handshake.
 async fn worker(shared: Arc<Shared>) {
     let mut connection = None;
+    let slot = shared.lanes.hold_slot().await;
     loop {
         let unit = match shared.queue.lock() {
             Ok(mut queue) => queue.pop_front(),
             Err(_) => None,
         };
         let Some(unit) = unit else { break };
-        let slot = shared.lanes.hold_slot().await;
         let result = run_unit(&shared, &unit, &mut connection).await;
-        drop(slot);
         if let Ok(mut results) = shared.results.lock() {
             results.push(result);
         }
     }
+    if let Some(connection) = connection {
+        shared.lanes.add_idle(connection);
+    }
+    drop(slot);
 }
 
 fn unit_name(unit: &Unit) -> String {
@@ -795,13 +849,30 @@ async fn attempt_unit(
 }
 
 /// The worker's own connection for moving data: the one it holds while healthy, else the first
-/// connection's (once), else a new one.
+/// connection's (once), else one opened ahead for it, else a new one.
 async fn data_session(
     shared: &Shared,
     connection: &mut Option<Arc<Session>>,
 ) -> Result<Arc<Session>> {
     if let Some(remote) = connection.as_ref().filter(|remote| !remote.is_closed()) {
         return Ok(remote.clone());
+    }
+    loop {
+        let ahead = shared
+            .opening
+            .lock()
+            .ok()
+            .and_then(|mut opening| opening.pop());
+        let Some(ahead) = ahead else { break };
+        match ahead.await {
+            Ok(Ok(remote)) if !remote.is_closed() => {
+                *connection = Some(remote.clone());
+                return Ok(remote);
+            }
+            Ok(Err(error)) if !error.is_transient() => return Err(error),
+            // A connection that failed to come up is opened again below, as any other.
+            _ => {}
+        }
     }
     let first = shared
         .first_data
