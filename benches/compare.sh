@@ -6,11 +6,12 @@
 # a far link), counts bytes on the wire through its proxy, and prints markdown tables. This script
 # builds xfer in release mode, adds it to every table, then times pushes of the same data with a
 # shell loop (median of REPS wall times; no byte counts, no content check), a delta push against
-# rsync --inplace (time and bytes on the wire), and xfer's peak memory (GNU time); every table
+# rsync --inplace (time and bytes on the wire), pulls of the 1 GiB file and the checkpoint tree
+# over the emulated far link against rsync, and xfer's peak memory (GNU time); every table
 # gets a column of ratios to the best peer (benches/ratios.py). Arguments are passed
 # to baseline.sh, so --tool NAME=TEMPLATE adds more tools to the pull tables.
 #
-#   benches/compare.sh > report.md              # everything, about 30 minutes
+#   benches/compare.sh > report.md              # everything, about 35 minutes
 #   SCENARIOS="full resume" DATASETS=big benches/compare.sh
 #   benches/compare.sh --tool "xfer-j1=$PWD/target/release/xfer pull -j 1 -F {config} bench:{src} {dst}"
 set -euo pipefail
@@ -112,6 +113,37 @@ for tool in xfer rsync; do
   cmp -s "$work/mutated.bin" "$work/remote/big.bin" && same=yes
   echo "| $tool | $median | $wire | $same |"
 done
+
+# Far link, at the sizes issue 5 names (the kit's far scenario pulls 128 MiB): the 1 GiB file
+# and the checkpoint tree pulled through wire-proxy emulating 100 ms round trip, a 2 MiB window
+# per connection and 100 MiB/s for the whole link. One run each (rsync takes about a minute).
+echo
+echo "## Far link pull (${BIG_MIB:-1024} MiB file and the checkpoint tree; 100 ms, 2 MiB window, 100 MiB/s)"
+echo
+echo "| dataset | tool | seconds | MB/s | same content |"
+echo "|---|---|---|---|---|"
+far_pull() { # TOOL DATASET CONFIG
+  case $1 in
+    xfer) "$xfer" pull -q -F "$3" "bench:$work/data/$2" "$work/far/$2" ;;
+    rsync) rsync -a -e "ssh -F $3" "bench:$work/data/$2" "$work/far/" ;;
+  esac
+}
+for dataset in big.bin ckpt; do
+  bytes=$(du -sb --apparent-size "$work/data/$dataset" | cut -f1)
+  for tool in xfer rsync; do
+    rm -rf "$work/far" && mkdir -p "$work/far"
+    start=$(date +%s.%N)
+    "$bench/wire-proxy" "$proxy_port" "$(cat "$SSHD_DIR/port")" --delay-ms 50 --window $((2 << 20)) \
+      --rate $((100 << 20)) --stats "$work/wire.json" -- \
+      bash -c "$(declare -f far_pull); xfer=$xfer work=$work far_pull $tool $dataset $work/proxy_config" >/dev/null 2>&1
+    end=$(date +%s.%N)
+    seconds=$(python3 -c "print(round($end - $start, 2))")
+    same=no
+    diff -r "$work/data/$dataset" "$work/far/$dataset" >/dev/null 2>&1 && same=yes
+    echo "| $dataset | $tool | $seconds | $(python3 -c "print(round($bytes / ($end - $start) / 1e6))") | $same |"
+  done
+done
+rm -rf "$work/far"
 
 # Peak memory (maximum resident set size of the xfer process) for a full pull and a full push
 # of the big file.
