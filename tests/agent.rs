@@ -358,6 +358,31 @@ fn without_sftp_pull_and_push_go_through_the_agent() {
     assert_success(&output);
     assert_eq!(tree(&setup.path("source")), tree(&setup.path("pushed")));
 
+    // A delta of one large file: the agent is started beside the planner (the command names a
+    // large local file) and, SFTP being refused, plans too.
+    let large = setup.path("large.bin");
+    fs::write(&large, pattern(31, 20 * BLOCK + 5)).unwrap();
+    let pulled = setup.path("large-copy.bin");
+    // Shorter, so the size says it changed whatever the mtimes, and one block rewritten.
+    let mut old = pattern(31, 20 * BLOCK + 5);
+    old.truncate(17 * BLOCK);
+    old[7 * BLOCK..8 * BLOCK].fill(0);
+    fs::write(&pulled, old).unwrap();
+    let output = setup.run(&["pull", &setup.remote("large.bin"), pulled.to_str().unwrap()]);
+    assert_success(&output);
+    assert_no_fallback(&output);
+    assert_eq!(fs::read(&large).unwrap(), fs::read(&pulled).unwrap());
+    let output = setup.run(&[
+        "push",
+        large.to_str().unwrap(),
+        &setup.remote("large-pushed.bin"),
+    ]);
+    assert_success(&output);
+    assert_eq!(
+        fs::read(&large).unwrap(),
+        fs::read(setup.path("large-pushed.bin")).unwrap()
+    );
+
     // SFTP only is refused with the reason.
     let output = setup.run(&[
         "pull",

@@ -198,25 +198,42 @@ enum Pending {
     Ready(Arc<Session>),
     /// Not started: the agent is started only when a unit has data to move.
     Connection(Arc<Connection>),
+    /// Being started while the planner works (the command names a large local file).
+    Starting(tokio::task::JoinHandle<Result<Arc<Session>>>),
 }
 
 /// Opens the first connection. Discovery and planning need only listings, which SFTP answers
 /// without starting a shell on the remote (on many hosts the login shell's startup files cost
 /// more than the whole listing), so the planner is an SFTP session and the agent is started
 /// on the same connection only when a unit has data to move: a re-run with nothing to do never
-/// starts it. A host that refuses SFTP plans over the agent.
-async fn open_first(transfer: &Transfer) -> Result<(Arc<Session>, Pending)> {
+/// starts it. When the command names a large local file (`eager`: a delta, a resume, a push of
+/// a big file, whose data will most likely move) the agent is started at once, beside the
+/// planner, since starting it (a login shell on the remote) is the longest wait of such a
+/// run. A host that refuses SFTP plans over the agent.
+async fn open_first(transfer: &Transfer, eager: bool) -> Result<(Arc<Session>, Pending)> {
     let connection = Arc::new(transfer.connector.connect(&transfer.host).await?);
     if transfer.agent != AgentMode::Off {
+        let starting = eager.then(|| {
+            let (connection, agent) = (connection.clone(), transfer.agent.clone());
+            let reporter = transfer.reporter.clone();
+            tokio::spawn(async move { start_session(connection, &agent, &*reporter).await })
+        });
         match SftpRemote::open(connection.clone()).await {
             Ok(sftp) => {
-                return Ok((
-                    Arc::new(Session::Sftp(sftp)),
-                    Pending::Connection(connection),
-                ));
+                let pending = match starting {
+                    Some(starting) => Pending::Starting(starting),
+                    None => Pending::Connection(connection),
+                };
+                return Ok((Arc::new(Session::Sftp(sftp)), pending));
             }
             Err(error) if connection.is_closed() => return Err(error),
-            Err(_) => {}
+            Err(_) => {
+                if let Some(starting) = starting
+                    && let Ok(Ok(session)) = starting.await
+                {
+                    return Ok((session.clone(), Pending::Ready(session)));
+                }
+            }
         }
     }
     let session = start_session(connection, &transfer.agent, &*transfer.reporter).await?;
@@ -227,7 +244,7 @@ async fn open_first(transfer: &Transfer) -> Result<(Arc<Session>, Pending)> {
 pub async fn run(transfer: Transfer) -> Result<Summary> {
     let started = Instant::now();
     let early = early_candidate(&transfer).and_then(|path| EarlyHashes::start(&path));
-    let (first, first_data) = open_first(&transfer).await?;
+    let (first, first_data) = open_first(&transfer, early.is_some()).await?;
     let config = first.connection().config().clone();
     let endpoints = Endpoints {
         remote_id: format!("{}@{}:{}", config.user, config.hostname, config.port),
@@ -885,6 +902,21 @@ async fn data_session(
             let transfer = &shared.transfer;
             start_session(connection, &transfer.agent, &*transfer.reporter).await?
         }
+        Some(Pending::Starting(starting)) => match starting.await {
+            Ok(Ok(remote)) if !remote.is_closed() => remote,
+            Ok(Err(error)) if !error.is_transient() => return Err(error),
+            // It failed to come up, or the connection has closed since: a new one, as below.
+            _ => {
+                let transfer = &shared.transfer;
+                open_remote(
+                    &transfer.connector,
+                    &transfer.host,
+                    &transfer.agent,
+                    &*transfer.reporter,
+                )
+                .await?
+            }
+        },
         _ => {
             let transfer = &shared.transfer;
             open_remote(
