@@ -110,6 +110,62 @@ impl<R: Remote> Lanes<R> {
     }
 }
 
+/// Borrowed connections with one file open on each, as they come up.
+pub type Arrivals<R> = tokio::sync::mpsc::UnboundedReceiver<(Lane<R>, <R as Remote>::File)>;
+
+/// Borrows up to `wanted` connections in the background for one file, opening it on each with
+/// `open`; each arrives on the receiver as it comes up (a connection that cannot open the file
+/// is given back). Abort the task once the file is done: borrowers still waiting stop waiting.
+pub fn borrow_for_file<R, Open, Opening>(
+    lanes: &Arc<Lanes<R>>,
+    wanted: Wanted,
+    open: Open,
+) -> (Arrivals<R>, tokio::task::JoinHandle<()>)
+where
+    R: Remote,
+    Open: Fn(Arc<R>) -> Opening + Send + Sync + 'static,
+    Opening: Future<Output = Result<R::File>> + Send + 'static,
+{
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    let lanes = lanes.clone();
+    let open = Arc::new(open);
+    let task = tokio::spawn(async move {
+        let mut opening = tokio::task::JoinSet::new();
+        for _ in 0..wanted.connections {
+            let lanes = lanes.clone();
+            let open = open.clone();
+            opening.spawn(async move {
+                let lane = lanes.borrow_one(wanted.may_open).await?;
+                match open(lane.remote.clone()).await {
+                    Ok(opened) => Some((lane, opened)),
+                    Err(error) => {
+                        tracing::debug!(%error, "a borrowed connection cannot open the file");
+                        None
+                    }
+                }
+            });
+        }
+        while let Some(joined) = opening.join_next().await {
+            if let Ok(Some(arrived)) = joined
+                && sender.send(arrived).is_err()
+            {
+                break;
+            }
+        }
+    });
+    (receiver, task)
+}
+
+/// Stops taking borrowed connections for a file that is done: any that arrived too late have
+/// their handle closed and go back to the idle list.
+pub async fn close_late<R: Remote>(arrivals: Option<Arrivals<R>>) {
+    let Some(mut arrivals) = arrivals else { return };
+    arrivals.close();
+    while let Some((lane, opened)) = arrivals.recv().await {
+        let _ = lane.remote.close(opened).await;
+    }
+}
+
 /// The extra connections a file of `size` bytes, `blocks_needed` of whose blocks travel,
 /// should ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

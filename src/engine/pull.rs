@@ -12,7 +12,7 @@
 use crate::blocks::{BlockHash, BlockLayout, DEFAULT_BLOCK_SIZE, hash_block};
 use crate::engine::delta;
 use crate::engine::early::EarlyHashes;
-use crate::engine::lanes::{Lane, Lanes, wanted_for};
+use crate::engine::lanes::{Arrivals, Lane, Lanes, borrow_for_file, close_late, wanted_for};
 use crate::engine::plan::{Action, Endpoints, Plan, PlanItem, journal_header};
 use crate::engine::state::{JournalFile, StateDir};
 use crate::engine::verify::{WholeFileDigests, hash_blocks_parallel, still_matching, verify_file};
@@ -482,34 +482,12 @@ async fn fetch_large<R: Remote>(
     let needed = delta::bytes_needed(layout, have, pieces).div_ceil(u64::from(layout.block_size()));
     let (arrivals, lanes_task) = match (&context.lanes, wanted_for(item.size, needed)) {
         (Some(lanes), wanted) if wanted.connections > 0 => {
-            let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
-            let lanes = lanes.clone();
             let source = item.source.clone();
-            let task = tokio::spawn(async move {
-                let mut opening = JoinSet::new();
-                for _ in 0..wanted.connections {
-                    let lanes = lanes.clone();
-                    let source = source.clone();
-                    opening.spawn(async move {
-                        let lane = lanes.borrow_one(wanted.may_open).await?;
-                        match lane.remote.open_read(&source).await {
-                            Ok(opened) => Some((lane, opened)),
-                            Err(error) => {
-                                tracing::debug!(%error, "a borrowed connection cannot open the file");
-                                None
-                            }
-                        }
-                    });
-                }
-                while let Some(joined) = opening.join_next().await {
-                    if let Ok(Some(arrived)) = joined
-                        && sender.send(arrived).is_err()
-                    {
-                        break;
-                    }
-                }
+            let (arrivals, task) = borrow_for_file(lanes, wanted, move |remote: Arc<R>| {
+                let source = source.clone();
+                async move { remote.open_read(&source).await }
             });
-            (Some(receiver), Some(task))
+            (Some(arrivals), Some(task))
         }
         _ => (None, None),
     };
@@ -592,7 +570,7 @@ async fn fetch_blocks<R: Remote>(
     context: &Context<R>,
     item: &PlanItem,
     primary: (Arc<R>, R::File),
-    mut arrivals: Option<tokio::sync::mpsc::UnboundedReceiver<(Lane<R>, R::File)>>,
+    mut arrivals: Option<Arrivals<R>>,
     file: &File,
     layout: &BlockLayout,
     pieces: &BTreeMap<u64, Vec<Range<u64>>>,
@@ -781,6 +759,7 @@ async fn fetch_blocks<R: Remote>(
     }
     .await;
     in_flight.abort_all();
+    close_late(arrivals).await;
     for (remote, opened, _) in paths.into_iter().skip(1) {
         let _ = remote.close(opened).await;
     }

@@ -1,7 +1,8 @@
 //! Executing a push plan: local data onto the remote, in place, resumably.
 //!
 //! The mirror of `pull`: remote directories are made before any write, files are sent several
-//! at a time with many offset writes in flight; blocks the server acknowledged are journaled
+//! at a time with many offset writes in flight (a large file's also over borrowed connections,
+//! see [`crate::engine::lanes`]); blocks the server acknowledged are journaled
 //! locally every [`JOURNAL_INTERVAL`] and whenever the link fails, and every [`SYNC_INTERVAL`]
 //! and at the end the remote file is synced (fsync@openssh.com).
 //! On a re-run, a journaled block is trusted only if the local bytes still hash to what was
@@ -13,6 +14,7 @@ use crate::blocks::delta::covered;
 use crate::blocks::{BlockHash, BlockLayout, DEFAULT_BLOCK_SIZE, hash_block};
 use crate::engine::delta;
 use crate::engine::early::EarlyHashes;
+use crate::engine::lanes::{Arrivals, Lane, Lanes, borrow_for_file, close_late, wanted_for};
 use crate::engine::plan::{Action, Direction, Endpoints, Plan, PlanItem, journal_header};
 use crate::engine::state::{JournalFile, StateDir};
 use crate::engine::verify::{WholeFileDigests, buffer_size, still_matching, verify_file};
@@ -40,10 +42,13 @@ struct Context<R: Remote> {
     endpoints: Endpoints,
     reporter: Arc<dyn Reporter>,
     options: Options,
+    /// Extra connections a large file may borrow.
+    lanes: Option<Arc<Lanes<R>>>,
     /// The local file's hashes, computed while connecting.
     early: Option<Arc<EarlyHashes>>,
 }
 
+#[allow(clippy::too_many_arguments)]
 pub async fn execute<R: Remote>(
     remote: Arc<R>,
     plan: &Plan,
@@ -51,6 +56,7 @@ pub async fn execute<R: Remote>(
     endpoints: Endpoints,
     reporter: Arc<dyn Reporter>,
     options: Options,
+    lanes: Option<Arc<Lanes<R>>>,
     early: Option<Arc<EarlyHashes>>,
 ) -> Summary {
     let started = Instant::now();
@@ -64,6 +70,7 @@ pub async fn execute<R: Remote>(
         endpoints,
         reporter,
         options,
+        lanes,
         early,
     });
 
@@ -329,10 +336,25 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
         let _ = remote.close(handle).await;
         return Err(error);
     }
+    // A large file also travels over borrowed connections, each with the file open for
+    // writing (it exists now, with its size set); they join as they come up.
+    let blocks_needed =
+        delta::bytes_needed(&layout, &have, &pieces).div_ceil(u64::from(layout.block_size()));
+    let (arrivals, lanes_task) = match (&context.lanes, wanted_for(item.size, blocks_needed)) {
+        (Some(lanes), wanted) if wanted.connections > 0 => {
+            let target = item.target.clone();
+            let (arrivals, task) = borrow_for_file(lanes, wanted, move |remote: Arc<R>| {
+                let target = target.clone();
+                async move { remote.open_write(&target).await }
+            });
+            (Some(arrivals), Some(task))
+        }
+        _ => (None, None),
+    };
     let sent = send_blocks(
         context,
         item,
-        &handle,
+        (&handle, arrivals),
         &file,
         &layout,
         (&needed, &pieces, &known),
@@ -340,6 +362,9 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
         &mut have,
     )
     .await;
+    if let Some(task) = lanes_task {
+        task.abort();
+    }
     let synced = match sent {
         Ok(checked_early) => {
             // Blocks the remote hashed as they landed, equal to what was sent.
@@ -511,7 +536,7 @@ const CHECKS_IN_FLIGHT: usize = 16;
 async fn send_blocks<R: Remote>(
     context: &Context<R>,
     item: &PlanItem,
-    handle: &R::File,
+    (handle, mut arrivals): (&R::File, Option<Arrivals<R>>),
     file: &File,
     layout: &BlockLayout,
     (needed, pieces, known): ToSend<'_>,
@@ -528,7 +553,14 @@ async fn send_blocks<R: Remote>(
     let mut outstanding: HashMap<u64, (BlockHash, u64)> = HashMap::new();
     // Per block: the bytes it sends (all of it, or its differing pieces).
     let mut sent_of: HashMap<u64, u64> = HashMap::new();
-    let mut in_flight: JoinSet<(u64, u64, Result<()>)> = JoinSet::new();
+    // The connections the file goes over, with their writes in flight: its unit's own, then
+    // borrowed ones (kept alive by their lane) as they arrive. Each write goes to the least
+    // busy one.
+    let per_connection = context.options.requests_for(context.remote.max_io_size());
+    let mut paths: Vec<(Arc<R>, R::File, usize)> =
+        vec![(context.remote.clone(), handle.clone(), 0)];
+    let mut borrowed: Vec<Lane<R>> = Vec::new();
+    let mut in_flight: JoinSet<(usize, u64, u64, Result<()>)> = JoinSet::new();
     let mut unsynced: Vec<(u64, BlockHash)> = Vec::new();
     let mut unsynced_bytes = 0u64;
     let mut since_sync = 0u64;
@@ -536,7 +568,13 @@ async fn send_blocks<R: Remote>(
 
     let outcome: Result<()> = async {
         loop {
-            while in_flight.len() < context.options.requests_for(context.remote.max_io_size()) {
+            while let Some(lane) = paths
+                .iter()
+                .enumerate()
+                .filter(|(_, path)| path.2 < per_connection)
+                .min_by_key(|(_, path)| path.2)
+                .map(|(lane, _)| lane)
+            {
                 if requests.is_empty() {
                     // Read the next block only when its writes can go out, to bound memory.
                     let Some(index) = pending_blocks.pop_front() else {
@@ -571,24 +609,56 @@ async fn send_blocks<R: Remote>(
                 let Some((index, offset, data)) = requests.pop_front() else {
                     break;
                 };
-                let Ok(permit) = context.writes.clone().acquire_owned().await else {
-                    break;
+                // The unit's own connection is shared with other files: its writes are
+                // bounded across them. A borrowed one serves this file alone.
+                let permit = if lane == 0 {
+                    let Ok(permit) = context.writes.clone().acquire_owned().await else {
+                        break;
+                    };
+                    Some(permit)
+                } else {
+                    None
                 };
-                let remote = context.remote.clone();
-                let handle = handle.clone();
+                let remote = paths[lane].0.clone();
+                let handle = paths[lane].1.clone();
+                paths[lane].2 += 1;
                 in_flight.spawn(async move {
                     let length = data.len() as u64;
                     let result = remote.write_at(&handle, offset, data).await;
                     drop(permit);
-                    (index, length, result)
+                    (lane, index, length, result)
                 });
             }
-            let Some(joined) = in_flight.join_next().await else {
+            if in_flight.is_empty() {
+                break;
+            }
+            let joined = tokio::select! {
+                joined = in_flight.join_next() => joined,
+                arrived = async {
+                    match arrivals.as_mut() {
+                        Some(receiver) => receiver.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    match arrived {
+                        Some((lane, opened)) => {
+                            paths.push((lane.remote.clone(), opened, 0));
+                            borrowed.push(lane);
+                        }
+                        None => arrivals = None,
+                    }
+                    continue;
+                }
+            };
+            let Some(joined) = joined else {
                 break;
             };
-            let (index, length, result) = joined.map_err(|error| {
+            let (lane, index, length, result) = joined.map_err(|error| {
                 Error::new(ErrorKind::LocalIo, format!("a write task failed: {error}"))
             })?;
+            if let Some(path) = paths.get_mut(lane) {
+                path.2 = path.2.saturating_sub(1);
+            }
             result?;
             context.reporter.bytes_moved(&item.path, length);
             let Some(entry) = outstanding.get_mut(&index) else {
@@ -640,6 +710,13 @@ async fn send_blocks<R: Remote>(
     }
     .await;
     in_flight.abort_all();
+    close_late(arrivals).await;
+    // The borrowed connections' handles are closed before the unit's connection syncs the
+    // file: every write they carried has been acknowledged (or the file failed).
+    for (remote, opened, _) in paths.into_iter().skip(1) {
+        let _ = remote.close(opened).await;
+    }
+    drop(borrowed);
     // Every acknowledged block is recorded, whatever happened: the server has it (a dropped
     // link does not lose acknowledged writes; a crash of the server is caught by the size check
     // and the end-to-end digest).

@@ -288,7 +288,7 @@ pub async fn run(transfer: Transfer) -> Result<Summary> {
     // the workers' connections (and the agent on the first one) are opened now, while the
     // units are planned, and so are the ones for the slots no unit will use, which are lent
     // to large files.
-    if shared.transfer.direction == Direction::Pull && data_expected {
+    if data_expected {
         let mut opening = Vec::new();
         for _ in 1..jobs {
             let transfer = &shared.transfer;
@@ -480,7 +480,8 @@ async fn push_root<R: Remote>(transfer: &Transfer, remote: &R) -> Result<String>
 /// whether data is sure to move, so the connections it will need can be opened while the
 /// units are planned: a pull into a destination that does not exist yet, or of a single large
 /// file that is not at least half here (a resume or a delta seldom needs extra connections; if it
-/// does, it opens them when it knows). A re-run with nothing to do opens none.
+/// does, it opens them when it knows), or a push of a single large file the remote does not hold
+/// at its size. A re-run with nothing to do opens none.
 type Discovery = (
     Vec<Unit>,
     Option<Arc<Destination>>,
@@ -564,7 +565,15 @@ async fn discover_push<R: Remote>(transfer: &Transfer, remote: &R) -> Result<Dis
         listed_directory: false,
     };
     if !metadata.is_dir() {
-        return Ok((vec![top], None, None, false));
+        // A large file the remote does not hold yet, at that size, will move: its extra
+        // connections are opened while it is planned.
+        let large = metadata.len() >= crate::engine::lanes::LANE_MIN_SIZE;
+        let data_expected = large
+            && remote
+                .stat(&root_target, false)
+                .await?
+                .is_none_or(|existing| existing.size != metadata.len());
+        return Ok((vec![top], None, None, data_expected));
     }
     let mut units = vec![top];
     let mut entries: Vec<_> = std::fs::read_dir(source)
@@ -843,6 +852,7 @@ async fn attempt_unit(
                 shared.endpoints.clone(),
                 transfer.reporter.clone(),
                 transfer.options.engine,
+                Some(shared.lanes.clone()),
                 shared.early.clone(),
             )
             .await

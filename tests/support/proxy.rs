@@ -64,6 +64,8 @@ struct State {
     throttle_free_at: Option<Instant>,
     bytes_up: u64,
     bytes_down: u64,
+    /// The most bytes (both ways) one connection has carried since the counters were reset.
+    busiest: u64,
     connections: u64,
     /// Connections closed because a mode's limit was reached (or a zero limit was set).
     cuts: u64,
@@ -82,6 +84,8 @@ struct Link {
     generation: u64,
     /// Bytes reserved in both directions since `generation` began.
     carried: u64,
+    /// Bytes written in both directions since the counters were reset.
+    written: u64,
     stalled: bool,
     closed: bool,
     /// Pumps still running; the link is forgotten when both are done.
@@ -133,6 +137,7 @@ impl Proxy {
                 throttle_free_at: None,
                 bytes_up: 0,
                 bytes_down: 0,
+                busiest: 0,
                 connections: 0,
                 cuts: 0,
                 stalls: 0,
@@ -167,6 +172,11 @@ impl Proxy {
         self.shared.lock().bytes_down
     }
 
+    /// The most bytes (both ways) any one connection has carried since the counters were reset.
+    pub fn busiest_connection(&self) -> u64 {
+        self.shared.lock().busiest
+    }
+
     pub fn bytes_total(&self) -> u64 {
         let state = self.shared.lock();
         state.bytes_up + state.bytes_down
@@ -194,6 +204,10 @@ impl Proxy {
         let mut state = self.shared.lock();
         state.bytes_up = 0;
         state.bytes_down = 0;
+        state.busiest = 0;
+        for link in state.links.values_mut() {
+            link.written = 0;
+        }
         state.connections = 0;
         state.cuts = 0;
         state.stalls = 0;
@@ -307,6 +321,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 server: server_copy,
                 generation: state.generation,
                 carried: 0,
+                written: 0,
                 stalled,
                 closed: false,
                 pumps: 2,
@@ -384,6 +399,11 @@ fn pump(
                         Direction::Up => state.bytes_up += wrote as u64,
                         Direction::Down => state.bytes_down += wrote as u64,
                     }
+                    let carried = state.links.get_mut(&id).map_or(0, |link| {
+                        link.written += wrote as u64;
+                        link.written
+                    });
+                    state.busiest = state.busiest.max(carried);
                 }
                 Err(error) if error.kind() == ErrorKind::Interrupted => {}
                 Err(_) => break,
