@@ -7,9 +7,9 @@
 # builds xfer in release mode, adds it to every table, then times pushes of the same data with a
 # shell loop (median of REPS wall times; no byte counts, no content check), a delta push against
 # rsync --inplace (time and bytes on the wire), pulls of the 1 GiB file and the checkpoint tree
-# over the emulated far link against rsync, and xfer's peak memory (GNU time); every table
-# gets a column of ratios to the best peer (benches/ratios.py). Arguments are passed
-# to baseline.sh, so --tool NAME=TEMPLATE adds more tools to the pull tables.
+# and a push of the file over the emulated far link against rsync, and xfer's peak memory (GNU
+# time); every table gets a column of ratios to the best peer (benches/ratios.py). Arguments
+# are passed to baseline.sh, so --tool NAME=TEMPLATE adds more tools to the pull tables.
 #
 #   benches/compare.sh > report.md              # everything, about 35 minutes
 #   SCENARIOS="full resume" DATASETS=big benches/compare.sh
@@ -115,31 +115,35 @@ for tool in xfer rsync; do
 done
 
 # Far link, at the sizes issue 5 names (the kit's far scenario pulls 128 MiB): the 1 GiB file
-# and the checkpoint tree pulled through wire-proxy emulating 100 ms round trip, a 2 MiB window
-# per connection and 100 MiB/s for the whole link. One run each (rsync takes about a minute).
+# and the checkpoint tree pulled, and the file pushed, through wire-proxy emulating 100 ms round
+# trip, a 2 MiB window per connection and 100 MiB/s for the whole link. One run each (rsync
+# takes about a minute each).
 echo
-echo "## Far link pull (${BIG_MIB:-1024} MiB file and the checkpoint tree; 100 ms, 2 MiB window, 100 MiB/s)"
+echo "## Far link (pulls of the ${BIG_MIB:-1024} MiB file and the checkpoint tree, a push of the file; 100 ms, 2 MiB window, 100 MiB/s)"
 echo
 echo "| dataset | tool | seconds | MB/s | same content |"
 echo "|---|---|---|---|---|"
-far_pull() { # TOOL DATASET CONFIG
-  case $1 in
-    xfer) "$xfer" pull -q -F "$3" "bench:$work/data/$2" "$work/far/$2" ;;
-    rsync) rsync -a -e "ssh -F $3" "bench:$work/data/$2" "$work/far/" ;;
+far_copy() { # TOOL DATASET CONFIG (pull, or push for DATASET "push:NAME")
+  case $1:$2 in
+    xfer:push:*) "$xfer" push -q -F "$3" "$work/data/${2#push:}" "bench:$work/far/${2#push:}" ;;
+    rsync:push:*) rsync -a -e "ssh -F $3" "$work/data/${2#push:}" "bench:$work/far/" ;;
+    xfer:*) "$xfer" pull -q -F "$3" "bench:$work/data/$2" "$work/far/$2" ;;
+    rsync:*) rsync -a -e "ssh -F $3" "bench:$work/data/$2" "$work/far/" ;;
   esac
 }
-for dataset in big.bin ckpt; do
-  bytes=$(du -sb --apparent-size "$work/data/$dataset" | cut -f1)
+for dataset in big.bin ckpt push:big.bin; do
+  name=${dataset#push:}
+  bytes=$(du -sb --apparent-size "$work/data/$name" | cut -f1)
   for tool in xfer rsync; do
     rm -rf "$work/far" && mkdir -p "$work/far"
     start=$(date +%s.%N)
     "$bench/wire-proxy" "$proxy_port" "$(cat "$SSHD_DIR/port")" --delay-ms 50 --window $((2 << 20)) \
       --rate $((100 << 20)) --stats "$work/wire.json" -- \
-      bash -c "$(declare -f far_pull); xfer=$xfer work=$work far_pull $tool $dataset $work/proxy_config" >/dev/null 2>&1
+      bash -c "$(declare -f far_copy); xfer=$xfer work=$work far_copy $tool $dataset $work/proxy_config" >/dev/null 2>&1
     end=$(date +%s.%N)
     seconds=$(python3 -c "print(round($end - $start, 2))")
     same=no
-    diff -r "$work/data/$dataset" "$work/far/$dataset" >/dev/null 2>&1 && same=yes
+    diff -r "$work/data/$name" "$work/far/$name" >/dev/null 2>&1 && same=yes
     echo "| $dataset | $tool | $seconds | $(python3 -c "print(round($bytes / ($end - $start) / 1e6))") | $same |"
   done
 done
