@@ -156,6 +156,20 @@ where
     (receiver, task)
 }
 
+/// The next borrowed connection to arrive, or never once none can: a file's transfer selects
+/// on it beside its own work.
+pub async fn next_arrival<R: Remote>(arrivals: &mut Option<Arrivals<R>>) -> (Lane<R>, R::File) {
+    loop {
+        match arrivals.as_mut() {
+            Some(receiver) => match receiver.recv().await {
+                Some(arrived) => return arrived,
+                None => *arrivals = None,
+            },
+            None => std::future::pending().await,
+        }
+    }
+}
+
 /// Stops taking borrowed connections for a file that is done: any that arrived too late have
 /// their handle closed and go back to the idle list.
 pub async fn close_late<R: Remote>(arrivals: Option<Arrivals<R>>) {

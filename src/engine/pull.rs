@@ -12,7 +12,9 @@
 use crate::blocks::{BlockHash, BlockLayout, DEFAULT_BLOCK_SIZE, hash_block};
 use crate::engine::delta;
 use crate::engine::early::EarlyHashes;
-use crate::engine::lanes::{Arrivals, Lane, Lanes, borrow_for_file, close_late, wanted_for};
+use crate::engine::lanes::{
+    Arrivals, Lane, Lanes, borrow_for_file, close_late, next_arrival, wanted_for,
+};
 use crate::engine::plan::{Action, Endpoints, Plan, PlanItem, journal_header};
 use crate::engine::state::{JournalFile, StateDir};
 use crate::engine::verify::{WholeFileDigests, hash_blocks_parallel, still_matching, verify_file};
@@ -654,21 +656,12 @@ async fn fetch_blocks<R: Remote>(
             }
             let joined = tokio::select! {
                 joined = in_flight.join_next() => joined,
-                arrived = async {
-                    match arrivals.as_mut() {
-                        Some(receiver) => receiver.recv().await,
-                        None => std::future::pending().await,
-                    }
-                } => {
-                    match arrived {
-                        Some((lane, opened)) if first_error.is_none() => {
-                            paths.push((lane.remote.clone(), opened, 0));
-                            borrowed.push(lane);
-                        }
-                        Some((lane, opened)) => {
-                            let _ = lane.remote.close(opened).await;
-                        }
-                        None => arrivals = None,
+                (lane, opened) = next_arrival(&mut arrivals) => {
+                    if first_error.is_none() {
+                        paths.push((lane.remote.clone(), opened, 0));
+                        borrowed.push(lane);
+                    } else {
+                        let _ = lane.remote.close(opened).await;
                     }
                     continue;
                 }

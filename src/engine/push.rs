@@ -14,7 +14,9 @@ use crate::blocks::delta::covered;
 use crate::blocks::{BlockHash, BlockLayout, DEFAULT_BLOCK_SIZE, hash_block};
 use crate::engine::delta;
 use crate::engine::early::EarlyHashes;
-use crate::engine::lanes::{Arrivals, Lane, Lanes, borrow_for_file, close_late, wanted_for};
+use crate::engine::lanes::{
+    Arrivals, Lane, Lanes, borrow_for_file, close_late, next_arrival, wanted_for,
+};
 use crate::engine::plan::{Action, Direction, Endpoints, Plan, PlanItem, journal_header};
 use crate::engine::state::{JournalFile, StateDir};
 use crate::engine::verify::{WholeFileDigests, buffer_size, still_matching, verify_file};
@@ -634,19 +636,9 @@ async fn send_blocks<R: Remote>(
             }
             let joined = tokio::select! {
                 joined = in_flight.join_next() => joined,
-                arrived = async {
-                    match arrivals.as_mut() {
-                        Some(receiver) => receiver.recv().await,
-                        None => std::future::pending().await,
-                    }
-                } => {
-                    match arrived {
-                        Some((lane, opened)) => {
-                            paths.push((lane.remote.clone(), opened, 0));
-                            borrowed.push(lane);
-                        }
-                        None => arrivals = None,
-                    }
+                (lane, opened) = next_arrival(&mut arrivals) => {
+                    paths.push((lane.remote.clone(), opened, 0));
+                    borrowed.push(lane);
                     continue;
                 }
             };

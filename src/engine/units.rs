@@ -906,29 +906,23 @@ async fn data_session(
         .lock()
         .ok()
         .and_then(|mut first_data| first_data.take());
-    let remote = match first {
-        Some(Pending::Ready(remote)) if !remote.is_closed() => remote,
+    let transfer = &shared.transfer;
+    let first = match first {
+        Some(Pending::Ready(remote)) if !remote.is_closed() => Some(remote),
         Some(Pending::Connection(connection)) if !connection.is_closed() => {
-            let transfer = &shared.transfer;
-            start_session(connection, &transfer.agent, &*transfer.reporter).await?
+            Some(start_session(connection, &transfer.agent, &*transfer.reporter).await?)
         }
         Some(Pending::Starting(starting)) => match starting.await {
-            Ok(Ok(remote)) if !remote.is_closed() => remote,
+            Ok(Ok(remote)) if !remote.is_closed() => Some(remote),
             Ok(Err(error)) if !error.is_transient() => return Err(error),
-            // It failed to come up, or the connection has closed since: a new one, as below.
-            _ => {
-                let transfer = &shared.transfer;
-                open_remote(
-                    &transfer.connector,
-                    &transfer.host,
-                    &transfer.agent,
-                    &*transfer.reporter,
-                )
-                .await?
-            }
+            // It failed to come up, or the connection has closed since: a new one, below.
+            _ => None,
         },
-        _ => {
-            let transfer = &shared.transfer;
+        _ => None,
+    };
+    let remote = match first {
+        Some(remote) => remote,
+        None => {
             open_remote(
                 &transfer.connector,
                 &transfer.host,
