@@ -391,6 +391,16 @@ fn push_with_cuts_and_retries_ends_identical() {
     let _ = &bench.sshd;
 }
 
+/// A file of `size` bytes went over several connections: none carried three quarters of it.
+fn assert_spread(bench: &Bench, size: u64) {
+    let busiest = bench.proxy.busiest_connection();
+    assert!(
+        busiest < size * 3 / 4,
+        "one connection carried {busiest} bytes of {size} ({} connections)",
+        bench.proxy.connections()
+    );
+}
+
 #[test]
 fn a_large_pushed_file_travels_over_several_connections_and_survives_cuts() {
     // The push side of the same: the file's writes are spread over the borrowed connections,
@@ -412,13 +422,7 @@ fn a_large_pushed_file_travels_over_several_connections_and_survives_cuts() {
     let output = push(&bench);
     assert_success(&output);
     assert_eq!(fs::read(&source).unwrap(), fs::read(&pushed).unwrap());
-    // Spread: no connection carried as much as three quarters of the file.
-    let busiest = bench.proxy.busiest_connection();
-    assert!(
-        busiest < (80 * MIB as u64) * 3 / 4,
-        "one connection carried {busiest} bytes of 80 MiB ({} connections)",
-        bench.proxy.connections()
-    );
+    assert_spread(&bench, 80 * MIB as u64);
 
     // Every connection cut after 12 MiB: retried, resumed, identical, little waste.
     fs::remove_file(&pushed).unwrap();
@@ -476,12 +480,7 @@ fn a_large_file_travels_over_several_connections_and_survives_cuts() {
         fs::read(&source).unwrap(),
         fs::read(bench.path("copy")).unwrap()
     );
-    let busiest = bench.proxy.busiest_connection();
-    assert!(
-        busiest < (80 * MIB as u64) * 3 / 4,
-        "one connection carried {busiest} bytes of 80 MiB ({} connections)",
-        bench.proxy.connections()
-    );
+    assert_spread(&bench, 80 * MIB as u64);
 
     // Every connection cut after 12 MiB: retried, resumed, identical, little waste.
     fs::remove_file(bench.path("copy")).unwrap();

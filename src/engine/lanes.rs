@@ -14,6 +14,7 @@
 //! files are carried by every connection that is still open, not by their unit's alone. A
 //! file too small to be worth a new handshake still takes connections that are already open.
 
+use crate::blocks::BlockLayout;
 use crate::error::Result;
 use crate::remote::Remote;
 use std::future::Future;
@@ -113,19 +114,27 @@ impl<R: Remote> Lanes<R> {
 /// Borrowed connections with one file open on each, as they come up.
 pub type Arrivals<R> = tokio::sync::mpsc::UnboundedReceiver<(Lane<R>, <R as Remote>::File)>;
 
-/// Borrows up to `wanted` connections in the background for one file, opening it on each with
-/// `open`; each arrives on the receiver as it comes up (a connection that cannot open the file
-/// is given back). Abort the task once the file is done: borrowers still waiting stop waiting.
+/// Borrows the connections a file cut by `layout`, `bytes_needed` of which travel, is worth
+/// (see [`wanted_for`]), in the background, opening it on each with `open`; each arrives on
+/// the receiver as it comes up (a connection that cannot open the file is given back). Abort
+/// the task once the file is done: borrowers still waiting stop waiting. Nothing when the file
+/// is worth none, or there are no lanes.
 pub fn borrow_for_file<R, Open, Opening>(
-    lanes: &Arc<Lanes<R>>,
-    wanted: Wanted,
+    lanes: Option<&Arc<Lanes<R>>>,
+    layout: &BlockLayout,
+    bytes_needed: u64,
     open: Open,
-) -> (Arrivals<R>, tokio::task::JoinHandle<()>)
+) -> (Option<Arrivals<R>>, Option<tokio::task::JoinHandle<()>>)
 where
     R: Remote,
     Open: Fn(Arc<R>) -> Opening + Send + Sync + 'static,
     Opening: Future<Output = Result<R::File>> + Send + 'static,
 {
+    let blocks_needed = bytes_needed.div_ceil(u64::from(layout.block_size()));
+    let wanted = wanted_for(layout.file_size(), blocks_needed);
+    let Some(lanes) = lanes.filter(|_| wanted.connections > 0) else {
+        return (None, None);
+    };
     let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
     let lanes = lanes.clone();
     let open = Arc::new(open);
@@ -153,7 +162,7 @@ where
             }
         }
     });
-    (receiver, task)
+    (Some(receiver), Some(task))
 }
 
 /// The next borrowed connection to arrive, or never once none can: a file's transfer selects

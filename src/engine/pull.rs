@@ -12,9 +12,7 @@
 use crate::blocks::{BlockHash, BlockLayout, DEFAULT_BLOCK_SIZE, hash_block};
 use crate::engine::delta;
 use crate::engine::early::EarlyHashes;
-use crate::engine::lanes::{
-    Arrivals, Lane, Lanes, borrow_for_file, close_late, next_arrival, wanted_for,
-};
+use crate::engine::lanes::{Arrivals, Lane, Lanes, borrow_for_file, close_late, next_arrival};
 use crate::engine::plan::{Action, Endpoints, Plan, PlanItem, journal_header};
 use crate::engine::state::{JournalFile, StateDir};
 use crate::engine::verify::{WholeFileDigests, hash_blocks_parallel, still_matching, verify_file};
@@ -481,18 +479,16 @@ async fn fetch_large<R: Remote>(
     };
     // A large file also travels over borrowed connections, each with the file open; they join
     // as they come up, while the unit's own connection is already fetching.
-    let needed = delta::bytes_needed(layout, have, pieces).div_ceil(u64::from(layout.block_size()));
-    let (arrivals, lanes_task) = match (&context.lanes, wanted_for(item.size, needed)) {
-        (Some(lanes), wanted) if wanted.connections > 0 => {
-            let source = item.source.clone();
-            let (arrivals, task) = borrow_for_file(lanes, wanted, move |remote: Arc<R>| {
-                let source = source.clone();
-                async move { remote.open_read(&source).await }
-            });
-            (Some(arrivals), Some(task))
-        }
-        _ => (None, None),
-    };
+    let source = item.source.clone();
+    let (arrivals, lanes_task) = borrow_for_file(
+        context.lanes.as_ref(),
+        layout,
+        delta::bytes_needed(layout, have, pieces),
+        move |remote: Arc<R>| {
+            let source = source.clone();
+            async move { remote.open_read(&source).await }
+        },
+    );
     let fetched = fetch_blocks(
         context,
         item,

@@ -14,9 +14,7 @@ use crate::blocks::delta::covered;
 use crate::blocks::{BlockHash, BlockLayout, DEFAULT_BLOCK_SIZE, hash_block};
 use crate::engine::delta;
 use crate::engine::early::EarlyHashes;
-use crate::engine::lanes::{
-    Arrivals, Lane, Lanes, borrow_for_file, close_late, next_arrival, wanted_for,
-};
+use crate::engine::lanes::{Arrivals, Lane, Lanes, borrow_for_file, close_late, next_arrival};
 use crate::engine::plan::{Action, Direction, Endpoints, Plan, PlanItem, journal_header};
 use crate::engine::state::{JournalFile, StateDir};
 use crate::engine::verify::{WholeFileDigests, buffer_size, still_matching, verify_file};
@@ -340,19 +338,16 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
     }
     // A large file also travels over borrowed connections, each with the file open for
     // writing (it exists now, with its size set); they join as they come up.
-    let blocks_needed =
-        delta::bytes_needed(&layout, &have, &pieces).div_ceil(u64::from(layout.block_size()));
-    let (arrivals, lanes_task) = match (&context.lanes, wanted_for(item.size, blocks_needed)) {
-        (Some(lanes), wanted) if wanted.connections > 0 => {
-            let target = item.target.clone();
-            let (arrivals, task) = borrow_for_file(lanes, wanted, move |remote: Arc<R>| {
-                let target = target.clone();
-                async move { remote.open_write(&target).await }
-            });
-            (Some(arrivals), Some(task))
-        }
-        _ => (None, None),
-    };
+    let target = item.target.clone();
+    let (arrivals, lanes_task) = borrow_for_file(
+        context.lanes.as_ref(),
+        &layout,
+        delta::bytes_needed(&layout, &have, &pieces),
+        move |remote: Arc<R>| {
+            let target = target.clone();
+            async move { remote.open_write(&target).await }
+        },
+    );
     let sent = send_blocks(
         context,
         item,

@@ -119,6 +119,33 @@ pub struct Transfer {
     pub agent: AgentMode,
 }
 
+/// A data session being opened while other work goes on.
+type Opening = tokio::task::JoinHandle<Result<Arc<Session>>>;
+
+impl Transfer {
+    /// Starts the remote side on `connection` (or on a new connection) in the background.
+    fn open_ahead(&self, connection: Option<Arc<Connection>>) -> Opening {
+        let (connector, host) = (self.connector.clone(), self.host.clone());
+        let (agent, reporter) = (self.agent.clone(), self.reporter.clone());
+        tokio::spawn(async move {
+            match connection {
+                Some(connection) => start_session(connection, &agent, &*reporter).await,
+                None => open_remote(&connector, &host, &agent, &*reporter).await,
+            }
+        })
+    }
+}
+
+/// What a session opened ahead came to: the session if it is up, an error if it failed for a
+/// reason a new connection would not cure, None if a new one is worth trying.
+async fn came_up(opening: Opening) -> Result<Option<Arc<Session>>> {
+    match opening.await {
+        Ok(Ok(remote)) if !remote.is_closed() => Ok(Some(remote)),
+        Ok(Err(error)) if !error.is_transient() => Err(error),
+        _ => Ok(None),
+    }
+}
+
 /// Shared by the workers.
 struct Shared {
     transfer: Transfer,
@@ -135,7 +162,7 @@ struct Shared {
     /// The first connection's data session, for the first unit that moves data.
     first_data: Mutex<Option<Pending>>,
     /// Data sessions being opened ahead of the workers that will want them.
-    opening: Mutex<Vec<tokio::task::JoinHandle<Result<Arc<Session>>>>>,
+    opening: Mutex<Vec<Opening>>,
 }
 
 /// The one local file whose hashes a transfer will want first, if the command names one: the
@@ -198,8 +225,8 @@ enum Pending {
     Ready(Arc<Session>),
     /// Not started: the agent is started only when a unit has data to move.
     Connection(Arc<Connection>),
-    /// Being started while the planner works (the command names a large local file).
-    Starting(tokio::task::JoinHandle<Result<Arc<Session>>>),
+    /// Being started while the planner works (data is expected to move).
+    Starting(Opening),
 }
 
 /// Opens the first connection. Discovery and planning need only listings, which SFTP answers
@@ -213,11 +240,7 @@ enum Pending {
 async fn open_first(transfer: &Transfer, eager: bool) -> Result<(Arc<Session>, Pending)> {
     let connection = Arc::new(transfer.connector.connect(&transfer.host).await?);
     if transfer.agent != AgentMode::Off {
-        let starting = eager.then(|| {
-            let (connection, agent) = (connection.clone(), transfer.agent.clone());
-            let reporter = transfer.reporter.clone();
-            tokio::spawn(async move { start_session(connection, &agent, &*reporter).await })
-        });
+        let starting = eager.then(|| transfer.open_ahead(Some(connection.clone())));
         match SftpRemote::open(connection.clone()).await {
             Ok(sftp) => {
                 let pending = match starting {
@@ -229,7 +252,7 @@ async fn open_first(transfer: &Transfer, eager: bool) -> Result<(Arc<Session>, P
             Err(error) if connection.is_closed() => return Err(error),
             Err(_) => {
                 if let Some(starting) = starting
-                    && let Ok(Ok(session)) = starting.await
+                    && let Ok(Some(session)) = came_up(starting).await
                 {
                     return Ok((session.clone(), Pending::Ready(session)));
                 }
@@ -289,39 +312,14 @@ pub async fn run(transfer: Transfer) -> Result<Summary> {
     // units are planned, and so are the ones for the slots no unit will use, which are lent
     // to large files.
     if data_expected {
-        let mut opening = Vec::new();
-        for _ in 1..jobs {
-            let transfer = &shared.transfer;
-            let (connector, host) = (transfer.connector.clone(), transfer.host.clone());
-            let (agent, reporter) = (transfer.agent.clone(), transfer.reporter.clone());
-            opening.push(tokio::spawn(async move {
-                open_remote(&connector, &host, &agent, &*reporter).await
-            }));
+        if let Ok(mut first_data) = shared.first_data.lock()
+            && let Some(Pending::Connection(connection)) = &*first_data
+        {
+            let starting = shared.transfer.open_ahead(Some(connection.clone()));
+            *first_data = Some(Pending::Starting(starting));
         }
-        let first_connection =
-            shared
-                .first_data
-                .lock()
-                .ok()
-                .and_then(|mut first_data| match first_data.take() {
-                    Some(Pending::Connection(connection)) => Some(connection),
-                    other => {
-                        *first_data = other;
-                        None
-                    }
-                });
-        if let Some(connection) = first_connection {
-            let (agent, reporter) = (
-                shared.transfer.agent.clone(),
-                shared.transfer.reporter.clone(),
-            );
-            // Last, so the first worker to want data takes it: it needs no handshake.
-            opening.push(tokio::spawn(async move {
-                start_session(connection, &agent, &*reporter).await
-            }));
-        }
-        if let Ok(mut slots) = shared.opening.lock() {
-            *slots = opening;
+        if let Ok(mut opening) = shared.opening.lock() {
+            opening.extend((1..jobs).map(|_| shared.transfer.open_ahead(None)));
         }
         for _ in jobs..budget {
             let lanes = shared.lanes.clone();
@@ -876,7 +874,7 @@ async fn attempt_unit(
 }
 
 /// The worker's own connection for moving data: the one it holds while healthy, else the first
-/// connection's (once), else one opened ahead for it, else a new one.
+/// connection's (once; it needs no handshake), else one opened ahead for it, else a new one.
 async fn data_session(
     shared: &Shared,
     connection: &mut Option<Arc<Session>>,
@@ -884,43 +882,30 @@ async fn data_session(
     if let Some(remote) = connection.as_ref().filter(|remote| !remote.is_closed()) {
         return Ok(remote.clone());
     }
-    loop {
+    let transfer = &shared.transfer;
+    let first = shared
+        .first_data
+        .lock()
+        .ok()
+        .and_then(|mut first_data| first_data.take());
+    let mut remote = match first {
+        Some(Pending::Ready(remote)) if !remote.is_closed() => Some(remote),
+        Some(Pending::Connection(connection)) if !connection.is_closed() => {
+            Some(start_session(connection, &transfer.agent, &*transfer.reporter).await?)
+        }
+        Some(Pending::Starting(starting)) => came_up(starting).await?,
+        _ => None,
+    };
+    while remote.is_none() {
         let ahead = shared
             .opening
             .lock()
             .ok()
             .and_then(|mut opening| opening.pop());
         let Some(ahead) = ahead else { break };
-        match ahead.await {
-            Ok(Ok(remote)) if !remote.is_closed() => {
-                *connection = Some(remote.clone());
-                return Ok(remote);
-            }
-            Ok(Err(error)) if !error.is_transient() => return Err(error),
-            // A connection that failed to come up is opened again below, as any other.
-            _ => {}
-        }
+        remote = came_up(ahead).await?;
     }
-    let first = shared
-        .first_data
-        .lock()
-        .ok()
-        .and_then(|mut first_data| first_data.take());
-    let transfer = &shared.transfer;
-    let first = match first {
-        Some(Pending::Ready(remote)) if !remote.is_closed() => Some(remote),
-        Some(Pending::Connection(connection)) if !connection.is_closed() => {
-            Some(start_session(connection, &transfer.agent, &*transfer.reporter).await?)
-        }
-        Some(Pending::Starting(starting)) => match starting.await {
-            Ok(Ok(remote)) if !remote.is_closed() => Some(remote),
-            Ok(Err(error)) if !error.is_transient() => return Err(error),
-            // It failed to come up, or the connection has closed since: a new one, below.
-            _ => None,
-        },
-        _ => None,
-    };
-    let remote = match first {
+    let remote = match remote {
         Some(remote) => remote,
         None => {
             open_remote(
