@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod blocks;
+pub mod cores;
 pub mod doctor;
 pub mod engine;
 pub mod env;

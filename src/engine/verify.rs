@@ -92,9 +92,7 @@ pub fn hash_blocks_parallel(
     layout: &BlockLayout,
     which: &[u64],
 ) -> BTreeMap<u64, BlockHash> {
-    let threads = std::thread::available_parallelism()
-        .map(|count| count.get())
-        .unwrap_or(1)
+    let threads = crate::cores::available()
         .clamp(1, 8)
         .min(which.len().max(1));
     if threads <= 1 {

@@ -1,0 +1,13 @@
+//! How many threads this machine runs at once, asked once per process.
+//!
+//! `std::thread::available_parallelism` reads the cgroup files under /proc and /sys on every
+//! call (a dozen system calls); hashing asks before every file, so a pull of 10,000 small files
+//! paid that 10,000 times on each side.
+
+use std::sync::OnceLock;
+
+/// The threads available to this process (at least 1).
+pub fn available() -> usize {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from))
+}
