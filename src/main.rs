@@ -12,9 +12,9 @@ use xfer::target::{printable, printable_lines};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Agent = cli.command {
+    if let Command::Agent(args) = &cli.command {
         // Its stdout is the protocol: no logging setup, no messages.
-        return ExitCode::from(xfer::agent::server::run_stdio() as u8);
+        return ExitCode::from(xfer::agent::server::run_stdio(args.protocol_max) as u8);
     }
     let output = match &cli.command {
         Command::Pull(args) | Command::Push(args) => &args.output,
@@ -22,7 +22,7 @@ fn main() -> ExitCode {
         Command::Secret(SecretCommand::Push(args)) => &args.output,
         Command::Secret(SecretCommand::Check(args)) => &args.output,
         Command::ForgetHost(args) => &args.output,
-        Command::Agent => return ExitCode::from(2),
+        Command::Agent(_) => return ExitCode::from(2),
     };
     let verbosity = Verbosity::from_args(output);
     cli::logging::init(verbosity);
@@ -45,7 +45,7 @@ fn main() -> ExitCode {
             Command::Secret(SecretCommand::Push(args)) => cli::secret::push(args).await,
             Command::Secret(SecretCommand::Check(args)) => cli::secret::check(args).await,
             Command::ForgetHost(args) => cli::forget_host::run(args, verbosity == Verbosity::Quiet),
-            Command::Agent => Ok(()),
+            Command::Agent(_) => Ok(()),
         }
     });
     // Proxy commands and jump connections end with the runtime; do not wait on stragglers.

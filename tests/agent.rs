@@ -340,6 +340,45 @@ fn an_agent_of_another_protocol_version_falls_back() {
 }
 
 #[test]
+fn an_agent_of_protocol_version_1_serves_a_newer_client() {
+    let setup = setup();
+    // The same build, speaking only what version 1 had (no small file with its hash in one
+    // answer): the client must not ask for what the agent lacks.
+    let older = setup.path("older-agent");
+    fs::write(
+        &older,
+        format!(
+            "#!/bin/sh\nexec {} agent --protocol-max 1\n",
+            env!("CARGO_BIN_EXE_xfer")
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&older, fs::Permissions::from_mode(0o755)).unwrap();
+    make_tree(&setup.path("source"));
+    for (number, seed) in (0..20u64).enumerate() {
+        fs::write(
+            setup.path("source").join(format!("small-{number}")),
+            pattern(seed, 100 + 97 * number),
+        )
+        .unwrap();
+    }
+    let output = setup.run(&[
+        "pull",
+        "--agent",
+        older.to_str().unwrap(),
+        &setup.remote("source"),
+        setup.path("copy").to_str().unwrap(),
+    ]);
+    assert_success(&output);
+    assert!(
+        !stderr(&output).contains("using SFTP"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(tree(&setup.path("source")), tree(&setup.path("copy")));
+}
+
+#[test]
 fn without_sftp_pull_and_push_go_through_the_agent() {
     let setup = setup_with(Sshd::builder().sftp(false), false, None);
     make_tree(&setup.path("source"));

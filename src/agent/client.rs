@@ -598,6 +598,29 @@ impl AgentClient {
         }
     }
 
+    /// [`AgentClient::read_file`] with the agent's block hash of what it read (protocol
+    /// version 2).
+    pub async fn read_file_hashed(
+        &self,
+        path: &str,
+        max_length: u32,
+    ) -> Result<(Vec<u8>, [u8; 32]), AgentError> {
+        let request = Request::ReadFileHashed {
+            path: path.to_owned(),
+            max_length,
+        };
+        match self.call(request).await? {
+            Response::HashedData { hash, data } if data.len() <= max_length as usize => {
+                Ok((data, hash))
+            }
+            Response::HashedData { data, .. } => Err(AgentError::Protocol(format!(
+                "{} bytes in answer to a read of at most {max_length}",
+                data.len()
+            ))),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Sets the size, then the permission bits, then the access and modification times (both to
     /// `mtime`), following a final symlink; None leaves a field alone.
     pub async fn set_attributes(
@@ -1098,6 +1121,45 @@ mod tests {
             task.await.expect("no panic");
         }
         client.close(handle).await.expect("close");
+        shutdown(client, server).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_small_file_comes_with_the_agents_hash_of_it() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let data: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let file = path(&directory, "small");
+        std::fs::write(&file, &data).expect("write");
+        let (client, server) = connect().await;
+        let (read, hash) = client.read_file_hashed(&file, 5000).await.expect("read");
+        assert_eq!(read, data);
+        assert_eq!(hash, hash_block(&data));
+        assert_eq!(
+            code(client.read_file_hashed(&file, 4999).await),
+            ErrorCode::TooLarge
+        );
+        shutdown(client, server).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_version_1_session_refuses_what_version_2_added() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let file = path(&directory, "small");
+        std::fs::write(&file, b"content").expect("write");
+        let (startup, server) = connect_versions((1, PROTOCOL_MAX), (1, 1)).await;
+        let Ok(Startup::Agent(client, _)) = startup else {
+            panic!("no agent: {startup:?}");
+        };
+        assert_eq!(client.version(), 1);
+        assert_eq!(
+            code(client.read_file_hashed(&file, 100).await),
+            ErrorCode::Invalid
+        );
+        // The session goes on, and what version 1 has works.
+        assert_eq!(
+            client.read_file(&file, 100).await.expect("read"),
+            b"content"
+        );
         shutdown(client, server).await;
     }
 

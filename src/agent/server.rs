@@ -82,10 +82,12 @@ pub fn own_build_id() -> io::Result<BuildId> {
     })
 }
 
-/// Runs the agent on stdin and stdout until its input ends. The exit code: 0 when the input
+/// Runs the agent on stdin and stdout until its input ends, speaking protocol versions up to
+/// `protocol_max` (this build's newest when None or newer). The exit code: 0 when the input
 /// ended cleanly (or the client found no common version and closed it), 2 on a protocol error,
 /// 1 when the streams or the runtime failed.
-pub fn run_stdio() -> i32 {
+pub fn run_stdio(protocol_max: Option<u16>) -> i32 {
+    let newest = protocol_max.map_or(PROTOCOL_MAX, |max| max.min(PROTOCOL_MAX));
     let build = match own_build_id() {
         Ok(build) => build,
         Err(error) => {
@@ -103,7 +105,10 @@ pub fn run_stdio() -> i32 {
             return 1;
         }
     };
-    let result = runtime.block_on(serve(tokio::io::stdin(), tokio::io::stdout(), build));
+    let result = runtime.block_on(async {
+        let (reader, writer) = stdio();
+        serve_versions(reader, writer, build, (PROTOCOL_MIN, newest)).await
+    });
     // A read of stdin may still be parked on the blocking pool: do not wait for it.
     runtime.shutdown_timeout(Duration::from_secs(1));
     match result {
@@ -116,6 +121,59 @@ pub fn run_stdio() -> i32 {
             eprintln!("xfer agent: {error}");
             1
         }
+    }
+}
+
+type Reader = Box<dyn AsyncRead + Unpin + Send>;
+type Writer = Box<dyn AsyncWrite + Unpin + Send>;
+
+/// Stdin and stdout as streams the runtime polls itself. `tokio::io::stdin` and `stdout` hand
+/// every read and write to a blocking-pool thread, two thread switches each: a pull of 10,000
+/// small files paid that for every request and every answer. sshd gives its child pipes or a
+/// socket; anything else (a terminal, a file) keeps tokio's blocking streams.
+fn stdio() -> (Reader, Writer) {
+    use std::os::fd::AsFd;
+    let reader = io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .and_then(|fd| polled_reader(fd).ok())
+        .unwrap_or_else(|| Box::new(tokio::io::stdin()));
+    let writer = io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .and_then(|fd| polled_writer(fd).ok())
+        .unwrap_or_else(|| Box::new(tokio::io::stdout()));
+    (reader, writer)
+}
+
+/// Whether `fd` is a socket (else a pipe is tried).
+fn is_socket(fd: &std::os::fd::OwnedFd) -> io::Result<bool> {
+    let status = nix::sys::stat::fstat(fd)?;
+    Ok(nix::sys::stat::SFlag::from_bits_truncate(status.st_mode)
+        .contains(nix::sys::stat::SFlag::S_IFSOCK))
+}
+
+fn polled_reader(fd: std::os::fd::OwnedFd) -> io::Result<Reader> {
+    if is_socket(&fd)? {
+        let stream = std::os::unix::net::UnixStream::from(fd);
+        stream.set_nonblocking(true)?;
+        Ok(Box::new(tokio::net::UnixStream::from_std(stream)?))
+    } else {
+        Ok(Box::new(tokio::net::unix::pipe::Receiver::from_owned_fd(
+            fd,
+        )?))
+    }
+}
+
+fn polled_writer(fd: std::os::fd::OwnedFd) -> io::Result<Writer> {
+    if is_socket(&fd)? {
+        let stream = std::os::unix::net::UnixStream::from(fd);
+        stream.set_nonblocking(true)?;
+        Ok(Box::new(tokio::net::UnixStream::from_std(stream)?))
+    } else {
+        Ok(Box::new(tokio::net::unix::pipe::Sender::from_owned_fd(fd)?))
     }
 }
 
@@ -172,7 +230,7 @@ where
         );
         return refuse(writer, invalid_data(message)).await;
     }
-    run_session(reader, writer).await
+    run_session(reader, writer, version).await
 }
 
 /// Ends a session that broke before it started: the error frame, then the error.
@@ -217,14 +275,18 @@ fn protocol_error_frame(error: &io::Error) -> Option<Vec<u8>> {
     .ok()
 }
 
-async fn run_session<R, W>(mut reader: BufReader<R>, writer: BufWriter<W>) -> io::Result<()>
+async fn run_session<R, W>(
+    mut reader: BufReader<R>,
+    writer: BufWriter<W>,
+    version: u16,
+) -> io::Result<()>
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (output, frames) = mpsc::channel::<Vec<u8>>(OUTPUT_QUEUE);
     let writer_task = tokio::spawn(write_frames(writer, frames));
-    let session = Arc::new(Session::default());
+    let session = Arc::new(Session::new(version));
     let jobs = Arc::new(Semaphore::new(MAX_JOBS));
 
     let outcome = loop {
@@ -286,11 +348,14 @@ struct Session {
     heavy: Arc<Semaphore>,
     /// Numbers temporary names.
     temporaries: AtomicU64,
+    /// The protocol version agreed on: newer requests are refused.
+    version: u16,
 }
 
-impl Default for Session {
-    fn default() -> Self {
+impl Session {
+    fn new(version: u16) -> Self {
         Session {
+            version,
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             heavy: Arc::new(Semaphore::new(HEAVY_JOBS)),
@@ -353,30 +418,38 @@ fn spawn_job(
     output: &mpsc::Sender<Vec<u8>>,
 ) {
     let session = Arc::clone(session);
-    let output = output.clone();
+    let answers = Answers {
+        id,
+        output: output.clone(),
+    };
+    if !is_heavy(&request) {
+        // Straight to the blocking pool: no task in between to wake when it is done (a pull
+        // of many small files makes a request per file).
+        tokio::task::spawn_blocking(move || {
+            run_job(&session, request, &answers);
+            drop(permit);
+        });
+        return;
+    }
     tokio::spawn(async move {
-        let _heavy = if is_heavy(&request) {
-            Arc::clone(&session.heavy).acquire_owned().await.ok()
-        } else {
-            None
-        };
-        let answers = Answers {
-            id,
-            output: output.clone(),
-        };
-        let job = tokio::task::spawn_blocking(move || handle(&session, request, &answers));
-        if job.await.is_err() {
-            // A bug, not the client's doing; still answer so the request does not hang.
-            let error = Response::Error {
-                code: ErrorCode::Other,
-                message: "internal error in the agent".to_string(),
-            };
-            if let Ok(frame) = error.encode(id) {
-                let _ = output.send(frame).await;
-            }
-        }
+        let _heavy = Arc::clone(&session.heavy).acquire_owned().await.ok();
+        let _ = tokio::task::spawn_blocking(move || run_job(&session, request, &answers)).await;
         drop(permit);
     });
+}
+
+/// [`handle`], answering even if it panics: a bug, not the client's doing, and the request
+/// must not hang.
+fn run_job(session: &Session, request: Request, answers: &Answers) {
+    let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        handle(session, request, answers)
+    }));
+    if handled.is_err() {
+        answers.send(Response::Error {
+            code: ErrorCode::Other,
+            message: "internal error in the agent".to_string(),
+        });
+    }
 }
 
 /// Where one request's answers go.
@@ -477,6 +550,16 @@ fn handle(session: &Session, request: Request, answers: &Answers) {
 
 /// The one answer of every request but List.
 fn answer(session: &Session, request: Request) -> Result<Response, Failure> {
+    if request.since_version() > session.version {
+        return Err(Failure::new(
+            ErrorCode::Invalid,
+            format!(
+                "this request needs protocol version {}; the session speaks {}",
+                request.since_version(),
+                session.version
+            ),
+        ));
+    }
     Ok(match request {
         Request::Stat { path, follow } => Response::Entry(stat(&path, follow)?),
         Request::List { .. } => {
@@ -518,6 +601,13 @@ fn answer(session: &Session, request: Request) -> Result<Response, Failure> {
             Response::Done
         }
         Request::ReadFile { path, max_length } => Response::Data(read_file(&path, max_length)?),
+        Request::ReadFileHashed { path, max_length } => {
+            let data = read_file(&path, max_length)?;
+            Response::HashedData {
+                hash: crate::blocks::hash_block(&data),
+                data,
+            }
+        }
         Request::SetAttributes {
             path,
             size,
@@ -791,7 +881,7 @@ fn block_hashes(
     }
     // At most `count` ≤ MAX_HASHES blocks.
     let blocks = (end - first) as usize;
-    let parallelism = std::thread::available_parallelism().map_or(1, usize::from);
+    let parallelism = crate::cores::available();
     let threads = parallelism
         .min(blocks)
         .min((HASH_MEMORY_PER_JOB / block_size as usize).max(1))

@@ -33,7 +33,15 @@ pub enum Command {
     ForgetHost(ForgetHostArgs),
     /// Serve the xfer agent protocol on stdin/stdout. xfer starts this on remote hosts itself.
     #[command(hide = true)]
-    Agent,
+    Agent(AgentArgs),
+}
+
+/// `xfer agent`: nothing a user sets.
+#[derive(Debug, Args, Clone, Default)]
+pub struct AgentArgs {
+    /// Speak protocol versions up to this one only, as an older agent would (for tests).
+    #[arg(long, hide = true, value_name = "VERSION")]
+    pub protocol_max: Option<u16>,
 }
 
 /// Options every command that reaches a host takes, with ssh's meaning.

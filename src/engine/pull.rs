@@ -241,50 +241,56 @@ async fn pull_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
             .collect(),
         None => Vec::new(),
     };
-    let remote_hashes =
-        match remote_task {
-            Some(remote_task) if !candidates.is_empty() => {
-                // Needed before fetching: they say what need not travel.
-                let compared = delta::compare(
-                    &context.remote,
-                    &item.source,
-                    &file,
-                    layout,
-                    candidates,
-                    &early,
-                    remote_task,
-                )
-                .await?;
-                match compared {
-                    Some(delta) => {
-                        tracing::debug!(
-                            path = %item.path,
-                            same = delta.same.len(),
-                            pieces = delta.pieces.len(),
-                            "delta"
-                        );
-                        checked.extend(delta.same.keys().copied());
-                        have.extend(delta.same);
-                        pieces = delta.pieces;
-                        RemoteHashes::Ready(Some(delta.remote_hashes))
-                    }
-                    None => RemoteHashes::Ready(None),
+    let remote_hashes = match remote_task {
+        Some(remote_task) if !candidates.is_empty() => {
+            // Needed before fetching: they say what need not travel.
+            let compared = delta::compare(
+                &context.remote,
+                &item.source,
+                &file,
+                layout,
+                candidates,
+                &early,
+                remote_task,
+            )
+            .await?;
+            match compared {
+                Some(delta) => {
+                    tracing::debug!(
+                        path = %item.path,
+                        same = delta.same.len(),
+                        pieces = delta.pieces.len(),
+                        "delta"
+                    );
+                    checked.extend(delta.same.keys().copied());
+                    have.extend(delta.same);
+                    pieces = delta.pieces;
+                    RemoteHashes::Ready(Some(delta.remote_hashes))
                 }
+                None => RemoteHashes::Ready(None),
             }
-            // Nothing to compare: the remote hashes while the data travels.
-            Some(remote_task) => RemoteHashes::Pending(remote_task),
-            None if context.remote.hashes_blocks() => RemoteHashes::Pending(
-                delta::remote_hashes_task(&context.remote, &item.source, layout),
-            ),
-            None => RemoteHashes::Ready(None),
-        };
+        }
+        // Nothing to compare: the remote hashes while the data travels.
+        Some(remote_task) => RemoteHashes::Pending(remote_task),
+        // One block, read whole: its hash comes with the data.
+        None if context.remote.hashes_blocks() && layout.block_count() == 1 && have.is_empty() => {
+            RemoteHashes::WithData
+        }
+        None if context.remote.hashes_blocks() => RemoteHashes::Pending(delta::remote_hashes_task(
+            &context.remote,
+            &item.source,
+            layout,
+        )),
+        None => RemoteHashes::Ready(None),
+    };
     let reused = item
         .size
         .saturating_sub(delta::bytes_needed(&layout, &have, &pieces));
     context.reporter.file_started(&item.path, item.size, reused);
 
+    let mut small_hash = None;
     if context.remote.hashes_blocks() && layout.block_count() == 1 && have.is_empty() {
-        fetch_small(context, item, &file, &layout, &mut have).await?;
+        small_hash = fetch_small(context, item, &file, &layout, &mut have).await?;
     } else {
         fetch_large(
             context,
@@ -302,6 +308,14 @@ async fn pull_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
     let remote_hashes = match remote_hashes {
         RemoteHashes::Ready(hashes) => hashes,
         RemoteHashes::Pending(task) => delta::join(task).await?,
+        RemoteHashes::WithData => match small_hash {
+            Some(hash) => Some(vec![hash]),
+            // An agent of protocol version 1 sends the data alone: ask now.
+            None => {
+                let task = delta::remote_hashes_task(&context.remote, &item.source, layout);
+                delta::join(task).await?
+            }
+        },
     };
     if let Some(hashes) = &remote_hashes {
         let differing = (0..layout.block_count())
@@ -412,21 +426,24 @@ async fn pull_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
 enum RemoteHashes {
     Ready(Option<Vec<BlockHash>>),
     Pending(delta::RemoteTask),
+    /// A file of one block: its hash comes with the data (see [`fetch_small`]).
+    WithData,
 }
 
-/// A file of one block, in one request (the agent reads it whole): no open, no close.
+/// A file of one block, in one request (the agent reads it whole): no open, no close. Returns
+/// the remote's hash of the block when it came with the data.
 async fn fetch_small<R: Remote>(
     context: &Context<R>,
     item: &PlanItem,
     file: &File,
     layout: &BlockLayout,
     have: &mut BTreeMap<u64, BlockHash>,
-) -> Result<()> {
+) -> Result<Option<BlockHash>> {
     // One byte more than the size, so a file that grew is told from one that did not.
     let asked = u32::try_from(item.size.saturating_add(1)).unwrap_or(u32::MAX);
-    let Some(data) = context.remote.read_small(&item.source, asked).await? else {
+    let Some(small) = context.remote.read_small(&item.source, asked).await? else {
         let mut checked = BTreeSet::new();
-        return fetch_large(
+        fetch_large(
             context,
             item,
             file,
@@ -436,8 +453,10 @@ async fn fetch_small<R: Remote>(
             have,
             &mut checked,
         )
-        .await;
+        .await?;
+        return Ok(None);
     };
+    let data = small.data;
     if data.len() as u64 != item.size {
         return Err(Error::remote(format!(
             "{}: {} has {} bytes, not the {} its size said (it changed while being read?)",
@@ -452,7 +471,7 @@ async fn fetch_small<R: Remote>(
         .map_err(|error| Error::local_io(format!("cannot write {}", item.target), error))?;
     context.reporter.bytes_moved(&item.path, data.len() as u64);
     have.insert(0, hash_block(&data));
-    Ok(())
+    Ok(small.block_hash)
 }
 
 /// Opens the remote file, fetches the blocks `have` lacks, and checks the file ends where its

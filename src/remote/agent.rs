@@ -12,7 +12,7 @@ use crate::agent::client::{AgentClient, AgentError};
 use crate::agent::protocol::{self, ErrorCode};
 use crate::blocks::{BlockHash, BlockLayout};
 use crate::error::{Error, Result};
-use crate::remote::{EntryKind, Remote, RemoteDigest, RemoteEntry, SetAttributes};
+use crate::remote::{EntryKind, Remote, RemoteDigest, RemoteEntry, SetAttributes, SmallFile};
 use crate::ssh::connect::Connection;
 use std::sync::Arc;
 
@@ -266,11 +266,26 @@ impl Remote for AgentRemote {
         Ok(Some(hashes))
     }
 
-    async fn read_small(&self, path: &str, max_length: u32) -> Result<Option<Vec<u8>>> {
-        self.client
-            .read_file(path, max_length.min(IO_SIZE))
-            .await
-            .map(Some)
+    async fn read_small(&self, path: &str, max_length: u32) -> Result<Option<SmallFile>> {
+        let max_length = max_length.min(IO_SIZE);
+        let read = if self.client.version() >= 2 {
+            self.client
+                .read_file_hashed(path, max_length)
+                .await
+                .map(|(data, hash)| SmallFile {
+                    data,
+                    block_hash: Some(hash),
+                })
+        } else {
+            self.client
+                .read_file(path, max_length)
+                .await
+                .map(|data| SmallFile {
+                    data,
+                    block_hash: None,
+                })
+        };
+        read.map(Some)
             .map_err(|error| self.error(&format!("reading {path}"), error))
     }
 }

@@ -152,10 +152,19 @@ pub trait Remote: Send + Sync + 'static {
         &self,
         path: &str,
         max_length: u32,
-    ) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send {
+    ) -> impl Future<Output = Result<Option<SmallFile>>> + Send {
         let _ = (path, max_length);
         async { Ok(None) }
     }
+}
+
+/// A small file read whole in one request.
+#[derive(Debug)]
+pub struct SmallFile {
+    pub data: Vec<u8>,
+    /// The remote's own [`crate::blocks::hash_block`] of `data`, when it computes one in the
+    /// same request (an agent of protocol version 2): the file's one block, checked end to end.
+    pub block_hash: Option<BlockHash>,
 }
 
 /// Parses the 64 hex digits of a SHA-256 or BLAKE3 digest as a remote tool printed them.

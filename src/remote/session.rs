@@ -11,7 +11,7 @@ use crate::error::Result;
 use crate::remote::agent::{AgentFile, AgentRemote};
 use crate::remote::deploy::{self, AgentMode, Outcome};
 use crate::remote::sftp::{SftpFile, SftpRemote};
-use crate::remote::{Remote, RemoteDigest, RemoteEntry, SetAttributes};
+use crate::remote::{Remote, RemoteDigest, RemoteEntry, SetAttributes, SmallFile};
 use crate::ssh::connect::Connection;
 use std::sync::Arc;
 
@@ -196,7 +196,7 @@ impl Remote for Session {
         both!(self, remote => remote.block_hashes(path, layout, blocks).await)
     }
 
-    async fn read_small(&self, path: &str, max_length: u32) -> Result<Option<Vec<u8>>> {
+    async fn read_small(&self, path: &str, max_length: u32) -> Result<Option<SmallFile>> {
         both!(self, remote => remote.read_small(path, max_length).await)
     }
 }
