@@ -174,15 +174,6 @@ async fn pull_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
     let relative = item.relative()?;
     let destination = &context.destination;
     let display = destination.display_path(&relative);
-    // Bytes already in a local file of that name: with an agent, a delta compares them.
-    let mut existing_length = 0;
-    if let Some(existing) = destination.metadata(&relative)? {
-        if existing.kind == crate::local::EntryKind::File {
-            existing_length = existing.size;
-        } else {
-            destination.remove_file(&relative)?;
-        }
-    }
     let layout = BlockLayout::new(item.size, DEFAULT_BLOCK_SIZE).map_err(|error| {
         Error::remote(format!(
             "{}: {}: {error}",
@@ -208,7 +199,9 @@ async fn pull_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
         (None, BTreeMap::new())
     };
 
-    let file = destination.open_write(&relative)?;
+    // Bytes already in a local file of that name: with an agent, a delta compares them. A link
+    // or anything else in the way is removed.
+    let (file, existing_length) = destination.open_write_replacing(&relative)?;
     // With an agent and data here already, the remote starts hashing now: that says which
     // blocks need not travel, and checks every block end to end.
     let remote_task = (context.remote.hashes_blocks() && existing_length > 0)
@@ -220,7 +213,10 @@ async fn pull_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
         _ => BTreeMap::new(),
     };
     let incomplete_size = crate::engine::plan::size_while_incomplete(item.size);
-    ensure_room(&file, incomplete_size, &display)?;
+    if layout.block_count() > 1 {
+        // One block fails on its write as clearly as here.
+        ensure_room(&file, incomplete_size, &display)?;
+    }
     destination.set_len(&file, &relative, incomplete_size)?;
     // Trust a recorded block only if its bytes on disk still hash to what was recorded.
     let mut have = still_matching(&file, &layout, recorded, &early);
@@ -358,7 +354,11 @@ async fn pull_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
         blake3: matches!(digest, Some(RemoteDigest::Blake3(_))),
         sha256: matches!(digest, Some(RemoteDigest::Sha256(_))),
     };
-    let verification = {
+    let verification = if layout.block_count() <= 1 {
+        // One block just written, in the page cache: reading it back costs less than handing
+        // it to another thread (a pull of many small files did that once per file).
+        verify_file(&file, &layout, &have, &checked, wanted, &display)?
+    } else {
         let file = file
             .try_clone()
             .map_err(|error| Error::local_io(format!("cannot reopen {display}"), error))?;

@@ -251,10 +251,33 @@ impl Destination {
     /// name, and a file with other hard links (writing in place would change them too, and they
     /// may be outside the destination).
     pub fn open_write(&self, path: &RelativePath) -> Result<File> {
+        self.open_write_as(path, false).map(|(file, _)| file)
+    }
+
+    /// [`Destination::open_write`], but a link, named pipe, device or socket at that name is
+    /// removed first (never followed or opened), and the length of the regular file that was
+    /// there comes back too (0 for a new file): what a pull needs, in one walk to the directory.
+    pub fn open_write_replacing(&self, path: &RelativePath) -> Result<(File, u64)> {
+        self.open_write_as(path, true)
+    }
+
+    fn open_write_as(&self, path: &RelativePath, replace: bool) -> Result<(File, u64)> {
         let (parent_components, name) = self.split(path, "open for writing")?;
         let parent = self.directory(parent_components, None)?;
         // Look before opening: opening a named pipe can block and opening a device can act.
         match stat::fstatat(&parent, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(status)
+                if replace
+                    && !matches!(
+                        EntryKind::from_mode(status.st_mode),
+                        EntryKind::File | EntryKind::Directory
+                    ) =>
+            {
+                match unistd::unlinkat(&parent, name, UnlinkatFlags::NoRemoveDir) {
+                    Ok(()) | Err(Errno::ENOENT) => {}
+                    Err(errno) => return Err(self.failure("remove", path.components(), errno)),
+                }
+            }
             Ok(status) => self.require_writable_file(path, &status)?,
             Err(Errno::ENOENT) => {}
             Err(errno) => return Err(self.failure("inspect", path.components(), errno)),
@@ -277,7 +300,8 @@ impl Destination {
         let status =
             stat::fstat(&fd).map_err(|errno| self.failure("inspect", path.components(), errno))?;
         self.require_writable_file(path, &status)?;
-        self.blocking_file(fd, path)
+        let length = u64::try_from(status.st_size).unwrap_or(0);
+        Ok((self.blocking_file(fd, path)?, length))
     }
 
     /// Opens the regular file at `path` for reading, without following a link there.
@@ -929,6 +953,73 @@ mod tests {
         file.write_all(b"x").expect("written");
         std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .expect("chmod back");
+    }
+
+    #[test]
+    fn opening_for_a_pull_replaces_what_is_not_a_file_and_keeps_what_is() {
+        let (directory, destination) = setup();
+        let root = destination.root_path().to_path_buf();
+        let outside = directory.path().join("outside");
+        std::fs::write(&outside, b"not yours").expect("outside exists");
+
+        let (_, length) = destination
+            .open_write_replacing(&path("new"))
+            .expect("a new file");
+        assert_eq!(length, 0);
+
+        std::fs::write(root.join("kept"), b"12345").expect("a file");
+        let (_, length) = destination
+            .open_write_replacing(&path("kept"))
+            .expect("a file is opened in place");
+        assert_eq!(length, 5);
+        assert_eq!(std::fs::read(root.join("kept")).expect("read"), b"12345");
+
+        // A link is removed, never followed: what it pointed to is untouched.
+        symlink(&outside, root.join("link")).expect("the link is planted");
+        let (mut file, length) = destination
+            .open_write_replacing(&path("link"))
+            .expect("the link is replaced");
+        assert_eq!(length, 0);
+        file.write_all(b"mine").expect("written");
+        assert!(
+            root.join("link")
+                .symlink_metadata()
+                .expect("stat")
+                .is_file()
+        );
+        assert_eq!(std::fs::read(&outside).expect("read"), b"not yours");
+
+        // A named pipe is removed without being opened (opening it would block).
+        nix::unistd::mkfifo(&root.join("pipe"), Mode::from_bits_truncate(0o600)).expect("fifo");
+        destination
+            .open_write_replacing(&path("pipe"))
+            .expect("the pipe is replaced");
+        assert!(
+            root.join("pipe")
+                .symlink_metadata()
+                .expect("stat")
+                .is_file()
+        );
+
+        // A directory, or a file with other names, is an error and stays.
+        std::fs::create_dir(root.join("directory")).expect("a directory");
+        assert!(
+            destination
+                .open_write_replacing(&path("directory"))
+                .is_err()
+        );
+        assert!(root.join("directory").is_dir());
+        std::fs::hard_link(root.join("kept"), root.join("other-name")).expect("hard link");
+        assert!(destination.open_write_replacing(&path("kept")).is_err());
+        // Plain open_write never removes anything.
+        symlink(&outside, root.join("link2")).expect("the link is planted");
+        assert!(destination.open_write(&path("link2")).is_err());
+        assert!(
+            root.join("link2")
+                .symlink_metadata()
+                .expect("stat")
+                .is_symlink()
+        );
     }
 
     #[test]
