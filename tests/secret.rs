@@ -33,9 +33,19 @@ fn canary() -> String {
 
 /// Every process's command line and environment, sampled until stopped: (pid, what) for each
 /// sighting of the needle.
+/// A process where the watcher saw the value.
+#[derive(Debug, Clone)]
+struct Sighting {
+    pid: u32,
+    what: String,
+    /// The process ran xfer's executable before and after the read: xfer itself, or a child
+    /// of it between fork and exec (still xfer's memory).
+    in_xfer: bool,
+}
+
 struct Watcher {
     stop: Arc<AtomicBool>,
-    sightings: Arc<Mutex<Vec<(u32, String)>>>,
+    sightings: Arc<Mutex<Vec<Sighting>>>,
     samples: Arc<Mutex<u64>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -46,6 +56,7 @@ impl Watcher {
         let sightings = Arc::new(Mutex::new(Vec::new()));
         let samples = Arc::new(Mutex::new(0));
         let needle = needle.as_bytes().to_vec();
+        let xfer_binary = fs::canonicalize(env!("CARGO_BIN_EXE_xfer")).unwrap();
         let thread = {
             let (stop, sightings, samples) = (stop.clone(), sightings.clone(), samples.clone());
             std::thread::spawn(move || {
@@ -54,19 +65,38 @@ impl Watcher {
                         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
                             continue;
                         };
-                        for what in ["cmdline", "environ"] {
-                            if let Ok(bytes) = fs::read(entry.path().join(what))
-                                && bytes
+                        let contains = |what: &str| {
+                            fs::read(entry.path().join(what)).is_ok_and(|bytes| {
+                                bytes
                                     .windows(needle.len())
                                     .any(|window| window == needle.as_slice())
-                            {
-                                let comm = fs::read_to_string(entry.path().join("comm"))
-                                    .unwrap_or_default();
-                                sightings
-                                    .lock()
-                                    .unwrap()
-                                    .push((pid, format!("{what} of {}", comm.trim())));
+                            })
+                        };
+                        let image = || fs::read_link(entry.path().join("exe")).ok();
+                        for what in ["cmdline", "environ"] {
+                            let before = image();
+                            if !contains(what) {
+                                continue;
                             }
+                            let after = image();
+                            // A child between fork and exec still runs xfer's image and shows
+                            // xfer's own memory: that is xfer. Once it has exec'd, what it
+                            // shows is its own, and must not hold the value.
+                            let xfer_image = |image: &Option<PathBuf>| {
+                                image.as_deref() == Some(xfer_binary.as_path())
+                            };
+                            let in_xfer = xfer_image(&before) && xfer_image(&after);
+                            if xfer_image(&before) && !in_xfer && !contains(what) {
+                                // It exec'd while being read; what it shows now is clean.
+                                continue;
+                            }
+                            let comm =
+                                fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+                            sightings.lock().unwrap().push(Sighting {
+                                pid,
+                                what: format!("{what} of {}", comm.trim()),
+                                in_xfer,
+                            });
                         }
                     }
                     *samples.lock().unwrap() += 1;
@@ -82,7 +112,7 @@ impl Watcher {
         }
     }
 
-    fn finish(mut self) -> (Vec<(u32, String)>, u64) {
+    fn finish(mut self) -> (Vec<Sighting>, u64) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
             thread.join().unwrap();
@@ -171,12 +201,12 @@ fn a_canary_appears_nowhere_but_in_the_target() {
     assert!(
         sightings
             .iter()
-            .any(|(pid, what)| *pid == xfer_pid && what.starts_with("environ")),
+            .any(|sighting| sighting.pid == xfer_pid && sighting.what.starts_with("environ")),
         "the watcher never saw xfer's own environment"
     );
     let leaks: Vec<_> = sightings
         .iter()
-        .filter(|(pid, _)| *pid != xfer_pid)
+        .filter(|sighting| sighting.pid != xfer_pid && !sighting.in_xfer)
         .collect();
     assert!(
         leaks.is_empty(),
