@@ -610,6 +610,8 @@ async fn fetch_blocks<R: Remote>(
     let mut spare: Vec<Vec<u8>> = Vec::new();
     let mut unsynced: Vec<(u64, Option<BlockHash>)> = Vec::new();
     let mut unsynced_bytes = 0u64;
+    // The batch being synced and read back in the background, at most one.
+    let mut settling: Option<tokio::task::JoinHandle<Result<Settled>>> = None;
     let label = context.remote.label().to_string();
     let display = || format!("{label} {}", item.source);
 
@@ -756,7 +758,13 @@ async fn fetch_blocks<R: Remote>(
                 }
             }
             if unsynced_bytes >= SYNC_INTERVAL {
-                commit(file, layout, journal.as_deref_mut(), &mut unsynced, have, checked, item)?;
+                // The sync and read-back of these blocks run on another thread while more
+                // arrive; the previous batch is recorded first (it is done by now unless
+                // the disk is slower than the link).
+                if let Some(task) = settling.take() {
+                    record(joined_settle(task).await?, journal.as_deref_mut(), have, checked, item, layout)?;
+                }
+                settling = Some(settle_in_background(file, *layout, journal.is_some(), std::mem::take(&mut unsynced), item)?);
                 unsynced_bytes = 0;
             }
         }
@@ -773,8 +781,106 @@ async fn fetch_blocks<R: Remote>(
     }
     drop(borrowed);
     // Keep every whole block written so far, whatever happened.
+    let background = match settling.take() {
+        Some(task) => match joined_settle(task).await {
+            Ok(settled) => record(settled, journal.as_deref_mut(), have, checked, item, layout),
+            Err(error) => Err(error),
+        },
+        None => Ok(()),
+    };
     let committed = commit(file, layout, journal, &mut unsynced, have, checked, item);
-    outcome.and(committed)
+    outcome.and(background).and(committed)
+}
+
+/// Blocks synced and read back, waiting to be recorded.
+struct Settled {
+    /// Blocks whose bytes on disk hash as expected, with that hash.
+    verified: Vec<(u64, BlockHash)>,
+    /// The first block that read back differently.
+    differing: Option<u64>,
+}
+
+/// Syncs `file` (when its blocks are journaled) and reads back the blocks `unsynced`: what
+/// [`commit`] does before it records, on the calling thread.
+fn settle(
+    file: &File,
+    layout: &BlockLayout,
+    sync: bool,
+    unsynced: Vec<(u64, Option<BlockHash>)>,
+    target: &str,
+) -> Result<Settled> {
+    if sync {
+        file.sync_data()
+            .map_err(|error| Error::local_io(format!("cannot sync {target}"), error))?;
+    }
+    let indices: Vec<u64> = unsynced.iter().map(|(index, _)| *index).collect();
+    let on_disk = hash_blocks_parallel(file, layout, &indices);
+    let mut settled = Settled {
+        verified: Vec::with_capacity(unsynced.len()),
+        differing: None,
+    };
+    for (index, expected) in unsynced {
+        match on_disk.get(&index) {
+            Some(hash) if expected.is_none_or(|expected| expected == *hash) => {
+                settled.verified.push((index, *hash));
+            }
+            _ => settled.differing = settled.differing.or(Some(index)),
+        }
+    }
+    Ok(settled)
+}
+
+/// [`settle`] on the blocking pool, over a second descriptor of the file.
+fn settle_in_background(
+    file: &File,
+    layout: BlockLayout,
+    sync: bool,
+    unsynced: Vec<(u64, Option<BlockHash>)>,
+    item: &PlanItem,
+) -> Result<tokio::task::JoinHandle<Result<Settled>>> {
+    let file = file
+        .try_clone()
+        .map_err(|error| Error::local_io(format!("cannot reopen {}", item.target), error))?;
+    let target = item.target.clone();
+    Ok(tokio::task::spawn_blocking(move || {
+        settle(&file, &layout, sync, unsynced, &target)
+    }))
+}
+
+async fn joined_settle(task: tokio::task::JoinHandle<Result<Settled>>) -> Result<Settled> {
+    task.await
+        .map_err(|error| Error::new(ErrorKind::LocalIo, format!("a sync task failed: {error}")))?
+}
+
+/// Records settled blocks: journals them (they are durable and read back good) and counts
+/// them as held. A block that read back differently is not recorded (it is fetched again on
+/// the next attempt) and fails the file.
+fn record(
+    settled: Settled,
+    journal: Option<&mut JournalFile>,
+    have: &mut BTreeMap<u64, BlockHash>,
+    checked: &mut BTreeSet<u64>,
+    item: &PlanItem,
+    layout: &BlockLayout,
+) -> Result<()> {
+    if let Some(journal) = journal {
+        journal.append(&settled.verified)?;
+    }
+    checked.extend(settled.verified.iter().map(|(index, _)| *index));
+    have.extend(settled.verified);
+    match settled.differing {
+        Some(index) => Err(Error::new(
+            ErrorKind::LocalIo,
+            format!(
+                "{}: the block at offset {} read back differs from what was written; the disk or another program changed the file",
+                item.target,
+                layout.range(index).start
+            ),
+        )
+        .with_hint("re-run the same command to fetch it again")
+        .transient(true)),
+        None => Ok(()),
+    }
 }
 
 /// Writes a finished block in place and queues it for [`commit`]. Only what arrived is
@@ -809,11 +915,10 @@ fn write_block(
     Ok(())
 }
 
-/// Makes written blocks durable, reads them back and records them:/// Makes written blocks durable, reads them back and records them: the hash read back is the
+/// Makes written blocks durable, reads them back and records them: the hash read back is the
 /// one journaled and compared with the remote's, and must equal the hash of what arrived when
 /// that was computed. A block that reads back differently is not recorded (it is fetched
 /// again on the next attempt) and fails the file.
-#[allow(clippy::too_many_arguments)]
 fn commit(
     file: &File,
     layout: &BlockLayout,
@@ -826,38 +931,12 @@ fn commit(
     if unsynced.is_empty() {
         return Ok(());
     }
-    if journal.is_some() {
-        file.sync_data()
-            .map_err(|error| Error::local_io(format!("cannot sync {}", item.target), error))?;
-    }
-    let indices: Vec<u64> = unsynced.iter().map(|(index, _)| *index).collect();
-    let on_disk = hash_blocks_parallel(file, layout, &indices);
-    let mut verified = Vec::with_capacity(unsynced.len());
-    let mut differing = None;
-    for (index, expected) in unsynced.drain(..) {
-        match on_disk.get(&index) {
-            Some(hash) if expected.is_none_or(|expected| expected == *hash) => {
-                verified.push((index, *hash));
-            }
-            _ => differing = differing.or(Some(index)),
-        }
-    }
-    if let Some(journal) = journal {
-        journal.append(&verified)?;
-    }
-    checked.extend(verified.iter().map(|(index, _)| *index));
-    have.extend(verified);
-    match differing {
-        Some(index) => Err(Error::new(
-            ErrorKind::LocalIo,
-            format!(
-                "{}: the block at offset {} read back differs from what was written; the disk or another program changed the file",
-                item.target,
-                layout.range(index).start
-            ),
-        )
-        .with_hint("re-run the same command to fetch it again")
-        .transient(true)),
-        None => Ok(()),
-    }
+    let settled = settle(
+        file,
+        layout,
+        journal.is_some(),
+        std::mem::take(unsynced),
+        &item.target,
+    )?;
+    record(settled, journal, have, checked, item, layout)
 }
