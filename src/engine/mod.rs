@@ -244,6 +244,13 @@ pub(crate) fn starting_summary(plan: &plan::Plan, reporter: &dyn Reporter) -> Su
     }
 }
 
+/// What a task the engine spawned came to; one that panicked or was cancelled is a local error
+/// naming `what` it was doing.
+pub(crate) async fn finished<T>(task: tokio::task::JoinHandle<Result<T>>, what: &str) -> Result<T> {
+    task.await
+        .map_err(|error| Error::new(ErrorKind::LocalIo, format!("{what} task failed: {error}")))?
+}
+
 /// Whether `path` lies in (or is) one of the directories that could not be made: nothing is
 /// written below those.
 pub(crate) fn below_any(directories: &[String], path: &str) -> bool {

@@ -18,7 +18,7 @@ use crate::engine::state::{JournalFile, StateDir};
 use crate::engine::verify::{WholeFileDigests, hash_blocks_parallel, still_matching, verify_file};
 use crate::engine::{
     FileTotals, ItemError, Options, REMOTE_DIGEST_MIN_SIZE, SYNC_INTERVAL, Summary, below_any,
-    starting_summary, transfer_files,
+    finished, starting_summary, transfer_files,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::local::{Destination, Timestamp};
@@ -364,16 +364,10 @@ async fn pull_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
             .map_err(|error| Error::local_io(format!("cannot reopen {display}"), error))?;
         let have = have.clone();
         let display = display.clone();
-        tokio::task::spawn_blocking(move || {
+        let task = tokio::task::spawn_blocking(move || {
             verify_file(&file, &layout, &have, &checked, wanted, &display)
-        })
-        .await
-        .map_err(|error| {
-            Error::new(
-                ErrorKind::LocalIo,
-                format!("verification task failed: {error}"),
-            )
-        })??
+        });
+        finished(task, "a verification").await?
     };
     tracing::debug!(path = %item.path, "read back");
     if !verification.mismatched.is_empty() {
@@ -529,9 +523,7 @@ async fn fetch_large<R: Remote>(
         let _ = context.remote.close(handle).await;
         return Err(error);
     }
-    let beyond = beyond.await.map_err(|error| {
-        Error::new(ErrorKind::LocalIo, format!("a read task failed: {error}"))
-    })??;
+    let beyond = finished(beyond, "a read").await?;
     let _ = context.remote.close(handle).await;
     if !beyond.is_empty() {
         return Err(Error::remote(format!(
@@ -762,7 +754,7 @@ async fn fetch_blocks<R: Remote>(
                 // arrive; the previous batch is recorded first (it is done by now unless
                 // the disk is slower than the link).
                 if let Some(task) = settling.take() {
-                    record(joined_settle(task).await?, journal.as_deref_mut(), have, checked, item, layout)?;
+                    record(finished(task, "a sync").await?, journal.as_deref_mut(), have, checked, item, layout)?;
                 }
                 settling = Some(settle_in_background(file, *layout, journal.is_some(), std::mem::take(&mut unsynced), item)?);
                 unsynced_bytes = 0;
@@ -782,7 +774,7 @@ async fn fetch_blocks<R: Remote>(
     drop(borrowed);
     // Keep every whole block written so far, whatever happened.
     let background = match settling.take() {
-        Some(task) => match joined_settle(task).await {
+        Some(task) => match finished(task, "a sync").await {
             Ok(settled) => record(settled, journal.as_deref_mut(), have, checked, item, layout),
             Err(error) => Err(error),
         },
@@ -845,11 +837,6 @@ fn settle_in_background(
     Ok(tokio::task::spawn_blocking(move || {
         settle(&file, &layout, sync, unsynced, &target)
     }))
-}
-
-async fn joined_settle(task: tokio::task::JoinHandle<Result<Settled>>) -> Result<Settled> {
-    task.await
-        .map_err(|error| Error::new(ErrorKind::LocalIo, format!("a sync task failed: {error}")))?
 }
 
 /// Records settled blocks: journals them (they are durable and read back good) and counts

@@ -20,7 +20,7 @@ use crate::engine::state::{JournalFile, StateDir};
 use crate::engine::verify::{WholeFileDigests, buffer_size, still_matching, verify_file};
 use crate::engine::{
     FileTotals, ItemError, JOURNAL_INTERVAL, Options, REMOTE_DIGEST_MIN_SIZE, SYNC_INTERVAL,
-    Summary, below_any, starting_summary, transfer_files,
+    Summary, below_any, finished, starting_summary, transfer_files,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::progress::Reporter;
@@ -430,14 +430,10 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
             verify_file(&file, &layout, &have, &checked, wanted, &source)
         })
     };
-    let (digest, verification) = tokio::join!(remote_digest, local_check);
+    let (digest, verification) =
+        tokio::join!(remote_digest, finished(local_check, "a verification"));
     tracing::debug!(path = %item.path, "checked");
-    let verification = verification.map_err(|error| {
-        Error::new(
-            ErrorKind::LocalIo,
-            format!("verification task failed: {error}"),
-        )
-    })??;
+    let verification = verification?;
     if !verification.mismatched.is_empty() {
         if let Some(journal) = journal.take() {
             journal.remove()?;
@@ -681,24 +677,25 @@ async fn send_blocks<R: Remote>(
                 unsynced_bytes += sent;
                 since_sync += sent;
                 // Acknowledged blocks are journaled often, so a dropped link loses little.
-                // Without an agent the remote disk is synced now and then, which bounds what
-                // the journal may claim after a crash of the server; an agent re-hashes every
-                // journaled block before it is trusted again, so a block such a crash lost is
-                // found and sent again, and the transfer does not stall on a remote fsync.
-                if since_sync >= SYNC_INTERVAL && !check_early {
-                    context.remote.sync(handle).await?;
-                    since_sync = 0;
-                }
-                // With an agent the remote syncs beside the writes, so its disk takes the data
-                // as it comes: the page cache of a large host does not write back 1 GiB by
-                // itself, and the sync that ends the file waited for all of it (1.2 s here).
-                if since_sync >= SYNC_INTERVAL && check_early {
-                    if let Some(task) = syncing.take() {
-                        joined_sync(task).await?;
+                if since_sync >= SYNC_INTERVAL {
+                    if check_early {
+                        // An agent re-hashes every journaled block before it is trusted again,
+                        // so a block a crash of the server lost is found and sent again: the
+                        // writes need not wait for the sync. It still runs beside them, so the
+                        // remote disk takes the data as it comes (a host with memory to spare
+                        // writes nothing back by itself, and the sync that ends the file waited
+                        // for all of it: 1.2 s of a 1 GiB push here).
+                        if let Some(task) = syncing.take() {
+                            finished(task, "a sync").await?;
+                        }
+                        let remote = context.remote.clone();
+                        let handle = handle.clone();
+                        syncing = Some(tokio::spawn(async move { remote.sync(&handle).await }));
+                    } else {
+                        // Without an agent the sync bounds what the journal may claim after a
+                        // crash of the server.
+                        context.remote.sync(handle).await?;
                     }
-                    let remote = context.remote.clone();
-                    let handle = handle.clone();
-                    syncing = Some(tokio::spawn(async move { remote.sync(&handle).await }));
                     since_sync = 0;
                 }
                 if unsynced_bytes >= JOURNAL_INTERVAL {
@@ -723,7 +720,7 @@ async fn send_blocks<R: Remote>(
     // and the end-to-end digest).
     let recorded = record(journal, &mut unsynced, have);
     let synced = match syncing.take() {
-        Some(task) => joined_sync(task).await,
+        Some(task) => finished(task, "a sync").await,
         None => Ok(()),
     };
     outcome.and(recorded).and(synced)?;
@@ -731,11 +728,6 @@ async fn send_blocks<R: Remote>(
         take_check(&mut checked, joined);
     }
     Ok(checked)
-}
-
-async fn joined_sync(task: tokio::task::JoinHandle<Result<()>>) -> Result<()> {
-    task.await
-        .map_err(|error| Error::new(ErrorKind::LocalIo, format!("a sync task failed: {error}")))?
 }
 
 /// Journals acknowledged blocks (a local append and sync; the remote is not involved).

@@ -17,7 +17,7 @@ use crate::engine::early::EarlyHashes;
 use crate::engine::lanes::Lanes;
 use crate::engine::plan::{self, Action, Direction, Endpoints, Plan, PlanItem};
 use crate::engine::state::StateDir;
-use crate::engine::{ItemError, Options, Summary, pull, push};
+use crate::engine::{ItemError, Options, Summary, finished, pull, push};
 use crate::error::{Error, ErrorKind, Result};
 use crate::local::{Destination, RelativePath, Timestamp, validate_component};
 use crate::progress::Reporter;
@@ -1005,7 +1005,7 @@ async fn verify_by_checksum<R: Remote>(
             Direction::Push => std::fs::File::open(&item.source)
                 .map_err(|error| Error::local_io(format!("cannot read {}", item.source), error))?,
         };
-        let same = tokio::task::spawn_blocking(move || -> Result<Option<bool>> {
+        let checksum = tokio::task::spawn_blocking(move || -> Result<Option<bool>> {
             use std::io::Read;
             let mut reader = std::io::BufReader::with_capacity(1 << 20, local);
             let mut buffer = vec![0u8; 1 << 20];
@@ -1035,11 +1035,8 @@ async fn verify_by_checksum<R: Remote>(
                 }
                 None => None,
             })
-        })
-        .await
-        .map_err(|error| {
-            Error::new(ErrorKind::LocalIo, format!("checksum task failed: {error}"))
-        })??;
+        });
+        let same = finished(checksum, "a checksum").await?;
         match same {
             Some(true) => {}
             Some(false) => item.action = Action::Update { reason: "content differs (--checksum)".into() },
