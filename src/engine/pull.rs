@@ -279,9 +279,11 @@ async fn pull_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
         )),
         None => RemoteHashes::Ready(None),
     };
-    let reused = item
-        .size
-        .saturating_sub(delta::bytes_needed(&layout, &have, &pieces));
+    let needed = delta::bytes_needed(&layout, &have, &pieces);
+    let reused = item.size.saturating_sub(needed);
+    // A few blocks into data that was here already: written durably one by one (see
+    // fetch_blocks), rather than synced with whatever else of the file is dirty.
+    let synchronous = existing_length > 0 && needed <= SYNC_INTERVAL;
     context.reporter.file_started(&item.path, item.size, reused);
 
     let mut small_hash = None;
@@ -291,7 +293,7 @@ async fn pull_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
         fetch_large(
             context,
             item,
-            &file,
+            (&file, synchronous),
             &layout,
             &pieces,
             journal.as_mut(),
@@ -440,7 +442,7 @@ async fn fetch_small<R: Remote>(
         fetch_large(
             context,
             item,
-            file,
+            (file, false),
             layout,
             &BTreeMap::new(),
             None,
@@ -474,7 +476,7 @@ async fn fetch_small<R: Remote>(
 async fn fetch_large<R: Remote>(
     context: &Context<R>,
     item: &PlanItem,
-    file: &File,
+    (file, synchronous): (&File, bool),
     layout: &BlockLayout,
     pieces: &BTreeMap<u64, Vec<Range<u64>>>,
     journal: Option<&mut JournalFile>,
@@ -507,7 +509,7 @@ async fn fetch_large<R: Remote>(
         item,
         (context.remote.clone(), handle.clone()),
         arrivals,
-        file,
+        (file, synchronous),
         layout,
         pieces,
         journal,
@@ -580,7 +582,7 @@ async fn fetch_blocks<R: Remote>(
     item: &PlanItem,
     primary: (Arc<R>, R::File),
     mut arrivals: Option<Arrivals<R>>,
-    file: &File,
+    (file, synchronous): (&File, bool),
     layout: &BlockLayout,
     pieces: &BTreeMap<u64, Vec<Range<u64>>>,
     mut journal: Option<&mut JournalFile>,
@@ -604,6 +606,17 @@ async fn fetch_blocks<R: Remote>(
     let mut unsynced_bytes = 0u64;
     // The batch being synced and read back in the background, at most one.
     let mut settling: Option<tokio::task::JoinHandle<Result<Settled>>> = None;
+    // A few blocks into a file that held data already (a delta): each is written through a
+    // descriptor opened with O_DSYNC, durable when its write returns, so no fdatasync writes
+    // back what another program left dirty in the file (the old copy just made, say) on this
+    // transfer's clock. Bulk writes stay buffered and are synced every SYNC_INTERVAL.
+    let synchronous_writer = if synchronous {
+        synchronous_writer(file)
+    } else {
+        None
+    };
+    let writer = synchronous_writer.as_ref().unwrap_or(file);
+    let sync = journal.is_some() && synchronous_writer.is_none();
     let label = context.remote.label().to_string();
     let display = || format!("{label} {}", item.source);
 
@@ -707,7 +720,7 @@ async fn fetch_blocks<R: Remote>(
                 context.reporter.bytes_moved(&item.path, data.len() as u64);
                 let hashes = context.remote.hashes_blocks();
                 let queue = (&mut unsynced, &mut unsynced_bytes);
-                write_block(file, item, layout, index, &data, None, queue, hashes)?;
+                write_block(writer, item, layout, index, &data, None, queue, hashes)?;
             } else {
                 let assembly = match assemblies.entry(index) {
                     std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
@@ -745,7 +758,7 @@ async fn fetch_blocks<R: Remote>(
                     let hashes = context.remote.hashes_blocks();
                     let queue = (&mut unsynced, &mut unsynced_bytes);
                     let kept = pieces.get(&index);
-                    write_block(file, item, layout, index, &assembly.data, kept, queue, hashes)?;
+                    write_block(writer, item, layout, index, &assembly.data, kept, queue, hashes)?;
                     spare.push(assembly.data);
                 }
             }
@@ -756,7 +769,7 @@ async fn fetch_blocks<R: Remote>(
                 if let Some(task) = settling.take() {
                     record(finished(task, "a sync").await?, journal.as_deref_mut(), have, checked, item, layout)?;
                 }
-                settling = Some(settle_in_background(file, *layout, journal.is_some(), std::mem::take(&mut unsynced), item)?);
+                settling = Some(settle_in_background(file, *layout, sync, std::mem::take(&mut unsynced), item)?);
                 unsynced_bytes = 0;
             }
         }
@@ -780,8 +793,29 @@ async fn fetch_blocks<R: Remote>(
         },
         None => Ok(()),
     };
-    let committed = commit(file, layout, journal, &mut unsynced, have, checked, item);
+    let committed = commit(
+        (file, sync),
+        layout,
+        journal,
+        &mut unsynced,
+        have,
+        checked,
+        item,
+    );
     outcome.and(background).and(committed)
+}
+
+/// A second descriptor of `file` whose writes are durable when they return (O_DSYNC), opened
+/// through /proc/self/fd (the same file, whatever its name now); None where that is not
+/// possible, and the caller syncs as usual.
+fn synchronous_writer(file: &File) -> Option<File> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::fcntl::OFlag::O_DSYNC.bits())
+        .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .ok()
 }
 
 /// Blocks synced and read back, waiting to be recorded.
@@ -907,7 +941,7 @@ fn write_block(
 /// that was computed. A block that reads back differently is not recorded (it is fetched
 /// again on the next attempt) and fails the file.
 fn commit(
-    file: &File,
+    (file, sync): (&File, bool),
     layout: &BlockLayout,
     journal: Option<&mut JournalFile>,
     unsynced: &mut Vec<(u64, Option<BlockHash>)>,
@@ -918,12 +952,6 @@ fn commit(
     if unsynced.is_empty() {
         return Ok(());
     }
-    let settled = settle(
-        file,
-        layout,
-        journal.is_some(),
-        std::mem::take(unsynced),
-        &item.target,
-    )?;
+    let settled = settle(file, layout, sync, std::mem::take(unsynced), &item.target)?;
     record(settled, journal, have, checked, item, layout)
 }
