@@ -111,6 +111,72 @@ impl<R: Remote> Lanes<R> {
     }
 }
 
+/// The connections one file travels over, each with the file open and its requests in flight:
+/// the unit's own first, then borrowed ones as they arrive (kept until the file is done).
+pub struct Paths<R: Remote> {
+    paths: Vec<(Arc<R>, R::File, usize)>,
+    borrowed: Vec<Lane<R>>,
+}
+
+impl<R: Remote> Paths<R> {
+    pub fn new(remote: Arc<R>, file: R::File) -> Self {
+        Paths {
+            paths: vec![(remote, file, 0)],
+            borrowed: Vec::new(),
+        }
+    }
+
+    /// A borrowed connection joins, with the file open on it.
+    pub fn join(&mut self, lane: Lane<R>, file: R::File) {
+        self.paths.push((lane.remote.clone(), file, 0));
+        self.borrowed.push(lane);
+    }
+
+    /// The least busy path with room for another request (fewer than `limit` in flight).
+    pub fn least_busy(&self, limit: usize) -> Option<usize> {
+        self.paths
+            .iter()
+            .enumerate()
+            .filter(|(_, path)| path.2 < limit)
+            .min_by_key(|(_, path)| path.2)
+            .map(|(index, _)| index)
+    }
+
+    /// A request on path `index`: its connection, the file there, and a slot of `shared` when
+    /// it is the unit's own connection (shared with the unit's other files, so its requests are
+    /// bounded across them; a borrowed one serves this file alone). None once `shared` closed.
+    pub async fn request(
+        &mut self,
+        index: usize,
+        shared: &Arc<Semaphore>,
+    ) -> Option<(Arc<R>, R::File, Option<OwnedSemaphorePermit>)> {
+        let permit = if index == 0 {
+            Some(shared.clone().acquire_owned().await.ok()?)
+        } else {
+            None
+        };
+        let path = self.paths.get_mut(index)?;
+        path.2 += 1;
+        Some((path.0.clone(), path.1.clone(), permit))
+    }
+
+    /// A request on path `index` ended.
+    pub fn answered(&mut self, index: usize) {
+        if let Some(path) = self.paths.get_mut(index) {
+            path.2 = path.2.saturating_sub(1);
+        }
+    }
+
+    /// Closes the file on the borrowed connections (the unit's own keeps it), then gives them
+    /// back.
+    pub async fn close_borrowed(self) {
+        for (remote, file, _) in self.paths.into_iter().skip(1) {
+            let _ = remote.close(file).await;
+        }
+        drop(self.borrowed);
+    }
+}
+
 /// Borrowed connections with one file open on each, as they come up.
 pub type Arrivals<R> = tokio::sync::mpsc::UnboundedReceiver<(Lane<R>, <R as Remote>::File)>;
 

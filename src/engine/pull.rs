@@ -12,7 +12,7 @@
 use crate::blocks::{BlockHash, BlockLayout, DEFAULT_BLOCK_SIZE, hash_block};
 use crate::engine::delta;
 use crate::engine::early::EarlyHashes;
-use crate::engine::lanes::{Arrivals, Lane, Lanes, borrow_for_file, close_late, next_arrival};
+use crate::engine::lanes::{Arrivals, Lanes, Paths, borrow_for_file, close_late, next_arrival};
 use crate::engine::plan::{Action, Endpoints, Plan, PlanItem, journal_header};
 use crate::engine::state::{JournalFile, StateDir};
 use crate::engine::verify::{WholeFileDigests, hash_blocks_parallel, still_matching, verify_file};
@@ -593,8 +593,7 @@ async fn fetch_blocks<R: Remote>(
     let per_connection = context.options.requests_for(chunk as u32);
     // The connections this file is fetched over, with their reads in flight; borrowed ones
     // (kept alive by their lane) join as they arrive. Each read goes to the least busy one.
-    let mut paths: Vec<(Arc<R>, R::File, usize)> = vec![(primary.0, primary.1, 0)];
-    let mut borrowed: Vec<Lane<R>> = Vec::new();
+    let mut paths = Paths::new(primary.0, primary.1);
     let mut next_block = 0u64;
     let block_count = layout.block_count();
     // Short reads put their remainders here, ahead of new blocks.
@@ -626,13 +625,7 @@ async fn fetch_blocks<R: Remote>(
     let outcome: Result<()> = async {
         loop {
             while first_error.is_none() {
-                let Some(lane) = paths
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, path)| path.2 < per_connection)
-                    .min_by_key(|(_, path)| path.2)
-                    .map(|(lane, _)| lane)
-                else {
+                let Some(lane) = paths.least_busy(per_connection) else {
                     break;
                 };
                 if requests.is_empty() {
@@ -656,17 +649,10 @@ async fn fetch_blocks<R: Remote>(
                     next_block += 1;
                 }
                 let Some((index, offset, length)) = requests.pop_front() else { break };
-                // The unit's own connection is shared with other files: its reads are bounded
-                // across them. A borrowed one serves this file alone.
-                let permit = if lane == 0 {
-                    let Ok(permit) = context.reads.clone().acquire_owned().await else { break };
-                    Some(permit)
-                } else {
-                    None
+                let Some((remote, handle, permit)) = paths.request(lane, &context.reads).await
+                else {
+                    break;
                 };
-                let remote = paths[lane].0.clone();
-                let handle = paths[lane].1.clone();
-                paths[lane].2 += 1;
                 in_flight.spawn(async move {
                     let result = remote.read_at(&handle, offset, length).await;
                     drop(permit);
@@ -680,8 +666,7 @@ async fn fetch_blocks<R: Remote>(
                 joined = in_flight.join_next() => joined,
                 (lane, opened) = next_arrival(&mut arrivals) => {
                     if first_error.is_none() {
-                        paths.push((lane.remote.clone(), opened, 0));
-                        borrowed.push(lane);
+                        paths.join(lane, opened);
                     } else {
                         let _ = lane.remote.close(opened).await;
                     }
@@ -691,9 +676,7 @@ async fn fetch_blocks<R: Remote>(
             let Some(joined) = joined else { break };
             let (lane, index, offset, length, result) =
                 joined.map_err(|error| Error::new(ErrorKind::LocalIo, format!("a read task failed: {error}")))?;
-            if let Some(path) = paths.get_mut(lane) {
-                path.2 = path.2.saturating_sub(1);
-            }
+            paths.answered(lane);
             let data = match result {
                 Ok(data) => data,
                 Err(error) => {
@@ -781,10 +764,7 @@ async fn fetch_blocks<R: Remote>(
     .await;
     in_flight.abort_all();
     close_late(arrivals).await;
-    for (remote, opened, _) in paths.into_iter().skip(1) {
-        let _ = remote.close(opened).await;
-    }
-    drop(borrowed);
+    paths.close_borrowed().await;
     // Keep every whole block written so far, whatever happened.
     let background = match settling.take() {
         Some(task) => match finished(task, "a sync").await {

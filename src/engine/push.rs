@@ -14,7 +14,7 @@ use crate::blocks::delta::covered;
 use crate::blocks::{BlockHash, BlockLayout, DEFAULT_BLOCK_SIZE, hash_block};
 use crate::engine::delta;
 use crate::engine::early::EarlyHashes;
-use crate::engine::lanes::{Arrivals, Lane, Lanes, borrow_for_file, close_late, next_arrival};
+use crate::engine::lanes::{Arrivals, Lanes, Paths, borrow_for_file, close_late, next_arrival};
 use crate::engine::plan::{Action, Direction, Endpoints, Plan, PlanItem, journal_header};
 use crate::engine::state::{JournalFile, StateDir};
 use crate::engine::verify::{WholeFileDigests, buffer_size, still_matching, verify_file};
@@ -550,9 +550,7 @@ async fn send_blocks<R: Remote>(
     // borrowed ones (kept alive by their lane) as they arrive. Each write goes to the least
     // busy one.
     let per_connection = context.options.requests_for(context.remote.max_io_size());
-    let mut paths: Vec<(Arc<R>, R::File, usize)> =
-        vec![(context.remote.clone(), handle.clone(), 0)];
-    let mut borrowed: Vec<Lane<R>> = Vec::new();
+    let mut paths = Paths::new(context.remote.clone(), handle.clone());
     let mut in_flight: JoinSet<(usize, u64, u64, Result<()>)> = JoinSet::new();
     let mut unsynced: Vec<(u64, BlockHash)> = Vec::new();
     let mut unsynced_bytes = 0u64;
@@ -563,13 +561,7 @@ async fn send_blocks<R: Remote>(
 
     let outcome: Result<()> = async {
         loop {
-            while let Some(lane) = paths
-                .iter()
-                .enumerate()
-                .filter(|(_, path)| path.2 < per_connection)
-                .min_by_key(|(_, path)| path.2)
-                .map(|(lane, _)| lane)
-            {
+            while let Some(lane) = paths.least_busy(per_connection) {
                 if requests.is_empty() {
                     // Read the next block only when its writes can go out, to bound memory.
                     let Some(index) = pending_blocks.pop_front() else {
@@ -604,19 +596,10 @@ async fn send_blocks<R: Remote>(
                 let Some((index, offset, data)) = requests.pop_front() else {
                     break;
                 };
-                // The unit's own connection is shared with other files: its writes are
-                // bounded across them. A borrowed one serves this file alone.
-                let permit = if lane == 0 {
-                    let Ok(permit) = context.writes.clone().acquire_owned().await else {
-                        break;
-                    };
-                    Some(permit)
-                } else {
-                    None
+                let Some((remote, handle, permit)) = paths.request(lane, &context.writes).await
+                else {
+                    break;
                 };
-                let remote = paths[lane].0.clone();
-                let handle = paths[lane].1.clone();
-                paths[lane].2 += 1;
                 in_flight.spawn(async move {
                     let length = data.len() as u64;
                     let result = remote.write_at(&handle, offset, data).await;
@@ -630,8 +613,7 @@ async fn send_blocks<R: Remote>(
             let joined = tokio::select! {
                 joined = in_flight.join_next() => joined,
                 (lane, opened) = next_arrival(&mut arrivals) => {
-                    paths.push((lane.remote.clone(), opened, 0));
-                    borrowed.push(lane);
+                    paths.join(lane, opened);
                     continue;
                 }
             };
@@ -641,9 +623,7 @@ async fn send_blocks<R: Remote>(
             let (lane, index, length, result) = joined.map_err(|error| {
                 Error::new(ErrorKind::LocalIo, format!("a write task failed: {error}"))
             })?;
-            if let Some(path) = paths.get_mut(lane) {
-                path.2 = path.2.saturating_sub(1);
-            }
+            paths.answered(lane);
             result?;
             context.reporter.bytes_moved(&item.path, length);
             let Some(entry) = outstanding.get_mut(&index) else {
@@ -711,10 +691,7 @@ async fn send_blocks<R: Remote>(
     close_late(arrivals).await;
     // The borrowed connections' handles are closed before the unit's connection syncs the
     // file: every write they carried has been acknowledged (or the file failed).
-    for (remote, opened, _) in paths.into_iter().skip(1) {
-        let _ = remote.close(opened).await;
-    }
-    drop(borrowed);
+    paths.close_borrowed().await;
     // Every acknowledged block is recorded, whatever happened: the server has it (a dropped
     // link does not lose acknowledged writes; a crash of the server is caught by the size check
     // and the end-to-end digest).
