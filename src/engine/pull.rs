@@ -767,10 +767,9 @@ async fn fetch_blocks<R: Remote>(
     paths.close_borrowed().await;
     // Keep every whole block written so far, whatever happened.
     let background = match settling.take() {
-        Some(task) => match finished(task, "a sync").await {
-            Ok(settled) => record(settled, journal.as_deref_mut(), have, checked, item, layout),
-            Err(error) => Err(error),
-        },
+        Some(task) => finished(task, "a sync").await.and_then(|settled| {
+            record(settled, journal.as_deref_mut(), have, checked, item, layout)
+        }),
         None => Ok(()),
     };
     let committed = commit(
