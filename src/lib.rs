@@ -12,6 +12,7 @@ pub mod doctor;
 pub mod engine;
 pub mod env;
 pub mod error;
+pub mod file_hashing;
 pub mod local;
 pub mod progress;
 pub mod remote;

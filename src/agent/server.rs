@@ -19,7 +19,8 @@ use super::protocol::{
     PROTOCOL_MIN, Request, Response, ServerHello, cap_message,
 };
 use super::read_frame;
-use crate::blocks::{FileHasher, hash_block, is_valid_block_size};
+use crate::blocks::{FileHasher, is_valid_block_size};
+use crate::file_hashing;
 use crate::remote::EntryKind;
 use nix::errno::Errno;
 use std::collections::HashMap;
@@ -48,12 +49,12 @@ const OUTPUT_QUEUE: usize = 32;
 /// A List batch is sent once its entries take about this many bytes (or it has
 /// MAX_LIST_BATCH entries), so a batch of long names stays far below the frame cap.
 pub(crate) const LIST_BATCH_BYTES: usize = 256 << 10;
-/// Reads of a whole-file digest.
-const DIGEST_CHUNK: usize = 1 << 20;
+/// Reads of a whole-file digest: small, as [`file_hashing`] explains.
+const DIGEST_CHUNK: usize = file_hashing::READ_SIZE;
 /// Buffers of the input and output streams.
 const STREAM_BUFFER: usize = 256 << 10;
 
-/// The plain BLAKE3 of everything `reader` yields, read in large chunks.
+/// The plain BLAKE3 of everything `reader` yields.
 fn hash_whole(reader: &mut impl Read) -> io::Result<[u8; 32]> {
     let mut hasher = FileHasher::new();
     let mut buffer = vec![0u8; DIGEST_CHUNK];
@@ -896,7 +897,7 @@ fn block_hashes(
     let longest = expected(0).1;
     let next = AtomicUsize::new(0);
     let worker = || -> io::Result<Vec<HashedBlock>> {
-        let mut buffer = vec![0u8; longest];
+        let mut buffer = file_hashing::buffer_for(longest as u64);
         let mut done = Vec::new();
         loop {
             let index = next.fetch_add(1, Ordering::Relaxed);
@@ -904,8 +905,9 @@ fn block_hashes(
                 return Ok(done);
             }
             let (offset, length) = expected(index);
-            let read = read_full(&file, &mut buffer[..length], offset)?;
-            done.push((index, read, hash_block(&buffer[..read])));
+            let (read, hash) =
+                file_hashing::hash_block_at(&file, offset, length as u64, &mut buffer)?;
+            done.push((index, read as usize, hash));
         }
     };
     let hashed: Vec<io::Result<Vec<HashedBlock>>> = if threads <= 1 {
@@ -970,6 +972,7 @@ fn block_hashes(
 mod tests {
     use super::*;
     use crate::agent::protocol::MAX_FRAME;
+    use crate::blocks::hash_block;
     use tokio::io::{AsyncReadExt, DuplexStream, duplex};
 
     fn build() -> BuildId {

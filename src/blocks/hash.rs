@@ -28,7 +28,7 @@ pub fn hash_block(data: &[u8]) -> BlockHash {
 }
 
 /// A streaming hasher producing [`hash_block`] hashes, for blocks fed in pieces.
-pub(super) fn block_hasher() -> blake3::Hasher {
+pub fn block_hasher() -> blake3::Hasher {
     blake3::Hasher::new_keyed(&BLOCK_KEY)
 }
 

@@ -35,7 +35,7 @@ pub mod layout;
 pub mod record;
 pub mod signature;
 
-pub use hash::{BlockHash, FileHash, FileHasher, file_hash_of, hash_block, to_hex};
+pub use hash::{BlockHash, FileHash, FileHasher, block_hasher, file_hash_of, hash_block, to_hex};
 pub use journal::{Journal, JournalError, JournalHeader, TailDamage};
 pub use layout::{
     BlockLayout, DEFAULT_BLOCK_SIZE, LayoutError, MAX_BLOCK_COUNT, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE,

@@ -1,12 +1,12 @@
 //! Reading back what was written: block hashes of a local file, and the whole-file digests that
 //! decide whether a file counts as done.
 
-use crate::blocks::{BlockHash, BlockLayout, FileHasher, hash_block};
+use crate::blocks::{BlockHash, BlockLayout, FileHasher};
 use crate::error::{Error, Result};
+use crate::file_hashing;
 use sha2::Digest;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 
 /// The outcome of reading a whole file back.
 #[derive(Debug, Clone)]
@@ -42,16 +42,16 @@ pub fn hash_blocks(
     layout: &BlockLayout,
     which: impl Iterator<Item = u64>,
 ) -> BTreeMap<u64, BlockHash> {
-    let mut buffer = vec![0u8; buffer_size(layout)];
+    let mut buffer = file_hashing::buffer_for(layout.block_size().into());
     let mut hashes = BTreeMap::new();
     for index in which {
         let range = layout.range(index);
-        let length = (range.end - range.start) as usize;
-        let Some(slice) = buffer.get_mut(..length) else {
-            continue;
-        };
-        if file.read_exact_at(slice, range.start).is_ok() {
-            hashes.insert(index, hash_block(slice));
+        let length = range.end - range.start;
+        if let Ok((read, hash)) =
+            file_hashing::hash_block_at(file, range.start, length, &mut buffer)
+            && read == length
+        {
+            hashes.insert(index, hash);
         }
     }
     hashes
@@ -154,19 +154,22 @@ pub fn verify_file(
             scope.spawn(move || -> Result<WholeFileHashes> {
                 let mut blake3 = digests.blake3.then(FileHasher::new);
                 let mut sha256 = digests.sha256.then(sha2::Sha256::new);
-                let mut buffer = vec![0u8; buffer_size(layout)];
-                for index in 0..layout.block_count() {
-                    let range = layout.range(index);
-                    let slice = &mut buffer[..(range.end - range.start) as usize];
-                    file.read_exact_at(slice, range.start).map_err(|error| {
-                        Error::local_io(format!("cannot read back {display}"), error)
-                    })?;
+                let mut buffer = file_hashing::buffer_for(layout.file_size());
+                let size = layout.file_size();
+                let read = file_hashing::read_pieces(file, 0, size, &mut buffer, |piece| {
                     if let Some(hasher) = blake3.as_mut() {
-                        hasher.update(slice);
+                        hasher.update(piece);
                     }
                     if let Some(hasher) = sha256.as_mut() {
-                        hasher.update(&*slice);
+                        hasher.update(piece);
                     }
+                })
+                .map_err(|error| Error::local_io(format!("cannot read back {display}"), error))?;
+                if read != size {
+                    return Err(Error::new(
+                        crate::ErrorKind::LocalIo,
+                        format!("cannot read back {display}: it is shorter than it should be"),
+                    ));
                 }
                 Ok((
                     blake3.map(|hasher| hasher.finish()),
@@ -174,14 +177,20 @@ pub fn verify_file(
                 ))
             })
         });
-        let mut buffer = vec![0u8; buffer_size(layout)];
+        let mut buffer = file_hashing::buffer_for(layout.block_size().into());
         let mut mismatched = Vec::new();
         for index in 0..layout.block_count() {
             let range = layout.range(index);
-            let slice = &mut buffer[..(range.end - range.start) as usize];
-            file.read_exact_at(slice, range.start)
+            let length = range.end - range.start;
+            let (read, hash) = file_hashing::hash_block_at(file, range.start, length, &mut buffer)
                 .map_err(|error| Error::local_io(format!("cannot read back {display}"), error))?;
-            if expected.get(&index) != Some(&hash_block(slice)) {
+            if read != length {
+                return Err(Error::new(
+                    crate::ErrorKind::LocalIo,
+                    format!("cannot read back {display}: it is shorter than it should be"),
+                ));
+            }
+            if expected.get(&index) != Some(&hash) {
                 mismatched.push(index);
             }
         }

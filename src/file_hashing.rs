@@ -1,0 +1,106 @@
+//! Reading a file on this machine to hash it: block hashes and whole-file digests of what is on
+//! disk, for the engine (its own copy) and for the agent (the remote's).
+//!
+//! The bytes go through a buffer of [`READ_SIZE`], each piece hashed before the next is read.
+//! A buffer that small stays in the CPU's cache, so the kernel's copy out of the page cache
+//! costs little; reading a whole 1 MiB block and hashing it afterwards spent more in that copy
+//! than in BLAKE3 itself (1 GiB from the page cache on one core of the benchmark machine: 0.70 s
+//! in 1 MiB reads, 0.36 s in 64 KiB reads).
+
+use crate::blocks::{BlockHash, block_hasher};
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+/// Bytes read at once when hashing (see the module documentation).
+pub const READ_SIZE: usize = 64 << 10;
+
+/// A buffer for reading ranges of at most `longest` bytes: no larger than that, nor than
+/// [`READ_SIZE`].
+pub fn buffer_for(longest: u64) -> Vec<u8> {
+    vec![0u8; longest.min(READ_SIZE as u64).max(1) as usize]
+}
+
+/// Reads up to `length` bytes of `file` from `offset` through `buffer`, handing each piece to
+/// `each` in order; fewer bytes only where the file ends. Returns how many were read.
+pub fn read_pieces(
+    file: &File,
+    offset: u64,
+    length: u64,
+    buffer: &mut [u8],
+    mut each: impl FnMut(&[u8]),
+) -> io::Result<u64> {
+    let mut done = 0u64;
+    while done < length {
+        let Some(at) = offset.checked_add(done) else {
+            break;
+        };
+        let wanted = (length - done).min(buffer.len() as u64) as usize;
+        match file.read_at(&mut buffer[..wanted], at) {
+            Ok(0) => break,
+            Ok(read) => {
+                each(&buffer[..read]);
+                done += read as u64;
+            }
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(done)
+}
+
+/// The block hash ([`crate::blocks::hash_block`]) of up to `length` bytes of `file` from
+/// `offset`, with how many bytes it covers (fewer only where the file ends).
+pub fn hash_block_at(
+    file: &File,
+    offset: u64,
+    length: u64,
+    buffer: &mut [u8],
+) -> io::Result<(u64, BlockHash)> {
+    let mut hasher = block_hasher();
+    let read = read_pieces(file, offset, length, buffer, |piece| {
+        hasher.update(piece);
+    })?;
+    Ok((read, hasher.finalize().into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blocks::hash_block;
+    use std::io::Write;
+
+    #[test]
+    fn hashes_equal_those_of_the_bytes_read_whole() {
+        let mut file = tempfile::tempfile().expect("temporary file");
+        let data: Vec<u8> = (0..3 * READ_SIZE + 12_345)
+            .map(|index| (index * 7 % 251) as u8)
+            .collect();
+        file.write_all(&data).expect("write");
+        let mut buffer = buffer_for(1 << 20);
+        assert_eq!(buffer.len(), READ_SIZE);
+        // A range spanning several reads, one ending inside a read, one past the end.
+        for (offset, length) in [
+            (0u64, data.len() as u64),
+            (100, 2 * READ_SIZE as u64 + 1),
+            (5, 0),
+        ] {
+            let end = (offset + length) as usize;
+            let (read, hash) = hash_block_at(&file, offset, length, &mut buffer).expect("hash");
+            assert_eq!(read, length);
+            assert_eq!(hash, hash_block(&data[offset as usize..end]));
+        }
+        let (read, hash) = hash_block_at(&file, 3 * READ_SIZE as u64, 1 << 20, &mut buffer)
+            .expect("hash past the end");
+        assert_eq!(read, 12_345);
+        assert_eq!(hash, hash_block(&data[3 * READ_SIZE..]));
+        // Pieces come in order and add up to the range.
+        let mut joined = Vec::new();
+        let mut small = buffer_for(1000);
+        let read = read_pieces(&file, 10, 5000, &mut small, |piece| {
+            joined.extend_from_slice(piece)
+        })
+        .expect("read");
+        assert_eq!((read, &joined[..]), (5000, &data[10..5010]));
+    }
+}
