@@ -609,13 +609,13 @@ async fn fetch_blocks<R: Remote>(
     // descriptor opened with O_DSYNC, durable when its write returns, so no fdatasync writes
     // back what another program left dirty in the file (the old copy just made, say) on this
     // transfer's clock. Bulk writes stay buffered and are synced every SYNC_INTERVAL.
-    let synchronous_writer = if synchronous {
-        synchronous_writer(file)
+    let mut durable = if synchronous {
+        synchronous_writer(file).map(DurableWrites::new)
     } else {
         None
     };
-    let writer = synchronous_writer.as_ref().unwrap_or(file);
-    let sync = journal.is_some() && synchronous_writer.is_none();
+    let sync = journal.is_some() && durable.is_none();
+    let hashes = context.remote.hashes_blocks();
     let label = context.remote.label().to_string();
     let display = || format!("{label} {}", item.source);
 
@@ -701,22 +701,38 @@ async fn fetch_blocks<R: Remote>(
                 && !assemblies.contains_key(&index);
             if whole_read {
                 context.reporter.bytes_moved(&item.path, data.len() as u64);
-                let hashes = context.remote.hashes_blocks();
-                let queue = (&mut unsynced, &mut unsynced_bytes);
-                write_block(writer, item, layout, index, &data, None, queue, hashes)?;
+                let block = Block { index, data, pieces: None };
+                match durable.as_mut() {
+                    Some(durable) => {
+                        let queue = (&mut unsynced, &mut unsynced_bytes);
+                        durable.write(&item.target, *layout, block, hashes, queue).await?;
+                    }
+                    None => {
+                        let written = write_block(file, &item.target, layout, &block, hashes)?;
+                        unsynced.push((index, written.0));
+                        unsynced_bytes += written.1;
+                    }
+                }
             } else {
                 let assembly = match assemblies.entry(index) {
                     std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
                     std::collections::hash_map::Entry::Vacant(entry) => {
                         // Reuse a finished block's buffer: no allocation or zeroing per block.
-                        let mut data = spare.pop().unwrap_or_default();
+                        let mut data = spare
+                            .pop()
+                            .or_else(|| durable.as_mut().and_then(|durable| durable.spare.pop()))
+                            .unwrap_or_default();
                         data.resize((range.end - range.start) as usize, 0);
                         let mut filled = 0;
                         if let Some(ranges) = pieces.get(&index) {
-                            // Only some pieces travel: the rest of the block is the local bytes.
-                            file.read_exact_at(&mut data, range.start).map_err(|error| {
-                                Error::local_io(format!("cannot read {}", item.target), error)
-                            })?;
+                            // Only some pieces travel: the rest of the block is the local
+                            // bytes, which only the hash of what arrived needs (with an agent
+                            // the remote's block hash is the reference, and they are not read).
+                            if !hashes {
+                                file.read_exact_at(&mut data, range.start).map_err(|error| {
+                                    Error::local_io(format!("cannot read {}", item.target), error)
+                                })?;
+                            }
                             filled = data
                                 .len()
                                 .saturating_sub(crate::blocks::delta::covered(ranges) as usize);
@@ -738,11 +754,19 @@ async fn fetch_blocks<R: Remote>(
                 }
                 if assembly.filled == assembly.data.len() {
                     let Some(assembly) = assemblies.remove(&index) else { continue };
-                    let hashes = context.remote.hashes_blocks();
-                    let queue = (&mut unsynced, &mut unsynced_bytes);
-                    let kept = pieces.get(&index);
-                    write_block(writer, item, layout, index, &assembly.data, kept, queue, hashes)?;
-                    spare.push(assembly.data);
+                    let block = Block { index, data: assembly.data, pieces: pieces.get(&index).cloned() };
+                    match durable.as_mut() {
+                        Some(durable) => {
+                            let queue = (&mut unsynced, &mut unsynced_bytes);
+                            durable.write(&item.target, *layout, block, hashes, queue).await?;
+                        }
+                        None => {
+                            let written = write_block(file, &item.target, layout, &block, hashes)?;
+                            unsynced.push((index, written.0));
+                            unsynced_bytes += written.1;
+                            spare.push(block.data);
+                        }
+                    }
                 }
             }
             if unsynced_bytes >= SYNC_INTERVAL {
@@ -765,6 +789,11 @@ async fn fetch_blocks<R: Remote>(
     in_flight.abort_all();
     close_late(arrivals).await;
     paths.close_borrowed().await;
+    // Every durable write still running is waited for: what it wrote is committed below.
+    let written = match durable.as_mut() {
+        Some(durable) => durable.finish((&mut unsynced, &mut unsynced_bytes)).await,
+        None => Ok(()),
+    };
     // Keep every whole block written so far, whatever happened.
     let background = match settling.take() {
         Some(task) => finished(task, "a sync").await.and_then(|settled| {
@@ -781,7 +810,7 @@ async fn fetch_blocks<R: Remote>(
         checked,
         item,
     );
-    outcome.and(background).and(committed)
+    outcome.and(written).and(background).and(committed)
 }
 
 /// A second descriptor of `file` whose writes are durable when they return (O_DSYNC), opened
@@ -883,36 +912,116 @@ fn record(
     }
 }
 
-/// Writes a finished block in place and queues it for [`commit`]. Only what arrived is
-/// written: with `pieces`, the rest of the block is the local bytes, on disk already.
-#[allow(clippy::too_many_arguments)]
+/// A whole block to write: the data of its whole range, of which only `pieces` (when given)
+/// arrived; the rest is the local bytes, on disk already.
+struct Block {
+    index: u64,
+    data: Vec<u8>,
+    pieces: Option<Vec<Range<u64>>>,
+}
+
+/// Writes a finished block in place. Returns what [`commit`] checks its read-back against
+/// (the hash of what arrived; None when the remote's own block hashes are that reference, and
+/// this pass is saved) and the bytes written.
 fn write_block(
     file: &File,
-    item: &PlanItem,
+    target: &str,
     layout: &BlockLayout,
-    index: u64,
-    data: &[u8],
-    pieces: Option<&Vec<Range<u64>>>,
-    (unsynced, unsynced_bytes): (&mut Vec<(u64, Option<BlockHash>)>, &mut u64),
+    block: &Block,
     remote_hashes_blocks: bool,
-) -> Result<()> {
-    let range = layout.range(index);
-    // The hash of what arrived, to check the read-back against; with an agent the remote's
-    // own block hashes are that reference, and this pass is saved.
-    let hash = (!remote_hashes_blocks).then(|| hash_block(data));
+) -> Result<(Option<BlockHash>, u64)> {
+    let range = layout.range(block.index);
+    let hash = (!remote_hashes_blocks).then(|| hash_block(&block.data));
     let whole = [range.clone()];
-    let written = pieces.map_or(&whole[..], |ranges| &ranges[..]);
+    let written = block.pieces.as_deref().unwrap_or(&whole[..]);
+    let mut bytes_written = 0u64;
     for part in written {
         let within = (part.start - range.start) as usize..(part.end - range.start) as usize;
-        let Some(bytes) = data.get(within) else {
+        let Some(bytes) = block.data.get(within) else {
             continue;
         };
         file.write_all_at(bytes, part.start)
-            .map_err(|error| Error::local_io(format!("cannot write {}", item.target), error))?;
-        *unsynced_bytes += bytes.len() as u64;
+            .map_err(|error| Error::local_io(format!("cannot write {target}"), error))?;
+        bytes_written += bytes.len() as u64;
     }
-    unsynced.push((index, hash));
-    Ok(())
+    Ok((hash, bytes_written))
+}
+
+/// Durable writes running at once, each holding its block's buffer. Each O_DSYNC write waits
+/// for a journal commit and a disk cache flush; writes waiting together share them. One after
+/// another, the 150 blocks of a 1% delta of a 1 GiB file took up to 0.3 s here.
+const DURABLE_WRITES_IN_FLIGHT: usize = 16;
+
+/// Blocks written through a descriptor opened with O_DSYNC (see [`synchronous_writer`]),
+/// several at once on the blocking pool. A block is queued for [`commit`] once its write has
+/// returned, that is once it is durable.
+struct DurableWrites {
+    writer: Arc<File>,
+    running: JoinSet<Result<(Block, Option<BlockHash>, u64)>>,
+    /// Buffers of blocks written, for blocks still to assemble.
+    spare: Vec<Vec<u8>>,
+}
+
+/// The queue of written blocks and its byte count, as [`fetch_blocks`] keeps them.
+type Queue<'a> = (&'a mut Vec<(u64, Option<BlockHash>)>, &'a mut u64);
+
+impl DurableWrites {
+    fn new(writer: File) -> Self {
+        DurableWrites {
+            writer: Arc::new(writer),
+            running: JoinSet::new(),
+            spare: Vec::new(),
+        }
+    }
+
+    /// Starts writing `block`; waits for earlier writes while too many are running.
+    async fn write(
+        &mut self,
+        target: &str,
+        layout: BlockLayout,
+        block: Block,
+        remote_hashes_blocks: bool,
+        (unsynced, unsynced_bytes): Queue<'_>,
+    ) -> Result<()> {
+        let writer = self.writer.clone();
+        let target = target.to_string();
+        self.running.spawn_blocking(move || {
+            let (hash, bytes) =
+                write_block(&writer, &target, &layout, &block, remote_hashes_blocks)?;
+            Ok((block, hash, bytes))
+        });
+        while self.running.len() >= DURABLE_WRITES_IN_FLIGHT {
+            if let Some(done) = self.running.join_next().await {
+                let (block, hash, bytes) = done.map_err(write_task_failed)??;
+                unsynced.push((block.index, hash));
+                *unsynced_bytes += bytes;
+                self.spare.push(block.data);
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for every write still running; queues those that succeeded, returns the first
+    /// failure.
+    async fn finish(&mut self, (unsynced, unsynced_bytes): Queue<'_>) -> Result<()> {
+        let mut first_error = None;
+        while let Some(done) = self.running.join_next().await {
+            match done.map_err(write_task_failed).and_then(|result| result) {
+                Ok((block, hash, bytes)) => {
+                    unsynced.push((block.index, hash));
+                    *unsynced_bytes += bytes;
+                }
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+fn write_task_failed(error: tokio::task::JoinError) -> Error {
+    Error::new(ErrorKind::LocalIo, format!("a write task failed: {error}"))
 }
 
 /// Makes written blocks durable, reads them back and records them: the hash read back is the
