@@ -10,11 +10,12 @@
 //! would not.
 
 use crate::blocks::{BlockHash, BlockLayout, DEFAULT_BLOCK_SIZE};
-use crate::engine::verify::hash_blocks_parallel;
+use crate::engine::verify::hash_blocks_parallel_until;
 use std::collections::BTreeMap;
 use std::fs::{File, Metadata};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Below this a file is hashed in a few milliseconds when needed: not worth guessing.
@@ -50,6 +51,9 @@ type Hashes = Option<Arc<BTreeMap<u64, BlockHash>>>;
 pub struct EarlyHashes {
     identity: Identity,
     layout: BlockLayout,
+    /// Set when the transfer goes on without waiting: the threads stop after their current
+    /// block, and the blocks hashed by then are still used.
+    stop: Arc<AtomicBool>,
     task: Mutex<Option<tokio::sync::oneshot::Receiver<Hashes>>>,
     done: tokio::sync::OnceCell<Hashes>,
 }
@@ -70,6 +74,8 @@ impl EarlyHashes {
         let identity = Identity::of(&metadata);
         let layout = BlockLayout::new(metadata.len(), DEFAULT_BLOCK_SIZE).ok()?;
         let (sender, task) = tokio::sync::oneshot::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
         std::thread::Builder::new()
             .name("early-hashes".into())
             .spawn(move || {
@@ -78,10 +84,9 @@ impl EarlyHashes {
                 // hashing): the threads below inherit this thread's lower priority.
                 let _ = rustix::process::setpriority_process(None, EARLY_NICENESS);
                 let all: Vec<u64> = (0..layout.block_count()).collect();
-                let hashes = hash_blocks_parallel(&file, &layout, &all);
+                let hashes = hash_blocks_parallel_until(&file, &layout, &all, &stopping);
                 let after = file.metadata().ok().map(|metadata| Identity::of(&metadata));
-                let hashes = (after == Some(identity) && hashes.len() == all.len())
-                    .then(|| Arc::new(hashes));
+                let hashes = (after == Some(identity)).then(|| Arc::new(hashes));
                 let _ = sender.send(hashes);
             })
             .ok()?;
@@ -89,28 +94,23 @@ impl EarlyHashes {
         Some(Arc::new(EarlyHashes {
             identity,
             layout,
+            stop,
             task: Mutex::new(Some(task)),
             done: tokio::sync::OnceCell::new(),
         }))
     }
 
-    /// [`for_file`](Self::for_file) without waiting: empty if the hashing has not finished
-    /// (a transfer that only saves work with them does not wait for them).
-    pub async fn for_file_if_ready(
+    /// [`for_file`](Self::for_file) without waiting for the rest: the hashing stops after the
+    /// blocks it is on (a fraction of a millisecond each), and the blocks hashed so far are
+    /// returned. For a transfer that only saves work with them: it hashes the others itself,
+    /// and the early threads stop spending the CPU it needs on blocks it has hashed anyway.
+    pub async fn for_file_so_far(
         &self,
         file: &File,
         layout: &BlockLayout,
     ) -> BTreeMap<u64, BlockHash> {
-        let finished = self.done.initialized()
-            || self.task.lock().is_ok_and(|task| {
-                task.as_ref()
-                    .is_some_and(|receiver| !receiver.is_empty() || receiver.is_terminated())
-            });
-        if finished {
-            self.for_file(file, layout).await
-        } else {
-            BTreeMap::new()
-        }
+        self.stop.store(true, Ordering::Relaxed);
+        self.for_file(file, layout).await
     }
 
     /// The hashes, if `file` (as the transfer opened it, before changing it) is the file
@@ -176,6 +176,22 @@ mod tests {
         let longer = BlockLayout::new(size as u64 + 10, DEFAULT_BLOCK_SIZE).expect("layout");
         let hashes = early.for_file(&file, &longer).await;
         assert_eq!(hashes.len() as u64, layout.block_count() - 1);
+    }
+
+    #[tokio::test]
+    async fn hashing_stopped_early_yields_correct_hashes_of_some_blocks() {
+        let size = 4 * EARLY_MIN_SIZE as usize;
+        let (_directory, path) = file_of(size);
+        let early = EarlyHashes::start(&path).expect("started");
+        let file = File::open(&path).expect("open");
+        let layout = BlockLayout::new(size as u64, DEFAULT_BLOCK_SIZE).expect("layout");
+        let so_far = early.for_file_so_far(&file, &layout).await;
+        let all: Vec<u64> = (0..layout.block_count()).collect();
+        let expected = hash_blocks(&file, &layout, all.iter().copied());
+        assert!(so_far.len() as u64 <= layout.block_count());
+        for (index, hash) in &so_far {
+            assert_eq!(expected.get(index), Some(hash), "block {index}");
+        }
     }
 
     #[tokio::test]

@@ -253,14 +253,15 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
         });
     // Local block hashes computed earlier in this run: while connecting, if this is the file
     // they are of (waited for only where they are compared, a delta or a journal; a file sent
-    // whole starts at once and uses them only if they are done), then by the delta. The blocks
+    // whole starts at once with the blocks hashed so far, and the hashing stops), then by the
+    // delta. The blocks
     // sent are not hashed again as they are read (the read-back check below still reads them,
     // so a file that changes meanwhile is caught).
     let mut known = match &context.early {
         Some(early) if existing_data.is_some() || !recorded.is_empty() => {
             early.for_file(&file, &layout).await
         }
-        Some(early) => early.for_file_if_ready(&file, &layout).await,
+        Some(early) => early.for_file_so_far(&file, &layout).await,
         None => BTreeMap::new(),
     };
     let remote_intact = existing.as_ref().is_some_and(|entry| {
@@ -568,30 +569,46 @@ async fn send_blocks<R: Remote>(
                         break;
                     };
                     let range = layout.range(index);
-                    let length = (range.end - range.start) as usize;
-                    let slice = &mut buffer[..length];
-                    file.read_exact_at(slice, range.start).map_err(|error| {
-                        Error::local_io(format!("cannot read {}", item.source), error)
-                    })?;
                     // The whole block, or only its pieces that differ from the remote's bytes.
                     let whole = [range.clone()];
                     let ranges = pieces.get(&index).map_or(&whole[..], |ranges| &ranges[..]);
-                    let hash = known
-                        .get(&index)
-                        .copied()
-                        .unwrap_or_else(|| hash_block(slice));
+                    let read_error =
+                        |error| Error::local_io(format!("cannot read {}", item.source), error);
+                    let hash = match known.get(&index) {
+                        // Hashed already: only what travels is read, straight into the
+                        // buffers that go out (a 1% delta reads 10 MiB, not 150).
+                        Some(hash) => {
+                            for part in ranges {
+                                let mut offset = part.start;
+                                while offset < part.end {
+                                    let end = part.end.min(offset + chunk);
+                                    let mut data = vec![0u8; (end - offset) as usize];
+                                    file.read_exact_at(&mut data, offset).map_err(read_error)?;
+                                    requests.push_back((index, offset, data));
+                                    offset = end;
+                                }
+                            }
+                            *hash
+                        }
+                        None => {
+                            let length = (range.end - range.start) as usize;
+                            let slice = &mut buffer[..length];
+                            file.read_exact_at(slice, range.start).map_err(read_error)?;
+                            for part in ranges {
+                                let mut offset = part.start;
+                                while offset < part.end {
+                                    let end = part.end.min(offset + chunk);
+                                    let within = (offset - range.start) as usize
+                                        ..(end - range.start) as usize;
+                                    requests.push_back((index, offset, slice[within].to_vec()));
+                                    offset = end;
+                                }
+                            }
+                            hash_block(slice)
+                        }
+                    };
                     outstanding.insert(index, (hash, covered(ranges)));
                     sent_of.insert(index, covered(ranges));
-                    for part in ranges {
-                        let mut offset = part.start;
-                        while offset < part.end {
-                            let end = part.end.min(offset + chunk);
-                            let within =
-                                (offset - range.start) as usize..(end - range.start) as usize;
-                            requests.push_back((index, offset, slice[within].to_vec()));
-                            offset = end;
-                        }
-                    }
                 }
                 let Some((index, offset, data)) = requests.pop_front() else {
                     break;

@@ -7,6 +7,7 @@ use crate::file_hashing;
 use sha2::Digest;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The outcome of reading a whole file back.
 #[derive(Debug, Clone)]
@@ -42,9 +43,22 @@ pub fn hash_blocks(
     layout: &BlockLayout,
     which: impl Iterator<Item = u64>,
 ) -> BTreeMap<u64, BlockHash> {
+    hash_blocks_until(file, layout, which, &AtomicBool::new(false))
+}
+
+/// [`hash_blocks`], stopping before the next block once `stop` is set.
+fn hash_blocks_until(
+    file: &File,
+    layout: &BlockLayout,
+    which: impl Iterator<Item = u64>,
+    stop: &AtomicBool,
+) -> BTreeMap<u64, BlockHash> {
     let mut buffer = file_hashing::buffer_for(layout.block_size().into());
     let mut hashes = BTreeMap::new();
     for index in which {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
         let range = layout.range(index);
         let length = range.end - range.start;
         if let Ok((read, hash)) =
@@ -92,17 +106,30 @@ pub fn hash_blocks_parallel(
     layout: &BlockLayout,
     which: &[u64],
 ) -> BTreeMap<u64, BlockHash> {
+    hash_blocks_parallel_until(file, layout, which, &AtomicBool::new(false))
+}
+
+/// [`hash_blocks_parallel`], each thread stopping before its next block once `stop` is set:
+/// the blocks hashed until then.
+pub fn hash_blocks_parallel_until(
+    file: &File,
+    layout: &BlockLayout,
+    which: &[u64],
+    stop: &AtomicBool,
+) -> BTreeMap<u64, BlockHash> {
     let threads = crate::cores::available()
         .clamp(1, 8)
         .min(which.len().max(1));
     if threads <= 1 {
-        return hash_blocks(file, layout, which.iter().copied());
+        return hash_blocks_until(file, layout, which.iter().copied(), stop);
     }
     let share = which.len().div_ceil(threads);
     std::thread::scope(|scope| {
         let workers: Vec<_> = which
             .chunks(share)
-            .map(|part| scope.spawn(move || hash_blocks(file, layout, part.iter().copied())))
+            .map(|part| {
+                scope.spawn(move || hash_blocks_until(file, layout, part.iter().copied(), stop))
+            })
             .collect();
         let mut hashes = BTreeMap::new();
         for worker in workers {
