@@ -6,7 +6,8 @@
 # a far link), counts bytes on the wire through its proxy, and prints markdown tables. This script
 # builds xfer in release mode, adds it to every table, then times pushes of the same data with a
 # shell loop (median of REPS wall times; no byte counts, no content check), a delta push against
-# rsync --inplace (time and bytes on the wire), pulls of the 1 GiB file and the checkpoint tree
+# rsync --inplace (time and bytes on the wire), a delta pull into an old copy already synced to
+# disk against rsync --inplace, pulls of the 1 GiB file and the checkpoint tree
 # and a push of the file over the emulated far link against rsync, and xfer's peak memory (GNU
 # time); every table gets a column of ratios to the best peer (benches/ratios.py). Arguments
 # are passed to baseline.sh, so --tool NAME=TEMPLATE adds more tools to the pull tables.
@@ -112,6 +113,36 @@ for tool in xfer rsync; do
   same=no
   cmp -s "$work/mutated.bin" "$work/remote/big.bin" && same=yes
   echo "| $tool | $median | $wire | $same |"
+done
+
+# Delta pull into a copy already on disk. The kit's delta scenario copies the old file over the
+# previous run's copy just before each timed run: on ext4 that starts writing the whole copy
+# back, and any durable write into it (xfer syncs what it writes before a file counts as done;
+# rsync does not sync) waits for that writeback. Here the old copy is synced before the timer
+# starts, as a checkpoint from an earlier day would be. Same data as the delta push, reversed.
+echo
+echo "## Delta pull into a copy on disk (${BIG_MIB:-1024} MiB file, 1% of its 64 KiB blocks rewritten remotely)"
+echo
+echo "| tool | seconds (median of ${REPS:-3}) | same content |"
+echo "|---|---|---|"
+mkdir -p "$work/local"
+for tool in xfer rsync; do
+  times=()
+  for _ in $(seq "${REPS:-3}"); do
+    cp -p "$work/data/big.bin" "$work/local/big.bin"
+    sync
+    start=$(date +%s.%N)
+    case $tool in
+      xfer) "$xfer" pull -q -F "$config" "bench:$work/mutated.bin" "$work/local/big.bin" ;;
+      rsync) rsync -a --inplace -e "ssh -F $config" "bench:$work/mutated.bin" "$work/local/big.bin" ;;
+    esac
+    end=$(date +%s.%N)
+    times+=("$(python3 -c "print(round($end - $start, 2))")")
+  done
+  median=$(printf '%s\n' "${times[@]}" | sort -n | sed -n "$(( (${#times[@]} + 1) / 2 ))p")
+  same=no
+  cmp -s "$work/mutated.bin" "$work/local/big.bin" && same=yes
+  echo "| $tool | $median | $same |"
 done
 
 # Far link, at the sizes issue 5 names (the kit's far scenario pulls 128 MiB): the 1 GiB file
