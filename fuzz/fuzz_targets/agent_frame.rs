@@ -1,6 +1,7 @@
 //! Agent protocol frames (`xfer::agent::protocol`): any bytes, read as a stream of frames the way
 //! the agent reads requests and the client reads responses, decode or are refused without
-//! panicking, and whatever decodes re-encodes to exactly the same bytes.
+//! panicking, whatever decodes re-encodes to exactly the same bytes, and the decoders of an
+//! owned body agree with those of a borrowed frame.
 #![no_main]
 
 use xfer::agent::protocol::{ClientHello, Frame, LENGTH_LEN, Request, Response, ServerHello};
@@ -30,6 +31,17 @@ fn check_frame(bytes: &[u8], frame: &Frame<'_>) {
     if let Ok(response) = Response::decode(frame) {
         assert_eq!(response.encode(frame.id).as_deref(), Ok(bytes));
     }
+    // The owned-body decoders (data moved out of the body) agree with the borrowing ones,
+    // errors included.
+    let body = bytes[LENGTH_LEN..].to_vec();
+    assert_eq!(
+        Request::decode_body(body.clone()),
+        Request::decode(frame).map(|request| (frame.id, request))
+    );
+    assert_eq!(
+        Response::decode_body(body),
+        Response::decode(frame).map(|response| (frame.id, response))
+    );
     if let Ok(hello) = ServerHello::decode(frame) {
         assert_eq!(hello.encode().as_deref(), Ok(bytes));
     }

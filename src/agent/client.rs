@@ -199,11 +199,9 @@ impl Link {
     }
 
     /// Hands one answer frame to the request waiting for it; `Err` ends the session.
-    fn route(&self, body: &[u8]) -> Result<(), Closure> {
+    fn route(&self, body: Vec<u8>) -> Result<(), Closure> {
         let protocol = |error: super::protocol::ProtocolError| Closure::Protocol(error.to_string());
-        let frame = Frame::parse(body).map_err(protocol)?;
-        let response = Response::decode(&frame).map_err(protocol)?;
-        let id = frame.id;
+        let (id, response) = Response::decode_body(body).map_err(protocol)?;
         if id == 0 {
             let message = match response {
                 Response::Error { message, .. } => message,
@@ -264,7 +262,7 @@ async fn read_responses<R: AsyncRead + Unpin>(mut reader: BufReader<R>, link: Ar
     let closure = loop {
         match read_frame(&mut reader).await {
             Ok(Some(body)) => {
-                if let Err(closure) = link.route(&body) {
+                if let Err(closure) = link.route(body) {
                     break closure;
                 }
             }

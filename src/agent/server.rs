@@ -305,8 +305,7 @@ where
             Ok(None) => break Ok(()),
             Err(error) => break Err(as_protocol_error(error)),
         };
-        let decoded = Frame::parse(&body)
-            .and_then(|frame| Request::decode(&frame).map(|request| (frame.id, request)));
+        let decoded = Request::decode_body(body);
         match decoded {
             Ok((id, request)) => spawn_job(&session, id, request, permit, &output),
             Err(error) => break Err(invalid_data(error)),
