@@ -702,17 +702,9 @@ async fn fetch_blocks<R: Remote>(
             if whole_read {
                 context.reporter.bytes_moved(&item.path, data.len() as u64);
                 let block = Block { index, data, pieces: None };
-                match durable.as_mut() {
-                    Some(durable) => {
-                        let queue = (&mut unsynced, &mut unsynced_bytes);
-                        durable.write(&item.target, *layout, block, hashes, queue).await?;
-                    }
-                    None => {
-                        let written = write_block(file, &item.target, layout, &block, hashes)?;
-                        unsynced.push((index, written.0));
-                        unsynced_bytes += written.1;
-                    }
-                }
+                let queue = (&mut unsynced, &mut unsynced_bytes);
+                // The read's own buffer: not kept for assemblies.
+                put_block(durable.as_mut(), file, &item.target, layout, block, hashes, queue, None).await?;
             } else {
                 let assembly = match assemblies.entry(index) {
                     std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
@@ -755,18 +747,9 @@ async fn fetch_blocks<R: Remote>(
                 if assembly.filled == assembly.data.len() {
                     let Some(assembly) = assemblies.remove(&index) else { continue };
                     let block = Block { index, data: assembly.data, pieces: pieces.get(&index).cloned() };
-                    match durable.as_mut() {
-                        Some(durable) => {
-                            let queue = (&mut unsynced, &mut unsynced_bytes);
-                            durable.write(&item.target, *layout, block, hashes, queue).await?;
-                        }
-                        None => {
-                            let written = write_block(file, &item.target, layout, &block, hashes)?;
-                            unsynced.push((index, written.0));
-                            unsynced_bytes += written.1;
-                            spare.push(block.data);
-                        }
-                    }
+                    let queue = (&mut unsynced, &mut unsynced_bytes);
+                    let spare = Some(&mut spare);
+                    put_block(durable.as_mut(), file, &item.target, layout, block, hashes, queue, spare).await?;
                 }
             }
             if unsynced_bytes >= SYNC_INTERVAL {
@@ -945,6 +928,38 @@ fn write_block(
         bytes_written += bytes.len() as u64;
     }
     Ok((hash, bytes_written))
+}
+
+/// Writes a finished block: through `durable` when the file's writes go there, else in place
+/// now, its buffer then going back to `spare` (when given) for the next assembly.
+#[allow(clippy::too_many_arguments)]
+async fn put_block(
+    durable: Option<&mut DurableWrites>,
+    file: &File,
+    target: &str,
+    layout: &BlockLayout,
+    block: Block,
+    remote_hashes_blocks: bool,
+    (unsynced, unsynced_bytes): Queue<'_>,
+    spare: Option<&mut Vec<Vec<u8>>>,
+) -> Result<()> {
+    match durable {
+        Some(durable) => {
+            let queue = (unsynced, unsynced_bytes);
+            durable
+                .write(target, *layout, block, remote_hashes_blocks, queue)
+                .await
+        }
+        None => {
+            let (hash, bytes) = write_block(file, target, layout, &block, remote_hashes_blocks)?;
+            unsynced.push((block.index, hash));
+            *unsynced_bytes += bytes;
+            if let Some(spare) = spare {
+                spare.push(block.data);
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Durable writes running at once, each holding its block's buffer. Each O_DSYNC write waits
