@@ -50,13 +50,16 @@ SSHD_DIR=$work/sshd
 config=$SSHD_DIR/ssh_config
 "$bench/make-data" "$work/data" big "${BIG_MIB:-1024}" >/dev/null 2>&1
 "$bench/make-data" "$work/data" ckpt "${CKPT_MIB:-1024}" >/dev/null 2>&1
+# The data just made is still being written back: every tool starts from a settled disk, and
+# each run from an empty remote directory whose removal has reached the disk.
+sync
 echo "| dataset | tool | seconds (median of ${REPS:-3}) |"
 echo "|---|---|---|"
 for dataset in big.bin ckpt; do
   for tool in xfer scp rsync; do
     times=()
     for _ in $(seq "${REPS:-3}"); do
-      rm -rf "$work/remote" && mkdir -p "$work/remote"
+      rm -rf "$work/remote" && mkdir -p "$work/remote" && sync
       start=$(date +%s.%N)
       case $tool in
         xfer) "$xfer" push -q -F "$config" "$work/data/$dataset" "bench:$work/remote/$dataset" ;;
