@@ -49,32 +49,24 @@ const OUTPUT_QUEUE: usize = 32;
 /// A List batch is sent once its entries take about this many bytes (or it has
 /// MAX_LIST_BATCH entries), so a batch of long names stays far below the frame cap.
 pub(crate) const LIST_BATCH_BYTES: usize = 256 << 10;
-/// Reads of a whole-file digest: small, as [`file_hashing`] explains.
-const DIGEST_CHUNK: usize = file_hashing::READ_SIZE;
 /// Buffers of the input and output streams.
 const STREAM_BUFFER: usize = 256 << 10;
 
-/// The plain BLAKE3 of everything `reader` yields.
-fn hash_whole(reader: &mut impl Read) -> io::Result<[u8; 32]> {
+/// The plain BLAKE3 of everything in `file` (read as [`file_hashing`] reads).
+fn hash_whole(file: &File) -> io::Result<[u8; 32]> {
     let mut hasher = FileHasher::new();
-    let mut buffer = vec![0u8; DIGEST_CHUNK];
-    loop {
-        match reader.read(&mut buffer) {
-            Ok(0) => return Ok(hasher.finish()),
-            Ok(read) => {
-                hasher.update(&buffer[..read]);
-            }
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(error) => return Err(error),
-        }
-    }
+    let mut buffer = file_hashing::buffer_for(u64::MAX);
+    file_hashing::read_pieces(file, 0, u64::MAX, &mut buffer, |piece| {
+        hasher.update(piece);
+    })?;
+    Ok(hasher.finish())
 }
 
 /// This build's identity: the crate version, the plain BLAKE3 of the running executable and the
 /// platform.
 pub fn own_build_id() -> io::Result<BuildId> {
     let executable = std::env::current_exe()?;
-    let hash = hash_whole(&mut File::open(executable)?)?;
+    let hash = hash_whole(&File::open(executable)?)?;
     Ok(BuildId {
         version: env!("CARGO_PKG_VERSION").to_string(),
         executable_blake3: hash,
@@ -848,8 +840,8 @@ fn make_symlink(session: &Session, path: &str, target: &str) -> Result<(), Failu
 }
 
 fn digest(path: &str) -> Result<[u8; 32], Failure> {
-    let mut file = open_regular(path, OpenOptions::new().read(true))?;
-    Ok(hash_whole(&mut file)?)
+    let file = open_regular(path, OpenOptions::new().read(true))?;
+    Ok(hash_whole(&file)?)
 }
 
 /// One hashed block: its index among those asked for, how many bytes were read, its hash.

@@ -710,10 +710,7 @@ async fn fetch_blocks<R: Remote>(
                     std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
                     std::collections::hash_map::Entry::Vacant(entry) => {
                         // Reuse a finished block's buffer: no allocation or zeroing per block.
-                        let mut data = spare
-                            .pop()
-                            .or_else(|| durable.as_mut().and_then(|durable| durable.spare.pop()))
-                            .unwrap_or_default();
+                        let mut data = spare.pop().unwrap_or_default();
                         data.resize((range.end - range.start) as usize, 0);
                         let mut filled = 0;
                         if let Some(ranges) = pieces.get(&index) {
@@ -947,7 +944,7 @@ async fn put_block(
         Some(durable) => {
             let queue = (unsynced, unsynced_bytes);
             durable
-                .write(target, *layout, block, remote_hashes_blocks, queue)
+                .write(target, *layout, block, remote_hashes_blocks, queue, spare)
                 .await
         }
         None => {
@@ -972,10 +969,12 @@ const DURABLE_WRITES_IN_FLIGHT: usize = 16;
 /// returned, that is once it is durable.
 struct DurableWrites {
     writer: Arc<File>,
-    running: JoinSet<Result<(Block, Option<BlockHash>, u64)>>,
-    /// Buffers of blocks written, for blocks still to assemble.
-    spare: Vec<Vec<u8>>,
+    running: JoinSet<DurableWrite>,
 }
+
+/// A durable write that ended: its block, whether to keep the block's buffer, and
+/// [`write_block`]'s answer.
+type DurableWrite = (Block, bool, Result<(Option<BlockHash>, u64)>);
 
 /// The queue of written blocks and its byte count, as [`fetch_blocks`] keeps them.
 type Queue<'a> = (&'a mut Vec<(u64, Option<BlockHash>)>, &'a mut u64);
@@ -985,11 +984,11 @@ impl DurableWrites {
         DurableWrites {
             writer: Arc::new(writer),
             running: JoinSet::new(),
-            spare: Vec::new(),
         }
     }
 
-    /// Starts writing `block`; waits for earlier writes while too many are running.
+    /// Starts writing `block`; waits for earlier writes while too many are running. Their
+    /// buffers go back to `spare` as [`put_block`]'s do.
     async fn write(
         &mut self,
         target: &str,
@@ -997,20 +996,19 @@ impl DurableWrites {
         block: Block,
         remote_hashes_blocks: bool,
         (unsynced, unsynced_bytes): Queue<'_>,
+        mut spare: Option<&mut Vec<Vec<u8>>>,
     ) -> Result<()> {
         let writer = self.writer.clone();
         let target = target.to_string();
+        let keep = spare.is_some();
         self.running.spawn_blocking(move || {
-            let (hash, bytes) =
-                write_block(&writer, &target, &layout, &block, remote_hashes_blocks)?;
-            Ok((block, hash, bytes))
+            let written = write_block(&writer, &target, &layout, &block, remote_hashes_blocks);
+            (block, keep, written)
         });
         while self.running.len() >= DURABLE_WRITES_IN_FLIGHT {
             if let Some(done) = self.running.join_next().await {
-                let (block, hash, bytes) = done.map_err(write_task_failed)??;
-                unsynced.push((block.index, hash));
-                *unsynced_bytes += bytes;
-                self.spare.push(block.data);
+                let queue = (&mut *unsynced, &mut *unsynced_bytes);
+                written(done, queue, spare.as_deref_mut())?;
             }
         }
         Ok(())
@@ -1021,18 +1019,30 @@ impl DurableWrites {
     async fn finish(&mut self, (unsynced, unsynced_bytes): Queue<'_>) -> Result<()> {
         let mut first_error = None;
         while let Some(done) = self.running.join_next().await {
-            match done.map_err(write_task_failed).and_then(|result| result) {
-                Ok((block, hash, bytes)) => {
-                    unsynced.push((block.index, hash));
-                    *unsynced_bytes += bytes;
-                }
-                Err(error) => {
-                    first_error.get_or_insert(error);
-                }
+            let queue = (&mut *unsynced, &mut *unsynced_bytes);
+            if let Err(error) = written(done, queue, None) {
+                first_error.get_or_insert(error);
             }
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// A durable write that ended: queued for [`commit`] when it succeeded, its buffer kept in
+/// `spare` when it was asked to be.
+fn written(
+    done: std::result::Result<DurableWrite, tokio::task::JoinError>,
+    (unsynced, unsynced_bytes): Queue<'_>,
+    spare: Option<&mut Vec<Vec<u8>>>,
+) -> Result<()> {
+    let (block, keep, result) = done.map_err(write_task_failed)?;
+    let (hash, bytes) = result?;
+    unsynced.push((block.index, hash));
+    *unsynced_bytes += bytes;
+    if let (true, Some(spare)) = (keep, spare) {
+        spare.push(block.data);
+    }
+    Ok(())
 }
 
 fn write_task_failed(error: tokio::task::JoinError) -> Error {

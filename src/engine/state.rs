@@ -111,9 +111,15 @@ fn state_key(parts: &[&str]) -> String {
 /// before fetching anything). A journal never written records nothing, as an absent one does.
 pub struct JournalFile {
     path: PathBuf,
-    file: Option<File>,
-    /// The encoded header a fresh journal starts with.
-    header: Vec<u8>,
+    file: Backing,
+}
+
+/// Where a journal's records go.
+enum Backing {
+    /// A journal on disk, appended to.
+    Open(File),
+    /// None on disk yet: the encoded header it will start with.
+    Fresh(Vec<u8>),
 }
 
 impl JournalFile {
@@ -163,8 +169,7 @@ impl JournalFile {
                             return Ok((
                                 JournalFile {
                                     path: path.to_path_buf(),
-                                    file: Some(existing),
-                                    header: Vec::new(),
+                                    file: Backing::Open(existing),
                                 },
                                 blocks,
                             ));
@@ -200,8 +205,7 @@ impl JournalFile {
         Ok((
             JournalFile {
                 path: path.to_path_buf(),
-                file: None,
-                header,
+                file: Backing::Fresh(header),
             },
             BTreeMap::new(),
         ))
@@ -209,11 +213,11 @@ impl JournalFile {
 
     /// Writes a fresh journal holding the header and `records`, durably, under a temporary
     /// name first so a torn write never looks like a journal.
-    fn create(&self, records: &[u8]) -> Result<File> {
+    fn create(path: &Path, header: &[u8], records: &[u8]) -> Result<File> {
         let io_error = |what: &str, error| {
-            Error::local_io(format!("{what} journal {}", self.path.display()), error)
+            Error::local_io(format!("{what} journal {}", path.display()), error)
         };
-        let temporary = self.path.with_extension("journal.tmp");
+        let temporary = path.with_extension("journal.tmp");
         let mut fresh = OpenOptions::new()
             .write(true)
             .create(true)
@@ -222,14 +226,13 @@ impl JournalFile {
             .open(&temporary)
             .map_err(|error| io_error("cannot create", error))?;
         fresh
-            .write_all(&self.header)
+            .write_all(header)
             .and_then(|()| fresh.write_all(records))
             .map_err(|error| io_error("cannot write", error))?;
         fresh
             .sync_data()
             .map_err(|error| io_error("cannot sync", error))?;
-        std::fs::rename(&temporary, &self.path)
-            .map_err(|error| io_error("cannot install", error))?;
+        std::fs::rename(&temporary, path).map_err(|error| io_error("cannot install", error))?;
         // The descriptor follows the file to its new name; appends go on at its end.
         Ok(fresh)
     }
@@ -243,9 +246,12 @@ impl JournalFile {
         for (index, hash) in blocks {
             bytes.extend_from_slice(&journal::encode_record(*index, hash));
         }
-        let Some(file) = self.file.as_mut() else {
-            self.file = Some(self.create(&bytes)?);
-            return Ok(());
+        let file = match &mut self.file {
+            Backing::Open(file) => file,
+            Backing::Fresh(header) => {
+                self.file = Backing::Open(JournalFile::create(&self.path, header, &bytes)?);
+                return Ok(());
+            }
         };
         file.write_all(&bytes)
             .and_then(|()| file.sync_data())

@@ -1005,37 +1005,32 @@ async fn verify_by_checksum<R: Remote>(
             Direction::Push => std::fs::File::open(&item.source)
                 .map_err(|error| Error::local_io(format!("cannot read {}", item.source), error))?,
         };
-        let checksum = tokio::task::spawn_blocking(move || -> Result<Option<bool>> {
-            use std::io::Read;
-            let mut reader = std::io::BufReader::with_capacity(1 << 20, local);
-            let mut buffer = vec![0u8; 1 << 20];
-            let mut blake3 = blake3::Hasher::new();
-            let mut sha256 = sha2::Sha256::new();
-            loop {
-                let read = reader
-                    .read(&mut buffer)
-                    .map_err(|error| Error::local_io("cannot read a file to checksum it", error))?;
-                if read == 0 {
-                    break;
-                }
-                match digest {
-                    Some(remote::RemoteDigest::Blake3(_)) => {
-                        blake3.update(&buffer[..read]);
+        let checksum =
+            tokio::task::spawn_blocking(move || -> Result<Option<bool>> {
+                let Some(digest) = digest else {
+                    return Ok(None);
+                };
+                let mut blake3 = blake3::Hasher::new();
+                let mut sha256 = sha2::Sha256::new();
+                let mut buffer = crate::file_hashing::buffer_for(u64::MAX);
+                crate::file_hashing::read_pieces(&local, 0, u64::MAX, &mut buffer, |piece| {
+                    match digest {
+                        remote::RemoteDigest::Blake3(_) => {
+                            blake3.update(piece);
+                        }
+                        remote::RemoteDigest::Sha256(_) => sha256.update(piece),
                     }
-                    Some(remote::RemoteDigest::Sha256(_)) => sha256.update(&buffer[..read]),
-                    None => return Ok(None),
-                }
-            }
-            Ok(match digest {
-                Some(remote::RemoteDigest::Blake3(expected)) => {
-                    Some(<[u8; 32]>::from(blake3.finalize()) == expected)
-                }
-                Some(remote::RemoteDigest::Sha256(expected)) => {
-                    Some(<[u8; 32]>::from(sha256.finalize()) == expected)
-                }
-                None => None,
-            })
-        });
+                })
+                .map_err(|error| Error::local_io("cannot read a file to checksum it", error))?;
+                Ok(Some(match digest {
+                    remote::RemoteDigest::Blake3(expected) => {
+                        <[u8; 32]>::from(blake3.finalize()) == expected
+                    }
+                    remote::RemoteDigest::Sha256(expected) => {
+                        <[u8; 32]>::from(sha256.finalize()) == expected
+                    }
+                }))
+            });
         let same = finished(checksum, "a checksum").await?;
         match same {
             Some(true) => {}
