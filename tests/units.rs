@@ -2,7 +2,7 @@
 //! over and over still ends byte-identical in one invocation with little waste; without retries
 //! the failed directories are reported and a re-run moves nothing of the finished ones; a no-op
 //! re-run of 10,000 files reads no file data; a stalled link is detected and retried; a deleted
-//! local file is all a re-run fetches.
+//! local file is all a re-run fetches; the top-level directories exist before the first file.
 
 mod support;
 
@@ -498,5 +498,57 @@ fn a_large_file_travels_over_several_connections_and_survives_cuts() {
     assert!(
         wire < (80 * MIB as u64) * 3 / 2,
         "{wire} bytes on the wire for 80 MiB"
+    );
+}
+
+#[test]
+fn every_top_level_directory_is_made_before_the_first_file() {
+    // ext4 places a file's inode by its directory's; made as the units reach them, interleaved
+    // with thousands of file creations, directories (and so their files) landed where a copy
+    // deleted moments before had left slots the allocator must scan past. With one job and a
+    // slow link, the last unit would not start for many seconds: its directory must be there
+    // when the first file is.
+    let bench = bench(&[]);
+    let source = bench.path("source");
+    make_tree(&source, 5, 2, MIB);
+    bench.proxy.set_mode(ProxyMode::Throttle {
+        bytes_per_second: 200_000,
+    });
+    let copy = bench.path("copy");
+    let mut command = xfer_command_in(bench.state.path());
+    command
+        .args(["pull", "-q", "-j", "1", "-F"])
+        .arg(&bench.config)
+        .arg(format!("flaky:{}", source.display()))
+        .arg(&copy)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = command.spawn().unwrap();
+    let deadline = Instant::now() + LIMIT;
+    let first_file = loop {
+        let found = walkdir::WalkDir::new(&copy)
+            .into_iter()
+            .filter_map(|entry| entry.ok())
+            .find(|entry| entry.file_type().is_file());
+        if let Some(found) = found {
+            break found.into_path();
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "xfer ended before writing any file"
+        );
+        assert!(Instant::now() < deadline, "no file arrived in {LIMIT:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let missing: Vec<String> = (0..5)
+        .map(|dir| format!("step-{dir:03}"))
+        .filter(|name| !copy.join(name).is_dir())
+        .collect();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        missing.is_empty(),
+        "when {} appeared, these directories were missing: {missing:?}",
+        first_file.display()
     );
 }

@@ -1,7 +1,9 @@
 //! One SSH connection per directory: a transfer split into units, several at once, each retried.
 //!
 //! A tree is cut into units: every top-level subdirectory of the source (with everything below
-//! it), and one unit for the top directory itself and the loose files and links in it. Up to
+//! it), and one unit for the top directory itself and the loose files and links in it; a pull
+//! makes the units' directories before any unit runs, as rsync makes a level's directories
+//! before its files (it decides where ext4 puts the files, see `make_unit_directory`). Up to
 //! `jobs` workers take units from a queue; each holds its own connection (its own TCP and SSH
 //! session) and keeps it for the next unit while it is healthy, so a dropped connection loses
 //! only the blocks in flight on it. A unit that fails for a transient reason (reset, EOF,
@@ -518,6 +520,7 @@ async fn discover_pull<R: Remote>(transfer: &Transfer, remote: &R) -> Result<Dis
         return Ok((vec![top], Some(destination), None, large && !mostly_here));
     }
     let absent = root_absent || matches!(destination.metadata(&top.relative), Ok(None));
+    make_unit_directory(&destination, &top.relative, root.mode);
     let mut units = vec![top];
     let mut children = remote.list(path).await?;
     children.sort_by(|a, b| a.name.cmp(&b.name));
@@ -533,6 +536,7 @@ async fn discover_pull<R: Remote>(transfer: &Transfer, remote: &R) -> Result<Dis
         let Ok(relative) = target.top.join(name) else {
             continue;
         };
+        make_unit_directory(&destination, &relative, child.mode);
         units.push(Unit {
             relative,
             source: remote::join(path, name),
@@ -547,6 +551,22 @@ async fn discover_pull<R: Remote>(transfer: &Transfer, remote: &R) -> Result<Dis
         Some((root.mode, root.mtime)),
         absent,
     ))
+}
+
+/// Creates a unit's directory (owner-writable, like the pull does) before any unit runs, in
+/// listing order, the way rsync makes every directory of a level before the files in them.
+/// Made as the units reach them instead, interleaved with thousands of file creations, their
+/// files landed in inode groups crowded with the slots of files deleted moments before, and
+/// ext4 without a journal scans past every recently deleted inode on each allocation: 10,000
+/// small files right after deleting a previous copy took 6-7 s this way and 3-3.8 s with the
+/// directories made first (rsync 2.9-4.4 s on the same disk). Best effort: what is in the
+/// way, or a listing that lied, is the unit's plan to handle and report.
+fn make_unit_directory(destination: &Destination, relative: &RelativePath, mode: u32) {
+    if let Ok(None) = destination.metadata(relative)
+        && let Err(error) = destination.create_dir_all(relative, mode | 0o700)
+    {
+        tracing::debug!(%error, "unit directory not made ahead");
+    }
 }
 
 async fn discover_push<R: Remote>(transfer: &Transfer, remote: &R) -> Result<Discovery> {
