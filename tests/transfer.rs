@@ -9,7 +9,7 @@ mod support;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -434,6 +434,71 @@ fn push_killed_at_seeded_moments_resumes_to_identical() {
     assert!(
         interrupted >= 5,
         "only {interrupted} kills landed before the push finished"
+    );
+}
+
+#[test]
+fn a_source_rewritten_while_pushed_is_reported_and_the_rerun_matches_it() {
+    // The push trusts the bytes it sent only while the source's identity (size, mtimes, ctime)
+    // holds; rewritten in place halfway, the remote holds old blocks and new ones, and the
+    // file must fail as "changed", never be set complete, and the re-run must end equal to
+    // the new content.
+    let setup = setup();
+    let (proxy, config) = via_proxy(&setup);
+    let size = 24 << 20;
+    let source = setup.path("big.bin");
+    write_file(&source, 5, size, 0o644, 1_700_000_000);
+    let remote = setup.path("pushed.bin");
+    proxy.set_mode(ProxyMode::Throttle {
+        bytes_per_second: 4_000_000,
+    });
+    let mut command = xfer_command_in(setup.state.path());
+    command
+        // No retries: a retry would send the changed blocks again and end complete.
+        .args(["push", "-q", "--retries", "0", "-F"])
+        .arg(&config)
+        .arg(&source)
+        .arg(format!("via:{}", remote.display()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = command.spawn().unwrap();
+    let deadline = Instant::now() + LIMIT;
+    // Some blocks are on their way (read before this): rewrite every byte of the source in
+    // place.
+    while proxy.bytes_up() < 4 << 20 {
+        assert!(Instant::now() < deadline, "the push never got going");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let new_content = pattern(6, size);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&source)
+        .unwrap()
+        .write_all_at(&new_content, 0)
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("changed while it was being sent"),
+        "{stderr}"
+    );
+    assert_ne!(
+        fs::metadata(&remote).unwrap().mtime(),
+        1_700_000_000,
+        "an unverified copy must not get the mtime that marks it complete"
+    );
+
+    proxy.set_mode(ProxyMode::Pass);
+    let rerun = setup.run(&[
+        "push",
+        source.to_str().unwrap(),
+        &setup.remote("pushed.bin"),
+    ]);
+    assert_success(&rerun);
+    assert!(
+        fs::read(&remote).unwrap() == new_content,
+        "the re-run must end equal to the new source"
     );
 }
 

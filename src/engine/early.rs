@@ -5,15 +5,16 @@
 //! during which the CPU waits. So when the command names one local file that exists (the
 //! destination of a pull, the source of a push), its blocks are hashed at once on blocking
 //! threads, and the transfer uses those hashes only if the file it opens is that same file,
-//! unchanged: same device, inode, size, mtime and ctime before and after the hashing. Otherwise
+//! unchanged: the same [`FileIdentity`] before and after the hashing. Otherwise
 //! they are dropped and the file is hashed as usual; they never decide anything a fresh hash
 //! would not.
 
 use crate::blocks::{BlockHash, BlockLayout, DEFAULT_BLOCK_SIZE};
 use crate::engine::verify::hash_blocks_parallel_until;
+use crate::local::FileIdentity;
 use std::collections::BTreeMap;
-use std::fs::{File, Metadata};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,33 +24,11 @@ pub const EARLY_MIN_SIZE: u64 = 16 << 20;
 /// The niceness of the early hashing threads (Linux: per thread; 0 is normal, 19 the lowest).
 const EARLY_NICENESS: i32 = 10;
 
-/// What identifies a file and its content without reading it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Identity {
-    device: u64,
-    inode: u64,
-    size: u64,
-    modified: (i64, i64),
-    changed: (i64, i64),
-}
-
-impl Identity {
-    fn of(metadata: &Metadata) -> Self {
-        Identity {
-            device: metadata.dev(),
-            inode: metadata.ino(),
-            size: metadata.size(),
-            modified: (metadata.mtime(), metadata.mtime_nsec()),
-            changed: (metadata.ctime(), metadata.ctime_nsec()),
-        }
-    }
-}
-
 type Hashes = Option<Arc<BTreeMap<u64, BlockHash>>>;
 
 /// The block hashes of one local file, being computed.
 pub struct EarlyHashes {
-    identity: Identity,
+    identity: FileIdentity,
     layout: BlockLayout,
     /// Set when the transfer goes on without waiting: the threads stop after their current
     /// block, and the blocks hashed by then are still used.
@@ -71,7 +50,7 @@ impl EarlyHashes {
         if !metadata.is_file() || metadata.len() < EARLY_MIN_SIZE {
             return None;
         }
-        let identity = Identity::of(&metadata);
+        let identity = FileIdentity::of(&metadata);
         let layout = BlockLayout::new(metadata.len(), DEFAULT_BLOCK_SIZE).ok()?;
         let (sender, task) = tokio::sync::oneshot::channel();
         let stop = Arc::new(AtomicBool::new(false));
@@ -85,7 +64,7 @@ impl EarlyHashes {
                 let _ = rustix::process::setpriority_process(None, EARLY_NICENESS);
                 let all: Vec<u64> = (0..layout.block_count()).collect();
                 let hashes = hash_blocks_parallel_until(&file, &layout, &all, &stopping);
-                let after = file.metadata().ok().map(|metadata| Identity::of(&metadata));
+                let after = FileIdentity::of_file(&file);
                 let hashes = (after == Some(identity)).then(|| Arc::new(hashes));
                 let _ = sender.send(hashes);
             })
@@ -117,9 +96,7 @@ impl EarlyHashes {
     /// hashed and it did not change while hashed; keyed by block in `layout`, only for blocks
     /// cut the same way in both layouts (the last block of a file whose size changed is not).
     pub async fn for_file(&self, file: &File, layout: &BlockLayout) -> BTreeMap<u64, BlockHash> {
-        let same_file = file
-            .metadata()
-            .is_ok_and(|metadata| Identity::of(&metadata) == self.identity);
+        let same_file = FileIdentity::of_file(file) == Some(self.identity);
         if !same_file || layout.block_size() != self.layout.block_size() {
             return BTreeMap::new();
         }

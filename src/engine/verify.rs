@@ -10,7 +10,7 @@ use std::fs::File;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The outcome of reading a whole file back.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Verification {
     /// Blocks whose bytes on disk differ from the expected hash.
     pub mismatched: Vec<u64>,

@@ -10,15 +10,19 @@
 //!   ([`symlink_target_is_contained`]).
 //! - [`destination`] performs every write below the destination root without ever following a
 //!   link ([`Destination`]).
+//! - [`identity`] tells whether a local file changed between two moments without reading it
+//!   ([`FileIdentity`]).
 //!
 //! The engine never builds a local path itself: it validates names here, then hands the
 //! resulting [`RelativePath`] to [`Destination`].
 
 pub mod destination;
+pub mod identity;
 pub mod names;
 pub mod symlinks;
 
 pub use destination::{Destination, EntryKind, EntryMetadata, Lookup, Timestamp};
+pub use identity::FileIdentity;
 pub use names::{
     MAX_NAME_BYTES, NameError, PathError, RelativePath, printable, validate_component,
 };
