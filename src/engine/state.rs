@@ -106,9 +106,10 @@ fn state_key(parts: &[&str]) -> String {
 /// An open journal: the blocks it vouches for and the file to append to.
 ///
 /// A fresh journal is written only when it first has a block to record: creating it costs a
-/// sync, and a sync on a filesystem in ordered mode waits for whatever data other programs
-/// left dirty there (a pull into a copy made a moment earlier waited 0.86 s for that copy
-/// before fetching anything). A journal never written records nothing, as an absent one does.
+/// sync, and a sync waits behind whatever the disk is busy writing back (in ext4's ordered
+/// mode, for every file's dirty data; without a journal, as here, behind the queue that
+/// writeback keeps full): a pull into a copy made a moment earlier waited 0.86 s for that
+/// copy before fetching anything. A journal never written records nothing, as an absent one does.
 pub struct JournalFile {
     path: PathBuf,
     file: Backing,
