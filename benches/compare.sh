@@ -22,6 +22,9 @@ bench=${BENCH_DIR:-$root/../shared/bench}
 [ -x "$bench/baseline.sh" ] || { echo "compare.sh: no benchmark kit at $bench (set BENCH_DIR)" >&2; exit 2; }
 
 cargo build --release --quiet --manifest-path "$root/Cargo.toml" >&2
+# The build leaves hundreds of MiB dirty; written back during the first timed runs, it delays
+# every sync xfer makes (the peers never sync): every tool starts from a settled disk.
+sync
 xfer="$root/target/release/xfer"
 state=$(mktemp -d)
 work=$(mktemp -d)
