@@ -408,6 +408,11 @@ fn a_large_pushed_file_travels_over_several_connections_and_survives_cuts() {
     let bench = bench(&[]);
     let source = bench.path("source.bin");
     write(&source, 78, 80 * MIB);
+    // At loopback speed 80 MiB can be gone before the borrowed connections have started their
+    // agents (on a loaded machine, a login shell each): a link of 40 MiB/s leaves them time.
+    bench.proxy.set_mode(ProxyMode::Throttle {
+        bytes_per_second: 40 << 20,
+    });
     let pushed = bench.path("pushed.bin");
     let push = |bench: &Bench| {
         let mut command = xfer_command_in(bench.state.path());
@@ -474,6 +479,10 @@ fn a_large_file_travels_over_several_connections_and_survives_cuts() {
     let bench = bench(&[]);
     let source = bench.path("source");
     write(&source, 77, 80 * MIB);
+    // As for the push below: a link of 40 MiB/s, so the borrowed connections come up in time.
+    bench.proxy.set_mode(ProxyMode::Throttle {
+        bytes_per_second: 40 << 20,
+    });
     let output = bench.pull(&["-j", "4"]);
     assert_success(&output);
     assert_eq!(
