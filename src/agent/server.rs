@@ -19,7 +19,7 @@ use super::protocol::{
     PROTOCOL_MIN, Request, Response, ServerHello, cap_message,
 };
 use super::read_frame;
-use crate::blocks::{FileHasher, is_valid_block_size};
+use crate::blocks::is_valid_block_size;
 use crate::file_hashing;
 use crate::remote::EntryKind;
 use nix::errno::Errno;
@@ -54,12 +54,8 @@ const STREAM_BUFFER: usize = 256 << 10;
 
 /// The plain BLAKE3 of everything in `file` (read as [`file_hashing`] reads).
 fn hash_whole(file: &File) -> io::Result<[u8; 32]> {
-    let mut hasher = FileHasher::new();
-    let mut buffer = file_hashing::buffer_for(u64::MAX);
-    file_hashing::read_pieces(file, 0, u64::MAX, &mut buffer, |piece| {
-        hasher.update(piece);
-    })?;
-    Ok(hasher.finish())
+    let (_, blake3, _) = file_hashing::whole_file_digests(file, u64::MAX, true, false)?;
+    Ok(blake3.unwrap_or_default())
 }
 
 /// This build's identity: the crate version, the plain BLAKE3 of the running executable and the

@@ -442,7 +442,6 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
             .map_err(|error| Error::local_io(format!("cannot reopen {}", item.source), error))?;
         let have = have.clone();
         let source = item.source.clone();
-        let checked = checked.clone();
         finished(
             tokio::task::spawn_blocking(move || {
                 verify_file(&file, &layout, &have, &checked, wanted, &source)

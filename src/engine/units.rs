@@ -1005,7 +1005,6 @@ async fn verify_by_checksum<R: Remote>(
     destination: Option<&Destination>,
     direction: Direction,
 ) -> Result<()> {
-    use sha2::Digest;
     for item in plan.items.iter_mut() {
         if item.kind != EntryKind::File || item.action != Action::UpToDate {
             continue;
@@ -1025,32 +1024,19 @@ async fn verify_by_checksum<R: Remote>(
             Direction::Push => std::fs::File::open(&item.source)
                 .map_err(|error| Error::local_io(format!("cannot read {}", item.source), error))?,
         };
-        let checksum =
-            tokio::task::spawn_blocking(move || -> Result<Option<bool>> {
-                let Some(digest) = digest else {
-                    return Ok(None);
-                };
-                let mut blake3 = blake3::Hasher::new();
-                let mut sha256 = sha2::Sha256::new();
-                let mut buffer = crate::file_hashing::buffer_for(u64::MAX);
-                crate::file_hashing::read_pieces(&local, 0, u64::MAX, &mut buffer, |piece| {
-                    match digest {
-                        remote::RemoteDigest::Blake3(_) => {
-                            blake3.update(piece);
-                        }
-                        remote::RemoteDigest::Sha256(_) => sha256.update(piece),
-                    }
-                })
-                .map_err(|error| Error::local_io("cannot read a file to checksum it", error))?;
-                Ok(Some(match digest {
-                    remote::RemoteDigest::Blake3(expected) => {
-                        <[u8; 32]>::from(blake3.finalize()) == expected
-                    }
-                    remote::RemoteDigest::Sha256(expected) => {
-                        <[u8; 32]>::from(sha256.finalize()) == expected
-                    }
-                }))
-            });
+        let checksum = tokio::task::spawn_blocking(move || -> Result<Option<bool>> {
+            let Some(digest) = digest else {
+                return Ok(None);
+            };
+            let by_blake3 = matches!(digest, remote::RemoteDigest::Blake3(_));
+            let (_, blake3, sha256) =
+                crate::file_hashing::whole_file_digests(&local, u64::MAX, by_blake3, !by_blake3)
+                    .map_err(|error| Error::local_io("cannot read a file to checksum it", error))?;
+            Ok(Some(match digest {
+                remote::RemoteDigest::Blake3(expected) => blake3 == Some(expected),
+                remote::RemoteDigest::Sha256(expected) => sha256 == Some(expected),
+            }))
+        });
         let same = finished(checksum, "a checksum").await?;
         match same {
             Some(true) => {}

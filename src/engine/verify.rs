@@ -1,10 +1,9 @@
 //! Reading back what was written: block hashes of a local file, and the whole-file digests that
 //! decide whether a file counts as done.
 
-use crate::blocks::{BlockHash, BlockLayout, FileHasher};
+use crate::blocks::{BlockHash, BlockLayout};
 use crate::error::{Error, Result};
 use crate::file_hashing;
-use sha2::Digest;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -179,29 +178,19 @@ pub fn verify_file(
     std::thread::scope(|scope| {
         let whole = (digests.blake3 || digests.sha256).then(|| {
             scope.spawn(move || -> Result<WholeFileHashes> {
-                let mut blake3 = digests.blake3.then(FileHasher::new);
-                let mut sha256 = digests.sha256.then(sha2::Sha256::new);
-                let mut buffer = file_hashing::buffer_for(layout.file_size());
                 let size = layout.file_size();
-                let read = file_hashing::read_pieces(file, 0, size, &mut buffer, |piece| {
-                    if let Some(hasher) = blake3.as_mut() {
-                        hasher.update(piece);
-                    }
-                    if let Some(hasher) = sha256.as_mut() {
-                        hasher.update(piece);
-                    }
-                })
-                .map_err(|error| Error::local_io(format!("cannot read back {display}"), error))?;
+                let (read, blake3, sha256) =
+                    file_hashing::whole_file_digests(file, size, digests.blake3, digests.sha256)
+                        .map_err(|error| {
+                            Error::local_io(format!("cannot read back {display}"), error)
+                        })?;
                 if read != size {
                     return Err(Error::new(
                         crate::ErrorKind::LocalIo,
                         format!("cannot read back {display}: it is shorter than it should be"),
                     ));
                 }
-                Ok((
-                    blake3.map(|hasher| hasher.finish()),
-                    sha256.map(|hasher| hasher.finalize().into()),
-                ))
+                Ok((blake3, sha256))
             })
         });
         let mut buffer = file_hashing::buffer_for(layout.block_size().into());
