@@ -13,6 +13,7 @@ pub mod engine;
 pub mod env;
 pub mod error;
 pub mod file_hashing;
+pub mod file_writing;
 pub mod local;
 pub mod progress;
 pub mod remote;

@@ -21,6 +21,7 @@ use super::protocol::{
 use super::read_frame;
 use crate::blocks::is_valid_block_size;
 use crate::file_hashing;
+use crate::file_writing;
 use crate::remote::EntryKind;
 use nix::errno::Errno;
 use std::collections::HashMap;
@@ -577,7 +578,7 @@ fn answer(session: &Session, request: Request) -> Result<Response, Failure> {
             offset,
             data,
         } => {
-            session.file(handle)?.write_all_at(&data, offset)?;
+            file_writing::write_all_at(&*session.file(handle)?, &data, offset)?;
             Response::Done
         }
         Request::Sync { handle } => {

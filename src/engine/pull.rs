@@ -21,6 +21,7 @@ use crate::engine::{
     finished, starting_summary, transfer_files,
 };
 use crate::error::{Error, ErrorKind, Result};
+use crate::file_writing;
 use crate::local::{Destination, Timestamp};
 use crate::progress::Reporter;
 use crate::remote::{EntryKind, Remote, RemoteDigest};
@@ -463,7 +464,7 @@ async fn fetch_small<R: Remote>(
         ))
         .with_hint("re-run the same command once the file stops changing"));
     }
-    file.write_all_at(&data, 0)
+    file_writing::write_all_at(file, &data, 0)
         .map_err(|error| Error::local_io(format!("cannot write {}", item.target), error))?;
     context.reporter.bytes_moved(&item.path, data.len() as u64);
     have.insert(0, hash_block(&data));
@@ -902,13 +903,16 @@ struct Block {
 
 /// Writes a finished block in place. Returns what [`commit`] checks its read-back against
 /// (the hash of what arrived; None when the remote's own block hashes are that reference, and
-/// this pass is saved) and the bytes written.
+/// this pass is saved) and the bytes written. `durable`: `file` was opened with O_DSYNC, so
+/// every write waits for the disk and each range goes in one; other writes go through the
+/// page cache in [`file_writing`]'s pieces.
 fn write_block(
     file: &File,
     target: &str,
     layout: &BlockLayout,
     block: &Block,
     remote_hashes_blocks: bool,
+    durable: bool,
 ) -> Result<(Option<BlockHash>, u64)> {
     let range = layout.range(block.index);
     let hash = (!remote_hashes_blocks).then(|| hash_block(&block.data));
@@ -920,8 +924,12 @@ fn write_block(
         let Some(bytes) = block.data.get(within) else {
             continue;
         };
-        file.write_all_at(bytes, part.start)
-            .map_err(|error| Error::local_io(format!("cannot write {target}"), error))?;
+        let result = if durable {
+            file.write_all_at(bytes, part.start)
+        } else {
+            file_writing::write_all_at(file, bytes, part.start)
+        };
+        result.map_err(|error| Error::local_io(format!("cannot write {target}"), error))?;
         bytes_written += bytes.len() as u64;
     }
     Ok((hash, bytes_written))
@@ -948,7 +956,8 @@ async fn put_block(
                 .await
         }
         None => {
-            let (hash, bytes) = write_block(file, target, layout, &block, remote_hashes_blocks)?;
+            let (hash, bytes) =
+                write_block(file, target, layout, &block, remote_hashes_blocks, false)?;
             unsynced.push((block.index, hash));
             *unsynced_bytes += bytes;
             if let Some(spare) = spare {
@@ -1003,7 +1012,14 @@ impl DurableWrites {
         let target = target.to_string();
         let keep = spare.is_some();
         self.running.spawn_blocking(move || {
-            let written = write_block(&writer, &target, &layout, &block, remote_hashes_blocks);
+            let written = write_block(
+                &writer,
+                &target,
+                &layout,
+                &block,
+                remote_hashes_blocks,
+                true,
+            );
             (block, keep, written)
         });
         while self.running.len() >= DURABLE_WRITES_IN_FLIGHT {
