@@ -151,6 +151,7 @@ fn polled_reader(fd: std::os::fd::OwnedFd) -> io::Result<Reader> {
         stream.set_nonblocking(true)?;
         Ok(Box::new(tokio::net::UnixStream::from_std(stream)?))
     } else {
+        let _ = widen_pipe(&fd);
         Ok(Box::new(tokio::net::unix::pipe::Receiver::from_owned_fd(
             fd,
         )?))
@@ -163,8 +164,38 @@ fn polled_writer(fd: std::os::fd::OwnedFd) -> io::Result<Writer> {
         stream.set_nonblocking(true)?;
         Ok(Box::new(tokio::net::UnixStream::from_std(stream)?))
     } else {
+        let _ = widen_pipe(&fd);
         Ok(Box::new(tokio::net::unix::pipe::Sender::from_owned_fd(fd)?))
     }
+}
+
+/// What the pipes to and from sshd are widened to, where the system allows it. Through
+/// Linux's default 64 KiB pipe sshd and the agent took turns every 64 KiB: a 1 GiB push on
+/// the benchmark machine took 4.27-4.84 s (median 4.68) with it and 3.71-4.11 s (3.83) with
+/// 1 MiB pipes, interleaved runs.
+const PIPE_SIZE: i32 = 1 << 20;
+
+/// Asks for a [`PIPE_SIZE`] buffer on `fd` and returns the size the pipe has then; a system
+/// that refuses (a user over `/proc/sys/fs/pipe-max-size` or over its share of pipe memory)
+/// keeps the pipe as it is.
+#[cfg(target_os = "linux")]
+fn widen_pipe(fd: &std::os::fd::OwnedFd) -> Option<i32> {
+    match nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE)) {
+        Ok(size) => {
+            tracing::debug!(size, "pipe widened");
+            Some(size)
+        }
+        Err(error) => {
+            tracing::debug!(%error, "pipe not widened");
+            None
+        }
+    }
+}
+
+/// Other systems have no call for it.
+#[cfg(not(target_os = "linux"))]
+fn widen_pipe(_fd: &std::os::fd::OwnedFd) -> Option<i32> {
+    None
 }
 
 /// Serves one client: the magic and a ServerHello, the client's hello, then requests until the
@@ -1111,6 +1142,28 @@ mod tests {
         drop(to_server);
         assert_eq!(read_response(&mut from_server).await, None);
         task.await.expect("no panic").expect("clean end");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn pipes_are_widened_where_the_system_allows() {
+        let (reader, _writer) = nix::unistd::pipe().expect("pipe");
+        let size_now = |fd: &std::os::fd::OwnedFd| {
+            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETPIPE_SZ).expect("F_GETPIPE_SZ")
+        };
+        let before = size_now(&reader);
+        assert!(before < PIPE_SIZE, "a new pipe has {before} bytes already");
+        match widen_pipe(&reader) {
+            Some(size) => {
+                assert!(size >= PIPE_SIZE, "asked for {PIPE_SIZE}, got {size}");
+                assert_eq!(size_now(&reader), size);
+            }
+            None => {
+                // Only an unprivileged user over the system's limits is refused.
+                assert!(!nix::unistd::geteuid().is_root(), "root was refused");
+                assert_eq!(size_now(&reader), before);
+            }
+        }
     }
 
     #[test]
