@@ -541,9 +541,9 @@ type ToSend<'a> = (
 /// one started and that one has finished: syncs follow each other as fast as the remote disk
 /// takes them, and the sync that ends the file finds little left to write. A host with memory
 /// to spare writes nothing back by itself, and writes that waited for a sync every 64 MiB
-/// moved at the disk's pace: a 1 GiB push on the benchmark machine took 3.9-4.7 s syncing
-/// every 64 MiB and 3.1-3.5 s syncing back to back every 1-16 MiB (scp, which never syncs,
-/// 3.2-3.5 s in the same runs); with no sync until the end the data was sent in 2.6 s and the
+/// moved at the disk's pace. A 1 GiB push on the benchmark machine, interleaved runs, medians:
+/// 3.92 s syncing every 64 MiB, 3.47-3.54 s syncing back to back every 1, 4 or 16 MiB (scp,
+/// which never syncs, 3.48 s); with no sync until the end the data was sent in 2.6 s and the
 /// last sync then took 1.3 s.
 const WRITEBACK_STEP: u64 = 4 << 20;
 
