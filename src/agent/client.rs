@@ -14,8 +14,8 @@
 //! of its input and exits.
 
 use super::protocol::{
-    ClientHello, Entry, ErrorCode, Frame, MAGIC, PROTOCOL_MAX, PROTOCOL_MIN, Request, Response,
-    ResponseKind, ServerHello, choose_version,
+    ClientHello, EncodedRequest, Entry, ErrorCode, Frame, MAGIC, PROTOCOL_MAX, PROTOCOL_MIN,
+    Request, Response, ResponseKind, ServerHello, choose_version,
 };
 use super::read_frame;
 use std::collections::HashMap;
@@ -94,7 +94,7 @@ pub struct AgentClient {
 struct Shared {
     hello: ServerHello,
     version: u16,
-    requests: mpsc::Sender<Vec<u8>>,
+    requests: mpsc::Sender<EncodedRequest>,
     link: Arc<Link>,
     reader: tokio::task::AbortHandle,
 }
@@ -279,7 +279,7 @@ async fn read_responses<R: AsyncRead + Unpin>(mut reader: BufReader<R>, link: Ar
 
 async fn write_requests<W: AsyncWrite + Unpin>(
     writer: W,
-    mut requests: mpsc::Receiver<Vec<u8>>,
+    mut requests: mpsc::Receiver<EncodedRequest>,
     link: Arc<Link>,
 ) {
     let mut writer = BufWriter::with_capacity(STREAM_BUFFER, writer);
@@ -292,9 +292,11 @@ async fn write_requests<W: AsyncWrite + Unpin>(
             let Some(frame) = frame else {
                 break;
             };
-            writer.write_all(&frame).await?;
+            writer.write_all(&frame.head).await?;
+            writer.write_all(&frame.data).await?;
             while let Ok(frame) = requests.try_recv() {
-                writer.write_all(&frame).await?;
+                writer.write_all(&frame.head).await?;
+                writer.write_all(&frame.data).await?;
             }
             writer.flush().await?;
         }
@@ -424,7 +426,7 @@ impl AgentClient {
             sent: false,
         };
         let frame = request
-            .encode(id)
+            .encode_owned(id)
             .map_err(|error| AgentError::Protocol(format!("cannot send the request: {error}")))?;
         self.shared
             .requests

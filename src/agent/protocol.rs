@@ -747,8 +747,14 @@ impl Writer {
     }
 
     /// The whole frame, length field included; refused when over [`MAX_FRAME`].
-    fn finish(mut self) -> Result<Vec<u8>, ProtocolError> {
-        let length = self.buffer.len() - LENGTH_LEN;
+    fn finish(self) -> Result<Vec<u8>, ProtocolError> {
+        self.finish_before(0)
+    }
+
+    /// The frame up to a tail of `tail` bytes sent after it, the length field counting both;
+    /// refused when the whole is over [`MAX_FRAME`].
+    fn finish_before(mut self, tail: usize) -> Result<Vec<u8>, ProtocolError> {
+        let length = (self.buffer.len() - LENGTH_LEN).saturating_add(tail);
         let Ok(length) = u32::try_from(length) else {
             return Err(ProtocolError::FrameTooLarge { length: u32::MAX });
         };
@@ -852,6 +858,13 @@ fn request_id(id: u32) -> Result<u32, ProtocolError> {
     }
 }
 
+/// A request's frame in two parts: `head` then `data` (empty but for a Write) make the frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedRequest {
+    pub head: Vec<u8>,
+    pub data: Vec<u8>,
+}
+
 impl Request {
     /// The first protocol version with this request.
     pub fn since_version(&self) -> u16 {
@@ -880,6 +893,41 @@ impl Request {
             | Request::MakeSymlink { .. }
             | Request::Remove { .. }
             | Request::Rename { .. } => ResponseKind::Done,
+        }
+    }
+
+    /// The request's frame with request id `id` as [`Request::encode`] makes it, in two parts
+    /// sent one after the other: a Write's data is moved in, not copied behind its fields (a
+    /// copy of up to 1 MiB per block pushed).
+    pub fn encode_owned(self, id: u32) -> Result<EncodedRequest, ProtocolError> {
+        match self {
+            Request::Write {
+                handle,
+                offset,
+                data,
+            } => {
+                let id = request_id(id)?;
+                if data.len() > MAX_DATA as usize {
+                    return Err(ProtocolError::TooLong {
+                        what: "write data",
+                        length: data.len() as u64,
+                        cap: u64::from(MAX_DATA),
+                    });
+                }
+                let mut out = Writer::new(kind::WRITE, id, 20);
+                out.u64(handle);
+                out.u64(offset);
+                // Bounded by MAX_DATA just above, so the length fits a u32.
+                out.u32(data.len() as u32);
+                Ok(EncodedRequest {
+                    head: out.finish_before(data.len())?,
+                    data,
+                })
+            }
+            other => Ok(EncodedRequest {
+                head: other.encode(id)?,
+                data: Vec::new(),
+            }),
         }
     }
 
@@ -1493,6 +1541,9 @@ mod tests {
             prop_assert_eq!(used, frame.len());
             prop_assert_eq!(split.id, id);
             prop_assert_eq!(Request::decode(&split).expect("decodes"), request.clone());
+            // The frame in two parts is the same bytes.
+            let parts = request.clone().encode_owned(id).expect("encodable");
+            prop_assert_eq!([parts.head, parts.data].concat(), frame.clone());
             // Decoding an owned body (a Write's data moved out of it) gives the same.
             prop_assert_eq!(
                 Request::decode_body(frame[LENGTH_LEN..].to_vec()),
