@@ -289,14 +289,17 @@ async fn write_requests<W: AsyncWrite + Unpin>(
                 frame = requests.recv() => frame,
                 () = link.stop.notified() => None,
             };
-            let Some(frame) = frame else {
+            let Some(mut frame) = frame else {
                 break;
             };
-            writer.write_all(&frame.head).await?;
-            writer.write_all(&frame.data).await?;
-            while let Ok(frame) = requests.try_recv() {
+            // Every frame already queued goes out before the flush.
+            loop {
                 writer.write_all(&frame.head).await?;
                 writer.write_all(&frame.data).await?;
+                match requests.try_recv() {
+                    Ok(next) => frame = next,
+                    Err(_) => break,
+                }
             }
             writer.flush().await?;
         }

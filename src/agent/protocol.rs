@@ -858,6 +858,24 @@ fn request_id(id: u32) -> Result<u32, ProtocolError> {
     }
 }
 
+/// A Write's frame up to its data of `length` bytes (the frame's length field counting them),
+/// or why it cannot be sent (more than [`MAX_DATA`]).
+fn write_head(id: u32, handle: u64, offset: u64, length: usize) -> Result<Vec<u8>, ProtocolError> {
+    if length > MAX_DATA as usize {
+        return Err(ProtocolError::TooLong {
+            what: "write data",
+            length: length as u64,
+            cap: u64::from(MAX_DATA),
+        });
+    }
+    let mut out = Writer::new(kind::WRITE, id, 20);
+    out.u64(handle);
+    out.u64(offset);
+    // Bounded by MAX_DATA just above, so the length fits a u32.
+    out.u32(length as u32);
+    out.finish_before(length)
+}
+
 /// A request's frame in two parts: `head` then `data` (empty but for a Write) make the frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodedRequest {
@@ -905,25 +923,10 @@ impl Request {
                 handle,
                 offset,
                 data,
-            } => {
-                let id = request_id(id)?;
-                if data.len() > MAX_DATA as usize {
-                    return Err(ProtocolError::TooLong {
-                        what: "write data",
-                        length: data.len() as u64,
-                        cap: u64::from(MAX_DATA),
-                    });
-                }
-                let mut out = Writer::new(kind::WRITE, id, 20);
-                out.u64(handle);
-                out.u64(offset);
-                // Bounded by MAX_DATA just above, so the length fits a u32.
-                out.u32(data.len() as u32);
-                Ok(EncodedRequest {
-                    head: out.finish_before(data.len())?,
-                    data,
-                })
-            }
+            } => Ok(EncodedRequest {
+                head: write_head(request_id(id)?, handle, offset, data.len())?,
+                data,
+            }),
             other => Ok(EncodedRequest {
                 head: other.encode(id)?,
                 data: Vec::new(),
@@ -969,11 +972,9 @@ impl Request {
                 offset,
                 data,
             } => {
-                let mut out = Writer::new(kind::WRITE, id, 20 + data.len());
-                out.u64(*handle);
-                out.u64(*offset);
-                out.bytes("write data", data, MAX_DATA as usize)?;
-                out
+                let mut frame = write_head(id, *handle, *offset, data.len())?;
+                frame.extend_from_slice(data);
+                return Ok(frame);
             }
             Request::Sync { handle } => handle_only(kind::SYNC, id, *handle),
             Request::Close { handle } => handle_only(kind::CLOSE, id, *handle),
