@@ -6,15 +6,21 @@
 //! it and, when it is there, becomes it (`exec`), so a cached agent costs no extra round trip;
 //! when it is not, the same script answers with the host's `uname -s` and `uname -m` instead.
 //! A missing or corrupted agent on a host of this binary's platform is replaced: the executable
-//! streams over exec stdin into `cat` (so hosts that refuse SFTP still get it), lands under a
-//! temporary name with `umask 077` and is renamed into place; the started agent then reports
-//! the BLAKE3 of its own executable, which must equal ours. A cache directory that is not
-//! owned by the user or is writable by others is refused. Every other failure (another
-//! platform, no exec, an agent that does not start, no common protocol version) is a
-//! [`Outcome::Fallback`] with one line saying why: the caller then uses SFTP.
+//! streams over exec stdin into `cat` (so hosts that refuse SFTP still get it), lands in a file
+//! created exclusively under a random name with `umask 077` and is renamed into place; the
+//! started agent then reports the BLAKE3 of its own executable, which must equal ours. Every
+//! failure (another platform, no exec, an agent that does not start, no common protocol
+//! version) is a [`Outcome::Fallback`] with one line saying why: the caller then uses SFTP.
 //!
-//! Scripts are constants; the only variable (the agent's file name, or the path given with
-//! `--agent`) travels on stdin, never on the command line.
+//! On a shared host another account may try to make xfer run its program as the user. The
+//! BLAKE3 handshake cannot stop that: it proves the file that answered holds our bytes, not
+//! that nobody ran first (a wrapper that records and then execs the genuine agent passes it).
+//! So nothing is run or written unless every component from `$HOME` down to the agent is a
+//! real directory or file (not a symlink), owned by the user and writable by no one else,
+//! checked with `stat`; otherwise the reason is given and SFTP is used.
+//!
+//! Scripts are constants; the variables (the agent's file name, a random upload name, or the
+//! path given with `--agent`) travel on stdin, never on the command line.
 
 use crate::agent::client::{AgentClient, AgentError, Startup};
 use crate::agent::protocol::BuildId;
@@ -52,44 +58,86 @@ const UNSAFE_CACHE: u32 = 94;
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// Runs the cached agent named on the first line of stdin, or prints why not.
-const START_CACHED: &str = r#"IFS= read -r name || exit 96
+/// Shell functions shared by the scripts that touch the cache. `private DIR` holds when DIR is
+/// a real directory (not a symlink), owned by the login user and writable by nobody else, so no
+/// other account can rename, replace or add anything in it. `$HOME` itself may be a symlink
+/// (`/home/x -> /data/x` is common), so it is checked through `$HOME/.`. `stat -c` is GNU and
+/// BusyBox; where it is missing nothing counts as private and the agent is not used.
+macro_rules! cache_checks {
+    () => {
+        r#"private() {
+  [ -d "$1" ] && [ ! -L "$1" ] && [ -O "$1" ] || return 1
+  mode=$(stat -c %a -- "$1" 2>/dev/null) || return 1
+  case $mode in ""|*[!0-7]*|*[2367]?|*[2367]) return 1;; esac
+  return 0
+}
+home=${HOME:-/nonexistent}
+dir=$home/.cache/xfer
+"#
+    };
+}
+
+/// Runs the cached agent named on the first line of stdin, or prints why not. Every component
+/// from `$HOME` down to the agent must be private ([`cache_checks`]); a component a third
+/// party could replace means "unsafe", and nothing there is run.
+const START_CACHED: &str = concat!(
+    cache_checks!(),
+    r#"IFS= read -r name || exit 96
 case $name in ""|*/*|.*) exit 96;; esac
-dir="${HOME:-/nonexistent}/.cache/xfer"
-agent="$dir/$name"
+agent=$dir/$name
 safe=yes
-if [ -d "$dir" ]; then
-  [ -O "$dir" ] || safe=no
-  case $(ls -ld "$dir") in d????w*|d???????w*) safe=no;; esac
+for d in "$home/." "$home/.cache" "$dir"; do
+  if [ -e "$d" ] || [ -L "$d" ]; then
+    private "$d" || { safe=no; break; }
+  else
+    break
+  fi
+done
+if [ "$safe" = yes ] && [ -f "$agent" ] && [ ! -L "$agent" ] && [ -O "$agent" ] && [ -x "$agent" ]; then
+  mode=$(stat -c %a -- "$agent" 2>/dev/null) || mode=
+  case $mode in ""|*[!0-7]*|*[2367]?|*[2367]) ;; *) exec "$agent" agent;; esac
 fi
-if [ "$safe" = yes ] && [ -f "$agent" ] && [ -x "$agent" ] && [ -O "$agent" ]; then
-  case $(ls -l "$agent") in -????w*|-???????w*) ;; *) exec "$agent" agent;; esac
-fi
-printf "XFER-NO-AGENT\n%s\n%s\n%s\n" "$(uname -s)" "$(uname -m)" "$safe""#;
+printf "XFER-NO-AGENT\n%s\n%s\n%s\n" "$(uname -s)" "$(uname -m)" "$safe"
+"#
+);
 
 /// Runs the agent at the path on the first line of stdin (`--agent PATH`), or prints why not.
 const START_PATH: &str = r#"IFS= read -r agent || exit 96
 case $agent in "~/"*) agent="${HOME:-/nonexistent}/${agent#"~/"}";; esac
 if [ -f "$agent" ] && [ -x "$agent" ]; then exec "$agent" agent; fi
-printf "XFER-NO-AGENT\n%s\n%s\nmissing\n" "$(uname -s)" "$(uname -m)""#;
+printf "XFER-NO-AGENT\n%s\n%s\nmissing\n" "$(uname -s)" "$(uname -m)"
+"#;
 
-/// Writes the executable on stdin (after the name line) into the cache, atomically.
-const UPLOAD: &str = r#"IFS= read -r name || exit 96
+/// Writes the executable on stdin (after the name and nonce lines) into the cache. The cache
+/// directories are made private (0700) where missing and checked where present; the upload
+/// lands in a file created exclusively under a random name (noclobber: never an existing file,
+/// never through a symlink), written through that descriptor, and renamed into place.
+const UPLOAD: &str = concat!(
+    cache_checks!(),
+    r#"IFS= read -r name || exit 96
+IFS= read -r nonce || exit 96
 case $name in ""|*/*|.*) exit 96;; esac
+case $nonce in ""|*[!0-9a-f]*) exit 96;; esac
 umask 077
-dir="${HOME:-/nonexistent}/.cache/xfer"
-mkdir -p "$dir" || exit 95
-[ -O "$dir" ] || exit 94
-case $(ls -ld "$dir") in d????w*|d???????w*) exit 94;; esac
-tmp="$dir/.upload-$$"
-if cat > "$tmp" && chmod 700 "$tmp" && mv -f "$tmp" "$dir/$name"; then
+private "$home/." || exit 94
+for d in "$home/.cache" "$dir"; do
+  if [ ! -e "$d" ] && [ ! -L "$d" ]; then mkdir -m 700 -- "$d" || exit 95; fi
+  private "$d" || exit 94
+done
+tmp=$dir/.upload-$nonce
+set -C
+{ command exec 3>"$tmp"; } 2>/dev/null || exit 93
+set +C
+if cat >&3 && exec 3>&- && chmod 700 -- "$tmp" && mv -f -- "$tmp" "$dir/$name"; then
   for old in "$dir/${name%-*}"-*; do
-    [ "$old" = "$dir/$name" ] || rm -f "$old"
+    [ "$old" = "$dir/$name" ] || rm -f -- "$old"
   done
   exit 0
 fi
-rm -f "$tmp"
-exit 93"#;
+rm -f -- "$tmp"
+exit 93
+"#
+);
 
 /// Prints the host's platform.
 const PROBE: &str = r#"printf "%s\n%s\n" "$(uname -s)" "$(uname -m)""#;
@@ -216,7 +264,7 @@ async fn start_cached(connection: &Arc<Connection>) -> Result<Outcome> {
 }
 
 fn unsafe_cache_reason() -> String {
-    "~/.cache/xfer on the host is not owned by you or is writable by others; refusing to run an agent from it (fix: chmod 700 ~/.cache/xfer)".into()
+    "on the host, ~, ~/.cache or ~/.cache/xfer is a symlink, not owned by you, or writable by others, so another account could replace the agent; not running one from there (fix: chmod go-w ~ ~/.cache ~/.cache/xfer, or remove the symlink)".into()
 }
 
 enum Launch {
@@ -239,8 +287,9 @@ async fn launch(connection: &Arc<Connection>, script: &'static str, line: &str) 
             .exec(true, exec::command_line(script))
             .await
             .map_err(|error| russh_error(&label, error))?;
-        // The first line goes out with the request, not a round trip later.
-        let mut first = line.as_bytes().to_vec();
+        // The script and the first line go out with the request, not a round trip later.
+        let mut first = exec::script_input(script).to_vec();
+        first.extend_from_slice(line.as_bytes());
         first.push(b'\n');
         channel
             .data(&first[..])
@@ -351,7 +400,7 @@ async fn upload(connection: &Arc<Connection>, own: &Own) -> Result<()> {
         )
         .transient(false));
     }
-    let name_line = format!("{}\n", own.name).into_bytes();
+    let name_line = format!("{}\n{}\n", own.name, random_nonce()).into_bytes();
     tracing::info!(label = %connection.label(), bytes = executable.len(), "uploading the xfer agent");
     let output = exec::run_owned(
         connection,
@@ -374,6 +423,12 @@ async fn upload(connection: &Arc<Connection>, own: &Own) -> Result<()> {
     }
 }
 
+/// 128 random bits in hex: a temporary name on the remote that no one can create first.
+pub fn random_nonce() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
 /// Whether `uname -s` / `uname -m` of a host name the platform Rust calls `os` / `arch`.
 pub fn same_platform(os: &str, arch: &str, uname_system: &str, uname_machine: &str) -> bool {
     let machine = match uname_machine {
@@ -390,9 +445,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn scripts_have_no_single_quotes() {
+    fn scripts_parse() {
         for script in [START_CACHED, START_PATH, UPLOAD, PROBE] {
-            exec::command_line(script);
+            exec::assert_parses(script);
         }
     }
 

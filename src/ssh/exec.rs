@@ -1,10 +1,13 @@
 //! Running a fixed remote script over an exec channel.
 //!
-//! Remote commands are constants of this crate: the command line sent to the server is always
-//! `sh -c '<script>'` with the script checked to contain no single quote, and anything variable
-//! (paths, values) travels on the channel's stdin. So a path with spaces, quotes or newlines can
-//! never change what the remote shell runs, and no value appears in the remote `ps`. Output is
-//! capped, and every wait is bounded.
+//! Remote commands are constants of this crate. The server hands an exec request's command to
+//! the user's login shell, which may be bash, dash, zsh, fish, tcsh or csh, and these disagree on
+//! quoting, newlines and `!`. So the command line is one fixed, shell-neutral line that starts
+//! `/bin/sh` and has it read the script itself from the start of stdin, byte by byte (`dd
+//! bs=1`, so not one byte of what follows is consumed): see [`command_line`]. Anything variable
+//! (paths, values) travels on stdin after the script. So a path with spaces, quotes or newlines
+//! can never change what the remote shell runs, and no value appears in the remote `ps`. Output
+//! is capped, and every wait is bounded.
 
 use crate::error::{Error, Result};
 use crate::ssh::connect::{Connection, russh_error};
@@ -52,14 +55,21 @@ impl Default for ExecLimits {
     }
 }
 
-/// The exact command line sent for a fixed script. Panics (a bug in xfer, caught by tests) if
-/// the script contains a single quote, which would end the quoting.
+/// The exact command line sent for a fixed script: every login shell runs it the same way
+/// (it holds no newline, backslash, `!` or nested quote, and only literal text inside single
+/// quotes), and `/bin/sh` then reads the script's `script.len()` bytes from stdin, which must
+/// start with [`script_input`]. `$(...)` drops the script's trailing newlines, which changes
+/// nothing a script means.
 pub fn command_line(script: &'static str) -> String {
-    assert!(
-        !script.contains('\''),
-        "remote scripts must not contain single quotes"
-    );
-    format!("sh -c '{script}'")
+    format!(
+        "exec /bin/sh -c 'eval \"$(dd bs=1 count={} 2>/dev/null)\"'",
+        script.len()
+    )
+}
+
+/// What stdin must start with for [`command_line`]: the script itself.
+pub fn script_input(script: &'static str) -> &'static [u8] {
+    script.as_bytes()
 }
 
 /// Runs `script` on the remote with `stdin` as its standard input.
@@ -99,6 +109,10 @@ async fn execute(
         let mut channel = connection.open_session().await?;
         channel
             .exec(true, command_line(script))
+            .await
+            .map_err(|error| russh_error(&label, error))?;
+        channel
+            .data(script_input(script))
             .await
             .map_err(|error| russh_error(&label, error))?;
         match stdin {
@@ -159,19 +173,81 @@ fn append_capped(buffer: &mut Vec<u8>, data: &[u8], cap: usize) {
     buffer.extend_from_slice(&data[..data.len().min(room)]);
 }
 
+/// Fails the test if `/bin/sh -n` finds a syntax error in `script`.
+#[cfg(test)]
+pub fn assert_parses(script: &'static str) {
+    let output = std::process::Command::new("/bin/sh")
+        .arg("-n")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("run /bin/sh -n");
+    assert!(
+        output.status.success() && output.stderr.is_empty(),
+        "{script}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn command_line_quotes_the_script() {
-        assert_eq!(command_line("echo hi"), "sh -c 'echo hi'");
+    fn command_line_is_one_shell_neutral_line() {
+        let line = command_line("echo 'hi'\necho there\n");
+        assert_eq!(
+            line,
+            "exec /bin/sh -c 'eval \"$(dd bs=1 count=21 2>/dev/null)\"'"
+        );
+        // What a csh, fish or a POSIX shell would read differently.
+        assert!(!line.contains(['\n', '\\', '!']));
+        assert_eq!(line.matches('\'').count(), 2);
     }
 
+    /// Runs the command line through each login shell installed here, as sshd would
+    /// (`SHELL -c LINE`), with the script and then data on stdin.
     #[test]
-    #[should_panic(expected = "single quotes")]
-    fn command_line_rejects_quotes() {
-        command_line("echo 'x'");
+    fn every_login_shell_runs_the_script_and_leaves_the_rest_of_stdin() {
+        const SCRIPT: &str = "IFS= read -r first\nprintf \"[%s]\" \"$first\"\ncat\n";
+        let mut ran = 0;
+        for shell in [
+            "/bin/sh",
+            "/bin/bash",
+            "/bin/dash",
+            "/usr/bin/tcsh",
+            "/bin/csh",
+            "/usr/bin/fish",
+            "/usr/bin/zsh",
+        ] {
+            if !std::path::Path::new(shell).exists() {
+                continue;
+            }
+            let mut child = std::process::Command::new(shell)
+                .arg("-c")
+                .arg(command_line(SCRIPT))
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("start a shell");
+            let mut input = script_input(SCRIPT).to_vec();
+            input.extend_from_slice(b"a 'b' $c!\nrest");
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(&input)
+                .expect("write");
+            let output = child.wait_with_output().expect("wait");
+            assert_eq!(
+                String::from_utf8_lossy(&output.stdout),
+                "[a 'b' $c!]rest",
+                "{shell}"
+            );
+            ran += 1;
+        }
+        assert!(ran >= 2, "no login shell to try");
     }
 
     #[test]
