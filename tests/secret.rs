@@ -592,43 +592,86 @@ fn a_full_remote_disk_is_reported() {
 }
 
 #[test]
-fn a_shared_filesystem_is_refused_unless_allowed() {
-    // The remote's `stat -f` reports NFS: a stand-in earlier on the server's PATH.
-    let fake_bin = tempfile::tempdir().unwrap();
-    let fake_stat = fake_bin.path().join("stat");
-    fs::write(
-        &fake_stat,
-        "#!/bin/sh\ncase \"$1\" in -f) echo nfs ;; *) exec /usr/bin/stat \"$@\" ;; esac\n",
-    )
-    .unwrap();
-    fs::set_permissions(&fake_stat, fs::Permissions::from_mode(0o755)).unwrap();
-    let sshd = Sshd::builder()
-        .extra_config(&format!(
-            "SetEnv PATH={}:/usr/bin:/bin",
-            fake_bin.path().display()
-        ))
-        .start();
+fn shared_and_unknown_filesystems_are_refused_unless_allowed() {
+    for (reported, shown) in [
+        ("nfs", "filesystem (nfs)"),
+        ("virtiofs", "filesystem (virtiofs)"),
+        // What GNU stat prints for a filesystem it has no name for: refused, failing closed.
+        ("UNKNOWN (0x1234abcd)", "filesystem (UNKNOWN (0x1234abcd))"),
+    ] {
+        // The remote's `stat -f` reports `reported`: a stand-in earlier on the server's PATH.
+        let fake_bin = tempfile::tempdir().unwrap();
+        let fake_stat = fake_bin.path().join("stat");
+        fs::write(
+            &fake_stat,
+            format!(
+                "#!/bin/sh\ncase \"$1\" in -f) echo '{reported}' ;; *) exec /usr/bin/stat \"$@\" ;; esac\n"
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(&fake_stat, fs::Permissions::from_mode(0o755)).unwrap();
+        let sshd = Sshd::builder()
+            .extra_config(&format!(
+                "SetEnv PATH={}:/usr/bin:/bin",
+                fake_bin.path().display()
+            ))
+            .start();
+        let config = sshd.write_client_config("box", &[]);
+        let work = tempfile::tempdir().unwrap();
+        let target = work.path().join("token");
+        let mut command = xfer_command();
+        command
+            .env("SHARED_TOKEN", "value-on-nfs")
+            .args(["secret", "push", "--from-env", "SHARED_TOKEN", "--to"])
+            .arg(&target)
+            .arg("-F")
+            .arg(&config)
+            .arg("box");
+        let output = run_with_timeout(&mut command, LIMIT);
+        assert_eq!(output.status.code(), Some(6), "{}", text(&output.stdout));
+        assert!(
+            text(&output.stdout).contains(shown),
+            "{reported}: {}",
+            text(&output.stdout)
+        );
+        assert!(!target.exists());
+        command.arg("--allow-shared-fs");
+        let output = run_with_timeout(&mut command, LIMIT);
+        assert!(output.status.success(), "{}", text(&output.stdout));
+        assert_eq!(fs::read_to_string(&target).unwrap(), "value-on-nfs");
+    }
+}
+
+#[test]
+fn the_filesystem_is_reported_by_its_mount_type() {
+    let sshd = Sshd::start();
     let config = sshd.write_client_config("box", &[]);
     let work = tempfile::tempdir().unwrap();
     let target = work.path().join("token");
     let mut command = xfer_command();
     command
-        .env("SHARED_TOKEN", "value-on-nfs")
-        .args(["secret", "push", "--from-env", "SHARED_TOKEN", "--to"])
+        .env("SOME_TOKEN", "value")
+        .args(["secret", "push", "--from-env", "SOME_TOKEN", "--to"])
         .arg(&target)
         .arg("-F")
         .arg(&config)
         .arg("box");
     let output = run_with_timeout(&mut command, LIMIT);
-    assert_eq!(output.status.code(), Some(6), "{}", text(&output.stdout));
+    assert!(output.status.success(), "{}", text(&output.stdout));
+    // df -T names the mount's own type (ext4, not stat's ext2/ext3 for every ext version).
+    let df = Command::new("df")
+        .args(["-P", "-T"])
+        .arg(work.path())
+        .output()
+        .unwrap();
+    let mount_type = text(&df.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|line| line.split_whitespace().nth(1).map(str::to_string))
+        .unwrap();
     assert!(
-        text(&output.stdout).contains("shared filesystem (nfs)"),
-        "{}",
+        text(&output.stdout).contains(&format!("filesystem {mount_type})")),
+        "{mount_type}: {}",
         text(&output.stdout)
     );
-    assert!(!target.exists());
-    command.arg("--allow-shared-fs");
-    let output = run_with_timeout(&mut command, LIMIT);
-    assert!(output.status.success(), "{}", text(&output.stdout));
-    assert_eq!(fs::read_to_string(&target).unwrap(), "value-on-nfs");
 }

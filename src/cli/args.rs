@@ -186,9 +186,14 @@ pub struct SecretPushArgs {
     /// Remote path (default ~/.config/xfer/secrets/NAME for a value, ~/.netrc for a stanza).
     #[arg(long, value_name = "REMOTE_PATH")]
     pub to: Option<String>,
-    /// Write even onto a shared or network filesystem (NFS, SMB, 9p, FUSE, Ceph, Lustre, ...).
+    /// Write even onto a shared, network or unrecognised filesystem (NFS, SMB, 9p, FUSE, Ceph,
+    /// Lustre, virtiofs, ...).
     #[arg(long)]
     pub allow_shared_fs: bool,
+    /// Write even into a directory that another account can change (writable by group or
+    /// others without the sticky bit, or owned by another user), where it could swap the file.
+    #[arg(long)]
+    pub allow_writable_dir: bool,
     /// Hosts to write to.
     #[arg(value_name = "HOST", required = true)]
     pub hosts: Vec<String>,

@@ -144,7 +144,10 @@ pub async fn push(args: &SecretPushArgs) -> Result<()> {
     );
     let secret = Arc::new(prepared.secret_bytes_or_stanza());
     let path = prepared.path.clone();
-    let allow_shared = args.allow_shared_fs;
+    let options = deliver::WriteOptions {
+        allow_shared_fs: args.allow_shared_fs,
+        allow_writable_dir: args.allow_writable_dir,
+    };
     for_each_host(&prepared, move |connector, host| {
         let secret = secret.clone();
         let path = path.clone();
@@ -168,7 +171,7 @@ pub async fn push(args: &SecretPushArgs) -> Result<()> {
                     SecretSlice::from(merged.expose_secret().as_bytes().to_vec())
                 }
             };
-            let written = deliver::write(&connection, &path, &content, allow_shared).await?;
+            let written = deliver::write(&connection, &path, &content, options).await?;
             connection.close().await;
             Ok(format!(
                 "wrote {} (mode 0600, filesystem {})",
