@@ -625,7 +625,8 @@ impl AgentClient {
     }
 
     /// Sets the size, then the permission bits, then the access and modification times (both to
-    /// `mtime`), following a final symlink; None leaves a field alone.
+    /// `mtime`); None leaves a field alone. A final symlink is never followed (agents of
+    /// protocol version 3 on; older ones follow it).
     pub async fn set_attributes(
         &self,
         path: &str,
@@ -635,6 +636,29 @@ impl AgentClient {
     ) -> Result<(), AgentError> {
         self.call_done(Request::SetAttributes {
             path: path.to_owned(),
+            size,
+            mode,
+            mtime,
+        })
+        .await
+    }
+
+    /// [`AgentClient::set_attributes`] on the file open under `handle`, which is the file that
+    /// was written whatever happened to its name since. An agent older than protocol version 3
+    /// has no such request: then by `path`, as it always did.
+    pub async fn set_file_attributes(
+        &self,
+        handle: u64,
+        path: &str,
+        size: Option<u64>,
+        mode: Option<u32>,
+        mtime: Option<i64>,
+    ) -> Result<(), AgentError> {
+        if self.version() < 3 {
+            return self.set_attributes(path, size, mode, mtime).await;
+        }
+        self.call_done(Request::SetFileAttributes {
+            handle,
             size,
             mode,
             mtime,

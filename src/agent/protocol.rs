@@ -67,6 +67,7 @@
 //! | 0x10 | Digest                     | path                                                 | Hash         |
 //! | 0x11 | BlockHashes                | path, block_size u32, first u64, count u32 (≤ MAX_HASHES) | Hashes  |
 //! | 0x12 | ReadFileHashed (version 2) | path, max_length u32 (≤ MAX_DATA)                    | HashedData   |
+//! | 0x13 | SetFileAttributes (version 3) | handle u64, size `Option<u64>`, mode `Option<u32>`, mtime `Option<i64>` | Done |
 //!
 //! | type | message (agent → client)   | payload                                              |
 //! |------|----------------------------|------------------------------------------------------|
@@ -95,6 +96,9 @@
 //! Version 1 is every message above but ReadFileHashed and HashedData. Version 2 adds them: a
 //! small file and its block hash in one round trip, where version 1 takes a ReadFile and a
 //! BlockHashes (a pull of 10,000 small files spent a fifth of its time on the second request).
+//! Version 3 adds SetFileAttributes, so a push sets size, mode and times through the handle it
+//! wrote, never by a name that another account on the host could swap; from version 3 on,
+//! OpenWrite and SetAttributes never follow a final symlink either.
 //! An agent answers a request newer than the session's version with an Error.
 
 /// What kind of filesystem object an [`Entry`] is: the engine's own kinds.
@@ -105,7 +109,7 @@ pub const MAGIC: [u8; 8] = *b"XFERAGT\n";
 /// The oldest protocol version this build speaks.
 pub const PROTOCOL_MIN: u16 = 1;
 /// The newest protocol version this build speaks.
-pub const PROTOCOL_MAX: u16 = 2;
+pub const PROTOCOL_MAX: u16 = 3;
 
 /// The most bytes of file data in one Read answer, Write request or ReadFile answer: 8 MiB.
 pub const MAX_DATA: u32 = 8 << 20;
@@ -149,6 +153,7 @@ mod kind {
     pub const DIGEST: u8 = 0x10;
     pub const BLOCK_HASHES: u8 = 0x11;
     pub const READ_FILE_HASHED: u8 = 0x12;
+    pub const SET_FILE_ATTRIBUTES: u8 = 0x13;
     pub const CLIENT_HELLO: u8 = 0x7f;
 
     pub const ERROR: u8 = 0x80;
@@ -337,7 +342,8 @@ pub enum Request {
     /// `max_length` (≤ [`MAX_DATA`]) bytes.
     ReadFile { path: String, max_length: u32 },
     /// Sets the size, then the permission bits, then the access and modification times (both
-    /// to `mtime`), following a final symlink. None leaves a field alone. Answer: Done.
+    /// to `mtime`) of what `path` names, never following a final symlink (version 3 agents;
+    /// earlier ones follow it). None leaves a field alone. Answer: Done.
     SetAttributes {
         path: String,
         size: Option<u64>,
@@ -367,6 +373,14 @@ pub enum Request {
     /// (`crate::blocks::hash_block`, computed by the agent over the bytes it read). Answer:
     /// HashedData.
     ReadFileHashed { path: String, max_length: u32 },
+    /// Version 3: SetAttributes on the file open under `handle`, not on a name another account
+    /// could have swapped since. Answer: Done.
+    SetFileAttributes {
+        handle: u64,
+        size: Option<u64>,
+        mode: Option<u32>,
+        mtime: Option<i64>,
+    },
 }
 
 /// An answer from the agent, with the id of the request it answers.
@@ -888,6 +902,7 @@ impl Request {
     pub fn since_version(&self) -> u16 {
         match self {
             Request::ReadFileHashed { .. } => 2,
+            Request::SetFileAttributes { .. } => 3,
             _ => 1,
         }
     }
@@ -907,6 +922,7 @@ impl Request {
             | Request::Sync { .. }
             | Request::Close { .. }
             | Request::SetAttributes { .. }
+            | Request::SetFileAttributes { .. }
             | Request::MakeDirectory { .. }
             | Request::MakeSymlink { .. }
             | Request::Remove { .. }
@@ -992,6 +1008,19 @@ impl Request {
             } => {
                 let mut out = Writer::new(kind::SET_ATTRIBUTES, id, path.len() + 27);
                 out.path(path)?;
+                out.option(*size, Writer::u64);
+                out.option(*mode, Writer::u32);
+                out.option(*mtime, Writer::i64);
+                out
+            }
+            Request::SetFileAttributes {
+                handle,
+                size,
+                mode,
+                mtime,
+            } => {
+                let mut out = Writer::new(kind::SET_FILE_ATTRIBUTES, id, 35);
+                out.u64(*handle);
                 out.option(*size, Writer::u64);
                 out.option(*mode, Writer::u32);
                 out.option(*mtime, Writer::i64);
@@ -1131,6 +1160,12 @@ impl Request {
             }
             kind::SET_ATTRIBUTES => Request::SetAttributes {
                 path: input.path()?,
+                size: input.option(Cursor::u64)?,
+                mode: input.option(Cursor::u32)?,
+                mtime: input.option(Cursor::i64)?,
+            },
+            kind::SET_FILE_ATTRIBUTES => Request::SetFileAttributes {
+                handle: input.u64()?,
                 size: input.option(Cursor::u64)?,
                 mode: input.option(Cursor::u32)?,
                 mtime: input.option(Cursor::i64)?,
@@ -1488,6 +1523,18 @@ mod tests {
                 .prop_map(|(path, max_length)| Request::ReadFile { path, max_length }),
             (text(40), 0..=MAX_DATA)
                 .prop_map(|(path, max_length)| Request::ReadFileHashed { path, max_length }),
+            (
+                any::<u64>(),
+                any::<Option<u64>>(),
+                any::<Option<u32>>(),
+                any::<Option<i64>>()
+            )
+                .prop_map(|(handle, size, mode, mtime)| Request::SetFileAttributes {
+                    handle,
+                    size,
+                    mode,
+                    mtime,
+                }),
             (
                 text(40),
                 any::<Option<u64>>(),

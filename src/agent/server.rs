@@ -591,11 +591,7 @@ fn answer(session: &Session, request: Request) -> Result<Response, Failure> {
         Request::OpenRead { path } => {
             Response::Handle(session.insert(open_regular(&path, OpenOptions::new().read(true))?)?)
         }
-        Request::OpenWrite { path } => {
-            let mut options = OpenOptions::new();
-            options.read(true).write(true).create(true).mode(0o600);
-            Response::Handle(session.insert(open_regular(&path, &options)?)?)
-        }
+        Request::OpenWrite { path } => Response::Handle(session.insert(open_for_writing(&path)?)?),
         Request::Read {
             handle,
             offset,
@@ -635,6 +631,15 @@ fn answer(session: &Session, request: Request) -> Result<Response, Failure> {
             mtime,
         } => {
             set_attributes(&path, size, mode, mtime)?;
+            Response::Done
+        }
+        Request::SetFileAttributes {
+            handle,
+            size,
+            mode,
+            mtime,
+        } => {
+            apply_attributes(&*session.file(handle)?, size, mode, mtime)?;
             Response::Done
         }
         Request::MakeDirectory { path, mode } => {
@@ -809,31 +814,100 @@ fn read_file(path: &str, max_length: u32) -> Result<Vec<u8>, Failure> {
     Ok(data)
 }
 
+/// The flags of every open by name that must not follow a final symlink, block on a fifo or
+/// take a terminal.
+fn no_follow_flags() -> i32 {
+    nix::fcntl::OFlag::O_NOFOLLOW.bits()
+        | nix::fcntl::OFlag::O_NONBLOCK.bits()
+        | nix::fcntl::OFlag::O_NOCTTY.bits()
+}
+
+/// Opens the regular file at `path` for reading and writing, creating it (0600) when missing.
+/// On a shared host another account may have put a symlink there, or a hard link to one of the
+/// user's other files: writing through either would change a file that is not the transfer's.
+/// So the final component is never followed, and a name that holds a symlink or a file with
+/// other links is replaced by a new file (the other names keep their content, as rsync leaves
+/// them), created exclusively so that a name planted meanwhile makes the open fail instead.
+fn open_for_writing(path: &str) -> Result<File, Failure> {
+    let mut options = OpenOptions::new();
+    options
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(no_follow_flags());
+    match options.clone().create(true).open(path) {
+        Ok(file) => {
+            let metadata = file.metadata()?;
+            if !metadata.is_file() {
+                return Err(Failure::new(
+                    ErrorCode::Invalid,
+                    format!("{path} is not a regular file"),
+                ));
+            }
+            if metadata.nlink() == 1 {
+                return Ok(file);
+            }
+        }
+        Err(error) if error.raw_os_error() == Some(nix::libc::ELOOP) => {}
+        Err(error) => return Err(error.into()),
+    }
+    fs::remove_file(path)?;
+    Ok(options.create_new(true).open(path)?)
+}
+
+/// Sets attributes of what `path` names without following a final symlink: opened with
+/// O_NOFOLLOW, then changed through the descriptor, so a name swapped after the open changes
+/// nothing.
 fn set_attributes(
     path: &str,
     size: Option<u64>,
     mode: Option<u32>,
     mtime: Option<i64>,
 ) -> Result<(), Failure> {
+    let mut options = OpenOptions::new();
+    if size.is_some() {
+        options.write(true);
+    } else {
+        options.read(true);
+    }
+    let file = match options.custom_flags(no_follow_flags()).open(path) {
+        Ok(file) => file,
+        Err(error) if error.raw_os_error() == Some(nix::libc::ELOOP) => {
+            return Err(Failure::new(
+                ErrorCode::Invalid,
+                format!("{path} is a symlink; not changing what it points to"),
+            ));
+        }
+        Err(error) => return Err(error.into()),
+    };
+    apply_attributes(&file, size, mode, mtime)
+}
+
+/// Sets the size (a regular file only), the permission bits and both times of an open file.
+fn apply_attributes(
+    file: &File,
+    size: Option<u64>,
+    mode: Option<u32>,
+    mtime: Option<i64>,
+) -> Result<(), Failure> {
     if let Some(size) = size {
-        let file = open_regular(path, OpenOptions::new().write(true))?;
+        if !file.metadata()?.is_file() {
+            return Err(Failure::new(
+                ErrorCode::Invalid,
+                "only a regular file has a size to set",
+            ));
+        }
         file.set_len(size)?;
     }
     if let Some(mode) = mode {
-        fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777))?;
+        file.set_permissions(fs::Permissions::from_mode(mode & 0o7777))?;
     }
     if let Some(mtime) = mtime {
         let seconds = nix::libc::time_t::try_from(mtime).map_err(|_| {
             Failure::new(ErrorCode::Invalid, format!("mtime {mtime} is out of range"))
         })?;
         let time = nix::sys::time::TimeSpec::new(seconds, 0);
-        nix::sys::stat::utimensat(
-            nix::fcntl::AT_FDCWD,
-            path,
-            &time,
-            &time,
-            nix::sys::stat::UtimensatFlags::FollowSymlink,
-        )?;
+        nix::sys::stat::futimens(file, &time, &time)?;
     }
     Ok(())
 }
@@ -842,8 +916,10 @@ fn make_directory(path: &str, mode: u32) -> Result<(), Failure> {
     match fs::DirBuilder::new().mode(mode & 0o7777).create(path) {
         Ok(()) => Ok(()),
         Err(error)
+            // A symlink to a directory is not one: files written below it would land
+            // wherever it points.
             if error.kind() == io::ErrorKind::AlreadyExists
-                && fs::metadata(path).is_ok_and(|metadata| metadata.is_dir()) =>
+                && fs::symlink_metadata(path).is_ok_and(|metadata| metadata.is_dir()) =>
         {
             Ok(())
         }
@@ -993,6 +1069,85 @@ mod tests {
     use crate::agent::protocol::MAX_FRAME;
     use crate::blocks::hash_block;
     use tokio::io::{AsyncReadExt, DuplexStream, duplex};
+
+    /// The user's own file that a third party tries to have xfer write or chmod through a
+    /// symlink or a hard link planted at the transfer's name.
+    fn victim(directory: &Path) -> std::path::PathBuf {
+        let victim = directory.join("secretkey");
+        fs::write(&victim, b"private").unwrap();
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o600)).unwrap();
+        victim
+    }
+
+    fn unchanged(victim: &Path) {
+        assert_eq!(fs::read(victim).unwrap(), b"private");
+        let metadata = fs::metadata(victim).unwrap();
+        assert_eq!(metadata.mode() & 0o7777, 0o600);
+    }
+
+    #[test]
+    fn opening_for_writing_replaces_a_symlink_or_a_hard_link_instead_of_writing_through_it() {
+        let directory = tempfile::tempdir().unwrap();
+        let victim = victim(directory.path());
+        let target = directory.path().join("pushed");
+        for plant in [
+            |victim: &Path, target: &Path| std::os::unix::fs::symlink(victim, target),
+            |victim: &Path, target: &Path| fs::hard_link(victim, target),
+        ] {
+            plant(&victim, &target).unwrap();
+            let file = open_for_writing(target.to_str().unwrap()).unwrap();
+            file.write_all_at(b"pushed data", 0).unwrap();
+            apply_attributes(&file, Some(6), Some(0o644), Some(1_000_000)).unwrap();
+            drop(file);
+            unchanged(&victim);
+            let metadata = fs::symlink_metadata(&target).unwrap();
+            assert!(metadata.is_file());
+            assert_eq!(metadata.nlink(), 1);
+            assert_eq!(metadata.mode() & 0o7777, 0o644);
+            assert_eq!(metadata.mtime(), 1_000_000);
+            assert_eq!(fs::read(&target).unwrap(), b"pushed");
+            fs::remove_file(&target).unwrap();
+        }
+    }
+
+    #[test]
+    fn an_existing_file_of_one_link_is_written_in_place() {
+        let directory = tempfile::tempdir().unwrap();
+        let target = directory.path().join("partial");
+        fs::write(&target, b"resumable").unwrap();
+        let before = fs::metadata(&target).unwrap().ino();
+        let file = open_for_writing(target.to_str().unwrap()).unwrap();
+        file.write_all_at(b"R", 0).unwrap();
+        assert_eq!(fs::metadata(&target).unwrap().ino(), before);
+        assert_eq!(fs::read(&target).unwrap(), b"Resumable");
+    }
+
+    #[test]
+    fn attributes_by_name_never_follow_a_symlink() {
+        let directory = tempfile::tempdir().unwrap();
+        let victim = victim(directory.path());
+        let link = directory.path().join("swapped");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let refused = set_attributes(link.to_str().unwrap(), Some(100), Some(0o666), Some(5));
+        assert!(refused.is_err());
+        unchanged(&victim);
+        // A directory's attributes are set through a descriptor of the directory itself.
+        let inner = directory.path().join("inner");
+        fs::create_dir(&inner).unwrap();
+        set_attributes(inner.to_str().unwrap(), None, Some(0o750), Some(7)).unwrap();
+        let metadata = fs::metadata(&inner).unwrap();
+        assert_eq!((metadata.mode() & 0o7777, metadata.mtime()), (0o750, 7));
+    }
+
+    #[test]
+    fn a_symlink_to_a_directory_is_not_an_existing_directory() {
+        let directory = tempfile::tempdir().unwrap();
+        let elsewhere = directory.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        let link = directory.path().join("made");
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+        assert!(make_directory(link.to_str().unwrap(), 0o755).is_err());
+    }
 
     fn build() -> BuildId {
         BuildId {

@@ -326,10 +326,13 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
     tracing::debug!(path = %item.path, reused, pieces = pieces.len(), "delta");
     context.reporter.file_started(&item.path, item.size, reused);
 
+    // Every attribute below is set through this handle, never by the name: on a shared host
+    // another account may swap the name for a symlink to one of the user's other files between
+    // two steps, and a change by name would land there.
     let handle = remote.open_write(&item.target).await?;
     let sized = remote
-        .set_attributes(
-            &item.target,
+        .set_file_attributes(
+            &handle,
             // One byte long until verified (see plan::size_while_incomplete).
             SetAttributes {
                 size: Some(crate::engine::plan::size_while_incomplete(item.size)),
@@ -380,15 +383,53 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
         }
         Err(error) => Err(error),
     };
-    let closed = remote.close(handle).await;
-    synced?;
-    closed?;
-
+    if let Err(error) = synced {
+        let _ = remote.close(handle).await;
+        return Err(error);
+    }
     tracing::debug!(path = %item.path, "sent");
-    // Everything is written and synced: the real size (digests and checks cover exactly it).
+    let finished = check_and_finish(
+        context,
+        item,
+        &handle,
+        &file,
+        opened,
+        layout,
+        (have, checked, confirmed),
+        journal,
+    )
+    .await;
+    let closed = remote.close(handle).await;
+    finished?;
+    closed?;
+    Ok(FileTotals {
+        moved: item.size - reused,
+        reused,
+    })
+}
+
+/// The blocks a file's push knows about: held by the remote, read and found good locally,
+/// and hashed by the remote in this run.
+type KnownBlocks = (BTreeMap<u64, BlockHash>, BTreeSet<u64>, BTreeSet<u64>);
+
+/// Once every block is written and synced: the real size, the end-to-end check of what the
+/// remote holds against the source, then mode and mtime, each through the open handle.
+#[allow(clippy::too_many_arguments)]
+async fn check_and_finish<R: Remote>(
+    context: &Context<R>,
+    item: &PlanItem,
+    handle: &R::File,
+    file: &File,
+    opened: FileIdentity,
+    layout: BlockLayout,
+    (have, checked, confirmed): KnownBlocks,
+    mut journal: Option<JournalFile>,
+) -> Result<()> {
+    let remote = &context.remote;
+    // The real size (digests and checks cover exactly it).
     remote
-        .set_attributes(
-            &item.target,
+        .set_file_attributes(
+            handle,
             SetAttributes {
                 size: Some(item.size),
                 ..SetAttributes::default()
@@ -433,7 +474,7 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
     // again when the identity changed, to name the blocks that differ, or for a whole-file
     // digest.
     let unchanged =
-        !wanted.blake3 && !wanted.sha256 && FileIdentity::of_file(&file) == Some(opened);
+        !wanted.blake3 && !wanted.sha256 && FileIdentity::of_file(file) == Some(opened);
     let local_check = async {
         if unchanged {
             return Ok(Verification::default());
@@ -490,8 +531,8 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
         .transient(true));
     }
     remote
-        .set_attributes(
-            &item.target,
+        .set_file_attributes(
+            handle,
             SetAttributes {
                 size: Some(item.size),
                 mode: Some(item.mode),
@@ -502,10 +543,7 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
     if let Some(journal) = journal {
         journal.remove()?;
     }
-    Ok(FileTotals {
-        moved: item.size - reused,
-        reused,
-    })
+    Ok(())
 }
 
 /// What the remote says it holds once a file is written.

@@ -194,6 +194,19 @@ impl Remote for AgentRemote {
             .map_err(|error| self.error(&format!("setting attributes of {path}"), error))
     }
 
+    async fn set_file_attributes(&self, file: &AgentFile, attributes: SetAttributes) -> Result<()> {
+        self.client
+            .set_file_attributes(
+                file.handle,
+                &file.path,
+                attributes.size,
+                attributes.mode,
+                attributes.mtime,
+            )
+            .await
+            .map_err(|error| self.error(&format!("setting attributes of {}", file.path), error))
+    }
+
     async fn make_directory(&self, path: &str, mode: u32) -> Result<()> {
         self.client
             .make_directory(path, mode)

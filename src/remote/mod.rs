@@ -3,8 +3,7 @@
 //! [`Remote`] is what a pull or a push needs from a remote machine: metadata (stat, list a
 //! directory, read a link), offset reads and writes on open files, syncing, attributes,
 //! directories, links, renames, and (where the remote can compute one) a whole-file hash. The
-//! SFTP implementation lives in `sftp`; a remote agent can implement the same trait later and
-//! the engine will not change. Names that come back from `list` are the peer's words: the
+//! SFTP implementation lives in `sftp`, the agent's in `agent`. Names that come back from `list` are the peer's words: the
 //! engine validates every one before it touches the local disk.
 
 pub mod agent;
@@ -90,7 +89,9 @@ pub trait Remote: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<u8>>> + Send;
 
     /// Opens for writing at offsets, creating the file (private until finished) if missing and
-    /// never truncating it.
+    /// never truncating it. A final symlink is never followed: a name that holds one (or,
+    /// where the remote can tell, a file with other hard links) is replaced by a new file or
+    /// refused, so another account on the host cannot redirect the write to another file.
     fn open_write(&self, path: &str) -> impl Future<Output = Result<Self::File>> + Send;
 
     fn write_at(
@@ -105,9 +106,19 @@ pub trait Remote: Send + Sync + 'static {
 
     fn close(&self, file: Self::File) -> impl Future<Output = Result<()>> + Send;
 
+    /// Sets attributes of what `path` names (a directory, in practice) without following a
+    /// final symlink.
     fn set_attributes(
         &self,
         path: &str,
+        attributes: SetAttributes,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Sets attributes of an open file through its handle: they land on the file that was
+    /// written, whatever has happened to its name since.
+    fn set_file_attributes(
+        &self,
+        file: &Self::File,
         attributes: SetAttributes,
     ) -> impl Future<Output = Result<()>> + Send;
 

@@ -163,6 +163,22 @@ impl Remote for Session {
         both!(self, remote => remote.set_attributes(path, attributes).await)
     }
 
+    async fn set_file_attributes(
+        &self,
+        file: &SessionFile,
+        attributes: SetAttributes,
+    ) -> Result<()> {
+        match (self, file) {
+            (Session::Agent(agent), SessionFile::Agent(file)) => {
+                agent.set_file_attributes(file, attributes).await
+            }
+            (Session::Sftp(sftp), SessionFile::Sftp(file)) => {
+                sftp.set_file_attributes(file, attributes).await
+            }
+            _ => Err(mismatched()),
+        }
+    }
+
     async fn make_directory(&self, path: &str, mode: u32) -> Result<()> {
         both!(self, remote => remote.make_directory(path, mode).await)
     }

@@ -201,6 +201,61 @@ const TYPE_REGULAR: u32 = 0o100000;
 const TYPE_DIRECTORY: u32 = 0o040000;
 const TYPE_SYMLINK: u32 = 0o120000;
 
+/// SFTP v3 attributes for a change: both times set together, as v3 does.
+fn sftp_attributes(attributes: SetAttributes) -> FileAttributes {
+    let mtime = attributes
+        .mtime
+        .map(|mtime| mtime.clamp(0, i64::from(u32::MAX)) as u32);
+    FileAttributes {
+        size: attributes.size,
+        permissions: attributes.mode,
+        atime: mtime,
+        mtime,
+        ..Default::default()
+    }
+}
+
+/// The SFTP v3 ATTRS encoding (flags, then the fields present), for extended requests that
+/// carry attributes.
+fn encode_attributes(out: &mut Vec<u8>, attributes: &FileAttributes) {
+    const SIZE: u32 = 0x1;
+    const PERMISSIONS: u32 = 0x4;
+    const TIMES: u32 = 0x8;
+    let times = attributes.atime.zip(attributes.mtime);
+    let mut flags = 0;
+    if attributes.size.is_some() {
+        flags |= SIZE;
+    }
+    if attributes.permissions.is_some() {
+        flags |= PERMISSIONS;
+    }
+    if times.is_some() {
+        flags |= TIMES;
+    }
+    out.extend_from_slice(&flags.to_be_bytes());
+    if let Some(size) = attributes.size {
+        out.extend_from_slice(&size.to_be_bytes());
+    }
+    if let Some(permissions) = attributes.permissions {
+        out.extend_from_slice(&permissions.to_be_bytes());
+    }
+    if let Some((atime, mtime)) = times {
+        out.extend_from_slice(&atime.to_be_bytes());
+        out.extend_from_slice(&mtime.to_be_bytes());
+    }
+}
+
+/// Whether an open file's attributes are those its name showed just before the open: SFTP v3
+/// carries no inode number, so owner, group, size and mode stand in for one. Not the times:
+/// the other connections writing the same file (a large file's lanes) change them, never its
+/// size, which is set before any block is written.
+fn same_file_attributes(before: &FileAttributes, opened: &FileAttributes) -> bool {
+    before.uid == opened.uid
+        && before.gid == opened.gid
+        && before.size == opened.size
+        && before.permissions == opened.permissions
+}
+
 fn entry_from(name: String, attributes: &FileAttributes) -> RemoteEntry {
     let permissions = attributes.permissions.unwrap_or(0);
     let kind = match permissions & TYPE_MASK {
@@ -367,23 +422,67 @@ impl Remote for SftpRemote {
     }
 
     async fn open_write(&self, path: &str) -> Result<SftpFile> {
+        // SFTP's open follows a final symlink and cannot be told not to. So a missing name is
+        // created exclusively (O_EXCL never follows), a symlink or special file is removed
+        // first, and an existing file is opened only if the open file's attributes are those
+        // the name had just before: a symlink or another file swapped in between shows as
+        // another owner, size, mode or time, and is closed unwritten.
+        let before = match self.call(self.session.lstat(path)).await {
+            Ok(attributes) => Some(attributes.attrs),
+            Err(error) if is_status(&error, StatusCode::NoSuchFile) => None,
+            Err(error) => return Err(sftp_error(&self.label, &format!("stat {path}"), error)),
+        };
+        let regular = before.as_ref().is_some_and(|attributes| {
+            attributes.permissions.unwrap_or(0) & TYPE_MASK == TYPE_REGULAR
+        });
+        if before.is_some() && !regular {
+            self.remove_file(path).await?;
+        }
+        let flags = if regular {
+            OpenFlags::READ | OpenFlags::WRITE
+        } else {
+            OpenFlags::READ | OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::EXCLUDE
+        };
         let attributes = FileAttributes {
             permissions: Some(0o600),
             ..Default::default()
         };
         let handle = self
-            .call(
-                self.session
-                    .open(path, OpenFlags::WRITE | OpenFlags::CREATE, attributes),
-            )
+            .call(self.session.open(path, flags, attributes))
             .await
             .map_err(|error| {
-                sftp_error(&self.label, &format!("opening {path} for writing"), error)
+                let error = sftp_error(&self.label, &format!("opening {path} for writing"), error);
+                if regular {
+                    error
+                } else {
+                    error.with_hint(
+                        "the name was taken between two steps: if another account can write that directory, push somewhere only you can write",
+                    )
+                }
             })?;
-        Ok(SftpFile {
+        let file = SftpFile {
             handle: handle.handle,
             path: path.into(),
-        })
+        };
+        if let Some(before) = before.filter(|_| regular) {
+            let opened = self
+                .call(self.session.fstat(file.handle.as_str()))
+                .await
+                .map(|attributes| attributes.attrs);
+            let same = opened
+                .as_ref()
+                .is_ok_and(|opened| same_file_attributes(&before, opened));
+            if !same {
+                let _ = self.close(file).await;
+                return Err(Error::remote(format!(
+                    "{}: {path} changed while it was being opened for writing (another account may be swapping it); not writing through it",
+                    self.label
+                ))
+                .with_hint("push into a directory only you can write")
+                .transient(false));
+            }
+        }
+        Ok(file)
     }
 
     async fn write_at(&self, file: &SftpFile, offset: u64, data: Vec<u8>) -> Result<()> {
@@ -416,23 +515,57 @@ impl Remote for SftpRemote {
     }
 
     async fn set_attributes(&self, path: &str, attributes: SetAttributes) -> Result<()> {
-        let mtime = attributes
-            .mtime
-            .map(|mtime| mtime.clamp(0, i64::from(u32::MAX)) as u32);
-        let sftp_attributes = FileAttributes {
-            size: attributes.size,
-            permissions: attributes.mode,
-            // SFTP v3 sets both times together.
-            atime: mtime,
-            mtime,
-            ..Default::default()
-        };
-        self.call(self.session.setstat(path, sftp_attributes))
+        // lsetstat@openssh.com never follows a final symlink; plain setstat does, so without
+        // the extension a path that is a symlink when looked at is refused.
+        let mut data = Vec::with_capacity(64 + path.len());
+        data.extend_from_slice(&(path.len() as u32).to_be_bytes());
+        data.extend_from_slice(path.as_bytes());
+        encode_attributes(&mut data, &sftp_attributes(attributes));
+        match self
+            .call(self.session.extended("lsetstat@openssh.com", data))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(error) if !is_status(&error, StatusCode::OpUnsupported) => {
+                return Err(sftp_error(
+                    &self.label,
+                    &format!("setting attributes of {path}"),
+                    error,
+                ));
+            }
+            Err(_) => {}
+        }
+        if let Some(entry) = self.stat(path, false).await?
+            && entry.kind == EntryKind::Symlink
+        {
+            return Err(Error::remote(format!(
+                "{}: {path} is a symlink; not changing what it points to",
+                self.label
+            ))
+            .transient(false));
+        }
+        self.call(self.session.setstat(path, sftp_attributes(attributes)))
             .await
             .map(|_| ())
             .map_err(|error| {
                 sftp_error(&self.label, &format!("setting attributes of {path}"), error)
             })
+    }
+
+    async fn set_file_attributes(&self, file: &SftpFile, attributes: SetAttributes) -> Result<()> {
+        self.call(
+            self.session
+                .fsetstat(file.handle.as_str(), sftp_attributes(attributes)),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|error| {
+            sftp_error(
+                &self.label,
+                &format!("setting attributes of {}", file.path),
+                error,
+            )
+        })
     }
 
     async fn make_directory(&self, path: &str, mode: u32) -> Result<()> {
