@@ -473,8 +473,7 @@ async fn check_and_finish<R: Remote>(
     // BLAKE3, 0.4 s of CPU and most of the time after the last byte was sent). It is read
     // again when the identity changed, to name the blocks that differ, or for a whole-file
     // digest.
-    let unchanged =
-        !wanted.blake3 && !wanted.sha256 && FileIdentity::of_file(file) == Some(opened);
+    let unchanged = !wanted.blake3 && !wanted.sha256 && FileIdentity::of_file(file) == Some(opened);
     let local_check = async {
         if unchanged {
             return Ok(Verification::default());

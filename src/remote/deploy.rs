@@ -56,7 +56,10 @@ pub enum Outcome {
 const UNSAFE_CACHE: u32 = 94;
 /// How long starting (or uploading) may take before the agent is given up.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-const UPLOAD_TIMEOUT: Duration = Duration::from_secs(600);
+/// An upload may take this long, plus a second for every [`UPLOAD_RATE_FLOOR`] bytes: a link
+/// slower than that floor is better served by SFTP than by waiting for the agent.
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(30);
+const UPLOAD_RATE_FLOOR: usize = 256 * 1024;
 
 /// Shell functions shared by the scripts that touch the cache. `private DIR` holds when DIR is
 /// a real directory (not a symlink), owned by the login user and writable by nobody else, so no
@@ -402,16 +405,31 @@ async fn upload(connection: &Arc<Connection>, own: &Own) -> Result<()> {
     }
     let name_line = format!("{}\n{}\n", own.name, random_nonce()).into_bytes();
     tracing::info!(label = %connection.label(), bytes = executable.len(), "uploading the xfer agent");
+    let timeout =
+        UPLOAD_TIMEOUT + Duration::from_secs((executable.len() / UPLOAD_RATE_FLOOR) as u64);
     let output = exec::run_owned(
         connection,
         UPLOAD,
         vec![name_line, executable],
         ExecLimits {
             max_output: 4096,
-            timeout: UPLOAD_TIMEOUT,
+            timeout,
         },
     )
-    .await?;
+    .await
+    .map_err(|error| {
+        // A slow or stalled upload over a live connection: SFTP it is (the caller falls back
+        // on a permanent error), rather than a retry that waits as long again.
+        if connection.is_closed() {
+            error
+        } else {
+            Error::remote(format!(
+                "uploading the xfer agent did not finish within {} s",
+                timeout.as_secs()
+            ))
+            .transient(false)
+        }
+    })?;
     match output.status {
         Some(0) => Ok(()),
         Some(UNSAFE_CACHE) => Err(Error::remote(unsafe_cache_reason()).transient(false)),

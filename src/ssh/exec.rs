@@ -38,6 +38,9 @@ impl ExecOutput {
     }
 }
 
+/// How long output may still arrive after the exit status.
+const AFTER_EXIT: Duration = Duration::from_secs(2);
+
 /// Bounds on one remote run.
 #[derive(Debug, Clone, Copy)]
 pub struct ExecLimits {
@@ -135,7 +138,19 @@ async fn execute(
             .map_err(|error| russh_error(&label, error))?;
         let mut output = ExecOutput::default();
         let mut refused = false;
-        while let Some(message) = channel.wait().await {
+        loop {
+            // Once the exit status is in, the output still on its way gets a short while, not
+            // the whole bound: a server that never closes the channel after the exit status
+            // (or whose close is lost) must not hold the run.
+            let message = if output.status.is_some() || output.signal.is_some() {
+                match tokio::time::timeout(AFTER_EXIT, channel.wait()).await {
+                    Ok(message) => message,
+                    Err(_) => break,
+                }
+            } else {
+                channel.wait().await
+            };
+            let Some(message) = message else { break };
             match message {
                 ChannelMsg::Data { data } => {
                     append_capped(&mut output.stdout, &data, limits.max_output)
