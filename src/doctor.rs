@@ -79,6 +79,8 @@ pub struct HostReport {
     pub free_path: Option<String>,
     /// What is wrong, one sentence each; empty when the host passed.
     pub problems: Vec<String>,
+    /// What works for xfer but is worth knowing (other tools may fail there), one sentence each.
+    pub warnings: Vec<String>,
     /// What to do about the problems.
     pub hints: Vec<String>,
     pub passed: bool,
@@ -108,6 +110,7 @@ impl HostReport {
             free_bytes: None,
             free_path: None,
             problems: Vec::new(),
+            warnings: Vec::new(),
             hints: Vec::new(),
             passed: false,
         }
@@ -267,6 +270,13 @@ async fn probe(
     match facts {
         Ok(output) if output.success() => {
             report.exec = Capability::Allowed;
+            if !output.preamble.is_empty() {
+                report.warnings.push(format!(
+                    "{}: the login shell prints {} bytes before every command (from ~/.bashrc, ~/.profile or similar); xfer skips them, but scp, sftp and rsync can break on such a host (fix: print only in interactive shells, e.g. behind `case $- in *i*)`)",
+                    connection.label(),
+                    output.preamble.len()
+                ));
+            }
             for line in output.stdout_text().lines() {
                 let Some((key, value)) = line.split_once('=') else {
                     continue;
@@ -302,12 +312,21 @@ async fn probe(
                 ));
             }
         }
+        Ok(output) if !output.started => {
+            // The server took the exec request but ran something else (ForceCommand
+            // internal-sftp, a restricted shell): commands do not run for this login.
+            report.exec = Capability::Refused;
+        }
         Ok(output) => {
             report.exec = Capability::Allowed;
+            let status = match (output.status, &output.signal) {
+                (Some(status), _) => format!("exit status {status}"),
+                (None, Some(signal)) => format!("signal {}", printable(signal)),
+                (None, None) => "no exit status".to_string(),
+            };
             report.problems.push(format!(
-                "{}: the check script failed (status {:?}): {}",
+                "{}: the check script failed ({status}): {}",
                 connection.label(),
-                output.status,
                 output.stderr_text()
             ));
         }

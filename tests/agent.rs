@@ -816,3 +816,71 @@ fn wait_for(mut condition: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// A login shell that prints before every command, as cloud images' `.bashrc` and `conda init`
+/// do (bash reads `~/.bashrc` for every command sshd runs): the banner lands on stdout ahead of
+/// every remote command xfer runs, and may even contain the agent's magic. The agent is still
+/// deployed and used (a small change moves a small delta), a secret still lands, and doctor
+/// says the shell prints.
+#[test]
+fn a_login_shell_that_prints_keeps_the_agent_secrets_and_doctor_working() {
+    let setup = setup_with(Sshd::builder(), true, None);
+    let home = setup.home.clone().unwrap();
+    fs::write(
+        home.join(".bashrc"),
+        "echo 'Welcome to the GPU cloud! XFERAGT'\nprintf 'conda init: done\\n' >&2\necho '(base) '\n",
+    )
+    .unwrap();
+    let source = setup.path("data.bin");
+    fs::write(&source, pattern(5, 8 * BLOCK)).unwrap();
+    let target = setup.path("copy.bin");
+    let remote = format!("via:{}", target.display());
+    let (proxy, config) = via_proxy(&setup);
+    counted_run(
+        &setup,
+        &proxy,
+        &config,
+        &["push", source.to_str().unwrap(), &remote],
+    );
+    assert_eq!(fs::read(&source).unwrap(), fs::read(&target).unwrap());
+    assert_eq!(setup.cached_agents().len(), 1, "the agent was deployed");
+
+    let mut data = fs::read(&source).unwrap();
+    data[3 * BLOCK + 10..3 * BLOCK + 14].copy_from_slice(b"edit");
+    fs::write(&source, &data).unwrap();
+    let seconds = fs::metadata(&source).unwrap().mtime();
+    set_mtime(&source, seconds + 100);
+    let (_, wire) = counted_run(
+        &setup,
+        &proxy,
+        &config,
+        &["push", source.to_str().unwrap(), &remote],
+    );
+    assert_eq!(fs::read(&source).unwrap(), fs::read(&target).unwrap());
+    assert!(
+        wire < 1 << 20,
+        "{wire} bytes on the wire for a 4-byte change"
+    );
+
+    let token = setup.path("token");
+    let mut secret = setup.xfer(&[
+        "secret",
+        "push",
+        "--from-env",
+        "NOISY_TOKEN",
+        "--to",
+        token.to_str().unwrap(),
+        "box",
+    ]);
+    secret.env("NOISY_TOKEN", "t0ken");
+    assert_success(&run_with_timeout(&mut secret, LIMIT));
+    assert_eq!(fs::read_to_string(&token).unwrap(), "t0ken");
+
+    let doctor = setup.run(&["doctor", "box"]);
+    assert_success(&doctor);
+    let report = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        report.contains("warning") && report.contains("prints"),
+        "{report}"
+    );
+}

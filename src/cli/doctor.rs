@@ -121,8 +121,14 @@ pub fn render_table(reports: &[HostReport]) -> String {
 
 pub fn render_problems(reports: &[HostReport]) -> String {
     let mut out = String::new();
-    for report in reports.iter().filter(|report| !report.passed) {
+    for report in reports
+        .iter()
+        .filter(|report| !report.passed || !report.warnings.is_empty())
+    {
         out.push_str(&format!("\n{}:\n", printable(&report.host)));
+        for warning in &report.warnings {
+            out.push_str(&format!("  warning: {}\n", printable(warning)));
+        }
         for problem in &report.problems {
             for (index, line) in problem.lines().enumerate() {
                 let lead = if index == 0 { "  - " } else { "    " };

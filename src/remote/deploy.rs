@@ -319,8 +319,36 @@ async fn launch(connection: &Arc<Connection>, script: &'static str, line: &str) 
                 Some(_) => {}
             }
         }
-        let (reader, writer) = tokio::io::split(channel.into_stream());
-        let reader = std::io::Cursor::new(early).chain(reader);
+        let (mut reader, writer) = tokio::io::split(channel.into_stream());
+        // What the login shell prints before every command comes first: skip to the line the
+        // command line prints before the script.
+        let mut seen = early;
+        let start = loop {
+            if let Some(start) = exec::find_marker(&seen) {
+                break start;
+            }
+            if seen.len() > exec::MAX_PREAMBLE {
+                return Ok(Launch::Failed(
+                    "the login shell printed more than 64 KiB before running the command".into(),
+                ));
+            }
+            let mut buffer = [0u8; 4096];
+            match reader.read(&mut buffer).await {
+                Ok(0) | Err(_) if !connection.is_closed() => {
+                    return Ok(Launch::NotAgent(Vec::new()));
+                }
+                Ok(0) | Err(_) => {
+                    return Err(Error::connect(format!(
+                        "{label}: the connection closed while starting the xfer agent"
+                    )));
+                }
+                Ok(read) => seen.extend_from_slice(&buffer[..read]),
+            }
+        };
+        if start > exec::BEGIN_MARKER.len() {
+            tracing::debug!(%label, bytes = start - exec::BEGIN_MARKER.len(), "the login shell printed before the command");
+        }
+        let reader = std::io::Cursor::new(seen.split_off(start)).chain(reader);
         match AgentClient::start(reader, writer).await {
             Ok(Startup::Agent(client, _)) => Ok(Launch::Agent(client)),
             Ok(Startup::NotAgent(text)) => Ok(Launch::NotAgent(text)),

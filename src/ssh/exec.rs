@@ -14,19 +14,31 @@ use crate::ssh::connect::{Connection, russh_error};
 use russh::ChannelMsg;
 use std::time::Duration;
 
+/// Printed by the command line before the script starts, so that what a login shell prints
+/// before every command (a banner from `.bashrc`, `conda init` output) is told apart from the
+/// script's own output: everything before this line is the login's, not the script's.
+pub const BEGIN_MARKER: &[u8] = b"XFER-BEGIN-5f3a9c\n";
+
+/// The most a login shell may print before [`BEGIN_MARKER`] that a stream waits through.
+pub const MAX_PREAMBLE: usize = 64 << 10;
+
 /// What a remote script produced.
 #[derive(Debug, Clone, Default)]
 pub struct ExecOutput {
     /// None when the server sent no exit status (e.g. the command was killed by a signal).
     pub status: Option<u32>,
     pub signal: Option<String>,
+    /// Whether the script started: [`BEGIN_MARKER`] arrived.
+    pub started: bool,
+    /// What the login printed before the script started (its own output is in `stdout`).
+    pub preamble: Vec<u8>,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
 }
 
 impl ExecOutput {
     pub fn success(&self) -> bool {
-        self.status == Some(0)
+        self.started && self.status == Some(0)
     }
 
     pub fn stdout_text(&self) -> String {
@@ -65,7 +77,7 @@ impl Default for ExecLimits {
 /// nothing a script means.
 pub fn command_line(script: &'static str) -> String {
     format!(
-        "exec /bin/sh -c 'eval \"$(dd bs=1 count={} 2>/dev/null)\"'",
+        "exec /bin/sh -c 'echo XFER-BEGIN-5f3a9c; eval \"$(dd bs=1 count={} 2>/dev/null)\"'",
         script.len()
     )
 }
@@ -166,6 +178,17 @@ async fn execute(
                 _ => {}
             }
         }
+        match find_marker(&output.stdout) {
+            Some(end) => {
+                output.started = true;
+                let stdout = output.stdout.split_off(end);
+                output.preamble = std::mem::replace(&mut output.stdout, stdout);
+                output
+                    .preamble
+                    .truncate(output.preamble.len() - BEGIN_MARKER.len());
+            }
+            None => output.preamble = std::mem::take(&mut output.stdout),
+        }
         if refused && output.status.is_none() {
             return Err(Error::remote(format!(
                 "{label}: the server refused to run a command (exec is not allowed for this login)"
@@ -181,6 +204,14 @@ async fn execute(
             limits.timeout.as_secs()
         ))),
     }
+}
+
+/// Where the script's own output starts in `bytes`: just after [`BEGIN_MARKER`].
+pub fn find_marker(bytes: &[u8]) -> Option<usize> {
+    bytes
+        .windows(BEGIN_MARKER.len())
+        .position(|window| window == BEGIN_MARKER)
+        .map(|start| start + BEGIN_MARKER.len())
 }
 
 fn append_capped(buffer: &mut Vec<u8>, data: &[u8], cap: usize) {
@@ -213,7 +244,7 @@ mod tests {
         let line = command_line("echo 'hi'\necho there\n");
         assert_eq!(
             line,
-            "exec /bin/sh -c 'eval \"$(dd bs=1 count=21 2>/dev/null)\"'"
+            "exec /bin/sh -c 'echo XFER-BEGIN-5f3a9c; eval \"$(dd bs=1 count=21 2>/dev/null)\"'"
         );
         // What a csh, fish or a POSIX shell would read differently.
         assert!(!line.contains(['\n', '\\', '!']));
@@ -255,14 +286,24 @@ mod tests {
                 .write_all(&input)
                 .expect("write");
             let output = child.wait_with_output().expect("wait");
+            let start = find_marker(&output.stdout).expect("the marker");
             assert_eq!(
-                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stdout[start..]),
                 "[a 'b' $c!]rest",
                 "{shell}"
             );
             ran += 1;
         }
         assert!(ran >= 2, "no login shell to try");
+    }
+
+    #[test]
+    fn the_script_output_starts_after_the_marker() {
+        let mut bytes = b"Welcome to the cluster\nXFER-BEGIN-5f3a9c\n".to_vec();
+        let start = find_marker(&bytes).unwrap();
+        bytes.extend_from_slice(b"ok\n");
+        assert_eq!(&bytes[start..], b"ok\n");
+        assert_eq!(find_marker(b"XFER-BEGIN-5f3a9"), None);
     }
 
     #[test]
