@@ -75,6 +75,41 @@ pub fn parse_location(argument: &str) -> Result<Location> {
     })
 }
 
+/// A remote path as scp and sftp read it, before anything is asked of the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemotePath {
+    /// Absolute, or relative to the login directory (where both sftp-server and the agent
+    /// start): `host:`, `host:~`, `host:~/x` and `host:x` all become login-relative.
+    Ready(String),
+    /// `~user` or `~user/rest`: that user's home must be asked of the host first.
+    UserHome { user: String, rest: String },
+}
+
+/// Reads `~`, `~/x`, `~user/x` and the empty path the way scp does. A `~` that a shell would
+/// have expanded locally never reaches here, so any `~` left is the remote's.
+pub fn remote_path(path: &str) -> RemotePath {
+    let Some(after) = path.strip_prefix('~') else {
+        return RemotePath::Ready(if path.is_empty() {
+            ".".to_string()
+        } else {
+            path.to_string()
+        });
+    };
+    let (user, rest) = after.split_once('/').unwrap_or((after, ""));
+    let rest = rest.trim_start_matches('/');
+    if user.is_empty() {
+        return RemotePath::Ready(if rest.is_empty() {
+            ".".to_string()
+        } else {
+            rest.to_string()
+        });
+    }
+    RemotePath::UserHome {
+        user: user.to_string(),
+        rest: rest.to_string(),
+    }
+}
+
 /// Finds the `:` that separates host from path, if the argument is remote at all.
 fn remote_split(argument: &str) -> Option<usize> {
     // A bracketed IPv6 address: `[::1]:path` or `user@[::1]:path`.
@@ -198,6 +233,34 @@ pub fn printable_lines(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::{RemotePath, remote_path};
+
+    #[test]
+    fn remote_paths_read_as_scp_reads_them() {
+        let ready = |path: &str| RemotePath::Ready(path.to_string());
+        assert_eq!(remote_path(""), ready("."));
+        assert_eq!(remote_path("~"), ready("."));
+        assert_eq!(remote_path("~/"), ready("."));
+        assert_eq!(remote_path("~/data/x"), ready("data/x"));
+        assert_eq!(remote_path("~//data"), ready("data"));
+        assert_eq!(remote_path("data/x"), ready("data/x"));
+        assert_eq!(remote_path("/abs/~x"), ready("/abs/~x"));
+        assert_eq!(
+            remote_path("~alice/x/y"),
+            RemotePath::UserHome {
+                user: "alice".into(),
+                rest: "x/y".into()
+            }
+        );
+        assert_eq!(
+            remote_path("~alice"),
+            RemotePath::UserHome {
+                user: "alice".into(),
+                rest: String::new()
+            }
+        );
+    }
+
     use super::*;
 
     fn remote(user: Option<&str>, host: &str, path: &str) -> Location {

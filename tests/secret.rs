@@ -675,3 +675,55 @@ fn the_filesystem_is_reported_by_its_mount_type() {
         text(&output.stdout)
     );
 }
+
+/// An SFTP-only account (`ForceCommand internal-sftp`): a secret needs a command, and the
+/// message says so in words, with no debug text; doctor reports that exec is not allowed.
+#[test]
+fn an_sftp_only_account_is_told_that_secrets_need_commands() {
+    let sshd = Sshd::builder()
+        .extra_config("ForceCommand internal-sftp")
+        .start();
+    let config = sshd.write_client_config("box", &[]);
+    let work = tempfile::tempdir().unwrap();
+    let target = work.path().join("token");
+    let output = push_error(
+        &[
+            "--from-env",
+            "SFTP_ONLY_TOKEN",
+            "--to",
+            target.to_str().unwrap(),
+            "box",
+        ],
+        &[("SFTP_ONLY_TOKEN", "value")],
+        &config,
+    );
+    let said = format!("{}{}", text(&output.stdout), text(&output.stderr));
+    assert_eq!(output.status.code(), Some(6), "{said}");
+    assert!(said.contains("runs no commands"), "{said}");
+    assert!(!said.contains("Some(") && !said.contains("None"), "{said}");
+    assert!(!target.exists());
+
+    let mut doctor = xfer_command();
+    doctor.args(["doctor", "--json", "box", "-F"]).arg(&config);
+    let output = run_with_timeout(&mut doctor, LIMIT);
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report[0]["exec"], "refused", "{report}");
+    assert_eq!(report[0]["sftp"], "allowed", "{report}");
+
+    // Transfers go over SFTP, saying once why there is no agent.
+    let source = work.path().join("data.bin");
+    fs::write(&source, vec![7u8; 3 << 20]).unwrap();
+    let copy = work.path().join("copy.bin");
+    let mut push = xfer_command();
+    push.arg("push")
+        .arg(&source)
+        .arg(format!("box:{}", copy.display()))
+        .arg("-F")
+        .arg(&config);
+    let output = run_with_timeout(&mut push, LIMIT);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(fs::read(&copy).unwrap(), fs::read(&source).unwrap());
+    let said = text(&output.stderr);
+    assert_eq!(said.matches("using SFTP").count(), 1, "{said}");
+    assert!(!said.contains("Some(") && !said.contains("None"), "{said}");
+}

@@ -15,7 +15,7 @@ use xfer::error::{Error, ErrorKind, Result};
 use xfer::local::Destination;
 use xfer::remote::Remote;
 use xfer::remote::deploy::AgentMode;
-use xfer::target::{HostSpec, Location, parse_location};
+use xfer::target::{HostSpec, Location, RemotePath, parse_location};
 
 pub async fn run(args: &TransferArgs, direction: Direction, verbosity: Verbosity) -> Result<()> {
     let source = parse_location(&args.source)?;
@@ -46,6 +46,17 @@ pub async fn run(args: &TransferArgs, direction: Direction, verbosity: Verbosity
     }
     let settings = ConnectionSettings::from_args(&args.connection)?;
     let connector = Arc::new(settings.connector()?);
+    let remote_path = match xfer::target::remote_path(&remote_path) {
+        RemotePath::Ready(path) => path,
+        RemotePath::UserHome { user, rest } => {
+            let connection = Arc::new(connector.connect(&host).await?);
+            let home = xfer::remote::home::user_home(&connection, &user).await;
+            if let Ok(connection) = Arc::try_unwrap(connection) {
+                connection.close().await;
+            }
+            xfer::remote::join(&home?, &rest)
+        }
+    };
     let state = StateDir::locate()?;
     let quiet = verbosity == Verbosity::Quiet;
     let verbose = matches!(verbosity, Verbosity::Verbose(_));

@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod deploy;
+pub mod home;
 pub mod session;
 pub mod sftp;
 

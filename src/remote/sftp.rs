@@ -115,6 +115,14 @@ impl SftpRemote {
         })
     }
 
+    /// The server's expansion of a `~` path (`expand-path@openssh.com`), None where it has
+    /// none or refuses.
+    pub async fn expand_path(&self, path: &str) -> Option<String> {
+        let name = self.call(self.session.expand_path(path)).await.ok()?;
+        let expanded = name.files.into_iter().next()?.filename;
+        (expanded.starts_with('/') && !expanded.contains('\0')).then_some(expanded)
+    }
+
     pub fn connection(&self) -> &Arc<Connection> {
         &self.connection
     }

@@ -233,6 +233,13 @@ fn failure(connection: &Connection, path: &str, output: &ExecOutput) -> Error {
         .with_hint("re-run the same command when the host is reachable")
         .transient(true);
     }
+    if !output.started {
+        return Error::remote(format!(
+            "{label}: this login runs no commands (an SFTP-only account, e.g. ForceCommand internal-sftp, or a restricted shell), and writing {path} needs one"
+        ))
+        .with_hint("xfer secret runs a small sh script on the host; use a login that may run commands (pull and push still work over SFTP)")
+        .transient(false);
+    }
     // Only the script's own fixed words and the filesystem name are ever shown.
     let (message, hint) = match (output.status, first) {
         (Some(65), line) => (
