@@ -12,6 +12,9 @@ pub const XDG_STATE_HOME: &str = "XDG_STATE_HOME";
 pub const HOME: &str = "HOME";
 /// Log filter for `-v` output, in `tracing` syntax (e.g. `xfer=trace`); overrides `-v`.
 pub const XFER_LOG: &str = "XFER_LOG";
+/// Seconds the remote xfer agent may stay silent while answers are due before its session is
+/// given up (before the time allowed for the bytes its requests cover); default 60.
+pub const XFER_AGENT_TIMEOUT: &str = "XFER_AGENT_TIMEOUT";
 /// The `ssh` binary used by tests and `xfer doctor --compare`; never needed to transfer.
 pub const XFER_SSH_BINARY: &str = "XFER_SSH_BINARY";
 /// The netrc file to read stanzas from when `--netrc` is not given (as curl and Python do).

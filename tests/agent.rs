@@ -3,7 +3,8 @@
 //! host of another platform or with an agent of another protocol version; pull and push
 //! through it when the server refuses SFTP; deltas that move only the changed blocks (counted
 //! at a proxy) and leave both sides identical for random mutations; SIGKILL of xfer, or of the
-//! agent, in the middle of a delta, then a re-run.
+//! agent, in the middle of a delta, then a re-run; an agent that greets and then goes silent is
+//! given up within the (lowered) stall bound.
 
 mod support;
 
@@ -376,6 +377,73 @@ fn an_agent_of_protocol_version_1_serves_a_newer_client() {
         stderr(&output)
     );
     assert_eq!(tree(&setup.path("source")), tree(&setup.path("copy")));
+}
+
+/// Seconds of silence the stalled-agent test allows the agent (`XFER_AGENT_TIMEOUT`).
+const LOWERED_STALL_SECONDS: u64 = 2;
+
+#[test]
+fn an_agent_that_goes_silent_after_its_hello_is_given_up() {
+    use xfer::agent::protocol::{BuildId, MAGIC, PROTOCOL_MAX, PROTOCOL_MIN, ServerHello};
+    let setup = setup();
+    // The real agent, of which only the greeting reaches xfer: the rest of its output is
+    // drained, so it goes on serving (into nothing) and ends, closing the channel, only when
+    // xfer closes its input.
+    let hello = ServerHello {
+        min_version: PROTOCOL_MIN,
+        max_version: PROTOCOL_MAX,
+        build: BuildId {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            executable_blake3: [0; 32],
+            os: std::env::consts::OS.to_string(),
+            arch: std::env::consts::ARCH.to_string(),
+        },
+    }
+    .encode()
+    .unwrap();
+    let greeting = MAGIC.len() + hello.len();
+    let stalling = setup.path("stalling-agent");
+    fs::write(
+        &stalling,
+        format!(
+            "#!/bin/sh\n{} \"$@\" | {{ head -c {greeting}; cat >/dev/null; }}\n",
+            env!("CARGO_BIN_EXE_xfer")
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&stalling, fs::Permissions::from_mode(0o755)).unwrap();
+    make_tree(&setup.path("source"));
+    let started = Instant::now();
+    let output = run_with_timeout(
+        setup
+            .xfer(&[
+                "pull",
+                "--agent",
+                stalling.to_str().unwrap(),
+                "--retries",
+                "1",
+                "--retry-wait",
+                "0.1",
+                &setup.remote("source"),
+                setup.path("copy").to_str().unwrap(),
+            ])
+            .env("XFER_AGENT_TIMEOUT", LOWERED_STALL_SECONDS.to_string()),
+        LIMIT,
+    );
+    let text = stderr(&output);
+    // Every unit failed on a connection error, after its one retry stalled as well: exit
+    // code 1 (README "Exit codes": items failed for a reason a re-run can fix, such as a
+    // dropped link), since the listing itself went through.
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("retrying"), "{text}");
+    assert!(
+        text.contains("failed after 2 attempt(s)") && text.contains("sent nothing for 2 s"),
+        "{text}"
+    );
+    assert!(text.contains(" 0 transferred"), "{text}");
+    // Two stalls and a retry, far within the harness's limit: the bound, not the harness,
+    // ended the run.
+    assert!(started.elapsed() < LIMIT / 2, "{:?}", started.elapsed());
 }
 
 #[test]

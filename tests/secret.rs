@@ -3,7 +3,8 @@
 //! in xfer's output at -vvv, or in any file but the target; the target is never visible with
 //! wider permissions; netrc stanzas merge into a remote netrc byte-exactly; several hosts at
 //! once fail independently; and every error (unset variable, missing netrc machine, empty
-//! keyring, full disk, shared filesystem) is clear.
+//! keyring, full disk, shared filesystem) is clear; and xfer turns core dumps off before it
+//! reads the secret.
 
 mod support;
 
@@ -726,4 +727,62 @@ fn an_sftp_only_account_is_told_that_secrets_need_commands() {
     let said = text(&output.stderr);
     assert_eq!(said.matches("using SFTP").count(), 1, "{said}");
     assert!(!said.contains("Some(") && !said.contains("None"), "{said}");
+}
+
+/// The soft and hard core size limits in a `/proc/PID/limits` text.
+fn core_limits(limits: &str) -> Option<(String, String)> {
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max core file size"))?;
+    let mut fields = line["Max core file size".len()..].split_whitespace();
+    Some((fields.next()?.to_string(), fields.next()?.to_string()))
+}
+
+#[test]
+fn core_dumps_are_off_before_the_secret_is_read() {
+    // Started with core files allowed (the shell execs xfer only once the limit is set), so a
+    // limit of 0 is xfer's own doing; it then waits for the secret on a stdin that never
+    // brings it.
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            "ulimit -c 4096 && exec \"$0\" \"$@\"",
+            env!("CARGO_BIN_EXE_xfer"),
+            "secret",
+            "push",
+            "--stdin",
+            "--to",
+            "/nonexistent/secret",
+            "box",
+        ])
+        .env_remove("SSH_AUTH_SOCK")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let limits = PathBuf::from(format!("/proc/{}/limits", child.id()));
+    let started = Instant::now();
+    loop {
+        if let Some(exited) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+            panic!("xfer ended ({exited}) before reading its secret: {stderr}");
+        }
+        let core = fs::read_to_string(&limits)
+            .ok()
+            .and_then(|text| core_limits(&text));
+        if core == Some(("0".to_string(), "0".to_string())) {
+            break;
+        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "core dumps still allowed: {core:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The secret has not been given yet: xfer still waits for it.
+    assert!(child.try_wait().unwrap().is_none());
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

@@ -12,6 +12,17 @@
 //! every later one fails promptly with [`AgentError::Closed`] or [`AgentError::Protocol`], and
 //! the agent's stdin is closed. Dropping the last clone closes it too, so the agent sees the end
 //! of its input and exits.
+//!
+//! Every wait on the agent is bounded, because the host runs the agent and may stop it
+//! answering. The bound is on silence, not on each request: while the agent owes answers, it
+//! must send something (any byte) within [`StallLimit::allowed`] of the last thing it sent, or
+//! of the request that woke it from idle; otherwise the session ends as a stall
+//! ([`AgentError::Stalled`], transient like a dropped connection). A per-request clock would
+//! count the time a request waits behind the others in flight, which grows with the link's
+//! slowness and the pipeline's depth; a silence clock is reset by every answer, so a slow but
+//! working agent never trips it. Requests that work silently on many bytes (block hashes, a
+//! whole-file digest, a sync) widen the allowed silence by the time their bytes take at the
+//! slowest disk rate assumed; a digest or sync learns its file's size from a Stat sent with it.
 
 use super::protocol::{
     ClientHello, EncodedRequest, Entry, ErrorCode, Frame, MAGIC, PROTOCOL_MAX, PROTOCOL_MIN,
@@ -21,9 +32,16 @@ use super::read_frame;
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{
+    AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter, ReadBuf,
+};
 use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
 
 /// Request frames waiting for the writer task.
 const REQUEST_QUEUE: usize = 32;
@@ -33,6 +51,59 @@ pub const NOT_AGENT_CAP: usize = 4096;
 pub const MAX_IN_FLIGHT: usize = 1 << 20;
 /// Buffers of the streams.
 const STREAM_BUFFER: usize = 256 << 10;
+/// The silence allowed to an agent that owes answers, before the bytes of its work are counted:
+/// as long as an SFTP request may take.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// The slowest rate, in bytes per second, at which an agent is assumed to read, hash or sync
+/// the bytes its requests cover: below a busy spinning disk or a congested network filesystem,
+/// so work that is merely slow is never taken for a stall.
+pub const SLOWEST_DISK_RATE: u64 = 8 << 20;
+/// The longest silence ever allowed, however many bytes the work covers: keeps the arithmetic
+/// finite whatever sizes an agent claims.
+pub const MAX_SILENCE: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// How long an agent that owes answers may send nothing before its session is given up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StallLimit {
+    /// The silence allowed for any work at all.
+    pub base: Duration,
+    /// Bytes per second of the slowest work allowed for on top of `base`.
+    pub bytes_per_second: u64,
+}
+
+impl Default for StallLimit {
+    fn default() -> StallLimit {
+        StallLimit {
+            base: STALL_TIMEOUT,
+            bytes_per_second: SLOWEST_DISK_RATE,
+        }
+    }
+}
+
+impl StallLimit {
+    /// The default, with `base` in whole seconds from `XFER_AGENT_TIMEOUT` when set (tests lower
+    /// it; a user on a link slower than the default allows for raises it).
+    pub fn from_environment() -> StallLimit {
+        let mut limit = StallLimit::default();
+        if let Some(value) = crate::env::var(crate::env::XFER_AGENT_TIMEOUT) {
+            match value.parse::<u64>() {
+                Ok(seconds) if seconds > 0 => limit.base = Duration::from_secs(seconds),
+                _ => tracing::warn!(
+                    "ignoring {}={value:?}: not a whole number of seconds above 0",
+                    crate::env::XFER_AGENT_TIMEOUT
+                ),
+            }
+        }
+        limit
+    }
+
+    /// The silence allowed while the requests in flight cover `bytes` bytes of work, at most
+    /// [`MAX_SILENCE`] (whatever `base` says).
+    pub fn allowed(&self, bytes: u64) -> Duration {
+        let work = Duration::from_secs(bytes / self.bytes_per_second.max(1));
+        self.base.saturating_add(work).min(MAX_SILENCE)
+    }
+}
 
 /// What answered on the other end of the stream.
 #[derive(Debug)]
@@ -50,6 +121,13 @@ pub enum AgentError {
     /// The stream to the agent ended or broke. Transient: a new connection may succeed.
     #[error("the connection to the xfer agent ended")]
     Closed,
+    /// The agent owed answers and sent nothing for this long: the session was given up.
+    /// Transient, as a dropped connection is.
+    #[error(
+        "the xfer agent sent nothing for {} s while answers were due",
+        silence.as_secs()
+    )]
+    Stalled { silence: Duration },
     /// The agent (or this side's request) broke the protocol.
     #[error("xfer agent protocol error: {0}")]
     Protocol(String),
@@ -72,7 +150,7 @@ pub enum AgentError {
 impl AgentError {
     /// Whether the same request on a new connection may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, AgentError::Closed)
+        matches!(self, AgentError::Closed | AgentError::Stalled { .. })
     }
 
     /// The agent's error code, for [`AgentError::Remote`].
@@ -97,6 +175,7 @@ struct Shared {
     requests: mpsc::Sender<EncodedRequest>,
     link: Arc<Link>,
     reader: tokio::task::AbortHandle,
+    watchdog: tokio::task::AbortHandle,
 }
 
 impl Drop for Shared {
@@ -104,27 +183,43 @@ impl Drop for Shared {
         // Nobody can wait for an answer any more. The writer task ends by itself, once it has
         // sent what is queued and closed the agent's stdin.
         self.reader.abort();
+        self.watchdog.abort();
     }
 }
 
-/// What the requests, the reader task and the writer task share.
-#[derive(Default)]
+/// What the requests, the reader task, the writer task and the watchdog share.
 struct Link {
     state: Mutex<State>,
     /// Tells the writer task to close the agent's stdin and stop.
     stop: Notify,
+    /// Wakes every task waiting for the session to end.
+    ended: Notify,
+    /// Tells the watchdog that the agent, idle until now, owes an answer.
+    busy: Notify,
+    /// When the session started: the origin of `heard`.
+    started: Instant,
+    /// When the agent last sent a byte, in nanoseconds since `started`. Kept apart from the
+    /// state's lock, which a read of every chunk should not take.
+    heard: AtomicU64,
 }
 
-#[derive(Default)]
 struct State {
     pending: HashMap<u32, Pending>,
     last_id: u32,
     closed: Option<Closure>,
+    /// When the agent last went from owing nothing to owing an answer.
+    busy_since: Instant,
+    /// The bytes of work that the requests in flight cover.
+    owed_bytes: u64,
+    /// The path each handle opened for writing was opened at, for the size a sync covers.
+    written_paths: HashMap<u64, String>,
 }
 
 /// A request in flight.
 struct Pending {
     expect: ResponseKind,
+    /// The bytes the agent reads, hashes, writes or syncs to answer it.
+    work: u64,
     /// Dropped by the reader once the last answer is routed; sending fails (and the answer is
     /// discarded) when the caller gave up.
     answers: mpsc::UnboundedSender<Response>,
@@ -135,6 +230,7 @@ struct Pending {
 enum Closure {
     Closed,
     Protocol(String),
+    Stalled(Duration),
 }
 
 impl Closure {
@@ -142,11 +238,31 @@ impl Closure {
         match self {
             Closure::Closed => AgentError::Closed,
             Closure::Protocol(message) => AgentError::Protocol(message.clone()),
+            Closure::Stalled(silence) => AgentError::Stalled { silence: *silence },
         }
     }
 }
 
 impl Link {
+    fn new() -> Link {
+        let now = Instant::now();
+        Link {
+            state: Mutex::new(State {
+                pending: HashMap::new(),
+                last_id: 0,
+                closed: None,
+                busy_since: now,
+                owed_bytes: 0,
+                written_paths: HashMap::new(),
+            }),
+            stop: Notify::new(),
+            ended: Notify::new(),
+            busy: Notify::new(),
+            started: now,
+            heard: AtomicU64::new(0),
+        }
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -159,11 +275,25 @@ impl Link {
             if state.closed.is_none() {
                 state.closed = Some(closure);
             }
+            state.owed_bytes = 0;
             std::mem::take(&mut state.pending)
         };
         // Dropping the senders wakes every waiting request.
         drop(pending);
         self.stop.notify_one();
+        self.ended.notify_waiters();
+    }
+
+    /// Returns once the session has ended.
+    async fn ended(&self) {
+        let notified = self.ended.notified();
+        tokio::pin!(notified);
+        // Registered before the check, so a close between the two still wakes it.
+        notified.as_mut().enable();
+        if self.state().closed.is_some() {
+            return;
+        }
+        notified.await;
     }
 
     fn closure_error(&self) -> AgentError {
@@ -173,10 +303,29 @@ impl Link {
             .map_or(AgentError::Closed, Closure::error)
     }
 
-    /// Takes a free request id for a request answered by `expect`.
+    /// Notes that the agent sent something.
+    fn hear(&self) {
+        let since = Instant::now().saturating_duration_since(self.started);
+        let nanos = u64::try_from(since.as_nanos()).unwrap_or(u64::MAX);
+        self.heard.fetch_max(nanos, Ordering::Relaxed);
+    }
+
+    /// When the agent's silence becomes a stall; None while it owes nothing.
+    fn stall_deadline(&self, limit: &StallLimit) -> Option<Instant> {
+        let heard = self.started + Duration::from_nanos(self.heard.load(Ordering::Relaxed));
+        let state = self.state();
+        if state.pending.is_empty() || state.closed.is_some() {
+            return None;
+        }
+        Some(state.busy_since.max(heard) + limit.allowed(state.owed_bytes))
+    }
+
+    /// Takes a free request id for a request answered by `expect` whose answer takes `work`
+    /// bytes of work.
     fn register(
         &self,
         expect: ResponseKind,
+        work: u64,
     ) -> Result<(u32, mpsc::UnboundedReceiver<Response>), AgentError> {
         let mut state = self.state();
         if let Some(closure) = &state.closed {
@@ -193,9 +342,38 @@ impl Link {
                 break state.last_id;
             }
         };
+        if state.pending.is_empty() {
+            // The agent's silence counts from now, not from its last answer.
+            state.busy_since = Instant::now();
+            self.busy.notify_one();
+        }
         let (answers, receiver) = mpsc::unbounded_channel();
-        state.pending.insert(id, Pending { expect, answers });
+        state.owed_bytes = state.owed_bytes.saturating_add(work);
+        state.pending.insert(
+            id,
+            Pending {
+                expect,
+                work,
+                answers,
+            },
+        );
         Ok((id, receiver))
+    }
+
+    /// Removes a request from those in flight.
+    fn forget(state: &mut State, id: u32) -> Option<Pending> {
+        let pending = state.pending.remove(&id)?;
+        state.owed_bytes = state.owed_bytes.saturating_sub(pending.work);
+        Some(pending)
+    }
+
+    /// Widens the silence allowed while request `id` is in flight by `bytes` of work.
+    fn add_work(&self, id: u32, bytes: u64) {
+        let mut state = self.state();
+        if let Some(pending) = state.pending.get_mut(&id) {
+            pending.work = pending.work.saturating_add(bytes);
+            state.owed_bytes = state.owed_bytes.saturating_add(bytes);
+        }
     }
 
     /// Hands one answer frame to the request waiting for it; `Err` ends the session.
@@ -230,7 +408,7 @@ impl Link {
                 _ => true,
             };
             if last {
-                state.pending.remove(&id).map(|pending| pending.answers)
+                Link::forget(&mut state, id).map(|pending| pending.answers)
             } else {
                 Some(pending.answers.clone())
             }
@@ -253,8 +431,30 @@ struct Registration<'a> {
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
         if !self.sent {
-            self.link.state().pending.remove(&self.id);
+            Link::forget(&mut self.link.state(), self.id);
         }
+    }
+}
+
+/// The agent's output, noting on the link when each chunk of it arrives: a byte is progress,
+/// whether or not it completes a frame (a large answer on a slow link takes a while).
+struct Heard<R> {
+    inner: R,
+    link: Arc<Link>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Heard<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buffer.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(context, buffer);
+        if buffer.filled().len() > before {
+            self.link.hear();
+        }
+        polled
     }
 }
 
@@ -275,6 +475,33 @@ async fn read_responses<R: AsyncRead + Unpin>(mut reader: BufReader<R>, link: Ar
         }
     };
     link.close(closure);
+}
+
+/// Ends the session when the agent owes answers and has been silent longer than `limit`
+/// allows. A task of its own rather than a timer around each read: a read cut short by a
+/// timer would lose the part of a frame it had taken.
+async fn watch_for_stalls(link: Arc<Link>, limit: StallLimit) {
+    loop {
+        let Some(deadline) = link.stall_deadline(&limit) else {
+            tokio::select! {
+                () = link.busy.notified() => continue,
+                () = link.ended() => return,
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline) => {}
+            () = link.ended() => return,
+        }
+        // Something may have arrived, or more work been asked for, while it slept.
+        if let Some(deadline) = link.stall_deadline(&limit)
+            && deadline <= Instant::now()
+        {
+            let silence = limit.allowed(link.state().owed_bytes);
+            tracing::debug!(?silence, "the xfer agent stalled");
+            link.close(Closure::Stalled(silence));
+            return;
+        }
+    }
 }
 
 async fn write_requests<W: AsyncWrite + Unpin>(
@@ -311,6 +538,21 @@ async fn write_requests<W: AsyncWrite + Unpin>(
     }
 }
 
+/// The bytes of work the agent does to answer `request`, as far as the request says.
+fn work_of(request: &Request) -> u64 {
+    match request {
+        Request::Read { length, .. } => u64::from(*length),
+        Request::Write { data, .. } => data.len() as u64,
+        Request::ReadFile { max_length, .. } | Request::ReadFileHashed { max_length, .. } => {
+            u64::from(*max_length)
+        }
+        Request::BlockHashes {
+            block_size, count, ..
+        } => u64::from(*block_size).saturating_mul(u64::from(*count)),
+        _ => 0,
+    }
+}
+
 fn unexpected(response: &Response) -> AgentError {
     AgentError::Protocol(format!("an unexpected {:?} answer", response.kind()))
 }
@@ -327,8 +569,10 @@ impl fmt::Debug for AgentClient {
 
 impl AgentClient {
     /// Reads the agent's magic and hello from `reader`, answers with the version to speak on
-    /// `writer`, and starts the session. [`Startup::NotAgent`] when something else answered;
-    /// [`AgentError::VersionMismatch`] (after closing `writer`) when no version is common.
+    /// `writer`, and starts the session, bounded by [`StallLimit::from_environment`].
+    /// [`Startup::NotAgent`] when something else answered; [`AgentError::VersionMismatch`]
+    /// (after closing `writer`) when no version is common. The wait for the hello is the
+    /// caller's to bound.
     pub async fn start<R, W>(reader: R, writer: W) -> Result<Startup, AgentError>
     where
         R: AsyncRead + Unpin + Send + 'static,
@@ -340,13 +584,32 @@ impl AgentClient {
     /// [`AgentClient::start`] speaking the versions `ours.0..=ours.1`.
     pub(crate) async fn start_versions<R, W>(
         reader: R,
-        mut writer: W,
+        writer: W,
         ours: (u16, u16),
     ) -> Result<Startup, AgentError>
     where
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
     {
+        Self::start_limited(reader, writer, ours, StallLimit::from_environment()).await
+    }
+
+    /// [`AgentClient::start_versions`] with the session bounded by `limit`.
+    pub(crate) async fn start_limited<R, W>(
+        reader: R,
+        mut writer: W,
+        ours: (u16, u16),
+        limit: StallLimit,
+    ) -> Result<Startup, AgentError>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let link = Arc::new(Link::new());
+        let reader = Heard {
+            inner: reader,
+            link: Arc::clone(&link),
+        };
         let mut reader = BufReader::with_capacity(STREAM_BUFFER, reader);
         let mut head = Vec::with_capacity(MAGIC.len());
         (&mut reader)
@@ -385,10 +648,10 @@ impl AgentClient {
         writer.write_all(&answer).await?;
         writer.flush().await?;
 
-        let link = Arc::new(Link::default());
         let (requests, queue) = mpsc::channel(REQUEST_QUEUE);
         tokio::spawn(write_requests(writer, queue, Arc::clone(&link)));
         let reader = tokio::spawn(read_responses(reader, Arc::clone(&link))).abort_handle();
+        let watchdog = tokio::spawn(watch_for_stalls(Arc::clone(&link), limit)).abort_handle();
         let client = AgentClient {
             shared: Arc::new(Shared {
                 hello: hello.clone(),
@@ -396,6 +659,7 @@ impl AgentClient {
                 requests,
                 link,
                 reader,
+                watchdog,
             }),
         };
         Ok(Startup::Agent(client, hello))
@@ -416,13 +680,13 @@ impl AgentClient {
         self.shared.link.state().closed.is_some()
     }
 
-    /// Sends a request; the answers come on the receiver.
+    /// Sends a request; the answers come on the receiver, in flight under the id returned.
     async fn send(
         &self,
         request: Request,
-    ) -> Result<mpsc::UnboundedReceiver<Response>, AgentError> {
+    ) -> Result<(u32, mpsc::UnboundedReceiver<Response>), AgentError> {
         let link = &self.shared.link;
-        let (id, answers) = link.register(request.response_kind())?;
+        let (id, answers) = link.register(request.response_kind(), work_of(&request))?;
         let mut registration = Registration {
             link,
             id,
@@ -431,13 +695,16 @@ impl AgentClient {
         let frame = request
             .encode_owned(id)
             .map_err(|error| AgentError::Protocol(format!("cannot send the request: {error}")))?;
-        self.shared
-            .requests
-            .send(frame)
-            .await
-            .map_err(|_| link.closure_error())?;
+        // An agent that stopped reading leaves the queue full: the wait for room ends with the
+        // session.
+        tokio::select! {
+            queued = self.shared.requests.send(frame) => {
+                queued.map_err(|_| link.closure_error())?;
+            }
+            () = link.ended() => return Err(link.closure_error()),
+        }
         registration.sent = true;
-        Ok(answers)
+        Ok((id, answers))
     }
 
     async fn next_answer(
@@ -453,7 +720,25 @@ impl AgentClient {
 
     /// One request, one answer.
     async fn call(&self, request: Request) -> Result<Response, AgentError> {
-        let mut answers = self.send(request).await?;
+        let (_, mut answers) = self.send(request).await?;
+        self.next_answer(&mut answers).await
+    }
+
+    /// One request whose silent work covers the whole file at `path` (a digest, a sync), sent
+    /// right behind a Stat of that file: the size it answers with widens the silence allowed
+    /// while the request runs. No round trip is added; a Stat that fails only leaves the
+    /// allowance for any request.
+    async fn call_covering(&self, request: Request, path: &str) -> Result<Response, AgentError> {
+        let (_, mut size) = self
+            .send(Request::Stat {
+                path: path.to_owned(),
+                follow: true,
+            })
+            .await?;
+        let (id, mut answers) = self.send(request).await?;
+        if let Ok(Response::Entry(Some(entry))) = self.next_answer(&mut size).await {
+            self.shared.link.add_work(id, entry.size);
+        }
         self.next_answer(&mut answers).await
     }
 
@@ -480,7 +765,7 @@ impl AgentClient {
     /// The entries of a directory, without `.` and `..`; an error TooLarge when it has more
     /// than `max_entries`.
     pub async fn list(&self, path: &str, max_entries: usize) -> Result<Vec<Entry>, AgentError> {
-        let mut answers = self
+        let (_, mut answers) = self
             .send(Request::List {
                 path: path.to_owned(),
             })
@@ -541,10 +826,17 @@ impl AgentClient {
     /// Opens a regular file for reading and writing at offsets, creating it (mode 0600) if
     /// missing and never truncating it.
     pub async fn open_write(&self, path: &str) -> Result<u64, AgentError> {
-        self.call_handle(Request::OpenWrite {
-            path: path.to_owned(),
-        })
-        .await
+        let handle = self
+            .call_handle(Request::OpenWrite {
+                path: path.to_owned(),
+            })
+            .await?;
+        self.shared
+            .link
+            .state()
+            .written_paths
+            .insert(handle, path.to_owned());
+        Ok(handle)
     }
 
     /// Up to `length` (≤ `MAX_DATA`) bytes at `offset`: fewer at the end of the file, none
@@ -577,10 +869,21 @@ impl AgentClient {
 
     /// Makes what was written durable (fsync).
     pub async fn sync(&self, handle: u64) -> Result<(), AgentError> {
-        self.call_done(Request::Sync { handle }).await
+        let request = Request::Sync { handle };
+        let path = self.shared.link.state().written_paths.get(&handle).cloned();
+        let answer = match path {
+            // The data to sync is at most the file.
+            Some(path) => self.call_covering(request, &path).await?,
+            None => self.call(request).await?,
+        };
+        match answer {
+            Response::Done => Ok(()),
+            other => Err(unexpected(&other)),
+        }
     }
 
     pub async fn close(&self, handle: u64) -> Result<(), AgentError> {
+        self.shared.link.state().written_paths.remove(&handle);
         self.call_done(Request::Close { handle }).await
     }
 
@@ -706,7 +1009,7 @@ impl AgentClient {
         let request = Request::Digest {
             path: path.to_owned(),
         };
-        match self.call(request).await? {
+        match self.call_covering(request, path).await? {
             Response::Hash(hash) => Ok(hash),
             other => Err(unexpected(&other)),
         }
@@ -1290,7 +1593,14 @@ mod tests {
                 .write_all(&hello.encode().expect("hello"))
                 .await
                 .expect("hello");
-            let startup = AgentClient::start(client_in, client_out).await;
+            // The default bound, whatever the environment says.
+            let startup = AgentClient::start_limited(
+                client_in,
+                client_out,
+                (PROTOCOL_MIN, PROTOCOL_MAX),
+                StallLimit::default(),
+            )
+            .await;
             let Ok(Startup::Agent(client, _)) = startup else {
                 panic!("no agent: {startup:?}");
             };
@@ -1456,5 +1766,238 @@ mod tests {
         fake.answer(id, Response::Entry(Some(entry.clone()))).await;
         assert_eq!(stat.await.expect("no panic").expect("stat"), Some(entry));
         assert!(!client.is_closed());
+    }
+
+    fn file_entry(size: u64) -> Entry {
+        Entry {
+            name: b"f".to_vec(),
+            kind: EntryKind::File,
+            size,
+            mtime: 0,
+            mtime_nanoseconds: 0,
+            mode: 0o644,
+        }
+    }
+
+    #[test]
+    fn the_silence_allowed_grows_with_the_work_up_to_a_cap() {
+        let limit = StallLimit::default();
+        assert_eq!(limit.allowed(0), STALL_TIMEOUT);
+        assert_eq!(
+            limit.allowed(10 * SLOWEST_DISK_RATE),
+            STALL_TIMEOUT + Duration::from_secs(10)
+        );
+        assert_eq!(limit.allowed(u64::MAX), MAX_SILENCE);
+        let lowered = StallLimit {
+            base: Duration::from_secs(2),
+            bytes_per_second: 0,
+        };
+        assert_eq!(lowered.allowed(0), Duration::from_secs(2));
+        assert_eq!(lowered.allowed(u64::MAX), MAX_SILENCE);
+        let raised = StallLimit {
+            base: Duration::from_secs(u64::MAX),
+            bytes_per_second: SLOWEST_DISK_RATE,
+        };
+        assert_eq!(raised.allowed(0), MAX_SILENCE);
+    }
+
+    // The tests below run on the paused clock: the runtime jumps to the next timer whenever
+    // every task waits, so a silence of minutes passes at once.
+
+    #[tokio::test(start_paused = true)]
+    async fn an_agent_silent_after_its_hello_is_given_up() {
+        let (mut fake, client) = FakeAgent::start().await;
+        let stat = tokio::spawn({
+            let client = client.clone();
+            async move { client.stat("/a", false).await }
+        });
+        fake.request().await.expect("the stat");
+        // Just short of the bound, the request still waits.
+        tokio::time::sleep(STALL_TIMEOUT - Duration::from_secs(1)).await;
+        assert!(!stat.is_finished());
+        assert!(!client.is_closed());
+        let result = tokio::time::timeout(PROMPTLY, stat)
+            .await
+            .expect("the stall ends the wait")
+            .expect("no panic");
+        match result {
+            Err(error @ AgentError::Stalled { .. }) => assert!(error.is_transient()),
+            other => panic!("expected a stall, got {other:?}"),
+        }
+        // The session is dead: later requests fail at once, and the agent's stdin is closed.
+        assert!(client.is_closed());
+        assert!(matches!(
+            client.stat("/b", false).await,
+            Err(AgentError::Stalled { .. })
+        ));
+        assert!(fake.request().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_agent_that_keeps_answering_is_never_given_up() {
+        let (mut fake, client) = FakeAgent::start().await;
+        let mut waiting = Vec::new();
+        for index in 0..5 {
+            let client = client.clone();
+            waiting.push(tokio::spawn(async move {
+                client.stat(&format!("/x/{index}"), false).await
+            }));
+        }
+        let mut ids = Vec::new();
+        for _ in 0..5 {
+            ids.push(fake.request().await.expect("a request").0);
+        }
+        // The last answer comes long after the bound, but every answer comes within it.
+        let gap = STALL_TIMEOUT - Duration::from_secs(5);
+        for id in ids {
+            tokio::time::sleep(gap).await;
+            fake.answer(id, Response::Entry(None)).await;
+        }
+        for task in waiting {
+            assert!(matches!(task.await.expect("no panic"), Ok(None)));
+        }
+        assert!(!client.is_closed());
+        // An agent that owes nothing may be silent for ever.
+        tokio::time::sleep(STALL_TIMEOUT * 10).await;
+        assert!(!client.is_closed());
+        // A request to an idle agent counts the silence from when it was sent.
+        let stat = tokio::spawn({
+            let client = client.clone();
+            async move { client.stat("/y", false).await }
+        });
+        let (id, _) = fake.request().await.expect("the stat");
+        tokio::time::sleep(gap).await;
+        fake.answer(id, Response::Entry(None)).await;
+        assert!(matches!(stat.await.expect("no panic"), Ok(None)));
+        assert!(!client.is_closed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_large_answer_trickling_in_is_progress() {
+        let (mut fake, client) = FakeAgent::start().await;
+        let length = 1 << 20;
+        let read = tokio::spawn({
+            let client = client.clone();
+            async move { client.read(1, 0, length).await }
+        });
+        let (id, _) = fake.request().await.expect("the read");
+        let frame = Response::Data(vec![7; length as usize])
+            .encode(id)
+            .expect("encodable");
+        // The whole answer takes many bounds to arrive; its bytes never pause that long.
+        let chunks = 16;
+        for chunk in frame.chunks(frame.len().div_ceil(chunks)) {
+            tokio::time::sleep(STALL_TIMEOUT / 2).await;
+            fake.to_client.write_all(chunk).await.expect("a chunk");
+        }
+        let data = read.await.expect("no panic").expect("the data");
+        assert_eq!(data.len(), length as usize);
+        assert!(!client.is_closed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_work_on_many_bytes_is_allowed_its_time() {
+        let (mut fake, client) = FakeAgent::start().await;
+        // Four GiB of blocks, a silence the base bound alone would not allow.
+        let (block_size, count) = (1u32 << 20, 4096u32);
+        let silence = STALL_TIMEOUT * 5;
+        assert!(StallLimit::default().allowed(u64::from(block_size) * u64::from(count)) > silence);
+        let hashes = tokio::spawn({
+            let client = client.clone();
+            async move { client.block_hashes("/f", block_size, 0, count).await }
+        });
+        let (id, _) = fake.request().await.expect("the block hashes");
+        tokio::time::sleep(silence).await;
+        fake.answer(id, Response::Hashes(vec![[1; 32]])).await;
+        assert_eq!(hashes.await.expect("no panic").expect("hashes").len(), 1);
+
+        // A digest goes out behind a Stat, whose size allows for the hashing.
+        let digest = tokio::spawn({
+            let client = client.clone();
+            async move { client.digest("/f").await }
+        });
+        let (stat_id, stat) = fake.request().await.expect("the stat");
+        assert_eq!(
+            stat,
+            Request::Stat {
+                path: "/f".into(),
+                follow: true
+            }
+        );
+        let (digest_id, request) = fake.request().await.expect("the digest");
+        assert_eq!(request, Request::Digest { path: "/f".into() });
+        fake.answer(stat_id, Response::Entry(Some(file_entry(4 << 30))))
+            .await;
+        tokio::time::sleep(silence).await;
+        fake.answer(digest_id, Response::Hash([7; 32])).await;
+        assert_eq!(digest.await.expect("no panic").expect("digest"), [7; 32]);
+
+        // A sync of a file opened for writing, likewise.
+        let opened = tokio::spawn({
+            let client = client.clone();
+            async move { client.open_write("/w").await }
+        });
+        let (id, _) = fake.request().await.expect("the open");
+        fake.answer(id, Response::Handle(3)).await;
+        assert_eq!(opened.await.expect("no panic").expect("handle"), 3);
+        let sync = tokio::spawn({
+            let client = client.clone();
+            async move { client.sync(3).await }
+        });
+        let (stat_id, stat) = fake.request().await.expect("the stat");
+        assert!(matches!(stat, Request::Stat { path, .. } if path == "/w"));
+        let (sync_id, request) = fake.request().await.expect("the sync");
+        assert_eq!(request, Request::Sync { handle: 3 });
+        fake.answer(stat_id, Response::Entry(Some(file_entry(4 << 30))))
+            .await;
+        tokio::time::sleep(silence).await;
+        fake.answer(sync_id, Response::Done).await;
+        sync.await.expect("no panic").expect("synced");
+        assert!(!client.is_closed());
+
+        // A small file is allowed no more than any request.
+        let digest = tokio::spawn({
+            let client = client.clone();
+            async move { client.digest("/small").await }
+        });
+        let (stat_id, _) = fake.request().await.expect("the stat");
+        fake.request().await.expect("the digest");
+        fake.answer(stat_id, Response::Entry(Some(file_entry(1000))))
+            .await;
+        let result = tokio::time::timeout(silence, digest)
+            .await
+            .expect("stalled within the base bound")
+            .expect("no panic");
+        assert!(
+            matches!(result, Err(AgentError::Stalled { .. })),
+            "{result:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_waiting_on_an_agent_that_stopped_reading_are_released() {
+        // The agent never reads: the pipe, the writer's buffer and the queue fill, and later
+        // requests wait for room.
+        let (fake, client) = FakeAgent::start().await;
+        let mut writes = Vec::new();
+        for index in 0..64u64 {
+            let client = client.clone();
+            writes.push(tokio::spawn(async move {
+                client.write(1, index << 20, vec![0; 1 << 20]).await
+            }));
+        }
+        let bound = StallLimit::default().allowed(64 << 20) + PROMPTLY;
+        for write in writes {
+            let result = tokio::time::timeout(bound, write)
+                .await
+                .expect("released by the stall")
+                .expect("no panic");
+            assert!(
+                matches!(result, Err(AgentError::Stalled { .. })),
+                "{result:?}"
+            );
+        }
+        assert!(client.is_closed());
+        drop(fake);
     }
 }

@@ -1,5 +1,6 @@
-//! `xfer secret push` and `xfer secret check`: read the secret once, then reach every host at
-//! once and print one line per host. The value is never printed, logged or put in an error.
+//! `xfer secret push` and `xfer secret check`: read the secret once (in a process that can no
+//! longer dump core), then reach every host at once and print one line per host. The value is
+//! never printed, logged or put in an error.
 
 use crate::cli::args::{SecretCheckArgs, SecretPushArgs, SecretSourceArgs};
 use crate::cli::settings::ConnectionSettings;
@@ -64,6 +65,7 @@ fn prepare(
         .map(|host| parse_host(host))
         .collect::<Result<Vec<_>>>()?;
     let local = LocalContext::current()?;
+    xfer::secret::process::protect_from_dumps()?;
     let secret = source.read(&local.user)?;
     let settings = ConnectionSettings::from_args(connection)?;
     let mut scrubbed = Vec::new();

@@ -111,19 +111,16 @@ fn check_crlf(item: &mut PlanItem, state: &StateDir, fix_crlf: bool) -> Result<O
         }));
     }
     let converted = crate::engine::crlf::to_lf(&content);
-    let staged = state.converted_path(&item.source);
+    let staged = state.converted_file(&item.source);
     let write = || -> std::io::Result<()> {
-        std::fs::write(&staged, &converted)?;
+        let file = staged.replace(&[&converted], false)?;
         let mtime = std::time::UNIX_EPOCH
             + std::time::Duration::from_secs(u64::try_from(item.mtime).unwrap_or(0));
-        std::fs::File::options()
-            .write(true)
-            .open(&staged)?
-            .set_times(
-                std::fs::FileTimes::new()
-                    .set_modified(mtime)
-                    .set_accessed(mtime),
-            )
+        file.set_times(
+            std::fs::FileTimes::new()
+                .set_modified(mtime)
+                .set_accessed(mtime),
+        )
     };
     write().map_err(|error| {
         Error::local_io(
@@ -131,7 +128,7 @@ fn check_crlf(item: &mut PlanItem, state: &StateDir, fix_crlf: bool) -> Result<O
             error,
         )
     })?;
-    item.source = staged.display().to_string();
+    item.source = staged.path().display().to_string();
     item.size = converted.len() as u64;
     Ok(Some(Skipped {
         path,
@@ -327,22 +324,18 @@ fn truncate_id(mut id: String) -> String {
 
 /// How many blocks a usable journal for this item vouches for, without trusting them yet.
 pub fn journal_blocks(state: &StateDir, direction: Direction, header: &JournalHeader) -> u64 {
-    let path = state.journal_path(
+    let place = state.journal_file(
         direction.as_str(),
         &header.source_id,
         &header.destination_id,
     );
-    let Ok(file) = std::fs::File::open(&path) else {
+    let Ok(Some(file)) = place.open(false) else {
         return 0;
     };
     let Ok(layout) = header.layout() else {
         return 0;
     };
-    let cap = 64 * 1024
-        + layout
-            .block_count()
-            .saturating_mul(journal::RECORD_LEN as u64)
-            .saturating_mul(4);
+    let cap = crate::engine::state::journal_cap(&layout);
     let mut bytes = Vec::new();
     if file.take(cap).read_to_end(&mut bytes).is_err() {
         return 0;

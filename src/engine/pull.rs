@@ -189,12 +189,12 @@ async fn pull_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
         &context.endpoints,
         item,
     );
-    let journal_path =
+    let journal_file =
         context
             .state
-            .journal_path("pull", &header.source_id, &header.destination_id);
+            .journal_file("pull", &header.source_id, &header.destination_id);
     let (mut journal, recorded) = if journaled {
-        let (journal, recorded) = JournalFile::open(&journal_path, &header)?;
+        let (journal, recorded) = JournalFile::open(&journal_file, &header)?;
         (Some(journal), recorded)
     } else {
         (None, BTreeMap::new())

@@ -229,12 +229,12 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
         .map_err(|error| Error::new(ErrorKind::LocalIo, format!("{}: {error}", item.source)))?;
     let journaled = layout.block_count() > 1;
     let header = journal_header(Direction::Push, &context.endpoints, item);
-    let journal_path =
+    let journal_file =
         context
             .state
-            .journal_path("push", &header.source_id, &header.destination_id);
+            .journal_file("push", &header.source_id, &header.destination_id);
     let (mut journal, recorded) = if journaled {
-        let (journal, recorded) = JournalFile::open(&journal_path, &header)?;
+        let (journal, recorded) = JournalFile::open(&journal_file, &header)?;
         (Some(journal), recorded)
     } else {
         (None, BTreeMap::new())

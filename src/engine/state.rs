@@ -7,21 +7,54 @@
 //! record per block that was written and synced. Records are appended after the data they
 //! describe is durable, so a journal never claims a block that is not on disk; a damaged or
 //! stale journal is detected by the codec and ignored, never trusted.
+//!
+//! The directory is private, as what is in it decides what a resume trusts: it and its
+//! subdirectories are created with mode 0700, and a directory another user owns or that group or
+//! others may write is refused. It is held open, and every file is reached beneath a directory
+//! handle ([`StateFile`]): opened with `O_NOFOLLOW`, written under a temporary name created with
+//! `O_EXCL` and mode 0600 and renamed into place, removed with `unlinkat`, so a symbolic link at
+//! a file's name is never followed.
 
 use crate::blocks::BlockHash;
 use crate::blocks::journal::{self, JournalHeader, RECORD_LEN};
 use crate::env;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
+use nix::errno::Errno;
+use nix::fcntl::{self, OFlag};
+use nix::sys::stat::{self, Mode};
+use nix::unistd::{self, UnlinkatFlags};
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-/// The state directory of this user.
+/// The subdirectories xfer keeps its files in.
+const JOURNALS: &str = "journals";
+const UNITS: &str = "units";
+const CONVERTED: &str = "converted";
+/// Mode of the state directory and the subdirectories xfer creates.
+const DIRECTORY_MODE: u32 = 0o700;
+/// Mode of every file xfer writes there.
+const FILE_MODE: u32 = 0o600;
+
+/// The state directory of this user, held open: every file in it is reached by name beneath a
+/// directory handle checked once, never by a path resolved again.
 #[derive(Debug, Clone)]
 pub struct StateDir {
     root: PathBuf,
+    journals: Arc<Directory>,
+    units: Arc<Directory>,
+    converted: Arc<Directory>,
+}
+
+/// An open directory of the state, and its path for messages.
+#[derive(Debug)]
+struct Directory {
+    handle: OwnedFd,
+    path: PathBuf,
 }
 
 impl StateDir {
@@ -42,26 +75,68 @@ impl StateDir {
         StateDir::at(root)
     }
 
+    /// Opens the state directory at `root`, creating it and its subdirectories with mode 0700
+    /// when missing. Refuses (permanently) a directory another user owns or that group or
+    /// others may write: whoever can write there could plant links or forge the journals that
+    /// decide what a resume trusts. The root may be reached through links the user made; its
+    /// subdirectories may not.
     pub fn at(root: PathBuf) -> Result<StateDir> {
-        for directory in [
-            root.clone(),
-            root.join("journals"),
-            root.join("units"),
-            root.join("converted"),
-        ] {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&directory)
-                .map_err(|error| {
-                    Error::local_io(
-                        format!("cannot create the state directory {}", directory.display()),
-                        error,
-                    )
-                    .with_hint("set XFER_STATE_DIR to a directory xfer may write")
-                })?;
-        }
-        Ok(StateDir { root })
+        let open_error = |path: &Path, error| {
+            Error::local_io(
+                format!(
+                    "cannot create or open the state directory {}",
+                    path.display()
+                ),
+                error,
+            )
+            .with_hint("set XFER_STATE_DIR to a directory xfer may write")
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIRECTORY_MODE)
+            .create(&root)
+            .map_err(|error| open_error(&root, error))?;
+        let handle = fcntl::openat(
+            fcntl::AT_FDCWD,
+            &root,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|errno| open_error(&root, io::Error::from(errno)))?;
+        let top = Directory {
+            handle,
+            path: root.clone(),
+        };
+        top.check_private()?;
+        let open = |name: &str| -> Result<Arc<Directory>> {
+            let path = root.join(name);
+            match stat::mkdirat(&top.handle, name, Mode::from_bits_truncate(DIRECTORY_MODE)) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(errno) => return Err(open_error(&path, io::Error::from(errno))),
+            }
+            let handle = fcntl::openat(
+                &top.handle,
+                name,
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|errno| match errno {
+                Errno::ELOOP | Errno::ENOTDIR => refused(
+                    &path,
+                    "it is not a directory (a symbolic link or a file is there)",
+                ),
+                errno => open_error(&path, io::Error::from(errno)),
+            })?;
+            let directory = Directory { handle, path };
+            directory.check_private()?;
+            Ok(Arc::new(directory))
+        };
+        Ok(StateDir {
+            journals: open(JOURNALS)?,
+            units: open(UNITS)?,
+            converted: open(CONVERTED)?,
+            root,
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -69,27 +144,198 @@ impl StateDir {
     }
 
     /// The journal file for one destination file of one transfer.
-    pub fn journal_path(&self, direction: &str, source_id: &str, destination_id: &str) -> PathBuf {
-        self.root.join("journals").join(format!(
-            "{}.journal",
-            state_key(&[direction, source_id, destination_id])
-        ))
+    pub fn journal_file(
+        &self,
+        direction: &str,
+        source_id: &str,
+        destination_id: &str,
+    ) -> StateFile {
+        StateFile {
+            directory: Arc::clone(&self.journals),
+            name: format!(
+                "{}.journal",
+                state_key(&[direction, source_id, destination_id])
+            ),
+        }
     }
 
     /// Where a file converted on the way (`--fix-crlf`) is staged: the converted bytes are
     /// what is sent, resumed and verified.
-    pub fn converted_path(&self, source: &str) -> PathBuf {
-        self.root
-            .join("converted")
-            .join(format!("{}.lf", state_key(&["crlf", source])))
+    pub fn converted_file(&self, source: &str) -> StateFile {
+        StateFile {
+            directory: Arc::clone(&self.converted),
+            name: format!("{}.lf", state_key(&["crlf", source])),
+        }
     }
 
     /// The completion record file for one unit of a transfer.
-    pub fn unit_path(&self, direction: &str, source_id: &str, destination_id: &str) -> PathBuf {
-        self.root.join("units").join(format!(
-            "{}.done",
-            state_key(&[direction, source_id, destination_id])
-        ))
+    pub fn unit_file(&self, direction: &str, source_id: &str, destination_id: &str) -> StateFile {
+        StateFile {
+            directory: Arc::clone(&self.units),
+            name: format!(
+                "{}.done",
+                state_key(&[direction, source_id, destination_id])
+            ),
+        }
+    }
+}
+
+/// A state directory xfer will not use, and why.
+fn refused(path: &Path, reason: &str) -> Error {
+    Error::new(
+        ErrorKind::LocalIo,
+        format!("refusing the state directory {}: {reason}", path.display()),
+    )
+    .with_hint(
+        "xfer's state directory must be yours and writable only by you: chown it to yourself and chmod 700 it, or set XFER_STATE_DIR to a directory of your own",
+    )
+    .transient(false)
+}
+
+impl Directory {
+    /// Refuses the directory unless this user owns it and nobody else may write it.
+    fn check_private(&self) -> Result<()> {
+        let status = stat::fstat(&self.handle).map_err(|errno| {
+            Error::local_io(
+                format!("cannot inspect the state directory {}", self.path.display()),
+                io::Error::from(errno),
+            )
+        })?;
+        let user = unistd::geteuid().as_raw();
+        if status.st_uid != user {
+            return Err(refused(
+                &self.path,
+                &format!(
+                    "it belongs to user id {}, not to you ({user})",
+                    status.st_uid
+                ),
+            ));
+        }
+        if status.st_mode & 0o022 != 0 {
+            return Err(refused(
+                &self.path,
+                &format!(
+                    "its mode {:04o} lets group or others write it",
+                    status.st_mode & 0o7777
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One file of the state directory: the handle of its directory and its name there. Every
+/// operation acts beneath the handle and never follows a symbolic link at the name.
+#[derive(Debug, Clone)]
+pub struct StateFile {
+    directory: Arc<Directory>,
+    name: String,
+}
+
+impl StateFile {
+    /// The file's path, for messages (and for a converted copy, as the source to send).
+    pub fn path(&self) -> PathBuf {
+        self.directory.path.join(&self.name)
+    }
+
+    /// Opens the file when it is there, for reading and, if `write`, appending. A symbolic link
+    /// or anything but a regular file at the name is an error, never followed. A file others
+    /// may read is made private first.
+    pub fn open(&self, write: bool) -> io::Result<Option<File>> {
+        let access = if write {
+            OFlag::O_RDWR
+        } else {
+            OFlag::O_RDONLY
+        };
+        let flags = access | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+        let handle = match fcntl::openat(
+            &self.directory.handle,
+            self.name.as_str(),
+            flags,
+            Mode::empty(),
+        ) {
+            Ok(handle) => handle,
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(errno) => return Err(errno.into()),
+        };
+        let status = stat::fstat(&handle)?;
+        if status.st_mode & nix::libc::S_IFMT != nix::libc::S_IFREG {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not a regular file",
+            ));
+        }
+        // Blocking again: a regular file's reads never wait anyway.
+        fcntl::fcntl(&handle, fcntl::FcntlArg::F_SETFL(access))?;
+        if write && status.st_mode & 0o077 != 0 {
+            stat::fchmod(&handle, Mode::from_bits_truncate(FILE_MODE))?;
+        }
+        Ok(Some(File::from(handle)))
+    }
+
+    /// The whole file when it is there, refused beyond `cap` bytes.
+    pub fn read(&self, cap: u64) -> io::Result<Option<Vec<u8>>> {
+        let Some(file) = self.open(false)? else {
+            return Ok(None);
+        };
+        let mut bytes = Vec::new();
+        file.take(cap.saturating_add(1)).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 > cap {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("larger than {cap} bytes"),
+            ));
+        }
+        Ok(Some(bytes))
+    }
+
+    /// Replaces the file with `parts` written one after the other, mode 0600, synced first
+    /// when `durable`. The bytes go to a temporary name created afresh (`O_EXCL`, so nothing
+    /// there is followed or reused), which is then renamed over the name: a torn write never
+    /// shows under the name, and a link there is replaced, never written through. Returns the
+    /// new file, open for reading and appending.
+    pub fn replace(&self, parts: &[&[u8]], durable: bool) -> io::Result<File> {
+        let directory = &self.directory.handle;
+        let temporary = format!("{}.tmp", self.name);
+        // Left by a run that died mid-write.
+        match unistd::unlinkat(directory, temporary.as_str(), UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(errno) => return Err(errno.into()),
+        }
+        let handle = fcntl::openat(
+            directory,
+            temporary.as_str(),
+            OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(FILE_MODE),
+        )?;
+        let mut file = File::from(handle);
+        let written = parts
+            .iter()
+            .try_for_each(|part| file.write_all(part))
+            .and_then(|()| if durable { file.sync_data() } else { Ok(()) })
+            .and_then(|()| {
+                fcntl::renameat(directory, temporary.as_str(), directory, self.name.as_str())
+                    .map_err(io::Error::from)
+            });
+        if let Err(error) = written {
+            // Best effort: the error that matters is the write's.
+            let _ = unistd::unlinkat(directory, temporary.as_str(), UnlinkatFlags::NoRemoveDir);
+            return Err(error);
+        }
+        // The descriptor follows the file to its new name; appends go on at its end.
+        Ok(file)
+    }
+
+    /// Removes the file (a link at the name is removed itself); absent is not an error.
+    pub fn remove(&self) -> io::Result<()> {
+        match unistd::unlinkat(
+            &self.directory.handle,
+            self.name.as_str(),
+            UnlinkatFlags::NoRemoveDir,
+        ) {
+            Ok(()) | Err(Errno::ENOENT) => Ok(()),
+            Err(errno) => Err(errno.into()),
+        }
     }
 }
 
@@ -111,7 +357,7 @@ fn state_key(parts: &[&str]) -> String {
 /// writeback keeps full): a pull into a copy made a moment earlier waited 0.86 s for that
 /// copy before fetching anything. A journal never written records nothing, as an absent one does.
 pub struct JournalFile {
-    path: PathBuf,
+    place: StateFile,
     file: Backing,
 }
 
@@ -124,13 +370,14 @@ enum Backing {
 }
 
 impl JournalFile {
-    /// Opens the journal at `path` for a transfer described by `header`. Returns the blocks a
+    /// Opens the journal `place` for a transfer described by `header`. Returns the blocks a
     /// previous run recorded, or none if there was no journal or it was damaged or stale (it is
     /// removed then, and a fresh journal replaces it atomically on the first append).
     pub fn open(
-        path: &Path,
+        place: &StateFile,
         header: &JournalHeader,
     ) -> Result<(JournalFile, BTreeMap<u64, BlockHash>)> {
+        let path = place.path();
         let io_error = |what: &str, error| {
             Error::local_io(format!("{what} journal {}", path.display()), error)
         };
@@ -142,12 +389,10 @@ impl JournalFile {
         })?;
         // A journal never needs more than its header and a few records per block; anything
         // larger is not ours to trust or to read whole.
-        let cap = 64 * 1024
-            + layout
-                .block_count()
-                .saturating_mul(RECORD_LEN as u64)
-                .saturating_mul(4);
-        if let Ok(mut existing) = OpenOptions::new().read(true).write(true).open(path) {
+        let cap = journal_cap(&layout);
+        // Anything but a regular file at the name (a link, say) is not a journal: it is
+        // removed below, never followed.
+        if let Ok(Some(mut existing)) = place.open(true) {
             let length = existing.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
             if length <= cap {
                 let mut bytes = Vec::with_capacity(length as usize);
@@ -169,7 +414,7 @@ impl JournalFile {
                             let blocks = decoded.into_blocks();
                             return Ok((
                                 JournalFile {
-                                    path: path.to_path_buf(),
+                                    place: place.clone(),
                                     file: Backing::Open(existing),
                                 },
                                 blocks,
@@ -192,11 +437,9 @@ impl JournalFile {
             }
         }
         // Whatever is there is not to be trusted, now or by a later run.
-        match std::fs::remove_file(path) {
-            Ok(()) => {}
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-            Err(error) => return Err(io_error("cannot remove", error)),
-        }
+        place
+            .remove()
+            .map_err(|error| io_error("cannot remove", error))?;
         let header = journal::encode_header(header).map_err(|error| {
             Error::new(
                 crate::ErrorKind::LocalIo,
@@ -205,37 +448,11 @@ impl JournalFile {
         })?;
         Ok((
             JournalFile {
-                path: path.to_path_buf(),
+                place: place.clone(),
                 file: Backing::Fresh(header),
             },
             BTreeMap::new(),
         ))
-    }
-
-    /// Writes a fresh journal holding the header and `records`, durably, under a temporary
-    /// name first so a torn write never looks like a journal.
-    fn create(path: &Path, header: &[u8], records: &[u8]) -> Result<File> {
-        let io_error = |what: &str, error| {
-            Error::local_io(format!("{what} journal {}", path.display()), error)
-        };
-        let temporary = path.with_extension("journal.tmp");
-        let mut fresh = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&temporary)
-            .map_err(|error| io_error("cannot create", error))?;
-        fresh
-            .write_all(header)
-            .and_then(|()| fresh.write_all(records))
-            .map_err(|error| io_error("cannot write", error))?;
-        fresh
-            .sync_data()
-            .map_err(|error| io_error("cannot sync", error))?;
-        std::fs::rename(&temporary, path).map_err(|error| io_error("cannot install", error))?;
-        // The descriptor follows the file to its new name; appends go on at its end.
-        Ok(fresh)
     }
 
     /// Records blocks whose data is already durable, and makes the records durable too.
@@ -250,7 +467,18 @@ impl JournalFile {
         let file = match &mut self.file {
             Backing::Open(file) => file,
             Backing::Fresh(header) => {
-                self.file = Backing::Open(JournalFile::create(&self.path, header, &bytes)?);
+                // Written durably under a temporary name first, so a torn write never looks
+                // like a journal.
+                let file = self
+                    .place
+                    .replace(&[header, &bytes], true)
+                    .map_err(|error| {
+                        Error::local_io(
+                            format!("cannot create journal {}", self.place.path().display()),
+                            error,
+                        )
+                    })?;
+                self.file = Backing::Open(file);
                 return Ok(());
             }
         };
@@ -258,7 +486,7 @@ impl JournalFile {
             .and_then(|()| file.sync_data())
             .map_err(|error| {
                 Error::local_io(
-                    format!("cannot append to journal {}", self.path.display()),
+                    format!("cannot append to journal {}", self.place.path().display()),
                     error,
                 )
             })
@@ -266,20 +494,27 @@ impl JournalFile {
 
     /// The transfer of the file is verified: the journal has served its purpose.
     pub fn remove(self) -> Result<()> {
-        match std::fs::remove_file(&self.path) {
-            Ok(()) => Ok(()),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(error) => Err(Error::local_io(
-                format!("cannot remove journal {}", self.path.display()),
+        self.place.remove().map_err(|error| {
+            Error::local_io(
+                format!("cannot remove journal {}", self.place.path().display()),
                 error,
-            )),
-        }
+            )
+        })
     }
 }
 
+/// The most bytes a journal for `layout` can need: its header and a few records per block.
+pub fn journal_cap(layout: &crate::blocks::BlockLayout) -> u64 {
+    64 * 1024
+        + layout
+            .block_count()
+            .saturating_mul(RECORD_LEN as u64)
+            .saturating_mul(4)
+}
+
 /// Removes a journal that is no longer wanted (the file turned out to be up to date).
-pub fn discard_journal(path: &Path) {
-    let _ = std::fs::remove_file(path);
+pub fn discard_journal(place: &StateFile) {
+    let _ = place.remove();
 }
 
 #[cfg(test)]
@@ -301,8 +536,9 @@ mod tests {
     fn records_survive_reopening_and_stale_journals_are_dropped() {
         let directory = tempfile::tempdir().unwrap();
         let state = StateDir::at(directory.path().join("state")).unwrap();
-        let path = state.journal_path("pull", "box:22:/data/a", "/tmp/a");
-        let (mut journal, blocks) = JournalFile::open(&path, &header(10_000)).unwrap();
+        let place = state.journal_file("pull", "box:22:/data/a", "/tmp/a");
+        let path = place.path();
+        let (mut journal, blocks) = JournalFile::open(&place, &header(10_000)).unwrap();
         assert!(blocks.is_empty());
         // Nothing recorded yet: nothing written (and no sync paid).
         assert!(!path.exists());
@@ -310,37 +546,37 @@ mod tests {
         assert!(path.exists());
         drop(journal);
 
-        let (journal, blocks) = JournalFile::open(&path, &header(10_000)).unwrap();
+        let (journal, blocks) = JournalFile::open(&place, &header(10_000)).unwrap();
         assert_eq!(blocks.len(), 2);
         assert_eq!(blocks[&2], [3; 32]);
         drop(journal);
 
         // A torn last record is cut off and the rest kept.
         let length = std::fs::metadata(&path).unwrap().len();
-        OpenOptions::new()
+        std::fs::OpenOptions::new()
             .write(true)
             .open(&path)
             .unwrap()
             .set_len(length - 3)
             .unwrap();
-        let (mut journal, blocks) = JournalFile::open(&path, &header(10_000)).unwrap();
+        let (mut journal, blocks) = JournalFile::open(&place, &header(10_000)).unwrap();
         assert_eq!(blocks.keys().copied().collect::<Vec<_>>(), vec![0]);
         journal.append(&[(1, [2; 32])]).unwrap();
         drop(journal);
-        let (_, blocks) = JournalFile::open(&path, &header(10_000)).unwrap();
+        let (_, blocks) = JournalFile::open(&place, &header(10_000)).unwrap();
         assert_eq!(blocks.keys().copied().collect::<Vec<_>>(), vec![0, 1]);
 
         // The source changed size: nothing is trusted, and the stale journal is gone even
         // before anything new is recorded.
-        let (_, blocks) = JournalFile::open(&path, &header(20_000)).unwrap();
+        let (_, blocks) = JournalFile::open(&place, &header(20_000)).unwrap();
         assert!(blocks.is_empty());
         assert!(!path.exists());
-        let (_, blocks) = JournalFile::open(&path, &header(10_000)).unwrap();
+        let (_, blocks) = JournalFile::open(&place, &header(10_000)).unwrap();
         assert!(blocks.is_empty());
 
         // Garbage is ignored, not trusted.
         std::fs::write(&path, b"not a journal at all").unwrap();
-        let (_, blocks) = JournalFile::open(&path, &header(20_000)).unwrap();
+        let (_, blocks) = JournalFile::open(&place, &header(20_000)).unwrap();
         assert!(blocks.is_empty());
     }
 
@@ -348,5 +584,161 @@ mod tests {
     fn state_keys_separate_their_parts() {
         assert_ne!(state_key(&["ab", "c"]), state_key(&["a", "bc"]));
         assert_eq!(state_key(&["a"]).len(), 32);
+    }
+
+    fn mode_of(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::symlink_metadata(path)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    }
+
+    fn set_mode(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    fn assert_refused(result: Result<StateDir>, what: &str) {
+        match result {
+            Err(error) => {
+                assert!(error.message().contains("refusing"), "{error}");
+                assert!(error.message().contains(what), "{error}");
+                assert!(!error.is_transient());
+                assert!(error.hint().is_some());
+            }
+            Ok(state) => panic!("accepted {state:?}"),
+        }
+    }
+
+    #[test]
+    fn a_fresh_state_directory_and_its_files_are_private() {
+        let directory = tempfile::tempdir().unwrap();
+        let root = directory.path().join("new/state");
+        let state = StateDir::at(root.clone()).unwrap();
+        for path in [
+            &root,
+            &root.join(JOURNALS),
+            &root.join(UNITS),
+            &root.join(CONVERTED),
+        ] {
+            assert_eq!(mode_of(path), 0o700, "{}", path.display());
+        }
+        let place = state.journal_file("pull", "a", "b");
+        let (mut journal, _) = JournalFile::open(&place, &header(10_000)).unwrap();
+        journal.append(&[(0, [1; 32])]).unwrap();
+        assert_eq!(mode_of(&place.path()), 0o600);
+        let record = state.unit_file("pull", "a", "b");
+        record.replace(&[b"record"], false).unwrap();
+        assert_eq!(mode_of(&record.path()), 0o600);
+        assert_eq!(record.read(100).unwrap().unwrap(), b"record");
+        let converted = state.converted_file("/src/run.sh");
+        converted.replace(&[b"#!/bin/sh\n"], false).unwrap();
+        assert_eq!(mode_of(&converted.path()), 0o600);
+        // Opening it again finds it as it is.
+        StateDir::at(root).unwrap();
+
+        // A journal left readable by others (an older build) is made private when reopened.
+        set_mode(&place.path(), 0o644);
+        JournalFile::open(&place, &header(10_000)).unwrap();
+        assert_eq!(mode_of(&place.path()), 0o600);
+    }
+
+    #[test]
+    fn a_state_directory_others_may_write_is_refused() {
+        let directory = tempfile::tempdir().unwrap();
+        let root = directory.path().join("state");
+        std::fs::create_dir(&root).unwrap();
+        set_mode(&root, 0o777);
+        assert_refused(StateDir::at(root.clone()), "group or others");
+        set_mode(&root, 0o770);
+        assert_refused(StateDir::at(root.clone()), "group or others");
+        set_mode(&root, 0o755);
+        StateDir::at(root.clone()).unwrap();
+
+        // A subdirectory, likewise.
+        set_mode(&root.join(JOURNALS), 0o757);
+        assert_refused(StateDir::at(root.clone()), "group or others");
+        set_mode(&root.join(JOURNALS), 0o700);
+        StateDir::at(root.clone()).unwrap();
+
+        // A link in place of a subdirectory is not followed, even to a private directory.
+        let elsewhere = directory.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        set_mode(&elsewhere, 0o700);
+        std::fs::remove_dir(root.join(UNITS)).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, root.join(UNITS)).unwrap();
+        assert_refused(StateDir::at(root), "not a directory");
+    }
+
+    #[test]
+    fn a_state_directory_of_another_user_is_refused() {
+        if !unistd::geteuid().is_root() {
+            // Only root can give a directory away; the tests normally run as root.
+            eprintln!("skipped: not running as root");
+            return;
+        }
+        let nobody = Some(unistd::Uid::from_raw(65534));
+        let directory = tempfile::tempdir().unwrap();
+        let root = directory.path().join("state");
+        StateDir::at(root.clone()).unwrap();
+        unistd::chown(&root, nobody, None).unwrap();
+        assert_refused(StateDir::at(root.clone()), "belongs to user id 65534");
+        unistd::chown(&root, Some(unistd::geteuid()), None).unwrap();
+        StateDir::at(root.clone()).unwrap();
+        unistd::chown(&root.join(UNITS), nobody, None).unwrap();
+        assert_refused(StateDir::at(root), "belongs to user id 65534");
+    }
+
+    #[test]
+    fn links_at_the_names_of_state_files_are_never_followed() {
+        let directory = tempfile::tempdir().unwrap();
+        let state = StateDir::at(directory.path().join("state")).unwrap();
+        let victim = directory.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        set_mode(&victim, 0o644);
+        let untouched = || {
+            assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+            assert_eq!(mode_of(&victim), 0o644);
+        };
+        let plant = |path: &Path| std::os::unix::fs::symlink(&victim, path).unwrap();
+        let is_regular_file = |path: &Path| {
+            std::fs::symlink_metadata(path)
+                .unwrap()
+                .file_type()
+                .is_file()
+        };
+
+        // A journal: the link is not read as one, and the first record replaces it.
+        let place = state.journal_file("pull", "a", "b");
+        plant(&place.path());
+        plant(&place.path().with_extension("journal.tmp"));
+        let (mut journal, blocks) = JournalFile::open(&place, &header(10_000)).unwrap();
+        assert!(blocks.is_empty());
+        untouched();
+        journal.append(&[(0, [1; 32])]).unwrap();
+        untouched();
+        assert!(is_regular_file(&place.path()));
+        assert_eq!(mode_of(&place.path()), 0o600);
+        drop(journal);
+        let (_, blocks) = JournalFile::open(&place, &header(10_000)).unwrap();
+        assert_eq!(blocks.len(), 1);
+
+        // A completion record: not read through the link, replaced rather than written
+        // through it, and removing it removes the link.
+        let record = state.unit_file("push", "a", "b");
+        plant(&record.path());
+        assert!(record.read(100).is_err());
+        record.remove().unwrap();
+        untouched();
+        assert!(std::fs::symlink_metadata(record.path()).is_err());
+        plant(&record.path());
+        plant(&record.path().with_extension("done.tmp"));
+        record.replace(&[b"new ", b"record"], false).unwrap();
+        untouched();
+        assert!(is_regular_file(&record.path()));
+        assert_eq!(std::fs::read(record.path()).unwrap(), b"new record");
+        assert!(std::fs::symlink_metadata(record.path().with_extension("done.tmp")).is_err());
     }
 }

@@ -18,7 +18,7 @@ use crate::blocks::record::{CompletionEntry, CompletionRecord, EntryKind as Reco
 use crate::engine::early::EarlyHashes;
 use crate::engine::lanes::Lanes;
 use crate::engine::plan::{self, Action, Direction, Endpoints, Plan, PlanItem};
-use crate::engine::state::StateDir;
+use crate::engine::state::{StateDir, StateFile};
 use crate::engine::{ItemError, Options, Summary, finished, pull, push};
 use crate::error::{Error, ErrorKind, Result};
 use crate::local::{Destination, RelativePath, Timestamp, validate_component};
@@ -804,7 +804,7 @@ async fn attempt_unit(
         )
         .await?;
     }
-    let record_path = record_path(shared, unit);
+    let record_file = record_file(shared, unit);
     let record = completion_record(unit, &plan);
     let everything_current = plan.problems.is_empty()
         && plan
@@ -812,8 +812,10 @@ async fn attempt_unit(
             .iter()
             .all(|item| item.action == Action::UpToDate);
     if everything_current {
-        let recorded = std::fs::read(&record_path)
+        let recorded = record_file
+            .read(crate::blocks::record::MAX_RECORD_LEN as u64)
             .ok()
+            .flatten()
             .and_then(|bytes| CompletionRecord::decode(&bytes).ok());
         if recorded.as_ref() == Some(&record) {
             let mut summary = Summary {
@@ -880,15 +882,15 @@ async fn attempt_unit(
         // Every file verified: record the listing this unit matched.
         match record.encode() {
             Ok(bytes) => {
-                let temporary = record_path.with_extension("done.tmp");
-                if std::fs::write(&temporary, bytes).is_ok() {
-                    let _ = std::fs::rename(&temporary, &record_path);
+                // A record not written only costs a re-run its check.
+                if let Err(error) = record_file.replace(&[&bytes], false) {
+                    tracing::debug!(%error, "no completion record for {}", unit_name(unit));
                 }
             }
             Err(error) => tracing::debug!(%error, "no completion record for {}", unit_name(unit)),
         }
     } else {
-        let _ = std::fs::remove_file(&record_path);
+        let _ = record_file.remove();
     }
     Ok(Attempt::Executed(summary))
 }
@@ -941,7 +943,7 @@ async fn data_session(
     Ok(remote)
 }
 
-fn record_path(shared: &Shared, unit: &Unit) -> PathBuf {
+fn record_file(shared: &Shared, unit: &Unit) -> StateFile {
     let transfer = &shared.transfer;
     let (source, destination) = match transfer.direction {
         Direction::Pull => (
@@ -959,7 +961,7 @@ fn record_path(shared: &Shared, unit: &Unit) -> PathBuf {
     };
     transfer
         .state
-        .unit_path(transfer.direction.as_str(), &source, &destination)
+        .unit_file(transfer.direction.as_str(), &source, &destination)
 }
 
 /// The listing a unit's plan saw, as a completion record.

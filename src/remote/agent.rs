@@ -4,9 +4,9 @@
 //!
 //! The agent's protocol and its request multiplexer live in `crate::agent`; starting or
 //! deploying the agent on a host lives in `deploy`. This module only maps the engine's calls
-//! onto the client and the agent's answers onto xfer's errors: a stream that ended is a
-//! connection failure (transient, retried on a fresh connection), an error the agent reports
-//! about a path is the remote's (permanent).
+//! onto the client and the agent's answers onto xfer's errors: a stream that ended, or an agent
+//! that stalled, is a connection failure (transient, retried on a fresh connection), an error
+//! the agent reports about a path is the remote's (permanent).
 
 use crate::agent::client::{AgentClient, AgentError};
 use crate::agent::protocol::{self, ErrorCode};
@@ -77,6 +77,8 @@ pub fn agent_error(label: &str, action: &str, error: AgentError) -> Error {
         AgentError::Closed => Error::connect(format!(
             "{label}: {action}: the connection to the xfer agent closed"
         )),
+        error @ AgentError::Stalled { .. } => Error::connect(format!("{label}: {action}: {error}"))
+            .with_hint("the agent on the host stopped answering; the work is retried on a new connection (--no-agent uses SFTP instead; XFER_AGENT_TIMEOUT gives a slow host longer)"),
         AgentError::Io(error) => Error::connect(format!(
             "{label}: {action}: the connection to the xfer agent failed: {error}"
         )),

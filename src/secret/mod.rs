@@ -2,4 +2,5 @@
 
 pub mod deliver;
 pub mod netrc;
+pub mod process;
 pub mod source;
