@@ -52,8 +52,8 @@ pub enum Outcome {
     Fallback(String),
 }
 
-/// Exit status of the scripts when the cache directory is unsafe.
-const UNSAFE_CACHE: u32 = 94;
+/// Exit status of the upload script when a write failed and stdin is used up.
+const FULL: u32 = 92;
 /// How long starting (or uploading) may take before the agent is given up.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// An upload may take this long, plus a second for every [`UPLOAD_RATE_FLOOR`] bytes: a link
@@ -61,11 +61,20 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(30);
 const UPLOAD_RATE_FLOOR: usize = 256 * 1024;
 
-/// Shell functions shared by the scripts that touch the cache. `private DIR` holds when DIR is
-/// a real directory (not a symlink), owned by the login user and writable by nobody else, so no
-/// other account can rename, replace or add anything in it. `$HOME` itself may be a symlink
-/// (`/home/x -> /data/x` is common), so it is checked through `$HOME/.`. `stat -c` is GNU and
-/// BusyBox; where it is missing nothing counts as private and the agent is not used.
+/// Shell functions shared by the scripts that touch the cache.
+///
+/// `private DIR` holds when DIR is a real directory (not a symlink), owned by the login user
+/// and writable by nobody else, so no other account can rename, replace or add anything in it.
+/// `shared_root DIR` holds for a directory like `/tmp`: root's, sticky, so nobody can rename
+/// or remove what another user made in it. `$HOME` and `$TMPDIR` may be symlinks (`/home/x ->
+/// /data/x` is common), so they are checked through `DIR/.`. `stat -c` is GNU and BusyBox;
+/// where it is missing nothing counts as private and the agent is not used.
+///
+/// The agent lives in the first usable of these caches, in order: `~/.cache/xfer`;
+/// `$XDG_RUNTIME_DIR/xfer`; `${TMPDIR:-/tmp}/xfer-agent-UID`; `/dev/shm/xfer-agent-UID`. A
+/// cache is usable when the directories above it pass their check (`chain N`) and it is itself
+/// private, so a home that is read-only, full, shared with a group or mounted `noexec` costs
+/// the agent nothing but a place further down the list.
 macro_rules! cache_checks {
     () => {
         r#"private() {
@@ -74,33 +83,55 @@ macro_rules! cache_checks {
   case $mode in ""|*[!0-7]*|*[2367]?|*[2367]) return 1;; esac
   return 0
 }
+shared_root() {
+  [ -d "$1" ] && [ ! -L "$1" ] || return 1
+  [ "$(stat -c %u -- "$1" 2>/dev/null)" = 0 ] || return 1
+  case $(stat -c %a -- "$1" 2>/dev/null) in [1357]???) return 0;; esac
+  return 1
+}
+missing() { [ ! -e "$1" ] && [ ! -L "$1" ]; }
 home=${HOME:-/nonexistent}
-dir=$home/.cache/xfer
+uid=$(id -u 2>/dev/null) || uid=
+tmp_base=${TMPDIR:-/tmp}
+case $tmp_base in /*) ;; *) tmp_base=/tmp;; esac
+runtime=${XDG_RUNTIME_DIR:-}
+case $runtime in /*) ;; *) runtime=;; esac
+cache() {
+  case $1 in
+    1) echo "$home/.cache/xfer" ;;
+    2) [ -n "$runtime" ] && echo "$runtime/xfer" ;;
+    3) [ -n "$uid" ] && echo "$tmp_base/xfer-agent-$uid" ;;
+    4) [ -n "$uid" ] && echo "/dev/shm/xfer-agent-$uid" ;;
+  esac
+}
+chain() {
+  case $1 in
+    1) private "$home/." && { missing "$home/.cache" || private "$home/.cache"; } ;;
+    2) private "$runtime/." ;;
+    3) private "$tmp_base/." || shared_root "$tmp_base/." ;;
+    4) shared_root /dev/shm ;;
+  esac
+}
 "#
     };
 }
 
-/// Runs the cached agent named on the first line of stdin, or prints why not. Every component
-/// from `$HOME` down to the agent must be private ([`cache_checks`]); a component a third
-/// party could replace means "unsafe", and nothing there is run.
+/// Runs the cached agent named on the first line of stdin from the first usable cache that
+/// holds a copy of ours, or prints why not.
 const START_CACHED: &str = concat!(
     cache_checks!(),
     r#"IFS= read -r name || exit 96
 case $name in ""|*/*|.*) exit 96;; esac
-agent=$dir/$name
-safe=yes
-for d in "$home/." "$home/.cache" "$dir"; do
-  if [ -e "$d" ] || [ -L "$d" ]; then
-    private "$d" || { safe=no; break; }
-  else
-    break
+for n in 1 2 3 4; do
+  dir=$(cache $n) || continue
+  [ -n "$dir" ] && chain $n && private "$dir" || continue
+  agent=$dir/$name
+  if [ -f "$agent" ] && [ ! -L "$agent" ] && [ -O "$agent" ] && [ -x "$agent" ]; then
+    mode=$(stat -c %a -- "$agent" 2>/dev/null) || mode=
+    case $mode in ""|*[!0-7]*|*[2367]?|*[2367]) ;; *) exec "$agent" agent;; esac
   fi
 done
-if [ "$safe" = yes ] && [ -f "$agent" ] && [ ! -L "$agent" ] && [ -O "$agent" ] && [ -x "$agent" ]; then
-  mode=$(stat -c %a -- "$agent" 2>/dev/null) || mode=
-  case $mode in ""|*[!0-7]*|*[2367]?|*[2367]) ;; *) exec "$agent" agent;; esac
-fi
-printf "XFER-NO-AGENT\n%s\n%s\n%s\n" "$(uname -s)" "$(uname -m)" "$safe"
+printf "XFER-NO-AGENT\n%s\n%s\n" "$(uname -s 2>/dev/null)" "$(uname -m 2>/dev/null)"
 "#
 );
 
@@ -108,36 +139,64 @@ printf "XFER-NO-AGENT\n%s\n%s\n%s\n" "$(uname -s)" "$(uname -m)" "$safe"
 const START_PATH: &str = r#"IFS= read -r agent || exit 96
 case $agent in "~/"*) agent="${HOME:-/nonexistent}/${agent#"~/"}";; esac
 if [ -f "$agent" ] && [ -x "$agent" ]; then exec "$agent" agent; fi
-printf "XFER-NO-AGENT\n%s\n%s\nmissing\n" "$(uname -s)" "$(uname -m)"
+printf "XFER-NO-AGENT\n%s\n%s\nmissing\n" "$(uname -s 2>/dev/null)" "$(uname -m 2>/dev/null)"
 "#;
 
-/// Writes the executable on stdin (after the name and nonce lines) into the cache. The cache
-/// directories are made private (0700) where missing and checked where present; the upload
-/// lands in a file created exclusively under a random name (noclobber: never an existing file,
-/// never through a symlink), written through that descriptor, and renamed into place.
+/// Writes the executable on stdin (after the name, nonce and first-cache lines) into the first
+/// usable cache, from the one numbered on the third line on, where it also runs. Missing cache
+/// directories are made private (0700); the upload lands in a file created exclusively under a
+/// random name (noclobber: never an existing file, never through a symlink), written through
+/// that descriptor, started once to see that the mount allows programs, and renamed into place.
+/// The executable is read from stdin into the first place that takes it; a place further down
+/// copies it from there. A write that fails (a full disk, a quota) has used up stdin: the
+/// script says `full N` (exit 92) and the client sends it again for the places after N.
+/// Prints `ok DIR`, or why each place could not be used (exit 93).
 const UPLOAD: &str = concat!(
     cache_checks!(),
     r#"IFS= read -r name || exit 96
 IFS= read -r nonce || exit 96
+IFS= read -r first || exit 96
 case $name in ""|*/*|.*) exit 96;; esac
 case $nonce in ""|*[!0-9a-f]*) exit 96;; esac
+case $first in [1-4]) ;; *) exit 96;; esac
 umask 077
-private "$home/." || exit 94
-for d in "$home/.cache" "$dir"; do
-  if [ ! -e "$d" ] && [ ! -L "$d" ]; then mkdir -m 700 -- "$d" || exit 95; fi
-  private "$d" || exit 94
-done
-tmp=$dir/.upload-$nonce
-set -C
-{ command exec 3>"$tmp"; } 2>/dev/null || exit 93
-set +C
-if cat >&3 && exec 3>&- && chmod 700 -- "$tmp" && mv -f -- "$tmp" "$dir/$name"; then
+reasons=
+copy=
+for n in 1 2 3 4; do
+  [ "$n" -ge "$first" ] || continue
+  dir=$(cache $n) || dir=
+  if [ -z "$dir" ]; then continue; fi
+  if ! chain $n; then reasons="$reasons; $dir: a directory above it is a symlink, not yours, or writable by others"; continue; fi
+  if [ $n = 1 ] && missing "$home/.cache"; then mkdir -m 700 -- "$home/.cache" 2>/dev/null; fi
+  if missing "$dir"; then mkdir -m 700 -- "$dir" 2>/dev/null || { reasons="$reasons; $dir: cannot be created (read-only, full or not writable)"; continue; }; fi
+  if ! private "$dir"; then reasons="$reasons; $dir: a symlink, not yours, or writable by others"; continue; fi
+  tmp=$dir/.upload-$nonce
+  set -C
+  if ! { command exec 3>"$tmp"; } 2>/dev/null; then set +C; reasons="$reasons; $dir: cannot create a file there"; continue; fi
+  set +C
+  if [ -z "$copy" ]; then
+    if ! cat >&3; then exec 3>&-; rm -f -- "$tmp"; echo "full $n ${reasons#; }"; exit 92; fi
+    copy=$tmp
+  elif ! cat < "$copy" >&3; then
+    exec 3>&-; rm -f -- "$tmp"; reasons="$reasons; $dir: writing failed (full or over quota)"; continue
+  fi
+  exec 3>&-
+  chmod 700 -- "$tmp" || { reasons="$reasons; $dir: chmod failed"; continue; }
+  if [ "$("$tmp" agent </dev/null 2>/dev/null | dd bs=7 count=1 2>/dev/null)" != XFERAGT ]; then
+    reasons="$reasons; $dir: programs cannot run there (mounted noexec?)"
+    [ "$tmp" = "$copy" ] || rm -f -- "$tmp"
+    continue
+  fi
+  [ "$tmp" = "$copy" ] || rm -f -- "$copy"
+  mv -f -- "$tmp" "$dir/$name" || { rm -f -- "$tmp"; reasons="$reasons; $dir: rename failed"; continue; }
   for old in "$dir/${name%-*}"-*; do
     [ "$old" = "$dir/$name" ] || rm -f -- "$old"
   done
+  echo "ok $dir"
   exit 0
-fi
-rm -f -- "$tmp"
+done
+if [ -n "$copy" ]; then rm -f -- "$copy"; else cat > /dev/null; fi
+echo "${reasons#; }"
 exit 93
 "#
 );
@@ -217,12 +276,12 @@ async fn start_cached(connection: &Arc<Connection>) -> Result<Outcome> {
         Launch::Agent(_) | Launch::Refused(_) => probe(connection).await?,
         Launch::Failed(reason) => return Ok(Outcome::Fallback(reason)),
         Launch::NotAgent(text) => match parse_no_agent(&text) {
-            Some(answer) => {
-                if !answer.cache_safe {
-                    return Ok(Outcome::Fallback(unsafe_cache_reason()));
-                }
-                answer.platform
+            Some(answer) if answer.platform.is_none() => {
+                return Ok(Outcome::Fallback(
+                    "the host has no uname, so which agent it runs is unknown".into(),
+                ));
             }
+            Some(answer) => answer.platform,
             // No answer at all: an agent was there but could not run. Replace it.
             None => probe(connection).await?,
         },
@@ -242,14 +301,27 @@ async fn start_cached(connection: &Arc<Connection>) -> Result<Outcome> {
     }
     // The connections of one run find the agent missing at the same moment: one uploads
     // while the others wait, then they start the copy it left.
-    static UPLOADED: tokio::sync::Mutex<Vec<String>> = tokio::sync::Mutex::const_new(Vec::new());
+    // A failed upload is remembered too, so the others do not each wait for it again.
+    static UPLOADED: tokio::sync::Mutex<Vec<(String, Option<String>)>> =
+        tokio::sync::Mutex::const_new(Vec::new());
     let mut uploaded = UPLOADED.lock().await;
     let host = connection.label().to_string();
-    if !uploaded.contains(&host) {
-        upload(connection, own).await?;
-        uploaded.push(host);
-    }
+    let failed = match uploaded.iter().find(|(done, _)| *done == host) {
+        Some((_, failed)) => failed.clone(),
+        None => {
+            let failed = match upload(connection, own).await {
+                Ok(()) => None,
+                Err(error) if error.is_transient() => return Err(error),
+                Err(error) => Some(error.message().to_string()),
+            };
+            uploaded.push((host, failed.clone()));
+            failed
+        }
+    };
     drop(uploaded);
+    if let Some(reason) = failed {
+        return Ok(Outcome::Fallback(reason));
+    }
     match launch(connection, START_CACHED, &own.name).await? {
         Launch::Agent(client)
             if client.hello().build.executable_blake3 == own.build.executable_blake3 =>
@@ -264,10 +336,6 @@ async fn start_cached(connection: &Arc<Connection>) -> Result<Outcome> {
         )),
         Launch::Refused(reason) | Launch::Failed(reason) => Ok(Outcome::Fallback(reason)),
     }
-}
-
-fn unsafe_cache_reason() -> String {
-    "on the host, ~, ~/.cache or ~/.cache/xfer is a symlink, not owned by you, or writable by others, so another account could replace the agent; not running one from there (fix: chmod go-w ~ ~/.cache ~/.cache/xfer, or remove the symlink)".into()
 }
 
 enum Launch {
@@ -379,7 +447,6 @@ async fn launch(connection: &Arc<Connection>, script: &'static str, line: &str) 
 /// What the start script printed when it did not find a usable agent.
 struct NoAgent {
     platform: Option<(String, String)>,
-    cache_safe: bool,
 }
 
 fn parse_no_agent(text: &[u8]) -> Option<NoAgent> {
@@ -388,12 +455,10 @@ fn parse_no_agent(text: &[u8]) -> Option<NoAgent> {
     if lines.next()? != "XFER-NO-AGENT" {
         return None;
     }
-    let os = lines.next()?.trim().to_string();
-    let machine = lines.next()?.trim().to_string();
-    let cache_safe = lines.next().map(str::trim) != Some("no");
+    let os = lines.next().unwrap_or("").trim().to_string();
+    let machine = lines.next().unwrap_or("").trim().to_string();
     Some(NoAgent {
         platform: (!os.is_empty() && !machine.is_empty()).then_some((os, machine)),
-        cache_safe,
     })
 }
 
@@ -431,41 +496,70 @@ async fn upload(connection: &Arc<Connection>, own: &Own) -> Result<()> {
         )
         .transient(false));
     }
-    let name_line = format!("{}\n{}\n", own.name, random_nonce()).into_bytes();
     tracing::info!(label = %connection.label(), bytes = executable.len(), "uploading the xfer agent");
     let timeout =
         UPLOAD_TIMEOUT + Duration::from_secs((executable.len() / UPLOAD_RATE_FLOOR) as u64);
-    let output = exec::run_owned(
-        connection,
-        UPLOAD,
-        vec![name_line, executable],
-        ExecLimits {
-            max_output: 4096,
-            timeout,
-        },
-    )
-    .await
-    .map_err(|error| {
-        // A slow or stalled upload over a live connection: SFTP it is (the caller falls back
-        // on a permanent error), rather than a retry that waits as long again.
-        if connection.is_closed() {
-            error
-        } else {
-            Error::remote(format!(
-                "uploading the xfer agent did not finish within {} s",
-                timeout.as_secs()
-            ))
-            .transient(false)
+    // Places whose disk filled up while the executable streamed in: tried no more.
+    let mut full = Vec::new();
+    let mut first = 1;
+    loop {
+        let header = format!("{}\n{}\n{first}\n", own.name, random_nonce()).into_bytes();
+        let output = exec::run_owned(
+            connection,
+            UPLOAD,
+            vec![header, executable.clone()],
+            ExecLimits {
+                max_output: 4096,
+                timeout,
+            },
+        )
+        .await
+        .map_err(|error| {
+            // A slow or stalled upload over a live connection: SFTP it is (the caller falls
+            // back on a permanent error), rather than a retry that waits as long again.
+            if connection.is_closed() {
+                error
+            } else {
+                Error::remote(format!(
+                    "uploading the xfer agent did not finish within {} s",
+                    timeout.as_secs()
+                ))
+                .transient(false)
+            }
+        })?;
+        let answer = output.stdout_text();
+        let answer = answer.trim();
+        match output.status {
+            Some(0) if output.success() => {
+                tracing::debug!(label = %connection.label(), "{}", crate::target::printable(answer));
+                return Ok(());
+            }
+            Some(FULL) => {
+                // `full N REASONS`: the place numbered N ran out of room.
+                let mut words = answer.splitn(3, ' ');
+                let place = words.nth(1).and_then(|word| word.parse::<u32>().ok());
+                if let Some(place) = place.filter(|place| (first..4).contains(place)) {
+                    full.push(format!(
+                        "cache {place}: writing failed (full or over quota)"
+                    ));
+                    first = place + 1;
+                    continue;
+                }
+            }
+            _ => {}
         }
-    })?;
-    match output.status {
-        Some(0) => Ok(()),
-        Some(UNSAFE_CACHE) => Err(Error::remote(unsafe_cache_reason()).transient(false)),
-        _ => Err(Error::remote(format!(
-            "uploading the xfer agent failed: {}",
-            output.stderr_text()
+        let mut reasons = full;
+        if !answer.is_empty() {
+            reasons.push(crate::target::printable(answer));
+        } else if !output.started {
+            reasons.push("the login did not run the upload script".into());
+        }
+        return Err(Error::remote(format!(
+            "no place on the host can hold and run the xfer agent: {}",
+            reasons.join("; ")
         ))
-        .transient(false)),
+        .with_hint("free space in ~/.cache, or make ~, ~/.cache and ~/.cache/xfer yours and not writable by others (chmod go-w)")
+        .transient(false));
     }
 }
 
@@ -507,18 +601,149 @@ mod tests {
 
     #[test]
     fn no_agent_answers() {
-        let answer = parse_no_agent(b"XFER-NO-AGENT\nLinux\nx86_64\nyes\n").unwrap();
+        let answer = parse_no_agent(b"XFER-NO-AGENT\nLinux\nx86_64\n").unwrap();
         assert_eq!(
             answer.platform,
             Some(("Linux".to_string(), "x86_64".to_string()))
         );
-        assert!(answer.cache_safe);
-        assert!(
-            !parse_no_agent(b"XFER-NO-AGENT\nLinux\nx86_64\nno\n")
-                .unwrap()
-                .cache_safe
+        assert_eq!(
+            parse_no_agent(b"XFER-NO-AGENT\n\n\n").unwrap().platform,
+            None
         );
         assert!(parse_no_agent(b"").is_none());
         assert!(parse_no_agent(b"hello\n").is_none());
+    }
+
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+
+    /// A stand-in for the executable: it greets like an agent.
+    const FAKE_AGENT: &[u8] = b"#!/bin/sh\necho XFERAGT\n";
+
+    /// Runs a deploy script here as the remote would, with HOME and TMPDIR set and stdin given.
+    fn run_here(script: &str, home: &Path, tmp: &Path, stdin: &[u8]) -> (i32, String) {
+        use std::io::Write;
+        let mut child = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(script)
+            .env("HOME", home)
+            .env("TMPDIR", tmp)
+            .env_remove("XDG_RUNTIME_DIR")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        let output = child.wait_with_output().unwrap();
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    }
+
+    fn private_directory(path: &Path) {
+        std::fs::create_dir_all(path).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+
+    /// A name of its own for each test's agent: /dev/shm, the last place, is the machine's.
+    fn test_name() -> String {
+        format!("agent-test-{}", random_nonce())
+    }
+
+    fn upload_input(name: &str, first: u32) -> Vec<u8> {
+        let mut input = format!("{name}\n{}\n{first}\n", random_nonce()).into_bytes();
+        input.extend_from_slice(FAKE_AGENT);
+        input
+    }
+
+    #[test]
+    fn the_upload_goes_to_the_home_cache_when_it_is_private() {
+        let work = tempfile::tempdir().unwrap();
+        let (home, tmp) = (work.path().join("home"), work.path().join("tmp"));
+        private_directory(&home);
+        private_directory(&tmp);
+        let name = test_name();
+        let (status, output) = run_here(UPLOAD, &home, &tmp, &upload_input(&name, 1));
+        assert_eq!(status, 0, "{output}");
+        let agent = home.join(".cache/xfer").join(&name);
+        assert_eq!(std::fs::read(&agent).unwrap(), FAKE_AGENT);
+        let mode = std::fs::metadata(home.join(".cache"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+        // The start script finds it there (it runs it: the fake prints its greeting).
+        let (status, output) = run_here(START_CACHED, &home, &tmp, format!("{name}\n").as_bytes());
+        assert_eq!((status, output.as_str()), (0, "XFERAGT\n"));
+    }
+
+    #[test]
+    fn a_home_cache_others_can_change_is_passed_over_for_a_private_temporary_one() {
+        let work = tempfile::tempdir().unwrap();
+        let (home, tmp) = (work.path().join("home"), work.path().join("tmp"));
+        private_directory(&home);
+        private_directory(&tmp);
+        std::fs::create_dir_all(home.join(".cache")).unwrap();
+        std::fs::set_permissions(home.join(".cache"), std::fs::Permissions::from_mode(0o775))
+            .unwrap();
+        // A copy planted in the unsafe cache is never run.
+        std::fs::create_dir_all(home.join(".cache/xfer")).unwrap();
+        let name = test_name();
+        let planted = home.join(".cache/xfer").join(&name);
+        std::fs::write(&planted, b"#!/bin/sh\necho PLANTED\n").unwrap();
+        std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let start = format!("{name}\n");
+        let (status, output) = run_here(START_CACHED, &home, &tmp, start.as_bytes());
+        assert_eq!(status, 0);
+        assert!(output.starts_with("XFER-NO-AGENT\n"), "{output}");
+
+        let (status, output) = run_here(UPLOAD, &home, &tmp, &upload_input(&name, 1));
+        assert_eq!(status, 0, "{output}");
+        let uid = nix::unistd::geteuid();
+        let cache = tmp.join(format!("xfer-agent-{uid}"));
+        assert_eq!(output.trim(), format!("ok {}", cache.display()));
+        assert_eq!(std::fs::read(cache.join(&name)).unwrap(), FAKE_AGENT);
+        let (_, output) = run_here(START_CACHED, &home, &tmp, start.as_bytes());
+        assert_eq!(output, "XFERAGT\n");
+    }
+
+    #[test]
+    fn a_symlinked_cache_is_never_followed() {
+        let work = tempfile::tempdir().unwrap();
+        let (home, tmp) = (work.path().join("home"), work.path().join("tmp"));
+        private_directory(&home);
+        private_directory(&tmp);
+        let elsewhere = work.path().join("elsewhere");
+        private_directory(&elsewhere);
+        std::fs::create_dir_all(home.join(".cache")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, home.join(".cache/xfer")).unwrap();
+        let (status, output) = run_here(UPLOAD, &home, &tmp, &upload_input(&test_name(), 1));
+        assert_eq!(status, 0, "{output}");
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn with_no_usable_place_every_reason_is_given() {
+        let work = tempfile::tempdir().unwrap();
+        let (home, tmp) = (work.path().join("home"), work.path().join("tmp"));
+        private_directory(&home);
+        private_directory(&tmp);
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o777)).unwrap();
+        // From the third place on: the temporary directory, and /dev/shm.
+        let name = test_name();
+        let (status, output) = run_here(UPLOAD, &home, &tmp, &upload_input(&name, 1));
+        let shared = format!("/dev/shm/xfer-agent-{}", nix::unistd::geteuid());
+        if status == 0 {
+            // This machine's /dev/shm (root's, sticky) is the last place, and took it.
+            assert_eq!(output.trim(), format!("ok {shared}"));
+            std::fs::remove_file(format!("{shared}/{name}")).unwrap();
+        } else {
+            assert_eq!(status, 93, "{output}");
+            assert!(output.contains(&shared), "{output}");
+        }
+        assert!(!home.join(".cache").exists());
+        assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
     }
 }

@@ -121,46 +121,55 @@ async fn execute(
 ) -> Result<ExecOutput> {
     let label = connection.label().to_string();
     let work = async {
-        let mut channel = connection.open_session().await?;
+        let channel = connection.open_session().await?;
         channel
             .exec(true, command_line(script))
             .await
             .map_err(|error| russh_error(&label, error))?;
-        channel
-            .data(script_input(script))
-            .await
-            .map_err(|error| russh_error(&label, error))?;
-        match stdin {
-            Stdin::Borrowed(bytes) => channel.data(bytes).await,
-            Stdin::Owned(parts) => {
-                let mut sent = Ok(());
-                for part in parts {
-                    sent = channel.data_bytes(part).await;
-                    if sent.is_err() {
-                        break;
+        // Stdin goes out while the answer comes in: a script that ends early (it refused, or
+        // its disk is full) stops reading, and waiting for window to send the rest would wait
+        // for the whole bound.
+        let (mut reader, writer) = channel.split();
+        let send = async {
+            writer.data(script_input(script)).await?;
+            match stdin {
+                Stdin::Borrowed(bytes) => writer.data(bytes).await?,
+                Stdin::Owned(parts) => {
+                    for part in parts {
+                        writer.data_bytes(part).await?;
                     }
                 }
-                sent
             }
-        }
-        .map_err(|error| russh_error(&label, error))?;
-        channel
-            .eof()
-            .await
-            .map_err(|error| russh_error(&label, error))?;
+            writer.eof().await
+        };
+        tokio::pin!(send);
+        let mut sending = true;
+        let mut send_error = None;
         let mut output = ExecOutput::default();
         let mut refused = false;
         loop {
-            // Once the exit status is in, the output still on its way gets a short while, not
-            // the whole bound: a server that never closes the channel after the exit status
-            // (or whose close is lost) must not hold the run.
-            let message = if output.status.is_some() || output.signal.is_some() {
-                match tokio::time::timeout(AFTER_EXIT, channel.wait()).await {
-                    Ok(message) => message,
-                    Err(_) => break,
+            let exited = output.status.is_some() || output.signal.is_some();
+            let message = tokio::select! {
+                sent = &mut send, if sending => {
+                    sending = false;
+                    if let Err(error) = sent {
+                        send_error = Some(error);
+                    }
+                    continue;
                 }
-            } else {
-                channel.wait().await
+                // Once the exit status is in, the output still on its way gets a short while,
+                // not the whole bound: a server that never closes the channel after the exit
+                // status (or whose close is lost) must not hold the run.
+                message = async {
+                    if exited {
+                        tokio::time::timeout(AFTER_EXIT, reader.wait()).await.ok()
+                    } else {
+                        Some(reader.wait().await)
+                    }
+                } => match message {
+                    Some(message) => message,
+                    None => break,
+                },
             };
             let Some(message) = message else { break };
             match message {
@@ -177,6 +186,14 @@ async fn execute(
                 ChannelMsg::Failure => refused = true,
                 _ => {}
             }
+        }
+        // A send that failed matters only when the script gave no answer.
+        if let Some(error) = send_error
+            && output.status.is_none()
+            && output.signal.is_none()
+            && !refused
+        {
+            return Err(russh_error(&label, error));
         }
         match find_marker(&output.stdout) {
             Some(end) => {
