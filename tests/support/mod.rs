@@ -1,6 +1,7 @@
 //! Shared harness for xfer's integration tests: a real OpenSSH server on 127.0.0.1 ([`Sshd`]),
 //! an ssh-agent ([`Agent`]), a byte-counting TCP proxy that can cut or stall links ([`Proxy`]),
-//! key generation, and a way to run the built `xfer` binary that can never hang a test.
+//! key generation, a way to run the built `xfer` binary that can never hang a test, and local
+//! users for tests of a shared host ([`users`]).
 //!
 //! Each test binary includes this with `mod support;` and uses a subset, hence the `allow`s.
 
@@ -9,6 +10,7 @@
 mod agent;
 mod proxy;
 mod sshd;
+pub mod users;
 
 #[allow(unused_imports)]
 pub use agent::Agent;

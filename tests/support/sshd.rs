@@ -33,6 +33,7 @@ pub struct SshdBuilder {
     sftp: bool,
     extra_config: String,
     log_level: String,
+    local_users: bool,
 }
 
 impl Default for SshdBuilder {
@@ -50,6 +51,7 @@ impl SshdBuilder {
             sftp: true,
             extra_config: String::new(),
             log_level: "DEBUG1".to_owned(),
+            local_users: false,
         }
     }
 
@@ -77,6 +79,15 @@ impl SshdBuilder {
     /// sshd's `LogLevel`, e.g. `DEBUG3`.
     pub fn log_level(mut self, level: &str) -> Self {
         self.log_level = level.to_owned();
+        self
+    }
+
+    /// For logins as local users other than the one running the tests (see `super::users`):
+    /// sshd reads authorized_keys with the login's privileges, so the server's directory
+    /// becomes 0711 and authorized_keys 0644; and sessions keep the home sshd gives the login
+    /// (from passwd) instead of the harness's shared remote home, which is not theirs.
+    pub fn local_users(mut self) -> Self {
+        self.local_users = true;
         self
     }
 
@@ -128,6 +139,17 @@ impl Sshd {
         sshd.make_host_key();
         let client_key = keygen(sshd.dir(), "client_key", "ed25519", None);
         sshd.authorize(&public_key_path(&client_key));
+        if sshd.settings.local_users {
+            use std::os::unix::fs::PermissionsExt;
+            // Passable but not listable: the private keys inside stay 0600.
+            for (path, mode) in [
+                (sshd.dir().to_path_buf(), 0o711),
+                (sshd.authorized_keys(), 0o644),
+            ] {
+                fs::set_permissions(&path, fs::Permissions::from_mode(mode))
+                    .unwrap_or_else(|error| panic!("cannot chmod {}: {error}", path.display()));
+            }
+        }
 
         let mut attempts = Vec::new();
         for _ in 0..PORT_ATTEMPTS {
@@ -381,10 +403,12 @@ impl Sshd {
             ("AllowTcpForwarding", "yes".to_owned()),
             ("X11Forwarding", "no".to_owned()),
             ("UseDNS", "no".to_owned()),
+        ];
+        if !self.settings.local_users {
             // The remote's home, where the xfer agent is cached: the harness's, never the
             // user's, with the agent already there (see `remote_home`).
-            ("SetEnv", format!("HOME={}", super::remote_home().display())),
-        ];
+            defaults.push(("SetEnv", format!("HOME={}", super::remote_home().display())));
+        }
         if self.settings.sftp {
             defaults.push(("Subsystem", "sftp internal-sftp".to_owned()));
         }

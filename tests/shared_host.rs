@@ -1,0 +1,1067 @@
+//! Trust on a shared remote host: no third party on the host can redirect a write, read a
+//! secret or run code as the user. Every case runs the built xfer against a real sshd, logged
+//! in as a victim login, while a third-party login that shares a group with it attacks:
+//!
+//! - a push into a directory they share, while the third party swaps the target name with a
+//!   symlink to the victim's private key file (and with one already there), with the agent and
+//!   over SFTP: the key file is never written, truncated or chmodded;
+//! - `xfer secret push` into a group-writable directory (refused unless allowed), among planted
+//!   files and symlinks at the temporary names, onto a directory, and cut mid-value;
+//! - an agent cache the third party could replace (a group-writable `~/.cache`, a symlinked
+//!   cache, a symlinked agent): no agent runs from it;
+//! - logins whose shell is tcsh or fish: pull, push and `secret push` still go through the
+//!   agent and the fixed scripts.
+//!
+//! The users come from `support::users` (created on first use; the tests run as root).
+
+mod support;
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use support::users::{
+    Background, CacheChange, LocalUser, LocalUsers, agent_name, cache_unchanged, chmod, chown,
+    local_users, remove_any, remove_stale, wait_for_sessions_to_end,
+};
+use support::{
+    Proxy, ProxyMode, Sshd, pattern, run_with_input, run_with_timeout, set_mtime, xfer_command,
+};
+
+/// Bound on one run of xfer (a push of a few MiB, or a deployment of the agent).
+const LIMIT: Duration = Duration::from_secs(120);
+/// Bound on the remote processes of a session ending after xfer exits, and on an attacker
+/// stopping once told to.
+const SETTLE: Duration = Duration::from_secs(30);
+/// Pushes raced by the attacker, per mode.
+const RACE_RUNS: u64 = 20;
+/// Pulls raced by the attacker swapping agent caches: the window between xfer's checks and
+/// its start of the agent is narrower than a push's, so it takes more tries to hit.
+const CACHE_RACE_RUNS: u64 = 40;
+/// Larger than three blocks: the push is journaled and sets attributes by path.
+const RACE_FILE_SIZE: usize = 3 * (1 << 20) + 4321;
+
+/// An sshd that lets the shared-host users log in, and an ssh_config with a `Host` per user:
+/// `victim`, `third`, `tcsh`, `fish`.
+struct Host {
+    users: &'static LocalUsers,
+    sshd: Sshd,
+    config: PathBuf,
+}
+
+fn host() -> Host {
+    let users = local_users();
+    let sshd = Sshd::builder().local_users().start();
+    let config = users.victim.client_config(&sshd, "victim");
+    for (alias, user) in [
+        ("third", &users.third_party),
+        ("tcsh", &users.tcsh),
+        ("fish", &users.fish),
+    ] {
+        user.client_config(&sshd, alias);
+    }
+    Host {
+        users,
+        sshd,
+        config,
+    }
+}
+
+impl Host {
+    fn xfer(&self, arguments: &[&str]) -> Command {
+        let mut command = xfer_command();
+        command.args(arguments).arg("-F").arg(&self.config);
+        command
+    }
+
+    fn run(&self, arguments: &[&str]) -> Output {
+        run_with_timeout(&mut self.xfer(arguments), LIMIT)
+    }
+
+    /// `xfer secret push` of `value` (through the environment) to `to` on `alias`.
+    fn push_secret(&self, alias: &str, value: &str, to: &Path, extra: &[&str]) -> Output {
+        let mut command = xfer_command();
+        command
+            .env("XFER_SHARED_HOST_SECRET", value)
+            .args([
+                "secret",
+                "push",
+                "--from-env",
+                "XFER_SHARED_HOST_SECRET",
+                "--to",
+            ])
+            .arg(to)
+            .args(extra)
+            .arg("-F")
+            .arg(&self.config)
+            .arg(alias);
+        run_with_timeout(&mut command, LIMIT)
+    }
+
+    /// Waits for what the remote side of every session still does after xfer exits (a shell
+    /// can go on after its connection dropped), so that what the test reads is final.
+    fn settle(&self) {
+        assert!(
+            wait_for_sessions_to_end(&self.sshd, SETTLE),
+            "processes of sshd's sessions were still running {SETTLE:?} after xfer exited"
+        );
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// stdout and stderr together: `secret push` reports a host's failure on stdout.
+fn said(output: &Output) -> String {
+    format!("{}{}", text(&output.stdout), text(&output.stderr))
+}
+
+fn assert_success(output: &Output, what: &str) {
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n{}",
+        output.status,
+        said(output)
+    );
+}
+
+/// A failure that is an answer, not a crash: a non-zero exit other than a panic's, and a
+/// message that names `path`.
+fn assert_clear_failure(output: &Output, path: &Path, what: &str) {
+    let message = said(output);
+    assert!(
+        output
+            .status
+            .code()
+            .is_some_and(|code| code != 0 && code != 101)
+            && !message.contains("panicked"),
+        "{what} ended badly ({}):\n{message}",
+        output.status
+    );
+    let name = path.file_name().unwrap().to_string_lossy();
+    assert!(
+        message.contains(name.as_ref()),
+        "{what} failed without naming {}:\n{message}",
+        path.display()
+    );
+}
+
+fn assert_no_fallback(output: &Output, what: &str) {
+    assert!(
+        !text(&output.stderr).contains("using SFTP"),
+        "{what} did not use the agent:\n{}",
+        text(&output.stderr)
+    );
+}
+
+/// What `path` is, for messages: kind, owner, mode and size, without following a symlink.
+fn describe(path: &Path) -> String {
+    match fs::symlink_metadata(path) {
+        Err(error) => format!("{}: {error}", path.display()),
+        Ok(metadata) => {
+            let kind = if metadata.file_type().is_symlink() {
+                format!(
+                    "symlink to {}",
+                    fs::read_link(path).unwrap_or_default().display()
+                )
+            } else if metadata.is_dir() {
+                "directory".to_owned()
+            } else {
+                "file".to_owned()
+            };
+            format!(
+                "{}: {kind}, uid {}, mode {:o}, {} bytes",
+                path.display(),
+                metadata.uid(),
+                metadata.mode() & 0o7777,
+                metadata.len()
+            )
+        }
+    }
+}
+
+/// Whether `path` itself is a regular file owned by `user` holding exactly `content`.
+fn holds(path: &Path, user: &LocalUser, content: &[u8]) -> bool {
+    fs::symlink_metadata(path)
+        .is_ok_and(|metadata| metadata.is_file() && metadata.uid() == user.uid)
+        && fs::read(path).is_ok_and(|bytes| bytes == content)
+}
+
+/// A directory in the victim's test directory that the victim shares with the group: owned by
+/// the victim, group [`support::users::SHARED_GROUP`], mode 2770 (no sticky bit), so the third
+/// party may create, rename and remove names in it.
+fn shared_dir(users: &LocalUsers, parent: &Path, name: &str) -> PathBuf {
+    let dir = parent.join(name);
+    fs::create_dir(&dir).unwrap();
+    chown(&dir, users.victim.uid, users.shared_gid);
+    chmod(&dir, 0o2770);
+    dir
+}
+
+/// A private file of the victim's, `~/secretkey-<test>`: the file an attacker wants xfer to
+/// write through a symlink, truncate or chmod.
+struct SecretKey {
+    path: PathBuf,
+    content: Vec<u8>,
+    uid: u32,
+}
+
+impl SecretKey {
+    fn plant(victim: &LocalUser, test: &str) -> SecretKey {
+        // The process id: test processes of other checkouts may run the same test at once.
+        let name = format!("secretkey-{test}");
+        remove_stale(&victim.home, &name);
+        let path = victim.home.join(format!("{name}-{}", std::process::id()));
+        remove_any(&path);
+        let content = format!("-----BEGIN KEY of {test}-----\n")
+            .into_bytes()
+            .into_iter()
+            .chain(pattern(7, 4000))
+            .collect::<Vec<u8>>();
+        victim.write_file(&path, &content, 0o600);
+        SecretKey {
+            path,
+            content,
+            uid: victim.uid,
+        }
+    }
+
+    /// The key file is as planted: a regular file, the victim's, mode 0600, same bytes.
+    fn assert_intact(&self, when: &str) {
+        let metadata = fs::symlink_metadata(&self.path)
+            .unwrap_or_else(|error| panic!("{when}: {}: {error}", self.path.display()));
+        assert!(
+            metadata.is_file()
+                && metadata.uid() == self.uid
+                && metadata.mode() & 0o7777 == 0o600
+                && metadata.len() == self.content.len() as u64,
+            "{when}: the victim's key file changed: {} (was a file of {} bytes, mode 600)",
+            describe(&self.path),
+            self.content.len()
+        );
+        assert!(
+            fs::read(&self.path).unwrap() == self.content,
+            "{when}: the victim's key file was written through"
+        );
+    }
+}
+
+impl Drop for SecretKey {
+    fn drop(&mut self) {
+        // Left for a look when the test failed.
+        if !std::thread::panicking() {
+            remove_any(&self.path);
+        }
+    }
+}
+
+/// The third party's loop, run as the third party: swaps the target name with a symlink to the
+/// victim's key file, atomically (renameat2 RENAME_EXCHANGE), over and over, so that every
+/// look at the name sees the victim's file or the symlink in turn; when nothing is at the name
+/// the symlink takes it. Nothing the victim wrote is ever removed, only moved to the spare
+/// name, so a finished push can be found afterwards. Prints `ready` once started and the number
+/// of swaps when the stop file appears (or after ten minutes, should the test be gone).
+const SWAPPER: &str = r#"
+import ctypes, errno, os, sys, time
+target, spare, link_to, stop = sys.argv[1:5]
+libc = ctypes.CDLL(None, use_errno=True)
+libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+AT_FDCWD, RENAME_NOREPLACE, RENAME_EXCHANGE = -100, 1, 2
+def renameat2(old, new, flags):
+    if libc.renameat2(AT_FDCWD, old.encode(), AT_FDCWD, new.encode(), flags) == 0:
+        return 0
+    return ctypes.get_errno()
+swaps = 0
+deadline = time.monotonic() + 600
+print("ready", flush=True)
+while not os.path.exists(stop) and time.monotonic() < deadline:
+    if not os.path.lexists(spare):
+        try:
+            os.symlink(link_to, spare)
+        except FileExistsError:
+            pass
+    error = renameat2(spare, target, RENAME_EXCHANGE)
+    if error == errno.ENOENT:
+        error = renameat2(spare, target, RENAME_NOREPLACE)
+        if error in (errno.ENOENT, errno.EEXIST):
+            continue
+    if error:
+        sys.exit("renameat2: " + os.strerror(error))
+    swaps += 1
+    time.sleep(0.0002)
+print(swaps, flush=True)
+"#;
+
+/// A running [`SWAPPER`] and its stop file.
+struct Swapper {
+    process: Background,
+    stop: PathBuf,
+    logs: PathBuf,
+}
+
+impl Swapper {
+    /// Starts the loop as the third party and waits until it runs.
+    fn start(
+        third_party: &LocalUser,
+        target: &Path,
+        spare: &Path,
+        link_to: &Path,
+        control: &Path,
+        logs: &Path,
+    ) -> Swapper {
+        let stop = control.join("stop");
+        remove_any(&stop);
+        let mut command = third_party.command("/usr/bin/python3");
+        command
+            .args(["-c", SWAPPER])
+            .arg(target)
+            .arg(spare)
+            .arg(link_to)
+            .arg(&stop);
+        let mut process = Background::start(&mut command, logs, "swapper");
+        let deadline = Instant::now() + SETTLE;
+        while !fs::read_to_string(logs.join("swapper.stdout"))
+            .is_ok_and(|out| out.starts_with("ready"))
+        {
+            assert!(
+                process.running() && Instant::now() < deadline,
+                "the third party's loop did not start: {}",
+                fs::read_to_string(logs.join("swapper.stderr")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Swapper {
+            process,
+            stop,
+            logs: logs.to_path_buf(),
+        }
+    }
+
+    /// Stops the loop; returns how many swaps it made.
+    fn stop(self) -> u64 {
+        fs::write(&self.stop, b"").unwrap();
+        let out = self.process.finish(&self.logs, SETTLE);
+        out.lines()
+            .nth(1)
+            .and_then(|line| line.trim().parse().ok())
+            .unwrap_or_else(|| panic!("the third party's loop printed {out:?}"))
+    }
+}
+
+/// The victim pushes a file of several blocks into a directory shared with the third party,
+/// `RACE_RUNS` times, while the third party swaps the target name with a symlink to the
+/// victim's key file. After every run: the key file is untouched; the push either finished
+/// (its file, the victim's, holds this run's bytes, at the target or wherever the swapping
+/// left it) or failed with a message naming the file.
+fn a_swapped_symlink_never_redirects_a_push(test: &str, mode: &[&str]) {
+    let host = host();
+    let _cache = cache_unchanged(&host.users.victim);
+    let (victim, third_party) = (&host.users.victim, &host.users.third_party);
+    let dir = victim.fresh_dir(test);
+    let shared = shared_dir(host.users, &dir, "shared");
+    let control = third_party.fresh_dir(test);
+    let key = SecretKey::plant(victim, test);
+    let local = tempfile::tempdir().unwrap();
+    let source = local.path().join("data.bin");
+    let target = shared.join("data.bin");
+    let spare = shared.join(".third-party-spare");
+    let remote = format!("victim:{}", target.display());
+    let push = |seed: u64| {
+        let data = pattern(seed, RACE_FILE_SIZE);
+        fs::write(&source, &data).unwrap();
+        // Same size every run: a distinct mtime keeps the quick check from calling it done.
+        set_mtime(&source, 1_600_000_000 + seed as i64);
+        let mut arguments = vec!["push", "--retries", "1", "--retry-wait", "0"];
+        arguments.extend_from_slice(mode);
+        arguments.extend([source.to_str().unwrap(), remote.as_str()]);
+        (host.run(&arguments), data)
+    };
+
+    // Unattacked, the push works: the runs below cannot pass by failing for another reason.
+    let (output, data) = push(1000);
+    assert_success(&output, "the push without an attacker");
+    assert!(holds(&target, victim, &data), "{}", describe(&target));
+
+    let (mut finished, mut refusals) = (0, Vec::new());
+    for run in 1..=RACE_RUNS {
+        let swapper = Swapper::start(
+            third_party,
+            &target,
+            &spare,
+            &key.path,
+            &control,
+            local.path(),
+        );
+        let (output, data) = push(run);
+        let swaps = swapper.stop();
+        host.settle();
+        let when = format!("run {run} ({swaps} swaps)");
+        assert!(swaps > 0, "{when}: the third party never swapped");
+        key.assert_intact(&when);
+        if output.status.success() {
+            finished += 1;
+            // The last swap may have moved the finished file to the spare name.
+            let found = [&target, &spare]
+                .into_iter()
+                .find(|path| holds(path, victim, &data))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{when}: the push reported success but no file of the victim's holds its bytes: {}; {}\n{}",
+                        describe(&target),
+                        describe(&spare),
+                        said(&output)
+                    )
+                });
+            if found != &target {
+                fs::rename(found, &target).unwrap();
+            }
+        } else {
+            assert_clear_failure(&output, &target, &when);
+            refusals.push(said(&output));
+        }
+        remove_any(&spare);
+    }
+    eprintln!(
+        "{test}: {finished} pushes finished, {} refused under the swapping; the first refusal:\n{}",
+        refusals.len(),
+        refusals.first().map_or("", String::as_str)
+    );
+}
+
+#[test]
+fn a_symlink_swapped_in_during_a_push_with_the_agent_never_redirects_it() {
+    a_swapped_symlink_never_redirects_a_push("swap-race-agent", &[]);
+}
+
+#[test]
+fn a_symlink_swapped_in_during_a_push_over_sftp_never_redirects_it() {
+    a_swapped_symlink_never_redirects_a_push("swap-race-sftp", &["--no-agent"]);
+}
+
+/// A symlink to the victim's key file already at the target name, made by the third party:
+/// the push replaces it with a regular file or refuses, and never writes through it.
+#[test]
+fn a_symlink_already_at_the_target_is_replaced_or_refused_never_followed() {
+    let host = host();
+    let _cache = cache_unchanged(&host.users.victim);
+    let (victim, third_party) = (&host.users.victim, &host.users.third_party);
+    let dir = victim.fresh_dir("planted-symlink");
+    let shared = shared_dir(host.users, &dir, "shared");
+    let key = SecretKey::plant(victim, "planted-symlink");
+    let local = tempfile::tempdir().unwrap();
+    for (number, mode) in [&[][..], &["--no-agent"][..]].into_iter().enumerate() {
+        let what = if mode.is_empty() {
+            "with the agent"
+        } else {
+            "over SFTP"
+        };
+        let source = local.path().join(format!("data-{number}.bin"));
+        let data = pattern(50 + number as u64, RACE_FILE_SIZE);
+        fs::write(&source, &data).unwrap();
+        let target = shared.join(format!("data-{number}.bin"));
+        let output = run_with_timeout(
+            third_party
+                .command("ln")
+                .arg("-s")
+                .arg(&key.path)
+                .arg(&target),
+            LIMIT,
+        );
+        assert_success(&output, "the third party's ln -s");
+        let remote = format!("victim:{}", target.display());
+        let mut arguments = vec!["push"];
+        arguments.extend_from_slice(mode);
+        arguments.extend([source.to_str().unwrap(), remote.as_str()]);
+        let output = host.run(&arguments);
+        host.settle();
+        key.assert_intact(what);
+        if output.status.success() {
+            assert!(
+                holds(&target, victim, &data),
+                "{what}: the push reported success, but {}",
+                describe(&target)
+            );
+        } else {
+            assert_clear_failure(&output, &target, what);
+        }
+    }
+}
+
+/// `secret push` into a directory the group can write (no sticky bit) is refused, saying so,
+/// unless `--allow-writable-dir` is given.
+#[test]
+fn a_secret_into_a_group_writable_directory_is_refused_unless_allowed() {
+    let host = host();
+    let victim = &host.users.victim;
+    let dir = victim.fresh_dir("secret-writable-dir");
+    let shared = shared_dir(host.users, &dir, "shared");
+    let target = shared.join("token");
+    let value = "value-for-a-group-writable-directory";
+
+    let output = host.push_secret("victim", value, &target, &[]);
+    assert!(
+        !output.status.success() && said(&output).contains("writable"),
+        "a secret went into a group-writable directory without a word ({}):\n{}",
+        output.status,
+        said(&output)
+    );
+    host.settle();
+    assert!(
+        fs::symlink_metadata(&target).is_err(),
+        "{}",
+        describe(&target)
+    );
+    assert_eq!(files_containing(&shared, value), Vec::<PathBuf>::new());
+
+    let output = host.push_secret("victim", value, &target, &["--allow-writable-dir"]);
+    assert_success(&output, "secret push --allow-writable-dir");
+    host.settle();
+    assert_private_secret(&target, victim, value);
+}
+
+/// Regular files of the tree under `root` (symlinks not followed) that contain `needle`.
+fn files_containing(root: &Path, needle: &str) -> Vec<PathBuf> {
+    walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .into_iter()
+        .flatten()
+        .filter(|entry| entry.file_type().is_file())
+        .filter(|entry| {
+            fs::read(entry.path()).is_ok_and(|bytes| {
+                bytes
+                    .windows(needle.len())
+                    .any(|window| window == needle.as_bytes())
+            })
+        })
+        .map(|entry| entry.path().to_path_buf())
+        .collect()
+}
+
+/// `path` is a regular file of `user`'s, mode 0600, holding exactly `value`.
+fn assert_private_secret(path: &Path, user: &LocalUser, value: &str) {
+    let metadata =
+        fs::symlink_metadata(path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+    assert!(
+        metadata.is_file() && metadata.uid() == user.uid && metadata.mode() & 0o7777 == 0o600,
+        "the secret file is not a 0600 file of {}'s: {}",
+        user.name,
+        describe(path)
+    );
+    assert_eq!(fs::read_to_string(path).unwrap(), value);
+}
+
+/// Plants, as the third party, in a directory: `.xfer-secret.N` for every N from `first` for
+/// `count` numbers (process ids wrap around to 300 past `pid_max`), alternately a file of mode
+/// 0666 and a symlink to the bait; and a symlink to the bait at each further name given.
+const PLANTER: &str = r#"
+import os, sys
+directory, bait = sys.argv[1], sys.argv[2]
+first, count, pid_max = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+for offset in range(count):
+    number = first + offset
+    if number > pid_max:
+        number = number - pid_max + 300
+    path = os.path.join(directory, ".xfer-secret.%d" % number)
+    if number % 2:
+        os.symlink(bait, path)
+    else:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        os.write(descriptor, b"planted by the third party\n")
+        os.fchmod(descriptor, 0o666)
+        os.close(descriptor)
+for name in sys.argv[6:]:
+    os.symlink(bait, os.path.join(directory, name))
+"#;
+
+fn read_number(path: &str) -> u64 {
+    fs::read_to_string(path)
+        .unwrap_or_else(|error| panic!("cannot read {path}: {error}"))
+        .trim()
+        .parse()
+        .unwrap_or_else(|error| panic!("{path}: {error}"))
+}
+
+/// With `--allow-writable-dir`, the third party has planted files (mode 0666) and symlinks (to
+/// a file of its own that anyone may write) at the temporary names the old script used
+/// (`.xfer-secret.<pid of the remote shell>`, for the next few thousand process ids) and at
+/// other likely temporary names. After the push, none of them holds the value, no symlink was
+/// written through, and the target is a 0600 file of the victim's with the value.
+#[test]
+fn planted_temporary_names_are_neither_reused_nor_followed() {
+    let host = host();
+    let (victim, third_party) = (&host.users.victim, &host.users.third_party);
+    let dir = victim.fresh_dir("secret-planted-names");
+    let shared = shared_dir(host.users, &dir, "shared");
+    let target = shared.join("token");
+    let bait_dir = third_party.fresh_dir("secret-planted-names");
+    let bait = bait_dir.join("bait");
+    let bait_content = b"the third party's file, which anyone may write\n";
+    third_party.write_file(&bait, bait_content, 0o666);
+    let likely = [
+        ".xfer-secret",
+        ".xfer-secret.tmp",
+        ".token.tmp",
+        "token.tmp",
+        ".token.new",
+        "token.new",
+        ".token.xfer-tmp",
+        ".token.swp",
+        "token~",
+    ];
+    // The remote shell's process id is among the next ones this machine hands out.
+    let first = read_number("/proc/sys/kernel/ns_last_pid") + 1;
+    let pid_max = read_number("/proc/sys/kernel/pid_max");
+    let count = 4000;
+    let mut command = third_party.command("/usr/bin/python3");
+    command
+        .args(["-c", PLANTER])
+        .arg(&shared)
+        .arg(&bait)
+        .args([first.to_string(), count.to_string(), pid_max.to_string()])
+        .args(likely);
+    assert_success(&run_with_timeout(&mut command, LIMIT), "planting");
+    let planted: Vec<PathBuf> = fs::read_dir(&shared)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    assert_eq!(planted.len(), count as usize + likely.len());
+
+    let value = format!("planted-names-value-{}", std::process::id());
+    let output = host.push_secret("victim", &value, &target, &["--allow-writable-dir"]);
+    assert_success(&output, "secret push --allow-writable-dir");
+    host.settle();
+    assert_eq!(
+        fs::read(&bait).unwrap(),
+        bait_content,
+        "a planted symlink was written through"
+    );
+    assert_eq!(
+        files_containing(&shared, &value),
+        vec![target.clone()],
+        "the value is in a file besides the target"
+    );
+    for path in &planted {
+        if let Ok(metadata) = fs::symlink_metadata(path)
+            && metadata.is_file()
+        {
+            assert_eq!(
+                metadata.uid(),
+                third_party.uid,
+                "{} is no longer the third party's",
+                path.display()
+            );
+        }
+    }
+    assert_private_secret(&target, victim, &value);
+}
+
+/// `--to` naming an existing directory is refused; nothing is created inside it.
+#[test]
+fn a_secret_onto_an_existing_directory_is_refused() {
+    let host = host();
+    let victim = &host.users.victim;
+    let dir = victim.fresh_dir("secret-onto-directory");
+    let target = dir.join("existing");
+    fs::create_dir(&target).unwrap();
+    victim.own(&target);
+    chmod(&target, 0o700);
+    let value = "value-onto-a-directory";
+    let output = host.push_secret("victim", value, &target, &[]);
+    host.settle();
+    assert!(
+        !output.status.success(),
+        "a secret pushed onto a directory reported success:\n{}",
+        said(&output)
+    );
+    assert_clear_failure(&output, &target, "secret push onto a directory");
+    let inside: Vec<_> = fs::read_dir(&target)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert!(inside.is_empty(), "files were created inside: {inside:?}");
+    assert_eq!(files_containing(&dir, value), Vec::<PathBuf>::new());
+}
+
+/// A value cut off mid-stream (the connection dropped by a proxy after K bytes, for several K
+/// inside the value) leaves the previous file whole, and the message says the connection was
+/// lost, not that the login may lack a POSIX sh.
+#[test]
+fn a_secret_cut_mid_value_leaves_the_previous_file_whole() {
+    const VALUE_SIZE: usize = 900_000;
+    let host = host();
+    let victim = &host.users.victim;
+    let dir = victim.fresh_dir("secret-cut");
+    let private = dir.join("private");
+    fs::create_dir(&private).unwrap();
+    victim.own(&private);
+    chmod(&private, 0o700);
+    let proxy = Proxy::start(host.sshd.port());
+    let via = host.sshd.write_client_config(
+        "victim-via-proxy",
+        &[
+            &format!("User {}", victim.name),
+            &format!("Port {}", proxy.port()),
+        ],
+    );
+    // Printable, so the value is valid for any source; different for every attempt. On stdin:
+    // an environment variable cannot hold that much.
+    let push = |seed: u64, to: &Path| -> Output {
+        let value: Vec<u8> = pattern(seed, VALUE_SIZE)
+            .iter()
+            .map(|byte| b'a' + byte % 26)
+            .collect();
+        let mut command = xfer_command();
+        command
+            .args(["secret", "push", "--stdin", "--to"])
+            .arg(to)
+            .arg("-F")
+            .arg(&via)
+            .arg("victim-via-proxy");
+        run_with_input(&mut command, &value, LIMIT)
+    };
+
+    // The bytes of a whole push: the cuts are placed inside the value's share of them.
+    let measured = private.join("measured");
+    let output = push(1, &measured);
+    assert_success(&output, "the push through the proxy");
+    let whole = proxy.bytes_total();
+    assert!(whole > VALUE_SIZE as u64, "the proxy counted {whole} bytes");
+    let overhead = whole - VALUE_SIZE as u64;
+
+    let target = private.join("token");
+    let previous = "the previous value, which must survive";
+    victim.write_file(&target, previous.as_bytes(), 0o600);
+    for (attempt, share) in [0.05, 0.3, 0.5, 0.7, 0.95].into_iter().enumerate() {
+        let cut = overhead + (VALUE_SIZE as f64 * share) as u64;
+        proxy.set_mode(ProxyMode::CutEachAfter(cut));
+        let output = push(10 + attempt as u64, &target);
+        proxy.set_mode(ProxyMode::Pass);
+        host.settle();
+        let when = format!("cut after {cut} of {whole} bytes");
+        assert!(proxy.cuts() > 0, "{when}: the proxy cut nothing");
+        assert!(
+            !output.status.success(),
+            "{when}: the push reported success:\n{}",
+            said(&output)
+        );
+        assert!(
+            fs::read(&target).unwrap() == previous.as_bytes(),
+            "{when}: the previous file was replaced: {}",
+            describe(&target)
+        );
+        assert_eq!(
+            fs::metadata(&target).unwrap().permissions().mode() & 0o7777,
+            0o600,
+            "{when}"
+        );
+        let message = said(&output).to_lowercase();
+        assert!(
+            !message.contains("posix sh")
+                && message.contains("connection")
+                && ["lost", "dropped", "closed", "reset"]
+                    .iter()
+                    .any(|word| message.contains(word)),
+            "{when}: the message does not say the connection was lost:\n{}",
+            said(&output)
+        );
+    }
+}
+
+/// A remote tree for pull tests: files around the block size, owned by `user`.
+fn remote_tree(user: &LocalUser, root: &Path) {
+    fs::create_dir_all(root.join("a/b")).unwrap();
+    fs::write(root.join("small.txt"), pattern(1, 3000)).unwrap();
+    fs::write(root.join("a/block.bin"), pattern(2, 1 << 20)).unwrap();
+    fs::write(root.join("a/b/several.bin"), pattern(3, 3 * (1 << 20) + 77)).unwrap();
+    user.own_tree(root);
+}
+
+/// Per path under `root`: kind, mode, size and content hash.
+fn tree(root: &Path) -> Vec<(String, String)> {
+    walkdir::WalkDir::new(root)
+        .sort_by_file_name()
+        .into_iter()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            let relative = entry
+                .path()
+                .strip_prefix(root)
+                .unwrap()
+                .display()
+                .to_string();
+            let metadata = entry.path().symlink_metadata().unwrap();
+            let value = if metadata.is_dir() {
+                "dir".to_owned()
+            } else {
+                format!(
+                    "{:o} {} {}",
+                    metadata.mode() & 0o7777,
+                    metadata.len(),
+                    blake3::hash(&fs::read(entry.path()).unwrap()).to_hex()
+                )
+            };
+            (relative, value)
+        })
+        .collect()
+}
+
+/// A wrapper the third party would like the victim to run as its agent: leaves a marker, then
+/// runs the real agent so that the transfer works and nothing looks amiss.
+fn agent_wrapper(marker: &Path, real_agent: &Path) -> String {
+    format!(
+        "#!/bin/sh\necho ran >> '{}'\nexec '{}' \"$@\"\n",
+        marker.display(),
+        real_agent.display()
+    )
+}
+
+/// A pull and a push as the victim, which must both work and leave `marker` absent.
+fn transfers_run_no_planted_agent(host: &Host, remote_dir: &Path, marker: &Path, when: &str) {
+    let local = tempfile::tempdir().unwrap();
+    let source = remote_dir.join("source");
+    let output = host.run(&[
+        "pull",
+        &format!("victim:{}", source.display()),
+        local.path().join("copy").to_str().unwrap(),
+    ]);
+    assert_success(&output, &format!("{when}: the pull"));
+    assert!(
+        fs::symlink_metadata(marker).is_err(),
+        "{when}: the pull ran the planted agent"
+    );
+    assert_eq!(tree(&source), tree(&local.path().join("copy")), "{when}");
+    let pushed = remote_dir.join(format!("pushed-{}", when.replace(' ', "-")));
+    let output = host.run(&[
+        "push",
+        local.path().join("copy").to_str().unwrap(),
+        &format!("victim:{}", pushed.display()),
+    ]);
+    assert_success(&output, &format!("{when}: the push"));
+    host.settle();
+    assert!(
+        fs::symlink_metadata(marker).is_err(),
+        "{when}: the push ran the planted agent"
+    );
+    assert_eq!(tree(&source), tree(&pushed), "{when}");
+}
+
+/// The victim's directory for a cache test: the remote tree, a copy of the real agent the
+/// wrapper runs, and where the wrapper leaves its marker. Returns (directory, marker, wrapper
+/// text).
+fn cache_test_dir(victim: &LocalUser, test: &str) -> (PathBuf, PathBuf, String) {
+    let dir = victim.fresh_dir(test);
+    remote_tree(victim, &dir.join("source"));
+    let real_agent = dir.join("real-agent");
+    fs::copy(env!("CARGO_BIN_EXE_xfer"), &real_agent).unwrap();
+    victim.own(&real_agent);
+    chmod(&real_agent, 0o755);
+    let marker = dir.join("marker");
+    let wrapper = agent_wrapper(&marker, &real_agent);
+    (dir, marker, wrapper)
+}
+
+/// Runs `script` with `sh -c` as `user`, with `arguments` as $1...; panics if it fails.
+fn sh_as(user: &LocalUser, script: &str, arguments: &[&Path]) {
+    let mut command = user.command("/bin/sh");
+    command.args(["-c", script, "sh"]).args(arguments);
+    assert_success(
+        &run_with_timeout(&mut command, LIMIT),
+        &format!("{script} as {}", user.name),
+    );
+}
+
+/// Makes `~/.cache` the victim's but writable by the shared group, as on a host where group
+/// members share a cache.
+fn group_writable_cache_parent(host: &Host) {
+    let cache_parent = host.users.victim.home.join(".cache");
+    chown(&cache_parent, host.users.victim.uid, host.users.shared_gid);
+    chmod(&cache_parent, 0o2775);
+}
+
+/// The victim's `~/.cache` is writable by the group: the third party moves the victim's agent
+/// cache aside and puts its own in its place, with a wrapper at the agent's exact name; then
+/// swaps its cache and the victim's in a loop while the victim pulls. No run of xfer runs the
+/// wrapper, and every transfer works (by SFTP or from a safe place).
+#[test]
+fn a_cache_in_a_directory_others_can_write_runs_no_planted_agent() {
+    let host = host();
+    let (victim, third_party) = (&host.users.victim, &host.users.third_party);
+    let _change = CacheChange::take(victim);
+    let (dir, marker, wrapper) = cache_test_dir(victim, "cache-parent-writable");
+    group_writable_cache_parent(&host);
+    let cache = victim.agent_cache();
+    let moved = victim.home.join(".cache/xfer-moved-aside");
+
+    // Replaced outright: the third party's directory at the cache's name.
+    sh_as(
+        third_party,
+        "mv \"$1\" \"$2\" && mkdir -m 755 \"$1\" && printf %s \"$3\" > \"$1/$4\" && chmod 755 \"$1/$4\"",
+        &[&cache, &moved, Path::new(&wrapper), Path::new(agent_name())],
+    );
+    transfers_run_no_planted_agent(&host, &dir, &marker, "cache replaced");
+
+    // Swapped back and forth with the victim's own while xfer looks at it and starts it.
+    let evil = victim.home.join(".cache/xfer-third-party");
+    remove_any(&evil);
+    fs::rename(&cache, &evil).unwrap();
+    remove_any(&cache);
+    fs::rename(&moved, &cache).unwrap();
+    let control = third_party.fresh_dir("cache-parent-writable");
+    let logs = tempfile::tempdir().unwrap();
+    let local = tempfile::tempdir().unwrap();
+    let source = dir.join("source/small.txt");
+    for run in 0..CACHE_RACE_RUNS {
+        let swapper = Swapper::start(third_party, &cache, &evil, &evil, &control, logs.path());
+        let copy = local.path().join(format!("copy-{run}"));
+        let output = host.run(&[
+            "pull",
+            &format!("victim:{}", source.display()),
+            copy.to_str().unwrap(),
+        ]);
+        let swaps = swapper.stop();
+        host.settle();
+        let when = format!("run {run} ({swaps} swaps)");
+        assert!(
+            fs::symlink_metadata(&marker).is_err(),
+            "{when}: the planted agent ran"
+        );
+        assert_success(&output, &when);
+        assert_eq!(
+            fs::read(&copy).unwrap(),
+            fs::read(&source).unwrap(),
+            "{when}"
+        );
+    }
+}
+
+/// `~/.cache/xfer` is a symlink to a directory of the third party's that anyone may write,
+/// holding a wrapper at the agent's name: made by the third party through a group-writable
+/// `~/.cache`, or left by the victim in a `~/.cache` of its own. It is never followed: no agent
+/// runs from it, nothing is written into it, and the transfers work.
+#[test]
+fn a_cache_symlinked_to_a_third_party_directory_is_not_followed() {
+    let host = host();
+    let (victim, third_party) = (&host.users.victim, &host.users.third_party);
+    let _change = CacheChange::take(victim);
+    let (dir, marker, wrapper) = cache_test_dir(victim, "cache-symlinked");
+    let evil = third_party.fresh_dir("cache-symlinked").join("cache");
+    fs::create_dir(&evil).unwrap();
+    let planted = evil.join(agent_name());
+    third_party.write_file(&planted, wrapper.as_bytes(), 0o755);
+    third_party.own(&evil);
+    chmod(&evil, 0o777);
+    let cache = victim.agent_cache();
+    let listing = |path: &Path| -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(path)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+
+    group_writable_cache_parent(&host);
+    sh_as(
+        third_party,
+        "mv \"$1\" \"$1-moved-aside\" && ln -s \"$2\" \"$1\"",
+        &[&cache, &evil],
+    );
+    transfers_run_no_planted_agent(&host, &dir, &marker, "symlinked by the third party");
+    assert_eq!(listing(&evil), vec![agent_name().to_owned()]);
+    assert_eq!(fs::read_to_string(&planted).unwrap(), wrapper);
+
+    victim.reset_cache(false);
+    std::os::unix::fs::symlink(&evil, &cache).unwrap();
+    victim.own(&cache);
+    transfers_run_no_planted_agent(&host, &dir, &marker, "symlinked in a private cache");
+    assert_eq!(listing(&evil), vec![agent_name().to_owned()]);
+    assert_eq!(fs::read_to_string(&planted).unwrap(), wrapper);
+}
+
+/// The agent's file in the victim's own cache is a symlink: to the third party's wrapper, or to
+/// a wrapper of the victim's own in a directory the third party can write (so could replace).
+/// Neither is executed, and the transfers work.
+#[test]
+fn a_symlink_at_the_agent_path_is_not_executed() {
+    let host = host();
+    let (victim, third_party) = (&host.users.victim, &host.users.third_party);
+    let _change = CacheChange::take(victim);
+    let (dir, marker, wrapper) = cache_test_dir(victim, "cache-agent-symlink");
+    let agent = victim.agent_path();
+
+    let theirs = third_party.fresh_dir("cache-agent-symlink").join("agent");
+    third_party.write_file(&theirs, wrapper.as_bytes(), 0o755);
+    remove_any(&agent);
+    std::os::unix::fs::symlink(&theirs, &agent).unwrap();
+    victim.own(&agent);
+    transfers_run_no_planted_agent(&host, &dir, &marker, "a link to the third party's file");
+
+    victim.reset_cache(true);
+    let shared = shared_dir(host.users, &dir, "shared");
+    let own_in_shared = shared.join("agent");
+    victim.write_file(&own_in_shared, wrapper.as_bytes(), 0o700);
+    remove_any(&agent);
+    std::os::unix::fs::symlink(&own_in_shared, &agent).unwrap();
+    victim.own(&agent);
+    transfers_run_no_planted_agent(&host, &dir, &marker, "a link into a shared directory");
+}
+
+/// Pull, push (through the agent, deployed through this login shell into an empty cache) and
+/// `secret push` for a login whose shell is not the POSIX sh the scripts are written in.
+fn a_login_shell_other_than_sh_still_gets_the_agent(user: &LocalUser, alias: &str, test: &str) {
+    let host = host();
+    // Empty, so the agent is deployed through the login shell too.
+    let _change = CacheChange::take(user);
+    user.reset_cache(false);
+    let dir = user.fresh_dir(test);
+    remote_tree(user, &dir.join("source"));
+    let local = tempfile::tempdir().unwrap();
+    let copy = local.path().join("copy");
+
+    let output = host.run(&[
+        "pull",
+        &format!("{alias}:{}", dir.join("source").display()),
+        copy.to_str().unwrap(),
+    ]);
+    assert_success(&output, "the pull");
+    assert_no_fallback(&output, "the pull");
+    assert_eq!(tree(&dir.join("source")), tree(&copy));
+    let deployed = user.agent_path();
+    assert!(
+        fs::read(&deployed)
+            .is_ok_and(|bytes| bytes == fs::read(env!("CARGO_BIN_EXE_xfer")).unwrap()),
+        "the agent was not deployed: {}",
+        describe(&deployed)
+    );
+
+    let output = host.run(&[
+        "push",
+        copy.to_str().unwrap(),
+        &format!("{alias}:{}", dir.join("pushed").display()),
+    ]);
+    assert_success(&output, "the push");
+    assert_no_fallback(&output, "the push");
+    assert_eq!(tree(&copy), tree(&dir.join("pushed")));
+
+    let target = dir.join("secrets/token");
+    let value = format!("a secret for {alias}");
+    let output = host.push_secret(alias, &value, &target, &[]);
+    assert_success(&output, "secret push");
+    host.settle();
+    assert_private_secret(&target, user, &value);
+}
+
+#[test]
+fn a_tcsh_login_pulls_pushes_and_takes_secrets_through_the_agent() {
+    let users = local_users();
+    a_login_shell_other_than_sh_still_gets_the_agent(&users.tcsh, "tcsh", "login-shell-tcsh");
+}
+
+#[test]
+fn a_fish_login_pulls_pushes_and_takes_secrets_through_the_agent() {
+    let users = local_users();
+    a_login_shell_other_than_sh_still_gets_the_agent(&users.fish, "fish", "login-shell-fish");
+}
