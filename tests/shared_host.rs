@@ -10,7 +10,9 @@
 //! - an agent cache the third party could replace (a group-writable `~/.cache`, a symlinked
 //!   cache, a symlinked agent): no agent runs from it;
 //! - logins whose shell is tcsh or fish: pull, push and `secret push` still go through the
-//!   agent and the fixed scripts.
+//!   agent and the fixed scripts;
+//! - remote paths with `~`, `~user`, relative and empty, as scp reads them, for a login that is
+//!   not root.
 //!
 //! The users come from `support::users` (created on first use; the tests run as root).
 
@@ -1064,4 +1066,71 @@ fn a_tcsh_login_pulls_pushes_and_takes_secrets_through_the_agent() {
 fn a_fish_login_pulls_pushes_and_takes_secrets_through_the_agent() {
     let users = local_users();
     a_login_shell_other_than_sh_still_gets_the_agent(&users.fish, "fish", "login-shell-fish");
+}
+
+/// Remote paths mean what they mean to scp and sftp, for a login that is not root, through
+/// the agent and over SFTP: `~/x`, `x` (from the login directory), `~user/x`, and `host:` (the
+/// login directory itself). None of them makes a directory literally named `~`.
+#[test]
+fn tilde_relative_and_empty_remote_paths_mean_what_they_mean_to_scp() {
+    let host = host();
+    let victim = &host.users.victim;
+    let _cache = cache_unchanged(victim);
+    let dir = victim.fresh_dir("tilde-paths");
+    let relative = dir
+        .strip_prefix(&victim.home)
+        .unwrap()
+        .display()
+        .to_string();
+    let local = tempfile::tempdir().unwrap();
+    let source = local.path().join("source.bin");
+    fs::write(&source, pattern(41, RACE_FILE_SIZE)).unwrap();
+    let source_text = source.to_str().unwrap();
+    for (mode, extra) in [("agent", &[][..]), ("sftp", &["--no-agent"][..])] {
+        let forms = [
+            (format!("~/{relative}/{mode}-home/x"), "home/x"),
+            (format!("{relative}/{mode}-relative/x"), "relative/x"),
+            (
+                format!("~{}/{relative}/{mode}-user/x", victim.name),
+                "user/x",
+            ),
+        ];
+        for (form, landed) in &forms {
+            let mut arguments = vec!["push", source_text];
+            let remote = format!("victim:{form}");
+            arguments.push(&remote);
+            arguments.extend_from_slice(extra);
+            let output = host.run(&arguments);
+            assert_success(&output, &format!("push to {remote} ({mode})"));
+            let arrived = dir.join(format!("{mode}-{landed}"));
+            assert_eq!(
+                fs::read(&arrived).ok(),
+                Some(fs::read(&source).unwrap()),
+                "{remote} did not arrive at {}",
+                arrived.display()
+            );
+        }
+        let copy = local.path().join(format!("pulled-{mode}"));
+        let remote = format!("victim:~/{relative}/{mode}-home/x");
+        let mut arguments = vec!["pull", &remote, copy.to_str().unwrap()];
+        arguments.extend_from_slice(extra);
+        assert_success(&host.run(&arguments), &format!("pull of {remote} ({mode})"));
+        assert_eq!(fs::read(&copy).unwrap(), fs::read(&source).unwrap());
+    }
+    // `host:` is the login directory.
+    let name = format!("xfer-login-directory-{}.bin", std::process::id());
+    let named = local.path().join(&name);
+    fs::copy(&source, &named).unwrap();
+    let output = host.run(&["push", named.to_str().unwrap(), "victim:"]);
+    let landed = victim.home.join(&name);
+    let arrived = fs::read(&landed).ok();
+    remove_any(&landed);
+    assert_success(&output, "push to victim:");
+    assert_eq!(arrived, Some(fs::read(&source).unwrap()));
+    for literal in ["~", &format!("~{}", victim.name)] {
+        assert!(
+            !victim.home.join(literal).exists() && !dir.join(literal).exists(),
+            "a directory named {literal} was made"
+        );
+    }
 }
