@@ -51,6 +51,13 @@ pub enum Listing {
     Names(Vec<Listed>),
     /// Batches of `batch` distinct file names, forever.
     Endless { batch: usize },
+    /// Batches of `batch` file names, `name(0)`, `name(1)`, ..., `total` in all or forever when
+    /// `None`: the shape of a huge directory, honest or not.
+    Generated {
+        batch: usize,
+        name: fn(u64) -> String,
+        total: Option<u64>,
+    },
     /// The same names (none, or only `.` and `..`, say) in every reply, forever.
     Repeating(Vec<String>),
     /// Opening the directory fails with this status and message.
@@ -708,6 +715,23 @@ impl russh_sftp::server::Handler for Sftp {
                     )
                 })
                 .collect(),
+            Listing::Generated { batch, name, total } => {
+                let first = reply * *batch as u64;
+                let end = total.map_or(first + *batch as u64, |total| {
+                    total.min(first + *batch as u64)
+                });
+                if first >= end {
+                    return Err(StatusReply::new(StatusCode::Eof));
+                }
+                (first..end)
+                    .map(|number| {
+                        File::new(
+                            name(number),
+                            attributes(TYPE_FILE | 0o644, 0, DEFAULT_MTIME),
+                        )
+                    })
+                    .collect()
+            }
             Listing::Repeating(names) => names
                 .iter()
                 .map(|name| {
