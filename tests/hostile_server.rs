@@ -22,8 +22,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use hostile::{
-    DEFAULT_MTIME, FakeFile, FakeServer, Listed, Listing, Node, TYPE_DIRECTORY, TYPE_FILE,
-    TYPE_SYMLINK, Tree, attributes,
+    DEFAULT_MTIME, FakeFile, FakeServer, Listed, Listing, LyingAgent, Node, TYPE_DIRECTORY,
+    TYPE_FILE, TYPE_SYMLINK, Tree, attributes,
 };
 use russh_sftp::protocol::StatusCode;
 use tempfile::TempDir;
@@ -1151,6 +1151,69 @@ fn the_summary_keeps_a_bounded_number_of_skipped_entries() {
     assert_eq!(
         skipped[kept]["reason"],
         format!("and {left_out} more skipped entries, not listed")
+    );
+    scene.assert_nothing_outside_changed();
+}
+
+/// `--agent PATH` runs whatever agent answers at PATH, whatever its build: a lying server can
+/// run one of its own.
+const AGENT_OPTIONS: [&str; 2] = ["--agent", "/opt/xfer/agent"];
+
+#[test]
+fn an_agent_listing_the_longest_names_forever_stops_at_the_byte_cap() {
+    // Names of 255 bytes, the most the protocol carries, in batches as large as it allows.
+    let agent = LyingAgent {
+        name_length: 255,
+        batch: 4096,
+    };
+    let scene = Scene::with_server(FakeServer::start_agent(agent));
+    let (output, peak_kib) = scene.pull_measured(&AGENT_OPTIONS, PULL_LIMIT);
+    assert_no_crash(&output);
+    assert_terminal_safe(&output);
+    assert_failed(&output);
+    assert!(
+        scene
+            .server
+            .requests()
+            .contains(&format!("list {REMOTE_ROOT}")),
+        "xfer did not list over the agent"
+    );
+    assert!(
+        text(&output.stderr).contains(&format!(
+            "listing {REMOTE_ROOT}: its names take more than 128 MiB"
+        )),
+        "the error does not say which cap the listing went over"
+    );
+    assert!(
+        peak_kib < MEMORY_BOUND_KIB,
+        "xfer's resident memory peaked at {} MiB",
+        peak_kib >> 10
+    );
+    scene.assert_nothing_outside_changed();
+}
+
+#[test]
+fn an_agent_sending_a_name_over_the_cap_breaks_the_protocol() {
+    // One name of 4,000 bytes is not a path component: the frame is refused as it is decoded.
+    let agent = LyingAgent {
+        name_length: 4000,
+        batch: 10,
+    };
+    let scene = Scene::with_server(FakeServer::start_agent(agent));
+    let (output, peak_kib) = scene.pull_measured(&AGENT_OPTIONS, PULL_LIMIT);
+    assert_no_crash(&output);
+    assert_terminal_safe(&output);
+    assert_failed(&output);
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains(&format!("listing {REMOTE_ROOT}: xfer agent: "))
+            && stderr.contains("entry name of 4000 bytes is over the cap of 255"),
+        "the error does not say the agent sent a name over the cap"
+    );
+    assert!(
+        peak_kib < MEMORY_BOUND_KIB,
+        "xfer's resident memory peaked at {} MiB",
+        peak_kib >> 10
     );
     scene.assert_nothing_outside_changed();
 }
