@@ -23,9 +23,10 @@ pub const MAX_DIRECTORY_ENTRIES: usize = 2_000_000;
 /// entry itself (48 bytes), its name's allocation and the list's spare room.
 pub const ENTRY_OVERHEAD: usize = 64;
 /// The most bytes one directory listing may count, names plus [`ENTRY_OVERHEAD`] each: a
-/// million entries with 40-byte names count 99 MiB and are listed, while what a server can
-/// make xfer hold with long names, or with many short ones, stays far below 256 MiB (the
-/// longest listing weighs about what it counts; the most entries at least 64 bytes each).
+/// million entries with 40-byte names count 99 MiB and are listed, while a listing a server
+/// makes as heavy as it can (long names, or as many short ones as the caps let through) keeps
+/// xfer under 256 MiB: a listing of long names weighs about what it counts, one of short names
+/// at most half as much again.
 pub const MAX_LISTING_BYTES: usize = 128 << 20;
 
 /// Caps on one directory listing, checked as its entries arrive, before they are kept.
