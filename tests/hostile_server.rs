@@ -4,7 +4,9 @@
 //! outside the destination, prints what it refuses only in terminal-safe form, fails a lying
 //! file without presenting partial data as complete (the remote mtime is set only after
 //! verification) while the honest files still arrive, does not allocate what a claimed size
-//! asks for, and stops when a listing or a tree never ends.
+//! asks for, and stops when a listing or a tree never ends. Where a listing is what the server
+//! makes large (endless, huge names, a deep tree of long names), the tests also measure xfer's
+//! peak resident memory.
 
 mod hostile;
 mod support;
@@ -20,12 +22,14 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use hostile::{
-    DEFAULT_MTIME, FakeFile, FakeServer, Listed, Listing, Node, TYPE_DIRECTORY, TYPE_FILE,
-    TYPE_SYMLINK, Tree, attributes,
+    DEFAULT_MTIME, FakeFile, FakeServer, Listed, Listing, LyingAgent, Node, TYPE_DIRECTORY,
+    TYPE_FILE, TYPE_SYMLINK, Tree, attributes,
 };
 use russh_sftp::protocol::StatusCode;
 use tempfile::TempDir;
-use xfer::local::printable;
+use xfer::engine::plan::{MAX_REFUSED_SHOWN, REFUSED_NAME_CHARS};
+use xfer::local::{printable, printable_cut};
+use xfer::remote::{ENTRY_OVERHEAD, MAX_LISTING_BYTES};
 
 /// The remote root every fake tree is served at.
 const REMOTE_ROOT: &str = "/tree";
@@ -39,6 +43,9 @@ const PULL_LIMIT: Duration = Duration::from_secs(60);
 /// enough), and keeps a runaway allocation from taking the whole machine (xfer aborts
 /// instead, which the tests report).
 const ADDRESS_SPACE_LIMIT_KIB: u64 = 2 << 20;
+
+/// Resident memory a server may make xfer use while it refuses what it lists, in KiB: 256 MiB.
+const MEMORY_BOUND_KIB: u64 = 256 << 10;
 
 /// The mtime the lying files claim, so a test can tell whether xfer marked them complete.
 const LYING_MTIME: u32 = 1_234_567_890;
@@ -117,6 +124,11 @@ impl Scene {
 
     /// [`Scene::pull`] with more options.
     fn pull_with(&self, options: &[&str], limit: Duration) -> Output {
+        self.pull_measured(options, limit).0
+    }
+
+    /// [`Scene::pull_with`], also returning xfer's peak resident memory in KiB.
+    fn pull_measured(&self, options: &[&str], limit: Duration) -> (Output, u64) {
         let source = format!("evil:{REMOTE_ROOT}");
         let mut arguments: Vec<&OsStr> = vec![
             "pull".as_ref(),
@@ -127,16 +139,17 @@ impl Scene {
         arguments.extend(options.iter().map(OsStr::new));
         arguments.extend([OsStr::new(&source), self.destination.as_os_str()]);
         let started = Instant::now();
-        let output =
-            support::run_with_timeout(&mut limited(support::xfer_command(), &arguments), limit);
+        let (output, peak_kib) =
+            support::run_measuring_memory(&mut limited(support::xfer_command(), &arguments), limit);
         eprintln!(
-            "xfer exited with {} after {:.1} s\n--- stderr ---\n{}--- stdout ---\n{}",
+            "xfer exited with {} after {:.1} s, peak resident memory {} MiB\n--- stderr ---\n{}--- stdout ---\n{}",
             output.status,
             started.elapsed().as_secs_f64(),
+            peak_kib / 1024,
             tail(&shown(&output.stderr), 6000),
             tail(&shown(&output.stdout), 2000)
         );
-        output
+        (output, peak_kib)
     }
 
     fn local(&self, relative: &str) -> PathBuf {
@@ -492,12 +505,14 @@ fn hostile_names_are_refused_and_the_good_files_arrive() {
 
     let stderr = text(&output.stderr);
     for name in refused.iter().copied().chain(["../evil-dir"]) {
+        // A long name is shown cut short.
+        let shown = printable_cut(name.as_bytes(), REFUSED_NAME_CHARS);
         assert!(
-            stderr.contains(&printable(name.as_bytes())),
-            "the refusal of {} is not reported",
-            printable(name.as_bytes())
+            stderr.contains(&shown),
+            "the refusal of {shown} is not reported"
         );
     }
+    assert!(!stderr.contains(&long_name), "a long name is shown whole");
     // Refused names are never even asked for.
     let allowed = ["", "/good.txt", "/setuid", "/sub", "/sub/inner.txt"]
         .map(|path| format!("{REMOTE_ROOT}{path}"));
@@ -812,25 +827,143 @@ fn a_claimed_size_the_disk_can_hold_sparse_is_fetched_in_bounded_memory() {
 }
 
 #[test]
-fn a_listing_that_never_ends_stops_at_the_entry_cap() {
-    let cap = xfer::remote::sftp::MAX_DIRECTORY_ENTRIES as u64;
+fn a_listing_that_never_ends_stops_at_its_cap() {
+    // The names are `endless-` and nine digits: the cap on bytes comes before the one on
+    // entries.
+    let name_bytes = "endless-000000000".len() + ENTRY_OVERHEAD;
+    let cap = (MAX_LISTING_BYTES / name_bytes) as u64;
+    assert!(cap < xfer::remote::MAX_DIRECTORY_ENTRIES as u64);
     // Big batches reach the cap in a few thousand replies (seconds, even in a debug build).
     const BATCH: usize = 1000;
     let mut tree = Tree::new(REMOTE_ROOT);
     tree.set("", Node::Directory(Listing::Endless { batch: BATCH }));
     let scene = Scene::new(tree);
-    let output = scene.pull(PULL_LIMIT);
+    let (output, peak_kib) = scene.pull_measured(&[], PULL_LIMIT);
     assert_no_crash(&output);
     assert_terminal_safe(&output);
     assert_failed(&output);
+    // The most entries the caps let through, each short: what a listing weighs at most.
     assert!(
-        text(&output.stderr).contains(&cap.to_string()),
-        "the error does not mention the cap of {cap} entries"
+        peak_kib < MEMORY_BOUND_KIB,
+        "xfer's resident memory peaked at {} MiB",
+        peak_kib >> 10
+    );
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "listing {REMOTE_ROOT}: its names take more than 128 MiB"
+        )),
+        "the error does not say which cap the listing went over"
     );
     let listed = scene.server.record.names_listed.load(Ordering::Relaxed);
     assert!(
         listed <= cap + 2 * BATCH as u64,
         "xfer read {listed} names, well past the cap"
+    );
+    scene.assert_nothing_outside_changed();
+}
+
+/// A name of 4,000 bytes, each different: the shape of the listing that once took 3 GiB.
+fn huge_name(number: u64) -> String {
+    let mut name = format!("{number:09}");
+    name.extend(std::iter::repeat_n('n', 4000 - name.len()));
+    name
+}
+
+#[test]
+fn a_listing_of_huge_names_fails_its_directory_in_bounded_memory() {
+    // Endless batches of 4,000-byte names in one directory: under the entry cap for a long
+    // time, but not under the cap on bytes. That directory fails; the rest of the tree arrives.
+    const BATCH: usize = 50;
+    let mut tree = honest_tree();
+    tree.add("", "huge", Node::directory()).set(
+        "huge",
+        Node::Directory(Listing::Generated {
+            batch: BATCH,
+            name: huge_name,
+            total: None,
+        }),
+    );
+    let scene = Scene::new(tree);
+    let (output, peak_kib) = scene.pull_measured(&[], PULL_LIMIT);
+    assert_no_crash(&output);
+    assert_terminal_safe(&output);
+    assert_failed(&output);
+    assert_arrived(&scene.local("good.txt"), GOOD);
+    assert_arrived(&scene.local("sub/inner.txt"), INNER);
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "127.0.0.1:{}): listing {REMOTE_ROOT}/huge: its names take more than 128 MiB",
+            scene.server.port
+        )),
+        "the error does not name the host, the directory and the cap"
+    );
+    assert!(
+        stderr.contains("xfer holds a directory's whole listing in memory"),
+        "the error does not say what to do"
+    );
+    let cap = (MAX_LISTING_BYTES / (4000 + ENTRY_OVERHEAD)) as u64;
+    let listed = scene.server.record.names_listed.load(Ordering::Relaxed);
+    assert!(
+        listed <= cap + 2 * BATCH as u64,
+        "xfer read {listed} names, past the cap of {cap}"
+    );
+    assert!(
+        peak_kib < MEMORY_BOUND_KIB,
+        "xfer's resident memory peaked at {} MiB",
+        peak_kib >> 10
+    );
+    scene.assert_nothing_outside_changed();
+}
+
+/// A name the plan refuses (a control character), 200 bytes long, each different.
+fn refused_name(number: u64) -> String {
+    format!("bad\x1b[2J{number:09}{}", "x".repeat(188))
+}
+
+#[test]
+fn many_refused_names_are_reported_briefly() {
+    // 5,000 names with a terminal escape: each is refused, a few are shown, cut short, and
+    // the others counted.
+    const REFUSED: u64 = 5000;
+    let mut tree = honest_tree();
+    tree.add("", "names", Node::directory()).set(
+        "names",
+        Node::Directory(Listing::Generated {
+            batch: 500,
+            name: refused_name,
+            total: Some(REFUSED),
+        }),
+    );
+    let scene = Scene::new(tree);
+    let output = scene.pull(PULL_LIMIT);
+    assert_no_crash(&output);
+    assert_terminal_safe(&output);
+    assert_eq!(output.status.code(), Some(0), "refusals are not failures");
+    assert_arrived(&scene.local("good.txt"), GOOD);
+    let stderr = text(&output.stderr);
+    let shown: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.contains("bad\\x1b[2J"))
+        .collect();
+    assert_eq!(
+        shown.len(),
+        MAX_REFUSED_SHOWN,
+        "refused names shown:\n{}",
+        shown.join("\n")
+    );
+    for line in &shown {
+        assert!(
+            line.contains("...: refused name from the server"),
+            "a refused name is not cut short: {line}"
+        );
+        assert!(line.len() < 300, "a refusal line is {} bytes", line.len());
+    }
+    let more = REFUSED - MAX_REFUSED_SHOWN as u64;
+    assert!(
+        stderr.contains(&format!("and {more} more names refused from the server")),
+        "the names not shown are not counted"
     );
     scene.assert_nothing_outside_changed();
 }
@@ -927,4 +1060,160 @@ fn a_shell_only_endpoint_is_explained_not_hung_on() {
         message.contains("refuses the SFTP subsystem") && message.contains("xfer doctor"),
         "{message}"
     );
+}
+
+/// One level of an endless tree: 100 files and one directory, every name as long as a name may
+/// be (255 bytes); the directory's name is `directory`.
+fn long_level(directory: &str) -> Node {
+    let files = (0..100).map(|index| Listed {
+        name: format!("{index:03}{}", "f".repeat(252)),
+        claimed: Some(file_attributes(0)),
+    });
+    let below = Listed {
+        name: directory.to_string(),
+        claimed: Some(directory_attributes()),
+    };
+    Node::Directory(Listing::Names(files.chain([below]).collect()))
+}
+
+#[test]
+fn a_deep_tree_of_long_names_stops_at_the_transfer_budget() {
+    // Each entry holds its whole path, several times over, so what a plan of this tree holds
+    // grows with the square of its depth: a thousand levels, the depth cap, would be tens of
+    // gigabytes. Each listing is small and honest-looking.
+    let directory = "d".repeat(255);
+    let mut tree = Tree::new(REMOTE_ROOT);
+    tree.add("", &directory, long_level(&directory));
+    let prefix = format!("{REMOTE_ROOT}/{directory}");
+    tree.fallback(Arc::new(move |path: &str| {
+        path.starts_with(&prefix)
+            .then(|| path.rsplit('/').next() == Some(directory.as_str()))
+            .filter(|&is_directory| is_directory)
+            .map(|_| long_level(&directory))
+    }));
+    let scene = Scene::new(tree);
+    let (output, peak_kib) = scene.pull_measured(&[], Duration::from_secs(300));
+    assert_no_crash(&output);
+    assert_terminal_safe(&output);
+    assert_failed(&output);
+    let stderr = text(&output.stderr);
+    let budget = xfer::engine::budget::MAX_TRANSFER_BYTES;
+    assert!(
+        stderr.contains(&format!(
+            "the transfer would hold more than {} MiB for the names and paths it lists",
+            budget >> 20
+        )),
+        "the error does not name the budget"
+    );
+    assert!(
+        stderr.contains("transfer a smaller part of the tree at a time"),
+        "the error does not say what to do"
+    );
+    // What the budget counts is about what the plan takes; the process adds its own.
+    let bound_kib = (budget as u64 >> 10) + MEMORY_BOUND_KIB;
+    assert!(
+        peak_kib < bound_kib,
+        "xfer's resident memory peaked at {} MiB",
+        peak_kib >> 10
+    );
+    scene.assert_nothing_outside_changed();
+}
+
+#[test]
+fn the_summary_keeps_a_bounded_number_of_skipped_entries() {
+    // 60 directories with 25 refused names each: every directory's plan keeps 20 of them and a
+    // count of the others, and the summary of the run keeps the first thousand entries of all.
+    const DIRECTORIES: usize = 60;
+    let mut tree = honest_tree();
+    for index in 0..DIRECTORIES {
+        let name = format!("names-{index:02}");
+        tree.add("", &name, Node::directory()).set(
+            &name,
+            Node::Directory(Listing::Generated {
+                batch: 25,
+                name: refused_name,
+                total: Some(25),
+            }),
+        );
+    }
+    let scene = Scene::new(tree);
+    let output = scene.pull_with(&["--json"], PULL_LIMIT);
+    assert_no_crash(&output);
+    assert_terminal_safe(&output);
+    assert_eq!(output.status.code(), Some(0), "refusals are not failures");
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let skipped = summary["skipped"]
+        .as_array()
+        .expect("a list of skipped entries");
+    let kept = xfer::engine::units::MAX_SKIPPED_KEPT;
+    assert_eq!(skipped.len(), kept + 1);
+    let left_out = DIRECTORIES * (MAX_REFUSED_SHOWN + 1) - kept;
+    assert_eq!(
+        skipped[kept]["reason"],
+        format!("and {left_out} more skipped entries, not listed")
+    );
+    scene.assert_nothing_outside_changed();
+}
+
+/// `--agent PATH` runs whatever agent answers at PATH, whatever its build: a lying server can
+/// run one of its own.
+const AGENT_OPTIONS: [&str; 2] = ["--agent", "/opt/xfer/agent"];
+
+#[test]
+fn an_agent_listing_the_longest_names_forever_stops_at_the_byte_cap() {
+    // Names of 255 bytes, the most the protocol carries, in batches as large as it allows.
+    let agent = LyingAgent {
+        name_length: 255,
+        batch: 4096,
+    };
+    let scene = Scene::with_server(FakeServer::start_agent(agent));
+    let (output, peak_kib) = scene.pull_measured(&AGENT_OPTIONS, PULL_LIMIT);
+    assert_no_crash(&output);
+    assert_terminal_safe(&output);
+    assert_failed(&output);
+    assert!(
+        scene
+            .server
+            .requests()
+            .contains(&format!("list {REMOTE_ROOT}")),
+        "xfer did not list over the agent"
+    );
+    assert!(
+        text(&output.stderr).contains(&format!(
+            "listing {REMOTE_ROOT}: its names take more than 128 MiB"
+        )),
+        "the error does not say which cap the listing went over"
+    );
+    assert!(
+        peak_kib < MEMORY_BOUND_KIB,
+        "xfer's resident memory peaked at {} MiB",
+        peak_kib >> 10
+    );
+    scene.assert_nothing_outside_changed();
+}
+
+#[test]
+fn an_agent_sending_a_name_over_the_cap_breaks_the_protocol() {
+    // One name of 4,000 bytes is not a path component: the frame is refused as it is decoded.
+    let agent = LyingAgent {
+        name_length: 4000,
+        batch: 10,
+    };
+    let scene = Scene::with_server(FakeServer::start_agent(agent));
+    let (output, peak_kib) = scene.pull_measured(&AGENT_OPTIONS, PULL_LIMIT);
+    assert_no_crash(&output);
+    assert_terminal_safe(&output);
+    assert_failed(&output);
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains(&format!("listing {REMOTE_ROOT}: xfer agent: "))
+            && stderr.contains("entry name of 4000 bytes is over the cap of 255"),
+        "the error does not say the agent sent a name over the cap"
+    );
+    assert!(
+        peak_kib < MEMORY_BOUND_KIB,
+        "xfer's resident memory peaked at {} MiB",
+        peak_kib >> 10
+    );
+    scene.assert_nothing_outside_changed();
 }

@@ -1,10 +1,12 @@
 //! Agent protocol frames (`xfer::agent::protocol`): any bytes, read as a stream of frames the way
 //! the agent reads requests and the client reads responses, decode or are refused without
-//! panicking, whatever decodes re-encodes to exactly the same bytes, and the decoders of an
-//! owned body agree with those of a borrowed frame.
+//! panicking, whatever decodes re-encodes to exactly the same bytes, the decoders of an owned
+//! body agree with those of a borrowed frame, and no decoded entry has a name over the name cap.
 #![no_main]
 
-use xfer::agent::protocol::{ClientHello, Frame, LENGTH_LEN, Request, Response, ServerHello};
+use xfer::agent::protocol::{
+    ClientHello, Frame, LENGTH_LEN, MAX_NAME, Request, Response, ServerHello,
+};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     // The input as a stream of frames, as both ends read it.
@@ -30,6 +32,15 @@ fn check_frame(bytes: &[u8], frame: &Frame<'_>) {
     }
     if let Ok(response) = Response::decode(frame) {
         assert_eq!(response.encode(frame.id).as_deref(), Ok(bytes));
+        // A listing's memory is bounded by its names' cap, so no name may get past it.
+        let names: Vec<&[u8]> = match &response {
+            Response::Entry(entry) => entry.iter().map(|entry| entry.name.as_slice()).collect(),
+            Response::EntryBatch { entries, .. } => {
+                entries.iter().map(|entry| entry.name.as_slice()).collect()
+            }
+            _ => Vec::new(),
+        };
+        assert!(names.iter().all(|name| name.len() <= MAX_NAME));
     }
     // The owned-body decoders (data moved out of the body) agree with the borrowing ones,
     // errors included.

@@ -1,11 +1,14 @@
 //! Remote names and relative paths, as a hostile server would send them: validation, parsing,
-//! terminal rendering and the symlink policy never panic, and whatever they accept is safe. The
+//! terminal rendering (whole and cut short) and the symlink policy never panic, and whatever
+//! they accept is safe. The
 //! whole input is tried as one name and as one path; when it holds " -> ", the left side is
 //! tried as a link location and the right side as that link's target.
 
 #![no_main]
 
-use xfer::local::{RelativePath, printable, symlink_target_is_contained, validate_component};
+use xfer::local::{
+    RelativePath, printable, printable_cut, symlink_target_is_contained, validate_component,
+};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let shown = printable(data);
@@ -13,6 +16,10 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         !shown.chars().any(char::is_control),
         "printable let a control through"
     );
+    // Cut for a warning: a prefix of the whole rendering, never longer than asked plus the mark.
+    let cut = printable_cut(data, 80);
+    assert!(cut.chars().count() <= 83);
+    assert!(cut == shown || (cut.ends_with("...") && shown.starts_with(&cut[..cut.len() - 3])));
 
     if let Ok(name) = validate_component(data) {
         assert_eq!(name.as_bytes(), data);

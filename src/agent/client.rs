@@ -29,6 +29,7 @@ use super::protocol::{
     Request, Response, ResponseKind, ServerHello, choose_version,
 };
 use super::read_frame;
+use crate::remote::ListingLimits;
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
@@ -762,26 +763,30 @@ impl AgentClient {
         }
     }
 
-    /// The entries of a directory, without `.` and `..`; an error TooLarge when it has more
-    /// than `max_entries`.
-    pub async fn list(&self, path: &str, max_entries: usize) -> Result<Vec<Entry>, AgentError> {
+    /// The entries of a directory, without `.` and `..`; an error TooLarge when they are over
+    /// `limits`, in entries or in bytes.
+    pub async fn list(&self, path: &str, limits: ListingLimits) -> Result<Vec<Entry>, AgentError> {
         let (_, mut answers) = self
             .send(Request::List {
                 path: path.to_owned(),
             })
             .await?;
         let mut entries = Vec::new();
+        let mut bytes = 0usize;
         loop {
             match self.next_answer(&mut answers).await? {
                 Response::EntryBatch {
                     entries: batch,
                     last,
                 } => {
-                    if batch.len() > max_entries - entries.len() {
+                    bytes = batch.iter().fold(bytes, |bytes, entry| {
+                        bytes.saturating_add(ListingLimits::entry_bytes(entry.name.len()))
+                    });
+                    if let Err(too_large) = limits.check(entries.len() + batch.len(), bytes) {
                         // The rest of the answer is discarded as it comes.
                         return Err(AgentError::Remote {
                             code: ErrorCode::TooLarge,
-                            message: format!("{path} has more than {max_entries} entries"),
+                            message: too_large.to_string(),
                         });
                     }
                     entries.extend(batch);
@@ -1136,7 +1141,10 @@ mod tests {
         let root = directory.path().to_str().expect("utf-8");
 
         // List and stat.
-        let mut entries = client.list(root, 100).await.expect("list");
+        let mut entries = client
+            .list(root, ListingLimits::DEFAULT)
+            .await
+            .expect("list");
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         let names: Vec<(&[u8], EntryKind)> = entries
             .iter()
@@ -1185,7 +1193,11 @@ mod tests {
             None
         );
         assert_eq!(
-            code(client.list(&path(&directory, "missing"), 10).await),
+            code(
+                client
+                    .list(&path(&directory, "missing"), ListingLimits::DEFAULT)
+                    .await
+            ),
             ErrorCode::NotFound
         );
 
@@ -1410,15 +1422,47 @@ mod tests {
         }
         let (client, server) = connect().await;
         let root = directory.path().to_str().expect("utf-8");
-        let entries = client.list(root, count).await.expect("list");
+        // Exactly at both caps: every name counts its bytes and the overhead.
+        let exact = ListingLimits {
+            entries: count,
+            bytes: (0..count)
+                .map(|index| ListingLimits::entry_bytes(format!("{prefix}-{index:05}").len()))
+                .sum(),
+        };
+        let entries = client.list(root, exact).await.expect("list");
         assert_eq!(entries.len(), count);
-        // Over the caller's cap: refused, and the rest of the answer is discarded quietly.
-        assert_eq!(
-            code(client.list(root, count - 1).await),
-            ErrorCode::TooLarge
+        // Over the caller's caps, in entries or in bytes: refused, and the rest of the answer
+        // is discarded quietly.
+        let over = [
+            ListingLimits {
+                entries: count - 1,
+                ..exact
+            },
+            ListingLimits {
+                entries: 10,
+                ..exact
+            },
+            ListingLimits {
+                bytes: exact.bytes - 1,
+                ..exact
+            },
+            ListingLimits {
+                bytes: 1000,
+                ..exact
+            },
+        ];
+        for limits in over {
+            assert_eq!(code(client.list(root, limits).await), ErrorCode::TooLarge);
+        }
+        let error = client
+            .list(root, over[2])
+            .await
+            .expect_err("over the byte cap");
+        assert!(
+            error.to_string().contains("names take more than"),
+            "{error}"
         );
-        assert_eq!(code(client.list(root, 10).await), ErrorCode::TooLarge);
-        assert_eq!(client.list(root, count).await.expect("list").len(), count);
+        assert_eq!(client.list(root, exact).await.expect("list").len(), count);
         assert!(!client.is_closed());
         shutdown(client, server).await;
     }
@@ -1739,7 +1783,13 @@ mod tests {
         // A List given up after its first batch: the remaining batches are discarded.
         let list = tokio::spawn({
             let client = client.clone();
-            async move { client.list("/d", 1).await }
+            async move {
+                let limits = ListingLimits {
+                    entries: 1,
+                    ..ListingLimits::DEFAULT
+                };
+                client.list("/d", limits).await
+            }
         });
         let (id, _) = fake.request().await.expect("the list");
         let entry = Entry {

@@ -36,9 +36,12 @@
 //! names in [`Entry`] and link targets in [`Response::Text`] are raw bytes, so a name that is
 //! not UTF-8 arrives intact and the client decides what to do with it.
 //!
-//! Caps: paths and link targets [`MAX_PATH`] bytes, error messages [`MAX_MESSAGE`] bytes, build
-//! version [`MAX_BUILD_VERSION`], os and arch [`MAX_BUILD_PLATFORM`], data [`MAX_DATA`] bytes,
-//! entries per batch [`MAX_LIST_BATCH`], hashes per frame [`MAX_HASHES`].
+//! Caps: paths and link targets [`MAX_PATH`] bytes, entry names [`MAX_NAME`] bytes (a name is
+//! one path component, and Linux refuses components longer than `NAME_MAX`, 255), error
+//! messages [`MAX_MESSAGE`] bytes, build version [`MAX_BUILD_VERSION`], os and arch
+//! [`MAX_BUILD_PLATFORM`], data [`MAX_DATA`] bytes, entries per batch [`MAX_LIST_BATCH`], hashes
+//! per frame [`MAX_HASHES`]. The largest EntryBatch (MAX_LIST_BATCH entries of MAX_NAME-byte
+//! names) fits in one frame.
 //!
 //! # Messages
 //!
@@ -83,8 +86,9 @@
 //! | 0x88 | Hashes                     | count u32 (≤ MAX_HASHES), count × [32]               |
 //! | 0x89 | HashedData (version 2)     | hash [32], bytes (≤ MAX_DATA)                        |
 //!
-//! An entry is: name bytes (≤ MAX_PATH), kind u8 (0 file, 1 directory, 2 symlink, 3 special),
-//! size u64, mtime i64 seconds, mtime_nanoseconds u32 (< 10⁹), mode u32 (≤ 0o7777).
+//! An entry is: name bytes (≤ MAX_NAME, one path component), kind u8 (0 file, 1 directory,
+//! 2 symlink, 3 special), size u64, mtime i64 seconds, mtime_nanoseconds u32 (< 10⁹), mode u32
+//! (≤ 0o7777). A frame carrying a longer name is a decode error, like any other cap.
 //! Error codes are the discriminants of [`ErrorCode`] (1 to 8).
 //!
 //! Every request is answered by exactly one frame with its id, except List: one or more
@@ -117,6 +121,9 @@ pub const MAX_DATA: u32 = 8 << 20;
 pub const MAX_FRAME: u32 = MAX_DATA + (64 << 10);
 /// The longest path or link target, in bytes.
 pub const MAX_PATH: usize = 4096;
+/// The longest entry name, in bytes: one path component, at most Linux's `NAME_MAX`. A listing
+/// holds up to millions of names, so their cap, not the path cap, decides what one costs.
+pub const MAX_NAME: usize = 255;
 /// The longest error message, in bytes.
 pub const MAX_MESSAGE: usize = 1024;
 /// The longest build version string, in bytes.
@@ -240,8 +247,8 @@ pub fn choose_version(ours: (u16, u16), theirs: (u16, u16)) -> Option<u16> {
 /// One filesystem object as the agent describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
-    /// Raw bytes: the directory entry's name for List, the final path component (or the whole
-    /// path when it has none) for Stat. ≤ [`MAX_PATH`] bytes.
+    /// Raw bytes: the directory entry's name for List, the final path component for Stat
+    /// (`/`, `.` or `..` when the path ends in one). ≤ [`MAX_NAME`] bytes.
     pub name: Vec<u8>,
     pub kind: EntryKind,
     pub size: u64,
@@ -602,7 +609,7 @@ impl<'a> Cursor<'a> {
     }
 
     fn entry(&mut self) -> Result<Entry, ProtocolError> {
-        let name = self.bytes("entry name", MAX_PATH)?.to_vec();
+        let name = self.bytes("entry name", MAX_NAME)?.to_vec();
         let kind = match self.u8()? {
             0 => EntryKind::File,
             1 => EntryKind::Directory,
@@ -734,7 +741,7 @@ impl Writer {
     }
 
     fn entry(&mut self, entry: &Entry) -> Result<(), ProtocolError> {
-        self.bytes("entry name", &entry.name, MAX_PATH)?;
+        self.bytes("entry name", &entry.name, MAX_NAME)?;
         self.u8(match entry.kind {
             EntryKind::File => 0,
             EntryKind::Directory => 1,
@@ -1946,22 +1953,93 @@ mod tests {
                 .encode(1)
                 .is_ok()
         );
-        // A batch of long names that would not fit one frame is refused, not cut.
+        // The largest batch the caps allow fits one frame.
         let entry = Entry {
-            name: vec![b'n'; MAX_PATH],
+            name: vec![b'n'; MAX_NAME],
             kind: EntryKind::File,
             size: 0,
             mtime: 0,
             mtime_nanoseconds: 0,
             mode: 0,
         };
+        let largest = Response::EntryBatch {
+            entries: vec![entry; MAX_LIST_BATCH],
+            last: true,
+        };
+        let frame = largest.encode(1).expect("the largest batch fits a frame");
+        assert_eq!(decode_response(&frame), Ok(largest));
+    }
+
+    /// A frame answering a List with one entry named `name` (nothing checked on the way out).
+    fn batch_of_one(name: &[u8]) -> Vec<u8> {
+        let mut payload = 1u32.to_be_bytes().to_vec();
+        payload.extend_from_slice(&(name.len() as u32).to_be_bytes());
+        payload.extend_from_slice(name);
+        // File kind, size, mtime, nanoseconds, mode; then the last flag.
+        payload.push(0);
+        payload.extend_from_slice(&[0; 8 + 8 + 4]);
+        payload.extend_from_slice(&0o644u32.to_be_bytes());
+        payload.push(1);
+        raw_frame(kind::ENTRY_BATCH, 1, &payload)
+    }
+
+    #[test]
+    fn entry_names_are_capped_at_one_path_component() {
+        // 255 bytes, NAME_MAX, is a name; one more is a protocol error, in a batch or alone.
+        let longest = vec![b'n'; MAX_NAME];
+        match decode_response(&batch_of_one(&longest)) {
+            Ok(Response::EntryBatch { entries, last }) => {
+                assert!(last);
+                assert_eq!(entries.len(), 1);
+                assert_eq!(entries[0].name, longest);
+            }
+            other => panic!("a {MAX_NAME}-byte name is refused: {other:?}"),
+        }
+        let over = vec![b'n'; MAX_NAME + 1];
+        let too_long = ProtocolError::TooLong {
+            what: "entry name",
+            length: MAX_NAME as u64 + 1,
+            cap: MAX_NAME as u64,
+        };
+        assert_eq!(decode_response(&batch_of_one(&over)), Err(too_long.clone()));
+        // The cap is checked on the announced length, before the bytes are looked for.
+        let mut announced = batch_of_one(b"");
+        let at = LENGTH_LEN + FRAME_HEADER_LEN + 4;
+        announced[at..at + 4].copy_from_slice(&(MAX_PATH as u32).to_be_bytes());
         assert!(matches!(
+            decode_response(&announced),
+            Err(ProtocolError::TooLong {
+                what: "entry name",
+                ..
+            })
+        ));
+        // A Stat answer's entry has the same cap, and the encoders refuse what is refused.
+        let entry = |name: Vec<u8>| Entry {
+            name,
+            kind: EntryKind::Directory,
+            size: 0,
+            mtime: 0,
+            mtime_nanoseconds: 0,
+            mode: 0o755,
+        };
+        let frame = Response::Entry(Some(entry(longest.clone())))
+            .encode(1)
+            .expect("a name of NAME_MAX bytes encodes");
+        assert_eq!(
+            decode_response(&frame),
+            Ok(Response::Entry(Some(entry(longest))))
+        );
+        assert_eq!(
+            Response::Entry(Some(entry(over.clone()))).encode(1).err(),
+            Some(too_long)
+        );
+        assert!(
             Response::EntryBatch {
-                entries: vec![entry; MAX_LIST_BATCH],
+                entries: vec![entry(over)],
                 last: true
             }
-            .encode(1),
-            Err(ProtocolError::FrameTooLarge { .. })
-        ));
+            .encode(1)
+            .is_err()
+        );
     }
 }

@@ -718,10 +718,13 @@ fn stat(path: &str, follow: bool) -> Result<Option<Entry>, Failure> {
         Err(error) if error_code(&error) == ErrorCode::NotFound => return Ok(None),
         Err(error) => return Err(error.into()),
     };
+    // The last component, never the whole path: an entry's name is one component (`..` or `/`
+    // for a path ending in one), within the protocol's name cap.
     let name = Path::new(path)
-        .file_name()
-        .map(|name| name.as_encoded_bytes().to_vec())
-        .unwrap_or_else(|| path.as_bytes().to_vec());
+        .components()
+        .next_back()
+        .map(|name| name.as_os_str().as_encoded_bytes().to_vec())
+        .unwrap_or_default();
     Ok(Some(entry(name, &metadata)))
 }
 
@@ -1297,6 +1300,28 @@ mod tests {
         drop(to_server);
         assert_eq!(read_response(&mut from_server).await, None);
         task.await.expect("no panic").expect("clean end");
+    }
+
+    #[test]
+    fn stat_names_one_component_whatever_the_path() {
+        // A path longer than a name, ending in `..`: the answer names `..`, not the whole path,
+        // so it stays within the protocol's name cap and can be sent.
+        let directory = tempfile::tempdir().expect("tempdir");
+        let deep = directory.path().join("n".repeat(200)).join("m".repeat(200));
+        fs::create_dir_all(&deep).expect("mkdir");
+        let path = format!("{}/..", deep.display());
+        let entry = stat(&path, true).expect("stat").expect("exists");
+        assert_eq!(entry.name, b"..");
+        assert!(Response::Entry(Some(entry)).encode(1).is_ok());
+        let root = stat("/", true).expect("stat").expect("exists");
+        assert_eq!(
+            (root.name.as_slice(), root.kind),
+            (&b"/"[..], EntryKind::Directory)
+        );
+        let inner = stat(deep.to_str().expect("utf-8"), true)
+            .expect("stat")
+            .expect("exists");
+        assert_eq!(inner.name, "m".repeat(200).as_bytes());
     }
 
     #[cfg(target_os = "linux")]

@@ -4,6 +4,7 @@
 //! - [`pull`] and [`push`]: execute a plan over a [`crate::remote::Remote`], writing in place,
 //!   recording synced blocks in a journal, verifying every file whole before it counts as done.
 //! - [`units`]: the transfer split per directory, one connection each, several at once, retried.
+//! - [`budget`]: the bound on what the units and plans hold of what the peer listed.
 //! - [`delta`]: what a file present on both sides must move, block by block and piece by piece.
 //! - [`early`]: hashing the local copy of a single large file while connecting.
 //! - [`lanes`]: extra connections a large file borrows from the same budget.
@@ -13,6 +14,7 @@
 //! One failing item is reported and the others go on; the [`Summary`] lists what failed, and
 //! whether re-running the same command can help.
 
+pub mod budget;
 pub mod crlf;
 pub mod delta;
 pub mod early;

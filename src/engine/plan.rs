@@ -10,11 +10,16 @@
 //! "Up to date" is rsync's quick check: same kind, same size and same modification time (whole
 //! seconds, which is all SFTP v3 carries). xfer sets a file's mtime only after the file is
 //! verified, so a partial file never passes it.
+//!
+//! What a plan holds grows with what the peer lists, so it is counted against the transfer's
+//! [`budget`] as it grows, and a plan over it fails. Refused names are the peer's words too: a
+//! plan keeps the first [`MAX_REFUSED_SHOWN`] of them, cut short, and counts the rest.
 
 use crate::blocks::DEFAULT_BLOCK_SIZE;
 use crate::blocks::journal::{self, JournalHeader};
+use crate::engine::budget::{self, ALLOCATION_OVERHEAD, Held, OverBudget, text_bytes};
 use crate::engine::state::StateDir;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::local::{
     self, Destination, Lookup, RelativePath, symlink_target_is_contained, validate_component,
 };
@@ -29,6 +34,10 @@ use std::path::{Path, PathBuf};
 pub const MAX_TREE_DEPTH: usize = 1024;
 /// A tree with more entries than this is refused rather than planned into memory.
 pub const MAX_TREE_ENTRIES: usize = 20_000_000;
+/// Refused names a plan shows; the others are only counted.
+pub const MAX_REFUSED_SHOWN: usize = 20;
+/// Characters of a refused name shown: enough to find it on the server.
+pub const REFUSED_NAME_CHARS: usize = 80;
 
 /// Which way the data goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -82,6 +91,25 @@ pub struct PlanItem {
 impl PlanItem {
     pub fn relative(&self) -> Result<RelativePath> {
         parse_relative(&self.path)
+    }
+
+    /// What the item takes in memory, about.
+    fn held_bytes(&self) -> usize {
+        let reason = match &self.action {
+            Action::Update { reason } => reason.len(),
+            _ => 0,
+        };
+        std::mem::size_of::<PlanItem>()
+            + [
+                self.path.len(),
+                self.source.len(),
+                self.target.len(),
+                self.link_target.as_ref().map_or(0, String::len),
+                reason,
+            ]
+            .into_iter()
+            .map(text_bytes)
+            .sum::<usize>()
     }
 }
 
@@ -144,7 +172,13 @@ pub struct Skipped {
     pub reason: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+impl Skipped {
+    fn held_bytes(&self) -> usize {
+        std::mem::size_of::<Skipped>() + text_bytes(self.path.len()) + text_bytes(self.reason.len())
+    }
+}
+
+#[derive(Debug, Serialize)]
 pub struct Plan {
     pub direction: Direction,
     /// `host:path` or a local path, for messages.
@@ -157,9 +191,118 @@ pub struct Plan {
     /// Entries that could not be examined (a listing or a link that failed): they count as
     /// failures of the run, but do not stop the rest of it.
     pub problems: Vec<crate::engine::ItemError>,
+    /// What the plan takes of the transfer's budget, given back when it is dropped.
+    #[serde(skip)]
+    held: Held,
+    /// Refused names kept in `skipped`.
+    #[serde(skip)]
+    refused_shown: usize,
+    /// Names refused past the first [`MAX_REFUSED_SHOWN`]: counted, not kept.
+    #[serde(skip)]
+    refused_unshown: u64,
 }
 
+/// Why a refused name is skipped, before the rule it breaks.
+const REFUSED_REASON: &str = "refused name from the server";
+
 impl Plan {
+    fn new(direction: Direction, source: String, destination: String) -> Plan {
+        Plan {
+            direction,
+            source,
+            destination,
+            items: Vec::new(),
+            skipped: Vec::new(),
+            warnings: Vec::new(),
+            problems: Vec::new(),
+            held: Held::new(&budget::TRANSFER),
+            refused_shown: 0,
+            refused_unshown: 0,
+        }
+    }
+
+    /// The error that ends a plan over the budget.
+    fn over_budget(&self, error: OverBudget) -> Error {
+        let kind = match self.direction {
+            Direction::Pull => ErrorKind::Remote,
+            Direction::Push => ErrorKind::LocalIo,
+        };
+        Error::new(
+            kind,
+            format!(
+                "{}: {error}; refusing to plan more of it",
+                local::printable(self.source.as_bytes())
+            ),
+        )
+        .with_hint("transfer a smaller part of the tree at a time, e.g. one subdirectory per run")
+        .transient(false)
+    }
+
+    /// Takes `bytes` more of the budget for what the plan is about to hold.
+    fn hold(&mut self, bytes: usize) -> Result<()> {
+        self.held
+            .take(bytes)
+            .map_err(|error| self.over_budget(error))
+    }
+
+    fn add_item(&mut self, item: PlanItem) -> Result<()> {
+        self.hold(item.held_bytes())?;
+        self.items.push(item);
+        Ok(())
+    }
+
+    fn add_skipped(&mut self, skipped: Skipped) -> Result<()> {
+        self.hold(skipped.held_bytes())?;
+        self.skipped.push(skipped);
+        Ok(())
+    }
+
+    fn add_problem(&mut self, problem: crate::engine::ItemError) -> Result<()> {
+        self.hold(
+            std::mem::size_of::<crate::engine::ItemError>()
+                + text_bytes(problem.path.len())
+                + text_bytes(problem.message.len())
+                + text_bytes(problem.hint.as_ref().map_or(0, String::len)),
+        )?;
+        self.problems.push(problem);
+        Ok(())
+    }
+
+    /// Records a name the server sent that is refused, in `directory`: shown cut short while
+    /// fewer than [`MAX_REFUSED_SHOWN`] are, counted after.
+    fn refuse_name(
+        &mut self,
+        directory: &RelativePath,
+        name: &[u8],
+        error: local::NameError,
+    ) -> Result<()> {
+        if self.refused_shown >= MAX_REFUSED_SHOWN {
+            self.refused_unshown += 1;
+            return Ok(());
+        }
+        self.refused_shown += 1;
+        self.add_skipped(Skipped {
+            path: format!(
+                "{directory}/{}",
+                local::printable_cut(name, REFUSED_NAME_CHARS)
+            ),
+            reason: format!("{REFUSED_REASON}: {error}"),
+        })
+    }
+
+    /// Adds the count of the refused names not shown, once the plan is complete.
+    fn finish_refusals(&mut self) -> Result<()> {
+        if self.refused_unshown > 0 {
+            let more = self.refused_unshown;
+            self.refused_unshown = 0;
+            self.add_skipped(Skipped {
+                path: "...".into(),
+                reason: format!("and {more} more names refused from the server, not listed"),
+            })?;
+        }
+        Ok(())
+    }
+
     /// Bytes of file data the plan will move (resumed files count their missing blocks).
     pub fn bytes_to_move(&self) -> u64 {
         self.items
@@ -422,20 +565,21 @@ pub async fn plan_pull<R: Remote>(
             "check the remote path (it is relative to the login directory unless it starts with /)",
         )
     })?;
-    let mut plan = Plan {
-        direction: Direction::Pull,
-        source: format!("{}:{source_path}", endpoints.remote_id),
-        destination: destination_text.to_string(),
-        items: Vec::new(),
-        skipped: Vec::new(),
-        warnings: Vec::new(),
-        problems: Vec::new(),
-    };
-    let mut queue: VecDeque<(String, RelativePath, crate::remote::RemoteEntry)> = VecDeque::new();
-    queue.push_back((source_path.to_string(), top.clone(), root_entry));
+    let mut plan = Plan::new(
+        Direction::Pull,
+        format!("{}:{source_path}", endpoints.remote_id),
+        destination_text.to_string(),
+    );
+    let mut queue: VecDeque<Queued> = VecDeque::new();
+    let root = (source_path.to_string(), top.clone(), root_entry);
+    plan.hold(queued_bytes(&root))?;
+    queue.push_back(root);
     let mut seen = 0usize;
     let mut local_directory = LocalDirectory::default();
-    while let Some((remote_path, relative, entry)) = queue.pop_front() {
+    while let Some(queued) = queue.pop_front() {
+        // What the entry held in the queue, it holds in the plan from now on, or not at all.
+        plan.held.give_back(queued_bytes(&queued));
+        let (remote_path, relative, entry) = queued;
         seen += 1;
         if seen > MAX_TREE_ENTRIES || relative.components().len() > MAX_TREE_DEPTH {
             return Err(Error::remote(format!(
@@ -447,32 +591,32 @@ pub async fn plan_pull<R: Remote>(
         let mut link_target = None;
         match entry.kind {
             EntryKind::Special => {
-                plan.skipped.push(Skipped {
+                plan.add_skipped(Skipped {
                     path: relative.to_string(),
                     reason: "special file (device, socket or fifo)".into(),
-                });
+                })?;
                 continue;
             }
             EntryKind::Symlink => {
                 let target = match remote.read_link(&remote_path).await {
                     Ok(target) => target,
                     Err(error) if error.kind() == crate::ErrorKind::Remote => {
-                        plan.problems.push(crate::engine::ItemError::new(
+                        plan.add_problem(crate::engine::ItemError::new(
                             &relative.to_raw_string(),
                             &error,
-                        ));
+                        ))?;
                         continue;
                     }
                     Err(error) => return Err(error),
                 };
                 if !symlink_target_is_contained(&relative, &target) {
-                    plan.skipped.push(Skipped {
+                    plan.add_skipped(Skipped {
                         path: relative.to_string(),
                         reason: format!(
                             "symlink to {} points outside the tree",
-                            local::printable(target.as_bytes())
+                            local::printable_cut(target.as_bytes(), REFUSED_NAME_CHARS)
                         ),
-                    });
+                    })?;
                     continue;
                 }
                 link_target = Some(target);
@@ -486,27 +630,40 @@ pub async fn plan_pull<R: Remote>(
                             && !relative.is_root()
                             && relative != *top =>
                     {
-                        plan.problems.push(crate::engine::ItemError::new(
+                        plan.add_problem(crate::engine::ItemError::new(
                             &relative.to_raw_string(),
                             &error,
-                        ));
+                        ))?;
                         continue;
                     }
                     Err(error) => return Err(error),
                 };
                 children.sort_by(|a, b| a.name.cmp(&b.name));
                 // A name listed twice would be transferred twice, by two tasks at once: keep
-                // the first.
+                // the first. Said once per directory, however many the server repeats.
+                let mut duplicates = 0usize;
+                let mut first_duplicate = None;
                 children.dedup_by(|later, earlier| {
                     let duplicate = later.name == earlier.name;
                     if duplicate {
-                        tracing::warn!(
-                            "{label}: {remote_path} lists {} twice; using the first",
-                            local::printable(later.name.as_bytes())
-                        );
+                        duplicates += 1;
+                        first_duplicate.get_or_insert_with(|| {
+                            local::printable_cut(later.name.as_bytes(), REFUSED_NAME_CHARS)
+                        });
                     }
                     duplicate
                 });
+                if let Some(first) = first_duplicate {
+                    match duplicates {
+                        1 => tracing::warn!(
+                            "{label}: {remote_path} lists {first} twice; using the first"
+                        ),
+                        more => tracing::warn!(
+                            "{label}: {remote_path} lists {first} and {} more names more than once; using the first of each",
+                            more - 1
+                        ),
+                    }
+                }
                 for child in children {
                     // A shallow plan covers the top directory and what is directly in it but
                     // its subdirectories, which are units of their own.
@@ -524,14 +681,12 @@ pub async fn plan_pull<R: Remote>(
                                 continue;
                             };
                             let child_remote = remote::join(&remote_path, name);
-                            queue.push_back((child_remote, child_relative, child));
+                            let queued = (child_remote, child_relative, child);
+                            plan.hold(queued_bytes(&queued))?;
+                            queue.push_back(queued);
                         }
                         Err(error) => {
-                            let shown = local::printable(child.name.as_bytes());
-                            plan.skipped.push(Skipped {
-                                path: format!("{relative}/{shown}"),
-                                reason: format!("refused name from the server: {error}"),
-                            });
+                            plan.refuse_name(&relative, child.name.as_bytes(), error)?;
                         }
                     }
                 }
@@ -564,9 +719,29 @@ pub async fn plan_pull<R: Remote>(
             }
             None => Action::Create,
         };
-        plan.items.push(item);
+        plan.add_item(item)?;
     }
+    plan.finish_refusals()?;
     Ok(plan)
+}
+
+/// An entry waiting in a plan's queue: its remote path, its relative path and what the
+/// listing said.
+type Queued = (String, RelativePath, crate::remote::RemoteEntry);
+
+/// What a queued entry takes in memory, about: each component of its relative path is a
+/// string of its own, so a deep tree costs more per entry than a flat one.
+fn queued_bytes((remote_path, relative, entry): &Queued) -> usize {
+    let components: usize = relative
+        .components()
+        .iter()
+        .map(|component| std::mem::size_of::<String>() + text_bytes(component.len()))
+        .sum();
+    std::mem::size_of::<Queued>()
+        + text_bytes(remote_path.len())
+        + text_bytes(entry.name.len())
+        + ALLOCATION_OVERHEAD
+        + components
 }
 
 /// The local directory whose entries a plan is comparing, held open while it goes through
@@ -709,18 +884,16 @@ pub async fn plan_push<R: Remote>(
             .ok_or_else(|| Error::usage(format!("{} has no usable file name", source.display())))?;
         destination_root = remote::join(destination_path, name);
     }
-    let mut plan = Plan {
-        direction: Direction::Push,
-        source: source.display().to_string(),
-        destination: format!("{}:{destination_root}", endpoints.remote_id),
-        items: Vec::new(),
-        skipped: Vec::new(),
-        warnings: Vec::new(),
-        problems: Vec::new(),
-    };
-    // Remote listings by directory, fetched once per directory the walk enters.
+    let mut plan = Plan::new(
+        Direction::Push,
+        source.display().to_string(),
+        format!("{}:{destination_root}", endpoints.remote_id),
+    );
+    // Remote listings by directory, fetched once per directory the walk enters, and kept while
+    // the walk is below it: the walk goes depth first, so it never comes back to the others.
     let mut listings: BTreeMap<String, BTreeMap<String, crate::remote::RemoteEntry>> =
         BTreeMap::new();
+    let mut listings_held = Held::new(&budget::TRANSFER);
     let mut walker = walkdir::WalkDir::new(source)
         .follow_links(false)
         .sort_by_file_name();
@@ -735,38 +908,38 @@ pub async fn plan_push<R: Remote>(
                     .path()
                     .map(|p| p.display().to_string())
                     .unwrap_or_default();
-                plan.skipped.push(Skipped {
+                plan.add_skipped(Skipped {
                     path,
                     reason: format!("cannot read: {error}"),
-                });
+                })?;
                 continue;
             }
         };
         let relative_os = entry.path().strip_prefix(source).unwrap_or(Path::new(""));
         let Some(relative_text) = relative_os.to_str() else {
-            plan.skipped.push(Skipped {
+            plan.add_skipped(Skipped {
                 path: local::printable(relative_os.as_os_str().as_encoded_bytes()),
                 reason: "name is not UTF-8, which SFTP cannot carry".into(),
-            });
+            })?;
             continue;
         };
         let relative = match parse_relative(relative_text) {
             Ok(relative) => relative,
             Err(error) => {
-                plan.skipped.push(Skipped {
+                plan.add_skipped(Skipped {
                     path: local::printable(relative_text.as_bytes()),
                     reason: error.message().to_string(),
-                });
+                })?;
                 continue;
             }
         };
         let metadata = match entry.path().symlink_metadata() {
             Ok(metadata) => metadata,
             Err(error) => {
-                plan.skipped.push(Skipped {
+                plan.add_skipped(Skipped {
                     path: relative.to_string(),
                     reason: format!("cannot read: {error}"),
-                });
+                })?;
                 continue;
             }
         };
@@ -775,10 +948,10 @@ pub async fn plan_push<R: Remote>(
             continue;
         }
         if kind == EntryKind::Special {
-            plan.skipped.push(Skipped {
+            plan.add_skipped(Skipped {
                 path: relative.to_string(),
                 reason: "special file (device, socket or fifo)".into(),
-            });
+            })?;
             continue;
         }
         let mut link_target = None;
@@ -789,10 +962,10 @@ pub async fn plan_push<R: Remote>(
             match target {
                 Some(target) => link_target = Some(target),
                 None => {
-                    plan.skipped.push(Skipped {
+                    plan.add_skipped(Skipped {
                         path: relative.to_string(),
                         reason: "link target is not UTF-8".into(),
-                    });
+                    })?;
                     continue;
                 }
             }
@@ -836,6 +1009,13 @@ pub async fn plan_push<R: Remote>(
             None => (".".to_string(), remote_path.clone()),
         };
         if !listings.contains_key(&parent) {
+            listings.retain(|directory, listing| {
+                let keep = is_within(&parent, directory);
+                if !keep {
+                    listings_held.give_back(listing_bytes(listing));
+                }
+                keep
+            });
             let listing = match remote.stat(&parent, true).await? {
                 Some(entry) if entry.kind == EntryKind::Directory => remote
                     .list(&parent)
@@ -845,6 +1025,9 @@ pub async fn plan_push<R: Remote>(
                     .collect(),
                 _ => BTreeMap::new(),
             };
+            listings_held
+                .take(listing_bytes(&listing))
+                .map_err(|error| plan.over_budget(error))?;
             listings.insert(parent.clone(), listing);
         }
         let existing = listings.get(&parent).and_then(|listing| listing.get(&name));
@@ -890,7 +1073,110 @@ pub async fn plan_push<R: Remote>(
                 }
             },
         };
-        plan.items.push(item);
+        plan.add_item(item)?;
     }
     Ok(plan)
+}
+
+/// Whether the remote `path` is `directory` or below it.
+fn is_within(path: &str, directory: &str) -> bool {
+    match path.strip_prefix(directory) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/') || directory.ends_with('/'),
+        None => false,
+    }
+}
+
+/// What a remote listing kept by name takes in memory, about: each entry's name twice (the key
+/// and the entry's own) and the map's node around them.
+fn listing_bytes(listing: &BTreeMap<String, crate::remote::RemoteEntry>) -> usize {
+    listing
+        .keys()
+        .map(|name| {
+            std::mem::size_of::<(String, crate::remote::RemoteEntry)>()
+                + 2 * text_bytes(name.len())
+                + ALLOCATION_OVERHEAD
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::local::NameError;
+
+    #[test]
+    fn refused_names_are_shown_cut_short_then_counted() {
+        let mut plan = Plan::new(Direction::Pull, "h:/source".into(), "destination".into());
+        let directory = RelativePath::parse("d").expect("a path");
+        let extra = 5;
+        for index in 0..MAX_REFUSED_SHOWN + extra {
+            let name = format!("{index:03}\x1b{}", "x".repeat(4000));
+            plan.refuse_name(&directory, name.as_bytes(), NameError::Slash)
+                .expect("within the budget");
+        }
+        plan.finish_refusals().expect("within the budget");
+        assert_eq!(plan.skipped.len(), MAX_REFUSED_SHOWN + 1);
+        for skipped in &plan.skipped[..MAX_REFUSED_SHOWN] {
+            assert!(skipped.path.starts_with("d/"), "{}", skipped.path);
+            assert!(skipped.path.contains("\\x1b"), "{}", skipped.path);
+            assert!(skipped.path.ends_with("..."), "{}", skipped.path);
+            assert!(skipped.path.chars().count() <= 2 + REFUSED_NAME_CHARS + 3);
+            assert!(skipped.reason.starts_with(REFUSED_REASON));
+        }
+        let last = &plan.skipped[MAX_REFUSED_SHOWN];
+        assert_eq!(
+            (last.path.as_str(), last.reason.as_str()),
+            (
+                "...",
+                "and 5 more names refused from the server, not listed"
+            )
+        );
+        // Only what is kept is counted against the budget.
+        let kept: usize = plan.skipped.iter().map(Skipped::held_bytes).sum();
+        assert_eq!(plan.held.bytes(), kept);
+        // Nothing is counted twice by a second finish.
+        plan.finish_refusals().expect("nothing to add");
+        assert_eq!(plan.skipped.len(), MAX_REFUSED_SHOWN + 1);
+    }
+
+    #[test]
+    fn what_an_entry_holds_grows_with_its_path() {
+        let entry = |name: &str| crate::remote::RemoteEntry {
+            name: name.to_string(),
+            kind: EntryKind::File,
+            size: 0,
+            mtime: 0,
+            mode: 0o644,
+        };
+        let name = "n".repeat(255);
+        let shallow = RelativePath::root().join(&name).expect("a name");
+        let mut deep = RelativePath::root();
+        for _ in 0..100 {
+            deep = deep.join(&name).expect("a name");
+        }
+        let queued = |relative: &RelativePath| {
+            let remote = format!("/r/{}", relative.to_raw_string());
+            queued_bytes(&(remote, relative.clone(), entry(&name)))
+        };
+        // A hundred levels down, an entry holds a hundred names in each of its two paths.
+        assert!(queued(&shallow) < 1000);
+        assert!(queued(&deep) > 2 * 100 * 255);
+        let item = |relative: &RelativePath| PlanItem {
+            path: relative.to_raw_string(),
+            source: format!("/r/{}", relative.to_raw_string()),
+            target: format!("/l/{}", relative.to_raw_string()),
+            kind: EntryKind::File,
+            size: 0,
+            mtime: 0,
+            mode: 0o644,
+            link_target: None,
+            action: Action::Create,
+        };
+        assert!(item(&shallow).held_bytes() < 1000);
+        assert!(item(&deep).held_bytes() > 3 * 100 * 255);
+        // Held bytes go into the plan's share of the budget with the item.
+        let mut plan = Plan::new(Direction::Pull, "h:/r".into(), "/l".into());
+        plan.add_item(item(&deep)).expect("within the budget");
+        assert_eq!(plan.held.bytes(), item(&deep).held_bytes());
+    }
 }

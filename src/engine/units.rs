@@ -15,6 +15,7 @@
 //! unchanged on both sides is skipped without reading any file data.
 
 use crate::blocks::record::{CompletionEntry, CompletionRecord, EntryKind as RecordKind};
+use crate::engine::budget::{self, Held, text_bytes};
 use crate::engine::early::EarlyHashes;
 use crate::engine::lanes::Lanes;
 use crate::engine::plan::{self, Action, Direction, Endpoints, Plan, PlanItem};
@@ -32,6 +33,7 @@ use crate::target::HostSpec;
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -70,6 +72,10 @@ impl Default for UnitOptions {
 /// The longest wait between two attempts of a unit.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
+/// Skipped entries the summary of a run keeps, all units together; the others are counted.
+/// What a peer lists decides how many there are, and the summary lives to the end of the run.
+pub const MAX_SKIPPED_KEPT: usize = 1000;
+
 /// The wait before attempt `failures + 1`: `first * 2^(failures-1)`, capped, scaled by a jitter
 /// factor in [0.5, 1.5) so that units cut by the same outage do not reconnect in lockstep.
 pub fn backoff(first: Duration, failures: u32, jitter: f64) -> Duration {
@@ -105,6 +111,22 @@ struct Unit {
     shallow: bool,
     /// A subdirectory found by listing its parent (so it must still be a directory).
     listed_directory: bool,
+}
+
+impl Unit {
+    /// What the unit takes in memory, about.
+    fn held_bytes(&self) -> usize {
+        let components: usize = self
+            .relative
+            .components()
+            .iter()
+            .map(|component| std::mem::size_of::<String>() + text_bytes(component.len()))
+            .sum();
+        std::mem::size_of::<Unit>()
+            + components
+            + text_bytes(self.source.len())
+            + text_bytes(self.target.len())
+    }
 }
 
 /// A pull or a push, as the command line gave it.
@@ -165,6 +187,11 @@ struct Shared {
     first_data: Mutex<Option<Pending>>,
     /// Data sessions being opened ahead of the workers that will want them.
     opening: Mutex<Vec<Opening>>,
+    /// What the discovered units take of the transfer's budget, until the end of the run.
+    _units_held: Held,
+    /// Skipped entries kept in the units' summaries so far, and those left out.
+    skipped_kept: AtomicUsize,
+    skipped_left_out: AtomicU64,
 }
 
 /// The one local file whose hashes a transfer will want first, if the command names one: the
@@ -274,7 +301,7 @@ pub async fn run(transfer: Transfer) -> Result<Summary> {
     let endpoints = Endpoints {
         remote_id: format!("{}@{}:{}", config.user, config.hostname, config.port),
     };
-    let (units, destination, root, data_expected) = match transfer.direction {
+    let (units, destination, root, data_expected, units_held) = match transfer.direction {
         Direction::Pull => discover_pull(&transfer, &*first).await?,
         Direction::Push => discover_push(&transfer, &*first).await?,
     };
@@ -308,6 +335,9 @@ pub async fn run(transfer: Transfer) -> Result<Summary> {
         planner: first.clone(),
         first_data: Mutex::new(Some(first_data)),
         opening: Mutex::new(Vec::new()),
+        _units_held: units_held,
+        skipped_kept: AtomicUsize::new(0),
+        skipped_left_out: AtomicU64::new(0),
     });
     // On a far link a connection takes a second or more to come up: when data is sure to move,
     // the workers' connections (and the agent on the first one) are opened now, while the
@@ -386,6 +416,13 @@ pub async fn run(transfer: Transfer) -> Result<Summary> {
         summary.skipped.extend(unit_summary.skipped);
         summary.errors.extend(unit_summary.errors);
         summary.units.push(report);
+    }
+    let left_out = shared.skipped_left_out.load(Ordering::Relaxed);
+    if left_out > 0 {
+        summary.skipped.push(plan::Skipped {
+            path: "...".into(),
+            reason: format!("and {left_out} more skipped entries, not listed"),
+        });
     }
     if let Some(error) = root_error {
         summary.errors.push(ItemError::new("", &error));
@@ -481,13 +518,28 @@ async fn push_root<R: Remote>(transfer: &Transfer, remote: &R) -> Result<String>
 /// units are planned: a pull into a destination that does not exist yet, or of a single large
 /// file that is not at least half here (a resume or a delta seldom needs extra connections; if it
 /// does, it opens them when it knows), or a push of a single large file the remote does not hold
-/// at its size. A re-run with nothing to do opens none.
+/// at its size. A re-run with nothing to do opens none. Last, what the units take of the
+/// transfer's budget: a remote directory may list as many subdirectories as it likes.
 type Discovery = (
     Vec<Unit>,
     Option<Arc<Destination>>,
     Option<(u32, i64)>,
     bool,
+    Held,
 );
+
+/// Adds a discovered unit, counted against the transfer's budget.
+fn add_unit(units: &mut Vec<Unit>, held: &mut Held, unit: Unit, label: &str) -> Result<()> {
+    held.take(unit.held_bytes()).map_err(|error| {
+        Error::remote(format!("{label}: {error}; refusing to go on with it"))
+            .with_hint(
+                "transfer a smaller part of the tree at a time, e.g. one subdirectory per run",
+            )
+            .transient(false)
+    })?;
+    units.push(unit);
+    Ok(())
+}
 
 async fn discover_pull<R: Remote>(transfer: &Transfer, remote: &R) -> Result<Discovery> {
     let path = &transfer.remote_path;
@@ -517,11 +569,20 @@ async fn discover_pull<R: Remote>(transfer: &Transfer, remote: &R) -> Result<Dis
             .is_some_and(|local| local.size >= root.size / 2);
         // A small file moves over the first connection alone.
         let large = root.size >= crate::engine::lanes::LANE_MIN_SIZE;
-        return Ok((vec![top], Some(destination), None, large && !mostly_here));
+        return Ok((
+            vec![top],
+            Some(destination),
+            None,
+            large && !mostly_here,
+            Held::new(&budget::TRANSFER),
+        ));
     }
     let absent = root_absent || matches!(destination.metadata(&top.relative), Ok(None));
     make_unit_directory(&destination, &top.relative, root.mode);
-    let mut units = vec![top];
+    let mut units = Vec::new();
+    let mut held = Held::new(&budget::TRANSFER);
+    let label = format!("{}: {path}", remote.label());
+    add_unit(&mut units, &mut held, top, &label)?;
     let mut children = remote.list(path).await?;
     children.sort_by(|a, b| a.name.cmp(&b.name));
     children.dedup_by(|later, earlier| later.name == earlier.name);
@@ -537,19 +598,21 @@ async fn discover_pull<R: Remote>(transfer: &Transfer, remote: &R) -> Result<Dis
             continue;
         };
         make_unit_directory(&destination, &relative, child.mode);
-        units.push(Unit {
+        let unit = Unit {
             relative,
             source: remote::join(path, name),
             target: String::new(),
             shallow: false,
             listed_directory: true,
-        });
+        };
+        add_unit(&mut units, &mut held, unit, &label)?;
     }
     Ok((
         units,
         Some(destination),
         Some((root.mode, root.mtime)),
         absent,
+        held,
     ))
 }
 
@@ -591,7 +654,13 @@ async fn discover_push<R: Remote>(transfer: &Transfer, remote: &R) -> Result<Dis
                 .stat(&root_target, false)
                 .await?
                 .is_none_or(|existing| existing.size != metadata.len());
-        return Ok((vec![top], None, None, data_expected));
+        return Ok((
+            vec![top],
+            None,
+            None,
+            data_expected,
+            Held::new(&budget::TRANSFER),
+        ));
     }
     let mut units = vec![top];
     let mut entries: Vec<_> = std::fs::read_dir(source)
@@ -620,11 +689,13 @@ async fn discover_push<R: Remote>(transfer: &Transfer, remote: &R) -> Result<Dis
             listed_directory: true,
         });
     }
+    // The units of a push are the local tree's: nothing the peer said is held for them.
     Ok((
         units,
         None,
         Some((metadata.mode() & 0o7777, metadata.mtime())),
         false,
+        Held::new(&budget::TRANSFER),
     ))
 }
 
@@ -641,9 +712,19 @@ async fn worker(shared: Arc<Shared>) {
             Err(_) => None,
         };
         let Some(unit) = unit else { break };
-        let result = run_unit(&shared, &unit, &mut connection).await;
+        let (report, mut summary) = run_unit(&shared, &unit, &mut connection).await;
+        let count = summary.skipped.len();
+        let kept_before = shared.skipped_kept.fetch_add(count, Ordering::Relaxed);
+        let room = MAX_SKIPPED_KEPT.saturating_sub(kept_before);
+        if count > room {
+            summary.skipped.truncate(room);
+            summary.skipped.shrink_to_fit();
+            shared
+                .skipped_left_out
+                .fetch_add((count - room) as u64, Ordering::Relaxed);
+        }
         if let Ok(mut results) = shared.results.lock() {
-            results.push(result);
+            results.push((report, summary));
         }
     }
     if let Some(connection) = connection {

@@ -24,6 +24,7 @@ pub mod symlinks;
 pub use destination::{Destination, EntryKind, EntryMetadata, Lookup, Timestamp};
 pub use identity::FileIdentity;
 pub use names::{
-    MAX_NAME_BYTES, NameError, PathError, RelativePath, printable, validate_component,
+    MAX_NAME_BYTES, NameError, PathError, RelativePath, printable, printable_cut,
+    validate_component,
 };
 pub use symlinks::symlink_target_is_contained;

@@ -2,7 +2,8 @@
 //!
 //! This file owns the one rule for what a single remote file name may be
 //! ([`validate_component`]), the relative paths built only from such names ([`RelativePath`]),
-//! and the rendering of arbitrary bytes for a terminal ([`printable`]). A server may send
+//! and the rendering of arbitrary bytes for a terminal ([`printable`], or [`printable_cut`] short
+//! enough for a warning). A server may send
 //! anything as a name: `..`, `/etc/passwd`, `a\b`, names with NUL bytes or terminal escape
 //! sequences (scp CVE-2019-6111 and CVE-2018-20685 were exactly this). Nothing here touches the
 //! filesystem; [`crate::local::Destination`] only accepts paths made of validated names.
@@ -243,6 +244,33 @@ pub fn printable(name: &[u8]) -> String {
     out
 }
 
+/// [`printable`], cut after `max_chars` characters of output (then marked with `...`), for
+/// warnings that name what a peer sent without letting one name fill the screen. An escape is
+/// never cut in half.
+pub fn printable_cut(name: &[u8], max_chars: usize) -> String {
+    let mut out = String::new();
+    let mut shown = 0;
+    let mut piece = String::new();
+    for chunk in name.utf8_chunks() {
+        let characters = chunk.valid().chars().map(Ok);
+        for unit in characters.chain(chunk.invalid().iter().map(Err)) {
+            piece.clear();
+            match unit {
+                Ok(character) => push_char(&mut piece, character),
+                Err(byte) => piece.push_str(&format!("\\x{byte:02x}")),
+            }
+            let width = piece.chars().count();
+            if shown + width > max_chars {
+                out.push_str("...");
+                return out;
+            }
+            shown += width;
+            out.push_str(&piece);
+        }
+    }
+    out
+}
+
 fn push_char(out: &mut String, character: char) {
     let code = u32::from(character);
     if character == '\\' {
@@ -390,6 +418,22 @@ mod tests {
     }
 
     #[test]
+    fn cut_names_stay_printable_and_short() {
+        assert_eq!(printable_cut(b"short", 80), "short");
+        let long = "n".repeat(4000);
+        assert_eq!(
+            printable_cut(long.as_bytes(), 80),
+            format!("{}...", &long[..80])
+        );
+        // Escapes count as what they show and are never cut in half.
+        assert_eq!(printable_cut(b"ab\x1b[2J", 5), "ab...");
+        assert_eq!(printable_cut(b"ab\x1b[2J", 6), "ab\\x1b...");
+        assert_eq!(printable_cut(b"\xff\xfe", 4), "\\xff...");
+        assert_eq!(printable_cut("日本語".as_bytes(), 2), "日本...");
+        assert_eq!(printable_cut(b"exact", 5), "exact");
+    }
+
+    #[test]
     fn relative_paths_parse_only_plain_components() {
         let path = RelativePath::parse("a/b c/.d").expect("a plain path parses");
         assert_eq!(path.components(), ["a", "b c", ".d"]);
@@ -460,6 +504,15 @@ mod tests {
         fn printable_output_has_no_controls(name in proptest::collection::vec(any::<u8>(), 0..64)) {
             let shown = printable(&name);
             prop_assert!(!shown.chars().any(|c| c.is_control() || is_display_changing(c)));
+            // A cut is a prefix of the whole, within its length plus the mark.
+            let cut = printable_cut(&name, 20);
+            prop_assert!(cut.chars().count() <= 23);
+            prop_assert!(shown.starts_with(cut.trim_end_matches("...")));
+            if shown.chars().count() <= 20 {
+                prop_assert_eq!(cut, shown);
+            } else {
+                prop_assert!(cut.ends_with("..."));
+            }
         }
 
         #[test]

@@ -12,13 +12,13 @@ use crate::agent::client::{AgentClient, AgentError};
 use crate::agent::protocol::{self, ErrorCode};
 use crate::blocks::{BlockHash, BlockLayout};
 use crate::error::{Error, Result};
-use crate::remote::{EntryKind, Remote, RemoteDigest, RemoteEntry, SetAttributes, SmallFile};
+use crate::remote::{
+    EntryKind, LISTING_HINT, ListingLimits, Remote, RemoteDigest, RemoteEntry, SetAttributes,
+    SmallFile,
+};
 use crate::ssh::connect::Connection;
 use std::sync::Arc;
 
-/// A directory with more entries than this is refused rather than listed into memory (the
-/// same bound as over SFTP).
-pub const MAX_DIRECTORY_ENTRIES: usize = crate::remote::sftp::MAX_DIRECTORY_ENTRIES;
 /// Reads and writes carried by one request: larger than SFTP's 255 KiB, so a 1 MiB block is
 /// one request, and far below the protocol's frame bound.
 const IO_SIZE: u32 = 1 << 20;
@@ -122,11 +122,20 @@ impl Remote for AgentRemote {
     }
 
     async fn list(&self, path: &str) -> Result<Vec<RemoteEntry>> {
+        // The same caps as over SFTP.
         let entries = self
             .client
-            .list(path, MAX_DIRECTORY_ENTRIES)
+            .list(path, ListingLimits::DEFAULT)
             .await
-            .map_err(|error| self.error(&format!("listing {path}"), error))?;
+            .map_err(|error| {
+                let too_large = error.code() == Some(ErrorCode::TooLarge);
+                let error = self.error(&format!("listing {path}"), error);
+                if too_large {
+                    error.with_hint(LISTING_HINT)
+                } else {
+                    error
+                }
+            })?;
         Ok(entries.into_iter().map(entry_from).collect())
     }
 

@@ -3,8 +3,10 @@
 //! [`Remote`] is what a pull or a push needs from a remote machine: metadata (stat, list a
 //! directory, read a link), offset reads and writes on open files, syncing, attributes,
 //! directories, links, renames, and (where the remote can compute one) a whole-file hash. The
-//! SFTP implementation lives in `sftp`, the agent's in `agent`. Names that come back from `list` are the peer's words: the
-//! engine validates every one before it touches the local disk.
+//! SFTP implementation lives in `sftp`, the agent's in `agent`. Names that come back from
+//! `list` are the peer's words: the engine validates every one before it touches the local
+//! disk. A listing is the peer's size, too: [`ListingLimits`] caps what one may hold, in
+//! entries and in bytes, for every remote.
 
 pub mod agent;
 pub mod deploy;
@@ -13,8 +15,88 @@ pub mod session;
 pub mod sftp;
 
 use crate::blocks::{BlockHash, BlockLayout};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use std::future::Future;
+
+/// A directory with more entries than this is refused rather than listed into memory.
+pub const MAX_DIRECTORY_ENTRIES: usize = 2_000_000;
+/// What a listed entry counts besides its name's bytes: about what it takes in memory, the
+/// entry itself (48 bytes), its name's allocation and the list's spare room.
+pub const ENTRY_OVERHEAD: usize = 64;
+/// The most bytes one directory listing may count, names plus [`ENTRY_OVERHEAD`] each: a
+/// million entries with 40-byte names count 99 MiB and are listed, while a listing a server
+/// makes as heavy as it can (long names, or as many short ones as the caps let through) keeps
+/// xfer under 256 MiB: a listing of long names weighs about what it counts, one of short names
+/// at most half as much again.
+pub const MAX_LISTING_BYTES: usize = 128 << 20;
+
+/// Caps on one directory listing, checked as its entries arrive, before they are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListingLimits {
+    pub entries: usize,
+    /// Bytes as [`ListingLimits::entry_bytes`] counts them.
+    pub bytes: usize,
+}
+
+impl ListingLimits {
+    /// What every remote listing is held to.
+    pub const DEFAULT: ListingLimits = ListingLimits {
+        entries: MAX_DIRECTORY_ENTRIES,
+        bytes: MAX_LISTING_BYTES,
+    };
+
+    /// What one entry named with `name_length` bytes counts.
+    pub fn entry_bytes(name_length: usize) -> usize {
+        name_length.saturating_add(ENTRY_OVERHEAD)
+    }
+
+    /// Checks a listing that has grown to `entries` entries counting `bytes`.
+    pub fn check(&self, entries: usize, bytes: usize) -> Result<(), ListingTooLarge> {
+        if entries > self.entries {
+            Err(ListingTooLarge::Entries(self.entries))
+        } else if bytes > self.bytes {
+            Err(ListingTooLarge::Bytes(self.bytes))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Why a listing was refused: which cap it went over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ListingTooLarge {
+    #[error("more than {0} entries; refusing to hold them all")]
+    Entries(usize),
+    #[error(
+        "its names take more than {} (counting {ENTRY_OVERHEAD} bytes more per entry); refusing to hold them all",
+        mebibytes(*.0)
+    )]
+    Bytes(usize),
+}
+
+/// `bytes` in MiB when it is a whole number of them, else in bytes.
+fn mebibytes(bytes: usize) -> String {
+    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
+/// What to do about a directory too large to list: said wherever one is refused.
+pub const LISTING_HINT: &str = "xfer holds a directory's whole listing in memory: transfer the \
+                                directory's subdirectories one by one, or split it into smaller \
+                                directories on the remote (a server that lists this much for a \
+                                small directory is misbehaving)";
+
+impl ListingTooLarge {
+    /// The error for listing `path` on the remote `label`: a remote fault, not retried.
+    pub fn into_error(self, label: &str, path: &str) -> Error {
+        Error::remote(format!("{label}: listing {path}: {self}"))
+            .with_hint(LISTING_HINT)
+            .transient(false)
+    }
+}
 
 /// What kind of filesystem object an entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -205,6 +287,43 @@ pub fn join(directory: &str, name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listings_are_capped_in_entries_and_in_bytes() {
+        let limits = ListingLimits {
+            entries: 10,
+            bytes: 1000,
+        };
+        assert_eq!(ListingLimits::entry_bytes(36), 100);
+        assert_eq!(limits.check(10, 1000), Ok(()));
+        assert_eq!(limits.check(11, 100), Err(ListingTooLarge::Entries(10)));
+        assert_eq!(limits.check(3, 1001), Err(ListingTooLarge::Bytes(1000)));
+        assert!(
+            ListingTooLarge::Bytes(1000)
+                .to_string()
+                .starts_with("its names take more than 1000 bytes")
+        );
+        assert_eq!(ListingLimits::entry_bytes(usize::MAX), usize::MAX);
+        // What the defaults are for: a million 40-byte names are listed; the 300,000 names of
+        // 4,000 bytes a hostile server sent are not, nor the most entries with 40-byte names.
+        let counted =
+            |entries: usize, name_length: usize| entries * ListingLimits::entry_bytes(name_length);
+        let limits = ListingLimits::DEFAULT;
+        assert_eq!(limits.check(1_000_000, counted(1_000_000, 40)), Ok(()));
+        assert!(limits.check(300_000, counted(300_000, 4000)).is_err());
+        assert!(
+            limits
+                .check(MAX_DIRECTORY_ENTRIES, counted(MAX_DIRECTORY_ENTRIES, 40))
+                .is_err()
+        );
+        let error = ListingTooLarge::Bytes(MAX_LISTING_BYTES).into_error("host (u@h:22)", "/d");
+        assert_eq!(
+            error.message(),
+            "host (u@h:22): listing /d: its names take more than 128 MiB (counting 64 bytes more per entry); refusing to hold them all"
+        );
+        assert_eq!(error.hint(), Some(LISTING_HINT));
+        assert!(!error.is_transient());
+    }
 
     #[test]
     fn join_paths() {

@@ -3,11 +3,12 @@
 //! The SFTP subsystem is requested on its own channel and refused cleanly when the server does
 //! not offer it (a proxied shell-only endpoint says so in the error). Every request is bounded
 //! in time (a stalled link becomes a transient error), every reply is bounded in size by the
-//! packet limit, and a directory listing is capped in entries, so a hostile server can neither
-//! hang xfer nor make it allocate without bound.
+//! packet limit, and a directory listing is capped in entries and in bytes
+//! ([`ListingLimits`]), so a hostile server can neither hang xfer nor make it allocate without
+//! bound.
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::remote::{EntryKind, Remote, RemoteDigest, RemoteEntry, SetAttributes};
+use crate::remote::{EntryKind, ListingLimits, Remote, RemoteDigest, RemoteEntry, SetAttributes};
 use crate::ssh::connect::{Connection, russh_error};
 use crate::ssh::exec::{self, ExecLimits};
 use russh::ChannelMsg;
@@ -23,8 +24,7 @@ use std::time::Duration;
 const PREFERRED_IO_SIZE: u32 = 255 * 1024;
 /// Reply packets larger than this are refused (a little more than the largest read reply).
 const MAX_PACKET_LENGTH: u32 = 512 * 1024;
-/// A directory with more entries than this is refused rather than listed into memory.
-pub const MAX_DIRECTORY_ENTRIES: usize = 2_000_000;
+pub use crate::remote::MAX_DIRECTORY_ENTRIES;
 /// One SFTP request may take this long before the link is considered stalled.
 const REQUEST_TIMEOUT_SECONDS: u64 = 60;
 
@@ -340,14 +340,22 @@ impl Remote for SftpRemote {
             .await
             .map_err(|error| sftp_error(&self.label, &format!("listing {path}"), error))?
             .handle;
+        let limits = ListingLimits::DEFAULT;
         let mut entries = Vec::new();
-        let outcome = loop {
+        let mut bytes = 0usize;
+        let outcome = 'listing: loop {
             match self.call(self.session.readdir(handle.as_str())).await {
                 Ok(name) => {
                     let before = entries.len();
                     for file in name.files {
                         if file.filename == "." || file.filename == ".." {
                             continue;
+                        }
+                        // Counted before it is kept: one reply may hold hundreds of long names.
+                        bytes =
+                            bytes.saturating_add(ListingLimits::entry_bytes(file.filename.len()));
+                        if let Err(too_large) = limits.check(entries.len() + 1, bytes) {
+                            break 'listing Err(too_large.into_error(&self.label, path));
                         }
                         entries.push(entry_from(file.filename, &file.attrs));
                     }
@@ -356,12 +364,6 @@ impl Remote for SftpRemote {
                     // keep us listing forever.
                     if entries.len() == before {
                         break Ok(());
-                    }
-                    if entries.len() > MAX_DIRECTORY_ENTRIES {
-                        break Err(Error::remote(format!(
-                            "{}: listing {path}: more than {MAX_DIRECTORY_ENTRIES} entries; refusing to hold them all",
-                            self.label
-                        )));
                     }
                 }
                 Err(error) if is_status(&error, StatusCode::Eof) => break Ok(()),

@@ -3,6 +3,9 @@
 //! listings may hold names no filesystem could, directories may answer as links, sizes may
 //! disagree with the data, listings may never end, and stat may change its answer between calls.
 //!
+//! Instead of SFTP, the server can run a [`LyingAgent`]: an exec answered with the agent
+//! protocol (as `xfer pull --agent PATH` starts one), which lists every directory endlessly.
+//!
 //! The server runs on its own thread and tokio runtime, so tests stay synchronous and drive the
 //! real `xfer` binary against it. It records every path xfer asks about, so a test can prove that
 //! xfer never even requested a name it should have refused.
@@ -21,8 +24,10 @@ use russh_sftp::protocol::{
     Attrs, Data, File, FileAttributes, Handle, Name, OpenFlags, Status, StatusCode,
 };
 use russh_sftp::server::StatusReply;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use xfer::agent::protocol::{self, ErrorCode, Frame, LENGTH_LEN, PROTOCOL_MAX, Request, Response};
 
 /// POSIX file type bits, as SFTP carries them in `permissions`.
 pub const TYPE_FILE: u32 = 0o100000;
@@ -51,6 +56,13 @@ pub enum Listing {
     Names(Vec<Listed>),
     /// Batches of `batch` distinct file names, forever.
     Endless { batch: usize },
+    /// Batches of `batch` file names, `name(0)`, `name(1)`, ..., `total` in all or forever when
+    /// `None`: the shape of a huge directory, honest or not.
+    Generated {
+        batch: usize,
+        name: fn(u64) -> String,
+        total: Option<u64>,
+    },
     /// The same names (none, or only `.` and `..`, say) in every reply, forever.
     Repeating(Vec<String>),
     /// Opening the directory fails with this status and message.
@@ -299,11 +311,22 @@ pub struct Record {
     pub names_listed: AtomicU64,
 }
 
+/// An agent that lies: every path is a directory, and every directory lists forever, in
+/// batches of `batch` file names of `name_length` bytes each (any length: its frames are
+/// written by hand, not by the protocol's encoders, which refuse names over the cap).
+#[derive(Debug, Clone, Copy)]
+pub struct LyingAgent {
+    pub name_length: usize,
+    pub batch: usize,
+}
+
 /// State every connection shares.
 struct Shared {
     tree: Tree,
     /// Like a provider's proxied endpoint: a shell, but no exec and no SFTP.
     shell_only: bool,
+    /// Exec runs this agent, and SFTP is refused (so xfer plans over the agent).
+    agent: Option<LyingAgent>,
     stat_calls: Mutex<HashMap<String, usize>>,
     record: Arc<Record>,
 }
@@ -344,15 +367,20 @@ pub struct FakeServer {
 
 impl FakeServer {
     pub fn start(tree: Tree) -> FakeServer {
-        FakeServer::start_with(tree, false)
+        FakeServer::start_with(tree, false, None)
     }
 
     /// A server that gives a shell but refuses exec and the SFTP subsystem.
     pub fn start_shell_only(tree: Tree) -> FakeServer {
-        FakeServer::start_with(tree, true)
+        FakeServer::start_with(tree, true, None)
     }
 
-    fn start_with(tree: Tree, shell_only: bool) -> FakeServer {
+    /// A server whose every exec is `agent`, and which refuses the SFTP subsystem.
+    pub fn start_agent(agent: LyingAgent) -> FakeServer {
+        FakeServer::start_with(Tree::new("/"), false, Some(agent))
+    }
+
+    fn start_with(tree: Tree, shell_only: bool, agent: Option<LyingAgent>) -> FakeServer {
         // russh's own `PrivateKey::random` wants a newer rand_core than this crate's rand; a
         // seed from rand 0.8 makes the same kind of key.
         let key = PrivateKey::from(Ed25519Keypair::from_seed(&rand::random::<[u8; 32]>()));
@@ -372,6 +400,7 @@ impl FakeServer {
         let shared = Arc::new(Shared {
             tree,
             shell_only,
+            agent,
             stat_calls: Mutex::new(HashMap::new()),
             record: record.clone(),
         });
@@ -482,7 +511,15 @@ impl russh::server::Handler for SshConnection {
         _command: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        session.channel_failure(channel)
+        match (self.shared.agent, self.channels.remove(&channel)) {
+            (Some(agent), Some(opened)) => {
+                session.channel_success(channel)?;
+                let record = self.shared.record.clone();
+                tokio::spawn(serve_agent(opened.into_stream(), agent, record));
+                Ok(())
+            }
+            _ => session.channel_failure(channel),
+        }
     }
 
     async fn shell_request(
@@ -503,7 +540,7 @@ impl russh::server::Handler for SshConnection {
         name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if self.shared.shell_only {
+        if self.shared.shell_only || self.shared.agent.is_some() {
             return session.channel_failure(channel);
         }
         match (name, self.channels.remove(&channel)) {
@@ -708,6 +745,23 @@ impl russh_sftp::server::Handler for Sftp {
                     )
                 })
                 .collect(),
+            Listing::Generated { batch, name, total } => {
+                let first = reply * *batch as u64;
+                let end = total.map_or(first + *batch as u64, |total| {
+                    total.min(first + *batch as u64)
+                });
+                if first >= end {
+                    return Err(StatusReply::new(StatusCode::Eof));
+                }
+                (first..end)
+                    .map(|number| {
+                        File::new(
+                            name(number),
+                            attributes(TYPE_FILE | 0o644, 0, DEFAULT_MTIME),
+                        )
+                    })
+                    .collect()
+            }
             Listing::Repeating(names) => names
                 .iter()
                 .map(|name| {
@@ -744,4 +798,108 @@ impl russh_sftp::server::Handler for Sftp {
             files: vec![File::dummy(link_destination("/", &path))],
         })
     }
+}
+
+/// Speaks the agent protocol as [`LyingAgent`] says, until xfer goes away.
+async fn serve_agent(
+    stream: impl AsyncRead + AsyncWrite + Unpin,
+    agent: LyingAgent,
+    record: Arc<Record>,
+) {
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    // The start script's first line, the --agent path, is the script's, not the agent's.
+    let mut byte = [0u8; 1];
+    loop {
+        match reader.read(&mut byte).await {
+            Ok(1) if byte[0] != b'\n' => {}
+            Ok(1) => break,
+            _ => return,
+        }
+    }
+    let greeting = protocol::test_server_hello(1, PROTOCOL_MAX);
+    if writer.write_all(&greeting).await.is_err() {
+        return;
+    }
+    // The client's hello, then requests.
+    if read_body(&mut reader).await.is_none() {
+        return;
+    }
+    while let Some(body) = read_body(&mut reader).await {
+        let Ok(frame) = Frame::parse(&body) else {
+            return;
+        };
+        let id = frame.id;
+        let answer = match Request::decode(&frame) {
+            Ok(Request::Stat { .. }) => Response::Entry(Some(protocol::Entry {
+                name: b"d".to_vec(),
+                kind: xfer::remote::EntryKind::Directory,
+                size: 4096,
+                mtime: i64::from(DEFAULT_MTIME),
+                mtime_nanoseconds: 0,
+                mode: 0o755,
+            })),
+            Ok(Request::List { path }) => {
+                record.requests.lock().unwrap().push(format!("list {path}"));
+                let mut number = 0u64;
+                loop {
+                    let names = (number..number + agent.batch as u64).map(|number| {
+                        let mut name = format!("{number:09}").into_bytes();
+                        name.resize(agent.name_length.max(name.len()), b'a');
+                        name
+                    });
+                    let frame = entry_batch_frame(id, names);
+                    number += agent.batch as u64;
+                    record
+                        .names_listed
+                        .fetch_add(agent.batch as u64, Ordering::Relaxed);
+                    if writer.write_all(&frame).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            _ => Response::Error {
+                code: ErrorCode::Other,
+                message: "not served here".into(),
+            },
+        };
+        match answer.encode(id) {
+            Ok(frame) if writer.write_all(&frame).await.is_ok() => {}
+            _ => return,
+        }
+    }
+}
+
+/// One frame body from `reader` (after its length), or None at the end or on a bad length.
+async fn read_body(reader: &mut (impl AsyncRead + Unpin)) -> Option<Vec<u8>> {
+    let mut length = [0u8; LENGTH_LEN];
+    reader.read_exact(&mut length).await.ok()?;
+    let length = protocol::frame_length(length).ok()?;
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).await.ok()?;
+    Some(body)
+}
+
+/// An EntryBatch frame answering request `id` with a file entry for each name, not the last
+/// batch, built by hand as the protocol's doc lays it out.
+fn entry_batch_frame(id: u32, names: impl Iterator<Item = Vec<u8>>) -> Vec<u8> {
+    let names: Vec<Vec<u8>> = names.collect();
+    let mut payload = (names.len() as u32).to_be_bytes().to_vec();
+    for name in names {
+        payload.extend_from_slice(&(name.len() as u32).to_be_bytes());
+        payload.extend_from_slice(&name);
+        // Kind (file), size, mtime, mtime nanoseconds, mode.
+        payload.push(0);
+        payload.extend_from_slice(&0u64.to_be_bytes());
+        payload.extend_from_slice(&i64::from(DEFAULT_MTIME).to_be_bytes());
+        payload.extend_from_slice(&0u32.to_be_bytes());
+        payload.extend_from_slice(&0o644u32.to_be_bytes());
+    }
+    // Not the last.
+    payload.push(0);
+    let mut frame = ((1 + 4 + payload.len()) as u32).to_be_bytes().to_vec();
+    // EntryBatch.
+    frame.push(0x82);
+    frame.extend_from_slice(&id.to_be_bytes());
+    frame.extend_from_slice(&payload);
+    frame
 }

@@ -1,7 +1,8 @@
 //! Shared harness for xfer's integration tests: a real OpenSSH server on 127.0.0.1 ([`Sshd`]),
 //! an ssh-agent ([`Agent`]), a byte-counting TCP proxy that can cut or stall links ([`Proxy`]),
-//! key generation, a way to run the built `xfer` binary that can never hang a test, and local
-//! users for tests of a shared host ([`users`]).
+//! key generation, a way to run the built `xfer` binary that can never hang a test (and can
+//! measure its peak memory, [`run_measuring_memory`]), and local users for tests of a shared
+//! host ([`users`]).
 //!
 //! Each test binary includes this with `mod support;` and uses a subset, hence the `allow`s.
 
@@ -24,7 +25,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -177,7 +178,45 @@ pub fn run_with_input(command: &mut Command, input: &[u8], limit: Duration) -> O
     run(command, Some(input), limit)
 }
 
+/// Like [`run_with_timeout`], also returning the command's peak resident memory in KiB: its
+/// `ru_maxrss` as the kernel reports it when the process is reaped, so a peak just before the
+/// exit counts too. (A command that replaces itself with `exec` is measured as what it ran.)
+pub fn run_measuring_memory(command: &mut Command, limit: Duration) -> (Output, u64) {
+    let mut peak = 0;
+    let output = run_reaping(command, None, limit, &mut peak);
+    (output, peak)
+}
+
 fn run(command: &mut Command, input: Option<&[u8]>, limit: Duration) -> Output {
+    run_reaping(command, input, limit, &mut 0)
+}
+
+/// Whether the child `pid` has exited: its status and peak resident memory (KiB), reaping it.
+fn reap(pid: u32) -> std::io::Result<Option<(ExitStatus, u64)>> {
+    use std::os::unix::process::ExitStatusExt;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value of the plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 only writes to the two valid pointers it is given.
+    let reaped = unsafe { libc::wait4(pid as libc::pid_t, &mut status, libc::WNOHANG, &mut usage) };
+    match reaped {
+        0 => Ok(None),
+        -1 => Err(std::io::Error::last_os_error()),
+        _ => Ok(Some((
+            ExitStatus::from_raw(status),
+            u64::try_from(usage.ru_maxrss).unwrap_or(0),
+        ))),
+    }
+}
+
+// The child is reaped by `reap` (wait4), which `Child` does not know about.
+#[allow(clippy::zombie_processes)]
+fn run_reaping(
+    command: &mut Command,
+    input: Option<&[u8]>,
+    limit: Duration,
+    peak_kib: &mut u64,
+) -> Output {
     let deadline = Instant::now() + limit;
     command.stdout(Stdio::piped()).stderr(Stdio::piped());
     if input.is_some() {
@@ -218,8 +257,12 @@ fn run(command: &mut Command, input: Option<&[u8]>, limit: Duration) -> Output {
     };
 
     let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
+        // Reaped here rather than by `child`, to learn its peak memory.
+        match reap(child.id()) {
+            Ok(Some((status, peak))) => {
+                *peak_kib = peak;
+                break status;
+            }
             Ok(None) => {}
             Err(error) => panic!("cannot wait for {command:?}: {error}"),
         }
