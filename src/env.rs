@@ -15,6 +15,10 @@ pub const XFER_LOG: &str = "XFER_LOG";
 /// Seconds the remote xfer agent may stay silent while answers are due before its session is
 /// given up (before the time allowed for the bytes its requests cover); default 60.
 pub const XFER_AGENT_TIMEOUT: &str = "XFER_AGENT_TIMEOUT";
+/// MiB a transfer may hold for the names and paths of what it plans at once (default 160,
+/// which keeps xfer under 256 MiB whatever a server lists); raise it for a single directory of
+/// more than half a million files.
+pub const XFER_PLAN_MEMORY: &str = "XFER_PLAN_MEMORY";
 /// The `ssh` binary used by tests and `xfer doctor --compare`; never needed to transfer.
 pub const XFER_SSH_BINARY: &str = "XFER_SSH_BINARY";
 /// The netrc file to read stanzas from when `--netrc` is not given (as curl and Python do).

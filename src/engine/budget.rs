@@ -11,12 +11,14 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// The most bytes the transfer may hold at once for discovered units and plans. A directory of
-/// a million files with 40-byte names plans in about 330 MiB of it: an entry counts its
-/// relative, remote and local paths (a few dozen bytes each) and the 144-byte plan item, and
-/// longer roots leave room to spare. What a peer can make a plan hold is therefore what such a
-/// directory takes; the budget can shrink with the plan item.
-pub const MAX_TRANSFER_BYTES: usize = 512 << 20;
+/// The most bytes the transfer may hold at once for discovered units and plans, unless
+/// `XFER_PLAN_MEMORY` says otherwise. Whatever a peer lists, xfer's whole process then stays
+/// under 256 MiB resident. An entry counts its relative, remote and local paths (a few dozen
+/// bytes each) and the 144-byte plan item, about 330 bytes for a 40-byte name: so about half a
+/// million entries can be planned at once, which a tree of many directories never nears (only
+/// the units in flight plan), but one directory of a million files does; its error says to
+/// raise `XFER_PLAN_MEMORY`.
+pub const MAX_TRANSFER_BYTES: usize = 160 << 20;
 
 /// What one heap allocation costs besides its bytes: the allocator's header and rounding.
 pub const ALLOCATION_OVERHEAD: usize = 16;
@@ -29,7 +31,13 @@ pub struct Budget {
 }
 
 /// The process's budget for discovered units and plans.
-pub static TRANSFER: Budget = Budget::new(MAX_TRANSFER_BYTES);
+pub static TRANSFER: std::sync::LazyLock<Budget> = std::sync::LazyLock::new(|| {
+    let cap = crate::env::var(crate::env::XFER_PLAN_MEMORY)
+        .and_then(|mib| mib.parse::<usize>().ok())
+        .filter(|&mib| mib > 0)
+        .map_or(MAX_TRANSFER_BYTES, |mib| mib.saturating_mul(1 << 20));
+    Budget::new(cap)
+});
 
 impl Budget {
     pub const fn new(cap: usize) -> Budget {

@@ -234,7 +234,7 @@ impl Plan {
                 local::printable(self.source.as_bytes())
             ),
         )
-        .with_hint("transfer a smaller part of the tree at a time, e.g. one subdirectory per run")
+        .with_hint("transfer a smaller part of the tree at a time, e.g. one subdirectory per run, or raise XFER_PLAN_MEMORY (MiB) for a directory of very many files")
         .transient(false)
     }
 

@@ -533,7 +533,7 @@ fn add_unit(units: &mut Vec<Unit>, held: &mut Held, unit: Unit, label: &str) -> 
     held.take(unit.held_bytes()).map_err(|error| {
         Error::remote(format!("{label}: {error}; refusing to go on with it"))
             .with_hint(
-                "transfer a smaller part of the tree at a time, e.g. one subdirectory per run",
+                "transfer a smaller part of the tree at a time, e.g. one subdirectory per run, or raise XFER_PLAN_MEMORY (MiB) for a directory of very many files",
             )
             .transient(false)
     })?;

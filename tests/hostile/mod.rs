@@ -508,14 +508,20 @@ impl russh::server::Handler for SshConnection {
     async fn exec_request(
         &mut self,
         channel: ChannelId,
-        _command: &[u8],
+        command: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         match (self.shared.agent, self.channels.remove(&channel)) {
             (Some(agent), Some(opened)) => {
                 session.channel_success(channel)?;
                 let record = self.shared.record.clone();
-                tokio::spawn(serve_agent(opened.into_stream(), agent, record));
+                let script_length = script_length(command);
+                tokio::spawn(serve_agent(
+                    opened.into_stream(),
+                    agent,
+                    record,
+                    script_length,
+                ));
                 Ok(())
             }
             _ => session.channel_failure(channel),
@@ -800,14 +806,38 @@ impl russh_sftp::server::Handler for Sftp {
     }
 }
 
+/// The length of the script xfer's command line has `/bin/sh` read from stdin (its `count=`).
+fn script_length(command: &[u8]) -> usize {
+    let command = String::from_utf8_lossy(command);
+    command
+        .split("count=")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|digits| digits.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Speaks the agent protocol as [`LyingAgent`] says, until xfer goes away.
 async fn serve_agent(
     stream: impl AsyncRead + AsyncWrite + Unpin,
     agent: LyingAgent,
     record: Arc<Record>,
+    script_length: usize,
 ) {
     let (mut reader, mut writer) = tokio::io::split(stream);
-    // The start script's first line, the --agent path, is the script's, not the agent's.
+    // As a login shell running xfer's command line would: the marker, then the script's own
+    // bytes read from stdin, then its first line (the --agent path), none of it the agent's.
+    if writer
+        .write_all(xfer::ssh::exec::BEGIN_MARKER)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut script = vec![0u8; script_length];
+    if reader.read_exact(&mut script).await.is_err() {
+        return;
+    }
     let mut byte = [0u8; 1];
     loop {
         match reader.read(&mut byte).await {
