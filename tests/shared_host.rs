@@ -12,7 +12,9 @@
 //! - logins whose shell is tcsh or fish: pull, push and `secret push` still go through the
 //!   agent and the fixed scripts;
 //! - remote paths with `~`, `~user`, relative and empty, as scp reads them, for a login that is
-//!   not root.
+//!   not root;
+//! - homes that cannot hold the agent (read-only to the login, another account's, full): the
+//!   agent goes to the next private place and the transfer goes on.
 //!
 //! The users come from `support::users` (created on first use; the tests run as root).
 
@@ -1132,5 +1134,109 @@ fn tilde_relative_and_empty_remote_paths_mean_what_they_mean_to_scp() {
             !victim.home.join(literal).exists() && !dir.join(literal).exists(),
             "a directory named {literal} was made"
         );
+    }
+}
+
+/// The agent never blocks a transfer: with a home the login cannot use for the agent's cache
+/// (read-only to it, full, or another account's), a pull and a push still succeed, bounded,
+/// through an agent in the next private place (here a temporary directory of the test's own),
+/// and nothing is written into the unusable home.
+#[test]
+fn a_home_that_cannot_hold_the_agent_never_blocks_a_transfer() {
+    let users = local_users();
+    let victim = &users.victim;
+    let _cache = cache_unchanged(victim);
+    let dir = victim.fresh_dir("unusable-home");
+    let local = tempfile::tempdir().unwrap();
+    let source = local.path().join("source");
+    fs::create_dir_all(source.join("a")).unwrap();
+    fs::write(source.join("a/one.bin"), pattern(3, 3 << 20)).unwrap();
+    fs::write(source.join("two.txt"), b"two").unwrap();
+
+    // A home the login may read but not write (root's), one a third party owns, and one that
+    // is the login's own but has no room.
+    let read_only = dir.join("read-only-home");
+    fs::create_dir(&read_only).unwrap();
+    chmod(&read_only, 0o755);
+    let others = dir.join("others-home");
+    fs::create_dir(&others).unwrap();
+    users.third_party.own(&others);
+    chmod(&others, 0o755);
+    let full = dir.join("full-home");
+    fs::create_dir(&full).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16k,mode=0700"])
+        .arg("tmpfs")
+        .arg(&full)
+        .status()
+        .unwrap();
+    assert!(
+        mounted.success(),
+        "cannot mount a tmpfs at {}",
+        full.display()
+    );
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(full.clone());
+    victim.own(&full);
+    // Fill it, leaving no room for an executable.
+    let _ = fs::write(full.join("filler"), vec![0u8; 16 << 10]);
+
+    for (kind, home) in [
+        ("read-only", &read_only),
+        ("others", &others),
+        ("full", &full),
+    ] {
+        let tmp = dir.join(format!("tmp-{kind}"));
+        fs::create_dir(&tmp).unwrap();
+        victim.own(&tmp);
+        chmod(&tmp, 0o700);
+        let sshd = Sshd::builder()
+            .local_users()
+            .extra_config(&format!(
+                "SetEnv HOME={} TMPDIR={}",
+                home.display(),
+                tmp.display()
+            ))
+            .start();
+        let config = victim.client_config(&sshd, "victim");
+        let run = |arguments: &[&str]| {
+            let mut command = xfer_command();
+            command.args(arguments).arg("-F").arg(&config);
+            run_with_timeout(&mut command, LIMIT)
+        };
+        let pushed = dir.join(format!("pushed-{kind}"));
+        let output = run(&[
+            "push",
+            source.to_str().unwrap(),
+            &format!("victim:{}", pushed.display()),
+        ]);
+        assert_success(&output, &format!("push with a {kind} home"));
+        assert_no_fallback(&output, &format!("push with a {kind} home"));
+        assert_eq!(tree(&source), tree(&pushed), "{kind}");
+        let pulled = local.path().join(format!("pulled-{kind}"));
+        let output = run(&[
+            "pull",
+            &format!("victim:{}", pushed.display()),
+            pulled.to_str().unwrap(),
+        ]);
+        assert_success(&output, &format!("pull with a {kind} home"));
+        assert_eq!(tree(&source), tree(&pulled), "{kind}");
+        let cache = tmp.join(format!("xfer-agent-{}", victim.uid));
+        assert_eq!(
+            fs::read_dir(&cache).map(|entries| entries.count()).ok(),
+            Some(1),
+            "{kind}: the agent is not in {}",
+            cache.display()
+        );
+        // A full home may keep the empty cache directory the upload made; never a file.
+        let in_home = fs::read_dir(home.join(".cache/xfer"))
+            .map(|entries| entries.count())
+            .unwrap_or(0);
+        assert_eq!(in_home, 0, "{kind}: something was left in the home's cache");
     }
 }
