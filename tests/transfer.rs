@@ -679,6 +679,36 @@ fn a_missing_remote_path_is_a_clear_remote_error() {
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 
+/// A failure names the unit and the path, says each cause once, and has no empty names.
+#[test]
+fn failures_name_the_unit_and_the_path_once() {
+    let setup = setup();
+    let blocker = setup.path("a-file");
+    fs::write(&blocker, b"not a directory").unwrap();
+    let source = setup.path("tree");
+    fs::create_dir_all(source.join("sub")).unwrap();
+    fs::write(source.join("top.txt"), b"top").unwrap();
+    fs::write(source.join("sub/inner.txt"), b"inner").unwrap();
+    let remote = format!("box:{}/below/dest", blocker.display());
+    let output = setup.run(&["push", source.to_str().unwrap(), &remote]);
+    assert_eq!(output.status.code(), Some(6));
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(text.contains(&blocker.display().to_string()), "{text}");
+    assert!(text.contains("the top directory failed"), "{text}");
+    assert!(text.contains("not reached"), "{text}");
+    for bad in [": :", "unit .", "failed :", "Some(", "None"] {
+        assert!(!text.contains(bad), "{bad:?} in:\n{text}");
+    }
+    // The cause is told in the unit lines and the final line, never listed again per item.
+    let cause = "exists and is not a directory";
+    let told = text.lines().filter(|line| line.contains(cause)).count();
+    let units = text
+        .lines()
+        .filter(|line| line.contains("failed after"))
+        .count();
+    assert_eq!(told, units + 1, "{text}");
+}
+
 #[test]
 fn shell_scripts_with_crlf_are_warned_about_or_converted() {
     let setup = setup();

@@ -195,6 +195,15 @@ fn show_plan(plan: &Plan, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// How a unit is named to a person: its directory, or the top of the transfer.
+fn unit_name(relative: &str) -> String {
+    if relative.is_empty() || relative == "." {
+        "the top directory".to_string()
+    } else {
+        format!("directory {}", xfer::target::printable(relative))
+    }
+}
+
 fn report(summary: &Summary, json: bool, quiet: bool) -> Result<()> {
     if json {
         let text = serde_json::to_string_pretty(summary).map_err(|error| {
@@ -214,8 +223,16 @@ fn report(summary: &Summary, json: bool, quiet: bool) -> Result<()> {
     } else {
         "-".into()
     };
+    // Files of a unit that failed before it reached them are neither done nor failed.
+    let not_reached = summary.files.saturating_sub(
+        summary.files_transferred + summary.files_up_to_date + summary.files_failed,
+    );
+    let not_reached = match not_reached {
+        0 => String::new(),
+        count => format!(", {count} not reached"),
+    };
     eprintln!(
-        "{} file(s): {} transferred, {} up to date, {} failed; {} moved ({rate}), {} already in place; {:.1} s",
+        "{} file(s): {} transferred, {} up to date, {} failed{not_reached}; {} moved ({rate}), {} already in place; {:.1} s",
         summary.files,
         summary.files_transferred,
         summary.files_up_to_date,
@@ -224,13 +241,18 @@ fn report(summary: &Summary, json: bool, quiet: bool) -> Result<()> {
         human_bytes(summary.bytes_reused),
         summary.seconds
     );
+    // Each cause is said once: a unit's last error is often also its items' error, and many
+    // items can fail the same way (a directory that cannot be made fails all below it).
+    let mut said: Vec<String> = Vec::new();
     for unit in summary.units.iter().filter(|unit| unit.outcome == "failed") {
+        let message = unit.last_error.as_deref().unwrap_or("no error recorded");
         eprintln!(
-            "  unit {} failed after {} attempt(s): {}",
-            unit.unit,
+            "  {} failed after {} attempt(s): {}",
+            unit_name(&unit.unit),
             unit.attempts,
-            xfer::target::printable_lines(unit.last_error.as_deref().unwrap_or(""))
+            xfer::target::printable_lines(message)
         );
+        said.push(message.to_string());
     }
     if summary.units.len() > 1 {
         let skipped = summary
@@ -248,10 +270,35 @@ fn report(summary: &Summary, json: bool, quiet: bool) -> Result<()> {
             summary.units.len() - done - skipped
         );
     }
+    let mut alike: Vec<(&xfer::engine::ItemError, usize)> = Vec::new();
     for error in &summary.errors {
+        let whole = format!("{}: {}", error.path, error.message);
+        if said
+            .iter()
+            .any(|told| *told == error.message || *told == whole)
+        {
+            continue;
+        }
+        match alike
+            .iter_mut()
+            .find(|(first, _)| first.message == error.message)
+        {
+            Some((_, count)) => *count += 1,
+            None => alike.push((error, 0)),
+        }
+    }
+    for (error, more) in alike {
+        let path = if error.path.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", error.path)
+        };
+        let more = match more {
+            0 => String::new(),
+            more => format!(" (and {more} more with the same error)"),
+        };
         eprintln!(
-            "  failed {}: {}",
-            error.path,
+            "  failed{path}: {}{more}",
             xfer::target::printable_lines(&error.message)
         );
     }

@@ -141,10 +141,14 @@ impl Summary {
         } else {
             first.kind.unwrap_or(ErrorKind::Partial)
         };
-        let message = format!(
-            "{count} item(s) failed; first: {}: {}",
-            first.path, first.message
-        );
+        let message = if first.path.is_empty() {
+            format!("{count} item(s) failed; first: {}", first.message)
+        } else {
+            format!(
+                "{count} item(s) failed; first: {}: {}",
+                first.path, first.message
+            )
+        };
         let hint = if any_transient {
             "re-run the same command to resume; finished files are skipped and partial ones resume"
                 .to_string()

@@ -780,7 +780,10 @@ async fn run_unit(
                 report.last_error = summary
                     .errors
                     .first()
-                    .map(|error| format!("{}: {}", error.path, error.message));
+                    .map(|error| match error.path.as_str() {
+                        "" => error.message.clone(),
+                        path => format!("{path}: {}", error.message),
+                    });
                 last_summary = summary;
                 transient
             }
