@@ -1240,3 +1240,81 @@ fn a_home_that_cannot_hold_the_agent_never_blocks_a_transfer() {
         assert_eq!(in_home, 0, "{kind}: something was left in the home's cache");
     }
 }
+
+/// An SFTP-only login locked in a chroot (`ForceCommand internal-sftp`, `ChrootDirectory`), as
+/// hosting providers set up: pull and push work over SFTP with paths inside the chroot, a
+/// secret is refused in one line that says why, and doctor says exec is not allowed.
+#[test]
+fn a_chrooted_sftp_only_login_transfers_and_explains_secrets() {
+    let users = local_users();
+    let victim = &users.victim;
+    // sshd wants every component of a chroot owned by root and writable by nobody else.
+    let chroot = PathBuf::from(format!("/var/lib/xfer-test-chroot-{}", std::process::id()));
+    remove_any(&chroot);
+    fs::create_dir_all(chroot.join("data")).unwrap();
+    chmod(&chroot, 0o755);
+    victim.own(&chroot.join("data"));
+    struct Remove(PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            remove_any(&self.0);
+        }
+    }
+    let _remove = Remove(chroot.clone());
+    let sshd = Sshd::builder()
+        .local_users()
+        .extra_config(&format!(
+            "Match User {}\n  ChrootDirectory {}\n  ForceCommand internal-sftp",
+            victim.name,
+            chroot.display()
+        ))
+        .start();
+    let config = victim.client_config(&sshd, "victim");
+    let run = |arguments: &[&str]| {
+        let mut command = xfer_command();
+        command.args(arguments).arg("-F").arg(&config);
+        run_with_timeout(&mut command, LIMIT)
+    };
+    let local = tempfile::tempdir().unwrap();
+    let source = local.path().join("source");
+    fs::create_dir_all(source.join("a")).unwrap();
+    fs::write(source.join("a/one.bin"), pattern(9, 2 << 20)).unwrap();
+    fs::write(source.join("two.txt"), b"two").unwrap();
+
+    let output = run(&["push", source.to_str().unwrap(), "victim:/data/pushed"]);
+    assert_success(&output, "push into the chroot");
+    assert_eq!(text(&output.stderr).matches("using SFTP").count(), 1);
+    assert_eq!(tree(&source), tree(&chroot.join("data/pushed")));
+    let copy = local.path().join("copy");
+    let output = run(&["pull", "victim:/data/pushed", copy.to_str().unwrap()]);
+    assert_success(&output, "pull from the chroot");
+    assert_eq!(tree(&source), tree(&copy));
+
+    let mut secret = xfer_command();
+    secret
+        .env("CHROOT_TOKEN", "value")
+        .args([
+            "secret",
+            "push",
+            "--from-env",
+            "CHROOT_TOKEN",
+            "--to",
+            "/data/token",
+            "-F",
+        ])
+        .arg(&config)
+        .arg("victim");
+    let output = run_with_timeout(&mut secret, LIMIT);
+    assert_eq!(output.status.code(), Some(6), "{}", said(&output));
+    assert!(
+        said(&output).contains("runs no commands"),
+        "{}",
+        said(&output)
+    );
+    assert!(!chroot.join("data/token").exists());
+
+    let output = run(&["doctor", "--json", "victim"]);
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report[0]["exec"], "refused", "{report}");
+    assert_eq!(report[0]["sftp"], "allowed", "{report}");
+}
