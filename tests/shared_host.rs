@@ -1318,3 +1318,18 @@ fn a_chrooted_sftp_only_login_transfers_and_explains_secrets() {
     assert_eq!(report[0]["exec"], "refused", "{report}");
     assert_eq!(report[0]["sftp"], "allowed", "{report}");
 }
+
+#[test]
+fn a_dash_login_pulls_pushes_and_takes_secrets_through_the_agent() {
+    let users = local_users();
+    assert_eq!(
+        fs::canonicalize(&users.third_party.shell).unwrap(),
+        fs::canonicalize("/bin/dash").unwrap(),
+        "the third party's login shell is dash"
+    );
+    a_login_shell_other_than_sh_still_gets_the_agent(
+        &users.third_party,
+        "third",
+        "login-shell-dash",
+    );
+}
