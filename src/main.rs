@@ -5,6 +5,7 @@ mod cli;
 
 use clap::Parser;
 use cli::args::{Cli, Command, SecretCommand};
+use cli::output::errln;
 use cli::settings::Verbosity;
 use std::process::ExitCode;
 use xfer::engine::plan::Direction;
@@ -33,7 +34,7 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("xfer: cannot start the async runtime: {error}");
+            errln!("xfer: cannot start the async runtime: {error}");
             return ExitCode::from(5);
         }
     };
@@ -53,9 +54,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("xfer: {}", printable_lines(&error.to_string()));
+            errln!("xfer: {}", printable_lines(&error.to_string()));
             if let Some(hint) = error.hint() {
-                eprintln!("hint: {}", printable(hint));
+                errln!("hint: {}", printable(hint));
             }
             ExitCode::from(error.kind().exit_code() as u8)
         }

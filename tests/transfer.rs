@@ -679,6 +679,49 @@ fn a_missing_remote_path_is_a_clear_remote_error() {
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 
+/// `xfer pull -n ... | head -2`: the reader goes away mid-plan, and xfer ends quietly with its
+/// own exit code, no panic.
+#[test]
+fn a_reader_that_goes_away_ends_the_output_quietly() {
+    use std::io::Read;
+    let setup = setup();
+    let source = setup.path("many");
+    for index in 0..3000 {
+        write_file(
+            &source.join(format!("d{}/file-{index}.txt", index % 10)),
+            index,
+            10,
+            0o644,
+            1_600_000_000,
+        );
+    }
+    let mut command = setup.xfer(&[
+        "pull",
+        "-n",
+        &setup.remote("many"),
+        setup.path("copy").to_str().unwrap(),
+    ]);
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 64];
+    stdout.read_exact(&mut first).unwrap();
+    drop(stdout);
+    let mut stderr = child.stderr.take().unwrap();
+    let deadline = Instant::now() + LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "xfer did not end");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut said = String::new();
+    stderr.read_to_string(&mut said).unwrap();
+    assert_eq!(status.code(), Some(0), "{said}");
+    assert!(!said.contains("panicked") && !said.contains("Broken pipe"), "{said}");
+}
+
 /// A failure names the unit and the path, says each cause once, and has no empty names.
 #[test]
 fn failures_name_the_unit_and_the_path_once() {

@@ -2,6 +2,7 @@
 //! with each failing host and what to do about it.
 
 use crate::cli::args::DoctorArgs;
+use crate::cli::output::{out, outln};
 use crate::cli::settings::ConnectionSettings;
 use std::sync::Arc;
 use xfer::doctor::{DoctorOptions, HostReport, check_hosts};
@@ -25,10 +26,10 @@ pub async fn run(args: &DoctorArgs) -> Result<()> {
         let text = serde_json::to_string_pretty(&reports).map_err(|error| {
             Error::new(ErrorKind::LocalIo, format!("cannot encode JSON: {error}"))
         })?;
-        println!("{text}");
+        outln!("{text}");
     } else {
-        print!("{}", render_table(&reports));
-        print!("{}", render_problems(&reports));
+        out!("{}", render_table(&reports));
+        out!("{}", render_problems(&reports));
     }
     let failed = reports.iter().filter(|report| !report.passed).count();
     if failed > 0 {

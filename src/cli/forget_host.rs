@@ -2,6 +2,7 @@
 //! applied to every user known_hosts file the host's config names.
 
 use crate::cli::args::ForgetHostArgs;
+use crate::cli::output::outln;
 use crate::cli::settings::ConnectionSettings;
 use xfer::error::Result;
 use xfer::ssh::known_hosts;
@@ -27,7 +28,7 @@ pub fn run(args: &ForgetHostArgs, quiet: bool) -> Result<()> {
                 .as_ref()
                 .map(|path| format!(" (previous version kept as {})", path.display()))
                 .unwrap_or_default();
-            println!(
+            outln!(
                 "removed {} key(s) for {name} from {}{backup}",
                 result.removed,
                 result.file.display()
@@ -40,7 +41,7 @@ pub fn run(args: &ForgetHostArgs, quiet: bool) -> Result<()> {
             .iter()
             .map(|path| path.display().to_string())
             .collect();
-        println!("no keys for {name} in {}", files.join(", "));
+        outln!("no keys for {name} in {}", files.join(", "));
     }
     Ok(())
 }

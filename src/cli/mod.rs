@@ -6,6 +6,7 @@ pub mod args;
 pub mod doctor;
 pub mod forget_host;
 pub mod logging;
+pub mod output;
 pub mod progress;
 pub mod secret;
 pub mod settings;

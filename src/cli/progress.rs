@@ -5,6 +5,7 @@
 //! the rate is the link's. Without a terminal there are no bars: `-v` prints a line per
 //! finished file, and the summary comes at the end. Every path is made terminal-safe here.
 
+use crate::cli::output::errln;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -159,7 +160,7 @@ impl TerminalReporter {
             Some(bars) => {
                 let _ = bars.multi.println(line);
             }
-            None => eprintln!("{line}"),
+            None => errln!("{line}"),
         }
     }
 }

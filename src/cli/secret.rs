@@ -3,6 +3,7 @@
 //! never printed, logged or put in an error.
 
 use crate::cli::args::{SecretCheckArgs, SecretPushArgs, SecretSourceArgs};
+use crate::cli::output::outln;
 use crate::cli::settings::ConnectionSettings;
 use secrecy::{ExposeSecret, SecretSlice};
 use sha2::Digest;
@@ -111,12 +112,12 @@ where
     for (index, result) in results {
         let host = printable(&prepared.hosts[index].to_string());
         match result {
-            Ok(line) => println!("{host}: {line}"),
+            Ok(line) => outln!("{host}: {line}"),
             Err(error) => {
                 failed += 1;
-                println!("{host}: FAILED: {}", printable(&error.to_string()));
+                outln!("{host}: FAILED: {}", printable(&error.to_string()));
                 if let Some(hint) = error.hint() {
-                    println!("{host}:   hint: {}", printable(hint));
+                    outln!("{host}:   hint: {}", printable(hint));
                 }
                 first_failure.get_or_insert(error);
             }

@@ -3,6 +3,7 @@
 //! code.
 
 use crate::cli::args::TransferArgs;
+use crate::cli::output::{errln, out, outln};
 use crate::cli::progress::TerminalReporter;
 use crate::cli::settings::{ConnectionSettings, Verbosity};
 use std::sync::Arc;
@@ -188,9 +189,9 @@ fn show_plan(plan: &Plan, json: bool) -> Result<()> {
         let text = serde_json::to_string_pretty(plan).map_err(|error| {
             Error::new(ErrorKind::LocalIo, format!("cannot encode JSON: {error}"))
         })?;
-        println!("{text}");
+        outln!("{text}");
     } else {
-        print!("{}", plan.render());
+        out!("{}", plan.render());
     }
     Ok(())
 }
@@ -209,7 +210,7 @@ fn report(summary: &Summary, json: bool, quiet: bool) -> Result<()> {
         let text = serde_json::to_string_pretty(summary).map_err(|error| {
             Error::new(ErrorKind::LocalIo, format!("cannot encode JSON: {error}"))
         })?;
-        println!("{text}");
+        outln!("{text}");
         return Ok(());
     }
     if quiet {
@@ -231,7 +232,7 @@ fn report(summary: &Summary, json: bool, quiet: bool) -> Result<()> {
         0 => String::new(),
         count => format!(", {count} not reached"),
     };
-    eprintln!(
+    errln!(
         "{} file(s): {} transferred, {} up to date, {} failed{not_reached}; {} moved ({rate}), {} already in place; {:.1} s",
         summary.files,
         summary.files_transferred,
@@ -246,7 +247,7 @@ fn report(summary: &Summary, json: bool, quiet: bool) -> Result<()> {
     let mut said: Vec<String> = Vec::new();
     for unit in summary.units.iter().filter(|unit| unit.outcome == "failed") {
         let message = unit.last_error.as_deref().unwrap_or("no error recorded");
-        eprintln!(
+        errln!(
             "  {} failed after {} attempt(s): {}",
             unit_name(&unit.unit),
             unit.attempts,
@@ -265,7 +266,7 @@ fn report(summary: &Summary, json: bool, quiet: bool) -> Result<()> {
             .iter()
             .filter(|unit| unit.outcome == "done")
             .count();
-        eprintln!(
+        errln!(
             "  directories: {done} done, {skipped} skipped as complete, {} failed",
             summary.units.len() - done - skipped
         );
@@ -297,7 +298,7 @@ fn report(summary: &Summary, json: bool, quiet: bool) -> Result<()> {
             0 => String::new(),
             more => format!(" (and {more} more with the same error)"),
         };
-        eprintln!(
+        errln!(
             "  failed{path}: {}{more}",
             xfer::target::printable_lines(&error.message)
         );
