@@ -28,6 +28,10 @@ pub enum ErrorKind {
     Partial,
     /// A check (such as `xfer doctor`) ran and found problems.
     CheckFailed,
+    /// Ctrl-C (SIGINT) stopped the run; what was done is kept and a re-run resumes.
+    Interrupted,
+    /// SIGTERM stopped the run; what was done is kept and a re-run resumes.
+    Terminated,
 }
 
 impl ErrorKind {
@@ -41,6 +45,9 @@ impl ErrorKind {
             ErrorKind::LocalIo => 5,
             ErrorKind::Remote => 6,
             ErrorKind::CheckFailed => 7,
+            // 128 + the signal's number, as shells report a process a signal ended.
+            ErrorKind::Interrupted => 130,
+            ErrorKind::Terminated => 143,
         }
     }
 
@@ -177,6 +184,8 @@ mod tests {
             ErrorKind::LocalIo,
             ErrorKind::Remote,
             ErrorKind::CheckFailed,
+            ErrorKind::Interrupted,
+            ErrorKind::Terminated,
         ];
         let mut codes: Vec<i32> = kinds.iter().map(|k| k.exit_code()).collect();
         codes.sort();

@@ -719,7 +719,80 @@ fn a_reader_that_goes_away_ends_the_output_quietly() {
     let mut said = String::new();
     stderr.read_to_string(&mut said).unwrap();
     assert_eq!(status.code(), Some(0), "{said}");
-    assert!(!said.contains("panicked") && !said.contains("Broken pipe"), "{said}");
+    assert!(
+        !said.contains("panicked") && !said.contains("Broken pipe"),
+        "{said}"
+    );
+}
+
+/// Ctrl-C and SIGTERM in the middle of a pull: one line saying how far it got and that a
+/// re-run resumes, exit 130 / 143, and the re-run ends identical, moving only what was missing.
+#[test]
+fn an_interrupted_pull_says_so_once_and_the_rerun_resumes() {
+    for (signal, code) in [
+        (nix::sys::signal::Signal::SIGINT, 130),
+        (nix::sys::signal::Signal::SIGTERM, 143),
+    ] {
+        let setup = setup();
+        let (proxy, config) = via_proxy(&setup);
+        let size = 24 << 20;
+        let source = setup.path("big.bin");
+        write_file(&source, 7, size, 0o644, 1_700_000_000);
+        write_file(&setup.path("tree/small.txt"), 8, 100, 0o644, 1_700_000_000);
+        fs::rename(&source, setup.path("tree/big.bin")).unwrap();
+        let copy = setup.path("copy");
+        proxy.set_mode(ProxyMode::Throttle {
+            bytes_per_second: 4_000_000,
+        });
+        let mut command = xfer_command_in(setup.state.path());
+        command
+            .args(["pull", "-q", "-F"])
+            .arg(&config)
+            .arg(format!("via:{}", setup.path("tree").display()))
+            .arg(&copy)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let child = command.spawn().unwrap();
+        let deadline = Instant::now() + LIMIT;
+        while proxy.bytes_down() < 6 << 20 {
+            assert!(Instant::now() < deadline, "the pull never got going");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(code), "{signal}: {stderr}");
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "{signal}: one line expected:\n{stderr}"
+        );
+        assert!(
+            stderr.contains("interrupted:") && stderr.contains("re-run the same command"),
+            "{signal}: {stderr}"
+        );
+
+        proxy.set_mode(ProxyMode::Pass);
+        proxy.reset_counters();
+        let mut again = xfer_command_in(setup.state.path());
+        again
+            .args(["pull", "-F"])
+            .arg(&config)
+            .arg(format!("via:{}", setup.path("tree").display()))
+            .arg(&copy);
+        let rerun = run_with_timeout(&mut again, LIMIT);
+        assert_success(&rerun);
+        assert_eq!(
+            tree_digest(&setup.path("tree")),
+            tree_digest(&copy),
+            "{signal}"
+        );
+        assert!(
+            proxy.bytes_down() < size as u64 - (4 << 20),
+            "{signal}: the re-run moved {} bytes of {size}",
+            proxy.bytes_down()
+        );
+    }
 }
 
 /// A failure names the unit and the path, says each cause once, and has no empty names.

@@ -75,6 +75,14 @@ impl TerminalReporter {
     }
 
     /// Removes the bars before the summary is printed.
+    /// Files finished (done or failed) and files planned so far.
+    pub fn files(&self) -> (u64, u64) {
+        (
+            self.files_done.load(Ordering::Relaxed),
+            self.files_total.load(Ordering::Relaxed),
+        )
+    }
+
     pub fn finish(&self) {
         if let Some(bars) = &self.bars {
             if let Ok(mut files) = bars.files.lock() {

@@ -109,7 +109,22 @@ pub async fn run(args: &TransferArgs, direction: Direction, verbosity: Verbosity
             },
         },
     };
-    let summary = units::run(transfer).await;
+    let summary = tokio::select! {
+        summary = units::run(transfer) => summary,
+        kind = interrupted() => {
+            // What is on disk is recorded as it lands (journals hold only synced blocks, as
+            // after a SIGKILL), so stopping here loses only the bytes in flight.
+            reporter.finish();
+            let (done, planned) = reporter.files();
+            return Err(Error::new(
+                kind,
+                format!(
+                    "interrupted: {done} of {planned} file(s) done; re-run the same command to resume"
+                ),
+            )
+            .transient(true));
+        }
+    };
     reporter.finish();
     let summary = summary?;
     report(&summary, args.json, quiet)?;
@@ -194,6 +209,31 @@ fn show_plan(plan: &Plan, json: bool) -> Result<()> {
         out!("{}", plan.render());
     }
     Ok(())
+}
+
+/// Waits for Ctrl-C or SIGTERM and says which. A second one while xfer winds down ends it at
+/// once, with the same exit code.
+async fn interrupted() -> ErrorKind {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        // Without signal handlers the default action still stops xfer; nothing to wait for.
+        return std::future::pending().await;
+    };
+    let kind = tokio::select! {
+        _ = interrupt.recv() => ErrorKind::Interrupted,
+        _ = terminate.recv() => ErrorKind::Terminated,
+    };
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        std::process::exit(kind.exit_code());
+    });
+    kind
 }
 
 /// How a unit is named to a person: its directory, or the top of the transfer.
