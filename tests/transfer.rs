@@ -795,6 +795,39 @@ fn an_interrupted_pull_says_so_once_and_the_rerun_resumes() {
     }
 }
 
+/// A trailing `/` names a directory, as with cp, scp and rsync: a file pushed or pulled there
+/// lands inside it, the directories made as needed.
+#[test]
+fn a_trailing_slash_names_a_directory_both_ways() {
+    let setup = setup();
+    let file = setup.path("weights.bin");
+    write_file(&file, 12, 3 << 20, 0o640, 1_700_000_000);
+    for (index, extra) in [&[][..], &["--no-agent"][..]].into_iter().enumerate() {
+        let remote_dir = setup.path(&format!("remote-{index}/a/new/dir"));
+        let mut arguments = vec!["push", file.to_str().unwrap()];
+        let target = format!("box:{}/", remote_dir.display());
+        arguments.push(&target);
+        arguments.extend_from_slice(extra);
+        assert_success(&setup.run(&arguments));
+        assert_eq!(
+            fs::read(remote_dir.join("weights.bin")).unwrap(),
+            fs::read(&file).unwrap()
+        );
+
+        let local_dir = setup.path(&format!("local-{index}/missing"));
+        let source = setup.remote("weights.bin");
+        let destination = format!("{}/", local_dir.display());
+        let mut arguments = vec!["pull", &source, &destination];
+        arguments.extend_from_slice(extra);
+        assert_success(&setup.run(&arguments));
+        assert!(local_dir.is_dir());
+        assert_eq!(
+            fs::read(local_dir.join("weights.bin")).unwrap(),
+            fs::read(&file).unwrap()
+        );
+    }
+}
+
 /// A failure names the unit and the path, says each cause once, and has no empty names.
 #[test]
 fn failures_name_the_unit_and_the_path_once() {

@@ -511,7 +511,9 @@ pub fn pull_target(
             top: RelativePath::root(),
         });
     }
-    if destination.is_dir() {
+    // A trailing `/` names a directory, made if missing, as with cp, scp and rsync.
+    let names_directory = destination.as_os_str().as_encoded_bytes().ends_with(b"/");
+    if names_directory || destination.is_dir() {
         let name = source_path
             .trim_end_matches('/')
             .rsplit('/')
@@ -872,11 +874,15 @@ pub async fn plan_push<R: Remote>(
     let metadata = std::fs::symlink_metadata(source)
         .map_err(|error| Error::local_io(format!("cannot read {}", source.display()), error))?;
     let root_kind = local_kind(metadata.file_type());
-    // A file pushed onto an existing remote directory goes inside it, as with cp and scp.
+    // A file pushed onto an existing remote directory, or onto a path that ends in `/` (a
+    // directory to be made), goes inside it, as with cp, scp and rsync.
     let mut destination_root = destination_path.to_string();
     if root_kind != EntryKind::Directory
-        && let Some(existing) = remote.stat(destination_path, true).await?
-        && existing.kind == EntryKind::Directory
+        && (destination_path.ends_with('/')
+            || remote
+                .stat(destination_path, true)
+                .await?
+                .is_some_and(|existing| existing.kind == EntryKind::Directory))
     {
         let name = source
             .file_name()

@@ -494,9 +494,13 @@ async fn push_root<R: Remote>(transfer: &Transfer, remote: &R) -> Result<String>
             error,
         )
     })?;
+    // As plan::plan_push decides: inside an existing directory, or one a trailing `/` names.
     if !metadata.is_dir()
-        && let Some(existing) = remote.stat(&transfer.remote_path, true).await?
-        && existing.kind == EntryKind::Directory
+        && (transfer.remote_path.ends_with('/')
+            || remote
+                .stat(&transfer.remote_path, true)
+                .await?
+                .is_some_and(|existing| existing.kind == EntryKind::Directory))
     {
         let name = transfer
             .local_path
