@@ -340,6 +340,25 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
         text.contains("changed (modification time differs)"),
         "{text}"
     );
+    // Only the changes are listed (and the summary line); -v adds the up-to-date entries.
+    assert_eq!(text.lines().count(), 3, "{text}");
+    assert!(!text.contains("  up to date"), "{text}");
+    let output = setup.run(&[
+        "pull",
+        "--dry-run",
+        "-v",
+        &setup.remote("source"),
+        destination.to_str().unwrap(),
+    ]);
+    assert_success(&output);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        text.lines()
+            .filter(|line| line.starts_with("up to date"))
+            .count(),
+        9,
+        "{text}"
+    );
 }
 
 /// Large enough that a kill or a cut lands in the middle of the data.

@@ -75,17 +75,17 @@ pub async fn run(args: &TransferArgs, direction: Direction, verbosity: Verbosity
         (None, false) => AgentMode::Auto,
     };
     if args.dry_run {
-        return dry_run(
+        let plan = dry_run(
             &connector,
             &host,
             direction,
             &remote_path,
             &local_path,
             &state,
-            args.json,
             args.fix_crlf,
         )
-        .await;
+        .await?;
+        return show_plan(&plan, args.json, verbose);
     }
     let reporter = Arc::new(TerminalReporter::new(verbose, quiet));
     let transfer = Transfer {
@@ -143,9 +143,8 @@ async fn dry_run(
     remote_path: &str,
     local_path: &std::path::Path,
     state: &StateDir,
-    json: bool,
     fix_crlf: bool,
-) -> Result<()> {
+) -> Result<Plan> {
     // A dry run changes nothing on the host, not even the agent's cache: SFTP plans the same.
     let remote = units::open_remote(
         connector,
@@ -196,17 +195,18 @@ async fn dry_run(
             .await?
         }
     };
-    show_plan(&plan, json)
+    Ok(plan)
 }
 
-fn show_plan(plan: &Plan, json: bool) -> Result<()> {
+/// Prints a dry run's plan: what would change, and with `-v` what is already up to date.
+fn show_plan(plan: &Plan, json: bool, verbose: bool) -> Result<()> {
     if json {
         let text = serde_json::to_string_pretty(plan).map_err(|error| {
             Error::new(ErrorKind::LocalIo, format!("cannot encode JSON: {error}"))
         })?;
         outln!("{text}");
     } else {
-        out!("{}", plan.render());
+        out!("{}", plan.render(verbose));
     }
     Ok(())
 }

@@ -333,7 +333,9 @@ impl Plan {
 
     /// The `--dry-run` text: a summary line, then one line per item that needs work and per
     /// skipped entry.
-    pub fn render(&self) -> String {
+    /// The plan as `--dry-run` prints it: the summary line, then what would change (every
+    /// entry, up-to-date ones included, when `all`), then warnings and skipped entries.
+    pub fn render(&self, all: bool) -> String {
         let count = |wanted: fn(&Action) -> bool| {
             self.items
                 .iter()
@@ -352,7 +354,11 @@ impl Plan {
             self.skipped.len(),
             human_bytes(self.bytes_to_move()),
         );
-        for item in &self.items {
+        for item in self
+            .items
+            .iter()
+            .filter(|item| all || item.action != Action::UpToDate)
+        {
             let shown = if item.path.is_empty() {
                 ".".to_string()
             } else {
