@@ -847,6 +847,39 @@ fn a_trailing_slash_names_a_directory_both_ways() {
     }
 }
 
+/// A push keeps a symlink's own mtime, as a pull does (rsync -a compares it), through the
+/// agent and over SFTP.
+#[test]
+fn a_pushed_symlink_keeps_its_own_mtime() {
+    let setup = setup();
+    let source = setup.path("with-link");
+    write_file(&source.join("data.txt"), 3, 10, 0o644, 1_600_000_000);
+    std::os::unix::fs::symlink("data.txt", source.join("link")).unwrap();
+    let time = nix::sys::time::TimeSpec::new(1_650_000_000, 0);
+    nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        &source.join("link"),
+        &time,
+        &time,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .unwrap();
+    for (index, extra) in [&[][..], &["--no-agent"][..]].into_iter().enumerate() {
+        let target = setup.path(&format!("pushed-{index}"));
+        let remote = format!("box:{}", target.display());
+        let mut arguments = vec!["push", source.to_str().unwrap(), &remote];
+        arguments.extend_from_slice(extra);
+        assert_success(&setup.run(&arguments));
+        let link = fs::symlink_metadata(target.join("link")).unwrap();
+        assert!(link.file_type().is_symlink());
+        assert_eq!(link.mtime(), 1_650_000_000, "{extra:?}");
+        assert_eq!(
+            fs::metadata(target.join("data.txt")).unwrap().mtime(),
+            1_600_000_000
+        );
+    }
+}
+
 /// A failure names the unit and the path, says each cause once, and has no empty names.
 #[test]
 fn failures_name_the_unit_and_the_path_once() {

@@ -875,11 +875,25 @@ fn set_attributes(
     }
     let file = match options.custom_flags(no_follow_flags()).open(path) {
         Ok(file) => file,
+        // A symlink: only its own times can be set (as rsync -a does), never through it.
         Err(error) if error.raw_os_error() == Some(nix::libc::ELOOP) => {
-            return Err(Failure::new(
-                ErrorCode::Invalid,
-                format!("{path} is a symlink; not changing what it points to"),
-            ));
+            return match (size, mode, mtime) {
+                (None, None, Some(mtime)) => {
+                    let time = timespec(mtime)?;
+                    nix::sys::stat::utimensat(
+                        nix::fcntl::AT_FDCWD,
+                        path,
+                        &time,
+                        &time,
+                        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+                    )?;
+                    Ok(())
+                }
+                _ => Err(Failure::new(
+                    ErrorCode::Invalid,
+                    format!("{path} is a symlink; not changing what it points to"),
+                )),
+            };
         }
         Err(error) => return Err(error.into()),
     };
@@ -906,13 +920,16 @@ fn apply_attributes(
         file.set_permissions(fs::Permissions::from_mode(mode & 0o7777))?;
     }
     if let Some(mtime) = mtime {
-        let seconds = nix::libc::time_t::try_from(mtime).map_err(|_| {
-            Failure::new(ErrorCode::Invalid, format!("mtime {mtime} is out of range"))
-        })?;
-        let time = nix::sys::time::TimeSpec::new(seconds, 0);
+        let time = timespec(mtime)?;
         nix::sys::stat::futimens(file, &time, &time)?;
     }
     Ok(())
+}
+
+fn timespec(mtime: i64) -> Result<nix::sys::time::TimeSpec, Failure> {
+    let seconds = nix::libc::time_t::try_from(mtime)
+        .map_err(|_| Failure::new(ErrorCode::Invalid, format!("mtime {mtime} is out of range")))?;
+    Ok(nix::sys::time::TimeSpec::new(seconds, 0))
 }
 
 fn make_directory(path: &str, mode: u32) -> Result<(), Failure> {
@@ -1133,6 +1150,12 @@ mod tests {
         std::os::unix::fs::symlink(&victim, &link).unwrap();
         let refused = set_attributes(link.to_str().unwrap(), Some(100), Some(0o666), Some(5));
         assert!(refused.is_err());
+        unchanged(&victim);
+        // Its own time can be set: the link's, not the file's.
+        let before = fs::metadata(&victim).unwrap().mtime();
+        set_attributes(link.to_str().unwrap(), None, None, Some(12345)).unwrap();
+        assert_eq!(fs::symlink_metadata(&link).unwrap().mtime(), 12345);
+        assert_eq!(fs::metadata(&victim).unwrap().mtime(), before);
         unchanged(&victim);
         // A directory's attributes are set through a descriptor of the directory itself.
         let inner = directory.path().join("inner");

@@ -141,6 +141,16 @@ pub async fn execute<R: Remote>(
         let target = item.link_target.as_deref().unwrap_or_default();
         if let Err(error) = context.remote.make_symlink(&item.target, target).await {
             summary.errors.push(ItemError::new(&item.path, &error));
+            continue;
+        }
+        // The link's own mtime, as a pull keeps it and rsync -a compares it. A server that
+        // cannot set a link's times without following it (SFTP without lsetstat) leaves it.
+        let mtime = SetAttributes {
+            mtime: Some(item.mtime),
+            ..SetAttributes::default()
+        };
+        if let Err(error) = context.remote.set_attributes(&item.target, mtime).await {
+            tracing::debug!(path = %item.path, %error, "the link's mtime was not set");
         }
     }
 
