@@ -553,6 +553,54 @@ fn a_keyring_entry_is_read_on_a_headless_box() {
     assert_eq!(fs::read_to_string(&target).unwrap(), "keyring-value-42");
 }
 
+/// The command the hint gives for a missing entry works as printed, from a plain shell: the
+/// key it stores is one that the next, separate xfer process finds.
+#[test]
+fn the_keyring_hint_works_from_a_plain_shell() {
+    let sshd = Sshd::start();
+    let config = sshd.write_client_config("box", &[]);
+    let work = tempfile::tempdir().unwrap();
+    let target = work.path().join("from-hint");
+    let service = format!("xfer-hint-{}", std::process::id());
+    let mut command = xfer_command();
+    command
+        .args(["secret", "push", "--from-keyring"])
+        .arg(format!("{service}/tester"))
+        .arg("--to")
+        .arg(&target)
+        .arg("-F")
+        .arg(&config)
+        .arg("box")
+        .env_remove("DBUS_SESSION_BUS_ADDRESS");
+    let output = run_with_timeout(&mut command, LIMIT);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
+    let said = text(&output.stderr);
+    let hint = said
+        .split("keyctl ")
+        .nth(1)
+        .and_then(|rest| rest.split(" (").next())
+        .unwrap_or_else(|| panic!("no keyctl command in the hint: {said}"));
+    // Run exactly the printed command, in a shell of its own, the value on stdin.
+    let mut store = Command::new("sh");
+    store
+        .arg("-c")
+        .arg(format!("keyctl {hint} > /dev/null"))
+        .stdin(Stdio::piped());
+    let mut child = store.spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"hint-value-7").unwrap();
+    assert!(child.wait().unwrap().success(), "keyctl {hint}");
+    let output = run_with_timeout(&mut command, LIMIT);
+    // The key is the user's until removed: remove it whatever happened.
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "keyctl unlink $(keyctl search @u user 'keyring:tester@{service}') @u"
+        ))
+        .output();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(fs::read_to_string(&target).unwrap(), "hint-value-7");
+}
+
 #[test]
 fn a_full_remote_disk_is_reported() {
     let sshd = Sshd::start();

@@ -232,6 +232,11 @@ fn read_keyring(service: &str, user: &str) -> Result<SecretString> {
             Err(_) => tried.push("Secret Service: not available"),
         }
     }
+    // Before the keyring store: it may give the process a session keyring of its own, after
+    // which the user keyring is no longer this process's to search.
+    if let Some(value) = read_user_keyring(service, user) {
+        return Ok(value);
+    }
     match linux_keyutils_keyring_store::Store::new() {
         Ok(store) => {
             keyring_core::set_default_store(store);
@@ -250,8 +255,32 @@ fn read_keyring(service: &str, user: &str) -> Result<SecretString> {
         format!("no keyring entry for service {service}, user {user} ({})", tried.join("; ")),
     )
     .with_hint(format!(
-        "store it first: on a desktop, secret-tool or your keyring app; on a headless box, in this login session: keyctl padd user 'keyring:{user}@{service}' @s (the value on its stdin)"
+        "store it first: on a desktop, secret-tool or your keyring app; on a headless box: keyctl padd user 'keyring:{user}@{service}' @u (the value on its stdin; your user keyring, which later processes of yours see)"
     )))
+}
+
+/// The entry as `keyctl padd user 'keyring:USER@SERVICE' @u` stores it, read straight from the
+/// user keyring: in a plain shell, with no session keyring of its own, the keyring store
+/// (which links what it reads into the session keyring) is refused.
+fn read_user_keyring(service: &str, user: &str) -> Option<SecretString> {
+    use linux_keyutils::{KeyRing, KeyRingIdentifier};
+    let keyring = KeyRing::from_special_id(KeyRingIdentifier::User, false)
+        .inspect_err(|error| tracing::debug!(%error, "no user keyring"))
+        .ok()?;
+    let key = keyring
+        .search(&format!("keyring:{user}@{service}"))
+        .inspect_err(|error| tracing::debug!(%error, "no entry in the user keyring"))
+        .ok()?;
+    let bytes = secrecy::SecretSlice::from(
+        key.read_to_vec()
+            .inspect_err(
+                |error| tracing::debug!(%error, "the user keyring's entry is not readable"),
+            )
+            .ok()?,
+    );
+    // A value that is not text is not ours to guess at; the caller says no entry was usable.
+    let text = std::str::from_utf8(bytes.expose_secret()).ok()?;
+    Some(SecretString::from(text.to_string()))
 }
 
 #[cfg(test)]
