@@ -8,6 +8,10 @@
 //! handshake by ConnectTimeout (20 s by default), each authentication step, and the live
 //! session by keepalives (ServerAliveInterval, or 15 s x 3 when unset), so a silent peer
 //! becomes a transient error and never a hang.
+//!
+//! Connections of one run to a host are opened at the pace `startups` sets, so a host that
+//! drops connections still being set up (sshd MaxStartups) gets few of them at once; a
+//! connection closed during the handshake is marked as such for it to decide.
 
 use crate::env;
 use crate::error::{Error, Result};
@@ -16,6 +20,7 @@ use crate::ssh::config::{
     self, ConfigSource, HostConfig, JumpHost, LocalContext, Overrides, StrictHostKeyChecking,
 };
 use crate::ssh::known_hosts::{self, HostKeyStatus};
+use crate::ssh::startups::{ClosedBeforeLogin, Startups, closed_before_login};
 use crate::target::HostSpec;
 use russh::client::{self, Handle};
 use russh::keys::{PublicKey, PublicKeyOrCertificate};
@@ -50,6 +55,8 @@ pub struct Connector {
     tuning: Tuning,
     /// Environment variables ProxyCommand children must not inherit (a secret's variable).
     scrubbed: Vec<String>,
+    /// How many connections to each host are being opened at once.
+    startups: Startups,
 }
 
 /// SSH transport settings that matter for throughput.
@@ -145,6 +152,7 @@ impl Connector {
             keys: KeyStore::default(),
             tuning: Tuning::default(),
             scrubbed: Vec::new(),
+            startups: Startups::new(),
         }
     }
 
@@ -174,8 +182,13 @@ impl Connector {
         self.connect_resolved(Arc::new(config)).await
     }
 
+    /// Connects at the pace the host takes new connections (see `startups`).
     pub async fn connect_resolved(&self, config: Arc<HostConfig>) -> Result<Connection> {
-        self.connect_at_depth(config, 0).await
+        let key = startup_key(&config);
+        let label = label_of(&config);
+        self.startups
+            .open(&key, &label, || self.connect_at_depth(config.clone(), 0))
+            .await
     }
 
     fn connect_at_depth<'a>(
@@ -345,6 +358,10 @@ impl Connector {
                             .transient(error.is_transient());
                     if let Some(hint) = hint {
                         wrapped = wrapped.with_hint(hint);
+                    }
+                    // A jump host dropping a connection it is still setting up is a limit too.
+                    if closed_before_login(&error) {
+                        wrapped = wrapped.with_source(ClosedBeforeLogin);
                     }
                     wrapped
                 })?;
@@ -540,7 +557,37 @@ async fn describe_handshake_failure(
                 .with_hint("run the ProxyCommand by hand to see why it fails (ssh -G ALIAS | grep proxycommand)");
         }
     }
+    if closed_during_handshake(&error) {
+        let detail = match &error {
+            russh::Error::IO(error) => format!(" ({error})"),
+            _ => String::new(),
+        };
+        return Error::connect(format!(
+            "{label}: the host closed the connection during the SSH handshake{detail}"
+        ))
+        .with_hint("the host may limit connections being set up at once (sshd MaxStartups) or be busy; try again, or with fewer connections (-j)")
+        .with_source(ClosedBeforeLogin);
+    }
     russh_error(label, error)
+}
+
+/// Whether a handshake failed because the host closed or reset the connection: what sshd does
+/// to a connection past its MaxStartups (after a line saying so).
+fn closed_during_handshake(error: &russh::Error) -> bool {
+    use std::io::ErrorKind as Io;
+    match error {
+        russh::Error::Disconnect | russh::Error::HUP => true,
+        russh::Error::IO(error) => matches!(
+            error.kind(),
+            Io::ConnectionReset | Io::ConnectionAborted | Io::UnexpectedEof | Io::BrokenPipe
+        ),
+        _ => false,
+    }
+}
+
+/// Which connections share a pace: those to one address and port.
+fn startup_key(config: &HostConfig) -> String {
+    format!("{}:{}", config.hostname, config.port)
 }
 
 /// Maps a russh error on a live or opening connection to an xfer error.
@@ -775,4 +822,33 @@ fn ask_to_trust(name: &str, key_type: &str, fingerprint: &str) -> bool {
         }
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reset_or_eof_during_the_handshake_is_a_close_before_login() {
+        let io = |kind| russh::Error::IO(std::io::Error::from(kind));
+        assert!(closed_during_handshake(&io(
+            std::io::ErrorKind::ConnectionReset
+        )));
+        assert!(closed_during_handshake(&io(
+            std::io::ErrorKind::UnexpectedEof
+        )));
+        assert!(closed_during_handshake(&russh::Error::Disconnect));
+        assert!(!closed_during_handshake(&io(
+            std::io::ErrorKind::ConnectionRefused
+        )));
+        assert!(!closed_during_handshake(&russh::Error::KeepaliveTimeout));
+        assert!(!closed_during_handshake(&russh::Error::UnknownKey));
+    }
+
+    #[test]
+    fn the_mark_survives_as_a_source_and_adds_no_text() {
+        let error = Error::connect("h: closed").with_source(ClosedBeforeLogin);
+        assert!(closed_before_login(&error));
+        assert_eq!(error.to_string(), "h: closed");
+    }
 }
