@@ -11,7 +11,10 @@
 //!
 //! Connections of one run to a host are opened at the pace `startups` sets, so a host that
 //! drops connections still being set up (sshd MaxStartups) gets few of them at once; a
-//! connection closed during the handshake is marked as such for it to decide.
+//! connection closed during the handshake is marked as such for it to decide. A channel the
+//! server refuses on a live connection (sshd MaxSessions) is an error marked [`ChannelRefused`],
+//! after a few short tries: a host allowing one session per connection frees a closed
+//! session's place only a moment after the channel closed.
 
 use crate::env;
 use crate::error::{Error, Result};
@@ -44,6 +47,16 @@ const MAX_JUMP_DEPTH: usize = 8;
 const PROXY_STDERR_LIMIT: usize = 4096;
 /// Upper bound on opening a channel on a live connection.
 pub const CHANNEL_OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The waits before opening a refused channel again. sshd frees a session's place when the
+/// process behind it has been reaped, which may be a moment after its channel closed, so on a
+/// host allowing one session per connection (MaxSessions 1) the next channel can be refused
+/// for that moment; a second channel really open at the same time is refused after all of them.
+pub const CHANNEL_REFUSED_WAITS: [Duration; 4] = [
+    Duration::from_millis(25),
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+    Duration::from_millis(200),
+];
 
 /// What every connection of one run shares.
 pub struct Connector {
@@ -590,6 +603,54 @@ fn startup_key(config: &HostConfig) -> String {
     format!("{}:{}", config.hostname, config.port)
 }
 
+/// The source of an error for a channel the server refused to open on a live connection. It
+/// says nothing of its own: the error's message says what happened.
+#[derive(Debug, Clone, Copy)]
+pub struct ChannelRefused;
+
+impl fmt::Display for ChannelRefused {
+    fn fmt(&self, _: &mut fmt::Formatter<'_>) -> fmt::Result {
+        Ok(())
+    }
+}
+
+impl std::error::Error for ChannelRefused {}
+
+/// Whether `error` is a channel the server refused to open.
+pub fn channel_refused(error: &Error) -> bool {
+    error.source_is::<ChannelRefused>()
+}
+
+/// Why the server refused a channel, in words.
+fn refusal_reason(reason: &russh::ChannelOpenFailure) -> String {
+    use russh::ChannelOpenFailure as Reason;
+    match reason {
+        Reason::AdministrativelyProhibited => "administratively prohibited".into(),
+        Reason::ConnectFailed => "open failed".into(),
+        Reason::UnknownChannelType => "unknown channel type".into(),
+        Reason::ResourceShortage => "resource shortage".into(),
+        Reason::Other { code, .. } => format!("reason code {code}"),
+    }
+}
+
+/// Opens a channel with `open`, again after each of `waits` while the server refuses it.
+async fn open_refused_again<T, Open, Opening>(waits: &[Duration], mut open: Open) -> Result<T>
+where
+    Open: FnMut() -> Opening,
+    Opening: Future<Output = Result<T>>,
+{
+    let mut waits = waits.iter();
+    loop {
+        match open().await {
+            Err(error) if channel_refused(&error) => match waits.next() {
+                Some(wait) => tokio::time::sleep(*wait).await,
+                None => return Err(error),
+            },
+            other => return other,
+        }
+    }
+}
+
 /// Maps a russh error on a live or opening connection to an xfer error.
 pub fn russh_error(label: &str, error: russh::Error) -> Error {
     use russh::Error as E;
@@ -642,13 +703,26 @@ impl Connection {
         self.handle.is_closed()
     }
 
-    /// Opens a session channel, bounded in time.
+    /// Opens a session channel, bounded in time. A refusal is tried again after each of
+    /// [`CHANNEL_REFUSED_WAITS`], then is an error marked [`ChannelRefused`]: on a host that
+    /// allows one session per connection, the caller's other channel is still open.
     pub async fn open_session(&self) -> Result<russh::Channel<client::Msg>> {
+        open_refused_again(&CHANNEL_REFUSED_WAITS, || self.open_session_once()).await
+    }
+
+    async fn open_session_once(&self) -> Result<russh::Channel<client::Msg>> {
         match tokio::time::timeout(CHANNEL_OPEN_TIMEOUT, self.handle.channel_open_session()).await {
             Err(_) => Err(Error::connect(format!(
                 "{}: the server did not open a channel",
                 self.label
             ))),
+            Ok(Err(russh::Error::ChannelOpenFailure(reason))) => Err(Error::connect(format!(
+                "{}: the server refused to open another channel on this connection ({})",
+                self.label,
+                refusal_reason(&reason)
+            ))
+            .with_hint("the host may allow only one session per connection (sshd MaxSessions 1) or none for this login; xfer doctor ALIAS tells what the login allows")
+            .with_source(ChannelRefused)),
             Ok(Err(error)) => Err(russh_error(&self.label, error)),
             Ok(Ok(channel)) => Ok(channel),
         }
@@ -827,6 +901,62 @@ fn ask_to_trust(name: &str, key_type: &str, fingerprint: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use tokio::time::Instant;
+
+    fn refused() -> Error {
+        Error::connect("h: the server refused to open another channel on this connection")
+            .with_source(ChannelRefused)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_channel_is_opened_again_after_short_waits() {
+        let tries = AtomicU32::new(0);
+        let started = Instant::now();
+        let opened = open_refused_again(&CHANNEL_REFUSED_WAITS, || {
+            let refuse = tries.fetch_add(1, Ordering::SeqCst) < 2;
+            async move { if refuse { Err(refused()) } else { Ok(7) } }
+        })
+        .await;
+        assert_eq!(opened.ok(), Some(7));
+        assert_eq!(tries.load(Ordering::SeqCst), 3);
+        assert_eq!(
+            started.elapsed(),
+            CHANNEL_REFUSED_WAITS[0] + CHANNEL_REFUSED_WAITS[1]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_channel_refused_every_time_is_an_error_within_the_bound() {
+        let tries = AtomicU32::new(0);
+        let started = Instant::now();
+        let opened: Result<()> = open_refused_again(&CHANNEL_REFUSED_WAITS, || {
+            tries.fetch_add(1, Ordering::SeqCst);
+            async { Err(refused()) }
+        })
+        .await;
+        assert!(opened.is_err_and(|error| channel_refused(&error)));
+        assert_eq!(
+            tries.load(Ordering::SeqCst) as usize,
+            CHANNEL_REFUSED_WAITS.len() + 1
+        );
+        assert_eq!(
+            started.elapsed(),
+            CHANNEL_REFUSED_WAITS.iter().sum::<Duration>()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn other_channel_errors_are_not_tried_again() {
+        let tries = AtomicU32::new(0);
+        let opened: Result<()> = open_refused_again(&CHANNEL_REFUSED_WAITS, || {
+            tries.fetch_add(1, Ordering::SeqCst);
+            async { Err(Error::connect("h: connection lost")) }
+        })
+        .await;
+        assert!(opened.is_err_and(|error| !channel_refused(&error)));
+        assert_eq!(tries.load(Ordering::SeqCst), 1);
+    }
 
     #[test]
     fn a_reset_or_eof_during_the_handshake_is_a_close_before_login() {
@@ -846,9 +976,15 @@ mod tests {
     }
 
     #[test]
-    fn the_mark_survives_as_a_source_and_adds_no_text() {
+    fn the_marks_survive_as_sources_and_add_no_text() {
         let error = Error::connect("h: closed").with_source(ClosedBeforeLogin);
         assert!(closed_before_login(&error));
+        assert!(!channel_refused(&error));
         assert_eq!(error.to_string(), "h: closed");
+        assert!(channel_refused(&refused()));
+        assert_eq!(
+            refusal_reason(&russh::ChannelOpenFailure::ConnectFailed),
+            "open failed"
+        );
     }
 }
