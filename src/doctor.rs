@@ -372,6 +372,12 @@ async fn request_accepted(
     .await
     .unwrap_or(Capability::Refused);
     let _ = channel.close().await;
+    // The server's close comes once the session is over: the next probe's channel is opened
+    // only then, for a host that allows one session per connection (sshd MaxSessions 1).
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while channel.wait().await.is_some() {}
+    })
+    .await;
     verdict
 }
 

@@ -142,6 +142,15 @@ impl Error {
         self.transient
     }
 
+    /// Whether the source attached with [`Error::with_source`] is a `T`: how a module lets its
+    /// callers tell apart a condition it marks that way (a connection closed before it logged
+    /// in, a channel the server refused) from other errors of the same kind.
+    pub fn source_is<T: std::error::Error + 'static>(&self) -> bool {
+        self.source
+            .as_deref()
+            .is_some_and(|source| source.is::<T>())
+    }
+
     /// Prefixes the message with where it happened, e.g. `gpu-1 (10.0.0.5:22)`.
     pub fn context(mut self, context: impl fmt::Display) -> Self {
         self.message = format!("{context}: {}", self.message);

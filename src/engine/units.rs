@@ -28,7 +28,7 @@ use crate::remote::deploy::AgentMode;
 use crate::remote::session::Session;
 use crate::remote::sftp::SftpRemote;
 use crate::remote::{self, EntryKind, Remote, SetAttributes};
-use crate::ssh::connect::{Connection, Connector};
+use crate::ssh::connect::{Connection, Connector, channel_refused};
 use crate::target::HostSpec;
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -1001,7 +1001,19 @@ async fn data_session(
     let mut remote = match first {
         Some(Pending::Ready(remote)) if !remote.is_closed() => Some(remote),
         Some(Pending::Connection(connection)) if !connection.is_closed() => {
-            Some(start_session(connection, &transfer.agent, &*transfer.reporter).await?)
+            let label = connection.label().to_string();
+            match start_session(connection, &transfer.agent, &*transfer.reporter).await {
+                Ok(remote) => Some(remote),
+                // The host allows one channel per connection (sshd MaxSessions 1) and the
+                // planner's holds the first one's: the data goes over a connection of its own.
+                Err(error) if channel_refused(&error) => {
+                    tracing::info!(
+                        "{label}: the host allows one channel per connection; data moves over connections of its own"
+                    );
+                    None
+                }
+                Err(error) => return Err(error),
+            }
         }
         Some(Pending::Starting(starting)) => came_up(starting).await?,
         _ => None,

@@ -30,9 +30,13 @@ printf "%s\n" "$home"
 pub async fn user_home(connection: &Arc<Connection>, user: &str) -> Result<String> {
     let label = connection.label().to_string();
     crate::target::check_user_name(user)?;
-    if let Ok(sftp) = SftpRemote::open(connection.clone()).await
-        && let Some(home) = sftp.expand_path(&format!("~{user}")).await
-    {
+    // The SFTP session ends before the script runs: a host may allow one session per
+    // connection (sshd MaxSessions 1).
+    let expanded = match SftpRemote::open(connection.clone()).await {
+        Ok(sftp) => sftp.expand_path(&format!("~{user}")).await,
+        Err(_) => None,
+    };
+    if let Some(home) = expanded {
         return Ok(home);
     }
     let output = exec::run(

@@ -9,7 +9,7 @@
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::remote::{EntryKind, ListingLimits, Remote, RemoteDigest, RemoteEntry, SetAttributes};
-use crate::ssh::connect::{Connection, russh_error};
+use crate::ssh::connect::{Connection, channel_refused, russh_error};
 use crate::ssh::exec::{self, ExecLimits};
 use russh::ChannelMsg;
 use russh_sftp::client::RawSftpSession;
@@ -633,7 +633,8 @@ impl Remote for SftpRemote {
                 }
                 Ok(parse_digest(&output.stdout_text()))
             }
-            Err(error) if error.kind() == ErrorKind::Remote => {
+            // Refused, or no second channel beside this one (sshd MaxSessions 1).
+            Err(error) if error.kind() == ErrorKind::Remote || channel_refused(&error) => {
                 self.exec.store(EXEC_REFUSED, Ordering::Relaxed);
                 Ok(None)
             }

@@ -8,6 +8,13 @@
 //! handshake by ConnectTimeout (20 s by default), each authentication step, and the live
 //! session by keepalives (ServerAliveInterval, or 15 s x 3 when unset), so a silent peer
 //! becomes a transient error and never a hang.
+//!
+//! Connections of one run to a host are opened at the pace `startups` sets, so a host that
+//! drops connections still being set up (sshd MaxStartups) gets few of them at once; a
+//! connection closed during the handshake is marked as such for it to decide. A channel the
+//! server refuses on a live connection (sshd MaxSessions) is an error marked [`ChannelRefused`],
+//! after a few short tries: a host allowing one session per connection frees a closed
+//! session's place only a moment after the channel closed.
 
 use crate::env;
 use crate::error::{Error, Result};
@@ -16,6 +23,7 @@ use crate::ssh::config::{
     self, ConfigSource, HostConfig, JumpHost, LocalContext, Overrides, StrictHostKeyChecking,
 };
 use crate::ssh::known_hosts::{self, HostKeyStatus};
+use crate::ssh::startups::{ClosedBeforeLogin, Startups, closed_before_login};
 use crate::target::HostSpec;
 use russh::client::{self, Handle};
 use russh::keys::{PublicKey, PublicKeyOrCertificate};
@@ -39,6 +47,16 @@ const MAX_JUMP_DEPTH: usize = 8;
 const PROXY_STDERR_LIMIT: usize = 4096;
 /// Upper bound on opening a channel on a live connection.
 pub const CHANNEL_OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The waits before opening a refused channel again. sshd frees a session's place when the
+/// process behind it has been reaped, which may be a moment after its channel closed, so on a
+/// host allowing one session per connection (MaxSessions 1) the next channel can be refused
+/// for that moment; a second channel really open at the same time is refused after all of them.
+pub const CHANNEL_REFUSED_WAITS: [Duration; 4] = [
+    Duration::from_millis(25),
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+    Duration::from_millis(200),
+];
 
 /// What every connection of one run shares.
 pub struct Connector {
@@ -50,6 +68,8 @@ pub struct Connector {
     tuning: Tuning,
     /// Environment variables ProxyCommand children must not inherit (a secret's variable).
     scrubbed: Vec<String>,
+    /// How many connections to each host are being opened at once.
+    startups: Startups,
 }
 
 /// SSH transport settings that matter for throughput.
@@ -145,6 +165,7 @@ impl Connector {
             keys: KeyStore::default(),
             tuning: Tuning::default(),
             scrubbed: Vec::new(),
+            startups: Startups::new(),
         }
     }
 
@@ -174,8 +195,13 @@ impl Connector {
         self.connect_resolved(Arc::new(config)).await
     }
 
+    /// Connects at the pace the host takes new connections (see `startups`).
     pub async fn connect_resolved(&self, config: Arc<HostConfig>) -> Result<Connection> {
-        self.connect_at_depth(config, 0).await
+        let key = startup_key(&config);
+        let label = label_of(&config);
+        self.startups
+            .open(&key, &label, || self.connect_at_depth(config.clone(), 0))
+            .await
     }
 
     fn connect_at_depth<'a>(
@@ -345,6 +371,10 @@ impl Connector {
                             .transient(error.is_transient());
                     if let Some(hint) = hint {
                         wrapped = wrapped.with_hint(hint);
+                    }
+                    // A jump host dropping a connection it is still setting up is a limit too.
+                    if closed_before_login(&error) {
+                        wrapped = wrapped.with_source(ClosedBeforeLogin);
                     }
                     wrapped
                 })?;
@@ -540,7 +570,85 @@ async fn describe_handshake_failure(
                 .with_hint("run the ProxyCommand by hand to see why it fails (ssh -G ALIAS | grep proxycommand)");
         }
     }
+    if closed_during_handshake(&error) {
+        let detail = match &error {
+            russh::Error::IO(error) => format!(" ({error})"),
+            _ => String::new(),
+        };
+        return Error::connect(format!(
+            "{label}: the host closed the connection during the SSH handshake{detail}"
+        ))
+        .with_hint("the host may limit connections being set up at once (sshd MaxStartups) or be busy; try again, or with fewer connections (-j)")
+        .with_source(ClosedBeforeLogin);
+    }
     russh_error(label, error)
+}
+
+/// Whether a handshake failed because the host closed or reset the connection: what sshd does
+/// to a connection past its MaxStartups (after a line saying so).
+fn closed_during_handshake(error: &russh::Error) -> bool {
+    use std::io::ErrorKind as Io;
+    match error {
+        russh::Error::Disconnect | russh::Error::HUP => true,
+        russh::Error::IO(error) => matches!(
+            error.kind(),
+            Io::ConnectionReset | Io::ConnectionAborted | Io::UnexpectedEof | Io::BrokenPipe
+        ),
+        _ => false,
+    }
+}
+
+/// Which connections share a pace: those to one address and port.
+fn startup_key(config: &HostConfig) -> String {
+    format!("{}:{}", config.hostname, config.port)
+}
+
+/// The source of an error for a channel the server refused to open on a live connection. It
+/// says nothing of its own: the error's message says what happened.
+#[derive(Debug, Clone, Copy)]
+pub struct ChannelRefused;
+
+impl fmt::Display for ChannelRefused {
+    fn fmt(&self, _: &mut fmt::Formatter<'_>) -> fmt::Result {
+        Ok(())
+    }
+}
+
+impl std::error::Error for ChannelRefused {}
+
+/// Whether `error` is a channel the server refused to open.
+pub fn channel_refused(error: &Error) -> bool {
+    error.source_is::<ChannelRefused>()
+}
+
+/// Why the server refused a channel, in words.
+fn refusal_reason(reason: &russh::ChannelOpenFailure) -> String {
+    use russh::ChannelOpenFailure as Reason;
+    match reason {
+        Reason::AdministrativelyProhibited => "administratively prohibited".into(),
+        Reason::ConnectFailed => "open failed".into(),
+        Reason::UnknownChannelType => "unknown channel type".into(),
+        Reason::ResourceShortage => "resource shortage".into(),
+        Reason::Other { code, .. } => format!("reason code {code}"),
+    }
+}
+
+/// Opens a channel with `open`, again after each of `waits` while the server refuses it.
+async fn open_refused_again<T, Open, Opening>(waits: &[Duration], mut open: Open) -> Result<T>
+where
+    Open: FnMut() -> Opening,
+    Opening: Future<Output = Result<T>>,
+{
+    let mut waits = waits.iter();
+    loop {
+        match open().await {
+            Err(error) if channel_refused(&error) => match waits.next() {
+                Some(wait) => tokio::time::sleep(*wait).await,
+                None => return Err(error),
+            },
+            other => return other,
+        }
+    }
 }
 
 /// Maps a russh error on a live or opening connection to an xfer error.
@@ -595,13 +703,26 @@ impl Connection {
         self.handle.is_closed()
     }
 
-    /// Opens a session channel, bounded in time.
+    /// Opens a session channel, bounded in time. A refusal is tried again after each of
+    /// [`CHANNEL_REFUSED_WAITS`], then is an error marked [`ChannelRefused`]: on a host that
+    /// allows one session per connection, the caller's other channel is still open.
     pub async fn open_session(&self) -> Result<russh::Channel<client::Msg>> {
+        open_refused_again(&CHANNEL_REFUSED_WAITS, || self.open_session_once()).await
+    }
+
+    async fn open_session_once(&self) -> Result<russh::Channel<client::Msg>> {
         match tokio::time::timeout(CHANNEL_OPEN_TIMEOUT, self.handle.channel_open_session()).await {
             Err(_) => Err(Error::connect(format!(
                 "{}: the server did not open a channel",
                 self.label
             ))),
+            Ok(Err(russh::Error::ChannelOpenFailure(reason))) => Err(Error::connect(format!(
+                "{}: the server refused to open another channel on this connection ({})",
+                self.label,
+                refusal_reason(&reason)
+            ))
+            .with_hint("the host may allow only one session per connection (sshd MaxSessions 1) or none for this login; xfer doctor ALIAS tells what the login allows")
+            .with_source(ChannelRefused)),
             Ok(Err(error)) => Err(russh_error(&self.label, error)),
             Ok(Ok(channel)) => Ok(channel),
         }
@@ -775,4 +896,95 @@ fn ask_to_trust(name: &str, key_type: &str, fingerprint: &str) -> bool {
         }
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use tokio::time::Instant;
+
+    fn refused() -> Error {
+        Error::connect("h: the server refused to open another channel on this connection")
+            .with_source(ChannelRefused)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_channel_is_opened_again_after_short_waits() {
+        let tries = AtomicU32::new(0);
+        let started = Instant::now();
+        let opened = open_refused_again(&CHANNEL_REFUSED_WAITS, || {
+            let refuse = tries.fetch_add(1, Ordering::SeqCst) < 2;
+            async move { if refuse { Err(refused()) } else { Ok(7) } }
+        })
+        .await;
+        assert_eq!(opened.ok(), Some(7));
+        assert_eq!(tries.load(Ordering::SeqCst), 3);
+        assert_eq!(
+            started.elapsed(),
+            CHANNEL_REFUSED_WAITS[0] + CHANNEL_REFUSED_WAITS[1]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_channel_refused_every_time_is_an_error_within_the_bound() {
+        let tries = AtomicU32::new(0);
+        let started = Instant::now();
+        let opened: Result<()> = open_refused_again(&CHANNEL_REFUSED_WAITS, || {
+            tries.fetch_add(1, Ordering::SeqCst);
+            async { Err(refused()) }
+        })
+        .await;
+        assert!(opened.is_err_and(|error| channel_refused(&error)));
+        assert_eq!(
+            tries.load(Ordering::SeqCst) as usize,
+            CHANNEL_REFUSED_WAITS.len() + 1
+        );
+        assert_eq!(
+            started.elapsed(),
+            CHANNEL_REFUSED_WAITS.iter().sum::<Duration>()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn other_channel_errors_are_not_tried_again() {
+        let tries = AtomicU32::new(0);
+        let opened: Result<()> = open_refused_again(&CHANNEL_REFUSED_WAITS, || {
+            tries.fetch_add(1, Ordering::SeqCst);
+            async { Err(Error::connect("h: connection lost")) }
+        })
+        .await;
+        assert!(opened.is_err_and(|error| !channel_refused(&error)));
+        assert_eq!(tries.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_reset_or_eof_during_the_handshake_is_a_close_before_login() {
+        let io = |kind| russh::Error::IO(std::io::Error::from(kind));
+        assert!(closed_during_handshake(&io(
+            std::io::ErrorKind::ConnectionReset
+        )));
+        assert!(closed_during_handshake(&io(
+            std::io::ErrorKind::UnexpectedEof
+        )));
+        assert!(closed_during_handshake(&russh::Error::Disconnect));
+        assert!(!closed_during_handshake(&io(
+            std::io::ErrorKind::ConnectionRefused
+        )));
+        assert!(!closed_during_handshake(&russh::Error::KeepaliveTimeout));
+        assert!(!closed_during_handshake(&russh::Error::UnknownKey));
+    }
+
+    #[test]
+    fn the_marks_survive_as_sources_and_add_no_text() {
+        let error = Error::connect("h: closed").with_source(ClosedBeforeLogin);
+        assert!(closed_before_login(&error));
+        assert!(!channel_refused(&error));
+        assert_eq!(error.to_string(), "h: closed");
+        assert!(channel_refused(&refused()));
+        assert_eq!(
+            refusal_reason(&russh::ChannelOpenFailure::ConnectFailed),
+            "open failed"
+        );
+    }
 }
