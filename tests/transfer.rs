@@ -569,6 +569,48 @@ fn pull_via(setup: &Setup, config: &Path, extra: &[&str]) -> Output {
     run_with_timeout(&mut command, LIMIT)
 }
 
+/// A link that drops every few MiB but moves data between drops: every retry waits the first
+/// wait (the backoff starts again after progress), and the summary counts the bytes of every
+/// attempt.
+#[test]
+fn retries_after_progress_wait_the_first_wait_and_all_bytes_are_counted() {
+    let setup = setup();
+    let (proxy, config) = via_proxy(&setup);
+    let size = 24 * BLOCK as usize;
+    write_file(&setup.path("big.bin"), 21, size, 0o644, 1_700_000_000);
+    // Each connection is cut after 5 MiB: the file takes several attempts, each moving data.
+    proxy.set_mode(ProxyMode::CutEachAfter(5 << 20));
+    let output = pull_via(
+        &setup,
+        &config,
+        &["-j", "1", "--retries", "20", "--retry-wait", "0.4"],
+    );
+    assert_success(&output);
+    assert_eq!(
+        fs::read(setup.path("big-copy.bin")).unwrap(),
+        fs::read(setup.path("big.bin")).unwrap()
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let waits: Vec<f64> = stderr
+        .lines()
+        .filter_map(|line| line.split("retrying in ").nth(1))
+        .filter_map(|rest| rest.split(" s").next())
+        .filter_map(|number| number.parse().ok())
+        .collect();
+    assert!(waits.len() >= 3, "expected several retries:\n{stderr}");
+    // The first wait is 0.4 s with jitter between half and one and a half of it; a doubled
+    // one would be at least 0.4 s after two failures in a row, 0.8 s after three.
+    assert!(
+        waits.iter().all(|&wait| wait <= 0.6 + 0.05),
+        "a wait grew although every attempt moved data: {waits:?}"
+    );
+    let moved = summary(&output)["bytes_moved"].as_u64().unwrap();
+    assert!(
+        moved >= size as u64,
+        "the summary says {moved} bytes moved for {size} pulled"
+    );
+}
+
 #[test]
 fn a_cut_at_half_resumes_moving_only_the_missing_half() {
     let setup = setup();

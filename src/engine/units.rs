@@ -763,6 +763,9 @@ async fn run_unit(
     };
     let mut planned = false;
     let mut last_summary = Summary::default();
+    // Failures since an attempt last moved data: the backoff grows with these only, so a link
+    // that drops every few minutes but moves data between drops waits the first wait each time.
+    let mut failures_in_a_row = 0;
     loop {
         report.attempts += 1;
         let first_attempt = report.attempts == 1;
@@ -772,9 +775,16 @@ async fn run_unit(
                 report.outcome = "skipped-complete";
                 return (report, summary);
             }
-            Ok(Attempt::Executed(summary)) => {
+            Ok(Attempt::Executed(mut summary)) => {
                 report.bytes_moved = report.bytes_moved.saturating_add(summary.bytes_moved);
                 report.files_transferred += summary.files_transferred;
+                if summary.bytes_moved > 0 || summary.files_transferred > 0 {
+                    failures_in_a_row = 0;
+                }
+                // What moved in every attempt, not only the last: a unit cut three times
+                // moved its data over four.
+                summary.bytes_moved = report.bytes_moved;
+                summary.files_transferred = report.files_transferred;
                 if summary.errors.is_empty() {
                     report.outcome = "done";
                     report.last_error = None;
@@ -803,7 +813,8 @@ async fn run_unit(
         }
         // The connection may be what failed: the next attempt gets a fresh one.
         *connection = None;
-        let wait = backoff(options.retry_wait, report.attempts, rand::random::<f64>());
+        failures_in_a_row += 1;
+        let wait = backoff(options.retry_wait, failures_in_a_row, rand::random::<f64>());
         tracing::info!(unit = %report.unit, attempt = report.attempts, ?wait, "retrying after: {}", report.last_error.as_deref().unwrap_or(""));
         transfer.reporter.warning(&format!(
             "{}: retrying in {:.1} s after: {}",
@@ -812,6 +823,31 @@ async fn run_unit(
             report.last_error.as_deref().unwrap_or("")
         ));
         tokio::time::sleep(wait).await;
+    }
+}
+
+/// Passes every event on, counting the bytes moved.
+struct CountingReporter {
+    inner: Arc<dyn Reporter>,
+    bytes: AtomicU64,
+}
+
+impl Reporter for CountingReporter {
+    fn planned(&self, files: u64, bytes: u64) {
+        self.inner.planned(files, bytes);
+    }
+    fn file_started(&self, path: &str, size: u64, reused: u64) {
+        self.inner.file_started(path, size, reused);
+    }
+    fn bytes_moved(&self, path: &str, bytes: u64) {
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.inner.bytes_moved(path, bytes);
+    }
+    fn file_finished(&self, path: &str, result: std::result::Result<(), &str>) {
+        self.inner.file_finished(path, result);
+    }
+    fn warning(&self, message: &str) {
+        self.inner.warning(message);
     }
 }
 
@@ -927,6 +963,13 @@ async fn attempt_unit(
         }
     }
     let remote = data_session(shared, connection).await?;
+    // Counts what this attempt moved, failed files included: the summary says what moved over
+    // every attempt, and an attempt that moved anything resets the retry backoff.
+    let counting = Arc::new(CountingReporter {
+        inner: transfer.reporter.clone(),
+        bytes: AtomicU64::new(0),
+    });
+    let reporter: Arc<dyn Reporter> = counting.clone();
     if !*planned {
         transfer
             .reporter
@@ -945,7 +988,7 @@ async fn attempt_unit(
                 destination,
                 transfer.state.clone(),
                 shared.endpoints.clone(),
-                transfer.reporter.clone(),
+                reporter.clone(),
                 transfer.options.engine,
                 Some(shared.lanes.clone()),
                 shared.early.clone(),
@@ -958,7 +1001,7 @@ async fn attempt_unit(
                 &plan,
                 transfer.state.clone(),
                 shared.endpoints.clone(),
-                transfer.reporter.clone(),
+                reporter.clone(),
                 transfer.options.engine,
                 Some(shared.lanes.clone()),
                 shared.early.clone(),
@@ -966,6 +1009,8 @@ async fn attempt_unit(
             .await
         }
     };
+    let mut summary = summary;
+    summary.bytes_moved = counting.bytes.load(Ordering::Relaxed);
     if summary.errors.is_empty() {
         // Every file verified: record the listing this unit matched.
         match record.encode() {
