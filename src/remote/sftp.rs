@@ -11,7 +11,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::remote::{EntryKind, ListingLimits, Remote, RemoteDigest, RemoteEntry, SetAttributes};
 use crate::ssh::connect::{Connection, russh_error};
 use crate::ssh::exec::{self, ExecLimits};
-use russh::ChannelMsg;
+use russh::client::Msg;
+use russh::{Channel, ChannelMsg};
 use russh_sftp::client::RawSftpSession;
 use russh_sftp::client::error::Error as SftpError;
 use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
@@ -52,59 +53,8 @@ pub struct SftpFile {
 impl SftpRemote {
     /// Starts the SFTP subsystem on a new channel of `connection`.
     pub async fn open(connection: Arc<Connection>) -> Result<SftpRemote> {
+        let (session, io_size) = start(&connection).await?;
         let label = connection.label().to_string();
-        let mut channel = connection.open_session().await?;
-        channel
-            .request_subsystem(true, "sftp")
-            .await
-            .map_err(|error| russh_error(&label, error))?;
-        let accepted = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(message) = channel.wait().await {
-                match message {
-                    ChannelMsg::Success => return Some(true),
-                    ChannelMsg::Failure | ChannelMsg::Close | ChannelMsg::Eof => {
-                        return Some(false);
-                    }
-                    _ => {}
-                }
-            }
-            Some(false)
-        })
-        .await
-        .map_err(|_| Error::connect(format!("{label}: no answer to the SFTP subsystem request")))?;
-        if accepted != Some(true) {
-            return Err(Error::remote(format!(
-                "{label}: the server refuses the SFTP subsystem"
-            ))
-            .with_hint(
-                "if this is a provider's proxied SSH endpoint that only gives a shell, use the box's direct SSH address; xfer doctor ALIAS tells what the login allows",
-            )
-            .transient(false));
-        }
-        let config = russh_sftp::client::Config {
-            max_packet_len: MAX_PACKET_LENGTH,
-            request_timeout_secs: REQUEST_TIMEOUT_SECONDS,
-            ..Default::default()
-        };
-        let session = RawSftpSession::new_with_config(channel.into_stream(), config);
-        session.set_timeout(REQUEST_TIMEOUT_SECONDS);
-        session
-            .init()
-            .await
-            .map_err(|error| sftp_error(&label, "starting SFTP", error))?;
-        let mut io_size = PREFERRED_IO_SIZE;
-        if let Ok(limits) = session.limits().await {
-            // A server's own limits win; zero means "no limit given".
-            for limit in [limits.max_read_len, limits.max_write_len] {
-                if limit > 0 && limit < u64::from(io_size) {
-                    io_size = limit as u32;
-                }
-            }
-        } else {
-            // Without the extension only 32 KiB is guaranteed by the draft.
-            io_size = 32 * 1024;
-        }
-        let io_size = io_size.max(4096);
         tracing::debug!(%label, io_size, "SFTP session started");
         Ok(SftpRemote {
             session,
@@ -167,6 +117,93 @@ impl SftpRemote {
             )),
         }
     }
+}
+
+/// What the server said to a subsystem request.
+enum Answer {
+    Accepted(Channel<Msg>),
+    Refused,
+    /// The channel closed with no answer (see [`exec::UNANSWERED_ATTEMPTS`]).
+    Unanswered,
+}
+
+/// Asks for the SFTP subsystem on a new channel.
+async fn request_sftp(connection: &Connection) -> Result<Answer> {
+    let label = connection.label();
+    let mut channel = connection.open_session().await?;
+    channel
+        .request_subsystem(true, "sftp")
+        .await
+        .map_err(|error| russh_error(label, error))?;
+    let answer = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(message) = channel.wait().await {
+            match message {
+                ChannelMsg::Success => return Some(true),
+                ChannelMsg::Failure => return Some(false),
+                ChannelMsg::Close | ChannelMsg::Eof => return None,
+                _ => {}
+            }
+        }
+        None
+    })
+    .await
+    .map_err(|_| Error::connect(format!("{label}: no answer to the SFTP subsystem request")))?;
+    Ok(match answer {
+        Some(true) => Answer::Accepted(channel),
+        Some(false) => Answer::Refused,
+        None => Answer::Unanswered,
+    })
+}
+
+/// Starts SFTP on a new channel of `connection`: the subsystem request, the version exchange,
+/// and the server's limits. Returns the session and the largest read or write to send.
+async fn start(connection: &Connection) -> Result<(RawSftpSession, u32)> {
+    let label = connection.label();
+    let mut attempt = 1;
+    let channel = loop {
+        match request_sftp(connection).await? {
+            Answer::Accepted(channel) => break channel,
+            Answer::Unanswered
+                if attempt < exec::UNANSWERED_ATTEMPTS && !connection.is_closed() =>
+            {
+                tracing::debug!(%label, attempt, "the server closed the SFTP channel without answering; trying a new one");
+                attempt += 1;
+            }
+            Answer::Refused | Answer::Unanswered => {
+                return Err(Error::remote(format!(
+                    "{label}: the server refuses the SFTP subsystem"
+                ))
+                .with_hint(
+                    "if this is a provider's proxied SSH endpoint that only gives a shell, use the box's direct SSH address; xfer doctor ALIAS tells what the login allows",
+                )
+                .transient(false));
+            }
+        }
+    };
+    let config = russh_sftp::client::Config {
+        max_packet_len: MAX_PACKET_LENGTH,
+        request_timeout_secs: REQUEST_TIMEOUT_SECONDS,
+        ..Default::default()
+    };
+    let session = RawSftpSession::new_with_config(channel.into_stream(), config);
+    session.set_timeout(REQUEST_TIMEOUT_SECONDS);
+    session
+        .init()
+        .await
+        .map_err(|error| sftp_error(label, "starting SFTP", error))?;
+    let mut io_size = PREFERRED_IO_SIZE;
+    if let Ok(limits) = session.limits().await {
+        // A server's own limits win; zero means "no limit given".
+        for limit in [limits.max_read_len, limits.max_write_len] {
+            if limit > 0 && limit < u64::from(io_size) {
+                io_size = limit as u32;
+            }
+        }
+    } else {
+        // Without the extension only 32 KiB is guaranteed by the draft.
+        io_size = 32 * 1024;
+    }
+    Ok((session, io_size.max(4096)))
 }
 
 /// Maps an SFTP failure to an xfer error: a status from the server is a remote error
