@@ -1,7 +1,9 @@
 //! [`Remote`] over SFTP (russh-sftp), plus whole-file digests through a fixed exec script.
 //!
 //! The SFTP subsystem is requested on its own channel and refused cleanly when the server does
-//! not offer it (a proxied shell-only endpoint says so in the error). Every request is bounded
+//! not offer it (a proxied shell-only endpoint says so in the error), or offers it with no SFTP
+//! server behind it (Dropbear without an sftp-server: the channel ends as SFTP starts, told
+//! apart from a dropped connection by a round trip on the connection). Every request is bounded
 //! in time (a stalled link becomes a transient error), every reply is bounded in size by the
 //! packet limit, and a directory listing is capped in entries and in bytes
 //! ([`ListingLimits`]), so a hostile server can neither hang xfer nor make it allocate without
@@ -16,9 +18,12 @@ use russh::{Channel, ChannelMsg};
 use russh_sftp::client::RawSftpSession;
 use russh_sftp::client::error::Error as SftpError;
 use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The largest read or write request xfer sends. OpenSSH's sftp-server answers up to 255 KiB
 /// and advertises that through limits@openssh.com; we never ask for more than a server says.
@@ -185,12 +190,16 @@ async fn start(connection: &Connection) -> Result<(RawSftpSession, u32)> {
         request_timeout_secs: REQUEST_TIMEOUT_SECONDS,
         ..Default::default()
     };
-    let session = RawSftpSession::new_with_config(channel.into_stream(), config);
+    let heard = Arc::new(Heard::default());
+    let stream = Watched {
+        stream: channel.into_stream(),
+        heard: heard.clone(),
+    };
+    let session = RawSftpSession::new_with_config(stream, config);
     session.set_timeout(REQUEST_TIMEOUT_SECONDS);
-    session
-        .init()
-        .await
-        .map_err(|error| sftp_error(label, "starting SFTP", error))?;
+    if let Err(error) = session.init().await {
+        return Err(start_failed(connection, &heard, error).await);
+    }
     let mut io_size = PREFERRED_IO_SIZE;
     if let Ok(limits) = session.limits().await {
         // A server's own limits win; zero means "no limit given".
@@ -204,6 +213,115 @@ async fn start(connection: &Connection) -> Result<(RawSftpSession, u32)> {
         io_size = 32 * 1024;
     }
     Ok((session, io_size.max(4096)))
+}
+
+/// What the user can do about a host with no SFTP server.
+pub const NO_SFTP_SERVER_HINT: &str = "install an SFTP server on the host (on Debian and Ubuntu: openssh-sftp-server, which Dropbear runs too), or leave out --no-agent so xfer's agent carries the files; xfer doctor ALIAS tells what the login allows";
+
+/// Whether `error` is the one starting SFTP gives on a host with no SFTP server.
+pub fn is_no_sftp_server(error: &Error) -> bool {
+    error.kind() == ErrorKind::Remote && error.hint() == Some(NO_SFTP_SERVER_HINT)
+}
+
+/// What came from the server on an SFTP channel, as far as telling a missing SFTP server goes.
+#[derive(Default)]
+struct Heard {
+    /// A byte arrived.
+    anything: AtomicBool,
+    /// The stream ended (or failed).
+    end: AtomicBool,
+}
+
+/// An SFTP channel's stream, noting in [`Heard`] whether it ended before the server said
+/// anything.
+struct Watched<S> {
+    stream: S,
+    heard: Arc<Heard>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buffer.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(context, buffer);
+        match &polled {
+            Poll::Ready(Ok(())) if buffer.filled().len() > before => {
+                self.heard.anything.store(true, Ordering::Relaxed)
+            }
+            Poll::Ready(_) => self.heard.end.store(true, Ordering::Relaxed),
+            Poll::Pending => {}
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(context, data)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(context)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(context)
+    }
+}
+
+/// Why the version exchange that starts SFTP failed.
+///
+/// A server that accepts the subsystem request and then ends the channel without a byte has no
+/// SFTP server to run (Dropbear without one runs a fixed path that is not there): a fault of
+/// the host that no retry cures. A connection that dropped at that moment ends the channel the
+/// same way, and is worth a retry. So the connection is asked: a channel opened (and closed) on
+/// it is a round trip, which a dead connection cannot make. A timeout, or an answer that is
+/// not SFTP, is what it says.
+async fn start_failed(connection: &Connection, heard: &Heard, error: SftpError) -> Error {
+    let label = connection.label();
+    let ended_silent = heard.end.load(Ordering::Relaxed) && !heard.anything.load(Ordering::Relaxed);
+    if !ended_silent
+        || matches!(
+            error,
+            SftpError::Status(_) | SftpError::Timeout | SftpError::Limited(_)
+        )
+        || !connection_answers(connection).await
+    {
+        return sftp_error(label, "starting SFTP", error);
+    }
+    tracing::debug!(%label, %error, "the SFTP channel ended as it started");
+    Error::remote(format!(
+        "{label}: no SFTP server on the host (it accepts the SFTP subsystem, then ends it before answering)"
+    ))
+    .with_hint(NO_SFTP_SERVER_HINT)
+    .transient(false)
+}
+
+/// Whether the SSH connection is alive: a session channel opens on it (then closes).
+async fn connection_answers(connection: &Connection) -> bool {
+    if connection.is_closed() {
+        return false;
+    }
+    match connection.open_session().await {
+        Ok(channel) => {
+            let _ = channel.close().await;
+            !connection.is_closed()
+        }
+        Err(_) => false,
+    }
 }
 
 /// Maps an SFTP failure to an xfer error: a status from the server is a remote error
@@ -698,6 +816,25 @@ mod tests {
         assert_eq!(parse_digest(&format!("md5 {hex}")), None);
         assert_eq!(parse_digest(&format!("blake3 {}", "zz".repeat(32))), None);
         assert_eq!(parse_digest(""), None);
+    }
+
+    /// What tells a missing SFTP server: the stream ended with nothing said. A stream that
+    /// carried something (an answer that is not SFTP) is not that.
+    #[tokio::test]
+    async fn a_stream_that_ends_silent_is_told_from_one_that_spoke() {
+        use tokio::io::AsyncReadExt;
+        for (content, spoke) in [(&b""[..], false), (&b"hello"[..], true)] {
+            let heard = Arc::new(Heard::default());
+            let mut stream = Watched {
+                stream: content,
+                heard: heard.clone(),
+            };
+            let mut buffer = Vec::new();
+            stream.read_to_end(&mut buffer).await.unwrap();
+            assert_eq!(buffer, content);
+            assert!(heard.end.load(Ordering::Relaxed));
+            assert_eq!(heard.anything.load(Ordering::Relaxed), spoke);
+        }
     }
 
     #[test]
