@@ -124,6 +124,14 @@ impl SftpRemote {
     }
 }
 
+/// Whether SFTP works on `connection`, tried the way a transfer starts it: the subsystem
+/// request, then the version exchange. For `xfer doctor`, which must not take a server's word
+/// that it has SFTP: Dropbear says yes to the request and only then finds it has no
+/// sftp-server to run.
+pub async fn check(connection: &Connection) -> Result<()> {
+    start(connection).await.map(drop)
+}
+
 /// What the server said to a subsystem request.
 enum Answer {
     Accepted(Channel<Msg>),
