@@ -4,7 +4,8 @@
 //! [`Session`] is what the engine's connections hold. Opening one asks `deploy` for the agent
 //! (unless `--no-agent`); when that falls back, the reason comes back alongside the SFTP
 //! session so the caller can say it once. A host that refuses SFTP too gets one error naming
-//! both reasons.
+//! both reasons. A dry run opens the other way round: SFTP first, the agent only where the
+//! host has no SFTP ([`Session::open_for_planning`]).
 
 use crate::blocks::{BlockHash, BlockLayout};
 use crate::error::Result;
@@ -49,6 +50,30 @@ impl Session {
                 Some(reason) => Err(with_agent_reason(error, &reason)),
                 None => Err(error),
             },
+        }
+    }
+
+    /// Opens a remote for looking only (stat, list, read links), as a dry run plans: SFTP
+    /// where the host has it, which starts no shell there and writes nothing, not even the
+    /// agent's cache. Where SFTP is missing (Dropbear without an sftp-server, an sshd without
+    /// the subsystem) the agent `mode` allows plans instead, as it would carry a real run; the
+    /// string then says why SFTP was not used. `--no-agent` demands SFTP and gets its error.
+    pub async fn open_for_planning(
+        connection: Arc<Connection>,
+        mode: &AgentMode,
+    ) -> Result<(Session, Option<String>)> {
+        let missing = match SftpRemote::open(connection.clone()).await {
+            Ok(sftp) => return Ok((Session::Sftp(sftp), None)),
+            Err(error)
+                if *mode == AgentMode::Off || error.is_transient() || connection.is_closed() =>
+            {
+                return Err(error);
+            }
+            Err(error) => error,
+        };
+        match deploy::start_agent(&connection, mode).await? {
+            Outcome::Ready(agent) => Ok((Session::Agent(agent), Some(missing.to_string()))),
+            Outcome::Fallback(reason) => Err(with_agent_reason(missing, &reason)),
         }
     }
 
