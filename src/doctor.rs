@@ -2,11 +2,13 @@
 //!
 //! For each host it resolves the config, connects (host key, authentication), measures the
 //! round trip, asks the remote for its name, system, clock and free disk through one fixed
-//! script, and probes which channels the login allows: exec, the SFTP subsystem, a shell. A
+//! script, and probes which channels the login allows: exec, SFTP (started, not just asked
+//! for: Dropbear accepts the request even with no SFTP server to run), a shell. A
 //! login that gives a shell but refuses SFTP and exec is a proxied shell-only endpoint, which
 //! cannot carry files the way xfer (or scp, sftp, rsync) does; the report says so.
 
 use crate::error::Result;
+use crate::remote::sftp;
 use crate::ssh::connect::{Connection, Connector, label_of};
 use crate::ssh::exec::{self, ExecLimits};
 use crate::target::{HostSpec, printable};
@@ -17,6 +19,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Clock skew beyond this is reported as a problem: it breaks mtime comparisons and tokens.
 const SKEW_LIMIT_SECONDS: i64 = 60;
+/// How long starting SFTP may take before doctor reports it as not working.
+const SFTP_CHECK_TIMEOUT: Duration = Duration::from_secs(15);
 /// Longest value kept from the remote's answers.
 const MAX_FIELD_LENGTH: usize = 256;
 
@@ -198,7 +202,8 @@ pub async fn check_host(
     report.host_key_summary = Some(connection.host_key().summary().to_string());
     report.host_key_fingerprint = Some(connection.host_key_fingerprint().to_string());
 
-    match probe(&connection, &mut report, options).await {
+    let mut sftp_failure = None;
+    match probe(&connection, &mut report, &mut sftp_failure, options).await {
         Ok(()) => {}
         Err(error) => report.fail(&error),
     }
@@ -216,12 +221,26 @@ pub async fn check_host(
             ));
         }
     } else if report.sftp == Capability::Refused {
-        report
-            .problems
-            .push(format!("{label} refuses the SFTP subsystem"));
-        report
-            .hints
-            .push("enable 'Subsystem sftp internal-sftp' in the remote sshd_config; until then xfer pull and push still work through the xfer agent (exec is allowed), but --no-agent, scp and sftp do not".into());
+        let until_then = "until then xfer pull and push still work through the xfer agent (exec is allowed), but --no-agent, scp and sftp do not";
+        match sftp_failure {
+            Some(error) if sftp::is_no_sftp_server(&error) => {
+                report.problems.push(error.message().to_string());
+                report.hints.push(format!(
+                    "install an SFTP server on the host (on Debian and Ubuntu: openssh-sftp-server, which Dropbear runs too); {until_then}"
+                ));
+            }
+            Some(error) if error.kind() != crate::ErrorKind::Remote => {
+                report.problems.push(error.to_string());
+            }
+            _ => {
+                report
+                    .problems
+                    .push(format!("{label} refuses the SFTP subsystem"));
+                report.hints.push(format!(
+                    "enable 'Subsystem sftp internal-sftp' in the remote sshd_config; {until_then}"
+                ));
+            }
+        }
     } else if report.exec == Capability::Refused {
         report
             .problems
@@ -242,17 +261,19 @@ pub async fn check_host(
     report
 }
 
+/// Fills in what the login allows; why SFTP does not work, when it does not, goes to
+/// `sftp_failure`.
 async fn probe(
     connection: &Connection,
     report: &mut HostReport,
+    sftp_failure: &mut Option<crate::Error>,
     options: &DoctorOptions,
 ) -> Result<()> {
     // Round trip: opening a channel is one request and one reply, with no process started.
     let started = Instant::now();
     let channel = connection.open_session().await?;
     report.latency_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
-    report.sftp = request_accepted(channel, Request::Subsystem).await;
-
+    let _ = channel.close().await;
     let mut stdin = options.path.clone().unwrap_or_default().into_bytes();
     stdin.push(b'\n');
     let before = unix_now();
@@ -267,6 +288,7 @@ async fn probe(
     )
     .await;
     let after = unix_now();
+    let mut check_shell = false;
     match facts {
         Ok(output) if output.success() => {
             report.exec = Capability::Allowed;
@@ -332,29 +354,42 @@ async fn probe(
         }
         Err(error) if error.kind() == crate::ErrorKind::Remote => {
             report.exec = Capability::Refused;
-            let channel = connection.open_session().await?;
-            report.shell = request_accepted(channel, Request::Shell).await;
+            check_shell = true;
         }
         Err(error) => return Err(error),
+    }
+
+    // SFTP is started, not just asked for: a server may accept the subsystem request and then
+    // have nothing to run (Dropbear without an sftp-server). After the exec check: its server
+    // exits as it ends, and Dropbear before 2024.86 closes a channel just opened on the same
+    // connection when any process of the session exits.
+    report.sftp = match tokio::time::timeout(SFTP_CHECK_TIMEOUT, sftp::check(connection)).await {
+        Ok(Ok(())) => Capability::Allowed,
+        Ok(Err(error)) => {
+            *sftp_failure = Some(error);
+            Capability::Refused
+        }
+        Err(_) => {
+            *sftp_failure = Some(crate::Error::connect(format!(
+                "{}: SFTP did not start within {} s",
+                connection.label(),
+                SFTP_CHECK_TIMEOUT.as_secs()
+            )));
+            Capability::Refused
+        }
+    };
+    // When the server refuses exec, whether the login gives a shell tells a shell-only
+    // endpoint. Asked last: the shell it starts ends as the channel closes.
+    if check_shell {
+        let channel = connection.open_session().await?;
+        report.shell = shell_accepted(channel).await;
     }
     Ok(())
 }
 
-enum Request {
-    Subsystem,
-    Shell,
-}
-
-/// Sends one channel request with want-reply and reads the verdict, bounded in time.
-async fn request_accepted(
-    mut channel: russh::Channel<russh::client::Msg>,
-    request: Request,
-) -> Capability {
-    let sent = match request {
-        Request::Subsystem => channel.request_subsystem(true, "sftp").await,
-        Request::Shell => channel.request_shell(true).await,
-    };
-    if sent.is_err() {
+/// Asks for a shell with want-reply and reads the verdict, bounded in time.
+async fn shell_accepted(mut channel: russh::Channel<russh::client::Msg>) -> Capability {
+    if channel.request_shell(true).await.is_err() {
         return Capability::Refused;
     }
     let verdict = tokio::time::timeout(Duration::from_secs(15), async {

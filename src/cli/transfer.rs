@@ -16,6 +16,7 @@ use xfer::error::{Error, ErrorKind, Result};
 use xfer::local::Destination;
 use xfer::remote::Remote;
 use xfer::remote::deploy::AgentMode;
+use xfer::remote::session::Session;
 use xfer::target::{HostSpec, Location, RemotePath, parse_location};
 
 pub async fn run(args: &TransferArgs, direction: Direction, verbosity: Verbosity) -> Result<()> {
@@ -78,11 +79,13 @@ pub async fn run(args: &TransferArgs, direction: Direction, verbosity: Verbosity
         let plan = dry_run(
             &connector,
             &host,
+            &agent,
             direction,
             &remote_path,
             &local_path,
             &state,
             args.fix_crlf,
+            quiet,
         )
         .await?;
         return show_plan(&plan, args.json, verbose);
@@ -135,25 +138,37 @@ pub async fn run(args: &TransferArgs, direction: Direction, verbosity: Verbosity
 }
 
 /// Plans the whole transfer over one connection and prints it; nothing is changed.
+///
+/// Over SFTP where the host has it: that plans what the agent would, and changes nothing on
+/// the host, not even the agent's cache. Where it has none, the plan comes through the agent,
+/// started as a real run starts it, which may put it into its private cache on the host first.
+/// A dry run that fails where the real run works is no preview, and what it may add is xfer's
+/// own file in xfer's own cache, which the real run puts there anyway; the transfer's paths are
+/// only looked at. So a dry run works wherever a real run does, and the one line on stderr
+/// says when it went through the agent.
 #[allow(clippy::too_many_arguments)]
 async fn dry_run(
     connector: &xfer::ssh::connect::Connector,
     host: &HostSpec,
+    agent: &AgentMode,
     direction: Direction,
     remote_path: &str,
     local_path: &std::path::Path,
     state: &StateDir,
     fix_crlf: bool,
+    quiet: bool,
 ) -> Result<Plan> {
-    // A dry run changes nothing on the host, not even the agent's cache: SFTP plans the same.
-    let remote = units::open_remote(
-        connector,
-        host,
-        &AgentMode::Off,
-        &xfer::progress::NoProgress,
-    )
-    .await?;
-    let remote = &*remote;
+    let connection = Arc::new(connector.connect(host).await?);
+    let (remote, no_sftp) = Session::open_for_planning(connection, agent).await?;
+    if let Some(reason) = no_sftp
+        && !quiet
+    {
+        errln!(
+            "warning: {}; planning through the xfer agent instead (it may be put into its cache on the host first; nothing else there changes)",
+            xfer::target::printable(&reason)
+        );
+    }
+    let remote = &remote;
     let config = remote.connection().config().clone();
     let endpoints = Endpoints {
         remote_id: format!("{}@{}:{}", config.user, config.hostname, config.port),

@@ -353,40 +353,49 @@ enum Launch {
 async fn launch(connection: &Arc<Connection>, script: &'static str, line: &str) -> Result<Launch> {
     let label = connection.label().to_string();
     let work = async {
-        let mut channel = connection.open_session().await?;
-        channel
-            .exec(true, exec::command_line(script))
-            .await
-            .map_err(|error| russh_error(&label, error))?;
         // The script and the first line go out with the request, not a round trip later.
         let mut first = exec::script_input(script).to_vec();
         first.extend_from_slice(line.as_bytes());
         first.push(b'\n');
-        channel
-            .data(&first[..])
-            .await
-            .map_err(|error| russh_error(&label, error))?;
-        // The server's answer to the exec request comes first; output that raced ahead of
-        // it is kept for the stream.
-        let mut early = Vec::new();
-        loop {
-            match channel.wait().await {
-                Some(ChannelMsg::Success) => break,
-                Some(ChannelMsg::Failure) => {
-                    return Ok(Launch::Failed(
-                        "the server does not allow running commands (exec)".into(),
-                    ));
+        let mut attempt = 0;
+        let (channel, early) = 'channel: loop {
+            attempt += 1;
+            let mut channel = connection.open_session().await?;
+            channel
+                .exec(true, exec::command_line(script))
+                .await
+                .map_err(|error| russh_error(&label, error))?;
+            channel
+                .data(&first[..])
+                .await
+                .map_err(|error| russh_error(&label, error))?;
+            // The server's answer to the exec request comes first; output that raced ahead
+            // of it is kept for the stream.
+            loop {
+                match channel.wait().await {
+                    Some(ChannelMsg::Success) => break 'channel (channel, Vec::new()),
+                    Some(ChannelMsg::Failure) => {
+                        return Ok(Launch::Failed(
+                            "the server does not allow running commands (exec)".into(),
+                        ));
+                    }
+                    Some(ChannelMsg::Data { data }) => break 'channel (channel, data.to_vec()),
+                    // Closed without an answer: Dropbear before 2024.86 does that to a channel
+                    // opened just as another process of the session exits (see
+                    // exec::UNANSWERED_ATTEMPTS). The same request on a new channel runs.
+                    Some(ChannelMsg::Eof | ChannelMsg::Close) | None
+                        if attempt < exec::UNANSWERED_ATTEMPTS && !connection.is_closed() =>
+                    {
+                        tracing::debug!(%label, attempt, "the server closed the agent's channel without answering; trying a new one");
+                        continue 'channel;
+                    }
+                    Some(ChannelMsg::Eof | ChannelMsg::Close) | None => {
+                        return Ok(Launch::NotAgent(Vec::new()));
+                    }
+                    Some(_) => {}
                 }
-                Some(ChannelMsg::Data { data }) => {
-                    early.extend_from_slice(&data);
-                    break;
-                }
-                Some(ChannelMsg::Eof | ChannelMsg::Close) | None => {
-                    return Ok(Launch::NotAgent(Vec::new()));
-                }
-                Some(_) => {}
             }
-        }
+        };
         let (mut reader, writer) = tokio::io::split(channel.into_stream());
         // What the login shell prints before every command comes first: skip to the line the
         // command line prints before the script.
@@ -504,10 +513,10 @@ async fn upload(connection: &Arc<Connection>, own: &Own) -> Result<()> {
     let mut first = 1;
     loop {
         let header = format!("{}\n{}\n{first}\n", own.name, random_nonce()).into_bytes();
-        let output = exec::run_owned(
+        let output = exec::run_parts(
             connection,
             UPLOAD,
-            vec![header, executable.clone()],
+            &[&header, &executable],
             ExecLimits {
                 max_output: 4096,
                 timeout,

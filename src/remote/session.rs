@@ -4,16 +4,20 @@
 //! [`Session`] is what the engine's connections hold. Opening one asks `deploy` for the agent
 //! (unless `--no-agent`); when that falls back, the reason comes back alongside the SFTP
 //! session so the caller can say it once. A host that refuses SFTP too gets one error naming
-//! both reasons.
+//! both reasons. A dry run opens the other way round: SFTP first, the agent only where the
+//! host has no SFTP ([`Session::open_for_planning`]).
 
 use crate::blocks::{BlockHash, BlockLayout};
 use crate::error::Result;
 use crate::remote::agent::{AgentFile, AgentRemote};
 use crate::remote::deploy::{self, AgentMode, Outcome};
-use crate::remote::sftp::{SftpFile, SftpRemote};
+use crate::remote::sftp::{self, SftpFile, SftpRemote};
 use crate::remote::{Remote, RemoteDigest, RemoteEntry, SetAttributes, SmallFile};
 use crate::ssh::connect::Connection;
 use std::sync::Arc;
+
+/// What to do about a host with neither an SFTP server nor a usable agent.
+const NO_SFTP_SERVER_NOR_AGENT_HINT: &str = "install an SFTP server on the host (on Debian and Ubuntu: openssh-sftp-server), or fix what keeps the xfer agent from starting there (the reason above)";
 
 /// A connection's remote: agent or SFTP.
 pub enum Session {
@@ -43,9 +47,33 @@ impl Session {
         match SftpRemote::open(connection).await {
             Ok(sftp) => Ok((Session::Sftp(sftp), notice)),
             Err(error) => match notice {
-                Some(reason) => Err(error.context(format!("no xfer agent ({reason}) and"))),
+                Some(reason) => Err(with_agent_reason(error, &reason)),
                 None => Err(error),
             },
+        }
+    }
+
+    /// Opens a remote for looking only (stat, list, read links), as a dry run plans: SFTP
+    /// where the host has it, which starts no shell there and writes nothing, not even the
+    /// agent's cache. Where SFTP is missing (Dropbear without an sftp-server, an sshd without
+    /// the subsystem) the agent `mode` allows plans instead, as it would carry a real run; the
+    /// string then says why SFTP was not used. `--no-agent` demands SFTP and gets its error.
+    pub async fn open_for_planning(
+        connection: Arc<Connection>,
+        mode: &AgentMode,
+    ) -> Result<(Session, Option<String>)> {
+        let missing = match SftpRemote::open(connection.clone()).await {
+            Ok(sftp) => return Ok((Session::Sftp(sftp), None)),
+            Err(error)
+                if *mode == AgentMode::Off || error.is_transient() || connection.is_closed() =>
+            {
+                return Err(error);
+            }
+            Err(error) => error,
+        };
+        match deploy::start_agent(&connection, mode).await? {
+            Outcome::Ready(agent) => Ok((Session::Agent(agent), Some(missing.to_string()))),
+            Outcome::Fallback(reason) => Err(with_agent_reason(missing, &reason)),
         }
     }
 
@@ -62,6 +90,17 @@ impl Session {
             Session::Agent(_) => "agent",
             Session::Sftp(_) => "sftp",
         }
+    }
+}
+
+/// An SFTP failure on a host where the agent was wanted too and did not start: says why not.
+fn with_agent_reason(error: crate::Error, reason: &str) -> crate::Error {
+    let error = error.context(format!("no xfer agent ({reason}) and"));
+    // Leaving out --no-agent, as the error alone advises, is no help here.
+    if sftp::is_no_sftp_server(&error) {
+        error.with_hint(NO_SFTP_SERVER_NOR_AGENT_HINT)
+    } else {
+        error
     }
 }
 
@@ -214,5 +253,31 @@ impl Remote for Session {
 
     async fn read_small(&self, path: &str, max_length: u32) -> Result<Option<SmallFile>> {
         both!(self, remote => remote.read_small(path, max_length).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_sftp_server_nor_agent_the_hint_does_not_advise_leaving_out_no_agent() {
+        let missing = crate::Error::remote("box (u@h:22): no SFTP server on the host")
+            .with_hint(sftp::NO_SFTP_SERVER_HINT)
+            .transient(false);
+        assert!(sftp::is_no_sftp_server(&missing));
+        let error = with_agent_reason(missing, "the host does not run commands");
+        assert_eq!(
+            error.message(),
+            "no xfer agent (the host does not run commands) and: box (u@h:22): no SFTP server on the host"
+        );
+        assert_eq!(error.hint(), Some(NO_SFTP_SERVER_NOR_AGENT_HINT));
+        assert!(!error.is_transient());
+        // Another SFTP failure keeps its own hint.
+        let refused = crate::Error::remote("box: the server refuses the SFTP subsystem")
+            .with_hint("use the direct address");
+        assert!(!sftp::is_no_sftp_server(&refused));
+        let error = with_agent_reason(refused, "reason");
+        assert_eq!(error.hint(), Some("use the direct address"));
     }
 }

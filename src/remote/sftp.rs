@@ -1,7 +1,9 @@
 //! [`Remote`] over SFTP (russh-sftp), plus whole-file digests through a fixed exec script.
 //!
 //! The SFTP subsystem is requested on its own channel and refused cleanly when the server does
-//! not offer it (a proxied shell-only endpoint says so in the error). Every request is bounded
+//! not offer it (a proxied shell-only endpoint says so in the error), or offers it with no SFTP
+//! server behind it (Dropbear without an sftp-server: the channel ends as SFTP starts, told
+//! apart from a dropped connection by a round trip on the connection). Every request is bounded
 //! in time (a stalled link becomes a transient error), every reply is bounded in size by the
 //! packet limit, and a directory listing is capped in entries and in bytes
 //! ([`ListingLimits`]), so a hostile server can neither hang xfer nor make it allocate without
@@ -11,13 +13,17 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::remote::{EntryKind, ListingLimits, Remote, RemoteDigest, RemoteEntry, SetAttributes};
 use crate::ssh::connect::{Connection, channel_refused, russh_error};
 use crate::ssh::exec::{self, ExecLimits};
-use russh::ChannelMsg;
+use russh::client::Msg;
+use russh::{Channel, ChannelMsg};
 use russh_sftp::client::RawSftpSession;
 use russh_sftp::client::error::Error as SftpError;
 use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The largest read or write request xfer sends. OpenSSH's sftp-server answers up to 255 KiB
 /// and advertises that through limits@openssh.com; we never ask for more than a server says.
@@ -52,59 +58,8 @@ pub struct SftpFile {
 impl SftpRemote {
     /// Starts the SFTP subsystem on a new channel of `connection`.
     pub async fn open(connection: Arc<Connection>) -> Result<SftpRemote> {
+        let (session, io_size) = start(&connection).await?;
         let label = connection.label().to_string();
-        let mut channel = connection.open_session().await?;
-        channel
-            .request_subsystem(true, "sftp")
-            .await
-            .map_err(|error| russh_error(&label, error))?;
-        let accepted = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(message) = channel.wait().await {
-                match message {
-                    ChannelMsg::Success => return Some(true),
-                    ChannelMsg::Failure | ChannelMsg::Close | ChannelMsg::Eof => {
-                        return Some(false);
-                    }
-                    _ => {}
-                }
-            }
-            Some(false)
-        })
-        .await
-        .map_err(|_| Error::connect(format!("{label}: no answer to the SFTP subsystem request")))?;
-        if accepted != Some(true) {
-            return Err(Error::remote(format!(
-                "{label}: the server refuses the SFTP subsystem"
-            ))
-            .with_hint(
-                "if this is a provider's proxied SSH endpoint that only gives a shell, use the box's direct SSH address; xfer doctor ALIAS tells what the login allows",
-            )
-            .transient(false));
-        }
-        let config = russh_sftp::client::Config {
-            max_packet_len: MAX_PACKET_LENGTH,
-            request_timeout_secs: REQUEST_TIMEOUT_SECONDS,
-            ..Default::default()
-        };
-        let session = RawSftpSession::new_with_config(channel.into_stream(), config);
-        session.set_timeout(REQUEST_TIMEOUT_SECONDS);
-        session
-            .init()
-            .await
-            .map_err(|error| sftp_error(&label, "starting SFTP", error))?;
-        let mut io_size = PREFERRED_IO_SIZE;
-        if let Ok(limits) = session.limits().await {
-            // A server's own limits win; zero means "no limit given".
-            for limit in [limits.max_read_len, limits.max_write_len] {
-                if limit > 0 && limit < u64::from(io_size) {
-                    io_size = limit as u32;
-                }
-            }
-        } else {
-            // Without the extension only 32 KiB is guaranteed by the draft.
-            io_size = 32 * 1024;
-        }
-        let io_size = io_size.max(4096);
         tracing::debug!(%label, io_size, "SFTP session started");
         Ok(SftpRemote {
             session,
@@ -166,6 +121,214 @@ impl SftpRemote {
                 error,
             )),
         }
+    }
+}
+
+/// Whether SFTP works on `connection`, tried the way a transfer starts it: the subsystem
+/// request, then the version exchange. For `xfer doctor`, which must not take a server's word
+/// that it has SFTP: Dropbear says yes to the request and only then finds it has no
+/// sftp-server to run.
+pub async fn check(connection: &Connection) -> Result<()> {
+    start(connection).await.map(drop)
+}
+
+/// What the server said to a subsystem request.
+enum Answer {
+    Accepted(Channel<Msg>),
+    Refused,
+    /// The channel closed with no answer (see [`exec::UNANSWERED_ATTEMPTS`]).
+    Unanswered,
+}
+
+/// Asks for the SFTP subsystem on a new channel.
+async fn request_sftp(connection: &Connection) -> Result<Answer> {
+    let label = connection.label();
+    let mut channel = connection.open_session().await?;
+    channel
+        .request_subsystem(true, "sftp")
+        .await
+        .map_err(|error| russh_error(label, error))?;
+    let answer = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(message) = channel.wait().await {
+            match message {
+                ChannelMsg::Success => return Some(true),
+                ChannelMsg::Failure => return Some(false),
+                ChannelMsg::Close | ChannelMsg::Eof => return None,
+                _ => {}
+            }
+        }
+        None
+    })
+    .await
+    .map_err(|_| Error::connect(format!("{label}: no answer to the SFTP subsystem request")))?;
+    Ok(match answer {
+        Some(true) => Answer::Accepted(channel),
+        Some(false) => Answer::Refused,
+        None => Answer::Unanswered,
+    })
+}
+
+/// Starts SFTP on a new channel of `connection`: the subsystem request, the version exchange,
+/// and the server's limits. Returns the session and the largest read or write to send.
+async fn start(connection: &Connection) -> Result<(RawSftpSession, u32)> {
+    let label = connection.label();
+    let mut attempt = 1;
+    let channel = loop {
+        match request_sftp(connection).await? {
+            Answer::Accepted(channel) => break channel,
+            Answer::Unanswered
+                if attempt < exec::UNANSWERED_ATTEMPTS && !connection.is_closed() =>
+            {
+                tracing::debug!(%label, attempt, "the server closed the SFTP channel without answering; trying a new one");
+                attempt += 1;
+            }
+            Answer::Refused | Answer::Unanswered => {
+                return Err(Error::remote(format!(
+                    "{label}: the server refuses the SFTP subsystem"
+                ))
+                .with_hint(
+                    "if this is a provider's proxied SSH endpoint that only gives a shell, use the box's direct SSH address; xfer doctor ALIAS tells what the login allows",
+                )
+                .transient(false));
+            }
+        }
+    };
+    let config = russh_sftp::client::Config {
+        max_packet_len: MAX_PACKET_LENGTH,
+        request_timeout_secs: REQUEST_TIMEOUT_SECONDS,
+        ..Default::default()
+    };
+    let heard = Arc::new(Heard::default());
+    let stream = Watched {
+        stream: channel.into_stream(),
+        heard: heard.clone(),
+    };
+    let session = RawSftpSession::new_with_config(stream, config);
+    session.set_timeout(REQUEST_TIMEOUT_SECONDS);
+    if let Err(error) = session.init().await {
+        return Err(start_failed(connection, &heard, error).await);
+    }
+    let mut io_size = PREFERRED_IO_SIZE;
+    if let Ok(limits) = session.limits().await {
+        // A server's own limits win; zero means "no limit given".
+        for limit in [limits.max_read_len, limits.max_write_len] {
+            if limit > 0 && limit < u64::from(io_size) {
+                io_size = limit as u32;
+            }
+        }
+    } else {
+        // Without the extension only 32 KiB is guaranteed by the draft.
+        io_size = 32 * 1024;
+    }
+    Ok((session, io_size.max(4096)))
+}
+
+/// What the user can do about a host with no SFTP server.
+pub const NO_SFTP_SERVER_HINT: &str = "install an SFTP server on the host (on Debian and Ubuntu: openssh-sftp-server, which Dropbear runs too), or leave out --no-agent so xfer's agent carries the files; xfer doctor ALIAS tells what the login allows";
+
+/// Whether `error` is the one starting SFTP gives on a host with no SFTP server.
+pub fn is_no_sftp_server(error: &Error) -> bool {
+    error.kind() == ErrorKind::Remote && error.hint() == Some(NO_SFTP_SERVER_HINT)
+}
+
+/// What came from the server on an SFTP channel, as far as telling a missing SFTP server goes.
+#[derive(Default)]
+struct Heard {
+    /// A byte arrived.
+    anything: AtomicBool,
+    /// The stream ended (or failed).
+    end: AtomicBool,
+}
+
+/// An SFTP channel's stream, noting in [`Heard`] whether it ended before the server said
+/// anything.
+struct Watched<S> {
+    stream: S,
+    heard: Arc<Heard>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buffer.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(context, buffer);
+        match &polled {
+            Poll::Ready(Ok(())) if buffer.filled().len() > before => {
+                self.heard.anything.store(true, Ordering::Relaxed)
+            }
+            Poll::Ready(_) => self.heard.end.store(true, Ordering::Relaxed),
+            Poll::Pending => {}
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(context, data)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(context)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(context)
+    }
+}
+
+/// Why the version exchange that starts SFTP failed.
+///
+/// A server that accepts the subsystem request and then ends the channel without a byte has no
+/// SFTP server to run (Dropbear without one runs a fixed path that is not there): a fault of
+/// the host that no retry cures. A connection that dropped at that moment ends the channel the
+/// same way, and is worth a retry. So the connection is asked: a channel opened (and closed) on
+/// it is a round trip, which a dead connection cannot make. A timeout, or an answer that is
+/// not SFTP, is what it says.
+async fn start_failed(connection: &Connection, heard: &Heard, error: SftpError) -> Error {
+    let label = connection.label();
+    let ended_silent = heard.end.load(Ordering::Relaxed) && !heard.anything.load(Ordering::Relaxed);
+    if !ended_silent
+        || matches!(
+            error,
+            SftpError::Status(_) | SftpError::Timeout | SftpError::Limited(_)
+        )
+        || !connection_answers(connection).await
+    {
+        return sftp_error(label, "starting SFTP", error);
+    }
+    tracing::debug!(%label, %error, "the SFTP channel ended as it started");
+    Error::remote(format!(
+        "{label}: no SFTP server on the host (it accepts the SFTP subsystem, then ends it before answering)"
+    ))
+    .with_hint(NO_SFTP_SERVER_HINT)
+    .transient(false)
+}
+
+/// Whether the SSH connection is alive: a session channel opens on it (then closes).
+async fn connection_answers(connection: &Connection) -> bool {
+    if connection.is_closed() {
+        return false;
+    }
+    match connection.open_session().await {
+        Ok(channel) => {
+            let _ = channel.close().await;
+            !connection.is_closed()
+        }
+        Err(_) => false,
     }
 }
 
@@ -662,6 +825,25 @@ mod tests {
         assert_eq!(parse_digest(&format!("md5 {hex}")), None);
         assert_eq!(parse_digest(&format!("blake3 {}", "zz".repeat(32))), None);
         assert_eq!(parse_digest(""), None);
+    }
+
+    /// What tells a missing SFTP server: the stream ended with nothing said. A stream that
+    /// carried something (an answer that is not SFTP) is not that.
+    #[tokio::test]
+    async fn a_stream_that_ends_silent_is_told_from_one_that_spoke() {
+        use tokio::io::AsyncReadExt;
+        for (content, spoke) in [(&b""[..], false), (&b"hello"[..], true)] {
+            let heard = Arc::new(Heard::default());
+            let mut stream = Watched {
+                stream: content,
+                heard: heard.clone(),
+            };
+            let mut buffer = Vec::new();
+            stream.read_to_end(&mut buffer).await.unwrap();
+            assert_eq!(buffer, content);
+            assert!(heard.end.load(Ordering::Relaxed));
+            assert_eq!(heard.anything.load(Ordering::Relaxed), spoke);
+        }
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! bs=1`, so not one byte of what follows is consumed): see [`command_line`]. Anything variable
 //! (paths, values) travels on stdin after the script. So a path with spaces, quotes or newlines
 //! can never change what the remote shell runs, and no value appears in the remote `ps`. Output
-//! is capped, and every wait is bounded.
+//! is capped, and every wait is bounded. A channel the server closes without answering the
+//! request is tried again on a new one ([`UNANSWERED_ATTEMPTS`]): Dropbear before 2024.86 does
+//! that when another process of the connection exits at the wrong moment.
 
 use crate::error::{Error, Result};
 use crate::ssh::connect::{Connection, russh_error};
@@ -97,20 +99,35 @@ pub async fn run(
     execute(connection, script, Stdin::Borrowed(stdin), limits).await
 }
 
-/// [`run`] with standard input given as owned parts, sent one after the other as the
-/// channel's window allows, without being copied (an executable of many megabytes).
-pub async fn run_owned(
+/// [`run`] with standard input given in parts, each sent as the channel's window allows
+/// without going through a small copy buffer (an executable of many megabytes).
+pub async fn run_parts(
     connection: &Connection,
     script: &'static str,
-    stdin: Vec<Vec<u8>>,
+    stdin: &[&[u8]],
     limits: ExecLimits,
 ) -> Result<ExecOutput> {
-    execute(connection, script, Stdin::Owned(stdin), limits).await
+    execute(connection, script, Stdin::Parts(stdin), limits).await
 }
 
+#[derive(Clone, Copy)]
 enum Stdin<'a> {
     Borrowed(&'a [u8]),
-    Owned(Vec<Vec<u8>>),
+    Parts(&'a [&'a [u8]]),
+}
+
+/// How many channels a run may take when the server closes them without answering the exec
+/// request. Dropbear before 2024.86 closes a session channel that is open but not yet running
+/// a command whenever another process of the same connection exits (its sftp-server ending,
+/// a script finishing): a channel opened at that moment ends without a word. No server closes
+/// a channel that way otherwise, and the same request on a new channel runs.
+pub const UNANSWERED_ATTEMPTS: u32 = 3;
+
+/// What one channel came to.
+enum Attempt {
+    Ran(ExecOutput),
+    /// Closed by the server with no answer to the exec request and nothing else said.
+    Unanswered,
 }
 
 async fn execute(
@@ -121,98 +138,16 @@ async fn execute(
 ) -> Result<ExecOutput> {
     let label = connection.label().to_string();
     let work = async {
-        let channel = connection.open_session().await?;
-        channel
-            .exec(true, command_line(script))
-            .await
-            .map_err(|error| russh_error(&label, error))?;
-        // Stdin goes out while the answer comes in: a script that ends early (it refused, or
-        // its disk is full) stops reading, and waiting for window to send the rest would wait
-        // for the whole bound.
-        let (mut reader, writer) = channel.split();
-        let send = async {
-            writer.data(script_input(script)).await?;
-            match stdin {
-                Stdin::Borrowed(bytes) => writer.data(bytes).await?,
-                Stdin::Owned(parts) => {
-                    for part in parts {
-                        writer.data_bytes(part).await?;
-                    }
+        for attempt in 1..=UNANSWERED_ATTEMPTS {
+            match execute_once(connection, &label, script, stdin, limits).await? {
+                Attempt::Ran(output) => return Ok(output),
+                Attempt::Unanswered => {
+                    tracing::debug!(%label, attempt, "the server closed an exec channel without answering; trying a new one");
                 }
             }
-            writer.eof().await
-        };
-        tokio::pin!(send);
-        let mut sending = true;
-        let mut send_error = None;
-        let mut output = ExecOutput::default();
-        let mut refused = false;
-        loop {
-            let exited = output.status.is_some() || output.signal.is_some();
-            let message = tokio::select! {
-                sent = &mut send, if sending => {
-                    sending = false;
-                    if let Err(error) = sent {
-                        send_error = Some(error);
-                    }
-                    continue;
-                }
-                // Once the exit status is in, the output still on its way gets a short while,
-                // not the whole bound: a server that never closes the channel after the exit
-                // status (or whose close is lost) must not hold the run.
-                message = async {
-                    if exited {
-                        tokio::time::timeout(AFTER_EXIT, reader.wait()).await.ok()
-                    } else {
-                        Some(reader.wait().await)
-                    }
-                } => match message {
-                    Some(message) => message,
-                    None => break,
-                },
-            };
-            let Some(message) = message else { break };
-            match message {
-                ChannelMsg::Data { data } => {
-                    append_capped(&mut output.stdout, &data, limits.max_output)
-                }
-                ChannelMsg::ExtendedData { data, .. } => {
-                    append_capped(&mut output.stderr, &data, limits.max_output)
-                }
-                ChannelMsg::ExitStatus { exit_status } => output.status = Some(exit_status),
-                ChannelMsg::ExitSignal { signal_name, .. } => {
-                    output.signal = Some(format!("{signal_name:?}"))
-                }
-                ChannelMsg::Failure => refused = true,
-                _ => {}
-            }
         }
-        // A send that failed matters only when the script gave no answer.
-        if let Some(error) = send_error
-            && output.status.is_none()
-            && output.signal.is_none()
-            && !refused
-        {
-            return Err(russh_error(&label, error));
-        }
-        match find_marker(&output.stdout) {
-            Some(end) => {
-                output.started = true;
-                let stdout = output.stdout.split_off(end);
-                output.preamble = std::mem::replace(&mut output.stdout, stdout);
-                output
-                    .preamble
-                    .truncate(output.preamble.len() - BEGIN_MARKER.len());
-            }
-            None => output.preamble = std::mem::take(&mut output.stdout),
-        }
-        if refused && output.status.is_none() {
-            return Err(Error::remote(format!(
-                "{label}: the server refused to run a command (exec is not allowed for this login)"
-            ))
-            .with_hint("the host may be a shell-only endpoint; check with: xfer doctor ALIAS"));
-        }
-        Ok(output)
+        // What it looked like: nothing ran.
+        Ok(ExecOutput::default())
     };
     match tokio::time::timeout(limits.timeout, work).await {
         Ok(result) => result,
@@ -221,6 +156,118 @@ async fn execute(
             limits.timeout.as_secs()
         ))),
     }
+}
+
+async fn execute_once(
+    connection: &Connection,
+    label: &str,
+    script: &'static str,
+    stdin: Stdin<'_>,
+    limits: ExecLimits,
+) -> Result<Attempt> {
+    let channel = connection.open_session().await?;
+    channel
+        .exec(true, command_line(script))
+        .await
+        .map_err(|error| russh_error(label, error))?;
+    // Stdin goes out while the answer comes in: a script that ends early (it refused, or
+    // its disk is full) stops reading, and waiting for window to send the rest would wait
+    // for the whole bound.
+    let (mut reader, writer) = channel.split();
+    let send = async {
+        writer.data(script_input(script)).await?;
+        match stdin {
+            Stdin::Borrowed(bytes) => writer.data(bytes).await?,
+            Stdin::Parts(parts) => {
+                for part in parts {
+                    writer.data_bytes(part.to_vec()).await?;
+                }
+            }
+        }
+        writer.eof().await
+    };
+    tokio::pin!(send);
+    let mut sending = true;
+    let mut send_error = None;
+    let mut output = ExecOutput::default();
+    let mut refused = false;
+    // Whether the server said anything on the channel: an answer to the request, output.
+    let mut answered = false;
+    loop {
+        let exited = output.status.is_some() || output.signal.is_some();
+        let message = tokio::select! {
+            sent = &mut send, if sending => {
+                sending = false;
+                if let Err(error) = sent {
+                    send_error = Some(error);
+                }
+                continue;
+            }
+            // Once the exit status is in, the output still on its way gets a short while,
+            // not the whole bound: a server that never closes the channel after the exit
+            // status (or whose close is lost) must not hold the run.
+            message = async {
+                if exited {
+                    tokio::time::timeout(AFTER_EXIT, reader.wait()).await.ok()
+                } else {
+                    Some(reader.wait().await)
+                }
+            } => match message {
+                Some(message) => message,
+                None => break,
+            },
+        };
+        let Some(message) = message else { break };
+        match message {
+            ChannelMsg::Data { data } => {
+                answered = true;
+                append_capped(&mut output.stdout, &data, limits.max_output)
+            }
+            ChannelMsg::ExtendedData { data, .. } => {
+                answered = true;
+                append_capped(&mut output.stderr, &data, limits.max_output)
+            }
+            ChannelMsg::ExitStatus { exit_status } => output.status = Some(exit_status),
+            ChannelMsg::ExitSignal { signal_name, .. } => {
+                output.signal = Some(format!("{signal_name:?}"))
+            }
+            ChannelMsg::Success => answered = true,
+            ChannelMsg::Failure => {
+                answered = true;
+                refused = true
+            }
+            _ => {}
+        }
+    }
+    let exited = output.status.is_some() || output.signal.is_some();
+    if !answered && !exited && !connection.is_closed() {
+        return Ok(Attempt::Unanswered);
+    }
+    // A send that failed matters only when the script gave no answer.
+    if let Some(error) = send_error
+        && !exited
+        && !refused
+    {
+        return Err(russh_error(label, error));
+    }
+    match find_marker(&output.stdout) {
+        Some(end) => {
+            output.started = true;
+            let stdout = output.stdout.split_off(end);
+            output.preamble = std::mem::replace(&mut output.stdout, stdout);
+            output
+                .preamble
+                .truncate(output.preamble.len() - BEGIN_MARKER.len());
+        }
+        None => output.preamble = std::mem::take(&mut output.stdout),
+    }
+    if refused && output.status.is_none() {
+        return Err(Error::remote(format!(
+            "{label}: the server refused to run a command (exec is not allowed for this login)"
+        ))
+        .with_hint("the host may be a shell-only endpoint; check with: xfer doctor ALIAS"));
+    }
+    Ok(Attempt::Ran(output))
 }
 
 /// Where the script's own output starts in `bytes`: just after [`BEGIN_MARKER`].

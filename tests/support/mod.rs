@@ -1,6 +1,6 @@
-//! Shared harness for xfer's integration tests: a real OpenSSH server on 127.0.0.1 ([`Sshd`]),
-//! an ssh-agent ([`Agent`]), a byte-counting TCP proxy that can cut or stall links ([`Proxy`]),
-//! key generation, a way to run the built `xfer` binary that can never hang a test (and can
+//! Shared harness for xfer's integration tests: a real OpenSSH server on 127.0.0.1 ([`Sshd`])
+//! and a real Dropbear ([`Dropbear`]), an ssh-agent ([`Agent`]), a byte-counting TCP proxy
+//! that can cut or stall links ([`Proxy`]), key generation, a way to run the built `xfer` binary that can never hang a test (and can
 //! measure its peak memory, [`run_measuring_memory`]), and local users for tests of a shared
 //! host ([`users`]).
 //!
@@ -9,12 +9,15 @@
 #![allow(dead_code)]
 
 mod agent;
+mod dropbear;
 mod proxy;
 mod sshd;
 pub mod users;
 
 #[allow(unused_imports)]
 pub use agent::Agent;
+#[allow(unused_imports)]
+pub use dropbear::Dropbear;
 #[allow(unused_imports)]
 pub use proxy::{Proxy, ProxyMode};
 #[allow(unused_imports)]

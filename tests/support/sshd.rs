@@ -207,12 +207,7 @@ impl Sshd {
     /// A known_hosts line for this server's current host key as reached at `host:port`:
     /// `"[127.0.0.1]:PORT ssh-ed25519 AAAA..."` (no brackets for port 22).
     pub fn known_hosts_line(&self, host: &str, port: u16) -> String {
-        let key = self.host_public_key();
-        if port == 22 {
-            format!("{host} {key}")
-        } else {
-            format!("[{host}]:{port} {key}")
-        }
+        known_hosts_line(&self.host_public_key(), host, port)
     }
 
     /// `<dir>/known_hosts`, which holds the host key the server had when it started.
@@ -241,76 +236,19 @@ impl Sshd {
         append(path, &self.client_config_block(alias, extra));
     }
 
-    /// The text of a `Host alias` block: HostName 127.0.0.1, Port, User, IdentityFile
-    /// client_key, IdentitiesOnly yes, UserKnownHostsFile <dir>/known_hosts,
-    /// StrictHostKeyChecking yes, BatchMode yes.
-    ///
-    /// The `extra` lines come first in the block, and a default whose keyword an extra line
-    /// uses is left out: ssh takes the first value it reads, and `IdentityFile` would
-    /// otherwise add to the default rather than replace it. When the extra lines change
-    /// HostName or Port (to go through a [`super::Proxy`], say), the host key is also trusted
-    /// under that name and port in `<dir>/known_hosts`.
+    /// The text of a `Host alias` block reaching this server: see [`client_config_block`].
     pub fn client_config_block(&self, alias: &str, extra: &[&str]) -> String {
-        let extra: Vec<&str> = extra
-            .iter()
-            .flat_map(|lines| lines.lines())
-            .map(str::trim)
-            .filter(|line| !line.is_empty())
-            .collect();
-        let overridden = |name: &str| {
-            extra
-                .iter()
-                .any(|line| keyword(line).eq_ignore_ascii_case(name))
-        };
-        let value_of = |name: &str| {
-            extra
-                .iter()
-                .find(|line| keyword(line).eq_ignore_ascii_case(name))
-                .map(|line| argument(line).to_owned())
-        };
-
-        if !overridden("UserKnownHostsFile") {
-            let host = value_of("HostName").unwrap_or_else(|| "127.0.0.1".to_owned());
-            let port = value_of("Port")
-                .map(|port| {
-                    port.parse::<u16>()
-                        .expect("Port in extra lines is a number")
-                })
-                .unwrap_or(self.port);
-            let line = self.known_hosts_line(&host, port);
-            let pattern = line.split(' ').next().unwrap_or_default().to_owned() + " ";
-            // A name already known keeps its key, even after regenerate_host_key.
-            if !read_lossy(&self.known_hosts())
-                .lines()
-                .any(|known| known.starts_with(&pattern))
-            {
-                append(&self.known_hosts(), &format!("{line}\n"));
-            }
-        }
-
-        let defaults = [
-            ("HostName", "127.0.0.1".to_owned()),
-            ("Port", self.port.to_string()),
-            ("User", self.user()),
-            ("IdentityFile", self.client_key().display().to_string()),
-            ("IdentitiesOnly", "yes".to_owned()),
-            (
-                "UserKnownHostsFile",
-                self.known_hosts().display().to_string(),
-            ),
-            ("StrictHostKeyChecking", "yes".to_owned()),
-            ("BatchMode", "yes".to_owned()),
-        ];
-        let mut block = format!("\nHost {alias}\n");
-        for line in &extra {
-            block.push_str(&format!("    {line}\n"));
-        }
-        for (name, value) in defaults {
-            if !overridden(name) {
-                block.push_str(&format!("    {name} {value}\n"));
-            }
-        }
-        block
+        client_config_block(
+            &ClientEnd {
+                port: self.port,
+                user: self.user(),
+                client_key: self.client_key(),
+                known_hosts: self.known_hosts(),
+                host_public_key: self.host_public_key(),
+            },
+            alias,
+            extra,
+        )
     }
 
     /// Everything sshd has logged so far (its `-E` file), across restarts.
@@ -545,8 +483,102 @@ impl Drop for Sshd {
     }
 }
 
+/// What a client's `Host` block needs to reach a server the harness started (an [`Sshd`], or
+/// a `super::Dropbear`).
+pub struct ClientEnd {
+    pub port: u16,
+    pub user: String,
+    /// A private key the server authorizes for `user`.
+    pub client_key: PathBuf,
+    /// The known_hosts file the block names; lines for the names it reaches are added to it.
+    pub known_hosts: PathBuf,
+    /// The server's host key as `"<type> <base64>"`.
+    pub host_public_key: String,
+}
+
+/// A known_hosts line for `key` as reached at `host:port` (no brackets for port 22).
+pub fn known_hosts_line(key: &str, host: &str, port: u16) -> String {
+    if port == 22 {
+        format!("{host} {key}")
+    } else {
+        format!("[{host}]:{port} {key}")
+    }
+}
+
+/// The text of a `Host alias` block: HostName 127.0.0.1, Port, User, IdentityFile
+/// client_key, IdentitiesOnly yes, UserKnownHostsFile known_hosts, StrictHostKeyChecking yes,
+/// BatchMode yes.
+///
+/// The `extra` lines come first in the block, and a default whose keyword an extra line
+/// uses is left out: ssh takes the first value it reads, and `IdentityFile` would
+/// otherwise add to the default rather than replace it. When the extra lines change
+/// HostName or Port (to go through a [`super::Proxy`], say), the host key is also trusted
+/// under that name and port in the known_hosts file.
+pub fn client_config_block(server: &ClientEnd, alias: &str, extra: &[&str]) -> String {
+    let extra: Vec<&str> = extra
+        .iter()
+        .flat_map(|lines| lines.lines())
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect();
+    let overridden = |name: &str| {
+        extra
+            .iter()
+            .any(|line| keyword(line).eq_ignore_ascii_case(name))
+    };
+    let value_of = |name: &str| {
+        extra
+            .iter()
+            .find(|line| keyword(line).eq_ignore_ascii_case(name))
+            .map(|line| argument(line).to_owned())
+    };
+
+    if !overridden("UserKnownHostsFile") {
+        let host = value_of("HostName").unwrap_or_else(|| "127.0.0.1".to_owned());
+        let port = value_of("Port")
+            .map(|port| {
+                port.parse::<u16>()
+                    .expect("Port in extra lines is a number")
+            })
+            .unwrap_or(server.port);
+        let line = known_hosts_line(&server.host_public_key, &host, port);
+        let pattern = line.split(' ').next().unwrap_or_default().to_owned() + " ";
+        // A name already known keeps its key, even after regenerate_host_key.
+        if !read_lossy(&server.known_hosts)
+            .lines()
+            .any(|known| known.starts_with(&pattern))
+        {
+            append(&server.known_hosts, &format!("{line}\n"));
+        }
+    }
+
+    let defaults = [
+        ("HostName", "127.0.0.1".to_owned()),
+        ("Port", server.port.to_string()),
+        ("User", server.user.clone()),
+        ("IdentityFile", server.client_key.display().to_string()),
+        ("IdentitiesOnly", "yes".to_owned()),
+        (
+            "UserKnownHostsFile",
+            server.known_hosts.display().to_string(),
+        ),
+        ("StrictHostKeyChecking", "yes".to_owned()),
+        ("BatchMode", "yes".to_owned()),
+    ];
+    let mut block = format!("\nHost {alias}\n");
+    for line in &extra {
+        block.push_str(&format!("    {line}\n"));
+    }
+    for (name, value) in defaults {
+        if !overridden(name) {
+            block.push_str(&format!("    {name} {value}\n"));
+        }
+    }
+    block
+}
+
 /// A port that was free a moment ago: bind port 0, read the port, close.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind(("127.0.0.1", 0))
         .and_then(|listener| listener.local_addr())
         .map(|address| address.port())
@@ -588,7 +620,7 @@ fn ensure_newline(mut text: String) -> String {
     text
 }
 
-fn append(path: &Path, text: &str) {
+pub fn append(path: &Path, text: &str) {
     OpenOptions::new()
         .create(true)
         .append(true)
