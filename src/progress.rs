@@ -9,6 +9,8 @@
 pub trait Reporter: Send + Sync {
     /// More of the plan is known: this many more files and bytes (called once per unit).
     fn planned(&self, _files: u64, _bytes: u64) {}
+    /// Every unit is planned or found complete: the totals given to `planned` are final.
+    fn plan_complete(&self) {}
     /// A file's transfer starts; `reused` of its `size` bytes are already in place.
     fn file_started(&self, _path: &str, _size: u64, _reused: u64) {}
     /// More bytes of a file arrived (or were sent) and were written.

@@ -561,3 +561,84 @@ fn every_top_level_directory_is_made_before_the_first_file() {
         first_file.display()
     );
 }
+
+/// What a reporter was told, in order.
+#[derive(Debug, Clone, PartialEq)]
+enum Told {
+    Planned(u64),
+    PlanComplete,
+}
+
+#[derive(Default)]
+struct Recording(std::sync::Mutex<Vec<Told>>);
+
+impl xfer::progress::Reporter for Recording {
+    fn planned(&self, files: u64, _bytes: u64) {
+        self.0.lock().unwrap().push(Told::Planned(files));
+    }
+    fn plan_complete(&self) {
+        self.0.lock().unwrap().push(Told::PlanComplete);
+    }
+}
+
+/// The progress the engine reports never shows a total that later grows: the plan is told
+/// complete once, after every unit's share is in, and the shares add up to every file; a
+/// re-run where most units are found complete tells it too.
+#[test]
+fn the_plan_is_told_complete_once_after_every_unit_is_planned() {
+    use xfer::engine::units::{Transfer, UnitOptions};
+    let sshd = Sshd::start();
+    let config = sshd.write_client_config("box", &[]);
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("source");
+    make_tree(&source, 12, 3, 2000);
+    let state = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for run in ["first", "re-run"] {
+        let recording = std::sync::Arc::new(Recording::default());
+        let transfer = Transfer {
+            connector: std::sync::Arc::new(xfer::ssh::connect::Connector::new(
+                xfer::ssh::config::ConfigSource::File(config.clone()),
+                xfer::ssh::config::Overrides::default(),
+                xfer::ssh::config::LocalContext::current().unwrap(),
+            )),
+            host: xfer::target::parse_host("box").unwrap(),
+            direction: xfer::engine::plan::Direction::Pull,
+            remote_path: source.display().to_string(),
+            local_path: work.path().join("copy"),
+            state: xfer::engine::state::StateDir::at(state.path().join("state")).unwrap(),
+            reporter: recording.clone(),
+            options: UnitOptions {
+                jobs: 2,
+                retries: 0,
+                retry_wait: Duration::from_millis(100),
+                checksum: false,
+                fix_crlf: false,
+                engine: xfer::engine::Options::default(),
+            },
+            agent: xfer::remote::deploy::AgentMode::Auto,
+        };
+        let summary = runtime
+            .block_on(xfer::engine::units::run(transfer))
+            .unwrap();
+        assert!(summary.errors.is_empty(), "{run}: {:?}", summary.errors);
+        let told = recording.0.lock().unwrap().clone();
+        let complete: Vec<usize> = told
+            .iter()
+            .enumerate()
+            .filter(|(_, told)| **told == Told::PlanComplete)
+            .map(|(index, _)| index)
+            .collect();
+        assert_eq!(complete, vec![told.len() - 1], "{run}: {told:?}");
+        if run == "first" {
+            let planned: u64 = told
+                .iter()
+                .map(|told| match told {
+                    Told::Planned(files) => *files,
+                    Told::PlanComplete => 0,
+                })
+                .sum();
+            assert_eq!(planned, summary.files, "{run}: {told:?}");
+        }
+    }
+}

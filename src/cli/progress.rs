@@ -37,11 +37,13 @@ impl TerminalReporter {
         let bars = (!quiet && std::io::stderr().is_terminal()).then(|| {
             let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
             let total = multi.add(ProgressBar::new(0));
+            // Until every unit is planned the total is not known: the bar counts what moved,
+            // with no share of a total and no ETA, which would only be wrong.
             total.set_style(
                 ProgressStyle::with_template(
-                    "{bar:30.cyan/blue} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {msg}",
+                    "{spinner} {bytes} so far, {binary_bytes_per_sec}, still planning {msg}",
                 )
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
             );
             Bars {
                 multi,
@@ -74,7 +76,6 @@ impl TerminalReporter {
         }
     }
 
-    /// Removes the bars before the summary is printed.
     /// Files finished (done or failed) and files planned so far.
     pub fn files(&self) -> (u64, u64) {
         (
@@ -83,6 +84,7 @@ impl TerminalReporter {
         )
     }
 
+    /// Removes the bars before the summary is printed.
     pub fn finish(&self) {
         if let Some(bars) = &self.bars {
             if let Ok(mut files) = bars.files.lock() {
@@ -97,6 +99,17 @@ impl TerminalReporter {
 }
 
 impl Reporter for TerminalReporter {
+    fn plan_complete(&self) {
+        if let Some(bars) = &self.bars {
+            bars.total.set_style(
+                ProgressStyle::with_template(
+                    "{bar:30.cyan/blue} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+        }
+    }
+
     fn planned(&self, files: u64, bytes: u64) {
         // Units are planned one by one: each adds to the totals.
         self.files_total.fetch_add(files, Ordering::Relaxed);

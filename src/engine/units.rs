@@ -192,6 +192,19 @@ struct Shared {
     /// Skipped entries kept in the units' summaries so far, and those left out.
     skipped_kept: AtomicUsize,
     skipped_left_out: AtomicU64,
+    /// Units discovered, and those planned or found complete so far: once all are, the plan's
+    /// totals are final.
+    units_total: usize,
+    units_settled: AtomicUsize,
+}
+
+impl Shared {
+    /// One more unit is planned (or will never be); the last one makes the plan complete.
+    fn unit_settled(&self) {
+        if self.units_settled.fetch_add(1, Ordering::AcqRel) + 1 == self.units_total {
+            self.transfer.reporter.plan_complete();
+        }
+    }
 }
 
 /// The one local file whose hashes a transfer will want first, if the command names one: the
@@ -328,6 +341,8 @@ pub async fn run(transfer: Transfer) -> Result<Summary> {
         transfer,
         endpoints,
         destination,
+        units_total: units.len(),
+        units_settled: AtomicUsize::new(0),
         queue: Mutex::new(units.into_iter().collect()),
         results: Mutex::new(Vec::new()),
         lanes,
@@ -751,6 +766,22 @@ async fn run_unit(
     unit: &Unit,
     connection: &mut Option<Arc<Session>>,
 ) -> (UnitReport, Summary) {
+    let mut planned = false;
+    let outcome = attempt_until_done(shared, unit, connection, &mut planned).await;
+    // Found complete, or failed before it was planned: it adds nothing more to the plan.
+    if !planned {
+        shared.unit_settled();
+    }
+    outcome
+}
+
+/// Attempts one unit until it is done, found complete, or out of retries.
+async fn attempt_until_done(
+    shared: &Shared,
+    unit: &Unit,
+    connection: &mut Option<Arc<Session>>,
+    planned: &mut bool,
+) -> (UnitReport, Summary) {
     let transfer = &shared.transfer;
     let options = transfer.options;
     let mut report = UnitReport {
@@ -761,7 +792,6 @@ async fn run_unit(
         bytes_moved: 0,
         last_error: None,
     };
-    let mut planned = false;
     let mut last_summary = Summary::default();
     // Failures since an attempt last moved data: the backoff grows with these only, so a link
     // that drops every few minutes but moves data between drops waits the first wait each time.
@@ -769,7 +799,7 @@ async fn run_unit(
     loop {
         report.attempts += 1;
         let first_attempt = report.attempts == 1;
-        let attempt = attempt_unit(shared, unit, connection, first_attempt, &mut planned).await;
+        let attempt = attempt_unit(shared, unit, connection, first_attempt, planned).await;
         let retry = match attempt {
             Ok(Attempt::SkippedComplete(summary)) => {
                 report.outcome = "skipped-complete";
@@ -975,6 +1005,7 @@ async fn attempt_unit(
             .reporter
             .planned(plan.files().count() as u64, plan.total_file_bytes());
         *planned = true;
+        shared.unit_settled();
     }
     let summary = match transfer.direction {
         Direction::Pull => {
