@@ -550,6 +550,66 @@ fn cases() -> Vec<Case> {
         case("Include on the command line is refused", "x", "").option("Include /etc/passwd"),
         case("-J with shell metacharacters is refused", "x", "").jump("a;b"),
         case(
+            "a mistyped Host keyword is refused",
+            "other",
+            "Port 5\nHots gpu\n  Port 2222\n",
+        ),
+        case(
+            "an unknown keyword in a block that does not apply is refused",
+            "x",
+            "Host nothing\n  Frobnicate yes\n",
+        ),
+        case(
+            "a byte order mark before the first keyword is refused",
+            "x",
+            "\u{feff}Host x\n  Port 5\n",
+        ),
+        case(
+            "a keyword without an argument is refused",
+            "x",
+            "Compression\n",
+        ),
+        case(
+            "IgnoreUnknown after the unknown keyword is too late",
+            "x",
+            "UseKeychain yes\nIgnoreUnknown UseKeychain\n",
+        ),
+        case(
+            "IgnoreUnknown in a block that does not apply is not set",
+            "x",
+            "Host other\n  IgnoreUnknown UseKeychain\nHost *\n  UseKeychain yes\n",
+        ),
+        case(
+            "IgnoreUnknown takes its first value",
+            "x",
+            "IgnoreUnknown Other\nIgnoreUnknown UseKeychain\nUseKeychain yes\n",
+        ),
+        case(
+            "IgnoreUnknown with a pattern list skips what it lists",
+            "x",
+            "IgnoreUnknown usekeychain,Xfer*\nUseKeychain yes\nXferThing 1\nPort 2901\n",
+        ),
+        case(
+            "deprecated, unsupported and Debian keywords are accepted",
+            "x",
+            "Protocol 2\nCipher blowfish\nUseRoaming no\nRSAAuthentication no\nCompressionLevel 6\nGSSAPIKeyExchange yes\nGSSAPITrustDNS no\nUseBlacklistedKeys no\nSetupTimeOut 7\nPort 2902\n",
+        ),
+        case("an unknown -o keyword is refused", "x", "").option("Hots=x"),
+        case(
+            "-o IgnoreUnknown lets a later -o through",
+            "x",
+            "UseKeychain yes\n",
+        )
+        .option("IgnoreUnknown=UseKeychain")
+        .option("UseKeychain=yes"),
+        case(
+            "-o IgnoreUnknown after the -o it should skip is too late",
+            "x",
+            "",
+        )
+        .option("UseKeychain=yes")
+        .option("IgnoreUnknown=UseKeychain"),
+        case(
             "too deep includes are refused",
             "x",
             "Include {dir}/loop.conf\n",
@@ -944,6 +1004,49 @@ fn resolution_matches_ssh_dash_g() {
         failures.join("\n\n")
     );
     eprintln!("{} cases match ssh -G", cases.len());
+}
+
+/// Every keyword xfer's list says ssh knows is known to the installed ssh (it may refuse the value
+/// given here, but not the keyword), and a few near misses are refused by both.
+#[test]
+fn keyword_list_matches_ssh() {
+    let bad_option = |keyword: &str| -> bool {
+        let output = Command::new(ssh_binary())
+            .args(["-G", "-F", "/dev/null", "-o"])
+            .arg(format!("{keyword}=1"))
+            .arg("host")
+            .output()
+            .unwrap_or_else(|error| panic!("cannot run {}: {error}", ssh_binary()));
+        String::from_utf8_lossy(&output.stderr).contains("Bad configuration option")
+    };
+    let unknown_to_ssh: Vec<&str> = xfer::ssh::config::SSH_KEYWORDS
+        .iter()
+        .copied()
+        .filter(|keyword| bad_option(keyword))
+        .collect();
+    assert!(
+        unknown_to_ssh.is_empty(),
+        "ssh does not know these listed keywords: {unknown_to_ssh:?}"
+    );
+    let local = LocalContext::current().expect("local user");
+    let none = ConfigSource::File(PathBuf::from("none"));
+    for near_miss in [
+        "hots",
+        "usekeychain",
+        "hostkeyalgorithm",
+        "identityfiles",
+        "portt",
+    ] {
+        assert!(bad_option(near_miss), "ssh knows {near_miss}");
+        let overrides = Overrides {
+            options: vec![format!("{near_miss}=1")],
+            ..Overrides::default()
+        };
+        assert!(
+            resolve("host", &overrides, &none, &local).is_err(),
+            "xfer accepts {near_miss}"
+        );
+    }
 }
 
 /// The default sources: the user's `~/.ssh/config` (if any) and `/etc/ssh/ssh_config`, whose

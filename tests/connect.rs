@@ -509,6 +509,27 @@ fn usage_errors_have_their_exit_code() {
 }
 
 #[test]
+fn a_mistyped_keyword_refuses_the_config_with_file_and_line() {
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("typo_config");
+    fs::write(&config, "Hots gpu\n  Port 2222\n").unwrap();
+    let mut command = xfer_command();
+    command
+        .args(["forget-host", "-F"])
+        .arg(&config)
+        .arg("anything");
+    let output = run_with_timeout(&mut command, LIMIT);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let text = stderr(&output);
+    assert!(
+        text.contains(&format!("{} line 1", config.display()))
+            && text.contains("Bad configuration option")
+            && text.contains("hots"),
+        "{text}"
+    );
+}
+
+#[test]
 fn match_exec_is_refused_clearly() {
     let sshd = Sshd::start();
     let config = sshd.dir().join("exec_config");

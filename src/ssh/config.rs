@@ -5,9 +5,10 @@
 //! expansion. It produces a [`HostConfig`]; it never connects, runs commands or writes files.
 //!
 //! Where xfer deliberately differs from ssh:
-//! - ssh refuses unknown keywords (unless `IgnoreUnknown` lists them) and validates the value of
-//!   every keyword it knows. xfer ignores every directive it does not use, known to ssh or not,
-//!   in files and in `-o` alike, and validates only the directives it reads, as ssh does.
+//! - ssh validates the value of every keyword it knows; xfer validates only the directives it
+//!   reads. Like ssh, it refuses a keyword ssh does not know (a typo, or a byte order mark before
+//!   the first one) unless `IgnoreUnknown` lists it, in files and in `-o` alike, so that a block
+//!   under a mistyped `Host` never applies to every host.
 //! - `Match exec` is refused (an error naming the file and line) wherever ssh would run the
 //!   command; where ssh would skip it because an earlier criterion failed, so does xfer.
 //! - No DNS canonicalisation: `CanonicalizeHostname` only causes the second ("final") reading of
@@ -321,6 +322,8 @@ struct Options {
     hash_known_hosts: Option<bool>,
     tcp_keepalive: Option<bool>,
     canonicalize_hostname: Option<bool>,
+    /// `IgnoreUnknown`: patterns of keywords that are skipped instead of refused.
+    ignore_unknown: Option<String>,
 }
 
 /// How a file is read (ssh's `SSHCONF_*` flags).
@@ -648,11 +651,6 @@ impl<'a> Resolver<'a> {
             return Ok(());
         }
         let name = String::from_utf8_lossy(keyword_bytes).to_ascii_lowercase();
-        let Some(keyword) = Keyword::from_name(&name) else {
-            // ssh would refuse a keyword it does not know; xfer ignores what it does not use.
-            tracing::debug!("{} line {}: ignoring \"{name}\"", origin.file, origin.line);
-            return Ok(());
-        };
         let rest_start = cursor.map(|start| start + span(&line, start, WHITESPACE));
         let rest = match rest_start {
             Some(start) if line.get(start).is_some_and(|&byte| byte != 0) => {
@@ -660,8 +658,15 @@ impl<'a> Resolver<'a> {
             }
             _ => return Err(origin.error(format!("no argument after keyword \"{name}\""))),
         };
+        let keyword = Keyword::from_name(&name);
+        if keyword.is_none() {
+            self.check_unused_keyword(&name, origin)?;
+        }
         let Some(arguments) = split_arguments(&rest) else {
             return Err(origin.error("invalid quotes"));
+        };
+        let Some(keyword) = keyword else {
+            return Ok(());
         };
         let mut arguments = Arguments::new(arguments);
         let is_active = active.as_deref().copied().unwrap_or(true);
@@ -782,6 +787,10 @@ impl<'a> Resolver<'a> {
                 })?;
                 set_first(&mut options.strict_host_key_checking, value, is_active);
             }
+            Keyword::IgnoreUnknown => {
+                let value = string_argument(&mut arguments, origin)?;
+                set_first(&mut options.ignore_unknown, value, is_active);
+            }
             Keyword::CanonicalizeHostname => {
                 let value = multistate_argument(&mut arguments, origin, |text| {
                     match text.to_ascii_lowercase().as_str() {
@@ -880,6 +889,46 @@ impl<'a> Resolver<'a> {
             return Err(origin.error(format!("keyword {name} extra arguments at end of line")));
         }
         Ok(())
+    }
+
+    /// A keyword xfer does not read: skipped when ssh knows it (ssh would use it; xfer has no
+    /// use for it) or `IgnoreUnknown` lists it, refused otherwise, as ssh's `parse_token` does.
+    fn check_unused_keyword(&self, name: &str, origin: &Origin<'_>) -> Result<()> {
+        if SSH_KEYWORDS.binary_search(&name).is_ok() {
+            tracing::debug!("{} line {}: ignoring \"{name}\"", origin.file, origin.line);
+            return Ok(());
+        }
+        if let Some(patterns) = &self.options.ignore_unknown
+            && match_pattern_list(name, patterns, true) == 1
+        {
+            tracing::debug!(
+                "{} line {}: ignoring unknown \"{name}\" (IgnoreUnknown)",
+                origin.file,
+                origin.line
+            );
+            return Ok(());
+        }
+        // A byte order mark is invisible in an editor: name it, or the message makes no sense.
+        if let Some(after_mark) = name.strip_prefix('\u{feff}') {
+            return Err(origin
+                .error(format!(
+                    "Bad configuration option: a UTF-8 byte order mark (bytes EF BB BF) \
+                     comes before the keyword \"{}\"",
+                    after_mark.escape_debug()
+                ))
+                .with_hint(
+                    "save the file as UTF-8 without a byte order mark; ssh refuses it too",
+                ));
+        }
+        Err(origin
+            .error(format!(
+                "Bad configuration option: \"{}\" is not an ssh_config keyword",
+                name.escape_debug()
+            ))
+            .with_hint(
+                "fix the spelling (see `man ssh_config`); ssh refuses it too. A keyword meant \
+                 for another program can be listed in IgnoreUnknown",
+            ))
     }
 
     /// ssh's `parse_jump`: the first of `ProxyJump` and `ProxyCommand` wins, `none` included.
@@ -1272,6 +1321,147 @@ impl<'a> Resolver<'a> {
 // ---------------------------------------------------------------------------------------------
 // Keywords and argument parsing.
 
+/// Every keyword ssh 9.2p1 (Debian 12) accepts in ssh_config, lowercase and sorted: the
+/// `keywords` table of OpenSSH's readconf.c (deprecated and unsupported ones included, which ssh
+/// skips with a message) plus Debian's additions (the GSSAPI key exchange options,
+/// `protocolkeepalives`, `setuptimeout`, `useblacklistedkeys`). A keyword outside this list is
+/// refused unless `IgnoreUnknown` lists it; one inside it that xfer does not read is skipped.
+/// tests/config_parity.rs checks the list against the installed `ssh -G`.
+#[doc(hidden)]
+pub const SSH_KEYWORDS: [&str; 131] = [
+    "addkeystoagent",
+    "addressfamily",
+    "afstokenpassing",
+    "batchmode",
+    "bindaddress",
+    "bindinterface",
+    "canonicaldomains",
+    "canonicalizefallbacklocal",
+    "canonicalizehostname",
+    "canonicalizemaxdots",
+    "canonicalizepermittedcnames",
+    "casignaturealgorithms",
+    "certificatefile",
+    "challengeresponseauthentication",
+    "checkhostip",
+    "cipher",
+    "ciphers",
+    "clearallforwardings",
+    "compression",
+    "compressionlevel",
+    "connectionattempts",
+    "connecttimeout",
+    "controlmaster",
+    "controlpath",
+    "controlpersist",
+    "dsaauthentication",
+    "dynamicforward",
+    "enableescapecommandline",
+    "enablesshkeysign",
+    "escapechar",
+    "exitonforwardfailure",
+    "fallbacktorsh",
+    "fingerprinthash",
+    "forkafterauthentication",
+    "forwardagent",
+    "forwardx11",
+    "forwardx11timeout",
+    "forwardx11trusted",
+    "gatewayports",
+    "globalknownhostsfile",
+    "globalknownhostsfile2",
+    "gssapiauthentication",
+    "gssapiclientidentity",
+    "gssapidelegatecredentials",
+    "gssapikexalgorithms",
+    "gssapikeyexchange",
+    "gssapirenewalforcesrekey",
+    "gssapiserveridentity",
+    "gssapitrustdns",
+    "hashknownhosts",
+    "host",
+    "hostbasedacceptedalgorithms",
+    "hostbasedauthentication",
+    "hostbasedkeytypes",
+    "hostkeyalgorithms",
+    "hostkeyalias",
+    "hostname",
+    "identitiesonly",
+    "identityagent",
+    "identityfile",
+    "identityfile2",
+    "ignoreunknown",
+    "include",
+    "ipqos",
+    "kbdinteractiveauthentication",
+    "kbdinteractivedevices",
+    "keepalive",
+    "kerberosauthentication",
+    "kerberostgtpassing",
+    "kexalgorithms",
+    "knownhostscommand",
+    "localcommand",
+    "localforward",
+    "loglevel",
+    "logverbose",
+    "macs",
+    "match",
+    "nohostauthenticationforlocalhost",
+    "numberofpasswordprompts",
+    "passwordauthentication",
+    "permitlocalcommand",
+    "permitremoteopen",
+    "pkcs11provider",
+    "port",
+    "preferredauthentications",
+    "protocol",
+    "protocolkeepalives",
+    "proxycommand",
+    "proxyjump",
+    "proxyusefdpass",
+    "pubkeyacceptedalgorithms",
+    "pubkeyacceptedkeytypes",
+    "pubkeyauthentication",
+    "rekeylimit",
+    "remotecommand",
+    "remoteforward",
+    "requesttty",
+    "requiredrsasize",
+    "revokedhostkeys",
+    "rhostsauthentication",
+    "rhostsrsaauthentication",
+    "rsaauthentication",
+    "securitykeyprovider",
+    "sendenv",
+    "serveralivecountmax",
+    "serveraliveinterval",
+    "sessiontype",
+    "setenv",
+    "setuptimeout",
+    "skeyauthentication",
+    "smartcarddevice",
+    "stdinnull",
+    "streamlocalbindmask",
+    "streamlocalbindunlink",
+    "stricthostkeychecking",
+    "syslogfacility",
+    "tcpkeepalive",
+    "tisauthentication",
+    "tunnel",
+    "tunneldevice",
+    "updatehostkeys",
+    "useblacklistedkeys",
+    "useprivilegedport",
+    "user",
+    "userknownhostsfile",
+    "userknownhostsfile2",
+    "useroaming",
+    "usersh",
+    "verifyhostkeydns",
+    "visualhostkey",
+    "xauthlocation",
+];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Keyword {
     Host,
@@ -1297,40 +1487,48 @@ enum Keyword {
     HashKnownHosts,
     TcpKeepAlive,
     CanonicalizeHostname,
+    IgnoreUnknown,
 }
 
+/// The directives xfer reads, by ssh's lowercase names (aliases included).
+const KEYWORD_NAMES: [(&str, Keyword); 28] = [
+    ("host", Keyword::Host),
+    ("match", Keyword::Match),
+    ("include", Keyword::Include),
+    ("hostname", Keyword::HostName),
+    ("hostkeyalias", Keyword::HostKeyAlias),
+    ("port", Keyword::Port),
+    ("user", Keyword::User),
+    ("identityfile", Keyword::IdentityFile),
+    ("identityfile2", Keyword::IdentityFile),
+    ("certificatefile", Keyword::CertificateFile),
+    ("identitiesonly", Keyword::IdentitiesOnly),
+    ("proxycommand", Keyword::ProxyCommand),
+    ("proxyjump", Keyword::ProxyJump),
+    ("serveraliveinterval", Keyword::ServerAliveInterval),
+    // Debian's keepalive patch adds these two names.
+    ("protocolkeepalives", Keyword::ServerAliveInterval),
+    ("setuptimeout", Keyword::ServerAliveInterval),
+    ("serveralivecountmax", Keyword::ServerAliveCountMax),
+    ("connecttimeout", Keyword::ConnectTimeout),
+    ("userknownhostsfile", Keyword::UserKnownHostsFile),
+    ("globalknownhostsfile", Keyword::GlobalKnownHostsFile),
+    ("stricthostkeychecking", Keyword::StrictHostKeyChecking),
+    ("batchmode", Keyword::BatchMode),
+    ("identityagent", Keyword::IdentityAgent),
+    ("hashknownhosts", Keyword::HashKnownHosts),
+    ("tcpkeepalive", Keyword::TcpKeepAlive),
+    ("keepalive", Keyword::TcpKeepAlive),
+    ("canonicalizehostname", Keyword::CanonicalizeHostname),
+    ("ignoreunknown", Keyword::IgnoreUnknown),
+];
+
 impl Keyword {
-    /// The directives xfer reads, by ssh's lowercase names (aliases included).
     fn from_name(name: &str) -> Option<Self> {
-        Some(match name {
-            "host" => Keyword::Host,
-            "match" => Keyword::Match,
-            "include" => Keyword::Include,
-            "hostname" => Keyword::HostName,
-            "hostkeyalias" => Keyword::HostKeyAlias,
-            "port" => Keyword::Port,
-            "user" => Keyword::User,
-            "identityfile" | "identityfile2" => Keyword::IdentityFile,
-            "certificatefile" => Keyword::CertificateFile,
-            "identitiesonly" => Keyword::IdentitiesOnly,
-            "proxycommand" => Keyword::ProxyCommand,
-            "proxyjump" => Keyword::ProxyJump,
-            // Debian's keepalive patch adds the two other names.
-            "serveraliveinterval" | "protocolkeepalives" | "setuptimeout" => {
-                Keyword::ServerAliveInterval
-            }
-            "serveralivecountmax" => Keyword::ServerAliveCountMax,
-            "connecttimeout" => Keyword::ConnectTimeout,
-            "userknownhostsfile" => Keyword::UserKnownHostsFile,
-            "globalknownhostsfile" => Keyword::GlobalKnownHostsFile,
-            "stricthostkeychecking" => Keyword::StrictHostKeyChecking,
-            "batchmode" => Keyword::BatchMode,
-            "identityagent" => Keyword::IdentityAgent,
-            "hashknownhosts" => Keyword::HashKnownHosts,
-            "tcpkeepalive" | "keepalive" => Keyword::TcpKeepAlive,
-            "canonicalizehostname" => Keyword::CanonicalizeHostname,
-            _ => return None,
-        })
+        KEYWORD_NAMES
+            .iter()
+            .find(|(known, _)| *known == name)
+            .map(|(_, keyword)| *keyword)
     }
 }
 
@@ -2873,13 +3071,109 @@ mod tests {
     }
 
     #[test]
-    fn unknown_and_unused_directives_are_ignored() {
+    fn directives_ssh_knows_but_xfer_does_not_use_are_skipped() {
         let config = from_text(
             "h",
-            "Bogus directive\nCiphers not-a-cipher\nFrobnicate\nHost h\n  Port 7\n",
+            "Ciphers not-a-cipher\nProtocol 2\nRSAAuthentication no\nGSSAPIKeyExchange yes\nHost h\n  Port 7\n",
         )
-        .expect("ignored");
+        .expect("skipped");
         assert_eq!(config.port, 7);
+    }
+
+    #[test]
+    fn unknown_keywords_are_refused_naming_file_and_line() {
+        // A mistyped Host would otherwise let the block below it apply to every host.
+        let error = from_text("other", "Port 5\nHots gpu\n  Port 2222\n").expect_err("refused");
+        assert_eq!(error.kind(), crate::ErrorKind::Config);
+        assert!(
+            error.message().contains("test.conf line 2")
+                && error.message().contains("Bad configuration option")
+                && error.message().contains("\"hots\""),
+            "{}",
+            error.message()
+        );
+        assert!(
+            error
+                .hint()
+                .is_some_and(|hint| hint.contains("IgnoreUnknown"))
+        );
+        // Inside a block that does not apply, too, as ssh does.
+        assert!(from_text("h", "Host nothing\n  Frobnicate yes\n").is_err());
+        // A keyword without an argument is refused before it is looked up, as in ssh.
+        assert!(from_text("h", "Compression\n").is_err());
+    }
+
+    #[test]
+    fn ignore_unknown_lists_keywords_to_skip() {
+        let config = from_text(
+            "h",
+            "IgnoreUnknown UseKeychain,Xfer*\nUseKeychain yes\nXferThing 1\nPort 9\n",
+        )
+        .expect("skipped");
+        assert_eq!(config.port, 9);
+        // Only from where it is set on, only when active, and the first value wins.
+        assert!(from_text("h", "UseKeychain yes\nIgnoreUnknown UseKeychain\n").is_err());
+        assert!(
+            from_text(
+                "h",
+                "Host x\n  IgnoreUnknown UseKeychain\nHost *\n  UseKeychain yes\n"
+            )
+            .is_err()
+        );
+        assert!(
+            from_text(
+                "h",
+                "IgnoreUnknown Other\nIgnoreUnknown UseKeychain\nUseKeychain yes\n"
+            )
+            .is_err()
+        );
+        assert!(from_text("h", "IgnoreUnknown a b\n").is_err());
+        let overrides = Overrides {
+            options: vec![
+                "IgnoreUnknown=UseKeychain".to_string(),
+                "UseKeychain=yes".to_string(),
+            ],
+            ..Overrides::default()
+        };
+        assert!(resolve_from_text("h", &overrides, "t", "", &fake_local()).is_ok());
+    }
+
+    #[test]
+    fn byte_order_mark_is_refused_and_named() {
+        let error = from_text("h", "\u{feff}Host h\n  Port 7\n").expect_err("refused");
+        assert!(
+            error.message().contains("test.conf line 1")
+                && error.message().contains("byte order mark"),
+            "{}",
+            error.message()
+        );
+    }
+
+    #[test]
+    fn unknown_command_line_option_is_a_usage_error() {
+        let overrides = Overrides {
+            options: vec!["Hots=x".to_string()],
+            ..Overrides::default()
+        };
+        let source = ConfigSource::File(PathBuf::from("none"));
+        let error = resolve("h", &overrides, &source, &fake_local()).expect_err("refused");
+        assert_eq!(error.kind(), crate::ErrorKind::Usage);
+        assert!(
+            error.message().contains("-o 'Hots=x'"),
+            "{}",
+            error.message()
+        );
+    }
+
+    #[test]
+    fn keyword_list_is_sorted_and_holds_every_keyword_xfer_reads() {
+        assert!(SSH_KEYWORDS.windows(2).all(|pair| pair[0] < pair[1]));
+        for name in SSH_KEYWORDS {
+            assert_eq!(name.to_ascii_lowercase(), name);
+        }
+        for (name, _) in KEYWORD_NAMES {
+            assert!(SSH_KEYWORDS.binary_search(&name).is_ok(), "{name}");
+        }
     }
 
     #[test]
