@@ -186,6 +186,46 @@ fn cases() -> Vec<Case> {
         .file("inc/a.conf", "Port 2\n")
         .file("inc/quser", "User from-bracket\n"),
         case(
+            "include glob with [^a]: ^ is a member, not a negation",
+            "x",
+            "Include {dir}/inc/[^a]*.conf\n",
+        )
+        .file("inc/a.conf", "Port 1001\n")
+        .file("inc/b.conf", "User from-b\n")
+        .file("inc/^.conf", "Host x\n  HostName caret\n"),
+        case(
+            "include glob with [!a] negates",
+            "x",
+            "Include {dir}/inc/[!a]*.conf\n",
+        )
+        .file("inc/a.conf", "Port 1001\n")
+        .file("inc/b.conf", "User from-b\n")
+        .file("inc/^.conf", "Host x\n  HostName caret\n"),
+        case(
+            "include glob with ] first in a set, a class, a range and an escaped star",
+            "x",
+            "Include {dir}/inc/[]x]1 {dir}/inc/[[:digit:]]2 {dir}/inc/[c-e]3 {dir}/inc/\\*4\n",
+        )
+        .file("inc/]1", "Port 1101\n")
+        .file("inc/72", "User from-class\n")
+        .file("inc/d3", "HostName from-range\n")
+        .file("inc/*4", "ConnectTimeout 44\n")
+        .file("inc/x4", "ConnectTimeout 45\n"),
+        case(
+            "include glob with an unknown class matches nothing",
+            "x",
+            "Include {dir}/inc/[[:nope:]]*\n",
+        )
+        .file("inc/a", "Port 1201\n"),
+        case(
+            "include glob over directories",
+            "x",
+            "Include {dir}/d*/*.conf\n",
+        )
+        .file("d1/a.conf", "Port 1301\n")
+        .file("d2/b.conf", "User from-d2\n")
+        .file("dfile", "Port 1\n"),
+        case(
             "Match host tests the HostName",
             "web",
             "Host web\n  HostName web.prod.example\nMatch host *.prod.example\n  User prod-user\n",

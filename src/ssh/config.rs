@@ -25,10 +25,12 @@
 
 use std::fmt::Write as _;
 use std::io::Read as _;
+use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::ssh::glob;
 
 /// The system-wide configuration read after the user's, as ssh does without `-F`.
 const SYSTEM_CONFIG: &str = "/etc/ssh/ssh_config";
@@ -1097,7 +1099,8 @@ impl<'a> Resolver<'a> {
         } else {
             format!("{SYSTEM_CONFIG_DIRECTORY}/{argument}")
         };
-        let paths = glob_paths(&pattern, self.local)
+        let home = self.local.home.as_os_str().as_bytes();
+        let paths = glob::expand(pattern.as_bytes(), home, MAX_GLOB_MATCHES)
             .map_err(|why| origin.error(format!("glob failed for {pattern}: {why}")))?;
         if paths.is_empty() {
             tracing::debug!(
@@ -1113,11 +1116,14 @@ impl<'a> Resolver<'a> {
                 check_permissions: true,
                 never_match: flags.never_match || !outer_active,
             };
-            match self.read_config_file(Path::new(&path), include_flags, active, depth + 1)? {
+            match self.read_config_file(&path, include_flags, active, depth + 1)? {
                 Ok(()) => {}
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
                 Err(error) => {
-                    return Err(origin.error(format!("can't open included file {path}: {error}")));
+                    return Err(origin.error(format!(
+                        "can't open included file {}: {error}",
+                        path.display()
+                    )));
                 }
             }
             // A Host or Match inside the included file does not change this file's state.
@@ -2494,7 +2500,7 @@ fn format_ipv6(address: std::net::Ipv6Addr) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Files: bounded reads, ssh's permission check, and glob(3) for Include.
+// Files: bounded reads and ssh's permission check.
 
 /// Reads a configuration file. The inner error is a failure to open it; the outer one is a
 /// file xfer refuses (bad permissions, not a file, too large).
@@ -2574,285 +2580,6 @@ fn secure_permissions(metadata: &std::fs::Metadata, uid: u32) -> bool {
         }
         _ => false,
     }
-}
-
-/// glob(3) with `GLOB_TILDE`, as ssh expands `Include`: `*`, `?`, `[...]`, `\` escapes, no
-/// match for a leading `.` unless written, results sorted. Never fails on a missing directory.
-fn glob_paths(pattern: &str, local: &LocalContext) -> std::result::Result<Vec<String>, String> {
-    let pattern = glob_tilde(pattern, local);
-    let absolute = pattern.starts_with('/');
-    let components: Vec<&str> = pattern.split('/').filter(|part| !part.is_empty()).collect();
-    let mut candidates = vec![String::new()];
-    if components.is_empty() {
-        candidates = vec![if absolute {
-            "/".to_string()
-        } else {
-            pattern.clone()
-        }];
-    }
-    for (index, component) in components.iter().enumerate() {
-        let last = index + 1 == components.len();
-        let mut next = Vec::new();
-        for prefix in &candidates {
-            let join = |name: &str| {
-                if absolute || !prefix.is_empty() {
-                    format!("{prefix}/{name}")
-                } else {
-                    name.to_string()
-                }
-            };
-            if !has_glob_magic(component) {
-                next.push(join(&unescape_glob(component)));
-                continue;
-            }
-            let directory = match (prefix.is_empty(), absolute) {
-                (true, true) => "/",
-                (true, false) => ".",
-                (false, _) => prefix.as_str(),
-            };
-            let Ok(entries) = std::fs::read_dir(directory) else {
-                continue;
-            };
-            let mut names = vec![".".to_string(), "..".to_string()];
-            names.extend(
-                entries
-                    .filter_map(|entry| entry.ok())
-                    .filter_map(|entry| entry.file_name().to_str().map(str::to_string)),
-            );
-            for name in names {
-                if !glob_match(component, &name) {
-                    continue;
-                }
-                let path = join(&name);
-                if !last && !Path::new(&path).is_dir() {
-                    continue;
-                }
-                next.push(path);
-                if next.len() > MAX_GLOB_MATCHES {
-                    return Err(format!("more than {MAX_GLOB_MATCHES} matches"));
-                }
-            }
-        }
-        candidates = next;
-    }
-    let mut found: Vec<String> = candidates
-        .into_iter()
-        .filter(|path| !path.is_empty() && std::fs::symlink_metadata(path).is_ok())
-        .collect();
-    found.sort();
-    Ok(found)
-}
-
-/// `GLOB_TILDE`: `~` and `~user` at the start; an unknown user leaves the pattern alone.
-fn glob_tilde(pattern: &str, local: &LocalContext) -> String {
-    let Some(rest) = pattern.strip_prefix('~') else {
-        return pattern.to_string();
-    };
-    let (user, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let home = if user.is_empty() {
-        local.home.to_string_lossy().into_owned()
-    } else {
-        match nix::unistd::User::from_name(user) {
-            Ok(Some(entry)) => entry.dir.to_string_lossy().into_owned(),
-            _ => return pattern.to_string(),
-        }
-    };
-    format!("{home}{tail}")
-}
-
-fn has_glob_magic(component: &str) -> bool {
-    let bytes = component.as_bytes();
-    let mut index = 0;
-    while index < bytes.len() {
-        match bytes[index] {
-            b'\\' => index += 1,
-            b'*' | b'?' => return true,
-            b'[' if bytes[index + 1..].contains(&b']') => return true,
-            _ => {}
-        }
-        index += 1;
-    }
-    false
-}
-
-fn unescape_glob(component: &str) -> String {
-    let mut text = String::with_capacity(component.len());
-    let mut characters = component.chars();
-    while let Some(character) = characters.next() {
-        if character == '\\' {
-            if let Some(escaped) = characters.next() {
-                text.push(escaped);
-            }
-        } else {
-            text.push(character);
-        }
-    }
-    text
-}
-
-/// One element of a glob pattern.
-enum GlobElement {
-    Literal(char),
-    AnyOne,
-    AnyRun,
-    Class {
-        negated: bool,
-        items: Vec<ClassItem>,
-    },
-}
-
-enum ClassItem {
-    Single(char),
-    Range(char, char),
-    Named(String),
-}
-
-impl GlobElement {
-    fn matches(&self, character: char) -> bool {
-        match self {
-            GlobElement::Literal(expected) => *expected == character,
-            GlobElement::AnyOne => true,
-            GlobElement::AnyRun => false,
-            GlobElement::Class { negated, items } => {
-                let found = items.iter().any(|item| match item {
-                    ClassItem::Single(expected) => *expected == character,
-                    ClassItem::Range(low, high) => (*low..=*high).contains(&character),
-                    ClassItem::Named(name) => match name.as_str() {
-                        "alpha" => character.is_ascii_alphabetic(),
-                        "digit" => character.is_ascii_digit(),
-                        "alnum" => character.is_ascii_alphanumeric(),
-                        "upper" => character.is_ascii_uppercase(),
-                        "lower" => character.is_ascii_lowercase(),
-                        "space" => character.is_ascii_whitespace(),
-                        "punct" => character.is_ascii_punctuation(),
-                        "xdigit" => character.is_ascii_hexdigit(),
-                        "blank" => character == ' ' || character == '\t',
-                        "cntrl" => character.is_ascii_control(),
-                        "print" => character.is_ascii_graphic() || character == ' ',
-                        "graph" => character.is_ascii_graphic(),
-                        _ => false,
-                    },
-                });
-                found != *negated
-            }
-        }
-    }
-}
-
-fn parse_glob(pattern: &str) -> Vec<GlobElement> {
-    let characters: Vec<char> = pattern.chars().collect();
-    let mut elements = Vec::new();
-    let mut index = 0;
-    while index < characters.len() {
-        let character = characters[index];
-        index += 1;
-        match character {
-            '*' => elements.push(GlobElement::AnyRun),
-            '?' => elements.push(GlobElement::AnyOne),
-            '\\' => match characters.get(index) {
-                Some(&escaped) => {
-                    elements.push(GlobElement::Literal(escaped));
-                    index += 1;
-                }
-                None => elements.push(GlobElement::Literal('\\')),
-            },
-            '[' => match parse_glob_class(&characters, index) {
-                Some((element, next)) => {
-                    elements.push(element);
-                    index = next;
-                }
-                None => elements.push(GlobElement::Literal('[')),
-            },
-            other => elements.push(GlobElement::Literal(other)),
-        }
-    }
-    elements
-}
-
-/// A bracket expression starting after `[`; `None` when it is not closed.
-fn parse_glob_class(characters: &[char], start: usize) -> Option<(GlobElement, usize)> {
-    let mut index = start;
-    let negated = matches!(characters.get(index), Some('!' | '^'));
-    if negated {
-        index += 1;
-    }
-    let mut items = Vec::new();
-    let mut first = true;
-    loop {
-        let character = *characters.get(index)?;
-        if character == ']' && !first {
-            return Some((GlobElement::Class { negated, items }, index + 1));
-        }
-        first = false;
-        if character == '[' && characters.get(index + 1) == Some(&':') {
-            let name_start = index + 2;
-            let name_end = (name_start..characters.len().saturating_sub(1))
-                .find(|&end| characters[end] == ':' && characters[end + 1] == ']');
-            if let Some(name_end) = name_end {
-                items.push(ClassItem::Named(
-                    characters[name_start..name_end].iter().collect(),
-                ));
-                index = name_end + 2;
-                continue;
-            }
-        }
-        let low = if character == '\\' {
-            index += 1;
-            *characters.get(index)?
-        } else {
-            character
-        };
-        index += 1;
-        if characters.get(index) == Some(&'-')
-            && characters.get(index + 1).is_some_and(|&c| c != ']')
-        {
-            let mut high = *characters.get(index + 1)?;
-            index += 2;
-            if high == '\\' {
-                high = *characters.get(index)?;
-                index += 1;
-            }
-            items.push(ClassItem::Range(low, high));
-        } else {
-            items.push(ClassItem::Single(low));
-        }
-    }
-}
-
-/// fnmatch(3) with `FNM_PERIOD`: a leading `.` must be matched by a literal `.`.
-fn glob_match(pattern: &str, name: &str) -> bool {
-    let elements = parse_glob(pattern);
-    let characters: Vec<char> = name.chars().collect();
-    if characters.first() == Some(&'.')
-        && !matches!(elements.first(), Some(GlobElement::Literal('.')))
-    {
-        return false;
-    }
-    let (mut name_index, mut element_index) = (0, 0);
-    let mut backtrack: Option<(usize, usize)> = None;
-    while name_index < characters.len() {
-        match elements.get(element_index) {
-            Some(GlobElement::AnyRun) => {
-                element_index += 1;
-                backtrack = Some((element_index, name_index));
-            }
-            Some(element) if element.matches(characters[name_index]) => {
-                element_index += 1;
-                name_index += 1;
-            }
-            _ => match backtrack {
-                Some((after_star, start)) => {
-                    element_index = after_star;
-                    name_index = start + 1;
-                    backtrack = Some((after_star, start + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    elements[element_index.min(elements.len())..]
-        .iter()
-        .all(|element| matches!(element, GlobElement::AnyRun))
 }
 
 #[cfg(test)]
@@ -3387,36 +3114,6 @@ mod tests {
         assert_eq!(match_hostname("db.example", "*,!db.*"), -1);
         assert_eq!(match_pattern_list("bob", "alice,bob", false), 1);
         assert_eq!(match_pattern_list("bob", &"x".repeat(2000), false), 0);
-    }
-
-    #[test]
-    fn globs_match_like_glob3() {
-        assert!(glob_match("*.conf", "a.conf"));
-        assert!(!glob_match("*.conf", ".hidden.conf"));
-        assert!(glob_match(".*.conf", ".hidden.conf"));
-        assert!(glob_match("[a-c]?.conf", "b1.conf"));
-        assert!(!glob_match("[!a-c]?.conf", "b1.conf"));
-        assert!(glob_match("[[:digit:]]*", "10-x"));
-        assert!(glob_match("\\*", "*"));
-        assert!(glob_match("[x", "[x"));
-        let directory = tempfile::tempdir().expect("tempdir");
-        for name in ["b.conf", "a.conf", ".c.conf", "d.txt"] {
-            write(&directory.path().join(name), "");
-        }
-        let found = glob_paths(
-            &format!("{}/*.conf", directory.path().display()),
-            &fake_local(),
-        )
-        .expect("glob");
-        let names: Vec<String> = found
-            .iter()
-            .filter_map(|path| {
-                Path::new(path)
-                    .file_name()
-                    .map(|name| name.to_string_lossy().into_owned())
-            })
-            .collect();
-        assert_eq!(names, ["a.conf", "b.conf"]);
     }
 
     #[test]
