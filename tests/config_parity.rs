@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use xfer::ssh::config::{
-    ConfigSource, HostConfig, JumpHost, LocalContext, Overrides, StrictHostKeyChecking, resolve,
+    CommandLineArgument, ConfigSource, HostConfig, JumpHost, LocalContext, Overrides,
+    StrictHostKeyChecking, resolve,
 };
 
 /// The fields compared, by ssh -G's names.
@@ -51,12 +52,11 @@ struct Case {
     /// Extra files relative to the case directory.
     files: Vec<(&'static str, &'static str)>,
     host: &'static str,
-    options: Vec<&'static str>,
-    port: Option<u16>,
+    /// `-o`, `-p`, `-i` and `-J` in command-line order, given to ssh in that order; `-i` files
+    /// are created (empty) so that ssh accepts them.
+    arguments: Vec<CommandLineArgument>,
+    /// `-l` for ssh, given after the arguments; `user@host` for xfer.
     user: Option<&'static str>,
-    /// `-i` arguments; these files are created (empty) so that ssh accepts them.
-    identity_files: Vec<&'static str>,
-    jump: Option<&'static str>,
 }
 
 fn case(name: &'static str, host: &'static str, config: &'static str) -> Case {
@@ -74,11 +74,13 @@ impl Case {
         self
     }
     fn option(mut self, option: &'static str) -> Self {
-        self.options.push(option);
+        self.arguments
+            .push(CommandLineArgument::Option(option.to_string()));
         self
     }
-    fn port(mut self, port: u16) -> Self {
-        self.port = Some(port);
+    fn port(mut self, port: &'static str) -> Self {
+        self.arguments
+            .push(CommandLineArgument::Port(port.to_string()));
         self
     }
     fn user(mut self, user: &'static str) -> Self {
@@ -86,11 +88,13 @@ impl Case {
         self
     }
     fn identity(mut self, path: &'static str) -> Self {
-        self.identity_files.push(path);
+        self.arguments
+            .push(CommandLineArgument::Identity(path.to_string()));
         self
     }
     fn jump(mut self, spec: &'static str) -> Self {
-        self.jump = Some(spec);
+        self.arguments
+            .push(CommandLineArgument::Jump(spec.to_string()));
         self
     }
 }
@@ -506,7 +510,7 @@ fn cases() -> Vec<Case> {
             "web",
             "Host web\n  Port 1\n  User cfg\n",
         )
-        .port(2500)
+        .port("2500")
         .user("cli"),
         case(
             "several -o options override configuration",
@@ -524,7 +528,7 @@ fn cases() -> Vec<Case> {
             "Host web\n  Port 1\n",
         )
         .option("Port 2502")
-        .port(2503),
+        .port("2503"),
         case(
             "-i comes before configured identities",
             "web",
@@ -550,6 +554,51 @@ fn cases() -> Vec<Case> {
             "Host web\n  ProxyJump bastion\n",
         )
         .option("ProxyCommand=connect %h %p"),
+        case("-p before -o Port: -p wins", "web", "Host web\n  Port 1\n")
+            .port("2042")
+            .option("Port=2041"),
+        case("-o Port before -p: -o wins", "web", "Host web\n  Port 1\n")
+            .option("Port=2041")
+            .port("2042"),
+        case("two -p: the first wins", "web", "")
+            .port("2043")
+            .port("2044"),
+        case("-p with a service name", "web", "").port("ssh"),
+        case("a bad -p after -o Port is ignored", "web", "")
+            .option("Port=2045")
+            .port("0"),
+        case("a bad first -p is refused", "web", "").port("0"),
+        case(
+            "-i, -o IdentityFile and -i accumulate in order",
+            "web",
+            "IdentityFile ~/.ssh/configured\n",
+        )
+        .identity("{dir}/id_first")
+        .option("IdentityFile=/keys/from-o")
+        .identity("{dir}/id_second"),
+        case("-J then -o ProxyCommand: -J wins", "web", "")
+            .jump("bastion:2200")
+            .option("ProxyCommand=nc %h %p"),
+        case("-o ProxyCommand then -J is refused", "web", "")
+            .option("ProxyCommand=nc %h %p")
+            .jump("bastion"),
+        case("-J then -o ProxyJump: -J wins", "web", "")
+            .jump("first")
+            .option("ProxyJump=second"),
+        case("-o ProxyJump then -J is refused", "web", "")
+            .option("ProxyJump=second")
+            .jump("first"),
+        case("-J none then -o ProxyCommand", "web", "ProxyJump bastion\n")
+            .jump("none")
+            .option("ProxyCommand=nc %h %p"),
+        case("two -J are refused", "web", "").jump("a").jump("b"),
+        case(
+            "-o User before -l: -o wins",
+            "web",
+            "Host web\n  User cfg\n",
+        )
+        .option("User=from-o")
+        .user("from-l"),
         // Both must refuse these.
         case("bad port is refused", "x", "Port abc\n"),
         case(
@@ -914,31 +963,32 @@ fn run_case(case: &Case, root: &Path, index: usize, local: &LocalContext) -> Res
             &fill(contents, &directory, local),
         );
     }
-    let identity_files: Vec<String> = case
-        .identity_files
+    let arguments: Vec<CommandLineArgument> = case
+        .arguments
         .iter()
-        .map(|path| fill(path, &directory, local))
+        .map(|argument| match argument {
+            CommandLineArgument::Identity(path) => {
+                let path = fill(path, &directory, local);
+                write_file(Path::new(&path), "");
+                CommandLineArgument::Identity(path)
+            }
+            other => other.clone(),
+        })
         .collect();
-    for path in &identity_files {
-        write_file(Path::new(path), "");
-    }
 
     let mut command = Command::new(ssh_binary());
     command.arg("-G").arg("-F").arg(&config_path);
-    for option in &case.options {
-        command.arg("-o").arg(option);
-    }
-    if let Some(port) = case.port {
-        command.arg("-p").arg(port.to_string());
+    for argument in &arguments {
+        let (flag, value) = match argument {
+            CommandLineArgument::Option(value) => ("-o", value),
+            CommandLineArgument::Port(value) => ("-p", value),
+            CommandLineArgument::Identity(value) => ("-i", value),
+            CommandLineArgument::Jump(value) => ("-J", value),
+        };
+        command.arg(flag).arg(value);
     }
     if let Some(user) = case.user {
         command.arg("-l").arg(user);
-    }
-    for path in &identity_files {
-        command.arg("-i").arg(path);
-    }
-    if let Some(jump) = case.jump {
-        command.arg("-J").arg(jump);
     }
     command.arg(case.host);
     let output = command
@@ -947,14 +997,7 @@ fn run_case(case: &Case, root: &Path, index: usize, local: &LocalContext) -> Res
 
     let overrides = Overrides {
         user: case.user.map(str::to_string),
-        port: case.port,
-        identity_files: identity_files.clone(),
-        proxy_jump: case.jump.map(str::to_string),
-        options: case
-            .options
-            .iter()
-            .map(|option| option.to_string())
-            .collect(),
+        arguments,
     };
     let resolved = resolve(
         case.host,
@@ -1079,7 +1122,7 @@ fn keyword_list_matches_ssh() {
     ] {
         assert!(bad_option(near_miss), "ssh knows {near_miss}");
         let overrides = Overrides {
-            options: vec![format!("{near_miss}=1")],
+            arguments: vec![CommandLineArgument::Option(format!("{near_miss}=1"))],
             ..Overrides::default()
         };
         assert!(

@@ -492,6 +492,38 @@ fn a_server_that_never_speaks_times_out() {
 }
 
 #[test]
+fn no_config_file_and_command_line_order_as_for_ssh() {
+    let sshd = Sshd::start();
+    // -F /dev/null: no configuration at all; everything comes from the command line, where
+    // the first value of a setting wins, -p before -o Port included (port 1 would be refused).
+    let mut command = xfer_command();
+    command
+        .args(["doctor", "--json", "-F", "/dev/null", "-p"])
+        .arg(sshd.port().to_string())
+        .args(["-o", "Port=1", "-i"])
+        .arg(sshd.client_key())
+        .arg("-o")
+        .arg(format!(
+            "UserKnownHostsFile={}",
+            sshd.known_hosts().display()
+        ))
+        .args([
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "StrictHostKeyChecking=accept-new",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+        ])
+        .arg(format!("{}@127.0.0.1", sshd.user()));
+    let report = assert_passed(&run_with_timeout(&mut command, LIMIT));
+    assert_eq!(report["port"], sshd.port());
+    assert_eq!(report["host_key_summary"], "known");
+}
+
+#[test]
 fn usage_errors_have_their_exit_code() {
     let mut command = xfer_command();
     command.args(["doctor", "-o", "NoValue", "host"]);

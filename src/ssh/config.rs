@@ -118,16 +118,35 @@ pub enum StrictHostKeyChecking {
 /// What the command line says; it takes precedence like ssh's options.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
-    /// From `user@host` or `-l`.
+    /// From `user@host`: it counts after every argument, as `user@host` after ssh's options.
     pub user: Option<String>,
-    /// `-p`.
-    pub port: Option<u16>,
-    /// `-i`, raw, in order (ssh puts these before configured ones).
-    pub identity_files: Vec<String>,
-    /// `-J`.
-    pub proxy_jump: Option<String>,
-    /// Each `-o` argument, `Key=Value` or `Key Value`.
-    pub options: Vec<String>,
+    /// `-p`, `-i`, `-J` and `-o` in the order they were given. ssh applies them in that order
+    /// before reading any file, and the first value of each setting wins (`-p 2042 -o Port=1`
+    /// is port 2042, `-o Port=1 -p 2042` port 1); `-i` files accumulate in order.
+    pub arguments: Vec<CommandLineArgument>,
+}
+
+/// One of the command-line arguments that set ssh_config options, raw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandLineArgument {
+    /// `-p PORT`: a number or a service name, as for ssh.
+    Port(String),
+    /// `-i FILE`: tried before the configured identity files.
+    Identity(String),
+    /// `-J [USER@]HOST[:PORT][,...]` or `-J none`.
+    Jump(String),
+    /// `-o Key=Value` or `-o 'Key Value'`.
+    Option(String),
+}
+
+impl Overrides {
+    /// The `-o` arguments, in order.
+    pub fn options(&self) -> impl Iterator<Item = &str> {
+        self.arguments.iter().filter_map(|argument| match argument {
+            CommandLineArgument::Option(option) => Some(option.as_str()),
+            _ => None,
+        })
+    }
 }
 
 /// Which configuration files to read.
@@ -432,63 +451,19 @@ impl<'a> Resolver<'a> {
         self.finish(host)
     }
 
-    /// Applies the command line the way ssh's option parsing does, before any file is read.
+    /// Applies the command line the way ssh's option parsing does, argument by argument in
+    /// the order given, before any file is read.
     fn apply_overrides(&mut self, overrides: &Overrides) -> Result<()> {
-        let flags = ReadFlags {
-            user_config: true,
-            check_permissions: false,
-            never_match: false,
-        };
-        for option in &overrides.options {
-            let origin = Origin {
-                file: "command-line",
-                line: 0,
-                command_line: Some(option),
-            };
-            self.process_line(option.as_bytes(), &origin, None, flags, 0)?;
+        for argument in &overrides.arguments {
+            match argument {
+                CommandLineArgument::Option(option) => self.apply_option(option)?,
+                CommandLineArgument::Port(text) => self.apply_port(text)?,
+                CommandLineArgument::Identity(raw) => self.apply_identity(raw)?,
+                CommandLineArgument::Jump(spec) => self.apply_jump_argument(spec)?,
+            }
         }
         if self.options.user.is_none() {
             self.options.user.clone_from(&overrides.user);
-        }
-        if let Some(port) = overrides.port {
-            if port == 0 {
-                return Err(Error::usage("bad port '0'").with_hint("give a port from 1 to 65535"));
-            }
-            self.options.port.get_or_insert(port);
-        }
-        for raw in &overrides.identity_files {
-            let path = tilde_expand(raw, self.local)
-                .map_err(|why| Error::usage(format!("identity file {raw}: {why}")))?;
-            // ssh warns about and skips an -i file it cannot stat.
-            if let Err(error) = std::fs::metadata(&path) {
-                tracing::warn!("identity file {path} not accessible: {error}");
-                continue;
-            }
-            if self.options.identity_files.len() >= MAX_KEY_FILES {
-                return Err(Error::usage(format!(
-                    "too many identity files specified (max {MAX_KEY_FILES})"
-                )));
-            }
-            add_key_file(
-                &mut self.options.identity_files,
-                path,
-                KeyOrigin::IdentityOption,
-            );
-        }
-        if let Some(spec) = &overrides.proxy_jump {
-            if self.options.jump.is_some() {
-                return Err(Error::usage(
-                    "only a single -J option is permitted (use commas to separate multiple jump hops)",
-                ));
-            }
-            if self.options.proxy_command.is_some() {
-                return Err(Error::usage("cannot specify -J with ProxyCommand")
-                    .with_hint("drop either -J or the ProxyCommand option"));
-            }
-            self.apply_proxy_jump(spec, true, true).map_err(|why| {
-                Error::usage(format!("invalid -J argument \"{spec}\": {why}"))
-                    .with_hint("use [user@]host[:port] hops separated by commas")
-            })?;
         }
         if let Some(user) = &self.options.user
             && !valid_remote_user(user)
@@ -500,6 +475,75 @@ impl<'a> Resolver<'a> {
             .with_hint("ssh refuses shell metacharacters in user names from the command line"));
         }
         Ok(())
+    }
+
+    /// `-o`: a configuration line from the command line.
+    fn apply_option(&mut self, option: &str) -> Result<()> {
+        let flags = ReadFlags {
+            user_config: true,
+            check_permissions: false,
+            never_match: false,
+        };
+        let origin = Origin {
+            file: "command-line",
+            line: 0,
+            command_line: Some(option),
+        };
+        self.process_line(option.as_bytes(), &origin, None, flags, 0)
+    }
+
+    /// `-p`: checked only when it is the first port given, as ssh checks it.
+    fn apply_port(&mut self, text: &str) -> Result<()> {
+        if self.options.port.is_some() {
+            return Ok(());
+        }
+        match u16::try_from(port_number(text)) {
+            Ok(port) if port > 0 => {
+                self.options.port = Some(port);
+                Ok(())
+            }
+            _ => Err(Error::usage(format!("bad port '{text}'"))
+                .with_hint("give -p a port from 1 to 65535 or a service name")),
+        }
+    }
+
+    /// `-i`: ssh warns about and skips a file it cannot stat.
+    fn apply_identity(&mut self, raw: &str) -> Result<()> {
+        let path = tilde_expand(raw, self.local)
+            .map_err(|why| Error::usage(format!("identity file {raw}: {why}")))?;
+        if let Err(error) = std::fs::metadata(&path) {
+            tracing::warn!("identity file {path} not accessible: {error}");
+            return Ok(());
+        }
+        if self.options.identity_files.len() >= MAX_KEY_FILES {
+            return Err(Error::usage(format!(
+                "too many identity files specified (max {MAX_KEY_FILES})"
+            )));
+        }
+        add_key_file(
+            &mut self.options.identity_files,
+            path,
+            KeyOrigin::IdentityOption,
+        );
+        Ok(())
+    }
+
+    /// `-J`: refused after another jump or a proxy command, from `-J` or `-o`, as ssh does.
+    fn apply_jump_argument(&mut self, spec: &str) -> Result<()> {
+        if self.options.jump.is_some() {
+            return Err(Error::usage(
+                "only a single -J option is permitted (use commas to separate multiple jump hops)",
+            )
+            .with_hint("a ProxyJump given with -o before -J counts as one; keep one of them"));
+        }
+        if self.options.proxy_command.is_some() {
+            return Err(Error::usage("cannot specify -J with ProxyCommand")
+                .with_hint("a ProxyCommand given with -o before -J wins; drop one of them"));
+        }
+        self.apply_proxy_jump(spec, true, true).map_err(|why| {
+            Error::usage(format!("invalid -J argument \"{spec}\": {why}"))
+                .with_hint("use [user@]host[:port] hops separated by commas")
+        })
     }
 
     fn read_input(&mut self, input: &Input<'_>) -> Result<()> {
@@ -2600,6 +2644,16 @@ mod tests {
         local_with_home(Path::new("/nonexistent/xfer-test-home"))
     }
 
+    fn with_options(options: &[&str]) -> Overrides {
+        Overrides {
+            arguments: options
+                .iter()
+                .map(|option| CommandLineArgument::Option(option.to_string()))
+                .collect(),
+            ..Overrides::default()
+        }
+    }
+
     fn from_text(host: &str, text: &str) -> Result<HostConfig> {
         resolve_from_text(
             host,
@@ -2855,13 +2909,7 @@ mod tests {
             .is_err()
         );
         assert!(from_text("h", "IgnoreUnknown a b\n").is_err());
-        let overrides = Overrides {
-            options: vec![
-                "IgnoreUnknown=UseKeychain".to_string(),
-                "UseKeychain=yes".to_string(),
-            ],
-            ..Overrides::default()
-        };
+        let overrides = with_options(&["IgnoreUnknown=UseKeychain", "UseKeychain=yes"]);
         assert!(resolve_from_text("h", &overrides, "t", "", &fake_local()).is_ok());
     }
 
@@ -2878,10 +2926,7 @@ mod tests {
 
     #[test]
     fn unknown_command_line_option_is_a_usage_error() {
-        let overrides = Overrides {
-            options: vec!["Hots=x".to_string()],
-            ..Overrides::default()
-        };
+        let overrides = with_options(&["Hots=x"]);
         let source = ConfigSource::File(PathBuf::from("none"));
         let error = resolve("h", &overrides, &source, &fake_local()).expect_err("refused");
         assert_eq!(error.kind(), crate::ErrorKind::Usage);
@@ -2914,13 +2959,54 @@ mod tests {
             "Port=abc",
             "BatchMode maybe",
         ] {
-            let overrides = Overrides {
-                options: vec![option.to_string()],
-                ..Overrides::default()
-            };
+            let overrides = with_options(&[option]);
             let error = resolve("h", &overrides, &source, &local).expect_err(option);
             assert_eq!(error.kind(), crate::ErrorKind::Usage, "{option}");
         }
+    }
+
+    #[test]
+    fn command_line_arguments_count_in_the_order_given() {
+        let source = ConfigSource::File(PathBuf::from("none"));
+        let local = fake_local();
+        let resolve_with = |arguments: Vec<CommandLineArgument>| {
+            let overrides = Overrides {
+                arguments,
+                ..Overrides::default()
+            };
+            resolve("h", &overrides, &source, &local)
+        };
+        use CommandLineArgument::{Jump, Option, Port};
+        let port_first = resolve_with(vec![Port("2042".into()), Option("Port=2041".into())]);
+        assert_eq!(port_first.expect("resolves").port, 2042);
+        let option_first = resolve_with(vec![Option("Port=2041".into()), Port("2042".into())]);
+        assert_eq!(option_first.expect("resolves").port, 2041);
+        // A bad -p is refused only when it is the port that counts, as ssh does.
+        assert!(resolve_with(vec![Port("0".into())]).is_err());
+        assert!(resolve_with(vec![Option("Port=5".into()), Port("0".into())]).is_ok());
+        assert_eq!(
+            resolve_with(vec![Port("ssh".into())])
+                .expect("service")
+                .port,
+            22
+        );
+        // -J then -o ProxyCommand or ProxyJump: the first wins; the other way round is refused.
+        let jump_first = resolve_with(vec![
+            Jump("bastion".into()),
+            Option("ProxyCommand=nc %h %p".into()),
+        ])
+        .expect("resolves");
+        assert_eq!(jump_first.proxy_jump.len(), 1);
+        assert_eq!(jump_first.proxy_command, None);
+        let jump_twice =
+            resolve_with(vec![Jump("a".into()), Option("ProxyJump=b".into())]).expect("resolves");
+        assert_eq!(jump_twice.proxy_jump[0].host, "a");
+        assert!(resolve_with(vec![Option("ProxyCommand=nc".into()), Jump("a".into())]).is_err());
+        assert!(resolve_with(vec![Option("ProxyJump=b".into()), Jump("a".into())]).is_err());
+        let none_first = resolve_with(vec![Jump("none".into()), Option("ProxyCommand=nc".into())])
+            .expect("resolves");
+        assert!(none_first.proxy_jump.is_empty());
+        assert_eq!(none_first.proxy_command.as_deref(), Some("nc"));
     }
 
     #[test]
@@ -2929,7 +3015,10 @@ mod tests {
         let key = directory.path().join("key");
         write(&key, "not really a key\n");
         let overrides = Overrides {
-            identity_files: vec!["/nonexistent/key".to_string(), key.display().to_string()],
+            arguments: vec![
+                CommandLineArgument::Identity("/nonexistent/key".to_string()),
+                CommandLineArgument::Identity(key.display().to_string()),
+            ],
             ..Overrides::default()
         };
         let config = resolve_from_text(

@@ -13,7 +13,8 @@ use crate::env;
 use crate::error::{Error, Result};
 use crate::ssh::auth::{Authenticated, Authenticator, Interaction, KeyStore};
 use crate::ssh::config::{
-    self, ConfigSource, HostConfig, JumpHost, LocalContext, Overrides, StrictHostKeyChecking,
+    self, CommandLineArgument, ConfigSource, HostConfig, JumpHost, LocalContext, Overrides,
+    StrictHostKeyChecking,
 };
 use crate::ssh::known_hosts::{self, HostKeyStatus};
 use crate::target::HostSpec;
@@ -380,10 +381,14 @@ impl Connector {
     /// A jump host is resolved through the config like any host (ssh runs `ssh -J` recursively):
     /// the last hop of a chain is reached through the hops before it.
     fn resolve_jump(&self, hop: &JumpHost, earlier: &[JumpHost]) -> Result<HostConfig> {
+        // ssh reaches a jump host as `ssh -l USER -p PORT -F CONFIG HOST`: no -o, -i or -J.
         let overrides = Overrides {
             user: hop.user.clone(),
-            port: hop.port,
-            ..Overrides::default()
+            arguments: hop
+                .port
+                .map(|port| CommandLineArgument::Port(port.to_string()))
+                .into_iter()
+                .collect(),
         };
         let mut resolved = config::resolve(&hop.host, &overrides, &self.source, &self.local)?;
         if !earlier.is_empty() {
