@@ -21,7 +21,7 @@ use xfer::ssh::config::{
 };
 
 /// The fields compared, by ssh -G's names.
-const FIELDS: [&str; 20] = [
+const FIELDS: [&str; 21] = [
     "host",
     "hostname",
     "port",
@@ -42,6 +42,7 @@ const FIELDS: [&str; 20] = [
     "hashknownhosts",
     "tcpkeepalive",
     "identityfile_are_defaults_consistent",
+    "hostkeyalias",
 ];
 
 /// One scenario: a main configuration, extra files, and a command line.
@@ -554,6 +555,16 @@ fn cases() -> Vec<Case> {
             "Host web\n  ProxyJump bastion\n",
         )
         .option("ProxyCommand=connect %h %p"),
+        case(
+            "HostKeyAlias is lowercased",
+            "web",
+            "Host web\n  HostKeyAlias Box-A.Example\n",
+        ),
+        case(
+            "HostKeyAlias takes its first value",
+            "web",
+            "HostKeyAlias first\nHostKeyAlias second\n",
+        ),
         case("-p before -o Port: -p wins", "web", "Host web\n  Port 1\n")
             .port("2042")
             .option("Port=2041"),
@@ -917,6 +928,10 @@ fn normalize_xfer(config: &HostConfig) -> BTreeMap<&'static str, String> {
                 .unwrap_or_else(|| "(unset)".to_string()),
             "hashknownhosts" => yes_no(config.hash_known_hosts),
             "tcpkeepalive" => yes_no(config.tcp_keepalive),
+            "hostkeyalias" => config
+                .host_key_alias
+                .clone()
+                .unwrap_or_else(|| "(unset)".to_string()),
             // ssh prints defaults only when nothing was given; xfer must say so too.
             "identityfile_are_defaults_consistent" => {
                 let defaults = config.identity_files_are_defaults;

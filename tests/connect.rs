@@ -466,6 +466,120 @@ fn changed_host_key_is_refused_until_forgotten() {
     assert_eq!(assert_passed(&output)["host_key_summary"], "recorded");
 }
 
+/// Whether OpenSSH's own client accepts the host (the same config, a command that does nothing),
+/// to hold xfer's host key decisions against.
+fn ssh_accepts(config: &Path, alias: &str) -> bool {
+    let mut command = Command::new("ssh");
+    command
+        .arg("-F")
+        .arg(config)
+        .args(["-o", "ConnectTimeout=10", alias, "true"])
+        .stdin(std::process::Stdio::null());
+    run_with_timeout(&mut command, LIMIT).status.success()
+}
+
+#[test]
+fn host_key_alias_is_the_name_keys_are_found_recorded_and_forgotten_under() {
+    let first = Sshd::start();
+    let second = Sshd::start();
+    // Two boxes reached at one address are told apart by HostKeyAlias: the file holds each key
+    // under its alias, and under the first box's address and port the key of the second.
+    let known = first.dir().join("alias_known_hosts");
+    fs::write(
+        &known,
+        format!(
+            "box-a {}\nbox-b {}\n[127.0.0.1]:{} {}\n",
+            first.host_public_key(),
+            second.host_public_key(),
+            first.port(),
+            second.host_public_key()
+        ),
+    )
+    .unwrap();
+    let known_line = format!("UserKnownHostsFile {}", known.display());
+    let config = first.write_client_config("box-a", &["HostKeyAlias Box-A", &known_line]);
+    second.append_client_config(&config, "box-b", &["HostKeyAlias box-b", &known_line]);
+    first.append_client_config(&config, "plain-a", &[&known_line]);
+    for alias in ["box-a", "box-b"] {
+        let report = assert_passed(&doctor(&config, &[alias], &[]));
+        assert_eq!(report["host_key_summary"], "known", "{alias}");
+        assert!(ssh_accepts(&config, alias), "ssh refuses {alias}");
+    }
+    // Without the alias, the address's entry is what counts, for ssh as for xfer.
+    let output = doctor(&config, &["plain-a"], &[]);
+    assert_eq!(output.status.code(), Some(7));
+    let problem = reports(&output)[0]["problems"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(problem.contains("HOST KEY CHANGED"), "{problem}");
+    assert!(!ssh_accepts(&config, "plain-a"));
+
+    // With an alias, a key filed only under [host]:port is not known.
+    let by_port = first.dir().join("port_known_hosts");
+    fs::write(
+        &by_port,
+        first.known_hosts_line("127.0.0.1", first.port()) + "\n",
+    )
+    .unwrap();
+    first.append_client_config(
+        &config,
+        "box-c",
+        &[
+            "HostKeyAlias box-c",
+            &format!("UserKnownHostsFile {}", by_port.display()),
+        ],
+    );
+    let output = doctor(&config, &["box-c"], &[]);
+    assert_eq!(output.status.code(), Some(7));
+    let problem = reports(&output)[0]["problems"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        problem.contains("host key for box-c is not known"),
+        "{problem}"
+    );
+    assert!(!ssh_accepts(&config, "box-c"));
+
+    // accept-new records the key under the alias, where ssh then finds it.
+    let output = doctor(
+        &config,
+        &["box-c"],
+        &["-o", "StrictHostKeyChecking=accept-new"],
+    );
+    assert_eq!(assert_passed(&output)["host_key_summary"], "recorded");
+    let found = |name: &str| {
+        Command::new("ssh-keygen")
+            .arg("-F")
+            .arg(name)
+            .arg("-f")
+            .arg(&by_port)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(found("box-c"));
+    assert!(ssh_accepts(&config, "box-c"));
+
+    // forget-host removes the alias's entry and leaves the address's.
+    let mut command = xfer_command();
+    command
+        .args(["forget-host", "-F"])
+        .arg(&config)
+        .arg("box-c");
+    let output = run_with_timeout(&mut command, LIMIT);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("removed 1 key(s) for box-c"),
+        "{}",
+        stdout(&output)
+    );
+    assert!(!found("box-c"));
+    assert!(found(&format!("[127.0.0.1]:{}", first.port())));
+}
+
 #[test]
 fn a_server_that_never_speaks_times_out() {
     // Accepts TCP but never sends an SSH banner: only ConnectTimeout can end this.

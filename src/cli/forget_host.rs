@@ -12,12 +12,9 @@ pub fn run(args: &ForgetHostArgs, quiet: bool) -> Result<()> {
     let connector = settings.connector()?;
     let spec = parse_host(&args.host)?;
     let config = connector.resolve(&spec)?;
-    let name = known_hosts::host_pattern_name(&config.hostname, config.port);
-    let results = known_hosts::forget(
-        &config.user_known_hosts_files,
-        &config.hostname,
-        config.port,
-    )?;
+    // Under the HostKeyAlias when one is set, as ssh records it.
+    let name = config.host_key_name();
+    let results = known_hosts::forget(&config.user_known_hosts_files, &name)?;
     let mut total = 0;
     for result in &results {
         total += result.removed;

@@ -204,9 +204,21 @@ pub struct HostConfig {
     pub identity_agent: Option<String>,
     pub hash_known_hosts: bool,
     pub tcp_keepalive: bool,
+    /// `HostKeyAlias`, lowercased as ssh lowercases it: the name the host's keys are looked up,
+    /// recorded and forgotten under, instead of the host name and port.
+    pub host_key_alias: Option<String>,
 }
 
 impl HostConfig {
+    /// The name known_hosts files hold this host's keys under, as ssh forms it.
+    pub fn host_key_name(&self) -> String {
+        crate::ssh::known_hosts::host_key_name(
+            &self.hostname,
+            self.port,
+            self.host_key_alias.as_deref(),
+        )
+    }
+
     /// The proxy command with `%h %k %n %p %r %%` expanded as ssh does before running it.
     /// ssh runs the result as `exec <command>` through `$SHELL -c` (falling back to `/bin/sh`).
     pub fn expand_proxy_command(&self) -> Option<String> {
@@ -1364,6 +1376,7 @@ impl<'a> Resolver<'a> {
             identity_agent,
             hash_known_hosts: options.hash_known_hosts.unwrap_or(false),
             tcp_keepalive: options.tcp_keepalive.unwrap_or(true),
+            host_key_alias: key_alias,
         })
     }
 }

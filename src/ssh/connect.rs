@@ -282,7 +282,7 @@ impl Connector {
             .chain(config.global_known_hosts_files.iter())
             .cloned()
             .collect();
-        if let Ok(known) = known_hosts::known_key_algorithms(&files, &config.hostname, config.port)
+        if let Ok(known) = known_hosts::known_key_algorithms(&files, &config.host_key_name())
             && !known.is_empty()
         {
             let mut order: Vec<russh::keys::Algorithm> = Vec::new();
@@ -668,13 +668,13 @@ pub fn verify_host_key(
         .chain(config.global_known_hosts_files.iter())
         .cloned()
         .collect();
-    let host = &config.hostname;
-    let port = config.port;
-    let name = known_hosts::host_pattern_name(host, port);
+    // HostKeyAlias replaces host and port here, as in ssh: keys are looked up and recorded
+    // under the alias only.
+    let name = config.host_key_name();
     let fingerprint = known_hosts::fingerprint(key);
     let key_type = key.algorithm().as_str().to_string();
     let forget = format!("xfer forget-host {}", config.original_host);
-    match known_hosts::check(&files, host, port, key)? {
+    match known_hosts::check(&files, &name, key)? {
         HostKeyStatus::Known { file, line } => Ok(HostKeyVerdict::Known { file, line }),
         HostKeyStatus::Revoked { file, line } => Err(Error::host_key(format!(
             "{label}: the host key {fingerprint} is marked @revoked in {}:{line}",
@@ -697,7 +697,7 @@ pub fn verify_host_key(
         HostKeyStatus::Unknown => {
             // A host on file with keys of other types showing a key we have never seen is
             // what an interceptor without the real key looks like: never learn it silently.
-            let other_types = known_hosts::known_key_algorithms(&files, host, port)?;
+            let other_types = known_hosts::known_key_algorithms(&files, &name)?;
             if !other_types.is_empty() {
                 let names: Vec<&str> = other_types.iter().map(|a| a.as_str()).collect();
                 return Err(Error::host_key(format!(
@@ -712,7 +712,7 @@ pub fn verify_host_key(
             let record = |file: Option<PathBuf>| -> Result<HostKeyVerdict> {
                 match file {
                     Some(file) => {
-                        known_hosts::add_hashed(&file, host, port, key)?;
+                        known_hosts::add_hashed(&file, &name, key)?;
                         tracing::info!("{label}: recorded host key {fingerprint} in {}", file.display());
                         Ok(HostKeyVerdict::Learned { file })
                     }

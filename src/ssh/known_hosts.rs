@@ -45,6 +45,16 @@ const MAX_KEY_TYPE_NAME_BYTES: usize = 127;
 /// OpenSSH refuses RSA keys with a smaller modulus (SSH_RSA_MINIMUM_MODULUS_SIZE).
 const MIN_RSA_BITS: usize = 1024;
 
+/// The name ssh files a host's keys under in known_hosts, looks them up by, and `ssh-keygen -R`
+/// removes: the `HostKeyAlias` when one is set (lowercased as ssh lowercases it; ssh then uses
+/// nothing else, not even the port), otherwise [`host_pattern_name`] of the host and port.
+pub fn host_key_name(host: &str, port: u16, alias: Option<&str>) -> String {
+    match alias {
+        Some(alias) => alias.to_ascii_lowercase(),
+        None => host_pattern_name(host, port),
+    }
+}
+
 /// How OpenSSH names a host in known_hosts: "host" for port 22, "[host]:port" otherwise.
 ///
 /// The name is lowercased, as ssh lowercases the host it connects to before looking it up and
@@ -167,22 +177,22 @@ pub enum HostKeyStatus {
     Revoked { file: PathBuf, line: usize },
 }
 
-/// Looks `key` up for `host` on `port` in `files`, in order (user files first, then system
-/// files, as ssh does).
+/// Looks `key` up under `name` (see [`host_key_name`]) in `files`, in order (user files first,
+/// then system files, as ssh does).
 ///
 /// Missing files count as empty; an existing file that cannot be read is an error naming it.
 /// "Changed" reports the last differing entry, which is the one ssh calls the offending key.
-pub fn check(files: &[PathBuf], host: &str, port: u16, key: &PublicKey) -> Result<HostKeyStatus> {
-    let records = load_records(files, &host_pattern_name(host, port))?;
+pub fn check(files: &[PathBuf], name: &str, key: &PublicKey) -> Result<HostKeyStatus> {
+    let records = load_records(files, name)?;
     Ok(decide(&records, key))
 }
 
-/// The algorithms of the plain keys recorded for `host` on `port`, in file order, without
+/// The algorithms of the plain keys recorded under `name`, in file order, without
 /// repeats. ssh puts these first in its host key algorithm preference (order_hostkeyalgs) so a
 /// server that has several keys shows the one already known; a connection should do the same,
 /// because `check` reports a key of a type not on file as `Unknown`, not `Changed`.
-pub fn known_key_algorithms(files: &[PathBuf], host: &str, port: u16) -> Result<Vec<Algorithm>> {
-    let records = load_records(files, &host_pattern_name(host, port))?;
+pub fn known_key_algorithms(files: &[PathBuf], name: &str) -> Result<Vec<Algorithm>> {
+    let records = load_records(files, name)?;
     let mut algorithms: Vec<Algorithm> = Vec::new();
     for record in records
         .iter()
@@ -201,10 +211,11 @@ pub fn fingerprint(key: &PublicKey) -> String {
     key.fingerprint(HashAlg::Sha256).to_string()
 }
 
-/// Appends `|1|salt|hash algorithm base64` for the host, with a fresh random salt, as ssh does
-/// under HashKnownHosts yes. Creates the parent directory (0700) and the file (0600) if missing.
-pub fn add_hashed(file: &Path, host: &str, port: u16, key: &PublicKey) -> Result<()> {
-    let name = recordable_name(host, port)?;
+/// Appends `|1|salt|hash algorithm base64` for `name` (see [`host_key_name`]), with a fresh
+/// random salt, as ssh does under HashKnownHosts yes. Creates the parent directory (0700) and
+/// the file (0600) if missing.
+pub fn add_hashed(file: &Path, name: &str, key: &PublicKey) -> Result<()> {
+    check_recordable(name)?;
     let mut salt = [0u8; SHA1_BYTES];
     rand::thread_rng().fill_bytes(&mut salt);
     let hash = hmac_sha1(&salt, name.as_bytes())
@@ -217,10 +228,10 @@ pub fn add_hashed(file: &Path, host: &str, port: u16, key: &PublicKey) -> Result
     append_entry(file, &field, key)
 }
 
-/// Appends `name algorithm base64` for the host, as ssh does under HashKnownHosts no.
-pub fn add_plain(file: &Path, host: &str, port: u16, key: &PublicKey) -> Result<()> {
-    let name = recordable_name(host, port)?;
-    append_entry(file, &name, key)
+/// Appends `name algorithm base64`, as ssh does under HashKnownHosts no.
+pub fn add_plain(file: &Path, name: &str, key: &PublicKey) -> Result<()> {
+    check_recordable(name)?;
+    append_entry(file, name, key)
 }
 
 /// What `forget` did to one existing file.
@@ -233,7 +244,7 @@ pub struct Forgotten {
     pub backup: Option<PathBuf>,
 }
 
-/// Removes `host` on `port` from each file like `ssh-keygen -R` (9.2) does.
+/// Removes `name` (see [`host_key_name`]) from each file like `ssh-keygen -R` (9.2) does.
 ///
 /// Every line whose host field selects the name goes, whole, even when it lists other hosts
 /// too; `@cert-authority` and `@revoked` lines stay, as do comments and every other line, byte
@@ -242,8 +253,7 @@ pub struct Forgotten {
 /// `<file>.old`. Like ssh-keygen, a file with a line ssh-keygen calls invalid is not rewritten:
 /// that is an error naming the line, and no file is changed. Missing files are skipped and do
 /// not appear in the result.
-pub fn forget(files: &[PathBuf], host: &str, port: u16) -> Result<Vec<Forgotten>> {
-    let name = host_pattern_name(host, port);
+pub fn forget(files: &[PathBuf], name: &str) -> Result<Vec<Forgotten>> {
     let mut unique: Vec<&PathBuf> = Vec::new();
     for file in files {
         if !unique.contains(&file) {
@@ -828,30 +838,31 @@ fn read_capped(file: &Path) -> Result<Option<Vec<u8>>> {
 // ---------------------------------------------------------------------------------------------
 // Adding.
 
-/// The name to record, refusing ones that would make a line mean something else: blanks end
-/// the host field, commas and wildcards would turn the name into patterns, and `|`, `@`, `#` at
-/// the start would read as a hash, a marker or a comment.
-fn recordable_name(host: &str, port: u16) -> Result<String> {
-    let problem = if host.is_empty() {
+/// Refuses a name that would make a line mean something else: blanks end the host field,
+/// commas and wildcards would turn the name into patterns, and `|`, `@`, `#` at the start would
+/// read as a hash, a marker or a comment.
+fn check_recordable(name: &str) -> Result<()> {
+    let problem = if name.is_empty() {
         Some("it is empty")
-    } else if host.bytes().any(|byte| byte <= b' ' || byte == 0x7f) {
+    } else if name.bytes().any(|byte| byte <= b' ' || byte == 0x7f) {
         Some("it contains blanks or control characters")
-    } else if host
+    } else if name
         .bytes()
         .any(|byte| matches!(byte, b',' | b'*' | b'?' | b'!'))
     {
         Some("it contains one of , * ? !")
-    } else if host.starts_with(['|', '@', '#']) {
+    } else if name.starts_with(['|', '@', '#']) {
         Some("it starts with |, @ or #")
     } else {
         None
     };
     match problem {
         Some(problem) => Err(Error::config(format!(
-            "cannot record a host key for {host:?} in known_hosts: {problem}"
+            "cannot record a host key for \"{}\" in known_hosts: {problem}",
+            crate::target::printable(name)
         ))
-        .with_hint("use the host's DNS name or address")),
-        None => Ok(host_pattern_name(host, port)),
+        .with_hint("use the host's DNS name or address, or a plain HostKeyAlias")),
+        None => Ok(()),
     }
 }
 
@@ -1169,7 +1180,7 @@ mod tests {
     fn status(content: &str, host: &str, port: u16, presented: &str) -> HostKeyStatus {
         let directory = tempfile::tempdir().expect("tempdir");
         let file = write(directory.path(), "known_hosts", content);
-        check(&[file], host, port, &key(presented)).expect("check")
+        check(&[file], &host_pattern_name(host, port), &key(presented)).expect("check")
     }
 
     fn known_at(line: usize) -> impl Fn(&HostKeyStatus) -> bool {
@@ -1186,6 +1197,12 @@ mod tests {
         assert_eq!(host_pattern_name("example.com", 2222), "[example.com]:2222");
         assert_eq!(host_pattern_name("::1", 2222), "[::1]:2222");
         assert_eq!(host_pattern_name("example.com", 0), "example.com");
+        // A HostKeyAlias replaces host and port.
+        assert_eq!(host_key_name("example.com", 2222, Some("Box-A")), "box-a");
+        assert_eq!(
+            host_key_name("example.com", 2222, None),
+            "[example.com]:2222"
+        );
     }
 
     #[test]
@@ -1320,14 +1337,24 @@ mod tests {
         let missing = directory.path().join("missing");
         let files = vec![missing, first.clone(), second.clone()];
         assert_eq!(
-            check(&files, "example.com", 22, &key(ED25519_A)).expect("check"),
+            check(
+                &files,
+                &host_pattern_name("example.com", 22),
+                &key(ED25519_A)
+            )
+            .expect("check"),
             HostKeyStatus::Known {
                 file: second,
                 line: 2
             }
         );
         assert_eq!(
-            check(&files, "example.com", 22, &key(ED25519_B)).expect("check"),
+            check(
+                &files,
+                &host_pattern_name("example.com", 22),
+                &key(ED25519_B)
+            )
+            .expect("check"),
             HostKeyStatus::Known {
                 file: first,
                 line: 1
@@ -1479,7 +1506,7 @@ mod tests {
         );
         let directory = tempfile::tempdir().expect("tempdir");
         let file = write(directory.path(), "known_hosts", &content);
-        let algorithms = known_key_algorithms(&[file], "example.com", 22).expect("algorithms");
+        let algorithms = known_key_algorithms(&[file], "example.com").expect("algorithms");
         assert_eq!(
             algorithms,
             vec![key(ECDSA_256).algorithm(), key(RSA_E).algorithm()]
@@ -1534,13 +1561,23 @@ mod tests {
         }
         let files = [file];
         assert!(known_at(1)(
-            &check(&files, "example.com", 22, &key(ED25519_A)).expect("check")
+            &check(
+                &files,
+                &host_pattern_name("example.com", 22),
+                &key(ED25519_A)
+            )
+            .expect("check")
         ));
         assert!(known_at(2)(
-            &check(&files, "127.0.0.1", 2222, &key(ECDSA_256)).expect("check")
+            &check(
+                &files,
+                &host_pattern_name("127.0.0.1", 2222),
+                &key(ECDSA_256)
+            )
+            .expect("check")
         ));
         assert_eq!(
-            check(&files, "127.0.0.1", 22, &key(ECDSA_256)).expect("check"),
+            check(&files, &host_pattern_name("127.0.0.1", 22), &key(ECDSA_256)).expect("check"),
             HostKeyStatus::Unknown
         );
     }
@@ -1586,9 +1623,14 @@ mod tests {
     fn added_lines_are_found_by_ssh_keygen() {
         let directory = tempfile::tempdir().expect("tempdir");
         let file = directory.path().join("fresh/.ssh/known_hosts");
-        add_hashed(&file, "127.0.0.1", 2222, &key(ED25519_A)).expect("add hashed");
-        add_plain(&file, "Example.COM", 22, &key(RSA_E)).expect("add plain");
-        add_hashed(&file, "::1", 22, &key(ECDSA_384)).expect("add hashed");
+        add_hashed(
+            &file,
+            &host_pattern_name("127.0.0.1", 2222),
+            &key(ED25519_A),
+        )
+        .expect("add hashed");
+        add_plain(&file, &host_pattern_name("Example.COM", 22), &key(RSA_E)).expect("add plain");
+        add_hashed(&file, &host_pattern_name("::1", 22), &key(ECDSA_384)).expect("add hashed");
         assert_eq!(mode_of(&file), 0o600);
         assert_eq!(mode_of(file.parent().expect("parent")), 0o700);
         let content = fs::read_to_string(&file).expect("read");
@@ -1605,13 +1647,18 @@ mod tests {
         assert!(!ssh_keygen_finds(&file, "127.0.0.1"));
         let files = [file];
         assert!(known_at(1)(
-            &check(&files, "127.0.0.1", 2222, &key(ED25519_A)).expect("check")
+            &check(
+                &files,
+                &host_pattern_name("127.0.0.1", 2222),
+                &key(ED25519_A)
+            )
+            .expect("check")
         ));
         assert!(known_at(2)(
-            &check(&files, "example.com", 22, &key(RSA_E)).expect("check")
+            &check(&files, &host_pattern_name("example.com", 22), &key(RSA_E)).expect("check")
         ));
         assert!(known_at(3)(
-            &check(&files, "::1", 22, &key(ECDSA_384)).expect("check")
+            &check(&files, &host_pattern_name("::1", 22), &key(ECDSA_384)).expect("check")
         ));
     }
 
@@ -1624,7 +1671,12 @@ mod tests {
             &format!("other {ED25519_B}"),
         );
         fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).expect("chmod");
-        add_plain(&file, "example.com", 22, &key(ED25519_A)).expect("add");
+        add_plain(
+            &file,
+            &host_pattern_name("example.com", 22),
+            &key(ED25519_A),
+        )
+        .expect("add");
         assert_eq!(
             fs::read_to_string(&file).expect("read"),
             format!("other {ED25519_B}\nexample.com {ED25519_A}\n")
@@ -1641,11 +1693,11 @@ mod tests {
             "", "*", "a,b", "a b", "!a", "|1|x", "@revoked", "#x", "a\tb",
         ] {
             assert!(
-                add_plain(&file, host, 22, &key(ED25519_A)).is_err(),
+                add_plain(&file, &host_pattern_name(host, 22), &key(ED25519_A)).is_err(),
                 "{host:?}"
             );
             assert!(
-                add_hashed(&file, host, 22, &key(ED25519_A)).is_err(),
+                add_hashed(&file, &host_pattern_name(host, 22), &key(ED25519_A)).is_err(),
                 "{host:?}"
             );
         }
@@ -1658,20 +1710,29 @@ mod tests {
         assert_eq!(
             check(
                 std::slice::from_ref(&null),
-                "example.com",
-                22,
+                &host_pattern_name("example.com", 22),
                 &key(ED25519_A)
             )
             .expect("check"),
             HostKeyStatus::Unknown
         );
-        add_hashed(&null, "example.com", 22, &key(ED25519_A)).expect("add to /dev/null");
+        add_hashed(
+            &null,
+            &host_pattern_name("example.com", 22),
+            &key(ED25519_A),
+        )
+        .expect("add to /dev/null");
         let directory = tempfile::tempdir().expect("tempdir");
         let fifo = directory.path().join("fifo");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
             .expect("mkfifo");
         assert_eq!(
-            check(&[fifo], "example.com", 22, &key(ED25519_A)).expect("check"),
+            check(
+                &[fifo],
+                &host_pattern_name("example.com", 22),
+                &key(ED25519_A)
+            )
+            .expect("check"),
             HostKeyStatus::Unknown
         );
     }
@@ -1681,8 +1742,7 @@ mod tests {
         let directory = tempfile::tempdir().expect("tempdir");
         let error = check(
             &[directory.path().to_path_buf()],
-            "example.com",
-            22,
+            &host_pattern_name("example.com", 22),
             &key(ED25519_A),
         )
         .expect_err("a directory is not readable as a file");
@@ -1698,8 +1758,7 @@ mod tests {
             .expect("sparse file");
         let error = check(
             std::slice::from_ref(&big),
-            "example.com",
-            22,
+            &host_pattern_name("example.com", 22),
             &key(ED25519_A),
         )
         .expect_err("too large");
@@ -1707,11 +1766,16 @@ mod tests {
             error.to_string().contains(&big.display().to_string()),
             "{error}"
         );
-        assert!(forget(&[big], "example.com", 22).is_err());
+        assert!(forget(&[big], "example.com").is_err());
         // A file below a regular file, like a missing one, is simply absent.
         let below_file = directory.path().join("big/known_hosts");
         assert_eq!(
-            check(&[below_file], "example.com", 22, &key(ED25519_A)).expect("check"),
+            check(
+                &[below_file],
+                &host_pattern_name("example.com", 22),
+                &key(ED25519_A)
+            )
+            .expect("check"),
             HostKeyStatus::Unknown
         );
     }
@@ -1733,7 +1797,7 @@ mod tests {
             .arg(&theirs)
             .output()
             .expect("run ssh-keygen -R");
-        let result = forget(std::slice::from_ref(&ours), host, port);
+        let result = forget(std::slice::from_ref(&ours), &host_pattern_name(host, port));
         assert_eq!(
             output.status.success(),
             result.is_ok(),
@@ -1871,7 +1935,7 @@ mod tests {
         fs::write(backup_path(&first), "stale").expect("stale backup");
         let missing = directory.path().join("missing");
         let result =
-            forget(&[first.clone(), second.clone(), missing], "example.com", 22).expect("forget");
+            forget(&[first.clone(), second.clone(), missing], "example.com").expect("forget");
         assert_eq!(
             result,
             vec![
@@ -1902,8 +1966,7 @@ mod tests {
         let third = write(directory.path(), "third", &format!("other {ED25519_B}\n"));
         fs::write(&second, format!("example.com {ED25519_A}\n")).expect("write");
         fs::write(&third, "broken\n").expect("write");
-        let error =
-            forget(&[second.clone(), third.clone()], "example.com", 22).expect_err("invalid");
+        let error = forget(&[second.clone(), third.clone()], "example.com").expect_err("invalid");
         assert!(
             error
                 .to_string()
