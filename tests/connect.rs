@@ -581,6 +581,114 @@ fn host_key_alias_is_the_name_keys_are_found_recorded_and_forgotten_under() {
 }
 
 #[test]
+fn a_plain_host_entry_is_found_for_another_port_as_ssh_finds_it() {
+    let sshd = Sshd::start();
+    // Filed under the address alone, as `ssh-keyscan 127.0.0.1` or an old port-22 entry would.
+    let known = sshd.dir().join("portless_known_hosts");
+    fs::write(&known, sshd.known_hosts_line("127.0.0.1", 22) + "\n").unwrap();
+    let config = sshd.write_client_config(
+        "portless",
+        &[&format!("UserKnownHostsFile {}", known.display())],
+    );
+    let report = assert_passed(&doctor(&config, &["portless"], &[]));
+    assert_eq!(report["host_key_summary"], "known");
+    assert!(ssh_accepts(&config, "portless"));
+
+    // Another key there is not a changed key: the host is new, as for ssh.
+    let other = keygen(sshd.dir(), "other_host_key", "ed25519", None);
+    let other_key = fs::read_to_string(public_key_path(&other)).unwrap();
+    fs::write(&known, format!("127.0.0.1 {}", other_key)).unwrap();
+    let output = doctor(&config, &["portless"], &[]);
+    assert_eq!(output.status.code(), Some(7));
+    let problem = reports(&output)[0]["problems"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        problem.contains(&format!(
+            "host key for [127.0.0.1]:{} is not known",
+            sshd.port()
+        )),
+        "{problem}"
+    );
+    assert!(!ssh_accepts(&config, "portless"));
+    let output = doctor(
+        &config,
+        &["portless"],
+        &["-o", "StrictHostKeyChecking=accept-new"],
+    );
+    assert_eq!(assert_passed(&output)["host_key_summary"], "recorded");
+    assert!(ssh_accepts(&config, "portless"));
+}
+
+#[test]
+fn a_host_certificate_from_a_listed_authority_is_accepted_as_ssh_accepts_it() {
+    let work = tempfile::tempdir().unwrap();
+    let ca = keygen(work.path(), "host_ca", "ed25519", None);
+    let other_ca = keygen(work.path(), "other_ca", "ed25519", None);
+    let sshd = Sshd::builder()
+        .host_certificate(&ca, &["-n", "gpu.example.com,127.0.0.1", "-V", "-5m:+1h"])
+        .start();
+    let authority = |ca_key: &Path, pattern: &str| {
+        let public = fs::read_to_string(public_key_path(ca_key)).unwrap();
+        format!("@cert-authority {pattern} {}", public.trim())
+    };
+    let write_known = |name: &str, lines: &[String]| {
+        let path = sshd.dir().join(name);
+        fs::write(&path, lines.join("\n") + "\n").unwrap();
+        format!("UserKnownHostsFile {}", path.display())
+    };
+    // Only the authority is on file, for *.example.com: the alias names the host.
+    let by_alias = write_known("ca_alias", &[authority(&ca, "*.example.com")]);
+    let config = sshd.write_client_config("gpu", &["HostKeyAlias gpu.example.com", &by_alias]);
+    // For the address without its port: found through ssh's port-less lookup.
+    let by_address = write_known("ca_address", &[authority(&ca, "127.0.0.1")]);
+    sshd.append_client_config(&config, "by-address", &[&by_address]);
+    let report = assert_passed(&doctor(&config, &["gpu"], &[]));
+    assert_eq!(report["host_key_summary"], "certified");
+    assert!(ssh_accepts(&config, "gpu"));
+    let report = assert_passed(&doctor(&config, &["by-address"], &[]));
+    assert_eq!(report["host_key_summary"], "certified");
+    assert!(ssh_accepts(&config, "by-address"));
+
+    // A name the certificate is not issued for, and an authority that did not sign it.
+    sshd.append_client_config(
+        &config,
+        "wrong-name",
+        &["HostKeyAlias cpu.example.com", &by_alias],
+    );
+    let by_other = write_known("ca_other", &[authority(&other_ca, "*")]);
+    sshd.append_client_config(&config, "other-ca", &[&by_other]);
+    for (alias, why) in [
+        ("wrong-name", "is not issued for \"cpu.example.com\""),
+        ("other-ca", "is not known"),
+    ] {
+        let output = doctor(&config, &[alias], &[]);
+        assert_eq!(output.status.code(), Some(7), "{alias}");
+        let problem = reports(&output)[0]["problems"][0]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(problem.contains(why), "{alias}: {problem}");
+        assert!(!ssh_accepts(&config, alias), "ssh accepts {alias}");
+    }
+
+    // An expired certificate is refused, saying so.
+    let expired = Sshd::builder()
+        .host_certificate(&ca, &["-n", "gpu.example.com", "-V", "-2h:-1h"])
+        .start();
+    let config = expired.write_client_config("gpu", &["HostKeyAlias gpu.example.com", &by_alias]);
+    let output = doctor(&config, &["gpu"], &[]);
+    assert_eq!(output.status.code(), Some(7));
+    let problem = reports(&output)[0]["problems"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(problem.contains("has expired"), "{problem}");
+    assert!(!ssh_accepts(&config, "gpu"));
+}
+
+#[test]
 fn a_server_that_never_speaks_times_out() {
     // Accepts TCP but never sends an SSH banner: only ConnectTimeout can end this.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -1,17 +1,20 @@
 //! known_hosts files, read and written exactly as OpenSSH 9.2 does (hostfile.c, match.c,
 //! sshkey.c): host patterns with `*`, `?` and `!`, `[host]:port` names, hashed `|1|salt|hash`
 //! names, `@cert-authority` and `@revoked` markers, blank-or-tab separated fields and CRLF line
-//! ends. This module owns looking a server's key up (`check`), recording a new key (`add_hashed`,
-//! `add_plain`) and removing a host the way `ssh-keygen -R` does (`forget`). russh's own
-//! known_hosts helpers are not used because they understand none of the above.
+//! ends. This module owns looking a server's key up (`check`, and `check_host` for ssh's whole
+//! lookup: HostKeyAlias, the port-less name, host certificates and their `@cert-authority`),
+//! recording a new key (`add_hashed`, `add_plain`) and removing a host the way `ssh-keygen -R`
+//! does (`forget`). russh's own known_hosts helpers are not used because they understand none of
+//! the above.
 
 use crate::error::{Error, Result};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, Mac};
 use rand::{Rng, RngCore};
+use russh::keys::ssh_key::certificate::CertType;
 use russh::keys::ssh_key::public::KeyData;
-use russh::keys::{Algorithm, EcdsaCurve, HashAlg, PublicKey};
+use russh::keys::{Algorithm, Certificate, EcdsaCurve, HashAlg, PublicKey};
 use sha1::Sha1;
 use std::fs;
 use std::io::{self, Read, Write};
@@ -175,6 +178,130 @@ pub enum HostKeyStatus {
     },
     /// An `@revoked` line for this host names this key. Takes precedence over everything else.
     Revoked { file: PathBuf, line: usize },
+    /// The key is a host certificate signed by the `@cert-authority` at this line, valid now
+    /// and issued for this host (see [`check_host`]).
+    Certified { file: PathBuf, line: usize },
+}
+
+/// Where ssh looks up the key a server presents (sshconnect.c `check_host_key`): under `name`
+/// ([`host_key_name`]); then, when no plain entry of any type is filed under it, under the host
+/// name without the port (`port_less_name`: only on a port other than 22 and without
+/// HostKeyAlias, as ssh's "found matching key w/out port"). A host certificate must list
+/// `principal` (the host name, or the HostKeyAlias) unless it lists no principal at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostKeyLookup {
+    pub name: String,
+    pub port_less_name: Option<String>,
+    pub principal: String,
+}
+
+impl HostKeyLookup {
+    /// `host` as ssh connects to it (lowercased unless it is an address), its port, and
+    /// `HostKeyAlias`.
+    pub fn new(host: &str, port: u16, alias: Option<&str>) -> Self {
+        HostKeyLookup {
+            name: host_key_name(host, port, alias),
+            port_less_name: (alias.is_none() && port != 22 && port != 0)
+                .then(|| host_pattern_name(host, 22)),
+            principal: match alias {
+                Some(alias) => alias.to_ascii_lowercase(),
+                None => host.to_owned(),
+            },
+        }
+    }
+
+    fn names(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.name.as_str()).chain(self.port_less_name.as_deref())
+    }
+}
+
+/// What [`check_host`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostKeyCheck {
+    pub status: HostKeyStatus,
+    /// Why a host certificate from a trusted `@cert-authority` was not accepted, when the
+    /// server showed one and, as ssh does, its plain key was judged instead.
+    pub certificate_refusal: Option<String>,
+}
+
+/// The known_hosts side of ssh's `check_host_key`: what the files say about the key a server
+/// presented, looked up as [`HostKeyLookup`] describes.
+///
+/// A host certificate is checked against the `@cert-authority` lines (under `name`, then the
+/// port-less name when no authority is filed under `name`): the authority's key must have
+/// signed it, it must be a host certificate, valid at `now` (Unix seconds), issued for the
+/// principal, without critical options, and signed with an algorithm ssh's default
+/// CASignatureAlgorithms allows. When no authority accepts it, its plain key is judged like
+/// any other, as ssh does. A certificate whose authority's signature does not verify is an
+/// error: ssh refuses such a key before it looks anything up.
+pub fn check_host(
+    files: &[PathBuf],
+    lookup: &HostKeyLookup,
+    presented: &PublicKey,
+    now: u64,
+) -> Result<HostKeyCheck> {
+    let mut certificate_refusal = None;
+    if let KeyData::Certificate(certificate) = presented.key_data() {
+        for name in lookup.names() {
+            let records = load_records(files, name)?;
+            match judge_certificate(&records, certificate, &lookup.principal, now)? {
+                CertificateVerdict::Accepted { file, line } => {
+                    return Ok(HostKeyCheck {
+                        status: HostKeyStatus::Certified { file, line },
+                        certificate_refusal: None,
+                    });
+                }
+                CertificateVerdict::Revoked { file, line } => {
+                    return Ok(HostKeyCheck {
+                        status: HostKeyStatus::Revoked { file, line },
+                        certificate_refusal: None,
+                    });
+                }
+                // ssh goes on with the plain key, not with another name.
+                CertificateVerdict::Refused(reason) => {
+                    certificate_refusal = Some(reason);
+                    break;
+                }
+                CertificateVerdict::NoAuthority => {}
+            }
+        }
+    }
+    let plain = PublicKey::new(plain_key_data(presented.key_data()).clone(), "");
+    let records = load_records(files, &lookup.name)?;
+    let mut status = decide(&records, &plain);
+    let nothing_filed = !records.iter().any(|record| record.marker == Marker::None);
+    if status == HostKeyStatus::Unknown
+        && nothing_filed
+        && let Some(port_less_name) = &lookup.port_less_name
+    {
+        let port_less_records = load_records(files, port_less_name)?;
+        // Only a match counts (ssh looks there read-only and quietly); a revoked key is
+        // refused, where ssh would go on as if nothing were on file.
+        if let found @ (HostKeyStatus::Known { .. } | HostKeyStatus::Revoked { .. }) =
+            decide(&port_less_records, &plain)
+        {
+            status = found;
+        }
+    }
+    Ok(HostKeyCheck {
+        status,
+        certificate_refusal,
+    })
+}
+
+/// Whether an `@cert-authority` line applies to the host under any name ssh would look it up
+/// by: ssh then asks the server for its certificate first (order_hostkeyalgs).
+pub fn has_certificate_authority(files: &[PathBuf], lookup: &HostKeyLookup) -> Result<bool> {
+    for name in lookup.names() {
+        let records = load_records(files, name)?;
+        if records
+            .iter()
+            .any(|record| record.marker == Marker::CertAuthority)
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Looks `key` up under `name` (see [`host_key_name`]) in `files`, in order (user files first,
@@ -740,6 +867,113 @@ fn collect_records<'a>(file: &'a Path, content: &[u8], name: &[u8], records: &mu
             ),
         }
     }
+}
+
+enum CertificateVerdict {
+    Accepted {
+        file: PathBuf,
+        line: usize,
+    },
+    Revoked {
+        file: PathBuf,
+        line: usize,
+    },
+    /// An authority on file signed it, but it does not hold for this host now.
+    Refused(String),
+    NoAuthority,
+}
+
+/// check_hostkeys_by_key_or_type for a certificate, check_key_not_revoked, then
+/// sshkey_cert_check_host.
+fn judge_certificate(
+    records: &[Record<'_>],
+    certificate: &Certificate,
+    principal: &str,
+    now: u64,
+) -> Result<CertificateVerdict> {
+    let revoked = records.iter().find(|record| {
+        let revoked = plain_key_data(record.key.key_data());
+        record.marker == Marker::Revoked
+            && (revoked == certificate.public_key() || revoked == certificate.signature_key())
+    });
+    if let Some(record) = revoked {
+        return Ok(CertificateVerdict::Revoked {
+            file: record.file.to_path_buf(),
+            line: record.line,
+        });
+    }
+    let Some(authority) = records.iter().find(|record| {
+        record.marker == Marker::CertAuthority
+            && plain_key_data(record.key.key_data()) == certificate.signature_key()
+    }) else {
+        return Ok(CertificateVerdict::NoAuthority);
+    };
+    let file = authority.file.to_path_buf();
+    let line = authority.line;
+    if let Some(reason) = certificate_problem(certificate, principal, now) {
+        return Ok(CertificateVerdict::Refused(format!(
+            "the server's host certificate (signed by the CA at {}:{line}) {reason}",
+            file.display()
+        )));
+    }
+    // The validity window was checked above; what can still fail here is the signature.
+    let authority_fingerprint = authority.key.fingerprint(HashAlg::Sha256);
+    if certificate
+        .validate_at(now, [&authority_fingerprint])
+        .is_err()
+    {
+        return Err(Error::host_key(format!(
+            "the server's host certificate claims the CA at {}:{line}, but that CA's signature \
+             on it does not verify",
+            file.display()
+        ))
+        .with_hint("someone may be intercepting the connection; ask the host's administrator")
+        .transient(false));
+    }
+    Ok(CertificateVerdict::Accepted { file, line })
+}
+
+/// What makes a correctly signed certificate unacceptable as this host's key, in the order
+/// sshkey_cert_check_host looks, said as the end of a sentence.
+fn certificate_problem(certificate: &Certificate, principal: &str, now: u64) -> Option<String> {
+    if certificate.cert_type() != CertType::Host {
+        return Some("is a user certificate, not a host certificate".to_owned());
+    }
+    if now < certificate.valid_after() {
+        return Some("is not valid yet".to_owned());
+    }
+    if now >= certificate.valid_before() {
+        return Some("has expired".to_owned());
+    }
+    let principals = certificate.valid_principals();
+    if !principals.is_empty() && !principals.iter().any(|listed| listed == principal) {
+        return Some(format!(
+            "is not issued for \"{}\" (it names {})",
+            crate::target::printable(principal),
+            crate::target::printable(&principals.join(", "))
+        ));
+    }
+    if !certificate.critical_options().is_empty() {
+        return Some(
+            "carries critical options, which ssh refuses in a host certificate".to_owned(),
+        );
+    }
+    let algorithm = certificate.signature().algorithm();
+    let allowed = match &algorithm {
+        Algorithm::Ed25519
+        | Algorithm::Ecdsa { .. }
+        | Algorithm::SkEd25519
+        | Algorithm::SkEcdsaSha2NistP256 => true,
+        Algorithm::Rsa { hash } => matches!(hash, Some(HashAlg::Sha256 | HashAlg::Sha512)),
+        _ => false,
+    };
+    if !allowed {
+        return Some(format!(
+            "is signed with {}, which ssh's CASignatureAlgorithms does not allow",
+            algorithm.as_str()
+        ));
+    }
+    None
 }
 
 /// check_hostkeys_by_key_or_type and check_key_not_revoked, with "changed" limited to keys of
@@ -1406,6 +1640,208 @@ mod tests {
         assert!(parse_line(&format!("example.com ED25519 {}", blob(ED25519_A))).is_none());
         // RSA signature algorithm names are accepted for an RSA key.
         assert!(parse_line(&format!("example.com rsa-sha2-512 {}", blob(RSA_E))).is_some());
+    }
+
+    fn check_host_in(content: &str, lookup: &HostKeyLookup, presented: &PublicKey) -> HostKeyCheck {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let file = write(directory.path(), "known_hosts", content);
+        check_host(&[file], lookup, presented, now()).expect("check")
+    }
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
+    }
+
+    #[test]
+    fn a_plain_host_entry_serves_another_port_when_nothing_is_filed_under_it() {
+        let on_2222 = HostKeyLookup::new("example.com", 2222, None);
+        assert_eq!(on_2222.port_less_name.as_deref(), Some("example.com"));
+        let found = check_host_in(
+            &format!("example.com {ED25519_A}\n"),
+            &on_2222,
+            &key(ED25519_A),
+        );
+        assert!(known_at(1)(&found.status), "{found:?}");
+        // A different key there is no change: ssh goes on as for an unknown host.
+        let other = check_host_in(
+            &format!("example.com {ED25519_B}\n"),
+            &on_2222,
+            &key(ED25519_A),
+        );
+        assert_eq!(other.status, HostKeyStatus::Unknown);
+        // Anything filed under [host]:port, of any type, and the plain entry is not consulted.
+        let filed = format!("[example.com]:2222 {ECDSA_256}\nexample.com {ED25519_A}\n");
+        assert_eq!(
+            check_host_in(&filed, &on_2222, &key(ED25519_A)).status,
+            HostKeyStatus::Unknown
+        );
+        // A revoked key stays refused there too.
+        let revoked = format!("@revoked example.com {ED25519_A}\n");
+        assert!(matches!(
+            check_host_in(&revoked, &on_2222, &key(ED25519_A)).status,
+            HostKeyStatus::Revoked { line: 1, .. }
+        ));
+        // With HostKeyAlias only the alias counts, and port 22 has nothing else to try.
+        let aliased = HostKeyLookup::new("example.com", 2222, Some("Box"));
+        assert_eq!(aliased.name, "box");
+        assert_eq!(aliased.port_less_name, None);
+        assert_eq!(
+            check_host_in(
+                &format!("example.com {ED25519_A}\n"),
+                &aliased,
+                &key(ED25519_A)
+            )
+            .status,
+            HostKeyStatus::Unknown
+        );
+        assert_eq!(
+            HostKeyLookup::new("example.com", 22, None).port_less_name,
+            None
+        );
+    }
+
+    /// A CA and a host key made by ssh-keygen, and host certificates signed with `options`.
+    struct Authority {
+        directory: tempfile::TempDir,
+    }
+
+    impl Authority {
+        fn new() -> Self {
+            let directory = tempfile::tempdir().expect("tempdir");
+            for name in ["ca", "other_ca", "host"] {
+                let output = Command::new(SSH_KEYGEN)
+                    .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                    .arg(directory.path().join(name))
+                    .output()
+                    .expect("run ssh-keygen");
+                assert!(output.status.success(), "{output:?}");
+            }
+            Authority { directory }
+        }
+
+        fn public(&self, name: &str) -> String {
+            fs::read_to_string(self.directory.path().join(format!("{name}.pub")))
+                .expect("read public key")
+                .trim()
+                .to_owned()
+        }
+
+        fn certificate(&self, ca: &str, options: &[&str]) -> PublicKey {
+            let output = Command::new(SSH_KEYGEN)
+                .args(["-q", "-I", "test", "-s"])
+                .arg(self.directory.path().join(ca))
+                .args(options)
+                .arg(self.directory.path().join("host.pub"))
+                .output()
+                .expect("run ssh-keygen -s");
+            assert!(output.status.success(), "{output:?}");
+            let text = fs::read_to_string(self.directory.path().join("host-cert.pub"))
+                .expect("read certificate");
+            let certificate = Certificate::from_openssh(text.trim()).expect("certificate parses");
+            PublicKey::new(KeyData::Certificate(Box::new(certificate)), "")
+        }
+    }
+
+    #[test]
+    fn host_certificates_are_judged_like_ssh() {
+        let authority = Authority::new();
+        let trusted = format!("@cert-authority *.example.com {}\n", authority.public("ca"));
+        let lookup = HostKeyLookup::new("gpu.example.com", 22, None);
+        let certified = |options: &[&str]| {
+            check_host_in(&trusted, &lookup, &authority.certificate("ca", options))
+        };
+        let valid = certified(&["-h", "-n", "gpu.example.com", "-V", "-5m:+5m"]);
+        assert_eq!(
+            valid.status,
+            HostKeyStatus::Certified {
+                file: valid_file(&valid),
+                line: 1
+            }
+        );
+        // No principals at all is accepted for a host, as ssh accepts it.
+        assert!(matches!(
+            certified(&["-h"]).status,
+            HostKeyStatus::Certified { .. }
+        ));
+        for (options, reason) in [
+            (
+                &["-h", "-n", "cpu.example.com"][..],
+                "is not issued for \"gpu.example.com\"",
+            ),
+            (&["-n", "gpu.example.com"][..], "is a user certificate"),
+            (&["-h", "-V", "-2h:-1h"][..], "has expired"),
+            (&["-h", "-V", "+1h:+2h"][..], "is not valid yet"),
+        ] {
+            let refused = certified(options);
+            // Its plain key is then judged, and is not on file.
+            assert_eq!(refused.status, HostKeyStatus::Unknown, "{options:?}");
+            let refusal = refused.certificate_refusal.unwrap_or_default();
+            assert!(refusal.contains(reason), "{options:?}: {refusal}");
+        }
+        // Another CA's certificate, with the plain key on file: judged as the plain key.
+        let plain_on_file = format!("{trusted}gpu.example.com {}\n", authority.public("host"));
+        let other = check_host_in(
+            &plain_on_file,
+            &lookup,
+            &authority.certificate("other_ca", &["-h"]),
+        );
+        assert!(known_at(2)(&other.status), "{other:?}");
+        assert_eq!(other.certificate_refusal, None);
+        // A revoked authority or host key refuses the certificate.
+        for revoked_name in ["ca", "host"] {
+            let content = format!("{trusted}@revoked * {}\n", authority.public(revoked_name));
+            assert!(matches!(
+                check_host_in(&content, &lookup, &authority.certificate("ca", &["-h"])).status,
+                HostKeyStatus::Revoked { line: 2, .. }
+            ));
+        }
+        // The authority filed for the host without its port serves another port.
+        let on_2222 = HostKeyLookup::new("gpu.example.com", 2222, None);
+        let by_host = check_host_in(&trusted, &on_2222, &authority.certificate("ca", &["-h"]));
+        assert!(matches!(by_host.status, HostKeyStatus::Certified { .. }));
+        // HostKeyAlias is the name a certificate must be issued for.
+        let aliased = HostKeyLookup::new("10.0.0.5", 22, Some("GPU.example.com"));
+        let by_alias = check_host_in(
+            &trusted,
+            &aliased,
+            &authority.certificate("ca", &["-h", "-n", "gpu.example.com"]),
+        );
+        assert!(matches!(by_alias.status, HostKeyStatus::Certified { .. }));
+    }
+
+    fn valid_file(checked: &HostKeyCheck) -> PathBuf {
+        match &checked.status {
+            HostKeyStatus::Certified { file, .. } => file.clone(),
+            other => panic!("not certified: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_certificate_whose_signature_does_not_verify_is_an_error() {
+        let authority = Authority::new();
+        let certificate = authority.certificate("ca", &["-h"]);
+        let KeyData::Certificate(certificate) = certificate.key_data() else {
+            panic!("not a certificate");
+        };
+        let mut blob = certificate.to_bytes().expect("encode");
+        // The signature is the last field; its last byte belongs to the signature proper.
+        let last = blob.len() - 1;
+        blob[last] ^= 0x01;
+        let forged = Certificate::from_bytes(&blob).expect("still parses");
+        let forged = PublicKey::new(KeyData::Certificate(Box::new(forged)), "");
+        let directory = tempfile::tempdir().expect("tempdir");
+        let file = write(
+            directory.path(),
+            "known_hosts",
+            &format!("@cert-authority * {}\n", authority.public("ca")),
+        );
+        let lookup = HostKeyLookup::new("gpu.example.com", 22, None);
+        let error = check_host(&[file], &lookup, &forged, now()).expect_err("forged");
+        assert_eq!(error.kind(), crate::ErrorKind::HostKey);
+        assert!(error.to_string().contains("does not verify"), "{error}");
     }
 
     #[test]
