@@ -242,6 +242,30 @@ fn encrypted_key_needs_an_agent_without_a_terminal() {
     );
     assert!(text.contains("no terminal"), "{text}");
 
+    // Under BatchMode yes, on a terminal or not, it is BatchMode that keeps xfer from asking.
+    sshd.append_client_config(
+        &config,
+        "locked-batch",
+        &[
+            &format!("IdentityFile {}", locked.display()),
+            "BatchMode yes",
+        ],
+    );
+    let mut command = xfer_without_terminal();
+    command
+        .args(["doctor", "-F"])
+        .arg(&config)
+        .arg("locked-batch");
+    let output = run_with_timeout(&mut command, LIMIT);
+    assert_eq!(output.status.code(), Some(7));
+    let text = stdout(&output);
+    assert!(
+        text.contains("BatchMode is yes, so xfer does not ask for its passphrase")
+            && !text.contains("no terminal"),
+        "{text}"
+    );
+    assert!(text.contains("BatchMode=no"), "{text}");
+
     // The same key through an agent works without any prompt.
     let agent = Agent::start();
     agent.add_with_passphrase(&locked, "correct horse");
@@ -352,18 +376,15 @@ fn unknown_host_key_policies() {
         "{problem}"
     );
     let hint = report["hints"][0].as_str().unwrap();
-    assert!(
-        hint.contains("xfer doctor -o StrictHostKeyChecking=accept-new strict"),
-        "{hint}"
+    let advice = format!(
+        "xfer doctor -o StrictHostKeyChecking=accept-new -F {} strict",
+        config.display()
     );
+    assert!(hint.ends_with(&advice), "{hint}");
     assert!(!empty.exists() || fs::read_to_string(&empty).unwrap().is_empty());
 
-    // The command the hint gives records a hashed entry, which OpenSSH then finds.
-    let output = doctor(
-        &config,
-        &["strict"],
-        &["-o", "StrictHostKeyChecking=accept-new"],
-    );
+    // The command the hint gives, pasted, records a hashed entry, which OpenSSH then finds.
+    let output = run_pasted(&format!("{advice} --json"));
     let report = assert_passed(&output);
     assert_eq!(report["host_key_summary"], "recorded");
     let recorded = fs::read_to_string(&empty).unwrap();
@@ -418,6 +439,7 @@ fn changed_host_key_is_refused_until_forgotten() {
     sshd.regenerate_host_key();
 
     // Even accept-new and no refuse a changed key.
+    let mut advice = String::new();
     for policy in ["yes", "accept-new", "no"] {
         let output = doctor(
             &config,
@@ -437,13 +459,16 @@ fn changed_host_key_is_refused_until_forgotten() {
             "{problem}"
         );
         let hint = report["hints"][0].as_str().unwrap();
-        assert!(hint.contains("xfer forget-host box"), "{hint}");
+        advice = format!(
+            "xfer forget-host -F {} -o StrictHostKeyChecking={policy} box",
+            config.display()
+        );
+        assert!(hint.ends_with(&advice), "{hint}");
     }
 
+    // The advice, pasted, forgets the key.
     let before = fs::read_to_string(sshd.known_hosts()).unwrap();
-    let mut command = xfer_command();
-    command.args(["forget-host", "-F"]).arg(&config).arg("box");
-    let output = run_with_timeout(&mut command, LIMIT);
+    let output = run_pasted(&advice);
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(
         stdout(&output).contains(&format!("removed 1 key(s) for [127.0.0.1]:{}", sshd.port())),
@@ -457,6 +482,18 @@ fn changed_host_key_is_refused_until_forgotten() {
             .unwrap()
             .contains(&format!("[127.0.0.1]:{}", sshd.port()))
     );
+    // Forgetting again finds nothing, says so and fails.
+    let output = run_pasted(&advice);
+    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains(&format!(
+            "nothing to forget: no keys for [127.0.0.1]:{} in {}",
+            sshd.port(),
+            sshd.known_hosts().display()
+        )),
+        "{}",
+        stderr(&output)
+    );
 
     let output = doctor(
         &config,
@@ -464,6 +501,27 @@ fn changed_host_key_is_refused_until_forgotten() {
         &["-o", "StrictHostKeyChecking=accept-new"],
     );
     assert_eq!(assert_passed(&output)["host_key_summary"], "recorded");
+}
+
+/// Runs a command xfer gave as advice through `sh -c`, as a person pasting it would, with the
+/// built xfer first on the PATH.
+fn run_pasted(command_text: &str) -> Output {
+    let template = xfer_command();
+    let binary = Path::new(template.get_program());
+    let directory = binary.parent().expect("the binary's directory");
+    let mut command = Command::new("sh");
+    command.arg("-c").arg(command_text);
+    for (key, value) in template.get_envs() {
+        match value {
+            Some(value) => command.env(key, value),
+            None => command.env_remove(key),
+        };
+    }
+    let path = std::env::var("PATH").unwrap_or_default();
+    command
+        .env("PATH", format!("{}:{path}", directory.display()))
+        .stdin(std::process::Stdio::null());
+    run_with_timeout(&mut command, LIMIT)
 }
 
 /// Whether OpenSSH's own client accepts the host (the same config, a command that does nothing),
@@ -578,6 +636,49 @@ fn host_key_alias_is_the_name_keys_are_found_recorded_and_forgotten_under() {
     );
     assert!(!found("box-c"));
     assert!(found(&format!("[127.0.0.1]:{}", first.port())));
+}
+
+#[test]
+fn advice_for_a_jump_host_carries_its_port_and_config_and_can_be_pasted() {
+    let jump = Sshd::start();
+    let target = Sshd::start();
+    target.authorize(&public_key_path(&jump.client_key()));
+    let config = target.write_client_config("inner", &[]);
+    // The jump host's block names no port: it comes with -J, and its key is not on file yet.
+    let fresh = jump.dir().join("jump_known_hosts");
+    fs::write(
+        &config,
+        fs::read_to_string(&config).unwrap()
+            + &format!(
+                "\nHost jumpbox\n    HostName 127.0.0.1\n    User {}\n    IdentityFile {}\n    \
+                 IdentitiesOnly yes\n    UserKnownHostsFile {}\n    StrictHostKeyChecking yes\n    \
+                 BatchMode yes\n",
+                jump.user(),
+                jump.client_key().display(),
+                fresh.display()
+            ),
+    )
+    .unwrap();
+    let jump_spec = format!("jumpbox:{}", jump.port());
+    let output = doctor(&config, &["inner"], &["-J", &jump_spec]);
+    assert_eq!(output.status.code(), Some(7));
+    let report = &reports(&output)[0];
+    let problem = report["problems"][0].as_str().unwrap();
+    assert!(
+        problem.contains("via jump host") && problem.contains("is not known"),
+        "{problem}"
+    );
+    // ssh reaches a jump host with -F and the hop's port only: so does the advice.
+    let hint = report["hints"][0].as_str().unwrap();
+    let advice = format!(
+        "xfer doctor -o StrictHostKeyChecking=accept-new -F {} -p {} jumpbox",
+        config.display(),
+        jump.port()
+    );
+    assert!(hint.ends_with(&advice), "{hint}");
+    let output = run_pasted(&format!("{advice} --json"));
+    assert_eq!(assert_passed(&output)["host_key_summary"], "recorded");
+    assert_passed(&doctor(&config, &["inner"], &["-J", &jump_spec]));
 }
 
 #[test]

@@ -207,9 +207,27 @@ pub struct HostConfig {
     /// `HostKeyAlias`, lowercased as ssh lowercases it: the name the host's keys are looked up,
     /// recorded and forgotten under, instead of the host name and port.
     pub host_key_alias: Option<String>,
+    /// The xfer arguments that reached this host, for advice to repeat: `-F` when one was
+    /// given, the `-p`, `-i`, `-J` and `-o` of the command line in their order, and the host
+    /// as given (`user@` included when the user came with it). See [`Self::advice`].
+    pub command_line: Vec<String>,
 }
 
 impl HostConfig {
+    /// A command a person can paste to act on this host: `xfer SUBCOMMAND`, the `first`
+    /// arguments (before the others, so that an `-o` there wins over the same option given
+    /// again, as for ssh), then [`Self::command_line`], each quoted for a POSIX shell.
+    pub fn advice(&self, subcommand: &str, first: &[&str]) -> String {
+        let mut words = vec!["xfer".to_string(), subcommand.to_string()];
+        words.extend(first.iter().map(|word| word.to_string()));
+        words.extend(self.command_line.iter().cloned());
+        words
+            .iter()
+            .map(|word| shell_word(word))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     /// The name known_hosts files hold this host's keys under, as ssh forms it.
     pub fn host_key_name(&self) -> String {
         crate::ssh::known_hosts::host_key_name(
@@ -261,7 +279,9 @@ pub fn resolve_with_system_config(
         ConfigSource::File(path) if is_none_path(path) => Input::Nothing,
         ConfigSource::File(path) => Input::File(path),
     };
-    Resolver::new(host, local)?.run(overrides, &input)
+    let mut config = Resolver::new(host, local)?.run(overrides, &input)?;
+    config.command_line = command_line(Some(source), overrides, host);
+    Ok(config)
 }
 
 /// Resolves `host` from configuration text held in memory, read as a `-F` file called `name`
@@ -273,7 +293,53 @@ pub fn resolve_from_text(
     text: &str,
     local: &LocalContext,
 ) -> Result<HostConfig> {
-    Resolver::new(host, local)?.run(overrides, &Input::Text { name, text })
+    let mut config = Resolver::new(host, local)?.run(overrides, &Input::Text { name, text })?;
+    config.command_line = command_line(None, overrides, host);
+    Ok(config)
+}
+
+/// The arguments that give `xfer` this source, these overrides and this host.
+fn command_line(source: Option<&ConfigSource>, overrides: &Overrides, host: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    if let Some(ConfigSource::File(path)) = source {
+        words.push("-F".to_string());
+        words.push(path.display().to_string());
+    }
+    for argument in &overrides.arguments {
+        let (flag, value) = match argument {
+            CommandLineArgument::Port(value) => ("-p", value),
+            CommandLineArgument::Identity(value) => ("-i", value),
+            CommandLineArgument::Jump(value) => ("-J", value),
+            CommandLineArgument::Option(value) => ("-o", value),
+        };
+        words.push(flag.to_string());
+        words.push(value.clone());
+    }
+    // As xfer's own host arguments are written: IPv6 addresses in brackets.
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    words.push(match &overrides.user {
+        Some(user) => format!("{user}@{host}"),
+        None => host,
+    });
+    words
+}
+
+/// `word` as a POSIX shell reads it back: as it is when it holds nothing the shell would
+/// interpret, else in single quotes.
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || b"@%+=:,./_-".contains(&byte));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
 }
 
 /// Parses a `-J` argument: `[user@]host[:port]`, `ssh://[user@]host[:port]` and `[v6addr]:port`
@@ -1377,6 +1443,7 @@ impl<'a> Resolver<'a> {
             hash_known_hosts: options.hash_known_hosts.unwrap_or(false),
             tcp_keepalive: options.tcp_keepalive.unwrap_or(true),
             host_key_alias: key_alias,
+            command_line: Vec::new(),
         })
     }
 }
@@ -3020,6 +3087,38 @@ mod tests {
             .expect("resolves");
         assert!(none_first.proxy_jump.is_empty());
         assert_eq!(none_first.proxy_command.as_deref(), Some("nc"));
+    }
+
+    #[test]
+    fn advice_repeats_what_reached_the_host_quoted_for_a_shell() {
+        let overrides = Overrides {
+            user: Some("ann".to_string()),
+            arguments: vec![
+                CommandLineArgument::Port("2042".into()),
+                CommandLineArgument::Option("BatchMode yes".into()),
+                CommandLineArgument::Identity("~/keys/it's".into()),
+                CommandLineArgument::Jump("bastion:2200".into()),
+            ],
+        };
+        let source = ConfigSource::File(PathBuf::from("/etc/xfer test/config"));
+        let config = resolve(
+            "::1",
+            &overrides,
+            &ConfigSource::File(PathBuf::from("none")),
+            &fake_local(),
+        )
+        .expect("resolves");
+        assert_eq!(
+            config.advice("forget-host", &[]),
+            "xfer forget-host -F none -p 2042 -o 'BatchMode yes' -i '~/keys/it'\\''s' -J bastion:2200 'ann@[::1]'"
+        );
+        let words = command_line(Some(&source), &Overrides::default(), "web");
+        assert_eq!(words, ["-F", "/etc/xfer test/config", "web"]);
+        let config = from_text("web", "").expect("resolves");
+        assert_eq!(
+            config.advice("doctor", &["-o", "StrictHostKeyChecking=accept-new"]),
+            "xfer doctor -o StrictHostKeyChecking=accept-new web"
+        );
     }
 
     #[test]

@@ -715,7 +715,8 @@ pub fn verify_host_key(
     let key = plain_key(presented);
     let fingerprint = known_hosts::fingerprint(&key);
     let key_type = key.algorithm().as_str().to_string();
-    let forget = format!("xfer forget-host {}", config.original_host);
+    // Advice repeats the -F, -p, -i, -J and -o that reached this host, so it can be pasted.
+    let forget = config.advice("forget-host", &[]);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_secs());
@@ -777,8 +778,8 @@ pub fn verify_host_key(
                 }
             };
             let accept_hint = format!(
-                "if {fingerprint} is the key you expect, record it with: xfer doctor -o StrictHostKeyChecking=accept-new {}",
-                config.original_host
+                "if {fingerprint} is the key you expect, record it with: {}",
+                config.advice("doctor", &["-o", "StrictHostKeyChecking=accept-new"])
             );
             match config.strict_host_key_checking {
                 StrictHostKeyChecking::AcceptNew | StrictHostKeyChecking::No => record(record_file),
@@ -788,8 +789,13 @@ pub fn verify_host_key(
                 .with_hint(accept_hint)),
                 StrictHostKeyChecking::Ask => {
                     if interaction == Interaction::Batch {
+                        let why = if config.batch_mode {
+                            "BatchMode is yes, so xfer does not ask"
+                        } else {
+                            "there is no terminal to confirm it"
+                        };
                         return Err(Error::host_key(format!(
-                            "{label}: host key for {name} is not known ({key_type} {fingerprint}) and there is no terminal to confirm it{certificate_note}"
+                            "{label}: host key for {name} is not known ({key_type} {fingerprint}) and {why}{certificate_note}"
                         ))
                         .with_hint(accept_hint));
                     }
