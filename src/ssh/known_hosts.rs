@@ -234,6 +234,12 @@ pub struct HostKeyCheck {
 /// CASignatureAlgorithms allows. When no authority accepts it, its plain key is judged like
 /// any other, as ssh does. A certificate whose authority's signature does not verify is an
 /// error: ssh refuses such a key before it looks anything up.
+///
+/// Where this is stricter than ssh: a key `@revoked` under the port-less name is refused (ssh
+/// goes on as for an unknown host); and for a certificate no authority under `name` signed,
+/// ssh tries the port-less name (plain key included) before the plain key under `name`, so a
+/// different key under `name` with the right one under the port-less name is accepted by ssh
+/// and counts as changed here. `CASignatureAlgorithms` is not read: ssh's default list applies.
 pub fn check_host(
     files: &[PathBuf],
     lookup: &HostKeyLookup,
