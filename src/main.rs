@@ -3,7 +3,6 @@
 
 mod cli;
 
-use clap::Parser;
 use cli::args::{Cli, Command, SecretCommand};
 use cli::output::errln;
 use cli::settings::Verbosity;
@@ -12,7 +11,7 @@ use xfer::engine::plan::Direction;
 use xfer::target::{printable, printable_lines};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_in_order();
     if let Command::Agent(args) = &cli.command {
         // Its stdout is the protocol: no logging setup, no messages.
         return ExitCode::from(xfer::agent::server::run_stdio(args.protocol_max) as u8);

@@ -16,11 +16,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use xfer::ssh::config::{
-    ConfigSource, HostConfig, JumpHost, LocalContext, Overrides, StrictHostKeyChecking, resolve,
+    CommandLineArgument, ConfigSource, HostConfig, JumpHost, LocalContext, Overrides,
+    StrictHostKeyChecking, resolve,
 };
 
 /// The fields compared, by ssh -G's names.
-const FIELDS: [&str; 20] = [
+const FIELDS: [&str; 21] = [
     "host",
     "hostname",
     "port",
@@ -41,6 +42,7 @@ const FIELDS: [&str; 20] = [
     "hashknownhosts",
     "tcpkeepalive",
     "identityfile_are_defaults_consistent",
+    "hostkeyalias",
 ];
 
 /// One scenario: a main configuration, extra files, and a command line.
@@ -51,12 +53,11 @@ struct Case {
     /// Extra files relative to the case directory.
     files: Vec<(&'static str, &'static str)>,
     host: &'static str,
-    options: Vec<&'static str>,
-    port: Option<u16>,
+    /// `-o`, `-p`, `-i` and `-J` in command-line order, given to ssh in that order; `-i` files
+    /// are created (empty) so that ssh accepts them.
+    arguments: Vec<CommandLineArgument>,
+    /// `-l` for ssh, given after the arguments; `user@host` for xfer.
     user: Option<&'static str>,
-    /// `-i` arguments; these files are created (empty) so that ssh accepts them.
-    identity_files: Vec<&'static str>,
-    jump: Option<&'static str>,
 }
 
 fn case(name: &'static str, host: &'static str, config: &'static str) -> Case {
@@ -74,11 +75,13 @@ impl Case {
         self
     }
     fn option(mut self, option: &'static str) -> Self {
-        self.options.push(option);
+        self.arguments
+            .push(CommandLineArgument::Option(option.to_string()));
         self
     }
-    fn port(mut self, port: u16) -> Self {
-        self.port = Some(port);
+    fn port(mut self, port: &'static str) -> Self {
+        self.arguments
+            .push(CommandLineArgument::Port(port.to_string()));
         self
     }
     fn user(mut self, user: &'static str) -> Self {
@@ -86,11 +89,13 @@ impl Case {
         self
     }
     fn identity(mut self, path: &'static str) -> Self {
-        self.identity_files.push(path);
+        self.arguments
+            .push(CommandLineArgument::Identity(path.to_string()));
         self
     }
     fn jump(mut self, spec: &'static str) -> Self {
-        self.jump = Some(spec);
+        self.arguments
+            .push(CommandLineArgument::Jump(spec.to_string()));
         self
     }
 }
@@ -185,6 +190,46 @@ fn cases() -> Vec<Case> {
         .file("inc/.hidden.conf", "Port 1\n")
         .file("inc/a.conf", "Port 2\n")
         .file("inc/quser", "User from-bracket\n"),
+        case(
+            "include glob with [^a]: ^ is a member, not a negation",
+            "x",
+            "Include {dir}/inc/[^a]*.conf\n",
+        )
+        .file("inc/a.conf", "Port 1001\n")
+        .file("inc/b.conf", "User from-b\n")
+        .file("inc/^.conf", "Host x\n  HostName caret\n"),
+        case(
+            "include glob with [!a] negates",
+            "x",
+            "Include {dir}/inc/[!a]*.conf\n",
+        )
+        .file("inc/a.conf", "Port 1001\n")
+        .file("inc/b.conf", "User from-b\n")
+        .file("inc/^.conf", "Host x\n  HostName caret\n"),
+        case(
+            "include glob with ] first in a set, a class, a range and an escaped star",
+            "x",
+            "Include {dir}/inc/[]x]1 {dir}/inc/[[:digit:]]2 {dir}/inc/[c-e]3 {dir}/inc/\\*4\n",
+        )
+        .file("inc/]1", "Port 1101\n")
+        .file("inc/72", "User from-class\n")
+        .file("inc/d3", "HostName from-range\n")
+        .file("inc/*4", "ConnectTimeout 44\n")
+        .file("inc/x4", "ConnectTimeout 45\n"),
+        case(
+            "include glob with an unknown class matches nothing",
+            "x",
+            "Include {dir}/inc/[[:nope:]]*\n",
+        )
+        .file("inc/a", "Port 1201\n"),
+        case(
+            "include glob over directories",
+            "x",
+            "Include {dir}/d*/*.conf\n",
+        )
+        .file("d1/a.conf", "Port 1301\n")
+        .file("d2/b.conf", "User from-d2\n")
+        .file("dfile", "Port 1\n"),
         case(
             "Match host tests the HostName",
             "web",
@@ -466,7 +511,7 @@ fn cases() -> Vec<Case> {
             "web",
             "Host web\n  Port 1\n  User cfg\n",
         )
-        .port(2500)
+        .port("2500")
         .user("cli"),
         case(
             "several -o options override configuration",
@@ -484,7 +529,7 @@ fn cases() -> Vec<Case> {
             "Host web\n  Port 1\n",
         )
         .option("Port 2502")
-        .port(2503),
+        .port("2503"),
         case(
             "-i comes before configured identities",
             "web",
@@ -510,6 +555,61 @@ fn cases() -> Vec<Case> {
             "Host web\n  ProxyJump bastion\n",
         )
         .option("ProxyCommand=connect %h %p"),
+        case(
+            "HostKeyAlias is lowercased",
+            "web",
+            "Host web\n  HostKeyAlias Box-A.Example\n",
+        ),
+        case(
+            "HostKeyAlias takes its first value",
+            "web",
+            "HostKeyAlias first\nHostKeyAlias second\n",
+        ),
+        case("-p before -o Port: -p wins", "web", "Host web\n  Port 1\n")
+            .port("2042")
+            .option("Port=2041"),
+        case("-o Port before -p: -o wins", "web", "Host web\n  Port 1\n")
+            .option("Port=2041")
+            .port("2042"),
+        case("two -p: the first wins", "web", "")
+            .port("2043")
+            .port("2044"),
+        case("-p with a service name", "web", "").port("ssh"),
+        case("a bad -p after -o Port is ignored", "web", "")
+            .option("Port=2045")
+            .port("0"),
+        case("a bad first -p is refused", "web", "").port("0"),
+        case(
+            "-i, -o IdentityFile and -i accumulate in order",
+            "web",
+            "IdentityFile ~/.ssh/configured\n",
+        )
+        .identity("{dir}/id_first")
+        .option("IdentityFile=/keys/from-o")
+        .identity("{dir}/id_second"),
+        case("-J then -o ProxyCommand: -J wins", "web", "")
+            .jump("bastion:2200")
+            .option("ProxyCommand=nc %h %p"),
+        case("-o ProxyCommand then -J is refused", "web", "")
+            .option("ProxyCommand=nc %h %p")
+            .jump("bastion"),
+        case("-J then -o ProxyJump: -J wins", "web", "")
+            .jump("first")
+            .option("ProxyJump=second"),
+        case("-o ProxyJump then -J is refused", "web", "")
+            .option("ProxyJump=second")
+            .jump("first"),
+        case("-J none then -o ProxyCommand", "web", "ProxyJump bastion\n")
+            .jump("none")
+            .option("ProxyCommand=nc %h %p"),
+        case("two -J are refused", "web", "").jump("a").jump("b"),
+        case(
+            "-o User before -l: -o wins",
+            "web",
+            "Host web\n  User cfg\n",
+        )
+        .option("User=from-o")
+        .user("from-l"),
         // Both must refuse these.
         case("bad port is refused", "x", "Port abc\n"),
         case(
@@ -549,6 +649,66 @@ fn cases() -> Vec<Case> {
         ),
         case("Include on the command line is refused", "x", "").option("Include /etc/passwd"),
         case("-J with shell metacharacters is refused", "x", "").jump("a;b"),
+        case(
+            "a mistyped Host keyword is refused",
+            "other",
+            "Port 5\nHots gpu\n  Port 2222\n",
+        ),
+        case(
+            "an unknown keyword in a block that does not apply is refused",
+            "x",
+            "Host nothing\n  Frobnicate yes\n",
+        ),
+        case(
+            "a byte order mark before the first keyword is refused",
+            "x",
+            "\u{feff}Host x\n  Port 5\n",
+        ),
+        case(
+            "a keyword without an argument is refused",
+            "x",
+            "Compression\n",
+        ),
+        case(
+            "IgnoreUnknown after the unknown keyword is too late",
+            "x",
+            "UseKeychain yes\nIgnoreUnknown UseKeychain\n",
+        ),
+        case(
+            "IgnoreUnknown in a block that does not apply is not set",
+            "x",
+            "Host other\n  IgnoreUnknown UseKeychain\nHost *\n  UseKeychain yes\n",
+        ),
+        case(
+            "IgnoreUnknown takes its first value",
+            "x",
+            "IgnoreUnknown Other\nIgnoreUnknown UseKeychain\nUseKeychain yes\n",
+        ),
+        case(
+            "IgnoreUnknown with a pattern list skips what it lists",
+            "x",
+            "IgnoreUnknown usekeychain,Xfer*\nUseKeychain yes\nXferThing 1\nPort 2901\n",
+        ),
+        case(
+            "deprecated, unsupported and Debian keywords are accepted",
+            "x",
+            "Protocol 2\nCipher blowfish\nUseRoaming no\nRSAAuthentication no\nCompressionLevel 6\nGSSAPIKeyExchange yes\nGSSAPITrustDNS no\nUseBlacklistedKeys no\nSetupTimeOut 7\nPort 2902\n",
+        ),
+        case("an unknown -o keyword is refused", "x", "").option("Hots=x"),
+        case(
+            "-o IgnoreUnknown lets a later -o through",
+            "x",
+            "UseKeychain yes\n",
+        )
+        .option("IgnoreUnknown=UseKeychain")
+        .option("UseKeychain=yes"),
+        case(
+            "-o IgnoreUnknown after the -o it should skip is too late",
+            "x",
+            "",
+        )
+        .option("UseKeychain=yes")
+        .option("IgnoreUnknown=UseKeychain"),
         case(
             "too deep includes are refused",
             "x",
@@ -768,6 +928,10 @@ fn normalize_xfer(config: &HostConfig) -> BTreeMap<&'static str, String> {
                 .unwrap_or_else(|| "(unset)".to_string()),
             "hashknownhosts" => yes_no(config.hash_known_hosts),
             "tcpkeepalive" => yes_no(config.tcp_keepalive),
+            "hostkeyalias" => config
+                .host_key_alias
+                .clone()
+                .unwrap_or_else(|| "(unset)".to_string()),
             // ssh prints defaults only when nothing was given; xfer must say so too.
             "identityfile_are_defaults_consistent" => {
                 let defaults = config.identity_files_are_defaults;
@@ -814,31 +978,32 @@ fn run_case(case: &Case, root: &Path, index: usize, local: &LocalContext) -> Res
             &fill(contents, &directory, local),
         );
     }
-    let identity_files: Vec<String> = case
-        .identity_files
+    let arguments: Vec<CommandLineArgument> = case
+        .arguments
         .iter()
-        .map(|path| fill(path, &directory, local))
+        .map(|argument| match argument {
+            CommandLineArgument::Identity(path) => {
+                let path = fill(path, &directory, local);
+                write_file(Path::new(&path), "");
+                CommandLineArgument::Identity(path)
+            }
+            other => other.clone(),
+        })
         .collect();
-    for path in &identity_files {
-        write_file(Path::new(path), "");
-    }
 
     let mut command = Command::new(ssh_binary());
     command.arg("-G").arg("-F").arg(&config_path);
-    for option in &case.options {
-        command.arg("-o").arg(option);
-    }
-    if let Some(port) = case.port {
-        command.arg("-p").arg(port.to_string());
+    for argument in &arguments {
+        let (flag, value) = match argument {
+            CommandLineArgument::Option(value) => ("-o", value),
+            CommandLineArgument::Port(value) => ("-p", value),
+            CommandLineArgument::Identity(value) => ("-i", value),
+            CommandLineArgument::Jump(value) => ("-J", value),
+        };
+        command.arg(flag).arg(value);
     }
     if let Some(user) = case.user {
         command.arg("-l").arg(user);
-    }
-    for path in &identity_files {
-        command.arg("-i").arg(path);
-    }
-    if let Some(jump) = case.jump {
-        command.arg("-J").arg(jump);
     }
     command.arg(case.host);
     let output = command
@@ -847,14 +1012,7 @@ fn run_case(case: &Case, root: &Path, index: usize, local: &LocalContext) -> Res
 
     let overrides = Overrides {
         user: case.user.map(str::to_string),
-        port: case.port,
-        identity_files: identity_files.clone(),
-        proxy_jump: case.jump.map(str::to_string),
-        options: case
-            .options
-            .iter()
-            .map(|option| option.to_string())
-            .collect(),
+        arguments,
     };
     let resolved = resolve(
         case.host,
@@ -944,6 +1102,49 @@ fn resolution_matches_ssh_dash_g() {
         failures.join("\n\n")
     );
     eprintln!("{} cases match ssh -G", cases.len());
+}
+
+/// Every keyword xfer's list says ssh knows is known to the installed ssh (it may refuse the value
+/// given here, but not the keyword), and a few near misses are refused by both.
+#[test]
+fn keyword_list_matches_ssh() {
+    let bad_option = |keyword: &str| -> bool {
+        let output = Command::new(ssh_binary())
+            .args(["-G", "-F", "/dev/null", "-o"])
+            .arg(format!("{keyword}=1"))
+            .arg("host")
+            .output()
+            .unwrap_or_else(|error| panic!("cannot run {}: {error}", ssh_binary()));
+        String::from_utf8_lossy(&output.stderr).contains("Bad configuration option")
+    };
+    let unknown_to_ssh: Vec<&str> = xfer::ssh::config::SSH_KEYWORDS
+        .iter()
+        .copied()
+        .filter(|keyword| bad_option(keyword))
+        .collect();
+    assert!(
+        unknown_to_ssh.is_empty(),
+        "ssh does not know these listed keywords: {unknown_to_ssh:?}"
+    );
+    let local = LocalContext::current().expect("local user");
+    let none = ConfigSource::File(PathBuf::from("none"));
+    for near_miss in [
+        "hots",
+        "usekeychain",
+        "hostkeyalgorithm",
+        "identityfiles",
+        "portt",
+    ] {
+        assert!(bad_option(near_miss), "ssh knows {near_miss}");
+        let overrides = Overrides {
+            arguments: vec![CommandLineArgument::Option(format!("{near_miss}=1"))],
+            ..Overrides::default()
+        };
+        assert!(
+            resolve("host", &overrides, &none, &local).is_err(),
+            "xfer accepts {near_miss}"
+        );
+    }
 }
 
 /// The default sources: the user's `~/.ssh/config` (if any) and `/etc/ssh/ssh_config`, whose

@@ -242,6 +242,30 @@ fn encrypted_key_needs_an_agent_without_a_terminal() {
     );
     assert!(text.contains("no terminal"), "{text}");
 
+    // Under BatchMode yes, on a terminal or not, it is BatchMode that keeps xfer from asking.
+    sshd.append_client_config(
+        &config,
+        "locked-batch",
+        &[
+            &format!("IdentityFile {}", locked.display()),
+            "BatchMode yes",
+        ],
+    );
+    let mut command = xfer_without_terminal();
+    command
+        .args(["doctor", "-F"])
+        .arg(&config)
+        .arg("locked-batch");
+    let output = run_with_timeout(&mut command, LIMIT);
+    assert_eq!(output.status.code(), Some(7));
+    let text = stdout(&output);
+    assert!(
+        text.contains("BatchMode is yes, so xfer does not ask for its passphrase")
+            && !text.contains("no terminal"),
+        "{text}"
+    );
+    assert!(text.contains("BatchMode=no"), "{text}");
+
     // The same key through an agent works without any prompt.
     let agent = Agent::start();
     agent.add_with_passphrase(&locked, "correct horse");
@@ -352,18 +376,15 @@ fn unknown_host_key_policies() {
         "{problem}"
     );
     let hint = report["hints"][0].as_str().unwrap();
-    assert!(
-        hint.contains("xfer doctor -o StrictHostKeyChecking=accept-new strict"),
-        "{hint}"
+    let advice = format!(
+        "xfer doctor -o StrictHostKeyChecking=accept-new -F {} strict",
+        config.display()
     );
+    assert!(hint.ends_with(&advice), "{hint}");
     assert!(!empty.exists() || fs::read_to_string(&empty).unwrap().is_empty());
 
-    // The command the hint gives records a hashed entry, which OpenSSH then finds.
-    let output = doctor(
-        &config,
-        &["strict"],
-        &["-o", "StrictHostKeyChecking=accept-new"],
-    );
+    // The command the hint gives, pasted, records a hashed entry, which OpenSSH then finds.
+    let output = run_pasted(&format!("{advice} --json"));
     let report = assert_passed(&output);
     assert_eq!(report["host_key_summary"], "recorded");
     let recorded = fs::read_to_string(&empty).unwrap();
@@ -418,6 +439,7 @@ fn changed_host_key_is_refused_until_forgotten() {
     sshd.regenerate_host_key();
 
     // Even accept-new and no refuse a changed key.
+    let mut advice = String::new();
     for policy in ["yes", "accept-new", "no"] {
         let output = doctor(
             &config,
@@ -437,13 +459,16 @@ fn changed_host_key_is_refused_until_forgotten() {
             "{problem}"
         );
         let hint = report["hints"][0].as_str().unwrap();
-        assert!(hint.contains("xfer forget-host box"), "{hint}");
+        advice = format!(
+            "xfer forget-host -F {} -o StrictHostKeyChecking={policy} box",
+            config.display()
+        );
+        assert!(hint.ends_with(&advice), "{hint}");
     }
 
+    // The advice, pasted, forgets the key.
     let before = fs::read_to_string(sshd.known_hosts()).unwrap();
-    let mut command = xfer_command();
-    command.args(["forget-host", "-F"]).arg(&config).arg("box");
-    let output = run_with_timeout(&mut command, LIMIT);
+    let output = run_pasted(&advice);
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(
         stdout(&output).contains(&format!("removed 1 key(s) for [127.0.0.1]:{}", sshd.port())),
@@ -457,6 +482,18 @@ fn changed_host_key_is_refused_until_forgotten() {
             .unwrap()
             .contains(&format!("[127.0.0.1]:{}", sshd.port()))
     );
+    // Forgetting again finds nothing, says so and fails.
+    let output = run_pasted(&advice);
+    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains(&format!(
+            "nothing to forget: no keys for [127.0.0.1]:{} in {}",
+            sshd.port(),
+            sshd.known_hosts().display()
+        )),
+        "{}",
+        stderr(&output)
+    );
 
     let output = doctor(
         &config,
@@ -464,6 +501,292 @@ fn changed_host_key_is_refused_until_forgotten() {
         &["-o", "StrictHostKeyChecking=accept-new"],
     );
     assert_eq!(assert_passed(&output)["host_key_summary"], "recorded");
+}
+
+/// Runs a command xfer gave as advice through `sh -c`, as a person pasting it would, with the
+/// built xfer first on the PATH.
+fn run_pasted(command_text: &str) -> Output {
+    let template = xfer_command();
+    let binary = Path::new(template.get_program());
+    let directory = binary.parent().expect("the binary's directory");
+    let mut command = Command::new("sh");
+    command.arg("-c").arg(command_text);
+    for (key, value) in template.get_envs() {
+        match value {
+            Some(value) => command.env(key, value),
+            None => command.env_remove(key),
+        };
+    }
+    let path = std::env::var("PATH").unwrap_or_default();
+    command
+        .env("PATH", format!("{}:{path}", directory.display()))
+        .stdin(std::process::Stdio::null());
+    run_with_timeout(&mut command, LIMIT)
+}
+
+/// Whether OpenSSH's own client accepts the host (the same config, a command that does nothing),
+/// to hold xfer's host key decisions against.
+fn ssh_accepts(config: &Path, alias: &str) -> bool {
+    let mut command = Command::new("ssh");
+    command
+        .arg("-F")
+        .arg(config)
+        .args(["-o", "ConnectTimeout=10", alias, "true"])
+        .stdin(std::process::Stdio::null());
+    run_with_timeout(&mut command, LIMIT).status.success()
+}
+
+#[test]
+fn host_key_alias_is_the_name_keys_are_found_recorded_and_forgotten_under() {
+    let first = Sshd::start();
+    let second = Sshd::start();
+    // Two boxes reached at one address are told apart by HostKeyAlias: the file holds each key
+    // under its alias, and under the first box's address and port the key of the second.
+    let known = first.dir().join("alias_known_hosts");
+    fs::write(
+        &known,
+        format!(
+            "box-a {}\nbox-b {}\n[127.0.0.1]:{} {}\n",
+            first.host_public_key(),
+            second.host_public_key(),
+            first.port(),
+            second.host_public_key()
+        ),
+    )
+    .unwrap();
+    let known_line = format!("UserKnownHostsFile {}", known.display());
+    let config = first.write_client_config("box-a", &["HostKeyAlias Box-A", &known_line]);
+    second.append_client_config(&config, "box-b", &["HostKeyAlias box-b", &known_line]);
+    first.append_client_config(&config, "plain-a", &[&known_line]);
+    for alias in ["box-a", "box-b"] {
+        let report = assert_passed(&doctor(&config, &[alias], &[]));
+        assert_eq!(report["host_key_summary"], "known", "{alias}");
+        assert!(ssh_accepts(&config, alias), "ssh refuses {alias}");
+    }
+    // Without the alias, the address's entry is what counts, for ssh as for xfer.
+    let output = doctor(&config, &["plain-a"], &[]);
+    assert_eq!(output.status.code(), Some(7));
+    let problem = reports(&output)[0]["problems"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(problem.contains("HOST KEY CHANGED"), "{problem}");
+    assert!(!ssh_accepts(&config, "plain-a"));
+
+    // With an alias, a key filed only under [host]:port is not known.
+    let by_port = first.dir().join("port_known_hosts");
+    fs::write(
+        &by_port,
+        first.known_hosts_line("127.0.0.1", first.port()) + "\n",
+    )
+    .unwrap();
+    first.append_client_config(
+        &config,
+        "box-c",
+        &[
+            "HostKeyAlias box-c",
+            &format!("UserKnownHostsFile {}", by_port.display()),
+        ],
+    );
+    let output = doctor(&config, &["box-c"], &[]);
+    assert_eq!(output.status.code(), Some(7));
+    let problem = reports(&output)[0]["problems"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        problem.contains("host key for box-c is not known"),
+        "{problem}"
+    );
+    assert!(!ssh_accepts(&config, "box-c"));
+
+    // accept-new records the key under the alias, where ssh then finds it.
+    let output = doctor(
+        &config,
+        &["box-c"],
+        &["-o", "StrictHostKeyChecking=accept-new"],
+    );
+    assert_eq!(assert_passed(&output)["host_key_summary"], "recorded");
+    let found = |name: &str| {
+        Command::new("ssh-keygen")
+            .arg("-F")
+            .arg(name)
+            .arg("-f")
+            .arg(&by_port)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(found("box-c"));
+    assert!(ssh_accepts(&config, "box-c"));
+
+    // forget-host removes the alias's entry and leaves the address's.
+    let mut command = xfer_command();
+    command
+        .args(["forget-host", "-F"])
+        .arg(&config)
+        .arg("box-c");
+    let output = run_with_timeout(&mut command, LIMIT);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("removed 1 key(s) for box-c"),
+        "{}",
+        stdout(&output)
+    );
+    assert!(!found("box-c"));
+    assert!(found(&format!("[127.0.0.1]:{}", first.port())));
+}
+
+#[test]
+fn advice_for_a_jump_host_carries_its_port_and_config_and_can_be_pasted() {
+    let jump = Sshd::start();
+    let target = Sshd::start();
+    target.authorize(&public_key_path(&jump.client_key()));
+    let config = target.write_client_config("inner", &[]);
+    // The jump host's block names no port: it comes with -J, and its key is not on file yet.
+    let fresh = jump.dir().join("jump_known_hosts");
+    fs::write(
+        &config,
+        fs::read_to_string(&config).unwrap()
+            + &format!(
+                "\nHost jumpbox\n    HostName 127.0.0.1\n    User {}\n    IdentityFile {}\n    \
+                 IdentitiesOnly yes\n    UserKnownHostsFile {}\n    StrictHostKeyChecking yes\n    \
+                 BatchMode yes\n",
+                jump.user(),
+                jump.client_key().display(),
+                fresh.display()
+            ),
+    )
+    .unwrap();
+    let jump_spec = format!("jumpbox:{}", jump.port());
+    let output = doctor(&config, &["inner"], &["-J", &jump_spec]);
+    assert_eq!(output.status.code(), Some(7));
+    let report = &reports(&output)[0];
+    let problem = report["problems"][0].as_str().unwrap();
+    assert!(
+        problem.contains("via jump host") && problem.contains("is not known"),
+        "{problem}"
+    );
+    // ssh reaches a jump host with -F and the hop's port only: so does the advice.
+    let hint = report["hints"][0].as_str().unwrap();
+    let advice = format!(
+        "xfer doctor -o StrictHostKeyChecking=accept-new -F {} -p {} jumpbox",
+        config.display(),
+        jump.port()
+    );
+    assert!(hint.ends_with(&advice), "{hint}");
+    let output = run_pasted(&format!("{advice} --json"));
+    assert_eq!(assert_passed(&output)["host_key_summary"], "recorded");
+    assert_passed(&doctor(&config, &["inner"], &["-J", &jump_spec]));
+}
+
+#[test]
+fn a_plain_host_entry_is_found_for_another_port_as_ssh_finds_it() {
+    let sshd = Sshd::start();
+    // Filed under the address alone, as `ssh-keyscan 127.0.0.1` or an old port-22 entry would.
+    let known = sshd.dir().join("portless_known_hosts");
+    fs::write(&known, sshd.known_hosts_line("127.0.0.1", 22) + "\n").unwrap();
+    let config = sshd.write_client_config(
+        "portless",
+        &[&format!("UserKnownHostsFile {}", known.display())],
+    );
+    let report = assert_passed(&doctor(&config, &["portless"], &[]));
+    assert_eq!(report["host_key_summary"], "known");
+    assert!(ssh_accepts(&config, "portless"));
+
+    // Another key there is not a changed key: the host is new, as for ssh.
+    let other = keygen(sshd.dir(), "other_host_key", "ed25519", None);
+    let other_key = fs::read_to_string(public_key_path(&other)).unwrap();
+    fs::write(&known, format!("127.0.0.1 {}", other_key)).unwrap();
+    let output = doctor(&config, &["portless"], &[]);
+    assert_eq!(output.status.code(), Some(7));
+    let problem = reports(&output)[0]["problems"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        problem.contains(&format!(
+            "host key for [127.0.0.1]:{} is not known",
+            sshd.port()
+        )),
+        "{problem}"
+    );
+    assert!(!ssh_accepts(&config, "portless"));
+    let output = doctor(
+        &config,
+        &["portless"],
+        &["-o", "StrictHostKeyChecking=accept-new"],
+    );
+    assert_eq!(assert_passed(&output)["host_key_summary"], "recorded");
+    assert!(ssh_accepts(&config, "portless"));
+}
+
+#[test]
+fn a_host_certificate_from_a_listed_authority_is_accepted_as_ssh_accepts_it() {
+    let work = tempfile::tempdir().unwrap();
+    let ca = keygen(work.path(), "host_ca", "ed25519", None);
+    let other_ca = keygen(work.path(), "other_ca", "ed25519", None);
+    let sshd = Sshd::builder()
+        .host_certificate(&ca, &["-n", "gpu.example.com,127.0.0.1", "-V", "-5m:+1h"])
+        .start();
+    let authority = |ca_key: &Path, pattern: &str| {
+        let public = fs::read_to_string(public_key_path(ca_key)).unwrap();
+        format!("@cert-authority {pattern} {}", public.trim())
+    };
+    let write_known = |name: &str, lines: &[String]| {
+        let path = sshd.dir().join(name);
+        fs::write(&path, lines.join("\n") + "\n").unwrap();
+        format!("UserKnownHostsFile {}", path.display())
+    };
+    // Only the authority is on file, for *.example.com: the alias names the host.
+    let by_alias = write_known("ca_alias", &[authority(&ca, "*.example.com")]);
+    let config = sshd.write_client_config("gpu", &["HostKeyAlias gpu.example.com", &by_alias]);
+    // For the address without its port: found through ssh's port-less lookup.
+    let by_address = write_known("ca_address", &[authority(&ca, "127.0.0.1")]);
+    sshd.append_client_config(&config, "by-address", &[&by_address]);
+    let report = assert_passed(&doctor(&config, &["gpu"], &[]));
+    assert_eq!(report["host_key_summary"], "certified");
+    assert!(ssh_accepts(&config, "gpu"));
+    let report = assert_passed(&doctor(&config, &["by-address"], &[]));
+    assert_eq!(report["host_key_summary"], "certified");
+    assert!(ssh_accepts(&config, "by-address"));
+
+    // A name the certificate is not issued for, and an authority that did not sign it.
+    sshd.append_client_config(
+        &config,
+        "wrong-name",
+        &["HostKeyAlias cpu.example.com", &by_alias],
+    );
+    let by_other = write_known("ca_other", &[authority(&other_ca, "*")]);
+    sshd.append_client_config(&config, "other-ca", &[&by_other]);
+    for (alias, why) in [
+        ("wrong-name", "is not issued for \"cpu.example.com\""),
+        ("other-ca", "is not known"),
+    ] {
+        let output = doctor(&config, &[alias], &[]);
+        assert_eq!(output.status.code(), Some(7), "{alias}");
+        let problem = reports(&output)[0]["problems"][0]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(problem.contains(why), "{alias}: {problem}");
+        assert!(!ssh_accepts(&config, alias), "ssh accepts {alias}");
+    }
+
+    // An expired certificate is refused, saying so.
+    let expired = Sshd::builder()
+        .host_certificate(&ca, &["-n", "gpu.example.com", "-V", "-2h:-1h"])
+        .start();
+    let config = expired.write_client_config("gpu", &["HostKeyAlias gpu.example.com", &by_alias]);
+    let output = doctor(&config, &["gpu"], &[]);
+    assert_eq!(output.status.code(), Some(7));
+    let problem = reports(&output)[0]["problems"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(problem.contains("has expired"), "{problem}");
+    assert!(!ssh_accepts(&config, "gpu"));
 }
 
 #[test]
@@ -492,6 +815,38 @@ fn a_server_that_never_speaks_times_out() {
 }
 
 #[test]
+fn no_config_file_and_command_line_order_as_for_ssh() {
+    let sshd = Sshd::start();
+    // -F /dev/null: no configuration at all; everything comes from the command line, where
+    // the first value of a setting wins, -p before -o Port included (port 1 would be refused).
+    let mut command = xfer_command();
+    command
+        .args(["doctor", "--json", "-F", "/dev/null", "-p"])
+        .arg(sshd.port().to_string())
+        .args(["-o", "Port=1", "-i"])
+        .arg(sshd.client_key())
+        .arg("-o")
+        .arg(format!(
+            "UserKnownHostsFile={}",
+            sshd.known_hosts().display()
+        ))
+        .args([
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "StrictHostKeyChecking=accept-new",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+        ])
+        .arg(format!("{}@127.0.0.1", sshd.user()));
+    let report = assert_passed(&run_with_timeout(&mut command, LIMIT));
+    assert_eq!(report["port"], sshd.port());
+    assert_eq!(report["host_key_summary"], "known");
+}
+
+#[test]
 fn usage_errors_have_their_exit_code() {
     let mut command = xfer_command();
     command.args(["doctor", "-o", "NoValue", "host"]);
@@ -505,6 +860,27 @@ fn usage_errors_have_their_exit_code() {
         stderr(&output).contains("contains the character ';'"),
         "{}",
         stderr(&output)
+    );
+}
+
+#[test]
+fn a_mistyped_keyword_refuses_the_config_with_file_and_line() {
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("typo_config");
+    fs::write(&config, "Hots gpu\n  Port 2222\n").unwrap();
+    let mut command = xfer_command();
+    command
+        .args(["forget-host", "-F"])
+        .arg(&config)
+        .arg("anything");
+    let output = run_with_timeout(&mut command, LIMIT);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let text = stderr(&output);
+    assert!(
+        text.contains(&format!("{} line 1", config.display()))
+            && text.contains("Bad configuration option")
+            && text.contains("hots"),
+        "{text}"
     );
 }
 

@@ -6,7 +6,9 @@
 
 use std::path::PathBuf;
 
-use xfer::ssh::config::{LocalContext, Overrides, parse_jump_hosts, resolve_from_text};
+use xfer::ssh::config::{
+    CommandLineArgument, LocalContext, Overrides, parse_jump_hosts, resolve_from_text,
+};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
@@ -14,7 +16,9 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let mut overrides = Overrides::default();
     let config = match rest.split_once('\n') {
         Some((line, config)) if line.starts_with("-o ") => {
-            overrides.options.push(line[3..].to_string());
+            overrides
+                .arguments
+                .push(CommandLineArgument::Option(line[3..].to_string()));
             config
         }
         _ => rest,

@@ -1,8 +1,9 @@
 //! The raw command line, as clap parses it. Nothing here is validated beyond its syntax; the
 //! `settings` module turns it into what the library takes.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
+use xfer::ssh::config::CommandLineArgument;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -44,24 +45,92 @@ pub struct AgentArgs {
     pub protocol_max: Option<u16>,
 }
 
-/// Options every command that reaches a host takes, with ssh's meaning.
+/// Options every command that reaches a host takes, with ssh's meaning. As for ssh, `-p`, `-i`,
+/// `-J` and `-o` count in the order given (the first value of a setting wins), so clap only
+/// collects them; [`Cli::parse_in_order`] puts them in `in_order`.
 #[derive(Debug, Args, Clone, Default)]
 pub struct ConnectionArgs {
-    /// Read this ssh_config instead of ~/.ssh/config and /etc/ssh/ssh_config (as ssh -F).
+    /// Read this ssh_config instead of ~/.ssh/config and /etc/ssh/ssh_config (as ssh -F;
+    /// -F none or -F /dev/null: no file).
     #[arg(short = 'F', value_name = "CONFIG")]
     pub config: Option<PathBuf>,
     /// Identity (private key) file, tried before those of the config (as ssh -i). Repeatable.
     #[arg(short = 'i', value_name = "IDENTITY")]
     pub identity: Vec<String>,
-    /// Port to connect to (as ssh -p).
+    /// Port to connect to, or a service name (as ssh -p; the first -p or -o Port wins).
     #[arg(short = 'p', value_name = "PORT")]
-    pub port: Option<u16>,
+    pub port: Vec<String>,
     /// Jump hosts, comma separated (as ssh -J).
     #[arg(short = 'J', value_name = "[USER@]HOST[:PORT][,...]")]
-    pub jump: Option<String>,
-    /// An ssh_config option, as ssh -o (e.g. -o StrictHostKeyChecking=accept-new). Repeatable.
+    pub jump: Vec<String>,
+    /// An ssh_config option, as ssh -o (e.g. -o StrictHostKeyChecking=accept-new). Repeatable;
+    /// the first value of a setting wins, as in ssh.
     #[arg(short = 'o', value_name = "KEY=VALUE")]
     pub option: Vec<String>,
+    /// `-p`, `-i`, `-J` and `-o` in command-line order.
+    #[arg(skip)]
+    pub in_order: Vec<CommandLineArgument>,
+}
+
+impl Cli {
+    /// Parses the command line (exiting with clap's message on an error, as `parse` does) and
+    /// records the order of the connection arguments, which clap's fields lose.
+    pub fn parse_in_order() -> Cli {
+        let matches = Cli::command().get_matches();
+        Cli::from_matches_in_order(&matches).unwrap_or_else(|error| error.exit())
+    }
+
+    fn from_matches_in_order(matches: &ArgMatches) -> Result<Cli, clap::Error> {
+        let mut cli = Cli::from_arg_matches(matches)?;
+        let mut leaf = matches;
+        while let Some((_, inner)) = leaf.subcommand() {
+            leaf = inner;
+        }
+        if let Some(connection) = cli.command.connection_mut() {
+            connection.in_order = connection_arguments_in_order(leaf);
+        }
+        Ok(cli)
+    }
+}
+
+impl Command {
+    fn connection_mut(&mut self) -> Option<&mut ConnectionArgs> {
+        match self {
+            Command::Pull(args) | Command::Push(args) => Some(&mut args.connection),
+            Command::Doctor(args) => Some(&mut args.connection),
+            Command::ForgetHost(args) => Some(&mut args.connection),
+            Command::Secret(SecretCommand::Push(args)) => Some(&mut args.connection),
+            Command::Secret(SecretCommand::Check(args)) => Some(&mut args.connection),
+            Command::Agent(_) => None,
+        }
+    }
+}
+
+/// The values of `-p`, `-i`, `-J` and `-o`, merged by their position on the command line.
+fn connection_arguments_in_order(matches: &ArgMatches) -> Vec<CommandLineArgument> {
+    type Make = fn(String) -> CommandLineArgument;
+    let kinds: [(&str, Make); 4] = [
+        ("port", CommandLineArgument::Port),
+        ("identity", CommandLineArgument::Identity),
+        ("jump", CommandLineArgument::Jump),
+        ("option", CommandLineArgument::Option),
+    ];
+    let mut positioned = Vec::new();
+    for (id, make) in kinds {
+        let (Ok(Some(values)), Some(indices)) =
+            (matches.try_get_many::<String>(id), matches.indices_of(id))
+        else {
+            continue;
+        };
+        for (value, index) in values.zip(indices) {
+            positioned.push((index, make(value.clone())));
+        }
+    }
+    positioned.sort_by_key(|(index, _)| *index);
+    positioned
+        .into_iter()
+        .map(|(_, argument)| argument)
+        .collect()
 }
 
 #[derive(Debug, Args, Clone, Default)]
@@ -220,4 +289,60 @@ pub struct SecretCheckArgs {
     pub connection: ConnectionArgs,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn in_order(arguments: &[&str]) -> Vec<CommandLineArgument> {
+        let matches = Cli::command()
+            .try_get_matches_from(arguments)
+            .expect("parses");
+        let mut cli = Cli::from_matches_in_order(&matches).expect("parses");
+        cli.command
+            .connection_mut()
+            .map(|connection| connection.in_order.clone())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn connection_arguments_keep_their_order() {
+        use CommandLineArgument::{Identity, Jump, Option, Port};
+        assert_eq!(
+            in_order(&[
+                "xfer",
+                "doctor",
+                "-p",
+                "2042",
+                "-oPort=2041",
+                "-i",
+                "k1",
+                "-J",
+                "j",
+                "-p2043",
+                "-i",
+                "k2",
+                "host",
+            ]),
+            vec![
+                Port("2042".into()),
+                Option("Port=2041".into()),
+                Identity("k1".into()),
+                Jump("j".into()),
+                Port("2043".into()),
+                Identity("k2".into()),
+            ]
+        );
+        assert_eq!(
+            in_order(&["xfer", "pull", "-o", "Port=1", "h:/x", "./x", "-p", "2"]),
+            vec![Option("Port=1".into()), Port("2".into())]
+        );
+        assert_eq!(
+            in_order(&[
+                "xfer", "secret", "check", "--stdin", "-J", "a", "-J", "b", "h"
+            ]),
+            vec![Jump("a".into()), Jump("b".into())]
+        );
+    }
 }

@@ -2,8 +2,10 @@
 //! `-F` path becomes a usage error, before anything connects.
 
 use crate::cli::args::{ConnectionArgs, OutputArgs};
+use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
+use std::path::Path;
 use xfer::error::{Error, Result};
-use xfer::ssh::config::{ConfigSource, LocalContext, Overrides};
+use xfer::ssh::config::{CommandLineArgument, ConfigSource, LocalContext, Overrides};
 use xfer::ssh::connect::Connector;
 
 /// How much to say on stderr.
@@ -36,18 +38,23 @@ impl ConnectionSettings {
     pub fn from_args(args: &ConnectionArgs) -> Result<Self> {
         let source = match &args.config {
             Some(path) => {
-                // `-F none` means no config file at all, as for ssh.
-                if path.as_os_str() != "none" && !path.is_file() {
+                // `-F none` means no config file at all, as for ssh; `-F /dev/null` (the usual
+                // way to say so in scripts) reads as an empty file.
+                if path.as_os_str() != "none" && !path.is_file() && !is_null_device(path) {
                     return Err(Error::usage(format!(
                         "config file {} does not exist or is not a file",
                         path.display()
-                    )));
+                    ))
+                    .with_hint("give -F an ssh_config file, or -F none for no file"));
                 }
                 ConfigSource::File(path.clone())
             }
             None => ConfigSource::Default,
         };
-        for option in &args.option {
+        for argument in &args.in_order {
+            let CommandLineArgument::Option(option) = argument else {
+                continue;
+            };
             let valid = option
                 .split_once(['=', ' ', '\t'])
                 .is_some_and(|(key, value)| !key.trim().is_empty() && !value.trim().is_empty());
@@ -57,17 +64,11 @@ impl ConnectionSettings {
                 )));
             }
         }
-        if args.port == Some(0) {
-            return Err(Error::usage("-p 0 is not a port"));
-        }
         Ok(ConnectionSettings {
             source,
             overrides: Overrides {
                 user: None,
-                port: args.port,
-                identity_files: args.identity.clone(),
-                proxy_jump: args.jump.clone(),
-                options: args.option.clone(),
+                arguments: args.in_order.clone(),
             },
         })
     }
@@ -79,5 +80,13 @@ impl ConnectionSettings {
             self.overrides.clone(),
             local,
         ))
+    }
+}
+
+/// Whether `path` is the null device, under any name.
+fn is_null_device(path: &Path) -> bool {
+    match (std::fs::metadata(path), std::fs::metadata("/dev/null")) {
+        (Ok(given), Ok(null)) => given.file_type().is_char_device() && given.rdev() == null.rdev(),
+        _ => false,
     }
 }

@@ -535,10 +535,15 @@ impl Authenticator<'_> {
             }
         }
         if self.interaction == Interaction::Batch {
+            let why = if self.config.batch_mode {
+                "BatchMode is yes, so xfer does not ask for its passphrase"
+            } else {
+                "there is no terminal to ask for its passphrase"
+            };
             note(
                 attempts,
                 format!(
-                    "encrypted, and there is no terminal to ask for its passphrase; add it to ssh-agent first: ssh-add {}",
+                    "encrypted, and {why}; add it to ssh-agent first: ssh-add {}",
                     path.display()
                 ),
             );
@@ -598,7 +603,10 @@ impl Authenticator<'_> {
             }
         }
         let needs_agent = attempts.iter().any(|a| a.outcome.contains("ssh-add"));
-        let hint = if needs_agent {
+        let hint = if needs_agent && self.config.batch_mode {
+            "load the encrypted key into ssh-agent (eval $(ssh-agent); ssh-add KEY), or run xfer from a terminal with -o BatchMode=no"
+                .to_string()
+        } else if needs_agent {
             "load the encrypted key into ssh-agent (eval $(ssh-agent); ssh-add KEY) or run xfer from a terminal"
                 .to_string()
         } else if server_methods

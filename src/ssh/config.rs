@@ -5,9 +5,10 @@
 //! expansion. It produces a [`HostConfig`]; it never connects, runs commands or writes files.
 //!
 //! Where xfer deliberately differs from ssh:
-//! - ssh refuses unknown keywords (unless `IgnoreUnknown` lists them) and validates the value of
-//!   every keyword it knows. xfer ignores every directive it does not use, known to ssh or not,
-//!   in files and in `-o` alike, and validates only the directives it reads, as ssh does.
+//! - ssh validates the value of every keyword it knows; xfer validates only the directives it
+//!   reads. Like ssh, it refuses a keyword ssh does not know (a typo, or a byte order mark before
+//!   the first one) unless `IgnoreUnknown` lists it, in files and in `-o` alike, so that a block
+//!   under a mistyped `Host` never applies to every host.
 //! - `Match exec` is refused (an error naming the file and line) wherever ssh would run the
 //!   command; where ssh would skip it because an earlier criterion failed, so does xfer.
 //! - No DNS canonicalisation: `CanonicalizeHostname` only causes the second ("final") reading of
@@ -24,10 +25,12 @@
 
 use std::fmt::Write as _;
 use std::io::Read as _;
+use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::ssh::glob;
 
 /// The system-wide configuration read after the user's, as ssh does without `-F`.
 const SYSTEM_CONFIG: &str = "/etc/ssh/ssh_config";
@@ -115,16 +118,35 @@ pub enum StrictHostKeyChecking {
 /// What the command line says; it takes precedence like ssh's options.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
-    /// From `user@host` or `-l`.
+    /// From `user@host`: it counts after every argument, as `user@host` after ssh's options.
     pub user: Option<String>,
-    /// `-p`.
-    pub port: Option<u16>,
-    /// `-i`, raw, in order (ssh puts these before configured ones).
-    pub identity_files: Vec<String>,
-    /// `-J`.
-    pub proxy_jump: Option<String>,
-    /// Each `-o` argument, `Key=Value` or `Key Value`.
-    pub options: Vec<String>,
+    /// `-p`, `-i`, `-J` and `-o` in the order they were given. ssh applies them in that order
+    /// before reading any file, and the first value of each setting wins (`-p 2042 -o Port=1`
+    /// is port 2042, `-o Port=1 -p 2042` port 1); `-i` files accumulate in order.
+    pub arguments: Vec<CommandLineArgument>,
+}
+
+/// One of the command-line arguments that set ssh_config options, raw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandLineArgument {
+    /// `-p PORT`: a number or a service name, as for ssh.
+    Port(String),
+    /// `-i FILE`: tried before the configured identity files.
+    Identity(String),
+    /// `-J [USER@]HOST[:PORT][,...]` or `-J none`.
+    Jump(String),
+    /// `-o Key=Value` or `-o 'Key Value'`.
+    Option(String),
+}
+
+impl Overrides {
+    /// The `-o` arguments, in order.
+    pub fn options(&self) -> impl Iterator<Item = &str> {
+        self.arguments.iter().filter_map(|argument| match argument {
+            CommandLineArgument::Option(option) => Some(option.as_str()),
+            _ => None,
+        })
+    }
 }
 
 /// Which configuration files to read.
@@ -182,9 +204,39 @@ pub struct HostConfig {
     pub identity_agent: Option<String>,
     pub hash_known_hosts: bool,
     pub tcp_keepalive: bool,
+    /// `HostKeyAlias`, lowercased as ssh lowercases it: the name the host's keys are looked up,
+    /// recorded and forgotten under, instead of the host name and port.
+    pub host_key_alias: Option<String>,
+    /// The xfer arguments that reached this host, for advice to repeat: `-F` when one was
+    /// given, the `-p`, `-i`, `-J` and `-o` of the command line in their order, and the host
+    /// as given (`user@` included when the user came with it). See [`Self::advice`].
+    pub command_line: Vec<String>,
 }
 
 impl HostConfig {
+    /// A command a person can paste to act on this host: `xfer SUBCOMMAND`, the `first`
+    /// arguments (before the others, so that an `-o` there wins over the same option given
+    /// again, as for ssh), then [`Self::command_line`], each quoted for a POSIX shell.
+    pub fn advice(&self, subcommand: &str, first: &[&str]) -> String {
+        let mut words = vec!["xfer".to_string(), subcommand.to_string()];
+        words.extend(first.iter().map(|word| word.to_string()));
+        words.extend(self.command_line.iter().cloned());
+        words
+            .iter()
+            .map(|word| shell_word(word))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// The name known_hosts files hold this host's keys under, as ssh forms it.
+    pub fn host_key_name(&self) -> String {
+        crate::ssh::known_hosts::host_key_name(
+            &self.hostname,
+            self.port,
+            self.host_key_alias.as_deref(),
+        )
+    }
+
     /// The proxy command with `%h %k %n %p %r %%` expanded as ssh does before running it.
     /// ssh runs the result as `exec <command>` through `$SHELL -c` (falling back to `/bin/sh`).
     pub fn expand_proxy_command(&self) -> Option<String> {
@@ -227,7 +279,9 @@ pub fn resolve_with_system_config(
         ConfigSource::File(path) if is_none_path(path) => Input::Nothing,
         ConfigSource::File(path) => Input::File(path),
     };
-    Resolver::new(host, local)?.run(overrides, &input)
+    let mut config = Resolver::new(host, local)?.run(overrides, &input)?;
+    config.command_line = command_line(Some(source), overrides, host);
+    Ok(config)
 }
 
 /// Resolves `host` from configuration text held in memory, read as a `-F` file called `name`
@@ -239,7 +293,53 @@ pub fn resolve_from_text(
     text: &str,
     local: &LocalContext,
 ) -> Result<HostConfig> {
-    Resolver::new(host, local)?.run(overrides, &Input::Text { name, text })
+    let mut config = Resolver::new(host, local)?.run(overrides, &Input::Text { name, text })?;
+    config.command_line = command_line(None, overrides, host);
+    Ok(config)
+}
+
+/// The arguments that give `xfer` this source, these overrides and this host.
+fn command_line(source: Option<&ConfigSource>, overrides: &Overrides, host: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    if let Some(ConfigSource::File(path)) = source {
+        words.push("-F".to_string());
+        words.push(path.display().to_string());
+    }
+    for argument in &overrides.arguments {
+        let (flag, value) = match argument {
+            CommandLineArgument::Port(value) => ("-p", value),
+            CommandLineArgument::Identity(value) => ("-i", value),
+            CommandLineArgument::Jump(value) => ("-J", value),
+            CommandLineArgument::Option(value) => ("-o", value),
+        };
+        words.push(flag.to_string());
+        words.push(value.clone());
+    }
+    // As xfer's own host arguments are written: IPv6 addresses in brackets.
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    words.push(match &overrides.user {
+        Some(user) => format!("{user}@{host}"),
+        None => host,
+    });
+    words
+}
+
+/// `word` as a POSIX shell reads it back: as it is when it holds nothing the shell would
+/// interpret, else in single quotes.
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || b"@%+=:,./_-".contains(&byte));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
 }
 
 /// Parses a `-J` argument: `[user@]host[:port]`, `ssh://[user@]host[:port]` and `[v6addr]:port`
@@ -321,6 +421,8 @@ struct Options {
     hash_known_hosts: Option<bool>,
     tcp_keepalive: Option<bool>,
     canonicalize_hostname: Option<bool>,
+    /// `IgnoreUnknown`: patterns of keywords that are skipped instead of refused.
+    ignore_unknown: Option<String>,
 }
 
 /// How a file is read (ssh's `SSHCONF_*` flags).
@@ -427,63 +529,19 @@ impl<'a> Resolver<'a> {
         self.finish(host)
     }
 
-    /// Applies the command line the way ssh's option parsing does, before any file is read.
+    /// Applies the command line the way ssh's option parsing does, argument by argument in
+    /// the order given, before any file is read.
     fn apply_overrides(&mut self, overrides: &Overrides) -> Result<()> {
-        let flags = ReadFlags {
-            user_config: true,
-            check_permissions: false,
-            never_match: false,
-        };
-        for option in &overrides.options {
-            let origin = Origin {
-                file: "command-line",
-                line: 0,
-                command_line: Some(option),
-            };
-            self.process_line(option.as_bytes(), &origin, None, flags, 0)?;
+        for argument in &overrides.arguments {
+            match argument {
+                CommandLineArgument::Option(option) => self.apply_option(option)?,
+                CommandLineArgument::Port(text) => self.apply_port(text)?,
+                CommandLineArgument::Identity(raw) => self.apply_identity(raw)?,
+                CommandLineArgument::Jump(spec) => self.apply_jump_argument(spec)?,
+            }
         }
         if self.options.user.is_none() {
             self.options.user.clone_from(&overrides.user);
-        }
-        if let Some(port) = overrides.port {
-            if port == 0 {
-                return Err(Error::usage("bad port '0'").with_hint("give a port from 1 to 65535"));
-            }
-            self.options.port.get_or_insert(port);
-        }
-        for raw in &overrides.identity_files {
-            let path = tilde_expand(raw, self.local)
-                .map_err(|why| Error::usage(format!("identity file {raw}: {why}")))?;
-            // ssh warns about and skips an -i file it cannot stat.
-            if let Err(error) = std::fs::metadata(&path) {
-                tracing::warn!("identity file {path} not accessible: {error}");
-                continue;
-            }
-            if self.options.identity_files.len() >= MAX_KEY_FILES {
-                return Err(Error::usage(format!(
-                    "too many identity files specified (max {MAX_KEY_FILES})"
-                )));
-            }
-            add_key_file(
-                &mut self.options.identity_files,
-                path,
-                KeyOrigin::IdentityOption,
-            );
-        }
-        if let Some(spec) = &overrides.proxy_jump {
-            if self.options.jump.is_some() {
-                return Err(Error::usage(
-                    "only a single -J option is permitted (use commas to separate multiple jump hops)",
-                ));
-            }
-            if self.options.proxy_command.is_some() {
-                return Err(Error::usage("cannot specify -J with ProxyCommand")
-                    .with_hint("drop either -J or the ProxyCommand option"));
-            }
-            self.apply_proxy_jump(spec, true, true).map_err(|why| {
-                Error::usage(format!("invalid -J argument \"{spec}\": {why}"))
-                    .with_hint("use [user@]host[:port] hops separated by commas")
-            })?;
         }
         if let Some(user) = &self.options.user
             && !valid_remote_user(user)
@@ -495,6 +553,75 @@ impl<'a> Resolver<'a> {
             .with_hint("ssh refuses shell metacharacters in user names from the command line"));
         }
         Ok(())
+    }
+
+    /// `-o`: a configuration line from the command line.
+    fn apply_option(&mut self, option: &str) -> Result<()> {
+        let flags = ReadFlags {
+            user_config: true,
+            check_permissions: false,
+            never_match: false,
+        };
+        let origin = Origin {
+            file: "command-line",
+            line: 0,
+            command_line: Some(option),
+        };
+        self.process_line(option.as_bytes(), &origin, None, flags, 0)
+    }
+
+    /// `-p`: checked only when it is the first port given, as ssh checks it.
+    fn apply_port(&mut self, text: &str) -> Result<()> {
+        if self.options.port.is_some() {
+            return Ok(());
+        }
+        match u16::try_from(port_number(text)) {
+            Ok(port) if port > 0 => {
+                self.options.port = Some(port);
+                Ok(())
+            }
+            _ => Err(Error::usage(format!("bad port '{text}'"))
+                .with_hint("give -p a port from 1 to 65535 or a service name")),
+        }
+    }
+
+    /// `-i`: ssh warns about and skips a file it cannot stat.
+    fn apply_identity(&mut self, raw: &str) -> Result<()> {
+        let path = tilde_expand(raw, self.local)
+            .map_err(|why| Error::usage(format!("identity file {raw}: {why}")))?;
+        if let Err(error) = std::fs::metadata(&path) {
+            tracing::warn!("identity file {path} not accessible: {error}");
+            return Ok(());
+        }
+        if self.options.identity_files.len() >= MAX_KEY_FILES {
+            return Err(Error::usage(format!(
+                "too many identity files specified (max {MAX_KEY_FILES})"
+            )));
+        }
+        add_key_file(
+            &mut self.options.identity_files,
+            path,
+            KeyOrigin::IdentityOption,
+        );
+        Ok(())
+    }
+
+    /// `-J`: refused after another jump or a proxy command, from `-J` or `-o`, as ssh does.
+    fn apply_jump_argument(&mut self, spec: &str) -> Result<()> {
+        if self.options.jump.is_some() {
+            return Err(Error::usage(
+                "only a single -J option is permitted (use commas to separate multiple jump hops)",
+            )
+            .with_hint("a ProxyJump given with -o before -J counts as one; keep one of them"));
+        }
+        if self.options.proxy_command.is_some() {
+            return Err(Error::usage("cannot specify -J with ProxyCommand")
+                .with_hint("a ProxyCommand given with -o before -J wins; drop one of them"));
+        }
+        self.apply_proxy_jump(spec, true, true).map_err(|why| {
+            Error::usage(format!("invalid -J argument \"{spec}\": {why}"))
+                .with_hint("use [user@]host[:port] hops separated by commas")
+        })
     }
 
     fn read_input(&mut self, input: &Input<'_>) -> Result<()> {
@@ -648,11 +775,6 @@ impl<'a> Resolver<'a> {
             return Ok(());
         }
         let name = String::from_utf8_lossy(keyword_bytes).to_ascii_lowercase();
-        let Some(keyword) = Keyword::from_name(&name) else {
-            // ssh would refuse a keyword it does not know; xfer ignores what it does not use.
-            tracing::debug!("{} line {}: ignoring \"{name}\"", origin.file, origin.line);
-            return Ok(());
-        };
         let rest_start = cursor.map(|start| start + span(&line, start, WHITESPACE));
         let rest = match rest_start {
             Some(start) if line.get(start).is_some_and(|&byte| byte != 0) => {
@@ -660,8 +782,15 @@ impl<'a> Resolver<'a> {
             }
             _ => return Err(origin.error(format!("no argument after keyword \"{name}\""))),
         };
+        let keyword = Keyword::from_name(&name);
+        if keyword.is_none() {
+            self.check_unused_keyword(&name, origin)?;
+        }
         let Some(arguments) = split_arguments(&rest) else {
             return Err(origin.error("invalid quotes"));
+        };
+        let Some(keyword) = keyword else {
+            return Ok(());
         };
         let mut arguments = Arguments::new(arguments);
         let is_active = active.as_deref().copied().unwrap_or(true);
@@ -782,6 +911,10 @@ impl<'a> Resolver<'a> {
                 })?;
                 set_first(&mut options.strict_host_key_checking, value, is_active);
             }
+            Keyword::IgnoreUnknown => {
+                let value = string_argument(&mut arguments, origin)?;
+                set_first(&mut options.ignore_unknown, value, is_active);
+            }
             Keyword::CanonicalizeHostname => {
                 let value = multistate_argument(&mut arguments, origin, |text| {
                     match text.to_ascii_lowercase().as_str() {
@@ -880,6 +1013,46 @@ impl<'a> Resolver<'a> {
             return Err(origin.error(format!("keyword {name} extra arguments at end of line")));
         }
         Ok(())
+    }
+
+    /// A keyword xfer does not read: skipped when ssh knows it (ssh would use it; xfer has no
+    /// use for it) or `IgnoreUnknown` lists it, refused otherwise, as ssh's `parse_token` does.
+    fn check_unused_keyword(&self, name: &str, origin: &Origin<'_>) -> Result<()> {
+        if SSH_KEYWORDS.binary_search(&name).is_ok() {
+            tracing::debug!("{} line {}: ignoring \"{name}\"", origin.file, origin.line);
+            return Ok(());
+        }
+        if let Some(patterns) = &self.options.ignore_unknown
+            && match_pattern_list(name, patterns, true) == 1
+        {
+            tracing::debug!(
+                "{} line {}: ignoring unknown \"{name}\" (IgnoreUnknown)",
+                origin.file,
+                origin.line
+            );
+            return Ok(());
+        }
+        // A byte order mark is invisible in an editor: name it, or the message makes no sense.
+        if let Some(after_mark) = name.strip_prefix('\u{feff}') {
+            return Err(origin
+                .error(format!(
+                    "Bad configuration option: a UTF-8 byte order mark (bytes EF BB BF) \
+                     comes before the keyword \"{}\"",
+                    after_mark.escape_debug()
+                ))
+                .with_hint(
+                    "save the file as UTF-8 without a byte order mark; ssh refuses it too",
+                ));
+        }
+        Err(origin
+            .error(format!(
+                "Bad configuration option: \"{}\" is not an ssh_config keyword",
+                name.escape_debug()
+            ))
+            .with_hint(
+                "fix the spelling (see `man ssh_config`); ssh refuses it too. A keyword meant \
+                 for another program can be listed in IgnoreUnknown",
+            ))
     }
 
     /// ssh's `parse_jump`: the first of `ProxyJump` and `ProxyCommand` wins, `none` included.
@@ -1048,7 +1221,8 @@ impl<'a> Resolver<'a> {
         } else {
             format!("{SYSTEM_CONFIG_DIRECTORY}/{argument}")
         };
-        let paths = glob_paths(&pattern, self.local)
+        let home = self.local.home.as_os_str().as_bytes();
+        let paths = glob::expand(pattern.as_bytes(), home, MAX_GLOB_MATCHES)
             .map_err(|why| origin.error(format!("glob failed for {pattern}: {why}")))?;
         if paths.is_empty() {
             tracing::debug!(
@@ -1064,11 +1238,14 @@ impl<'a> Resolver<'a> {
                 check_permissions: true,
                 never_match: flags.never_match || !outer_active,
             };
-            match self.read_config_file(Path::new(&path), include_flags, active, depth + 1)? {
+            match self.read_config_file(&path, include_flags, active, depth + 1)? {
                 Ok(()) => {}
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
                 Err(error) => {
-                    return Err(origin.error(format!("can't open included file {path}: {error}")));
+                    return Err(origin.error(format!(
+                        "can't open included file {}: {error}",
+                        path.display()
+                    )));
                 }
             }
             // A Host or Match inside the included file does not change this file's state.
@@ -1265,12 +1442,155 @@ impl<'a> Resolver<'a> {
             identity_agent,
             hash_known_hosts: options.hash_known_hosts.unwrap_or(false),
             tcp_keepalive: options.tcp_keepalive.unwrap_or(true),
+            host_key_alias: key_alias,
+            command_line: Vec::new(),
         })
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Keywords and argument parsing.
+
+/// Every keyword ssh 9.2p1 (Debian 12) accepts in ssh_config, lowercase and sorted: the
+/// `keywords` table of OpenSSH's readconf.c (deprecated and unsupported ones included, which ssh
+/// skips with a message) plus Debian's additions (the GSSAPI key exchange options,
+/// `protocolkeepalives`, `setuptimeout`, `useblacklistedkeys`). A keyword outside this list is
+/// refused unless `IgnoreUnknown` lists it; one inside it that xfer does not read is skipped.
+/// tests/config_parity.rs checks the list against the installed `ssh -G`.
+#[doc(hidden)]
+pub const SSH_KEYWORDS: [&str; 131] = [
+    "addkeystoagent",
+    "addressfamily",
+    "afstokenpassing",
+    "batchmode",
+    "bindaddress",
+    "bindinterface",
+    "canonicaldomains",
+    "canonicalizefallbacklocal",
+    "canonicalizehostname",
+    "canonicalizemaxdots",
+    "canonicalizepermittedcnames",
+    "casignaturealgorithms",
+    "certificatefile",
+    "challengeresponseauthentication",
+    "checkhostip",
+    "cipher",
+    "ciphers",
+    "clearallforwardings",
+    "compression",
+    "compressionlevel",
+    "connectionattempts",
+    "connecttimeout",
+    "controlmaster",
+    "controlpath",
+    "controlpersist",
+    "dsaauthentication",
+    "dynamicforward",
+    "enableescapecommandline",
+    "enablesshkeysign",
+    "escapechar",
+    "exitonforwardfailure",
+    "fallbacktorsh",
+    "fingerprinthash",
+    "forkafterauthentication",
+    "forwardagent",
+    "forwardx11",
+    "forwardx11timeout",
+    "forwardx11trusted",
+    "gatewayports",
+    "globalknownhostsfile",
+    "globalknownhostsfile2",
+    "gssapiauthentication",
+    "gssapiclientidentity",
+    "gssapidelegatecredentials",
+    "gssapikexalgorithms",
+    "gssapikeyexchange",
+    "gssapirenewalforcesrekey",
+    "gssapiserveridentity",
+    "gssapitrustdns",
+    "hashknownhosts",
+    "host",
+    "hostbasedacceptedalgorithms",
+    "hostbasedauthentication",
+    "hostbasedkeytypes",
+    "hostkeyalgorithms",
+    "hostkeyalias",
+    "hostname",
+    "identitiesonly",
+    "identityagent",
+    "identityfile",
+    "identityfile2",
+    "ignoreunknown",
+    "include",
+    "ipqos",
+    "kbdinteractiveauthentication",
+    "kbdinteractivedevices",
+    "keepalive",
+    "kerberosauthentication",
+    "kerberostgtpassing",
+    "kexalgorithms",
+    "knownhostscommand",
+    "localcommand",
+    "localforward",
+    "loglevel",
+    "logverbose",
+    "macs",
+    "match",
+    "nohostauthenticationforlocalhost",
+    "numberofpasswordprompts",
+    "passwordauthentication",
+    "permitlocalcommand",
+    "permitremoteopen",
+    "pkcs11provider",
+    "port",
+    "preferredauthentications",
+    "protocol",
+    "protocolkeepalives",
+    "proxycommand",
+    "proxyjump",
+    "proxyusefdpass",
+    "pubkeyacceptedalgorithms",
+    "pubkeyacceptedkeytypes",
+    "pubkeyauthentication",
+    "rekeylimit",
+    "remotecommand",
+    "remoteforward",
+    "requesttty",
+    "requiredrsasize",
+    "revokedhostkeys",
+    "rhostsauthentication",
+    "rhostsrsaauthentication",
+    "rsaauthentication",
+    "securitykeyprovider",
+    "sendenv",
+    "serveralivecountmax",
+    "serveraliveinterval",
+    "sessiontype",
+    "setenv",
+    "setuptimeout",
+    "skeyauthentication",
+    "smartcarddevice",
+    "stdinnull",
+    "streamlocalbindmask",
+    "streamlocalbindunlink",
+    "stricthostkeychecking",
+    "syslogfacility",
+    "tcpkeepalive",
+    "tisauthentication",
+    "tunnel",
+    "tunneldevice",
+    "updatehostkeys",
+    "useblacklistedkeys",
+    "useprivilegedport",
+    "user",
+    "userknownhostsfile",
+    "userknownhostsfile2",
+    "useroaming",
+    "usersh",
+    "verifyhostkeydns",
+    "visualhostkey",
+    "xauthlocation",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Keyword {
@@ -1297,40 +1617,48 @@ enum Keyword {
     HashKnownHosts,
     TcpKeepAlive,
     CanonicalizeHostname,
+    IgnoreUnknown,
 }
 
+/// The directives xfer reads, by ssh's lowercase names (aliases included).
+const KEYWORD_NAMES: [(&str, Keyword); 28] = [
+    ("host", Keyword::Host),
+    ("match", Keyword::Match),
+    ("include", Keyword::Include),
+    ("hostname", Keyword::HostName),
+    ("hostkeyalias", Keyword::HostKeyAlias),
+    ("port", Keyword::Port),
+    ("user", Keyword::User),
+    ("identityfile", Keyword::IdentityFile),
+    ("identityfile2", Keyword::IdentityFile),
+    ("certificatefile", Keyword::CertificateFile),
+    ("identitiesonly", Keyword::IdentitiesOnly),
+    ("proxycommand", Keyword::ProxyCommand),
+    ("proxyjump", Keyword::ProxyJump),
+    ("serveraliveinterval", Keyword::ServerAliveInterval),
+    // Debian's keepalive patch adds these two names.
+    ("protocolkeepalives", Keyword::ServerAliveInterval),
+    ("setuptimeout", Keyword::ServerAliveInterval),
+    ("serveralivecountmax", Keyword::ServerAliveCountMax),
+    ("connecttimeout", Keyword::ConnectTimeout),
+    ("userknownhostsfile", Keyword::UserKnownHostsFile),
+    ("globalknownhostsfile", Keyword::GlobalKnownHostsFile),
+    ("stricthostkeychecking", Keyword::StrictHostKeyChecking),
+    ("batchmode", Keyword::BatchMode),
+    ("identityagent", Keyword::IdentityAgent),
+    ("hashknownhosts", Keyword::HashKnownHosts),
+    ("tcpkeepalive", Keyword::TcpKeepAlive),
+    ("keepalive", Keyword::TcpKeepAlive),
+    ("canonicalizehostname", Keyword::CanonicalizeHostname),
+    ("ignoreunknown", Keyword::IgnoreUnknown),
+];
+
 impl Keyword {
-    /// The directives xfer reads, by ssh's lowercase names (aliases included).
     fn from_name(name: &str) -> Option<Self> {
-        Some(match name {
-            "host" => Keyword::Host,
-            "match" => Keyword::Match,
-            "include" => Keyword::Include,
-            "hostname" => Keyword::HostName,
-            "hostkeyalias" => Keyword::HostKeyAlias,
-            "port" => Keyword::Port,
-            "user" => Keyword::User,
-            "identityfile" | "identityfile2" => Keyword::IdentityFile,
-            "certificatefile" => Keyword::CertificateFile,
-            "identitiesonly" => Keyword::IdentitiesOnly,
-            "proxycommand" => Keyword::ProxyCommand,
-            "proxyjump" => Keyword::ProxyJump,
-            // Debian's keepalive patch adds the two other names.
-            "serveraliveinterval" | "protocolkeepalives" | "setuptimeout" => {
-                Keyword::ServerAliveInterval
-            }
-            "serveralivecountmax" => Keyword::ServerAliveCountMax,
-            "connecttimeout" => Keyword::ConnectTimeout,
-            "userknownhostsfile" => Keyword::UserKnownHostsFile,
-            "globalknownhostsfile" => Keyword::GlobalKnownHostsFile,
-            "stricthostkeychecking" => Keyword::StrictHostKeyChecking,
-            "batchmode" => Keyword::BatchMode,
-            "identityagent" => Keyword::IdentityAgent,
-            "hashknownhosts" => Keyword::HashKnownHosts,
-            "tcpkeepalive" | "keepalive" => Keyword::TcpKeepAlive,
-            "canonicalizehostname" => Keyword::CanonicalizeHostname,
-            _ => return None,
-        })
+        KEYWORD_NAMES
+            .iter()
+            .find(|(known, _)| *known == name)
+            .map(|(_, keyword)| *keyword)
     }
 }
 
@@ -2296,7 +2624,7 @@ fn format_ipv6(address: std::net::Ipv6Addr) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Files: bounded reads, ssh's permission check, and glob(3) for Include.
+// Files: bounded reads and ssh's permission check.
 
 /// Reads a configuration file. The inner error is a failure to open it; the outer one is a
 /// file xfer refuses (bad permissions, not a file, too large).
@@ -2378,285 +2706,6 @@ fn secure_permissions(metadata: &std::fs::Metadata, uid: u32) -> bool {
     }
 }
 
-/// glob(3) with `GLOB_TILDE`, as ssh expands `Include`: `*`, `?`, `[...]`, `\` escapes, no
-/// match for a leading `.` unless written, results sorted. Never fails on a missing directory.
-fn glob_paths(pattern: &str, local: &LocalContext) -> std::result::Result<Vec<String>, String> {
-    let pattern = glob_tilde(pattern, local);
-    let absolute = pattern.starts_with('/');
-    let components: Vec<&str> = pattern.split('/').filter(|part| !part.is_empty()).collect();
-    let mut candidates = vec![String::new()];
-    if components.is_empty() {
-        candidates = vec![if absolute {
-            "/".to_string()
-        } else {
-            pattern.clone()
-        }];
-    }
-    for (index, component) in components.iter().enumerate() {
-        let last = index + 1 == components.len();
-        let mut next = Vec::new();
-        for prefix in &candidates {
-            let join = |name: &str| {
-                if absolute || !prefix.is_empty() {
-                    format!("{prefix}/{name}")
-                } else {
-                    name.to_string()
-                }
-            };
-            if !has_glob_magic(component) {
-                next.push(join(&unescape_glob(component)));
-                continue;
-            }
-            let directory = match (prefix.is_empty(), absolute) {
-                (true, true) => "/",
-                (true, false) => ".",
-                (false, _) => prefix.as_str(),
-            };
-            let Ok(entries) = std::fs::read_dir(directory) else {
-                continue;
-            };
-            let mut names = vec![".".to_string(), "..".to_string()];
-            names.extend(
-                entries
-                    .filter_map(|entry| entry.ok())
-                    .filter_map(|entry| entry.file_name().to_str().map(str::to_string)),
-            );
-            for name in names {
-                if !glob_match(component, &name) {
-                    continue;
-                }
-                let path = join(&name);
-                if !last && !Path::new(&path).is_dir() {
-                    continue;
-                }
-                next.push(path);
-                if next.len() > MAX_GLOB_MATCHES {
-                    return Err(format!("more than {MAX_GLOB_MATCHES} matches"));
-                }
-            }
-        }
-        candidates = next;
-    }
-    let mut found: Vec<String> = candidates
-        .into_iter()
-        .filter(|path| !path.is_empty() && std::fs::symlink_metadata(path).is_ok())
-        .collect();
-    found.sort();
-    Ok(found)
-}
-
-/// `GLOB_TILDE`: `~` and `~user` at the start; an unknown user leaves the pattern alone.
-fn glob_tilde(pattern: &str, local: &LocalContext) -> String {
-    let Some(rest) = pattern.strip_prefix('~') else {
-        return pattern.to_string();
-    };
-    let (user, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let home = if user.is_empty() {
-        local.home.to_string_lossy().into_owned()
-    } else {
-        match nix::unistd::User::from_name(user) {
-            Ok(Some(entry)) => entry.dir.to_string_lossy().into_owned(),
-            _ => return pattern.to_string(),
-        }
-    };
-    format!("{home}{tail}")
-}
-
-fn has_glob_magic(component: &str) -> bool {
-    let bytes = component.as_bytes();
-    let mut index = 0;
-    while index < bytes.len() {
-        match bytes[index] {
-            b'\\' => index += 1,
-            b'*' | b'?' => return true,
-            b'[' if bytes[index + 1..].contains(&b']') => return true,
-            _ => {}
-        }
-        index += 1;
-    }
-    false
-}
-
-fn unescape_glob(component: &str) -> String {
-    let mut text = String::with_capacity(component.len());
-    let mut characters = component.chars();
-    while let Some(character) = characters.next() {
-        if character == '\\' {
-            if let Some(escaped) = characters.next() {
-                text.push(escaped);
-            }
-        } else {
-            text.push(character);
-        }
-    }
-    text
-}
-
-/// One element of a glob pattern.
-enum GlobElement {
-    Literal(char),
-    AnyOne,
-    AnyRun,
-    Class {
-        negated: bool,
-        items: Vec<ClassItem>,
-    },
-}
-
-enum ClassItem {
-    Single(char),
-    Range(char, char),
-    Named(String),
-}
-
-impl GlobElement {
-    fn matches(&self, character: char) -> bool {
-        match self {
-            GlobElement::Literal(expected) => *expected == character,
-            GlobElement::AnyOne => true,
-            GlobElement::AnyRun => false,
-            GlobElement::Class { negated, items } => {
-                let found = items.iter().any(|item| match item {
-                    ClassItem::Single(expected) => *expected == character,
-                    ClassItem::Range(low, high) => (*low..=*high).contains(&character),
-                    ClassItem::Named(name) => match name.as_str() {
-                        "alpha" => character.is_ascii_alphabetic(),
-                        "digit" => character.is_ascii_digit(),
-                        "alnum" => character.is_ascii_alphanumeric(),
-                        "upper" => character.is_ascii_uppercase(),
-                        "lower" => character.is_ascii_lowercase(),
-                        "space" => character.is_ascii_whitespace(),
-                        "punct" => character.is_ascii_punctuation(),
-                        "xdigit" => character.is_ascii_hexdigit(),
-                        "blank" => character == ' ' || character == '\t',
-                        "cntrl" => character.is_ascii_control(),
-                        "print" => character.is_ascii_graphic() || character == ' ',
-                        "graph" => character.is_ascii_graphic(),
-                        _ => false,
-                    },
-                });
-                found != *negated
-            }
-        }
-    }
-}
-
-fn parse_glob(pattern: &str) -> Vec<GlobElement> {
-    let characters: Vec<char> = pattern.chars().collect();
-    let mut elements = Vec::new();
-    let mut index = 0;
-    while index < characters.len() {
-        let character = characters[index];
-        index += 1;
-        match character {
-            '*' => elements.push(GlobElement::AnyRun),
-            '?' => elements.push(GlobElement::AnyOne),
-            '\\' => match characters.get(index) {
-                Some(&escaped) => {
-                    elements.push(GlobElement::Literal(escaped));
-                    index += 1;
-                }
-                None => elements.push(GlobElement::Literal('\\')),
-            },
-            '[' => match parse_glob_class(&characters, index) {
-                Some((element, next)) => {
-                    elements.push(element);
-                    index = next;
-                }
-                None => elements.push(GlobElement::Literal('[')),
-            },
-            other => elements.push(GlobElement::Literal(other)),
-        }
-    }
-    elements
-}
-
-/// A bracket expression starting after `[`; `None` when it is not closed.
-fn parse_glob_class(characters: &[char], start: usize) -> Option<(GlobElement, usize)> {
-    let mut index = start;
-    let negated = matches!(characters.get(index), Some('!' | '^'));
-    if negated {
-        index += 1;
-    }
-    let mut items = Vec::new();
-    let mut first = true;
-    loop {
-        let character = *characters.get(index)?;
-        if character == ']' && !first {
-            return Some((GlobElement::Class { negated, items }, index + 1));
-        }
-        first = false;
-        if character == '[' && characters.get(index + 1) == Some(&':') {
-            let name_start = index + 2;
-            let name_end = (name_start..characters.len().saturating_sub(1))
-                .find(|&end| characters[end] == ':' && characters[end + 1] == ']');
-            if let Some(name_end) = name_end {
-                items.push(ClassItem::Named(
-                    characters[name_start..name_end].iter().collect(),
-                ));
-                index = name_end + 2;
-                continue;
-            }
-        }
-        let low = if character == '\\' {
-            index += 1;
-            *characters.get(index)?
-        } else {
-            character
-        };
-        index += 1;
-        if characters.get(index) == Some(&'-')
-            && characters.get(index + 1).is_some_and(|&c| c != ']')
-        {
-            let mut high = *characters.get(index + 1)?;
-            index += 2;
-            if high == '\\' {
-                high = *characters.get(index)?;
-                index += 1;
-            }
-            items.push(ClassItem::Range(low, high));
-        } else {
-            items.push(ClassItem::Single(low));
-        }
-    }
-}
-
-/// fnmatch(3) with `FNM_PERIOD`: a leading `.` must be matched by a literal `.`.
-fn glob_match(pattern: &str, name: &str) -> bool {
-    let elements = parse_glob(pattern);
-    let characters: Vec<char> = name.chars().collect();
-    if characters.first() == Some(&'.')
-        && !matches!(elements.first(), Some(GlobElement::Literal('.')))
-    {
-        return false;
-    }
-    let (mut name_index, mut element_index) = (0, 0);
-    let mut backtrack: Option<(usize, usize)> = None;
-    while name_index < characters.len() {
-        match elements.get(element_index) {
-            Some(GlobElement::AnyRun) => {
-                element_index += 1;
-                backtrack = Some((element_index, name_index));
-            }
-            Some(element) if element.matches(characters[name_index]) => {
-                element_index += 1;
-                name_index += 1;
-            }
-            _ => match backtrack {
-                Some((after_star, start)) => {
-                    element_index = after_star;
-                    name_index = start + 1;
-                    backtrack = Some((after_star, start + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    elements[element_index.min(elements.len())..]
-        .iter()
-        .all(|element| matches!(element, GlobElement::AnyRun))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2673,6 +2722,16 @@ mod tests {
 
     fn fake_local() -> LocalContext {
         local_with_home(Path::new("/nonexistent/xfer-test-home"))
+    }
+
+    fn with_options(options: &[&str]) -> Overrides {
+        Overrides {
+            arguments: options
+                .iter()
+                .map(|option| CommandLineArgument::Option(option.to_string()))
+                .collect(),
+            ..Overrides::default()
+        }
     }
 
     fn from_text(host: &str, text: &str) -> Result<HostConfig> {
@@ -2873,13 +2932,100 @@ mod tests {
     }
 
     #[test]
-    fn unknown_and_unused_directives_are_ignored() {
+    fn directives_ssh_knows_but_xfer_does_not_use_are_skipped() {
         let config = from_text(
             "h",
-            "Bogus directive\nCiphers not-a-cipher\nFrobnicate\nHost h\n  Port 7\n",
+            "Ciphers not-a-cipher\nProtocol 2\nRSAAuthentication no\nGSSAPIKeyExchange yes\nHost h\n  Port 7\n",
         )
-        .expect("ignored");
+        .expect("skipped");
         assert_eq!(config.port, 7);
+    }
+
+    #[test]
+    fn unknown_keywords_are_refused_naming_file_and_line() {
+        // A mistyped Host would otherwise let the block below it apply to every host.
+        let error = from_text("other", "Port 5\nHots gpu\n  Port 2222\n").expect_err("refused");
+        assert_eq!(error.kind(), crate::ErrorKind::Config);
+        assert!(
+            error.message().contains("test.conf line 2")
+                && error.message().contains("Bad configuration option")
+                && error.message().contains("\"hots\""),
+            "{}",
+            error.message()
+        );
+        assert!(
+            error
+                .hint()
+                .is_some_and(|hint| hint.contains("IgnoreUnknown"))
+        );
+        // Inside a block that does not apply, too, as ssh does.
+        assert!(from_text("h", "Host nothing\n  Frobnicate yes\n").is_err());
+        // A keyword without an argument is refused before it is looked up, as in ssh.
+        assert!(from_text("h", "Compression\n").is_err());
+    }
+
+    #[test]
+    fn ignore_unknown_lists_keywords_to_skip() {
+        let config = from_text(
+            "h",
+            "IgnoreUnknown UseKeychain,Xfer*\nUseKeychain yes\nXferThing 1\nPort 9\n",
+        )
+        .expect("skipped");
+        assert_eq!(config.port, 9);
+        // Only from where it is set on, only when active, and the first value wins.
+        assert!(from_text("h", "UseKeychain yes\nIgnoreUnknown UseKeychain\n").is_err());
+        assert!(
+            from_text(
+                "h",
+                "Host x\n  IgnoreUnknown UseKeychain\nHost *\n  UseKeychain yes\n"
+            )
+            .is_err()
+        );
+        assert!(
+            from_text(
+                "h",
+                "IgnoreUnknown Other\nIgnoreUnknown UseKeychain\nUseKeychain yes\n"
+            )
+            .is_err()
+        );
+        assert!(from_text("h", "IgnoreUnknown a b\n").is_err());
+        let overrides = with_options(&["IgnoreUnknown=UseKeychain", "UseKeychain=yes"]);
+        assert!(resolve_from_text("h", &overrides, "t", "", &fake_local()).is_ok());
+    }
+
+    #[test]
+    fn byte_order_mark_is_refused_and_named() {
+        let error = from_text("h", "\u{feff}Host h\n  Port 7\n").expect_err("refused");
+        assert!(
+            error.message().contains("test.conf line 1")
+                && error.message().contains("byte order mark"),
+            "{}",
+            error.message()
+        );
+    }
+
+    #[test]
+    fn unknown_command_line_option_is_a_usage_error() {
+        let overrides = with_options(&["Hots=x"]);
+        let source = ConfigSource::File(PathBuf::from("none"));
+        let error = resolve("h", &overrides, &source, &fake_local()).expect_err("refused");
+        assert_eq!(error.kind(), crate::ErrorKind::Usage);
+        assert!(
+            error.message().contains("-o 'Hots=x'"),
+            "{}",
+            error.message()
+        );
+    }
+
+    #[test]
+    fn keyword_list_is_sorted_and_holds_every_keyword_xfer_reads() {
+        assert!(SSH_KEYWORDS.windows(2).all(|pair| pair[0] < pair[1]));
+        for name in SSH_KEYWORDS {
+            assert_eq!(name.to_ascii_lowercase(), name);
+        }
+        for (name, _) in KEYWORD_NAMES {
+            assert!(SSH_KEYWORDS.binary_search(&name).is_ok(), "{name}");
+        }
     }
 
     #[test]
@@ -2893,13 +3039,86 @@ mod tests {
             "Port=abc",
             "BatchMode maybe",
         ] {
-            let overrides = Overrides {
-                options: vec![option.to_string()],
-                ..Overrides::default()
-            };
+            let overrides = with_options(&[option]);
             let error = resolve("h", &overrides, &source, &local).expect_err(option);
             assert_eq!(error.kind(), crate::ErrorKind::Usage, "{option}");
         }
+    }
+
+    #[test]
+    fn command_line_arguments_count_in_the_order_given() {
+        let source = ConfigSource::File(PathBuf::from("none"));
+        let local = fake_local();
+        let resolve_with = |arguments: Vec<CommandLineArgument>| {
+            let overrides = Overrides {
+                arguments,
+                ..Overrides::default()
+            };
+            resolve("h", &overrides, &source, &local)
+        };
+        use CommandLineArgument::{Jump, Option, Port};
+        let port_first = resolve_with(vec![Port("2042".into()), Option("Port=2041".into())]);
+        assert_eq!(port_first.expect("resolves").port, 2042);
+        let option_first = resolve_with(vec![Option("Port=2041".into()), Port("2042".into())]);
+        assert_eq!(option_first.expect("resolves").port, 2041);
+        // A bad -p is refused only when it is the port that counts, as ssh does.
+        assert!(resolve_with(vec![Port("0".into())]).is_err());
+        assert!(resolve_with(vec![Option("Port=5".into()), Port("0".into())]).is_ok());
+        assert_eq!(
+            resolve_with(vec![Port("ssh".into())])
+                .expect("service")
+                .port,
+            22
+        );
+        // -J then -o ProxyCommand or ProxyJump: the first wins; the other way round is refused.
+        let jump_first = resolve_with(vec![
+            Jump("bastion".into()),
+            Option("ProxyCommand=nc %h %p".into()),
+        ])
+        .expect("resolves");
+        assert_eq!(jump_first.proxy_jump.len(), 1);
+        assert_eq!(jump_first.proxy_command, None);
+        let jump_twice =
+            resolve_with(vec![Jump("a".into()), Option("ProxyJump=b".into())]).expect("resolves");
+        assert_eq!(jump_twice.proxy_jump[0].host, "a");
+        assert!(resolve_with(vec![Option("ProxyCommand=nc".into()), Jump("a".into())]).is_err());
+        assert!(resolve_with(vec![Option("ProxyJump=b".into()), Jump("a".into())]).is_err());
+        let none_first = resolve_with(vec![Jump("none".into()), Option("ProxyCommand=nc".into())])
+            .expect("resolves");
+        assert!(none_first.proxy_jump.is_empty());
+        assert_eq!(none_first.proxy_command.as_deref(), Some("nc"));
+    }
+
+    #[test]
+    fn advice_repeats_what_reached_the_host_quoted_for_a_shell() {
+        let overrides = Overrides {
+            user: Some("ann".to_string()),
+            arguments: vec![
+                CommandLineArgument::Port("2042".into()),
+                CommandLineArgument::Option("BatchMode yes".into()),
+                CommandLineArgument::Identity("~/keys/it's".into()),
+                CommandLineArgument::Jump("bastion:2200".into()),
+            ],
+        };
+        let source = ConfigSource::File(PathBuf::from("/etc/xfer test/config"));
+        let config = resolve(
+            "::1",
+            &overrides,
+            &ConfigSource::File(PathBuf::from("none")),
+            &fake_local(),
+        )
+        .expect("resolves");
+        assert_eq!(
+            config.advice("forget-host", &[]),
+            "xfer forget-host -F none -p 2042 -o 'BatchMode yes' -i '~/keys/it'\\''s' -J bastion:2200 'ann@[::1]'"
+        );
+        let words = command_line(Some(&source), &Overrides::default(), "web");
+        assert_eq!(words, ["-F", "/etc/xfer test/config", "web"]);
+        let config = from_text("web", "").expect("resolves");
+        assert_eq!(
+            config.advice("doctor", &["-o", "StrictHostKeyChecking=accept-new"]),
+            "xfer doctor -o StrictHostKeyChecking=accept-new web"
+        );
     }
 
     #[test]
@@ -2908,7 +3127,10 @@ mod tests {
         let key = directory.path().join("key");
         write(&key, "not really a key\n");
         let overrides = Overrides {
-            identity_files: vec!["/nonexistent/key".to_string(), key.display().to_string()],
+            arguments: vec![
+                CommandLineArgument::Identity("/nonexistent/key".to_string()),
+                CommandLineArgument::Identity(key.display().to_string()),
+            ],
             ..Overrides::default()
         };
         let config = resolve_from_text(
@@ -3093,36 +3315,6 @@ mod tests {
         assert_eq!(match_hostname("db.example", "*,!db.*"), -1);
         assert_eq!(match_pattern_list("bob", "alice,bob", false), 1);
         assert_eq!(match_pattern_list("bob", &"x".repeat(2000), false), 0);
-    }
-
-    #[test]
-    fn globs_match_like_glob3() {
-        assert!(glob_match("*.conf", "a.conf"));
-        assert!(!glob_match("*.conf", ".hidden.conf"));
-        assert!(glob_match(".*.conf", ".hidden.conf"));
-        assert!(glob_match("[a-c]?.conf", "b1.conf"));
-        assert!(!glob_match("[!a-c]?.conf", "b1.conf"));
-        assert!(glob_match("[[:digit:]]*", "10-x"));
-        assert!(glob_match("\\*", "*"));
-        assert!(glob_match("[x", "[x"));
-        let directory = tempfile::tempdir().expect("tempdir");
-        for name in ["b.conf", "a.conf", ".c.conf", "d.txt"] {
-            write(&directory.path().join(name), "");
-        }
-        let found = glob_paths(
-            &format!("{}/*.conf", directory.path().display()),
-            &fake_local(),
-        )
-        .expect("glob");
-        let names: Vec<String> = found
-            .iter()
-            .filter_map(|path| {
-                Path::new(path)
-                    .file_name()
-                    .map(|name| name.to_string_lossy().into_owned())
-            })
-            .collect();
-        assert_eq!(names, ["a.conf", "b.conf"]);
     }
 
     #[test]

@@ -20,12 +20,14 @@ use crate::env;
 use crate::error::{Error, Result};
 use crate::ssh::auth::{Authenticated, Authenticator, Interaction, KeyStore};
 use crate::ssh::config::{
-    self, ConfigSource, HostConfig, JumpHost, LocalContext, Overrides, StrictHostKeyChecking,
+    self, CommandLineArgument, ConfigSource, HostConfig, JumpHost, LocalContext, Overrides,
+    StrictHostKeyChecking,
 };
 use crate::ssh::known_hosts::{self, HostKeyStatus};
 use crate::ssh::startups::{ClosedBeforeLogin, Startups, closed_before_login};
 use crate::target::HostSpec;
 use russh::client::{self, Handle};
+use russh::keys::ssh_key::public::KeyData;
 use russh::keys::{PublicKey, PublicKeyOrCertificate};
 use std::fmt;
 use std::io::Write;
@@ -99,6 +101,8 @@ pub enum HostKeyVerdict {
     Learned { file: PathBuf },
     /// Was unknown and accepted without recording (StrictHostKeyChecking=no with no file).
     AcceptedUnrecorded,
+    /// A host certificate signed by the `@cert-authority` at this line.
+    Certified { file: PathBuf, line: usize },
     /// Refused; the error explains why.
     Refused,
 }
@@ -108,6 +112,7 @@ impl HostKeyVerdict {
     pub fn summary(&self) -> &'static str {
         match self {
             HostKeyVerdict::Known { .. } => "known",
+            HostKeyVerdict::Certified { .. } => "certified",
             HostKeyVerdict::Learned { .. } => "recorded",
             HostKeyVerdict::AcceptedUnrecorded => "accepted",
             HostKeyVerdict::Refused => "refused",
@@ -119,6 +124,9 @@ impl fmt::Display for HostKeyVerdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             HostKeyVerdict::Known { file, line } => write!(f, "known ({}:{line})", file.display()),
+            HostKeyVerdict::Certified { file, line } => {
+                write!(f, "certified by the CA at {}:{line}", file.display())
+            }
             HostKeyVerdict::Learned { file } => write!(f, "new, recorded in {}", file.display()),
             HostKeyVerdict::AcceptedUnrecorded => f.write_str("new, accepted without recording"),
             HostKeyVerdict::Refused => f.write_str("refused"),
@@ -307,7 +315,7 @@ impl Connector {
             .chain(config.global_known_hosts_files.iter())
             .cloned()
             .collect();
-        if let Ok(known) = known_hosts::known_key_algorithms(&files, &config.hostname, config.port)
+        if let Ok(known) = known_hosts::known_key_algorithms(&files, &config.host_key_name())
             && !known.is_empty()
         {
             let mut order: Vec<russh::keys::Algorithm> = Vec::new();
@@ -330,6 +338,25 @@ impl Connector {
                 }
             }
             preferred.key = std::borrow::Cow::Owned(order);
+        }
+        // An @cert-authority line for the host: ask for its host certificate first, as ssh
+        // does (ssh-rsa certificates signed with SHA-1 are not offered, as in ssh 9.2).
+        let lookup = known_hosts::HostKeyLookup::new(
+            &config.hostname,
+            config.port,
+            config.host_key_alias.as_deref(),
+        );
+        if known_hosts::has_certificate_authority(&files, &lookup).unwrap_or(false) {
+            preferred.host_key_certificates = std::borrow::Cow::Owned(
+                preferred
+                    .key
+                    .iter()
+                    .filter(|algorithm| {
+                        !matches!(algorithm, russh::keys::Algorithm::Rsa { hash: None })
+                    })
+                    .cloned()
+                    .collect(),
+            );
         }
         // AES-GCM runs at several GB/s with AES-NI, about three times ChaCha20 here.
         preferred.cipher = std::borrow::Cow::Owned(vec![
@@ -410,10 +437,14 @@ impl Connector {
     /// A jump host is resolved through the config like any host (ssh runs `ssh -J` recursively):
     /// the last hop of a chain is reached through the hops before it.
     fn resolve_jump(&self, hop: &JumpHost, earlier: &[JumpHost]) -> Result<HostConfig> {
+        // ssh reaches a jump host as `ssh -l USER -p PORT -F CONFIG HOST`: no -o, -i or -J.
         let overrides = Overrides {
             user: hop.user.clone(),
-            port: hop.port,
-            ..Overrides::default()
+            arguments: hop
+                .port
+                .map(|port| CommandLineArgument::Port(port.to_string()))
+                .into_iter()
+                .collect(),
         };
         let mut resolved = config::resolve(&hop.host, &overrides, &self.source, &self.local)?;
         if !earlier.is_empty() {
@@ -753,16 +784,17 @@ impl client::Handler for ClientHandler {
         &mut self,
         server_key: &PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
-        let key = match server_key {
+        // A certificate is kept whole: it is checked against the @cert-authority lines.
+        let presented = match server_key {
             PublicKeyOrCertificate::PublicKey { key, .. } => key.clone(),
             PublicKeyOrCertificate::Certificate(certificate) => {
-                PublicKey::new(certificate.public_key().clone(), "")
+                PublicKey::new(KeyData::Certificate(Box::new(certificate.clone())), "")
             }
         };
         if let Ok(mut fingerprint) = self.fingerprint.lock() {
-            *fingerprint = known_hosts::fingerprint(&key);
+            *fingerprint = known_hosts::fingerprint(&plain_key(&presented));
         }
-        let outcome = verify_host_key(&self.config, &key, self.interaction, &self.label);
+        let outcome = verify_host_key(&self.config, &presented, self.interaction, &self.label);
         let accepted = matches!(outcome, Ok(ref v) if *v != HostKeyVerdict::Refused);
         if let Ok(mut verdict) = self.verdict.lock() {
             *verdict = Some(outcome);
@@ -771,10 +803,19 @@ impl client::Handler for ClientHandler {
     }
 }
 
-/// Decides whether to trust a server's host key, following StrictHostKeyChecking.
+/// The key inside a certificate, or the key itself.
+fn plain_key(key: &PublicKey) -> PublicKey {
+    match key.key_data() {
+        KeyData::Certificate(certificate) => PublicKey::new(certificate.public_key().clone(), ""),
+        _ => key.clone(),
+    }
+}
+
+/// Decides whether to trust a server's host key (or host certificate), following
+/// StrictHostKeyChecking.
 pub fn verify_host_key(
     config: &HostConfig,
-    key: &PublicKey,
+    presented: &PublicKey,
     interaction: Interaction,
     label: &str,
 ) -> Result<HostKeyVerdict> {
@@ -784,14 +825,32 @@ pub fn verify_host_key(
         .chain(config.global_known_hosts_files.iter())
         .cloned()
         .collect();
-    let host = &config.hostname;
-    let port = config.port;
-    let name = known_hosts::host_pattern_name(host, port);
-    let fingerprint = known_hosts::fingerprint(key);
+    // HostKeyAlias replaces host and port here, as in ssh: keys are looked up and recorded
+    // under the alias only.
+    let lookup = known_hosts::HostKeyLookup::new(
+        &config.hostname,
+        config.port,
+        config.host_key_alias.as_deref(),
+    );
+    let name = lookup.name.clone();
+    let key = plain_key(presented);
+    let fingerprint = known_hosts::fingerprint(&key);
     let key_type = key.algorithm().as_str().to_string();
-    let forget = format!("xfer forget-host {}", config.original_host);
-    match known_hosts::check(&files, host, port, key)? {
+    // Advice repeats the -F, -p, -i, -J and -o that reached this host, so it can be pasted.
+    let forget = config.advice("forget-host", &[]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs());
+    let checked = known_hosts::check_host(&files, &lookup, presented, now)?;
+    // Why the server's certificate did not settle it, for the messages about its plain key.
+    let certificate_note = checked
+        .certificate_refusal
+        .as_ref()
+        .map(|refusal| format!("; {refusal}"))
+        .unwrap_or_default();
+    match checked.status {
         HostKeyStatus::Known { file, line } => Ok(HostKeyVerdict::Known { file, line }),
+        HostKeyStatus::Certified { file, line } => Ok(HostKeyVerdict::Certified { file, line }),
         HostKeyStatus::Revoked { file, line } => Err(Error::host_key(format!(
             "{label}: the host key {fingerprint} is marked @revoked in {}:{line}",
             file.display()
@@ -804,7 +863,7 @@ pub fn verify_host_key(
             key_type: old_type,
         } => Err(Error::host_key(format!(
             "{label}: HOST KEY CHANGED for {name}. {}:{line} holds {old_type} key {old_fingerprint}, the server now shows {key_type} key {fingerprint}. \
-             Someone could be intercepting the connection, or the machine was re-created",
+             Someone could be intercepting the connection, or the machine was re-created{certificate_note}",
             file.display()
         ))
         .with_hint(format!(
@@ -813,11 +872,11 @@ pub fn verify_host_key(
         HostKeyStatus::Unknown => {
             // A host on file with keys of other types showing a key we have never seen is
             // what an interceptor without the real key looks like: never learn it silently.
-            let other_types = known_hosts::known_key_algorithms(&files, host, port)?;
+            let other_types = known_hosts::known_key_algorithms(&files, &name)?;
             if !other_types.is_empty() {
                 let names: Vec<&str> = other_types.iter().map(|a| a.as_str()).collect();
                 return Err(Error::host_key(format!(
-                    "{label}: {name} is on file with {} key(s), but the server now shows a {key_type} key {fingerprint} instead",
+                    "{label}: {name} is on file with {} key(s), but the server now shows a {key_type} key {fingerprint} instead{certificate_note}",
                     names.join(", ")
                 ))
                 .with_hint(format!(
@@ -826,9 +885,13 @@ pub fn verify_host_key(
             }
             let record_file = config.user_known_hosts_files.first().cloned();
             let record = |file: Option<PathBuf>| -> Result<HostKeyVerdict> {
+                if let Some(refusal) = &checked.certificate_refusal {
+                    // ssh too records the plain key after saying why the certificate failed.
+                    tracing::warn!("{label}: {refusal}");
+                }
                 match file {
                     Some(file) => {
-                        known_hosts::add_hashed(&file, host, port, key)?;
+                        known_hosts::add_hashed(&file, &name, &key)?;
                         tracing::info!("{label}: recorded host key {fingerprint} in {}", file.display());
                         Ok(HostKeyVerdict::Learned { file })
                     }
@@ -836,19 +899,24 @@ pub fn verify_host_key(
                 }
             };
             let accept_hint = format!(
-                "if {fingerprint} is the key you expect, record it with: xfer doctor -o StrictHostKeyChecking=accept-new {}",
-                config.original_host
+                "if {fingerprint} is the key you expect, record it with: {}",
+                config.advice("doctor", &["-o", "StrictHostKeyChecking=accept-new"])
             );
             match config.strict_host_key_checking {
                 StrictHostKeyChecking::AcceptNew | StrictHostKeyChecking::No => record(record_file),
                 StrictHostKeyChecking::Yes => Err(Error::host_key(format!(
-                    "{label}: host key for {name} is not known ({key_type} {fingerprint}) and StrictHostKeyChecking is yes"
+                    "{label}: host key for {name} is not known ({key_type} {fingerprint}) and StrictHostKeyChecking is yes{certificate_note}"
                 ))
                 .with_hint(accept_hint)),
                 StrictHostKeyChecking::Ask => {
                     if interaction == Interaction::Batch {
+                        let why = if config.batch_mode {
+                            "BatchMode is yes, so xfer does not ask"
+                        } else {
+                            "there is no terminal to confirm it"
+                        };
                         return Err(Error::host_key(format!(
-                            "{label}: host key for {name} is not known ({key_type} {fingerprint}) and there is no terminal to confirm it"
+                            "{label}: host key for {name} is not known ({key_type} {fingerprint}) and {why}{certificate_note}"
                         ))
                         .with_hint(accept_hint));
                     }

@@ -1,17 +1,20 @@
 //! known_hosts files, read and written exactly as OpenSSH 9.2 does (hostfile.c, match.c,
 //! sshkey.c): host patterns with `*`, `?` and `!`, `[host]:port` names, hashed `|1|salt|hash`
 //! names, `@cert-authority` and `@revoked` markers, blank-or-tab separated fields and CRLF line
-//! ends. This module owns looking a server's key up (`check`), recording a new key (`add_hashed`,
-//! `add_plain`) and removing a host the way `ssh-keygen -R` does (`forget`). russh's own
-//! known_hosts helpers are not used because they understand none of the above.
+//! ends. This module owns looking a server's key up (`check`, and `check_host` for ssh's whole
+//! lookup: HostKeyAlias, the port-less name, host certificates and their `@cert-authority`),
+//! recording a new key (`add_hashed`, `add_plain`) and removing a host the way `ssh-keygen -R`
+//! does (`forget`). russh's own known_hosts helpers are not used because they understand none of
+//! the above.
 
 use crate::error::{Error, Result};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, Mac};
 use rand::{Rng, RngCore};
+use russh::keys::ssh_key::certificate::CertType;
 use russh::keys::ssh_key::public::KeyData;
-use russh::keys::{Algorithm, EcdsaCurve, HashAlg, PublicKey};
+use russh::keys::{Algorithm, Certificate, EcdsaCurve, HashAlg, PublicKey};
 use sha1::Sha1;
 use std::fs;
 use std::io::{self, Read, Write};
@@ -44,6 +47,16 @@ const MAX_KEY_TYPE_NAME_BYTES: usize = 127;
 
 /// OpenSSH refuses RSA keys with a smaller modulus (SSH_RSA_MINIMUM_MODULUS_SIZE).
 const MIN_RSA_BITS: usize = 1024;
+
+/// The name ssh files a host's keys under in known_hosts, looks them up by, and `ssh-keygen -R`
+/// removes: the `HostKeyAlias` when one is set (lowercased as ssh lowercases it; ssh then uses
+/// nothing else, not even the port), otherwise [`host_pattern_name`] of the host and port.
+pub fn host_key_name(host: &str, port: u16, alias: Option<&str>) -> String {
+    match alias {
+        Some(alias) => alias.to_ascii_lowercase(),
+        None => host_pattern_name(host, port),
+    }
+}
 
 /// How OpenSSH names a host in known_hosts: "host" for port 22, "[host]:port" otherwise.
 ///
@@ -165,24 +178,154 @@ pub enum HostKeyStatus {
     },
     /// An `@revoked` line for this host names this key. Takes precedence over everything else.
     Revoked { file: PathBuf, line: usize },
+    /// The key is a host certificate signed by the `@cert-authority` at this line, valid now
+    /// and issued for this host (see [`check_host`]).
+    Certified { file: PathBuf, line: usize },
 }
 
-/// Looks `key` up for `host` on `port` in `files`, in order (user files first, then system
-/// files, as ssh does).
+/// Where ssh looks up the key a server presents (sshconnect.c `check_host_key`): under `name`
+/// ([`host_key_name`]); then, when no plain entry of any type is filed under it, under the host
+/// name without the port (`port_less_name`: only on a port other than 22 and without
+/// HostKeyAlias, as ssh's "found matching key w/out port"). A host certificate must list
+/// `principal` (the host name, or the HostKeyAlias) unless it lists no principal at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostKeyLookup {
+    pub name: String,
+    pub port_less_name: Option<String>,
+    pub principal: String,
+}
+
+impl HostKeyLookup {
+    /// `host` as ssh connects to it (lowercased unless it is an address), its port, and
+    /// `HostKeyAlias`.
+    pub fn new(host: &str, port: u16, alias: Option<&str>) -> Self {
+        HostKeyLookup {
+            name: host_key_name(host, port, alias),
+            port_less_name: (alias.is_none() && port != 22 && port != 0)
+                .then(|| host_pattern_name(host, 22)),
+            principal: match alias {
+                Some(alias) => alias.to_ascii_lowercase(),
+                None => host.to_owned(),
+            },
+        }
+    }
+
+    fn names(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.name.as_str()).chain(self.port_less_name.as_deref())
+    }
+}
+
+/// What [`check_host`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostKeyCheck {
+    pub status: HostKeyStatus,
+    /// Why a host certificate from a trusted `@cert-authority` was not accepted, when the
+    /// server showed one and, as ssh does, its plain key was judged instead.
+    pub certificate_refusal: Option<String>,
+}
+
+/// The known_hosts side of ssh's `check_host_key`: what the files say about the key a server
+/// presented, looked up as [`HostKeyLookup`] describes.
+///
+/// A host certificate is checked against the `@cert-authority` lines (under `name`, then the
+/// port-less name when no authority is filed under `name`): the authority's key must have
+/// signed it, it must be a host certificate, valid at `now` (Unix seconds), issued for the
+/// principal, without critical options, and signed with an algorithm ssh's default
+/// CASignatureAlgorithms allows. When no authority accepts it, its plain key is judged like
+/// any other, as ssh does. A certificate whose authority's signature does not verify is an
+/// error: ssh refuses such a key before it looks anything up.
+///
+/// Where this is stricter than ssh: a key `@revoked` under the port-less name is refused (ssh
+/// goes on as for an unknown host); and for a certificate no authority under `name` signed,
+/// ssh tries the port-less name (plain key included) before the plain key under `name`, so a
+/// different key under `name` with the right one under the port-less name is accepted by ssh
+/// and counts as changed here. `CASignatureAlgorithms` is not read: ssh's default list applies.
+pub fn check_host(
+    files: &[PathBuf],
+    lookup: &HostKeyLookup,
+    presented: &PublicKey,
+    now: u64,
+) -> Result<HostKeyCheck> {
+    let mut certificate_refusal = None;
+    if let KeyData::Certificate(certificate) = presented.key_data() {
+        for name in lookup.names() {
+            let records = load_records(files, name)?;
+            match judge_certificate(&records, certificate, &lookup.principal, now)? {
+                CertificateVerdict::Accepted { file, line } => {
+                    return Ok(HostKeyCheck {
+                        status: HostKeyStatus::Certified { file, line },
+                        certificate_refusal: None,
+                    });
+                }
+                CertificateVerdict::Revoked { file, line } => {
+                    return Ok(HostKeyCheck {
+                        status: HostKeyStatus::Revoked { file, line },
+                        certificate_refusal: None,
+                    });
+                }
+                // ssh goes on with the plain key, not with another name.
+                CertificateVerdict::Refused(reason) => {
+                    certificate_refusal = Some(reason);
+                    break;
+                }
+                CertificateVerdict::NoAuthority => {}
+            }
+        }
+    }
+    let plain = PublicKey::new(plain_key_data(presented.key_data()).clone(), "");
+    let records = load_records(files, &lookup.name)?;
+    let mut status = decide(&records, &plain);
+    let nothing_filed = !records.iter().any(|record| record.marker == Marker::None);
+    if status == HostKeyStatus::Unknown
+        && nothing_filed
+        && let Some(port_less_name) = &lookup.port_less_name
+    {
+        let port_less_records = load_records(files, port_less_name)?;
+        // Only a match counts (ssh looks there read-only and quietly); a revoked key is
+        // refused, where ssh would go on as if nothing were on file.
+        if let found @ (HostKeyStatus::Known { .. } | HostKeyStatus::Revoked { .. }) =
+            decide(&port_less_records, &plain)
+        {
+            status = found;
+        }
+    }
+    Ok(HostKeyCheck {
+        status,
+        certificate_refusal,
+    })
+}
+
+/// Whether an `@cert-authority` line applies to the host under any name ssh would look it up
+/// by: ssh then asks the server for its certificate first (order_hostkeyalgs).
+pub fn has_certificate_authority(files: &[PathBuf], lookup: &HostKeyLookup) -> Result<bool> {
+    for name in lookup.names() {
+        let records = load_records(files, name)?;
+        if records
+            .iter()
+            .any(|record| record.marker == Marker::CertAuthority)
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Looks `key` up under `name` (see [`host_key_name`]) in `files`, in order (user files first,
+/// then system files, as ssh does).
 ///
 /// Missing files count as empty; an existing file that cannot be read is an error naming it.
 /// "Changed" reports the last differing entry, which is the one ssh calls the offending key.
-pub fn check(files: &[PathBuf], host: &str, port: u16, key: &PublicKey) -> Result<HostKeyStatus> {
-    let records = load_records(files, &host_pattern_name(host, port))?;
+pub fn check(files: &[PathBuf], name: &str, key: &PublicKey) -> Result<HostKeyStatus> {
+    let records = load_records(files, name)?;
     Ok(decide(&records, key))
 }
 
-/// The algorithms of the plain keys recorded for `host` on `port`, in file order, without
+/// The algorithms of the plain keys recorded under `name`, in file order, without
 /// repeats. ssh puts these first in its host key algorithm preference (order_hostkeyalgs) so a
 /// server that has several keys shows the one already known; a connection should do the same,
 /// because `check` reports a key of a type not on file as `Unknown`, not `Changed`.
-pub fn known_key_algorithms(files: &[PathBuf], host: &str, port: u16) -> Result<Vec<Algorithm>> {
-    let records = load_records(files, &host_pattern_name(host, port))?;
+pub fn known_key_algorithms(files: &[PathBuf], name: &str) -> Result<Vec<Algorithm>> {
+    let records = load_records(files, name)?;
     let mut algorithms: Vec<Algorithm> = Vec::new();
     for record in records
         .iter()
@@ -201,10 +344,11 @@ pub fn fingerprint(key: &PublicKey) -> String {
     key.fingerprint(HashAlg::Sha256).to_string()
 }
 
-/// Appends `|1|salt|hash algorithm base64` for the host, with a fresh random salt, as ssh does
-/// under HashKnownHosts yes. Creates the parent directory (0700) and the file (0600) if missing.
-pub fn add_hashed(file: &Path, host: &str, port: u16, key: &PublicKey) -> Result<()> {
-    let name = recordable_name(host, port)?;
+/// Appends `|1|salt|hash algorithm base64` for `name` (see [`host_key_name`]), with a fresh
+/// random salt, as ssh does under HashKnownHosts yes. Creates the parent directory (0700) and
+/// the file (0600) if missing.
+pub fn add_hashed(file: &Path, name: &str, key: &PublicKey) -> Result<()> {
+    check_recordable(name)?;
     let mut salt = [0u8; SHA1_BYTES];
     rand::thread_rng().fill_bytes(&mut salt);
     let hash = hmac_sha1(&salt, name.as_bytes())
@@ -217,10 +361,10 @@ pub fn add_hashed(file: &Path, host: &str, port: u16, key: &PublicKey) -> Result
     append_entry(file, &field, key)
 }
 
-/// Appends `name algorithm base64` for the host, as ssh does under HashKnownHosts no.
-pub fn add_plain(file: &Path, host: &str, port: u16, key: &PublicKey) -> Result<()> {
-    let name = recordable_name(host, port)?;
-    append_entry(file, &name, key)
+/// Appends `name algorithm base64`, as ssh does under HashKnownHosts no.
+pub fn add_plain(file: &Path, name: &str, key: &PublicKey) -> Result<()> {
+    check_recordable(name)?;
+    append_entry(file, name, key)
 }
 
 /// What `forget` did to one existing file.
@@ -233,7 +377,7 @@ pub struct Forgotten {
     pub backup: Option<PathBuf>,
 }
 
-/// Removes `host` on `port` from each file like `ssh-keygen -R` (9.2) does.
+/// Removes `name` (see [`host_key_name`]) from each file like `ssh-keygen -R` (9.2) does.
 ///
 /// Every line whose host field selects the name goes, whole, even when it lists other hosts
 /// too; `@cert-authority` and `@revoked` lines stay, as do comments and every other line, byte
@@ -242,8 +386,7 @@ pub struct Forgotten {
 /// `<file>.old`. Like ssh-keygen, a file with a line ssh-keygen calls invalid is not rewritten:
 /// that is an error naming the line, and no file is changed. Missing files are skipped and do
 /// not appear in the result.
-pub fn forget(files: &[PathBuf], host: &str, port: u16) -> Result<Vec<Forgotten>> {
-    let name = host_pattern_name(host, port);
+pub fn forget(files: &[PathBuf], name: &str) -> Result<Vec<Forgotten>> {
     let mut unique: Vec<&PathBuf> = Vec::new();
     for file in files {
         if !unique.contains(&file) {
@@ -732,6 +875,113 @@ fn collect_records<'a>(file: &'a Path, content: &[u8], name: &[u8], records: &mu
     }
 }
 
+enum CertificateVerdict {
+    Accepted {
+        file: PathBuf,
+        line: usize,
+    },
+    Revoked {
+        file: PathBuf,
+        line: usize,
+    },
+    /// An authority on file signed it, but it does not hold for this host now.
+    Refused(String),
+    NoAuthority,
+}
+
+/// check_hostkeys_by_key_or_type for a certificate, check_key_not_revoked, then
+/// sshkey_cert_check_host.
+fn judge_certificate(
+    records: &[Record<'_>],
+    certificate: &Certificate,
+    principal: &str,
+    now: u64,
+) -> Result<CertificateVerdict> {
+    let revoked = records.iter().find(|record| {
+        let revoked = plain_key_data(record.key.key_data());
+        record.marker == Marker::Revoked
+            && (revoked == certificate.public_key() || revoked == certificate.signature_key())
+    });
+    if let Some(record) = revoked {
+        return Ok(CertificateVerdict::Revoked {
+            file: record.file.to_path_buf(),
+            line: record.line,
+        });
+    }
+    let Some(authority) = records.iter().find(|record| {
+        record.marker == Marker::CertAuthority
+            && plain_key_data(record.key.key_data()) == certificate.signature_key()
+    }) else {
+        return Ok(CertificateVerdict::NoAuthority);
+    };
+    let file = authority.file.to_path_buf();
+    let line = authority.line;
+    if let Some(reason) = certificate_problem(certificate, principal, now) {
+        return Ok(CertificateVerdict::Refused(format!(
+            "the server's host certificate (signed by the CA at {}:{line}) {reason}",
+            file.display()
+        )));
+    }
+    // The validity window was checked above; what can still fail here is the signature.
+    let authority_fingerprint = authority.key.fingerprint(HashAlg::Sha256);
+    if certificate
+        .validate_at(now, [&authority_fingerprint])
+        .is_err()
+    {
+        return Err(Error::host_key(format!(
+            "the server's host certificate claims the CA at {}:{line}, but that CA's signature \
+             on it does not verify",
+            file.display()
+        ))
+        .with_hint("someone may be intercepting the connection; ask the host's administrator")
+        .transient(false));
+    }
+    Ok(CertificateVerdict::Accepted { file, line })
+}
+
+/// What makes a correctly signed certificate unacceptable as this host's key, in the order
+/// sshkey_cert_check_host looks, said as the end of a sentence.
+fn certificate_problem(certificate: &Certificate, principal: &str, now: u64) -> Option<String> {
+    if certificate.cert_type() != CertType::Host {
+        return Some("is a user certificate, not a host certificate".to_owned());
+    }
+    if now < certificate.valid_after() {
+        return Some("is not valid yet".to_owned());
+    }
+    if now >= certificate.valid_before() {
+        return Some("has expired".to_owned());
+    }
+    let principals = certificate.valid_principals();
+    if !principals.is_empty() && !principals.iter().any(|listed| listed == principal) {
+        return Some(format!(
+            "is not issued for \"{}\" (it names {})",
+            crate::target::printable(principal),
+            crate::target::printable(&principals.join(", "))
+        ));
+    }
+    if !certificate.critical_options().is_empty() {
+        return Some(
+            "carries critical options, which ssh refuses in a host certificate".to_owned(),
+        );
+    }
+    let algorithm = certificate.signature().algorithm();
+    let allowed = match &algorithm {
+        Algorithm::Ed25519
+        | Algorithm::Ecdsa { .. }
+        | Algorithm::SkEd25519
+        | Algorithm::SkEcdsaSha2NistP256 => true,
+        Algorithm::Rsa { hash } => matches!(hash, Some(HashAlg::Sha256 | HashAlg::Sha512)),
+        _ => false,
+    };
+    if !allowed {
+        return Some(format!(
+            "is signed with {}, which ssh's CASignatureAlgorithms does not allow",
+            algorithm.as_str()
+        ));
+    }
+    None
+}
+
 /// check_hostkeys_by_key_or_type and check_key_not_revoked, with "changed" limited to keys of
 /// the same type.
 fn decide(records: &[Record<'_>], key: &PublicKey) -> HostKeyStatus {
@@ -828,30 +1078,31 @@ fn read_capped(file: &Path) -> Result<Option<Vec<u8>>> {
 // ---------------------------------------------------------------------------------------------
 // Adding.
 
-/// The name to record, refusing ones that would make a line mean something else: blanks end
-/// the host field, commas and wildcards would turn the name into patterns, and `|`, `@`, `#` at
-/// the start would read as a hash, a marker or a comment.
-fn recordable_name(host: &str, port: u16) -> Result<String> {
-    let problem = if host.is_empty() {
+/// Refuses a name that would make a line mean something else: blanks end the host field,
+/// commas and wildcards would turn the name into patterns, and `|`, `@`, `#` at the start would
+/// read as a hash, a marker or a comment.
+fn check_recordable(name: &str) -> Result<()> {
+    let problem = if name.is_empty() {
         Some("it is empty")
-    } else if host.bytes().any(|byte| byte <= b' ' || byte == 0x7f) {
+    } else if name.bytes().any(|byte| byte <= b' ' || byte == 0x7f) {
         Some("it contains blanks or control characters")
-    } else if host
+    } else if name
         .bytes()
         .any(|byte| matches!(byte, b',' | b'*' | b'?' | b'!'))
     {
         Some("it contains one of , * ? !")
-    } else if host.starts_with(['|', '@', '#']) {
+    } else if name.starts_with(['|', '@', '#']) {
         Some("it starts with |, @ or #")
     } else {
         None
     };
     match problem {
         Some(problem) => Err(Error::config(format!(
-            "cannot record a host key for {host:?} in known_hosts: {problem}"
+            "cannot record a host key for \"{}\" in known_hosts: {problem}",
+            crate::target::printable(name)
         ))
-        .with_hint("use the host's DNS name or address")),
-        None => Ok(host_pattern_name(host, port)),
+        .with_hint("use the host's DNS name or address, or a plain HostKeyAlias")),
+        None => Ok(()),
     }
 }
 
@@ -1169,7 +1420,7 @@ mod tests {
     fn status(content: &str, host: &str, port: u16, presented: &str) -> HostKeyStatus {
         let directory = tempfile::tempdir().expect("tempdir");
         let file = write(directory.path(), "known_hosts", content);
-        check(&[file], host, port, &key(presented)).expect("check")
+        check(&[file], &host_pattern_name(host, port), &key(presented)).expect("check")
     }
 
     fn known_at(line: usize) -> impl Fn(&HostKeyStatus) -> bool {
@@ -1186,6 +1437,12 @@ mod tests {
         assert_eq!(host_pattern_name("example.com", 2222), "[example.com]:2222");
         assert_eq!(host_pattern_name("::1", 2222), "[::1]:2222");
         assert_eq!(host_pattern_name("example.com", 0), "example.com");
+        // A HostKeyAlias replaces host and port.
+        assert_eq!(host_key_name("example.com", 2222, Some("Box-A")), "box-a");
+        assert_eq!(
+            host_key_name("example.com", 2222, None),
+            "[example.com]:2222"
+        );
     }
 
     #[test]
@@ -1320,14 +1577,24 @@ mod tests {
         let missing = directory.path().join("missing");
         let files = vec![missing, first.clone(), second.clone()];
         assert_eq!(
-            check(&files, "example.com", 22, &key(ED25519_A)).expect("check"),
+            check(
+                &files,
+                &host_pattern_name("example.com", 22),
+                &key(ED25519_A)
+            )
+            .expect("check"),
             HostKeyStatus::Known {
                 file: second,
                 line: 2
             }
         );
         assert_eq!(
-            check(&files, "example.com", 22, &key(ED25519_B)).expect("check"),
+            check(
+                &files,
+                &host_pattern_name("example.com", 22),
+                &key(ED25519_B)
+            )
+            .expect("check"),
             HostKeyStatus::Known {
                 file: first,
                 line: 1
@@ -1379,6 +1646,208 @@ mod tests {
         assert!(parse_line(&format!("example.com ED25519 {}", blob(ED25519_A))).is_none());
         // RSA signature algorithm names are accepted for an RSA key.
         assert!(parse_line(&format!("example.com rsa-sha2-512 {}", blob(RSA_E))).is_some());
+    }
+
+    fn check_host_in(content: &str, lookup: &HostKeyLookup, presented: &PublicKey) -> HostKeyCheck {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let file = write(directory.path(), "known_hosts", content);
+        check_host(&[file], lookup, presented, now()).expect("check")
+    }
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
+    }
+
+    #[test]
+    fn a_plain_host_entry_serves_another_port_when_nothing_is_filed_under_it() {
+        let on_2222 = HostKeyLookup::new("example.com", 2222, None);
+        assert_eq!(on_2222.port_less_name.as_deref(), Some("example.com"));
+        let found = check_host_in(
+            &format!("example.com {ED25519_A}\n"),
+            &on_2222,
+            &key(ED25519_A),
+        );
+        assert!(known_at(1)(&found.status), "{found:?}");
+        // A different key there is no change: ssh goes on as for an unknown host.
+        let other = check_host_in(
+            &format!("example.com {ED25519_B}\n"),
+            &on_2222,
+            &key(ED25519_A),
+        );
+        assert_eq!(other.status, HostKeyStatus::Unknown);
+        // Anything filed under [host]:port, of any type, and the plain entry is not consulted.
+        let filed = format!("[example.com]:2222 {ECDSA_256}\nexample.com {ED25519_A}\n");
+        assert_eq!(
+            check_host_in(&filed, &on_2222, &key(ED25519_A)).status,
+            HostKeyStatus::Unknown
+        );
+        // A revoked key stays refused there too.
+        let revoked = format!("@revoked example.com {ED25519_A}\n");
+        assert!(matches!(
+            check_host_in(&revoked, &on_2222, &key(ED25519_A)).status,
+            HostKeyStatus::Revoked { line: 1, .. }
+        ));
+        // With HostKeyAlias only the alias counts, and port 22 has nothing else to try.
+        let aliased = HostKeyLookup::new("example.com", 2222, Some("Box"));
+        assert_eq!(aliased.name, "box");
+        assert_eq!(aliased.port_less_name, None);
+        assert_eq!(
+            check_host_in(
+                &format!("example.com {ED25519_A}\n"),
+                &aliased,
+                &key(ED25519_A)
+            )
+            .status,
+            HostKeyStatus::Unknown
+        );
+        assert_eq!(
+            HostKeyLookup::new("example.com", 22, None).port_less_name,
+            None
+        );
+    }
+
+    /// A CA and a host key made by ssh-keygen, and host certificates signed with `options`.
+    struct Authority {
+        directory: tempfile::TempDir,
+    }
+
+    impl Authority {
+        fn new() -> Self {
+            let directory = tempfile::tempdir().expect("tempdir");
+            for name in ["ca", "other_ca", "host"] {
+                let output = Command::new(SSH_KEYGEN)
+                    .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                    .arg(directory.path().join(name))
+                    .output()
+                    .expect("run ssh-keygen");
+                assert!(output.status.success(), "{output:?}");
+            }
+            Authority { directory }
+        }
+
+        fn public(&self, name: &str) -> String {
+            fs::read_to_string(self.directory.path().join(format!("{name}.pub")))
+                .expect("read public key")
+                .trim()
+                .to_owned()
+        }
+
+        fn certificate(&self, ca: &str, options: &[&str]) -> PublicKey {
+            let output = Command::new(SSH_KEYGEN)
+                .args(["-q", "-I", "test", "-s"])
+                .arg(self.directory.path().join(ca))
+                .args(options)
+                .arg(self.directory.path().join("host.pub"))
+                .output()
+                .expect("run ssh-keygen -s");
+            assert!(output.status.success(), "{output:?}");
+            let text = fs::read_to_string(self.directory.path().join("host-cert.pub"))
+                .expect("read certificate");
+            let certificate = Certificate::from_openssh(text.trim()).expect("certificate parses");
+            PublicKey::new(KeyData::Certificate(Box::new(certificate)), "")
+        }
+    }
+
+    #[test]
+    fn host_certificates_are_judged_like_ssh() {
+        let authority = Authority::new();
+        let trusted = format!("@cert-authority *.example.com {}\n", authority.public("ca"));
+        let lookup = HostKeyLookup::new("gpu.example.com", 22, None);
+        let certified = |options: &[&str]| {
+            check_host_in(&trusted, &lookup, &authority.certificate("ca", options))
+        };
+        let valid = certified(&["-h", "-n", "gpu.example.com", "-V", "-5m:+5m"]);
+        assert_eq!(
+            valid.status,
+            HostKeyStatus::Certified {
+                file: valid_file(&valid),
+                line: 1
+            }
+        );
+        // No principals at all is accepted for a host, as ssh accepts it.
+        assert!(matches!(
+            certified(&["-h"]).status,
+            HostKeyStatus::Certified { .. }
+        ));
+        for (options, reason) in [
+            (
+                &["-h", "-n", "cpu.example.com"][..],
+                "is not issued for \"gpu.example.com\"",
+            ),
+            (&["-n", "gpu.example.com"][..], "is a user certificate"),
+            (&["-h", "-V", "-2h:-1h"][..], "has expired"),
+            (&["-h", "-V", "+1h:+2h"][..], "is not valid yet"),
+        ] {
+            let refused = certified(options);
+            // Its plain key is then judged, and is not on file.
+            assert_eq!(refused.status, HostKeyStatus::Unknown, "{options:?}");
+            let refusal = refused.certificate_refusal.unwrap_or_default();
+            assert!(refusal.contains(reason), "{options:?}: {refusal}");
+        }
+        // Another CA's certificate, with the plain key on file: judged as the plain key.
+        let plain_on_file = format!("{trusted}gpu.example.com {}\n", authority.public("host"));
+        let other = check_host_in(
+            &plain_on_file,
+            &lookup,
+            &authority.certificate("other_ca", &["-h"]),
+        );
+        assert!(known_at(2)(&other.status), "{other:?}");
+        assert_eq!(other.certificate_refusal, None);
+        // A revoked authority or host key refuses the certificate.
+        for revoked_name in ["ca", "host"] {
+            let content = format!("{trusted}@revoked * {}\n", authority.public(revoked_name));
+            assert!(matches!(
+                check_host_in(&content, &lookup, &authority.certificate("ca", &["-h"])).status,
+                HostKeyStatus::Revoked { line: 2, .. }
+            ));
+        }
+        // The authority filed for the host without its port serves another port.
+        let on_2222 = HostKeyLookup::new("gpu.example.com", 2222, None);
+        let by_host = check_host_in(&trusted, &on_2222, &authority.certificate("ca", &["-h"]));
+        assert!(matches!(by_host.status, HostKeyStatus::Certified { .. }));
+        // HostKeyAlias is the name a certificate must be issued for.
+        let aliased = HostKeyLookup::new("10.0.0.5", 22, Some("GPU.example.com"));
+        let by_alias = check_host_in(
+            &trusted,
+            &aliased,
+            &authority.certificate("ca", &["-h", "-n", "gpu.example.com"]),
+        );
+        assert!(matches!(by_alias.status, HostKeyStatus::Certified { .. }));
+    }
+
+    fn valid_file(checked: &HostKeyCheck) -> PathBuf {
+        match &checked.status {
+            HostKeyStatus::Certified { file, .. } => file.clone(),
+            other => panic!("not certified: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_certificate_whose_signature_does_not_verify_is_an_error() {
+        let authority = Authority::new();
+        let certificate = authority.certificate("ca", &["-h"]);
+        let KeyData::Certificate(certificate) = certificate.key_data() else {
+            panic!("not a certificate");
+        };
+        let mut blob = certificate.to_bytes().expect("encode");
+        // The signature is the last field; its last byte belongs to the signature proper.
+        let last = blob.len() - 1;
+        blob[last] ^= 0x01;
+        let forged = Certificate::from_bytes(&blob).expect("still parses");
+        let forged = PublicKey::new(KeyData::Certificate(Box::new(forged)), "");
+        let directory = tempfile::tempdir().expect("tempdir");
+        let file = write(
+            directory.path(),
+            "known_hosts",
+            &format!("@cert-authority * {}\n", authority.public("ca")),
+        );
+        let lookup = HostKeyLookup::new("gpu.example.com", 22, None);
+        let error = check_host(&[file], &lookup, &forged, now()).expect_err("forged");
+        assert_eq!(error.kind(), crate::ErrorKind::HostKey);
+        assert!(error.to_string().contains("does not verify"), "{error}");
     }
 
     #[test]
@@ -1479,7 +1948,7 @@ mod tests {
         );
         let directory = tempfile::tempdir().expect("tempdir");
         let file = write(directory.path(), "known_hosts", &content);
-        let algorithms = known_key_algorithms(&[file], "example.com", 22).expect("algorithms");
+        let algorithms = known_key_algorithms(&[file], "example.com").expect("algorithms");
         assert_eq!(
             algorithms,
             vec![key(ECDSA_256).algorithm(), key(RSA_E).algorithm()]
@@ -1534,13 +2003,23 @@ mod tests {
         }
         let files = [file];
         assert!(known_at(1)(
-            &check(&files, "example.com", 22, &key(ED25519_A)).expect("check")
+            &check(
+                &files,
+                &host_pattern_name("example.com", 22),
+                &key(ED25519_A)
+            )
+            .expect("check")
         ));
         assert!(known_at(2)(
-            &check(&files, "127.0.0.1", 2222, &key(ECDSA_256)).expect("check")
+            &check(
+                &files,
+                &host_pattern_name("127.0.0.1", 2222),
+                &key(ECDSA_256)
+            )
+            .expect("check")
         ));
         assert_eq!(
-            check(&files, "127.0.0.1", 22, &key(ECDSA_256)).expect("check"),
+            check(&files, &host_pattern_name("127.0.0.1", 22), &key(ECDSA_256)).expect("check"),
             HostKeyStatus::Unknown
         );
     }
@@ -1586,9 +2065,14 @@ mod tests {
     fn added_lines_are_found_by_ssh_keygen() {
         let directory = tempfile::tempdir().expect("tempdir");
         let file = directory.path().join("fresh/.ssh/known_hosts");
-        add_hashed(&file, "127.0.0.1", 2222, &key(ED25519_A)).expect("add hashed");
-        add_plain(&file, "Example.COM", 22, &key(RSA_E)).expect("add plain");
-        add_hashed(&file, "::1", 22, &key(ECDSA_384)).expect("add hashed");
+        add_hashed(
+            &file,
+            &host_pattern_name("127.0.0.1", 2222),
+            &key(ED25519_A),
+        )
+        .expect("add hashed");
+        add_plain(&file, &host_pattern_name("Example.COM", 22), &key(RSA_E)).expect("add plain");
+        add_hashed(&file, &host_pattern_name("::1", 22), &key(ECDSA_384)).expect("add hashed");
         assert_eq!(mode_of(&file), 0o600);
         assert_eq!(mode_of(file.parent().expect("parent")), 0o700);
         let content = fs::read_to_string(&file).expect("read");
@@ -1605,13 +2089,18 @@ mod tests {
         assert!(!ssh_keygen_finds(&file, "127.0.0.1"));
         let files = [file];
         assert!(known_at(1)(
-            &check(&files, "127.0.0.1", 2222, &key(ED25519_A)).expect("check")
+            &check(
+                &files,
+                &host_pattern_name("127.0.0.1", 2222),
+                &key(ED25519_A)
+            )
+            .expect("check")
         ));
         assert!(known_at(2)(
-            &check(&files, "example.com", 22, &key(RSA_E)).expect("check")
+            &check(&files, &host_pattern_name("example.com", 22), &key(RSA_E)).expect("check")
         ));
         assert!(known_at(3)(
-            &check(&files, "::1", 22, &key(ECDSA_384)).expect("check")
+            &check(&files, &host_pattern_name("::1", 22), &key(ECDSA_384)).expect("check")
         ));
     }
 
@@ -1624,7 +2113,12 @@ mod tests {
             &format!("other {ED25519_B}"),
         );
         fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).expect("chmod");
-        add_plain(&file, "example.com", 22, &key(ED25519_A)).expect("add");
+        add_plain(
+            &file,
+            &host_pattern_name("example.com", 22),
+            &key(ED25519_A),
+        )
+        .expect("add");
         assert_eq!(
             fs::read_to_string(&file).expect("read"),
             format!("other {ED25519_B}\nexample.com {ED25519_A}\n")
@@ -1641,11 +2135,11 @@ mod tests {
             "", "*", "a,b", "a b", "!a", "|1|x", "@revoked", "#x", "a\tb",
         ] {
             assert!(
-                add_plain(&file, host, 22, &key(ED25519_A)).is_err(),
+                add_plain(&file, &host_pattern_name(host, 22), &key(ED25519_A)).is_err(),
                 "{host:?}"
             );
             assert!(
-                add_hashed(&file, host, 22, &key(ED25519_A)).is_err(),
+                add_hashed(&file, &host_pattern_name(host, 22), &key(ED25519_A)).is_err(),
                 "{host:?}"
             );
         }
@@ -1658,20 +2152,29 @@ mod tests {
         assert_eq!(
             check(
                 std::slice::from_ref(&null),
-                "example.com",
-                22,
+                &host_pattern_name("example.com", 22),
                 &key(ED25519_A)
             )
             .expect("check"),
             HostKeyStatus::Unknown
         );
-        add_hashed(&null, "example.com", 22, &key(ED25519_A)).expect("add to /dev/null");
+        add_hashed(
+            &null,
+            &host_pattern_name("example.com", 22),
+            &key(ED25519_A),
+        )
+        .expect("add to /dev/null");
         let directory = tempfile::tempdir().expect("tempdir");
         let fifo = directory.path().join("fifo");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
             .expect("mkfifo");
         assert_eq!(
-            check(&[fifo], "example.com", 22, &key(ED25519_A)).expect("check"),
+            check(
+                &[fifo],
+                &host_pattern_name("example.com", 22),
+                &key(ED25519_A)
+            )
+            .expect("check"),
             HostKeyStatus::Unknown
         );
     }
@@ -1681,8 +2184,7 @@ mod tests {
         let directory = tempfile::tempdir().expect("tempdir");
         let error = check(
             &[directory.path().to_path_buf()],
-            "example.com",
-            22,
+            &host_pattern_name("example.com", 22),
             &key(ED25519_A),
         )
         .expect_err("a directory is not readable as a file");
@@ -1698,8 +2200,7 @@ mod tests {
             .expect("sparse file");
         let error = check(
             std::slice::from_ref(&big),
-            "example.com",
-            22,
+            &host_pattern_name("example.com", 22),
             &key(ED25519_A),
         )
         .expect_err("too large");
@@ -1707,11 +2208,16 @@ mod tests {
             error.to_string().contains(&big.display().to_string()),
             "{error}"
         );
-        assert!(forget(&[big], "example.com", 22).is_err());
+        assert!(forget(&[big], "example.com").is_err());
         // A file below a regular file, like a missing one, is simply absent.
         let below_file = directory.path().join("big/known_hosts");
         assert_eq!(
-            check(&[below_file], "example.com", 22, &key(ED25519_A)).expect("check"),
+            check(
+                &[below_file],
+                &host_pattern_name("example.com", 22),
+                &key(ED25519_A)
+            )
+            .expect("check"),
             HostKeyStatus::Unknown
         );
     }
@@ -1733,7 +2239,7 @@ mod tests {
             .arg(&theirs)
             .output()
             .expect("run ssh-keygen -R");
-        let result = forget(std::slice::from_ref(&ours), host, port);
+        let result = forget(std::slice::from_ref(&ours), &host_pattern_name(host, port));
         assert_eq!(
             output.status.success(),
             result.is_ok(),
@@ -1871,7 +2377,7 @@ mod tests {
         fs::write(backup_path(&first), "stale").expect("stale backup");
         let missing = directory.path().join("missing");
         let result =
-            forget(&[first.clone(), second.clone(), missing], "example.com", 22).expect("forget");
+            forget(&[first.clone(), second.clone(), missing], "example.com").expect("forget");
         assert_eq!(
             result,
             vec![
@@ -1902,8 +2408,7 @@ mod tests {
         let third = write(directory.path(), "third", &format!("other {ED25519_B}\n"));
         fs::write(&second, format!("example.com {ED25519_A}\n")).expect("write");
         fs::write(&third, "broken\n").expect("write");
-        let error =
-            forget(&[second.clone(), third.clone()], "example.com", 22).expect_err("invalid");
+        let error = forget(&[second.clone(), third.clone()], "example.com").expect_err("invalid");
         assert!(
             error
                 .to_string()

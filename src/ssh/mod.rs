@@ -1,11 +1,12 @@
-//! Reaching a host the way `ssh alias` does: configuration resolution (`config`), host key
-//! checking (`known_hosts`), authentication (`auth`), and the connection itself with proxies,
-//! keepalive and timeouts (`connect`), and the pace at which one run opens connections to a
-//! host (`startups`).
+//! Reaching a host the way `ssh alias` does: configuration resolution (`config`, with OpenSSH's
+//! own glob for `Include` in `glob`), host key checking (`known_hosts`), authentication
+//! (`auth`), the connection itself with proxies, keepalive and timeouts (`connect`), and the
+//! pace at which one run opens connections to a host (`startups`).
 
 pub mod auth;
 pub mod config;
 pub mod connect;
 pub mod exec;
+mod glob;
 pub mod known_hosts;
 pub mod startups;

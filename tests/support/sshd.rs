@@ -34,6 +34,9 @@ pub struct SshdBuilder {
     extra_config: String,
     log_level: String,
     local_users: bool,
+    /// A CA's private key and the ssh-keygen options (principals, validity) to sign the host
+    /// key with, for a `HostCertificate`.
+    host_certificate: Option<(PathBuf, Vec<String>)>,
 }
 
 impl Default for SshdBuilder {
@@ -52,6 +55,7 @@ impl SshdBuilder {
             extra_config: String::new(),
             log_level: "DEBUG1".to_owned(),
             local_users: false,
+            host_certificate: None,
         }
     }
 
@@ -88,6 +92,16 @@ impl SshdBuilder {
     /// (from passwd) instead of the harness's shared remote home, which is not theirs.
     pub fn local_users(mut self) -> Self {
         self.local_users = true;
+        self
+    }
+
+    /// Presents a host certificate: the host key signed by the CA whose private key is
+    /// `ca_key`, with these `ssh-keygen` options (e.g. `["-n", "box.example", "-V", "-5m:+1h"]`).
+    pub fn host_certificate(mut self, ca_key: &Path, options: &[&str]) -> Self {
+        self.host_certificate = Some((
+            ca_key.to_path_buf(),
+            options.iter().map(|option| option.to_string()).collect(),
+        ));
         self
     }
 
@@ -137,6 +151,7 @@ impl Sshd {
             dir,
         };
         sshd.make_host_key();
+        sshd.sign_host_key();
         let client_key = keygen(sshd.dir(), "client_key", "ed25519", None);
         sshd.authorize(&public_key_path(&client_key));
         if sshd.settings.local_users {
@@ -261,6 +276,7 @@ impl Sshd {
     pub fn regenerate_host_key(&mut self) {
         self.stop();
         self.make_host_key();
+        self.sign_host_key();
         let deadline = Instant::now() + START_LIMIT;
         loop {
             match self.spawn(self.port) {
@@ -287,6 +303,33 @@ impl Sshd {
     fn make_host_key(&self) {
         let name = format!("ssh_host_{}_key", self.settings.host_key_type);
         keygen(self.dir(), &name, &self.settings.host_key_type, None);
+    }
+
+    /// `<host key>-cert.pub`, signed as [`SshdBuilder::host_certificate`] asked.
+    fn sign_host_key(&self) {
+        let Some((ca_key, options)) = &self.settings.host_certificate else {
+            return;
+        };
+        let output = Command::new("ssh-keygen")
+            .args(["-q", "-h", "-I", "xfer-test-host", "-s"])
+            .arg(ca_key)
+            .args(options)
+            .arg(public_key_path(&self.host_key_path()))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|error| panic!("cannot run ssh-keygen -s: {error}"));
+        assert!(
+            output.status.success(),
+            "ssh-keygen -s failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    fn host_certificate_path(&self) -> PathBuf {
+        self.dir().join(format!(
+            "ssh_host_{}_key-cert.pub",
+            self.settings.host_key_type
+        ))
     }
 
     fn authorized_keys(&self) -> PathBuf {
@@ -349,6 +392,12 @@ impl Sshd {
         }
         if self.settings.sftp {
             defaults.push(("Subsystem", "sftp internal-sftp".to_owned()));
+        }
+        if self.settings.host_certificate.is_some() {
+            defaults.push((
+                "HostCertificate",
+                self.host_certificate_path().display().to_string(),
+            ));
         }
 
         let mut text =
