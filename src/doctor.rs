@@ -8,6 +8,7 @@
 //! cannot carry files the way xfer (or scp, sftp, rsync) does; the report says so.
 
 use crate::error::Result;
+use crate::remote::deploy::AgentPlace;
 use crate::remote::sftp;
 use crate::ssh::connect::{Connection, Connector, label_of};
 use crate::ssh::exec::{self, ExecLimits};
@@ -79,6 +80,9 @@ pub struct HostReport {
     pub exec: Capability,
     pub sftp: Capability,
     pub shell: Capability,
+    /// Where transfers would run the xfer agent from: `cached`, `upload` (none cached yet, a
+    /// transfer puts it there first), `none` (no place can hold it: SFTP) or `other platform`.
+    pub agent: Option<String>,
     pub free_bytes: Option<u64>,
     pub free_path: Option<String>,
     /// What is wrong, one sentence each; empty when the host passed.
@@ -113,6 +117,7 @@ impl HostReport {
             shell: Capability::NotChecked,
             free_bytes: None,
             free_path: None,
+            agent: None,
             problems: Vec::new(),
             warnings: Vec::new(),
             hints: Vec::new(),
@@ -207,6 +212,9 @@ pub async fn check_host(
         Ok(()) => {}
         Err(error) => report.fail(&error),
     }
+    if report.exec == Capability::Allowed {
+        check_agent(&connection, &label, &mut report).await;
+    }
     if report.exec == Capability::Refused && report.sftp == Capability::Refused {
         if report.shell == Capability::Allowed {
             report.problems.push(format!(
@@ -259,6 +267,50 @@ pub async fn check_host(
     report.passed = report.problems.is_empty();
     connection.close().await;
     report
+}
+
+/// Where transfers would run the agent from, found without changing anything on the host. A
+/// host where no place can hold it still transfers over SFTP (a warning); without SFTP either,
+/// nothing can move (a problem).
+async fn check_agent(connection: &Connection, label: &str, report: &mut HostReport) {
+    let platform = report
+        .uname
+        .as_deref()
+        .and_then(|uname| uname.split_once(' '))
+        .and_then(|(system, machine)| crate::remote::deploy::runs_on(system, machine));
+    if platform == Some(false) {
+        report.agent = Some("other platform".into());
+        report.warnings.push(format!(
+            "{label}: this build's xfer agent does not run on {}; transfers use SFTP there (no deltas, no end-to-end block checks)",
+            report.uname.as_deref().unwrap_or("the host")
+        ));
+        return;
+    }
+    match crate::remote::deploy::inspect(connection).await {
+        Ok(AgentPlace::Cached(_)) => report.agent = Some("cached".into()),
+        Ok(AgentPlace::Upload(directory)) => {
+            report.agent = Some("upload".into());
+            tracing::debug!(%label, %directory, "a transfer would upload the agent here");
+        }
+        Ok(AgentPlace::Nowhere(reasons)) => {
+            report.agent = Some("none".into());
+            let sentence = format!(
+                "{label}: no place on the host can hold the xfer agent ({reasons}); transfers use SFTP (no deltas, no end-to-end block checks)"
+            );
+            if report.sftp == Capability::Allowed {
+                report.warnings.push(sentence);
+            } else {
+                report.problems.push(sentence);
+            }
+            report.hints.push(
+                "make ~ and ~/.cache yours and not writable by others (chmod go-w), or free space there"
+                    .into(),
+            );
+        }
+        Err(error) => {
+            tracing::debug!(%label, %error, "the agent check did not run");
+        }
+    }
 }
 
 /// Fills in what the login allows; why SFTP does not work, when it does not, goes to

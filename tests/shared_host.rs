@@ -1209,6 +1209,13 @@ fn a_home_that_cannot_hold_the_agent_never_blocks_a_transfer() {
             command.args(arguments).arg("-F").arg(&config);
             run_with_timeout(&mut command, LIMIT)
         };
+        // doctor tells where the agent would come from, changing nothing.
+        let agent_column = |run: &dyn Fn(&[&str]) -> Output| {
+            let output = run(&["doctor", "--json", "victim"]);
+            let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+            report[0]["agent"].as_str().unwrap_or("").to_string()
+        };
+        assert_eq!(agent_column(&run), "upload", "{kind}");
         let pushed = dir.join(format!("pushed-{kind}"));
         let output = run(&[
             "push",
@@ -1216,6 +1223,7 @@ fn a_home_that_cannot_hold_the_agent_never_blocks_a_transfer() {
             &format!("victim:{}", pushed.display()),
         ]);
         assert_success(&output, &format!("push with a {kind} home"));
+        assert_eq!(agent_column(&run), "cached", "{kind}");
         assert_no_fallback(&output, &format!("push with a {kind} home"));
         assert_eq!(tree(&source), tree(&pushed), "{kind}");
         let pulled = local.path().join(format!("pulled-{kind}"));

@@ -51,7 +51,7 @@ fn or_dash<T: ToString>(value: &Option<T>) -> String {
 pub fn render_table(reports: &[HostReport]) -> String {
     let header = [
         "HOST", "ADDRESS", "USER", "VIA", "AUTH", "HOST KEY", "RTT", "REMOTE", "SYSTEM", "SKEW",
-        "EXEC", "SFTP", "FREE", "STATUS",
+        "EXEC", "SFTP", "AGENT", "FREE", "STATUS",
     ];
     let rows: Vec<Vec<String>> = reports
         .iter()
@@ -85,6 +85,7 @@ pub fn render_table(reports: &[HostReport]) -> String {
                     .unwrap_or_else(|| "-".into()),
                 report.exec.to_string(),
                 report.sftp.to_string(),
+                or_dash(&report.agent),
                 report
                     .free_bytes
                     .map(human_bytes)

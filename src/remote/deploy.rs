@@ -201,6 +201,82 @@ exit 93
 "#
 );
 
+/// Looks, changing nothing, for where the agent would run from: prints `cached DIR` when a
+/// private cache holds a copy under the name on stdin, else `upload DIR` for the first place
+/// an upload would try, else `none REASONS`. Whether a mount allows programs to run, or has
+/// room, shows only when something is written and run, which this never does.
+const INSPECT: &str = concat!(
+    cache_checks!(),
+    r#"IFS= read -r name || exit 96
+case $name in ""|*/*|.*) exit 96;; esac
+place=
+reasons=
+for n in 1 2 3 4; do
+  dir=$(cache $n) || dir=
+  [ -n "$dir" ] || continue
+  if ! chain $n; then reasons="$reasons; $dir: a directory above it is a symlink, not yours, or writable by others"; continue; fi
+  if missing "$dir"; then
+    parent=${dir%/*}
+    if [ $n = 1 ] && missing "$parent"; then parent=$home; fi
+    if [ -w "$parent" ]; then [ -n "$place" ] || place=$dir; else reasons="$reasons; $dir: cannot be created (not writable)"; fi
+    continue
+  fi
+  if ! private "$dir"; then reasons="$reasons; $dir: a symlink, not yours, or writable by others"; continue; fi
+  agent=$dir/$name
+  if [ -f "$agent" ] && [ ! -L "$agent" ] && [ -O "$agent" ] && [ -x "$agent" ]; then
+    echo "cached $dir"
+    exit 0
+  fi
+  if [ -w "$dir" ]; then [ -n "$place" ] || place=$dir; else reasons="$reasons; $dir: not writable"; fi
+done
+if [ -n "$place" ]; then echo "upload $place"; else echo "none ${reasons#; }"; fi
+"#
+);
+
+/// Where the agent would come from on a host, as [`inspect`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentPlace {
+    /// A copy under this build's name in a private cache (its bytes are checked when it starts).
+    Cached(String),
+    /// None cached; a transfer uploads it here first.
+    Upload(String),
+    /// No place can hold it: transfers use SFTP; the reasons, one per place.
+    Nowhere(String),
+}
+
+/// Finds where a transfer would run the agent from on the host behind `connection`, changing
+/// nothing there. `Err` when the host does not run the script (no exec).
+pub async fn inspect(connection: &Connection) -> Result<AgentPlace> {
+    let own = own().map_err(Error::remote)?;
+    let output = exec::run(
+        connection,
+        INSPECT,
+        format!("{}\n", own.name).as_bytes(),
+        ExecLimits {
+            max_output: 4096,
+            timeout: START_TIMEOUT,
+        },
+    )
+    .await?;
+    let answer = output.stdout_text();
+    let answer = answer.trim();
+    let place = |prefix: &str| answer.strip_prefix(prefix).map(crate::target::printable);
+    match (
+        output.success(),
+        place("cached "),
+        place("upload "),
+        place("none "),
+    ) {
+        (true, Some(directory), _, _) => Ok(AgentPlace::Cached(directory)),
+        (true, _, Some(directory), _) => Ok(AgentPlace::Upload(directory)),
+        (true, _, _, Some(reasons)) => Ok(AgentPlace::Nowhere(reasons)),
+        _ => Err(Error::remote(format!(
+            "{}: the agent check did not run",
+            connection.label()
+        ))),
+    }
+}
+
 /// Prints the host's platform.
 const PROBE: &str = r#"printf "%s\n%s\n" "$(uname -s)" "$(uname -m)""#;
 
@@ -578,6 +654,18 @@ pub fn random_nonce() -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
+/// Whether this build's agent runs on a host whose `uname -s` / `uname -m` are these; None when
+/// xfer cannot read its own executable.
+pub fn runs_on(uname_system: &str, uname_machine: &str) -> Option<bool> {
+    let own = own().ok()?;
+    Some(same_platform(
+        &own.build.os,
+        &own.build.arch,
+        uname_system,
+        uname_machine,
+    ))
+}
+
 /// Whether `uname -s` / `uname -m` of a host name the platform Rust calls `os` / `arch`.
 pub fn same_platform(os: &str, arch: &str, uname_system: &str, uname_machine: &str) -> bool {
     let machine = match uname_machine {
@@ -595,7 +683,7 @@ mod tests {
 
     #[test]
     fn scripts_parse() {
-        for script in [START_CACHED, START_PATH, UPLOAD, PROBE] {
+        for script in [START_CACHED, START_PATH, UPLOAD, INSPECT, PROBE] {
             exec::assert_parses(script);
         }
     }
@@ -715,6 +803,27 @@ mod tests {
         assert_eq!(std::fs::read(cache.join(&name)).unwrap(), FAKE_AGENT);
         let (_, output) = run_here(START_CACHED, &home, &tmp, start.as_bytes());
         assert_eq!(output, "XFERAGT\n");
+    }
+
+    #[test]
+    fn inspecting_finds_the_cached_copy_or_the_place_an_upload_would_use_changing_nothing() {
+        let work = tempfile::tempdir().unwrap();
+        let (home, tmp) = (work.path().join("home"), work.path().join("tmp"));
+        private_directory(&home);
+        private_directory(&tmp);
+        let name = test_name();
+        let line = format!("{name}\n");
+        let (status, output) = run_here(INSPECT, &home, &tmp, line.as_bytes());
+        let cache = home.join(".cache/xfer");
+        assert_eq!(
+            (status, output.trim()),
+            (0, format!("upload {}", cache.display()).as_str())
+        );
+        assert!(!home.join(".cache").exists(), "inspecting made a directory");
+        let (status, output) = run_here(UPLOAD, &home, &tmp, &upload_input(&name, 1));
+        assert_eq!(status, 0, "{output}");
+        let (_, output) = run_here(INSPECT, &home, &tmp, line.as_bytes());
+        assert_eq!(output.trim(), format!("cached {}", cache.display()));
     }
 
     #[test]
