@@ -1085,3 +1085,47 @@ fn a_certificate_signed_by_a_trusted_ca_authenticates() {
         "{report}"
     );
 }
+
+/// A port where something else answers (an HTTP server, a wrong forward): xfer names it as
+/// not SSH, with what it sent, exit 3, and no advice to re-run; an SSH version line after
+/// other lines is still SSH.
+#[test]
+fn a_server_that_does_not_speak_ssh_is_named_as_such() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        // Answers each connection as an HTTP server answers a stranger, a few times over.
+        for _ in 0..3 {
+            let Ok((mut stream, _)) = listener.accept() else {
+                return;
+            };
+            let _ = std::io::Write::write_all(
+                &mut stream,
+                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("config");
+    fs::write(
+        &config,
+        format!(
+            "Host web\n  HostName 127.0.0.1\n  Port {port}\n  UserKnownHostsFile {}\n",
+            work.path().join("known_hosts").display()
+        ),
+    )
+    .unwrap();
+    let mut command = xfer_without_terminal();
+    command
+        .args(["pull", "web:/x"])
+        .arg(work.path().join("copy"))
+        .arg("-F")
+        .arg(&config);
+    let output = run_with_timeout(&mut command, LIMIT);
+    let said = stderr(&output);
+    assert_eq!(output.status.code(), Some(3), "{said}");
+    assert!(said.contains("does not speak SSH"), "{said}");
+    assert!(said.contains("HTTP/1.1 400 Bad Request"), "{said}");
+    assert!(!said.contains("re-run"), "{said}");
+    drop(server);
+}

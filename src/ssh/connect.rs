@@ -241,8 +241,11 @@ impl Connector {
             let fingerprint = handler.fingerprint.clone();
             let ssh_config = Arc::new(self.client_config(&config));
 
+            let mut seen = crate::ssh::greeting::Seen::default();
             let handshake = async {
                 let (stream, guard) = self.open_transport(&config, depth, &label).await?;
+                let (stream, first_bytes) = crate::ssh::greeting::Recorded::new(stream);
+                seen = first_bytes;
                 let handle = client::connect_stream(ssh_config, stream, handler).await;
                 Ok::<_, Error>((handle, guard))
             };
@@ -263,7 +266,8 @@ impl Connector {
                     if let Some(Err(host_key_error)) = refused {
                         return Err(host_key_error);
                     }
-                    return Err(describe_handshake_failure(&label, error, &mut guard).await);
+                    let seen = seen.lock().map(|seen| seen.clone()).unwrap_or_default();
+                    return Err(describe_handshake_failure(&label, error, &mut guard, &seen).await);
                 }
             };
             let host_key = match verdict.lock().ok().and_then(|mut v| v.take()) {
@@ -581,6 +585,7 @@ async fn describe_handshake_failure(
     label: &str,
     error: russh::Error,
     guard: &mut TransportGuard,
+    seen: &[u8],
 ) -> Error {
     if let TransportGuard::Command(child, tail) = guard {
         let status = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
@@ -600,6 +605,16 @@ async fn describe_handshake_failure(
             return Error::connect(message)
                 .with_hint("run the ProxyCommand by hand to see why it fails (ssh -G ALIAS | grep proxycommand)");
         }
+    }
+    // Something answered, but not SSH: trying again would meet the same.
+    if let Some(first_line) = crate::ssh::greeting::not_ssh(seen) {
+        return Error::connect(format!(
+            "{label}: the server there does not speak SSH; it sent \"{first_line}\""
+        ))
+        .with_hint(
+            "check the host and port (Port in ssh_config, or -p): another service answers there",
+        )
+        .transient(false);
     }
     if closed_during_handshake(&error) {
         let detail = match &error {

@@ -8,5 +8,6 @@ pub mod config;
 pub mod connect;
 pub mod exec;
 mod glob;
+pub mod greeting;
 pub mod known_hosts;
 pub mod startups;

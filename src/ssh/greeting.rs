@@ -1,0 +1,134 @@
+//! What a server sent first, kept to tell one that does not speak SSH (an HTTP port, a wrong
+//! port forward, a TLS service) from a connection that dropped.
+//!
+//! The transport under a handshake is wrapped so that the first bytes read from it are kept
+//! (a few hundred: an SSH server's version line comes within them, RFC 4253 allowing some lines
+//! before it). When the handshake fails, [`not_ssh`] says whether those bytes hold no SSH
+//! version line, and what the server said instead, made printable.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// How much of what the server sends first is kept.
+const KEPT: usize = 512;
+
+/// The bytes a [`Recorded`] stream read first.
+pub type Seen = Arc<Mutex<Vec<u8>>>;
+
+/// A stream that keeps the first [`KEPT`] bytes read from it.
+pub struct Recorded<S> {
+    inner: S,
+    seen: Seen,
+}
+
+impl<S> Recorded<S> {
+    pub fn new(inner: S) -> (Recorded<S>, Seen) {
+        let seen = Seen::default();
+        (
+            Recorded {
+                inner,
+                seen: seen.clone(),
+            },
+            seen,
+        )
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Recorded<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buffer.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(context, buffer);
+        if let Poll::Ready(Ok(())) = polled
+            && let Ok(mut seen) = self.seen.lock()
+            && seen.len() < KEPT
+        {
+            let new = &buffer.filled()[before..];
+            let room = KEPT - seen.len();
+            seen.extend_from_slice(&new[..new.len().min(room)]);
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Recorded<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(context, data)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(context)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(context)
+    }
+}
+
+/// When the server sent something and none of it is an SSH version line: its first line, made
+/// printable and cut short. None for silence (a drop, not another protocol) and for sshd's own
+/// words before it drops a connection over its MaxStartups, which is a limit, not a stranger.
+pub fn not_ssh(seen: &[u8]) -> Option<String> {
+    if seen.is_empty() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(seen);
+    if text.lines().any(|line| line.starts_with("SSH-")) || text.contains("MaxStartups") {
+        return None;
+    }
+    let first = text
+        .lines()
+        .map(str::trim)
+        .find(|line| !line.is_empty())
+        .unwrap_or("");
+    let shown: String = crate::target::printable(first).chars().take(80).collect();
+    Some(shown)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[test]
+    fn other_protocols_are_told_apart_from_ssh_and_from_silence() {
+        assert_eq!(
+            not_ssh(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n").as_deref(),
+            Some("HTTP/1.1 400 Bad Request")
+        );
+        assert_eq!(
+            not_ssh(b"\x15\x03\x01\x00\x02\x02\x50").map(|s| s.is_empty()),
+            Some(false)
+        );
+        assert_eq!(not_ssh(b""), None);
+        assert_eq!(not_ssh(b"SSH-2.0-OpenSSH_9.2\r\n"), None);
+        // Lines before the version line are allowed.
+        assert_eq!(not_ssh(b"Welcome\r\nSSH-2.0-dropbear\r\n"), None);
+        assert_eq!(not_ssh(b"Exceeded MaxStartups\r\n"), None);
+    }
+
+    #[tokio::test]
+    async fn the_first_bytes_read_are_kept_and_passed_on() {
+        let data = vec![b'x'; 2000];
+        let (mut recorded, seen) = Recorded::new(&data[..]);
+        let mut all = Vec::new();
+        recorded.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, data);
+        assert_eq!(seen.lock().unwrap().len(), KEPT);
+    }
+}
