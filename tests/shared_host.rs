@@ -14,7 +14,10 @@
 //! - remote paths with `~`, `~user`, relative and empty, as scp reads them, for a login that is
 //!   not root;
 //! - homes that cannot hold the agent (read-only to the login, another account's, full): the
-//!   agent goes to the next private place and the transfer goes on.
+//!   agent goes to the next private place and the transfer goes on;
+//! - the server matrix: for each login shell (bash, dash, tcsh, fish) and each such home, pull,
+//!   push, a delta re-run counted at a proxy, a dry run, doctor, and a secret pushed and
+//!   checked.
 //!
 //! The users come from `support::users` (created on first use; the tests run as root).
 
@@ -1246,6 +1249,12 @@ fn a_home_that_cannot_hold_the_agent_never_blocks_a_transfer() {
             .map(|entries| entries.count())
             .unwrap_or(0);
         assert_eq!(in_home, 0, "{kind}: something was left in the home's cache");
+        let row = Host {
+            users,
+            sshd,
+            config: config.clone(),
+        };
+        every_operation_works(&row, "victim", victim, &format!("matrix-home-{kind}"));
     }
 }
 
@@ -1340,4 +1349,118 @@ fn a_dash_login_pulls_pushes_and_takes_secrets_through_the_agent() {
         "third",
         "login-shell-dash",
     );
+}
+
+/// One row of the server matrix, for a login on `host`: pull, push, a delta re-run counted at a
+/// proxy, a dry run, doctor, and a secret pushed and checked, each bounded and checked.
+fn every_operation_works(host: &Host, alias: &str, user: &LocalUser, test: &str) {
+    let dir = user.fresh_dir(test);
+    remote_tree(user, &dir.join("source"));
+    let local = tempfile::tempdir().unwrap();
+    let copy = local.path().join("copy");
+    let output = host.run(&[
+        "pull",
+        &format!("{alias}:{}", dir.join("source").display()),
+        copy.to_str().unwrap(),
+    ]);
+    assert_success(&output, &format!("{test}: pull"));
+    assert_eq!(tree(&dir.join("source")), tree(&copy), "{test}");
+
+    let pushed = dir.join("pushed");
+    let remote = format!("{alias}:{}", pushed.display());
+    assert_success(
+        &host.run(&["push", copy.to_str().unwrap(), &remote]),
+        &format!("{test}: push"),
+    );
+    assert_eq!(tree(&copy), tree(&pushed), "{test}");
+
+    // A 4-byte change moves a small delta, counted at a proxy in front of the server.
+    let proxy = Proxy::start(host.sshd.port());
+    let via = format!("{alias}-via");
+    host.sshd.append_client_config(
+        &host.config,
+        &via,
+        &[
+            &format!("User {}", user.name),
+            &format!("Port {}", proxy.port()),
+        ],
+    );
+    let big = copy.join("a/b/several.bin");
+    let mut data = fs::read(&big).unwrap();
+    data[(1 << 20) + 10..(1 << 20) + 14].copy_from_slice(b"edit");
+    fs::write(&big, &data).unwrap();
+    let seconds = fs::metadata(&big).unwrap().mtime();
+    set_mtime(&big, seconds + 100);
+    let output = host.run(&[
+        "push",
+        copy.to_str().unwrap(),
+        &format!("{via}:{}", pushed.display()),
+    ]);
+    assert_success(&output, &format!("{test}: delta push"));
+    assert_eq!(tree(&copy), tree(&pushed), "{test}");
+    assert!(
+        proxy.bytes_total() < 1 << 20,
+        "{test}: {} bytes on the wire for a 4-byte change",
+        proxy.bytes_total()
+    );
+
+    // A dry run lists the change it would make and changes nothing.
+    fs::write(copy.join("small.txt"), b"changed").unwrap();
+    let before = tree(&pushed);
+    let output = host.run(&["push", "--dry-run", copy.to_str().unwrap(), &remote]);
+    assert_success(&output, &format!("{test}: dry run"));
+    assert!(text(&output.stdout).contains("small.txt"), "{test}");
+    assert_eq!(
+        tree(&pushed),
+        before,
+        "{test}: the dry run changed the host"
+    );
+
+    let output = host.run(&["doctor", "--json", alias]);
+    assert_success(&output, &format!("{test}: doctor"));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report[0]["exec"], "allowed", "{test}: {report}");
+
+    let target = dir.join("secret/token");
+    let value = format!("the {test} token");
+    assert_success(
+        &host.push_secret(alias, &value, &target, &[]),
+        &format!("{test}: secret push"),
+    );
+    host.settle();
+    assert_private_secret(&target, user, &value);
+    let mut check = xfer_command();
+    check
+        .env("XFER_SHARED_HOST_SECRET", &value)
+        .args([
+            "secret",
+            "check",
+            "--from-env",
+            "XFER_SHARED_HOST_SECRET",
+            "--to",
+        ])
+        .arg(&target)
+        .arg("-F")
+        .arg(&host.config)
+        .arg(alias);
+    assert_success(
+        &run_with_timeout(&mut check, LIMIT),
+        &format!("{test}: secret check"),
+    );
+}
+
+#[test]
+fn the_server_matrix_every_login_shell_does_every_operation() {
+    let host = host();
+    let users = host.users;
+    for (alias, user, test) in [
+        ("victim", &users.victim, "matrix-bash"),
+        ("third", &users.third_party, "matrix-dash"),
+        ("tcsh", &users.tcsh, "matrix-tcsh"),
+        ("fish", &users.fish, "matrix-fish"),
+    ] {
+        // From an empty cache, so the agent is deployed through that login shell too.
+        let _change = CacheChange::take(user);
+        every_operation_works(&host, alias, user, test);
+    }
 }
