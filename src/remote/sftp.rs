@@ -18,12 +18,9 @@ use russh::{Channel, ChannelMsg};
 use russh_sftp::client::RawSftpSession;
 use russh_sftp::client::error::Error as SftpError;
 use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The largest read or write request xfer sends. OpenSSH's sftp-server answers up to 255 KiB
 /// and advertises that through limits@openssh.com; we never ask for more than a server says.
@@ -198,11 +195,7 @@ async fn start(connection: &Connection) -> Result<(RawSftpSession, u32)> {
         request_timeout_secs: REQUEST_TIMEOUT_SECONDS,
         ..Default::default()
     };
-    let heard = Arc::new(Heard::default());
-    let stream = Watched {
-        stream: channel.into_stream(),
-        heard: heard.clone(),
-    };
+    let (stream, heard) = crate::ssh::greeting::Recorded::new(channel.into_stream());
     let session = RawSftpSession::new_with_config(stream, config);
     session.set_timeout(REQUEST_TIMEOUT_SECONDS);
     if let Err(error) = session.init().await {
@@ -231,65 +224,6 @@ pub fn is_no_sftp_server(error: &Error) -> bool {
     error.kind() == ErrorKind::Remote && error.hint() == Some(NO_SFTP_SERVER_HINT)
 }
 
-/// What came from the server on an SFTP channel, as far as telling a missing SFTP server goes.
-#[derive(Default)]
-struct Heard {
-    /// A byte arrived.
-    anything: AtomicBool,
-    /// The stream ended (or failed).
-    end: AtomicBool,
-}
-
-/// An SFTP channel's stream, noting in [`Heard`] whether it ended before the server said
-/// anything.
-struct Watched<S> {
-    stream: S,
-    heard: Arc<Heard>,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        context: &mut Context<'_>,
-        buffer: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buffer.filled().len();
-        let polled = Pin::new(&mut self.stream).poll_read(context, buffer);
-        match &polled {
-            Poll::Ready(Ok(())) if buffer.filled().len() > before => {
-                self.heard.anything.store(true, Ordering::Relaxed)
-            }
-            Poll::Ready(_) => self.heard.end.store(true, Ordering::Relaxed),
-            Poll::Pending => {}
-        }
-        polled
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        context: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(context, data)
-    }
-
-    fn poll_flush(
-        mut self: Pin<&mut Self>,
-        context: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(context)
-    }
-
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        context: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(context)
-    }
-}
-
 /// Why the version exchange that starts SFTP failed.
 ///
 /// A server that accepts the subsystem request and then ends the channel without a byte has no
@@ -298,9 +232,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 /// same way, and is worth a retry. So the connection is asked: a channel opened (and closed) on
 /// it is a round trip, which a dead connection cannot make. A timeout, or an answer that is
 /// not SFTP, is what it says.
-async fn start_failed(connection: &Connection, heard: &Heard, error: SftpError) -> Error {
+async fn start_failed(
+    connection: &Connection,
+    heard: &crate::ssh::greeting::Heard,
+    error: SftpError,
+) -> Error {
     let label = connection.label();
-    let ended_silent = heard.end.load(Ordering::Relaxed) && !heard.anything.load(Ordering::Relaxed);
+    let ended_silent = heard.ended_silent();
     if !ended_silent
         || matches!(
             error,
@@ -825,25 +763,6 @@ mod tests {
         assert_eq!(parse_digest(&format!("md5 {hex}")), None);
         assert_eq!(parse_digest(&format!("blake3 {}", "zz".repeat(32))), None);
         assert_eq!(parse_digest(""), None);
-    }
-
-    /// What tells a missing SFTP server: the stream ended with nothing said. A stream that
-    /// carried something (an answer that is not SFTP) is not that.
-    #[tokio::test]
-    async fn a_stream_that_ends_silent_is_told_from_one_that_spoke() {
-        use tokio::io::AsyncReadExt;
-        for (content, spoke) in [(&b""[..], false), (&b"hello"[..], true)] {
-            let heard = Arc::new(Heard::default());
-            let mut stream = Watched {
-                stream: content,
-                heard: heard.clone(),
-            };
-            let mut buffer = Vec::new();
-            stream.read_to_end(&mut buffer).await.unwrap();
-            assert_eq!(buffer, content);
-            assert!(heard.end.load(Ordering::Relaxed));
-            assert_eq!(heard.anything.load(Ordering::Relaxed), spoke);
-        }
     }
 
     #[test]

@@ -241,11 +241,11 @@ impl Connector {
             let fingerprint = handler.fingerprint.clone();
             let ssh_config = Arc::new(self.client_config(&config));
 
-            let mut seen = crate::ssh::greeting::Seen::default();
+            let mut heard = None;
             let handshake = async {
                 let (stream, guard) = self.open_transport(&config, depth, &label).await?;
-                let (stream, first_bytes) = crate::ssh::greeting::Recorded::new(stream);
-                seen = first_bytes;
+                let (stream, recorded) = crate::ssh::greeting::Recorded::new(stream);
+                heard = Some(recorded);
                 let handle = client::connect_stream(ssh_config, stream, handler).await;
                 Ok::<_, Error>((handle, guard))
             };
@@ -266,7 +266,7 @@ impl Connector {
                     if let Some(Err(host_key_error)) = refused {
                         return Err(host_key_error);
                     }
-                    let seen = seen.lock().map(|seen| seen.clone()).unwrap_or_default();
+                    let seen = heard.map(|heard| heard.first_bytes()).unwrap_or_default();
                     return Err(describe_handshake_failure(&label, error, &mut guard, &seen).await);
                 }
             };

@@ -1,12 +1,14 @@
-//! What a server sent first, kept to tell one that does not speak SSH (an HTTP port, a wrong
-//! port forward, a TLS service) from a connection that dropped.
+//! What a server sent first on a stream, and whether the stream ended: what tells a server that
+//! does not speak SSH (an HTTP port, a wrong port forward, a TLS service) from a connection that
+//! dropped, and an SFTP subsystem with no server behind it (it ends without a byte).
 //!
-//! The transport under a handshake is wrapped so that the first bytes read from it are kept
-//! (a few hundred: an SSH server's version line comes within them, RFC 4253 allowing some lines
-//! before it). When the handshake fails, [`not_ssh`] says whether those bytes hold no SSH
-//! version line, and what the server said instead, made printable.
+//! The stream is wrapped so that the first bytes read from it are kept (a few hundred: an SSH
+//! server's version line comes within them, RFC 4253 allowing some lines before it). When an
+//! SSH handshake fails, [`not_ssh`] says whether those bytes hold no SSH version line, and what
+//! the server said instead, made printable.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -14,24 +16,48 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// How much of what the server sends first is kept.
 const KEPT: usize = 512;
 
-/// The bytes a [`Recorded`] stream read first.
-pub type Seen = Arc<Mutex<Vec<u8>>>;
+/// What a [`Recorded`] stream read first, and whether it ended.
+#[derive(Debug, Default)]
+pub struct Heard {
+    first: Mutex<Vec<u8>>,
+    ended: AtomicBool,
+}
 
-/// A stream that keeps the first [`KEPT`] bytes read from it.
+impl Heard {
+    /// The first bytes read (at most a few hundred).
+    pub fn first_bytes(&self) -> Vec<u8> {
+        self.first
+            .lock()
+            .map(|first| first.clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether the stream ended (or failed) without a single byte read.
+    pub fn ended_silent(&self) -> bool {
+        self.ended.load(Ordering::Relaxed)
+            && self
+                .first
+                .lock()
+                .map(|first| first.is_empty())
+                .unwrap_or(false)
+    }
+}
+
+/// A stream that keeps the first [`KEPT`] bytes read from it, and notes its end.
 pub struct Recorded<S> {
     inner: S,
-    seen: Seen,
+    heard: Arc<Heard>,
 }
 
 impl<S> Recorded<S> {
-    pub fn new(inner: S) -> (Recorded<S>, Seen) {
-        let seen = Seen::default();
+    pub fn new(inner: S) -> (Recorded<S>, Arc<Heard>) {
+        let heard = Arc::new(Heard::default());
         (
             Recorded {
                 inner,
-                seen: seen.clone(),
+                heard: heard.clone(),
             },
-            seen,
+            heard,
         )
     }
 }
@@ -44,13 +70,18 @@ impl<S: AsyncRead + Unpin> AsyncRead for Recorded<S> {
     ) -> Poll<std::io::Result<()>> {
         let before = buffer.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(context, buffer);
-        if let Poll::Ready(Ok(())) = polled
-            && let Ok(mut seen) = self.seen.lock()
-            && seen.len() < KEPT
-        {
-            let new = &buffer.filled()[before..];
-            let room = KEPT - seen.len();
-            seen.extend_from_slice(&new[..new.len().min(room)]);
+        match &polled {
+            Poll::Ready(Ok(())) if buffer.filled().len() > before => {
+                if let Ok(mut first) = self.heard.first.lock()
+                    && first.len() < KEPT
+                {
+                    let new = &buffer.filled()[before..];
+                    let room = KEPT - first.len();
+                    first.extend_from_slice(&new[..new.len().min(room)]);
+                }
+            }
+            Poll::Ready(_) => self.heard.ended.store(true, Ordering::Relaxed),
+            Poll::Pending => {}
         }
         polled
     }
@@ -125,10 +156,24 @@ mod tests {
     #[tokio::test]
     async fn the_first_bytes_read_are_kept_and_passed_on() {
         let data = vec![b'x'; 2000];
-        let (mut recorded, seen) = Recorded::new(&data[..]);
+        let (mut recorded, heard) = Recorded::new(&data[..]);
         let mut all = Vec::new();
         recorded.read_to_end(&mut all).await.unwrap();
         assert_eq!(all, data);
-        assert_eq!(seen.lock().unwrap().len(), KEPT);
+        assert_eq!(heard.first_bytes().len(), KEPT);
+        assert!(!heard.ended_silent());
+    }
+
+    /// What tells a missing SFTP server: the stream ended with nothing said. A stream that
+    /// carried something (an answer that is not SFTP) is not that.
+    #[tokio::test]
+    async fn a_stream_that_ends_silent_is_told_from_one_that_spoke() {
+        for (content, spoke) in [(&b""[..], false), (&b"hello"[..], true)] {
+            let (mut stream, heard) = Recorded::new(content);
+            let mut buffer = Vec::new();
+            stream.read_to_end(&mut buffer).await.unwrap();
+            assert_eq!(buffer, content);
+            assert_eq!(heard.ended_silent(), !spoke);
+        }
     }
 }
