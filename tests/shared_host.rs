@@ -1141,7 +1141,7 @@ fn tilde_relative_and_empty_remote_paths_mean_what_they_mean_to_scp() {
 }
 
 /// The agent never blocks a transfer: with a home the login cannot use for the agent's cache
-/// (read-only to it, full, or another account's), a pull and a push still succeed, bounded,
+/// (read-only to it, full, another account's, or mounted noexec), a pull and a push still succeed, bounded,
 /// through an agent in the next private place (here a temporary directory of the test's own),
 /// and nothing is written into the unusable home.
 #[test]
@@ -1188,11 +1188,28 @@ fn a_home_that_cannot_hold_the_agent_never_blocks_a_transfer() {
     victim.own(&full);
     // Fill it, leaving no room for an executable.
     let _ = fs::write(full.join("filler"), vec![0u8; 16 << 10]);
+    // The login's own, with room, but mounted noexec: an agent put there cannot run.
+    let noexec = dir.join("noexec-home");
+    fs::create_dir(&noexec).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=512m,mode=0700,noexec"])
+        .arg("tmpfs")
+        .arg(&noexec)
+        .status()
+        .unwrap();
+    assert!(
+        mounted.success(),
+        "cannot mount a tmpfs at {}",
+        noexec.display()
+    );
+    let _unmount_noexec = Unmount(noexec.clone());
+    victim.own(&noexec);
 
     for (kind, home) in [
         ("read-only", &read_only),
         ("others", &others),
         ("full", &full),
+        ("noexec", &noexec),
     ] {
         let tmp = dir.join(format!("tmp-{kind}"));
         fs::create_dir(&tmp).unwrap();
