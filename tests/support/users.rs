@@ -335,6 +335,14 @@ impl LocalUser {
     /// only the agent cache (0700) with this build's agent in it (0700) when `with_agent`, so
     /// no test waits for a deployment it does not test.
     pub fn reset_cache(&self, with_agent: bool) {
+        // The places xfer puts the agent when the home's cache cannot serve hold the user's
+        // copies across tests too: a test that starts from an empty cache empties them.
+        for fallback in [
+            PathBuf::from(format!("/tmp/xfer-agent-{}", self.uid)),
+            PathBuf::from(format!("/dev/shm/xfer-agent-{}", self.uid)),
+        ] {
+            remove_any(&fallback);
+        }
         let cache = self.home.join(".cache");
         remove_any(&cache);
         fs::create_dir(&cache)
