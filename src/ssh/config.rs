@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::ssh::glob;
+use crate::ssh::pattern::{self, Case, ListMatch, match_hostname};
 
 /// The system-wide configuration read after the user's, as ssh does without `-F`.
 const SYSTEM_CONFIG: &str = "/etc/ssh/ssh_config";
@@ -814,7 +815,7 @@ impl<'a> Resolver<'a> {
                         Some(pattern) => (true, pattern),
                         None => (false, argument.as_str()),
                     };
-                    if match_pattern(self.match_host.as_bytes(), pattern.as_bytes()) {
+                    if pattern::matches(self.match_host.as_bytes(), pattern.as_bytes()) {
                         if negated {
                             *active = false;
                             arguments.consume_all();
@@ -1023,7 +1024,8 @@ impl<'a> Resolver<'a> {
             return Ok(());
         }
         if let Some(patterns) = &self.options.ignore_unknown
-            && match_pattern_list(name, patterns, true) == 1
+            && pattern::match_list(name.as_bytes(), patterns.as_bytes(), Case::FoldPatterns)
+                == ListMatch::Positive
         {
             tracing::debug!(
                 "{} line {}: ignoring unknown \"{name}\" (IgnoreUnknown)",
@@ -1166,10 +1168,24 @@ impl<'a> Resolver<'a> {
                 return Err(bad(format!("Missing Match criteria for {attribute}")));
             };
             let matched = match attribute.as_str() {
-                "host" => match_hostname(&host, &criteria) == 1,
-                "originalhost" => match_hostname(&self.original_host, &criteria) == 1,
-                "user" => match_pattern_list(&remote_user, &criteria, false) == 1,
-                "localuser" => match_pattern_list(&self.local.user, &criteria, false) == 1,
+                "host" => match_hostname(&host, &criteria) == ListMatch::Positive,
+                "originalhost" => {
+                    match_hostname(&self.original_host, &criteria) == ListMatch::Positive
+                }
+                "user" => {
+                    pattern::match_list(
+                        remote_user.as_bytes(),
+                        criteria.as_bytes(),
+                        Case::Sensitive,
+                    ) == ListMatch::Positive
+                }
+                "localuser" => {
+                    pattern::match_list(
+                        self.local.user.as_bytes(),
+                        criteria.as_bytes(),
+                        Case::Sensitive,
+                    ) == ListMatch::Positive
+                }
                 "exec" => {
                     // ssh expands the command (failing on unknown tokens) before deciding
                     // whether an earlier criterion lets it run.
@@ -2277,82 +2293,6 @@ fn url_decode(text: &str) -> Option<String> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Host name matching (ssh's match.c).
-
-/// `*` and `?` wildcards, byte by byte, case-sensitive. Iterative so that hostile patterns
-/// cannot take exponential time; for these two wildcards it accepts exactly what ssh's
-/// recursive matcher accepts.
-fn match_pattern(text: &[u8], pattern: &[u8]) -> bool {
-    let (mut text_index, mut pattern_index) = (0, 0);
-    let mut backtrack: Option<(usize, usize)> = None;
-    while text_index < text.len() {
-        match pattern.get(pattern_index) {
-            Some(b'*') => {
-                pattern_index += 1;
-                backtrack = Some((pattern_index, text_index));
-            }
-            Some(&expected) if expected == b'?' || expected == text[text_index] => {
-                pattern_index += 1;
-                text_index += 1;
-            }
-            _ => match backtrack {
-                Some((after_star, start)) => {
-                    pattern_index = after_star;
-                    text_index = start + 1;
-                    backtrack = Some((after_star, start + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    pattern[pattern_index.min(pattern.len())..]
-        .iter()
-        .all(|&byte| byte == b'*')
-}
-
-/// ssh's `match_pattern_list`: comma-separated patterns, `!` negating one. 1 for a match,
-/// -1 when a negated pattern matches, 0 otherwise.
-fn match_pattern_list(text: &str, patterns: &str, lowercase: bool) -> i32 {
-    // ssh copies each pattern into a 1024-byte buffer and gives up on longer ones.
-    const MAX_SUBPATTERN: usize = 1023;
-    let mut positive = false;
-    let bytes = patterns.as_bytes();
-    let mut index = 0;
-    while index < bytes.len() {
-        let negated = bytes[index] == b'!';
-        if negated {
-            index += 1;
-        }
-        let start = index;
-        while index < bytes.len() && bytes[index] != b',' && index - start < MAX_SUBPATTERN {
-            index += 1;
-        }
-        if index - start >= MAX_SUBPATTERN {
-            return 0;
-        }
-        let mut pattern = bytes[start..index].to_vec();
-        if lowercase {
-            pattern.make_ascii_lowercase();
-        }
-        if index < bytes.len() && bytes[index] == b',' {
-            index += 1;
-        }
-        if match_pattern(text.as_bytes(), &pattern) {
-            if negated {
-                return -1;
-            }
-            positive = true;
-        }
-    }
-    i32::from(positive)
-}
-
-/// ssh's `match_hostname`: a pattern list, case-insensitive.
-fn match_hostname(host: &str, patterns: &str) -> i32 {
-    match_pattern_list(&host.to_ascii_lowercase(), patterns, true)
-}
-
-// ---------------------------------------------------------------------------------------------
 // Expansion.
 
 /// ssh's `percent_expand` (and, with `dollar`, `percent_dollar_expand`): `%x` for the tokens
@@ -3299,22 +3239,6 @@ mod tests {
         assert_eq!(port_number("65536"), -1);
         assert_eq!(parse_decimal(" 7", 0, 10), Some(7));
         assert_eq!(parse_decimal("7 ", 0, 10), None);
-    }
-
-    #[test]
-    fn patterns_match_like_ssh() {
-        assert!(match_pattern(b"web1.example", b"web?.*"));
-        assert!(!match_pattern(b"web1.example", b"Web?.*"));
-        assert!(match_pattern(b"", b"*"));
-        assert!(!match_pattern(b"ab", b"a"));
-        assert!(match_pattern(
-            b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaab",
-            b"*a*a*a*a*a*a*a*a*a*a*a*a*b"
-        ));
-        assert_eq!(match_hostname("Db.Example", "web*,db.*"), 1);
-        assert_eq!(match_hostname("db.example", "*,!db.*"), -1);
-        assert_eq!(match_pattern_list("bob", "alice,bob", false), 1);
-        assert_eq!(match_pattern_list("bob", &"x".repeat(2000), false), 0);
     }
 
     #[test]
