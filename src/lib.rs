@@ -20,5 +20,6 @@ pub mod remote;
 pub mod secret;
 pub mod ssh;
 pub mod target;
+pub mod terminal;
 
 pub use error::{Error, ErrorKind, Result};

@@ -165,7 +165,7 @@ async fn dry_run(
     {
         errln!(
             "warning: {}; planning through the xfer agent instead (it may be put into its cache on the host first; nothing else there changes)",
-            xfer::target::printable(&reason)
+            xfer::terminal::printable_message(&reason)
         );
     }
     let remote = &remote;
@@ -256,7 +256,7 @@ fn unit_name(relative: &str) -> String {
     if relative.is_empty() || relative == "." {
         "the top directory".to_string()
     } else {
-        format!("directory {}", xfer::target::printable(relative))
+        format!("directory {}", xfer::terminal::printable(relative))
     }
 }
 
@@ -306,7 +306,7 @@ fn report(summary: &Summary, json: bool, quiet: bool) -> Result<()> {
             "  {} failed after {} attempt(s): {}",
             unit_name(&unit.unit),
             unit.attempts,
-            xfer::target::printable_lines(message)
+            xfer::terminal::printable_lines(message)
         );
         said.push(message.to_string());
     }
@@ -355,7 +355,7 @@ fn report(summary: &Summary, json: bool, quiet: bool) -> Result<()> {
         };
         errln!(
             "  failed{path}: {}{more}",
-            xfer::target::printable_lines(&error.message)
+            xfer::terminal::printable_lines(&error.message)
         );
     }
     Ok(())

@@ -131,7 +131,7 @@ fn check_crlf(item: &mut PlanItem, state: &StateDir, fix_crlf: bool) -> Result<O
     if !crate::engine::crlf::is_crlf_script(&item.path, &content) {
         return Ok(None);
     }
-    let path = local::printable(item.path.as_bytes());
+    let path = crate::terminal::printable(item.path.as_bytes());
     if !fix_crlf {
         return Ok(Some(Skipped {
             path,
@@ -231,7 +231,7 @@ impl Plan {
             kind,
             format!(
                 "{}: {error}; refusing to plan more of it",
-                local::printable(self.source.as_bytes())
+                crate::terminal::printable(self.source.as_bytes())
             ),
         )
         .with_hint("transfer a smaller part of the tree at a time, e.g. one subdirectory per run, or raise XFER_PLAN_MEMORY (MiB) for a directory of very many files")
@@ -284,7 +284,7 @@ impl Plan {
         self.add_skipped(Skipped {
             path: format!(
                 "{directory}/{}",
-                local::printable_cut(name, REFUSED_NAME_CHARS)
+                crate::terminal::printable_cut(name, REFUSED_NAME_CHARS)
             ),
             reason: format!("{REFUSED_REASON}: {error}"),
         })
@@ -345,8 +345,8 @@ impl Plan {
         let mut out = format!(
             "{} {} -> {}: {} to create, {} to update, {} to resume, {} up to date, {} skipped; {} to move\n",
             self.direction.as_str(),
-            local::printable(self.source.as_bytes()),
-            local::printable(self.destination.as_bytes()),
+            crate::terminal::printable(self.source.as_bytes()),
+            crate::terminal::printable(self.destination.as_bytes()),
             count(|a| matches!(a, Action::Create)),
             count(|a| matches!(a, Action::Update { .. })),
             count(|a| matches!(a, Action::Resume { .. })),
@@ -362,7 +362,7 @@ impl Plan {
             let shown = if item.path.is_empty() {
                 ".".to_string()
             } else {
-                local::printable(item.path.as_bytes())
+                crate::terminal::printable(item.path.as_bytes())
             };
             let kind = match item.kind {
                 EntryKind::Directory => "dir",
@@ -622,7 +622,7 @@ pub async fn plan_pull<R: Remote>(
                         path: relative.to_string(),
                         reason: format!(
                             "symlink to {} points outside the tree",
-                            local::printable_cut(target.as_bytes(), REFUSED_NAME_CHARS)
+                            crate::terminal::printable_cut(target.as_bytes(), REFUSED_NAME_CHARS)
                         ),
                     })?;
                     continue;
@@ -656,7 +656,10 @@ pub async fn plan_pull<R: Remote>(
                     if duplicate {
                         duplicates += 1;
                         first_duplicate.get_or_insert_with(|| {
-                            local::printable_cut(later.name.as_bytes(), REFUSED_NAME_CHARS)
+                            crate::terminal::printable_cut(
+                                later.name.as_bytes(),
+                                REFUSED_NAME_CHARS,
+                            )
                         });
                     }
                     duplicate
@@ -930,7 +933,7 @@ pub async fn plan_push<R: Remote>(
         let relative_os = entry.path().strip_prefix(source).unwrap_or(Path::new(""));
         let Some(relative_text) = relative_os.to_str() else {
             plan.add_skipped(Skipped {
-                path: local::printable(relative_os.as_os_str().as_encoded_bytes()),
+                path: crate::terminal::printable(relative_os.as_os_str().as_encoded_bytes()),
                 reason: "name is not UTF-8, which SFTP cannot carry".into(),
             })?;
             continue;
@@ -939,7 +942,7 @@ pub async fn plan_push<R: Remote>(
             Ok(relative) => relative,
             Err(error) => {
                 plan.add_skipped(Skipped {
-                    path: local::printable(relative_text.as_bytes()),
+                    path: crate::terminal::printable(relative_text.as_bytes()),
                     reason: error.message().to_string(),
                 })?;
                 continue;

@@ -16,7 +16,8 @@
 //! Every error names the full path (root joined with the relative path, terminal-safe).
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::local::names::{RelativePath, printable};
+use crate::local::names::RelativePath;
+use crate::terminal::printable;
 use nix::errno::Errno;
 use nix::fcntl::{self, AtFlags, FcntlArg, OFlag};
 use nix::sys::stat::{self, FileStat, Mode, SFlag, UtimensatFlags};

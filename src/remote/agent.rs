@@ -65,7 +65,7 @@ pub fn agent_error(label: &str, action: &str, error: AgentError) -> Error {
             let what = match code {
                 ErrorCode::NotFound => "no such file or directory".to_string(),
                 ErrorCode::PermissionDenied => "permission denied".to_string(),
-                _ => crate::target::printable(&message),
+                _ => crate::terminal::printable(&message),
             };
             let error = Error::remote(format!("{label}: {action}: {what}"));
             if code == ErrorCode::NoSpace {

@@ -281,7 +281,7 @@ pub fn sftp_error(label: &str, action: &str, error: SftpError) -> Error {
                 StatusCode::OpUnsupported => "operation not supported by the server".to_string(),
                 code => format!(
                     "{code}: {}",
-                    crate::target::printable(&status.error_message)
+                    crate::terminal::printable(&status.error_message)
                 ),
             };
             let error = Error::remote(format!("{label}: {action}: {what}"));

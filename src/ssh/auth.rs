@@ -9,7 +9,7 @@
 
 use crate::error::{Error, Result};
 use crate::ssh::config::HostConfig;
-use crate::target::printable;
+use crate::terminal::printable;
 use russh::client::{Handle, Handler};
 use russh::keys::agent::AgentIdentity;
 use russh::keys::agent::client::AgentClient;

@@ -600,7 +600,7 @@ async fn describe_handshake_failure(
                 "{label}: ProxyCommand exited with {status} before the SSH handshake finished"
             );
             if !stderr_text.is_empty() {
-                message.push_str(&format!(": {}", crate::target::printable(&stderr_text)));
+                message.push_str(&format!(": {}", crate::terminal::printable(&stderr_text)));
             }
             return Error::connect(message)
                 .with_hint("run the ProxyCommand by hand to see why it fails (ssh -G ALIAS | grep proxycommand)");

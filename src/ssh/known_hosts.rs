@@ -881,8 +881,8 @@ fn certificate_problem(certificate: &Certificate, principal: &str, now: u64) -> 
     if !principals.is_empty() && !principals.iter().any(|listed| listed == principal) {
         return Some(format!(
             "is not issued for \"{}\" (it names {})",
-            crate::target::printable(principal),
-            crate::target::printable(&principals.join(", "))
+            crate::terminal::printable(principal),
+            crate::terminal::printable(&principals.join(", "))
         ));
     }
     if !certificate.critical_options().is_empty() {
@@ -1025,7 +1025,7 @@ fn check_recordable(name: &str) -> Result<()> {
     match problem {
         Some(problem) => Err(Error::config(format!(
             "cannot record a host key for \"{}\" in known_hosts: {problem}",
-            crate::target::printable(name)
+            crate::terminal::printable(name)
         ))
         .with_hint("use the host's DNS name or address, or a plain HostKeyAlias")),
         None => Ok(()),
