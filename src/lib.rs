@@ -10,6 +10,7 @@ pub mod blocks;
 pub mod cores;
 pub mod doctor;
 pub mod engine;
+pub mod entry;
 pub mod env;
 pub mod error;
 pub mod file_hashing;

@@ -802,12 +802,7 @@ fn local_action(
     let Some(existing) = existing else {
         return Ok(Action::Create);
     };
-    let existing_kind = match existing.kind {
-        local::EntryKind::Directory => EntryKind::Directory,
-        local::EntryKind::File => EntryKind::File,
-        local::EntryKind::Symlink => EntryKind::Symlink,
-        _ => EntryKind::Special,
-    };
+    let existing_kind = EntryKind::from(existing.kind);
     if existing_kind != item.kind {
         return Ok(Action::Update {
             reason: format!("a {existing_kind:?} is there").to_lowercase(),
@@ -854,19 +849,6 @@ fn local_action(
     }
 }
 
-/// A local entry found by walking the push source.
-fn local_kind(file_type: std::fs::FileType) -> EntryKind {
-    if file_type.is_symlink() {
-        EntryKind::Symlink
-    } else if file_type.is_dir() {
-        EntryKind::Directory
-    } else if file_type.is_file() {
-        EntryKind::File
-    } else {
-        EntryKind::Special
-    }
-}
-
 /// Builds the plan of a push: walks the local tree (never following links) and compares with
 /// remote listings, one per directory.
 #[allow(clippy::too_many_arguments)]
@@ -882,7 +864,7 @@ pub async fn plan_push<R: Remote>(
     use std::os::unix::fs::MetadataExt;
     let metadata = std::fs::symlink_metadata(source)
         .map_err(|error| Error::local_io(format!("cannot read {}", source.display()), error))?;
-    let root_kind = local_kind(metadata.file_type());
+    let root_kind = EntryKind::from_file_type(metadata.file_type());
     // A file pushed onto an existing remote directory, or onto a path that ends in `/` (a
     // directory to be made), goes inside it, as with cp, scp and rsync.
     let mut destination_root = destination_path.to_string();
@@ -958,7 +940,7 @@ pub async fn plan_push<R: Remote>(
                 continue;
             }
         };
-        let kind = local_kind(metadata.file_type());
+        let kind = EntryKind::from_file_type(metadata.file_type());
         if shallow && kind == EntryKind::Directory && !relative.is_root() {
             continue;
         }

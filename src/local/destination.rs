@@ -37,7 +37,8 @@ const APPLIED_MODE_BITS: u32 = 0o1777;
 /// Mode of a file when `open_write` creates it; the engine sets the final mode at the end.
 const NEW_FILE_MODE: u32 = 0o600;
 
-/// What kind of entry a name refers to, as `lstat` sees it.
+/// What kind of entry a name refers to, as `lstat` sees it: finer than [`crate::entry::EntryKind`],
+/// whose `Special` this splits, so that a refusal names the exact kind of file in the way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EntryKind {
     File,
