@@ -747,41 +747,8 @@ impl<'a> Resolver<'a> {
         flags: ReadFlags,
         depth: u32,
     ) -> Result<()> {
-        // getline() keeps NUL bytes but every later step stops at the first one.
-        let end = raw.iter().position(|&byte| byte == 0).unwrap_or(raw.len());
-        let mut line = raw[..end].to_vec();
-        if line.is_empty() {
+        let Some((name, rest)) = split_keyword(raw, origin)? else {
             return Ok(());
-        }
-        // Trailing whitespace goes, except the very first character (ssh's loop stops at 1).
-        let mut length = line.len();
-        while length > 1 && b" \t\r\n\x0c".contains(&line[length - 1]) {
-            length -= 1;
-        }
-        line.truncate(length);
-        line.push(0);
-
-        let mut cursor = Some(0);
-        let Some(mut keyword_start) = next_token(&mut line, &mut cursor, true) else {
-            return Ok(());
-        };
-        if line.get(keyword_start) == Some(&0) {
-            match next_token(&mut line, &mut cursor, true) {
-                Some(start) => keyword_start = start,
-                None => return Ok(()),
-            }
-        }
-        let keyword_bytes = c_string(&line, keyword_start);
-        if keyword_bytes.is_empty() || keyword_bytes[0] == b'\n' || keyword_bytes[0] == b'#' {
-            return Ok(());
-        }
-        let name = String::from_utf8_lossy(keyword_bytes).to_ascii_lowercase();
-        let rest_start = cursor.map(|start| start + span(&line, start, WHITESPACE));
-        let rest = match rest_start {
-            Some(start) if line.get(start).is_some_and(|&byte| byte != 0) => {
-                c_string(&line, start).to_vec()
-            }
-            _ => return Err(origin.error(format!("no argument after keyword \"{name}\""))),
         };
         let keyword = Keyword::from_name(&name);
         if keyword.is_none() {
@@ -793,115 +760,44 @@ impl<'a> Resolver<'a> {
         let Some(keyword) = keyword else {
             return Ok(());
         };
-        let mut arguments = Arguments::new(arguments);
-        let is_active = active.as_deref().copied().unwrap_or(true);
+        let mut line = Line {
+            name,
+            rest,
+            arguments: Arguments::new(arguments),
+            origin,
+            active: active.as_deref().copied().unwrap_or(true),
+        };
         let options = &mut self.options;
-
         match keyword {
             Keyword::Host => {
-                let Some(active) = active else {
-                    return Err(origin.error("Host is not supported as a command-line option"));
-                };
-                *active = false;
-                while let Some(argument) = arguments.next() {
-                    if argument.is_empty() {
-                        return Err(origin.error(format!("keyword {name} empty argument")));
-                    }
-                    if flags.never_match {
-                        arguments.consume_all();
-                        break;
-                    }
-                    let (negated, pattern) = match argument.strip_prefix('!') {
-                        Some(pattern) => (true, pattern),
-                        None => (false, argument.as_str()),
-                    };
-                    if pattern::matches(self.match_host.as_bytes(), pattern.as_bytes()) {
-                        if negated {
-                            *active = false;
-                            arguments.consume_all();
-                            break;
-                        }
-                        *active = true;
-                    }
-                }
+                self.host_line(&mut line, block_state(active, "Host", origin)?, flags)?
             }
             Keyword::Match => {
-                let Some(active) = active else {
-                    return Err(origin.error("Match is not supported as a command-line option"));
-                };
-                let (matched, consumed_all) = self.match_line(&rest, origin)?;
-                *active = !flags.never_match && matched;
-                if consumed_all {
-                    arguments.consume_all();
-                }
+                let active = block_state(active, "Match", origin)?;
+                self.match_block(&mut line, active, flags)?;
             }
             Keyword::Include => {
-                let Some(active) = active else {
-                    return Err(origin.error("Include is not supported as a command-line option"));
-                };
-                while let Some(argument) = arguments.next() {
+                let active = block_state(active, "Include", origin)?;
+                while let Some(argument) = line.arguments.next() {
                     self.include(&argument, origin, active, flags, depth)?;
                 }
             }
-            Keyword::HostName => {
-                let value = string_argument(&mut arguments, origin)?;
-                set_first(&mut options.hostname, value, is_active);
+            Keyword::HostName => line.set_string(&mut options.hostname)?,
+            Keyword::HostKeyAlias => line.set_string(&mut options.host_key_alias)?,
+            Keyword::User => line.set_string(&mut options.user)?,
+            Keyword::Port => line.set_port(&mut options.port)?,
+            Keyword::IdentityFile => {
+                line.add_key_file(&mut options.identity_files, "identity", flags)?;
             }
-            Keyword::HostKeyAlias => {
-                let value = string_argument(&mut arguments, origin)?;
-                set_first(&mut options.host_key_alias, value, is_active);
+            Keyword::CertificateFile => {
+                line.add_key_file(&mut options.certificate_files, "certificate", flags)?;
             }
-            Keyword::User => {
-                let value = string_argument(&mut arguments, origin)?;
-                set_first(&mut options.user, value, is_active);
-            }
-            Keyword::Port => {
-                let value = string_argument(&mut arguments, origin)?;
-                let port = match u16::try_from(port_number(&value)) {
-                    Ok(port) if port > 0 => port,
-                    _ => return Err(origin.error(format!("Bad port '{value}'."))),
-                };
-                set_first(&mut options.port, port, is_active);
-            }
-            Keyword::IdentityFile | Keyword::CertificateFile => {
-                let value = string_argument(&mut arguments, origin)?;
-                let (list, what) = if keyword == Keyword::IdentityFile {
-                    (&mut options.identity_files, "identity")
-                } else {
-                    (&mut options.certificate_files, "certificate")
-                };
-                if is_active {
-                    if list.len() >= MAX_KEY_FILES {
-                        return Err(origin.error(format!(
-                            "Too many {what} files specified (max {MAX_KEY_FILES})."
-                        )));
-                    }
-                    let key_origin = if flags.user_config {
-                        KeyOrigin::UserConfig
-                    } else {
-                        KeyOrigin::SystemConfig
-                    };
-                    add_key_file(list, value, key_origin);
-                }
-            }
-            Keyword::IdentitiesOnly => {
-                let value = flag_argument(&mut arguments, origin)?;
-                set_first(&mut options.identities_only, value, is_active);
-            }
-            Keyword::BatchMode => {
-                let value = flag_argument(&mut arguments, origin)?;
-                set_first(&mut options.batch_mode, value, is_active);
-            }
-            Keyword::HashKnownHosts => {
-                let value = flag_argument(&mut arguments, origin)?;
-                set_first(&mut options.hash_known_hosts, value, is_active);
-            }
-            Keyword::TcpKeepAlive => {
-                let value = flag_argument(&mut arguments, origin)?;
-                set_first(&mut options.tcp_keepalive, value, is_active);
-            }
+            Keyword::IdentitiesOnly => line.set_flag(&mut options.identities_only)?,
+            Keyword::BatchMode => line.set_flag(&mut options.batch_mode)?,
+            Keyword::HashKnownHosts => line.set_flag(&mut options.hash_known_hosts)?,
+            Keyword::TcpKeepAlive => line.set_flag(&mut options.tcp_keepalive)?,
             Keyword::StrictHostKeyChecking => {
-                let value = multistate_argument(&mut arguments, origin, |text| {
+                line.set_multistate(&mut options.strict_host_key_checking, |text| {
                     Some(match text.to_ascii_lowercase().as_str() {
                         "true" | "yes" => StrictHostKeyChecking::Yes,
                         "false" | "no" | "off" => StrictHostKeyChecking::No,
@@ -909,109 +805,84 @@ impl<'a> Resolver<'a> {
                         "accept-new" => StrictHostKeyChecking::AcceptNew,
                         _ => return None,
                     })
-                })?;
-                set_first(&mut options.strict_host_key_checking, value, is_active);
+                })?
             }
-            Keyword::IgnoreUnknown => {
-                let value = string_argument(&mut arguments, origin)?;
-                set_first(&mut options.ignore_unknown, value, is_active);
-            }
+            Keyword::IgnoreUnknown => line.set_string(&mut options.ignore_unknown)?,
             Keyword::CanonicalizeHostname => {
-                let value = multistate_argument(&mut arguments, origin, |text| {
+                line.set_multistate(&mut options.canonicalize_hostname, |text| {
                     match text.to_ascii_lowercase().as_str() {
                         "true" | "yes" | "always" => Some(true),
                         "false" | "no" => Some(false),
                         _ => None,
                     }
                 })?;
-                set_first(&mut options.canonicalize_hostname, value, is_active);
             }
-            Keyword::ConnectTimeout => {
-                if let Some(value) = time_argument(&mut arguments, origin)? {
-                    set_first(&mut options.connect_timeout, value, is_active);
-                }
+            Keyword::ConnectTimeout => line.set_time(&mut options.connect_timeout)?,
+            Keyword::ServerAliveInterval => line.set_time(&mut options.server_alive_interval)?,
+            Keyword::ServerAliveCountMax => line.set_count(&mut options.server_alive_count_max)?,
+            Keyword::UserKnownHostsFile => line.add_known_hosts(&mut options.user_known_hosts)?,
+            Keyword::GlobalKnownHostsFile => {
+                line.add_known_hosts(&mut options.global_known_hosts)?;
             }
-            Keyword::ServerAliveInterval => {
-                if let Some(value) = time_argument(&mut arguments, origin)? {
-                    set_first(&mut options.server_alive_interval, value, is_active);
-                }
-            }
-            Keyword::ServerAliveCountMax => {
-                let argument = arguments.next().unwrap_or_default();
-                let Some(value) = parse_decimal(&argument, 0, i64::from(i32::MAX)) else {
-                    let why = if argument.is_empty() {
-                        "missing"
-                    } else {
-                        "invalid"
-                    };
-                    return Err(origin.error(format!("integer value {why}.")));
-                };
-                set_first(
-                    &mut options.server_alive_count_max,
-                    u32::try_from(value).unwrap_or(u32::MAX),
-                    is_active,
-                );
-            }
-            Keyword::UserKnownHostsFile | Keyword::GlobalKnownHostsFile => {
-                let list = if keyword == Keyword::UserKnownHostsFile {
-                    &mut options.user_known_hosts
-                } else {
-                    &mut options.global_known_hosts
-                };
-                let was_empty = list.is_empty();
-                let mut count = 0;
-                while let Some(argument) = arguments.next() {
-                    if argument.is_empty() {
-                        return Err(origin.error(format!("keyword {name} empty argument")));
-                    }
-                    if argument.eq_ignore_ascii_case("none")
-                        && (count > 0 || arguments.remaining() > 0)
-                    {
-                        return Err(origin.error(format!(
-                            "keyword {name} \"none\" argument must appear alone."
-                        )));
-                    }
-                    count += 1;
-                    if is_active && was_empty {
-                        if list.len() >= MAX_KNOWN_HOSTS_FILES {
-                            return Err(origin.error(format!("too many {name} entries.")));
-                        }
-                        list.push(argument);
-                    }
-                }
-            }
-            Keyword::IdentityAgent => {
-                let value = string_argument(&mut arguments, origin)?;
-                if dollar_expand(&value).is_err() {
-                    return Err(origin.error(format!("Invalid environment expansion {value}.")));
-                }
-                let bytes = value.as_bytes();
-                if bytes.first() == Some(&b'$')
-                    && bytes.get(1) != Some(&b'{')
-                    && !valid_environment_name(&value[1..])
-                {
-                    return Err(origin.error(format!("Invalid environment name {value}.")));
-                }
-                set_first(&mut options.identity_agent, value, is_active);
-            }
+            Keyword::IdentityAgent => line.set_identity_agent(&mut options.identity_agent)?,
             Keyword::ProxyCommand => {
                 // The command is the raw rest of the line, quotes and comments included.
-                let skip = span(&rest, 0, b" \t\r\n=");
-                let command = String::from_utf8_lossy(&rest[skip..]).into_owned();
-                set_first(&mut options.proxy_command, command, is_active);
-                arguments.consume_all();
+                let command = line.raw_rest();
+                set_first(&mut options.proxy_command, command, line.active);
             }
             Keyword::ProxyJump => {
-                let skip = span(&rest, 0, b" \t\r\n=");
-                let spec = String::from_utf8_lossy(&rest[skip..]).into_owned();
+                let spec = line.raw_rest();
                 let strict = origin.command_line.is_some();
-                self.apply_proxy_jump(&spec, strict, is_active)
+                self.apply_proxy_jump(&spec, strict, line.active)
                     .map_err(|why| origin.error(format!("Invalid ProxyJump \"{spec}\": {why}")))?;
-                arguments.consume_all();
             }
         }
-        if arguments.remaining() > 0 {
-            return Err(origin.error(format!("keyword {name} extra arguments at end of line")));
+        line.check_all_used()
+    }
+
+    /// `Host patterns...`: the block applies when a pattern matches and no negated one does.
+    fn host_line(
+        &self,
+        line: &mut Line<'_, '_>,
+        active: &mut bool,
+        flags: ReadFlags,
+    ) -> Result<()> {
+        *active = false;
+        while let Some(argument) = line.arguments.next() {
+            if argument.is_empty() {
+                return Err(line.empty_argument());
+            }
+            if flags.never_match {
+                line.arguments.consume_all();
+                break;
+            }
+            let (negated, pattern) = match argument.strip_prefix('!') {
+                Some(pattern) => (true, pattern),
+                None => (false, argument.as_str()),
+            };
+            if pattern::matches(self.match_host.as_bytes(), pattern.as_bytes()) {
+                if negated {
+                    *active = false;
+                    line.arguments.consume_all();
+                    break;
+                }
+                *active = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// `Match criteria...`, read by [`Self::match_line`] from the raw rest of the line.
+    fn match_block(
+        &mut self,
+        line: &mut Line<'_, '_>,
+        active: &mut bool,
+        flags: ReadFlags,
+    ) -> Result<()> {
+        let (matched, consumed_all) = self.match_line(&line.rest, line.origin)?;
+        *active = !flags.never_match && matched;
+        if consumed_all {
+            line.arguments.consume_all();
         }
         Ok(())
     }
@@ -1777,6 +1648,231 @@ fn is_none_list(list: &[String]) -> bool {
 fn is_none_path(path: &Path) -> bool {
     path.to_str()
         .is_some_and(|text| text.eq_ignore_ascii_case("none"))
+}
+
+/// The keyword of a configuration line, lowercased, and the rest of the line after the
+/// separating blanks or `=`; `None` for a blank line or a comment.
+fn split_keyword(raw: &[u8], origin: &Origin<'_>) -> Result<Option<(String, Vec<u8>)>> {
+    // getline() keeps NUL bytes but every later step stops at the first one.
+    let end = raw.iter().position(|&byte| byte == 0).unwrap_or(raw.len());
+    let mut line = raw[..end].to_vec();
+    if line.is_empty() {
+        return Ok(None);
+    }
+    // Trailing whitespace goes, except the very first character (ssh's loop stops at 1).
+    let mut length = line.len();
+    while length > 1 && b" \t\r\n\x0c".contains(&line[length - 1]) {
+        length -= 1;
+    }
+    line.truncate(length);
+    line.push(0);
+
+    let mut cursor = Some(0);
+    let Some(mut keyword_start) = next_token(&mut line, &mut cursor, true) else {
+        return Ok(None);
+    };
+    if line.get(keyword_start) == Some(&0) {
+        match next_token(&mut line, &mut cursor, true) {
+            Some(start) => keyword_start = start,
+            None => return Ok(None),
+        }
+    }
+    let keyword_bytes = c_string(&line, keyword_start);
+    if keyword_bytes.is_empty() || keyword_bytes[0] == b'\n' || keyword_bytes[0] == b'#' {
+        return Ok(None);
+    }
+    let name = String::from_utf8_lossy(keyword_bytes).to_ascii_lowercase();
+    let rest_start = cursor.map(|start| start + span(&line, start, WHITESPACE));
+    match rest_start {
+        Some(start) if line.get(start).is_some_and(|&byte| byte != 0) => {
+            Ok(Some((name, c_string(&line, start).to_vec())))
+        }
+        _ => Err(origin.error(format!("no argument after keyword \"{name}\""))),
+    }
+}
+
+/// The block state a `Host`, `Match` or `Include` line changes or reads; none on the command
+/// line, where ssh refuses those keywords.
+fn block_state<'b>(
+    active: Option<&'b mut bool>,
+    keyword: &str,
+    origin: &Origin<'_>,
+) -> Result<&'b mut bool> {
+    active.ok_or_else(|| {
+        origin.error(format!(
+            "{keyword} is not supported as a command-line option"
+        ))
+    })
+}
+
+/// One keyword's line being applied: its arguments, where it comes from, and whether the
+/// block it is in applies (settings outside an applying block are parsed, checked, and
+/// dropped, as ssh does).
+struct Line<'l, 'o> {
+    /// The keyword, lowercased, as error messages name it.
+    name: String,
+    /// Everything after the keyword, for the keywords that read it raw.
+    rest: Vec<u8>,
+    arguments: Arguments,
+    origin: &'l Origin<'o>,
+    active: bool,
+}
+
+impl Line<'_, '_> {
+    fn set_string(&mut self, slot: &mut Option<String>) -> Result<()> {
+        let value = string_argument(&mut self.arguments, self.origin)?;
+        set_first(slot, value, self.active);
+        Ok(())
+    }
+
+    fn set_flag(&mut self, slot: &mut Option<bool>) -> Result<()> {
+        let value = flag_argument(&mut self.arguments, self.origin)?;
+        set_first(slot, value, self.active);
+        Ok(())
+    }
+
+    fn set_multistate<T>(
+        &mut self,
+        slot: &mut Option<T>,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<()> {
+        let value = multistate_argument(&mut self.arguments, self.origin, parse)?;
+        set_first(slot, value, self.active);
+        Ok(())
+    }
+
+    /// A time; `none` leaves the option unset, as in ssh.
+    fn set_time(&mut self, slot: &mut Option<u32>) -> Result<()> {
+        if let Some(value) = time_argument(&mut self.arguments, self.origin)? {
+            set_first(slot, value, self.active);
+        }
+        Ok(())
+    }
+
+    fn set_port(&mut self, slot: &mut Option<u16>) -> Result<()> {
+        let value = string_argument(&mut self.arguments, self.origin)?;
+        let port = match u16::try_from(port_number(&value)) {
+            Ok(port) if port > 0 => port,
+            _ => return Err(self.origin.error(format!("Bad port '{value}'."))),
+        };
+        set_first(slot, port, self.active);
+        Ok(())
+    }
+
+    /// A non-negative `int`, as ssh's `ServerAliveCountMax` reads it.
+    fn set_count(&mut self, slot: &mut Option<u32>) -> Result<()> {
+        let argument = self.arguments.next().unwrap_or_default();
+        let Some(value) = parse_decimal(&argument, 0, i64::from(i32::MAX)) else {
+            let why = if argument.is_empty() {
+                "missing"
+            } else {
+                "invalid"
+            };
+            return Err(self.origin.error(format!("integer value {why}.")));
+        };
+        set_first(slot, u32::try_from(value).unwrap_or(u32::MAX), self.active);
+        Ok(())
+    }
+
+    /// `IdentityFile` or `CertificateFile` (`what`): files accumulate, up to ssh's limit.
+    fn add_key_file(
+        &mut self,
+        list: &mut Vec<KeyFile>,
+        what: &str,
+        flags: ReadFlags,
+    ) -> Result<()> {
+        let value = string_argument(&mut self.arguments, self.origin)?;
+        if !self.active {
+            return Ok(());
+        }
+        if list.len() >= MAX_KEY_FILES {
+            return Err(self.origin.error(format!(
+                "Too many {what} files specified (max {MAX_KEY_FILES})."
+            )));
+        }
+        let key_origin = if flags.user_config {
+            KeyOrigin::UserConfig
+        } else {
+            KeyOrigin::SystemConfig
+        };
+        add_key_file(list, value, key_origin);
+        Ok(())
+    }
+
+    /// `UserKnownHostsFile` or `GlobalKnownHostsFile`: several files on one line; the first
+    /// line that applies sets the list; `none` only alone.
+    fn add_known_hosts(&mut self, list: &mut Vec<String>) -> Result<()> {
+        let was_empty = list.is_empty();
+        let mut count = 0;
+        while let Some(argument) = self.arguments.next() {
+            if argument.is_empty() {
+                return Err(self.empty_argument());
+            }
+            if argument.eq_ignore_ascii_case("none")
+                && (count > 0 || self.arguments.remaining() > 0)
+            {
+                return Err(self.origin.error(format!(
+                    "keyword {} \"none\" argument must appear alone.",
+                    self.name
+                )));
+            }
+            count += 1;
+            if self.active && was_empty {
+                if list.len() >= MAX_KNOWN_HOSTS_FILES {
+                    return Err(self
+                        .origin
+                        .error(format!("too many {} entries.", self.name)));
+                }
+                list.push(argument);
+            }
+        }
+        Ok(())
+    }
+
+    /// `IdentityAgent`: a path, `none`, `SSH_AUTH_SOCK`, or `$NAME` of a variable.
+    fn set_identity_agent(&mut self, slot: &mut Option<String>) -> Result<()> {
+        let value = string_argument(&mut self.arguments, self.origin)?;
+        if dollar_expand(&value).is_err() {
+            return Err(self
+                .origin
+                .error(format!("Invalid environment expansion {value}.")));
+        }
+        let bytes = value.as_bytes();
+        if bytes.first() == Some(&b'$')
+            && bytes.get(1) != Some(&b'{')
+            && !valid_environment_name(&value[1..])
+        {
+            return Err(self
+                .origin
+                .error(format!("Invalid environment name {value}.")));
+        }
+        set_first(slot, value, self.active);
+        Ok(())
+    }
+
+    /// The rest of the line after the separator, unparsed (`ProxyCommand`, `ProxyJump`); it
+    /// uses up every argument.
+    fn raw_rest(&mut self) -> String {
+        let skip = span(&self.rest, 0, b" \t\r\n=");
+        self.arguments.consume_all();
+        String::from_utf8_lossy(&self.rest[skip..]).into_owned()
+    }
+
+    fn empty_argument(&self) -> Error {
+        self.origin
+            .error(format!("keyword {} empty argument", self.name))
+    }
+
+    /// ssh refuses arguments a keyword did not use.
+    fn check_all_used(&self) -> Result<()> {
+        if self.arguments.remaining() > 0 {
+            return Err(self.origin.error(format!(
+                "keyword {} extra arguments at end of line",
+                self.name
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Whether `cursor` ended at the end of the line, i.e. nothing was left over.
