@@ -1153,148 +1153,55 @@ impl<'a> Resolver<'a> {
         let proxy_command = options
             .proxy_command
             .filter(|command| !command.eq_ignore_ascii_case("none"));
-
-        let mut proxy_jump = Vec::new();
-        if let Some(jump) = &jump {
-            let jump_user = jump.user.as_deref().unwrap_or(&user);
-            let jump_port = if jump.port <= 0 {
-                i32::from(default_ssh_port())
-            } else {
-                jump.port
-            };
-            if jump.host == host && i32::from(port) == jump_port && user == jump_user {
-                return Err(Error::config(format!("jump host loop via {}", jump.host))
-                    .with_hint("ProxyJump names the destination itself; check the Host blocks"));
-            }
-            if proxy_command.is_some() {
-                return Err(Error::config(
-                    "inconsistent options: ProxyCommand+ProxyJump",
-                ));
-            }
-            if let Some(extra) = &jump.extra {
-                for segment in extra.split(',') {
-                    let hop = parse_jump_segment(segment, false).map_err(|why| {
-                        Error::config(format!("invalid ProxyJump hop \"{segment}\": {why}"))
-                    })?;
-                    proxy_jump.push(hop.into_jump_host());
-                }
-            }
-            proxy_jump.push(JumpHost {
-                user: jump.user.clone(),
-                host: jump.host.clone(),
-                port: u16::try_from(jump.port).ok().filter(|&port| port > 0),
-            });
-        }
-
-        let port_text = port.to_string();
+        let proxy_jump = match &jump {
+            Some(jump) => jump_hosts(jump, &host, port, &user, proxy_command.is_some())?,
+            None => Vec::new(),
+        };
         let key_alias = options
             .host_key_alias
             .as_ref()
             .map(|alias| alias.to_ascii_lowercase());
-        let connection_hash = connection_hash(&local.hostname, &host, &port_text, &user);
-        let short_host = local
-            .hostname
-            .split('.')
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        let uid = local.uid.to_string();
-        let home = local.home.to_string_lossy().into_owned();
-        let tokens: [(char, &str); 11] = [
-            ('C', &connection_hash),
-            ('L', &short_host),
-            ('i', &uid),
-            ('k', key_alias.as_deref().unwrap_or(&self.original_host)),
-            ('l', &local.hostname),
-            ('n', &self.original_host),
-            ('p', &port_text),
-            ('d', &home),
-            ('h', &host),
-            ('r', &user),
-            ('u', &local.user),
-        ];
-        let expand = |what: &str, raw: &str| -> Result<String> {
-            let path = tilde_expand(raw, local)
-                .map_err(|why| Error::config(format!("{what} \"{raw}\": {why}")))?;
-            percent_expand(&path, &tokens, true).map_err(|why| {
-                Error::config(format!("{what} \"{raw}\": {why}")).with_hint(
-                    "use only the %-tokens ssh supports there (%C %d %h %i %k %L %l %n %p %r %u %%) \
-                     and environment variables that are set",
-                )
-            })
-        };
+        let tokens = Tokens::new(
+            local,
+            &self.original_host,
+            &host,
+            port,
+            &user,
+            key_alias.as_deref(),
+        );
 
         let identity_files_are_defaults = options.identity_files.is_empty();
-        let identity_raw: Vec<String> = if identity_files_are_defaults {
-            DEFAULT_IDENTITY_FILES
-                .iter()
-                .map(|path| path.to_string())
-                .collect()
-        } else {
-            options
-                .identity_files
-                .iter()
-                .map(|file| file.path.clone())
-                .collect()
-        };
-        let mut identity_files = Vec::new();
-        for raw in identity_raw
+        let identity_files = identity_files(&options.identity_files, &tokens)?;
+        let certificate_files = options
+            .certificate_files
             .iter()
-            .filter(|raw| !raw.eq_ignore_ascii_case("none"))
-        {
-            identity_files.push(PathBuf::from(expand("IdentityFile", raw)?));
-        }
-        let mut certificate_files = Vec::new();
-        for file in &options.certificate_files {
-            certificate_files.push(PathBuf::from(expand("CertificateFile", &file.path)?));
-        }
-
-        let user_known_raw: Vec<String> = if options.user_known_hosts.is_empty() {
-            DEFAULT_USER_KNOWN_HOSTS
-                .iter()
-                .map(|path| path.to_string())
-                .collect()
-        } else {
-            options.user_known_hosts.clone()
-        };
-        let mut user_known_hosts_files = Vec::new();
-        if !is_none_list(&user_known_raw) {
-            for raw in &user_known_raw {
-                user_known_hosts_files.push(PathBuf::from(expand("UserKnownHostsFile", raw)?));
-            }
-        }
-        let global_known_raw: Vec<String> = if options.global_known_hosts.is_empty() {
-            DEFAULT_GLOBAL_KNOWN_HOSTS
-                .iter()
-                .map(|path| path.to_string())
-                .collect()
-        } else {
-            options.global_known_hosts.clone()
-        };
-        let mut global_known_hosts_files = Vec::new();
-        if !is_none_list(&global_known_raw) {
-            for raw in &global_known_raw {
-                let path = tilde_expand(raw, local).map_err(|why| {
-                    Error::config(format!("GlobalKnownHostsFile \"{raw}\": {why}"))
-                })?;
-                global_known_hosts_files.push(PathBuf::from(path));
-            }
-        }
+            .map(|file| {
+                tokens
+                    .expand("CertificateFile", &file.path)
+                    .map(PathBuf::from)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let user_known_hosts_files = known_hosts_files(
+            &options.user_known_hosts,
+            &DEFAULT_USER_KNOWN_HOSTS,
+            |raw| tokens.expand("UserKnownHostsFile", raw),
+        )?;
+        // ssh expands only `~` in the global files.
+        let global_known_hosts_files = known_hosts_files(
+            &options.global_known_hosts,
+            &DEFAULT_GLOBAL_KNOWN_HOSTS,
+            |raw| {
+                tilde_expand(raw, local)
+                    .map_err(|why| Error::config(format!("GlobalKnownHostsFile \"{raw}\": {why}")))
+            },
+        )?;
         let identity_agent = match &options.identity_agent {
-            Some(raw) => Some(expand("IdentityAgent", raw)?),
+            Some(raw) => Some(tokens.expand("IdentityAgent", raw)?),
             None => None,
         };
-
         let proxy_command = match proxy_command {
             Some(command) if jump.is_none() => {
-                check_tokens(&command, b"hknpr").map_err(|why| {
-                    Error::config(format!("ProxyCommand \"{command}\": {why}"))
-                        .with_hint("ProxyCommand accepts the tokens %h %k %n %p %r and %%")
-                })?;
-                Some(match &key_alias {
-                    Some(alias) => replace_token(&command, 'k', alias),
-                    None => command,
-                })
+                Some(expand_proxy_command_tokens(command, key_alias.as_deref())?)
             }
             _ => None,
         };
@@ -1331,6 +1238,147 @@ impl<'a> Resolver<'a> {
             tcp_keepalive: options.tcp_keepalive.unwrap_or(true),
             host_key_alias: key_alias,
             command_line: Vec::new(),
+        })
+    }
+}
+
+/// The hops of `ProxyJump`, first to last, for a connection to `host`; refused when the jump
+/// is the destination itself or `ProxyCommand` is set too, as ssh refuses them.
+fn jump_hosts(
+    jump: &Jump,
+    host: &str,
+    port: u16,
+    user: &str,
+    has_proxy_command: bool,
+) -> Result<Vec<JumpHost>> {
+    let jump_user = jump.user.as_deref().unwrap_or(user);
+    let jump_port = if jump.port <= 0 {
+        i32::from(default_ssh_port())
+    } else {
+        jump.port
+    };
+    if jump.host == host && i32::from(port) == jump_port && user == jump_user {
+        return Err(Error::config(format!("jump host loop via {}", jump.host))
+            .with_hint("ProxyJump names the destination itself; check the Host blocks"));
+    }
+    if has_proxy_command {
+        return Err(Error::config(
+            "inconsistent options: ProxyCommand+ProxyJump",
+        ));
+    }
+    let mut hops = Vec::new();
+    if let Some(extra) = &jump.extra {
+        for segment in extra.split(',') {
+            let hop = parse_jump_segment(segment, false).map_err(|why| {
+                Error::config(format!("invalid ProxyJump hop \"{segment}\": {why}"))
+            })?;
+            hops.push(hop.into_jump_host());
+        }
+    }
+    hops.push(JumpHost {
+        user: jump.user.clone(),
+        host: jump.host.clone(),
+        port: u16::try_from(jump.port).ok().filter(|&port| port > 0),
+    });
+    Ok(hops)
+}
+
+/// The identity files configured, or ssh's defaults, expanded; `none` entries dropped.
+fn identity_files(configured: &[KeyFile], tokens: &Tokens<'_>) -> Result<Vec<PathBuf>> {
+    let raw: Vec<&str> = if configured.is_empty() {
+        DEFAULT_IDENTITY_FILES.to_vec()
+    } else {
+        configured.iter().map(|file| file.path.as_str()).collect()
+    };
+    raw.into_iter()
+        .filter(|raw| !raw.eq_ignore_ascii_case("none"))
+        .map(|raw| tokens.expand("IdentityFile", raw).map(PathBuf::from))
+        .collect()
+}
+
+/// The known_hosts files of one kind: those configured, or the defaults; none for `none`.
+fn known_hosts_files(
+    configured: &[String],
+    defaults: &[&str],
+    expand: impl Fn(&str) -> Result<String>,
+) -> Result<Vec<PathBuf>> {
+    let raw: Vec<String> = if configured.is_empty() {
+        defaults.iter().map(|path| path.to_string()).collect()
+    } else {
+        configured.to_vec()
+    };
+    if is_none_list(&raw) {
+        return Ok(Vec::new());
+    }
+    raw.iter()
+        .map(|raw| expand(raw).map(PathBuf::from))
+        .collect()
+}
+
+/// `ProxyCommand` checked for the tokens ssh allows there, with `%k` replaced now (the others
+/// are replaced when the command runs, see [`HostConfig::expand_proxy_command`]).
+fn expand_proxy_command_tokens(command: String, key_alias: Option<&str>) -> Result<String> {
+    check_tokens(&command, b"hknpr").map_err(|why| {
+        Error::config(format!("ProxyCommand \"{command}\": {why}"))
+            .with_hint("ProxyCommand accepts the tokens %h %k %n %p %r and %%")
+    })?;
+    Ok(match key_alias {
+        Some(alias) => replace_token(&command, 'k', alias),
+        None => command,
+    })
+}
+
+/// The values of the `%` tokens paths in the configuration may use, as ssh.c sets them once
+/// the host, port and user are known.
+struct Tokens<'a> {
+    local: &'a LocalContext,
+    values: [(char, String); 11],
+}
+
+impl<'a> Tokens<'a> {
+    fn new(
+        local: &'a LocalContext,
+        original_host: &str,
+        host: &str,
+        port: u16,
+        user: &str,
+        key_alias: Option<&str>,
+    ) -> Self {
+        let port = port.to_string();
+        let short_host = local.hostname.split('.').next().unwrap_or_default();
+        Tokens {
+            local,
+            values: [
+                ('C', connection_hash(&local.hostname, host, &port, user)),
+                ('L', short_host.to_string()),
+                ('i', local.uid.to_string()),
+                ('k', key_alias.unwrap_or(original_host).to_string()),
+                ('l', local.hostname.clone()),
+                ('n', original_host.to_string()),
+                ('p', port),
+                ('d', local.home.to_string_lossy().into_owned()),
+                ('h', host.to_string()),
+                ('r', user.to_string()),
+                ('u', local.user.clone()),
+            ],
+        }
+    }
+
+    /// `raw` (the value of the option `what`) with `~` and the `%` tokens and `${VAR}`
+    /// expanded.
+    fn expand(&self, what: &str, raw: &str) -> Result<String> {
+        let path = tilde_expand(raw, self.local)
+            .map_err(|why| Error::config(format!("{what} \"{raw}\": {why}")))?;
+        let tokens: Vec<(char, &str)> = self
+            .values
+            .iter()
+            .map(|(token, value)| (*token, value.as_str()))
+            .collect();
+        percent_expand(&path, &tokens, true).map_err(|why| {
+            Error::config(format!("{what} \"{raw}\": {why}")).with_hint(
+                "use only the %-tokens ssh supports there (%C %d %h %i %k %L %l %n %p %r %u %%) \
+                 and environment variables that are set",
+            )
         })
     }
 }
