@@ -353,9 +353,9 @@ fn state_key(parts: &[&str]) -> String {
 ///
 /// A fresh journal is written only when it first has a block to record: creating it costs a
 /// sync, and a sync waits behind whatever the disk is busy writing back (in ext4's ordered
-/// mode, for every file's dirty data; without a journal, as here, behind the queue that
-/// writeback keeps full): a pull into a copy made a moment earlier waited 0.86 s for that
-/// copy before fetching anything. A journal never written records nothing, as an absent one does.
+/// mode, for every file's dirty data; without a journal, behind the queue that writeback keeps
+/// full), so a pull into a file copied a moment earlier would wait for that copy before fetching
+/// anything. A journal never written records nothing, as an absent one does.
 pub struct JournalFile {
     place: StateFile,
     file: Backing,

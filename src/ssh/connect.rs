@@ -362,7 +362,8 @@ impl Connector {
                     .collect(),
             );
         }
-        // AES-GCM runs at several GB/s with AES-NI, about three times ChaCha20 here.
+        // AES-GCM first: with the CPU's AES instructions it outruns ChaCha20-Poly1305, which
+        // comes next for CPUs without them.
         preferred.cipher = std::borrow::Cow::Owned(vec![
             russh::cipher::AES_256_GCM,
             russh::cipher::AES_128_GCM,
