@@ -43,12 +43,6 @@ pub enum Location {
     },
 }
 
-impl Location {
-    pub fn is_remote(&self) -> bool {
-        matches!(self, Location::Remote { .. })
-    }
-}
-
 /// Longest argument accepted; a target is typed by a person or a script, not a document.
 const MAX_ARGUMENT_LENGTH: usize = 64 * 1024;
 

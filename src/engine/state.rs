@@ -512,11 +512,6 @@ pub fn journal_cap(layout: &crate::blocks::BlockLayout) -> u64 {
             .saturating_mul(4)
 }
 
-/// Removes a journal that is no longer wanted (the file turned out to be up to date).
-pub fn discard_journal(place: &StateFile) {
-    let _ = place.remove();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

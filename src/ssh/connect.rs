@@ -184,11 +184,6 @@ impl Connector {
         self
     }
 
-    pub fn with_tuning(mut self, tuning: Tuning) -> Self {
-        self.tuning = tuning;
-        self
-    }
-
     /// Resolves a command-line host the way `ssh -G` would.
     pub fn resolve(&self, spec: &HostSpec) -> Result<HostConfig> {
         let mut overrides = self.overrides.clone();

@@ -3,7 +3,7 @@
 //! names, `@cert-authority` and `@revoked` markers, blank-or-tab separated fields and CRLF line
 //! ends. This module owns looking a server's key up (`check`, and `check_host` for ssh's whole
 //! lookup: HostKeyAlias, the port-less name, host certificates and their `@cert-authority`),
-//! recording a new key (`add_hashed`, `add_plain`) and removing a host the way `ssh-keygen -R`
+//! recording a new key, hashed (`add_hashed`), and removing a host the way `ssh-keygen -R`
 //! does (`forget`). russh's own known_hosts helpers are not used because they understand none of
 //! the above.
 
@@ -357,12 +357,6 @@ pub fn add_hashed(file: &Path, name: &str, key: &PublicKey) -> Result<()> {
         BASE64.encode(hash)
     );
     append_entry(file, &field, key)
-}
-
-/// Appends `name algorithm base64`, as ssh does under HashKnownHosts no.
-pub fn add_plain(file: &Path, name: &str, key: &PublicKey) -> Result<()> {
-    check_recordable(name)?;
-    append_entry(file, name, key)
 }
 
 /// What `forget` did to one existing file.
@@ -1983,7 +1977,7 @@ mod tests {
             &key(ED25519_A),
         )
         .expect("add hashed");
-        add_plain(&file, &host_pattern_name("Example.COM", 22), &key(RSA_E)).expect("add plain");
+        append_entry(&file, &host_pattern_name("Example.COM", 22), &key(RSA_E)).expect("add plain");
         add_hashed(&file, &host_pattern_name("::1", 22), &key(ECDSA_384)).expect("add hashed");
         assert_eq!(mode_of(&file), 0o600);
         assert_eq!(mode_of(file.parent().expect("parent")), 0o700);
@@ -2025,7 +2019,7 @@ mod tests {
             &format!("other {ED25519_B}"),
         );
         fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).expect("chmod");
-        add_plain(
+        append_entry(
             &file,
             &host_pattern_name("example.com", 22),
             &key(ED25519_A),
@@ -2046,10 +2040,6 @@ mod tests {
         for host in [
             "", "*", "a,b", "a b", "!a", "|1|x", "@revoked", "#x", "a\tb",
         ] {
-            assert!(
-                add_plain(&file, &host_pattern_name(host, 22), &key(ED25519_A)).is_err(),
-                "{host:?}"
-            );
             assert!(
                 add_hashed(&file, &host_pattern_name(host, 22), &key(ED25519_A)).is_err(),
                 "{host:?}"
