@@ -44,7 +44,6 @@ const FILE_MODE: u32 = 0o600;
 /// directory handle checked once, never by a path resolved again.
 #[derive(Debug, Clone)]
 pub struct StateDir {
-    root: PathBuf,
     journals: Arc<Directory>,
     units: Arc<Directory>,
     converted: Arc<Directory>,
@@ -135,12 +134,7 @@ impl StateDir {
             journals: open(JOURNALS)?,
             units: open(UNITS)?,
             converted: open(CONVERTED)?,
-            root,
         })
-    }
-
-    pub fn root(&self) -> &Path {
-        &self.root
     }
 
     /// The journal file for one destination file of one transfer.

@@ -157,11 +157,6 @@ pub struct Lookup<'d> {
 }
 
 impl Lookup<'_> {
-    /// The directory's path below the destination root.
-    pub fn components(&self) -> &[String] {
-        &self.components
-    }
-
     /// What is at `name` in this directory, as [`Destination::metadata`] answers.
     pub fn metadata(&self, name: &str) -> Result<Option<EntryMetadata>> {
         match stat::fstatat(&self.directory, name, AtFlags::AT_SYMLINK_NOFOLLOW) {

@@ -313,13 +313,3 @@ impl Remote for AgentRemote {
             .map_err(|error| self.error(&format!("reading {path}"), error))
     }
 }
-
-impl AgentRemote {
-    /// Replaces `to` with `from` atomically.
-    pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
-        self.client
-            .rename(from, to)
-            .await
-            .map_err(|error| self.error(&format!("renaming {from} to {to}"), error))
-    }
-}

@@ -140,16 +140,6 @@ pub enum CommandLineArgument {
     Option(String),
 }
 
-impl Overrides {
-    /// The `-o` arguments, in order.
-    pub fn options(&self) -> impl Iterator<Item = &str> {
-        self.arguments.iter().filter_map(|argument| match argument {
-            CommandLineArgument::Option(option) => Some(option.as_str()),
-            _ => None,
-        })
-    }
-}
-
 /// Which configuration files to read.
 #[derive(Debug, Clone)]
 pub enum ConfigSource {

@@ -737,10 +737,6 @@ impl Connection {
         &self.host_key_fingerprint
     }
 
-    pub fn handle(&self) -> &Handle<ClientHandler> {
-        &self.handle
-    }
-
     pub fn is_closed(&self) -> bool {
         self.handle.is_closed()
     }
