@@ -111,7 +111,7 @@ where
     let mut first_failure: Option<Error> = None;
     let mut failed = 0;
     for (index, result) in results {
-        let host = printable(&prepared.hosts[index].to_string());
+        let host = printable(prepared.hosts[index].to_string());
         match result {
             Ok(line) => outln!("{host}: {line}"),
             Err(error) => {

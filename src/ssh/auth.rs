@@ -272,7 +272,7 @@ impl Authenticator<'_> {
         for _ in 0..PASSPHRASE_TRIES {
             let prompt = format!(
                 "Enter passphrase for key '{}': ",
-                printable(&path.display().to_string())
+                printable(path.display().to_string())
             );
             let passphrase = match rpassword::prompt_password(prompt) {
                 Ok(passphrase) => SecretString::from(passphrase),
@@ -298,7 +298,7 @@ impl Authenticator<'_> {
                 }
                 Err(_) => eprintln!(
                     "Bad passphrase, try again for {}",
-                    printable(&path.display().to_string())
+                    printable(path.display().to_string())
                 ),
             }
         }

@@ -876,7 +876,7 @@ fn certificate_problem(certificate: &Certificate, principal: &str, now: u64) -> 
         return Some(format!(
             "is not issued for \"{}\" (it names {})",
             crate::terminal::printable(principal),
-            crate::terminal::printable(&principals.join(", "))
+            crate::terminal::printable(principals.join(", "))
         ));
     }
     if !certificate.critical_options().is_empty() {
