@@ -596,13 +596,12 @@ fn the_plan_is_told_complete_once_after_every_unit_is_planned() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     for run in ["first", "re-run"] {
         let recording = std::sync::Arc::new(Recording::default());
+        let connector = std::sync::Arc::new(xfer::ssh::connect::Connector::new(
+            xfer::ssh::config::ConfigSource::File(config.clone()),
+            xfer::ssh::config::Overrides::default(),
+            xfer::ssh::config::LocalContext::current().unwrap(),
+        ));
         let transfer = Transfer {
-            connector: std::sync::Arc::new(xfer::ssh::connect::Connector::new(
-                xfer::ssh::config::ConfigSource::File(config.clone()),
-                xfer::ssh::config::Overrides::default(),
-                xfer::ssh::config::LocalContext::current().unwrap(),
-            )),
-            host: xfer::target::parse_host("box").unwrap(),
             direction: xfer::engine::plan::Direction::Pull,
             remote_path: source.display().to_string(),
             local_path: work.path().join("copy"),
@@ -616,10 +615,18 @@ fn the_plan_is_told_complete_once_after_every_unit_is_planned() {
                 fix_crlf: false,
                 engine: xfer::engine::Options::default(),
             },
-            agent: xfer::remote::deploy::AgentMode::Auto,
+        };
+        let connect = |eager| {
+            xfer::remote::pool::SessionPool::connect(
+                connector,
+                xfer::target::parse_host("box").unwrap(),
+                xfer::remote::deploy::AgentMode::Auto,
+                recording.clone(),
+                eager,
+            )
         };
         let summary = runtime
-            .block_on(xfer::engine::units::run(transfer))
+            .block_on(xfer::engine::units::run(transfer, connect))
             .unwrap();
         assert!(summary.errors.is_empty(), "{run}: {:?}", summary.errors);
         let told = recording.0.lock().unwrap().clone();

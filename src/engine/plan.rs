@@ -303,6 +303,49 @@ impl Plan {
         Ok(())
     }
 
+    /// Takes in a unit's plan, as a dry run shows a transfer whole: its entries, skipped
+    /// entries, warnings and problems, with paths placed below `prefix` (a push plans each unit
+    /// from its own top; a pull's plans already name paths from the transfer's root). The
+    /// entries are put back in the order a walk of the source visits them.
+    pub fn absorb(&mut self, unit: Plan, prefix: &RelativePath) -> Result<()> {
+        let placed = |path: &str| -> String {
+            match (prefix.is_root(), path.is_empty()) {
+                (true, _) => path.to_string(),
+                (false, true) => prefix.to_string(),
+                (false, false) => format!("{prefix}/{path}"),
+            }
+        };
+        let Plan {
+            items,
+            skipped,
+            warnings,
+            problems,
+            ..
+        } = unit;
+        for mut item in items {
+            item.path = placed(&item.path);
+            self.add_item(item)?;
+        }
+        for mut entry in skipped {
+            if entry.path != "..." {
+                entry.path = placed(&entry.path);
+            }
+            self.add_skipped(entry)?;
+        }
+        for mut warning in warnings {
+            warning.path = placed(&warning.path);
+            self.hold(warning.held_bytes())?;
+            self.warnings.push(warning);
+        }
+        for mut problem in problems {
+            problem.path = placed(&problem.path);
+            self.add_problem(problem)?;
+        }
+        self.items
+            .sort_by(|a, b| a.path.split('/').cmp(b.path.split('/')));
+        Ok(())
+    }
+
     /// Bytes of file data the plan will move (resumed files count their missing blocks).
     pub fn bytes_to_move(&self) -> u64 {
         self.items

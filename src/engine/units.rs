@@ -21,20 +21,18 @@ use crate::engine::lanes::Lanes;
 use crate::engine::plan::{self, Action, Direction, Endpoints, Plan, PlanItem};
 use crate::engine::state::{StateDir, StateFile};
 use crate::engine::{ItemError, Options, Summary, finished, pull, push};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::local::{Destination, RelativePath, Timestamp, validate_component};
 use crate::progress::Reporter;
-use crate::remote::deploy::AgentMode;
-use crate::remote::session::Session;
-use crate::remote::sftp::SftpRemote;
+use crate::remote::pool::Pool;
+use crate::remote::read_only::ReadOnly;
 use crate::remote::{self, EntryKind, Remote, SetAttributes};
-use crate::ssh::connect::{Connection, Connector, channel_refused};
-use crate::target::HostSpec;
 use serde::Serialize;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// The meaning of a completion record written by this version (which checks made it complete).
@@ -84,13 +82,35 @@ pub fn backoff(first: Duration, failures: u32, jitter: f64) -> Duration {
     base.mul_f64(0.5 + jitter.clamp(0.0, 1.0))
 }
 
+/// How one unit ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnitOutcome {
+    /// Every file verified.
+    Done,
+    /// Unchanged on both sides since a run that completed it: nothing was read.
+    SkippedComplete,
+    /// Out of attempts, or failed for a reason a retry cannot cure.
+    Failed,
+}
+
+impl UnitOutcome {
+    /// The word `--json` and messages use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnitOutcome::Done => "done",
+            UnitOutcome::SkippedComplete => "skipped-complete",
+            UnitOutcome::Failed => "failed",
+        }
+    }
+}
+
 /// What became of one unit.
 #[derive(Debug, Clone, Serialize)]
 pub struct UnitReport {
     /// The unit's directory relative to the transfer root (`.` for the top unit).
     pub unit: String,
-    /// `done`, `skipped-complete` or `failed`.
-    pub outcome: &'static str,
+    pub outcome: UnitOutcome,
     pub attempts: u32,
     pub files_transferred: u64,
     pub bytes_moved: u64,
@@ -131,62 +151,30 @@ impl Unit {
 
 /// A pull or a push, as the command line gave it.
 pub struct Transfer {
-    pub connector: Arc<Connector>,
-    pub host: HostSpec,
     pub direction: Direction,
     pub remote_path: String,
     pub local_path: PathBuf,
     pub state: StateDir,
     pub reporter: Arc<dyn Reporter>,
     pub options: UnitOptions,
-    /// Whether connections run the xfer agent (`--no-agent`, `--agent PATH`).
-    pub agent: AgentMode,
-}
-
-/// A data session being opened while other work goes on.
-type Opening = tokio::task::JoinHandle<Result<Arc<Session>>>;
-
-impl Transfer {
-    /// Starts the remote side on `connection` (or on a new connection) in the background.
-    fn open_ahead(&self, connection: Option<Arc<Connection>>) -> Opening {
-        let (connector, host) = (self.connector.clone(), self.host.clone());
-        let (agent, reporter) = (self.agent.clone(), self.reporter.clone());
-        tokio::spawn(async move {
-            match connection {
-                Some(connection) => start_session(connection, &agent, &*reporter).await,
-                None => open_remote(&connector, &host, &agent, &*reporter).await,
-            }
-        })
-    }
-}
-
-/// What a session opened ahead came to: the session if it is up, an error if it failed for a
-/// reason a new connection would not cure, None if a new one is worth trying.
-async fn came_up(opening: Opening) -> Result<Option<Arc<Session>>> {
-    match opening.await {
-        Ok(Ok(remote)) if !remote.is_closed() => Ok(Some(remote)),
-        Ok(Err(error)) if !error.is_transient() => Err(error),
-        _ => Ok(None),
-    }
 }
 
 /// Shared by the workers.
-struct Shared {
+struct Shared<P: Pool> {
     transfer: Transfer,
+    pool: Arc<P>,
     endpoints: Endpoints,
     destination: Option<Arc<Destination>>,
+    /// Where a pull's plans say the destination is.
+    local_root: PathBuf,
     queue: Mutex<VecDeque<Unit>>,
     results: Mutex<Vec<(UnitReport, Summary)>>,
     /// The `-j` connection budget: one slot per running unit, the rest lent to large files.
-    lanes: Arc<Lanes<Session>>,
+    lanes: Arc<Lanes<P::Remote>>,
     /// Hashes of the single local file the command names, computed while connecting.
     early: Option<Arc<EarlyHashes>>,
     /// The first connection's listing session: discovery, and every unit's first plan.
-    planner: Arc<Session>,
-    /// The first connection's data session, for the first unit that moves data.
-    first_data: Mutex<Option<Pending>>,
-    /// Data sessions being opened ahead of the workers that will want them.
-    opening: Mutex<Vec<Opening>>,
+    planner: Arc<P::Remote>,
     /// What the discovered units take of the transfer's budget, until the end of the run.
     _units_held: Held,
     /// Skipped entries kept in the units' summaries so far, and those left out.
@@ -198,7 +186,7 @@ struct Shared {
     units_settled: AtomicUsize,
 }
 
-impl Shared {
+impl<P: Pool> Shared<P> {
     /// One more unit is planned (or will never be); the last one makes the plan complete.
     fn unit_settled(&self) {
         if self.units_settled.fetch_add(1, Ordering::AcqRel) + 1 == self.units_total {
@@ -229,145 +217,61 @@ fn early_candidate(transfer: &Transfer) -> Option<PathBuf> {
     None
 }
 
-/// Connects and opens the remote side (agent or SFTP). Why the agent is not used is said
-/// once per run, not once per connection.
-pub async fn open_remote(
-    connector: &Connector,
-    host: &HostSpec,
-    agent: &AgentMode,
-    reporter: &dyn Reporter,
-) -> Result<Arc<Session>> {
-    let connection = Arc::new(connector.connect(host).await?);
-    start_session(connection, agent, reporter).await
-}
-
-/// Opens the remote side of an established connection, as [`open_remote`] does.
-async fn start_session(
-    connection: Arc<Connection>,
-    agent: &AgentMode,
-    reporter: &dyn Reporter,
-) -> Result<Arc<Session>> {
-    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    let (session, fallback) = Session::open(connection, agent).await?;
-    if let Some(reason) = fallback
-        && !SAID.swap(true, std::sync::atomic::Ordering::Relaxed)
-    {
-        reporter.warning(&format!(
-            "{}: using SFTP, no xfer agent: {reason}",
-            session.label()
-        ));
-    }
-    tracing::debug!(label = %session.label(), kind = session.kind(), "remote session open");
-    Ok(Arc::new(session))
-}
-
-/// The first connection's data session, until a unit that moves data takes it.
-enum Pending {
-    /// Already open (the planner serves data too).
-    Ready(Arc<Session>),
-    /// Not started: the agent is started only when a unit has data to move.
-    Connection(Arc<Connection>),
-    /// Being started while the planner works (data is expected to move).
-    Starting(Opening),
-}
-
-/// Opens the first connection. Discovery and planning need only listings, which SFTP answers
-/// without starting a shell on the remote (on many hosts the login shell's startup files cost
-/// more than the whole listing), so the planner is an SFTP session and the agent is started
-/// on the same connection only when a unit has data to move: a re-run with nothing to do never
-/// starts it. When the command names a large local file (`eager`: a delta, a resume, a push of
-/// a big file, whose data will most likely move) the agent is started at once, beside the
-/// planner, since starting it (a login shell on the remote) is the longest wait of such a
-/// run. A host that refuses SFTP plans over the agent.
-async fn open_first(transfer: &Transfer, eager: bool) -> Result<(Arc<Session>, Pending)> {
-    let connection = Arc::new(transfer.connector.connect(&transfer.host).await?);
-    if transfer.agent != AgentMode::Off {
-        let starting = eager.then(|| transfer.open_ahead(Some(connection.clone())));
-        match SftpRemote::open(connection.clone()).await {
-            Ok(sftp) => {
-                let pending = match starting {
-                    Some(starting) => Pending::Starting(starting),
-                    None => Pending::Connection(connection),
-                };
-                return Ok((Arc::new(Session::Sftp(sftp)), pending));
-            }
-            Err(error) if connection.is_closed() => return Err(error),
-            Err(_) => {
-                if let Some(starting) = starting
-                    && let Ok(Some(session)) = came_up(starting).await
-                {
-                    return Ok((session.clone(), Pending::Ready(session)));
-                }
-            }
-        }
-    }
-    let session = start_session(connection, &transfer.agent, &*transfer.reporter).await?;
-    Ok((session.clone(), Pending::Ready(session)))
-}
-
-/// Runs a whole transfer: discovers the units over a first connection, then runs them.
-pub async fn run(transfer: Transfer) -> Result<Summary> {
+/// Runs a whole transfer: connects with `connect` (told whether data will most likely move,
+/// so it can start a data session at once), discovers the units over the planner, then runs
+/// them.
+pub async fn run<P, Connect, Connecting>(transfer: Transfer, connect: Connect) -> Result<Summary>
+where
+    P: Pool,
+    Connect: FnOnce(bool) -> Connecting,
+    Connecting: Future<Output = Result<P>>,
+{
     let started = Instant::now();
     let early = early_candidate(&transfer).and_then(|path| EarlyHashes::start(&path));
-    let (first, first_data) = open_first(&transfer, early.is_some()).await?;
-    let config = first.connection().config().clone();
+    let pool = Arc::new(connect(early.is_some()).await?);
+    let first = pool.planner();
     let endpoints = Endpoints {
-        remote_id: format!("{}@{}:{}", config.user, config.hostname, config.port),
+        remote_id: pool.remote_id().to_string(),
     };
-    let (units, destination, root, data_expected, units_held) = match transfer.direction {
-        Direction::Pull => discover_pull(&transfer, &*first).await?,
-        Direction::Push => discover_push(&transfer, &*first).await?,
-    };
-    tracing::debug!(units = units.len(), data_expected, "discovered");
+    let discovery = discover(&transfer, &*first, Discover::ToTransfer).await?;
+    let data_expected = discovery.data_expected;
+    tracing::debug!(units = discovery.units.len(), data_expected, "discovered");
     let budget = transfer.options.jobs.clamp(1, 64);
-    let jobs = budget.min(units.len().max(1));
+    let jobs = budget.min(discovery.units.len().max(1));
     let lanes = {
-        let connector = transfer.connector.clone();
-        let host = transfer.host.clone();
-        let agent = transfer.agent.clone();
-        let reporter = transfer.reporter.clone();
+        let pool = pool.clone();
         Lanes::new(
             budget,
             Box::new(move || {
-                let connector = connector.clone();
-                let host = host.clone();
-                let agent = agent.clone();
-                let reporter = reporter.clone();
-                Box::pin(async move { open_remote(&connector, &host, &agent, &*reporter).await })
+                let pool = pool.clone();
+                Box::pin(async move { pool.open().await })
             }),
         )
     };
+    let root = discovery.root;
     let shared = Arc::new(Shared {
         transfer,
+        pool,
         endpoints,
-        destination,
-        units_total: units.len(),
+        destination: discovery.destination,
+        local_root: discovery.local_root,
+        units_total: discovery.units.len(),
         units_settled: AtomicUsize::new(0),
-        queue: Mutex::new(units.into_iter().collect()),
+        queue: Mutex::new(discovery.units.into_iter().collect()),
         results: Mutex::new(Vec::new()),
         lanes,
         early,
         planner: first.clone(),
-        first_data: Mutex::new(Some(first_data)),
-        opening: Mutex::new(Vec::new()),
-        _units_held: units_held,
+        _units_held: discovery.held,
         skipped_kept: AtomicUsize::new(0),
         skipped_left_out: AtomicU64::new(0),
     });
     // On a far link a connection takes a second or more to come up: when data is sure to move,
-    // the workers' connections (and the agent on the first one) are opened now, while the
-    // units are planned, and so are the ones for the slots no unit will use, which are lent
+    // the workers' connections (and the data session on the first one) are opened now, while
+    // the units are planned, and so are the ones for the slots no unit will use, which are lent
     // to large files.
     if data_expected {
-        if let Ok(mut first_data) = shared.first_data.lock()
-            && let Some(Pending::Connection(connection)) = &*first_data
-        {
-            let starting = shared.transfer.open_ahead(Some(connection.clone()));
-            *first_data = Some(Pending::Starting(starting));
-        }
-        if let Ok(mut opening) = shared.opening.lock() {
-            opening.extend((1..jobs).map(|_| shared.transfer.open_ahead(None)));
-        }
+        shared.pool.expect_data(jobs - 1);
         for _ in jobs..budget {
             let lanes = shared.lanes.clone();
             tokio::spawn(async move { drop(lanes.borrow_one(true).await) });
@@ -380,17 +284,15 @@ pub async fn run(transfer: Transfer) -> Result<Summary> {
     }
     while let Some(joined) = workers.join_next().await {
         if let Err(error) = joined {
-            return Err(Error::new(
-                ErrorKind::LocalIo,
-                format!("a worker failed: {error}"),
-            ));
+            return Err(Error::internal(format!("a worker failed: {error}")));
         }
     }
-    let mut results = shared
-        .results
-        .lock()
-        .map(|mut results| std::mem::take(&mut *results))
-        .unwrap_or_default();
+    let mut results = std::mem::take(
+        &mut *shared
+            .results
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
+    );
     results.sort_by(|a, b| a.0.unit.cmp(&b.0.unit));
 
     // The top directory's own mode and mtime last: every unit wrote into it.
@@ -448,9 +350,9 @@ pub async fn run(transfer: Transfer) -> Result<Summary> {
 
 /// Sets the remote top directory's mode and mtime, on a healthy connection, retried like a
 /// unit: the discovery connection may have died long ago.
-async fn finish_remote_root(
-    shared: &Shared,
-    first: Arc<Session>,
+async fn finish_remote_root<P: Pool>(
+    shared: &Shared<P>,
+    first: Arc<P::Remote>,
     mode: u32,
     mtime: i64,
 ) -> Result<()> {
@@ -461,15 +363,7 @@ async fn finish_remote_root(
         let result = async {
             let current = match remote.as_ref().filter(|remote| !remote.is_closed()) {
                 Some(current) => current.clone(),
-                None => {
-                    open_remote(
-                        &shared.transfer.connector,
-                        &shared.transfer.host,
-                        &shared.transfer.agent,
-                        &*shared.transfer.reporter,
-                    )
-                    .await?
-                }
+                None => shared.pool.open().await?,
             };
             remote = Some(current.clone());
             let root = push_root(&shared.transfer, &*current).await?;
@@ -532,20 +426,45 @@ async fn push_root<R: Remote>(transfer: &Transfer, remote: &R) -> Result<String>
     Ok(transfer.remote_path.clone())
 }
 
-/// The units, the local destination (pull), the remote root directory's mode and mtime, and
-/// whether data is sure to move, so the connections it will need can be opened while the
-/// units are planned: a pull into a destination that does not exist yet, or of a single large
-/// file that is not at least half here (a resume or a delta seldom needs extra connections; if it
-/// does, it opens them when it knows), or a push of a single large file the remote does not hold
-/// at its size. A re-run with nothing to do opens none. Last, what the units take of the
-/// transfer's budget: a remote directory may list as many subdirectories as it likes.
-type Discovery = (
-    Vec<Unit>,
-    Option<Arc<Destination>>,
-    Option<(u32, i64)>,
-    bool,
-    Held,
-);
+/// What discovery found: the units and what running them needs.
+struct Discovery {
+    units: Vec<Unit>,
+    /// The local destination of a pull (None for a push, and for a dry run's pull into a
+    /// destination that does not exist yet).
+    destination: Option<Arc<Destination>>,
+    /// Where a pull's plans say the destination is (the path the command gave, resolved).
+    local_root: PathBuf,
+    /// The source's top directory's mode and mtime, set last on the destination.
+    root: Option<(u32, i64)>,
+    /// Whether data is sure to move, so the connections it will need can be opened while the
+    /// units are planned: a pull into a destination that does not exist yet, or of a single
+    /// large file that is not at least half here (a resume or a delta seldom needs extra
+    /// connections; if it does, it opens them when it knows), or a push of a single large
+    /// file the remote does not hold at its size. A re-run with nothing to do opens none.
+    data_expected: bool,
+    /// What the units take of the transfer's budget: a remote directory may list as many
+    /// subdirectories as it likes.
+    held: Held,
+}
+
+/// What discovery is for: a transfer prepares the local destination (its root and the units'
+/// directories); a dry run only looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Discover {
+    ToTransfer,
+    ToPlan,
+}
+
+async fn discover<R: Remote>(
+    transfer: &Transfer,
+    remote: &R,
+    purpose: Discover,
+) -> Result<Discovery> {
+    match transfer.direction {
+        Direction::Pull => discover_pull(transfer, remote, purpose).await,
+        Direction::Push => discover_push(transfer, remote).await,
+    }
+}
 
 /// Adds a discovered unit, counted against the transfer's budget.
 fn add_unit(units: &mut Vec<Unit>, held: &mut Held, unit: Unit, label: &str) -> Result<()> {
@@ -560,7 +479,11 @@ fn add_unit(units: &mut Vec<Unit>, held: &mut Held, unit: Unit, label: &str) -> 
     Ok(())
 }
 
-async fn discover_pull<R: Remote>(transfer: &Transfer, remote: &R) -> Result<Discovery> {
+async fn discover_pull<R: Remote>(
+    transfer: &Transfer,
+    remote: &R,
+    purpose: Discover,
+) -> Result<Discovery> {
     let path = &transfer.remote_path;
     let root = remote.stat(path, true).await?.ok_or_else(|| {
         Error::remote(format!(
@@ -572,7 +495,12 @@ async fn discover_pull<R: Remote>(transfer: &Transfer, remote: &R) -> Result<Dis
     let target = plan::pull_target(path, root.kind, &transfer.local_path)?;
     // Opening the destination creates its root, so whether it was there is asked first.
     let root_absent = std::fs::symlink_metadata(&target.root).is_err();
-    let destination = Arc::new(Destination::open(&target.root, true)?);
+    let destination = match purpose {
+        Discover::ToTransfer => Some(Arc::new(Destination::open(&target.root, true)?)),
+        // What is not there yet plans as all new.
+        Discover::ToPlan => Destination::open(&target.root, false).ok().map(Arc::new),
+    };
+    let prepare = purpose == Discover::ToTransfer;
     let top = Unit {
         relative: target.top.clone(),
         source: path.clone(),
@@ -582,22 +510,27 @@ async fn discover_pull<R: Remote>(transfer: &Transfer, remote: &R) -> Result<Dis
     };
     if root.kind != EntryKind::Directory {
         let mostly_here = destination
-            .metadata(&top.relative)
-            .ok()
-            .flatten()
+            .as_ref()
+            .and_then(|destination| destination.metadata(&top.relative).ok().flatten())
             .is_some_and(|local| local.size >= root.size / 2);
         // A small file moves over the first connection alone.
         let large = root.size >= crate::engine::lanes::LANE_MIN_SIZE;
-        return Ok((
-            vec![top],
-            Some(destination),
-            None,
-            large && !mostly_here,
-            Held::new(&budget::TRANSFER),
-        ));
+        return Ok(Discovery {
+            units: vec![top],
+            destination,
+            local_root: target.root,
+            root: None,
+            data_expected: large && !mostly_here,
+            held: Held::new(&budget::TRANSFER),
+        });
     }
-    let absent = root_absent || matches!(destination.metadata(&top.relative), Ok(None));
-    make_unit_directory(&destination, &top.relative, root.mode);
+    let absent = root_absent
+        || destination
+            .as_ref()
+            .is_none_or(|destination| matches!(destination.metadata(&top.relative), Ok(None)));
+    if let Some(destination) = destination.as_ref().filter(|_| prepare) {
+        make_unit_directory(destination, &top.relative, root.mode);
+    }
     let mut units = Vec::new();
     let mut held = Held::new(&budget::TRANSFER);
     let label = format!("{}: {path}", remote.label());
@@ -616,7 +549,9 @@ async fn discover_pull<R: Remote>(transfer: &Transfer, remote: &R) -> Result<Dis
         let Ok(relative) = target.top.join(name) else {
             continue;
         };
-        make_unit_directory(&destination, &relative, child.mode);
+        if let Some(destination) = destination.as_ref().filter(|_| prepare) {
+            make_unit_directory(destination, &relative, child.mode);
+        }
         let unit = Unit {
             relative,
             source: remote::join(path, name),
@@ -626,13 +561,14 @@ async fn discover_pull<R: Remote>(transfer: &Transfer, remote: &R) -> Result<Dis
         };
         add_unit(&mut units, &mut held, unit, &label)?;
     }
-    Ok((
+    Ok(Discovery {
         units,
-        Some(destination),
-        Some((root.mode, root.mtime)),
-        absent,
+        destination,
+        local_root: target.root,
+        root: Some((root.mode, root.mtime)),
+        data_expected: absent,
         held,
-    ))
+    })
 }
 
 /// Creates a unit's directory (owner-writable, like the pull does) before any unit runs, in
@@ -673,13 +609,14 @@ async fn discover_push<R: Remote>(transfer: &Transfer, remote: &R) -> Result<Dis
                 .stat(&root_target, false)
                 .await?
                 .is_none_or(|existing| existing.size != metadata.len());
-        return Ok((
-            vec![top],
-            None,
-            None,
+        return Ok(Discovery {
+            units: vec![top],
+            destination: None,
+            local_root: source.clone(),
+            root: None,
             data_expected,
-            Held::new(&budget::TRANSFER),
-        ));
+            held: Held::new(&budget::TRANSFER),
+        });
     }
     let mut units = vec![top];
     let mut entries: Vec<_> = std::fs::read_dir(source)
@@ -709,27 +646,29 @@ async fn discover_push<R: Remote>(transfer: &Transfer, remote: &R) -> Result<Dis
         });
     }
     // The units of a push are the local tree's: nothing the peer said is held for them.
-    Ok((
+    Ok(Discovery {
         units,
-        None,
-        Some((metadata.mode() & 0o7777, metadata.mtime())),
-        false,
-        Held::new(&budget::TRANSFER),
-    ))
+        destination: None,
+        local_root: source.clone(),
+        root: Some((metadata.mode() & 0o7777, metadata.mtime())),
+        data_expected: false,
+        held: Held::new(&budget::TRANSFER),
+    })
 }
 
 /// Takes units from the queue until it is empty. The worker's slot is held across units, so a
 /// large file's borrowing never delays the next unit; once the queue is empty the worker's
 /// connection is left to the lanes before its slot is given up, and the files still running
 /// get it without a new handshake.
-async fn worker(shared: Arc<Shared>) {
+async fn worker<P: Pool>(shared: Arc<Shared<P>>) {
     let mut connection = None;
     let slot = shared.lanes.hold_slot().await;
     loop {
-        let unit = match shared.queue.lock() {
-            Ok(mut queue) => queue.pop_front(),
-            Err(_) => None,
-        };
+        let unit = shared
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop_front();
         let Some(unit) = unit else { break };
         let (report, mut summary) = run_unit(&shared, &unit, &mut connection).await;
         let count = summary.skipped.len();
@@ -742,9 +681,11 @@ async fn worker(shared: Arc<Shared>) {
                 .skipped_left_out
                 .fetch_add((count - room) as u64, Ordering::Relaxed);
         }
-        if let Ok(mut results) = shared.results.lock() {
-            results.push((report, summary));
-        }
+        shared
+            .results
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((report, summary));
     }
     if let Some(connection) = connection {
         shared.lanes.add_idle(connection);
@@ -761,10 +702,10 @@ fn unit_name(unit: &Unit) -> String {
 }
 
 /// Runs one unit to completion or to its last attempt.
-async fn run_unit(
-    shared: &Shared,
+async fn run_unit<P: Pool>(
+    shared: &Shared<P>,
     unit: &Unit,
-    connection: &mut Option<Arc<Session>>,
+    connection: &mut Option<Arc<P::Remote>>,
 ) -> (UnitReport, Summary) {
     let mut planned = false;
     let outcome = attempt_until_done(shared, unit, connection, &mut planned).await;
@@ -776,17 +717,17 @@ async fn run_unit(
 }
 
 /// Attempts one unit until it is done, found complete, or out of retries.
-async fn attempt_until_done(
-    shared: &Shared,
+async fn attempt_until_done<P: Pool>(
+    shared: &Shared<P>,
     unit: &Unit,
-    connection: &mut Option<Arc<Session>>,
+    connection: &mut Option<Arc<P::Remote>>,
     planned: &mut bool,
 ) -> (UnitReport, Summary) {
     let transfer = &shared.transfer;
     let options = transfer.options;
     let mut report = UnitReport {
         unit: unit_name(unit),
-        outcome: "failed",
+        outcome: UnitOutcome::Failed,
         attempts: 0,
         files_transferred: 0,
         bytes_moved: 0,
@@ -802,7 +743,7 @@ async fn attempt_until_done(
         let attempt = attempt_unit(shared, unit, connection, first_attempt, planned).await;
         let retry = match attempt {
             Ok(Attempt::SkippedComplete(summary)) => {
-                report.outcome = "skipped-complete";
+                report.outcome = UnitOutcome::SkippedComplete;
                 return (report, summary);
             }
             Ok(Attempt::Executed(mut summary)) => {
@@ -816,7 +757,7 @@ async fn attempt_until_done(
                 summary.bytes_moved = report.bytes_moved;
                 summary.files_transferred = report.files_transferred;
                 if summary.errors.is_empty() {
-                    report.outcome = "done";
+                    report.outcome = UnitOutcome::Done;
                     report.last_error = None;
                     return (report, summary);
                 }
@@ -886,10 +827,10 @@ enum Attempt {
     Executed(Summary),
 }
 
-async fn attempt_unit(
-    shared: &Shared,
+async fn attempt_unit<P: Pool>(
+    shared: &Shared<P>,
     unit: &Unit,
-    connection: &mut Option<Arc<Session>>,
+    connection: &mut Option<Arc<P::Remote>>,
     first_attempt: bool,
     planned: &mut bool,
 ) -> Result<Attempt> {
@@ -902,53 +843,15 @@ async fn attempt_unit(
     } else {
         data_session(shared, connection).await?
     };
-    let mut plan = match transfer.direction {
-        Direction::Pull => {
-            let destination = shared
-                .destination
-                .as_ref()
-                .ok_or_else(|| Error::new(ErrorKind::LocalIo, "no destination"))?;
-            plan::plan_pull(
-                &*remote,
-                &unit.source,
-                &transfer.local_path.display().to_string(),
-                destination.root_path(),
-                Some(destination),
-                &unit.relative,
-                &transfer.state,
-                &shared.endpoints,
-                unit.shallow,
-            )
-            .await?
-        }
-        Direction::Push => {
-            plan::plan_push(
-                &*remote,
-                Path::new(&unit.source),
-                &unit.target,
-                &transfer.state,
-                &shared.endpoints,
-                unit.shallow,
-                transfer.options.fix_crlf,
-            )
-            .await?
-        }
-    };
-    // A directory unit must still be a directory: the listing that made it a unit may lie.
-    // (The plan's first item is the unit's top, as the remote stat it just now.)
-    if transfer.direction == Direction::Pull
-        && unit.listed_directory
-        && plan
-            .items
-            .first()
-            .is_none_or(|top| top.kind != EntryKind::Directory)
-    {
-        return Err(Error::remote(format!(
-            "{}: {} was listed as a directory but is not one now",
-            remote.label(),
-            unit.source
-        )));
-    }
+    let mut plan = plan_unit(
+        transfer,
+        &*remote,
+        unit,
+        shared.destination.as_deref(),
+        &shared.local_root,
+        &shared.endpoints,
+    )
+    .await?;
     if transfer.options.checksum {
         verify_by_checksum(
             &mut plan,
@@ -1012,7 +915,7 @@ async fn attempt_unit(
             let destination = shared
                 .destination
                 .clone()
-                .ok_or_else(|| Error::new(ErrorKind::LocalIo, "no destination"))?;
+                .ok_or_else(|| Error::internal("a pull without a destination"))?;
             pull::execute(
                 remote.clone(),
                 &plan,
@@ -1059,67 +962,111 @@ async fn attempt_unit(
     Ok(Attempt::Executed(summary))
 }
 
-/// The worker's own connection for moving data: the one it holds while healthy, else the first
-/// connection's (once; it needs no handshake), else one opened ahead for it, else a new one.
-async fn data_session(
-    shared: &Shared,
-    connection: &mut Option<Arc<Session>>,
-) -> Result<Arc<Session>> {
-    if let Some(remote) = connection.as_ref().filter(|remote| !remote.is_closed()) {
-        return Ok(remote.clone());
-    }
-    let transfer = &shared.transfer;
-    let first = shared
-        .first_data
-        .lock()
-        .ok()
-        .and_then(|mut first_data| first_data.take());
-    let mut remote = match first {
-        Some(Pending::Ready(remote)) if !remote.is_closed() => Some(remote),
-        Some(Pending::Connection(connection)) if !connection.is_closed() => {
-            let label = connection.label().to_string();
-            match start_session(connection, &transfer.agent, &*transfer.reporter).await {
-                Ok(remote) => Some(remote),
-                // The host allows one channel per connection (sshd MaxSessions 1) and the
-                // planner's holds the first one's: the data goes over a connection of its own.
-                Err(error) if channel_refused(&error) => {
-                    tracing::info!(
-                        "{label}: the host allows one channel per connection; data moves over connections of its own"
-                    );
-                    None
-                }
-                Err(error) => return Err(error),
-            }
+/// Plans one unit over `remote`, as a run and a dry run both do. `destination` is a pull's
+/// local destination (None where it does not exist yet), `local_root` where it is.
+async fn plan_unit<R: Remote>(
+    transfer: &Transfer,
+    remote: &R,
+    unit: &Unit,
+    destination: Option<&Destination>,
+    local_root: &Path,
+    endpoints: &Endpoints,
+) -> Result<Plan> {
+    let plan = match transfer.direction {
+        Direction::Pull => {
+            plan::plan_pull(
+                remote,
+                &unit.source,
+                &transfer.local_path.display().to_string(),
+                local_root,
+                destination,
+                &unit.relative,
+                &transfer.state,
+                endpoints,
+                unit.shallow,
+            )
+            .await?
         }
-        Some(Pending::Starting(starting)) => came_up(starting).await?,
-        _ => None,
-    };
-    while remote.is_none() {
-        let ahead = shared
-            .opening
-            .lock()
-            .ok()
-            .and_then(|mut opening| opening.pop());
-        let Some(ahead) = ahead else { break };
-        remote = came_up(ahead).await?;
-    }
-    let remote = match remote {
-        Some(remote) => remote,
-        None => {
-            open_remote(
-                &transfer.connector,
-                &transfer.host,
-                &transfer.agent,
-                &*transfer.reporter,
+        Direction::Push => {
+            plan::plan_push(
+                remote,
+                Path::new(&unit.source),
+                &unit.target,
+                &transfer.state,
+                endpoints,
+                unit.shallow,
+                transfer.options.fix_crlf,
             )
             .await?
         }
     };
+    // A directory unit must still be a directory: the listing that made it a unit may lie.
+    // (The plan's first item is the unit's top, as the remote stat it just now.)
+    if transfer.direction == Direction::Pull
+        && unit.listed_directory
+        && plan
+            .items
+            .first()
+            .is_none_or(|top| top.kind != EntryKind::Directory)
+    {
+        return Err(Error::remote(format!(
+            "{}: {} was listed as a directory but is not one now",
+            remote.label(),
+            unit.source
+        )));
+    }
+    Ok(plan)
+}
+
+/// Plans a transfer as a run plans it, unit by unit, over the pool's planner seen through
+/// [`ReadOnly`], and prepares nothing locally: nothing changes on either side. The units'
+/// plans come back as one, in the order a walk of the source visits its entries.
+pub async fn plan_only<P: Pool>(transfer: &Transfer, pool: &P) -> Result<Plan> {
+    let planner = ReadOnly::new(pool.planner());
+    let endpoints = Endpoints {
+        remote_id: pool.remote_id().to_string(),
+    };
+    let discovery = discover(transfer, &planner, Discover::ToPlan).await?;
+    let mut whole: Option<Plan> = None;
+    for unit in &discovery.units {
+        let plan = plan_unit(
+            transfer,
+            &planner,
+            unit,
+            discovery.destination.as_deref(),
+            &discovery.local_root,
+            &endpoints,
+        )
+        .await?;
+        match whole.as_mut() {
+            None => whole = Some(plan),
+            Some(whole) => {
+                let prefix = match transfer.direction {
+                    Direction::Pull => RelativePath::root(),
+                    Direction::Push => unit.relative.clone(),
+                };
+                whole.absorb(plan, &prefix)?;
+            }
+        }
+    }
+    whole.ok_or_else(|| Error::internal("a transfer with no unit to plan"))
+}
+
+/// The worker's own connection for moving data: the one it holds while healthy, else one from
+/// the pool.
+async fn data_session<P: Pool>(
+    shared: &Shared<P>,
+    connection: &mut Option<Arc<P::Remote>>,
+) -> Result<Arc<P::Remote>> {
+    if let Some(remote) = connection.as_ref().filter(|remote| !remote.is_closed()) {
+        return Ok(remote.clone());
+    }
+    let remote = shared.pool.for_data().await?;
     *connection = Some(remote.clone());
     Ok(remote)
 }
 
-fn record_file(shared: &Shared, unit: &Unit) -> StateFile {
+fn record_file<P: Pool>(shared: &Shared<P>, unit: &Unit) -> StateFile {
     let transfer = &shared.transfer;
     let (source, destination) = match transfer.direction {
         Direction::Pull => (

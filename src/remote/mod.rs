@@ -11,6 +11,8 @@
 pub mod agent;
 pub mod deploy;
 pub mod home;
+pub mod pool;
+pub mod read_only;
 pub mod session;
 pub mod sftp;
 
