@@ -321,8 +321,14 @@ async fn pull_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
             .filter(|&index| hashes.get(index as usize) != have.get(&index))
             .count();
         if differing > 0 {
-            // Blocks hashed and blocks read disagree: the source changed under the transfer.
-            // What arrived is kept; the re-run hashes again and fetches only what differs.
+            // Blocks hashed and blocks read disagree: the source changed under the transfer
+            // (or the peer sent other bytes than it hashes). What arrived is kept, but the
+            // journal no longer vouches for it: the re-run compares every block with the
+            // remote's hashes again and fetches only what differs, instead of trusting the
+            // journal and failing here forever.
+            if let Some(journal) = journal.take() {
+                journal.remove()?;
+            }
             return Err(Error::remote(format!(
                 "{display}: {differing} block(s) differ from the remote's hashes of {}: the source changed during the transfer",
                 item.source
