@@ -264,3 +264,6 @@ pub(crate) fn below_any(directories: &[String], path: &str) -> bool {
         .iter()
         .any(|directory| directory.is_empty() || path.starts_with(&format!("{directory}/")))
 }
+
+#[cfg(test)]
+mod tests;
