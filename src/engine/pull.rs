@@ -12,25 +12,22 @@
 use crate::blocks::{BlockHash, BlockLayout, DEFAULT_BLOCK_SIZE, hash_block};
 use crate::engine::delta;
 use crate::engine::early::EarlyHashes;
+use crate::engine::job::{self, FileTotals, Side};
 use crate::engine::lanes::{Arrivals, Lanes, Paths, borrow_for_file, close_late, next_arrival};
 use crate::engine::plan::{Action, Endpoints, Plan, PlanItem, journal_header};
 use crate::engine::state::{JournalFile, StateDir};
 use crate::engine::verify::{WholeFileDigests, hash_blocks_parallel, still_matching, verify_file};
-use crate::engine::{
-    FileTotals, ItemError, Options, REMOTE_DIGEST_MIN_SIZE, SYNC_INTERVAL, Summary, below_any,
-    finished, starting_summary, transfer_files,
-};
+use crate::engine::{Options, REMOTE_DIGEST_MIN_SIZE, SYNC_INTERVAL, Summary, finished};
 use crate::error::{Error, ErrorKind, Result};
 use crate::file_writing;
 use crate::local::{Destination, Timestamp};
 use crate::progress::Reporter;
-use crate::remote::{EntryKind, Remote, RemoteDigest};
+use crate::remote::{Remote, RemoteDigest};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
-use std::time::Instant;
 use tokio::task::JoinSet;
 
 /// Everything one file's transfer needs, shared by the tasks of a pull.
@@ -62,8 +59,6 @@ pub async fn execute<R: Remote>(
     lanes: Option<Arc<Lanes<R>>>,
     early: Option<Arc<EarlyHashes>>,
 ) -> Summary {
-    let started = Instant::now();
-    let mut summary = starting_summary(plan, &*reporter);
     let context = Arc::new(Context {
         reads: Arc::new(tokio::sync::Semaphore::new(
             options.requests_for(remote.max_io_size()),
@@ -77,80 +72,42 @@ pub async fn execute<R: Remote>(
         lanes,
         early,
     });
+    job::execute(context, plan).await
+}
 
-    // Directories, parents first (the plan lists them breadth first).
-    let mut failed_directories: Vec<String> = Vec::new();
-    for item in plan
-        .items
-        .iter()
-        .filter(|item| item.kind == EntryKind::Directory)
-    {
-        summary.directories += 1;
-        if let Err(error) = make_directory(&context.destination, item) {
-            failed_directories.push(item.path.clone());
-            summary.errors.push(ItemError::new(&item.path, &error));
-        }
-    }
-    let under_failed = |item: &PlanItem| below_any(&failed_directories, &item.path);
-
-    // Files, several at a time.
-    transfer_files(
-        plan.files().filter(|item| !under_failed(item)),
-        context.options.files_in_flight,
-        context.reporter.clone(),
-        &mut summary,
-        |item| {
-            let context = context.clone();
-            async move { pull_file(&context, &item).await }
-        },
-    )
-    .await;
-
-    // Symlinks, once what they point to exists.
-    for item in plan
-        .items
-        .iter()
-        .filter(|item| item.kind == EntryKind::Symlink)
-    {
-        summary.symlinks += 1;
-        if item.action == Action::UpToDate || under_failed(item) {
-            continue;
-        }
-        let result = item.relative().and_then(|relative| {
-            let target = item.link_target.as_deref().unwrap_or_default();
-            context.destination.create_symlink(&relative, target)?;
-            context
-                .destination
-                .set_permissions_and_times(&relative, 0o777, timestamp(item.mtime))
-        });
-        if let Err(error) = result {
-            summary.errors.push(ItemError::new(&item.path, &error));
-        }
+/// A pull writes the local destination.
+impl<R: Remote> Side for Context<R> {
+    fn reporter(&self) -> &Arc<dyn Reporter> {
+        &self.reporter
     }
 
-    // Directory modes and mtimes last, deepest first, so writing children does not change them.
-    for item in plan
-        .items
-        .iter()
-        .rev()
-        .filter(|item| item.kind == EntryKind::Directory)
-    {
-        if failed_directories.contains(&item.path) {
-            continue;
-        }
-        let result = item.relative().and_then(|relative| {
-            context.destination.set_permissions_and_times(
-                &relative,
-                item.mode,
-                timestamp(item.mtime),
-            )
-        });
-        if let Err(error) = result {
-            summary.errors.push(ItemError::new(&item.path, &error));
-        }
+    fn files_in_flight(&self) -> usize {
+        self.options.files_in_flight
     }
-    summary.seconds = started.elapsed().as_secs_f64();
-    summary
+
+    async fn make_directory(&self, item: &PlanItem) -> Result<()> {
+        make_directory(&self.destination, item)
+    }
+
+    async fn transfer_file(self: Arc<Self>, item: PlanItem) -> Result<FileTotals> {
+        pull_file(&self, &item).await
+    }
+
+    async fn make_symlink(&self, item: &PlanItem) -> Result<()> {
+        let relative = item.relative()?;
+        let target = item.link_target.as_deref().unwrap_or_default();
+        self.destination.create_symlink(&relative, target)?;
+        self.destination
+            .set_permissions_and_times(&relative, 0o777, timestamp(item.mtime))
+    }
+
+    async fn finish_directory(&self, item: &PlanItem) -> Result<()> {
+        self.destination.set_permissions_and_times(
+            &item.relative()?,
+            item.mode,
+            timestamp(item.mtime),
+        )
+    }
 }
 
 fn timestamp(mtime: i64) -> Timestamp {

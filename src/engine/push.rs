@@ -15,6 +15,7 @@ use crate::blocks::delta::covered;
 use crate::blocks::{BlockHash, BlockLayout, DEFAULT_BLOCK_SIZE, hash_block};
 use crate::engine::delta;
 use crate::engine::early::EarlyHashes;
+use crate::engine::job::{self, FileTotals, Side};
 use crate::engine::lanes::{Arrivals, Lanes, Paths, borrow_for_file, close_late, next_arrival};
 use crate::engine::plan::{Action, Direction, Endpoints, Plan, PlanItem, journal_header};
 use crate::engine::state::{JournalFile, StateDir};
@@ -22,8 +23,7 @@ use crate::engine::verify::{
     Verification, WholeFileDigests, buffer_size, still_matching, verify_file,
 };
 use crate::engine::{
-    FileTotals, ItemError, JOURNAL_INTERVAL, Options, REMOTE_DIGEST_MIN_SIZE, SYNC_INTERVAL,
-    Summary, below_any, finished, starting_summary, transfer_files,
+    JOURNAL_INTERVAL, Options, REMOTE_DIGEST_MIN_SIZE, SYNC_INTERVAL, Summary, finished,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::local::FileIdentity;
@@ -34,7 +34,6 @@ use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::sync::Arc;
-use std::time::Instant;
 use tokio::task::JoinSet;
 
 struct Context<R: Remote> {
@@ -63,8 +62,6 @@ pub async fn execute<R: Remote>(
     lanes: Option<Arc<Lanes<R>>>,
     early: Option<Arc<EarlyHashes>>,
 ) -> Summary {
-    let started = Instant::now();
-    let mut summary = starting_summary(plan, &*reporter);
     let context = Arc::new(Context {
         writes: Arc::new(tokio::sync::Semaphore::new(
             options.requests_for(remote.max_io_size()),
@@ -77,107 +74,76 @@ pub async fn execute<R: Remote>(
         lanes,
         early,
     });
+    job::execute(context, plan).await
+}
 
-    // Every parent of the destination first (mkdir -p), so no write meets a missing directory.
-    if let Some(first) = plan.items.first() {
-        let parent = match first.target.rsplit_once('/') {
-            Some((parent, _)) => parent.to_string(),
-            None => String::new(),
+/// A push writes the remote.
+impl<R: Remote> Side for Context<R> {
+    fn reporter(&self) -> &Arc<dyn Reporter> {
+        &self.reporter
+    }
+
+    fn files_in_flight(&self) -> usize {
+        self.options.files_in_flight
+    }
+
+    /// Every parent of the destination first (mkdir -p), so no write meets a missing directory.
+    async fn prepare(&self, plan: &Plan) -> Result<()> {
+        let Some(first) = plan.items.first() else {
+            return Ok(());
         };
-        if let Err(error) = make_parents(&*context.remote, &parent).await {
-            summary.errors.push(ItemError::new("", &error));
-            summary.seconds = started.elapsed().as_secs_f64();
-            return summary;
-        }
+        let parent = match first.target.rsplit_once('/') {
+            Some((parent, _)) => parent,
+            None => "",
+        };
+        make_parents(&*self.remote, parent).await
     }
-    let mut failed_directories: Vec<String> = Vec::new();
-    for item in plan
-        .items
-        .iter()
-        .filter(|item| item.kind == EntryKind::Directory)
-    {
-        summary.directories += 1;
-        if item.action == Action::UpToDate {
-            continue;
-        }
-        let result = async {
-            if matches!(item.action, Action::Update { .. }) {
-                context.remote.remove_file(&item.target).await?;
+
+    async fn make_directory(&self, item: &PlanItem) -> Result<()> {
+        match item.action {
+            Action::UpToDate => Ok(()),
+            // Something else is in the way.
+            Action::Update { .. } => {
+                self.remote.remove_file(&item.target).await?;
+                self.remote
+                    .make_directory(&item.target, item.mode | 0o700)
+                    .await
             }
-            context
-                .remote
-                .make_directory(&item.target, item.mode | 0o700)
-                .await
-        }
-        .await;
-        if let Err(error) = result {
-            failed_directories.push(item.path.clone());
-            summary.errors.push(ItemError::new(&item.path, &error));
+            _ => {
+                self.remote
+                    .make_directory(&item.target, item.mode | 0o700)
+                    .await
+            }
         }
     }
-    let under_failed = |item: &PlanItem| below_any(&failed_directories, &item.path);
 
-    transfer_files(
-        plan.files().filter(|item| !under_failed(item)),
-        context.options.files_in_flight,
-        context.reporter.clone(),
-        &mut summary,
-        |item| {
-            let context = context.clone();
-            async move { push_file(&context, &item).await }
-        },
-    )
-    .await;
+    async fn transfer_file(self: Arc<Self>, item: PlanItem) -> Result<FileTotals> {
+        push_file(&self, &item).await
+    }
 
-    for item in plan
-        .items
-        .iter()
-        .filter(|item| item.kind == EntryKind::Symlink)
-    {
-        summary.symlinks += 1;
-        if item.action == Action::UpToDate || under_failed(item) {
-            continue;
-        }
+    async fn make_symlink(&self, item: &PlanItem) -> Result<()> {
         let target = item.link_target.as_deref().unwrap_or_default();
-        if let Err(error) = context.remote.make_symlink(&item.target, target).await {
-            summary.errors.push(ItemError::new(&item.path, &error));
-            continue;
-        }
+        self.remote.make_symlink(&item.target, target).await?;
         // The link's own mtime, as a pull keeps it and rsync -a compares it. A server that
         // cannot set a link's times without following it (SFTP without lsetstat) leaves it.
         let mtime = SetAttributes {
             mtime: Some(item.mtime),
             ..SetAttributes::default()
         };
-        if let Err(error) = context.remote.set_attributes(&item.target, mtime).await {
+        if let Err(error) = self.remote.set_attributes(&item.target, mtime).await {
             tracing::debug!(path = %item.path, %error, "the link's mtime was not set");
         }
+        Ok(())
     }
 
-    for item in plan
-        .items
-        .iter()
-        .rev()
-        .filter(|item| item.kind == EntryKind::Directory)
-    {
-        if failed_directories.contains(&item.path) {
-            continue;
-        }
+    async fn finish_directory(&self, item: &PlanItem) -> Result<()> {
         let attributes = SetAttributes {
             size: None,
             mode: Some(item.mode),
             mtime: Some(item.mtime),
         };
-        if let Err(error) = context
-            .remote
-            .set_attributes(&item.target, attributes)
-            .await
-        {
-            summary.errors.push(ItemError::new(&item.path, &error));
-        }
+        self.remote.set_attributes(&item.target, attributes).await
     }
-    summary.seconds = started.elapsed().as_secs_f64();
-    summary
 }
 
 /// Creates every missing directory of `path` on the remote, like `mkdir -p`.
