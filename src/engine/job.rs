@@ -7,15 +7,30 @@
 //! local disk for a pull (`pull`) and the remote for a push (`push`); this module owns the
 //! order, the counting and the reporting.
 
-use crate::engine::plan::{self, Action, Plan, PlanItem};
-use crate::engine::{ItemError, Summary};
+use crate::engine::early::EarlyHashes;
+use crate::engine::lanes::Lanes;
+use crate::engine::plan::{self, Action, Endpoints, Plan, PlanItem};
+use crate::engine::state::StateDir;
+use crate::engine::{ItemError, Options, Summary};
 use crate::error::{Error, Result};
 use crate::progress::Reporter;
-use crate::remote::EntryKind;
+use crate::remote::{EntryKind, Remote};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
+
+/// What either direction needs besides the remote, the plan (and a pull's destination).
+pub struct Setup<R: Remote> {
+    pub state: StateDir,
+    pub endpoints: Endpoints,
+    pub reporter: Arc<dyn Reporter>,
+    pub options: Options,
+    /// Extra connections a large file may borrow.
+    pub lanes: Option<Arc<Lanes<R>>>,
+    /// The local file's hashes, computed while connecting.
+    pub early: Option<Arc<EarlyHashes>>,
+}
 
 /// What applying a plan needs of the side being written.
 pub(crate) trait Side: Send + Sync + Sized + 'static {

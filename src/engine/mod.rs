@@ -15,8 +15,11 @@
 //! whether re-running the same command can help.
 
 pub mod budget;
+mod checksum;
+mod completion;
 pub mod crlf;
 pub mod delta;
+mod discovery;
 pub mod early;
 pub mod job;
 pub mod lanes;

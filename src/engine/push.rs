@@ -15,7 +15,7 @@ use crate::blocks::delta::covered;
 use crate::blocks::{BlockHash, BlockLayout, DEFAULT_BLOCK_SIZE, hash_block};
 use crate::engine::delta;
 use crate::engine::early::EarlyHashes;
-use crate::engine::job::{self, FileTotals, Side};
+use crate::engine::job::{self, FileTotals, Setup, Side};
 use crate::engine::lanes::{Arrivals, Lanes, Paths, borrow_for_file, close_late, next_arrival};
 use crate::engine::plan::{Action, Direction, Endpoints, Plan, PlanItem, journal_header};
 use crate::engine::state::{JournalFile, StateDir};
@@ -51,17 +51,16 @@ struct Context<R: Remote> {
     early: Option<Arc<EarlyHashes>>,
 }
 
-#[allow(clippy::too_many_arguments)]
-pub async fn execute<R: Remote>(
-    remote: Arc<R>,
-    plan: &Plan,
-    state: StateDir,
-    endpoints: Endpoints,
-    reporter: Arc<dyn Reporter>,
-    options: Options,
-    lanes: Option<Arc<Lanes<R>>>,
-    early: Option<Arc<EarlyHashes>>,
-) -> Summary {
+/// Executes `plan` over `remote`: see [`job`] for the phases.
+pub async fn execute<R: Remote>(remote: Arc<R>, plan: &Plan, setup: Setup<R>) -> Summary {
+    let Setup {
+        state,
+        endpoints,
+        reporter,
+        options,
+        lanes,
+        early,
+    } = setup;
     let context = Arc::new(Context {
         writes: Arc::new(tokio::sync::Semaphore::new(
             options.requests_for(remote.max_io_size()),

@@ -1,32 +1,34 @@
-//! One SSH connection per directory: a transfer split into units, several at once, each retried.
+//! One connection per directory: a transfer's units run several at once, each retried.
 //!
-//! A tree is cut into units: every top-level subdirectory of the source (with everything below
-//! it), and one unit for the top directory itself and the loose files and links in it; a pull
-//! makes the units' directories before any unit runs, as rsync makes a level's directories
-//! before its files (it decides where ext4 puts the files, see `make_unit_directory`). Up to
-//! `jobs` workers take units from a queue; each holds its own connection (its own TCP and SSH
+//! [`run`] connects through a [`Pool`], cuts the transfer into units (`discovery`), and
+//! schedules them: up to `jobs` workers take units from a queue; each holds its own connection (its own TCP and SSH
 //! session) and keeps it for the next unit while it is healthy, so a dropped connection loses
 //! only the blocks in flight on it. A unit that fails for a transient reason (reset, EOF,
 //! keepalive timeout, stall, request timeout) is planned again and resumed on a fresh connection
 //! after an exponential backoff with jitter, up to `retries` times; a permanent failure (auth,
 //! host key, no such file, permission denied, disk full) is not retried. One unit failing does
-//! not stop the others. A unit whose every file is verified gets a completion record of the
-//! listing it matched; a re-run plans from metadata only (listings and lstat), so a unit that is
-//! unchanged on both sides is skipped without reading any file data.
+//! not stop the others. A unit unchanged since a run completed it is skipped without reading
+//! any file data (`completion`). [`plan_only`] is the dry run: the same discovery and per-unit
+//! planning over a read-only planner, with nothing executed.
 
-use crate::blocks::record::{CompletionEntry, CompletionRecord, EntryKind as RecordKind};
-use crate::engine::budget::{self, Held, text_bytes};
+use crate::engine::budget::Held;
+use crate::engine::checksum::verify_by_checksum;
+use crate::engine::completion;
+use crate::engine::discovery::{
+    Discover, Unit, discover, early_candidate, pull_top, push_root, unit_name,
+};
 use crate::engine::early::EarlyHashes;
+use crate::engine::job::Setup;
 use crate::engine::lanes::Lanes;
-use crate::engine::plan::{self, Action, Direction, Endpoints, Plan, PlanItem};
-use crate::engine::state::{StateDir, StateFile};
-use crate::engine::{ItemError, Options, Summary, finished, pull, push};
+use crate::engine::plan::{self, Direction, Endpoints, Plan};
+use crate::engine::state::StateDir;
+use crate::engine::{ItemError, Options, Summary, pull, push};
 use crate::error::{Error, Result};
-use crate::local::{Destination, RelativePath, Timestamp, validate_component};
+use crate::local::{Destination, RelativePath, Timestamp};
 use crate::progress::Reporter;
 use crate::remote::pool::Pool;
 use crate::remote::read_only::ReadOnly;
-use crate::remote::{self, EntryKind, Remote, SetAttributes};
+use crate::remote::{EntryKind, Remote, SetAttributes};
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::future::Future;
@@ -34,9 +36,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
-
-/// The meaning of a completion record written by this version (which checks made it complete).
-const RECORD_VERSION: u32 = 1;
 
 /// How a transfer is split and retried.
 #[derive(Debug, Clone, Copy)]
@@ -117,38 +116,6 @@ pub struct UnitReport {
     pub last_error: Option<String>,
 }
 
-/// One unit: where it is on the source side and where it goes.
-#[derive(Debug, Clone)]
-struct Unit {
-    /// Relative path of the unit's top below the destination root (pull) or the source
-    /// root (push); empty for the top unit.
-    relative: RelativePath,
-    /// Source path of the unit's top (remote for pull, local for push).
-    source: String,
-    /// Destination path of the unit's top (remote for push).
-    target: String,
-    /// Only the top directory and its non-directory entries.
-    shallow: bool,
-    /// A subdirectory found by listing its parent (so it must still be a directory).
-    listed_directory: bool,
-}
-
-impl Unit {
-    /// What the unit takes in memory, about.
-    fn held_bytes(&self) -> usize {
-        let components: usize = self
-            .relative
-            .components()
-            .iter()
-            .map(|component| std::mem::size_of::<String>() + text_bytes(component.len()))
-            .sum();
-        std::mem::size_of::<Unit>()
-            + components
-            + text_bytes(self.source.len())
-            + text_bytes(self.target.len())
-    }
-}
-
 /// A pull or a push, as the command line gave it.
 pub struct Transfer {
     pub direction: Direction,
@@ -193,28 +160,6 @@ impl<P: Pool> Shared<P> {
             self.transfer.reporter.plan_complete();
         }
     }
-}
-
-/// The one local file whose hashes a transfer will want first, if the command names one: the
-/// existing destination file of a pull (the path itself, or the remote name inside a local
-/// directory), the source file of a push.
-fn early_candidate(transfer: &Transfer) -> Option<PathBuf> {
-    let local = &transfer.local_path;
-    let metadata = std::fs::symlink_metadata(local).ok()?;
-    if metadata.is_file() {
-        return Some(local.clone());
-    }
-    if transfer.direction == Direction::Pull && metadata.is_dir() {
-        let name = transfer
-            .remote_path
-            .trim_end_matches('/')
-            .rsplit('/')
-            .next()?;
-        if !name.is_empty() && name != "." && name != ".." {
-            return Some(local.join(name));
-        }
-    }
-    None
 }
 
 /// Runs a whole transfer: connects with `connect` (told whether data will most likely move,
@@ -391,271 +336,6 @@ async fn finish_remote_root<P: Pool>(
     }
 }
 
-fn pull_top(transfer: &Transfer, kind: EntryKind) -> Result<RelativePath> {
-    Ok(plan::pull_target(&transfer.remote_path, kind, &transfer.local_path)?.top)
-}
-
-/// The remote path a push's top lands at (inside an existing directory for a file).
-async fn push_root<R: Remote>(transfer: &Transfer, remote: &R) -> Result<String> {
-    let metadata = std::fs::symlink_metadata(&transfer.local_path).map_err(|error| {
-        Error::local_io(
-            format!("cannot read {}", transfer.local_path.display()),
-            error,
-        )
-    })?;
-    // As plan::plan_push decides: inside an existing directory, or one a trailing `/` names.
-    if !metadata.is_dir()
-        && (transfer.remote_path.ends_with('/')
-            || remote
-                .stat(&transfer.remote_path, true)
-                .await?
-                .is_some_and(|existing| existing.kind == EntryKind::Directory))
-    {
-        let name = transfer
-            .local_path
-            .file_name()
-            .and_then(|name| name.to_str())
-            .ok_or_else(|| {
-                Error::usage(format!(
-                    "{} has no usable file name",
-                    transfer.local_path.display()
-                ))
-            })?;
-        return Ok(remote::join(&transfer.remote_path, name));
-    }
-    Ok(transfer.remote_path.clone())
-}
-
-/// What discovery found: the units and what running them needs.
-struct Discovery {
-    units: Vec<Unit>,
-    /// The local destination of a pull (None for a push, and for a dry run's pull into a
-    /// destination that does not exist yet).
-    destination: Option<Arc<Destination>>,
-    /// Where a pull's plans say the destination is (the path the command gave, resolved).
-    local_root: PathBuf,
-    /// The source's top directory's mode and mtime, set last on the destination.
-    root: Option<(u32, i64)>,
-    /// Whether data is sure to move, so the connections it will need can be opened while the
-    /// units are planned: a pull into a destination that does not exist yet, or of a single
-    /// large file that is not at least half here (a resume or a delta seldom needs extra
-    /// connections; if it does, it opens them when it knows), or a push of a single large
-    /// file the remote does not hold at its size. A re-run with nothing to do opens none.
-    data_expected: bool,
-    /// What the units take of the transfer's budget: a remote directory may list as many
-    /// subdirectories as it likes.
-    held: Held,
-}
-
-/// What discovery is for: a transfer prepares the local destination (its root and the units'
-/// directories); a dry run only looks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Discover {
-    ToTransfer,
-    ToPlan,
-}
-
-async fn discover<R: Remote>(
-    transfer: &Transfer,
-    remote: &R,
-    purpose: Discover,
-) -> Result<Discovery> {
-    match transfer.direction {
-        Direction::Pull => discover_pull(transfer, remote, purpose).await,
-        Direction::Push => discover_push(transfer, remote).await,
-    }
-}
-
-/// Adds a discovered unit, counted against the transfer's budget.
-fn add_unit(units: &mut Vec<Unit>, held: &mut Held, unit: Unit, label: &str) -> Result<()> {
-    held.take(unit.held_bytes()).map_err(|error| {
-        Error::remote(format!("{label}: {error}; refusing to go on with it"))
-            .with_hint(
-                "transfer a smaller part of the tree at a time, e.g. one subdirectory per run, or raise XFER_PLAN_MEMORY (MiB) for a directory of very many files",
-            )
-            .transient(false)
-    })?;
-    units.push(unit);
-    Ok(())
-}
-
-async fn discover_pull<R: Remote>(
-    transfer: &Transfer,
-    remote: &R,
-    purpose: Discover,
-) -> Result<Discovery> {
-    let path = &transfer.remote_path;
-    let root = remote.stat(path, true).await?.ok_or_else(|| {
-        Error::remote(format!(
-            "{}: {path}: no such file or directory",
-            remote.label()
-        ))
-        .with_hint("check the remote path (relative paths start at the login directory)")
-    })?;
-    let target = plan::pull_target(path, root.kind, &transfer.local_path)?;
-    // Opening the destination creates its root, so whether it was there is asked first.
-    let root_absent = std::fs::symlink_metadata(&target.root).is_err();
-    let destination = match purpose {
-        Discover::ToTransfer => Some(Arc::new(Destination::open(&target.root, true)?)),
-        // What is not there yet plans as all new.
-        Discover::ToPlan => Destination::open(&target.root, false).ok().map(Arc::new),
-    };
-    let prepare = purpose == Discover::ToTransfer;
-    let top = Unit {
-        relative: target.top.clone(),
-        source: path.clone(),
-        target: String::new(),
-        shallow: root.kind == EntryKind::Directory,
-        listed_directory: false,
-    };
-    if root.kind != EntryKind::Directory {
-        let mostly_here = destination
-            .as_ref()
-            .and_then(|destination| destination.metadata(&top.relative).ok().flatten())
-            .is_some_and(|local| local.size >= root.size / 2);
-        // A small file moves over the first connection alone.
-        let large = root.size >= crate::engine::lanes::LANE_MIN_SIZE;
-        return Ok(Discovery {
-            units: vec![top],
-            destination,
-            local_root: target.root,
-            root: None,
-            data_expected: large && !mostly_here,
-            held: Held::new(&budget::TRANSFER),
-        });
-    }
-    let absent = root_absent
-        || destination
-            .as_ref()
-            .is_none_or(|destination| matches!(destination.metadata(&top.relative), Ok(None)));
-    if let Some(destination) = destination.as_ref().filter(|_| prepare) {
-        make_unit_directory(destination, &top.relative, root.mode);
-    }
-    let mut units = Vec::new();
-    let mut held = Held::new(&budget::TRANSFER);
-    let label = format!("{}: {path}", remote.label());
-    add_unit(&mut units, &mut held, top, &label)?;
-    let mut children = remote.list(path).await?;
-    children.sort_by(|a, b| a.name.cmp(&b.name));
-    children.dedup_by(|later, earlier| later.name == earlier.name);
-    for child in children
-        .into_iter()
-        .filter(|child| child.kind == EntryKind::Directory)
-    {
-        // Refused names are reported by the top unit's plan, which lists them too.
-        let Ok(name) = validate_component(child.name.as_bytes()) else {
-            continue;
-        };
-        let Ok(relative) = target.top.join(name) else {
-            continue;
-        };
-        if let Some(destination) = destination.as_ref().filter(|_| prepare) {
-            make_unit_directory(destination, &relative, child.mode);
-        }
-        let unit = Unit {
-            relative,
-            source: remote::join(path, name),
-            target: String::new(),
-            shallow: false,
-            listed_directory: true,
-        };
-        add_unit(&mut units, &mut held, unit, &label)?;
-    }
-    Ok(Discovery {
-        units,
-        destination,
-        local_root: target.root,
-        root: Some((root.mode, root.mtime)),
-        data_expected: absent,
-        held,
-    })
-}
-
-/// Creates a unit's directory (owner-writable, like the pull does) before any unit runs, in
-/// listing order, the way rsync makes every directory of a level before the files in them.
-/// Made as the units reach them instead, interleaved with thousands of file creations, their
-/// files landed in inode groups crowded with the slots of files deleted moments before, and
-/// ext4 without a journal scans past every recently deleted inode on each allocation: 10,000
-/// small files right after deleting a previous copy took 6-7 s this way and 3-3.8 s with the
-/// directories made first (rsync 2.9-4.4 s on the same disk). Best effort: what is in the
-/// way, or a listing that lied, is the unit's plan to handle and report.
-fn make_unit_directory(destination: &Destination, relative: &RelativePath, mode: u32) {
-    if let Ok(None) = destination.metadata(relative)
-        && let Err(error) = destination.create_dir_all(relative, mode | 0o700)
-    {
-        tracing::debug!(%error, "unit directory not made ahead");
-    }
-}
-
-async fn discover_push<R: Remote>(transfer: &Transfer, remote: &R) -> Result<Discovery> {
-    use std::os::unix::fs::MetadataExt;
-    let source = &transfer.local_path;
-    let metadata = std::fs::symlink_metadata(source)
-        .map_err(|error| Error::local_io(format!("cannot read {}", source.display()), error))?;
-    let root_target = push_root(transfer, remote).await?;
-    let top = Unit {
-        relative: RelativePath::root(),
-        source: source.display().to_string(),
-        target: root_target.clone(),
-        shallow: metadata.is_dir(),
-        listed_directory: false,
-    };
-    if !metadata.is_dir() {
-        // A large file the remote does not hold yet, at that size, will move: its extra
-        // connections are opened while it is planned.
-        let large = metadata.len() >= crate::engine::lanes::LANE_MIN_SIZE;
-        let data_expected = large
-            && remote
-                .stat(&root_target, false)
-                .await?
-                .is_none_or(|existing| existing.size != metadata.len());
-        return Ok(Discovery {
-            units: vec![top],
-            destination: None,
-            local_root: source.clone(),
-            root: None,
-            data_expected,
-            held: Held::new(&budget::TRANSFER),
-        });
-    }
-    let mut units = vec![top];
-    let mut entries: Vec<_> = std::fs::read_dir(source)
-        .map_err(|error| Error::local_io(format!("cannot list {}", source.display()), error))?
-        .flatten()
-        .collect();
-    entries.sort_by_key(|entry| entry.file_name());
-    for entry in entries {
-        let Ok(file_type) = entry.file_type() else {
-            continue;
-        };
-        if !file_type.is_dir() {
-            continue;
-        }
-        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
-            continue;
-        };
-        let Ok(relative) = RelativePath::root().join(&name) else {
-            continue;
-        };
-        units.push(Unit {
-            relative,
-            source: entry.path().display().to_string(),
-            target: remote::join(&root_target, &name),
-            shallow: false,
-            listed_directory: true,
-        });
-    }
-    // The units of a push are the local tree's: nothing the peer said is held for them.
-    Ok(Discovery {
-        units,
-        destination: None,
-        local_root: source.clone(),
-        root: Some((metadata.mode() & 0o7777, metadata.mtime())),
-        data_expected: false,
-        held: Held::new(&budget::TRANSFER),
-    })
-}
-
 /// Takes units from the queue until it is empty. The worker's slot is held across units, so a
 /// large file's borrowing never delays the next unit; once the queue is empty the worker's
 /// connection is left to the lanes before its slot is given up, and the files still running
@@ -691,14 +371,6 @@ async fn worker<P: Pool>(shared: Arc<Shared<P>>) {
         shared.lanes.add_idle(connection);
     }
     drop(slot);
-}
-
-fn unit_name(unit: &Unit) -> String {
-    if unit.relative.is_root() {
-        ".".to_string()
-    } else {
-        unit.relative.to_string()
-    }
 }
 
 /// Runs one unit to completion or to its last attempt.
@@ -861,48 +533,14 @@ async fn attempt_unit<P: Pool>(
         )
         .await?;
     }
-    let record_file = record_file(shared, unit);
-    let record = completion_record(unit, &plan);
-    let everything_current = plan.problems.is_empty()
-        && plan
-            .items
-            .iter()
-            .all(|item| item.action == Action::UpToDate);
-    if everything_current {
-        let recorded = record_file
-            .read(crate::blocks::record::MAX_RECORD_LEN as u64)
-            .ok()
-            .flatten()
-            .and_then(|bytes| CompletionRecord::decode(&bytes).ok());
-        if recorded.as_ref() == Some(&record) {
-            let mut summary = Summary {
-                files: plan.files().count() as u64,
-                files_up_to_date: plan.files().count() as u64,
-                bytes_reused: plan.total_file_bytes(),
-                skipped: plan.skipped.clone(),
-                ..Summary::default()
-            };
-            summary.directories = plan
-                .items
-                .iter()
-                .filter(|item| item.kind == EntryKind::Directory)
-                .count() as u64;
-            summary.symlinks = plan
-                .items
-                .iter()
-                .filter(|item| item.kind == EntryKind::Symlink)
-                .count() as u64;
-            return Ok(Attempt::SkippedComplete(summary));
-        }
+    let record_file = completion::record_file(transfer, &shared.endpoints, unit);
+    let record = completion::completion_record(unit, &plan);
+    if completion::found_complete(&plan, &record, &record_file) {
+        return Ok(Attempt::SkippedComplete(completion::complete_summary(
+            &plan,
+        )));
     }
     let remote = data_session(shared, connection).await?;
-    // Counts what this attempt moved, failed files included: the summary says what moved over
-    // every attempt, and an attempt that moved anything resets the retry backoff.
-    let counting = Arc::new(CountingReporter {
-        inner: transfer.reporter.clone(),
-        bytes: AtomicU64::new(0),
-    });
-    let reporter: Arc<dyn Reporter> = counting.clone();
     if !*planned {
         transfer
             .reporter
@@ -910,56 +548,49 @@ async fn attempt_unit<P: Pool>(
         *planned = true;
         shared.unit_settled();
     }
-    let summary = match transfer.direction {
+    // Counts what this attempt moved, failed files included: the summary says what moved over
+    // every attempt, and an attempt that moved anything resets the retry backoff.
+    let counting = Arc::new(CountingReporter {
+        inner: transfer.reporter.clone(),
+        bytes: AtomicU64::new(0),
+    });
+    let mut summary = execute(shared, remote, &plan, counting.clone()).await?;
+    summary.bytes_moved = counting.bytes.load(Ordering::Relaxed);
+    completion::settle(
+        &record_file,
+        &record,
+        summary.errors.is_empty(),
+        &unit_name(unit),
+    );
+    Ok(Attempt::Executed(summary))
+}
+
+/// Executes a unit's plan over `remote`, reporting to `reporter`.
+async fn execute<P: Pool>(
+    shared: &Shared<P>,
+    remote: Arc<P::Remote>,
+    plan: &Plan,
+    reporter: Arc<dyn Reporter>,
+) -> Result<Summary> {
+    let transfer = &shared.transfer;
+    let setup = Setup {
+        state: transfer.state.clone(),
+        endpoints: shared.endpoints.clone(),
+        reporter,
+        options: transfer.options.engine,
+        lanes: Some(shared.lanes.clone()),
+        early: shared.early.clone(),
+    };
+    Ok(match transfer.direction {
         Direction::Pull => {
             let destination = shared
                 .destination
                 .clone()
                 .ok_or_else(|| Error::internal("a pull without a destination"))?;
-            pull::execute(
-                remote.clone(),
-                &plan,
-                destination,
-                transfer.state.clone(),
-                shared.endpoints.clone(),
-                reporter.clone(),
-                transfer.options.engine,
-                Some(shared.lanes.clone()),
-                shared.early.clone(),
-            )
-            .await
+            pull::execute(remote, plan, destination, setup).await
         }
-        Direction::Push => {
-            push::execute(
-                remote.clone(),
-                &plan,
-                transfer.state.clone(),
-                shared.endpoints.clone(),
-                reporter.clone(),
-                transfer.options.engine,
-                Some(shared.lanes.clone()),
-                shared.early.clone(),
-            )
-            .await
-        }
-    };
-    let mut summary = summary;
-    summary.bytes_moved = counting.bytes.load(Ordering::Relaxed);
-    if summary.errors.is_empty() {
-        // Every file verified: record the listing this unit matched.
-        match record.encode() {
-            Ok(bytes) => {
-                // A record not written only costs a re-run its check.
-                if let Err(error) = record_file.replace(&[&bytes], false) {
-                    tracing::debug!(%error, "no completion record for {}", unit_name(unit));
-                }
-            }
-            Err(error) => tracing::debug!(%error, "no completion record for {}", unit_name(unit)),
-        }
-    } else {
-        let _ = record_file.remove();
-    }
-    Ok(Attempt::Executed(summary))
+        Direction::Push => push::execute(remote, plan, setup).await,
+    })
 }
 
 /// Plans one unit over `remote`, as a run and a dry run both do. `destination` is a pull's
@@ -1064,116 +695,6 @@ async fn data_session<P: Pool>(
     let remote = shared.pool.for_data().await?;
     *connection = Some(remote.clone());
     Ok(remote)
-}
-
-fn record_file<P: Pool>(shared: &Shared<P>, unit: &Unit) -> StateFile {
-    let transfer = &shared.transfer;
-    let (source, destination) = match transfer.direction {
-        Direction::Pull => (
-            format!("{}:{}", shared.endpoints.remote_id, unit.source),
-            transfer
-                .local_path
-                .join(unit.relative.to_raw_string())
-                .display()
-                .to_string(),
-        ),
-        Direction::Push => (
-            unit.source.clone(),
-            format!("{}:{}", shared.endpoints.remote_id, unit.target),
-        ),
-    };
-    transfer
-        .state
-        .unit_file(transfer.direction.as_str(), &source, &destination)
-}
-
-/// The listing a unit's plan saw, as a completion record.
-fn completion_record(unit: &Unit, plan: &Plan) -> CompletionRecord {
-    let entries = plan
-        .items
-        .iter()
-        .filter_map(|item: &PlanItem| {
-            let kind = match item.kind {
-                EntryKind::File => RecordKind::File,
-                EntryKind::Directory => RecordKind::Dir,
-                EntryKind::Symlink => RecordKind::Symlink,
-                EntryKind::Special => return None,
-            };
-            Some(CompletionEntry {
-                name: item.path.clone(),
-                kind,
-                size: item.size,
-                mtime_seconds: item.mtime,
-                mtime_nanos: 0,
-                mode: item.mode,
-                symlink_target: item.link_target.clone(),
-                content_hash: None,
-            })
-        })
-        .collect();
-    CompletionRecord {
-        version: RECORD_VERSION,
-        unit_id: unit
-            .source
-            .chars()
-            .take(crate::blocks::record::MAX_NAME_LEN / 4)
-            .collect(),
-        entries,
-    }
-}
-
-/// `--checksum`: a file that passes the quick check must also have the same whole-file digest
-/// on both sides, or it is transferred again.
-async fn verify_by_checksum<R: Remote>(
-    plan: &mut Plan,
-    remote: &R,
-    destination: Option<&Destination>,
-    direction: Direction,
-) -> Result<()> {
-    for item in plan.items.iter_mut() {
-        if item.kind != EntryKind::File || item.action != Action::UpToDate {
-            continue;
-        }
-        let remote_path = match direction {
-            Direction::Pull => &item.source,
-            Direction::Push => &item.target,
-        };
-        let digest = remote.digest(remote_path).await?;
-        let local = match direction {
-            Direction::Pull => {
-                let Some(destination) = destination else {
-                    continue;
-                };
-                destination.open_read(&item.relative()?)?
-            }
-            Direction::Push => std::fs::File::open(&item.source)
-                .map_err(|error| Error::local_io(format!("cannot read {}", item.source), error))?,
-        };
-        let checksum = tokio::task::spawn_blocking(move || -> Result<Option<bool>> {
-            let Some(digest) = digest else {
-                return Ok(None);
-            };
-            let by_blake3 = matches!(digest, remote::RemoteDigest::Blake3(_));
-            let (_, blake3, sha256) =
-                crate::file_hashing::whole_file_digests(&local, u64::MAX, by_blake3, !by_blake3)
-                    .map_err(|error| Error::local_io("cannot read a file to checksum it", error))?;
-            Ok(Some(match digest {
-                remote::RemoteDigest::Blake3(expected) => blake3 == Some(expected),
-                remote::RemoteDigest::Sha256(expected) => sha256 == Some(expected),
-            }))
-        });
-        let same = finished(checksum, "a checksum").await?;
-        match same {
-            Some(true) => {}
-            Some(false) => item.action = Action::Update { reason: "content differs (--checksum)".into() },
-            None => {
-                item.action = Action::Update {
-                    reason: "the remote cannot hash it, so it is transferred and verified again (--checksum)".into(),
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
