@@ -20,7 +20,7 @@ use crate::engine::discovery::{
 use crate::engine::early::EarlyHashes;
 use crate::engine::job::Setup;
 use crate::engine::lanes::Lanes;
-use crate::engine::plan::{self, Direction, Endpoints, Plan};
+use crate::engine::plan::{self, Direction, Endpoints, Plan, PullScope, PushScope};
 use crate::engine::state::StateDir;
 use crate::engine::{ItemError, Options, Summary, pull, push};
 use crate::error::{Error, Result};
@@ -603,32 +603,27 @@ async fn plan_unit<R: Remote>(
     local_root: &Path,
     endpoints: &Endpoints,
 ) -> Result<Plan> {
+    let (state, local_text) = (&transfer.state, transfer.local_path.display().to_string());
     let plan = match transfer.direction {
         Direction::Pull => {
-            plan::plan_pull(
-                remote,
-                &unit.source,
-                &transfer.local_path.display().to_string(),
-                local_root,
+            let scope = PullScope {
+                source: &unit.source,
+                destination_text: &local_text,
+                destination_root: local_root,
                 destination,
-                &unit.relative,
-                &transfer.state,
-                endpoints,
-                unit.shallow,
-            )
-            .await?
+                top: &unit.relative,
+                shallow: unit.shallow,
+            };
+            plan::plan_pull(remote, &scope, state, endpoints).await?
         }
         Direction::Push => {
-            plan::plan_push(
-                remote,
-                Path::new(&unit.source),
-                &unit.target,
-                &transfer.state,
-                endpoints,
-                unit.shallow,
-                transfer.options.fix_crlf,
-            )
-            .await?
+            let scope = PushScope {
+                source: Path::new(&unit.source),
+                destination: &unit.target,
+                shallow: unit.shallow,
+                fix_crlf: transfer.options.fix_crlf,
+            };
+            plan::plan_push(remote, &scope, state, endpoints).await?
         }
     };
     // A directory unit must still be a directory: the listing that made it a unit may lie.
