@@ -491,10 +491,11 @@ mod tests {
                     let range = layout.range(index);
                     let start = (range.start + u64::from(start)).min(range.end);
                     let end = (start + u64::from(length)).min(range.end);
-                    (index, vec![start..end])
+                    (index, std::iter::once(start..end).collect())
                 })
                 .collect();
-            set.set_pieces(cut.keys().map(|&index| (index, vec![0..1])).collect());
+            let first_byte = || std::iter::once(0..1).collect();
+            set.set_pieces(cut.keys().map(|&index| (index, first_byte())).collect());
             set.set_pieces(pieces.clone());
             prop_assert_eq!(set.blocks_in_pieces(), pieces.len());
             let mut expected = 0u64;

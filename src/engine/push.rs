@@ -12,7 +12,7 @@
 //! throws the journal away so the next run sends everything again.
 
 use crate::blocks::delta::covered;
-use crate::blocks::{BlockHash, BlockLayout, DEFAULT_BLOCK_SIZE, hash_block};
+use crate::blocks::{BlockHash, BlockLayout, BlockSet, DEFAULT_BLOCK_SIZE, hash_block};
 use crate::engine::delta;
 use crate::engine::early::EarlyHashes;
 use crate::engine::lanes::{Arrivals, Lanes, Paths, borrow_for_file, close_late, next_arrival};
@@ -329,7 +329,7 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
     }
     let reused = item
         .size
-        .saturating_sub(delta::bytes_needed(&layout, &have, &pieces));
+        .saturating_sub(bytes_needed(&layout, &have, &pieces));
     let needed: Vec<u64> = (0..layout.block_count())
         .filter(|index| !have.contains_key(index))
         .collect();
@@ -360,7 +360,7 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
     let (arrivals, lanes_task) = borrow_for_file(
         context.lanes.as_ref(),
         &layout,
-        delta::bytes_needed(&layout, &have, &pieces),
+        bytes_needed(&layout, &have, &pieces),
         move |remote: Arc<R>| {
             let target = target.clone();
             async move { remote.open_write(&target).await }
@@ -491,12 +491,17 @@ async fn check_and_finish<R: Remote>(
         let file = file
             .try_clone()
             .map_err(|error| Error::local_io(format!("cannot reopen {}", item.source), error))?;
-        let have = have.clone();
+        let mut blocks = BlockSet::new(layout);
+        for (&index, &hash) in &have {
+            if checked.contains(&index) {
+                blocks.hold_checked(index, hash);
+            } else {
+                blocks.hold(index, hash);
+            }
+        }
         let source = item.source.clone();
         finished(
-            tokio::task::spawn_blocking(move || {
-                verify_file(&file, &layout, &have, &checked, wanted, &source)
-            }),
+            tokio::task::spawn_blocking(move || verify_file(&file, &blocks, wanted, &source)),
             "a verification",
         )
         .await
@@ -811,4 +816,18 @@ fn record(
     }
     have.extend(unsynced.drain(..));
     Ok(())
+}
+
+/// Bytes that must travel for the blocks `have` lacks: whole blocks, or their differing pieces.
+fn bytes_needed(
+    layout: &BlockLayout,
+    have: &BTreeMap<u64, BlockHash>,
+    pieces: &BTreeMap<u64, Vec<Range<u64>>>,
+) -> u64 {
+    let mut blocks = BlockSet::new(*layout);
+    for (&index, &hash) in have {
+        blocks.hold(index, hash);
+    }
+    blocks.set_pieces(pieces.clone());
+    blocks.bytes_needed()
 }
