@@ -51,6 +51,7 @@ struct Context<R: Remote> {
     early: Option<Arc<EarlyHashes>>,
 }
 
+// The signature is what units.rs calls: its arguments stay separate.
 #[allow(clippy::too_many_arguments)]
 pub async fn execute<R: Remote>(
     remote: Arc<R>,
