@@ -4,8 +4,9 @@
 //! result moving only what was missing; damaged partial blocks are fetched again; a source that
 //! changed between runs is transferred again, never spliced.
 
-mod support;
-
+use crate::support::{
+    Proxy, ProxyMode, Sshd, pattern, run_with_timeout, set_mtime, xfer_command_in,
+};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fs;
@@ -13,7 +14,6 @@ use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use support::{Proxy, ProxyMode, Sshd, pattern, run_with_timeout, set_mtime, xfer_command_in};
 
 const LIMIT: Duration = Duration::from_secs(120);
 const BLOCK: u64 = 1 << 20;

@@ -16,16 +16,14 @@
 //! The server and its login come from `support::Dropbear` and `support::users` (the tests run as
 //! root, as CI does).
 
-mod support;
-
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use support::users::{CacheChange, CacheUnchanged, LocalUser, cache_unchanged, local_users};
-use support::{Dropbear, Proxy, pattern, run_with_timeout, set_mtime, xfer_command_in};
+use crate::support::users::{CacheChange, CacheUnchanged, LocalUser, cache_unchanged, local_users};
+use crate::support::{Dropbear, Proxy, pattern, run_with_timeout, set_mtime, xfer_command_in};
 
 /// Bound on one run of xfer (a small tree, or a deployment of the agent).
 const LIMIT: Duration = Duration::from_secs(180);

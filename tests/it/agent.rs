@@ -6,15 +6,16 @@
 //! agent, in the middle of a delta, then a re-run; an agent that greets and then goes silent is
 //! given up within the (lowered) stall bound.
 
-mod support;
-
+use crate::support;
+use crate::support::{
+    Proxy, Sshd, SshdBuilder, pattern, run_with_timeout, set_mtime, xfer_command_in,
+};
 use proptest::prelude::*;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use support::{Proxy, Sshd, SshdBuilder, pattern, run_with_timeout, set_mtime, xfer_command_in};
 
 const LIMIT: Duration = Duration::from_secs(120);
 const BLOCK: usize = 1 << 20;

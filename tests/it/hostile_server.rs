@@ -8,9 +8,7 @@
 //! makes large (endless, huge names, a deep tree of long names), the tests also measure xfer's
 //! peak resident memory.
 
-mod hostile;
-mod support;
-
+use crate::support;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
@@ -21,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use hostile::{
+use crate::hostile::{
     DEFAULT_MTIME, FakeFile, FakeServer, Listed, Listing, LyingAgent, Node, TYPE_DIRECTORY,
     TYPE_FILE, TYPE_SYMLINK, Tree, attributes,
 };

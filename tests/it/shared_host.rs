@@ -21,19 +21,17 @@
 //!
 //! The users come from `support::users` (created on first use; the tests run as root).
 
-mod support;
-
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use support::users::{
+use crate::support::users::{
     Background, CacheChange, LocalUser, LocalUsers, agent_name, cache_unchanged, chmod, chown,
     local_users, remove_any, remove_stale, wait_for_sessions_to_end,
 };
-use support::{
+use crate::support::{
     Proxy, ProxyMode, Sshd, pattern, run_with_input, run_with_timeout, set_mtime, xfer_command,
 };
 

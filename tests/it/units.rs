@@ -4,8 +4,9 @@
 //! re-run of 10,000 files reads no file data; a stalled link is detected and retried; a deleted
 //! local file is all a re-run fetches; the top-level directories exist before the first file.
 
-mod support;
-
+use crate::support::{
+    Proxy, ProxyMode, Sshd, pattern, run_with_timeout, set_mtime, xfer_command_in,
+};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fs;
@@ -13,7 +14,6 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
-use support::{Proxy, ProxyMode, Sshd, pattern, run_with_timeout, set_mtime, xfer_command_in};
 
 const LIMIT: Duration = Duration::from_secs(240);
 const MIB: usize = 1 << 20;

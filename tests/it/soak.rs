@@ -9,10 +9,8 @@
 //! The default budget, what CI runs, is 6 seeds of about 20 MiB (about 45 s on two cores):
 //! pulls and pushes take turns and the first fault rotates, so every direction meets every
 //! kind of first fault. Longer:
-//! `XFER_SOAK_SEEDS=40 XFER_SOAK_MIB=200 cargo test --test soak -- --nocapture`; one seed
+//! `XFER_SOAK_SEEDS=40 XFER_SOAK_MIB=200 cargo test --test it soak:: -- --nocapture`; one seed
 //! again: `XFER_SOAK_FIRST_SEED=7 XFER_SOAK_SEEDS=1`.
-
-mod support;
 
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -23,9 +21,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::{Proxy, ProxyMode, Sshd, pattern, set_mtime, xfer_command_in};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use support::{Proxy, ProxyMode, Sshd, pattern, set_mtime, xfer_command_in};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -783,7 +781,7 @@ fn soak_pull_and_push_through_cuts_stalls_throttling_and_kills() {
     let mib = env_number("XFER_SOAK_MIB", 20).max(8);
     eprintln!(
         "soak: {seeds} seed(s) from {first}, trees of about {mib} MiB; longer: \
-         XFER_SOAK_SEEDS=40 XFER_SOAK_MIB=200 cargo test --test soak -- --nocapture; \
+         XFER_SOAK_SEEDS=40 XFER_SOAK_MIB=200 cargo test --test it soak:: -- --nocapture; \
          one seed again: XFER_SOAK_FIRST_SEED=N XFER_SOAK_SEEDS=1"
     );
     let bench = Bench {

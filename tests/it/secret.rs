@@ -6,8 +6,7 @@
 //! keyring, full disk, shared filesystem) is clear; and xfer turns core dumps off before it
 //! reads the secret.
 
-mod support;
-
+use crate::support::{Sshd, run_with_input, run_with_timeout, xfer_command};
 use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -16,7 +15,6 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{Sshd, run_with_input, run_with_timeout, xfer_command};
 
 const LIMIT: Duration = Duration::from_secs(60);
 

@@ -2,8 +2,7 @@
 //! OpenSSH client (`ssh -F <generated config> alias ...`) or plain sockets, so that a failing
 //! xfer test can be blamed on xfer and not on its scaffolding.
 
-mod support;
-
+use crate::support;
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
@@ -13,7 +12,7 @@ use std::process::{Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{Agent, Proxy, ProxyMode, Sshd, keygen, public_key_path, run_with_timeout};
+use crate::support::{Agent, Proxy, ProxyMode, Sshd, keygen, public_key_path, run_with_timeout};
 
 /// Generous: ssh on loopback takes well under a second, but CI machines are small and busy.
 const SSH_LIMIT: Duration = Duration::from_secs(20);

@@ -4,8 +4,7 @@
 //! succeed and end identical, a push must need no retry, and `doctor` must report such a host
 //! correctly.
 
-mod support;
-
+use crate::support::{Sshd, pattern, run_with_timeout, xfer_command_in};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fs;
@@ -13,7 +12,6 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
-use support::{Sshd, pattern, run_with_timeout, xfer_command_in};
 
 /// Every run is bounded: a hang fails the test instead of holding it.
 const LIMIT: Duration = Duration::from_secs(120);

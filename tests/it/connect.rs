@@ -3,15 +3,13 @@
 //! ssh-agent, IdentitiesOnly, ProxyJump, ProxyCommand, unknown and changed host keys,
 //! forget-host, timeouts and doctor on healthy and broken aliases.
 
-mod support;
-
+use crate::support::{Agent, Sshd, keygen, public_key_path, run_with_timeout, xfer_command};
 use serde_json::Value;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
-use support::{Agent, Sshd, keygen, public_key_path, run_with_timeout, xfer_command};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
