@@ -11,6 +11,7 @@
 mod agent;
 mod dropbear;
 mod proxy;
+mod server;
 mod sshd;
 pub mod users;
 
