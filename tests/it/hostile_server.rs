@@ -9,6 +9,7 @@
 //! peak resident memory.
 
 use crate::support;
+use crate::support::{tail, text};
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
@@ -282,10 +283,6 @@ fn snapshot(root: &Path, skip: &Path) -> BTreeMap<PathBuf, Seen> {
     seen
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 /// `bytes` with line breaks kept and everything else a terminal would act on escaped, for
 /// echoing what xfer printed without trusting it.
 fn shown(bytes: &[u8]) -> String {
@@ -294,14 +291,6 @@ fn shown(bytes: &[u8]) -> String {
         .map(printable)
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-fn tail(text: &str, limit: usize) -> &str {
-    let mut start = text.len().saturating_sub(limit);
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    &text[start..]
 }
 
 /// xfer ended on its own: not by a signal (an abort on a failed allocation, a kill), not by a

@@ -100,11 +100,6 @@ impl Dropbear {
         &self.user
     }
 
-    /// Whether the server has a working sftp-server.
-    pub fn has_sftp_server(&self) -> bool {
-        self.sftp_server
-    }
-
     /// The temporary directory holding the host key, the log and the client-side files.
     pub fn dir(&self) -> &Path {
         self.dir.path()

@@ -1,28 +1,33 @@
 //! Shared harness for xfer's integration tests: a real OpenSSH server on 127.0.0.1 ([`Sshd`])
 //! and a real Dropbear ([`Dropbear`]), an ssh-agent ([`Agent`]), a byte-counting TCP proxy
-//! that can cut or stall links ([`Proxy`]), key generation, a way to run the built `xfer` binary that can never hang a test (and can
-//! measure its peak memory, [`run_measuring_memory`]), and local users for tests of a shared
-//! host ([`users`]).
+//! that can cut or stall links ([`Proxy`]), key generation, a way to run the built `xfer`
+//! binary that can never hang a test (and can measure its peak memory,
+//! [`run_measuring_memory`]), one sshd with its client config and directories ([`Setup`]),
+//! what the tests check a run's output and a tree with ([`assert_success`], [`tree_digest`]
+//! and their kin), and local users for tests of a shared host ([`users`]).
 //!
-//! Each test binary includes this with `mod support;` and uses a subset, hence the `allow`s.
-
-#![allow(dead_code)]
+//! The integration test binary (`tests/it/main.rs`) declares it once; its test modules use it
+//! as `crate::support`.
 
 mod agent;
 mod dropbear;
+mod output;
 mod proxy;
 mod server;
+mod setup;
 mod sshd;
+mod tree;
 pub mod users;
 
-#[allow(unused_imports)]
 pub use agent::Agent;
-#[allow(unused_imports)]
 pub use dropbear::Dropbear;
-#[allow(unused_imports)]
+pub use output::{
+    assert_agent_used, assert_succeeded, assert_success, said, stderr, summary, tail, text,
+};
 pub use proxy::{Proxy, ProxyMode};
-#[allow(unused_imports)]
+pub use setup::Setup;
 pub use sshd::{Sshd, SshdBuilder};
+pub use tree::{files_containing, files_digest, tree_digest, tree_digest_skipping};
 
 use std::fs;
 use std::io::{Read, Write};
@@ -319,14 +324,6 @@ fn collect(
     })
 }
 
-fn tail(text: &str, limit: usize) -> &str {
-    let mut start = text.len().saturating_sub(limit);
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    &text[start..]
-}
-
 /// Reads a file that may not exist yet as text ("" if missing).
 fn read_lossy(path: &Path) -> String {
     fs::read(path)
@@ -359,4 +356,13 @@ pub fn set_mtime(path: &Path, seconds: i64) {
         nix::sys::stat::UtimensatFlags::NoFollowSymlink,
     )
     .unwrap_or_else(|error| panic!("cannot set the mtime of {}: {error}", path.display()));
+}
+
+/// Writes [`pattern`]`(seed, length)` to `path` (creating its parent directories) with `mode`
+/// and `mtime`.
+pub fn write_file(path: &Path, seed: u64, length: usize, mode: u32, mtime: i64) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, pattern(seed, length)).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    set_mtime(path, mtime);
 }
