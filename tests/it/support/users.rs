@@ -1,10 +1,10 @@
 //! Local users for tests of a shared remote host: a victim login and a third party who share a
 //! supplementary group, and logins whose shell is tcsh or fish. This module owns creating them
-//! (once per test process, idempotently, under a lock file so test binaries running at once do
-//! not race `useradd`), giving a test clean directories of its own in their homes, resetting a
-//! login's agent cache (with the lock that keeps a test from changing a cache another test is
-//! using), running a process as one of them, and waiting until the processes of an sshd's
-//! sessions are gone.
+//! (once per test process, idempotently, under a lock file so test processes of other
+//! checkouts running at once do not race `useradd`), giving a test clean directories of its
+//! own in their homes, resetting a login's agent cache (with the lock that keeps a test from
+//! changing a cache another test is using), running a process as one of them, and waiting
+//! until the processes of an sshd's sessions are gone.
 //!
 //! Creating users needs root, as in CI; a test that uses this module fails saying so otherwise.
 

@@ -4,16 +4,14 @@
 //! succeed and end identical, a push must need no retry, and `doctor` must report such a host
 //! correctly.
 
-mod support;
-
+use crate::support::{
+    Sshd, assert_succeeded, files_digest, pattern, run_with_timeout, xfer_command_in,
+};
 use serde_json::Value;
-use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
-use support::{Sshd, pattern, run_with_timeout, xfer_command_in};
 
 /// Every run is bounded: a hang fails the test instead of holding it.
 const LIMIT: Duration = Duration::from_secs(120);
@@ -37,24 +35,6 @@ fn make_tree(root: &Path, seed: u64) {
         }
     }
     fs::write(root.join("top.txt"), pattern(seed, 777)).unwrap();
-}
-
-/// Every file below `root`: size, mode and content hash by relative path.
-fn digest(root: &Path) -> BTreeMap<String, (u64, u32, String)> {
-    let mut map = BTreeMap::new();
-    for entry in walkdir::WalkDir::new(root).sort_by_file_name() {
-        let entry = entry.unwrap();
-        let metadata = entry.path().symlink_metadata().unwrap();
-        if metadata.is_file() {
-            let relative = entry.path().strip_prefix(root).unwrap();
-            let hash = blake3::hash(&fs::read(entry.path()).unwrap()).to_hex();
-            map.insert(
-                relative.display().to_string(),
-                (metadata.len(), metadata.mode() & 0o777, hash.to_string()),
-            );
-        }
-    }
-    map
 }
 
 struct Host {
@@ -101,10 +81,6 @@ fn describe(output: &Output) -> String {
     )
 }
 
-fn assert_success(output: &Output, what: &str) {
-    assert!(output.status.success(), "{what}: {}", describe(output));
-}
-
 /// The `--json` summary's units.
 fn units(output: &Output) -> Vec<Value> {
     let summary: Value = serde_json::from_slice(&output.stdout)
@@ -142,8 +118,12 @@ fn pull_and_push_without_retries_succeed_where_sshd_limits_start_ups() {
                 copy.to_str().unwrap(),
             ],
         );
-        assert_success(&output, &format!("pull {run}"));
-        assert_eq!(digest(&host.path("source")), digest(&copy), "pull {run}");
+        assert_succeeded(&output, &format!("pull {run}"));
+        assert_eq!(
+            files_digest(&host.path("source")),
+            files_digest(&copy),
+            "pull {run}"
+        );
         assert_no_retry(&output, &format!("pull {run}"));
 
         let target = format!("pushed-{run}");
@@ -160,10 +140,10 @@ fn pull_and_push_without_retries_succeed_where_sshd_limits_start_ups() {
                 &host.remote(&target),
             ],
         );
-        assert_success(&output, &format!("push {run}"));
+        assert_succeeded(&output, &format!("push {run}"));
         assert_eq!(
-            digest(&host.path("source")),
-            digest(&host.path(&target)),
+            files_digest(&host.path("source")),
+            files_digest(&host.path(&target)),
             "push {run}"
         );
         assert_no_retry(&output, &format!("push {run}"));
@@ -195,8 +175,8 @@ fn a_host_that_drops_every_second_start_up_is_seen_as_limited_and_paced() {
             copy.to_str().unwrap(),
         ],
     );
-    assert_success(&output, "pull");
-    assert_eq!(digest(&host.path("source")), digest(&copy));
+    assert_succeeded(&output, "pull");
+    assert_eq!(files_digest(&host.path("source")), files_digest(&copy));
     assert_no_retry(&output, "pull");
     let stderr = String::from_utf8_lossy(&output.stderr);
     if host.sshd.log().contains("past MaxStartups") {
@@ -226,8 +206,12 @@ fn pull_push_and_doctor_work_with_one_session_per_connection() {
         let mut pull = arguments.clone();
         pull.extend([source.as_str(), copy.to_str().unwrap()]);
         let output = host.xfer("pull", &pull);
-        assert_success(&output, &format!("pull ({name})"));
-        assert_eq!(digest(&host.path("source")), digest(&copy), "pull ({name})");
+        assert_succeeded(&output, &format!("pull ({name})"));
+        assert_eq!(
+            files_digest(&host.path("source")),
+            files_digest(&copy),
+            "pull ({name})"
+        );
         assert_no_retry(&output, &format!("pull ({name})"));
 
         let target = host.remote(&format!("pushed-{name}"));
@@ -235,10 +219,10 @@ fn pull_push_and_doctor_work_with_one_session_per_connection() {
         let mut push = arguments.clone();
         push.extend([local.to_str().unwrap(), target.as_str()]);
         let output = host.xfer("push", &push);
-        assert_success(&output, &format!("push ({name})"));
+        assert_succeeded(&output, &format!("push ({name})"));
         assert_eq!(
-            digest(&host.path("source")),
-            digest(&host.path(&format!("pushed-{name}"))),
+            files_digest(&host.path("source")),
+            files_digest(&host.path(&format!("pushed-{name}"))),
             "push ({name})"
         );
         assert_no_retry(&output, &format!("push ({name})"));
@@ -250,7 +234,7 @@ fn pull_push_and_doctor_work_with_one_session_per_connection() {
     );
 
     let output = host.xfer("doctor", &["--json", "limited"]);
-    assert_success(&output, "doctor");
+    assert_succeeded(&output, "doctor");
     let reports: Value = serde_json::from_slice(&output.stdout).unwrap();
     let report = &reports[0];
     assert_eq!(report["passed"], true, "{report:#}");

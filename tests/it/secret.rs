@@ -6,8 +6,9 @@
 //! keyring, full disk, shared filesystem) is clear; and xfer turns core dumps off before it
 //! reads the secret.
 
-mod support;
-
+use crate::support::{
+    Sshd, files_containing, run_with_input, run_with_timeout, text, xfer_command,
+};
 use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -16,13 +17,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{Sshd, run_with_input, run_with_timeout, xfer_command};
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 fn canary() -> String {
     format!(
@@ -122,26 +118,6 @@ impl Watcher {
         let samples = *self.samples.lock().unwrap();
         (sightings, samples)
     }
-}
-
-/// Files under `root` whose content contains `needle`.
-fn files_containing(root: &Path, needle: &str) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    for entry in walkdir::WalkDir::new(root)
-        .follow_links(false)
-        .into_iter()
-        .flatten()
-    {
-        if entry.file_type().is_file()
-            && let Ok(bytes) = fs::read(entry.path())
-            && bytes
-                .windows(needle.len())
-                .any(|window| window == needle.as_bytes())
-        {
-            found.push(entry.path().to_path_buf());
-        }
-    }
-    found
 }
 
 #[test]

@@ -6,27 +6,20 @@
 //! agent, in the middle of a delta, then a re-run; an agent that greets and then goes silent is
 //! given up within the (lowered) stall bound.
 
-mod support;
-
+use crate::support;
+use crate::support::{
+    Proxy, Setup, Sshd, SshdBuilder, assert_agent_used, assert_success, pattern, run_with_timeout,
+    set_mtime, stderr, summary, tree_digest, xfer_command_in,
+};
 use proptest::prelude::*;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
-use support::{Proxy, Sshd, SshdBuilder, pattern, run_with_timeout, set_mtime, xfer_command_in};
 
 const LIMIT: Duration = Duration::from_secs(120);
 const BLOCK: usize = 1 << 20;
-
-struct Setup {
-    sshd: Sshd,
-    config: PathBuf,
-    state: tempfile::TempDir,
-    work: tempfile::TempDir,
-    /// The remote's home when the test gave sshd one of its own.
-    home: Option<PathBuf>,
-}
 
 /// An sshd whose sessions get `home` as HOME (an empty agent cache unless the test fills it),
 /// and `extra` sshd_config lines.
@@ -56,82 +49,11 @@ fn setup_with(builder: SshdBuilder, own_home: bool, path_prefix: Option<&Path>) 
         line.push_str(&format!(" PATH={}:/usr/bin:/bin", prefix.display()));
     }
     builder = builder.extra_config(&line);
-    let sshd = builder.start();
-    let config = sshd.write_client_config("box", &[]);
-    Setup {
-        sshd,
-        config,
-        state: tempfile::tempdir().unwrap(),
-        work,
-        home,
-    }
+    Setup::with(builder.start(), work, home)
 }
 
 fn setup() -> Setup {
     setup_with(Sshd::builder(), false, None)
-}
-
-impl Setup {
-    fn xfer(&self, arguments: &[&str]) -> Command {
-        let mut command = xfer_command_in(self.state.path());
-        command.args(arguments).arg("-F").arg(&self.config);
-        command
-    }
-
-    fn run(&self, arguments: &[&str]) -> Output {
-        run_with_timeout(&mut self.xfer(arguments), LIMIT)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.work.path().join(name)
-    }
-
-    fn remote(&self, name: &str) -> String {
-        format!("box:{}", self.path(name).display())
-    }
-
-    fn cache(&self) -> PathBuf {
-        self.home.as_ref().expect("own home").join(".cache/xfer")
-    }
-
-    fn cached_agents(&self) -> Vec<PathBuf> {
-        match fs::read_dir(self.cache()) {
-            Ok(entries) => entries.map(|entry| entry.unwrap().path()).collect(),
-            Err(_) => Vec::new(),
-        }
-    }
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-fn assert_success(output: &Output) {
-    assert!(
-        output.status.success(),
-        "xfer failed ({:?}):\n{}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        stderr(output)
-    );
-}
-
-fn assert_no_fallback(output: &Output) {
-    assert!(
-        !stderr(output).contains("using SFTP"),
-        "the agent was not used:\n{}",
-        stderr(output)
-    );
-}
-
-fn summary(output: &Output) -> serde_json::Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
-        panic!(
-            "no JSON summary ({error}):\n{}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            stderr(output)
-        )
-    })
 }
 
 /// A small tree: files around the block size, an empty file, a symlink, an empty directory.
@@ -150,35 +72,6 @@ fn make_tree(root: &Path) {
     std::os::unix::fs::symlink("a/block.bin", root.join("latest")).unwrap();
 }
 
-/// Per path: kind, mode, size and content (or link target).
-fn tree(root: &Path) -> Vec<(String, String)> {
-    let mut entries = Vec::new();
-    for entry in walkdir::WalkDir::new(root).sort_by_file_name() {
-        let entry = entry.unwrap();
-        let relative = entry
-            .path()
-            .strip_prefix(root)
-            .unwrap()
-            .display()
-            .to_string();
-        let metadata = entry.path().symlink_metadata().unwrap();
-        let value = if metadata.file_type().is_symlink() {
-            format!("link {}", fs::read_link(entry.path()).unwrap().display())
-        } else if metadata.is_dir() {
-            "dir".to_string()
-        } else {
-            format!(
-                "file {:o} {} {}",
-                metadata.permissions().mode() & 0o7777,
-                metadata.len(),
-                blake3::hash(&fs::read(entry.path()).unwrap()).to_hex()
-            )
-        };
-        entries.push((relative, value));
-    }
-    entries
-}
-
 fn xfer_binary() -> Vec<u8> {
     fs::read(env!("CARGO_BIN_EXE_xfer")).unwrap()
 }
@@ -193,8 +86,11 @@ fn deploys_into_an_empty_cache_then_reuses_it() {
         setup.path("copy").to_str().unwrap(),
     ]);
     assert_success(&output);
-    assert_no_fallback(&output);
-    assert_eq!(tree(&setup.path("source")), tree(&setup.path("copy")));
+    assert_agent_used(&output, "xfer");
+    assert_eq!(
+        tree_digest(&setup.path("source")),
+        tree_digest(&setup.path("copy"))
+    );
 
     let agents = setup.cached_agents();
     assert_eq!(agents.len(), 1, "one agent in the cache: {agents:?}");
@@ -223,8 +119,11 @@ fn deploys_into_an_empty_cache_then_reuses_it() {
         &setup.remote("pushed"),
     ]);
     assert_success(&output);
-    assert_no_fallback(&output);
-    assert_eq!(tree(&setup.path("source")), tree(&setup.path("pushed")));
+    assert_agent_used(&output, "xfer");
+    assert_eq!(
+        tree_digest(&setup.path("source")),
+        tree_digest(&setup.path("pushed"))
+    );
     let after = fs::metadata(agent).unwrap();
     use std::os::unix::fs::MetadataExt;
     assert_eq!(before.ino(), after.ino());
@@ -251,8 +150,11 @@ fn a_corrupted_cached_agent_is_replaced() {
         setup.path("copy").to_str().unwrap(),
     ]);
     assert_success(&output);
-    assert_no_fallback(&output);
-    assert_eq!(tree(&setup.path("source")), tree(&setup.path("copy")));
+    assert_agent_used(&output, "xfer");
+    assert_eq!(
+        tree_digest(&setup.path("source")),
+        tree_digest(&setup.path("copy"))
+    );
     assert_eq!(fs::read(&agent).unwrap(), xfer_binary());
 
     // Cut short (not even an executable any more): replaced too.
@@ -263,7 +165,7 @@ fn a_corrupted_cached_agent_is_replaced() {
         setup.path("copy2").to_str().unwrap(),
     ]);
     assert_success(&output);
-    assert_no_fallback(&output);
+    assert_agent_used(&output, "xfer");
     assert_eq!(fs::read(&agent).unwrap(), xfer_binary());
 }
 
@@ -286,7 +188,10 @@ fn another_platform_falls_back_to_sftp_in_one_line() {
         setup.path("copy").to_str().unwrap(),
     ]);
     assert_success(&output);
-    assert_eq!(tree(&setup.path("source")), tree(&setup.path("copy")));
+    assert_eq!(
+        tree_digest(&setup.path("source")),
+        tree_digest(&setup.path("copy"))
+    );
     let text = stderr(&output);
     let notices: Vec<&str> = text
         .lines()
@@ -311,13 +216,16 @@ fn a_cache_others_can_write_is_passed_over_for_a_private_one() {
         setup.path("copy").to_str().unwrap(),
     ]);
     assert_success(&output);
-    assert_no_fallback(&output);
+    assert_agent_used(&output, "xfer");
     assert!(setup.cached_agents().is_empty());
     let uid = nix::unistd::geteuid();
     let fallback = setup.path(&format!("tmp/xfer-agent-{uid}"));
     let agents: Vec<_> = fs::read_dir(&fallback).unwrap().collect();
     assert_eq!(agents.len(), 1, "{}", fallback.display());
-    assert_eq!(tree(&setup.path("source")), tree(&setup.path("copy")));
+    assert_eq!(
+        tree_digest(&setup.path("source")),
+        tree_digest(&setup.path("copy"))
+    );
 }
 
 #[test]
@@ -348,7 +256,10 @@ fn an_agent_of_another_protocol_version_falls_back() {
         text.contains("using SFTP") && text.contains("version"),
         "{text}"
     );
-    assert_eq!(tree(&setup.path("source")), tree(&setup.path("copy")));
+    assert_eq!(
+        tree_digest(&setup.path("source")),
+        tree_digest(&setup.path("copy"))
+    );
 }
 
 #[test]
@@ -387,7 +298,10 @@ fn an_agent_of_protocol_version_1_serves_a_newer_client() {
         "{}",
         stderr(&output)
     );
-    assert_eq!(tree(&setup.path("source")), tree(&setup.path("copy")));
+    assert_eq!(
+        tree_digest(&setup.path("source")),
+        tree_digest(&setup.path("copy"))
+    );
 }
 
 /// Seconds of silence the stalled-agent test allows the agent (`XFER_AGENT_TIMEOUT`).
@@ -467,14 +381,20 @@ fn without_sftp_pull_and_push_go_through_the_agent() {
         setup.path("copy").to_str().unwrap(),
     ]);
     assert_success(&output);
-    assert_eq!(tree(&setup.path("source")), tree(&setup.path("copy")));
+    assert_eq!(
+        tree_digest(&setup.path("source")),
+        tree_digest(&setup.path("copy"))
+    );
     let output = setup.run(&[
         "push",
         setup.path("source").to_str().unwrap(),
         &setup.remote("pushed"),
     ]);
     assert_success(&output);
-    assert_eq!(tree(&setup.path("source")), tree(&setup.path("pushed")));
+    assert_eq!(
+        tree_digest(&setup.path("source")),
+        tree_digest(&setup.path("pushed"))
+    );
 
     // A delta of one large file: the agent is started beside the planner (the command names a
     // large local file) and, SFTP being refused, plans too.
@@ -488,7 +408,7 @@ fn without_sftp_pull_and_push_go_through_the_agent() {
     fs::write(&pulled, old).unwrap();
     let output = setup.run(&["pull", &setup.remote("large.bin"), pulled.to_str().unwrap()]);
     assert_success(&output);
-    assert_no_fallback(&output);
+    assert_agent_used(&output, "xfer");
     assert_eq!(fs::read(&large).unwrap(), fs::read(&pulled).unwrap());
     let output = setup.run(&[
         "push",
@@ -522,7 +442,10 @@ fn deploys_without_sftp() {
         setup.path("copy").to_str().unwrap(),
     ]);
     assert_success(&output);
-    assert_eq!(tree(&setup.path("source")), tree(&setup.path("copy")));
+    assert_eq!(
+        tree_digest(&setup.path("source")),
+        tree_digest(&setup.path("copy"))
+    );
     assert_eq!(setup.cached_agents().len(), 1);
 }
 
@@ -542,15 +465,6 @@ fn rewrite_blocks(path: &Path, indexes: &[usize], seed: u64) {
     set_mtime(path, seconds + 100);
 }
 
-fn via_proxy(setup: &Setup) -> (Proxy, PathBuf) {
-    let proxy = Proxy::start(setup.sshd.port());
-    let config = setup.work.path().join("proxy_config");
-    setup
-        .sshd
-        .append_client_config(&config, "via", &[&format!("Port {}", proxy.port())]);
-    (proxy, config)
-}
-
 fn run_via(setup: &Setup, config: &Path, arguments: &[&str]) -> Output {
     let mut command = xfer_command_in(setup.state.path());
     command.args(arguments).arg("-F").arg(config);
@@ -563,7 +477,7 @@ fn counted_run(setup: &Setup, proxy: &Proxy, config: &Path, arguments: &[&str]) 
     proxy.reset_counters();
     let output = run_via(setup, config, arguments);
     assert_success(&output);
-    assert_no_fallback(&output);
+    assert_agent_used(&output, "xfer");
     (output, proxy.bytes_total())
 }
 
@@ -574,7 +488,7 @@ fn a_delta_pull_moves_only_the_changed_blocks() {
     fs::write(&source, pattern(10, 48 * BLOCK + 1234)).unwrap();
     let copy = setup.path("copy.bin");
     let remote = format!("via:{}", source.display());
-    let (proxy, config) = via_proxy(&setup);
+    let (proxy, config) = setup.via_proxy();
     assert_success(&run_via(
         &setup,
         &config,
@@ -606,7 +520,7 @@ fn a_delta_push_moves_only_the_changed_blocks() {
     fs::write(&source, pattern(11, 40 * BLOCK)).unwrap();
     let target = setup.path("remote.bin");
     let remote = format!("via:{}", target.display());
-    let (proxy, config) = via_proxy(&setup);
+    let (proxy, config) = setup.via_proxy();
     assert_success(&run_via(
         &setup,
         &config,
@@ -672,7 +586,7 @@ fn edit_pieces(path: &Path) -> u64 {
 #[test]
 fn small_edits_move_only_the_pieces_they_touch_both_ways() {
     let setup = setup();
-    let (proxy, config) = via_proxy(&setup);
+    let (proxy, config) = setup.via_proxy();
     let data = pattern(21, 16 * BLOCK + 777);
 
     // Pull: the remote file is edited after a first copy.
@@ -786,7 +700,7 @@ proptest! {
             };
             let output = setup.run(&arguments);
             assert_success(&output);
-            assert_no_fallback(&output);
+            assert_agent_used(&output, "xfer");
         };
         transfer();
         prop_assert_eq!(fs::read(source).unwrap(), fs::read(destination).unwrap());
@@ -833,7 +747,7 @@ fn sigkill_of_xfer_or_of_the_agent_mid_delta_then_a_rerun() {
     // Every other block changes: a long delta.
     let changed: Vec<usize> = (0..64).step_by(2).collect();
     rewrite_blocks(&source, &changed, 5);
-    let (proxy, config) = via_proxy(&setup);
+    let (proxy, config) = setup.via_proxy();
     // A slow link, so the kill lands mid-transfer.
     proxy.set_mode(support::ProxyMode::Throttle {
         bytes_per_second: 8 << 20,
@@ -914,7 +828,7 @@ fn a_login_shell_that_prints_keeps_the_agent_secrets_and_doctor_working() {
     fs::write(&source, pattern(5, 8 * BLOCK)).unwrap();
     let target = setup.path("copy.bin");
     let remote = format!("via:{}", target.display());
-    let (proxy, config) = via_proxy(&setup);
+    let (proxy, config) = setup.via_proxy();
     counted_run(
         &setup,
         &proxy,

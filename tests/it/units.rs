@@ -4,16 +4,16 @@
 //! re-run of 10,000 files reads no file data; a stalled link is detected and retried; a deleted
 //! local file is all a re-run fetches; the top-level directories exist before the first file.
 
-mod support;
-
-use serde_json::Value;
+use crate::support::{
+    Proxy, ProxyMode, Sshd, assert_success, files_digest, pattern, run_with_timeout, set_mtime,
+    summary, xfer_command_in,
+};
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
-use support::{Proxy, ProxyMode, Sshd, pattern, run_with_timeout, set_mtime, xfer_command_in};
 
 const LIMIT: Duration = Duration::from_secs(240);
 const MIB: usize = 1 << 20;
@@ -39,35 +39,6 @@ fn make_tree(root: &Path, dirs: usize, files: usize, size: usize) -> u64 {
     }
     write(&root.join("config.json"), 7, 1234);
     total + 1234
-}
-
-fn digest(root: &Path) -> BTreeMap<String, (u64, u32, i64, String)> {
-    let mut map = BTreeMap::new();
-    for entry in walkdir::WalkDir::new(root).sort_by_file_name() {
-        let entry = entry.unwrap();
-        let metadata = entry.path().symlink_metadata().unwrap();
-        if metadata.is_file() {
-            let relative = entry
-                .path()
-                .strip_prefix(root)
-                .unwrap()
-                .display()
-                .to_string();
-            let hash = blake3::hash(&fs::read(entry.path()).unwrap())
-                .to_hex()
-                .to_string();
-            map.insert(
-                relative,
-                (
-                    metadata.len(),
-                    metadata.mode() & 0o7777,
-                    metadata.mtime(),
-                    hash,
-                ),
-            );
-        }
-    }
-    map
 }
 
 struct Bench {
@@ -113,26 +84,6 @@ impl Bench {
     }
 }
 
-fn summary(output: &Output) -> Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
-        panic!(
-            "no JSON ({error}):\n{}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })
-}
-
-fn assert_success(output: &Output) {
-    assert!(
-        output.status.success(),
-        "{:?}\n{}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 #[test]
 fn a_link_cut_over_and_over_still_ends_identical_in_one_run() {
     let bench = bench(&[]);
@@ -145,7 +96,10 @@ fn a_link_cut_over_and_over_still_ends_identical_in_one_run() {
         .set_mode(ProxyMode::CutEachAfter(32 * MIB as u64));
     let output = bench.pull(&["-j", "2"]);
     assert_success(&output);
-    assert_eq!(digest(&bench.path("source")), digest(&bench.path("copy")));
+    assert_eq!(
+        files_digest(&bench.path("source")),
+        files_digest(&bench.path("copy"))
+    );
     let result = summary(&output);
     let retried: u64 = result["units"]
         .as_array()
@@ -207,7 +161,10 @@ fn without_retries_failures_are_reported_and_a_rerun_skips_finished_units() {
     bench.proxy.set_mode(ProxyMode::Pass);
     let output = bench.pull(&["-j", "4"]);
     assert_success(&output);
-    assert_eq!(digest(&bench.path("source")), digest(&bench.path("copy")));
+    assert_eq!(
+        files_digest(&bench.path("source")),
+        files_digest(&bench.path("copy"))
+    );
     let second = summary(&output);
     for unit in second["units"].as_array().unwrap() {
         let name = unit["unit"].as_str().unwrap().to_string();
@@ -235,7 +192,7 @@ fn a_noop_rerun_of_ten_thousand_files_reads_no_file_data() {
         }
     }
     assert_success(&bench.pull(&[]));
-    assert_eq!(digest(&source), digest(&bench.path("copy")));
+    assert_eq!(files_digest(&source), files_digest(&bench.path("copy")));
     bench.proxy.reset_counters();
     let started = Instant::now();
     let output = bench.pull(&[]);
@@ -271,7 +228,10 @@ fn a_stalled_link_is_detected_and_retried() {
     let started = Instant::now();
     let output = bench.pull(&["-j", "2"]);
     assert_success(&output);
-    assert_eq!(digest(&bench.path("source")), digest(&bench.path("copy")));
+    assert_eq!(
+        files_digest(&bench.path("source")),
+        files_digest(&bench.path("copy"))
+    );
     let result = summary(&output);
     let retried: u64 = result["units"]
         .as_array()
@@ -307,7 +267,10 @@ fn deleting_one_local_file_makes_the_rerun_fetch_just_that_file() {
         .unwrap();
     let output = bench.pull(&[]);
     assert_success(&output);
-    assert_eq!(digest(&bench.path("source")), digest(&bench.path("copy")));
+    assert_eq!(
+        files_digest(&bench.path("source")),
+        files_digest(&bench.path("copy"))
+    );
     let result = summary(&output);
     assert_eq!(result["files_transferred"], 2, "{result}");
     assert_eq!(
@@ -344,7 +307,10 @@ fn a_changed_source_file_is_noticed_even_within_a_complete_unit() {
     set_mtime(&changed, before.mtime() + 5);
     let output = bench.pull(&[]);
     assert_success(&output);
-    assert_eq!(digest(&bench.path("source")), digest(&bench.path("copy")));
+    assert_eq!(
+        files_digest(&bench.path("source")),
+        files_digest(&bench.path("copy"))
+    );
     assert_eq!(summary(&output)["files_transferred"], 1);
 }
 
@@ -368,7 +334,10 @@ fn checksum_catches_a_change_that_keeps_size_and_mtime() {
     let output = bench.pull(&["--checksum"]);
     assert_success(&output);
     assert_eq!(summary(&output)["files_transferred"], 1);
-    assert_eq!(digest(&bench.path("source")), digest(&bench.path("copy")));
+    assert_eq!(
+        files_digest(&bench.path("source")),
+        files_digest(&bench.path("copy"))
+    );
 }
 
 #[test]
@@ -387,7 +356,10 @@ fn push_with_cuts_and_retries_ends_identical() {
         .stdout(Stdio::piped());
     let output = run_with_timeout(&mut command, LIMIT);
     assert_success(&output);
-    assert_eq!(digest(&bench.path("source")), digest(&bench.path("pushed")));
+    assert_eq!(
+        files_digest(&bench.path("source")),
+        files_digest(&bench.path("pushed"))
+    );
     let _ = &bench.sshd;
 }
 
@@ -465,7 +437,7 @@ fn a_tree_never_opens_more_connections_than_jobs() {
     }
     let output = bench.pull(&["-j", "2"]);
     assert_success(&output);
-    assert_eq!(digest(&source), digest(&bench.path("copy")));
+    assert_eq!(files_digest(&source), files_digest(&bench.path("copy")));
     assert!(
         bench.proxy.connections() <= 2,
         "{} connections with -j 2",

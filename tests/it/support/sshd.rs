@@ -9,20 +9,13 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use tempfile::TempDir;
 
+use super::server::{self, START_LIMIT, Startup};
 use super::{current_user, keygen, public_key_path, read_lossy, running_as_root};
 
 /// Absolute, because sshd re-executes itself and refuses to start from a relative path.
 const SSHD_BINARY: &str = "/usr/sbin/sshd";
-/// Fresh ports to try when another process takes the chosen one before sshd binds it.
-const PORT_ATTEMPTS: usize = 5;
-/// How long sshd may take to start listening.
-const START_LIMIT: Duration = Duration::from_secs(10);
-/// How long sshd may take to exit after SIGTERM before it gets SIGKILL.
-const STOP_LIMIT: Duration = Duration::from_secs(3);
 /// sshd's privilege separation directory, which it checks for when started as root.
 const PRIVSEP_DIR: &str = "/run/sshd";
 
@@ -120,12 +113,6 @@ pub struct Sshd {
     dir: TempDir,
 }
 
-enum Startup {
-    Ready,
-    PortTaken,
-    Failed(String),
-}
-
 impl Sshd {
     /// An sshd with the default settings (`SshdBuilder::new().start()`).
     pub fn start() -> Sshd {
@@ -166,27 +153,16 @@ impl Sshd {
             }
         }
 
-        let mut attempts = Vec::new();
-        for _ in 0..PORT_ATTEMPTS {
-            let port = free_port();
-            match sshd.spawn(port) {
-                Startup::Ready => {
-                    sshd.port = port;
-                    fs::write(
-                        sshd.known_hosts(),
-                        sshd.known_hosts_line("127.0.0.1", port) + "\n",
-                    )
-                    .unwrap_or_else(|error| panic!("cannot write known_hosts: {error}"));
-                    return sshd;
-                }
-                Startup::PortTaken => attempts.push(port),
-                Startup::Failed(report) => panic!("{report}"),
-            }
-        }
-        panic!(
-            "sshd could not bind any of the ports {attempts:?}\n{}",
-            sshd.report()
-        );
+        let (port, child) =
+            server::start_on_free_port("sshd", |port| sshd.spawn(port), || sshd.report());
+        sshd.port = port;
+        sshd.child = Some(child);
+        fs::write(
+            sshd.known_hosts(),
+            sshd.known_hosts_line("127.0.0.1", port) + "\n",
+        )
+        .unwrap_or_else(|error| panic!("cannot write known_hosts: {error}"));
+        sshd
     }
 
     pub fn port(&self) -> u16 {
@@ -280,7 +256,10 @@ impl Sshd {
         let deadline = Instant::now() + START_LIMIT;
         loop {
             match self.spawn(self.port) {
-                Startup::Ready => return,
+                Startup::Ready(child) => {
+                    self.child = Some(child);
+                    return;
+                }
                 // The old listener is gone, but give the kernel a moment if it disagrees.
                 Startup::PortTaken if Instant::now() < deadline => {
                     thread::sleep(Duration::from_millis(100))
@@ -430,7 +409,7 @@ impl Sshd {
     }
 
     /// Starts sshd on `port` and waits until it listens.
-    fn spawn(&mut self, port: u16) -> Startup {
+    fn spawn(&self, port: u16) -> Startup {
         let config = self.config_text(port);
         fs::write(self.config_path(), &config)
             .unwrap_or_else(|error| panic!("cannot write sshd_config: {error}"));
@@ -451,67 +430,37 @@ impl Sshd {
             .stderr(stderr_file)
             .spawn()
             .unwrap_or_else(|error| panic!("cannot run {SSHD_BINARY}: {error}"));
-        self.child = Some(child);
 
         let listening = format!("Server listening on 127.0.0.1 port {port}.");
         let watch_log = self.logs_listening(&config);
-        let deadline = Instant::now() + START_LIMIT;
-        loop {
-            let child = self.child.as_mut().expect("just started");
-            if let Ok(Some(status)) = child.try_wait() {
-                self.child = None;
+        server::wait_until_listening(
+            "sshd",
+            child,
+            port,
+            || {
+                if watch_log {
+                    let log = read_lossy(&self.log_path());
+                    log.get(log_start..).unwrap_or("").contains(&listening)
+                } else {
+                    let address = SocketAddr::from(([127, 0, 0, 1], port));
+                    TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok()
+                }
+            },
+            |_| {
                 let log = read_lossy(&self.log_path());
                 let said = log.get(log_start..).unwrap_or(&log).to_owned()
                     + &read_lossy(&self.stderr_path());
-                if said.contains("Bind to port")
+                said.contains("Bind to port")
                     || said.contains("Cannot bind any address")
                     || said.contains("Address already in use")
-                {
-                    return Startup::PortTaken;
-                }
-                return Startup::Failed(format!(
-                    "sshd exited ({status}) instead of listening on port {port}\n{}",
-                    self.report()
-                ));
-            }
-            let ready = if watch_log {
-                let log = read_lossy(&self.log_path());
-                log.get(log_start..).unwrap_or("").contains(&listening)
-            } else {
-                let address = SocketAddr::from(([127, 0, 0, 1], port));
-                TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok()
-            };
-            if ready {
-                return Startup::Ready;
-            }
-            if Instant::now() >= deadline {
-                self.stop();
-                return Startup::Failed(format!(
-                    "sshd did not listen on port {port} within {START_LIMIT:?}\n{}",
-                    self.report()
-                ));
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
+            },
+            || self.report(),
+        )
     }
 
     /// Stops the sshd process this harness started: SIGTERM, then SIGKILL if it lingers.
     fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if let Ok(None) = child.try_wait() {
-            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-            let deadline = Instant::now() + STOP_LIMIT;
-            while let Ok(None) = child.try_wait() {
-                if Instant::now() >= deadline {
-                    let _ = child.kill();
-                    break;
-                }
-                thread::sleep(Duration::from_millis(5));
-            }
-        }
-        let _ = child.wait();
+        server::stop(&mut self.child);
     }
 
     /// The configuration, log and stderr of sshd, for panic messages.

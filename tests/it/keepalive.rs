@@ -2,11 +2,9 @@
 //! error, never a hang: a real sshd behind a proxy that goes silent while keeping the socket
 //! open, as a dead NAT entry or a suspended VM would.
 
-mod support;
-
+use crate::support::{Proxy, ProxyMode, Sshd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{Proxy, ProxyMode, Sshd};
 use xfer::ErrorKind;
 use xfer::ssh::config::{ConfigSource, LocalContext, Overrides};
 use xfer::ssh::connect::Connector;

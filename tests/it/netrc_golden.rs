@@ -1,10 +1,10 @@
-//! Golden tests for `xfer::secret::netrc::merge`: each case under `tests/golden/netrc/` is a
+//! Golden tests for `xfer::secret::netrc::merge`: each case under `tests/it/golden/netrc/` is a
 //! netrc file (`NAME.input`), the entry merged into it (`NAME.stanza`, one `key value` a line)
 //! and the exact bytes expected (`NAME.expected`). Every case also checks that the result
 //! parses, holds the new values and every other machine's old values, keeps `default` last,
 //! and is unchanged by a second merge. Refused files are checked against their exact messages.
 //!
-//! `XFER_UPDATE_GOLDEN=1 cargo test --test netrc_golden` rewrites the `.expected` files from
+//! `XFER_UPDATE_GOLDEN=1 cargo test --test it netrc_golden::` rewrites the `.expected` files from
 //! the current output; review the diff before keeping it.
 //!
 //! When `python3` is on the PATH, every accepted input and every output is also read with
@@ -41,7 +41,7 @@ const CASES: [&str; 18] = [
 ];
 
 fn golden_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/netrc")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/golden/netrc")
 }
 
 fn read(path: &Path) -> String {

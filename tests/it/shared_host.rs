@@ -21,20 +21,19 @@
 //!
 //! The users come from `support::users` (created on first use; the tests run as root).
 
-mod support;
-
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use support::users::{
+use crate::support::users::{
     Background, CacheChange, LocalUser, LocalUsers, agent_name, cache_unchanged, chmod, chown,
     local_users, remove_any, remove_stale, wait_for_sessions_to_end,
 };
-use support::{
-    Proxy, ProxyMode, Sshd, pattern, run_with_input, run_with_timeout, set_mtime, xfer_command,
+use crate::support::{
+    Proxy, ProxyMode, Sshd, assert_agent_used, assert_succeeded, files_containing, pattern,
+    run_with_input, run_with_timeout, said, set_mtime, text, xfer_command,
 };
 
 /// Bound on one run of xfer (a push of a few MiB, or a deployment of the agent).
@@ -117,24 +116,6 @@ impl Host {
     }
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// stdout and stderr together: `secret push` reports a host's failure on stdout.
-fn said(output: &Output) -> String {
-    format!("{}{}", text(&output.stdout), text(&output.stderr))
-}
-
-fn assert_success(output: &Output, what: &str) {
-    assert!(
-        output.status.success(),
-        "{what} failed ({}):\n{}",
-        output.status,
-        said(output)
-    );
-}
-
 /// A failure that is an answer, not a crash: a non-zero exit other than a panic's, and a
 /// message that names `path`.
 fn assert_clear_failure(output: &Output, path: &Path, what: &str) {
@@ -153,14 +134,6 @@ fn assert_clear_failure(output: &Output, path: &Path, what: &str) {
         message.contains(name.as_ref()),
         "{what} failed without naming {}:\n{message}",
         path.display()
-    );
-}
-
-fn assert_no_fallback(output: &Output, what: &str) {
-    assert!(
-        !text(&output.stderr).contains("using SFTP"),
-        "{what} did not use the agent:\n{}",
-        text(&output.stderr)
     );
 }
 
@@ -389,7 +362,7 @@ fn a_swapped_symlink_never_redirects_a_push(test: &str, mode: &[&str]) {
 
     // Unattacked, the push works: the runs below cannot pass by failing for another reason.
     let (output, data) = push(1000);
-    assert_success(&output, "the push without an attacker");
+    assert_succeeded(&output, "the push without an attacker");
     assert!(holds(&target, victim, &data), "{}", describe(&target));
 
     let (mut finished, mut refusals) = (0, Vec::new());
@@ -477,7 +450,7 @@ fn a_symlink_already_at_the_target_is_replaced_or_refused_never_followed() {
                 .arg(&target),
             LIMIT,
         );
-        assert_success(&output, "the third party's ln -s");
+        assert_succeeded(&output, "the third party's ln -s");
         let remote = format!("victim:{}", target.display());
         let mut arguments = vec!["push"];
         arguments.extend_from_slice(mode);
@@ -524,27 +497,9 @@ fn a_secret_into_a_group_writable_directory_is_refused_unless_allowed() {
     assert_eq!(files_containing(&shared, value), Vec::<PathBuf>::new());
 
     let output = host.push_secret("victim", value, &target, &["--allow-writable-dir"]);
-    assert_success(&output, "secret push --allow-writable-dir");
+    assert_succeeded(&output, "secret push --allow-writable-dir");
     host.settle();
     assert_private_secret(&target, victim, value);
-}
-
-/// Regular files of the tree under `root` (symlinks not followed) that contain `needle`.
-fn files_containing(root: &Path, needle: &str) -> Vec<PathBuf> {
-    walkdir::WalkDir::new(root)
-        .follow_links(false)
-        .into_iter()
-        .flatten()
-        .filter(|entry| entry.file_type().is_file())
-        .filter(|entry| {
-            fs::read(entry.path()).is_ok_and(|bytes| {
-                bytes
-                    .windows(needle.len())
-                    .any(|window| window == needle.as_bytes())
-            })
-        })
-        .map(|entry| entry.path().to_path_buf())
-        .collect()
 }
 
 /// `path` is a regular file of `user`'s, mode 0600, holding exactly `value`.
@@ -629,7 +584,7 @@ fn planted_temporary_names_are_neither_reused_nor_followed() {
         .arg(&bait)
         .args([first.to_string(), count.to_string(), pid_max.to_string()])
         .args(likely);
-    assert_success(&run_with_timeout(&mut command, LIMIT), "planting");
+    assert_succeeded(&run_with_timeout(&mut command, LIMIT), "planting");
     let planted: Vec<PathBuf> = fs::read_dir(&shared)
         .unwrap()
         .map(|entry| entry.unwrap().path())
@@ -638,7 +593,7 @@ fn planted_temporary_names_are_neither_reused_nor_followed() {
 
     let value = format!("planted-names-value-{}", std::process::id());
     let output = host.push_secret("victim", &value, &target, &["--allow-writable-dir"]);
-    assert_success(&output, "secret push --allow-writable-dir");
+    assert_succeeded(&output, "secret push --allow-writable-dir");
     host.settle();
     assert_eq!(
         fs::read(&bait).unwrap(),
@@ -733,7 +688,7 @@ fn a_secret_cut_mid_value_leaves_the_previous_file_whole() {
     // The bytes of a whole push: the cuts are placed inside the value's share of them.
     let measured = private.join("measured");
     let output = push(1, &measured);
-    assert_success(&output, "the push through the proxy");
+    assert_succeeded(&output, "the push through the proxy");
     let whole = proxy.bytes_total();
     assert!(whole > VALUE_SIZE as u64, "the proxy counted {whole} bytes");
     let overhead = whole - VALUE_SIZE as u64;
@@ -834,7 +789,7 @@ fn transfers_run_no_planted_agent(host: &Host, remote_dir: &Path, marker: &Path,
         &format!("victim:{}", source.display()),
         local.path().join("copy").to_str().unwrap(),
     ]);
-    assert_success(&output, &format!("{when}: the pull"));
+    assert_succeeded(&output, &format!("{when}: the pull"));
     assert!(
         fs::symlink_metadata(marker).is_err(),
         "{when}: the pull ran the planted agent"
@@ -846,7 +801,7 @@ fn transfers_run_no_planted_agent(host: &Host, remote_dir: &Path, marker: &Path,
         local.path().join("copy").to_str().unwrap(),
         &format!("victim:{}", pushed.display()),
     ]);
-    assert_success(&output, &format!("{when}: the push"));
+    assert_succeeded(&output, &format!("{when}: the push"));
     host.settle();
     assert!(
         fs::symlink_metadata(marker).is_err(),
@@ -874,7 +829,7 @@ fn cache_test_dir(victim: &LocalUser, test: &str) -> (PathBuf, PathBuf, String) 
 fn sh_as(user: &LocalUser, script: &str, arguments: &[&Path]) {
     let mut command = user.command("/bin/sh");
     command.args(["-c", script, "sh"]).args(arguments);
-    assert_success(
+    assert_succeeded(
         &run_with_timeout(&mut command, LIMIT),
         &format!("{script} as {}", user.name),
     );
@@ -935,7 +890,7 @@ fn a_cache_in_a_directory_others_can_write_runs_no_planted_agent() {
             fs::symlink_metadata(&marker).is_err(),
             "{when}: the planted agent ran"
         );
-        assert_success(&output, &when);
+        assert_succeeded(&output, &when);
         assert_eq!(
             fs::read(&copy).unwrap(),
             fs::read(&source).unwrap(),
@@ -1033,8 +988,8 @@ fn a_login_shell_other_than_sh_still_gets_the_agent(user: &LocalUser, alias: &st
         &format!("{alias}:{}", dir.join("source").display()),
         copy.to_str().unwrap(),
     ]);
-    assert_success(&output, "the pull");
-    assert_no_fallback(&output, "the pull");
+    assert_succeeded(&output, "the pull");
+    assert_agent_used(&output, "the pull");
     assert_eq!(tree(&dir.join("source")), tree(&copy));
     let deployed = user.agent_path();
     assert!(
@@ -1049,14 +1004,14 @@ fn a_login_shell_other_than_sh_still_gets_the_agent(user: &LocalUser, alias: &st
         copy.to_str().unwrap(),
         &format!("{alias}:{}", dir.join("pushed").display()),
     ]);
-    assert_success(&output, "the push");
-    assert_no_fallback(&output, "the push");
+    assert_succeeded(&output, "the push");
+    assert_agent_used(&output, "the push");
     assert_eq!(tree(&copy), tree(&dir.join("pushed")));
 
     let target = dir.join("secrets/token");
     let value = format!("a secret for {alias}");
     let output = host.push_secret(alias, &value, &target, &[]);
-    assert_success(&output, "secret push");
+    assert_succeeded(&output, "secret push");
     host.settle();
     assert_private_secret(&target, user, &value);
 }
@@ -1106,7 +1061,7 @@ fn tilde_relative_and_empty_remote_paths_mean_what_they_mean_to_scp() {
             arguments.push(&remote);
             arguments.extend_from_slice(extra);
             let output = host.run(&arguments);
-            assert_success(&output, &format!("push to {remote} ({mode})"));
+            assert_succeeded(&output, &format!("push to {remote} ({mode})"));
             let arrived = dir.join(format!("{mode}-{landed}"));
             assert_eq!(
                 fs::read(&arrived).ok(),
@@ -1119,7 +1074,7 @@ fn tilde_relative_and_empty_remote_paths_mean_what_they_mean_to_scp() {
         let remote = format!("victim:~/{relative}/{mode}-home/x");
         let mut arguments = vec!["pull", &remote, copy.to_str().unwrap()];
         arguments.extend_from_slice(extra);
-        assert_success(&host.run(&arguments), &format!("pull of {remote} ({mode})"));
+        assert_succeeded(&host.run(&arguments), &format!("pull of {remote} ({mode})"));
         assert_eq!(fs::read(&copy).unwrap(), fs::read(&source).unwrap());
     }
     // `host:` is the login directory.
@@ -1130,7 +1085,7 @@ fn tilde_relative_and_empty_remote_paths_mean_what_they_mean_to_scp() {
     let landed = victim.home.join(&name);
     let arrived = fs::read(&landed).ok();
     remove_any(&landed);
-    assert_success(&output, "push to victim:");
+    assert_succeeded(&output, "push to victim:");
     assert_eq!(arrived, Some(fs::read(&source).unwrap()));
     for literal in ["~", &format!("~{}", victim.name)] {
         assert!(
@@ -1242,9 +1197,9 @@ fn a_home_that_cannot_hold_the_agent_never_blocks_a_transfer() {
             source.to_str().unwrap(),
             &format!("victim:{}", pushed.display()),
         ]);
-        assert_success(&output, &format!("push with a {kind} home"));
+        assert_succeeded(&output, &format!("push with a {kind} home"));
         assert_eq!(agent_column(&run), "cached", "{kind}");
-        assert_no_fallback(&output, &format!("push with a {kind} home"));
+        assert_agent_used(&output, &format!("push with a {kind} home"));
         assert_eq!(tree(&source), tree(&pushed), "{kind}");
         let pulled = local.path().join(format!("pulled-{kind}"));
         let output = run(&[
@@ -1252,7 +1207,7 @@ fn a_home_that_cannot_hold_the_agent_never_blocks_a_transfer() {
             &format!("victim:{}", pushed.display()),
             pulled.to_str().unwrap(),
         ]);
-        assert_success(&output, &format!("pull with a {kind} home"));
+        assert_succeeded(&output, &format!("pull with a {kind} home"));
         assert_eq!(tree(&source), tree(&pulled), "{kind}");
         let cache = tmp.join(format!("xfer-agent-{}", victim.uid));
         assert_eq!(
@@ -1316,12 +1271,12 @@ fn a_chrooted_sftp_only_login_transfers_and_explains_secrets() {
     fs::write(source.join("two.txt"), b"two").unwrap();
 
     let output = run(&["push", source.to_str().unwrap(), "victim:/data/pushed"]);
-    assert_success(&output, "push into the chroot");
+    assert_succeeded(&output, "push into the chroot");
     assert_eq!(text(&output.stderr).matches("using SFTP").count(), 1);
     assert_eq!(tree(&source), tree(&chroot.join("data/pushed")));
     let copy = local.path().join("copy");
     let output = run(&["pull", "victim:/data/pushed", copy.to_str().unwrap()]);
-    assert_success(&output, "pull from the chroot");
+    assert_succeeded(&output, "pull from the chroot");
     assert_eq!(tree(&source), tree(&copy));
 
     let mut secret = xfer_command();
@@ -1380,12 +1335,12 @@ fn every_operation_works(host: &Host, alias: &str, user: &LocalUser, test: &str)
         &format!("{alias}:{}", dir.join("source").display()),
         copy.to_str().unwrap(),
     ]);
-    assert_success(&output, &format!("{test}: pull"));
+    assert_succeeded(&output, &format!("{test}: pull"));
     assert_eq!(tree(&dir.join("source")), tree(&copy), "{test}");
 
     let pushed = dir.join("pushed");
     let remote = format!("{alias}:{}", pushed.display());
-    assert_success(
+    assert_succeeded(
         &host.run(&["push", copy.to_str().unwrap(), &remote]),
         &format!("{test}: push"),
     );
@@ -1413,7 +1368,7 @@ fn every_operation_works(host: &Host, alias: &str, user: &LocalUser, test: &str)
         copy.to_str().unwrap(),
         &format!("{via}:{}", pushed.display()),
     ]);
-    assert_success(&output, &format!("{test}: delta push"));
+    assert_succeeded(&output, &format!("{test}: delta push"));
     assert_eq!(tree(&copy), tree(&pushed), "{test}");
     assert!(
         proxy.bytes_total() < 1 << 20,
@@ -1425,7 +1380,7 @@ fn every_operation_works(host: &Host, alias: &str, user: &LocalUser, test: &str)
     fs::write(copy.join("small.txt"), b"changed").unwrap();
     let before = tree(&pushed);
     let output = host.run(&["push", "--dry-run", copy.to_str().unwrap(), &remote]);
-    assert_success(&output, &format!("{test}: dry run"));
+    assert_succeeded(&output, &format!("{test}: dry run"));
     assert!(text(&output.stdout).contains("small.txt"), "{test}");
     assert_eq!(
         tree(&pushed),
@@ -1434,13 +1389,13 @@ fn every_operation_works(host: &Host, alias: &str, user: &LocalUser, test: &str)
     );
 
     let output = host.run(&["doctor", "--json", alias]);
-    assert_success(&output, &format!("{test}: doctor"));
+    assert_succeeded(&output, &format!("{test}: doctor"));
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report[0]["exec"], "allowed", "{test}: {report}");
 
     let target = dir.join("secret/token");
     let value = format!("the {test} token");
-    assert_success(
+    assert_succeeded(
         &host.push_secret(alias, &value, &target, &[]),
         &format!("{test}: secret push"),
     );
@@ -1460,7 +1415,7 @@ fn every_operation_works(host: &Host, alias: &str, user: &LocalUser, test: &str)
         .arg("-F")
         .arg(&host.config)
         .arg(alias);
-    assert_success(
+    assert_succeeded(
         &run_with_timeout(&mut check, LIMIT),
         &format!("{test}: secret check"),
     );

@@ -3,15 +3,15 @@
 //! ssh-agent, IdentitiesOnly, ProxyJump, ProxyCommand, unknown and changed host keys,
 //! forget-host, timeouts and doctor on healthy and broken aliases.
 
-mod support;
-
+use crate::support::{
+    Agent, Sshd, keygen, public_key_path, run_with_timeout, stderr, xfer_command,
+};
 use serde_json::Value;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
-use support::{Agent, Sshd, keygen, public_key_path, run_with_timeout, xfer_command};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -31,10 +31,6 @@ fn reports(output: &Output) -> Vec<Value> {
         )
     });
     parsed.as_array().cloned().expect("a JSON array of reports")
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 fn stdout(output: &Output) -> String {

@@ -1,19 +1,21 @@
-//! Tests of the test harness itself: each piece of `tests/support` is proven with the real
+//! Tests of the test harness itself: each piece of `tests/it/support` is proven with the real
 //! OpenSSH client (`ssh -F <generated config> alias ...`) or plain sockets, so that a failing
 //! xfer test can be blamed on xfer and not on its scaffolding.
 
-mod support;
-
+use crate::support;
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{Agent, Proxy, ProxyMode, Sshd, keygen, public_key_path, run_with_timeout};
+use crate::support::{
+    Agent, Proxy, ProxyMode, Sshd, assert_succeeded, keygen, public_key_path, run_with_timeout,
+    text,
+};
 
 /// Generous: ssh on loopback takes well under a second, but CI machines are small and busy.
 const SSH_LIMIT: Duration = Duration::from_secs(20);
@@ -29,19 +31,6 @@ fn ssh(config: &Path, alias: &str, remote_command: &str) -> Command {
         .env_remove("SSH_AUTH_SOCK")
         .stdin(Stdio::null());
     command
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn assert_succeeded(output: &Output, what: &str) {
-    assert!(
-        output.status.success(),
-        "{what} failed ({}): {}",
-        output.status,
-        text(&output.stderr)
-    );
 }
 
 /// Polls `condition` for up to five seconds; counters lag the bytes a reader has seen by

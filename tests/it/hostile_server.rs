@@ -8,9 +8,8 @@
 //! makes large (endless, huge names, a deep tree of long names), the tests also measure xfer's
 //! peak resident memory.
 
-mod hostile;
-mod support;
-
+use crate::support;
+use crate::support::{tail, text};
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
@@ -21,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use hostile::{
+use crate::hostile::{
     DEFAULT_MTIME, FakeFile, FakeServer, Listed, Listing, LyingAgent, Node, TYPE_DIRECTORY,
     TYPE_FILE, TYPE_SYMLINK, Tree, attributes,
 };
@@ -284,10 +283,6 @@ fn snapshot(root: &Path, skip: &Path) -> BTreeMap<PathBuf, Seen> {
     seen
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 /// `bytes` with line breaks kept and everything else a terminal would act on escaped, for
 /// echoing what xfer printed without trusting it.
 fn shown(bytes: &[u8]) -> String {
@@ -296,14 +291,6 @@ fn shown(bytes: &[u8]) -> String {
         .map(printable)
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-fn tail(text: &str, limit: usize) -> &str {
-    let mut start = text.len().saturating_sub(limit);
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    &text[start..]
 }
 
 /// xfer ended on its own: not by a signal (an abort on a failed allocation, a kill), not by a

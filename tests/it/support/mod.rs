@@ -1,34 +1,40 @@
 //! Shared harness for xfer's integration tests: a real OpenSSH server on 127.0.0.1 ([`Sshd`])
 //! and a real Dropbear ([`Dropbear`]), an ssh-agent ([`Agent`]), a byte-counting TCP proxy
-//! that can cut or stall links ([`Proxy`]), key generation, a way to run the built `xfer` binary that can never hang a test (and can
-//! measure its peak memory, [`run_measuring_memory`]), and local users for tests of a shared
-//! host ([`users`]).
+//! that can cut or stall links ([`Proxy`]), key generation, a way to run the built `xfer`
+//! binary that can never hang a test (and can measure its peak memory,
+//! [`run_measuring_memory`]), one sshd with its client config and directories ([`Setup`]),
+//! what the tests check a run's output and a tree with ([`assert_success`], [`tree_digest`]
+//! and their kin), and local users for tests of a shared host ([`users`]).
 //!
-//! Each test binary includes this with `mod support;` and uses a subset, hence the `allow`s.
-
-#![allow(dead_code)]
+//! The integration test binary (`tests/it/main.rs`) declares it once; its test modules use it
+//! as `crate::support`.
 
 mod agent;
 mod dropbear;
+mod output;
 mod proxy;
+mod server;
+mod setup;
 mod sshd;
+mod tree;
 pub mod users;
 
-#[allow(unused_imports)]
 pub use agent::Agent;
-#[allow(unused_imports)]
 pub use dropbear::Dropbear;
-#[allow(unused_imports)]
+pub use output::{
+    assert_agent_used, assert_succeeded, assert_success, said, stderr, summary, tail, text,
+};
 pub use proxy::{Proxy, ProxyMode};
-#[allow(unused_imports)]
+pub use setup::Setup;
 pub use sshd::{Sshd, SshdBuilder};
+pub use tree::{files_containing, files_digest, tree_digest, tree_digest_skipping};
 
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -181,45 +187,88 @@ pub fn run_with_input(command: &mut Command, input: &[u8], limit: Duration) -> O
     run(command, Some(input), limit)
 }
 
-/// Like [`run_with_timeout`], also returning the command's peak resident memory in KiB: its
-/// `ru_maxrss` as the kernel reports it when the process is reaped, so a peak just before the
-/// exit counts too. (A command that replaces itself with `exec` is measured as what it ran.)
+/// The Python that measures a command's peak memory for [`run_measuring_memory`].
+const PYTHON: &str = "/usr/bin/python3";
+
+/// Run by [`PYTHON`] with a report file and a command: forks, runs the command in the child
+/// (with SIGPIPE and SIGXFSZ back to their defaults, which Python ignores), reaps it with
+/// wait4, writes its `ru_maxrss` (KiB) to the report file, and ends as the command ended.
+const MEASURE: &str = r#"
+import os, signal, sys
+report, argv = sys.argv[1], sys.argv[2:]
+pid = os.fork()
+if pid == 0:
+    try:
+        for name in ("SIGPIPE", "SIGXFSZ"):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+        os.execvp(argv[0], argv)
+    except OSError as error:
+        print(f"cannot run {argv[0]}: {error}", file=sys.stderr)
+    os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+with open(report, "w") as file:
+    file.write(str(usage.ru_maxrss))
+if os.WIFSIGNALED(status):
+    number = os.WTERMSIG(status)
+    try:
+        signal.signal(number, signal.SIG_DFL)
+    except (OSError, ValueError):
+        pass
+    os.kill(os.getpid(), number)
+os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1)
+"#;
+
+/// Like [`run_with_timeout`] (with stdin from /dev/null), also returning the command's peak
+/// resident memory in KiB: its `ru_maxrss` as the kernel reports it when the process is
+/// reaped, so a peak just before the exit counts too. (A command that replaces itself with
+/// `exec` is measured as what it ran.)
+///
+/// A process's `ru_maxrss` starts from the resident memory of the process that forked it, and
+/// the test process, which runs every integration test at once, grows large: so the command
+/// is forked by a small Python process ([`PYTHON`]) that reaps it and reports its peak.
 pub fn run_measuring_memory(command: &mut Command, limit: Duration) -> (Output, u64) {
-    let mut peak = 0;
-    let output = run_reaping(command, None, limit, &mut peak);
+    assert!(
+        Path::new(PYTHON).is_file(),
+        "{PYTHON} is missing: install python3 (.ci/run installs it)"
+    );
+    let report = tempfile::NamedTempFile::new()
+        .unwrap_or_else(|error| panic!("cannot create a file for the peak memory: {error}"));
+    let mut measured = Command::new(PYTHON);
+    measured
+        .arg("-I")
+        .arg("-c")
+        .arg(MEASURE)
+        .arg(report.path())
+        .arg(command.get_program())
+        .args(command.get_args())
+        .stdin(Stdio::null());
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => measured.env(key, value),
+            None => measured.env_remove(key),
+        };
+    }
+    if let Some(directory) = command.get_current_dir() {
+        measured.current_dir(directory);
+    }
+    let output = run_reaping(&mut measured, None, limit);
+    let peak = fs::read_to_string(report.path())
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no peak memory reported for {command:?}:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        });
     (output, peak)
 }
 
 fn run(command: &mut Command, input: Option<&[u8]>, limit: Duration) -> Output {
-    run_reaping(command, input, limit, &mut 0)
+    run_reaping(command, input, limit)
 }
 
-/// Whether the child `pid` has exited: its status and peak resident memory (KiB), reaping it.
-fn reap(pid: u32) -> std::io::Result<Option<(ExitStatus, u64)>> {
-    use std::os::unix::process::ExitStatusExt;
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value of the plain C struct.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: wait4 only writes to the two valid pointers it is given.
-    let reaped = unsafe { libc::wait4(pid as libc::pid_t, &mut status, libc::WNOHANG, &mut usage) };
-    match reaped {
-        0 => Ok(None),
-        -1 => Err(std::io::Error::last_os_error()),
-        _ => Ok(Some((
-            ExitStatus::from_raw(status),
-            u64::try_from(usage.ru_maxrss).unwrap_or(0),
-        ))),
-    }
-}
-
-// The child is reaped by `reap` (wait4), which `Child` does not know about.
-#[allow(clippy::zombie_processes)]
-fn run_reaping(
-    command: &mut Command,
-    input: Option<&[u8]>,
-    limit: Duration,
-    peak_kib: &mut u64,
-) -> Output {
+fn run_reaping(command: &mut Command, input: Option<&[u8]>, limit: Duration) -> Output {
     let deadline = Instant::now() + limit;
     command.stdout(Stdio::piped()).stderr(Stdio::piped());
     if input.is_some() {
@@ -260,12 +309,8 @@ fn run_reaping(
     };
 
     let status = loop {
-        // Reaped here rather than by `child`, to learn its peak memory.
-        match reap(child.id()) {
-            Ok(Some((status, peak))) => {
-                *peak_kib = peak;
-                break status;
-            }
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
             Ok(None) => {}
             Err(error) => panic!("cannot wait for {command:?}: {error}"),
         }
@@ -318,14 +363,6 @@ fn collect(
     })
 }
 
-fn tail(text: &str, limit: usize) -> &str {
-    let mut start = text.len().saturating_sub(limit);
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    &text[start..]
-}
-
 /// Reads a file that may not exist yet as text ("" if missing).
 fn read_lossy(path: &Path) -> String {
     fs::read(path)
@@ -358,4 +395,13 @@ pub fn set_mtime(path: &Path, seconds: i64) {
         nix::sys::stat::UtimensatFlags::NoFollowSymlink,
     )
     .unwrap_or_else(|error| panic!("cannot set the mtime of {}: {error}", path.display()));
+}
+
+/// Writes [`pattern`]`(seed, length)` to `path` (creating its parent directories) with `mode`
+/// and `mtime`.
+pub fn write_file(path: &Path, seed: u64, length: usize, mode: u32, mtime: i64) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, pattern(seed, length)).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    set_mtime(path, mtime);
 }

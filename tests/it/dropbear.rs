@@ -16,16 +16,18 @@
 //! The server and its login come from `support::Dropbear` and `support::users` (the tests run as
 //! root, as CI does).
 
-mod support;
-
+use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use support::users::{CacheChange, CacheUnchanged, LocalUser, cache_unchanged, local_users};
-use support::{Dropbear, Proxy, pattern, run_with_timeout, set_mtime, xfer_command_in};
+use crate::support::users::{CacheChange, CacheUnchanged, LocalUser, cache_unchanged, local_users};
+use crate::support::{
+    Dropbear, Proxy, assert_agent_used, assert_succeeded, run_with_timeout, said, set_mtime, text,
+    tree_digest, write_file, xfer_command_in,
+};
 
 /// Bound on one run of xfer (a small tree, or a deployment of the agent).
 const LIMIT: Duration = Duration::from_secs(180);
@@ -114,43 +116,16 @@ impl Host {
 
     /// Everything of the victim's that a dry run must leave as it was: the test's directory and
     /// the agent cache.
-    fn host_state(&self) -> Vec<(String, String)> {
-        let mut state = tree(&self.remote);
-        for (path, value) in tree(&self.victim().agent_cache()) {
-            state.push((format!("cache/{path}"), value));
+    fn host_state(&self) -> BTreeMap<String, String> {
+        let mut state = tree_digest(&self.remote);
+        let cache = self.victim().agent_cache();
+        if fs::symlink_metadata(&cache).is_ok() {
+            for (path, value) in tree_digest(&cache) {
+                state.insert(format!("cache/{path}"), value);
+            }
         }
         state
     }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn said(output: &Output) -> String {
-    format!(
-        "--- stdout ---\n{}--- stderr ---\n{}",
-        text(&output.stdout),
-        text(&output.stderr)
-    )
-}
-
-fn assert_success(output: &Output, what: &str) {
-    assert!(
-        output.status.success(),
-        "{what} failed ({}):\n{}",
-        output.status,
-        said(output)
-    );
-}
-
-/// The agent carried the run: no fallback to SFTP was announced.
-fn assert_agent_used(output: &Output, what: &str) {
-    assert!(
-        !text(&output.stderr).contains("using SFTP"),
-        "{what} did not use the agent:\n{}",
-        said(output)
-    );
 }
 
 /// Nothing of Rust's debug formatting reaches the user.
@@ -158,13 +133,6 @@ fn assert_no_debug_text(message: &str) {
     for debug in ["Some(", "None", "Ok(", "Err(", "sender dropped"] {
         assert!(!message.contains(debug), "{debug:?} in:\n{message}");
     }
-}
-
-fn write_file(path: &Path, seed: u64, length: usize, mode: u32, mtime: i64) {
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    fs::write(path, pattern(seed, length)).unwrap();
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
-    set_mtime(path, mtime);
 }
 
 /// A small tree: an empty file, files around the block size, a deeper file, an empty
@@ -184,40 +152,6 @@ fn make_tree(root: &Path) {
     std::os::unix::fs::symlink("a/block.bin", root.join("latest")).unwrap();
 }
 
-/// Per path below `root`: kind, and for a file its mode, size, mtime and content hash, for a
-/// link its target. Empty when `root` is missing.
-fn tree(root: &Path) -> Vec<(String, String)> {
-    if fs::symlink_metadata(root).is_err() {
-        return Vec::new();
-    }
-    let mut entries = Vec::new();
-    for entry in walkdir::WalkDir::new(root).sort_by_file_name() {
-        let entry = entry.unwrap();
-        let relative = entry
-            .path()
-            .strip_prefix(root)
-            .unwrap()
-            .display()
-            .to_string();
-        let metadata = entry.path().symlink_metadata().unwrap();
-        let value = if metadata.file_type().is_symlink() {
-            format!("link {}", fs::read_link(entry.path()).unwrap().display())
-        } else if metadata.is_dir() {
-            format!("dir {:o}", metadata.mode() & 0o7777)
-        } else {
-            format!(
-                "file {:o} {} {} {}",
-                metadata.mode() & 0o7777,
-                metadata.len(),
-                metadata.mtime(),
-                blake3::hash(&fs::read(entry.path()).unwrap()).to_hex()
-            )
-        };
-        entries.push((relative, value));
-    }
-    entries
-}
-
 /// Push then pull of a small tree, through the agent and (with an sftp-server) over SFTP.
 fn trees_end_identical(sftp_server: bool) {
     let host = host(sftp_server, "trees");
@@ -234,11 +168,15 @@ fn trees_end_identical(sftp_server: bool) {
         let target = host.target("box", &pushed);
         push.extend([source.to_str().unwrap(), target.as_str()]);
         let output = host.run(&push);
-        assert_success(&output, &format!("push {mode}"));
+        assert_succeeded(&output, &format!("push {mode}"));
         if mode.is_empty() {
             assert_agent_used(&output, "push");
         }
-        assert_eq!(tree(&source), tree(&host.remote(&pushed)), "push {mode}");
+        assert_eq!(
+            tree_digest(&source),
+            tree_digest(&host.remote(&pushed)),
+            "push {mode}"
+        );
         // Written by the login, as scp would.
         let owner = fs::metadata(host.remote(&pushed).join("a/block.bin"))
             .unwrap()
@@ -250,11 +188,11 @@ fn trees_end_identical(sftp_server: bool) {
         pull.extend([mode].into_iter().filter(|mode| !mode.is_empty()));
         pull.extend([target.as_str(), pulled.to_str().unwrap()]);
         let output = host.run(&pull);
-        assert_success(&output, &format!("pull {mode}"));
+        assert_succeeded(&output, &format!("pull {mode}"));
         if mode.is_empty() {
             assert_agent_used(&output, "pull");
         }
-        assert_eq!(tree(&source), tree(&pulled), "pull {mode}");
+        assert_eq!(tree_digest(&source), tree_digest(&pulled), "pull {mode}");
     }
 }
 
@@ -285,14 +223,14 @@ fn a_small_change_moves_little(sftp_server: bool) {
     let local = host.local("data.bin");
     write_file(&local, 5, 8 * BLOCK, 0o644, 1_600_000_000);
     let target = host.target("via", "data.bin");
-    assert_success(
+    assert_succeeded(
         &host.run(&["push", local.to_str().unwrap(), &target]),
         "first push",
     );
 
     change_four_bytes(&local);
     let (output, wire) = host.counted(&["push", local.to_str().unwrap(), &target]);
-    assert_success(&output, "push after the change");
+    assert_succeeded(&output, "push after the change");
     assert_agent_used(&output, "push after the change");
     assert_eq!(
         fs::read(&local).unwrap(),
@@ -311,7 +249,7 @@ fn a_small_change_moves_little(sftp_server: bool) {
     fs::write(&remote, &edited).unwrap();
     set_mtime(&remote, mtime + 100);
     let (output, wire) = host.counted(&["pull", &target, local.to_str().unwrap()]);
-    assert_success(&output, "pull after the change");
+    assert_succeeded(&output, "pull after the change");
     assert_agent_used(&output, "pull after the change");
     assert_eq!(fs::read(&local).unwrap(), edited);
     assert!(
@@ -339,7 +277,7 @@ fn dry_runs_change_nothing(sftp_server: bool) {
     let source = host.local("source");
     make_tree(&source);
     let target = host.target("box", "tree");
-    assert_success(
+    assert_succeeded(
         &host.run(&["push", source.to_str().unwrap(), &target]),
         "first push",
     );
@@ -355,7 +293,7 @@ fn dry_runs_change_nothing(sftp_server: bool) {
         source.to_str().unwrap(),
         &target,
     ]);
-    assert_success(&output, "push --dry-run");
+    assert_succeeded(&output, "push --dry-run");
     let stderr = text(&output.stderr);
     if sftp_server {
         assert!(
@@ -399,7 +337,7 @@ fn dry_runs_change_nothing(sftp_server: bool) {
 
     let copy = host.local("copy");
     let output = host.run(&["pull", "--dry-run", &target, copy.to_str().unwrap()]);
-    assert_success(&output, "pull --dry-run");
+    assert_succeeded(&output, "pull --dry-run");
     assert!(
         text(&output.stdout).contains("to create"),
         "{}",
@@ -446,7 +384,7 @@ fn doctor_reports_what_the_login_allows(sftp_server: bool) {
     assert_eq!(report["exec"], "allowed", "{report:#}");
     let problems = report["problems"].to_string();
     if sftp_server {
-        assert_success(&output, "doctor");
+        assert_succeeded(&output, "doctor");
         assert_eq!(report["sftp"], "allowed", "{report:#}");
         assert_eq!(report["passed"], true, "{report:#}");
     } else {
@@ -498,7 +436,7 @@ fn secrets_land_and_check(sftp_server: bool) {
         ]);
         command.env("DROPBEAR_TOKEN", "dr0pb3ar-t0ken");
         let output = run_with_timeout(&mut command, LIMIT);
-        assert_success(&output, &format!("secret {action}"));
+        assert_succeeded(&output, &format!("secret {action}"));
         assert!(
             !said(&output).contains("dr0pb3ar-t0ken"),
             "the value was printed"
@@ -588,7 +526,7 @@ fn without_an_sftp_server_a_dry_run_deploys_the_agent_to_plan() {
     let target = host.target("box", "tree");
 
     let output = host.run(&["push", "--dry-run", source.to_str().unwrap(), &target]);
-    assert_success(&output, "push --dry-run");
+    assert_succeeded(&output, "push --dry-run");
     assert!(
         text(&output.stderr).contains(PLANNING_THROUGH_AGENT),
         "{}",
@@ -610,7 +548,7 @@ fn without_an_sftp_server_a_dry_run_deploys_the_agent_to_plan() {
     );
 
     let output = host.run(&["push", source.to_str().unwrap(), &target]);
-    assert_success(&output, "push");
+    assert_succeeded(&output, "push");
     assert_agent_used(&output, "push");
-    assert_eq!(tree(&source), tree(&host.remote("tree")));
+    assert_eq!(tree_digest(&source), tree_digest(&host.remote("tree")));
 }

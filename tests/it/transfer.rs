@@ -4,26 +4,19 @@
 //! result moving only what was missing; damaged partial blocks are fetched again; a source that
 //! changed between runs is transferred again, never spliced.
 
-mod support;
-
-use serde_json::Value;
+use crate::support::{
+    Proxy, ProxyMode, Setup, assert_success, pattern, run_with_timeout, set_mtime, summary,
+    tree_digest, write_file, xfer_command_in,
+};
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use support::{Proxy, ProxyMode, Sshd, pattern, run_with_timeout, set_mtime, xfer_command_in};
 
 const LIMIT: Duration = Duration::from_secs(120);
 const BLOCK: u64 = 1 << 20;
-
-fn write_file(path: &Path, seed: u64, length: usize, mode: u32, mtime: i64) {
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    fs::write(path, pattern(seed, length)).unwrap();
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
-    set_mtime(path, mtime);
-}
 
 /// A small tree with every kind of entry the engine handles.
 fn make_tree(root: &Path) {
@@ -51,107 +44,9 @@ fn make_tree(root: &Path) {
     set_mtime(&root.join("empty-dir"), 1_600_002_000);
 }
 
-/// Everything that must match: per path, kind, size, mode, mtime and content hash or target.
-fn tree_digest(root: &Path) -> BTreeMap<String, String> {
-    let mut digest = BTreeMap::new();
-    for entry in walkdir::WalkDir::new(root)
-        .follow_links(false)
-        .sort_by_file_name()
-    {
-        let entry = entry.unwrap();
-        let relative = entry
-            .path()
-            .strip_prefix(root)
-            .unwrap()
-            .display()
-            .to_string();
-        let metadata = entry.path().symlink_metadata().unwrap();
-        let value = if metadata.file_type().is_symlink() {
-            format!("link -> {}", fs::read_link(entry.path()).unwrap().display())
-        } else if metadata.is_dir() {
-            // The root's own mtime is the destination's business.
-            let mtime = if relative.is_empty() {
-                0
-            } else {
-                metadata.mtime()
-            };
-            format!("dir {:o} {mtime}", metadata.mode() & 0o7777)
-        } else {
-            let hash = blake3::hash(&fs::read(entry.path()).unwrap());
-            format!(
-                "file {} {:o} {} {}",
-                metadata.len(),
-                metadata.mode() & 0o7777,
-                metadata.mtime(),
-                hash.to_hex()
-            )
-        };
-        digest.insert(relative, value);
-    }
-    digest
-}
-
-struct Setup {
-    sshd: Sshd,
-    config: PathBuf,
-    state: tempfile::TempDir,
-    work: tempfile::TempDir,
-}
-
-fn setup() -> Setup {
-    let sshd = Sshd::start();
-    let config = sshd.write_client_config("box", &[]);
-    Setup {
-        sshd,
-        config,
-        state: tempfile::tempdir().unwrap(),
-        work: tempfile::tempdir().unwrap(),
-    }
-}
-
-impl Setup {
-    fn xfer(&self, arguments: &[&str]) -> Command {
-        let mut command = xfer_command_in(self.state.path());
-        command.args(arguments).arg("-F").arg(&self.config);
-        command
-    }
-
-    fn run(&self, arguments: &[&str]) -> Output {
-        run_with_timeout(&mut self.xfer(arguments), LIMIT)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.work.path().join(name)
-    }
-
-    fn remote(&self, name: &str) -> String {
-        format!("box:{}", self.path(name).display())
-    }
-}
-
-fn summary(output: &Output) -> Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
-        panic!(
-            "no JSON summary ({error}):\n{}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })
-}
-
-fn assert_success(output: &Output) {
-    assert!(
-        output.status.success(),
-        "xfer failed ({:?}):\n{}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 #[test]
 fn pull_a_tree_then_a_rerun_moves_nothing() {
-    let setup = setup();
+    let setup = Setup::start();
     make_tree(&setup.path("source"));
     let destination = setup.path("copy");
     let output = setup.run(&[
@@ -196,7 +91,7 @@ fn pull_a_tree_then_a_rerun_moves_nothing() {
 
 #[test]
 fn push_a_tree_into_a_missing_remote_directory() {
-    let setup = setup();
+    let setup = Setup::start();
     make_tree(&setup.path("source"));
     let remote_copy = setup.path("remote/deeper/copy");
     let target = format!("box:{}", remote_copy.display());
@@ -223,7 +118,7 @@ fn push_a_tree_into_a_missing_remote_directory() {
 
 #[test]
 fn single_files_and_missing_destination_parents() {
-    let setup = setup();
+    let setup = Setup::start();
     write_file(
         &setup.path("one.bin"),
         9,
@@ -264,7 +159,7 @@ fn single_files_and_missing_destination_parents() {
 
 #[test]
 fn dry_run_prints_the_plan_and_changes_nothing() {
-    let setup = setup();
+    let setup = Setup::start();
     make_tree(&setup.path("source"));
     let destination = setup.path("copy");
     let output = setup.run(&[
@@ -398,7 +293,7 @@ fn kill_points(seed: u64, count: usize, spread_ms: u64) -> Vec<u64> {
 
 #[test]
 fn pull_killed_at_seeded_moments_resumes_to_identical() {
-    let setup = setup();
+    let setup = Setup::start();
     make_big_source(&setup.path("source"));
     let expected = tree_digest(&setup.path("source"));
     let mut interrupted = 0;
@@ -432,7 +327,7 @@ fn pull_killed_at_seeded_moments_resumes_to_identical() {
 
 #[test]
 fn push_killed_at_seeded_moments_resumes_to_identical() {
-    let setup = setup();
+    let setup = Setup::start();
     make_big_source(&setup.path("source"));
     let expected = tree_digest(&setup.path("source"));
     let mut interrupted = 0;
@@ -462,8 +357,8 @@ fn a_source_rewritten_while_pushed_is_reported_and_the_rerun_matches_it() {
     // holds; rewritten in place halfway, the remote holds old blocks and new ones, and the
     // file must fail as "changed", never be set complete, and the re-run must end equal to
     // the new content.
-    let setup = setup();
-    let (proxy, config) = via_proxy(&setup);
+    let setup = Setup::start();
+    let (proxy, config) = setup.via_proxy();
     let size = 24 << 20;
     let source = setup.path("big.bin");
     write_file(&source, 5, size, 0o644, 1_700_000_000);
@@ -549,15 +444,6 @@ fn cut_pull(setup: &Setup, proxy: &Proxy, config: &Path, size: usize) -> PathBuf
     destination
 }
 
-fn via_proxy(setup: &Setup) -> (Proxy, PathBuf) {
-    let proxy = Proxy::start(setup.sshd.port());
-    let config = setup.work.path().join("proxy_config");
-    setup
-        .sshd
-        .append_client_config(&config, "via", &[&format!("Port {}", proxy.port())]);
-    (proxy, config)
-}
-
 fn pull_via(setup: &Setup, config: &Path, extra: &[&str]) -> Output {
     let mut command = xfer_command_in(setup.state.path());
     command
@@ -574,8 +460,8 @@ fn pull_via(setup: &Setup, config: &Path, extra: &[&str]) -> Output {
 /// attempt.
 #[test]
 fn retries_after_progress_wait_the_first_wait_and_all_bytes_are_counted() {
-    let setup = setup();
-    let (proxy, config) = via_proxy(&setup);
+    let setup = Setup::start();
+    let (proxy, config) = setup.via_proxy();
     let size = 24 * BLOCK as usize;
     write_file(&setup.path("big.bin"), 21, size, 0o644, 1_700_000_000);
     // Each connection is cut after 5 MiB: the file takes several attempts, each moving data.
@@ -613,8 +499,8 @@ fn retries_after_progress_wait_the_first_wait_and_all_bytes_are_counted() {
 
 #[test]
 fn a_cut_at_half_resumes_moving_only_the_missing_half() {
-    let setup = setup();
-    let (proxy, config) = via_proxy(&setup);
+    let setup = Setup::start();
+    let (proxy, config) = setup.via_proxy();
     let size = 128 * BLOCK as usize;
     let destination = cut_pull(&setup, &proxy, &config, size);
     // What the first run kept: blocks verified on disk and journaled.
@@ -657,8 +543,8 @@ fn a_cut_at_half_resumes_moving_only_the_missing_half() {
 
 #[test]
 fn flipped_bytes_in_a_partial_file_are_fetched_again() {
-    let setup = setup();
-    let (proxy, config) = via_proxy(&setup);
+    let setup = Setup::start();
+    let (proxy, config) = setup.via_proxy();
     let size = 32 * BLOCK as usize;
     let destination = cut_pull(&setup, &proxy, &config, size);
     // How many blocks the journal vouches for.
@@ -697,8 +583,8 @@ fn flipped_bytes_in_a_partial_file_are_fetched_again() {
 
 #[test]
 fn a_source_changed_between_runs_is_fetched_again_not_spliced() {
-    let setup = setup();
-    let (proxy, config) = via_proxy(&setup);
+    let setup = Setup::start();
+    let (proxy, config) = setup.via_proxy();
     let size = 32 * BLOCK as usize;
     let destination = cut_pull(&setup, &proxy, &config, size);
     // Same size, new content and mtime.
@@ -722,7 +608,7 @@ fn a_source_changed_between_runs_is_fetched_again_not_spliced() {
 
 #[test]
 fn a_missing_remote_path_is_a_clear_remote_error() {
-    let setup = setup();
+    let setup = Setup::start();
     let output = setup.run(&[
         "pull",
         &setup.remote("nope"),
@@ -745,7 +631,7 @@ fn a_missing_remote_path_is_a_clear_remote_error() {
 #[test]
 fn a_reader_that_goes_away_ends_the_output_quietly() {
     use std::io::Read;
-    let setup = setup();
+    let setup = Setup::start();
     let source = setup.path("many");
     for index in 0..3000 {
         write_file(
@@ -794,8 +680,8 @@ fn an_interrupted_pull_says_so_once_and_the_rerun_resumes() {
         (nix::sys::signal::Signal::SIGINT, 130),
         (nix::sys::signal::Signal::SIGTERM, 143),
     ] {
-        let setup = setup();
-        let (proxy, config) = via_proxy(&setup);
+        let setup = Setup::start();
+        let (proxy, config) = setup.via_proxy();
         let size = 24 << 20;
         let source = setup.path("big.bin");
         write_file(&source, 7, size, 0o644, 1_700_000_000);
@@ -860,7 +746,7 @@ fn an_interrupted_pull_says_so_once_and_the_rerun_resumes() {
 /// lands inside it, the directories made as needed.
 #[test]
 fn a_trailing_slash_names_a_directory_both_ways() {
-    let setup = setup();
+    let setup = Setup::start();
     let file = setup.path("weights.bin");
     write_file(&file, 12, 3 << 20, 0o640, 1_700_000_000);
     for (index, extra) in [&[][..], &["--no-agent"][..]].into_iter().enumerate() {
@@ -893,7 +779,7 @@ fn a_trailing_slash_names_a_directory_both_ways() {
 /// agent and over SFTP.
 #[test]
 fn a_pushed_symlink_keeps_its_own_mtime() {
-    let setup = setup();
+    let setup = Setup::start();
     let source = setup.path("with-link");
     write_file(&source.join("data.txt"), 3, 10, 0o644, 1_600_000_000);
     std::os::unix::fs::symlink("data.txt", source.join("link")).unwrap();
@@ -925,7 +811,7 @@ fn a_pushed_symlink_keeps_its_own_mtime() {
 /// A failure names the unit and the path, says each cause once, and has no empty names.
 #[test]
 fn failures_name_the_unit_and_the_path_once() {
-    let setup = setup();
+    let setup = Setup::start();
     let blocker = setup.path("a-file");
     fs::write(&blocker, b"not a directory").unwrap();
     let source = setup.path("tree");
@@ -954,7 +840,7 @@ fn failures_name_the_unit_and_the_path_once() {
 
 #[test]
 fn shell_scripts_with_crlf_are_warned_about_or_converted() {
-    let setup = setup();
+    let setup = Setup::start();
     let source = setup.path("job");
     fs::create_dir_all(&source).unwrap();
     let script = b"#!/bin/bash\r\nset -e\r\necho training\r\n".to_vec();

@@ -16,25 +16,18 @@ use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use tempfile::TempDir;
 
-use super::sshd::{ClientEnd, append, client_config_block, free_port};
+use super::server::{self, Startup};
+use super::sshd::{ClientEnd, append, client_config_block};
 use super::users::{LocalUser, chmod};
 use super::{keygen, public_key_path, read_lossy, run_with_timeout, running_as_root};
 
 const DROPBEAR_BINARY: &str = "/usr/sbin/dropbear";
 /// The path Dropbear runs for the SFTP subsystem (a Debian build; OpenSSH's there).
 pub const SFTP_SERVER: &str = "/usr/lib/sftp-server";
-/// Fresh ports to try when another process takes the chosen one before Dropbear binds it.
-const PORT_ATTEMPTS: usize = 5;
-/// How long Dropbear may take to start listening, or to exit after SIGTERM.
-const START_LIMIT: Duration = Duration::from_secs(10);
-const STOP_LIMIT: Duration = Duration::from_secs(3);
 /// How long dropbearkey or ssh-keygen may take.
 const TOOL_LIMIT: Duration = Duration::from_secs(30);
 /// Held while changing a login's authorized_keys, which test processes of other checkouts
@@ -56,12 +49,6 @@ pub struct Dropbear {
     child: Option<Child>,
     // Declared last so that it is removed after the process is gone.
     dir: TempDir,
-}
-
-enum Startup {
-    Ready,
-    PortTaken,
-    Failed(String),
 }
 
 impl Dropbear {
@@ -97,22 +84,11 @@ impl Dropbear {
         };
         server.make_host_key();
         authorize(user, &public_key_path(client_key()));
-        let mut attempts = Vec::new();
-        for _ in 0..PORT_ATTEMPTS {
-            let port = free_port();
-            match server.spawn(port) {
-                Startup::Ready => {
-                    server.port = port;
-                    return server;
-                }
-                Startup::PortTaken => attempts.push(port),
-                Startup::Failed(report) => panic!("{report}"),
-            }
-        }
-        panic!(
-            "Dropbear could not bind any of the ports {attempts:?}\n{}",
-            server.log()
-        );
+        let (port, child) =
+            server::start_on_free_port("Dropbear", |port| server.spawn(port), || server.log());
+        server.port = port;
+        server.child = Some(child);
+        server
     }
 
     pub fn port(&self) -> u16 {
@@ -122,11 +98,6 @@ impl Dropbear {
     /// The login user.
     pub fn user(&self) -> &LocalUser {
         &self.user
-    }
-
-    /// Whether the server has a working sftp-server.
-    pub fn has_sftp_server(&self) -> bool {
-        self.sftp_server
     }
 
     /// The temporary directory holding the host key, the log and the client-side files.
@@ -223,7 +194,7 @@ impl Dropbear {
 
     /// Starts Dropbear on `port` in its own mount namespace and waits until it listens: it
     /// writes its pid file only after binding.
-    fn spawn(&mut self, port: u16) -> Startup {
+    fn spawn(&self, port: u16) -> Startup {
         let _ = fs::remove_file(self.pid_path());
         let log = OpenOptions::new()
             .create(true)
@@ -259,52 +230,24 @@ impl Dropbear {
             .unwrap_or_else(|error| panic!("cannot run unshare (util-linux): {error}"));
         // unshare and sh both exec: the child is Dropbear itself.
         let pid = child.id();
-        self.child = Some(child);
-        let deadline = Instant::now() + START_LIMIT;
-        loop {
-            let child = self.child.as_mut().expect("just started");
-            if let Ok(Some(status)) = child.try_wait() {
-                self.child = None;
+        server::wait_until_listening(
+            "Dropbear",
+            child,
+            port,
+            || read_lossy(&self.pid_path()).trim() == pid.to_string(),
+            |_| {
                 let log = self.log();
-                let said = log.get(log_start..).unwrap_or(&log);
-                if said.contains("Address already in use") {
-                    return Startup::PortTaken;
-                }
-                return Startup::Failed(format!(
-                    "Dropbear exited ({status}) instead of listening on port {port}:\n{said}"
-                ));
-            }
-            if read_lossy(&self.pid_path()).trim() == pid.to_string() {
-                return Startup::Ready;
-            }
-            if Instant::now() >= deadline {
-                self.stop();
-                return Startup::Failed(format!(
-                    "Dropbear did not listen on port {port} within {START_LIMIT:?}:\n{}",
-                    self.log()
-                ));
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
+                log.get(log_start..)
+                    .unwrap_or(&log)
+                    .contains("Address already in use")
+            },
+            || self.log(),
+        )
     }
 
     /// Stops the Dropbear process this harness started: SIGTERM, then SIGKILL if it lingers.
     fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if let Ok(None) = child.try_wait() {
-            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-            let deadline = Instant::now() + STOP_LIMIT;
-            while let Ok(None) = child.try_wait() {
-                if Instant::now() >= deadline {
-                    let _ = child.kill();
-                    break;
-                }
-                thread::sleep(Duration::from_millis(5));
-            }
-        }
-        let _ = child.wait();
+        server::stop(&mut self.child);
     }
 }
 

@@ -9,23 +9,23 @@
 //! The default budget, what CI runs, is 6 seeds of about 20 MiB (about 45 s on two cores):
 //! pulls and pushes take turns and the first fault rotates, so every direction meets every
 //! kind of first fault. Longer:
-//! `XFER_SOAK_SEEDS=40 XFER_SOAK_MIB=200 cargo test --test soak -- --nocapture`; one seed
+//! `XFER_SOAK_SEEDS=40 XFER_SOAK_MIB=200 cargo test --test it soak:: -- --nocapture`; one seed
 //! again: `XFER_SOAK_FIRST_SEED=7 XFER_SOAK_SEEDS=1`.
-
-mod support;
 
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::{
+    Proxy, ProxyMode, Sshd, set_mtime, tail, tree_digest_skipping, write_file, xfer_command_in,
+};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use support::{Proxy, ProxyMode, Sshd, pattern, set_mtime, xfer_command_in};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -123,13 +123,6 @@ struct Tree {
     units: u64,
 }
 
-fn write_file(path: &Path, seed: u64, length: u64, mode: u32, mtime: i64) {
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    fs::write(path, pattern(seed, length as usize)).unwrap();
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
-    set_mtime(path, mtime);
-}
-
 /// A training run's checkpoints: `step-N/` directories of weights, optimizer state (sizes on
 /// and off the 1 MiB block boundaries, one of them at least the 8 MiB where xfer asks the
 /// remote for a whole-file digest), small JSON, one empty file, a nested directory, a symlink
@@ -148,7 +141,7 @@ fn make_tree(root: &Path, seed: u64, budget: u64) -> Tree {
     let mut file_seed = seed * 1000;
     let mut add = |path: PathBuf, length: u64, mode: u32, when: i64| {
         file_seed += 1;
-        write_file(&path, file_seed, length, mode, when);
+        write_file(&path, file_seed, length as usize, mode, when);
         data += length;
         files += 1;
     };
@@ -214,50 +207,6 @@ fn make_tree(root: &Path, seed: u64, budget: u64) -> Tree {
         files,
         units: steps + 2,
     }
-}
-
-/// Everything that must match, per relative path: kind, size, mode, mtime and content hash or
-/// link target. The root's own mtime is the destination's business and is left out.
-fn tree_digest(root: &Path, skip: Option<&Path>) -> BTreeMap<String, String> {
-    let mut digest = BTreeMap::new();
-    let walker = walkdir::WalkDir::new(root)
-        .follow_links(false)
-        .sort_by_file_name()
-        .into_iter()
-        .filter_entry(|entry| Some(entry.path()) != skip);
-    for entry in walker {
-        let entry = entry.unwrap();
-        let relative = entry
-            .path()
-            .strip_prefix(root)
-            .unwrap()
-            .display()
-            .to_string();
-        let metadata = entry.path().symlink_metadata().unwrap();
-        let value = if metadata.file_type().is_symlink() {
-            format!("link -> {}", fs::read_link(entry.path()).unwrap().display())
-        } else if metadata.is_dir() {
-            let mtime = if relative.is_empty() {
-                0
-            } else {
-                metadata.mtime()
-            };
-            format!("dir {:o} {mtime}", metadata.mode() & 0o7777)
-        } else if metadata.is_file() {
-            let hash = blake3::hash(&fs::read(entry.path()).unwrap());
-            format!(
-                "file {} {:o} {} {}",
-                metadata.len(),
-                metadata.mode() & 0o7777,
-                metadata.mtime(),
-                hash.to_hex()
-            )
-        } else {
-            format!("other {:o}", metadata.mode())
-        };
-        digest.insert(relative, value);
-    }
-    digest
 }
 
 /// The first few differences between two digests, for a failure message.
@@ -446,14 +395,6 @@ fn panicked(stderr: &str) -> bool {
     stderr.contains("panicked") || stderr.contains("RUST_BACKTRACE")
 }
 
-fn tail(text: &str, limit: usize) -> &str {
-    let mut start = text.len().saturating_sub(limit);
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    &text[start..]
-}
-
 // ---------------------------------------------------------------------------------------------
 // One seed.
 
@@ -506,7 +447,7 @@ impl Bench {
         write_file(
             &base.join("sentinel/keep.bin"),
             seed,
-            3 * KIB,
+            (3 * KIB) as usize,
             0o600,
             1_600_000_000,
         );
@@ -519,9 +460,9 @@ impl Bench {
         );
         std::os::unix::fs::symlink("../dest", base.join("sentinel/to-dest")).unwrap();
         write_file(&base.join("dest.note"), seed + 2, 100, 0o644, 1_600_000_002);
-        let outside_before = tree_digest(&base, Some(&destination));
+        let outside_before = tree_digest_skipping(&base, Some(&destination));
         let parent_before = listing(&base);
-        let expected = tree_digest(&source, None);
+        let expected = tree_digest_skipping(&source, None);
 
         let proxy = Proxy::start(self.sshd.port());
         let config = base.parent().unwrap().join(format!("ssh_config-{seed}"));
@@ -705,7 +646,7 @@ impl Bench {
         figures.worst_ratio = figures.worst_ratio.max(ratio);
 
         if finished {
-            let actual = tree_digest(&destination, None);
+            let actual = tree_digest_skipping(&destination, None);
             if actual != expected {
                 figures.corrupt += 1;
                 problems.push(format!(
@@ -734,7 +675,7 @@ impl Bench {
                 ));
             }
         }
-        let outside_after = tree_digest(&base, Some(&destination));
+        let outside_after = tree_digest_skipping(&base, Some(&destination));
         if outside_after != outside_before {
             problems.push(format!(
                 "something outside the destination changed:\n{}",
@@ -783,7 +724,7 @@ fn soak_pull_and_push_through_cuts_stalls_throttling_and_kills() {
     let mib = env_number("XFER_SOAK_MIB", 20).max(8);
     eprintln!(
         "soak: {seeds} seed(s) from {first}, trees of about {mib} MiB; longer: \
-         XFER_SOAK_SEEDS=40 XFER_SOAK_MIB=200 cargo test --test soak -- --nocapture; \
+         XFER_SOAK_SEEDS=40 XFER_SOAK_MIB=200 cargo test --test it soak:: -- --nocapture; \
          one seed again: XFER_SOAK_FIRST_SEED=N XFER_SOAK_SEEDS=1"
     );
     let bench = Bench {
