@@ -24,11 +24,11 @@
 //! whole-file digest, a sync) widen the allowed silence by the time their bytes take at the
 //! slowest disk rate assumed; a digest or sync learns its file's size from a Stat sent with it.
 
+use super::connection::{Connection, FrameReader, FrameWriter, Opening, ReadError};
 use super::protocol::{
-    ClientHello, EncodedRequest, Entry, ErrorCode, Frame, MAGIC, PROTOCOL_MAX, PROTOCOL_MIN,
-    Request, Response, ResponseKind, ServerHello, choose_version,
+    ClientHello, EncodedRequest, Entry, ErrorCode, Frame, PROTOCOL_MAX, PROTOCOL_MIN,
+    ProtocolError, Request, Response, ResponseKind, ServerHello, choose_version,
 };
-use super::read_frame;
 use crate::remote::ListingLimits;
 use std::collections::HashMap;
 use std::fmt;
@@ -38,9 +38,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{
-    AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter, ReadBuf,
-};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
@@ -50,8 +48,6 @@ const REQUEST_QUEUE: usize = 32;
 pub const NOT_AGENT_CAP: usize = 4096;
 /// The most requests in flight on one client.
 pub const MAX_IN_FLIGHT: usize = 1 << 20;
-/// Buffers of the streams.
-const STREAM_BUFFER: usize = 256 << 10;
 /// The silence allowed to an agent that owes answers, before the bytes of its work are counted:
 /// as long as an SFTP request may take.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -235,6 +231,32 @@ enum Closure {
 }
 
 impl Closure {
+    /// The agent sent a frame that does not decode.
+    fn malformed(error: ProtocolError) -> Closure {
+        Closure::Protocol(error.to_string())
+    }
+
+    /// The agent ended the session with a frame of request id 0 (a protocol-level Error).
+    fn ended_by_agent(response: Response) -> Closure {
+        let message = match response {
+            Response::Error { message, .. } => message,
+            other => format!("{:?}", other.kind()),
+        };
+        Closure::Protocol(format!("the agent ended the session: {message}"))
+    }
+
+    /// Why a frame could not be read: a refused length is the agent breaking the protocol; a
+    /// stream that broke or ended inside a frame is a lost connection.
+    fn unreadable(error: ReadError) -> Closure {
+        match error {
+            ReadError::Refused(error) => Closure::malformed(error),
+            ReadError::Io(error) if error.kind() == io::ErrorKind::InvalidData => {
+                Closure::Protocol(error.to_string())
+            }
+            ReadError::Truncated { .. } | ReadError::Io(_) => Closure::Closed,
+        }
+    }
+
     fn error(&self) -> AgentError {
         match self {
             Closure::Closed => AgentError::Closed,
@@ -379,46 +401,46 @@ impl Link {
 
     /// Hands one answer frame to the request waiting for it; `Err` ends the session.
     fn route(&self, body: Vec<u8>) -> Result<(), Closure> {
-        let protocol = |error: super::protocol::ProtocolError| Closure::Protocol(error.to_string());
-        let (id, response) = Response::decode_body(body).map_err(protocol)?;
+        let (id, response) = Response::decode_body(body).map_err(Closure::malformed)?;
         if id == 0 {
-            let message = match response {
-                Response::Error { message, .. } => message,
-                other => format!("{:?}", other.kind()),
-            };
-            return Err(Closure::Protocol(format!(
-                "the agent ended the session: {message}"
-            )));
+            return Err(Closure::ended_by_agent(response));
         }
-        let answers = {
-            let mut state = self.state();
-            let Some(pending) = state.pending.get(&id) else {
-                return Err(Closure::Protocol(format!(
-                    "an answer to request {id}, which is not in flight"
-                )));
-            };
-            let kind = response.kind();
-            if kind != ResponseKind::Error && kind != pending.expect {
-                return Err(Closure::Protocol(format!(
-                    "a {kind:?} answer to request {id}, which expects {:?}",
-                    pending.expect
-                )));
-            }
-            let last = match &response {
-                Response::EntryBatch { last, .. } => *last,
-                _ => true,
-            };
-            if last {
-                Link::forget(&mut state, id).map(|pending| pending.answers)
-            } else {
-                Some(pending.answers.clone())
-            }
-        };
-        if let Some(answers) = answers {
+        if let Some(answers) = self.answers_for(id, &response)? {
             // The caller may have given up: its answer is dropped.
             let _ = answers.send(response);
         }
         Ok(())
+    }
+
+    /// Where an answer to request `id` goes. The request must be in flight and expect this kind
+    /// of answer (or an Error); its last answer takes it off the requests in flight.
+    fn answers_for(
+        &self,
+        id: u32,
+        response: &Response,
+    ) -> Result<Option<mpsc::UnboundedSender<Response>>, Closure> {
+        let mut state = self.state();
+        let Some(pending) = state.pending.get(&id) else {
+            return Err(Closure::Protocol(format!(
+                "an answer to request {id}, which is not in flight"
+            )));
+        };
+        let kind = response.kind();
+        if kind != ResponseKind::Error && kind != pending.expect {
+            return Err(Closure::Protocol(format!(
+                "a {kind:?} answer to request {id}, which expects {:?}",
+                pending.expect
+            )));
+        }
+        let last = match response {
+            Response::EntryBatch { last, .. } => *last,
+            _ => true,
+        };
+        if last {
+            Ok(Link::forget(&mut state, id).map(|pending| pending.answers))
+        } else {
+            Ok(Some(pending.answers.clone()))
+        }
     }
 }
 
@@ -459,20 +481,18 @@ impl<R: AsyncRead + Unpin> AsyncRead for Heard<R> {
     }
 }
 
-async fn read_responses<R: AsyncRead + Unpin>(mut reader: BufReader<R>, link: Arc<Link>) {
+/// Routes every answer frame to its request until the stream ends or the agent breaks the
+/// protocol; then ends the session.
+async fn read_responses<R: AsyncRead + Unpin>(mut reader: FrameReader<R>, link: Arc<Link>) {
     let closure = loop {
-        match read_frame(&mut reader).await {
+        match reader.read_frame().await {
             Ok(Some(body)) => {
                 if let Err(closure) = link.route(body) {
                     break closure;
                 }
             }
             Ok(None) => break Closure::Closed,
-            Err(error) if error.kind() == io::ErrorKind::InvalidData => {
-                break Closure::Protocol(error.to_string());
-            }
-            // The stream broke, or ended inside a frame.
-            Err(_) => break Closure::Closed,
+            Err(error) => break Closure::unreadable(error),
         }
     };
     link.close(closure);
@@ -505,31 +525,23 @@ async fn watch_for_stalls(link: Arc<Link>, limit: StallLimit) {
     }
 }
 
+/// Sends the queued request frames, each burst with one flush, until the session stops or every
+/// sender is gone; then closes the agent's stdin.
 async fn write_requests<W: AsyncWrite + Unpin>(
-    writer: W,
+    mut writer: FrameWriter<W>,
     mut requests: mpsc::Receiver<EncodedRequest>,
     link: Arc<Link>,
 ) {
-    let mut writer = BufWriter::with_capacity(STREAM_BUFFER, writer);
     let written: io::Result<()> = async {
         loop {
             let frame = tokio::select! {
                 frame = requests.recv() => frame,
                 () = link.stop.notified() => None,
             };
-            let Some(mut frame) = frame else {
+            let Some(frame) = frame else {
                 break;
             };
-            // Every frame already queued goes out before the flush.
-            loop {
-                writer.write_all(&frame.head).await?;
-                writer.write_all(&frame.data).await?;
-                match requests.try_recv() {
-                    Ok(next) => frame = next,
-                    Err(_) => break,
-                }
-            }
-            writer.flush().await?;
+            writer.write_burst(frame, &mut requests).await?;
         }
         writer.shutdown().await
     }
@@ -537,6 +549,57 @@ async fn write_requests<W: AsyncWrite + Unpin>(
     if written.is_err() {
         link.close(Closure::Closed);
     }
+}
+
+/// The agent's hello, the first frame after its magic.
+async fn read_server_hello<R, W>(
+    connection: &mut Connection<R, W>,
+) -> Result<ServerHello, AgentError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let refused =
+        |error: &dyn fmt::Display| AgentError::Protocol(format!("the agent's hello: {error}"));
+    let body = match connection.read_frame().await {
+        Ok(Some(body)) => body,
+        Ok(None) | Err(ReadError::Truncated { .. }) => return Err(AgentError::Closed),
+        Err(ReadError::Refused(error)) => return Err(refused(&error)),
+        Err(ReadError::Io(error)) => {
+            return Err(match error.kind() {
+                io::ErrorKind::InvalidData => refused(&error),
+                io::ErrorKind::UnexpectedEof => AgentError::Closed,
+                _ => AgentError::Io(error),
+            });
+        }
+    };
+    Frame::parse(&body)
+        .and_then(|frame| ServerHello::decode(&frame))
+        .map_err(|error| refused(&error))
+}
+
+/// Answers the agent's hello with the version both sides will speak, the highest in both
+/// ranges. When there is none, closes the agent's stdin (it exits when its input ends) and
+/// fails with [`AgentError::VersionMismatch`].
+async fn answer_hello<R, W>(
+    connection: &mut Connection<R, W>,
+    ours: (u16, u16),
+    hello: &ServerHello,
+) -> Result<u16, AgentError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let theirs = (hello.min_version, hello.max_version);
+    let Some(version) = choose_version(ours, theirs) else {
+        let _ = connection.writer().shutdown().await;
+        return Err(AgentError::VersionMismatch { ours, theirs });
+    };
+    let answer = ClientHello { version }
+        .encode()
+        .map_err(|error| AgentError::Protocol(error.to_string()))?;
+    connection.send_frame(&answer).await?;
+    Ok(version)
 }
 
 /// The bytes of work the agent does to answer `request`, as far as the request says.
@@ -598,7 +661,7 @@ impl AgentClient {
     /// [`AgentClient::start_versions`] with the session bounded by `limit`.
     pub(crate) async fn start_limited<R, W>(
         reader: R,
-        mut writer: W,
+        writer: W,
         ours: (u16, u16),
         limit: StallLimit,
     ) -> Result<Startup, AgentError>
@@ -611,59 +674,44 @@ impl AgentClient {
             inner: reader,
             link: Arc::clone(&link),
         };
-        let mut reader = BufReader::with_capacity(STREAM_BUFFER, reader);
-        let mut head = Vec::with_capacity(MAGIC.len());
-        (&mut reader)
-            .take(MAGIC.len() as u64)
-            .read_to_end(&mut head)
-            .await?;
-        if head != MAGIC {
-            let rest = (NOT_AGENT_CAP - head.len()) as u64;
-            // What was printed is only for a message: keep what could be read.
-            let _ = (&mut reader).take(rest).read_to_end(&mut head).await;
-            return Ok(Startup::NotAgent(head));
+        let mut connection = Connection::new(reader, writer);
+        if let Opening::Other(printed) = connection.reader().read_opening(NOT_AGENT_CAP).await? {
+            return Ok(Startup::NotAgent(printed));
         }
-        let body = match read_frame(&mut reader).await {
-            Ok(Some(body)) => body,
-            Ok(None) => return Err(AgentError::Closed),
-            Err(error) if error.kind() == io::ErrorKind::InvalidData => {
-                return Err(AgentError::Protocol(format!("the agent's hello: {error}")));
-            }
-            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => {
-                return Err(AgentError::Closed);
-            }
-            Err(error) => return Err(AgentError::Io(error)),
-        };
-        let hello = Frame::parse(&body)
-            .and_then(|frame| ServerHello::decode(&frame))
-            .map_err(|error| AgentError::Protocol(format!("the agent's hello: {error}")))?;
-        let theirs = (hello.min_version, hello.max_version);
-        let Some(version) = choose_version(ours, theirs) else {
-            // The agent exits when its input ends.
-            let _ = writer.shutdown().await;
-            return Err(AgentError::VersionMismatch { ours, theirs });
-        };
-        let answer = ClientHello { version }
-            .encode()
-            .map_err(|error| AgentError::Protocol(error.to_string()))?;
-        writer.write_all(&answer).await?;
-        writer.flush().await?;
+        let hello = read_server_hello(&mut connection).await?;
+        let version = answer_hello(&mut connection, ours, &hello).await?;
+        let client = AgentClient::run_session(connection, link, hello.clone(), version, limit);
+        Ok(Startup::Agent(client, hello))
+    }
 
+    /// Starts the tasks of a session whose version is agreed: the writer of requests, the
+    /// reader of answers, the watchdog of stalls.
+    fn run_session<R, W>(
+        connection: Connection<R, W>,
+        link: Arc<Link>,
+        hello: ServerHello,
+        version: u16,
+        limit: StallLimit,
+    ) -> AgentClient
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let (reader, writer) = connection.split();
         let (requests, queue) = mpsc::channel(REQUEST_QUEUE);
         tokio::spawn(write_requests(writer, queue, Arc::clone(&link)));
         let reader = tokio::spawn(read_responses(reader, Arc::clone(&link))).abort_handle();
         let watchdog = tokio::spawn(watch_for_stalls(Arc::clone(&link), limit)).abort_handle();
-        let client = AgentClient {
+        AgentClient {
             shared: Arc::new(Shared {
-                hello: hello.clone(),
+                hello,
                 version,
                 requests,
                 link,
                 reader,
                 watchdog,
             }),
-        };
-        Ok(Startup::Agent(client, hello))
+        }
     }
 
     /// The agent's hello: its versions and build.
@@ -1050,13 +1098,14 @@ impl AgentClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::protocol::MAGIC;
     use crate::agent::protocol::{BuildId, MAX_LIST_BATCH};
     use crate::agent::server::{LIST_BATCH_BYTES, serve, serve_versions};
     use crate::blocks::{file_hash_of, hash_block};
     use crate::remote::EntryKind;
     use std::os::unix::fs::PermissionsExt;
     use std::time::Duration;
-    use tokio::io::{DuplexStream, duplex};
+    use tokio::io::{AsyncWriteExt, DuplexStream, duplex};
     use tokio::task::JoinHandle;
 
     const PROMPTLY: Duration = Duration::from_secs(10);
@@ -1619,7 +1668,7 @@ mod tests {
 
     /// An agent played by the test, frame by frame.
     struct FakeAgent {
-        from_client: DuplexStream,
+        from_client: FrameReader<DuplexStream>,
         to_client: DuplexStream,
     }
 
@@ -1649,10 +1698,12 @@ mod tests {
                 panic!("no agent: {startup:?}");
             };
             let mut fake = FakeAgent {
-                from_client,
+                from_client: FrameReader::new(from_client),
                 to_client,
             };
-            let body = read_frame(&mut fake.from_client)
+            let body = fake
+                .from_client
+                .read_frame()
                 .await
                 .expect("read")
                 .expect("hello");
@@ -1662,7 +1713,7 @@ mod tests {
         }
 
         async fn request(&mut self) -> Option<(u32, Request)> {
-            let body = read_frame(&mut self.from_client).await.expect("read")?;
+            let body = self.from_client.read_frame().await.expect("read")?;
             let frame = Frame::parse(&body).expect("frame");
             Some((frame.id, Request::decode(&frame).expect("request")))
         }

@@ -14,11 +14,11 @@
 //! ends the session cleanly once the running requests are answered. Nothing the client sends can
 //! make the agent panic.
 
+use super::connection::{Connection, FrameReader, FrameWriter, ReadError};
 use super::protocol::{
-    BuildId, ClientHello, Entry, ErrorCode, Frame, MAGIC, MAX_LIST_BATCH, PROTOCOL_MAX,
-    PROTOCOL_MIN, Request, Response, ServerHello, cap_message,
+    BuildId, ClientHello, Entry, ErrorCode, Frame, MAX_LIST_BATCH, PROTOCOL_MAX, PROTOCOL_MIN,
+    Request, Response, ServerHello, cap_message,
 };
-use super::read_frame;
 use crate::blocks::is_valid_block_size;
 use crate::file_hashing;
 use crate::file_writing;
@@ -33,7 +33,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 /// The most requests running or waiting to run at once.
@@ -50,8 +50,6 @@ const OUTPUT_QUEUE: usize = 32;
 /// A List batch is sent once its entries take about this many bytes (or it has
 /// MAX_LIST_BATCH entries), so a batch of long names stays far below the frame cap.
 pub(crate) const LIST_BATCH_BYTES: usize = 256 << 10;
-/// Buffers of the input and output streams.
-const STREAM_BUFFER: usize = 256 << 10;
 
 /// The plain BLAKE3 of everything in `file` (read as [`file_hashing`] reads).
 fn hash_whole(file: &File) -> io::Result<[u8; 32]> {
@@ -221,8 +219,28 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let mut reader = BufReader::with_capacity(STREAM_BUFFER, reader);
-    let mut writer = BufWriter::with_capacity(STREAM_BUFFER, writer);
+    let mut connection = Connection::new(reader, writer);
+    greet(&mut connection, build, versions).await?;
+    let version = match read_client_hello(&mut connection, versions).await {
+        Ok(Some(version)) => version,
+        // The client found no common version and closed our input.
+        Ok(None) => return Ok(()),
+        Err(error) => return refuse(connection.into_writer(), error).await,
+    };
+    run_session(connection, version).await
+}
+
+/// Opens the agent's output: the magic, then a ServerHello with the versions it speaks and the
+/// build it is.
+async fn greet<R, W>(
+    connection: &mut Connection<R, W>,
+    build: BuildId,
+    versions: (u16, u16),
+) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let hello = ServerHello {
         min_version: versions.0,
         max_version: versions.1,
@@ -230,39 +248,48 @@ where
     }
     .encode()
     .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
-    writer.write_all(&MAGIC).await?;
-    writer.write_all(&hello).await?;
-    writer.flush().await?;
+    let writer = connection.writer();
+    writer.write_magic().await?;
+    writer.write_frame(&hello).await?;
+    writer.flush().await
+}
 
-    let body = match read_frame(&mut reader).await {
-        // The client found no common version and closed our input.
-        Ok(None) => return Ok(()),
+/// The version the client chose in its hello, one of `versions`; None when it closed the
+/// agent's input instead (it found no common version). An `InvalidData` error when the first
+/// frame is not a ClientHello or chooses a version outside the range.
+async fn read_client_hello<R, W>(
+    connection: &mut Connection<R, W>,
+    versions: (u16, u16),
+) -> io::Result<Option<u16>>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let body = match connection.read_frame().await {
         Ok(Some(body)) => body,
-        Err(error) => return refuse(writer, error).await,
+        Ok(None) => return Ok(None),
+        Err(error) => return Err(session_error(error)),
     };
-    let version = match Frame::parse(&body).and_then(|frame| ClientHello::decode(&frame)) {
-        Ok(hello) => hello.version,
-        Err(error) => return refuse(writer, invalid_data(error)).await,
-    };
-    if !(versions.0..=versions.1).contains(&version) {
-        let message = format!(
-            "the client chose protocol version {version}, outside {}..={}",
-            versions.0, versions.1
-        );
-        return refuse(writer, invalid_data(message)).await;
+    let hello = Frame::parse(&body)
+        .and_then(|frame| ClientHello::decode(&frame))
+        .map_err(invalid_data)?;
+    if !(versions.0..=versions.1).contains(&hello.version) {
+        return Err(invalid_data(format!(
+            "the client chose protocol version {}, outside {}..={}",
+            hello.version, versions.0, versions.1
+        )));
     }
-    run_session(reader, writer, version).await
+    Ok(Some(hello.version))
 }
 
 /// Ends a session that broke before it started: the error frame, then the error.
 async fn refuse<W: AsyncWrite + Unpin>(
-    mut writer: BufWriter<W>,
+    mut writer: FrameWriter<W>,
     error: io::Error,
 ) -> io::Result<()> {
-    let error = as_protocol_error(error);
     if let Some(frame) = protocol_error_frame(&error) {
         // The client may be gone already: the error being returned is what matters.
-        let _ = writer.write_all(&frame).await;
+        let _ = writer.write_frame(&frame).await;
         let _ = writer.flush().await;
     }
     let _ = writer.shutdown().await;
@@ -273,12 +300,17 @@ fn invalid_data(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> i
     io::Error::new(io::ErrorKind::InvalidData, error)
 }
 
-/// A stream that ended inside a frame is a protocol error too.
-fn as_protocol_error(error: io::Error) -> io::Error {
-    if error.kind() == io::ErrorKind::UnexpectedEof {
-        invalid_data(error.to_string())
-    } else {
-        error
+/// How a frame that could not be read ends the session: a refused length, and a stream that
+/// ended inside a frame, are the client breaking the protocol (`InvalidData`); a stream that
+/// failed is that failure.
+fn session_error(error: ReadError) -> io::Error {
+    match error {
+        ReadError::Refused(error) => invalid_data(error),
+        ReadError::Truncated { .. } => invalid_data(error.to_string()),
+        ReadError::Io(error) if error.kind() == io::ErrorKind::UnexpectedEof => {
+            invalid_data(error.to_string())
+        }
+        ReadError::Io(error) => error,
     }
 }
 
@@ -296,41 +328,18 @@ fn protocol_error_frame(error: &io::Error) -> Option<Vec<u8>> {
     .ok()
 }
 
-async fn run_session<R, W>(
-    mut reader: BufReader<R>,
-    writer: BufWriter<W>,
-    version: u16,
-) -> io::Result<()>
+/// Serves requests on an agreed version until the input ends; on a protocol error, tells the
+/// client before returning it. Returns once every answer has been written.
+async fn run_session<R, W>(connection: Connection<R, W>, version: u16) -> io::Result<()>
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    let (reader, writer) = connection.split();
     let (output, frames) = mpsc::channel::<Vec<u8>>(OUTPUT_QUEUE);
     let writer_task = tokio::spawn(write_frames(writer, frames));
     let session = Arc::new(Session::new(version));
-    let jobs = Arc::new(Semaphore::new(MAX_JOBS));
-
-    let outcome = loop {
-        // Nothing more is read while every job slot is taken.
-        let Ok(permit) = Arc::clone(&jobs).acquire_owned().await else {
-            break Ok(());
-        };
-        let body = tokio::select! {
-            body = read_frame(&mut reader) => body,
-            // The writer stopped (its error is reported below): nobody hears the answers.
-            () = output.closed() => break Ok(()),
-        };
-        let body = match body {
-            Ok(Some(body)) => body,
-            Ok(None) => break Ok(()),
-            Err(error) => break Err(as_protocol_error(error)),
-        };
-        let decoded = Request::decode_body(body);
-        match decoded {
-            Ok((id, request)) => spawn_job(&session, id, request, permit, &output),
-            Err(error) => break Err(invalid_data(error)),
-        }
-    };
+    let outcome = serve_requests(reader, &session, &output).await;
     if let Err(error) = &outcome
         && let Some(frame) = protocol_error_frame(error)
     {
@@ -344,18 +353,42 @@ where
     outcome.and(written)
 }
 
+/// Reads requests and starts a job for each, until the input ends or the writer stops (`Ok`;
+/// a writer's failure is its own task's to report) or the client breaks the protocol (`Err`).
+async fn serve_requests<R: AsyncRead + Unpin>(
+    mut reader: FrameReader<R>,
+    session: &Arc<Session>,
+    output: &mpsc::Sender<Vec<u8>>,
+) -> io::Result<()> {
+    let jobs = Arc::new(Semaphore::new(MAX_JOBS));
+    loop {
+        // Nothing more is read while every job slot is taken.
+        let Ok(permit) = Arc::clone(&jobs).acquire_owned().await else {
+            return Ok(());
+        };
+        let body = tokio::select! {
+            body = reader.read_frame() => body,
+            // Nobody hears the answers any more.
+            () = output.closed() => return Ok(()),
+        };
+        let body = match body {
+            Ok(Some(body)) => body,
+            Ok(None) => return Ok(()),
+            Err(error) => return Err(session_error(error)),
+        };
+        let (id, request) = Request::decode_body(body).map_err(invalid_data)?;
+        spawn_job(session, id, request, permit, output);
+    }
+}
+
 /// Writes answer frames in the order they come, flushing whenever none is waiting; shuts the
 /// stream down when every sender is gone.
 async fn write_frames<W: AsyncWrite + Unpin>(
-    mut writer: BufWriter<W>,
+    mut writer: FrameWriter<W>,
     mut frames: mpsc::Receiver<Vec<u8>>,
 ) -> io::Result<()> {
     while let Some(frame) = frames.recv().await {
-        writer.write_all(&frame).await?;
-        while let Ok(frame) = frames.try_recv() {
-            writer.write_all(&frame).await?;
-        }
-        writer.flush().await?;
+        writer.write_burst(frame, &mut frames).await?;
     }
     writer.shutdown().await
 }
@@ -1086,9 +1119,10 @@ fn block_hashes(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::Opening;
     use crate::agent::protocol::MAX_FRAME;
     use crate::blocks::hash_block;
-    use tokio::io::{AsyncReadExt, DuplexStream, duplex};
+    use tokio::io::{AsyncWriteExt, DuplexStream, duplex};
 
     /// The user's own file that a third party tries to have xfer write or chmod through a
     /// symlink or a hard link planted at the transfer's name.
@@ -1190,34 +1224,34 @@ mod tests {
     ) -> (
         tokio::task::JoinHandle<io::Result<()>>,
         DuplexStream,
-        DuplexStream,
+        FrameReader<DuplexStream>,
     ) {
         let (to_server, server_in) = duplex(1 << 16);
         let (server_out, from_server) = duplex(1 << 16);
         let task = tokio::spawn(serve_versions(server_in, server_out, build(), versions));
-        (task, to_server, from_server)
+        (task, to_server, FrameReader::new(from_server))
     }
 
-    async fn read_hello(from_server: &mut DuplexStream) -> ServerHello {
-        let mut magic = [0u8; 8];
-        from_server.read_exact(&mut magic).await.expect("magic");
-        assert_eq!(magic, MAGIC);
-        let body = read_frame(from_server)
+    async fn read_hello(from_server: &mut FrameReader<DuplexStream>) -> ServerHello {
+        let opening = from_server.read_opening(64).await.expect("magic");
+        assert_eq!(opening, Opening::Magic);
+        let body = from_server
+            .read_frame()
             .await
             .expect("frame")
             .expect("hello");
         ServerHello::decode(&Frame::parse(&body).expect("frame")).expect("hello")
     }
 
-    async fn read_response(from_server: &mut DuplexStream) -> Option<(u32, Response)> {
-        let body = read_frame(from_server).await.expect("frame")?;
+    async fn read_response(from_server: &mut FrameReader<DuplexStream>) -> Option<(u32, Response)> {
+        let body = from_server.read_frame().await.expect("frame")?;
         let frame = Frame::parse(&body).expect("frame");
         Some((frame.id, Response::decode(&frame).expect("response")))
     }
 
     async fn expect_protocol_error(
         task: tokio::task::JoinHandle<io::Result<()>>,
-        from_server: &mut DuplexStream,
+        from_server: &mut FrameReader<DuplexStream>,
     ) {
         let (id, response) = read_response(from_server).await.expect("an error frame");
         assert_eq!(id, 0);
