@@ -99,6 +99,11 @@ pub fn run_stdio(protocol_max: Option<u16>) -> i32 {
     });
     // A read of stdin may still be parked on the blocking pool: do not wait for it.
     runtime.shutdown_timeout(Duration::from_secs(1));
+    exit_code(result)
+}
+
+/// The agent's exit code for how its session ended, saying on stderr why when it failed.
+fn exit_code(result: io::Result<()>) -> i32 {
     match result {
         Ok(()) => 0,
         Err(error) if error.kind() == io::ErrorKind::InvalidData => {
@@ -116,9 +121,10 @@ type Reader = Box<dyn AsyncRead + Unpin + Send>;
 type Writer = Box<dyn AsyncWrite + Unpin + Send>;
 
 /// Stdin and stdout as streams the runtime polls itself. `tokio::io::stdin` and `stdout` hand
-/// every read and write to a blocking-pool thread, two thread switches each: a pull of 10,000
-/// small files paid that for every request and every answer. sshd gives its child pipes or a
-/// socket; anything else (a terminal, a file) keeps tokio's blocking streams.
+/// every read and write to a blocking-pool thread, two thread switches each, and a pull of many
+/// small files makes a request and an answer per file: those switches would set its pace.
+/// sshd gives its child pipes or a socket; anything else (a terminal, a file) keeps tokio's
+/// blocking streams.
 fn stdio() -> (Reader, Writer) {
     use std::os::fd::AsFd;
     let reader = io::stdin()
@@ -167,10 +173,10 @@ fn polled_writer(fd: std::os::fd::OwnedFd) -> io::Result<Writer> {
     }
 }
 
-/// What the pipes to and from sshd are widened to, where the system allows it. Through
-/// Linux's default 64 KiB pipe sshd and the agent took turns every 64 KiB: a 1 GiB push on
-/// the benchmark machine took 4.27-4.84 s (median 4.68) with it and 3.71-4.11 s (3.83) with
-/// 1 MiB pipes, interleaved runs.
+/// What the pipes to and from sshd are widened to, where the system allows it. Through Linux's
+/// default 64 KiB pipe, sshd and the agent take turns every 64 KiB, each waking the other many
+/// times per block of a push; a pipe that holds a whole 1 MiB block lets each side move a block
+/// per turn.
 const PIPE_SIZE: i32 = 1 << 20;
 
 /// Asks for a [`PIPE_SIZE`] buffer on `fd` and returns the size the pipe has then; a system
@@ -418,6 +424,21 @@ impl Session {
 }
 
 impl Session {
+    /// Refuses a request newer than the session's version.
+    fn check_version(&self, request: &Request) -> Result<(), Failure> {
+        if request.since_version() > self.version {
+            return Err(Failure::new(
+                ErrorCode::Invalid,
+                format!(
+                    "this request needs protocol version {}; the session speaks {}",
+                    request.since_version(),
+                    self.version
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn insert(&self, file: File) -> Result<u64, Failure> {
         let mut handles = self.handles.lock().unwrap_or_else(PoisonError::into_inner);
         if handles.len() >= MAX_OPEN_HANDLES {
@@ -603,16 +624,7 @@ fn handle(session: &Session, request: Request, answers: &Answers) {
 
 /// The one answer of every request but List.
 fn answer(session: &Session, request: Request) -> Result<Response, Failure> {
-    if request.since_version() > session.version {
-        return Err(Failure::new(
-            ErrorCode::Invalid,
-            format!(
-                "this request needs protocol version {}; the session speaks {}",
-                request.since_version(),
-                session.version
-            ),
-        ));
-    }
+    session.check_version(&request)?;
     Ok(match request {
         Request::Stat { path, follow } => Response::Entry(stat(&path, follow)?),
         Request::List { .. } => {
@@ -908,29 +920,37 @@ fn set_attributes(
     }
     let file = match options.custom_flags(no_follow_flags()).open(path) {
         Ok(file) => file,
-        // A symlink: only its own times can be set (as rsync -a does), never through it.
         Err(error) if error.raw_os_error() == Some(nix::libc::ELOOP) => {
-            return match (size, mode, mtime) {
-                (None, None, Some(mtime)) => {
-                    let time = timespec(mtime)?;
-                    nix::sys::stat::utimensat(
-                        nix::fcntl::AT_FDCWD,
-                        path,
-                        &time,
-                        &time,
-                        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-                    )?;
-                    Ok(())
-                }
-                _ => Err(Failure::new(
-                    ErrorCode::Invalid,
-                    format!("{path} is a symlink; not changing what it points to"),
-                )),
-            };
+            return set_symlink_attributes(path, size, mode, mtime);
         }
         Err(error) => return Err(error.into()),
     };
     apply_attributes(&file, size, mode, mtime)
+}
+
+/// Attributes of a symlink: only its own times can be set (as rsync -a does), never anything
+/// through it.
+fn set_symlink_attributes(
+    path: &str,
+    size: Option<u64>,
+    mode: Option<u32>,
+    mtime: Option<i64>,
+) -> Result<(), Failure> {
+    let (None, None, Some(mtime)) = (size, mode, mtime) else {
+        return Err(Failure::new(
+            ErrorCode::Invalid,
+            format!("{path} is a symlink; not changing what it points to"),
+        ));
+    };
+    let time = timespec(mtime)?;
+    nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        &time,
+        &time,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )?;
+    Ok(())
 }
 
 /// Sets the size (a regular file only), the permission bits and both times of an open file.
@@ -1001,9 +1021,6 @@ fn digest(path: &str) -> Result<[u8; 32], Failure> {
     Ok(hash_whole(&file)?)
 }
 
-/// One hashed block: its index among those asked for, how many bytes were read, its hash.
-type HashedBlock = (usize, usize, [u8; 32]);
-
 /// The hashes of blocks `first..first + count`, none past the end of the file. The blocks are
 /// read and hashed by several threads; if the file shrinks meanwhile, the list ends with the
 /// first block that came up short.
@@ -1021,86 +1038,139 @@ fn block_hashes(
     }
     let file = open_regular(path, OpenOptions::new().read(true))?;
     let size = file.metadata()?.len();
-    let block = u64::from(block_size);
-    let end = first
-        .saturating_add(u64::from(count))
-        .min(size.div_ceil(block));
-    if first >= end {
+    let Some(range) = BlockRange::within(size, block_size, first, count) else {
         return Ok(Vec::new());
-    }
-    // At most `count` ≤ MAX_HASHES blocks.
-    let blocks = (end - first) as usize;
-    let parallelism = crate::cores::available();
-    let threads = parallelism
-        .min(blocks)
-        .min((HASH_MEMORY_PER_JOB / block_size as usize).max(1))
-        .max(1);
-    let expected = |index: usize| -> (u64, usize) {
-        let offset = (first + index as u64) * block;
-        // Within the file: the block is at most block_size long.
-        (offset, size.saturating_sub(offset).min(block) as usize)
     };
+    let hashed = hash_blocks(&file, &range)?;
+    hashes_in_order(&range, hashed)
+}
+
+/// The blocks a BlockHashes request covers in a file of `size` bytes: from `first`, `blocks`
+/// of them, none past the end of the file.
+struct BlockRange {
+    size: u64,
+    block_size: u32,
+    first: u64,
+    blocks: usize,
+}
+
+impl BlockRange {
+    /// Blocks `first..first + count`, cut at the end of the file; None when none is left.
+    fn within(size: u64, block_size: u32, first: u64, count: u32) -> Option<BlockRange> {
+        let end = first
+            .saturating_add(u64::from(count))
+            .min(size.div_ceil(u64::from(block_size)));
+        (first < end).then(|| BlockRange {
+            size,
+            block_size,
+            first,
+            // At most `count` ≤ MAX_HASHES blocks.
+            blocks: (end - first) as usize,
+        })
+    }
+
+    /// The offset and length of the range's `index`th block: a whole block, or what is left of
+    /// the file.
+    fn block(&self, index: usize) -> (u64, usize) {
+        let block = u64::from(self.block_size);
+        let offset = (self.first + index as u64) * block;
+        // Within the file: the block is at most block_size long.
+        (offset, self.size.saturating_sub(offset).min(block) as usize)
+    }
+
+    /// How many threads hash the range: one per core, never more than there are blocks, nor
+    /// more than [`HASH_MEMORY_PER_JOB`] has room for (each thread holds one block).
+    fn threads(&self) -> usize {
+        crate::cores::available()
+            .min(self.blocks)
+            .min((HASH_MEMORY_PER_JOB / self.block_size as usize).max(1))
+            .max(1)
+    }
+}
+
+/// One hashed block: its index among those asked for, how many bytes were read, its hash.
+type HashedBlock = (usize, usize, [u8; 32]);
+
+/// Hashes every block of `range` on [`BlockRange::threads`] threads, each taking the next block
+/// no other has taken; the blocks come in no particular order.
+fn hash_blocks(file: &File, range: &BlockRange) -> io::Result<Vec<HashedBlock>> {
     // The longest block asked for: a small file's one block, not the whole block size (a
     // pull of many small files asks for one hash per file).
-    let longest = expected(0).1;
+    let longest = range.block(0).1;
     let next = AtomicUsize::new(0);
     let worker = || -> io::Result<Vec<HashedBlock>> {
         let mut buffer = file_hashing::buffer_for(longest as u64);
         let mut done = Vec::new();
         loop {
             let index = next.fetch_add(1, Ordering::Relaxed);
-            if index >= blocks {
+            if index >= range.blocks {
                 return Ok(done);
             }
-            let (offset, length) = expected(index);
+            let (offset, length) = range.block(index);
             let (read, hash) =
-                file_hashing::hash_block_at(&file, offset, length as u64, &mut buffer)?;
+                file_hashing::hash_block_at(file, offset, length as u64, &mut buffer)?;
             done.push((index, read as usize, hash));
         }
     };
-    let hashed: Vec<io::Result<Vec<HashedBlock>>> = if threads <= 1 {
+    let threads = range.threads();
+    if threads <= 1 {
         // One thread: this one (no thread to start per request).
-        vec![worker()]
-    } else {
-        std::thread::scope(|scope| {
-            let mut handles = Vec::with_capacity(threads);
-            let mut results = Vec::with_capacity(threads);
-            for _ in 0..threads {
-                match std::thread::Builder::new()
-                    .name("xfer-agent-hash".into())
-                    .spawn_scoped(scope, worker)
-                {
-                    Ok(handle) => handles.push(handle),
-                    // Fewer threads: the ones running take every block.
-                    Err(error) if !handles.is_empty() => {
-                        tracing::debug!(%error, "fewer hashing threads");
-                        break;
-                    }
-                    Err(error) => {
-                        results.push(Err(error));
-                        break;
-                    }
+        return worker();
+    }
+    let mut hashed = Vec::with_capacity(range.blocks);
+    for result in run_on_threads(threads, &worker) {
+        hashed.extend(result?);
+    }
+    Ok(hashed)
+}
+
+/// Runs `worker` on up to `threads` scoped threads and collects what each returned, in the
+/// order they started. When the system refuses a thread, those already running take the whole
+/// work; when it refuses the first, that is the error.
+fn run_on_threads<T: Send>(
+    threads: usize,
+    worker: &(impl Fn() -> io::Result<T> + Sync),
+) -> Vec<io::Result<T>> {
+    std::thread::scope(|scope| {
+        let mut handles = Vec::with_capacity(threads);
+        let mut results = Vec::with_capacity(threads);
+        for _ in 0..threads {
+            match std::thread::Builder::new()
+                .name("xfer-agent-hash".into())
+                .spawn_scoped(scope, worker)
+            {
+                Ok(handle) => handles.push(handle),
+                Err(error) if !handles.is_empty() => {
+                    tracing::debug!(%error, "fewer hashing threads");
+                    break;
+                }
+                Err(error) => {
+                    results.push(Err(error));
+                    break;
                 }
             }
-            for handle in handles {
-                results.push(
-                    handle
-                        .join()
-                        .unwrap_or_else(|_| Err(io::Error::other("a hashing thread panicked"))),
-                );
-            }
-            results
-        })
-    };
-    let mut by_index: Vec<Option<(usize, [u8; 32])>> = vec![None; blocks];
-    for result in hashed {
-        for (index, read, hash) in result? {
-            if let Some(slot) = by_index.get_mut(index) {
-                *slot = Some((read, hash));
-            }
+        }
+        for handle in handles {
+            results.push(
+                handle
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("a hashing thread panicked"))),
+            );
+        }
+        results
+    })
+}
+
+/// The hashes in block order, ending after the first block that came up short (the file
+/// shrank while it was read) or before the first that was empty.
+fn hashes_in_order(range: &BlockRange, hashed: Vec<HashedBlock>) -> Result<Vec<[u8; 32]>, Failure> {
+    let mut by_index: Vec<Option<(usize, [u8; 32])>> = vec![None; range.blocks];
+    for (index, read, hash) in hashed {
+        if let Some(slot) = by_index.get_mut(index) {
+            *slot = Some((read, hash));
         }
     }
-    let mut hashes = Vec::with_capacity(blocks);
+    let mut hashes = Vec::with_capacity(range.blocks);
     for (index, slot) in by_index.into_iter().enumerate() {
         let Some((read, hash)) = slot else {
             return Err(Failure::new(ErrorCode::Other, "a block was not hashed"));
@@ -1109,7 +1179,7 @@ fn block_hashes(
             break;
         }
         hashes.push(hash);
-        if read < expected(index).1 {
+        if read < range.block(index).1 {
             break;
         }
     }
