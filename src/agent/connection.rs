@@ -83,7 +83,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Reads one frame body (everything after the length field). `Ok(None)` at a clean end of
     /// the stream, before the first byte of a frame. A length over the cap is refused before
     /// anything is allocated; memory grows with the bytes received, never more than
-    /// [`READ_STEP`] ahead of them.
+    /// `READ_STEP` (a block and its fields) ahead of them.
     pub async fn read_frame(&mut self) -> Result<Option<Vec<u8>>, ReadError> {
         let Some(prefix) = self.read_length_field().await? else {
             return Ok(None);

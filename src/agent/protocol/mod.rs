@@ -107,8 +107,8 @@
 //! # Versions
 //!
 //! Version 1 is every message above but ReadFileHashed and HashedData. Version 2 adds them: a
-//! small file and its block hash in one round trip, where version 1 takes a ReadFile and a
-//! BlockHashes: a pull of many small files would otherwise wait for a second round trip per file.
+//! small file and its block hash in one round trip, where version 1 takes a ReadFile and then a
+//! BlockHashes, a second round trip for every small file a pull reads.
 //! Version 3 adds SetFileAttributes, so a push sets size, mode and times through the handle it
 //! wrote, never by a name that another account on the host could swap; from version 3 on,
 //! OpenWrite and SetAttributes never follow a final symlink either.
