@@ -11,7 +11,7 @@
 use crate::blocks::delta::{SUB_BLOCK_SIZE, differing_ranges, pieces_of};
 use crate::blocks::{BlockHash, BlockLayout, Comparison, compare_hashes};
 use crate::engine::verify::hash_blocks_parallel;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::remote::Remote;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -228,10 +228,7 @@ pub async fn join(task: RemoteTask) -> Result<Option<Vec<BlockHash>>> {
 }
 
 fn task_failed(error: tokio::task::JoinError) -> Error {
-    Error::new(
-        ErrorKind::LocalIo,
-        format!("a hashing task failed: {error}"),
-    )
+    Error::internal(format!("a hashing task failed: {error}"))
 }
 
 /// The remote's hashes of the blocks `blocks` (ascending) of `path`, asked for in runs of

@@ -315,7 +315,7 @@ impl<'a, R: Remote> PullFile<'a, R> {
             RemoteHashes::Pending(task) => delta::join(task).await?,
             RemoteHashes::WithData => match small_hash {
                 Some(hash) => Some(vec![hash]),
-                // An agent of protocol version 1 sends the data alone: ask now.
+                // The remote sent the data without its hash: ask for it now.
                 None => {
                     let remote = &self.context.remote;
                     let task = delta::remote_hashes_task(remote, &self.item.source, self.layout);
@@ -720,9 +720,8 @@ impl<'p, 'a, R: Remote> Fetch<'p, 'a, R> {
                 }
             };
             let Some(joined) = joined else { break };
-            let (lane, index, offset, length, result) = joined.map_err(|error| {
-                Error::new(ErrorKind::LocalIo, format!("a read task failed: {error}"))
-            })?;
+            let (lane, index, offset, length, result) =
+                joined.map_err(|error| Error::internal(format!("a read task failed: {error}")))?;
             self.paths.answered(lane);
             match result {
                 Ok(data) => self.arrived(index, offset, length, data).await?,
@@ -1142,5 +1141,5 @@ impl DurableWrites {
 }
 
 fn write_task_failed(error: tokio::task::JoinError) -> Error {
-    Error::new(ErrorKind::LocalIo, format!("a write task failed: {error}"))
+    Error::internal(format!("a write task failed: {error}"))
 }

@@ -722,9 +722,8 @@ impl<'p, 'a, R: Remote> Sending<'p, 'a, R> {
             let Some(joined) = joined else {
                 return Ok(());
             };
-            let (lane, index, length, result) = joined.map_err(|error| {
-                Error::new(ErrorKind::LocalIo, format!("a write task failed: {error}"))
-            })?;
+            let (lane, index, length, result) =
+                joined.map_err(|error| Error::internal(format!("a write task failed: {error}")))?;
             self.paths.answered(lane);
             result?;
             let push = &self.push;
