@@ -1,6 +1,6 @@
 //! Benchmarks of the block core (`xfer::blocks`): hashing 1 MiB blocks on one thread and on
-//! several, building the signature of a 256 MiB buffer, diffing signatures of 100k blocks, and
-//! encoding and decoding a journal of 100k records.
+//! several, comparing the block hashes of two copies of a file of 100k blocks and finding what
+//! must travel, and encoding and decoding a journal of 100k records.
 //!
 //! Run with `cargo bench --bench blocks`; add `-- --quick` for a short run.
 
@@ -12,8 +12,8 @@ use std::thread;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use xfer::blocks::journal::{self, JournalHeader};
 use xfer::blocks::{
-    BlockHash, BlockLayout, CompletionEntry, CompletionRecord, DEFAULT_BLOCK_SIZE, EntryKind,
-    FileHasher, Signature, SignatureBuilder, blocks_to_fetch, hash_block,
+    BlockHash, BlockLayout, BlockSet, CompletionEntry, CompletionRecord, DEFAULT_BLOCK_SIZE,
+    EntryKind, FileHasher, compare_hashes, hash_block,
 };
 
 const MIB: usize = 1 << 20;
@@ -40,6 +40,27 @@ fn layout(file_size: u64) -> BlockLayout {
 
 fn threads() -> usize {
     thread::available_parallelism().map_or(1, NonZeroUsize::get)
+}
+
+/// The hash of every block of `data` (cut by `layout`), each of `threads` threads hashing a
+/// contiguous run of blocks, as the engine spreads a file's blocks over its cores.
+fn hash_blocks(layout: BlockLayout, data: &[u8], threads: usize) -> Vec<BlockHash> {
+    let block = layout.block_size() as usize;
+    let mut hashes = vec![[0u8; 32]; layout.block_count() as usize];
+    let per_thread = hashes.len().div_ceil(threads.max(1)).max(1);
+    thread::scope(|scope| {
+        for (out, bytes) in hashes
+            .chunks_mut(per_thread)
+            .zip(data.chunks(per_thread * block))
+        {
+            scope.spawn(move || {
+                for (slot, block) in out.iter_mut().zip(bytes.chunks(block)) {
+                    *slot = hash_block(block);
+                }
+            });
+        }
+    });
+    hashes
 }
 
 /// One 1 MiB block: the keyed block hash against plain BLAKE3, then 64 blocks on one thread and
@@ -74,68 +95,48 @@ fn block_hashing(c: &mut Criterion) {
     counts.dedup();
     for count in counts {
         group.bench_with_input(BenchmarkId::new("threads", count), &count, |b, &count| {
-            b.iter(|| Signature::of_bytes_parallel(layout, black_box(&data), count))
+            b.iter(|| hash_blocks(layout, black_box(&data), count))
         });
     }
     group.finish();
 }
 
-/// The signature of a 256 MiB buffer: fed in 256 KiB reads, in one piece, and on every core.
-fn signature_building(c: &mut Criterion) {
-    let data = pseudo_random(256 * MIB);
-    let layout = layout(data.len() as u64);
-    let mut group = c.benchmark_group("signature of 256 MiB");
-    group.throughput(Throughput::Bytes(data.len() as u64));
-    group.sample_size(10);
-    group.bench_function("SignatureBuilder, 256 KiB updates", |b| {
-        b.iter(|| {
-            let mut builder = SignatureBuilder::new(layout);
-            for piece in black_box(&data).chunks(256 << 10) {
-                builder.update(piece);
-            }
-            builder.finish()
-        })
-    });
-    group.bench_function("Signature::of_bytes", |b| {
-        b.iter(|| Signature::of_bytes(layout, black_box(&data)))
-    });
-    let count = threads();
-    group.bench_function(
-        format!("Signature::of_bytes_parallel, {count} threads"),
-        |b| b.iter(|| Signature::of_bytes_parallel(layout, black_box(&data), count)),
-    );
-    group.finish();
-}
-
-/// A distinct, cheap hash per block, so signatures of 100k blocks need no 100 GB of data.
+/// A distinct, cheap hash per block, so hash lists of 100k blocks need no 100 GB of data.
 fn synthetic_hash(index: u64, salt: u8) -> BlockHash {
     let mut hash = [salt; 32];
     hash[..8].copy_from_slice(&index.to_le_bytes());
     hash
 }
 
-/// Signatures of 100k blocks differing in every 100th block, as signature and as journal.
+/// Two copies of a file of 100k blocks differing in every 100th block: the local hashes (all
+/// of them, or a journal's) compared with the remote's, the blocks that agree held, and what
+/// must then travel.
 fn diffing(c: &mut Criterion) {
     let layout = layout(DIFF_BLOCKS * MIB as u64);
-    let want_hashes: Vec<BlockHash> = (0..DIFF_BLOCKS).map(|i| synthetic_hash(i, 1)).collect();
-    let have_hashes: Vec<BlockHash> = (0..DIFF_BLOCKS)
-        .map(|i| synthetic_hash(i, if i % 100 == 0 { 2 } else { 1 }))
+    let remote: Vec<BlockHash> = (0..DIFF_BLOCKS).map(|i| synthetic_hash(i, 1)).collect();
+    let local: BTreeMap<u64, BlockHash> = (0..DIFF_BLOCKS)
+        .map(|i| (i, synthetic_hash(i, if i % 100 == 0 { 2 } else { 1 })))
         .collect();
-    let want = Signature::from_parts(layout, want_hashes).expect("one hash per block");
-    let have = Signature::from_parts(layout, have_hashes.clone()).expect("one hash per block");
     let header = journal_header(layout);
-    let blocks: BTreeMap<u64, BlockHash> = (0..).zip(have_hashes).collect();
-    let journal = journal::decode(&journal::encode(&header, &blocks).expect("valid journal"))
+    let journal = journal::decode(&journal::encode(&header, &local).expect("valid journal"))
         .expect("valid journal");
-    assert_eq!(blocks_to_fetch(&have, &want).len(), 1000);
+    let to_fetch = |local: &BTreeMap<u64, BlockHash>| {
+        let mut blocks = BlockSet::new(layout);
+        blocks.hold_all_checked(compare_hashes(local, &remote).same);
+        (blocks.missing_count(), blocks.bytes_needed())
+    };
+    assert_eq!(to_fetch(&local).0, 1000);
 
-    let mut group = c.benchmark_group("blocks_to_fetch, 100k blocks");
+    let mut group = c.benchmark_group("blocks to fetch, 100k blocks");
     group.throughput(Throughput::Elements(DIFF_BLOCKS));
-    group.bench_function("have = Signature", |b| {
-        b.iter(|| blocks_to_fetch(black_box(&have), black_box(&want)))
+    group.bench_function("compare_hashes", |b| {
+        b.iter(|| compare_hashes(black_box(&local), black_box(&remote)))
     });
-    group.bench_function("have = Journal", |b| {
-        b.iter(|| blocks_to_fetch(black_box(&journal), black_box(&want)))
+    group.bench_function("local = every block", |b| {
+        b.iter(|| to_fetch(black_box(&local)))
+    });
+    group.bench_function("local = journal", |b| {
+        b.iter(|| to_fetch(black_box(journal.blocks())))
     });
     group.finish();
 }
@@ -201,12 +202,5 @@ fn record_codec(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(
-    benches,
-    block_hashing,
-    signature_building,
-    diffing,
-    journal_codec,
-    record_codec
-);
+criterion_group!(benches, block_hashing, diffing, journal_codec, record_codec);
 criterion_main!(benches);

@@ -28,6 +28,9 @@ pub enum ErrorKind {
     Partial,
     /// A check (such as `xfer doctor`) ran and found problems.
     CheckFailed,
+    /// xfer broke one of its own rules (a task panicked, a state it never enters): a bug to
+    /// report, not something the user or the remote did.
+    Internal,
     /// Ctrl-C (SIGINT) stopped the run; what was done is kept and a re-run resumes.
     Interrupted,
     /// SIGTERM stopped the run; what was done is kept and a re-run resumes.
@@ -45,6 +48,8 @@ impl ErrorKind {
             ErrorKind::LocalIo => 5,
             ErrorKind::Remote => 6,
             ErrorKind::CheckFailed => 7,
+            // EX_SOFTWARE of sysexits.h: an internal software error.
+            ErrorKind::Internal => 70,
             // 128 + the signal's number, as shells report a process a signal ended.
             ErrorKind::Interrupted => 130,
             ErrorKind::Terminated => 143,
@@ -102,6 +107,13 @@ impl Error {
 
     pub fn remote(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Remote, message)
+    }
+
+    /// xfer broke one of its own rules: a bug, said as one with what to do about it.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, message).with_hint(
+            "this is a bug in xfer: please report it with the command and the output of a re-run with -v; re-running may get past it",
+        )
     }
 
     pub fn local_io(message: impl Into<String>, source: std::io::Error) -> Self {
@@ -193,6 +205,7 @@ mod tests {
             ErrorKind::LocalIo,
             ErrorKind::Remote,
             ErrorKind::CheckFailed,
+            ErrorKind::Internal,
             ErrorKind::Interrupted,
             ErrorKind::Terminated,
         ];

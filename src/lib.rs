@@ -1,9 +1,24 @@
 //! xfer: move large files and secrets to and from remote machines over SSH, and keep working
 //! when the link does not.
 //!
-//! The library holds everything but the command line: `ssh` reaches hosts exactly as OpenSSH
-//! would, `target` parses `alias:path` arguments, `doctor` checks hosts. The `xfer` binary parses
-//! arguments, builds settings and dispatches here.
+//! The library holds everything but the command line, which lives in the binary (`src/cli/`:
+//! arguments, then settings, then one runner per command). Its modules:
+//!
+//! - [`ssh`]: reaching a host exactly as OpenSSH would (config, known_hosts, keys, proxies).
+//! - [`remote`]: the [`remote::Remote`] trait the engine uses, over SFTP or the agent, the
+//!   connection pool, the agent's deployment, an in-memory remote for tests.
+//! - [`agent`]: the remote xfer agent: its protocol, server and client.
+//! - [`engine`]: plan, then execute: units, planners, pull and push, journals, verification.
+//! - [`blocks`]: block layout, hashes, the block set, journal and record formats; no IO.
+//! - [`local`]: the one safety boundary on this machine: names, writes below the destination.
+//! - [`secret`]: secret sources, netrc, delivery to a host without leaking the value.
+//! - [`doctor`]: `xfer doctor`'s checks of hosts.
+//! - [`target`]: `alias:path` arguments.
+//! - [`progress`]: the [`progress::Reporter`] trait the engine reports through.
+//! - [`error`]: the error type: kind (exit code), transient or permanent, hint.
+//! - [`env`]: every environment variable xfer reads.
+//! - [`file_hashing`], [`file_writing`], [`cores`]: reading, writing and hashing files on this
+//!   machine, for the engine and the agent alike.
 
 pub mod agent;
 pub mod blocks;

@@ -2,7 +2,7 @@
 //!
 //! The engine calls a [`Reporter`]; every method has a no-op default, so a caller implements only
 //! what it shows. The CLI's implementation draws indicatif bars on a terminal and plain lines
-//! elsewhere. The engine never prints.
+//! elsewhere; tests and library users pass [`NoProgress`]. The engine never prints.
 
 /// Progress events of a transfer. Paths are relative to the transfer's root and already
 /// validated; they are still to be made terminal-safe by whoever prints them.
@@ -20,3 +20,9 @@ pub trait Reporter: Send + Sync {
     /// Something the user should know that does not stop the transfer.
     fn warning(&self, _message: &str) {}
 }
+
+/// Reports nothing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoProgress;
+
+impl Reporter for NoProgress {}

@@ -38,7 +38,6 @@ use std::sync::LazyLock;
 use super::codec::{Reader, checksum, nanos_in_range, put_string};
 use super::hash::BlockHash;
 use super::layout::{BlockLayout, LayoutError};
-use super::signature::KnownBlocks;
 
 /// The first 8 bytes of every journal.
 pub const JOURNAL_MAGIC: [u8; 8] = *b"XFERJNL\0";
@@ -193,16 +192,6 @@ impl Journal {
     /// mtime, size, block size, source or destination) makes the journal stale.
     pub fn matches(&self, header: &JournalHeader) -> bool {
         self.header == *header
-    }
-}
-
-impl KnownBlocks for Journal {
-    fn layout(&self) -> BlockLayout {
-        self.layout
-    }
-
-    fn known_hash(&self, index: u64) -> Option<&BlockHash> {
-        self.blocks.get(&index)
     }
 }
 
@@ -406,7 +395,7 @@ mod tests {
     use super::*;
     use crate::blocks::hash::hash_block;
     use crate::blocks::layout::{MAX_BLOCK_COUNT, MIN_BLOCK_SIZE};
-    use crate::blocks::signature::{Signature, blocks_to_fetch};
+    use crate::blocks::set::{BlockSet, compare_hashes};
     use proptest::prelude::*;
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -657,15 +646,20 @@ mod tests {
     }
 
     #[test]
-    fn journal_is_a_partial_signature() -> TestResult {
+    fn journal_blocks_matching_the_source_leave_the_rest_to_fetch() -> TestResult {
         let data: Vec<u8> = (0..3 * 4096 + 10).map(|i| (i % 251) as u8).collect();
-        let want = Signature::of_bytes(BlockLayout::new(data.len() as u64, 4096)?, &data)?;
+        let layout = BlockLayout::new(data.len() as u64, 4096)?;
+        let source: Vec<BlockHash> = data.chunks(4096).map(hash_block).collect();
         let mut bytes = encode_header(&header(data.len() as u64))?;
         bytes.extend_from_slice(&encode_record(0, &hash_block(&data[..4096])));
         bytes.extend_from_slice(&encode_record(2, &[0; 32]));
         bytes.extend_from_slice(&encode_record(3, &hash_block(&data[3 * 4096..])));
         let journal = decode(&bytes)?;
-        assert_eq!(blocks_to_fetch(&journal, &want), vec![1, 2]);
+        assert_eq!(journal.layout(), layout);
+        let mut blocks = BlockSet::new(layout);
+        blocks.hold_all_checked(compare_hashes(journal.blocks(), &source).same);
+        assert_eq!(blocks.missing().collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(blocks.bytes_needed(), 2 * 4096);
         Ok(())
     }
 

@@ -18,7 +18,7 @@ pub const MIN_BLOCK_SIZE: u32 = 4096;
 /// re-fetched whole after a crash, so larger blocks only make resumes costlier.
 pub const MAX_BLOCK_SIZE: u32 = 64 << 20;
 
-/// The most blocks one file may have: 2^32. This bounds signatures (128 GiB of hashes at the
+/// The most blocks one file may have: 2^32. This bounds block-hash lists (128 GiB of hashes at the
 /// cap) and journals, and keeps every block index representable in a `u32` should a future
 /// format want it. At 1 MiB blocks it allows files of 4 PiB.
 pub const MAX_BLOCK_COUNT: u64 = 1 << 32;

@@ -1,12 +1,13 @@
-//! The block core: how a file is cut into blocks, how blocks and files are hashed, which blocks
-//! a destination must fetch, and the byte formats of the resume journal and of completion
+//! The block core: how a file is cut into blocks, how blocks and files are hashed, what a
+//! transfer knows of each block and so which must still travel, and the byte formats of the resume journal and of completion
 //! records. It does no IO at all (no files, no async, no clock): the engine reads and writes,
 //! this module computes and encodes, so all of it can be property-tested and fuzzed.
 //!
 //! - [`layout`]: [`BlockLayout`], block size limits.
 //! - [`hash`]: [`hash_block`] (keyed BLAKE3), [`FileHasher`] (plain BLAKE3, as `b3sum`).
 //! - [`delta`]: the differing pieces inside a differing block.
-//! - [`signature`]: [`Signature`], [`SignatureBuilder`], [`blocks_to_fetch`].
+//! - [`set`]: [`BlockSet`], what one file's transfer knows of each block (held, checked,
+//!   confirmed, pending) and what must still travel; [`compare_hashes`].
 //! - [`journal`]: the resume journal of one destination file.
 //! - [`record`]: completion records of whole units.
 //!
@@ -20,7 +21,7 @@
 //! Each block also costs one journal record: 40 bytes of block index and hash, plus an 8-byte
 //! checksum, so 48 bytes per MiB, about 4.6 MB for a 100 GB file (95 367 blocks). That reads
 //! and decodes in milliseconds on every resume. Smaller blocks would grow the journal and the
-//! signatures in proportion for little gain; larger ones would grow the re-fetch after a crash
+//! block hashes exchanged in proportion for little gain; larger ones would grow the re-fetch after a crash
 //! and the memory held per block in flight.
 //!
 //! A finer block for delta comparison is derived without touching the journal: block sizes
@@ -33,7 +34,7 @@ pub mod hash;
 pub mod journal;
 pub mod layout;
 pub mod record;
-pub mod signature;
+pub mod set;
 
 pub use hash::{BlockHash, FileHash, FileHasher, block_hasher, file_hash_of, hash_block, to_hex};
 pub use journal::{Journal, JournalError, JournalHeader, TailDamage};
@@ -42,6 +43,4 @@ pub use layout::{
     is_valid_block_size,
 };
 pub use record::{CompletionEntry, CompletionRecord, EntryKind, RecordError};
-pub use signature::{
-    KnownBlocks, PartialSignature, Signature, SignatureBuilder, SignatureError, blocks_to_fetch,
-};
+pub use set::{BlockSet, Comparison, compare_hashes};

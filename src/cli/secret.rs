@@ -100,10 +100,7 @@ where
         match joined {
             Ok(result) => results.push(result),
             Err(error) => {
-                return Err(Error::new(
-                    ErrorKind::LocalIo,
-                    format!("a task failed: {error}"),
-                ));
+                return Err(Error::internal(format!("a task failed: {error}")));
             }
         }
     }

@@ -8,16 +8,15 @@ use crate::cli::progress::TerminalReporter;
 use crate::cli::settings::{ConnectionSettings, Verbosity};
 use std::sync::Arc;
 use std::time::Duration;
-use xfer::engine::plan::{self, Direction, Endpoints, Plan, human_bytes};
+use xfer::engine::plan::{Direction, Plan, human_bytes};
 use xfer::engine::state::StateDir;
-use xfer::engine::units::{self, Transfer, UnitOptions};
+use xfer::engine::units::{self, Transfer, UnitOptions, UnitOutcome};
 use xfer::engine::{Options, Summary};
 use xfer::error::{Error, ErrorKind, Result};
-use xfer::local::Destination;
-use xfer::remote::Remote;
+use xfer::progress::{NoProgress, Reporter};
 use xfer::remote::deploy::AgentMode;
-use xfer::remote::session::Session;
-use xfer::target::{HostSpec, Location, RemotePath, parse_location};
+use xfer::remote::pool::SessionPool;
+use xfer::target::{Location, RemotePath, parse_location};
 
 pub async fn run(args: &TransferArgs, direction: Direction, verbosity: Verbosity) -> Result<()> {
     let source = parse_location(&args.source)?;
@@ -75,31 +74,12 @@ pub async fn run(args: &TransferArgs, direction: Direction, verbosity: Verbosity
         (Some(path), false) => AgentMode::Path(path.clone()),
         (None, false) => AgentMode::Auto,
     };
-    if args.dry_run {
-        let plan = dry_run(
-            &connector,
-            &host,
-            &agent,
-            direction,
-            &remote_path,
-            &local_path,
-            &state,
-            args.fix_crlf,
-            quiet,
-        )
-        .await?;
-        return show_plan(&plan, args.json, verbose);
-    }
-    let reporter = Arc::new(TerminalReporter::new(verbose, quiet));
-    let transfer = Transfer {
-        connector,
-        host,
+    let mut transfer = Transfer {
         direction,
         remote_path,
         local_path,
         state,
-        reporter: reporter.clone(),
-        agent,
+        reporter: Arc::new(NoProgress),
         options: UnitOptions {
             jobs: args.jobs,
             retries: args.retries,
@@ -112,8 +92,23 @@ pub async fn run(args: &TransferArgs, direction: Direction, verbosity: Verbosity
             },
         },
     };
+    if args.dry_run {
+        // Planned as a run plans, over SFTP where the host has it: that changes nothing on
+        // the host, not even the agent's cache. Where it has none, the plan comes through the
+        // agent, started as a real run starts it, which may put it into its private cache on
+        // the host first: a dry run that fails where the real run works is no preview, and
+        // what it may add is xfer's own file in xfer's own cache, which the real run puts
+        // there anyway. The one line on stderr says when it went through the agent.
+        let reporter = Arc::new(Warnings { quiet });
+        let pool = SessionPool::for_planning(connector, host, agent, reporter).await?;
+        let plan = units::plan_only(&transfer, &pool).await?;
+        return show_plan(&plan, args.json, verbose);
+    }
+    let reporter = Arc::new(TerminalReporter::new(verbose, quiet));
+    transfer.reporter = reporter.clone();
+    let connect = |eager| SessionPool::connect(connector, host, agent, reporter.clone(), eager);
     let summary = tokio::select! {
-        summary = units::run(transfer) => summary,
+        summary = units::run(transfer, connect) => summary,
         kind = interrupted() => {
             // What is on disk is recorded as it lands (journals hold only synced blocks, as
             // after a SIGKILL), so stopping here loses only the bytes in flight.
@@ -137,80 +132,17 @@ pub async fn run(args: &TransferArgs, direction: Direction, verbosity: Verbosity
     }
 }
 
-/// Plans the whole transfer over one connection and prints it; nothing is changed.
-///
-/// Over SFTP where the host has it: that plans what the agent would, and changes nothing on
-/// the host, not even the agent's cache. Where it has none, the plan comes through the agent,
-/// started as a real run starts it, which may put it into its private cache on the host first.
-/// A dry run that fails where the real run works is no preview, and what it may add is xfer's
-/// own file in xfer's own cache, which the real run puts there anyway; the transfer's paths are
-/// only looked at. So a dry run works wherever a real run does, and the one line on stderr
-/// says when it went through the agent.
-#[allow(clippy::too_many_arguments)]
-async fn dry_run(
-    connector: &xfer::ssh::connect::Connector,
-    host: &HostSpec,
-    agent: &AgentMode,
-    direction: Direction,
-    remote_path: &str,
-    local_path: &std::path::Path,
-    state: &StateDir,
-    fix_crlf: bool,
+/// A dry run's reporter: planning says nothing but warnings.
+struct Warnings {
     quiet: bool,
-) -> Result<Plan> {
-    let connection = Arc::new(connector.connect(host).await?);
-    let (remote, no_sftp) = Session::open_for_planning(connection, agent).await?;
-    if let Some(reason) = no_sftp
-        && !quiet
-    {
-        errln!(
-            "warning: {}; planning through the xfer agent instead (it may be put into its cache on the host first; nothing else there changes)",
-            xfer::terminal::printable_message(&reason)
-        );
+}
+
+impl Reporter for Warnings {
+    fn warning(&self, message: &str) {
+        if !self.quiet {
+            errln!("warning: {}", xfer::terminal::printable_message(message));
+        }
     }
-    let remote = &remote;
-    let config = remote.connection().config().clone();
-    let endpoints = Endpoints {
-        remote_id: format!("{}@{}:{}", config.user, config.hostname, config.port),
-    };
-    let plan = match direction {
-        Direction::Pull => {
-            let root_entry = remote.stat(remote_path, true).await?.ok_or_else(|| {
-                Error::remote(format!(
-                    "{}: {remote_path}: no such file or directory",
-                    remote.label()
-                ))
-                .with_hint("check the remote path (relative paths start at the login directory)")
-            })?;
-            let target = plan::pull_target(remote_path, root_entry.kind, local_path)?;
-            let destination = Destination::open(&target.root, false).ok();
-            plan::plan_pull(
-                remote,
-                remote_path,
-                &local_path.display().to_string(),
-                &target.root,
-                destination.as_ref(),
-                &target.top,
-                state,
-                &endpoints,
-                false,
-            )
-            .await?
-        }
-        Direction::Push => {
-            plan::plan_push(
-                remote,
-                local_path,
-                remote_path,
-                state,
-                &endpoints,
-                false,
-                fix_crlf,
-            )
-            .await?
-        }
-    };
-    Ok(plan)
 }
 
 /// Prints a dry run's plan: what would change, and with `-v` what is already up to date.
@@ -300,7 +232,11 @@ fn report(summary: &Summary, json: bool, quiet: bool) -> Result<()> {
     // Each cause is said once: a unit's last error is often also its items' error, and many
     // items can fail the same way (a directory that cannot be made fails all below it).
     let mut said: Vec<String> = Vec::new();
-    for unit in summary.units.iter().filter(|unit| unit.outcome == "failed") {
+    for unit in summary
+        .units
+        .iter()
+        .filter(|unit| unit.outcome == UnitOutcome::Failed)
+    {
         let message = unit.last_error.as_deref().unwrap_or("no error recorded");
         errln!(
             "  {} failed after {} attempt(s): {}",
@@ -314,12 +250,12 @@ fn report(summary: &Summary, json: bool, quiet: bool) -> Result<()> {
         let skipped = summary
             .units
             .iter()
-            .filter(|unit| unit.outcome == "skipped-complete")
+            .filter(|unit| unit.outcome == UnitOutcome::SkippedComplete)
             .count();
         let done = summary
             .units
             .iter()
-            .filter(|unit| unit.outcome == "done")
+            .filter(|unit| unit.outcome == UnitOutcome::Done)
             .count();
         errln!(
             "  directories: {done} done, {skipped} skipped as complete, {} failed",

@@ -9,9 +9,9 @@
 //! what a file ends up holding, only what needs to move.
 
 use crate::blocks::delta::{SUB_BLOCK_SIZE, differing_ranges, pieces_of};
-use crate::blocks::{BlockHash, BlockLayout};
+use crate::blocks::{BlockHash, BlockLayout, Comparison, compare_hashes};
 use crate::engine::verify::hash_blocks_parallel;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::remote::Remote;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -129,19 +129,13 @@ pub async fn compare<R: Remote>(
     let Some(remote_hashes) = join(remote_task).await? else {
         return Ok(None);
     };
-    let mut delta = Delta::default();
-    let mut differing = Vec::new();
-    for (&index, &hash) in &local {
-        if remote_hashes.get(index as usize) == Some(&hash) {
-            delta.same.insert(index, hash);
-        } else if remote_hashes.get(index as usize).is_some() {
-            differing.push(index);
-        }
-    }
-    delta.local = local;
-    delta.pieces = compare_pieces(remote, path, file, &layout, differing).await?;
-    delta.remote_hashes = remote_hashes;
-    Ok(Some(delta))
+    let Comparison { same, differing } = compare_hashes(&local, &remote_hashes);
+    Ok(Some(Delta {
+        pieces: compare_pieces(remote, path, file, &layout, differing).await?,
+        same,
+        local,
+        remote_hashes,
+    }))
 }
 
 /// Hashes the pieces of each differing block on both sides and keeps the blocks where only
@@ -234,25 +228,7 @@ pub async fn join(task: RemoteTask) -> Result<Option<Vec<BlockHash>>> {
 }
 
 fn task_failed(error: tokio::task::JoinError) -> Error {
-    Error::new(
-        ErrorKind::LocalIo,
-        format!("a hashing task failed: {error}"),
-    )
-}
-
-/// Bytes that must travel for the blocks `have` lacks: whole blocks, or their differing pieces.
-pub fn bytes_needed(
-    layout: &BlockLayout,
-    have: &BTreeMap<u64, BlockHash>,
-    pieces: &BTreeMap<u64, Vec<Range<u64>>>,
-) -> u64 {
-    (0..layout.block_count())
-        .filter(|index| !have.contains_key(index))
-        .map(|index| match pieces.get(&index) {
-            Some(ranges) => crate::blocks::delta::covered(ranges),
-            None => u64::from(layout.len_of(index)),
-        })
-        .fold(0, u64::saturating_add)
+    Error::internal(format!("a hashing task failed: {error}"))
 }
 
 /// The remote's hashes of the blocks `blocks` (ascending) of `path`, asked for in runs of

@@ -169,11 +169,11 @@ impl<R: Remote> Paths<R> {
 
     /// Closes the file on the borrowed connections (the unit's own keeps it), then gives them
     /// back.
-    pub async fn close_borrowed(self) {
-        for (remote, file, _) in self.paths.into_iter().skip(1) {
+    pub async fn close_borrowed(&mut self) {
+        for (remote, file, _) in self.paths.drain(1..) {
             let _ = remote.close(file).await;
         }
-        drop(self.borrowed);
+        self.borrowed.clear();
     }
 }
 

@@ -15,9 +15,13 @@
 //! whether re-running the same command can help.
 
 pub mod budget;
+mod checksum;
+mod completion;
 pub mod crlf;
 pub mod delta;
+mod discovery;
 pub mod early;
+pub mod job;
 pub mod lanes;
 pub mod plan;
 pub mod pull;
@@ -27,12 +31,7 @@ pub mod units;
 pub mod verify;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::progress::Reporter;
-use plan::{Action, PlanItem};
 use serde::Serialize;
-use std::collections::VecDeque;
-use std::future::Future;
-use std::sync::Arc;
 
 /// How hard the engine pushes.
 #[derive(Debug, Clone, Copy)]
@@ -166,101 +165,12 @@ impl Summary {
     }
 }
 
-/// What one file's transfer moved.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct FileTotals {
-    pub moved: u64,
-    pub reused: u64,
-}
-
-/// Transfers `files` with at most `in_flight` at once (up-to-date ones are only counted),
-/// reports each as it finishes, and adds the outcomes to `summary`: the scheduling shared by
-/// pull and push.
-pub(crate) async fn transfer_files<'a, F, Fut>(
-    files: impl Iterator<Item = &'a PlanItem>,
-    in_flight: usize,
-    reporter: Arc<dyn Reporter>,
-    summary: &mut Summary,
-    transfer: F,
-) where
-    F: Fn(PlanItem) -> Fut,
-    Fut: Future<Output = Result<FileTotals>> + Send + 'static,
-{
-    let mut queue: VecDeque<&PlanItem> = files.collect();
-    let mut tasks: tokio::task::JoinSet<(String, Result<FileTotals>)> = tokio::task::JoinSet::new();
-    loop {
-        while tasks.len() < in_flight.max(1) {
-            let Some(item) = queue.pop_front() else { break };
-            if item.action == Action::UpToDate {
-                summary.files_up_to_date += 1;
-                summary.bytes_reused = summary.bytes_reused.saturating_add(item.size);
-                continue;
-            }
-            let path = item.path.clone();
-            let work = transfer(item.clone());
-            let reporter = reporter.clone();
-            tasks.spawn(async move {
-                let result = work.await;
-                match &result {
-                    Ok(_) => reporter.file_finished(&path, Ok(())),
-                    Err(error) => reporter.file_finished(&path, Err(&error.to_string())),
-                }
-                (path, result)
-            });
-        }
-        let Some(joined) = tasks.join_next().await else {
-            break;
-        };
-        match joined {
-            Ok((_, Ok(totals))) => {
-                summary.files_transferred += 1;
-                summary.bytes_moved = summary.bytes_moved.saturating_add(totals.moved);
-                summary.bytes_reused = summary.bytes_reused.saturating_add(totals.reused);
-            }
-            Ok((path, Err(error))) => {
-                summary.files_failed += 1;
-                summary.errors.push(ItemError::new(&path, &error));
-            }
-            Err(panic) => {
-                summary.files_failed += 1;
-                let error = Error::new(
-                    ErrorKind::LocalIo,
-                    format!("a transfer task failed: {panic}"),
-                );
-                summary.errors.push(ItemError::new("", &error));
-            }
-        }
-    }
-}
-
-/// The summary a pull or push of `plan` starts from: what planning skipped (each reported as a
-/// warning) and what it could not examine, and the number of files.
-pub(crate) fn starting_summary(plan: &plan::Plan, reporter: &dyn Reporter) -> Summary {
-    for warning in &plan.warnings {
-        reporter.warning(&format!("{}: {}", warning.path, warning.reason));
-    }
-    for skipped in &plan.skipped {
-        reporter.warning(&format!("skipped {}: {}", skipped.path, skipped.reason));
-    }
-    Summary {
-        files: plan.files().count() as u64,
-        skipped: plan.skipped.clone(),
-        errors: plan.problems.clone(),
-        ..Summary::default()
-    }
-}
-
 /// What a task the engine spawned came to; one that panicked or was cancelled is a local error
 /// naming `what` it was doing.
 pub(crate) async fn finished<T>(task: tokio::task::JoinHandle<Result<T>>, what: &str) -> Result<T> {
     task.await
-        .map_err(|error| Error::new(ErrorKind::LocalIo, format!("{what} task failed: {error}")))?
+        .map_err(|error| Error::internal(format!("{what} task failed: {error}")))?
 }
 
-/// Whether `path` lies in (or is) one of the directories that could not be made: nothing is
-/// written below those.
-pub(crate) fn below_any(directories: &[String], path: &str) -> bool {
-    directories
-        .iter()
-        .any(|directory| directory.is_empty() || path.starts_with(&format!("{directory}/")))
-}
+#[cfg(test)]
+mod tests;

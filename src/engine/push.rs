@@ -12,9 +12,10 @@
 //! throws the journal away so the next run sends everything again.
 
 use crate::blocks::delta::covered;
-use crate::blocks::{BlockHash, BlockLayout, DEFAULT_BLOCK_SIZE, hash_block};
+use crate::blocks::{BlockHash, BlockLayout, BlockSet, DEFAULT_BLOCK_SIZE, hash_block};
 use crate::engine::delta;
 use crate::engine::early::EarlyHashes;
+use crate::engine::job::{self, FileTotals, Setup, Side};
 use crate::engine::lanes::{Arrivals, Lanes, Paths, borrow_for_file, close_late, next_arrival};
 use crate::engine::plan::{Action, Direction, Endpoints, Plan, PlanItem, journal_header};
 use crate::engine::state::{JournalFile, StateDir};
@@ -22,19 +23,16 @@ use crate::engine::verify::{
     Verification, WholeFileDigests, buffer_size, still_matching, verify_file,
 };
 use crate::engine::{
-    FileTotals, ItemError, JOURNAL_INTERVAL, Options, REMOTE_DIGEST_MIN_SIZE, SYNC_INTERVAL,
-    Summary, below_any, finished, starting_summary, transfer_files,
+    JOURNAL_INTERVAL, Options, REMOTE_DIGEST_MIN_SIZE, SYNC_INTERVAL, Summary, finished,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::local::FileIdentity;
 use crate::progress::Reporter;
 use crate::remote::{EntryKind, Remote, RemoteDigest, SetAttributes};
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
-use std::ops::Range;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::sync::Arc;
-use std::time::Instant;
 use tokio::task::JoinSet;
 
 struct Context<R: Remote> {
@@ -52,19 +50,16 @@ struct Context<R: Remote> {
     early: Option<Arc<EarlyHashes>>,
 }
 
-#[allow(clippy::too_many_arguments)]
-pub async fn execute<R: Remote>(
-    remote: Arc<R>,
-    plan: &Plan,
-    state: StateDir,
-    endpoints: Endpoints,
-    reporter: Arc<dyn Reporter>,
-    options: Options,
-    lanes: Option<Arc<Lanes<R>>>,
-    early: Option<Arc<EarlyHashes>>,
-) -> Summary {
-    let started = Instant::now();
-    let mut summary = starting_summary(plan, &*reporter);
+/// Executes `plan` over `remote`: see [`job`] for the phases.
+pub async fn execute<R: Remote>(remote: Arc<R>, plan: &Plan, setup: Setup<R>) -> Summary {
+    let Setup {
+        state,
+        endpoints,
+        reporter,
+        options,
+        lanes,
+        early,
+    } = setup;
     let context = Arc::new(Context {
         writes: Arc::new(tokio::sync::Semaphore::new(
             options.requests_for(remote.max_io_size()),
@@ -77,107 +72,76 @@ pub async fn execute<R: Remote>(
         lanes,
         early,
     });
+    job::execute(context, plan).await
+}
 
-    // Every parent of the destination first (mkdir -p), so no write meets a missing directory.
-    if let Some(first) = plan.items.first() {
-        let parent = match first.target.rsplit_once('/') {
-            Some((parent, _)) => parent.to_string(),
-            None => String::new(),
+/// A push writes the remote.
+impl<R: Remote> Side for Context<R> {
+    fn reporter(&self) -> &Arc<dyn Reporter> {
+        &self.reporter
+    }
+
+    fn files_in_flight(&self) -> usize {
+        self.options.files_in_flight
+    }
+
+    /// Every parent of the destination first (mkdir -p), so no write meets a missing directory.
+    async fn prepare(&self, plan: &Plan) -> Result<()> {
+        let Some(first) = plan.items.first() else {
+            return Ok(());
         };
-        if let Err(error) = make_parents(&*context.remote, &parent).await {
-            summary.errors.push(ItemError::new("", &error));
-            summary.seconds = started.elapsed().as_secs_f64();
-            return summary;
-        }
+        let parent = match first.target.rsplit_once('/') {
+            Some((parent, _)) => parent,
+            None => "",
+        };
+        make_parents(&*self.remote, parent).await
     }
-    let mut failed_directories: Vec<String> = Vec::new();
-    for item in plan
-        .items
-        .iter()
-        .filter(|item| item.kind == EntryKind::Directory)
-    {
-        summary.directories += 1;
-        if item.action == Action::UpToDate {
-            continue;
-        }
-        let result = async {
-            if matches!(item.action, Action::Update { .. }) {
-                context.remote.remove_file(&item.target).await?;
+
+    async fn make_directory(&self, item: &PlanItem) -> Result<()> {
+        match item.action {
+            Action::UpToDate => Ok(()),
+            // Something else is in the way.
+            Action::Update { .. } => {
+                self.remote.remove_file(&item.target).await?;
+                self.remote
+                    .make_directory(&item.target, item.mode | 0o700)
+                    .await
             }
-            context
-                .remote
-                .make_directory(&item.target, item.mode | 0o700)
-                .await
-        }
-        .await;
-        if let Err(error) = result {
-            failed_directories.push(item.path.clone());
-            summary.errors.push(ItemError::new(&item.path, &error));
+            _ => {
+                self.remote
+                    .make_directory(&item.target, item.mode | 0o700)
+                    .await
+            }
         }
     }
-    let under_failed = |item: &PlanItem| below_any(&failed_directories, &item.path);
 
-    transfer_files(
-        plan.files().filter(|item| !under_failed(item)),
-        context.options.files_in_flight,
-        context.reporter.clone(),
-        &mut summary,
-        |item| {
-            let context = context.clone();
-            async move { push_file(&context, &item).await }
-        },
-    )
-    .await;
+    async fn transfer_file(self: Arc<Self>, item: PlanItem) -> Result<FileTotals> {
+        push_file(&self, &item).await
+    }
 
-    for item in plan
-        .items
-        .iter()
-        .filter(|item| item.kind == EntryKind::Symlink)
-    {
-        summary.symlinks += 1;
-        if item.action == Action::UpToDate || under_failed(item) {
-            continue;
-        }
+    async fn make_symlink(&self, item: &PlanItem) -> Result<()> {
         let target = item.link_target.as_deref().unwrap_or_default();
-        if let Err(error) = context.remote.make_symlink(&item.target, target).await {
-            summary.errors.push(ItemError::new(&item.path, &error));
-            continue;
-        }
+        self.remote.make_symlink(&item.target, target).await?;
         // The link's own mtime, as a pull keeps it and rsync -a compares it. A server that
         // cannot set a link's times without following it (SFTP without lsetstat) leaves it.
         let mtime = SetAttributes {
             mtime: Some(item.mtime),
             ..SetAttributes::default()
         };
-        if let Err(error) = context.remote.set_attributes(&item.target, mtime).await {
+        if let Err(error) = self.remote.set_attributes(&item.target, mtime).await {
             tracing::debug!(path = %item.path, %error, "the link's mtime was not set");
         }
+        Ok(())
     }
 
-    for item in plan
-        .items
-        .iter()
-        .rev()
-        .filter(|item| item.kind == EntryKind::Directory)
-    {
-        if failed_directories.contains(&item.path) {
-            continue;
-        }
+    async fn finish_directory(&self, item: &PlanItem) -> Result<()> {
         let attributes = SetAttributes {
             size: None,
             mode: Some(item.mode),
             mtime: Some(item.mtime),
         };
-        if let Err(error) = context
-            .remote
-            .set_attributes(&item.target, attributes)
-            .await
-        {
-            summary.errors.push(ItemError::new(&item.path, &error));
-        }
+        self.remote.set_attributes(&item.target, attributes).await
     }
-    summary.seconds = started.elapsed().as_secs_f64();
-    summary
 }
 
 /// Creates every missing directory of `path` on the remote, like `mkdir -p`.
@@ -232,184 +196,25 @@ fn open_source(item: &PlanItem) -> Result<(File, FileIdentity)> {
     Ok((file, FileIdentity::of(&metadata)))
 }
 
+/// Transfers one file; returns what moved.
 async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<FileTotals> {
-    let remote = &context.remote;
-    let (file, opened) = open_source(item)?;
-    let layout = BlockLayout::new(item.size, DEFAULT_BLOCK_SIZE)
-        .map_err(|error| Error::new(ErrorKind::LocalIo, format!("{}: {error}", item.source)))?;
-    let journaled = layout.block_count() > 1;
-    let header = journal_header(Direction::Push, &context.endpoints, item);
-    let journal_file =
-        context
-            .state
-            .journal_file("push", &header.source_id, &header.destination_id);
-    let (mut journal, recorded) = if journaled {
-        let (journal, recorded) = JournalFile::open(&journal_file, &header)?;
-        (Some(journal), recorded)
-    } else {
-        (None, BTreeMap::new())
-    };
-
-    // What the remote holds is trusted only if it still has the size this transfer gave it.
-    let existing = remote.stat(&item.target, false).await?;
-    let existing_data = existing
-        .as_ref()
-        .filter(|entry| entry.kind == EntryKind::File && entry.size > 0)
-        .map(|entry| entry.size);
-    // With an agent and data there already, the remote starts hashing it now: that finds the
-    // delta, and checks the journal's blocks end to end.
-    let remote_task = existing_data
-        .filter(|_| remote.hashes_blocks())
-        .map(|size| {
-            (
-                size,
-                delta::remote_hashes_task(remote, &item.target, layout),
-            )
-        });
-    // Local block hashes computed earlier in this run: while connecting, if this is the file
-    // they are of (waited for only where they are compared, a delta or a journal; a file sent
-    // whole starts at once with the blocks hashed so far, and the hashing stops), then by the
-    // delta. The blocks sent are not hashed again as they are read (the read-back check below
-    // still reads them, so a file that changes meanwhile is caught).
-    let mut known = match &context.early {
-        Some(early) if existing_data.is_some() || !recorded.is_empty() => {
-            early.for_file(&file, &layout).await
-        }
-        Some(early) => early.for_file_so_far(&file, &layout).await,
-        None => BTreeMap::new(),
-    };
-    let remote_intact = existing.as_ref().is_some_and(|entry| {
-        entry.kind == EntryKind::File
-            && entry.size == crate::engine::plan::size_while_incomplete(item.size)
-    });
-    let mut have: BTreeMap<u64, BlockHash> = if remote_intact && !recorded.is_empty() {
-        still_matching(&file, &layout, recorded, &known)
-    } else {
-        BTreeMap::new()
-    };
-    if existing
-        .as_ref()
-        .is_some_and(|entry| entry.kind != EntryKind::File)
-    {
-        remote.remove_file(&item.target).await?;
-    }
-    // Blocks whose local bytes were read and found good in this run: not read back again.
-    let mut checked: BTreeSet<u64> = have.keys().copied().collect();
-    // Blocks the remote hashed in this run and found equal to the local ones: not asked again.
-    let mut confirmed: BTreeSet<u64> = BTreeSet::new();
-    let mut pieces = BTreeMap::new();
-    // The delta: an agent hashes the blocks the remote file already holds, whatever wrote
-    // them; those equal to the local blocks do not travel, nor do the equal pieces of the
-    // others.
-    if let Some((existing_size, remote_task)) = remote_task {
-        let candidates = (0..layout.block_count())
-            .filter(|&index| !have.contains_key(&index) && layout.range(index).end <= existing_size)
-            .collect();
-        if let Some(found) = delta::compare(
-            remote,
-            &item.target,
-            &file,
-            layout,
-            candidates,
-            &known,
-            remote_task,
-        )
-        .await?
-        {
-            // The journal's blocks are checked end to end now: one the remote no longer
-            // holds travels again.
-            have.retain(|index, hash| found.remote_hashes.get(*index as usize) == Some(hash));
-            confirmed.extend(have.keys().copied());
-            confirmed.extend(found.same.keys().copied());
-            checked.extend(found.same.keys().copied());
-            have.extend(found.same);
-            pieces = found.pieces;
-            known.extend(found.local);
-        }
-    }
-    let reused = item
-        .size
-        .saturating_sub(delta::bytes_needed(&layout, &have, &pieces));
-    let needed: Vec<u64> = (0..layout.block_count())
-        .filter(|index| !have.contains_key(index))
-        .collect();
-    tracing::debug!(path = %item.path, reused, pieces = pieces.len(), "delta");
+    let (mut push, recorded) = PushFile::open(context, item)?;
+    let remote_task = push.look_at_remote(recorded).await?;
+    push.find_delta(remote_task).await?;
+    let reused = item.size.saturating_sub(push.blocks.bytes_needed());
+    let needed: Vec<u64> = push.blocks.missing().collect();
+    let pieces = push.blocks.blocks_in_pieces();
+    tracing::debug!(path = %item.path, reused, pieces, "delta");
     context.reporter.file_started(&item.path, item.size, reused);
 
-    // Every attribute below is set through this handle, never by the name: on a shared host
-    // another account may swap the name for a symlink to one of the user's other files between
-    // two steps, and a change by name would land there.
-    let handle = remote.open_write(&item.target).await?;
-    let sized = remote
-        .set_file_attributes(
-            &handle,
-            // One byte long until verified (see plan::size_while_incomplete).
-            SetAttributes {
-                size: Some(crate::engine::plan::size_while_incomplete(item.size)),
-                ..SetAttributes::default()
-            },
-        )
-        .await;
-    if let Err(error) = sized {
-        let _ = remote.close(handle).await;
-        return Err(error);
-    }
-    // A large file also travels over borrowed connections, each with the file open for
-    // writing (it exists now, with its size set); they join as they come up.
-    let target = item.target.clone();
-    let (arrivals, lanes_task) = borrow_for_file(
-        context.lanes.as_ref(),
-        &layout,
-        delta::bytes_needed(&layout, &have, &pieces),
-        move |remote: Arc<R>| {
-            let target = target.clone();
-            async move { remote.open_write(&target).await }
-        },
-    );
-    let sent = send_blocks(
-        context,
-        item,
-        (&handle, arrivals),
-        &file,
-        &layout,
-        (&needed, &pieces, &known),
-        journal.as_mut(),
-        &mut have,
-    )
-    .await;
-    if let Some(task) = lanes_task {
-        task.abort();
-    }
-    let synced = match sent {
-        Ok(checked_early) => {
-            // Blocks the remote hashed as they landed, equal to what was sent.
-            confirmed.extend(
-                checked_early
-                    .into_iter()
-                    .filter(|(index, hash)| have.get(index) == Some(hash))
-                    .map(|(index, _)| index),
-            );
-            remote.sync(&handle).await
-        }
-        Err(error) => Err(error),
-    };
-    if let Err(error) = synced {
-        let _ = remote.close(handle).await;
+    let handle = push.open_remote().await?;
+    if let Err(error) = push.send(&handle, needed).await {
+        let _ = context.remote.close(handle).await;
         return Err(error);
     }
     tracing::debug!(path = %item.path, "sent");
-    let finished = check_and_finish(
-        context,
-        item,
-        &handle,
-        &file,
-        opened,
-        layout,
-        (have, checked, confirmed),
-        journal,
-    )
-    .await;
-    let closed = remote.close(handle).await;
+    let finished = push.check_and_finish(&handle).await;
+    let closed = context.remote.close(handle).await;
     finished?;
     closed?;
     Ok(FileTotals {
@@ -418,141 +223,352 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
     })
 }
 
-/// The blocks a file's push knows about: held by the remote, read and found good locally,
-/// and hashed by the remote in this run.
-type KnownBlocks = (BTreeMap<u64, BlockHash>, BTreeSet<u64>, BTreeSet<u64>);
-
-/// Once every block is written and synced: the real size, the end-to-end check of what the
-/// remote holds against the source, then mode and mtime, each through the open handle.
-#[allow(clippy::too_many_arguments)]
-async fn check_and_finish<R: Remote>(
-    context: &Context<R>,
-    item: &PlanItem,
-    handle: &R::File,
-    file: &File,
-    opened: FileIdentity,
+/// One file being pushed: the local source, its journal, and what is known of its blocks
+/// (held: the remote has them; checked: the local bytes were read and found good in this run;
+/// confirmed: the remote hashed them in this run and agreed).
+struct PushFile<'a, R: Remote> {
+    context: &'a Context<R>,
+    item: &'a PlanItem,
     layout: BlockLayout,
-    (have, checked, confirmed): KnownBlocks,
-    mut journal: Option<JournalFile>,
-) -> Result<()> {
-    let remote = &context.remote;
-    // The real size (digests and checks cover exactly it).
-    remote
-        .set_file_attributes(
-            handle,
-            SetAttributes {
-                size: Some(item.size),
-                ..SetAttributes::default()
-            },
+    file: File,
+    /// The source's identity when it was opened: the same at the end, the bytes are too.
+    opened: FileIdentity,
+    /// None for a file of one block or less: nothing to resume inside it.
+    journal: Option<JournalFile>,
+    blocks: BlockSet,
+    /// Local block hashes computed earlier in this run: while connecting, if this is the file
+    /// they are of, then by the delta. The blocks sent are not hashed again as they are read
+    /// (the read-back check still reads them, so a file that changes meanwhile is caught).
+    known: BTreeMap<u64, BlockHash>,
+}
+
+/// The remote's hashes of the data its copy holds, being computed, and that data's length.
+type RemoteCopy = (u64, delta::RemoteTask);
+
+impl<'a, R: Remote> PushFile<'a, R> {
+    /// Opens the source and the journal; returns the blocks the journal records.
+    fn open(
+        context: &'a Context<R>,
+        item: &'a PlanItem,
+    ) -> Result<(Self, BTreeMap<u64, BlockHash>)> {
+        let (file, opened) = open_source(item)?;
+        let layout = BlockLayout::new(item.size, DEFAULT_BLOCK_SIZE)
+            .map_err(|error| Error::new(ErrorKind::LocalIo, format!("{}: {error}", item.source)))?;
+        let (journal, recorded) = if layout.block_count() > 1 {
+            let header = journal_header(Direction::Push, &context.endpoints, item);
+            let place =
+                context
+                    .state
+                    .journal_file("push", &header.source_id, &header.destination_id);
+            let (journal, recorded) = JournalFile::open(&place, &header)?;
+            (Some(journal), recorded)
+        } else {
+            (None, BTreeMap::new())
+        };
+        let push = PushFile {
+            context,
+            item,
+            layout,
+            file,
+            opened,
+            journal,
+            blocks: BlockSet::new(layout),
+            known: BTreeMap::new(),
+        };
+        Ok((push, recorded))
+    }
+
+    /// Looks at what the remote holds: the journal's `recorded` blocks are trusted only if the
+    /// remote file still has the size this transfer gave it and the local bytes still hash to
+    /// what was sent. Anything but a file in the way is removed. With an agent and data there
+    /// already, starts the remote hashing it, returned.
+    async fn look_at_remote(
+        &mut self,
+        recorded: BTreeMap<u64, BlockHash>,
+    ) -> Result<Option<RemoteCopy>> {
+        let (remote, item, layout) = (&self.context.remote, self.item, self.layout);
+        let existing = remote.stat(&item.target, false).await?;
+        let existing_data = existing
+            .as_ref()
+            .filter(|entry| entry.kind == EntryKind::File && entry.size > 0)
+            .map(|entry| entry.size);
+        // With an agent and data there already, the remote starts hashing it now: that finds
+        // the delta, and checks the journal's blocks end to end.
+        let remote_task = existing_data
+            .filter(|_| remote.hashes_blocks())
+            .map(|size| {
+                (
+                    size,
+                    delta::remote_hashes_task(remote, &item.target, layout),
+                )
+            });
+        // The early hashes are waited for only where they are compared, a delta or a
+        // journal; a file sent whole starts at once with the blocks hashed so far, and the
+        // hashing stops.
+        self.known = match &self.context.early {
+            Some(early) if existing_data.is_some() || !recorded.is_empty() => {
+                early.for_file(&self.file, &layout).await
+            }
+            Some(early) => early.for_file_so_far(&self.file, &layout).await,
+            None => BTreeMap::new(),
+        };
+        let remote_intact = existing.as_ref().is_some_and(|entry| {
+            entry.kind == EntryKind::File
+                && entry.size == crate::engine::plan::size_while_incomplete(item.size)
+        });
+        if remote_intact && !recorded.is_empty() {
+            // Their local bytes were just read (or hashed early): not read back again.
+            let matching = still_matching(&self.file, &layout, recorded, &self.known);
+            self.blocks.hold_all_checked(matching);
+        }
+        if existing
+            .as_ref()
+            .is_some_and(|entry| entry.kind != EntryKind::File)
+        {
+            remote.remove_file(&item.target).await?;
+        }
+        Ok(remote_task)
+    }
+
+    /// The delta: an agent hashes the blocks the remote file already holds, whatever wrote
+    /// them; those equal to the local blocks do not travel, nor do the equal pieces of the
+    /// others. The journal's blocks are checked end to end too: one the remote no longer holds
+    /// travels again.
+    async fn find_delta(&mut self, remote_copy: Option<RemoteCopy>) -> Result<()> {
+        let Some((existing_size, remote_task)) = remote_copy else {
+            return Ok(());
+        };
+        let layout = self.layout;
+        let candidates = self
+            .blocks
+            .missing()
+            .filter(|&index| layout.range(index).end <= existing_size)
+            .collect();
+        let found = delta::compare(
+            &self.context.remote,
+            &self.item.target,
+            &self.file,
+            layout,
+            candidates,
+            &self.known,
+            remote_task,
         )
         .await?;
-    // The remote hashes what it holds while the local file is read back; both are needed.
-    // An agent hashes every block not yet confirmed (checked against what was sent, below);
-    // otherwise a whole-file digest where the remote has a tool for it.
-    let by_blocks = remote.hashes_blocks();
-    let want_digest =
-        !by_blocks && context.options.remote_digest && item.size >= REMOTE_DIGEST_MIN_SIZE;
-    let unconfirmed: Vec<u64> = (0..layout.block_count())
-        .filter(|index| !confirmed.contains(index))
-        .collect();
-    let remote_digest = async {
-        if by_blocks {
-            return delta::remote_hashes_of(remote, &item.target, &layout, &unconfirmed)
+        let Some(found) = found else {
+            return Ok(());
+        };
+        self.blocks.retain_held(|index, hash| {
+            usize::try_from(index)
+                .ok()
+                .and_then(|at| found.remote_hashes.get(at))
+                == Some(hash)
+        });
+        self.blocks.hold_all_checked(found.same);
+        // Every block held now was compared with the remote's hash of it.
+        self.blocks.confirm_held();
+        self.blocks.set_pieces(found.pieces);
+        self.known.extend(found.local);
+        Ok(())
+    }
+
+    /// Opens the remote file for writing and gives it its size while incomplete. Every
+    /// attribute is then set through this handle, never by the name: on a shared host another
+    /// account may swap the name for a symlink to one of the user's other files between two
+    /// steps, and a change by name would land there.
+    async fn open_remote(&self) -> Result<R::File> {
+        let remote = &self.context.remote;
+        let handle = remote.open_write(&self.item.target).await?;
+        let sized = remote
+            .set_file_attributes(
+                &handle,
+                // One byte long until verified (see plan::size_while_incomplete).
+                SetAttributes {
+                    size: Some(crate::engine::plan::size_while_incomplete(self.item.size)),
+                    ..SetAttributes::default()
+                },
+            )
+            .await;
+        if let Err(error) = sized {
+            let _ = remote.close(handle).await;
+            return Err(error);
+        }
+        Ok(handle)
+    }
+
+    /// Sends the `needed` blocks through `handle` (and borrowed connections), then syncs the
+    /// remote file.
+    async fn send(&mut self, handle: &R::File, needed: Vec<u64>) -> Result<()> {
+        let context = self.context;
+        // A large file also travels over borrowed connections, each with the file open for
+        // writing (it exists now, with its size set); they join as they come up.
+        let target = self.item.target.clone();
+        let (arrivals, lanes_task) = borrow_for_file(
+            context.lanes.as_ref(),
+            &self.layout,
+            self.blocks.bytes_needed(),
+            move |remote: Arc<R>| {
+                let target = target.clone();
+                async move { remote.open_write(&target).await }
+            },
+        );
+        let sent = Sending::new(self, handle.clone(), arrivals, needed)
+            .run()
+            .await;
+        if let Some(task) = lanes_task {
+            task.abort();
+        }
+        // Blocks the remote hashed as they landed, equal to what was sent.
+        for (index, hash) in sent? {
+            self.blocks.confirm(index, &hash);
+        }
+        context.remote.sync(handle).await
+    }
+
+    /// Journals the acknowledged blocks and holds them (a local append and sync; the remote is
+    /// not involved).
+    fn record(&mut self) -> Result<()> {
+        if self.blocks.pending().is_empty() {
+            return Ok(());
+        }
+        if let Some(journal) = self.journal.as_mut() {
+            journal.append(&self.blocks.pending_hashes())?;
+        }
+        self.blocks.hold_pending();
+        Ok(())
+    }
+
+    /// Once every block is written and synced: the real size, the end-to-end check of what
+    /// the remote holds against the source, then mode and mtime, each through the open handle.
+    /// A check that fails throws the journal away, so the next run sends everything again.
+    async fn check_and_finish(&mut self, handle: &R::File) -> Result<()> {
+        let (remote, item) = (&self.context.remote, self.item);
+        // The real size (digests and checks cover exactly it).
+        remote
+            .set_file_attributes(
+                handle,
+                SetAttributes {
+                    size: Some(item.size),
+                    ..SetAttributes::default()
+                },
+            )
+            .await?;
+        // The remote hashes what it holds while the local file is read back; both are needed.
+        // Which digest the remote will give is not known until it answers, so both are
+        // computed locally when one is wanted (on a second core, overlapping the block check).
+        let want_digest = self.wants_digest();
+        let wanted = WholeFileDigests {
+            blake3: want_digest,
+            sha256: want_digest,
+        };
+        let unconfirmed: Vec<u64> = self.blocks.unconfirmed().collect();
+        let (remote_check, verification) =
+            tokio::join!(self.remote_check(&unconfirmed), self.local_check(wanted));
+        tracing::debug!(path = %item.path, "checked");
+        let verification = verification?;
+        if !verification.mismatched.is_empty() {
+            self.discard_journal()?;
+            return Err(Error::new(
+                ErrorKind::LocalIo,
+                format!("{} changed while it was being sent", item.source),
+            )
+            .with_hint("re-run the same command once the file stops changing")
+            .transient(true));
+        }
+        let agrees = match remote_check? {
+            Some(RemoteCheck::Digest(RemoteDigest::Blake3(remote))) => {
+                Some(remote) == verification.blake3
+            }
+            Some(RemoteCheck::Digest(RemoteDigest::Sha256(remote))) => {
+                Some(remote) == verification.sha256
+            }
+            Some(RemoteCheck::Blocks(hashes)) => unconfirmed.iter().all(|index| {
+                hashes.contains_key(index) && hashes.get(index) == self.blocks.hash_of(*index)
+            }),
+            None => true,
+        };
+        if !agrees {
+            self.discard_journal()?;
+            return Err(Error::remote(format!(
+                "{}: {}: the remote copy's digest differs from the local file's",
+                remote.label(),
+                item.target
+            ))
+            .with_hint("re-run the same command; the file will be sent again")
+            .transient(true));
+        }
+        remote
+            .set_file_attributes(
+                handle,
+                SetAttributes {
+                    size: Some(item.size),
+                    mode: Some(item.mode),
+                    mtime: Some(item.mtime),
+                },
+            )
+            .await?;
+        self.discard_journal()
+    }
+
+    fn discard_journal(&mut self) -> Result<()> {
+        match self.journal.take() {
+            Some(journal) => journal.remove(),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the remote digests the whole file: where it cannot hash blocks, a tool for it
+    /// is allowed, and the file is worth the exec.
+    fn wants_digest(&self) -> bool {
+        !self.context.remote.hashes_blocks()
+            && self.context.options.remote_digest
+            && self.item.size >= REMOTE_DIGEST_MIN_SIZE
+    }
+
+    /// What the remote says it holds: with an agent, its hashes of the `unconfirmed` blocks
+    /// (compared with what was sent); otherwise a whole-file digest where it is wanted.
+    async fn remote_check(&self, unconfirmed: &[u64]) -> Result<Option<RemoteCheck>> {
+        let (remote, target) = (&self.context.remote, &self.item.target);
+        if remote.hashes_blocks() {
+            return delta::remote_hashes_of(remote, target, &self.layout, unconfirmed)
                 .await
                 .map(|hashes| hashes.map(RemoteCheck::Blocks));
         }
-        if want_digest {
+        if self.wants_digest() {
             return Ok(remote
-                .digest(&item.target)
+                .digest(target)
                 .await
                 .unwrap_or(None)
                 .map(RemoteCheck::Digest));
         }
         Ok(None)
-    };
-    // Which digest the remote will give is not known until it answers, so both are computed
-    // locally when one is wanted (on a second core, overlapping the block check).
-    let wanted = WholeFileDigests {
-        blake3: want_digest,
-        sha256: want_digest,
-    };
-    // Every hash in `have` is of bytes read from this file since it was opened (as they were
-    // sent, by the early hashing, or from a journal's blocks), and the remote checks what it
-    // holds against them. Reading the whole source again would only tell whether it changed
-    // meanwhile, which its identity tells without reading (1 GiB: a second pass of reads and
-    // BLAKE3, 0.4 s of CPU and most of the time after the last byte was sent). It is read
-    // again when the identity changed, to name the blocks that differ, or for a whole-file
-    // digest.
-    let unchanged = !wanted.blake3 && !wanted.sha256 && FileIdentity::of_file(file) == Some(opened);
-    let local_check = async {
+    }
+
+    /// Reads the source back against the block hashes held, and computes the whole-file
+    /// digests `wanted`. Every held hash is of bytes read from this file since it was opened
+    /// (as they were sent, by the early hashing, or from a journal's blocks), and the remote
+    /// checks what it holds against them. Reading the whole source again would only tell
+    /// whether it changed meanwhile, which its identity tells without reading (a second pass
+    /// of reads and hashing, most of the time after the last byte was sent). It is read again
+    /// when the identity changed, to name the blocks that differ, or for a whole-file digest.
+    async fn local_check(&self, wanted: WholeFileDigests) -> Result<Verification> {
+        let unchanged = !wanted.blake3
+            && !wanted.sha256
+            && FileIdentity::of_file(&self.file) == Some(self.opened);
         if unchanged {
             return Ok(Verification::default());
         }
-        let file = file
+        let source = self.item.source.clone();
+        let file = self
+            .file
             .try_clone()
-            .map_err(|error| Error::local_io(format!("cannot reopen {}", item.source), error))?;
-        let have = have.clone();
-        let source = item.source.clone();
+            .map_err(|error| Error::local_io(format!("cannot reopen {source}"), error))?;
+        let blocks = self.blocks.clone();
         finished(
-            tokio::task::spawn_blocking(move || {
-                verify_file(&file, &layout, &have, &checked, wanted, &source)
-            }),
+            tokio::task::spawn_blocking(move || verify_file(&file, &blocks, wanted, &source)),
             "a verification",
         )
         .await
-    };
-    let (digest, verification) = tokio::join!(remote_digest, local_check);
-    tracing::debug!(path = %item.path, "checked");
-    let verification = verification?;
-    if !verification.mismatched.is_empty() {
-        if let Some(journal) = journal.take() {
-            journal.remove()?;
-        }
-        return Err(Error::new(
-            ErrorKind::LocalIo,
-            format!("{} changed while it was being sent", item.source),
-        )
-        .with_hint("re-run the same command once the file stops changing")
-        .transient(true));
     }
-    let agrees = match digest? {
-        Some(RemoteCheck::Digest(RemoteDigest::Blake3(remote))) => {
-            Some(remote) == verification.blake3
-        }
-        Some(RemoteCheck::Digest(RemoteDigest::Sha256(remote))) => {
-            Some(remote) == verification.sha256
-        }
-        Some(RemoteCheck::Blocks(hashes)) => unconfirmed
-            .iter()
-            .all(|index| hashes.contains_key(index) && hashes.get(index) == have.get(index)),
-        None => true,
-    };
-    if !agrees {
-        if let Some(journal) = journal.take() {
-            journal.remove()?;
-        }
-        return Err(Error::remote(format!(
-            "{}: {}: the remote copy's digest differs from the local file's",
-            remote.label(),
-            item.target
-        ))
-        .with_hint("re-run the same command; the file will be sent again")
-        .transient(true));
-    }
-    remote
-        .set_file_attributes(
-            handle,
-            SetAttributes {
-                size: Some(item.size),
-                mode: Some(item.mode),
-                mtime: Some(item.mtime),
-            },
-        )
-        .await?;
-    if let Some(journal) = journal {
-        journal.remove()?;
-    }
-    Ok(())
 }
 
 /// What the remote says it holds once a file is written.
@@ -576,239 +592,301 @@ fn take_check(
     }
 }
 
-/// What [`send_blocks`] sends: the blocks needed, the pieces of those that differ only in
-/// some, and local block hashes already known.
-type ToSend<'a> = (
-    &'a [u64],
-    &'a BTreeMap<u64, Vec<Range<u64>>>,
-    &'a BTreeMap<u64, BlockHash>,
-);
-
 /// With an agent, a remote sync starts once this many bytes were acknowledged since the last
 /// one started and that one has finished: syncs follow each other as fast as the remote disk
-/// takes them, and the sync that ends the file finds little left to write. A host with memory
-/// to spare writes nothing back by itself, and writes that waited for a sync every 64 MiB
-/// moved at the disk's pace. A 1 GiB push on the benchmark machine, interleaved runs, medians:
-/// 3.92 s syncing every 64 MiB, 3.47-3.54 s syncing back to back every 1, 4 or 16 MiB (scp,
-/// which never syncs, 3.48 s); with no sync until the end the data was sent in 2.6 s and the
-/// last sync then took 1.3 s.
+/// takes them, so the disk writes the file while it travels and the sync that ends the file
+/// finds little left to write. A host with memory to spare writes nothing back by itself: with
+/// no sync until the end, that last sync writes the whole file while the transfer waits, and
+/// syncs as far apart as [`SYNC_INTERVAL`] make the writes wait for the disk in bursts. Small
+/// steps back to back avoid both; how small matters little.
 const WRITEBACK_STEP: u64 = 4 << 20;
 
 /// Block checks in flight while sending: the remote hashes a block as soon as all its writes
 /// are acknowledged, so the end-to-end check overlaps the transfer instead of following it.
 const CHECKS_IN_FLIGHT: usize = 16;
 
-/// Sends `needed` blocks with many writes in flight. Blocks acknowledged so far are synced on
-/// the remote and journaled even when this fails. Where the remote hashes blocks, returns the
-/// remote's hashes of the blocks it could check while they were sent (never the last block:
-/// the file is one byte longer until it is verified); the others are checked afterwards.
-#[allow(clippy::too_many_arguments)]
-async fn send_blocks<R: Remote>(
-    context: &Context<R>,
-    item: &PlanItem,
-    (handle, mut arrivals): (&R::File, Option<Arrivals<R>>),
-    file: &File,
-    layout: &BlockLayout,
-    (needed, pieces, known): ToSend<'_>,
-    mut journal: Option<&mut JournalFile>,
-    have: &mut BTreeMap<u64, BlockHash>,
-) -> Result<BTreeMap<u64, BlockHash>> {
-    let chunk = u64::from(context.remote.max_io_size());
-    let check_early = context.remote.hashes_blocks();
-    let mut checks: JoinSet<BlockCheck> = JoinSet::new();
-    let mut checked = BTreeMap::new();
-    let mut pending_blocks: VecDeque<u64> = needed.iter().copied().collect();
-    let mut requests: VecDeque<(u64, u64, Vec<u8>)> = VecDeque::new();
-    // Per block: its hash and how many bytes are still unacknowledged.
-    let mut outstanding: HashMap<u64, (BlockHash, u64)> = HashMap::new();
-    // Per block: the bytes it sends (all of it, or its differing pieces).
-    let mut sent_of: HashMap<u64, u64> = HashMap::new();
-    // The connections the file goes over, with their writes in flight: its unit's own, then
-    // borrowed ones (kept alive by their lane) as they arrive. Each write goes to the least
-    // busy one.
-    let per_connection = context.options.requests_for(context.remote.max_io_size());
-    let mut paths = Paths::new(context.remote.clone(), handle.clone());
-    let mut in_flight: JoinSet<(usize, u64, u64, Result<()>)> = JoinSet::new();
-    let mut unsynced: Vec<(u64, BlockHash)> = Vec::new();
-    let mut unsynced_bytes = 0u64;
-    let mut since_sync = 0u64;
-    // With an agent: the remote sync running beside the writes, at most one.
-    let mut syncing: Option<tokio::task::JoinHandle<Result<()>>> = None;
-    let mut buffer = vec![0u8; buffer_size(layout)];
+/// A finished write: the connection it went over, block index, bytes written, outcome.
+type WriteDone = (usize, u64, u64, Result<()>);
 
-    let outcome: Result<()> = async {
+/// A block whose writes are in flight.
+struct Outstanding {
+    hash: BlockHash,
+    /// Bytes not yet acknowledged.
+    unacknowledged: u64,
+    /// Bytes it sends (all of it, or its differing pieces).
+    travels: u64,
+}
+
+/// Sending the needed blocks of one file with many writes in flight. Blocks acknowledged so
+/// far are synced on the remote and journaled even when this fails. Where the remote hashes
+/// blocks, it checks each block as it lands (never the last block: the file is one byte longer
+/// until it is verified); the others are checked afterwards.
+struct Sending<'p, 'a, R: Remote> {
+    push: &'p mut PushFile<'a, R>,
+    /// The unit's own handle of the remote file, which syncs it.
+    handle: R::File,
+    /// The connections the file goes over, with their writes in flight: its unit's own, then
+    /// borrowed ones (kept alive by their lane) as they arrive. Each write goes to the least
+    /// busy one.
+    paths: Paths<R>,
+    arrivals: Option<Arrivals<R>>,
+    /// Writes in flight per connection.
+    per_connection: usize,
+    /// The largest write the remote takes.
+    chunk: u64,
+    /// Blocks not read yet, in order.
+    waiting: VecDeque<u64>,
+    /// Writes of the blocks read, waiting for a slot.
+    requests: VecDeque<(u64, u64, Vec<u8>)>,
+    in_flight: JoinSet<WriteDone>,
+    outstanding: HashMap<u64, Outstanding>,
+    /// Whether the remote hashes blocks, and so checks each as it lands.
+    check_early: bool,
+    checks: JoinSet<BlockCheck>,
+    /// The remote's hashes of the blocks it checked as they landed.
+    checked: BTreeMap<u64, BlockHash>,
+    /// Bytes acknowledged since the last remote sync started.
+    since_sync: u64,
+    /// With an agent: the remote sync running beside the writes, at most one.
+    syncing: Option<tokio::task::JoinHandle<Result<()>>>,
+    /// One block of the source, read to be hashed.
+    buffer: Vec<u8>,
+}
+
+impl<'p, 'a, R: Remote> Sending<'p, 'a, R> {
+    fn new(
+        push: &'p mut PushFile<'a, R>,
+        handle: R::File,
+        arrivals: Option<Arrivals<R>>,
+        needed: Vec<u64>,
+    ) -> Self {
+        let remote = &push.context.remote;
+        Sending {
+            paths: Paths::new(remote.clone(), handle.clone()),
+            handle,
+            arrivals,
+            per_connection: push.context.options.requests_for(remote.max_io_size()),
+            chunk: u64::from(remote.max_io_size()),
+            waiting: needed.into(),
+            requests: VecDeque::new(),
+            in_flight: JoinSet::new(),
+            outstanding: HashMap::new(),
+            check_early: remote.hashes_blocks(),
+            checks: JoinSet::new(),
+            checked: BTreeMap::new(),
+            since_sync: 0,
+            syncing: None,
+            buffer: vec![0u8; buffer_size(&push.layout)],
+            push,
+        }
+    }
+
+    /// Sends, records what was acknowledged whatever happened, and returns the remote's hashes
+    /// of the blocks it checked as they landed.
+    async fn run(mut self) -> Result<BTreeMap<u64, BlockHash>> {
+        let outcome = self.exchange().await;
+        self.in_flight.abort_all();
+        close_late(self.arrivals.take()).await;
+        // The borrowed connections' handles are closed before the unit's connection syncs the
+        // file: every write they carried has been acknowledged (or the file failed).
+        self.paths.close_borrowed().await;
+        // Every acknowledged block is recorded, whatever happened: the server has it (a
+        // dropped link does not lose acknowledged writes; a crash of the server is caught by
+        // the size check and the end-to-end digest).
+        let recorded = self.push.record();
+        let synced = match self.syncing.take() {
+            Some(task) => finished(task, "a sync").await,
+            None => Ok(()),
+        };
+        outcome.and(recorded).and(synced)?;
+        while let Some(joined) = self.checks.join_next().await {
+            take_check(&mut self.checked, joined);
+        }
+        Ok(std::mem::take(&mut self.checked))
+    }
+
+    /// Writes go out as slots free up; each acknowledged block is recorded.
+    async fn exchange(&mut self) -> Result<()> {
         loop {
-            while let Some(lane) = paths.least_busy(per_connection) {
-                if requests.is_empty() {
-                    // Read the next block only when its writes can go out, to bound memory.
-                    let Some(index) = pending_blocks.pop_front() else {
-                        break;
-                    };
-                    let range = layout.range(index);
-                    // The whole block, or only its pieces that differ from the remote's bytes.
-                    let whole = [range.clone()];
-                    let ranges = pieces.get(&index).map_or(&whole[..], |ranges| &ranges[..]);
-                    let read_error =
-                        |error| Error::local_io(format!("cannot read {}", item.source), error);
-                    // A block hashed already is read only where it travels, straight into the
-                    // buffers that go out (a 1% delta reads 10 MiB, not 150); any other is read
-                    // whole to be hashed.
-                    let (hash, whole_block) = match known.get(&index) {
-                        Some(hash) => (*hash, None),
-                        None => {
-                            let slice = &mut buffer[..(range.end - range.start) as usize];
-                            file.read_exact_at(slice, range.start).map_err(read_error)?;
-                            (hash_block(slice), Some(&*slice))
-                        }
-                    };
-                    for part in ranges {
-                        let mut offset = part.start;
-                        while offset < part.end {
-                            let end = part.end.min(offset + chunk);
-                            let data = match whole_block {
-                                Some(slice) => slice
-                                    [(offset - range.start) as usize..(end - range.start) as usize]
-                                    .to_vec(),
-                                None => {
-                                    let mut data = vec![0u8; (end - offset) as usize];
-                                    file.read_exact_at(&mut data, offset).map_err(read_error)?;
-                                    data
-                                }
-                            };
-                            requests.push_back((index, offset, data));
-                            offset = end;
-                        }
-                    }
-                    outstanding.insert(index, (hash, covered(ranges)));
-                    sent_of.insert(index, covered(ranges));
-                }
-                let Some((index, offset, data)) = requests.pop_front() else {
-                    break;
-                };
-                let Some((remote, handle, permit)) = paths.request(lane, &context.writes).await
-                else {
-                    break;
-                };
-                in_flight.spawn(async move {
-                    let length = data.len() as u64;
-                    let result = remote.write_at(&handle, offset, data).await;
-                    drop(permit);
-                    (lane, index, length, result)
-                });
-            }
-            if in_flight.is_empty() {
-                break;
+            self.send_writes().await?;
+            if self.in_flight.is_empty() {
+                return Ok(());
             }
             let joined = tokio::select! {
-                joined = in_flight.join_next() => joined,
-                (lane, opened) = next_arrival(&mut arrivals) => {
-                    paths.join(lane, opened);
+                joined = self.in_flight.join_next() => joined,
+                (lane, opened) = next_arrival(&mut self.arrivals) => {
+                    self.paths.join(lane, opened);
                     continue;
                 }
             };
             let Some(joined) = joined else {
+                return Ok(());
+            };
+            let (lane, index, length, result) =
+                joined.map_err(|error| Error::internal(format!("a write task failed: {error}")))?;
+            self.paths.answered(lane);
+            result?;
+            let push = &self.push;
+            push.context.reporter.bytes_moved(&push.item.path, length);
+            self.acknowledged(index, length).await?;
+        }
+    }
+
+    /// Sends writes while a connection has room and there is something to send.
+    async fn send_writes(&mut self) -> Result<()> {
+        let context = self.push.context;
+        while let Some(lane) = self.paths.least_busy(self.per_connection) {
+            // Read the next block only when its writes can go out, to bound memory.
+            if self.requests.is_empty() && !self.read_next_block()? {
+                break;
+            }
+            let Some((index, offset, data)) = self.requests.pop_front() else {
                 break;
             };
-            let (lane, index, length, result) = joined.map_err(|error| {
-                Error::new(ErrorKind::LocalIo, format!("a write task failed: {error}"))
-            })?;
-            paths.answered(lane);
-            result?;
-            context.reporter.bytes_moved(&item.path, length);
-            let Some(entry) = outstanding.get_mut(&index) else {
-                continue;
+            let Some((remote, handle, permit)) = self.paths.request(lane, &context.writes).await
+            else {
+                break;
             };
-            entry.1 = entry.1.saturating_sub(length);
-            if entry.1 == 0 {
-                let hash = entry.0;
-                outstanding.remove(&index);
-                while let Some(joined) = checks.try_join_next() {
-                    take_check(&mut checked, joined);
-                }
-                if check_early
-                    && index + 1 < layout.block_count()
-                    && checks.len() < CHECKS_IN_FLIGHT
-                {
-                    let remote = context.remote.clone();
-                    let path = item.target.clone();
-                    let layout = *layout;
-                    checks.spawn(async move {
-                        (
-                            index,
-                            remote.block_hashes(&path, &layout, index..index + 1).await,
-                        )
-                    });
-                }
-                unsynced.push((index, hash));
-                // Intervals count the bytes that travelled: a delta of scattered pieces is
-                // not synced and journaled once per few blocks it touched.
-                let sent = sent_of.remove(&index).unwrap_or(0);
-                unsynced_bytes += sent;
-                since_sync += sent;
-                if check_early {
-                    // An agent re-hashes every journaled block before it is trusted again, so
-                    // a block a crash of the server lost is found and sent again: the writes
-                    // never wait for a sync. Syncs still run beside them, back to back, so the
-                    // remote disk writes the file while it travels (see WRITEBACK_STEP).
-                    if since_sync >= WRITEBACK_STEP
-                        && syncing.as_ref().is_none_or(|task| task.is_finished())
-                    {
-                        if let Some(task) = syncing.take() {
-                            finished(task, "a sync").await?;
-                        }
-                        let remote = context.remote.clone();
-                        let handle = handle.clone();
-                        syncing = Some(tokio::spawn(async move { remote.sync(&handle).await }));
-                        since_sync = 0;
-                    }
-                } else if since_sync >= SYNC_INTERVAL {
-                    // Without an agent the sync bounds what the journal may claim after a
-                    // crash of the server.
-                    context.remote.sync(handle).await?;
-                    since_sync = 0;
-                }
-                // Acknowledged blocks are journaled often, so a dropped link loses little.
-                if unsynced_bytes >= JOURNAL_INTERVAL {
-                    record(journal.as_deref_mut(), &mut unsynced, have)?;
-                    unsynced_bytes = 0;
-                }
-            }
+            self.in_flight.spawn(async move {
+                let length = data.len() as u64;
+                let result = remote.write_at(&handle, offset, data).await;
+                drop(permit);
+                (lane, index, length, result)
+            });
         }
         Ok(())
     }
-    .await;
-    in_flight.abort_all();
-    close_late(arrivals).await;
-    // The borrowed connections' handles are closed before the unit's connection syncs the
-    // file: every write they carried has been acknowledged (or the file failed).
-    paths.close_borrowed().await;
-    // Every acknowledged block is recorded, whatever happened: the server has it (a dropped
-    // link does not lose acknowledged writes; a crash of the server is caught by the size check
-    // and the end-to-end digest).
-    let recorded = record(journal, &mut unsynced, have);
-    let synced = match syncing.take() {
-        Some(task) => finished(task, "a sync").await,
-        None => Ok(()),
-    };
-    outcome.and(recorded).and(synced)?;
-    while let Some(joined) = checks.join_next().await {
-        take_check(&mut checked, joined);
-    }
-    Ok(checked)
-}
 
-/// Journals acknowledged blocks (a local append and sync; the remote is not involved).
-fn record(
-    journal: Option<&mut JournalFile>,
-    unsynced: &mut Vec<(u64, BlockHash)>,
-    have: &mut BTreeMap<u64, BlockHash>,
-) -> Result<()> {
-    if unsynced.is_empty() {
-        return Ok(());
+    /// Reads the next block to send and queues its writes: the whole block, or only its
+    /// pieces that differ from the remote's bytes. False when every block has been read.
+    fn read_next_block(&mut self) -> Result<bool> {
+        let Some(index) = self.waiting.pop_front() else {
+            return Ok(false);
+        };
+        let push = &*self.push;
+        let range = push.layout.range(index);
+        let ranges = push.blocks.ranges_to_move(index);
+        let read_error =
+            |error| Error::local_io(format!("cannot read {}", push.item.source), error);
+        // A block hashed already is read only where it travels, straight into the buffers that
+        // go out (a small delta reads its changed pieces, not the blocks around them); any
+        // other is read whole to be hashed.
+        let (hash, whole_block) = match push.known.get(&index) {
+            Some(hash) => (*hash, None),
+            None => {
+                let slice = &mut self.buffer[..(range.end - range.start) as usize];
+                push.file
+                    .read_exact_at(slice, range.start)
+                    .map_err(read_error)?;
+                (hash_block(slice), Some(&*slice))
+            }
+        };
+        for part in &ranges {
+            let mut offset = part.start;
+            while offset < part.end {
+                let end = part.end.min(offset + self.chunk);
+                let data = match whole_block {
+                    Some(slice) => slice
+                        [(offset - range.start) as usize..(end - range.start) as usize]
+                        .to_vec(),
+                    None => {
+                        let mut data = vec![0u8; (end - offset) as usize];
+                        push.file
+                            .read_exact_at(&mut data, offset)
+                            .map_err(read_error)?;
+                        data
+                    }
+                };
+                self.requests.push_back((index, offset, data));
+                offset = end;
+            }
+        }
+        let travels = covered(&ranges);
+        let block = Outstanding {
+            hash,
+            unacknowledged: travels,
+            travels,
+        };
+        self.outstanding.insert(index, block);
+        Ok(true)
     }
-    if let Some(journal) = journal {
-        journal.append(unsynced)?;
+
+    /// The remote acknowledged `length` bytes of block `index`. Once all of them are, the
+    /// block is queued to be journaled, checked where the remote can, and counted towards the
+    /// next sync.
+    async fn acknowledged(&mut self, index: u64, length: u64) -> Result<()> {
+        let Some(block) = self.outstanding.get_mut(&index) else {
+            return Ok(());
+        };
+        block.unacknowledged = block.unacknowledged.saturating_sub(length);
+        if block.unacknowledged > 0 {
+            return Ok(());
+        }
+        let Some(block) = self.outstanding.remove(&index) else {
+            return Ok(());
+        };
+        self.check_landed(index);
+        // Intervals count the bytes that travelled: a delta of scattered pieces is not synced
+        // and journaled once per few blocks it touched.
+        self.push
+            .blocks
+            .queue(index, Some(block.hash), block.travels);
+        self.since_sync += block.travels;
+        self.sync_if_due().await?;
+        // Acknowledged blocks are journaled often, so a dropped link loses little.
+        if self.push.blocks.pending_bytes() >= JOURNAL_INTERVAL {
+            self.push.record()?;
+        }
+        Ok(())
     }
-    have.extend(unsynced.drain(..));
-    Ok(())
+
+    /// Has the remote hash block `index`, just landed, while the others travel (when it can,
+    /// and not too many at once); keeps the answers that came meanwhile.
+    fn check_landed(&mut self, index: u64) {
+        while let Some(joined) = self.checks.try_join_next() {
+            take_check(&mut self.checked, joined);
+        }
+        let layout = self.push.layout;
+        if self.check_early
+            && index + 1 < layout.block_count()
+            && self.checks.len() < CHECKS_IN_FLIGHT
+        {
+            let remote = self.push.context.remote.clone();
+            let path = self.push.item.target.clone();
+            self.checks.spawn(async move {
+                (
+                    index,
+                    remote.block_hashes(&path, &layout, index..index + 1).await,
+                )
+            });
+        }
+    }
+
+    /// Syncs the remote file when enough was acknowledged since the last sync.
+    async fn sync_if_due(&mut self) -> Result<()> {
+        let remote = &self.push.context.remote;
+        if self.check_early {
+            // An agent re-hashes every journaled block before it is trusted again, so a block
+            // a crash of the server lost is found and sent again: the writes never wait for a
+            // sync. Syncs still run beside them, back to back, so the remote disk writes the
+            // file while it travels (see WRITEBACK_STEP).
+            if self.since_sync >= WRITEBACK_STEP
+                && self.syncing.as_ref().is_none_or(|task| task.is_finished())
+            {
+                if let Some(task) = self.syncing.take() {
+                    finished(task, "a sync").await?;
+                }
+                let remote = remote.clone();
+                let handle = self.handle.clone();
+                self.syncing = Some(tokio::spawn(async move { remote.sync(&handle).await }));
+                self.since_sync = 0;
+            }
+        } else if self.since_sync >= SYNC_INTERVAL {
+            // Without an agent the sync bounds what the journal may claim after a crash of the
+            // server.
+            remote.sync(&self.handle).await?;
+            self.since_sync = 0;
+        }
+        Ok(())
+    }
 }

@@ -1,44 +1,41 @@
-//! One SSH connection per directory: a transfer split into units, several at once, each retried.
+//! One connection per directory: a transfer's units run several at once, each retried.
 //!
-//! A tree is cut into units: every top-level subdirectory of the source (with everything below
-//! it), and one unit for the top directory itself and the loose files and links in it; a pull
-//! makes the units' directories before any unit runs, as rsync makes a level's directories
-//! before its files (it decides where ext4 puts the files, see `make_unit_directory`). Up to
-//! `jobs` workers take units from a queue; each holds its own connection (its own TCP and SSH
+//! [`run`] connects through a [`Pool`], cuts the transfer into units (`discovery`), and
+//! schedules them: up to `jobs` workers take units from a queue; each holds its own connection (its own TCP and SSH
 //! session) and keeps it for the next unit while it is healthy, so a dropped connection loses
 //! only the blocks in flight on it. A unit that fails for a transient reason (reset, EOF,
 //! keepalive timeout, stall, request timeout) is planned again and resumed on a fresh connection
 //! after an exponential backoff with jitter, up to `retries` times; a permanent failure (auth,
 //! host key, no such file, permission denied, disk full) is not retried. One unit failing does
-//! not stop the others. A unit whose every file is verified gets a completion record of the
-//! listing it matched; a re-run plans from metadata only (listings and lstat), so a unit that is
-//! unchanged on both sides is skipped without reading any file data.
+//! not stop the others. A unit unchanged since a run completed it is skipped without reading
+//! any file data (`completion`). [`plan_only`] is the dry run: the same discovery and per-unit
+//! planning over a read-only planner, with nothing executed.
 
-use crate::blocks::record::{CompletionEntry, CompletionRecord, EntryKind as RecordKind};
-use crate::engine::budget::{self, Held, text_bytes};
+use crate::engine::budget::Held;
+use crate::engine::checksum::verify_by_checksum;
+use crate::engine::completion;
+use crate::engine::discovery::{
+    Discover, Unit, discover, early_candidate, pull_top, push_root, unit_name,
+};
 use crate::engine::early::EarlyHashes;
+use crate::engine::job::Setup;
 use crate::engine::lanes::Lanes;
-use crate::engine::plan::{self, Action, Direction, Endpoints, Plan, PlanItem};
-use crate::engine::state::{StateDir, StateFile};
-use crate::engine::{ItemError, Options, Summary, finished, pull, push};
-use crate::error::{Error, ErrorKind, Result};
-use crate::local::{Destination, RelativePath, Timestamp, validate_component};
+use crate::engine::plan::{self, Direction, Endpoints, Plan, PullScope, PushScope};
+use crate::engine::state::StateDir;
+use crate::engine::{ItemError, Options, Summary, pull, push};
+use crate::error::{Error, Result};
+use crate::local::{Destination, RelativePath, Timestamp};
 use crate::progress::Reporter;
-use crate::remote::deploy::AgentMode;
-use crate::remote::session::Session;
-use crate::remote::sftp::SftpRemote;
-use crate::remote::{self, EntryKind, Remote, SetAttributes};
-use crate::ssh::connect::{Connection, Connector, channel_refused};
-use crate::target::HostSpec;
+use crate::remote::pool::Pool;
+use crate::remote::read_only::ReadOnly;
+use crate::remote::{EntryKind, Remote, SetAttributes};
 use serde::Serialize;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
-
-/// The meaning of a completion record written by this version (which checks made it complete).
-const RECORD_VERSION: u32 = 1;
 
 /// How a transfer is split and retried.
 #[derive(Debug, Clone, Copy)]
@@ -84,109 +81,67 @@ pub fn backoff(first: Duration, failures: u32, jitter: f64) -> Duration {
     base.mul_f64(0.5 + jitter.clamp(0.0, 1.0))
 }
 
+/// How one unit ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnitOutcome {
+    /// Every file verified.
+    Done,
+    /// Unchanged on both sides since a run that completed it: nothing was read.
+    SkippedComplete,
+    /// Out of attempts, or failed for a reason a retry cannot cure.
+    Failed,
+}
+
+impl UnitOutcome {
+    /// The word `--json` and messages use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnitOutcome::Done => "done",
+            UnitOutcome::SkippedComplete => "skipped-complete",
+            UnitOutcome::Failed => "failed",
+        }
+    }
+}
+
 /// What became of one unit.
 #[derive(Debug, Clone, Serialize)]
 pub struct UnitReport {
     /// The unit's directory relative to the transfer root (`.` for the top unit).
     pub unit: String,
-    /// `done`, `skipped-complete` or `failed`.
-    pub outcome: &'static str,
+    pub outcome: UnitOutcome,
     pub attempts: u32,
     pub files_transferred: u64,
     pub bytes_moved: u64,
     pub last_error: Option<String>,
 }
 
-/// One unit: where it is on the source side and where it goes.
-#[derive(Debug, Clone)]
-struct Unit {
-    /// Relative path of the unit's top below the destination root (pull) or the source
-    /// root (push); empty for the top unit.
-    relative: RelativePath,
-    /// Source path of the unit's top (remote for pull, local for push).
-    source: String,
-    /// Destination path of the unit's top (remote for push).
-    target: String,
-    /// Only the top directory and its non-directory entries.
-    shallow: bool,
-    /// A subdirectory found by listing its parent (so it must still be a directory).
-    listed_directory: bool,
-}
-
-impl Unit {
-    /// What the unit takes in memory, about.
-    fn held_bytes(&self) -> usize {
-        let components: usize = self
-            .relative
-            .components()
-            .iter()
-            .map(|component| std::mem::size_of::<String>() + text_bytes(component.len()))
-            .sum();
-        std::mem::size_of::<Unit>()
-            + components
-            + text_bytes(self.source.len())
-            + text_bytes(self.target.len())
-    }
-}
-
 /// A pull or a push, as the command line gave it.
 pub struct Transfer {
-    pub connector: Arc<Connector>,
-    pub host: HostSpec,
     pub direction: Direction,
     pub remote_path: String,
     pub local_path: PathBuf,
     pub state: StateDir,
     pub reporter: Arc<dyn Reporter>,
     pub options: UnitOptions,
-    /// Whether connections run the xfer agent (`--no-agent`, `--agent PATH`).
-    pub agent: AgentMode,
-}
-
-/// A data session being opened while other work goes on.
-type Opening = tokio::task::JoinHandle<Result<Arc<Session>>>;
-
-impl Transfer {
-    /// Starts the remote side on `connection` (or on a new connection) in the background.
-    fn open_ahead(&self, connection: Option<Arc<Connection>>) -> Opening {
-        let (connector, host) = (self.connector.clone(), self.host.clone());
-        let (agent, reporter) = (self.agent.clone(), self.reporter.clone());
-        tokio::spawn(async move {
-            match connection {
-                Some(connection) => start_session(connection, &agent, &*reporter).await,
-                None => open_remote(&connector, &host, &agent, &*reporter).await,
-            }
-        })
-    }
-}
-
-/// What a session opened ahead came to: the session if it is up, an error if it failed for a
-/// reason a new connection would not cure, None if a new one is worth trying.
-async fn came_up(opening: Opening) -> Result<Option<Arc<Session>>> {
-    match opening.await {
-        Ok(Ok(remote)) if !remote.is_closed() => Ok(Some(remote)),
-        Ok(Err(error)) if !error.is_transient() => Err(error),
-        _ => Ok(None),
-    }
 }
 
 /// Shared by the workers.
-struct Shared {
+struct Shared<P: Pool> {
     transfer: Transfer,
+    pool: Arc<P>,
     endpoints: Endpoints,
     destination: Option<Arc<Destination>>,
+    /// Where a pull's plans say the destination is.
+    local_root: PathBuf,
     queue: Mutex<VecDeque<Unit>>,
     results: Mutex<Vec<(UnitReport, Summary)>>,
     /// The `-j` connection budget: one slot per running unit, the rest lent to large files.
-    lanes: Arc<Lanes<Session>>,
+    lanes: Arc<Lanes<P::Remote>>,
     /// Hashes of the single local file the command names, computed while connecting.
     early: Option<Arc<EarlyHashes>>,
     /// The first connection's listing session: discovery, and every unit's first plan.
-    planner: Arc<Session>,
-    /// The first connection's data session, for the first unit that moves data.
-    first_data: Mutex<Option<Pending>>,
-    /// Data sessions being opened ahead of the workers that will want them.
-    opening: Mutex<Vec<Opening>>,
+    planner: Arc<P::Remote>,
     /// What the discovered units take of the transfer's budget, until the end of the run.
     _units_held: Held,
     /// Skipped entries kept in the units' summaries so far, and those left out.
@@ -198,7 +153,7 @@ struct Shared {
     units_settled: AtomicUsize,
 }
 
-impl Shared {
+impl<P: Pool> Shared<P> {
     /// One more unit is planned (or will never be); the last one makes the plan complete.
     fn unit_settled(&self) {
         if self.units_settled.fetch_add(1, Ordering::AcqRel) + 1 == self.units_total {
@@ -207,167 +162,61 @@ impl Shared {
     }
 }
 
-/// The one local file whose hashes a transfer will want first, if the command names one: the
-/// existing destination file of a pull (the path itself, or the remote name inside a local
-/// directory), the source file of a push.
-fn early_candidate(transfer: &Transfer) -> Option<PathBuf> {
-    let local = &transfer.local_path;
-    let metadata = std::fs::symlink_metadata(local).ok()?;
-    if metadata.is_file() {
-        return Some(local.clone());
-    }
-    if transfer.direction == Direction::Pull && metadata.is_dir() {
-        let name = transfer
-            .remote_path
-            .trim_end_matches('/')
-            .rsplit('/')
-            .next()?;
-        if !name.is_empty() && name != "." && name != ".." {
-            return Some(local.join(name));
-        }
-    }
-    None
-}
-
-/// Connects and opens the remote side (agent or SFTP). Why the agent is not used is said
-/// once per run, not once per connection.
-pub async fn open_remote(
-    connector: &Connector,
-    host: &HostSpec,
-    agent: &AgentMode,
-    reporter: &dyn Reporter,
-) -> Result<Arc<Session>> {
-    let connection = Arc::new(connector.connect(host).await?);
-    start_session(connection, agent, reporter).await
-}
-
-/// Opens the remote side of an established connection, as [`open_remote`] does.
-async fn start_session(
-    connection: Arc<Connection>,
-    agent: &AgentMode,
-    reporter: &dyn Reporter,
-) -> Result<Arc<Session>> {
-    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    let (session, fallback) = Session::open(connection, agent).await?;
-    if let Some(reason) = fallback
-        && !SAID.swap(true, std::sync::atomic::Ordering::Relaxed)
-    {
-        reporter.warning(&format!(
-            "{}: using SFTP, no xfer agent: {reason}",
-            session.label()
-        ));
-    }
-    tracing::debug!(label = %session.label(), kind = session.kind(), "remote session open");
-    Ok(Arc::new(session))
-}
-
-/// The first connection's data session, until a unit that moves data takes it.
-enum Pending {
-    /// Already open (the planner serves data too).
-    Ready(Arc<Session>),
-    /// Not started: the agent is started only when a unit has data to move.
-    Connection(Arc<Connection>),
-    /// Being started while the planner works (data is expected to move).
-    Starting(Opening),
-}
-
-/// Opens the first connection. Discovery and planning need only listings, which SFTP answers
-/// without starting a shell on the remote (on many hosts the login shell's startup files cost
-/// more than the whole listing), so the planner is an SFTP session and the agent is started
-/// on the same connection only when a unit has data to move: a re-run with nothing to do never
-/// starts it. When the command names a large local file (`eager`: a delta, a resume, a push of
-/// a big file, whose data will most likely move) the agent is started at once, beside the
-/// planner, since starting it (a login shell on the remote) is the longest wait of such a
-/// run. A host that refuses SFTP plans over the agent.
-async fn open_first(transfer: &Transfer, eager: bool) -> Result<(Arc<Session>, Pending)> {
-    let connection = Arc::new(transfer.connector.connect(&transfer.host).await?);
-    if transfer.agent != AgentMode::Off {
-        let starting = eager.then(|| transfer.open_ahead(Some(connection.clone())));
-        match SftpRemote::open(connection.clone()).await {
-            Ok(sftp) => {
-                let pending = match starting {
-                    Some(starting) => Pending::Starting(starting),
-                    None => Pending::Connection(connection),
-                };
-                return Ok((Arc::new(Session::Sftp(sftp)), pending));
-            }
-            Err(error) if connection.is_closed() => return Err(error),
-            Err(_) => {
-                if let Some(starting) = starting
-                    && let Ok(Some(session)) = came_up(starting).await
-                {
-                    return Ok((session.clone(), Pending::Ready(session)));
-                }
-            }
-        }
-    }
-    let session = start_session(connection, &transfer.agent, &*transfer.reporter).await?;
-    Ok((session.clone(), Pending::Ready(session)))
-}
-
-/// Runs a whole transfer: discovers the units over a first connection, then runs them.
-pub async fn run(transfer: Transfer) -> Result<Summary> {
+/// Runs a whole transfer: connects with `connect` (told whether data will most likely move,
+/// so it can start a data session at once), discovers the units over the planner, then runs
+/// them.
+pub async fn run<P, Connect, Connecting>(transfer: Transfer, connect: Connect) -> Result<Summary>
+where
+    P: Pool,
+    Connect: FnOnce(bool) -> Connecting,
+    Connecting: Future<Output = Result<P>>,
+{
     let started = Instant::now();
     let early = early_candidate(&transfer).and_then(|path| EarlyHashes::start(&path));
-    let (first, first_data) = open_first(&transfer, early.is_some()).await?;
-    let config = first.connection().config().clone();
+    let pool = Arc::new(connect(early.is_some()).await?);
+    let first = pool.planner();
     let endpoints = Endpoints {
-        remote_id: format!("{}@{}:{}", config.user, config.hostname, config.port),
+        remote_id: pool.remote_id().to_string(),
     };
-    let (units, destination, root, data_expected, units_held) = match transfer.direction {
-        Direction::Pull => discover_pull(&transfer, &*first).await?,
-        Direction::Push => discover_push(&transfer, &*first).await?,
-    };
-    tracing::debug!(units = units.len(), data_expected, "discovered");
+    let discovery = discover(&transfer, &*first, Discover::ToTransfer).await?;
+    let data_expected = discovery.data_expected;
+    tracing::debug!(units = discovery.units.len(), data_expected, "discovered");
     let budget = transfer.options.jobs.clamp(1, 64);
-    let jobs = budget.min(units.len().max(1));
+    let jobs = budget.min(discovery.units.len().max(1));
     let lanes = {
-        let connector = transfer.connector.clone();
-        let host = transfer.host.clone();
-        let agent = transfer.agent.clone();
-        let reporter = transfer.reporter.clone();
+        let pool = pool.clone();
         Lanes::new(
             budget,
             Box::new(move || {
-                let connector = connector.clone();
-                let host = host.clone();
-                let agent = agent.clone();
-                let reporter = reporter.clone();
-                Box::pin(async move { open_remote(&connector, &host, &agent, &*reporter).await })
+                let pool = pool.clone();
+                Box::pin(async move { pool.open().await })
             }),
         )
     };
+    let root = discovery.root;
     let shared = Arc::new(Shared {
         transfer,
+        pool,
         endpoints,
-        destination,
-        units_total: units.len(),
+        destination: discovery.destination,
+        local_root: discovery.local_root,
+        units_total: discovery.units.len(),
         units_settled: AtomicUsize::new(0),
-        queue: Mutex::new(units.into_iter().collect()),
+        queue: Mutex::new(discovery.units.into_iter().collect()),
         results: Mutex::new(Vec::new()),
         lanes,
         early,
         planner: first.clone(),
-        first_data: Mutex::new(Some(first_data)),
-        opening: Mutex::new(Vec::new()),
-        _units_held: units_held,
+        _units_held: discovery.held,
         skipped_kept: AtomicUsize::new(0),
         skipped_left_out: AtomicU64::new(0),
     });
     // On a far link a connection takes a second or more to come up: when data is sure to move,
-    // the workers' connections (and the agent on the first one) are opened now, while the
-    // units are planned, and so are the ones for the slots no unit will use, which are lent
+    // the workers' connections (and the data session on the first one) are opened now, while
+    // the units are planned, and so are the ones for the slots no unit will use, which are lent
     // to large files.
     if data_expected {
-        if let Ok(mut first_data) = shared.first_data.lock()
-            && let Some(Pending::Connection(connection)) = &*first_data
-        {
-            let starting = shared.transfer.open_ahead(Some(connection.clone()));
-            *first_data = Some(Pending::Starting(starting));
-        }
-        if let Ok(mut opening) = shared.opening.lock() {
-            opening.extend((1..jobs).map(|_| shared.transfer.open_ahead(None)));
-        }
+        shared.pool.expect_data(jobs - 1);
         for _ in jobs..budget {
             let lanes = shared.lanes.clone();
             tokio::spawn(async move { drop(lanes.borrow_one(true).await) });
@@ -380,17 +229,15 @@ pub async fn run(transfer: Transfer) -> Result<Summary> {
     }
     while let Some(joined) = workers.join_next().await {
         if let Err(error) = joined {
-            return Err(Error::new(
-                ErrorKind::LocalIo,
-                format!("a worker failed: {error}"),
-            ));
+            return Err(Error::internal(format!("a worker failed: {error}")));
         }
     }
-    let mut results = shared
-        .results
-        .lock()
-        .map(|mut results| std::mem::take(&mut *results))
-        .unwrap_or_default();
+    let mut results = std::mem::take(
+        &mut *shared
+            .results
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
+    );
     results.sort_by(|a, b| a.0.unit.cmp(&b.0.unit));
 
     // The top directory's own mode and mtime last: every unit wrote into it.
@@ -448,9 +295,9 @@ pub async fn run(transfer: Transfer) -> Result<Summary> {
 
 /// Sets the remote top directory's mode and mtime, on a healthy connection, retried like a
 /// unit: the discovery connection may have died long ago.
-async fn finish_remote_root(
-    shared: &Shared,
-    first: Arc<Session>,
+async fn finish_remote_root<P: Pool>(
+    shared: &Shared<P>,
+    first: Arc<P::Remote>,
     mode: u32,
     mtime: i64,
 ) -> Result<()> {
@@ -461,15 +308,7 @@ async fn finish_remote_root(
         let result = async {
             let current = match remote.as_ref().filter(|remote| !remote.is_closed()) {
                 Some(current) => current.clone(),
-                None => {
-                    open_remote(
-                        &shared.transfer.connector,
-                        &shared.transfer.host,
-                        &shared.transfer.agent,
-                        &*shared.transfer.reporter,
-                    )
-                    .await?
-                }
+                None => shared.pool.open().await?,
             };
             remote = Some(current.clone());
             let root = push_root(&shared.transfer, &*current).await?;
@@ -497,239 +336,19 @@ async fn finish_remote_root(
     }
 }
 
-fn pull_top(transfer: &Transfer, kind: EntryKind) -> Result<RelativePath> {
-    Ok(plan::pull_target(&transfer.remote_path, kind, &transfer.local_path)?.top)
-}
-
-/// The remote path a push's top lands at (inside an existing directory for a file).
-async fn push_root<R: Remote>(transfer: &Transfer, remote: &R) -> Result<String> {
-    let metadata = std::fs::symlink_metadata(&transfer.local_path).map_err(|error| {
-        Error::local_io(
-            format!("cannot read {}", transfer.local_path.display()),
-            error,
-        )
-    })?;
-    // As plan::plan_push decides: inside an existing directory, or one a trailing `/` names.
-    if !metadata.is_dir()
-        && (transfer.remote_path.ends_with('/')
-            || remote
-                .stat(&transfer.remote_path, true)
-                .await?
-                .is_some_and(|existing| existing.kind == EntryKind::Directory))
-    {
-        let name = transfer
-            .local_path
-            .file_name()
-            .and_then(|name| name.to_str())
-            .ok_or_else(|| {
-                Error::usage(format!(
-                    "{} has no usable file name",
-                    transfer.local_path.display()
-                ))
-            })?;
-        return Ok(remote::join(&transfer.remote_path, name));
-    }
-    Ok(transfer.remote_path.clone())
-}
-
-/// The units, the local destination (pull), the remote root directory's mode and mtime, and
-/// whether data is sure to move, so the connections it will need can be opened while the
-/// units are planned: a pull into a destination that does not exist yet, or of a single large
-/// file that is not at least half here (a resume or a delta seldom needs extra connections; if it
-/// does, it opens them when it knows), or a push of a single large file the remote does not hold
-/// at its size. A re-run with nothing to do opens none. Last, what the units take of the
-/// transfer's budget: a remote directory may list as many subdirectories as it likes.
-type Discovery = (
-    Vec<Unit>,
-    Option<Arc<Destination>>,
-    Option<(u32, i64)>,
-    bool,
-    Held,
-);
-
-/// Adds a discovered unit, counted against the transfer's budget.
-fn add_unit(units: &mut Vec<Unit>, held: &mut Held, unit: Unit, label: &str) -> Result<()> {
-    held.take(unit.held_bytes()).map_err(|error| {
-        Error::remote(format!("{label}: {error}; refusing to go on with it"))
-            .with_hint(
-                "transfer a smaller part of the tree at a time, e.g. one subdirectory per run, or raise XFER_PLAN_MEMORY (MiB) for a directory of very many files",
-            )
-            .transient(false)
-    })?;
-    units.push(unit);
-    Ok(())
-}
-
-async fn discover_pull<R: Remote>(transfer: &Transfer, remote: &R) -> Result<Discovery> {
-    let path = &transfer.remote_path;
-    let root = remote.stat(path, true).await?.ok_or_else(|| {
-        Error::remote(format!(
-            "{}: {path}: no such file or directory",
-            remote.label()
-        ))
-        .with_hint("check the remote path (relative paths start at the login directory)")
-    })?;
-    let target = plan::pull_target(path, root.kind, &transfer.local_path)?;
-    // Opening the destination creates its root, so whether it was there is asked first.
-    let root_absent = std::fs::symlink_metadata(&target.root).is_err();
-    let destination = Arc::new(Destination::open(&target.root, true)?);
-    let top = Unit {
-        relative: target.top.clone(),
-        source: path.clone(),
-        target: String::new(),
-        shallow: root.kind == EntryKind::Directory,
-        listed_directory: false,
-    };
-    if root.kind != EntryKind::Directory {
-        let mostly_here = destination
-            .metadata(&top.relative)
-            .ok()
-            .flatten()
-            .is_some_and(|local| local.size >= root.size / 2);
-        // A small file moves over the first connection alone.
-        let large = root.size >= crate::engine::lanes::LANE_MIN_SIZE;
-        return Ok((
-            vec![top],
-            Some(destination),
-            None,
-            large && !mostly_here,
-            Held::new(&budget::TRANSFER),
-        ));
-    }
-    let absent = root_absent || matches!(destination.metadata(&top.relative), Ok(None));
-    make_unit_directory(&destination, &top.relative, root.mode);
-    let mut units = Vec::new();
-    let mut held = Held::new(&budget::TRANSFER);
-    let label = format!("{}: {path}", remote.label());
-    add_unit(&mut units, &mut held, top, &label)?;
-    let mut children = remote.list(path).await?;
-    children.sort_by(|a, b| a.name.cmp(&b.name));
-    children.dedup_by(|later, earlier| later.name == earlier.name);
-    for child in children
-        .into_iter()
-        .filter(|child| child.kind == EntryKind::Directory)
-    {
-        // Refused names are reported by the top unit's plan, which lists them too.
-        let Ok(name) = validate_component(child.name.as_bytes()) else {
-            continue;
-        };
-        let Ok(relative) = target.top.join(name) else {
-            continue;
-        };
-        make_unit_directory(&destination, &relative, child.mode);
-        let unit = Unit {
-            relative,
-            source: remote::join(path, name),
-            target: String::new(),
-            shallow: false,
-            listed_directory: true,
-        };
-        add_unit(&mut units, &mut held, unit, &label)?;
-    }
-    Ok((
-        units,
-        Some(destination),
-        Some((root.mode, root.mtime)),
-        absent,
-        held,
-    ))
-}
-
-/// Creates a unit's directory (owner-writable, like the pull does) before any unit runs, in
-/// listing order, the way rsync makes every directory of a level before the files in them.
-/// Made as the units reach them instead, interleaved with thousands of file creations, their
-/// files landed in inode groups crowded with the slots of files deleted moments before, and
-/// ext4 without a journal scans past every recently deleted inode on each allocation: 10,000
-/// small files right after deleting a previous copy took 6-7 s this way and 3-3.8 s with the
-/// directories made first (rsync 2.9-4.4 s on the same disk). Best effort: what is in the
-/// way, or a listing that lied, is the unit's plan to handle and report.
-fn make_unit_directory(destination: &Destination, relative: &RelativePath, mode: u32) {
-    if let Ok(None) = destination.metadata(relative)
-        && let Err(error) = destination.create_dir_all(relative, mode | 0o700)
-    {
-        tracing::debug!(%error, "unit directory not made ahead");
-    }
-}
-
-async fn discover_push<R: Remote>(transfer: &Transfer, remote: &R) -> Result<Discovery> {
-    use std::os::unix::fs::MetadataExt;
-    let source = &transfer.local_path;
-    let metadata = std::fs::symlink_metadata(source)
-        .map_err(|error| Error::local_io(format!("cannot read {}", source.display()), error))?;
-    let root_target = push_root(transfer, remote).await?;
-    let top = Unit {
-        relative: RelativePath::root(),
-        source: source.display().to_string(),
-        target: root_target.clone(),
-        shallow: metadata.is_dir(),
-        listed_directory: false,
-    };
-    if !metadata.is_dir() {
-        // A large file the remote does not hold yet, at that size, will move: its extra
-        // connections are opened while it is planned.
-        let large = metadata.len() >= crate::engine::lanes::LANE_MIN_SIZE;
-        let data_expected = large
-            && remote
-                .stat(&root_target, false)
-                .await?
-                .is_none_or(|existing| existing.size != metadata.len());
-        return Ok((
-            vec![top],
-            None,
-            None,
-            data_expected,
-            Held::new(&budget::TRANSFER),
-        ));
-    }
-    let mut units = vec![top];
-    let mut entries: Vec<_> = std::fs::read_dir(source)
-        .map_err(|error| Error::local_io(format!("cannot list {}", source.display()), error))?
-        .flatten()
-        .collect();
-    entries.sort_by_key(|entry| entry.file_name());
-    for entry in entries {
-        let Ok(file_type) = entry.file_type() else {
-            continue;
-        };
-        if !file_type.is_dir() {
-            continue;
-        }
-        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
-            continue;
-        };
-        let Ok(relative) = RelativePath::root().join(&name) else {
-            continue;
-        };
-        units.push(Unit {
-            relative,
-            source: entry.path().display().to_string(),
-            target: remote::join(&root_target, &name),
-            shallow: false,
-            listed_directory: true,
-        });
-    }
-    // The units of a push are the local tree's: nothing the peer said is held for them.
-    Ok((
-        units,
-        None,
-        Some((metadata.mode() & 0o7777, metadata.mtime())),
-        false,
-        Held::new(&budget::TRANSFER),
-    ))
-}
-
 /// Takes units from the queue until it is empty. The worker's slot is held across units, so a
 /// large file's borrowing never delays the next unit; once the queue is empty the worker's
 /// connection is left to the lanes before its slot is given up, and the files still running
 /// get it without a new handshake.
-async fn worker(shared: Arc<Shared>) {
+async fn worker<P: Pool>(shared: Arc<Shared<P>>) {
     let mut connection = None;
     let slot = shared.lanes.hold_slot().await;
     loop {
-        let unit = match shared.queue.lock() {
-            Ok(mut queue) => queue.pop_front(),
-            Err(_) => None,
-        };
+        let unit = shared
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop_front();
         let Some(unit) = unit else { break };
         let (report, mut summary) = run_unit(&shared, &unit, &mut connection).await;
         let count = summary.skipped.len();
@@ -742,9 +361,11 @@ async fn worker(shared: Arc<Shared>) {
                 .skipped_left_out
                 .fetch_add((count - room) as u64, Ordering::Relaxed);
         }
-        if let Ok(mut results) = shared.results.lock() {
-            results.push((report, summary));
-        }
+        shared
+            .results
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((report, summary));
     }
     if let Some(connection) = connection {
         shared.lanes.add_idle(connection);
@@ -752,19 +373,11 @@ async fn worker(shared: Arc<Shared>) {
     drop(slot);
 }
 
-fn unit_name(unit: &Unit) -> String {
-    if unit.relative.is_root() {
-        ".".to_string()
-    } else {
-        unit.relative.to_string()
-    }
-}
-
 /// Runs one unit to completion or to its last attempt.
-async fn run_unit(
-    shared: &Shared,
+async fn run_unit<P: Pool>(
+    shared: &Shared<P>,
     unit: &Unit,
-    connection: &mut Option<Arc<Session>>,
+    connection: &mut Option<Arc<P::Remote>>,
 ) -> (UnitReport, Summary) {
     let mut planned = false;
     let outcome = attempt_until_done(shared, unit, connection, &mut planned).await;
@@ -776,17 +389,17 @@ async fn run_unit(
 }
 
 /// Attempts one unit until it is done, found complete, or out of retries.
-async fn attempt_until_done(
-    shared: &Shared,
+async fn attempt_until_done<P: Pool>(
+    shared: &Shared<P>,
     unit: &Unit,
-    connection: &mut Option<Arc<Session>>,
+    connection: &mut Option<Arc<P::Remote>>,
     planned: &mut bool,
 ) -> (UnitReport, Summary) {
     let transfer = &shared.transfer;
     let options = transfer.options;
     let mut report = UnitReport {
         unit: unit_name(unit),
-        outcome: "failed",
+        outcome: UnitOutcome::Failed,
         attempts: 0,
         files_transferred: 0,
         bytes_moved: 0,
@@ -802,7 +415,7 @@ async fn attempt_until_done(
         let attempt = attempt_unit(shared, unit, connection, first_attempt, planned).await;
         let retry = match attempt {
             Ok(Attempt::SkippedComplete(summary)) => {
-                report.outcome = "skipped-complete";
+                report.outcome = UnitOutcome::SkippedComplete;
                 return (report, summary);
             }
             Ok(Attempt::Executed(mut summary)) => {
@@ -816,7 +429,7 @@ async fn attempt_until_done(
                 summary.bytes_moved = report.bytes_moved;
                 summary.files_transferred = report.files_transferred;
                 if summary.errors.is_empty() {
-                    report.outcome = "done";
+                    report.outcome = UnitOutcome::Done;
                     report.last_error = None;
                     return (report, summary);
                 }
@@ -886,10 +499,10 @@ enum Attempt {
     Executed(Summary),
 }
 
-async fn attempt_unit(
-    shared: &Shared,
+async fn attempt_unit<P: Pool>(
+    shared: &Shared<P>,
     unit: &Unit,
-    connection: &mut Option<Arc<Session>>,
+    connection: &mut Option<Arc<P::Remote>>,
     first_attempt: bool,
     planned: &mut bool,
 ) -> Result<Attempt> {
@@ -902,36 +515,115 @@ async fn attempt_unit(
     } else {
         data_session(shared, connection).await?
     };
-    let mut plan = match transfer.direction {
+    let mut plan = plan_unit(
+        transfer,
+        &*remote,
+        unit,
+        shared.destination.as_deref(),
+        &shared.local_root,
+        &shared.endpoints,
+    )
+    .await?;
+    if transfer.options.checksum {
+        verify_by_checksum(
+            &mut plan,
+            &*remote,
+            shared.destination.as_deref(),
+            transfer.direction,
+        )
+        .await?;
+    }
+    let record_file = completion::record_file(transfer, &shared.endpoints, unit);
+    let record = completion::completion_record(unit, &plan);
+    if completion::found_complete(&plan, &record, &record_file) {
+        return Ok(Attempt::SkippedComplete(completion::complete_summary(
+            &plan,
+        )));
+    }
+    let remote = data_session(shared, connection).await?;
+    if !*planned {
+        transfer
+            .reporter
+            .planned(plan.files().count() as u64, plan.total_file_bytes());
+        *planned = true;
+        shared.unit_settled();
+    }
+    // Counts what this attempt moved, failed files included: the summary says what moved over
+    // every attempt, and an attempt that moved anything resets the retry backoff.
+    let counting = Arc::new(CountingReporter {
+        inner: transfer.reporter.clone(),
+        bytes: AtomicU64::new(0),
+    });
+    let mut summary = execute(shared, remote, &plan, counting.clone()).await?;
+    summary.bytes_moved = counting.bytes.load(Ordering::Relaxed);
+    completion::settle(
+        &record_file,
+        &record,
+        summary.errors.is_empty(),
+        &unit_name(unit),
+    );
+    Ok(Attempt::Executed(summary))
+}
+
+/// Executes a unit's plan over `remote`, reporting to `reporter`.
+async fn execute<P: Pool>(
+    shared: &Shared<P>,
+    remote: Arc<P::Remote>,
+    plan: &Plan,
+    reporter: Arc<dyn Reporter>,
+) -> Result<Summary> {
+    let transfer = &shared.transfer;
+    let setup = Setup {
+        state: transfer.state.clone(),
+        endpoints: shared.endpoints.clone(),
+        reporter,
+        options: transfer.options.engine,
+        lanes: Some(shared.lanes.clone()),
+        early: shared.early.clone(),
+    };
+    Ok(match transfer.direction {
         Direction::Pull => {
             let destination = shared
                 .destination
-                .as_ref()
-                .ok_or_else(|| Error::new(ErrorKind::LocalIo, "no destination"))?;
-            plan::plan_pull(
-                &*remote,
-                &unit.source,
-                &transfer.local_path.display().to_string(),
-                destination.root_path(),
-                Some(destination),
-                &unit.relative,
-                &transfer.state,
-                &shared.endpoints,
-                unit.shallow,
-            )
-            .await?
+                .clone()
+                .ok_or_else(|| Error::internal("a pull without a destination"))?;
+            pull::execute(remote, plan, destination, setup).await
+        }
+        Direction::Push => push::execute(remote, plan, setup).await,
+    })
+}
+
+/// Plans one unit over `remote`, as a run and a dry run both do. `destination` is a pull's
+/// local destination (None where it does not exist yet), `local_root` where it is.
+async fn plan_unit<R: Remote>(
+    transfer: &Transfer,
+    remote: &R,
+    unit: &Unit,
+    destination: Option<&Destination>,
+    local_root: &Path,
+    endpoints: &Endpoints,
+) -> Result<Plan> {
+    let (state, local_text) = (&transfer.state, transfer.local_path.display().to_string());
+    let plan = match transfer.direction {
+        Direction::Pull => {
+            let scope = PullScope {
+                source: &unit.source,
+                destination_text: &local_text,
+                destination_root: local_root,
+                destination,
+                top: &unit.relative,
+                shallow: unit.shallow,
+            };
+            plan::plan_pull(remote, &scope, state, endpoints).await?
         }
         Direction::Push => {
-            plan::plan_push(
-                &*remote,
-                Path::new(&unit.source),
-                &unit.target,
-                &transfer.state,
-                &shared.endpoints,
-                unit.shallow,
-                transfer.options.fix_crlf,
-            )
-            .await?
+            let scope = PushScope {
+                source: Path::new(&unit.source),
+                destination: &unit.target,
+                shallow: unit.shallow,
+                fix_crlf: transfer.options.fix_crlf,
+            };
+            plan::plan_push(remote, &scope, state, endpoints).await?
         }
     };
     // A directory unit must still be a directory: the listing that made it a unit may lie.
@@ -949,284 +641,55 @@ async fn attempt_unit(
             unit.source
         )));
     }
-    if transfer.options.checksum {
-        verify_by_checksum(
-            &mut plan,
-            &*remote,
-            shared.destination.as_deref(),
-            transfer.direction,
-        )
-        .await?;
-    }
-    let record_file = record_file(shared, unit);
-    let record = completion_record(unit, &plan);
-    let everything_current = plan.problems.is_empty()
-        && plan
-            .items
-            .iter()
-            .all(|item| item.action == Action::UpToDate);
-    if everything_current {
-        let recorded = record_file
-            .read(crate::blocks::record::MAX_RECORD_LEN as u64)
-            .ok()
-            .flatten()
-            .and_then(|bytes| CompletionRecord::decode(&bytes).ok());
-        if recorded.as_ref() == Some(&record) {
-            let mut summary = Summary {
-                files: plan.files().count() as u64,
-                files_up_to_date: plan.files().count() as u64,
-                bytes_reused: plan.total_file_bytes(),
-                skipped: plan.skipped.clone(),
-                ..Summary::default()
-            };
-            summary.directories = plan
-                .items
-                .iter()
-                .filter(|item| item.kind == EntryKind::Directory)
-                .count() as u64;
-            summary.symlinks = plan
-                .items
-                .iter()
-                .filter(|item| item.kind == EntryKind::Symlink)
-                .count() as u64;
-            return Ok(Attempt::SkippedComplete(summary));
-        }
-    }
-    let remote = data_session(shared, connection).await?;
-    // Counts what this attempt moved, failed files included: the summary says what moved over
-    // every attempt, and an attempt that moved anything resets the retry backoff.
-    let counting = Arc::new(CountingReporter {
-        inner: transfer.reporter.clone(),
-        bytes: AtomicU64::new(0),
-    });
-    let reporter: Arc<dyn Reporter> = counting.clone();
-    if !*planned {
-        transfer
-            .reporter
-            .planned(plan.files().count() as u64, plan.total_file_bytes());
-        *planned = true;
-        shared.unit_settled();
-    }
-    let summary = match transfer.direction {
-        Direction::Pull => {
-            let destination = shared
-                .destination
-                .clone()
-                .ok_or_else(|| Error::new(ErrorKind::LocalIo, "no destination"))?;
-            pull::execute(
-                remote.clone(),
-                &plan,
-                destination,
-                transfer.state.clone(),
-                shared.endpoints.clone(),
-                reporter.clone(),
-                transfer.options.engine,
-                Some(shared.lanes.clone()),
-                shared.early.clone(),
-            )
-            .await
-        }
-        Direction::Push => {
-            push::execute(
-                remote.clone(),
-                &plan,
-                transfer.state.clone(),
-                shared.endpoints.clone(),
-                reporter.clone(),
-                transfer.options.engine,
-                Some(shared.lanes.clone()),
-                shared.early.clone(),
-            )
-            .await
-        }
-    };
-    let mut summary = summary;
-    summary.bytes_moved = counting.bytes.load(Ordering::Relaxed);
-    if summary.errors.is_empty() {
-        // Every file verified: record the listing this unit matched.
-        match record.encode() {
-            Ok(bytes) => {
-                // A record not written only costs a re-run its check.
-                if let Err(error) = record_file.replace(&[&bytes], false) {
-                    tracing::debug!(%error, "no completion record for {}", unit_name(unit));
-                }
-            }
-            Err(error) => tracing::debug!(%error, "no completion record for {}", unit_name(unit)),
-        }
-    } else {
-        let _ = record_file.remove();
-    }
-    Ok(Attempt::Executed(summary))
+    Ok(plan)
 }
 
-/// The worker's own connection for moving data: the one it holds while healthy, else the first
-/// connection's (once; it needs no handshake), else one opened ahead for it, else a new one.
-async fn data_session(
-    shared: &Shared,
-    connection: &mut Option<Arc<Session>>,
-) -> Result<Arc<Session>> {
+/// Plans a transfer as a run plans it, unit by unit, over the pool's planner seen through
+/// [`ReadOnly`], and prepares nothing locally: nothing changes on either side. The units'
+/// plans come back as one, in the order a walk of the source visits its entries.
+pub async fn plan_only<P: Pool>(transfer: &Transfer, pool: &P) -> Result<Plan> {
+    let planner = ReadOnly::new(pool.planner());
+    let endpoints = Endpoints {
+        remote_id: pool.remote_id().to_string(),
+    };
+    let discovery = discover(transfer, &planner, Discover::ToPlan).await?;
+    let mut whole: Option<Plan> = None;
+    for unit in &discovery.units {
+        let plan = plan_unit(
+            transfer,
+            &planner,
+            unit,
+            discovery.destination.as_deref(),
+            &discovery.local_root,
+            &endpoints,
+        )
+        .await?;
+        match whole.as_mut() {
+            None => whole = Some(plan),
+            Some(whole) => {
+                let prefix = match transfer.direction {
+                    Direction::Pull => RelativePath::root(),
+                    Direction::Push => unit.relative.clone(),
+                };
+                whole.absorb(plan, &prefix)?;
+            }
+        }
+    }
+    whole.ok_or_else(|| Error::internal("a transfer with no unit to plan"))
+}
+
+/// The worker's own connection for moving data: the one it holds while healthy, else one from
+/// the pool.
+async fn data_session<P: Pool>(
+    shared: &Shared<P>,
+    connection: &mut Option<Arc<P::Remote>>,
+) -> Result<Arc<P::Remote>> {
     if let Some(remote) = connection.as_ref().filter(|remote| !remote.is_closed()) {
         return Ok(remote.clone());
     }
-    let transfer = &shared.transfer;
-    let first = shared
-        .first_data
-        .lock()
-        .ok()
-        .and_then(|mut first_data| first_data.take());
-    let mut remote = match first {
-        Some(Pending::Ready(remote)) if !remote.is_closed() => Some(remote),
-        Some(Pending::Connection(connection)) if !connection.is_closed() => {
-            let label = connection.label().to_string();
-            match start_session(connection, &transfer.agent, &*transfer.reporter).await {
-                Ok(remote) => Some(remote),
-                // The host allows one channel per connection (sshd MaxSessions 1) and the
-                // planner's holds the first one's: the data goes over a connection of its own.
-                Err(error) if channel_refused(&error) => {
-                    tracing::info!(
-                        "{label}: the host allows one channel per connection; data moves over connections of its own"
-                    );
-                    None
-                }
-                Err(error) => return Err(error),
-            }
-        }
-        Some(Pending::Starting(starting)) => came_up(starting).await?,
-        _ => None,
-    };
-    while remote.is_none() {
-        let ahead = shared
-            .opening
-            .lock()
-            .ok()
-            .and_then(|mut opening| opening.pop());
-        let Some(ahead) = ahead else { break };
-        remote = came_up(ahead).await?;
-    }
-    let remote = match remote {
-        Some(remote) => remote,
-        None => {
-            open_remote(
-                &transfer.connector,
-                &transfer.host,
-                &transfer.agent,
-                &*transfer.reporter,
-            )
-            .await?
-        }
-    };
+    let remote = shared.pool.for_data().await?;
     *connection = Some(remote.clone());
     Ok(remote)
-}
-
-fn record_file(shared: &Shared, unit: &Unit) -> StateFile {
-    let transfer = &shared.transfer;
-    let (source, destination) = match transfer.direction {
-        Direction::Pull => (
-            format!("{}:{}", shared.endpoints.remote_id, unit.source),
-            transfer
-                .local_path
-                .join(unit.relative.to_raw_string())
-                .display()
-                .to_string(),
-        ),
-        Direction::Push => (
-            unit.source.clone(),
-            format!("{}:{}", shared.endpoints.remote_id, unit.target),
-        ),
-    };
-    transfer
-        .state
-        .unit_file(transfer.direction.as_str(), &source, &destination)
-}
-
-/// The listing a unit's plan saw, as a completion record.
-fn completion_record(unit: &Unit, plan: &Plan) -> CompletionRecord {
-    let entries = plan
-        .items
-        .iter()
-        .filter_map(|item: &PlanItem| {
-            let kind = match item.kind {
-                EntryKind::File => RecordKind::File,
-                EntryKind::Directory => RecordKind::Dir,
-                EntryKind::Symlink => RecordKind::Symlink,
-                EntryKind::Special => return None,
-            };
-            Some(CompletionEntry {
-                name: item.path.clone(),
-                kind,
-                size: item.size,
-                mtime_seconds: item.mtime,
-                mtime_nanos: 0,
-                mode: item.mode,
-                symlink_target: item.link_target.clone(),
-                content_hash: None,
-            })
-        })
-        .collect();
-    CompletionRecord {
-        version: RECORD_VERSION,
-        unit_id: unit
-            .source
-            .chars()
-            .take(crate::blocks::record::MAX_NAME_LEN / 4)
-            .collect(),
-        entries,
-    }
-}
-
-/// `--checksum`: a file that passes the quick check must also have the same whole-file digest
-/// on both sides, or it is transferred again.
-async fn verify_by_checksum<R: Remote>(
-    plan: &mut Plan,
-    remote: &R,
-    destination: Option<&Destination>,
-    direction: Direction,
-) -> Result<()> {
-    for item in plan.items.iter_mut() {
-        if item.kind != EntryKind::File || item.action != Action::UpToDate {
-            continue;
-        }
-        let remote_path = match direction {
-            Direction::Pull => &item.source,
-            Direction::Push => &item.target,
-        };
-        let digest = remote.digest(remote_path).await?;
-        let local = match direction {
-            Direction::Pull => {
-                let Some(destination) = destination else {
-                    continue;
-                };
-                destination.open_read(&item.relative()?)?
-            }
-            Direction::Push => std::fs::File::open(&item.source)
-                .map_err(|error| Error::local_io(format!("cannot read {}", item.source), error))?,
-        };
-        let checksum = tokio::task::spawn_blocking(move || -> Result<Option<bool>> {
-            let Some(digest) = digest else {
-                return Ok(None);
-            };
-            let by_blake3 = matches!(digest, remote::RemoteDigest::Blake3(_));
-            let (_, blake3, sha256) =
-                crate::file_hashing::whole_file_digests(&local, u64::MAX, by_blake3, !by_blake3)
-                    .map_err(|error| Error::local_io("cannot read a file to checksum it", error))?;
-            Ok(Some(match digest {
-                remote::RemoteDigest::Blake3(expected) => blake3 == Some(expected),
-                remote::RemoteDigest::Sha256(expected) => sha256 == Some(expected),
-            }))
-        });
-        let same = finished(checksum, "a checksum").await?;
-        match same {
-            Some(true) => {}
-            Some(false) => item.action = Action::Update { reason: "content differs (--checksum)".into() },
-            None => {
-                item.action = Action::Update {
-                    reason: "the remote cannot hash it, so it is transferred and verified again (--checksum)".into(),
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,10 +1,10 @@
 //! Reading back what was written: block hashes of a local file, and the whole-file digests that
 //! decide whether a file counts as done.
 
-use crate::blocks::{BlockHash, BlockLayout};
+use crate::blocks::{BlockHash, BlockLayout, BlockSet};
 use crate::error::{Error, Result};
 use crate::file_hashing;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::sync::atomic::AtomicBool;
 
@@ -118,23 +118,22 @@ fn hash_blocks_on(
         .collect()
 }
 
-/// Reads the file back: compares every block with `expected` and computes the whole-file
-/// digests asked for, on a second thread so the two passes overlap. Without whole-file digests,
-/// blocks in `checked` (their bytes on disk were read and found equal to `expected` earlier in
-/// this run: kept from a journal, or equal on both sides of a delta) are not read again.
-/// `display` names the file in errors.
+/// Reads the file back: compares every block with the hash `blocks` holds for it and computes
+/// the whole-file digests asked for, on a second thread so the two passes overlap. Without
+/// whole-file digests, blocks `blocks` marks checked (their bytes were read and found as
+/// expected earlier in this run: kept from a journal, or equal on both sides of a delta) are
+/// not read again. `display` names the file in errors.
 pub fn verify_file(
     file: &File,
-    layout: &BlockLayout,
-    expected: &BTreeMap<u64, BlockHash>,
-    checked: &BTreeSet<u64>,
+    blocks: &BlockSet,
     digests: WholeFileDigests,
     display: &str,
 ) -> Result<Verification> {
+    let layout = &blocks.layout();
     if !digests.blake3 && !digests.sha256 {
         // Only the block check: spread it over the cores.
         let unchecked: Vec<u64> = (0..layout.block_count())
-            .filter(|index| !checked.contains(index))
+            .filter(|&index| !blocks.is_checked(index))
             .collect();
         let on_disk = hash_blocks_parallel(file, layout, &unchecked);
         if on_disk.len() != unchecked.len() {
@@ -145,7 +144,7 @@ pub fn verify_file(
         }
         let mismatched = unchecked
             .into_iter()
-            .filter(|index| expected.get(index) != on_disk.get(index))
+            .filter(|index| blocks.hash_of(*index) != on_disk.get(index))
             .collect();
         return Ok(Verification {
             mismatched,
@@ -184,7 +183,7 @@ pub fn verify_file(
                     format!("cannot read back {display}: it is shorter than it should be"),
                 ));
             }
-            if expected.get(&index) != Some(&hash) {
+            if blocks.hash_of(index) != Some(&hash) {
                 mismatched.push(index);
             }
         }

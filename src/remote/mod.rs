@@ -11,6 +11,9 @@
 pub mod agent;
 pub mod deploy;
 pub mod home;
+pub mod memory;
+pub mod pool;
+pub mod read_only;
 pub mod session;
 pub mod sftp;
 

@@ -115,10 +115,7 @@ macro_rules! both {
 }
 
 fn mismatched() -> crate::Error {
-    crate::Error::new(
-        crate::ErrorKind::LocalIo,
-        "a file handle of one remote kind was used with another (a bug in xfer)",
-    )
+    crate::Error::internal("a file handle of one remote kind was used with another")
 }
 
 impl Remote for Session {

@@ -1,0 +1,235 @@
+//! The requests that read whole files to hash them: Digest (plain BLAKE3 of the file) and
+//! BlockHashes (the block hashes of a range of blocks, read and hashed by several threads with
+//! a bounded memory).
+
+use super::files::open_regular;
+use super::{Failure, HASH_MEMORY_PER_JOB};
+use crate::agent::protocol::ErrorCode;
+use crate::blocks::is_valid_block_size;
+use crate::file_hashing;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The plain BLAKE3 of everything in `file` (read as [`file_hashing`] reads).
+pub(super) fn hash_whole(file: &File) -> io::Result<[u8; 32]> {
+    let (_, blake3, _) = file_hashing::whole_file_digests(file, u64::MAX, true, false)?;
+    Ok(blake3.unwrap_or_default())
+}
+
+pub(super) fn digest(path: &str) -> Result<[u8; 32], Failure> {
+    let file = open_regular(path, OpenOptions::new().read(true))?;
+    Ok(hash_whole(&file)?)
+}
+
+/// The hashes of blocks `first..first + count`, none past the end of the file. The blocks are
+/// read and hashed by several threads; if the file shrinks meanwhile, the list ends with the
+/// first block that came up short.
+pub(super) fn block_hashes(
+    path: &str,
+    block_size: u32,
+    first: u64,
+    count: u32,
+) -> Result<Vec<[u8; 32]>, Failure> {
+    if !is_valid_block_size(block_size) {
+        return Err(Failure::new(
+            ErrorCode::Invalid,
+            format!("block size {block_size} is not a power of two between 4 KiB and 64 MiB"),
+        ));
+    }
+    let file = open_regular(path, OpenOptions::new().read(true))?;
+    let size = file.metadata()?.len();
+    let Some(range) = BlockRange::within(size, block_size, first, count) else {
+        return Ok(Vec::new());
+    };
+    let hashed = hash_blocks(&file, &range)?;
+    hashes_in_order(&range, hashed)
+}
+
+/// The blocks a BlockHashes request covers in a file of `size` bytes: from `first`, `blocks`
+/// of them, none past the end of the file.
+struct BlockRange {
+    size: u64,
+    block_size: u32,
+    first: u64,
+    blocks: usize,
+}
+
+impl BlockRange {
+    /// Blocks `first..first + count`, cut at the end of the file; None when none is left.
+    fn within(size: u64, block_size: u32, first: u64, count: u32) -> Option<BlockRange> {
+        let end = first
+            .saturating_add(u64::from(count))
+            .min(size.div_ceil(u64::from(block_size)));
+        (first < end).then(|| BlockRange {
+            size,
+            block_size,
+            first,
+            // At most `count` ≤ MAX_HASHES blocks.
+            blocks: (end - first) as usize,
+        })
+    }
+
+    /// The offset and length of the range's `index`th block: a whole block, or what is left of
+    /// the file.
+    fn block(&self, index: usize) -> (u64, usize) {
+        let block = u64::from(self.block_size);
+        let offset = (self.first + index as u64) * block;
+        // Within the file: the block is at most block_size long.
+        (offset, self.size.saturating_sub(offset).min(block) as usize)
+    }
+
+    /// How many threads hash the range: one per core, never more than there are blocks, nor
+    /// more than [`HASH_MEMORY_PER_JOB`] has room for (each thread holds one block).
+    fn threads(&self) -> usize {
+        crate::cores::available()
+            .min(self.blocks)
+            .min((HASH_MEMORY_PER_JOB / self.block_size as usize).max(1))
+            .max(1)
+    }
+}
+
+/// One hashed block: its index among those asked for, how many bytes were read, its hash.
+type HashedBlock = (usize, usize, [u8; 32]);
+
+/// Hashes every block of `range` on [`BlockRange::threads`] threads, each taking the next block
+/// no other has taken; the blocks come in no particular order.
+fn hash_blocks(file: &File, range: &BlockRange) -> io::Result<Vec<HashedBlock>> {
+    // The longest block asked for: a small file's one block, not the whole block size (a
+    // pull of many small files asks for one hash per file).
+    let longest = range.block(0).1;
+    let next = AtomicUsize::new(0);
+    let worker = || -> io::Result<Vec<HashedBlock>> {
+        let mut buffer = file_hashing::buffer_for(longest as u64);
+        let mut done = Vec::new();
+        loop {
+            let index = next.fetch_add(1, Ordering::Relaxed);
+            if index >= range.blocks {
+                return Ok(done);
+            }
+            let (offset, length) = range.block(index);
+            let (read, hash) =
+                file_hashing::hash_block_at(file, offset, length as u64, &mut buffer)?;
+            done.push((index, read as usize, hash));
+        }
+    };
+    let threads = range.threads();
+    if threads <= 1 {
+        // One thread: this one (no thread to start per request).
+        return worker();
+    }
+    let mut hashed = Vec::with_capacity(range.blocks);
+    for result in run_on_threads(threads, &worker) {
+        hashed.extend(result?);
+    }
+    Ok(hashed)
+}
+
+/// Runs `worker` on up to `threads` scoped threads and collects what each returned, in the
+/// order they started. When the system refuses a thread, those already running take the whole
+/// work; when it refuses the first, that is the error.
+fn run_on_threads<T: Send>(
+    threads: usize,
+    worker: &(impl Fn() -> io::Result<T> + Sync),
+) -> Vec<io::Result<T>> {
+    std::thread::scope(|scope| {
+        let mut handles = Vec::with_capacity(threads);
+        let mut results = Vec::with_capacity(threads);
+        for _ in 0..threads {
+            match std::thread::Builder::new()
+                .name("xfer-agent-hash".into())
+                .spawn_scoped(scope, worker)
+            {
+                Ok(handle) => handles.push(handle),
+                Err(error) if !handles.is_empty() => {
+                    tracing::debug!(%error, "fewer hashing threads");
+                    break;
+                }
+                Err(error) => {
+                    results.push(Err(error));
+                    break;
+                }
+            }
+        }
+        for handle in handles {
+            results.push(
+                handle
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("a hashing thread panicked"))),
+            );
+        }
+        results
+    })
+}
+
+/// The hashes in block order, ending after the first block that came up short (the file
+/// shrank while it was read) or before the first that was empty.
+fn hashes_in_order(range: &BlockRange, hashed: Vec<HashedBlock>) -> Result<Vec<[u8; 32]>, Failure> {
+    let mut by_index: Vec<Option<(usize, [u8; 32])>> = vec![None; range.blocks];
+    for (index, read, hash) in hashed {
+        if let Some(slot) = by_index.get_mut(index) {
+            *slot = Some((read, hash));
+        }
+    }
+    let mut hashes = Vec::with_capacity(range.blocks);
+    for (index, slot) in by_index.into_iter().enumerate() {
+        let Some((read, hash)) = slot else {
+            return Err(Failure::new(ErrorCode::Other, "a block was not hashed"));
+        };
+        if read == 0 {
+            break;
+        }
+        hashes.push(hash);
+        if read < range.block(index).1 {
+            break;
+        }
+    }
+    Ok(hashes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blocks::hash_block;
+    use std::fs;
+
+    #[test]
+    fn block_hashes_stop_at_the_end_of_the_file() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let path = directory.path().join("f");
+        let data: Vec<u8> = (0..3 * 4096 + 100).map(|i| (i % 251) as u8).collect();
+        fs::write(&path, &data).expect("write");
+        let path = path.to_str().expect("utf-8");
+        let expected: Vec<[u8; 32]> = data.chunks(4096).map(hash_block).collect();
+        assert_eq!(block_hashes(path, 4096, 0, 100).expect("hashes"), expected);
+        assert_eq!(
+            block_hashes(path, 4096, 1, 2).expect("hashes"),
+            expected[1..3]
+        );
+        assert_eq!(
+            block_hashes(path, 4096, 3, 1).expect("hashes"),
+            expected[3..]
+        );
+        assert!(block_hashes(path, 4096, 4, 10).expect("hashes").is_empty());
+        assert!(
+            block_hashes(path, 4096, u64::MAX, 10)
+                .expect("hashes")
+                .is_empty()
+        );
+        assert_eq!(
+            block_hashes(path, 1 << 16, 0, 10).expect("hashes"),
+            vec![hash_block(&data)]
+        );
+        assert_eq!(
+            block_hashes(path, 4095, 0, 1).expect_err("bad size").code,
+            ErrorCode::Invalid
+        );
+        let empty = directory.path().join("empty");
+        fs::write(&empty, b"").expect("write");
+        assert!(
+            block_hashes(empty.to_str().expect("utf-8"), 4096, 0, 5)
+                .expect("hashes")
+                .is_empty()
+        );
+    }
+}

@@ -1,0 +1,552 @@
+//! The engine against the in-memory remote: resume, delta, verification, retry and the unit
+//! scheduler, in both directions, with hosts that cut, stall and lie. No SSH and no waits (the
+//! clock is paused, so backoffs and stalls pass at once); the real-server tests in `tests/`
+//! cover what only a real server shows.
+
+use crate::engine::Summary;
+use crate::engine::plan::{Action, Direction};
+use crate::engine::state::StateDir;
+use crate::engine::units::{self, Transfer, UnitOptions, UnitOutcome};
+use crate::error::ErrorKind;
+use crate::progress::NoProgress;
+use crate::remote::memory::{Faults, MemoryHost, MemoryPool, Node};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+const MIB: usize = 1 << 20;
+
+/// A host, a local work directory and a state directory.
+struct Fixture {
+    host: Arc<MemoryHost>,
+    work: tempfile::TempDir,
+    state: PathBuf,
+}
+
+/// Bytes that differ from block to block, so a block in the wrong place shows.
+fn data(length: usize, seed: u8) -> Vec<u8> {
+    (0..length)
+        .map(|index| (index / 997) as u8 ^ (index as u8).wrapping_mul(31) ^ seed)
+        .collect()
+}
+
+fn options(jobs: usize, retries: u32) -> UnitOptions {
+    UnitOptions {
+        jobs,
+        retries,
+        retry_wait: Duration::from_millis(100),
+        ..UnitOptions::default()
+    }
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let work = tempfile::tempdir().expect("a temporary directory");
+        let state = work.path().join("state");
+        Fixture {
+            host: MemoryHost::new(),
+            work,
+            state,
+        }
+    }
+
+    fn local(&self, relative: &str) -> PathBuf {
+        self.work.path().join(relative)
+    }
+
+    /// A tree on the host at `/data`: loose files, three subdirectories (units of their own),
+    /// a nested one, an empty one and a symlink.
+    fn remote_tree(&self) {
+        self.host.put_file("/data/top.txt", b"top level\n");
+        self.host
+            .put_file("/data/big.bin", &data(5 * MIB + 12345, 1));
+        self.host.put_file("/data/a/one.bin", &data(2 * MIB + 7, 2));
+        self.host.put_file("/data/a/deep/two.txt", b"two\n");
+        self.host.put_file("/data/b/three.bin", &data(300_000, 3));
+        self.host.put(
+            "/data/b/link",
+            Node::Symlink {
+                target: "three.bin".into(),
+            },
+        );
+        self.host.put(
+            "/data/c",
+            Node::Directory {
+                mode: 0o750,
+                mtime: 1_600_000_000,
+            },
+        );
+    }
+
+    /// The same tree on the local side, at `relative`.
+    fn local_tree(&self, relative: &str) -> PathBuf {
+        let root = self.local(relative);
+        let write = |path: &str, content: &[u8]| {
+            let path = root.join(path);
+            std::fs::create_dir_all(path.parent().expect("a parent")).expect("a directory");
+            std::fs::write(path, content).expect("a file");
+        };
+        write("top.txt", b"top level\n");
+        write("big.bin", &data(5 * MIB + 12345, 1));
+        write("a/one.bin", &data(2 * MIB + 7, 2));
+        write("a/deep/two.txt", b"two\n");
+        write("b/three.bin", &data(300_000, 3));
+        std::os::unix::fs::symlink("three.bin", root.join("b/link")).expect("a symlink");
+        std::fs::create_dir_all(root.join("c")).expect("a directory");
+        root
+    }
+
+    fn transfer(&self, direction: Direction, local: &Path, options: UnitOptions) -> Transfer {
+        Transfer {
+            direction,
+            remote_path: "/data".into(),
+            local_path: local.to_path_buf(),
+            state: StateDir::at(self.state.clone()).expect("a state directory"),
+            reporter: Arc::new(NoProgress),
+            options,
+        }
+    }
+
+    async fn run(&self, direction: Direction, local: &Path, options: UnitOptions) -> Summary {
+        let transfer = self.transfer(direction, local, options);
+        let host = self.host.clone();
+        units::run(transfer, |_eager| async move { Ok(MemoryPool::new(host)) })
+            .await
+            .expect("the transfer runs")
+    }
+
+    async fn pull(&self, options: UnitOptions) -> Summary {
+        self.run(Direction::Pull, &self.local("copy"), options)
+            .await
+    }
+
+    fn bytes_read(&self) -> u64 {
+        self.host.counters.bytes_read.load(Ordering::Relaxed)
+    }
+
+    fn bytes_written(&self) -> u64 {
+        self.host.counters.bytes_written.load(Ordering::Relaxed)
+    }
+}
+
+/// Every entry below `root`: files by content, symlinks by target, directories as such.
+fn local_entries(root: &Path) -> BTreeMap<String, String> {
+    walkdir::WalkDir::new(root)
+        .sort_by_file_name()
+        .into_iter()
+        .map(|entry| entry.expect("a readable tree"))
+        .map(|entry| {
+            let relative = entry
+                .path()
+                .strip_prefix(root)
+                .expect("below the root")
+                .display()
+                .to_string();
+            let kind = entry.file_type();
+            let what = if kind.is_symlink() {
+                format!(
+                    "link {}",
+                    std::fs::read_link(entry.path()).expect("a link").display()
+                )
+            } else if kind.is_dir() {
+                "directory".to_string()
+            } else {
+                let content = std::fs::read(entry.path()).expect("a file");
+                format!("file {}", blake3::hash(&content))
+            };
+            (relative, what)
+        })
+        .collect()
+}
+
+/// The host's tree below `top`, described as [`local_entries`] describes a local one.
+fn remote_entries(host: &MemoryHost, top: &str) -> BTreeMap<String, String> {
+    host.tree_below(top)
+        .into_iter()
+        .map(|(path, node)| {
+            let relative = path
+                .strip_prefix(top)
+                .unwrap_or(&path)
+                .trim_start_matches('/')
+                .to_string();
+            let what = match node {
+                Node::File { data, .. } => format!("file {}", blake3::hash(&data)),
+                Node::Directory { .. } => "directory".to_string(),
+                Node::Symlink { target } => format!("link {target}"),
+            };
+            (relative, what)
+        })
+        .collect()
+}
+
+fn assert_clean(summary: &Summary, what: &str) {
+    assert!(summary.errors.is_empty(), "{what}: {:?}", summary.errors);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pull_copies_the_tree_and_a_rerun_reads_nothing() {
+    let fixture = Fixture::new();
+    fixture.remote_tree();
+    let summary = fixture.pull(options(2, 0)).await;
+    assert_clean(&summary, "first run");
+    assert_eq!(
+        local_entries(&fixture.local("copy")),
+        remote_entries(&fixture.host, "/data")
+    );
+    assert_eq!(summary.files_transferred, 5);
+    // The top unit and one per subdirectory.
+    assert_eq!(summary.units.len(), 4);
+    let read = fixture.bytes_read();
+
+    let again = fixture.pull(options(2, 0)).await;
+    assert_clean(&again, "re-run");
+    assert_eq!(fixture.bytes_read(), read, "the re-run read file data");
+    assert!(
+        again
+            .units
+            .iter()
+            .all(|unit| unit.outcome == UnitOutcome::SkippedComplete),
+        "{:?}",
+        again.units
+    );
+    assert_eq!(again.files_up_to_date, 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_unit_cut_mid_file_is_retried_on_a_new_connection_and_ends_identical() {
+    let fixture = Fixture::new();
+    fixture.remote_tree();
+    fixture.host.set_faults(Faults {
+        cut_after: Some(MIB as u64 + 1000),
+        cuts_left: Some(3),
+        ..Faults::default()
+    });
+    let summary = fixture.pull(options(2, 10)).await;
+    assert_clean(&summary, "cut run");
+    assert_eq!(
+        local_entries(&fixture.local("copy")),
+        remote_entries(&fixture.host, "/data")
+    );
+    let attempts: u32 = summary.units.iter().map(|unit| unit.attempts).sum();
+    assert!(
+        attempts > summary.units.len() as u32,
+        "no unit was retried: {:?}",
+        summary.units
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rerun_after_a_cut_resumes_without_fetching_what_is_in_place() {
+    let fixture = Fixture::new();
+    let content = data(12 * MIB + 3, 7);
+    fixture.host.put_file("/data/model.bin", &content);
+    // One connection, cut after about half the file, and no retries: the run fails.
+    fixture.host.set_faults(Faults {
+        cut_after: Some(6 * MIB as u64),
+        cuts_left: Some(1),
+        ..Faults::default()
+    });
+    let failed = fixture.pull(options(1, 0)).await;
+    assert!(!failed.errors.is_empty(), "the cut went unnoticed");
+    assert!(failed.errors.iter().all(|error| error.transient));
+    assert_eq!(
+        failed.outcome().map(|error| error.kind()),
+        Some(ErrorKind::Partial)
+    );
+    let before = fixture.bytes_read();
+
+    let resumed = fixture.pull(options(1, 0)).await;
+    assert_clean(&resumed, "resumed run");
+    assert_eq!(
+        std::fs::read(fixture.local("copy/model.bin")).expect("the copy"),
+        content
+    );
+    let fetched = fixture.bytes_read() - before;
+    assert!(
+        fetched < content.len() as u64 - 4 * MIB as u64,
+        "the resume fetched {fetched} of {} bytes",
+        content.len()
+    );
+    assert!(resumed.bytes_reused >= 4 * MIB as u64, "{resumed:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_changed_block_is_all_a_delta_pull_fetches() {
+    let fixture = Fixture::new();
+    let mut content = data(8 * MIB, 9);
+    let copy = fixture.local("copy");
+    std::fs::create_dir_all(&copy).expect("a directory");
+    std::fs::write(copy.join("model.bin"), &content).expect("the old copy");
+    // The host's copy differs in one byte of the fourth block, and is newer.
+    content[3 * MIB + 100] ^= 0xff;
+    fixture.host.put(
+        "/data/model.bin",
+        Node::File {
+            data: content.clone(),
+            mode: 0o644,
+            mtime: 1_700_000_000,
+        },
+    );
+    let summary = fixture.pull(options(1, 0)).await;
+    assert_clean(&summary, "delta");
+    assert_eq!(
+        std::fs::read(copy.join("model.bin")).expect("the copy"),
+        content
+    );
+    assert!(
+        fixture.bytes_read() <= MIB as u64,
+        "a one-byte change fetched {} bytes",
+        fixture.bytes_read()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_host_without_block_hashes_still_resumes_and_verifies() {
+    let fixture = Fixture::new();
+    let content = data(6 * MIB + 1, 4);
+    fixture.host.put_file("/data/model.bin", &content);
+    fixture.host.set_faults(Faults {
+        cut_after: Some(3 * MIB as u64),
+        cuts_left: Some(1),
+        no_block_hashes: true,
+        no_digest: true,
+        ..Faults::default()
+    });
+    let failed = fixture.pull(options(1, 0)).await;
+    assert!(!failed.errors.is_empty(), "the cut went unnoticed");
+    let resumed = fixture.pull(options(1, 0)).await;
+    assert_clean(&resumed, "resumed run");
+    assert_eq!(
+        std::fs::read(fixture.local("copy/model.bin")).expect("the copy"),
+        content
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn reads_that_disagree_with_the_hosts_hashes_never_count_as_done() {
+    // A large file (hashed block by block while it travels) and a small one (read whole with
+    // its hash), each read back as other bytes than the host hashes.
+    for corrupted in ["/data/model.bin", "/data/small.txt"] {
+        let fixture = Fixture::new();
+        fixture.host.put_file("/data/model.bin", &data(9 * MIB, 5));
+        fixture.host.put_file("/data/small.txt", b"small file\n");
+        fixture.host.set_faults(Faults {
+            corrupt_reads: Some(corrupted.into()),
+            ..Faults::default()
+        });
+        let summary = fixture.pull(options(1, 2)).await;
+        assert_eq!(summary.errors.len(), 1, "{corrupted}: {:?}", summary.errors);
+        assert_eq!(summary.units[0].outcome, UnitOutcome::Failed);
+        // Once the host answers truly, one run ends identical: what the lie left behind is
+        // compared again, not trusted.
+        fixture.host.set_faults(Faults::default());
+        let summary = fixture.pull(options(1, 0)).await;
+        assert_clean(&summary, corrupted);
+        assert_eq!(
+            local_entries(&fixture.local("copy")),
+            remote_entries(&fixture.host, "/data")
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn sizes_that_lie_end_in_an_error_or_a_true_copy() {
+    for lie in [-1000, 1000, 5 * MIB as i64] {
+        let fixture = Fixture::new();
+        let content = data(3 * MIB + 17, 6);
+        fixture.host.put_file("/data/model.bin", &content);
+        fixture.host.put_file("/data/small.txt", b"small\n");
+        fixture.host.set_faults(Faults {
+            size_lie: lie,
+            ..Faults::default()
+        });
+        let summary = fixture.pull(options(1, 1)).await;
+        // Whatever the claimed size, a file counted done is the host's true content.
+        for (name, truth) in [("model.bin", &content[..]), ("small.txt", b"small\n")] {
+            let failed = summary.errors.iter().any(|error| error.path.contains(name));
+            if !failed {
+                assert_eq!(
+                    std::fs::read(fixture.local("copy").join(name)).expect("a copy"),
+                    truth,
+                    "lie {lie}: {name} counted done with other content"
+                );
+            }
+        }
+        assert!(
+            !summary.errors.is_empty(),
+            "lie {lie}: sizes that disagree with the data went unnoticed"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_read_fails_over_to_a_new_connection() {
+    let fixture = Fixture::new();
+    let content = data(4 * MIB + 5, 8);
+    fixture.host.put_file("/data/model.bin", &content);
+    fixture.host.set_faults(Faults {
+        stall_after: Some(3 * MIB as u64),
+        ..Faults::default()
+    });
+    let summary = fixture.pull(options(1, 5)).await;
+    assert_clean(&summary, "stalled run");
+    assert_eq!(
+        std::fs::read(fixture.local("copy/model.bin")).expect("the copy"),
+        content
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn units_run_on_at_most_jobs_connections_and_each_reports_once() {
+    let fixture = Fixture::new();
+    for unit in 0..7 {
+        fixture
+            .host
+            .put_file(&format!("/data/unit{unit}/file.bin"), &data(200_000, unit));
+    }
+    let summary = fixture.pull(options(3, 0)).await;
+    assert_clean(&summary, "scheduling");
+    let names: Vec<&str> = summary
+        .units
+        .iter()
+        .map(|unit| unit.unit.as_str())
+        .collect();
+    let mut expected = vec!["."];
+    let unit_names: Vec<String> = (0..7).map(|unit| format!("unit{unit}")).collect();
+    expected.extend(unit_names.iter().map(String::as_str));
+    assert_eq!(names, expected);
+    // The planner's connection, and one per job.
+    let most = fixture
+        .host
+        .counters
+        .most_open_at_once
+        .load(Ordering::Relaxed);
+    assert!((2..=4).contains(&most), "{most} connections at once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_permanent_failure_is_not_retried_and_other_units_go_on() {
+    let fixture = Fixture::new();
+    fixture.remote_tree();
+    // A local file where the unit `b` needs its directory: a failure no retry cures.
+    let copy = fixture.local("copy");
+    std::fs::create_dir_all(&copy).expect("a directory");
+    std::fs::write(copy.join("b"), b"in the way").expect("a file");
+    let summary = fixture.pull(options(2, 5)).await;
+    let failed: Vec<_> = summary
+        .units
+        .iter()
+        .filter(|unit| unit.outcome == UnitOutcome::Failed)
+        .collect();
+    assert_eq!(failed.len(), 1, "{:?}", summary.units);
+    assert_eq!(failed[0].unit, "b");
+    assert_eq!(failed[0].attempts, 1, "a permanent failure was retried");
+    assert_eq!(
+        std::fs::read(copy.join("a/one.bin")).expect("another unit's file"),
+        data(2 * MIB + 7, 2)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_push_copies_the_tree_resumes_after_a_cut_and_reruns_read_nothing() {
+    let fixture = Fixture::new();
+    let source = fixture.local_tree("source");
+    fixture.host.set_faults(Faults {
+        cut_after: Some(2 * MIB as u64),
+        cuts_left: Some(2),
+        ..Faults::default()
+    });
+    let summary = fixture.run(Direction::Push, &source, options(2, 10)).await;
+    assert_clean(&summary, "push");
+    assert_eq!(
+        remote_entries(&fixture.host, "/data"),
+        local_entries(&source)
+    );
+    let written = fixture.bytes_written();
+    let again = fixture.run(Direction::Push, &source, options(2, 0)).await;
+    assert_clean(&again, "re-run");
+    assert_eq!(fixture.bytes_written(), written, "the re-run wrote data");
+    assert!(
+        again
+            .units
+            .iter()
+            .all(|unit| unit.outcome == UnitOutcome::SkippedComplete),
+        "{:?}",
+        again.units
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_push_whose_writes_do_not_land_never_counts_as_done() {
+    let fixture = Fixture::new();
+    let source = fixture.local_tree("source");
+    fixture.host.set_faults(Faults {
+        drop_writes: Some("/data/big.bin".into()),
+        ..Faults::default()
+    });
+    let summary = fixture.run(Direction::Push, &source, options(2, 1)).await;
+    assert_eq!(summary.errors.len(), 1, "{:?}", summary.errors);
+    assert!(
+        summary.errors[0].path.contains("big.bin"),
+        "{:?}",
+        summary.errors
+    );
+    assert_ne!(
+        fixture.host.file("/data/big.bin"),
+        Some(data(5 * MIB + 12345, 1))
+    );
+    fixture.host.set_faults(Faults::default());
+    let summary = fixture.run(Direction::Push, &source, options(2, 0)).await;
+    assert_clean(&summary, "honest run");
+    assert_eq!(
+        remote_entries(&fixture.host, "/data"),
+        local_entries(&source)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dry_run_plans_what_a_run_does_and_changes_nothing() {
+    let fixture = Fixture::new();
+    fixture.remote_tree();
+    let copy = fixture.local("copy");
+    let transfer = fixture.transfer(Direction::Pull, &copy, options(2, 0));
+    let pool = MemoryPool::new(fixture.host.clone());
+    let plan = units::plan_only(&transfer, &pool).await.expect("a plan");
+    assert!(!copy.exists(), "the dry run made the destination");
+    let planned: Vec<&str> = plan.items.iter().map(|item| item.path.as_str()).collect();
+    assert_eq!(
+        planned,
+        [
+            "",
+            "a",
+            "a/deep",
+            "a/deep/two.txt",
+            "a/one.bin",
+            "b",
+            "b/link",
+            "b/three.bin",
+            "big.bin",
+            "c",
+            "top.txt"
+        ]
+    );
+    assert!(plan.items.iter().all(|item| item.action == Action::Create));
+
+    // A push's plan, of a tree the host holds half of.
+    let source = fixture.local_tree("source");
+    let before = remote_entries(&fixture.host, "/data");
+    std::fs::write(source.join("a/new.txt"), b"new").expect("a new file");
+    let transfer = fixture.transfer(Direction::Push, &source, options(2, 0));
+    let plan = units::plan_only(&transfer, &pool).await.expect("a plan");
+    assert_eq!(remote_entries(&fixture.host, "/data"), before);
+    let new: Vec<&str> = plan
+        .items
+        .iter()
+        .filter(|item| item.action == Action::Create)
+        .map(|item| item.path.as_str())
+        .collect();
+    assert_eq!(new, ["a/new.txt"]);
+    assert_eq!(fixture.bytes_written(), 0);
+}

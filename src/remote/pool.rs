@@ -1,0 +1,322 @@
+//! Where the engine gets its connections: opening them, handing them out, opening them ahead.
+//!
+//! [`Pool`] is all the engine knows of connections: a planner remote for listings, a remote for
+//! moving data, a fresh one, and a way to say that data is sure to move so connections can be
+//! opened while units are planned. [`SessionPool`] is the SSH one: each remote is a
+//! [`Session`] (the xfer agent, or SFTP) on a connection of its own. `memory::MemoryPool` is the
+//! in-memory one the engine's unit tests use.
+//!
+//! The first connection serves two sessions. Discovery and planning need only listings, which
+//! SFTP answers without starting a shell on the remote (on many hosts the login shell's startup
+//! files cost more than the whole listing), so the planner is an SFTP session, and the agent is
+//! started on the same connection only when a unit has data to move: a re-run with nothing to
+//! do never starts it. When data will most likely move (`eager`: the command names a large local
+//! file, so a delta, a resume or a big push) the agent is started at once, beside the planner,
+//! since starting it is the longest wait of such a run. A host that refuses SFTP plans over the
+//! agent.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::progress::Reporter;
+use crate::remote::Remote;
+use crate::remote::deploy::AgentMode;
+use crate::remote::session::Session;
+use crate::remote::sftp::SftpRemote;
+use crate::ssh::connect::{Connection, Connector, channel_refused};
+use crate::target::HostSpec;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// The engine's source of remotes.
+pub trait Pool: Send + Sync + 'static {
+    type Remote: Remote;
+
+    /// `user@host:port`: names the remote in journals and completion records.
+    fn remote_id(&self) -> &str;
+
+    /// The remote that lists and plans (the first connection's).
+    fn planner(&self) -> Arc<Self::Remote>;
+
+    /// A remote for moving data: the first connection's data session (once), else one opened
+    /// ahead, else a new one.
+    fn for_data(&self) -> impl Future<Output = Result<Arc<Self::Remote>>> + Send;
+
+    /// A remote on a new connection.
+    fn open(&self) -> impl Future<Output = Result<Arc<Self::Remote>>> + Send;
+
+    /// Data is sure to move: start the first connection's data session and `more` connections
+    /// now, for the workers that will want them.
+    fn expect_data(&self, more: usize);
+}
+
+/// A data session being opened while other work goes on.
+type Opening = tokio::task::JoinHandle<Result<Arc<Session>>>;
+
+/// The first connection's data session, until a unit that moves data takes it.
+enum Pending {
+    /// Already open (the planner serves data too).
+    Ready(Arc<Session>),
+    /// Not started: the agent is started only when a unit has data to move.
+    Connection(Arc<Connection>),
+    /// Being started while the planner works (data is expected to move).
+    Starting(Opening),
+}
+
+/// What opening a session needs, shared with the tasks that open ahead.
+#[derive(Clone)]
+struct Opener {
+    connector: Arc<Connector>,
+    host: HostSpec,
+    agent: AgentMode,
+    reporter: Arc<dyn Reporter>,
+    /// Why the agent is not used is said once per run, not once per connection.
+    fallback_said: Arc<AtomicBool>,
+}
+
+impl Opener {
+    async fn open(&self) -> Result<Arc<Session>> {
+        let connection = Arc::new(self.connector.connect(&self.host).await?);
+        self.start(connection).await
+    }
+
+    /// Opens the remote side (agent or SFTP) of an established connection.
+    async fn start(&self, connection: Arc<Connection>) -> Result<Arc<Session>> {
+        let (session, fallback) = Session::open(connection, &self.agent).await?;
+        if let Some(reason) = fallback
+            && !self.fallback_said.swap(true, Ordering::Relaxed)
+        {
+            self.reporter.warning(&format!(
+                "{}: using SFTP, no xfer agent: {reason}",
+                session.label()
+            ));
+        }
+        tracing::debug!(label = %session.label(), kind = session.kind(), "remote session open");
+        Ok(Arc::new(session))
+    }
+
+    /// Starts the remote side on `connection` (or on a new connection) in the background.
+    fn open_ahead(&self, connection: Option<Arc<Connection>>) -> Opening {
+        let opener = self.clone();
+        tokio::spawn(async move {
+            match connection {
+                Some(connection) => opener.start(connection).await,
+                None => opener.open().await,
+            }
+        })
+    }
+}
+
+/// What a session opened ahead came to: the session if it is up, an error if it failed for a
+/// reason a new connection would not cure, None if a new one is worth trying.
+async fn came_up(opening: Opening) -> Result<Option<Arc<Session>>> {
+    match opening.await {
+        Ok(Ok(remote)) if !remote.is_closed() => Ok(Some(remote)),
+        Ok(Err(error)) if !error.is_transient() => Err(error),
+        _ => Ok(None),
+    }
+}
+
+/// SSH connections to one host, each with its xfer agent or SFTP session.
+pub struct SessionPool {
+    opener: Opener,
+    remote_id: String,
+    planner: Arc<Session>,
+    first_data: Mutex<Option<Pending>>,
+    /// Data sessions being opened ahead of the workers that will want them.
+    opening: Mutex<Vec<Opening>>,
+    /// A dry run's pool: it plans and never moves data.
+    planning_only: bool,
+}
+
+impl SessionPool {
+    /// Connects to `host` for a transfer: the planner, and the first connection's data session
+    /// started at once when `eager` (see the module's opening).
+    pub async fn connect(
+        connector: Arc<Connector>,
+        host: HostSpec,
+        agent: AgentMode,
+        reporter: Arc<dyn Reporter>,
+        eager: bool,
+    ) -> Result<SessionPool> {
+        let opener = Opener {
+            connector,
+            host,
+            agent,
+            reporter,
+            fallback_said: Arc::new(AtomicBool::new(false)),
+        };
+        let connection = Arc::new(opener.connector.connect(&opener.host).await?);
+        let (planner, pending) = first_sessions(&opener, connection, eager).await?;
+        Ok(SessionPool {
+            remote_id: remote_id(&planner),
+            opener,
+            planner,
+            first_data: Mutex::new(Some(pending)),
+            opening: Mutex::new(Vec::new()),
+            planning_only: false,
+        })
+    }
+
+    /// Connects for a dry run: one planner that changes nothing on the host (see
+    /// [`Session::open_for_planning`]), and no data sessions. The planner comes through the
+    /// agent only where the host has no SFTP; then one line says so.
+    pub async fn for_planning(
+        connector: Arc<Connector>,
+        host: HostSpec,
+        agent: AgentMode,
+        reporter: Arc<dyn Reporter>,
+    ) -> Result<SessionPool> {
+        let connection = Arc::new(connector.connect(&host).await?);
+        let (planner, no_sftp) = Session::open_for_planning(connection, &agent).await?;
+        if let Some(reason) = no_sftp {
+            reporter.warning(&format!(
+                "{reason}; planning through the xfer agent instead (it may be put into its cache on the host first; nothing else there changes)"
+            ));
+        }
+        let planner = Arc::new(planner);
+        Ok(SessionPool {
+            remote_id: remote_id(&planner),
+            opener: Opener {
+                connector,
+                host,
+                agent,
+                reporter,
+                fallback_said: Arc::new(AtomicBool::new(false)),
+            },
+            planner,
+            first_data: Mutex::new(None),
+            opening: Mutex::new(Vec::new()),
+            planning_only: true,
+        })
+    }
+
+    fn refuse_data(&self) -> Result<()> {
+        if self.planning_only {
+            return Err(Error::new(
+                ErrorKind::Internal,
+                "a dry run asked for a connection to move data",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The first connection's data session, if it is still to be had.
+    async fn first_data(&self) -> Result<Option<Arc<Session>>> {
+        let first = self
+            .first_data
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        Ok(match first {
+            Some(Pending::Ready(remote)) if !remote.is_closed() => Some(remote),
+            Some(Pending::Connection(connection)) if !connection.is_closed() => {
+                let label = connection.label().to_string();
+                match self.opener.start(connection).await {
+                    Ok(remote) => Some(remote),
+                    // The host allows one channel per connection (sshd MaxSessions 1) and the
+                    // planner's holds the first one's: the data goes over connections of their own.
+                    Err(error) if channel_refused(&error) => {
+                        tracing::info!(
+                            "{label}: the host allows one channel per connection; data moves over connections of its own"
+                        );
+                        None
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+            Some(Pending::Starting(starting)) => came_up(starting).await?,
+            _ => None,
+        })
+    }
+}
+
+/// `user@host:port` of the host `session` reached.
+fn remote_id(session: &Session) -> String {
+    let config = session.connection().config();
+    format!("{}@{}:{}", config.user, config.hostname, config.port)
+}
+
+/// The first connection's planner and data session (see the module's opening).
+async fn first_sessions(
+    opener: &Opener,
+    connection: Arc<Connection>,
+    eager: bool,
+) -> Result<(Arc<Session>, Pending)> {
+    if opener.agent != AgentMode::Off {
+        let starting = eager.then(|| opener.open_ahead(Some(connection.clone())));
+        match SftpRemote::open(connection.clone()).await {
+            Ok(sftp) => {
+                let pending = match starting {
+                    Some(starting) => Pending::Starting(starting),
+                    None => Pending::Connection(connection),
+                };
+                return Ok((Arc::new(Session::Sftp(sftp)), pending));
+            }
+            Err(error) if connection.is_closed() => return Err(error),
+            Err(_) => {
+                if let Some(starting) = starting
+                    && let Ok(Some(session)) = came_up(starting).await
+                {
+                    return Ok((session.clone(), Pending::Ready(session)));
+                }
+            }
+        }
+    }
+    let session = opener.start(connection).await?;
+    Ok((session.clone(), Pending::Ready(session)))
+}
+
+impl Pool for SessionPool {
+    type Remote = Session;
+
+    fn remote_id(&self) -> &str {
+        &self.remote_id
+    }
+
+    fn planner(&self) -> Arc<Session> {
+        self.planner.clone()
+    }
+
+    async fn for_data(&self) -> Result<Arc<Session>> {
+        self.refuse_data()?;
+        let mut remote = self.first_data().await?;
+        while remote.is_none() {
+            let ahead = self
+                .opening
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop();
+            let Some(ahead) = ahead else { break };
+            remote = came_up(ahead).await?;
+        }
+        match remote {
+            Some(remote) => Ok(remote),
+            None => self.opener.open().await,
+        }
+    }
+
+    async fn open(&self) -> Result<Arc<Session>> {
+        self.refuse_data()?;
+        self.opener.open().await
+    }
+
+    fn expect_data(&self, more: usize) {
+        if self.planning_only {
+            return;
+        }
+        {
+            let mut first_data = self
+                .first_data
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(Pending::Connection(connection)) = &*first_data {
+                let starting = self.opener.open_ahead(Some(connection.clone()));
+                *first_data = Some(Pending::Starting(starting));
+            }
+        }
+        self.opening
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend((0..more).map(|_| self.opener.open_ahead(None)));
+    }
+}

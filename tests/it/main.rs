@@ -1,0 +1,22 @@
+//! xfer's integration tests, in one test binary (`cargo test --test it`): one module per area,
+//! all sharing one harness ([`support`]) and the lying SSH server of the hostile-server tests
+//! ([`hostile`]). Run one area with its module path, e.g. `cargo test --test it transfer::`.
+
+mod hostile;
+mod support;
+
+mod agent;
+mod config_parity;
+mod connect;
+mod dropbear;
+mod harness;
+mod hostile_server;
+mod keepalive;
+mod limits;
+mod local_safety;
+mod netrc_golden;
+mod secret;
+mod shared_host;
+mod soak;
+mod transfer;
+mod units;
