@@ -1,8 +1,8 @@
 //! How many threads this machine runs at once, asked once per process.
 //!
 //! `std::thread::available_parallelism` reads the cgroup files under /proc and /sys on every
-//! call (a dozen system calls); hashing asks before every file, so a pull of 10,000 small files
-//! paid that 10,000 times on each side.
+//! call (a dozen system calls), and hashing asks before every file: a pull of many small files
+//! would pay that once per file on each side.
 
 use std::sync::OnceLock;
 

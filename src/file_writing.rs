@@ -3,11 +3,9 @@
 //!
 //! The bytes go to the kernel [`WRITE_SIZE`] at a time, whatever the size of the block or
 //! request that carried them. On Linux the page cache takes a large write into a large folio,
-//! and on the benchmark machine (a virtual machine whose free memory is handed back to its
-//! host) filling large folios cost ten times what small ones did: the agent's copy into the
-//! page cache for a 1 GiB push took 1.3-1.9 CPU-s in 1 MiB writes, 0.9 s in 256 KiB writes
-//! and 0.13-0.17 s in 128 KiB or 64 KiB writes, out of 4-5 s of wall time. The extra
-//! system calls (16,384 per GiB instead of 1,024) cost a few tens of milliseconds.
+//! and where the kernel must first find memory for one (on a virtual machine whose free memory
+//! is handed back to its host, say) filling large folios costs far more CPU than filling small
+//! ones. Small writes avoid that; the extra system calls they cost are cheap in comparison.
 //!
 //! Writes through a descriptor opened with O_DSYNC do not come here: there each write waits
 //! for the disk, so a block goes in one.

@@ -14,6 +14,8 @@
 //! - [`secret`]: secret sources, netrc, delivery to a host without leaking the value.
 //! - [`doctor`]: `xfer doctor`'s checks of hosts.
 //! - [`target`]: `alias:path` arguments.
+//! - [`terminal`]: text from peers, files and users made safe to print.
+//! - [`entry`]: the kind of a filesystem entry, as listings, plans and records name it.
 //! - [`progress`]: the [`progress::Reporter`] trait the engine reports through.
 //! - [`error`]: the error type: kind (exit code), transient or permanent, hint.
 //! - [`env`]: every environment variable xfer reads.
@@ -25,6 +27,7 @@ pub mod blocks;
 pub mod cores;
 pub mod doctor;
 pub mod engine;
+pub mod entry;
 pub mod env;
 pub mod error;
 pub mod file_hashing;
@@ -35,5 +38,6 @@ pub mod remote;
 pub mod secret;
 pub mod ssh;
 pub mod target;
+pub mod terminal;
 
 pub use error::{Error, ErrorKind, Result};

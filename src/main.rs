@@ -8,7 +8,7 @@ use cli::output::errln;
 use cli::settings::Verbosity;
 use std::process::ExitCode;
 use xfer::engine::plan::Direction;
-use xfer::target::{printable, printable_lines};
+use xfer::terminal::{printable_lines, printable_message};
 
 fn main() -> ExitCode {
     let cli = Cli::parse_in_order();
@@ -55,7 +55,7 @@ fn main() -> ExitCode {
         Err(error) => {
             errln!("xfer: {}", printable_lines(&error.to_string()));
             if let Some(hint) = error.hint() {
-                errln!("hint: {}", printable(hint));
+                errln!("hint: {}", printable_message(hint));
             }
             ExitCode::from(error.kind().exit_code() as u8)
         }

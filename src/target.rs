@@ -7,6 +7,7 @@
 //! is refused.
 
 use crate::error::{Error, Result};
+use crate::terminal::printable;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -40,12 +41,6 @@ pub enum Location {
         host: HostSpec,
         path: String,
     },
-}
-
-impl Location {
-    pub fn is_remote(&self) -> bool {
-        matches!(self, Location::Remote { .. })
-    }
 }
 
 /// Longest argument accepted; a target is typed by a person or a script, not a document.
@@ -208,29 +203,6 @@ pub fn check_user_name(user: &str) -> Result<()> {
     Ok(())
 }
 
-/// Renders text for a terminal with control characters escaped, so nothing a user or a peer
-/// typed can move the cursor or change colours.
-pub fn printable(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| {
-            if c.is_control() {
-                c.escape_default().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
-}
-
-/// Like [`printable`], but keeps line breaks: for multi-line messages such as an
-/// authentication failure that lists every key tried.
-pub fn printable_lines(text: &str) -> String {
-    text.split('\n')
-        .map(printable)
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::{RemotePath, remote_path};
@@ -339,12 +311,6 @@ mod tests {
         assert_eq!(parse_host("[::1]").unwrap().to_string(), "[::1]");
         assert!(parse_host("").is_err());
         assert!(parse_host("me@").is_err());
-    }
-
-    #[test]
-    fn printable_escapes_controls() {
-        assert_eq!(printable("a\u{1b}[31mb\n"), "a\\u{1b}[31mb\\n");
-        assert_eq!(printable_lines("a\u{7}\nb"), "a\\u{7}\nb");
     }
 
     proptest::proptest! {

@@ -83,7 +83,7 @@ fn check_record_round_trip(data: &[u8]) {
             let first = chunk.first().copied().unwrap_or(0);
             let kind = match first % 3 {
                 0 => EntryKind::File,
-                1 => EntryKind::Dir,
+                1 => EntryKind::Directory,
                 _ => EntryKind::Symlink,
             };
             let name = String::from_utf8_lossy(chunk).into_owned();

@@ -7,16 +7,13 @@
 //! assembled from the kept local bytes and the received pieces, and checked whole against the
 //! source's hash of the 1 MiB block, so a wrong piece is never kept.
 
-use crate::blocks::{BlockHash, BlockLayout, DEFAULT_BLOCK_SIZE};
+use crate::blocks::{BlockHash, BlockLayout};
 use std::ops::Range;
 
 /// The size of the pieces a differing block is compared in: 32 KiB, what rsync picks for a
 /// 1 GiB file. Each piece costs 32 bytes of hash each way, only for blocks that differ: a
 /// changed 1 MiB block costs 1 KiB of hashes and sends its changed 32 KiB pieces.
 pub const SUB_BLOCK_SIZE: u32 = 32 << 10;
-
-/// The pieces of one [`DEFAULT_BLOCK_SIZE`] block.
-pub const SUB_BLOCKS_PER_BLOCK: u64 = (DEFAULT_BLOCK_SIZE / SUB_BLOCK_SIZE) as u64;
 
 /// The layout of a file in pieces, and the piece indices of `block` (in `blocks`' layout).
 /// None when the two layouts cannot be nested (the block size is not a multiple of the piece
@@ -73,8 +70,11 @@ pub fn covered(ranges: &[Range<u64>]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::blocks::hash_block;
+    use crate::blocks::{DEFAULT_BLOCK_SIZE, hash_block};
     use proptest::prelude::*;
+
+    /// The pieces of one [`DEFAULT_BLOCK_SIZE`] block.
+    const SUB_BLOCKS_PER_BLOCK: u64 = (DEFAULT_BLOCK_SIZE / SUB_BLOCK_SIZE) as u64;
 
     fn hashes(data: &[u8], pieces: &BlockLayout, indices: Range<u64>) -> Vec<BlockHash> {
         indices

@@ -193,17 +193,6 @@ impl Journal {
     pub fn matches(&self, header: &JournalHeader) -> bool {
         self.header == *header
     }
-
-    /// Whether every block of the file has a recorded hash.
-    pub fn is_complete(&self) -> bool {
-        self.blocks.len() as u64 == self.layout.block_count()
-    }
-
-    /// The indices, ascending, of the blocks with no recorded hash. Lazy: a header may promise
-    /// billions of blocks.
-    pub fn missing_blocks(&self) -> impl Iterator<Item = u64> + '_ {
-        (0..self.layout.block_count()).filter(|index| !self.blocks.contains_key(index))
-    }
 }
 
 /// The bytes of a journal header, ready to be written at the start of a new journal file.
@@ -453,8 +442,6 @@ mod tests {
             journal.blocks(),
             &BTreeMap::from([(0, [3; 32]), (3, [2; 32])])
         );
-        assert_eq!(journal.missing_blocks().collect::<Vec<_>>(), vec![1, 2]);
-        assert!(!journal.is_complete());
         assert_eq!(
             encode(&header, journal.blocks())?.len(),
             header_len + 2 * RECORD_LEN

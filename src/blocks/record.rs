@@ -61,30 +61,33 @@ const RECORD_CONTEXT: &str = "xfer completion record v1";
 
 static RECORD_KEY: LazyLock<[u8; 32]> = LazyLock::new(|| blake3::derive_key(RECORD_CONTEXT, b""));
 
-/// What an entry is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum EntryKind {
-    File,
-    Dir,
-    Symlink,
-}
+pub use crate::entry::EntryKind;
 
 impl EntryKind {
-    fn code(self) -> u8 {
-        match self {
-            EntryKind::File => 0,
-            EntryKind::Dir => 1,
-            EntryKind::Symlink => 2,
-        }
-    }
+    /// The name this module's own enum gave directories, still spelt so in `engine::units`.
+    /// Transitional: remove once that caller says `Directory`.
+    #[doc(hidden)]
+    #[allow(non_upper_case_globals)]
+    pub const Dir: EntryKind = EntryKind::Directory;
+}
 
-    fn from_code(code: u8) -> Option<Self> {
-        match code {
-            0 => Some(EntryKind::File),
-            1 => Some(EntryKind::Dir),
-            2 => Some(EntryKind::Symlink),
-            _ => None,
-        }
+/// The kind byte of an entry. A record lists what a unit's transfer made, so special files,
+/// which are skipped, have no code.
+fn kind_code(kind: EntryKind) -> Option<u8> {
+    match kind {
+        EntryKind::File => Some(0),
+        EntryKind::Directory => Some(1),
+        EntryKind::Symlink => Some(2),
+        EntryKind::Special => None,
+    }
+}
+
+fn kind_from_code(code: u8) -> Option<EntryKind> {
+    match code {
+        0 => Some(EntryKind::File),
+        1 => Some(EntryKind::Directory),
+        2 => Some(EntryKind::Symlink),
+        _ => None,
     }
 }
 
@@ -161,6 +164,8 @@ pub enum RecordError {
     TooManyEntries { count: u64 },
     #[error("completion record entry {entry}: unknown kind {kind}")]
     UnknownKind { entry: u64, kind: u8 },
+    #[error("completion record entry {entry} is a special file, which records do not list")]
+    SpecialKind { entry: u64 },
     #[error("completion record entry {entry}: unknown flags {flags:#04x}")]
     UnknownFlags { entry: u64, flags: u8 },
     #[error("completion record entry {entry}: mtime nanoseconds {nanos} is not below one second")]
@@ -254,8 +259,9 @@ fn encode_entry(out: &mut Vec<u8>, entry: u64, item: &CompletionEntry) -> Result
             nanos: item.mtime_nanos,
         });
     }
+    let kind = kind_code(item.kind).ok_or(RecordError::SpecialKind { entry })?;
     put_string(out, &item.name);
-    out.push(item.kind.code());
+    out.push(kind);
     out.extend_from_slice(&item.size.to_le_bytes());
     out.extend_from_slice(&item.mtime_seconds.to_le_bytes());
     out.extend_from_slice(&item.mtime_nanos.to_le_bytes());
@@ -350,7 +356,7 @@ fn read_string(reader: &mut Reader<'_>, field: Field) -> Result<String, RecordEr
 fn read_entry(reader: &mut Reader<'_>, entry: u64) -> Result<CompletionEntry, RecordError> {
     let name = read_string(reader, Field::Name { entry })?;
     let code = need(reader.u8(), reader)?;
-    let kind = EntryKind::from_code(code).ok_or(RecordError::UnknownKind { entry, kind: code })?;
+    let kind = kind_from_code(code).ok_or(RecordError::UnknownKind { entry, kind: code })?;
     let size = need(reader.u64(), reader)?;
     let mtime_seconds = need(reader.i64(), reader)?;
     let mtime_nanos = need(reader.u32(), reader)?;
@@ -409,7 +415,7 @@ mod tests {
                 },
                 CompletionEntry {
                     name: "sub".to_owned(),
-                    kind: EntryKind::Dir,
+                    kind: EntryKind::Directory,
                     size: 0,
                     mtime_seconds: -1,
                     mtime_nanos: 999_999_999,
@@ -634,12 +640,19 @@ mod tests {
         );
     }
 
+    #[test]
+    fn special_files_are_not_recorded() {
+        let mut record = sample();
+        record.entries[1].kind = EntryKind::Special;
+        assert_eq!(record.encode(), Err(RecordError::SpecialKind { entry: 1 }));
+    }
+
     fn any_entry() -> impl Strategy<Value = CompletionEntry> {
         (
             "\\PC{0,24}",
             prop_oneof![
                 Just(EntryKind::File),
-                Just(EntryKind::Dir),
+                Just(EntryKind::Directory),
                 Just(EntryKind::Symlink)
             ],
             any::<u64>(),

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use xfer::doctor::{DoctorOptions, HostReport, check_hosts};
 use xfer::engine::plan::human_bytes;
 use xfer::error::{Error, ErrorKind, Result};
-use xfer::target::{parse_host, printable};
+use xfer::target::parse_host;
+// The report holds pieces already escaped where they came from a host: guard, do not re-escape.
+use xfer::terminal::printable_message;
 
 pub async fn run(args: &DoctorArgs) -> Result<()> {
     let settings = ConnectionSettings::from_args(&args.connection)?;
@@ -44,7 +46,7 @@ pub async fn run(args: &DoctorArgs) -> Result<()> {
 fn or_dash<T: ToString>(value: &Option<T>) -> String {
     value
         .as_ref()
-        .map(|v| printable(&v.to_string()))
+        .map(|v| printable_message(&v.to_string()))
         .unwrap_or_else(|| "-".into())
 }
 
@@ -67,10 +69,10 @@ pub fn render_table(reports: &[HostReport]) -> String {
                 (None, None) => "direct".into(),
             };
             vec![
-                printable(&report.host),
-                printable(&address),
+                printable_message(&report.host),
+                printable_message(&address),
                 or_dash(&report.user),
-                printable(&via),
+                printable_message(&via),
                 or_dash(&report.auth_summary),
                 or_dash(&report.host_key_summary),
                 report
@@ -127,18 +129,18 @@ pub fn render_problems(reports: &[HostReport]) -> String {
         .iter()
         .filter(|report| !report.passed || !report.warnings.is_empty())
     {
-        out.push_str(&format!("\n{}:\n", printable(&report.host)));
+        out.push_str(&format!("\n{}:\n", printable_message(&report.host)));
         for warning in &report.warnings {
-            out.push_str(&format!("  warning: {}\n", printable(warning)));
+            out.push_str(&format!("  warning: {}\n", printable_message(warning)));
         }
         for problem in &report.problems {
             for (index, line) in problem.lines().enumerate() {
                 let lead = if index == 0 { "  - " } else { "    " };
-                out.push_str(&format!("{lead}{}\n", printable(line)));
+                out.push_str(&format!("{lead}{}\n", printable_message(line)));
             }
         }
         for hint in &report.hints {
-            out.push_str(&format!("    hint: {}\n", printable(hint)));
+            out.push_str(&format!("    hint: {}\n", printable_message(hint)));
         }
     }
     out

@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use xfer::local::printable;
 use xfer::progress::Reporter;
+use xfer::terminal::{printable, printable_message};
 
 pub struct TerminalReporter {
     bars: Option<Bars>,
@@ -170,7 +170,7 @@ impl Reporter for TerminalReporter {
 
     fn warning(&self, message: &str) {
         if !self.quiet {
-            self.print(&format!("warning: {}", xfer::target::printable(message)));
+            self.print(&format!("warning: {}", printable_message(message)));
         }
     }
 }

@@ -14,7 +14,8 @@ use xfer::secret::netrc;
 use xfer::secret::source::{Secret, Source};
 use xfer::ssh::config::LocalContext;
 use xfer::ssh::connect::Connector;
-use xfer::target::{HostSpec, parse_host, printable};
+use xfer::target::{HostSpec, parse_host};
+use xfer::terminal::{printable, printable_message};
 
 fn source_of(args: &SecretSourceArgs, netrc_file: Option<&std::path::PathBuf>) -> Result<Source> {
     if let Some(name) = &args.from_env {
@@ -107,14 +108,14 @@ where
     let mut first_failure: Option<Error> = None;
     let mut failed = 0;
     for (index, result) in results {
-        let host = printable(&prepared.hosts[index].to_string());
+        let host = printable(prepared.hosts[index].to_string());
         match result {
             Ok(line) => outln!("{host}: {line}"),
             Err(error) => {
                 failed += 1;
-                outln!("{host}: FAILED: {}", printable(&error.to_string()));
+                outln!("{host}: FAILED: {}", printable_message(&error.to_string()));
                 if let Some(hint) = error.hint() {
-                    outln!("{host}:   hint: {}", printable(hint));
+                    outln!("{host}:   hint: {}", printable_message(hint));
                 }
                 first_failure.get_or_insert(error);
             }

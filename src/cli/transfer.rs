@@ -140,7 +140,7 @@ struct Warnings {
 impl Reporter for Warnings {
     fn warning(&self, message: &str) {
         if !self.quiet {
-            errln!("warning: {}", xfer::target::printable(message));
+            errln!("warning: {}", xfer::terminal::printable_message(message));
         }
     }
 }
@@ -188,7 +188,7 @@ fn unit_name(relative: &str) -> String {
     if relative.is_empty() || relative == "." {
         "the top directory".to_string()
     } else {
-        format!("directory {}", xfer::target::printable(relative))
+        format!("directory {}", xfer::terminal::printable(relative))
     }
 }
 
@@ -242,7 +242,7 @@ fn report(summary: &Summary, json: bool, quiet: bool) -> Result<()> {
             "  {} failed after {} attempt(s): {}",
             unit_name(&unit.unit),
             unit.attempts,
-            xfer::target::printable_lines(message)
+            xfer::terminal::printable_lines(message)
         );
         said.push(message.to_string());
     }
@@ -291,7 +291,7 @@ fn report(summary: &Summary, json: bool, quiet: bool) -> Result<()> {
         };
         errln!(
             "  failed{path}: {}{more}",
-            xfer::target::printable_lines(&error.message)
+            xfer::terminal::printable_lines(&error.message)
         );
     }
     Ok(())

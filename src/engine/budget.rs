@@ -47,12 +47,9 @@ impl Budget {
         }
     }
 
-    pub fn cap(&self) -> usize {
-        self.cap
-    }
-
     /// Bytes held now, by everyone.
-    pub fn used(&self) -> usize {
+    #[cfg(test)]
+    fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
     }
 
@@ -109,7 +106,8 @@ impl Held {
         self.budget.give_back(bytes);
     }
 
-    pub fn bytes(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> usize {
         self.bytes
     }
 }

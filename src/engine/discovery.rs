@@ -259,10 +259,9 @@ pub(super) async fn discover_pull<R: Remote>(
 /// Creates a unit's directory (owner-writable, like the pull does) before any unit runs, in
 /// listing order, the way rsync makes every directory of a level before the files in them.
 /// Made as the units reach them instead, interleaved with thousands of file creations, their
-/// files landed in inode groups crowded with the slots of files deleted moments before, and
-/// ext4 without a journal scans past every recently deleted inode on each allocation: 10,000
-/// small files right after deleting a previous copy took 6-7 s this way and 3-3.8 s with the
-/// directories made first (rsync 2.9-4.4 s on the same disk). Best effort: what is in the
+/// files would land in inode groups crowded with the slots of files deleted moments before,
+/// and ext4 without a journal scans past every recently deleted inode on each allocation, so
+/// re-copying a tree of many small files would be much slower. Best effort: what is in the
 /// way, or a listing that lied, is the unit's plan to handle and report.
 pub(super) fn make_unit_directory(destination: &Destination, relative: &RelativePath, mode: u32) {
     if let Ok(None) = destination.metadata(relative)

@@ -1,8 +1,8 @@
 //! Hashing the local copy of a single large file while the connection comes up.
 //!
 //! A delta or a resume of one large file starts by hashing its local copy, a full pass over
-//! the data, and connecting (TCP, SSH, the remote agent) takes a quarter of a second or more
-//! during which the CPU waits. So when the command names one local file that exists (the
+//! the data, and connecting (TCP, SSH, the remote agent) takes several round trips during
+//! which the CPU waits. So when the command names one local file that exists (the
 //! destination of a pull, the source of a push), its blocks are hashed at once on blocking
 //! threads, and the transfer uses those hashes only if the file it opens is that same file,
 //! unchanged: the same [`FileIdentity`] before and after the hashing. Otherwise

@@ -44,7 +44,6 @@ const FILE_MODE: u32 = 0o600;
 /// directory handle checked once, never by a path resolved again.
 #[derive(Debug, Clone)]
 pub struct StateDir {
-    root: PathBuf,
     journals: Arc<Directory>,
     units: Arc<Directory>,
     converted: Arc<Directory>,
@@ -135,12 +134,7 @@ impl StateDir {
             journals: open(JOURNALS)?,
             units: open(UNITS)?,
             converted: open(CONVERTED)?,
-            root,
         })
-    }
-
-    pub fn root(&self) -> &Path {
-        &self.root
     }
 
     /// The journal file for one destination file of one transfer.
@@ -353,9 +347,9 @@ fn state_key(parts: &[&str]) -> String {
 ///
 /// A fresh journal is written only when it first has a block to record: creating it costs a
 /// sync, and a sync waits behind whatever the disk is busy writing back (in ext4's ordered
-/// mode, for every file's dirty data; without a journal, as here, behind the queue that
-/// writeback keeps full): a pull into a copy made a moment earlier waited 0.86 s for that
-/// copy before fetching anything. A journal never written records nothing, as an absent one does.
+/// mode, for every file's dirty data; without a journal, behind the queue that writeback keeps
+/// full), so a pull into a file copied a moment earlier would wait for that copy before fetching
+/// anything. A journal never written records nothing, as an absent one does.
 pub struct JournalFile {
     place: StateFile,
     file: Backing,
@@ -510,11 +504,6 @@ pub fn journal_cap(layout: &crate::blocks::BlockLayout) -> u64 {
             .block_count()
             .saturating_mul(RECORD_LEN as u64)
             .saturating_mul(4)
-}
-
-/// Removes a journal that is no longer wanted (the file turned out to be up to date).
-pub fn discard_journal(place: &StateFile) {
-    let _ = place.remove();
 }
 
 #[cfg(test)]

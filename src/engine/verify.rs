@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::file_hashing;
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 /// The outcome of reading a whole file back.
 #[derive(Debug, Clone, Default)]
@@ -35,39 +35,15 @@ pub fn buffer_size(layout: &BlockLayout) -> usize {
     (layout.block_size() as u64).min(layout.file_size()) as usize
 }
 
-/// Reads `which` blocks of `file` and hashes each; a block that cannot be read whole (the file
-/// is shorter) is left out.
+/// Reads `which` blocks of `file` and hashes each, on this thread; a block that cannot be read
+/// whole (the file is shorter) is left out.
 pub fn hash_blocks(
     file: &File,
     layout: &BlockLayout,
     which: impl Iterator<Item = u64>,
 ) -> BTreeMap<u64, BlockHash> {
-    hash_blocks_until(file, layout, which, &AtomicBool::new(false))
-}
-
-/// [`hash_blocks`], stopping before the next block once `stop` is set.
-fn hash_blocks_until(
-    file: &File,
-    layout: &BlockLayout,
-    which: impl Iterator<Item = u64>,
-    stop: &AtomicBool,
-) -> BTreeMap<u64, BlockHash> {
-    let mut buffer = file_hashing::buffer_for(layout.block_size().into());
-    let mut hashes = BTreeMap::new();
-    for index in which {
-        if stop.load(Ordering::Relaxed) {
-            break;
-        }
-        let range = layout.range(index);
-        let length = range.end - range.start;
-        if let Ok((read, hash)) =
-            file_hashing::hash_block_at(file, range.start, length, &mut buffer)
-            && read == length
-        {
-            hashes.insert(index, hash);
-        }
-    }
-    hashes
+    let which: Vec<u64> = which.collect();
+    hash_blocks_on(file, layout, &which, 1, &AtomicBool::new(false))
 }
 
 /// The blocks of `recorded` (a journal's) whose bytes in `file` still hash to what was
@@ -116,28 +92,30 @@ pub fn hash_blocks_parallel_until(
     which: &[u64],
     stop: &AtomicBool,
 ) -> BTreeMap<u64, BlockHash> {
-    let threads = crate::cores::available()
-        .clamp(1, 8)
-        .min(which.len().max(1));
-    if threads <= 1 {
-        return hash_blocks_until(file, layout, which.iter().copied(), stop);
-    }
-    let share = which.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = which
-            .chunks(share)
-            .map(|part| {
-                scope.spawn(move || hash_blocks_until(file, layout, part.iter().copied(), stop))
-            })
-            .collect();
-        let mut hashes = BTreeMap::new();
-        for worker in workers {
-            if let Ok(part) = worker.join() {
-                hashes.extend(part);
-            }
-        }
-        hashes
-    })
+    let threads = crate::cores::available().clamp(1, 8);
+    hash_blocks_on(file, layout, which, threads, stop)
+}
+
+/// The blocks `which` read whole and their hashes, on up to `threads` threads; blocks that
+/// could not be read whole (the file is shorter, or a read failed) are left out.
+fn hash_blocks_on(
+    file: &File,
+    layout: &BlockLayout,
+    which: &[u64],
+    threads: usize,
+    stop: &AtomicBool,
+) -> BTreeMap<u64, BlockHash> {
+    let range_of = |position: usize| layout.range(which[position]);
+    let hashed = file_hashing::hash_ranges_parallel(file, which.len(), range_of, threads, stop)
+        .unwrap_or_default();
+    hashed
+        .into_iter()
+        .filter_map(|(position, result)| {
+            let (read, hash) = result.ok()?;
+            let index = which[position];
+            (read == u64::from(layout.len_of(index))).then_some((index, hash))
+        })
+        .collect()
 }
 
 /// Reads the file back: compares every block with the hash `blocks` holds for it and computes

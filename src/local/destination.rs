@@ -16,7 +16,8 @@
 //! Every error names the full path (root joined with the relative path, terminal-safe).
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::local::names::{RelativePath, printable};
+use crate::local::names::RelativePath;
+use crate::terminal::printable;
 use nix::errno::Errno;
 use nix::fcntl::{self, AtFlags, FcntlArg, OFlag};
 use nix::sys::stat::{self, FileStat, Mode, SFlag, UtimensatFlags};
@@ -36,7 +37,8 @@ const APPLIED_MODE_BITS: u32 = 0o1777;
 /// Mode of a file when `open_write` creates it; the engine sets the final mode at the end.
 const NEW_FILE_MODE: u32 = 0o600;
 
-/// What kind of entry a name refers to, as `lstat` sees it.
+/// What kind of entry a name refers to, as `lstat` sees it: finer than [`crate::entry::EntryKind`],
+/// whose `Special` this splits, so that a refusal names the exact kind of file in the way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EntryKind {
     File,
@@ -155,11 +157,6 @@ pub struct Lookup<'d> {
 }
 
 impl Lookup<'_> {
-    /// The directory's path below the destination root.
-    pub fn components(&self) -> &[String] {
-        &self.components
-    }
-
     /// What is at `name` in this directory, as [`Destination::metadata`] answers.
     pub fn metadata(&self, name: &str) -> Result<Option<EntryMetadata>> {
         match stat::fstatat(&self.directory, name, AtFlags::AT_SYMLINK_NOFOLLOW) {

@@ -5,7 +5,7 @@
 //! paths, links pointing out of the tree, and it (or a local user) can swap a directory for a
 //! link while xfer writes. This module is the single place that defeats those attacks:
 //! - [`names`] decides which remote names are acceptable ([`validate_component`]) and builds
-//!   [`RelativePath`]s out of them only; [`printable`] renders any bytes for a terminal.
+//!   [`RelativePath`]s out of them only.
 //! - [`symlinks`] decides whether a link the server sends stays inside the tree
 //!   ([`symlink_target_is_contained`]).
 //! - [`destination`] performs every write below the destination root without ever following a
@@ -23,8 +23,7 @@ pub mod symlinks;
 
 pub use destination::{Destination, EntryKind, EntryMetadata, Lookup, Timestamp};
 pub use identity::FileIdentity;
-pub use names::{
-    MAX_NAME_BYTES, NameError, PathError, RelativePath, printable, printable_cut,
-    validate_component,
-};
+pub use names::{MAX_NAME_BYTES, NameError, PathError, RelativePath, validate_component};
 pub use symlinks::symlink_target_is_contained;
+// Where names were shown from before the terminal module; tests and fuzz targets use this path.
+pub use crate::terminal::{printable, printable_cut};

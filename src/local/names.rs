@@ -1,9 +1,8 @@
 //! Names that come from a server, checked before they reach the local filesystem.
 //!
 //! This file owns the one rule for what a single remote file name may be
-//! ([`validate_component`]), the relative paths built only from such names ([`RelativePath`]),
-//! and the rendering of arbitrary bytes for a terminal ([`printable`], or [`printable_cut`] short
-//! enough for a warning). A server may send
+//! ([`validate_component`]) and the relative paths built only from such names
+//! ([`RelativePath`]); names are shown through [`crate::terminal::printable`]. A server may send
 //! anything as a name: `..`, `/etc/passwd`, `a\b`, names with NUL bytes or terminal escape
 //! sequences (scp CVE-2019-6111 and CVE-2018-20685 were exactly this). Nothing here touches the
 //! filesystem; [`crate::local::Destination`] only accepts paths made of validated names.
@@ -14,6 +13,7 @@
 //! lossy conversion. Such names are refused with [`NameError::NotUtf8`], which says so.
 
 use crate::error::{Error, ErrorKind};
+use crate::terminal::{escape_char, printable};
 use std::fmt;
 
 /// The longest name a Linux filesystem accepts (`NAME_MAX`), in bytes.
@@ -225,85 +225,6 @@ impl fmt::Display for RelativePath {
     }
 }
 
-/// Renders any bytes so that printing them cannot disturb a terminal, for warnings and errors.
-///
-/// C0 controls, DEL and bytes that are not UTF-8 become `\xNN`; C1 controls and the Unicode
-/// characters that reorder or break displayed text (bidirectional overrides, line and paragraph
-/// separators, as in "Trojan Source") become `\u{NNNN}`; a backslash becomes `\\` so the output
-/// is unambiguous. Everything else, spaces and non-ASCII letters included, is kept as is.
-pub fn printable(name: &[u8]) -> String {
-    let mut out = String::with_capacity(name.len());
-    for chunk in name.utf8_chunks() {
-        for character in chunk.valid().chars() {
-            push_char(&mut out, character);
-        }
-        for byte in chunk.invalid() {
-            out.push_str(&format!("\\x{byte:02x}"));
-        }
-    }
-    out
-}
-
-/// [`printable`], cut after `max_chars` characters of output (then marked with `...`), for
-/// warnings that name what a peer sent without letting one name fill the screen. An escape is
-/// never cut in half.
-pub fn printable_cut(name: &[u8], max_chars: usize) -> String {
-    let mut out = String::new();
-    let mut shown = 0;
-    let mut piece = String::new();
-    for chunk in name.utf8_chunks() {
-        let characters = chunk.valid().chars().map(Ok);
-        for unit in characters.chain(chunk.invalid().iter().map(Err)) {
-            piece.clear();
-            match unit {
-                Ok(character) => push_char(&mut piece, character),
-                Err(byte) => piece.push_str(&format!("\\x{byte:02x}")),
-            }
-            let width = piece.chars().count();
-            if shown + width > max_chars {
-                out.push_str("...");
-                return out;
-            }
-            shown += width;
-            out.push_str(&piece);
-        }
-    }
-    out
-}
-
-fn push_char(out: &mut String, character: char) {
-    let code = u32::from(character);
-    if character == '\\' {
-        out.push_str("\\\\");
-    } else if code < 0x20 || code == 0x7f {
-        out.push_str(&format!("\\x{code:02x}"));
-    } else if character.is_control() || is_display_changing(character) {
-        out.push_str(&format!("\\u{{{code:x}}}"));
-    } else {
-        out.push(character);
-    }
-}
-
-fn escape_char(character: char) -> String {
-    let mut out = String::new();
-    push_char(&mut out, character);
-    out
-}
-
-/// Format characters that change how the rest of a line is displayed without being controls.
-fn is_display_changing(character: char) -> bool {
-    matches!(
-        character,
-        '\u{061c}'
-            | '\u{200e}'
-            | '\u{200f}'
-            | '\u{2028}'
-            | '\u{2029}'
-            | '\u{202a}'..='\u{202e}'
-            | '\u{2066}'..='\u{2069}'
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,35 +326,6 @@ mod tests {
     }
 
     #[test]
-    fn printable_escapes_what_a_terminal_would_act_on() {
-        assert_eq!(printable(b"plain name.txt"), "plain name.txt");
-        assert_eq!(printable(b"\x1b[2J"), "\\x1b[2J");
-        assert_eq!(printable(b"a\nb\rc\0"), "a\\x0ab\\x0dc\\x00");
-        assert_eq!(printable(b"\x7f"), "\\x7f");
-        assert_eq!(printable("\u{9b}31m".as_bytes()), "\\u{9b}31m");
-        assert_eq!(printable(b"bad\xffbyte"), "bad\\xffbyte");
-        assert_eq!(printable(b"a\\x41"), "a\\\\x41");
-        assert_eq!(printable("txt.\u{202e}exe".as_bytes()), "txt.\\u{202e}exe");
-        assert_eq!(printable("日本".as_bytes()), "日本");
-    }
-
-    #[test]
-    fn cut_names_stay_printable_and_short() {
-        assert_eq!(printable_cut(b"short", 80), "short");
-        let long = "n".repeat(4000);
-        assert_eq!(
-            printable_cut(long.as_bytes(), 80),
-            format!("{}...", &long[..80])
-        );
-        // Escapes count as what they show and are never cut in half.
-        assert_eq!(printable_cut(b"ab\x1b[2J", 5), "ab...");
-        assert_eq!(printable_cut(b"ab\x1b[2J", 6), "ab\\x1b...");
-        assert_eq!(printable_cut(b"\xff\xfe", 4), "\\xff...");
-        assert_eq!(printable_cut("日本語".as_bytes(), 2), "日本...");
-        assert_eq!(printable_cut(b"exact", 5), "exact");
-    }
-
-    #[test]
     fn relative_paths_parse_only_plain_components() {
         let path = RelativePath::parse("a/b c/.d").expect("a plain path parses");
         assert_eq!(path.components(), ["a", "b c", ".d"]);
@@ -497,21 +389,6 @@ mod tests {
                 prop_assert!(!text.contains(['/', '\\', '\0']));
                 prop_assert!(!text.chars().any(char::is_control));
                 prop_assert!(!text.trim().is_empty());
-            }
-        }
-
-        #[test]
-        fn printable_output_has_no_controls(name in proptest::collection::vec(any::<u8>(), 0..64)) {
-            let shown = printable(&name);
-            prop_assert!(!shown.chars().any(|c| c.is_control() || is_display_changing(c)));
-            // A cut is a prefix of the whole, within its length plus the mark.
-            let cut = printable_cut(&name, 20);
-            prop_assert!(cut.chars().count() <= 23);
-            prop_assert!(shown.starts_with(cut.trim_end_matches("...")));
-            if shown.chars().count() <= 20 {
-                prop_assert_eq!(cut, shown);
-            } else {
-                prop_assert!(cut.ends_with("..."));
             }
         }
 

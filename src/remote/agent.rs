@@ -65,7 +65,7 @@ pub fn agent_error(label: &str, action: &str, error: AgentError) -> Error {
             let what = match code {
                 ErrorCode::NotFound => "no such file or directory".to_string(),
                 ErrorCode::PermissionDenied => "permission denied".to_string(),
-                _ => crate::target::printable(&message),
+                _ => crate::terminal::printable(&message),
             };
             let error = Error::remote(format!("{label}: {action}: {what}"));
             if code == ErrorCode::NoSpace {
@@ -311,15 +311,5 @@ impl Remote for AgentRemote {
         };
         read.map(Some)
             .map_err(|error| self.error(&format!("reading {path}"), error))
-    }
-}
-
-impl AgentRemote {
-    /// Replaces `to` with `from` atomically.
-    pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
-        self.client
-            .rename(from, to)
-            .await
-            .map_err(|error| self.error(&format!("renaming {from} to {to}"), error))
     }
 }

@@ -260,7 +260,7 @@ pub async fn inspect(connection: &Connection) -> Result<AgentPlace> {
     .await?;
     let answer = output.stdout_text();
     let answer = answer.trim();
-    let place = |prefix: &str| answer.strip_prefix(prefix).map(crate::target::printable);
+    let place = |prefix: &str| answer.strip_prefix(prefix).map(crate::terminal::printable);
     match (
         output.success(),
         place("cached "),
@@ -331,7 +331,7 @@ async fn start_at_path(connection: &Arc<Connection>, path: &str) -> Result<Outco
         Launch::Agent(client) => Ok(Outcome::Ready(AgentRemote::new(client, connection.clone()))),
         Launch::NotAgent(_) => Ok(Outcome::Fallback(format!(
             "no runnable xfer agent at {}",
-            crate::target::printable(path)
+            crate::terminal::printable(path)
         ))),
         Launch::Refused(reason) | Launch::Failed(reason) => Ok(Outcome::Fallback(reason)),
     }
@@ -369,8 +369,8 @@ async fn start_cached(connection: &Arc<Connection>) -> Result<Outcome> {
     if !same_platform(&own.build.os, &own.build.arch, &os, &machine) {
         return Ok(Outcome::Fallback(format!(
             "the host is {} {}, this xfer is built for {} {}",
-            crate::target::printable(&os),
-            crate::target::printable(&machine),
+            crate::terminal::printable(&os),
+            crate::terminal::printable(&machine),
             own.build.os,
             own.build.arch
         )));
@@ -616,7 +616,7 @@ async fn upload(connection: &Arc<Connection>, own: &Own) -> Result<()> {
         let answer = answer.trim();
         match output.status {
             Some(0) if output.success() => {
-                tracing::debug!(label = %connection.label(), "{}", crate::target::printable(answer));
+                tracing::debug!(label = %connection.label(), "{}", crate::terminal::printable(answer));
                 return Ok(());
             }
             Some(FULL) => {
@@ -635,7 +635,7 @@ async fn upload(connection: &Arc<Connection>, own: &Own) -> Result<()> {
         }
         let mut reasons = full;
         if !answer.is_empty() {
-            reasons.push(crate::target::printable(answer));
+            reasons.push(crate::terminal::printable(answer));
         } else if !output.started {
             reasons.push("the login did not run the upload script".into());
         }

@@ -56,7 +56,7 @@ pub async fn user_home(connection: &Arc<Connection>, user: &str) -> Result<Strin
     }
     Err(Error::remote(format!(
         "{label}: cannot find the home directory of ~{}",
-        crate::target::printable(user)
+        crate::terminal::printable(user)
     ))
     .with_hint("check the user name, or give the absolute path")
     .transient(false))

@@ -101,16 +101,7 @@ impl ListingTooLarge {
     }
 }
 
-/// What kind of filesystem object an entry is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum EntryKind {
-    File,
-    Directory,
-    Symlink,
-    /// Devices, sockets, fifos: skipped with a warning, as rsync -a without -D.
-    Special,
-}
+pub use crate::entry::EntryKind;
 
 /// One remote directory entry or stat result, as the peer describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -281,7 +281,7 @@ pub fn sftp_error(label: &str, action: &str, error: SftpError) -> Error {
                 StatusCode::OpUnsupported => "operation not supported by the server".to_string(),
                 code => format!(
                     "{code}: {}",
-                    crate::target::printable(&status.error_message)
+                    crate::terminal::printable(&status.error_message)
                 ),
             };
             let error = Error::remote(format!("{label}: {action}: {what}"));
@@ -384,7 +384,7 @@ fn entry_from(name: String, attributes: &FileAttributes) -> RemoteEntry {
 
 /// The fixed script that hashes one file; the path arrives on stdin, whole (any bytes but NUL),
 /// so nothing of it is ever parsed by the remote shell. OpenSSL comes before coreutils'
-/// sha256sum, which runs at a fifth of the speed on the same machine (no SHA extensions).
+/// sha256sum, which does not use the CPU's SHA instructions and is several times slower.
 const DIGEST_SCRIPT: &str = r#"p=$(cat; printf x); p=${p%x}
 [ -f "$p" ] && [ -r "$p" ] || exit 66
 if command -v b3sum >/dev/null 2>&1; then
@@ -722,7 +722,7 @@ impl Remote for SftpRemote {
         }
         let limits = ExecLimits {
             max_output: 4096,
-            // Hashing 100 GB at a few hundred MB/s takes minutes.
+            // Generous: reading a very large file through a slow disk takes minutes.
             timeout: Duration::from_secs(3600),
         };
         match exec::run(&self.connection, DIGEST_SCRIPT, path.as_bytes(), limits).await {

@@ -223,7 +223,7 @@ fn header(path: &str) -> Vec<u8> {
 
 fn failure(connection: &Connection, path: &str, output: &ExecOutput) -> Error {
     let label = connection.label();
-    let path = crate::target::printable(path);
+    let path = crate::terminal::printable(path);
     let answer = output.stdout_text();
     let first = answer.lines().next().unwrap_or("").trim();
     if output.status.is_none() && output.signal.is_none() {
@@ -245,7 +245,7 @@ fn failure(connection: &Connection, path: &str, output: &ExecOutput) -> Error {
         (Some(65), line) => (
             format!(
                 "{label}: {path} is on a shared, network or unrecognised filesystem ({}); a secret there may be readable from other machines",
-                crate::target::printable(line.strip_prefix("shared ").unwrap_or("unknown"))
+                crate::terminal::printable(line.strip_prefix("shared ").unwrap_or("unknown"))
             ),
             "choose a path on the machine's own disk with --to, or pass --allow-shared-fs if you accept the risk",
         ),
@@ -311,7 +311,7 @@ fn failure(connection: &Connection, path: &str, output: &ExecOutput) -> Error {
         (None, _) => (
             format!(
                 "{label}: the remote script for {path} was killed by signal {}",
-                crate::target::printable(output.signal.as_deref().unwrap_or("unknown"))
+                crate::terminal::printable(output.signal.as_deref().unwrap_or("unknown"))
             ),
             "see xfer doctor ALIAS",
         ),
@@ -357,7 +357,7 @@ pub async fn write(
     let answer = output.stdout_text();
     match answer.lines().last() {
         Some(line) if output.success() && line.starts_with("ok ") => Ok(Written {
-            filesystem: crate::target::printable(line.trim_start_matches("ok ").trim()),
+            filesystem: crate::terminal::printable(line.trim_start_matches("ok ").trim()),
         }),
         _ => Err(failure(connection, path, &output)),
     }
@@ -415,7 +415,7 @@ pub async fn inspect(connection: &Connection, path: &str) -> Result<Inspection> 
             }
             "mode" => inspection.mode = u32::from_str_radix(value.trim(), 8).ok(),
             "owned" => inspection.owned_by_user = value == "yes",
-            "fs" => inspection.filesystem = Some(crate::target::printable(value.trim())),
+            "fs" => inspection.filesystem = Some(crate::terminal::printable(value.trim())),
             "sha256" => inspection.sha256 = crate::remote::parse_digest_hex(value.trim()),
             _ => {}
         }

@@ -9,7 +9,7 @@
 
 use crate::error::{Error, Result};
 use crate::ssh::config::HostConfig;
-use crate::target::printable;
+use crate::terminal::printable;
 use russh::client::{Handle, Handler};
 use russh::keys::agent::AgentIdentity;
 use russh::keys::agent::client::AgentClient;
@@ -176,276 +176,25 @@ pub struct Authenticator<'a> {
     pub agent_socket: Option<PathBuf>,
 }
 
-enum Offer {
-    Accepted,
-    Refused,
-}
-
 impl Authenticator<'_> {
+    /// Offers keys in ssh's order until the server accepts one; the error lists every key
+    /// tried and why each failed.
     pub async fn authenticate<H: Handler>(
         &self,
         handle: &mut Handle<H>,
         label: &str,
     ) -> Result<Authenticated> {
-        let user = self.config.user.clone();
-        let mut attempts: Vec<Attempt> = Vec::new();
-        let mut server_methods: Option<String> = None;
-        let rsa_hash =
-            match tokio::time::timeout(AUTH_STEP_TIMEOUT, handle.best_supported_rsa_hash()).await {
-                Ok(Ok(Some(hash))) => hash,
-                // No server-sig-algs: OpenSSH servers since 7.2 take rsa-sha2-256.
-                _ => Some(HashAlg::Sha256),
-            };
-
-        let identities: Vec<IdentityFile> = self
-            .config
-            .identity_files
-            .iter()
-            .map(|path| IdentityFile {
-                path: path.clone(),
-                public: identity_public_key(path),
-                explicit: !self.config.identity_files_are_defaults,
-            })
-            .collect();
-
-        let mut agent = self.connect_agent(&mut attempts).await;
-        let agent_keys: Vec<AgentIdentity> = match agent.as_mut() {
-            Some(agent) => {
-                match tokio::time::timeout(AUTH_STEP_TIMEOUT, agent.request_identities()).await {
-                    Ok(Ok(keys)) => keys,
-                    _ => {
-                        attempts.push(Attempt {
-                            key: "ssh-agent".into(),
-                            outcome: "did not list its keys".into(),
-                        });
-                        Vec::new()
-                    }
-                }
-            }
-            None => Vec::new(),
-        };
-        let agent_has = |public: &PublicKey| {
-            agent_keys
-                .iter()
-                .any(|identity| identity.public_key().key_data() == public.key_data())
-        };
-        let in_config = |public: &PublicKey| {
-            identities.iter().any(|identity| {
-                identity
-                    .public
-                    .as_ref()
-                    .is_some_and(|p| p.key_data() == public.key_data())
-            })
-        };
-
-        // 1 and 2: certificates from CertificateFile, then beside identity files.
-        let mut certificates: Vec<(PathBuf, Certificate)> = Vec::new();
-        let certificate_paths = self.config.certificate_files.iter().cloned().chain(
-            identities
-                .iter()
-                .map(|identity| with_suffix(&identity.path, "-cert.pub")),
-        );
-        for path in certificate_paths {
-            if let Some(certificate) = read_certificate(&path) {
-                certificates.push((path, certificate));
-            }
+        let mut round = Round::start(self, handle, label).await;
+        if let Some(done) = round.offer_certificates().await? {
+            return Ok(done);
         }
-        for (path, certificate) in &certificates {
-            let public = PublicKey::new(certificate.public_key().clone(), "");
-            let description = format!(
-                "certificate {} ({})",
-                path.display(),
-                describe_public(&public)
-            );
-            let outcome = if let (Some(agent), true) = (agent.as_mut(), agent_has(&public)) {
-                let hash = if public.algorithm().is_rsa() {
-                    rsa_hash
-                } else {
-                    None
-                };
-                let result = tokio::time::timeout(
-                    AUTH_STEP_TIMEOUT,
-                    handle.authenticate_certificate_with(
-                        user.clone(),
-                        certificate.clone(),
-                        hash,
-                        agent,
-                    ),
-                )
-                .await;
-                self.settle(
-                    result.map(|r| r.map_err(|e| e.to_string())),
-                    &mut server_methods,
-                    label,
-                )?
-            } else if let Some(identity) = identities.iter().find(|identity| {
-                identity
-                    .public
-                    .as_ref()
-                    .is_some_and(|p| p.key_data() == public.key_data())
-            }) {
-                match self.load_private_key(identity, &mut attempts) {
-                    Some(key) => {
-                        let result = tokio::time::timeout(
-                            AUTH_STEP_TIMEOUT,
-                            handle.authenticate_openssh_cert(
-                                user.clone(),
-                                key,
-                                certificate.clone(),
-                            ),
-                        )
-                        .await;
-                        self.settle(
-                            result.map(|r| r.map_err(|e| e.to_string())),
-                            &mut server_methods,
-                            label,
-                        )?
-                    }
-                    None => continue,
-                }
-            } else {
-                attempts.push(Attempt {
-                    key: description,
-                    outcome: "skipped: no private key for it in the agent or the identity files"
-                        .into(),
-                });
-                continue;
-            };
-            match outcome {
-                Offer::Accepted => {
-                    return Ok(Authenticated {
-                        method: format!("publickey ({description})"),
-                        summary: format!("cert {}", file_name(path)),
-                    });
-                }
-                Offer::Refused => attempts.push(Attempt {
-                    key: description,
-                    outcome: "refused by the server".into(),
-                }),
-            }
+        if let Some(done) = round.offer_agent_keys().await? {
+            return Ok(done);
         }
-
-        // 3 and 4: agent keys, those named in the config first.
-        if let Some(agent) = agent.as_mut() {
-            let mut ordered: Vec<&AgentIdentity> = agent_keys
-                .iter()
-                .filter(|identity| in_config(&identity.public_key()))
-                .collect();
-            if !self.config.identities_only {
-                ordered.extend(
-                    agent_keys
-                        .iter()
-                        .filter(|identity| !in_config(&identity.public_key())),
-                );
-            }
-            for identity in ordered {
-                let public = identity.public_key().into_owned();
-                let description = format!("agent key {}", describe_public(&public));
-                let hash = if public.algorithm().is_rsa() {
-                    rsa_hash
-                } else {
-                    None
-                };
-                let result = match identity {
-                    AgentIdentity::PublicKey { .. } => {
-                        tokio::time::timeout(
-                            AUTH_STEP_TIMEOUT,
-                            handle.authenticate_publickey_with(
-                                user.clone(),
-                                public.clone(),
-                                hash,
-                                agent,
-                            ),
-                        )
-                        .await
-                    }
-                    AgentIdentity::Certificate { certificate, .. } => {
-                        tokio::time::timeout(
-                            AUTH_STEP_TIMEOUT,
-                            handle.authenticate_certificate_with(
-                                user.clone(),
-                                certificate.clone(),
-                                hash,
-                                agent,
-                            ),
-                        )
-                        .await
-                    }
-                };
-                match self.settle(
-                    result.map(|r| r.map_err(|e| e.to_string())),
-                    &mut server_methods,
-                    label,
-                )? {
-                    Offer::Accepted => {
-                        return Ok(Authenticated {
-                            method: format!("publickey ({description})"),
-                            summary: "agent".into(),
-                        });
-                    }
-                    Offer::Refused => attempts.push(Attempt {
-                        key: description,
-                        outcome: "refused by the server".into(),
-                    }),
-                }
-            }
+        if let Some(done) = round.offer_identity_files().await? {
+            return Ok(done);
         }
-
-        // 5: identity files the agent does not hold.
-        for identity in &identities {
-            if identity
-                .public
-                .as_ref()
-                .is_some_and(|public| agent.is_some() && agent_has(public))
-            {
-                continue;
-            }
-            if !identity.path.exists() {
-                if identity.explicit {
-                    attempts.push(Attempt {
-                        key: identity.path.display().to_string(),
-                        outcome: "no such file".into(),
-                    });
-                }
-                continue;
-            }
-            let Some(key) = self.load_private_key(identity, &mut attempts) else {
-                continue;
-            };
-            let description = format!(
-                "key file {} ({})",
-                identity.path.display(),
-                describe_public(key.public_key())
-            );
-            let hash = if key.algorithm().is_rsa() {
-                rsa_hash
-            } else {
-                None
-            };
-            let result = tokio::time::timeout(
-                AUTH_STEP_TIMEOUT,
-                handle.authenticate_publickey(user.clone(), PrivateKeyWithHashAlg::new(key, hash)),
-            )
-            .await;
-            match self.settle(
-                result.map(|r| r.map_err(|e| e.to_string())),
-                &mut server_methods,
-                label,
-            )? {
-                Offer::Accepted => {
-                    return Ok(Authenticated {
-                        method: format!("publickey ({description})"),
-                        summary: format!("key {}", file_name(&identity.path)),
-                    });
-                }
-                Offer::Refused => attempts.push(Attempt {
-                    key: description,
-                    outcome: "refused by the server".into(),
-                }),
-            }
-        }
-
-        Err(self.refusal(label, &attempts, server_methods))
+        Err(self.refusal(label, &round.attempts, round.server_methods))
     }
 
     async fn connect_agent(
@@ -461,35 +210,6 @@ impl Authenticator<'_> {
                     outcome: "could not connect to the agent".into(),
                 });
                 None
-            }
-        }
-    }
-
-    /// Turns one server reply into accepted/refused, or an error when the link failed.
-    fn settle(
-        &self,
-        result: std::result::Result<
-            std::result::Result<russh::client::AuthResult, String>,
-            tokio::time::error::Elapsed,
-        >,
-        server_methods: &mut Option<String>,
-        label: &str,
-    ) -> Result<Offer> {
-        match result {
-            Err(_) => Err(Error::connect(format!(
-                "{label}: the server stopped answering during authentication"
-            ))),
-            Ok(Err(error)) => {
-                tracing::debug!(%error, "an authentication attempt failed locally");
-                Ok(Offer::Refused)
-            }
-            Ok(Ok(russh::client::AuthResult::Success)) => Ok(Offer::Accepted),
-            Ok(Ok(russh::client::AuthResult::Failure {
-                remaining_methods, ..
-            })) => {
-                let names: Vec<&str> = remaining_methods.iter().map(<&str>::from).collect();
-                *server_methods = Some(names.join(", "));
-                Ok(Offer::Refused)
             }
         }
     }
@@ -552,7 +272,7 @@ impl Authenticator<'_> {
         for _ in 0..PASSPHRASE_TRIES {
             let prompt = format!(
                 "Enter passphrase for key '{}': ",
-                printable(&path.display().to_string())
+                printable(path.display().to_string())
             );
             let passphrase = match rpassword::prompt_password(prompt) {
                 Ok(passphrase) => SecretString::from(passphrase),
@@ -578,7 +298,7 @@ impl Authenticator<'_> {
                 }
                 Err(_) => eprintln!(
                     "Bad passphrase, try again for {}",
-                    printable(&path.display().to_string())
+                    printable(path.display().to_string())
                 ),
             }
         }
@@ -621,5 +341,348 @@ impl Authenticator<'_> {
             )
         };
         Error::auth(message).with_hint(hint)
+    }
+}
+
+/// One server reply to an offered key, within [`AUTH_STEP_TIMEOUT`].
+type Reply<E> = std::result::Result<
+    std::result::Result<russh::client::AuthResult, E>,
+    tokio::time::error::Elapsed,
+>;
+
+/// One connection's authentication under way: the keys there are to offer, what was tried, and
+/// what the server said it accepts.
+struct Round<'r, 'a, H: Handler> {
+    authenticator: &'r Authenticator<'a>,
+    handle: &'r mut Handle<H>,
+    label: &'r str,
+    user: String,
+    /// The signature algorithm for RSA keys, from the server's `server-sig-algs`.
+    rsa_hash: Option<HashAlg>,
+    identities: Vec<IdentityFile>,
+    agent: Option<AgentClient<tokio::net::UnixStream>>,
+    agent_keys: Vec<AgentIdentity>,
+    attempts: Vec<Attempt>,
+    /// The methods the server said may continue, after its last refusal.
+    server_methods: Option<String>,
+}
+
+impl<'r, 'a, H: Handler> Round<'r, 'a, H> {
+    /// Learns what there is to offer: the server's RSA signature algorithm, the identity
+    /// files' public keys, and the agent's keys.
+    async fn start(
+        authenticator: &'r Authenticator<'a>,
+        handle: &'r mut Handle<H>,
+        label: &'r str,
+    ) -> Self {
+        let config = authenticator.config;
+        let rsa_hash =
+            match tokio::time::timeout(AUTH_STEP_TIMEOUT, handle.best_supported_rsa_hash()).await {
+                Ok(Ok(Some(hash))) => hash,
+                // No server-sig-algs: OpenSSH servers since 7.2 take rsa-sha2-256.
+                _ => Some(HashAlg::Sha256),
+            };
+        let identities = config
+            .identity_files
+            .iter()
+            .map(|path| IdentityFile {
+                path: path.clone(),
+                public: identity_public_key(path),
+                explicit: !config.identity_files_are_defaults,
+            })
+            .collect();
+        let mut attempts = Vec::new();
+        let mut agent = authenticator.connect_agent(&mut attempts).await;
+        let agent_keys = match agent.as_mut() {
+            Some(agent) => {
+                match tokio::time::timeout(AUTH_STEP_TIMEOUT, agent.request_identities()).await {
+                    Ok(Ok(keys)) => keys,
+                    _ => {
+                        attempts.push(Attempt {
+                            key: "ssh-agent".into(),
+                            outcome: "did not list its keys".into(),
+                        });
+                        Vec::new()
+                    }
+                }
+            }
+            None => Vec::new(),
+        };
+        Round {
+            authenticator,
+            handle,
+            label,
+            user: config.user.clone(),
+            rsa_hash,
+            identities,
+            agent,
+            agent_keys,
+            attempts,
+            server_methods: None,
+        }
+    }
+
+    /// 1 and 2: certificates from CertificateFile, then beside identity files, each signed
+    /// by the agent when it holds the key, else by the identity file's key.
+    async fn offer_certificates(&mut self) -> Result<Option<Authenticated>> {
+        let mut certificates: Vec<(PathBuf, Certificate)> = Vec::new();
+        let certificate_paths = self
+            .authenticator
+            .config
+            .certificate_files
+            .iter()
+            .cloned()
+            .chain(
+                self.identities
+                    .iter()
+                    .map(|identity| with_suffix(&identity.path, "-cert.pub")),
+            );
+        for path in certificate_paths {
+            if let Some(certificate) = read_certificate(&path) {
+                certificates.push((path, certificate));
+            }
+        }
+        for (path, certificate) in certificates {
+            let public = PublicKey::new(certificate.public_key().clone(), "");
+            let description = format!(
+                "certificate {} ({})",
+                path.display(),
+                describe_public(&public)
+            );
+            let accepted = if let (Some(agent), true) =
+                (self.agent.as_mut(), agent_has(&self.agent_keys, &public))
+            {
+                let hash = hash_for(self.rsa_hash, &public);
+                let reply = tokio::time::timeout(
+                    AUTH_STEP_TIMEOUT,
+                    self.handle.authenticate_certificate_with(
+                        self.user.clone(),
+                        certificate,
+                        hash,
+                        agent,
+                    ),
+                )
+                .await;
+                self.settle(reply, &description)?
+            } else if let Some(identity) = identity_of(&self.identities, &public) {
+                let Some(key) = self
+                    .authenticator
+                    .load_private_key(identity, &mut self.attempts)
+                else {
+                    continue;
+                };
+                let reply = tokio::time::timeout(
+                    AUTH_STEP_TIMEOUT,
+                    self.handle
+                        .authenticate_openssh_cert(self.user.clone(), key, certificate),
+                )
+                .await;
+                self.settle(reply, &description)?
+            } else {
+                self.attempts.push(Attempt {
+                    key: description,
+                    outcome: "skipped: no private key for it in the agent or the identity files"
+                        .into(),
+                });
+                continue;
+            };
+            if accepted {
+                return Ok(Some(Authenticated {
+                    method: format!("publickey ({description})"),
+                    summary: format!("cert {}", file_name(&path)),
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// 3 and 4: agent keys, those named in the config first, the others unless
+    /// IdentitiesOnly.
+    async fn offer_agent_keys(&mut self) -> Result<Option<Authenticated>> {
+        let Some(agent) = self.agent.as_mut() else {
+            return Ok(None);
+        };
+        let in_config = |identity: &&AgentIdentity| {
+            let public = identity.public_key();
+            self.identities.iter().any(|file| {
+                file.public
+                    .as_ref()
+                    .is_some_and(|p| p.key_data() == public.key_data())
+            })
+        };
+        let mut ordered: Vec<AgentIdentity> =
+            self.agent_keys.iter().filter(in_config).cloned().collect();
+        if !self.authenticator.config.identities_only {
+            ordered.extend(
+                self.agent_keys
+                    .iter()
+                    .filter(|identity| !in_config(identity))
+                    .cloned(),
+            );
+        }
+        for identity in ordered {
+            let public = identity.public_key().into_owned();
+            let description = format!("agent key {}", describe_public(&public));
+            let hash = hash_for(self.rsa_hash, &public);
+            let reply = match identity {
+                AgentIdentity::PublicKey { .. } => {
+                    tokio::time::timeout(
+                        AUTH_STEP_TIMEOUT,
+                        self.handle.authenticate_publickey_with(
+                            self.user.clone(),
+                            public.clone(),
+                            hash,
+                            agent,
+                        ),
+                    )
+                    .await
+                }
+                AgentIdentity::Certificate { certificate, .. } => {
+                    tokio::time::timeout(
+                        AUTH_STEP_TIMEOUT,
+                        self.handle.authenticate_certificate_with(
+                            self.user.clone(),
+                            certificate,
+                            hash,
+                            agent,
+                        ),
+                    )
+                    .await
+                }
+            };
+            if settle(
+                reply,
+                &description,
+                self.label,
+                &mut self.attempts,
+                &mut self.server_methods,
+            )? {
+                return Ok(Some(Authenticated {
+                    method: format!("publickey ({description})"),
+                    summary: "agent".into(),
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// 5: identity files the agent does not hold, decrypted here when they must be.
+    async fn offer_identity_files(&mut self) -> Result<Option<Authenticated>> {
+        for index in 0..self.identities.len() {
+            let identity = &self.identities[index];
+            if identity
+                .public
+                .as_ref()
+                .is_some_and(|public| self.agent.is_some() && agent_has(&self.agent_keys, public))
+            {
+                continue;
+            }
+            if !identity.path.exists() {
+                if identity.explicit {
+                    self.attempts.push(Attempt {
+                        key: identity.path.display().to_string(),
+                        outcome: "no such file".into(),
+                    });
+                }
+                continue;
+            }
+            let Some(key) = self
+                .authenticator
+                .load_private_key(identity, &mut self.attempts)
+            else {
+                continue;
+            };
+            let path = identity.path.clone();
+            let description = format!(
+                "key file {} ({})",
+                path.display(),
+                describe_public(key.public_key())
+            );
+            let hash = hash_for(self.rsa_hash, key.public_key());
+            let reply = tokio::time::timeout(
+                AUTH_STEP_TIMEOUT,
+                self.handle.authenticate_publickey(
+                    self.user.clone(),
+                    PrivateKeyWithHashAlg::new(key, hash),
+                ),
+            )
+            .await;
+            if self.settle(reply, &description)? {
+                return Ok(Some(Authenticated {
+                    method: format!("publickey ({description})"),
+                    summary: format!("key {}", file_name(&path)),
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    fn settle<E: fmt::Display>(&mut self, reply: Reply<E>, description: &str) -> Result<bool> {
+        settle(
+            reply,
+            description,
+            self.label,
+            &mut self.attempts,
+            &mut self.server_methods,
+        )
+    }
+}
+
+/// Turns one server reply into accepted (`true`) or refused, noting a refusal among the
+/// attempts and the methods the server still accepts; an error when the server stopped
+/// answering.
+fn settle<E: fmt::Display>(
+    reply: Reply<E>,
+    description: &str,
+    label: &str,
+    attempts: &mut Vec<Attempt>,
+    server_methods: &mut Option<String>,
+) -> Result<bool> {
+    match reply {
+        Err(_) => {
+            return Err(Error::connect(format!(
+                "{label}: the server stopped answering during authentication"
+            )));
+        }
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "an authentication attempt failed locally");
+        }
+        Ok(Ok(russh::client::AuthResult::Success)) => return Ok(true),
+        Ok(Ok(russh::client::AuthResult::Failure {
+            remaining_methods, ..
+        })) => {
+            let names: Vec<&str> = remaining_methods.iter().map(<&str>::from).collect();
+            *server_methods = Some(names.join(", "));
+        }
+    }
+    attempts.push(Attempt {
+        key: description.to_string(),
+        outcome: "refused by the server".into(),
+    });
+    Ok(false)
+}
+
+/// The identity file whose public key is `public`.
+fn identity_of<'i>(identities: &'i [IdentityFile], public: &PublicKey) -> Option<&'i IdentityFile> {
+    identities.iter().find(|identity| {
+        identity
+            .public
+            .as_ref()
+            .is_some_and(|p| p.key_data() == public.key_data())
+    })
+}
+
+fn agent_has(agent_keys: &[AgentIdentity], public: &PublicKey) -> bool {
+    agent_keys
+        .iter()
+        .any(|identity| identity.public_key().key_data() == public.key_data())
+}
+
+/// The hash to sign with: the server's choice for RSA keys, none for the others.
+fn hash_for(rsa_hash: Option<HashAlg>, public: &PublicKey) -> Option<HashAlg> {
+    if public.algorithm().is_rsa() {
+        rsa_hash
+    } else {
+        None
     }
 }

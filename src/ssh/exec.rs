@@ -48,7 +48,7 @@ impl ExecOutput {
     }
 
     pub fn stderr_text(&self) -> String {
-        crate::target::printable(String::from_utf8_lossy(&self.stderr).trim())
+        crate::terminal::printable(String::from_utf8_lossy(&self.stderr).trim())
     }
 }
 

@@ -127,7 +127,7 @@ pub fn not_ssh(seen: &[u8]) -> Option<String> {
         .map(str::trim)
         .find(|line| !line.is_empty())
         .unwrap_or("");
-    let shown: String = crate::target::printable(first).chars().take(80).collect();
+    let shown: String = crate::terminal::printable(first).chars().take(80).collect();
     Some(shown)
 }
 

@@ -3,11 +3,12 @@
 //! names, `@cert-authority` and `@revoked` markers, blank-or-tab separated fields and CRLF line
 //! ends. This module owns looking a server's key up (`check`, and `check_host` for ssh's whole
 //! lookup: HostKeyAlias, the port-less name, host certificates and their `@cert-authority`),
-//! recording a new key (`add_hashed`, `add_plain`) and removing a host the way `ssh-keygen -R`
+//! recording a new key, hashed (`add_hashed`), and removing a host the way `ssh-keygen -R`
 //! does (`forget`). russh's own known_hosts helpers are not used because they understand none of
 //! the above.
 
 use crate::error::{Error, Result};
+use crate::ssh::pattern::{self, Case, ListMatch};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, Mac};
@@ -34,10 +35,6 @@ const HASH_MAGIC: &str = "|1|";
 
 /// Length of an HMAC-SHA1 salt and digest.
 const SHA1_BYTES: usize = 20;
-
-/// match.c copies each comma-separated pattern into a 1024-byte buffer; a pattern of 1023 bytes
-/// or more makes the whole list fail to match.
-const MAX_PATTERN_BYTES: usize = 1022;
 
 /// extract_salt refuses a base64 salt longer than this.
 const MAX_SALT_TEXT_BYTES: usize = 1024;
@@ -100,7 +97,8 @@ impl HostField {
     pub fn matches(&self, name: &str) -> bool {
         match self {
             HostField::Patterns(patterns) => {
-                match_pattern_list(name.as_bytes(), patterns.as_bytes()) == PatternMatch::Positive
+                pattern::match_list(name.as_bytes(), patterns.as_bytes(), Case::FoldPatterns)
+                    == ListMatch::Positive
             }
             HostField::Hashed { salt, hash } => hmac_sha1(salt, name.as_bytes()) == Some(*hash),
         }
@@ -361,12 +359,6 @@ pub fn add_hashed(file: &Path, name: &str, key: &PublicKey) -> Result<()> {
     append_entry(file, &field, key)
 }
 
-/// Appends `name algorithm base64`, as ssh does under HashKnownHosts no.
-pub fn add_plain(file: &Path, name: &str, key: &PublicKey) -> Result<()> {
-    check_recordable(name)?;
-    append_entry(file, name, key)
-}
-
 /// What `forget` did to one existing file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forgotten {
@@ -527,7 +519,7 @@ fn match_hosts(name: &[u8], hosts: &[u8]) -> HostMatch {
             Ok(Some((salt, hash))) if hmac_sha1(&salt, name) == Some(hash) => HostMatch::Matched,
             Ok(_) => HostMatch::NotMatched,
         }
-    } else if match_pattern_list(name, hosts) == PatternMatch::Positive {
+    } else if pattern::match_list(name, hosts, Case::FoldPatterns) == ListMatch::Positive {
         HostMatch::Matched
     } else {
         HostMatch::NotMatched
@@ -577,78 +569,6 @@ fn decode_base64_like_openssh(text: &[u8]) -> Option<Vec<u8>> {
         .filter(|byte| !byte.is_ascii_whitespace() && *byte != 0x0b)
         .collect();
     BASE64.decode(compact).ok()
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PatternMatch {
-    None,
-    Positive,
-    Negative,
-}
-
-/// match_pattern_list with lowercasing of the patterns (match_hostname): a negated pattern that
-/// matches wins over any positive one; patterns are lowercased (ASCII), the name is not.
-fn match_pattern_list(name: &[u8], patterns: &[u8]) -> PatternMatch {
-    let mut positive = false;
-    let mut rest = patterns;
-    while !rest.is_empty() {
-        let negated = rest[0] == b'!';
-        if negated {
-            rest = &rest[1..];
-        }
-        let end = rest
-            .iter()
-            .position(|byte| *byte == b',')
-            .unwrap_or(rest.len());
-        let pattern = &rest[..end];
-        if pattern.len() > MAX_PATTERN_BYTES {
-            return PatternMatch::None;
-        }
-        rest = rest.get(end + 1..).unwrap_or(&[]);
-        if match_pattern(name, pattern) {
-            if negated {
-                return PatternMatch::Negative;
-            }
-            positive = true;
-        }
-    }
-    if positive {
-        PatternMatch::Positive
-    } else {
-        PatternMatch::None
-    }
-}
-
-/// match_pattern with `*` and `?` over bytes, pattern lowercased. OpenSSH recurses, which is
-/// exponential on patterns like `*a*a*a*b`; this walks once, remembering the last `*`, and
-/// accepts exactly the same strings.
-fn match_pattern(text: &[u8], pattern: &[u8]) -> bool {
-    let (mut at_text, mut at_pattern) = (0, 0);
-    let mut last_star: Option<(usize, usize)> = None;
-    while at_text < text.len() {
-        match pattern.get(at_pattern).map(u8::to_ascii_lowercase) {
-            Some(b'*') => {
-                at_pattern += 1;
-                last_star = Some((at_pattern, at_text));
-            }
-            Some(expected) if expected == b'?' || expected == text[at_text] => {
-                at_pattern += 1;
-                at_text += 1;
-            }
-            _ => match last_star {
-                Some((after_star, star_text)) => {
-                    // Let the star swallow one more byte and retry from there.
-                    at_pattern = after_star;
-                    at_text = star_text + 1;
-                    last_star = Some((after_star, star_text + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    pattern[at_pattern.min(pattern.len())..]
-        .iter()
-        .all(|byte| *byte == b'*')
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -955,8 +875,8 @@ fn certificate_problem(certificate: &Certificate, principal: &str, now: u64) -> 
     if !principals.is_empty() && !principals.iter().any(|listed| listed == principal) {
         return Some(format!(
             "is not issued for \"{}\" (it names {})",
-            crate::target::printable(principal),
-            crate::target::printable(&principals.join(", "))
+            crate::terminal::printable(principal),
+            crate::terminal::printable(principals.join(", "))
         ));
     }
     if !certificate.critical_options().is_empty() {
@@ -1099,7 +1019,7 @@ fn check_recordable(name: &str) -> Result<()> {
     match problem {
         Some(problem) => Err(Error::config(format!(
             "cannot record a host key for \"{}\" in known_hosts: {problem}",
-            crate::target::printable(name)
+            crate::terminal::printable(name)
         ))
         .with_hint("use the host's DNS name or address, or a plain HostKeyAlias")),
         None => Ok(()),
@@ -1544,20 +1464,6 @@ mod tests {
         assert_eq!(
             status(&format!("!bad {ED25519_A}\n"), "good", 22, ED25519_A),
             HostKeyStatus::Unknown
-        );
-    }
-
-    #[test]
-    fn overlong_pattern_fails_the_whole_list() {
-        let long = "a".repeat(MAX_PATTERN_BYTES + 1);
-        assert_eq!(
-            match_pattern_list(b"host", format!("host,{long}").as_bytes()),
-            PatternMatch::None
-        );
-        let fits = "a".repeat(MAX_PATTERN_BYTES);
-        assert_eq!(
-            match_pattern_list(b"host", format!("host,{fits}").as_bytes()),
-            PatternMatch::Positive
         );
     }
 
@@ -2071,7 +1977,7 @@ mod tests {
             &key(ED25519_A),
         )
         .expect("add hashed");
-        add_plain(&file, &host_pattern_name("Example.COM", 22), &key(RSA_E)).expect("add plain");
+        append_entry(&file, &host_pattern_name("Example.COM", 22), &key(RSA_E)).expect("add plain");
         add_hashed(&file, &host_pattern_name("::1", 22), &key(ECDSA_384)).expect("add hashed");
         assert_eq!(mode_of(&file), 0o600);
         assert_eq!(mode_of(file.parent().expect("parent")), 0o700);
@@ -2113,7 +2019,7 @@ mod tests {
             &format!("other {ED25519_B}"),
         );
         fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).expect("chmod");
-        add_plain(
+        append_entry(
             &file,
             &host_pattern_name("example.com", 22),
             &key(ED25519_A),
@@ -2134,10 +2040,6 @@ mod tests {
         for host in [
             "", "*", "a,b", "a b", "!a", "|1|x", "@revoked", "#x", "a\tb",
         ] {
-            assert!(
-                add_plain(&file, &host_pattern_name(host, 22), &key(ED25519_A)).is_err(),
-                "{host:?}"
-            );
             assert!(
                 add_hashed(&file, &host_pattern_name(host, 22), &key(ED25519_A)).is_err(),
                 "{host:?}"
@@ -2421,28 +2323,6 @@ mod tests {
         );
     }
 
-    /// OpenSSH's recursive match_pattern, as the reference for the iterative one.
-    fn reference_match(text: &[u8], pattern: &[u8]) -> bool {
-        match pattern.split_first() {
-            None => text.is_empty(),
-            Some((b'*', rest)) => (0..=text.len()).any(|skip| reference_match(&text[skip..], rest)),
-            Some((expected, rest)) => match text.split_first() {
-                Some((actual, text_rest)) => {
-                    (*expected == b'?' || expected.to_ascii_lowercase() == *actual)
-                        && reference_match(text_rest, rest)
-                }
-                None => false,
-            },
-        }
-    }
-
-    #[test]
-    fn pathological_patterns_are_fast() {
-        let pattern = "*a".repeat(40) + "b";
-        let text = "a".repeat(1000);
-        assert!(!match_pattern(text.as_bytes(), pattern.as_bytes()));
-    }
-
     proptest! {
         #[test]
         fn parse_line_never_panics(line in "\\PC{0,300}") {
@@ -2471,18 +2351,6 @@ mod tests {
             if let Shape::Record { hosts, .. } = shape(line.as_bytes()) {
                 let _ = match_hosts(b"[h]:22", hosts);
             }
-        }
-
-        #[test]
-        fn pattern_matching_agrees_with_openssh(
-            text in "[abAB.?*]{0,12}",
-            pattern in "[abAB.?*]{0,10}",
-        ) {
-            let text = text.to_ascii_lowercase();
-            prop_assert_eq!(
-                match_pattern(text.as_bytes(), pattern.as_bytes()),
-                reference_match(text.as_bytes(), pattern.as_bytes())
-            );
         }
 
         #[test]

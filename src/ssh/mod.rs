@@ -1,7 +1,8 @@
 //! Reaching a host the way `ssh alias` does: configuration resolution (`config`, with OpenSSH's
-//! own glob for `Include` in `glob`), host key checking (`known_hosts`), authentication
-//! (`auth`), the connection itself with proxies, keepalive and timeouts (`connect`), and the
-//! pace at which one run opens connections to a host (`startups`).
+//! own glob for `Include` in `glob`), host key checking (`known_hosts`), the wildcard patterns
+//! both match names with (`pattern`), authentication (`auth`), the connection itself with
+//! proxies, keepalive and timeouts (`connect`), and the pace at which one run opens connections
+//! to a host (`startups`).
 
 pub mod auth;
 pub mod config;
@@ -10,4 +11,5 @@ pub mod exec;
 mod glob;
 pub mod greeting;
 pub mod known_hosts;
+mod pattern;
 pub mod startups;

@@ -199,7 +199,8 @@ impl Startups {
     }
 
     /// Whether the host `key` has limited this run's new connections.
-    pub fn limited(&self, key: &str) -> bool {
+    #[cfg(test)]
+    fn limited(&self, key: &str) -> bool {
         self.host(key).lock().limited
     }
 }

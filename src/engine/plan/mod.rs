@@ -193,7 +193,7 @@ impl Plan {
             kind,
             format!(
                 "{}: {error}; refusing to plan more of it",
-                local::printable(self.source.as_bytes())
+                crate::terminal::printable(self.source.as_bytes())
             ),
         )
         .with_hint("transfer a smaller part of the tree at a time, e.g. one subdirectory per run, or raise XFER_PLAN_MEMORY (MiB) for a directory of very many files")
@@ -246,7 +246,7 @@ impl Plan {
         self.add_skipped(Skipped {
             path: format!(
                 "{directory}/{}",
-                local::printable_cut(name, REFUSED_NAME_CHARS)
+                crate::terminal::printable_cut(name, REFUSED_NAME_CHARS)
             ),
             reason: format!("{REFUSED_REASON}: {error}"),
         })
@@ -350,8 +350,8 @@ impl Plan {
         let mut out = format!(
             "{} {} -> {}: {} to create, {} to update, {} to resume, {} up to date, {} skipped; {} to move\n",
             self.direction.as_str(),
-            local::printable(self.source.as_bytes()),
-            local::printable(self.destination.as_bytes()),
+            crate::terminal::printable(self.source.as_bytes()),
+            crate::terminal::printable(self.destination.as_bytes()),
             count(|a| matches!(a, Action::Create)),
             count(|a| matches!(a, Action::Update { .. })),
             count(|a| matches!(a, Action::Resume { .. })),
@@ -367,7 +367,7 @@ impl Plan {
             let shown = if item.path.is_empty() {
                 ".".to_string()
             } else {
-                local::printable(item.path.as_bytes())
+                crate::terminal::printable(item.path.as_bytes())
             };
             let kind = match item.kind {
                 EntryKind::Directory => "dir",

@@ -223,7 +223,7 @@ impl<R: Remote> PullWalk<'_, R> {
                 path: relative.to_string(),
                 reason: format!(
                     "symlink to {} points outside the tree",
-                    local::printable_cut(target.as_bytes(), REFUSED_NAME_CHARS)
+                    crate::terminal::printable_cut(target.as_bytes(), REFUSED_NAME_CHARS)
                 ),
             })?;
             return Ok(None);
@@ -297,7 +297,7 @@ impl<R: Remote> PullWalk<'_, R> {
             if duplicate {
                 duplicates += 1;
                 first_duplicate.get_or_insert_with(|| {
-                    local::printable_cut(later.name.as_bytes(), REFUSED_NAME_CHARS)
+                    crate::terminal::printable_cut(later.name.as_bytes(), REFUSED_NAME_CHARS)
                 });
             }
             duplicate
@@ -381,12 +381,7 @@ fn local_action(
     let Some(existing) = existing else {
         return Ok(Action::Create);
     };
-    let kind = match existing.kind {
-        local::EntryKind::Directory => EntryKind::Directory,
-        local::EntryKind::File => EntryKind::File,
-        local::EntryKind::Symlink => EntryKind::Symlink,
-        _ => EntryKind::Special,
-    };
+    let kind = EntryKind::from(existing.kind);
     // A link is up to date only if it points where the source's does.
     let link_target = if kind == EntryKind::Symlink && item.kind == EntryKind::Symlink {
         destination

@@ -11,7 +11,7 @@ use super::{
 use crate::engine::budget::{self, ALLOCATION_OVERHEAD, Held, text_bytes};
 use crate::engine::state::StateDir;
 use crate::error::{Error, Result};
-use crate::local::{self, RelativePath};
+use crate::local::RelativePath;
 use crate::remote::{self, EntryKind, Remote, RemoteEntry};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,7 +26,7 @@ fn check_crlf(item: &mut PlanItem, state: &StateDir, fix_crlf: bool) -> Result<O
     if !crate::engine::crlf::is_crlf_script(&item.path, &content) {
         return Ok(None);
     }
-    let path = local::printable(item.path.as_bytes());
+    let path = crate::terminal::printable(item.path.as_bytes());
     if !fix_crlf {
         return Ok(Some(Skipped {
             path,
@@ -59,19 +59,6 @@ fn check_crlf(item: &mut PlanItem, state: &StateDir, fix_crlf: bool) -> Result<O
     }))
 }
 
-/// A local entry found by walking the push source.
-fn local_kind(file_type: std::fs::FileType) -> EntryKind {
-    if file_type.is_symlink() {
-        EntryKind::Symlink
-    } else if file_type.is_dir() {
-        EntryKind::Directory
-    } else if file_type.is_file() {
-        EntryKind::File
-    } else {
-        EntryKind::Special
-    }
-}
-
 /// What one push plan covers and where it lands.
 #[derive(Debug, Clone, Copy)]
 pub struct PushScope<'a> {
@@ -100,7 +87,7 @@ pub async fn plan_push<R: Remote>(
         remote,
         source,
         scope.destination,
-        local_kind(metadata.file_type()),
+        EntryKind::from_file_type(metadata.file_type()),
     )
     .await?;
     let mut walk = PushWalk {
@@ -123,7 +110,7 @@ pub async fn plan_push<R: Remote>(
         let Some((relative, metadata, path)) = walk.examine(source, entry)? else {
             continue;
         };
-        let kind = local_kind(metadata.file_type());
+        let kind = EntryKind::from_file_type(metadata.file_type());
         if scope.shallow && kind == EntryKind::Directory && !relative.is_root() {
             continue;
         }
@@ -200,7 +187,7 @@ impl<R: Remote> PushWalk<'_, R> {
         let relative_os = entry.path().strip_prefix(source).unwrap_or(Path::new(""));
         let Some(relative_text) = relative_os.to_str() else {
             self.skip(
-                local::printable(relative_os.as_os_str().as_encoded_bytes()),
+                crate::terminal::printable(relative_os.as_os_str().as_encoded_bytes()),
                 "name is not UTF-8, which SFTP cannot carry".into(),
             )?;
             return Ok(None);
@@ -209,7 +196,7 @@ impl<R: Remote> PushWalk<'_, R> {
             Ok(relative) => relative,
             Err(error) => {
                 self.skip(
-                    local::printable(relative_text.as_bytes()),
+                    crate::terminal::printable(relative_text.as_bytes()),
                     error.message().to_string(),
                 )?;
                 return Ok(None);
@@ -238,7 +225,7 @@ impl<R: Remote> PushWalk<'_, R> {
         destination_root: &str,
     ) -> Result<Option<PlanItem>> {
         use std::os::unix::fs::MetadataExt;
-        let kind = local_kind(metadata.file_type());
+        let kind = EntryKind::from_file_type(metadata.file_type());
         let link_target = match kind {
             EntryKind::Special => {
                 self.skip(
