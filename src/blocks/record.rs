@@ -63,14 +63,6 @@ static RECORD_KEY: LazyLock<[u8; 32]> = LazyLock::new(|| blake3::derive_key(RECO
 
 pub use crate::entry::EntryKind;
 
-impl EntryKind {
-    /// The name this module's own enum gave directories, still spelt so in `engine::units`.
-    /// Transitional: remove once that caller says `Directory`.
-    #[doc(hidden)]
-    #[allow(non_upper_case_globals)]
-    pub const Dir: EntryKind = EntryKind::Directory;
-}
-
 /// The kind byte of an entry. A record lists what a unit's transfer made, so special files,
 /// which are skipped, have no code.
 fn kind_code(kind: EntryKind) -> Option<u8> {

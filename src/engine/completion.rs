@@ -6,9 +6,7 @@
 //! everything up to date and whose listing equals the record is skipped as complete. A unit
 //! that ends with any failure loses its record.
 
-use crate::blocks::record::{
-    CompletionEntry, CompletionRecord, EntryKind as RecordKind, MAX_NAME_LEN, MAX_RECORD_LEN,
-};
+use crate::blocks::record::{CompletionEntry, CompletionRecord, MAX_NAME_LEN, MAX_RECORD_LEN};
 use crate::engine::Summary;
 use crate::engine::discovery::Unit;
 use crate::engine::plan::{Action, Direction, Endpoints, Plan, PlanItem};
@@ -47,10 +45,8 @@ pub(super) fn completion_record(unit: &Unit, plan: &Plan) -> CompletionRecord {
         .iter()
         .filter_map(|item: &PlanItem| {
             let kind = match item.kind {
-                EntryKind::File => RecordKind::File,
-                EntryKind::Directory => RecordKind::Dir,
-                EntryKind::Symlink => RecordKind::Symlink,
                 EntryKind::Special => return None,
+                kind => kind,
             };
             Some(CompletionEntry {
                 name: item.path.clone(),

@@ -28,16 +28,7 @@ pub(super) fn open_regular(path: &str, options: &OpenOptions) -> Result<File, Fa
 }
 
 fn entry(name: Vec<u8>, metadata: &fs::Metadata) -> Entry {
-    let file_type = metadata.file_type();
-    let kind = if file_type.is_file() {
-        EntryKind::File
-    } else if file_type.is_dir() {
-        EntryKind::Directory
-    } else if file_type.is_symlink() {
-        EntryKind::Symlink
-    } else {
-        EntryKind::Special
-    };
+    let kind = EntryKind::from_file_type(metadata.file_type());
     Entry {
         name,
         kind,

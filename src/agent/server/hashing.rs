@@ -9,7 +9,7 @@ use crate::blocks::is_valid_block_size;
 use crate::file_hashing;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicBool;
 
 /// The plain BLAKE3 of everything in `file` (read as [`file_hashing`] reads).
 pub(super) fn hash_whole(file: &File) -> io::Result<[u8; 32]> {
@@ -93,73 +93,18 @@ impl BlockRange {
 type HashedBlock = (usize, usize, [u8; 32]);
 
 /// Hashes every block of `range` on [`BlockRange::threads`] threads, each taking the next block
-/// no other has taken; the blocks come in no particular order.
+/// no other has taken ([`file_hashing::hash_ranges_parallel`]); the blocks come in no
+/// particular order.
 fn hash_blocks(file: &File, range: &BlockRange) -> io::Result<Vec<HashedBlock>> {
-    // The longest block asked for: a small file's one block, not the whole block size (a
-    // pull of many small files asks for one hash per file).
-    let longest = range.block(0).1;
-    let next = AtomicUsize::new(0);
-    let worker = || -> io::Result<Vec<HashedBlock>> {
-        let mut buffer = file_hashing::buffer_for(longest as u64);
-        let mut done = Vec::new();
-        loop {
-            let index = next.fetch_add(1, Ordering::Relaxed);
-            if index >= range.blocks {
-                return Ok(done);
-            }
-            let (offset, length) = range.block(index);
-            let (read, hash) =
-                file_hashing::hash_block_at(file, offset, length as u64, &mut buffer)?;
-            done.push((index, read as usize, hash));
-        }
+    let range_of = |index: usize| {
+        let (offset, length) = range.block(index);
+        offset..offset + length as u64
     };
-    let threads = range.threads();
-    if threads <= 1 {
-        // One thread: this one (no thread to start per request).
-        return worker();
-    }
-    let mut hashed = Vec::with_capacity(range.blocks);
-    for result in run_on_threads(threads, &worker) {
-        hashed.extend(result?);
-    }
-    Ok(hashed)
-}
-
-/// Runs `worker` on up to `threads` scoped threads and collects what each returned, in the
-/// order they started. When the system refuses a thread, those already running take the whole
-/// work; when it refuses the first, that is the error.
-fn run_on_threads<T: Send>(
-    threads: usize,
-    worker: &(impl Fn() -> io::Result<T> + Sync),
-) -> Vec<io::Result<T>> {
-    std::thread::scope(|scope| {
-        let mut handles = Vec::with_capacity(threads);
-        let mut results = Vec::with_capacity(threads);
-        for _ in 0..threads {
-            match std::thread::Builder::new()
-                .name("xfer-agent-hash".into())
-                .spawn_scoped(scope, worker)
-            {
-                Ok(handle) => handles.push(handle),
-                Err(error) if !handles.is_empty() => {
-                    tracing::debug!(%error, "fewer hashing threads");
-                    break;
-                }
-                Err(error) => {
-                    results.push(Err(error));
-                    break;
-                }
-            }
-        }
-        for handle in handles {
-            results.push(
-                handle
-                    .join()
-                    .unwrap_or_else(|_| Err(io::Error::other("a hashing thread panicked"))),
-            );
-        }
-        results
-    })
+    let never = AtomicBool::new(false);
+    file_hashing::hash_ranges_parallel(file, range.blocks, range_of, range.threads(), &never)?
+        .into_iter()
+        .map(|(index, hashed)| hashed.map(|(read, hash)| (index, read as usize, hash)))
+        .collect()
 }
 
 /// The hashes in block order, ending after the first block that came up short (the file
