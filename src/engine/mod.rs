@@ -99,7 +99,7 @@ pub struct ItemError {
 impl ItemError {
     pub fn new(path: &str, error: &Error) -> Self {
         ItemError {
-            path: crate::local::printable(path.as_bytes()),
+            path: crate::terminal::printable(path),
             message: error.to_string(),
             hint: error.hint().map(str::to_string),
             transient: error.is_transient(),
