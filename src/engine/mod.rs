@@ -36,9 +36,8 @@ use serde::Serialize;
 /// How hard the engine pushes.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
-    /// Read or write requests in flight for one file. 32 requests of 255 KiB keep 8 MiB on the
-    /// wire: enough for a 100 ms link at 80 MB/s, little to lose when a link drops, and well
-    /// under the memory bound.
+    /// Read or write requests in flight on one connection, at most: [`BYTES_IN_FLIGHT`] bounds
+    /// them too ([`Options::requests_for`]), so large requests count fewer.
     pub requests_in_flight: usize,
     /// Files transferred at once (hides per-file round trips for trees of small files).
     pub files_in_flight: usize,

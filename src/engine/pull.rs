@@ -15,8 +15,8 @@ use crate::engine::delta;
 use crate::engine::early::EarlyHashes;
 use crate::engine::job::{self, FileTotals, Setup, Side};
 use crate::engine::lanes::{Arrivals, Lanes, Paths, borrow_for_file, close_late, next_arrival};
-use crate::engine::plan::{Action, Endpoints, Plan, PlanItem, journal_header};
-use crate::engine::state::{JournalFile, StateDir};
+use crate::engine::plan::{Action, Direction, Endpoints, Plan, PlanItem};
+use crate::engine::state::{JournalFile, StateDir, open_journal};
 use crate::engine::verify::{WholeFileDigests, hash_blocks_parallel, still_matching, verify_file};
 use crate::engine::{Options, REMOTE_DIGEST_MIN_SIZE, SYNC_INTERVAL, Summary, finished};
 use crate::error::{Error, ErrorKind, Result};
@@ -198,7 +198,13 @@ impl<'a, R: Remote> PullFile<'a, R> {
                 item.source
             ))
         })?;
-        let (journal, recorded) = open_journal(context, item, &layout)?;
+        let (journal, recorded) = open_journal(
+            &context.state,
+            Direction::Pull,
+            &context.endpoints,
+            item,
+            &layout,
+        )?;
 
         // Bytes already in a local file of that name: with an agent, a delta compares them. A
         // link or anything else in the way is removed.
@@ -554,28 +560,6 @@ impl<'a, R: Remote> PullFile<'a, R> {
         let settled = settle(&self.file, &self.layout, sync, pending, &self.item.target)?;
         self.record(settled)
     }
-}
-
-/// The journal of `item`'s pull, with the blocks it records; none for a file of one block or
-/// less, which has nothing to resume inside it (no journal, no syncs).
-fn open_journal<R: Remote>(
-    context: &Context<R>,
-    item: &PlanItem,
-    layout: &BlockLayout,
-) -> Result<(Option<JournalFile>, BTreeMap<u64, BlockHash>)> {
-    if layout.block_count() <= 1 {
-        return Ok((None, BTreeMap::new()));
-    }
-    let header = journal_header(
-        crate::engine::plan::Direction::Pull,
-        &context.endpoints,
-        item,
-    );
-    let place = context
-        .state
-        .journal_file("pull", &header.source_id, &header.destination_id);
-    let (journal, recorded) = JournalFile::open(&place, &header)?;
-    Ok((Some(journal), recorded))
 }
 
 /// Refuses a file the local filesystem has no room for, before anything is written: a clear

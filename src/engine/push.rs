@@ -17,8 +17,8 @@ use crate::engine::delta;
 use crate::engine::early::EarlyHashes;
 use crate::engine::job::{self, FileTotals, Setup, Side};
 use crate::engine::lanes::{Arrivals, Lanes, Paths, borrow_for_file, close_late, next_arrival};
-use crate::engine::plan::{Action, Direction, Endpoints, Plan, PlanItem, journal_header};
-use crate::engine::state::{JournalFile, StateDir};
+use crate::engine::plan::{Action, Direction, Endpoints, Plan, PlanItem};
+use crate::engine::state::{JournalFile, StateDir, open_journal};
 use crate::engine::verify::{
     Verification, WholeFileDigests, buffer_size, still_matching, verify_file,
 };
@@ -254,17 +254,13 @@ impl<'a, R: Remote> PushFile<'a, R> {
         let (file, opened) = open_source(item)?;
         let layout = BlockLayout::new(item.size, DEFAULT_BLOCK_SIZE)
             .map_err(|error| Error::new(ErrorKind::LocalIo, format!("{}: {error}", item.source)))?;
-        let (journal, recorded) = if layout.block_count() > 1 {
-            let header = journal_header(Direction::Push, &context.endpoints, item);
-            let place =
-                context
-                    .state
-                    .journal_file("push", &header.source_id, &header.destination_id);
-            let (journal, recorded) = JournalFile::open(&place, &header)?;
-            (Some(journal), recorded)
-        } else {
-            (None, BTreeMap::new())
-        };
+        let (journal, recorded) = open_journal(
+            &context.state,
+            Direction::Push,
+            &context.endpoints,
+            item,
+            &layout,
+        )?;
         let push = PushFile {
             context,
             item,

@@ -506,6 +506,28 @@ pub fn journal_cap(layout: &crate::blocks::BlockLayout) -> u64 {
             .saturating_mul(4)
 }
 
+/// The journal of one file's transfer in `direction`, with the blocks it records; none for a
+/// file of one block or less, which has nothing to resume inside it (no journal, no syncs).
+pub fn open_journal(
+    state: &StateDir,
+    direction: crate::engine::plan::Direction,
+    endpoints: &crate::engine::plan::Endpoints,
+    item: &crate::engine::plan::PlanItem,
+    layout: &crate::blocks::BlockLayout,
+) -> Result<(Option<JournalFile>, BTreeMap<u64, BlockHash>)> {
+    if layout.block_count() <= 1 {
+        return Ok((None, BTreeMap::new()));
+    }
+    let header = crate::engine::plan::journal_header(direction, endpoints, item);
+    let place = state.journal_file(
+        direction.as_str(),
+        &header.source_id,
+        &header.destination_id,
+    );
+    let (journal, recorded) = JournalFile::open(&place, &header)?;
+    Ok((Some(journal), recorded))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -232,6 +232,21 @@ where
             return Err(Error::internal(format!("a worker failed: {error}")));
         }
     }
+    // The top directory's own mode and mtime last: every unit wrote into it.
+    let root_error = match root {
+        Some((mode, mtime)) => finish_root(&shared, first, mode, mtime).await.err(),
+        None => None,
+    };
+    let mut summary = gather(&shared);
+    if let Some(error) = root_error {
+        summary.errors.push(ItemError::new("", &error));
+    }
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// The units' reports and summaries as one summary, units in order of their names.
+fn gather<P: Pool>(shared: &Shared<P>) -> Summary {
     let mut results = std::mem::take(
         &mut *shared
             .results
@@ -239,30 +254,6 @@ where
             .unwrap_or_else(PoisonError::into_inner),
     );
     results.sort_by(|a, b| a.0.unit.cmp(&b.0.unit));
-
-    // The top directory's own mode and mtime last: every unit wrote into it.
-    let mut root_error = None;
-    if let Some((mode, mtime)) = root {
-        let result = match shared.transfer.direction {
-            Direction::Pull => match &shared.destination {
-                Some(destination) => {
-                    let top = pull_top(&shared.transfer, EntryKind::Directory)?;
-                    destination.set_permissions_and_times(
-                        &top,
-                        mode,
-                        Timestamp {
-                            seconds: mtime,
-                            nanoseconds: 0,
-                        },
-                    )
-                }
-                None => Ok(()),
-            },
-            Direction::Push => finish_remote_root(&shared, first.clone(), mode, mtime).await,
-        };
-        root_error = result.err();
-    }
-
     let mut summary = Summary::default();
     for (report, unit_summary) in results {
         summary.files += unit_summary.files;
@@ -286,11 +277,30 @@ where
             reason: format!("and {left_out} more skipped entries, not listed"),
         });
     }
-    if let Some(error) = root_error {
-        summary.errors.push(ItemError::new("", &error));
+    summary
+}
+
+/// Sets the mode and mtime of the transfer's top directory on the destination.
+async fn finish_root<P: Pool>(
+    shared: &Shared<P>,
+    first: Arc<P::Remote>,
+    mode: u32,
+    mtime: i64,
+) -> Result<()> {
+    match shared.transfer.direction {
+        Direction::Pull => match &shared.destination {
+            Some(destination) => {
+                let top = pull_top(&shared.transfer, EntryKind::Directory)?;
+                let time = Timestamp {
+                    seconds: mtime,
+                    nanoseconds: 0,
+                };
+                destination.set_permissions_and_times(&top, mode, time)
+            }
+            None => Ok(()),
+        },
+        Direction::Push => finish_remote_root(shared, first, mode, mtime).await,
     }
-    summary.seconds = started.elapsed().as_secs_f64();
-    Ok(summary)
 }
 
 /// Sets the remote top directory's mode and mtime, on a healthy connection, retried like a

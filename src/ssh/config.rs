@@ -1381,7 +1381,7 @@ impl<'a> Tokens<'a> {
 /// skips with a message) plus Debian's additions (the GSSAPI key exchange options,
 /// `protocolkeepalives`, `setuptimeout`, `useblacklistedkeys`). A keyword outside this list is
 /// refused unless `IgnoreUnknown` lists it; one inside it that xfer does not read is skipped.
-/// tests/config_parity.rs checks the list against the installed `ssh -G`.
+/// tests/it/config_parity.rs checks the list against the installed `ssh -G`.
 #[doc(hidden)]
 pub const SSH_KEYWORDS: [&str; 131] = [
     "addkeystoagent",
