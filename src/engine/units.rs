@@ -1,15 +1,15 @@
 //! One connection per directory: a transfer's units run several at once, each retried.
 //!
 //! [`run`] connects through a [`Pool`], cuts the transfer into units (`discovery`), and
-//! schedules them: up to `jobs` workers take units from a queue; each holds its own connection (its own TCP and SSH
-//! session) and keeps it for the next unit while it is healthy, so a dropped connection loses
-//! only the blocks in flight on it. A unit that fails for a transient reason (reset, EOF,
-//! keepalive timeout, stall, request timeout) is planned again and resumed on a fresh connection
-//! after an exponential backoff with jitter, up to `retries` times; a permanent failure (auth,
-//! host key, no such file, permission denied, disk full) is not retried. One unit failing does
-//! not stop the others. A unit unchanged since a run completed it is skipped without reading
-//! any file data (`completion`). [`plan_only`] is the dry run: the same discovery and per-unit
-//! planning over a read-only planner, with nothing executed.
+//! schedules them: up to `jobs` workers take units from a queue; each holds a connection of its
+//! own and keeps it for the next unit while it is healthy, so a dropped connection loses only
+//! the blocks in flight on it. A unit that fails for a transient reason (reset, EOF, keepalive
+//! timeout, stall, request timeout) is planned again and resumed on a fresh connection after an
+//! exponential backoff with jitter, up to `retries` times; a permanent failure (auth, host key,
+//! no such file, permission denied, disk full) is not retried. One unit failing does not stop
+//! the others. A unit unchanged since a run completed it is skipped without reading any file
+//! data (`completion`). [`plan_only`] is the dry run: the same discovery and per-unit planning
+//! over a read-only planner, with nothing executed.
 
 use crate::engine::budget::Held;
 use crate::engine::checksum::verify_by_checksum;

@@ -6,9 +6,9 @@
 //! misbehave the ways real peers and links do: a connection cut after some bytes (the request
 //! that crosses the line fails as a dropped link does, and a write may land before its answer
 //! is lost), a read that stalls until the watchdog's bound, sizes that lie, reads that return
-//! other bytes than the host's own hashes describe, writes dropped on the floor. With
-//! `hashes_blocks` it answers block hashes and small reads as the xfer agent does; without,
-//! it is as bare as an SFTP server.
+//! other bytes than the host's own hashes describe, writes dropped on the floor. By default it
+//! answers block hashes, small reads and whole-file digests as the xfer agent does; with
+//! `no_block_hashes` and `no_digest` it is as bare as an SFTP server.
 //!
 //! Paths are absolute, `/`-separated, without `.` or `..` components.
 
@@ -61,7 +61,7 @@ pub struct Faults {
     pub corrupt_reads: Option<String>,
     /// Writes to this path are answered as done and never land.
     pub drop_writes: Option<String>,
-    /// The host answers block hashes and small reads, as the xfer agent does.
+    /// The host answers no block hashes nor small reads in one request (an SFTP server).
     pub no_block_hashes: bool,
     /// The host has no way to digest a whole file.
     pub no_digest: bool,
@@ -241,7 +241,7 @@ impl MemoryHost {
     }
 }
 
-/// An open file: its path, and whether writes to it are dropped.
+/// An open file: its path.
 #[derive(Debug, Clone)]
 pub struct MemoryFile {
     path: String,
