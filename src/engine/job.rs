@@ -32,6 +32,43 @@ pub struct Setup<R: Remote> {
     pub early: Option<Arc<EarlyHashes>>,
 }
 
+/// What every file's transfer of one plan shares: the remote, the requests in flight on its
+/// connection, and the setup; `destination` is the local destination of a pull (nothing for a
+/// push).
+pub(crate) struct Context<R: Remote, D = ()> {
+    pub remote: Arc<R>,
+    /// Reads or writes in flight on this connection, whatever file they belong to: bounds the
+    /// memory they hold (and half-assembled blocks) and what a dropped link loses.
+    pub requests: Arc<tokio::sync::Semaphore>,
+    pub destination: D,
+    pub state: StateDir,
+    pub endpoints: Endpoints,
+    pub reporter: Arc<dyn Reporter>,
+    pub options: Options,
+    /// Extra connections a large file may borrow.
+    pub lanes: Option<Arc<Lanes<R>>>,
+    /// The local file's hashes, computed while connecting.
+    pub early: Option<Arc<EarlyHashes>>,
+}
+
+impl<R: Remote, D> Context<R, D> {
+    pub fn new(remote: Arc<R>, destination: D, setup: Setup<R>) -> Self {
+        Context {
+            requests: Arc::new(tokio::sync::Semaphore::new(
+                setup.options.requests_for(remote.max_io_size()),
+            )),
+            remote,
+            destination,
+            state: setup.state,
+            endpoints: setup.endpoints,
+            reporter: setup.reporter,
+            options: setup.options,
+            lanes: setup.lanes,
+            early: setup.early,
+        }
+    }
+}
+
 /// What applying a plan needs of the side being written.
 pub(crate) trait Side: Send + Sync + Sized + 'static {
     fn reporter(&self) -> &Arc<dyn Reporter>;

@@ -12,13 +12,12 @@
 use crate::blocks::delta::covered;
 use crate::blocks::{BlockHash, BlockLayout, BlockSet, DEFAULT_BLOCK_SIZE, hash_block};
 use crate::engine::delta;
-use crate::engine::early::EarlyHashes;
-use crate::engine::job::{self, FileTotals, Setup, Side};
-use crate::engine::lanes::{Arrivals, Lanes, Paths, borrow_for_file, close_late, next_arrival};
-use crate::engine::plan::{Action, Direction, Endpoints, Plan, PlanItem};
-use crate::engine::state::{JournalFile, StateDir, open_journal};
+use crate::engine::job::{self, Context, FileTotals, Setup, Side};
+use crate::engine::lanes::{Arrivals, Paths, borrow_for_file, close_late, next_arrival};
+use crate::engine::plan::{Action, Direction, Plan, PlanItem};
+use crate::engine::state::{JournalFile, open_journal};
 use crate::engine::verify::{WholeFileDigests, hash_blocks_parallel, still_matching, verify_file};
-use crate::engine::{Options, REMOTE_DIGEST_MIN_SIZE, SYNC_INTERVAL, Summary, finished};
+use crate::engine::{REMOTE_DIGEST_MIN_SIZE, SYNC_INTERVAL, Summary, finished};
 use crate::error::{Error, ErrorKind, Result};
 use crate::file_writing;
 use crate::local::{Destination, RelativePath, Timestamp};
@@ -31,22 +30,8 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use tokio::task::JoinSet;
 
-/// Everything one file's transfer needs, shared by the tasks of a pull.
-struct Context<R: Remote> {
-    remote: Arc<R>,
-    /// Reads in flight on this connection, whatever file they belong to: bounds the bytes
-    /// lost when the link drops and the memory held in half-assembled blocks.
-    reads: Arc<tokio::sync::Semaphore>,
-    destination: Arc<Destination>,
-    state: StateDir,
-    endpoints: Endpoints,
-    reporter: Arc<dyn Reporter>,
-    options: Options,
-    /// Extra connections a large file may borrow.
-    lanes: Option<Arc<Lanes<R>>>,
-    /// The local file's hashes, computed while connecting.
-    early: Option<Arc<EarlyHashes>>,
-}
+/// A pull's context: the local destination beside what every transfer shares.
+type PullContext<R> = Context<R, Arc<Destination>>;
 
 /// Executes `plan` over `remote`: see [`job`] for the phases.
 pub async fn execute<R: Remote>(
@@ -55,32 +40,12 @@ pub async fn execute<R: Remote>(
     destination: Arc<Destination>,
     setup: Setup<R>,
 ) -> Summary {
-    let Setup {
-        state,
-        endpoints,
-        reporter,
-        options,
-        lanes,
-        early,
-    } = setup;
-    let context = Arc::new(Context {
-        reads: Arc::new(tokio::sync::Semaphore::new(
-            options.requests_for(remote.max_io_size()),
-        )),
-        remote,
-        destination,
-        state,
-        endpoints,
-        reporter,
-        options,
-        lanes,
-        early,
-    });
+    let context = Arc::new(Context::new(remote, destination, setup));
     job::execute(context, plan).await
 }
 
 /// A pull writes the local destination.
-impl<R: Remote> Side for Context<R> {
+impl<R: Remote> Side for PullContext<R> {
     fn reporter(&self) -> &Arc<dyn Reporter> {
         &self.reporter
     }
@@ -132,7 +97,7 @@ fn make_directory(destination: &Destination, item: &PlanItem) -> Result<()> {
 }
 
 /// Transfers one file; returns what moved.
-async fn pull_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<FileTotals> {
+async fn pull_file<R: Remote>(context: &PullContext<R>, item: &PlanItem) -> Result<FileTotals> {
     let (mut pull, remote_task) = PullFile::open(context, item).await?;
     let remote_hashes = pull.find_delta(remote_task).await?;
     let reused = item.size.saturating_sub(pull.blocks.bytes_needed());
@@ -155,7 +120,7 @@ async fn pull_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
 /// One file being pulled: the local file its bytes go to, its journal, and what is known of
 /// its blocks.
 struct PullFile<'a, R: Remote> {
-    context: &'a Context<R>,
+    context: &'a PullContext<R>,
     item: &'a PlanItem,
     relative: RelativePath,
     /// The local path, for messages.
@@ -185,7 +150,7 @@ impl<'a, R: Remote> PullFile<'a, R> {
     /// journaled blocks whose bytes on disk still hash to what was recorded. With an agent and
     /// data here already, also starts the remote hashing its copy, returned.
     async fn open(
-        context: &'a Context<R>,
+        context: &'a PullContext<R>,
         item: &'a PlanItem,
     ) -> Result<(Self, Option<delta::RemoteTask>)> {
         let relative = item.relative()?;
@@ -734,7 +699,7 @@ impl<'p, 'a, R: Remote> Fetch<'p, 'a, R> {
             let Some((index, offset, length)) = self.requests.pop_front() else {
                 break;
             };
-            let Some((remote, handle, permit)) = self.paths.request(lane, &context.reads).await
+            let Some((remote, handle, permit)) = self.paths.request(lane, &context.requests).await
             else {
                 break;
             };

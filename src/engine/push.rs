@@ -14,17 +14,14 @@
 use crate::blocks::delta::covered;
 use crate::blocks::{BlockHash, BlockLayout, BlockSet, DEFAULT_BLOCK_SIZE, hash_block};
 use crate::engine::delta;
-use crate::engine::early::EarlyHashes;
-use crate::engine::job::{self, FileTotals, Setup, Side};
-use crate::engine::lanes::{Arrivals, Lanes, Paths, borrow_for_file, close_late, next_arrival};
-use crate::engine::plan::{Action, Direction, Endpoints, Plan, PlanItem};
-use crate::engine::state::{JournalFile, StateDir, open_journal};
+use crate::engine::job::{self, Context, FileTotals, Setup, Side};
+use crate::engine::lanes::{Arrivals, Paths, borrow_for_file, close_late, next_arrival};
+use crate::engine::plan::{Action, Direction, Plan, PlanItem};
+use crate::engine::state::{JournalFile, open_journal};
 use crate::engine::verify::{
     Verification, WholeFileDigests, buffer_size, still_matching, verify_file,
 };
-use crate::engine::{
-    JOURNAL_INTERVAL, Options, REMOTE_DIGEST_MIN_SIZE, SYNC_INTERVAL, Summary, finished,
-};
+use crate::engine::{JOURNAL_INTERVAL, REMOTE_DIGEST_MIN_SIZE, SYNC_INTERVAL, Summary, finished};
 use crate::error::{Error, ErrorKind, Result};
 use crate::local::FileIdentity;
 use crate::progress::Reporter;
@@ -35,43 +32,9 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::sync::Arc;
 use tokio::task::JoinSet;
 
-struct Context<R: Remote> {
-    remote: Arc<R>,
-    /// Writes in flight on this connection, whatever file they belong to: bounds the memory
-    /// they hold and what a dropped link loses.
-    writes: Arc<tokio::sync::Semaphore>,
-    state: StateDir,
-    endpoints: Endpoints,
-    reporter: Arc<dyn Reporter>,
-    options: Options,
-    /// Extra connections a large file may borrow.
-    lanes: Option<Arc<Lanes<R>>>,
-    /// The local file's hashes, computed while connecting.
-    early: Option<Arc<EarlyHashes>>,
-}
-
 /// Executes `plan` over `remote`: see [`job`] for the phases.
 pub async fn execute<R: Remote>(remote: Arc<R>, plan: &Plan, setup: Setup<R>) -> Summary {
-    let Setup {
-        state,
-        endpoints,
-        reporter,
-        options,
-        lanes,
-        early,
-    } = setup;
-    let context = Arc::new(Context {
-        writes: Arc::new(tokio::sync::Semaphore::new(
-            options.requests_for(remote.max_io_size()),
-        )),
-        remote,
-        state,
-        endpoints,
-        reporter,
-        options,
-        lanes,
-        early,
-    });
+    let context = Arc::new(Context::new(remote, (), setup));
     job::execute(context, plan).await
 }
 
@@ -739,7 +702,7 @@ impl<'p, 'a, R: Remote> Sending<'p, 'a, R> {
             let Some((index, offset, data)) = self.requests.pop_front() else {
                 break;
             };
-            let Some((remote, handle, permit)) = self.paths.request(lane, &context.writes).await
+            let Some((remote, handle, permit)) = self.paths.request(lane, &context.requests).await
             else {
                 break;
             };
