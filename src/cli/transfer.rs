@@ -6,6 +6,8 @@ use crate::cli::args::TransferArgs;
 use crate::cli::output::{errln, out, outln};
 use crate::cli::progress::TerminalReporter;
 use crate::cli::settings::{ConnectionSettings, Verbosity};
+use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use xfer::engine::plan::{Direction, Plan, human_bytes};
@@ -16,71 +18,104 @@ use xfer::error::{Error, ErrorKind, Result};
 use xfer::progress::{NoProgress, Reporter};
 use xfer::remote::deploy::AgentMode;
 use xfer::remote::pool::SessionPool;
-use xfer::target::{Location, RemotePath, parse_location};
+use xfer::ssh::connect::Connector;
+use xfer::target::{HostSpec, Location, RemotePath, parse_location};
 
 pub async fn run(args: &TransferArgs, direction: Direction, verbosity: Verbosity) -> Result<()> {
-    let source = parse_location(&args.source)?;
-    let destination = parse_location(&args.destination)?;
-    let (host, remote_path, local_path) = match (direction, source, destination) {
-        (Direction::Pull, Location::Remote { host, path }, Location::Local(local)) => {
-            (host, path, local)
-        }
-        (Direction::Push, Location::Local(local), Location::Remote { host, path }) => {
-            (host, path, local)
-        }
-        (Direction::Pull, _, _) => {
-            return Err(Error::usage(
-                "pull takes HOST:PATH then a local path (xfer pull gpu:/ckpt ./ckpt)",
-            ));
-        }
-        (Direction::Push, _, _) => {
-            return Err(Error::usage(
-                "push takes a local path then HOST:PATH (xfer push ./out gpu:/data)",
-            ));
-        }
-    };
-    if args.jobs == 0 {
-        return Err(Error::usage("-j takes at least 1"));
-    }
-    if !(0.0..=3600.0).contains(&args.retry_wait) {
-        return Err(Error::usage("--retry-wait takes 0 to 3600 seconds"));
-    }
-    let settings = ConnectionSettings::from_args(&args.connection)?;
-    let connector = Arc::new(settings.connector()?);
-    let remote_path = match xfer::target::remote_path(&remote_path) {
-        RemotePath::Ready(path) => path,
-        RemotePath::UserHome { user, rest } => {
-            let connection = Arc::new(connector.connect(&host).await?);
-            let home = xfer::remote::home::user_home(&connection, &user).await;
-            if let Ok(connection) = Arc::try_unwrap(connection) {
-                connection.close().await;
-            }
-            xfer::remote::join(&home?, &rest)
-        }
-    };
-    let state = StateDir::locate()?;
-    let quiet = verbosity == Verbosity::Quiet;
-    let verbose = matches!(verbosity, Verbosity::Verbose(_));
-    if args.fix_crlf && direction == Direction::Pull {
-        return Err(Error::usage(
-            "--fix-crlf converts scripts on their way to a host: it applies to push",
-        ));
-    }
-    let agent = match (&args.agent, args.no_agent) {
-        (_, true) => AgentMode::Off,
-        (Some(path), false) if path.is_empty() => {
-            return Err(Error::usage("--agent takes a remote path"));
-        }
-        (Some(path), false) => AgentMode::Path(path.clone()),
-        (None, false) => AgentMode::Auto,
-    };
-    let mut transfer = Transfer {
+    let request = Request::from_args(args, direction, verbosity)?;
+    let connector = Arc::new(request.connection.connector()?);
+    let remote_path = resolve(&connector, &request.host, &request.remote_path).await?;
+    let transfer = Transfer {
         direction,
         remote_path,
-        local_path,
-        state,
+        local_path: request.local_path,
+        state: StateDir::locate()?,
         reporter: Arc::new(NoProgress),
-        options: UnitOptions {
+        options: request.options,
+    };
+    let (host, agent) = (request.host, request.agent);
+    if request.dry_run {
+        // Planned as a run plans, over SFTP where the host has it: that changes nothing on
+        // the host, not even the agent's cache. Where it has none, the plan comes through the
+        // agent, started as a real run starts it, which may put it into its private cache on
+        // the host first: a dry run that fails where the real run works is no preview, and
+        // what it may add is xfer's own file in xfer's own cache, which the real run puts
+        // there anyway. The one line on stderr says when it went through the agent.
+        let reporter = Arc::new(Warnings {
+            quiet: request.quiet,
+        });
+        let pool = SessionPool::for_planning(connector, host, agent, reporter).await?;
+        let plan = units::plan_only(&transfer, &pool).await?;
+        return show_plan(&plan, request.json, request.verbose);
+    }
+    let reporter = Arc::new(TerminalReporter::new(request.verbose, request.quiet));
+    let connect = |eager| SessionPool::connect(connector, host, agent, reporter.clone(), eager);
+    let summary = execute(transfer, connect, &reporter).await?;
+    report(&summary, request.json, request.quiet)?;
+    match summary.outcome() {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+/// A pull or push as the command line asks for it, checked before anything connects.
+struct Request {
+    host: HostSpec,
+    /// As given: `~` and `~user` are resolved on the host.
+    remote_path: String,
+    local_path: PathBuf,
+    connection: ConnectionSettings,
+    agent: AgentMode,
+    options: UnitOptions,
+    dry_run: bool,
+    json: bool,
+    quiet: bool,
+    verbose: bool,
+}
+
+impl Request {
+    fn from_args(args: &TransferArgs, direction: Direction, verbosity: Verbosity) -> Result<Self> {
+        let source = parse_location(&args.source)?;
+        let destination = parse_location(&args.destination)?;
+        let (host, remote_path, local_path) = match (direction, source, destination) {
+            (Direction::Pull, Location::Remote { host, path }, Location::Local(local)) => {
+                (host, path, local)
+            }
+            (Direction::Push, Location::Local(local), Location::Remote { host, path }) => {
+                (host, path, local)
+            }
+            (Direction::Pull, _, _) => {
+                return Err(Error::usage(
+                    "pull takes HOST:PATH then a local path (xfer pull gpu:/ckpt ./ckpt)",
+                ));
+            }
+            (Direction::Push, _, _) => {
+                return Err(Error::usage(
+                    "push takes a local path then HOST:PATH (xfer push ./out gpu:/data)",
+                ));
+            }
+        };
+        if args.jobs == 0 {
+            return Err(Error::usage("-j takes at least 1"));
+        }
+        if !(0.0..=3600.0).contains(&args.retry_wait) {
+            return Err(Error::usage("--retry-wait takes 0 to 3600 seconds"));
+        }
+        let connection = ConnectionSettings::from_args(&args.connection)?;
+        if args.fix_crlf && direction == Direction::Pull {
+            return Err(Error::usage(
+                "--fix-crlf converts scripts on their way to a host: it applies to push",
+            ));
+        }
+        let agent = match (&args.agent, args.no_agent) {
+            (_, true) => AgentMode::Off,
+            (Some(path), false) if path.is_empty() => {
+                return Err(Error::usage("--agent takes a remote path"));
+            }
+            (Some(path), false) => AgentMode::Path(path.clone()),
+            (None, false) => AgentMode::Auto,
+        };
+        let options = UnitOptions {
             jobs: args.jobs,
             retries: args.retries,
             retry_wait: Duration::from_secs_f64(args.retry_wait),
@@ -90,23 +125,50 @@ pub async fn run(args: &TransferArgs, direction: Direction, verbosity: Verbosity
                 remote_digest: !args.no_remote_digest,
                 ..Options::default()
             },
-        },
-    };
-    if args.dry_run {
-        // Planned as a run plans, over SFTP where the host has it: that changes nothing on
-        // the host, not even the agent's cache. Where it has none, the plan comes through the
-        // agent, started as a real run starts it, which may put it into its private cache on
-        // the host first: a dry run that fails where the real run works is no preview, and
-        // what it may add is xfer's own file in xfer's own cache, which the real run puts
-        // there anyway. The one line on stderr says when it went through the agent.
-        let reporter = Arc::new(Warnings { quiet });
-        let pool = SessionPool::for_planning(connector, host, agent, reporter).await?;
-        let plan = units::plan_only(&transfer, &pool).await?;
-        return show_plan(&plan, args.json, verbose);
+        };
+        Ok(Request {
+            host,
+            remote_path,
+            local_path,
+            connection,
+            agent,
+            options,
+            dry_run: args.dry_run,
+            json: args.json,
+            quiet: verbosity == Verbosity::Quiet,
+            verbose: matches!(verbosity, Verbosity::Verbose(_)),
+        })
     }
-    let reporter = Arc::new(TerminalReporter::new(verbose, quiet));
+}
+
+/// The remote path with `~user` resolved on the host (`~` and relative paths need no lookup:
+/// they start at the login directory).
+async fn resolve(connector: &Connector, host: &HostSpec, path: &str) -> Result<String> {
+    match xfer::target::remote_path(path) {
+        RemotePath::Ready(path) => Ok(path),
+        RemotePath::UserHome { user, rest } => {
+            let connection = Arc::new(connector.connect(host).await?);
+            let home = xfer::remote::home::user_home(&connection, &user).await;
+            if let Ok(connection) = Arc::try_unwrap(connection) {
+                connection.close().await;
+            }
+            Ok(xfer::remote::join(&home?, &rest))
+        }
+    }
+}
+
+/// Runs the transfer with progress on the terminal, until it ends or Ctrl-C or SIGTERM stops
+/// it.
+async fn execute<Connect, Connecting>(
+    mut transfer: Transfer,
+    connect: Connect,
+    reporter: &Arc<TerminalReporter>,
+) -> Result<Summary>
+where
+    Connect: FnOnce(bool) -> Connecting,
+    Connecting: Future<Output = Result<SessionPool>>,
+{
     transfer.reporter = reporter.clone();
-    let connect = |eager| SessionPool::connect(connector, host, agent, reporter.clone(), eager);
     let summary = tokio::select! {
         summary = units::run(transfer, connect) => summary,
         kind = interrupted() => {
@@ -124,12 +186,7 @@ pub async fn run(args: &TransferArgs, direction: Direction, verbosity: Verbosity
         }
     };
     reporter.finish();
-    let summary = summary?;
-    report(&summary, args.json, quiet)?;
-    match summary.outcome() {
-        Some(error) => Err(error),
-        None => Ok(()),
-    }
+    summary
 }
 
 /// A dry run's reporter: planning says nothing but warnings.
