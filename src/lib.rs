@@ -18,7 +18,7 @@
 //! - [`entry`]: the kind of a filesystem entry, as listings, plans and records name it.
 //! - [`progress`]: the [`progress::Reporter`] trait the engine reports through.
 //! - [`error`]: the error type: kind (exit code), transient or permanent, hint.
-//! - [`env`]: every environment variable xfer reads.
+//! - [`mod@env`]: every environment variable xfer reads.
 //! - [`file_hashing`], [`file_writing`], [`cores`]: reading, writing and hashing files on this
 //!   machine, for the engine and the agent alike.
 

@@ -3,7 +3,7 @@
 //! A plan is applied in four phases: directories (parents first, as the plan lists them),
 //! files (several at once), symlinks (once what they point to exists), then directory modes and
 //! mtimes, deepest first, so writing children does not change them. Nothing is written below a
-//! directory that could not be made. A [`Side`] is the destination's half of the work, the
+//! directory that could not be made. A `Side` is the destination's half of the work, the
 //! local disk for a pull (`pull`) and the remote for a push (`push`); this module owns the
 //! order, the counting and the reporting.
 

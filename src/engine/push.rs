@@ -4,7 +4,7 @@
 //! at a time with many offset writes in flight (a large file's also over borrowed connections,
 //! see [`crate::engine::lanes`]); blocks the server acknowledged are journaled
 //! locally every [`JOURNAL_INTERVAL`] and whenever the link fails, and the remote file is
-//! synced while it travels (with an agent back to back, see [`WRITEBACK_STEP`]; over SFTP
+//! synced while it travels (with an agent back to back, see `WRITEBACK_STEP`; over SFTP
 //! every [`SYNC_INTERVAL`], fsync@openssh.com) and at the end.
 //! On a re-run, a journaled block is trusted only if the local bytes still hash to what was
 //! sent and the remote file still has the size xfer gave it; where the remote can hash

@@ -1,12 +1,17 @@
-//! The one interface the transfer engine uses to reach the other side.
+//! The one interface the transfer engine uses to reach the other side, and what serves it.
 //!
 //! [`Remote`] is what a pull or a push needs from a remote machine: metadata (stat, list a
 //! directory, read a link), offset reads and writes on open files, syncing, attributes,
-//! directories, links, renames, and (where the remote can compute one) a whole-file hash. The
-//! SFTP implementation lives in `sftp`, the agent's in `agent`. Names that come back from
-//! `list` are the peer's words: the engine validates every one before it touches the local
-//! disk. A listing is the peer's size, too: [`ListingLimits`] caps what one may hold, in
-//! entries and in bytes, for every remote.
+//! directories, links, and (where the remote can compute them) block hashes and a whole-file
+//! digest. Names that come back from `list` are the peer's words: the engine validates every
+//! one before it touches the local disk. A listing is the peer's size, too: [`ListingLimits`]
+//! caps what one may hold, in entries and in bytes, for every remote.
+//!
+//! - [`sftp`] and [`agent`]: the two implementations over SSH; [`session`]: either, per
+//!   connection; [`deploy`]: putting the agent on a host and starting it; [`home`]: `~user`.
+//! - [`pool`]: where the engine gets its remotes ([`pool::Pool`], [`pool::SessionPool`]).
+//! - [`read_only`]: a remote with every change refused, which a dry run plans through.
+//! - [`memory`]: a host held in memory that can cut, stall and lie, for the engine's tests.
 
 pub mod agent;
 pub mod deploy;

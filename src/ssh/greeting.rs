@@ -43,7 +43,7 @@ impl Heard {
     }
 }
 
-/// A stream that keeps the first [`KEPT`] bytes read from it, and notes its end.
+/// A stream that keeps the first `KEPT` bytes read from it, and notes its end.
 pub struct Recorded<S> {
     inner: S,
     heard: Arc<Heard>,

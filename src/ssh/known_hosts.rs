@@ -55,7 +55,7 @@ pub fn host_key_name(host: &str, port: u16, alias: Option<&str>) -> String {
     }
 }
 
-/// How OpenSSH names a host in known_hosts: "host" for port 22, "[host]:port" otherwise.
+/// How OpenSSH names a host in known_hosts: "host" for port 22, "\[host\]:port" otherwise.
 ///
 /// The name is lowercased, as ssh lowercases the host it connects to before looking it up and
 /// before recording it, so that the case-insensitive pattern match of OpenSSH applies.

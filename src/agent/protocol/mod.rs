@@ -83,7 +83,7 @@
 //!
 //! | type | message (agent → client)   | payload                                              |
 //! |------|----------------------------|------------------------------------------------------|
-//! | 0xff | ServerHello                | min_version u16, max_version u16, build: version string, executable_blake3 [32], os string, arch string |
+//! | 0xff | ServerHello                | min_version u16, max_version u16, build: version string, executable_blake3 \[32\], os string, arch string |
 //! | 0x80 | Error                      | code u8, message string                              |
 //! | 0x81 | Entry                      | `Option<entry>`                                      |
 //! | 0x82 | EntryBatch                 | count u32 (≤ MAX_LIST_BATCH), entries, last bool     |
@@ -91,9 +91,9 @@
 //! | 0x84 | Handle                     | u64                                                  |
 //! | 0x85 | Data                       | bytes (≤ MAX_DATA)                                   |
 //! | 0x86 | Done                       | nothing                                              |
-//! | 0x87 | Hash                       | [32]                                                 |
-//! | 0x88 | Hashes                     | count u32 (≤ MAX_HASHES), count × [32]               |
-//! | 0x89 | HashedData (version 2)     | hash [32], bytes (≤ MAX_DATA)                        |
+//! | 0x87 | Hash                       | \[32\]                                                 |
+//! | 0x88 | Hashes                     | count u32 (≤ MAX_HASHES), count × \[32\]               |
+//! | 0x89 | HashedData (version 2)     | hash \[32\], bytes (≤ MAX_DATA)                        |
 //!
 //! An entry is: name bytes (≤ MAX_NAME, one path component), kind u8 (0 file, 1 directory,
 //! 2 symlink, 3 special), size u64, mtime i64 seconds, mtime_nanoseconds u32 (< 10⁹), mode u32

@@ -211,7 +211,7 @@ impl Response {
     }
 
     /// [`Response::decode`] of a frame body the caller owns, with the frame's id; a Data
-    /// answer's bytes are moved out of the body, not copied (see [`Request::decode_body`]).
+    /// answer's bytes are moved out of the body, not copied (see `Request::decode_body`).
     pub fn decode_body(mut body: Vec<u8>) -> Result<(u32, Response), ProtocolError> {
         let (id, start) = {
             let frame = Frame::parse(&body)?;

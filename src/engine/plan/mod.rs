@@ -15,8 +15,8 @@
 //! [`budget`] as it grows, and a plan over it fails. Refused names are the peer's words too: a
 //! plan keeps the first [`MAX_REFUSED_SHOWN`] of them, cut short, and counts the rest.
 //!
-//! - [`pull`]: where a pull lands, and its planner (remote listings against the local disk).
-//! - [`push`]: the push planner (a local walk against remote listings), and `--fix-crlf`.
+//! - `pull`: where a pull lands, and its planner (remote listings against the local disk).
+//! - `push`: the push planner (a local walk against remote listings), and `--fix-crlf`.
 
 mod pull;
 mod push;
