@@ -550,3 +550,32 @@ async fn a_dry_run_plans_what_a_run_does_and_changes_nothing() {
     assert_eq!(new, ["a/new.txt"]);
     assert_eq!(fixture.bytes_written(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_push_to_a_host_without_block_hashes_resumes_and_ends_identical() {
+    let fixture = Fixture::new();
+    let source = fixture.local_tree("source");
+    fixture.host.set_faults(Faults {
+        cut_after: Some(3 * MIB as u64),
+        cuts_left: Some(1),
+        no_block_hashes: true,
+        no_digest: true,
+        ..Faults::default()
+    });
+    let failed = fixture.run(Direction::Push, &source, options(1, 0)).await;
+    assert!(!failed.errors.is_empty(), "the cut went unnoticed");
+    let written = fixture.bytes_written();
+    let resumed = fixture.run(Direction::Push, &source, options(1, 0)).await;
+    assert_clean(&resumed, "resumed push");
+    assert_eq!(
+        remote_entries(&fixture.host, "/data"),
+        local_entries(&source)
+    );
+    // What landed before the cut (about 3 MiB of the tree's 7.5) is not all sent again.
+    let total: u64 = 5 * MIB as u64 + 12345 + 2 * MIB as u64 + 7 + 300_000 + 14;
+    assert!(
+        fixture.bytes_written() - written < total - MIB as u64,
+        "the resumed push wrote {} bytes of {total}",
+        fixture.bytes_written() - written
+    );
+}
