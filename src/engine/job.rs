@@ -41,14 +41,7 @@ pub(crate) struct Context<R: Remote, D = ()> {
     /// memory they hold (and half-assembled blocks) and what a dropped link loses.
     pub requests: Arc<tokio::sync::Semaphore>,
     pub destination: D,
-    pub state: StateDir,
-    pub endpoints: Endpoints,
-    pub reporter: Arc<dyn Reporter>,
-    pub options: Options,
-    /// Extra connections a large file may borrow.
-    pub lanes: Option<Arc<Lanes<R>>>,
-    /// The local file's hashes, computed while connecting.
-    pub early: Option<Arc<EarlyHashes>>,
+    pub setup: Setup<R>,
 }
 
 impl<R: Remote, D> Context<R, D> {
@@ -59,12 +52,7 @@ impl<R: Remote, D> Context<R, D> {
             )),
             remote,
             destination,
-            state: setup.state,
-            endpoints: setup.endpoints,
-            reporter: setup.reporter,
-            options: setup.options,
-            lanes: setup.lanes,
-            early: setup.early,
+            setup,
         }
     }
 }

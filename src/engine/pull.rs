@@ -47,11 +47,11 @@ pub async fn execute<R: Remote>(
 /// A pull writes the local destination.
 impl<R: Remote> Side for PullContext<R> {
     fn reporter(&self) -> &Arc<dyn Reporter> {
-        &self.reporter
+        &self.setup.reporter
     }
 
     fn files_in_flight(&self) -> usize {
-        self.options.files_in_flight
+        self.setup.options.files_in_flight
     }
 
     async fn make_directory(&self, item: &PlanItem) -> Result<()> {
@@ -101,7 +101,10 @@ async fn pull_file<R: Remote>(context: &PullContext<R>, item: &PlanItem) -> Resu
     let (mut pull, remote_task) = PullFile::open(context, item).await?;
     let remote_hashes = pull.find_delta(remote_task).await?;
     let reused = item.size.saturating_sub(pull.blocks.bytes_needed());
-    context.reporter.file_started(&item.path, item.size, reused);
+    context
+        .setup
+        .reporter
+        .file_started(&item.path, item.size, reused);
     let remote_hashes = pull.fetch(remote_hashes).await?;
     pull.check_block_hashes(remote_hashes.as_deref())?;
     // Without block hashes, the remote digests the whole file instead.
@@ -164,9 +167,9 @@ impl<'a, R: Remote> PullFile<'a, R> {
             ))
         })?;
         let (journal, recorded) = open_journal(
-            &context.state,
+            &context.setup.state,
             Direction::Pull,
-            &context.endpoints,
+            &context.setup.endpoints,
             item,
             &layout,
         )?;
@@ -178,7 +181,7 @@ impl<'a, R: Remote> PullFile<'a, R> {
         // blocks need not travel, and checks every block end to end.
         let remote_task = (context.remote.hashes_blocks() && existing_length > 0)
             .then(|| delta::remote_hashes_task(&context.remote, &item.source, layout));
-        let early = match &context.early {
+        let early = match &context.setup.early {
             Some(early) if existing_length > 0 => early.for_file(&file, &layout).await,
             _ => BTreeMap::new(),
         };
@@ -319,7 +322,10 @@ impl<'a, R: Remote> PullFile<'a, R> {
         }
         file_writing::write_all_at(&self.file, &data, 0)
             .map_err(|error| Error::local_io(format!("cannot write {}", item.target), error))?;
-        context.reporter.bytes_moved(&item.path, data.len() as u64);
+        context
+            .setup
+            .reporter
+            .bytes_moved(&item.path, data.len() as u64);
         self.blocks.hold(0, hash_block(&data));
         Ok(small.block_hash)
     }
@@ -341,7 +347,7 @@ impl<'a, R: Remote> PullFile<'a, R> {
         // join as they come up, while the unit's own connection is already fetching.
         let source = item.source.clone();
         let (arrivals, lanes_task) = borrow_for_file(
-            context.lanes.as_ref(),
+            context.setup.lanes.as_ref(),
             &self.layout,
             self.blocks.bytes_needed(),
             move |remote: Arc<R>| {
@@ -404,7 +410,7 @@ impl<'a, R: Remote> PullFile<'a, R> {
     /// The remote's digest of the whole file, where it can give one and the file is worth it.
     async fn remote_digest(&self) -> Option<RemoteDigest> {
         let item = self.item;
-        if !self.context.options.remote_digest || item.size < REMOTE_DIGEST_MIN_SIZE {
+        if !self.context.setup.options.remote_digest || item.size < REMOTE_DIGEST_MIN_SIZE {
             return None;
         }
         let remote = self.context.remote.clone();
@@ -616,7 +622,7 @@ impl<'p, 'a, R: Remote> Fetch<'p, 'a, R> {
         Fetch {
             paths: Paths::new(context.remote.clone(), handle),
             arrivals,
-            per_connection: context.options.requests_for(chunk as u32),
+            per_connection: context.setup.options.requests_for(chunk as u32),
             chunk,
             next_block: 0,
             requests: VecDeque::new(),
@@ -750,7 +756,10 @@ impl<'p, 'a, R: Remote> Fetch<'p, 'a, R> {
             && self.pull.blocks.pieces_of(index).is_none()
             && !self.assemblies.contains_key(&index);
         if whole_read {
-            context.reporter.bytes_moved(&item.path, data.len() as u64);
+            context
+                .setup
+                .reporter
+                .bytes_moved(&item.path, data.len() as u64);
             let block = Block {
                 index,
                 data,
@@ -789,7 +798,10 @@ impl<'p, 'a, R: Remote> Fetch<'p, 'a, R> {
         };
         slot.copy_from_slice(&data);
         assembly.filled += data.len();
-        context.reporter.bytes_moved(&item.path, data.len() as u64);
+        context
+            .setup
+            .reporter
+            .bytes_moved(&item.path, data.len() as u64);
         if (data.len() as u32) < length {
             // A short read is legal; ask for the rest.
             let done = data.len() as u64;

@@ -41,11 +41,11 @@ pub async fn execute<R: Remote>(remote: Arc<R>, plan: &Plan, setup: Setup<R>) ->
 /// A push writes the remote.
 impl<R: Remote> Side for Context<R> {
     fn reporter(&self) -> &Arc<dyn Reporter> {
-        &self.reporter
+        &self.setup.reporter
     }
 
     fn files_in_flight(&self) -> usize {
-        self.options.files_in_flight
+        self.setup.options.files_in_flight
     }
 
     /// Every parent of the destination first (mkdir -p), so no write meets a missing directory.
@@ -168,7 +168,10 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
     let needed: Vec<u64> = push.blocks.missing().collect();
     let pieces = push.blocks.blocks_in_pieces();
     tracing::debug!(path = %item.path, reused, pieces, "delta");
-    context.reporter.file_started(&item.path, item.size, reused);
+    context
+        .setup
+        .reporter
+        .file_started(&item.path, item.size, reused);
 
     let handle = push.open_remote().await?;
     if let Err(error) = push.send(&handle, needed).await {
@@ -218,9 +221,9 @@ impl<'a, R: Remote> PushFile<'a, R> {
         let layout = BlockLayout::new(item.size, DEFAULT_BLOCK_SIZE)
             .map_err(|error| Error::new(ErrorKind::LocalIo, format!("{}: {error}", item.source)))?;
         let (journal, recorded) = open_journal(
-            &context.state,
+            &context.setup.state,
             Direction::Push,
-            &context.endpoints,
+            &context.setup.endpoints,
             item,
             &layout,
         )?;
@@ -264,7 +267,7 @@ impl<'a, R: Remote> PushFile<'a, R> {
         // The early hashes are waited for only where they are compared, a delta or a
         // journal; a file sent whole starts at once with the blocks hashed so far, and the
         // hashing stops.
-        self.known = match &self.context.early {
+        self.known = match &self.context.setup.early {
             Some(early) if existing_data.is_some() || !recorded.is_empty() => {
                 early.for_file(&self.file, &layout).await
             }
@@ -362,7 +365,7 @@ impl<'a, R: Remote> PushFile<'a, R> {
         // writing (it exists now, with its size set); they join as they come up.
         let target = self.item.target.clone();
         let (arrivals, lanes_task) = borrow_for_file(
-            context.lanes.as_ref(),
+            context.setup.lanes.as_ref(),
             &self.layout,
             self.blocks.bytes_needed(),
             move |remote: Arc<R>| {
@@ -479,7 +482,7 @@ impl<'a, R: Remote> PushFile<'a, R> {
     /// is allowed, and the file is worth the exec.
     fn wants_digest(&self) -> bool {
         !self.context.remote.hashes_blocks()
-            && self.context.options.remote_digest
+            && self.context.setup.options.remote_digest
             && self.item.size >= REMOTE_DIGEST_MIN_SIZE
     }
 
@@ -624,7 +627,11 @@ impl<'p, 'a, R: Remote> Sending<'p, 'a, R> {
             paths: Paths::new(remote.clone(), handle.clone()),
             handle,
             arrivals,
-            per_connection: push.context.options.requests_for(remote.max_io_size()),
+            per_connection: push
+                .context
+                .setup
+                .options
+                .requests_for(remote.max_io_size()),
             chunk: u64::from(remote.max_io_size()),
             waiting: needed.into(),
             requests: VecDeque::new(),
@@ -686,7 +693,10 @@ impl<'p, 'a, R: Remote> Sending<'p, 'a, R> {
             self.paths.answered(lane);
             result?;
             let push = &self.push;
-            push.context.reporter.bytes_moved(&push.item.path, length);
+            push.context
+                .setup
+                .reporter
+                .bytes_moved(&push.item.path, length);
             self.acknowledged(index, length).await?;
         }
     }

@@ -122,6 +122,11 @@ impl Fixture {
             .await
     }
 
+    /// The content of a pulled file, `relative` to the copy.
+    fn pulled(&self, relative: &str) -> Vec<u8> {
+        std::fs::read(self.local("copy").join(relative)).expect("the copy")
+    }
+
     fn bytes_read(&self) -> u64 {
         self.host.counters.bytes_read.load(Ordering::Relaxed)
     }
@@ -259,10 +264,7 @@ async fn a_rerun_after_a_cut_resumes_without_fetching_what_is_in_place() {
 
     let resumed = fixture.pull(options(1, 0)).await;
     assert_clean(&resumed, "resumed run");
-    assert_eq!(
-        std::fs::read(fixture.local("copy/model.bin")).expect("the copy"),
-        content
-    );
+    assert_eq!(fixture.pulled("model.bin"), content);
     let fetched = fixture.bytes_read() - before;
     assert!(
         fetched < content.len() as u64 - 4 * MIB as u64,
@@ -318,10 +320,7 @@ async fn a_host_without_block_hashes_still_resumes_and_verifies() {
     assert!(!failed.errors.is_empty(), "the cut went unnoticed");
     let resumed = fixture.pull(options(1, 0)).await;
     assert_clean(&resumed, "resumed run");
-    assert_eq!(
-        std::fs::read(fixture.local("copy/model.bin")).expect("the copy"),
-        content
-    );
+    assert_eq!(fixture.pulled("model.bin"), content);
 }
 
 #[tokio::test(start_paused = true)]
@@ -392,10 +391,7 @@ async fn a_stalled_read_fails_over_to_a_new_connection() {
     });
     let summary = fixture.pull(options(1, 5)).await;
     assert_clean(&summary, "stalled run");
-    assert_eq!(
-        std::fs::read(fixture.local("copy/model.bin")).expect("the copy"),
-        content
-    );
+    assert_eq!(fixture.pulled("model.bin"), content);
 }
 
 #[tokio::test(start_paused = true)]
