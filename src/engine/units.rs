@@ -685,7 +685,9 @@ pub async fn plan_only<P: Pool>(transfer: &Transfer, pool: &P) -> Result<Plan> {
             }
         }
     }
-    whole.ok_or_else(|| Error::internal("a transfer with no unit to plan"))
+    let mut whole = whole.ok_or_else(|| Error::internal("a transfer with no unit to plan"))?;
+    whole.sort_as_walked();
+    Ok(whole)
 }
 
 /// The worker's own connection for moving data: the one it holds while healthy, else one from

@@ -267,8 +267,8 @@ impl Plan {
 
     /// Takes in a unit's plan, as a dry run shows a transfer whole: its entries, skipped
     /// entries, warnings and problems, with paths placed below `prefix` (a push plans each unit
-    /// from its own top; a pull's plans already name paths from the transfer's root). The
-    /// entries are put back in the order a walk of the source visits them.
+    /// from its own top; a pull's plans already name paths from the transfer's root). Once every
+    /// unit is in, [`Plan::sort_as_walked`] puts the entries in order.
     pub fn absorb(&mut self, unit: Plan, prefix: &RelativePath) -> Result<()> {
         let placed = |path: &str| -> String {
             match (prefix.is_root(), path.is_empty()) {
@@ -303,9 +303,13 @@ impl Plan {
             problem.path = placed(&problem.path);
             self.add_problem(problem)?;
         }
+        Ok(())
+    }
+
+    /// Puts the entries in the order a depth-first walk of the source, by name, visits them.
+    pub fn sort_as_walked(&mut self) {
         self.items
             .sort_by(|a, b| a.path.split('/').cmp(b.path.split('/')));
-        Ok(())
     }
 
     /// Bytes of file data the plan will move (resumed files count their missing blocks).
