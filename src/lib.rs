@@ -39,5 +39,6 @@ pub mod secret;
 pub mod ssh;
 pub mod target;
 pub mod terminal;
+pub mod terminal_link;
 
 pub use error::{Error, ErrorKind, Result};
