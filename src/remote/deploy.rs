@@ -26,6 +26,8 @@ use crate::agent::client::{AgentClient, AgentError, Startup};
 use crate::agent::protocol::BuildId;
 use crate::error::{Error, Result};
 use crate::remote::agent::AgentRemote;
+use crate::remote::runner::Runner;
+use crate::remote::shell_only::{TerminalLaunch, TerminalSession};
 use crate::ssh::connect::{Connection, russh_error};
 use crate::ssh::exec::{self, ExecLimits};
 use russh::ChannelMsg;
@@ -375,27 +377,7 @@ async fn start_cached(connection: &Arc<Connection>) -> Result<Outcome> {
             own.build.arch
         )));
     }
-    // The connections of one run find the agent missing at the same moment: one uploads
-    // while the others wait, then they start the copy it left.
-    // A failed upload is remembered too, so the others do not each wait for it again.
-    static UPLOADED: tokio::sync::Mutex<Vec<(String, Option<String>)>> =
-        tokio::sync::Mutex::const_new(Vec::new());
-    let mut uploaded = UPLOADED.lock().await;
-    let host = connection.label().to_string();
-    let failed = match uploaded.iter().find(|(done, _)| *done == host) {
-        Some((_, failed)) => failed.clone(),
-        None => {
-            let failed = match upload(connection, own).await {
-                Ok(()) => None,
-                Err(error) if error.is_transient() => return Err(error),
-                Err(error) => Some(error.message().to_string()),
-            };
-            uploaded.push((host, failed.clone()));
-            failed
-        }
-    };
-    drop(uploaded);
-    if let Some(reason) = failed {
+    if let Some(reason) = upload_once(connection, &mut Runner::Exec(connection), own).await? {
         return Ok(Outcome::Fallback(reason));
     }
     match launch(connection, START_CACHED, &own.name).await? {
@@ -411,6 +393,116 @@ async fn start_cached(connection: &Arc<Connection>) -> Result<Outcome> {
             "the uploaded agent does not start on the host".into(),
         )),
         Launch::Refused(reason) | Launch::Failed(reason) => Ok(Outcome::Fallback(reason)),
+    }
+}
+
+/// Uploads the agent unless another connection of this run did it already for the host: the
+/// connections of one run find the agent missing at the same moment, so one uploads while the
+/// others wait, then they start the copy it left. A failed upload is remembered too, so the
+/// others do not each wait for it again. Some(reason) when it failed for good.
+async fn upload_once(
+    connection: &Connection,
+    runner: &mut Runner<'_>,
+    own: &Own,
+) -> Result<Option<String>> {
+    static UPLOADED: tokio::sync::Mutex<Vec<(String, Option<String>)>> =
+        tokio::sync::Mutex::const_new(Vec::new());
+    let mut uploaded = UPLOADED.lock().await;
+    let host = connection.label().to_string();
+    if let Some((_, failed)) = uploaded.iter().find(|(done, _)| *done == host) {
+        return Ok(failed.clone());
+    }
+    let failed = match upload(runner, connection, own).await {
+        Ok(()) => None,
+        Err(error) if error.is_transient() => return Err(error),
+        Err(error) => Some(error.message().to_string()),
+    };
+    uploaded.push((host, failed.clone()));
+    Ok(failed)
+}
+
+/// Starts the agent through a terminal, for a host that refuses exec and SFTP but gives a
+/// shell on a PTY (see `shell_only`): the cached agent when it is there, else the executable
+/// uploaded through the terminal first, as over exec. `Err` when no terminal session could be
+/// had (permanent when the host refuses one or its login never runs xfer's line); anything
+/// else is a fallback with its reason.
+pub async fn start_through_terminal(connection: &Arc<Connection>) -> Result<Outcome> {
+    let own = match own() {
+        Ok(own) => own,
+        Err(reason) => return Ok(Outcome::Fallback(reason)),
+    };
+    let mut session = TerminalSession::open(connection).await?;
+    let platform = match session.start_agent(START_CACHED, &own.name).await? {
+        TerminalLaunch::Agent(client)
+            if client.hello().build.executable_blake3 == own.build.executable_blake3 =>
+        {
+            return Ok(Outcome::Ready(AgentRemote::new(client, connection.clone())));
+        }
+        // Same name, other bytes: a damaged copy, replaced below from a new terminal.
+        TerminalLaunch::Agent(_) | TerminalLaunch::Refused(_) => {
+            session = TerminalSession::open(connection).await?;
+            let output = session
+                .run(
+                    PROBE,
+                    b"",
+                    ExecLimits {
+                        max_output: 4096,
+                        timeout: START_TIMEOUT,
+                    },
+                )
+                .await?;
+            let text = output.stdout_text();
+            let mut lines = text.lines().map(str::trim);
+            match (lines.next(), lines.next()) {
+                (Some(os), Some(machine)) if !os.is_empty() && !machine.is_empty() => {
+                    Some((os.to_string(), machine.to_string()))
+                }
+                _ => None,
+            }
+        }
+        TerminalLaunch::NotAgent(text, same) => {
+            session = same;
+            match parse_no_agent(&text) {
+                Some(answer) => answer.platform,
+                None => {
+                    return Ok(Outcome::Fallback(format!(
+                        "the start script on the terminal did not answer: {}",
+                        crate::terminal::printable(String::from_utf8_lossy(&text).trim())
+                    )));
+                }
+            }
+        }
+    };
+    let Some((os, machine)) = platform else {
+        return Ok(Outcome::Fallback(
+            "the host has no uname, so which agent it runs is unknown".into(),
+        ));
+    };
+    if !same_platform(&own.build.os, &own.build.arch, &os, &machine) {
+        return Ok(Outcome::Fallback(format!(
+            "the host is {} {}, this xfer is built for {} {}",
+            crate::terminal::printable(&os),
+            crate::terminal::printable(&machine),
+            own.build.os,
+            own.build.arch
+        )));
+    }
+    if let Some(reason) = upload_once(connection, &mut Runner::Terminal(&mut session), own).await? {
+        return Ok(Outcome::Fallback(reason));
+    }
+    match session.start_agent(START_CACHED, &own.name).await? {
+        TerminalLaunch::Agent(client)
+            if client.hello().build.executable_blake3 == own.build.executable_blake3 =>
+        {
+            Ok(Outcome::Ready(AgentRemote::new(client, connection.clone())))
+        }
+        TerminalLaunch::Agent(_) => Ok(Outcome::Fallback(
+            "the uploaded agent's hash differs from this executable's".into(),
+        )),
+        TerminalLaunch::NotAgent(..) => Ok(Outcome::Fallback(
+            "the uploaded agent does not start on the host".into(),
+        )),
+        TerminalLaunch::Refused(reason) => Ok(Outcome::Fallback(reason)),
     }
 }
 
@@ -571,7 +663,7 @@ async fn probe(connection: &Arc<Connection>) -> Result<Option<(String, String)>>
     }
 }
 
-async fn upload(connection: &Arc<Connection>, own: &Own) -> Result<()> {
+async fn upload(runner: &mut Runner<'_>, connection: &Connection, own: &Own) -> Result<()> {
     let executable = std::env::current_exe()
         .and_then(std::fs::read)
         .map_err(|error| Error::local_io("cannot read xfer's own executable", error))?;
@@ -589,29 +681,29 @@ async fn upload(connection: &Arc<Connection>, own: &Own) -> Result<()> {
     let mut first = 1;
     loop {
         let header = format!("{}\n{}\n{first}\n", own.name, random_nonce()).into_bytes();
-        let output = exec::run_parts(
-            connection,
-            UPLOAD,
-            &[&header, &executable],
-            ExecLimits {
-                max_output: 4096,
-                timeout,
-            },
-        )
-        .await
-        .map_err(|error| {
-            // A slow or stalled upload over a live connection: SFTP it is (the caller falls
-            // back on a permanent error), rather than a retry that waits as long again.
-            if connection.is_closed() {
-                error
-            } else {
-                Error::remote(format!(
-                    "uploading the xfer agent did not finish within {} s",
-                    timeout.as_secs()
-                ))
-                .transient(false)
-            }
-        })?;
+        let output = runner
+            .run_parts(
+                UPLOAD,
+                &[&header, &executable],
+                ExecLimits {
+                    max_output: 4096,
+                    timeout,
+                },
+            )
+            .await
+            .map_err(|error| {
+                // A slow or stalled upload over a live connection: SFTP it is (the caller falls
+                // back on a permanent error), rather than a retry that waits as long again.
+                if connection.is_closed() {
+                    error
+                } else {
+                    Error::remote(format!(
+                        "uploading the xfer agent did not finish within {} s",
+                        timeout.as_secs()
+                    ))
+                    .transient(false)
+                }
+            })?;
         let answer = output.stdout_text();
         let answer = answer.trim();
         match output.status {

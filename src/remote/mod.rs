@@ -19,8 +19,10 @@ pub mod home;
 pub mod memory;
 pub mod pool;
 pub mod read_only;
+pub mod runner;
 pub mod session;
 pub mod sftp;
+pub mod shell_only;
 
 use crate::blocks::{BlockHash, BlockLayout};
 use crate::error::{Error, Result};

@@ -82,13 +82,11 @@ impl Opener {
     /// Opens the remote side (agent or SFTP) of an established connection.
     async fn start(&self, connection: Arc<Connection>) -> Result<Arc<Session>> {
         let (session, fallback) = Session::open(connection, &self.agent).await?;
-        if let Some(reason) = fallback
+        if let Some(notice) = fallback
             && !self.fallback_said.swap(true, Ordering::Relaxed)
         {
-            self.reporter.warning(&format!(
-                "{}: using SFTP, no xfer agent: {reason}",
-                session.label()
-            ));
+            self.reporter
+                .warning(&format!("{}: {notice}", session.label()));
         }
         tracing::debug!(label = %session.label(), kind = session.kind(), "remote session open");
         Ok(Arc::new(session))

@@ -33,23 +33,55 @@ pub enum SessionFile {
 }
 
 impl Session {
-    /// Opens the remote side of `connection`. The string is why the agent is not used, when
-    /// it was wanted but SFTP serves instead.
+    /// Opens the remote side of `connection`. The string is a line to say once per run about
+    /// how the host is reached, when it is not the agent over exec: why SFTP serves instead, or
+    /// that the host is a shell-only endpoint whose agent runs through a terminal.
     pub async fn open(
         connection: Arc<Connection>,
         mode: &AgentMode,
     ) -> Result<(Session, Option<String>)> {
+        if *mode == AgentMode::Auto && is_shell_only(connection.label()) {
+            return match deploy::start_through_terminal(&connection).await? {
+                Outcome::Ready(agent) => Ok((Session::Agent(agent), None)),
+                Outcome::Fallback(reason) => Err(crate::Error::remote(format!(
+                    "{}: the xfer agent does not start through the terminal: {reason}",
+                    connection.label()
+                ))),
+            };
+        }
         let reason = match deploy::start_agent(&connection, mode).await? {
             Outcome::Ready(agent) => return Ok((Session::Agent(agent), None)),
             Outcome::Fallback(reason) => reason,
         };
         let notice = (*mode != AgentMode::Off).then(|| reason.clone());
-        match SftpRemote::open(connection).await {
-            Ok(sftp) => Ok((Session::Sftp(sftp), notice)),
-            Err(error) => match notice {
-                Some(reason) => Err(with_agent_reason(error, &reason)),
-                None => Err(error),
-            },
+        let error = match SftpRemote::open(connection.clone()).await {
+            Ok(sftp) => {
+                let notice = notice.map(|reason| format!("using SFTP, no xfer agent: {reason}"));
+                return Ok((Session::Sftp(sftp), notice));
+            }
+            Err(error) => error,
+        };
+        let Some(reason) = notice else {
+            return Err(error);
+        };
+        if *mode != AgentMode::Auto || error.is_transient() || connection.is_closed() {
+            return Err(with_agent_reason(error, &reason));
+        }
+        // Neither exec nor SFTP: a shell-only endpoint, if the login gives a terminal.
+        match deploy::start_through_terminal(&connection).await {
+            Ok(Outcome::Ready(agent)) => {
+                remember_shell_only(connection.label());
+                Ok((Session::Agent(agent), Some(SHELL_ONLY_NOTICE.to_string())))
+            }
+            Ok(Outcome::Fallback(terminal)) => Err(with_agent_reason(
+                error,
+                &format!("{reason}; through a terminal: {terminal}"),
+            )),
+            Err(terminal) if terminal.is_transient() => Err(terminal),
+            Err(terminal) => {
+                tracing::debug!(label = %connection.label(), error = %terminal, "no agent through a terminal either");
+                Err(with_agent_reason(error, &reason))
+            }
         }
     }
 
@@ -71,9 +103,24 @@ impl Session {
             }
             Err(error) => error,
         };
-        match deploy::start_agent(&connection, mode).await? {
-            Outcome::Ready(agent) => Ok((Session::Agent(agent), Some(missing.to_string()))),
-            Outcome::Fallback(reason) => Err(with_agent_reason(missing, &reason)),
+        let reason = match deploy::start_agent(&connection, mode).await? {
+            Outcome::Ready(agent) => return Ok((Session::Agent(agent), Some(missing.to_string()))),
+            Outcome::Fallback(reason) => reason,
+        };
+        if *mode != AgentMode::Auto || connection.is_closed() {
+            return Err(with_agent_reason(missing, &reason));
+        }
+        match deploy::start_through_terminal(&connection).await {
+            Ok(Outcome::Ready(agent)) => {
+                remember_shell_only(connection.label());
+                Ok((Session::Agent(agent), Some(SHELL_ONLY_NOTICE.to_string())))
+            }
+            Ok(Outcome::Fallback(terminal)) => Err(with_agent_reason(
+                missing,
+                &format!("{reason}; through a terminal: {terminal}"),
+            )),
+            Err(terminal) if terminal.is_transient() => Err(terminal),
+            Err(_) => Err(with_agent_reason(missing, &reason)),
         }
     }
 
@@ -90,6 +137,30 @@ impl Session {
             Session::Agent(_) => "agent",
             Session::Sftp(_) => "sftp",
         }
+    }
+}
+
+/// Said once per run when a host turns out to be a shell-only endpoint.
+pub const SHELL_ONLY_NOTICE: &str =
+    "a shell-only endpoint (no exec, no SFTP): transfers go through the terminal";
+
+/// Hosts (by label) found to be shell-only in this run: their later connections go straight
+/// to the terminal instead of asking for exec and SFTP again.
+fn shell_only_hosts() -> std::sync::MutexGuard<'static, Vec<String>> {
+    static HOSTS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    HOSTS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn is_shell_only(label: &str) -> bool {
+    shell_only_hosts().iter().any(|host| host == label)
+}
+
+fn remember_shell_only(label: &str) {
+    let mut hosts = shell_only_hosts();
+    if !hosts.iter().any(|host| host == label) {
+        hosts.push(label.to_string());
     }
 }
 

@@ -277,7 +277,7 @@ mod tests {
     fn every_byte_value_survives_both_encodings() {
         let all: Vec<u8> = (0..=255).collect();
         for encoding in [Encoding::Escaped, Encoding::Base64] {
-            assert_eq!(round_trip(encoding, &[all.clone()]), all);
+            assert_eq!(round_trip(encoding, std::slice::from_ref(&all)), all);
         }
     }
 

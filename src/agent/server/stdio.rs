@@ -47,8 +47,15 @@ pub fn run_stdio(protocol_max: Option<u16>) -> i32 {
         }
     };
     let result = runtime.block_on(async {
-        let (reader, writer) = stdio();
-        serve_versions(reader, writer, build, (PROTOCOL_MIN, newest)).await
+        match terminal_streams() {
+            Some((reader, writer)) => {
+                serve_terminal(reader, writer, build, (PROTOCOL_MIN, newest)).await
+            }
+            None => {
+                let (reader, writer) = stdio();
+                serve_versions(reader, writer, build, (PROTOCOL_MIN, newest)).await
+            }
+        }
     });
     // A read of stdin may still be parked on the blocking pool: do not wait for it.
     runtime.shutdown_timeout(Duration::from_secs(1));
@@ -68,6 +75,66 @@ fn exit_code(result: io::Result<()>) -> i32 {
             1
         }
     }
+}
+
+/// How long the client may take to answer the terminal link's probe.
+const LINK_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// When stdin is a terminal (the agent was started through a shell-only endpoint's login,
+/// see `terminal_link`), the terminal made raw and polled for both directions, with stderr
+/// sent to /dev/null: on a terminal it would land in the middle of the link's frames. None
+/// when stdin is no terminal.
+fn terminal_streams() -> Option<(Reader, Writer)> {
+    use std::os::fd::AsFd;
+    let stdin = io::stdin();
+    let terminal = stdin.as_fd();
+    if !nix::unistd::isatty(terminal).unwrap_or(false) {
+        return None;
+    }
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2_stderr(&null);
+    }
+    if let Ok(mut modes) = nix::sys::termios::tcgetattr(terminal) {
+        nix::sys::termios::cfmakeraw(&mut modes);
+        let _ = nix::sys::termios::tcsetattr(terminal, nix::sys::termios::SetArg::TCSANOW, &modes);
+    }
+    let polled = || -> io::Result<(Reader, Writer)> {
+        let reading = terminal.try_clone_to_owned()?;
+        let writing = io::stdout().as_fd().try_clone_to_owned()?;
+        // Both are the same terminal; non-blocking lets the runtime poll it.
+        let flags = nix::fcntl::fcntl(&reading, nix::fcntl::FcntlArg::F_GETFL)?;
+        let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(&reading, nix::fcntl::FcntlArg::F_SETFL(flags))?;
+        nix::fcntl::fcntl(&writing, nix::fcntl::FcntlArg::F_SETFL(flags))?;
+        Ok((
+            Box::new(tokio::net::unix::pipe::Receiver::from_owned_fd_unchecked(
+                reading,
+            )?),
+            Box::new(tokio::net::unix::pipe::Sender::from_owned_fd_unchecked(
+                writing,
+            )?),
+        ))
+    };
+    Some(polled().unwrap_or_else(|_| (Box::new(tokio::io::stdin()), Box::new(tokio::io::stdout()))))
+}
+
+/// Serves through a terminal: agrees on the link's encodings, then speaks the protocol inside
+/// its frames.
+async fn serve_terminal(
+    mut reader: Reader,
+    mut writer: Writer,
+    build: BuildId,
+    versions: (u16, u16),
+) -> io::Result<()> {
+    let agreed = tokio::time::timeout(
+        LINK_HANDSHAKE_TIMEOUT,
+        crate::terminal_link::handshake::as_agent(&mut reader, &mut writer),
+    )
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer to the link's probe"))??;
+    let reader = crate::terminal_link::LinkReader::new(reader, agreed.read, &agreed.early)?;
+    let writer = crate::terminal_link::LinkWriter::new(writer, agreed.write);
+    serve_versions(reader, writer, build, versions).await
 }
 
 type Reader = Box<dyn AsyncRead + Unpin + Send>;
