@@ -9,11 +9,12 @@ use secrecy::{ExposeSecret, SecretSlice};
 use sha2::Digest;
 use std::sync::Arc;
 use xfer::error::{Error, ErrorKind, Result};
+use xfer::remote::runner::Shell;
 use xfer::secret::deliver;
 use xfer::secret::netrc;
 use xfer::secret::source::{Secret, Source};
 use xfer::ssh::config::LocalContext;
-use xfer::ssh::connect::Connector;
+use xfer::ssh::connect::{Connection, Connector};
 use xfer::target::{HostSpec, parse_host};
 use xfer::terminal::{printable, printable_message};
 
@@ -130,6 +131,15 @@ where
     }
 }
 
+/// Ends a host's session politely once its scripts are done.
+async fn close(shell: Shell, connection: Arc<Connection>) {
+    // The terminal session holds the connection too.
+    drop(shell);
+    if let Ok(connection) = Arc::try_unwrap(connection) {
+        connection.close().await;
+    }
+}
+
 pub async fn push(args: &SecretPushArgs) -> Result<()> {
     let prepared = prepare(
         &args.source,
@@ -153,11 +163,13 @@ pub async fn push(args: &SecretPushArgs) -> Result<()> {
         let secret = secret.clone();
         let path = path.clone();
         async move {
-            let connection = connector.connect(&host).await?;
+            let connection = Arc::new(connector.connect(&host).await?);
+            let mut shell = Shell::find(&connection).await?;
+            let mut runner = shell.runner(&connection);
             let content = match &*secret {
                 Payload::Bytes(bytes) => SecretSlice::from(bytes.expose_secret().to_vec()),
                 Payload::Stanza(stanza) => {
-                    let existing = deliver::read(&connection, &path).await?;
+                    let existing = deliver::read(&mut runner, &path).await?;
                     let existing_text = existing
                         .as_ref()
                         .map(|text| text.expose_secret())
@@ -172,8 +184,8 @@ pub async fn push(args: &SecretPushArgs) -> Result<()> {
                     SecretSlice::from(merged.expose_secret().as_bytes().to_vec())
                 }
             };
-            let written = deliver::write(&connection, &path, &content, options).await?;
-            connection.close().await;
+            let written = deliver::write(&mut runner, &path, &content, options).await?;
+            close(shell, connection).await;
             Ok(format!(
                 "wrote {} (mode 0600, filesystem {})",
                 printable(&path),
@@ -198,8 +210,10 @@ pub async fn check(args: &SecretCheckArgs) -> Result<()> {
         let secret = secret.clone();
         let path = path.clone();
         async move {
-            let connection = connector.connect(&host).await?;
-            let inspection = deliver::inspect(&connection, &path).await?;
+            let connection = Arc::new(connector.connect(&host).await?);
+            let mut shell = Shell::find(&connection).await?;
+            let mut runner = shell.runner(&connection);
+            let inspection = deliver::inspect(&mut runner, &path).await?;
             let mut problems = Vec::new();
             if !inspection.exists {
                 problems.push("missing".to_string());
@@ -226,7 +240,7 @@ pub async fn check(args: &SecretCheckArgs) -> Result<()> {
                         remote == <[u8; 32]>::from(sha2::Sha256::digest(bytes.expose_secret()))
                     }),
                     Payload::Stanza(stanza) => {
-                        let existing = deliver::read(&connection, &path).await?;
+                        let existing = deliver::read(&mut runner, &path).await?;
                         let found = existing
                             .as_ref()
                             .and_then(|text| netrc::parse(text.expose_secret()).ok())
@@ -244,7 +258,7 @@ pub async fn check(args: &SecretCheckArgs) -> Result<()> {
                     ),
                 }
             }
-            connection.close().await;
+            close(shell, connection).await;
             if problems.is_empty() {
                 Ok(format!(
                     "ok: {} is a 0600 file of yours on {}, content matches",

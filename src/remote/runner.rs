@@ -5,6 +5,7 @@
 use crate::error::Result;
 use crate::remote::shell_only::TerminalSession;
 use crate::ssh::connect::Connection;
+use std::sync::Arc;
 use crate::ssh::exec::{self, ExecLimits, ExecOutput};
 
 /// The way to run a script on one host.
@@ -43,6 +44,56 @@ impl Runner<'_> {
         match self {
             Runner::Exec(connection) => exec::run_parts(connection, script, stdin, limits).await,
             Runner::Terminal(session) => session.run_parts(script, stdin, limits).await,
+        }
+    }
+}
+
+/// Where a host runs xfer's scripts, found once per connection: exec when the login runs
+/// commands, else the driver on the terminal of a shell-only endpoint.
+pub enum Shell {
+    Exec,
+    Terminal(TerminalSession),
+}
+
+/// Runs nothing but proves that exec runs scripts.
+const RUNS_SCRIPTS: &str = "exit 0";
+
+impl Shell {
+    /// Asks the host: a script over exec first; where the login refuses it and gives a
+    /// terminal instead, that terminal. A login that gives neither keeps exec, whose own
+    /// failure then says what the login refuses.
+    pub async fn find(connection: &Arc<Connection>) -> Result<Shell> {
+        let limits = ExecLimits {
+            max_output: 4096,
+            timeout: TerminalSession::login_timeout(),
+        };
+        match exec::run(connection, RUNS_SCRIPTS, b"", limits).await {
+            Ok(output) if output.success() => return Ok(Shell::Exec),
+            Err(error) if error.is_transient() || connection.is_closed() => return Err(error),
+            _ => {}
+        }
+        match TerminalSession::open(connection).await {
+            Ok(session) => {
+                tracing::info!(label = %connection.label(), "a shell-only endpoint: scripts run through the terminal");
+                Ok(Shell::Terminal(session))
+            }
+            Err(error) if error.is_transient() && connection.is_closed() => Err(error),
+            Err(error) => {
+                tracing::debug!(label = %connection.label(), %error, "no terminal either");
+                Ok(Shell::Exec)
+            }
+        }
+    }
+
+    /// Whether scripts go through a terminal.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, Shell::Terminal(_))
+    }
+
+    pub fn runner<'a>(&'a mut self, connection: &'a Connection) -> Runner<'a> {
+        match self {
+            Shell::Exec => Runner::Exec(connection),
+            Shell::Terminal(session) => Runner::Terminal(session),
         }
     }
 }

@@ -195,6 +195,11 @@ impl TerminalSession {
         &self.label
     }
 
+    /// How long logging in on a terminal may take.
+    pub fn login_timeout() -> Duration {
+        LOGIN_TIMEOUT
+    }
+
     /// Reads what the terminal has; false at its end.
     async fn read_some(&mut self) -> Result<bool> {
         let mut buffer = [0u8; 16 * 1024];

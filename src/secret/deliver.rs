@@ -21,8 +21,8 @@
 //!   target.
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::ssh::connect::Connection;
-use crate::ssh::exec::{self, ExecLimits, ExecOutput};
+use crate::remote::runner::Runner;
+use crate::ssh::exec::{ExecLimits, ExecOutput};
 use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use sha2::Digest;
 use std::time::Duration;
@@ -221,8 +221,7 @@ fn header(path: &str) -> Vec<u8> {
     format!("{path}\n").into_bytes()
 }
 
-fn failure(connection: &Connection, path: &str, output: &ExecOutput) -> Error {
-    let label = connection.label();
+fn failure(label: &str, path: &str, output: &ExecOutput) -> Error {
     let path = crate::terminal::printable(path);
     let answer = output.stdout_text();
     let first = answer.lines().next().unwrap_or("").trim();
@@ -327,7 +326,7 @@ fn failure(connection: &Connection, path: &str, output: &ExecOutput) -> Error {
 
 /// Writes `content` to `path` on the remote, privately and atomically.
 pub async fn write(
-    connection: &Connection,
+    runner: &mut Runner<'_>,
     path: &str,
     content: &SecretSlice<u8>,
     options: WriteOptions,
@@ -353,22 +352,22 @@ pub async fn write(
     .into_bytes();
     input.extend_from_slice(value);
     let input = SecretSlice::from(input);
-    let output = exec::run(connection, WRITE_SCRIPT, input.expose_secret(), LIMITS).await?;
+    let output = runner.run(WRITE_SCRIPT, input.expose_secret(), LIMITS).await?;
     let answer = output.stdout_text();
     match answer.lines().last() {
         Some(line) if output.success() && line.starts_with("ok ") => Ok(Written {
             filesystem: crate::terminal::printable(line.trim_start_matches("ok ").trim()),
         }),
-        _ => Err(failure(connection, path, &output)),
+        _ => Err(failure(runner.label(), path, &output)),
     }
 }
 
 /// Reads a remote secret file (for a netrc merge); None when it does not exist.
-pub async fn read(connection: &Connection, path: &str) -> Result<Option<SecretString>> {
+pub async fn read(runner: &mut Runner<'_>, path: &str) -> Result<Option<SecretString>> {
     check_path(path)?;
-    let output = exec::run(connection, READ_SCRIPT, &header(path), LIMITS).await?;
+    let output = runner.run(READ_SCRIPT, &header(path), LIMITS).await?;
     if !output.success() {
-        return Err(failure(connection, path, &output));
+        return Err(failure(runner.label(), path, &output));
     }
     let stdout = SecretSlice::from(output.stdout);
     let bytes = stdout.expose_secret();
@@ -378,30 +377,30 @@ pub async fn read(connection: &Connection, path: &str) -> Result<Option<SecretSt
     let Some(content) = bytes.strip_prefix(b"present\n") else {
         return Err(Error::remote(format!(
             "{}: unexpected answer while reading {path}",
-            connection.label()
+            runner.label()
         )));
     };
     if content.len() > MAX_SECRET_SIZE {
         return Err(Error::remote(format!(
             "{}: {path} is larger than 1 MiB; refusing to merge into it",
-            connection.label()
+            runner.label()
         )));
     }
     match std::str::from_utf8(content) {
         Ok(text) => Ok(Some(SecretString::from(text.to_string()))),
         Err(_) => Err(Error::remote(format!(
             "{}: {path} is not UTF-8 text; refusing to merge into it",
-            connection.label()
+            runner.label()
         ))),
     }
 }
 
 /// Inspects a remote secret file without reading its content back.
-pub async fn inspect(connection: &Connection, path: &str) -> Result<Inspection> {
+pub async fn inspect(runner: &mut Runner<'_>, path: &str) -> Result<Inspection> {
     check_path(path)?;
-    let output = exec::run(connection, INSPECT_SCRIPT, &header(path), LIMITS).await?;
+    let output = runner.run(INSPECT_SCRIPT, &header(path), LIMITS).await?;
     if !output.success() {
-        return Err(failure(connection, path, &output));
+        return Err(failure(runner.label(), path, &output));
     }
     let mut inspection = Inspection::default();
     for line in output.stdout_text().lines() {
