@@ -462,14 +462,16 @@ fn closed(connection: &Connection, label: &str, when: &str) -> Error {
 }
 
 /// The line typed into the login shell. Every login shell (sh, bash, zsh, fish, tcsh) runs it
-/// the same way: it holds no `!`, backslash or nested single quote. The leading space keeps it
-/// out of the history of shells set to ignore such lines; it holds nothing secret anyway. The
+/// the same way: it holds no `!`, backslash or nested single quote. It holds nothing secret,
+/// but it should not clutter the user's history either: the leading space keeps it out of
+/// fish's and of shells set to ignore such lines, and `unset HISTFILE` keeps bash and zsh from
+/// saving it as they are replaced (fish says it has no `unset` and goes on). The
 /// marker it prints is split by `""` on the typed line, so the echo of the line never
 /// matches it. `icrnl` stays on so a relay that turns LF into CR still ends lines; the link's
 /// frames never hold a raw CR or LF. Enter is CR, as a terminal sends it.
 fn start_line(nonce: &str) -> String {
     format!(
-        " exec /bin/sh -c 'stty raw -echo icrnl 2>/dev/null; echo XFER-TTY-\"\"{nonce}; eval \"$(dd bs=1 count={} 2>/dev/null)\"'\r",
+        " unset HISTFILE; exec /bin/sh -c 'stty raw -echo icrnl 2>/dev/null; echo XFER-TTY-\"\"{nonce}; eval \"$(dd bs=1 count={} 2>/dev/null)\"'\r",
         DRIVER.len()
     )
 }
