@@ -9,7 +9,9 @@
 
 use crate::error::Result;
 use crate::remote::deploy::AgentPlace;
+use crate::remote::runner::Runner;
 use crate::remote::sftp;
+use crate::remote::shell_only::TerminalSession;
 use crate::ssh::connect::{Connection, Connector, label_of};
 use crate::ssh::exec::{self, ExecLimits};
 use crate::target::HostSpec;
@@ -81,6 +83,12 @@ pub struct HostReport {
     pub exec: Capability,
     pub sftp: Capability,
     pub shell: Capability,
+    /// How transfers reach the host's files: `exec` (the xfer agent), `sftp`, or
+    /// [`SHELL_ONLY_MODE`] (the agent through a terminal); None when nothing works.
+    pub mode: Option<String>,
+    /// A shell-only endpoint's terminal, measured each way.
+    pub terminal_down_bytes_per_second: Option<f64>,
+    pub terminal_up_bytes_per_second: Option<f64>,
     /// Where transfers would run the xfer agent from: `cached`, `upload` (none cached yet, a
     /// transfer puts it there first), `none` (no place can hold it: SFTP) or `other platform`.
     pub agent: Option<String>,
@@ -116,6 +124,9 @@ impl HostReport {
             exec: Capability::NotChecked,
             sftp: Capability::NotChecked,
             shell: Capability::NotChecked,
+            mode: None,
+            terminal_down_bytes_per_second: None,
+            terminal_up_bytes_per_second: None,
             free_bytes: None,
             free_path: None,
             agent: None,
@@ -196,7 +207,7 @@ pub async fn check_host(
     }
     let label = label_of(&config);
     let connection = match connector.connect_resolved(Arc::new(config)).await {
-        Ok(connection) => connection,
+        Ok(connection) => Arc::new(connection),
         Err(error) => {
             report.fail(&error);
             return report;
@@ -214,16 +225,14 @@ pub async fn check_host(
         Err(error) => report.fail(&error),
     }
     if report.exec == Capability::Allowed {
-        check_agent(&connection, &label, &mut report).await;
+        report.mode = Some("exec".into());
+        check_agent(&mut Runner::Exec(&connection), &label, &mut report).await;
+    } else if report.sftp == Capability::Allowed {
+        report.mode = Some("sftp".into());
     }
     if report.exec == Capability::Refused && report.sftp == Capability::Refused {
         if report.shell == Capability::Allowed {
-            report.problems.push(format!(
-                "{label} is a proxied shell-only endpoint: it gives an interactive shell but refuses exec and SFTP, so no file transfer tool (xfer, scp, sftp, rsync) can use it"
-            ));
-            report.hints.push(
-                "use the provider's direct SSH endpoint (a public IP and port) instead of its proxy, or enable sshd's SFTP subsystem on the box".into(),
-            );
+            check_terminal(&connection, &label, &mut report, options).await;
         } else {
             report.problems.push(format!(
                 "{label} refuses exec, SFTP and shell: nothing can be run there"
@@ -266,14 +275,85 @@ pub async fn check_host(
         );
     }
     report.passed = report.problems.is_empty();
-    connection.close().await;
+    if let Ok(connection) = Arc::try_unwrap(connection) {
+        connection.close().await;
+    }
     report
+}
+
+/// How much doctor sends each way to measure a terminal: 64 KiB blocks.
+const MEASURE_BLOCKS: usize = 32;
+
+/// A shell-only endpoint: what xfer finds through its terminal, as transfers would use it
+/// (facts, the agent's place, the terminal's throughput each way), changing nothing.
+async fn check_terminal(
+    connection: &Arc<Connection>,
+    label: &str,
+    report: &mut HostReport,
+    options: &DoctorOptions,
+) {
+    let mut session = match TerminalSession::open(connection).await {
+        Ok(session) => session,
+        Err(error) => {
+            report.problems.push(format!(
+                "{label} gives a shell but refuses exec and SFTP, and xfer could not work through its terminal: {}",
+                error.message()
+            ));
+            if let Some(hint) = error.hint() {
+                report.hints.push(hint.to_string());
+            }
+            return;
+        }
+    };
+    report.mode = Some(SHELL_ONLY_MODE.into());
+    let mut stdin = options.path.clone().unwrap_or_default().into_bytes();
+    stdin.push(b'\n');
+    let before = unix_now();
+    let limits = ExecLimits {
+        max_output: 64 * 1024,
+        timeout: Duration::from_secs(30),
+    };
+    match session.run(FACTS_SCRIPT, &stdin, limits).await {
+        Ok(output) if output.success() => {
+            read_facts(&output.stdout_text(), (before + unix_now()) / 2.0, report)
+        }
+        Ok(_) => report
+            .problems
+            .push(format!("{label}: the check script failed on the terminal")),
+        Err(error) => report.fail(&error),
+    }
+    let throughput = match session.measure(MEASURE_BLOCKS).await {
+        Ok((down, up)) => {
+            report.terminal_down_bytes_per_second = Some(down);
+            report.terminal_up_bytes_per_second = Some(up);
+            format!(
+                "; the terminal carries {} from the host, {} to it",
+                rate(down),
+                rate(up)
+            )
+        }
+        Err(error) => {
+            tracing::debug!(%label, %error, "measuring the terminal failed");
+            String::new()
+        }
+    };
+    report.warnings.push(format!(
+        "{label}: {SHELL_ONLY_MODE}{throughput}. It refuses exec and SFTP, so scp, sftp and rsync cannot use it"
+    ));
+    check_agent(&mut Runner::Terminal(&mut session), label, report).await;
+}
+
+/// What doctor calls a shell-only endpoint's mode.
+pub const SHELL_ONLY_MODE: &str = "shell-only: transfers through the terminal";
+
+fn rate(bytes_per_second: f64) -> String {
+    format!("{:.1} MB/s", bytes_per_second / 1e6)
 }
 
 /// Where transfers would run the agent from, found without changing anything on the host. A
 /// host where no place can hold it still transfers over SFTP (a warning); without SFTP either,
 /// nothing can move (a problem).
-async fn check_agent(connection: &Connection, label: &str, report: &mut HostReport) {
+async fn check_agent(runner: &mut Runner<'_>, label: &str, report: &mut HostReport) {
     let platform = report
         .uname
         .as_deref()
@@ -287,7 +367,7 @@ async fn check_agent(connection: &Connection, label: &str, report: &mut HostRepo
         ));
         return;
     }
-    match crate::remote::deploy::inspect(connection).await {
+    match crate::remote::deploy::inspect(runner).await {
         Ok(AgentPlace::Cached(_)) => report.agent = Some("cached".into()),
         Ok(AgentPlace::Upload(directory)) => {
             report.agent = Some("upload".into());
@@ -352,33 +432,7 @@ async fn probe(
                     output.preamble.len()
                 ));
             }
-            for line in output.stdout_text().lines() {
-                let Some((key, value)) = line.split_once('=') else {
-                    continue;
-                };
-                let value: String = printable(value.trim())
-                    .chars()
-                    .take(MAX_FIELD_LENGTH)
-                    .collect();
-                match key {
-                    "hostname" => report.remote_hostname = Some(value),
-                    "uname" => report.uname = Some(value),
-                    "time" => {
-                        if let Ok(remote) = value.parse::<f64>() {
-                            let local = (before + after) / 2.0;
-                            report.clock_skew_seconds = Some((remote - local).round() as i64);
-                        }
-                    }
-                    "free" => {
-                        report.free_bytes = value
-                            .parse::<u64>()
-                            .ok()
-                            .map(|kib| kib.saturating_mul(1024))
-                    }
-                    "path" => report.free_path = Some(value),
-                    _ => {}
-                }
-            }
+            read_facts(&output.stdout_text(), (before + after) / 2.0, report);
             if report.free_bytes.is_none() {
                 report.problems.push(format!(
                     "{}: cannot measure free space at {}",
@@ -389,8 +443,10 @@ async fn probe(
         }
         Ok(output) if !output.started => {
             // The server took the exec request but ran something else (ForceCommand
-            // internal-sftp, a restricted shell): commands do not run for this login.
+            // internal-sftp, a restricted shell, a relay's refusal): commands do not run for
+            // this login.
             report.exec = Capability::Refused;
+            check_shell = true;
         }
         Ok(output) => {
             report.exec = Capability::Allowed;
@@ -438,6 +494,37 @@ async fn probe(
         report.shell = shell_accepted(channel).await;
     }
     Ok(())
+}
+
+/// Fills in the facts [`FACTS_SCRIPT`] printed; `local_time` is this machine's clock in the
+/// middle of the run.
+fn read_facts(text: &str, local_time: f64, report: &mut HostReport) {
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let value: String = printable(value.trim())
+            .chars()
+            .take(MAX_FIELD_LENGTH)
+            .collect();
+        match key {
+            "hostname" => report.remote_hostname = Some(value),
+            "uname" => report.uname = Some(value),
+            "time" => {
+                if let Ok(remote) = value.parse::<f64>() {
+                    report.clock_skew_seconds = Some((remote - local_time).round() as i64);
+                }
+            }
+            "free" => {
+                report.free_bytes = value
+                    .parse::<u64>()
+                    .ok()
+                    .map(|kib| kib.saturating_mul(1024))
+            }
+            "path" => report.free_path = Some(value),
+            _ => {}
+        }
+    }
 }
 
 /// Asks for a shell with want-reply and reads the verdict, bounded in time.

@@ -246,20 +246,20 @@ pub enum AgentPlace {
     Nowhere(String),
 }
 
-/// Finds where a transfer would run the agent from on the host behind `connection`, changing
+/// Finds where a transfer would run the agent from on the host `runner` reaches, changing
 /// nothing there. `Err` when the host does not run the script (no exec).
-pub async fn inspect(connection: &Connection) -> Result<AgentPlace> {
+pub async fn inspect(runner: &mut Runner<'_>) -> Result<AgentPlace> {
     let own = own().map_err(Error::remote)?;
-    let output = exec::run(
-        connection,
-        INSPECT,
-        format!("{}\n", own.name).as_bytes(),
-        ExecLimits {
-            max_output: 4096,
-            timeout: START_TIMEOUT,
-        },
-    )
-    .await?;
+    let output = runner
+        .run(
+            INSPECT,
+            format!("{}\n", own.name).as_bytes(),
+            ExecLimits {
+                max_output: 4096,
+                timeout: START_TIMEOUT,
+            },
+        )
+        .await?;
     let answer = output.stdout_text();
     let answer = answer.trim();
     let place = |prefix: &str| answer.strip_prefix(prefix).map(crate::terminal::printable);
@@ -274,7 +274,7 @@ pub async fn inspect(connection: &Connection) -> Result<AgentPlace> {
         (true, _, _, Some(reasons)) => Ok(AgentPlace::Nowhere(reasons)),
         _ => Err(Error::remote(format!(
             "{}: the agent check did not run",
-            connection.label()
+            runner.label()
         ))),
     }
 }

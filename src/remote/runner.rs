@@ -5,8 +5,8 @@
 use crate::error::Result;
 use crate::remote::shell_only::TerminalSession;
 use crate::ssh::connect::Connection;
-use std::sync::Arc;
 use crate::ssh::exec::{self, ExecLimits, ExecOutput};
+use std::sync::Arc;
 
 /// The way to run a script on one host.
 pub enum Runner<'a> {

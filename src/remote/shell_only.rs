@@ -52,6 +52,9 @@ const TERM: &str = "dumb";
 ///   A chunk that fails its check ends the input and prints `XFER-BAD-CHUNK`.
 /// - `agent LENGTH`: reads a script and runs it with the terminal as stdin and stdout, so
 ///   that the agent it starts owns the terminal; prints `XFER-DONE` if it returns.
+/// - `pace BLOCKS` prints `XFER-OUT`, BLOCKS times 64 KiB of `a`, then `XFER-DONE`; `sink
+///   LENGTH` reads LENGTH bytes, then prints `XFER-DONE`: the terminal's raw throughput each
+///   way, for `xfer doctor`.
 const DRIVER: &str = r#"unset HISTFILE
 PS1=
 PS2=
@@ -96,6 +99,15 @@ while IFS= read -r command; do
     agent)
       script=$(take "$2")
       ( eval "$script" )
+      echo XFER-DONE
+      ;;
+    pace)
+      echo XFER-OUT
+      dd if=/dev/zero bs=65536 count="$2" 2>/dev/null | tr '\000' a
+      echo XFER-DONE
+      ;;
+    sink)
+      take "$2" >/dev/null
       echo XFER-DONE
       ;;
     *) exit 0 ;;
@@ -389,6 +401,51 @@ impl TerminalSession {
         let mut output = parse_output(text, limits.max_output);
         output.started = true;
         Ok(output)
+    }
+
+    /// Measures the terminal's raw throughput, in bytes per second, from the host and to it,
+    /// with `blocks` times 64 KiB each way.
+    pub async fn measure(&mut self, blocks: usize) -> Result<(f64, f64)> {
+        let length = blocks * 65536;
+        self.seen.clear();
+        self.write(format!("pace {blocks}\n").as_bytes()).await?;
+        self.wait_for(b"XFER-OUT").await?;
+        let started = tokio::time::Instant::now();
+        let mut received = self.seen.len();
+        // Counted, not kept: a marker split across two reads is looked for in the joined tail.
+        let mut tail = std::mem::take(&mut self.seen);
+        loop {
+            if let Some(at) = find(&tail, b"XFER-DONE") {
+                self.seen = tail.split_off(at + b"XFER-DONE".len());
+                break;
+            }
+            let keep = tail.len().saturating_sub(b"XFER-DONE".len());
+            tail.drain(..keep);
+            let mut buffer = [0u8; 64 * 1024];
+            match self.reader.read(&mut buffer).await {
+                Ok(0) | Err(_) => {
+                    return Err(closed(&self.connection, &self.label, "while measuring"));
+                }
+                Ok(read) => {
+                    received += read;
+                    tail.extend_from_slice(&buffer[..read]);
+                }
+            }
+            if received > 2 * length + 4096 {
+                return Err(Error::remote(format!(
+                    "{}: the terminal sent more than was asked for",
+                    self.label
+                )));
+            }
+        }
+        let down = length as f64 / started.elapsed().as_secs_f64().max(1e-6);
+        let started = tokio::time::Instant::now();
+        let mut sent = format!("sink {length}\n").into_bytes();
+        sent.resize(sent.len() + length, b'a');
+        self.write(&sent).await?;
+        self.wait_for(b"XFER-DONE").await?;
+        let up = length as f64 / started.elapsed().as_secs_f64().max(1e-6);
+        Ok((down, up))
     }
 
     /// Runs `script` (which reads `line` from its stdin and either starts the agent or prints

@@ -352,7 +352,9 @@ pub async fn write(
     .into_bytes();
     input.extend_from_slice(value);
     let input = SecretSlice::from(input);
-    let output = runner.run(WRITE_SCRIPT, input.expose_secret(), LIMITS).await?;
+    let output = runner
+        .run(WRITE_SCRIPT, input.expose_secret(), LIMITS)
+        .await?;
     let answer = output.stdout_text();
     match answer.lines().last() {
         Some(line) if output.success() && line.starts_with("ok ") => Ok(Written {
