@@ -36,6 +36,11 @@ pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 const QUIET: Duration = Duration::from_millis(300);
 /// How long to wait for a login that prints nothing at all before typing anyway.
 const SILENT_LOGIN: Duration = Duration::from_secs(3);
+/// How long the second answer (to the shell request) may lag the first.
+const UNANSWERED_REQUEST: Duration = Duration::from_secs(2);
+/// How long a terminal may stay silent after the start line is typed: a shell echoes what is
+/// typed or prints an error at once, so a terminal silent for this long runs no shell.
+const NO_ECHO_LIMIT: Duration = Duration::from_secs(15);
 /// The most a login may print before the driver is ready.
 const MAX_LOGIN_OUTPUT: usize = 1 << 20;
 /// Encoded stdin per checked chunk: one shell variable on the remote.
@@ -161,10 +166,20 @@ impl TerminalSession {
                 .map_err(|error| russh_error(&label, error))?;
             let mut channel = channel;
             let mut early = Vec::new();
-            // Both requests were sent wanting replies; both must be granted.
+            // Both requests were sent wanting replies, answered in order: the second success
+            // grants the shell. A refusal of either ends it.
             let mut granted = 0;
             while granted < 2 {
-                match channel.wait().await {
+                // A server that never answers the PTY request: its one success was the shell's.
+                let message = if granted == 1 {
+                    match tokio::time::timeout(UNANSWERED_REQUEST, channel.wait()).await {
+                        Ok(message) => message,
+                        Err(_) => break,
+                    }
+                } else {
+                    channel.wait().await
+                };
+                match message {
                     Some(ChannelMsg::Success) => granted += 1,
                     Some(ChannelMsg::Failure) => {
                         return Err(Error::remote(format!(
@@ -263,6 +278,18 @@ impl TerminalSession {
         self.seen.clear();
         self.write(start_line(&nonce).as_bytes()).await?;
         let ready = format!("XFER-TTY-{nonce}");
+        match tokio::time::timeout(NO_ECHO_LIMIT, self.read_some()).await {
+            Ok(Ok(true)) => {}
+            Ok(_) => return Err(closed(&self.connection, &self.label, "during the login")),
+            Err(_) => {
+                return Err(Error::remote(format!(
+                    "{}: the terminal showed nothing for {} s after xfer typed its start line: no shell seems to read it",
+                    self.label,
+                    NO_ECHO_LIMIT.as_secs()
+                ))
+                .with_hint("log in with ssh -tt and check that the login reaches a shell prompt"));
+            }
+        }
         self.wait_for(ready.as_bytes()).await?;
         self.write(DRIVER.as_bytes()).await?;
         let hello = self.wait_for(b"XFER-DRIVER-1 ").await?;
