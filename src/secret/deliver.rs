@@ -431,7 +431,7 @@ mod tests {
     #[test]
     fn scripts_parse() {
         for script in [WRITE_SCRIPT, READ_SCRIPT, INSPECT_SCRIPT] {
-            exec::assert_parses(script);
+            crate::ssh::exec::assert_parses(script);
         }
     }
 

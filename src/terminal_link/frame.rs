@@ -54,8 +54,20 @@ impl Encoding {
 
 /// Whether `byte` travels escaped in [`Encoding::Escaped`].
 fn needs_escape(byte: u8) -> bool {
-    byte < 0x20 || byte == 0x7f || byte == ESCAPE || byte == END
+    ESCAPED[usize::from(byte)]
 }
+
+/// [`needs_escape`] for every byte value: a lookup, as the encoder asks for every byte.
+const ESCAPED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        table[byte] =
+            byte < 0x20 || byte == 0x7f || byte == ESCAPE as usize || byte == END as usize;
+        byte += 1;
+    }
+    table
+};
 
 /// Why a stream of frames cannot be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -118,12 +130,20 @@ impl Encoder {
         match self.encoding {
             Encoding::Escaped => {
                 out.reserve(self.scratch.len() + self.scratch.len() / 4 + 1);
-                for &byte in &self.scratch {
-                    if needs_escape(byte) {
+                // Runs of bytes that pass as they are are copied whole.
+                let mut rest = &self.scratch[..];
+                while !rest.is_empty() {
+                    let run = rest
+                        .iter()
+                        .position(|&byte| needs_escape(byte))
+                        .unwrap_or(rest.len());
+                    out.extend_from_slice(&rest[..run]);
+                    if let Some(&byte) = rest.get(run) {
                         out.push(ESCAPE);
                         out.push(byte ^ 0x20);
+                        rest = &rest[run + 1..];
                     } else {
-                        out.push(byte);
+                        rest = &[];
                     }
                 }
             }
@@ -189,12 +209,14 @@ impl Decoder {
                 Some(end) => (&input[..end], Some(end)),
                 None => (input, None),
             };
-            let kept = part.iter().filter(|&&byte| byte != b'\r' && byte != b'\n');
-            for &byte in kept {
-                if self.pending.len() >= MAX_ENCODED {
-                    return Err(FrameError::TooLong);
-                }
-                self.pending.push(byte);
+            if self.pending.len() + part.len() > MAX_ENCODED {
+                return Err(FrameError::TooLong);
+            }
+            if part.iter().any(|&byte| byte == b'\r' || byte == b'\n') {
+                let kept = part.iter().filter(|&&byte| byte != b'\r' && byte != b'\n');
+                self.pending.extend(kept);
+            } else {
+                self.pending.extend_from_slice(part);
             }
             match ended {
                 Some(end) => {
@@ -211,19 +233,24 @@ impl Decoder {
         self.scratch.clear();
         match self.encoding {
             Encoding::Escaped => {
-                let mut bytes = self.pending.iter();
-                while let Some(&byte) = bytes.next() {
-                    if byte == ESCAPE {
-                        let escaped = *bytes.next().ok_or(FrameError::Malformed)? ^ 0x20;
-                        if !needs_escape(escaped) {
-                            return Err(FrameError::Malformed);
-                        }
-                        self.scratch.push(escaped);
-                    } else if needs_escape(byte) {
-                        return Err(FrameError::Malformed);
-                    } else {
-                        self.scratch.push(byte);
+                // Runs between escapes are copied whole; a control character in one (it
+                // should have been escaped) is caught by the frame's check like any change.
+                let mut rest = &self.pending[..];
+                while !rest.is_empty() {
+                    let run = rest
+                        .iter()
+                        .position(|&byte| byte == ESCAPE)
+                        .unwrap_or(rest.len());
+                    self.scratch.extend_from_slice(&rest[..run]);
+                    if run == rest.len() {
+                        break;
                     }
+                    let escaped = *rest.get(run + 1).ok_or(FrameError::Malformed)? ^ 0x20;
+                    if !needs_escape(escaped) {
+                        return Err(FrameError::Malformed);
+                    }
+                    self.scratch.push(escaped);
+                    rest = &rest[run + 2..];
                 }
             }
             Encoding::Base64 => {
