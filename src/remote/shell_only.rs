@@ -24,6 +24,7 @@ use crate::terminal_link::handshake::{self, Found};
 use crate::terminal_link::{LinkReader, LinkWriter};
 use russh::ChannelMsg;
 use russh::client::Msg;
+use secrecy::zeroize::Zeroize;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -54,7 +55,9 @@ const TERM: &str = "dumb";
 /// - `run LENGTH CHUNKS`: reads a script of LENGTH bytes, then runs it in a subshell whose
 ///   stdin is CHUNKS checked chunks (each `ENCODED-LENGTH CRC` on a line, then the encoded
 ///   bytes), printing `XFER-OUT`, the output and `XFER-STATUS N` in hex, then `XFER-DONE`.
-///   A chunk that fails its check ends the input and prints `XFER-BAD-CHUNK`.
+///   A chunk that fails its check ends the script's input and prints `XFER-BAD-CHUNK`. Every
+///   chunk is read off the terminal even when the script stopped reading early (it refused,
+///   or its disk is full), so the next command line is a command line.
 /// - `agent LENGTH`: reads a script and runs it with the terminal as stdin and stdout, so
 ///   that the agent it starts owns the terminal; prints `XFER-DONE` if it returns.
 /// - `pace BLOCKS` prints `XFER-OUT`, BLOCKS times 64 KiB of `a`, then `XFER-DONE`; `sink
@@ -77,18 +80,25 @@ else
 fi
 feed() {
   left=$1
+  status=0
   while [ "$left" -gt 0 ]; do
     IFS= read -r header || return 1
     length=${header%% *}
     sum=${header#* }
+    case $length in ""|*[!0-9]*) echo XFER-BAD-CHUNK >&4; return 1 ;; esac
     chunk=$(take "$length")
-    if [ "$(printf %s "$chunk" | cksum)" != "$sum $length" ]; then
+    if [ "$status" != 0 ]; then
+      :
+    elif [ "$(printf %s "$chunk" | cksum)" != "$sum $length" ]; then
       echo XFER-BAD-CHUNK >&4
-      return 1
+      status=1
+    else
+      printf %s "$chunk" | decode 2>/dev/null || status=1
     fi
-    printf %s "$chunk" | decode || return 1
     left=$((left - 1))
   done
+  chunk=
+  return $status
 }
 exec 4>&1
 echo "XFER-DRIVER-1 $decoder"
@@ -363,7 +373,19 @@ impl TerminalSession {
         stdin: &[&[u8]],
         limits: ExecLimits,
     ) -> Result<ExecOutput> {
-        let chunks = encode_chunks(stdin, self.decoder);
+        let mut chunks = encode_chunks(stdin, self.decoder);
+        let result = self.run_chunks(script, &chunks, limits).await;
+        // The chunks may hold a secret's value.
+        chunks.iter_mut().for_each(|chunk| chunk.zeroize());
+        result
+    }
+
+    async fn run_chunks(
+        &mut self,
+        script: &'static str,
+        chunks: &[Vec<u8>],
+        limits: ExecLimits,
+    ) -> Result<ExecOutput> {
         self.seen.clear();
         let command = format!("run {} {}\n{script}", script.len(), chunks.len());
         self.write(command.as_bytes()).await?;
@@ -378,7 +400,7 @@ impl TerminalSession {
                 ..
             } = self;
             let send = async {
-                for chunk in &chunks {
+                for chunk in chunks {
                     writer.write_all(chunk).await?;
                 }
                 writer.flush().await
@@ -417,15 +439,17 @@ impl TerminalSession {
             ));
         }
         let rest = self.seen.split_off(done + b"XFER-DONE".len());
-        let text = std::mem::replace(&mut self.seen, rest);
-        let text = &text[..done];
-        if find(text, b"XFER-BAD-CHUNK").is_some() {
+        let mut text = std::mem::replace(&mut self.seen, rest);
+        let changed = find(&text[..done], b"XFER-BAD-CHUNK").is_some();
+        let mut output = parse_output(&text[..done], limits.max_output);
+        // The output may hold a secret's value (a remote secret file read back).
+        text.zeroize();
+        if changed {
             return Err(Error::connect(format!(
                 "{}: data sent through the terminal arrived changed",
                 self.label
             )));
         }
-        let mut output = parse_output(text, limits.max_output);
         output.started = true;
         Ok(output)
     }
@@ -780,6 +804,77 @@ mod tests {
         let start = find(&text, b"XFER-OUT").unwrap() + b"XFER-OUT".len();
         let done = find(&text, b"XFER-DONE").unwrap();
         parse_output(&text[start..done], 1 << 20)
+    }
+
+    /// Runs the driver here on a pipe with `requests` (each a script and its stdin, the last
+    /// one's chunks passed through `damage`) and returns its whole output.
+    fn drive_many(requests: &[(&'static str, &[u8])], damage: fn(&mut Vec<u8>)) -> Vec<u8> {
+        let mut input = Vec::new();
+        for (index, (script, stdin)) in requests.iter().enumerate() {
+            let mut chunks = encode_chunks(&[stdin], Decoder::Base64);
+            if index + 1 == requests.len() {
+                chunks.iter_mut().for_each(damage);
+            }
+            input.extend(format!("run {} {}\n{script}", script.len(), chunks.len()).bytes());
+            chunks
+                .iter()
+                .for_each(|chunk| input.extend_from_slice(chunk));
+        }
+        input.extend_from_slice(b"quit\n");
+        let mut child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(DRIVER)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut child_stdin = child.stdin.take().unwrap();
+        let writer = std::thread::spawn(move || child_stdin.write_all(&input));
+        let output = child.wait_with_output().unwrap();
+        writer.join().unwrap().unwrap();
+        output.stdout
+    }
+
+    fn answers(text: &[u8]) -> Vec<(ExecOutput, bool)> {
+        let mut answers = Vec::new();
+        let mut rest = text;
+        while let Some(start) = find(rest, b"XFER-OUT") {
+            let done = find(rest, b"XFER-DONE").unwrap();
+            let answer = &rest[start + b"XFER-OUT".len()..done];
+            answers.push((
+                parse_output(answer, 1 << 20),
+                find(answer, b"XFER-BAD-CHUNK").is_some(),
+            ));
+            rest = &rest[done + b"XFER-DONE".len()..];
+        }
+        answers
+    }
+
+    #[test]
+    fn a_script_that_stops_reading_early_leaves_the_driver_ready_for_the_next() {
+        let big = vec![7u8; 1 << 20];
+        let text = drive_many(&[("exit 3", &big), ("cat", b"second")], |_| {});
+        let answers = answers(&text);
+        assert_eq!(answers.len(), 2, "{}", String::from_utf8_lossy(&text));
+        assert_eq!(answers[0].0.status, Some(3));
+        assert_eq!(answers[1].0.status, Some(0));
+        assert_eq!(answers[1].0.stdout, b"second");
+    }
+
+    #[test]
+    fn a_changed_chunk_is_reported_and_never_reaches_the_script() {
+        let text = drive_many(&[("cat", b"first"), ("cat", b"value")], |chunk| {
+            let last = chunk.len() - 1;
+            chunk[last] ^= 0x01;
+        });
+        let answers = answers(&text);
+        assert_eq!(answers.len(), 2, "{}", String::from_utf8_lossy(&text));
+        assert_eq!(
+            (answers[0].0.stdout.as_slice(), answers[0].1),
+            (&b"first"[..], false)
+        );
+        assert!(answers[1].1, "the damage went unnoticed");
+        assert!(answers[1].0.stdout.is_empty());
     }
 
     #[test]
