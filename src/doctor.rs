@@ -4,8 +4,10 @@
 //! round trip, asks the remote for its name, system, clock and free disk through one fixed
 //! script, and probes which channels the login allows: exec, SFTP (started, not just asked
 //! for: Dropbear accepts the request even with no SFTP server to run), a shell. A
-//! login that gives a shell but refuses SFTP and exec is a proxied shell-only endpoint, which
-//! cannot carry files the way xfer (or scp, sftp, rsync) does; the report says so.
+//! login that gives a shell but refuses SFTP and exec is a shell-only endpoint (a provider's
+//! relay): scp, sftp and rsync cannot use it, xfer works through its terminal. For such a host
+//! the facts and the agent's place are found through the terminal too, and the terminal's raw
+//! throughput is measured each way; the report gives the mode.
 
 use crate::error::Result;
 use crate::remote::deploy::AgentPlace;

@@ -21,6 +21,10 @@
 //!
 //! Scripts are constants; the variables (the agent's file name, a random upload name, or the
 //! path given with `--agent`) travel on stdin, never on the command line.
+//!
+//! A shell-only endpoint refuses exec: [`start_through_terminal`] does the same there through
+//! the terminal (`shell_only`): the same start script with the terminal as its stdin and
+//! stdout, the same upload script fed through the terminal's driver, the same BLAKE3 check.
 
 use crate::agent::client::{AgentClient, AgentError, Startup};
 use crate::agent::protocol::BuildId;

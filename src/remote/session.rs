@@ -3,8 +3,10 @@
 //!
 //! [`Session`] is what the engine's connections hold. Opening one asks `deploy` for the agent
 //! (unless `--no-agent`); when that falls back, the reason comes back alongside the SFTP
-//! session so the caller can say it once. A host that refuses SFTP too gets one error naming
-//! both reasons. A dry run opens the other way round: SFTP first, the agent only where the
+//! session so the caller can say it once. A host that refuses SFTP too is tried as a shell-only
+//! endpoint: the agent through a terminal (`deploy::start_through_terminal`), after which the
+//! run's later connections to it go there straight; where that fails too, one error names
+//! every reason. A dry run opens the other way round: SFTP first, the agent only where the
 //! host has no SFTP ([`Session::open_for_planning`]).
 
 use crate::blocks::{BlockHash, BlockLayout};
