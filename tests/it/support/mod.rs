@@ -4,22 +4,27 @@
 //! binary that can never hang a test (and can measure its peak memory,
 //! [`run_measuring_memory`]), one sshd with its client config and directories ([`Setup`]),
 //! what the tests check a run's output and a tree with ([`assert_success`], [`tree_digest`]
-//! and their kin), and local users for tests of a shared host ([`users`]).
+//! and their kin), local users for tests of a shared host ([`users`]), a shell-only endpoint
+//! that gives nothing but an interactive shell on a terminal ([`shell_only`]), and a way to
+//! drive a terminal session line by line ([`Conversation`]).
 //!
 //! The integration test binary (`tests/it/main.rs`) declares it once; its test modules use it
 //! as `crate::support`.
 
 mod agent;
+mod conversation;
 mod dropbear;
 mod output;
 mod proxy;
 mod server;
 mod setup;
+pub mod shell_only;
 mod sshd;
 mod tree;
 pub mod users;
 
 pub use agent::Agent;
+pub use conversation::Conversation;
 pub use dropbear::Dropbear;
 pub use output::{
     assert_agent_used, assert_succeeded, assert_success, said, stderr, summary, tail, text,
