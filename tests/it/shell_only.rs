@@ -5,17 +5,24 @@
 //!   logged in as the user running the tests and as a local user whose own shell it is: a
 //!   command is refused, SFTP is refused, a shell without a terminal is refused, and `ssh -tt`
 //!   gets the chosen shell, as a login shell, which runs a typed line; noisy, it prints its
-//!   coloured banner and a coloured prompt.
+//!   coloured banner and a coloured prompt;
+//! - the in-process relay (`support::Relay`): exec, SFTP and a shell without a terminal are
+//!   refused; a shell on a terminal runs typed lines, with its exit status passed on and its
+//!   bytes counted exactly; stripping the eighth bit and translating newlines really change
+//!   the bytes, both ways (a plain relay, checked the same way, does not); a cut ends the
+//!   connection after no more than the bytes allowed, hanging up its shell; and dropping the
+//!   relay ends its connections, its shells and what they left running.
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use crate::support::shell_only::{
     ALIAS, BANNER, COMMAND_REFUSED, LoginShell, NO_TERMINAL_REFUSED, PROMPT_HOST, ShellOnly,
 };
 use crate::support::users::{LocalUser, local_users};
-use crate::support::{Conversation, current_user, run_with_input, run_with_timeout, said};
+use crate::support::{Conversation, Relay, current_user, run_with_input, run_with_timeout, said};
 
 /// Bound on one ssh or sftp run that is refused.
 const LIMIT: Duration = Duration::from_secs(30);
@@ -204,5 +211,255 @@ fn noisy_endpoints_print_a_coloured_banner_and_prompt() {
                 || shown.contains(&format!("\x1b[1;{prompt}")),
             "{shell:?}: no coloured prompt in {shown:?}"
         );
+    }
+}
+
+/// Waits up to [`WAIT`] until the relay has no shell running.
+fn assert_shells_end(relay: &Relay) {
+    let deadline = Instant::now() + WAIT;
+    while relay.running_shells() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} shell(s) still running after {WAIT:?}; requests: {:?}",
+            relay.running_shells(),
+            relay.requests()
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn relay_refuses_exec_sftp_and_a_shell_without_a_terminal() {
+    let relay = Relay::start();
+    let config = relay.write_client_config("relay", &[]);
+    let known_hosts = std::fs::read_to_string(config.with_file_name("known_hosts")).unwrap();
+    assert!(
+        known_hosts
+            .lines()
+            .any(|line| line == relay.known_hosts_line())
+            && relay.known_hosts_line()
+                == format!("[127.0.0.1]:{} {}", relay.port(), relay.host_key()),
+        "the relay's client config does not trust its host key: {known_hosts}"
+    );
+
+    let output = run_with_timeout(&mut ssh(&config, Some("xterm"), &["relay", "true"]), LIMIT);
+    assert!(
+        !output.status.success(),
+        "exec was not refused:\n{}",
+        said(&output)
+    );
+    let output = run_with_timeout(&mut ssh(&config, Some("xterm"), &["-T", "relay"]), LIMIT);
+    assert!(
+        !output.status.success(),
+        "a shell without a terminal was not refused:\n{}",
+        said(&output)
+    );
+    let mut sftp = Command::new("sftp");
+    sftp.arg("-F").arg(&config).args(["-b", "-", "relay"]);
+    let output = run_with_input(&mut sftp, b"pwd\n", LIMIT);
+    assert!(
+        !output.status.success(),
+        "sftp was not refused:\n{}",
+        said(&output)
+    );
+
+    // Refused by the relay, after a login that worked, and no shell started.
+    let requests = relay.requests();
+    for request in ["exec true", "shell", "subsystem sftp"] {
+        assert!(
+            requests.iter().any(|made| made == request),
+            "the relay did not see {request:?}: {requests:?}"
+        );
+    }
+    assert_eq!(relay.shells_started(), 0, "requests: {requests:?}");
+}
+
+/// What the eighth-bit check prints: `<XFEROK>` with the top bit of every letter set.
+const HIGH_PRINTF: &str = r"printf '<\330\306\305\322\317\313>\n'";
+/// What [`HIGH_PRINTF`] prints, as the shell writes it.
+const HIGH_BYTES: &[u8] = &[b'<', 0xd8, 0xc6, 0xc5, 0xd2, 0xcf, 0xcb, b'>'];
+/// Prints two lines with the terminal's LF-to-CRLF turned off for them.
+const BARE_NEWLINES: &str = r"stty -onlcr; printf 'NL1\nNL2\n'; stty onlcr";
+/// Reads three typed bytes with the terminal's CR-to-LF turned off, after saying READY, and
+/// prints them in octal.
+const THREE_TYPED: &str = "stty -icrnl; echo RE\"\"ADY; head -c 3 | od -An -to1; stty icrnl";
+
+/// A plain relay: a login bash on a terminal with the client's TERM and the relay's home runs
+/// typed lines; bytes pass both ways as the terminal gives them (so the checks of the relay's
+/// changes below can fail); the exit status is passed on; the counters are exact; the shell is
+/// gone afterwards.
+#[test]
+fn relay_runs_a_login_shell_and_passes_bytes_unchanged() {
+    let relay = Relay::start();
+    let config = relay.write_client_config("relay", &[]);
+    let mut session = terminal(&config, "relay", Some("xterm"));
+    let mut typed = Vec::new();
+    let mut type_line = |session: &mut Conversation, line: &[u8]| {
+        session.send(line);
+        typed.extend_from_slice(line);
+    };
+
+    type_line(
+        &mut session,
+        format!("{SHELL_PROBE}\necho XFER\"\"OK-$TERM-$HOME\n").as_bytes(),
+    );
+    session.expect(b"SHELL=-bash", WAIT);
+    session.expect(
+        format!("XFEROK-xterm-{}", relay.home().display()).as_bytes(),
+        WAIT,
+    );
+    type_line(&mut session, format!("{HIGH_PRINTF}\n").as_bytes());
+    session.expect(HIGH_BYTES, WAIT);
+    type_line(&mut session, format!("{BARE_NEWLINES}\n").as_bytes());
+    session.expect(b"NL1\nNL2\n", WAIT);
+    type_line(&mut session, format!("{THREE_TYPED}\n").as_bytes());
+    session.expect(b"READY", WAIT);
+    type_line(&mut session, b"a\rb\n");
+    session.expect(b"141 015 142", WAIT);
+    type_line(&mut session, b"exit 3\n");
+    let status = session.finish(WAIT);
+    assert_eq!(status.code(), Some(3), "{}", session.transcript());
+
+    assert_eq!(relay.shells_started(), 1);
+    assert_eq!(relay.bytes_up(), typed.len() as u64, "bytes typed");
+    // Everything the relay sent reached ssh's stdout before the channel closed.
+    assert_eq!(
+        relay.bytes_down(),
+        session.stdout().len() as u64,
+        "bytes printed"
+    );
+    assert_shells_end(&relay);
+}
+
+/// A 7-bit relay clears the top bit of what the shell prints and of what is typed.
+#[test]
+fn relay_strips_the_eighth_bit_both_ways() {
+    let relay = Relay::builder()
+        .shell("/bin/dash")
+        .strip_eighth_bit()
+        .start();
+    let config = relay.write_client_config("relay", &[]);
+    let mut session = terminal(&config, "relay", Some("xterm"));
+    session.send(format!("{SHELL_PROBE}\n{HIGH_PRINTF}\n").as_bytes());
+    session.expect(b"SHELL=-dash", WAIT);
+    session.expect(b"<XFEROK>", WAIT);
+    // Typed with the top bit set: X and F arrive.
+    session.send(b"echo RE\"\"ADY; head -c 2 | od -An -to1\n");
+    session.expect(b"READY", WAIT);
+    session.send(&[0xd8, 0xc6, b'\n']);
+    session.expect(b"130 106", WAIT);
+    session.send(b"exit\n");
+    assert!(session.finish(WAIT).success(), "{}", session.transcript());
+    assert!(
+        session.stdout().iter().all(|byte| *byte < 0x80),
+        "a byte with the top bit set came through:\n{}",
+        session.transcript()
+    );
+}
+
+/// A relay translating newlines sends CRLF for the shell's LF and types LF for the client's CR.
+#[test]
+fn relay_translates_newlines_both_ways() {
+    let relay = Relay::builder().translate_newlines().start();
+    let config = relay.write_client_config("relay", &[]);
+    let mut session = terminal(&config, "relay", Some("xterm"));
+    session.send(format!("{BARE_NEWLINES}\n").as_bytes());
+    session.expect(b"NL1\r\nNL2\r\n", WAIT);
+    session.send(format!("{THREE_TYPED}\n").as_bytes());
+    session.expect(b"READY", WAIT);
+    session.send(b"a\rb\n");
+    session.expect(b"141 012 142", WAIT);
+    session.send(b"exit\n");
+    assert!(session.finish(WAIT).success(), "{}", session.transcript());
+}
+
+/// A cut ends the connection once the bytes allowed have gone down, no more of them reach the
+/// client, the shell is hung up, and the next connection passes.
+#[test]
+fn relay_cut_ends_the_connection_after_the_bytes_allowed() {
+    const ALLOWED: u64 = 100;
+    let relay = Relay::start();
+    // A prompt to wait for, so that nothing is on its way down when the cut is armed.
+    std::fs::write(relay.home().join(".bash_profile"), "PS1='relay$ '\n").unwrap();
+    let config = relay.write_client_config("relay", &[]);
+    let mut session = terminal(&config, "relay", Some("xterm"));
+    session.send(b"echo XFER\"\"OK\n");
+    session.expect(b"XFEROK", WAIT);
+    session.expect(b"relay$ ", WAIT);
+
+    let sent_before = relay.bytes_down();
+    let heard_before = session.stdout().len();
+    relay.cut_down_after(ALLOWED);
+    // Far more than allowed.
+    session.send(b"head -c 5000 /dev/zero | tr '\\0' x\n");
+    let status = session.finish(WAIT);
+    assert!(
+        !status.success(),
+        "ssh did not see the cut ({status}):\n{}",
+        session.transcript()
+    );
+    assert_eq!(relay.cuts(), 1);
+    let sent = relay.bytes_down() - sent_before;
+    let heard = session.stdout().len() - heard_before;
+    assert!(
+        sent <= ALLOWED && heard as u64 <= ALLOWED,
+        "after the cut was armed, {sent} bytes were sent and {heard} arrived:\n{}",
+        session.transcript()
+    );
+    assert_shells_end(&relay);
+
+    let mut again = terminal(&config, "relay", Some("xterm"));
+    again.send(b"echo XFER\"\"OK-again; exit\n");
+    again.expect(b"XFEROK-again", WAIT);
+    assert!(again.finish(WAIT).success(), "{}", again.transcript());
+}
+
+/// The processes whose environment has `HOME=home`.
+fn processes_with_home(home: &Path) -> Vec<u32> {
+    let wanted = format!("HOME={}", home.display()).into_bytes();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let environment = std::fs::read(entry.path().join("environ")).ok()?;
+            environment
+                .split(|byte| *byte == 0)
+                .any(|variable| variable == wanted.as_slice())
+                .then_some(pid)
+        })
+        .collect()
+}
+
+/// Dropping the relay ends the connections and the shells it started, mid-session, and what
+/// they left running that a hangup does not end.
+#[test]
+fn relay_dropped_ends_its_connections_and_shells() {
+    let relay = Relay::start();
+    let home = relay.home().to_path_buf();
+    let config = relay.write_client_config("relay", &[]);
+    let mut session = terminal(&config, "relay", Some("xterm"));
+    session.send(b"nohup sleep 600 >/dev/null 2>&1 &\necho XFER\"\"OK\n");
+    session.expect(b"XFEROK", WAIT);
+    let sleeping = processes_with_home(&home).into_iter().any(|pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|name| name == "sleep\n")
+    });
+    assert!(sleeping, "the shell's job is not found by its HOME");
+
+    drop(relay);
+    let status = session.finish(WAIT);
+    assert!(!status.success(), "{}", session.transcript());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = processes_with_home(&home);
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "processes {left:?} outlived the relay"
+        );
+        thread::sleep(Duration::from_millis(10));
     }
 }

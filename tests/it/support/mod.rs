@@ -4,9 +4,10 @@
 //! binary that can never hang a test (and can measure its peak memory,
 //! [`run_measuring_memory`]), one sshd with its client config and directories ([`Setup`]),
 //! what the tests check a run's output and a tree with ([`assert_success`], [`tree_digest`]
-//! and their kin), local users for tests of a shared host ([`users`]), a shell-only endpoint
-//! that gives nothing but an interactive shell on a terminal ([`shell_only`]), and a way to
-//! drive a terminal session line by line ([`Conversation`]).
+//! and their kin), local users for tests of a shared host ([`users`]), shell-only endpoints
+//! that give nothing but an interactive shell on a terminal (a real sshd, [`shell_only`], and an
+//! in-process relay, [`Relay`]), and a way to drive a terminal session line by line
+//! ([`Conversation`]).
 //!
 //! The integration test binary (`tests/it/main.rs`) declares it once; its test modules use it
 //! as `crate::support`.
@@ -16,6 +17,7 @@ mod conversation;
 mod dropbear;
 mod output;
 mod proxy;
+mod relay;
 mod server;
 mod setup;
 pub mod shell_only;
@@ -30,6 +32,7 @@ pub use output::{
     assert_agent_used, assert_succeeded, assert_success, said, stderr, summary, tail, text,
 };
 pub use proxy::{Proxy, ProxyMode};
+pub use relay::Relay;
 pub use setup::Setup;
 pub use sshd::{Sshd, SshdBuilder};
 pub use tree::{files_containing, files_digest, tree_digest, tree_digest_skipping};
