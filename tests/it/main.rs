@@ -17,6 +17,7 @@ mod local_safety;
 mod netrc_golden;
 mod secret;
 mod shared_host;
+mod shell_only;
 mod soak;
 mod transfer;
 mod units;

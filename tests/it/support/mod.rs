@@ -4,27 +4,35 @@
 //! binary that can never hang a test (and can measure its peak memory,
 //! [`run_measuring_memory`]), one sshd with its client config and directories ([`Setup`]),
 //! what the tests check a run's output and a tree with ([`assert_success`], [`tree_digest`]
-//! and their kin), and local users for tests of a shared host ([`users`]).
+//! and their kin), local users for tests of a shared host ([`users`]), shell-only endpoints
+//! that give nothing but an interactive shell on a terminal (a real sshd, [`shell_only`], and an
+//! in-process relay, [`Relay`]), and a way to drive a terminal session line by line
+//! ([`Conversation`]).
 //!
 //! The integration test binary (`tests/it/main.rs`) declares it once; its test modules use it
 //! as `crate::support`.
 
 mod agent;
+mod conversation;
 mod dropbear;
 mod output;
 mod proxy;
+mod relay;
 mod server;
 mod setup;
+pub mod shell_only;
 mod sshd;
 mod tree;
 pub mod users;
 
 pub use agent::Agent;
+pub use conversation::Conversation;
 pub use dropbear::Dropbear;
 pub use output::{
     assert_agent_used, assert_succeeded, assert_success, said, stderr, summary, tail, text,
 };
 pub use proxy::{Proxy, ProxyMode};
+pub use relay::Relay;
 pub use setup::Setup;
 pub use sshd::{Sshd, SshdBuilder};
 pub use tree::{files_containing, files_digest, tree_digest, tree_digest_skipping};

@@ -1,10 +1,11 @@
 //! Local users for tests of a shared remote host: a victim login and a third party who share a
-//! supplementary group, and logins whose shell is tcsh or fish. This module owns creating them
-//! (once per test process, idempotently, under a lock file so test processes of other
-//! checkouts running at once do not race `useradd`), giving a test clean directories of its
-//! own in their homes, resetting a login's agent cache (with the lock that keeps a test from
-//! changing a cache another test is using), running a process as one of them, and waiting
-//! until the processes of an sshd's sessions are gone.
+//! supplementary group, and logins whose shell is tcsh, fish, zsh or dash (which the shell-only
+//! tests log in as too). This module owns creating them (once per test process, idempotently,
+//! under a lock file so test processes of other checkouts running at once do not race
+//! `useradd`), giving a test clean directories of its own in their homes, resetting a login's
+//! agent cache (with the lock that keeps a test from changing a cache another test is using),
+//! running a process as one of them, and waiting until the processes of an sshd's sessions are
+//! gone.
 //!
 //! Creating users needs root, as in CI; a test that uses this module fails saying so otherwise.
 
@@ -32,13 +33,21 @@ pub const THIRD_PARTY: &str = "xfer-third";
 pub const TCSH_USER: &str = "xfer-tcsh";
 /// A login whose shell is fish, which is not a POSIX shell.
 pub const FISH_USER: &str = "xfer-fish";
+/// A login whose shell is zsh, which has startup files and prompt escapes of its own.
+pub const ZSH_USER: &str = "xfer-zsh";
+/// A login whose shell is dash by that name (the third party's `/bin/sh` is dash too on
+/// Debian, but that login is the attacker's).
+pub const DASH_USER: &str = "xfer-dash";
 
-/// Each user and its login shell. The shells must be installed (.ci/run installs tcsh and fish).
-const USERS: [(&str, &str); 4] = [
+/// Each user and its login shell. The shells must be installed (.ci/run installs tcsh, fish
+/// and zsh).
+const USERS: [(&str, &str); 6] = [
     (VICTIM, "/bin/bash"),
     (THIRD_PARTY, "/bin/sh"),
     (TCSH_USER, "/usr/bin/tcsh"),
     (FISH_USER, "/usr/bin/fish"),
+    (ZSH_USER, "/usr/bin/zsh"),
+    (DASH_USER, "/bin/dash"),
 ];
 
 /// Held while creating users, so that test processes running at once do not both run
@@ -65,6 +74,8 @@ pub struct LocalUsers {
     pub third_party: LocalUser,
     pub tcsh: LocalUser,
     pub fish: LocalUser,
+    pub zsh: LocalUser,
+    pub dash: LocalUser,
     /// The gid of [`SHARED_GROUP`].
     pub shared_gid: u32,
 }
@@ -88,7 +99,7 @@ fn create_users() -> LocalUsers {
     for (_, shell) in USERS {
         assert!(
             Path::new(shell).is_file(),
-            "{shell} is missing: install its package (.ci/run installs tcsh and fish)"
+            "{shell} is missing: install its package (.ci/run installs tcsh, fish and zsh)"
         );
     }
     let lock = OpenOptions::new()
@@ -120,6 +131,8 @@ fn create_users() -> LocalUsers {
         third_party: next(),
         tcsh: next(),
         fish: next(),
+        zsh: next(),
+        dash: next(),
         shared_gid: shared.gid.as_raw(),
     }
 }
