@@ -18,6 +18,7 @@ mod netrc_golden;
 mod secret;
 mod shared_host;
 mod shell_only;
+mod shell_only_transfers;
 mod soak;
 mod transfer;
 mod units;

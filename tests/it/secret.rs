@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-fn canary() -> String {
+pub(crate) fn canary() -> String {
     format!(
         "canary-{}-{:x}",
         std::process::id(),
@@ -32,15 +32,15 @@ fn canary() -> String {
 /// sighting of the needle.
 /// A process where the watcher saw the value.
 #[derive(Debug, Clone)]
-struct Sighting {
-    pid: u32,
-    what: String,
+pub(crate) struct Sighting {
+    pub(crate) pid: u32,
+    pub(crate) what: String,
     /// The process ran xfer's executable before and after the read: xfer itself, or a child
     /// of it between fork and exec (still xfer's memory).
-    in_xfer: bool,
+    pub(crate) in_xfer: bool,
 }
 
-struct Watcher {
+pub(crate) struct Watcher {
     stop: Arc<AtomicBool>,
     sightings: Arc<Mutex<Vec<Sighting>>>,
     samples: Arc<Mutex<u64>>,
@@ -48,7 +48,7 @@ struct Watcher {
 }
 
 impl Watcher {
-    fn start(needle: &str) -> Watcher {
+    pub(crate) fn start(needle: &str) -> Watcher {
         let stop = Arc::new(AtomicBool::new(false));
         let sightings = Arc::new(Mutex::new(Vec::new()));
         let samples = Arc::new(Mutex::new(0));
@@ -109,7 +109,7 @@ impl Watcher {
         }
     }
 
-    fn finish(mut self) -> (Vec<Sighting>, u64) {
+    pub(crate) fn finish(mut self) -> (Vec<Sighting>, u64) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
             thread.join().unwrap();

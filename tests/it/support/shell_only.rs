@@ -79,6 +79,7 @@ pub struct ShellOnlyBuilder {
     shell: LoginShell,
     login: Option<LocalUser>,
     noisy: bool,
+    log_level: Option<String>,
 }
 
 impl ShellOnlyBuilder {
@@ -93,6 +94,12 @@ impl ShellOnlyBuilder {
     /// (`USER@`[`PROMPT_HOST`]) with a window title in it for bash and dash.
     pub fn noisy(mut self) -> Self {
         self.noisy = true;
+        self
+    }
+
+    /// sshd's LogLevel (DEBUG1 otherwise), e.g. DEBUG3 to show that a secret is not logged.
+    pub fn log_level(mut self, level: &str) -> Self {
+        self.log_level = Some(level.to_owned());
         self
     }
 
@@ -116,6 +123,7 @@ impl ShellOnly {
             shell,
             login: None,
             noisy: false,
+            log_level: None,
         }
     }
 
@@ -147,6 +155,9 @@ impl ShellOnly {
             .extra_config("DisableForwarding yes");
         if settings.login.is_some() {
             builder = builder.local_users();
+        }
+        if let Some(level) = &settings.log_level {
+            builder = builder.log_level(level);
         }
         let sshd = builder.start();
         let config = match &settings.login {
@@ -190,6 +201,17 @@ impl ShellOnly {
     /// Everything sshd has logged so far.
     pub fn log(&self) -> String {
         self.sshd.log()
+    }
+
+    /// The sshd behind the endpoint, e.g. to write a client config through a proxy.
+    pub fn sshd(&self) -> &Sshd {
+        &self.sshd
+    }
+
+    /// The directory of the script and the shells' startup files (bash keeps its history
+    /// there).
+    pub fn files(&self) -> &Path {
+        self.files.path()
     }
 
     /// The `ForceCommand` script, for messages.

@@ -1,0 +1,474 @@
+//! xfer through shell-only endpoints (`support::shell_only`, an OpenSSH sshd that refuses exec
+//! and SFTP and gives a login shell on a terminal only; `support::Relay`, an in-process relay
+//! that may strip the eighth bit or translate newlines):
+//!
+//! - a tree (a large file, small files, an empty directory, a symlink) pulls and pushes
+//!   byte-identical, over several terminal sessions at once, with the one-line notice;
+//! - a transfer cut mid-way resumes on the re-run, moving about what was missing, and a 4-byte
+//!   change moves well under 1 MiB (bytes counted at a proxy);
+//! - the agent is uploaded through the terminal once, and a re-run starts the cached copy;
+//! - noisy logins (a coloured banner and prompt) in dash, bash, zsh and fish are seen past;
+//! - relays that strip the eighth bit or translate newlines still carry the data whole (the
+//!   link picks base64 where the probe came back damaged);
+//! - `secret push` and `check` work there, and the value appears in no other process's argv or
+//!   environment, not in sshd's DEBUG3 log, not in `-vvv` output, not in any history file;
+//! - `doctor` reports the mode and the terminal's throughput.
+
+use crate::secret::{Watcher, canary};
+use crate::support::shell_only::{LoginShell, ShellOnly};
+use crate::support::users::{CacheChange, local_users};
+use crate::support::{
+    Proxy, ProxyMode, Relay, files_containing, install_agent, remote_home, run_with_timeout, said,
+    tree_digest, write_file, xfer_command,
+};
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+/// Bound on one xfer run through a terminal: an upload of the debug build's executable through
+/// base64 included.
+const LIMIT: Duration = Duration::from_secs(240);
+/// What xfer says once per run about such a host.
+const NOTICE: &str = "a shell-only endpoint (no exec, no SFTP): transfers go through the terminal";
+
+fn xfer(config: &Path, arguments: &[&str]) -> Output {
+    let mut command = xfer_command();
+    command.args(arguments).arg("-F").arg(config);
+    run_with_timeout(&mut command, LIMIT)
+}
+
+fn assert_ok(output: &Output, what: &str) {
+    assert!(output.status.success(), "{what} failed:\n{}", said(output));
+}
+
+/// A tree with what a checkpoint directory holds: a large file, small files in several
+/// directories (so several units run at once), an empty directory and a relative symlink.
+fn make_tree(root: &Path) {
+    write_file(
+        &root.join("weights/model.bin"),
+        1,
+        3 << 20,
+        0o644,
+        1_700_000_000,
+    );
+    for index in 0..12 {
+        write_file(
+            &root.join(format!("shards/part-{index:02}")),
+            10 + index,
+            1000 + 777 * index as usize,
+            0o640,
+            1_700_000_100,
+        );
+    }
+    write_file(&root.join("logs/train.log"), 99, 4096, 0o600, 1_700_000_200);
+    fs::create_dir_all(root.join("empty")).unwrap();
+    std::os::unix::fs::symlink("weights/model.bin", root.join("latest")).unwrap();
+}
+
+fn remote_path(path: &Path) -> String {
+    format!("pod:{}", path.display())
+}
+
+#[test]
+fn a_tree_pulls_and_pushes_through_the_terminal_byte_identical() {
+    remote_home();
+    let endpoint = ShellOnly::builder(LoginShell::Bash).start();
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("source");
+    make_tree(&source);
+
+    let pulled = work.path().join("pulled");
+    let output = xfer(
+        endpoint.config(),
+        &["pull", &remote_path(&source), pulled.to_str().unwrap()],
+    );
+    assert_ok(&output, "the pull");
+    assert_eq!(
+        said(&output).matches(NOTICE).count(),
+        1,
+        "the notice, once:\n{}",
+        said(&output)
+    );
+    assert_eq!(tree_digest(&pulled), tree_digest(&source));
+    // Several terminal sessions carried it at once, each a login of its own.
+    let sessions = endpoint.log().matches("on pts/").count();
+    assert!(
+        sessions >= 2,
+        "{sessions} terminal session(s):\n{}",
+        endpoint.log()
+    );
+
+    let pushed = work.path().join("pushed");
+    let output = xfer(
+        endpoint.config(),
+        &["push", source.to_str().unwrap(), &remote_path(&pushed)],
+    );
+    assert_ok(&output, "the push");
+    assert_eq!(tree_digest(&pushed), tree_digest(&source));
+
+    // A re-run finds everything in place.
+    let output = xfer(
+        endpoint.config(),
+        &["pull", &remote_path(&source), pulled.to_str().unwrap()],
+    );
+    assert_ok(&output, "the re-run");
+    assert!(said(&output).contains("0 transferred"), "{}", said(&output));
+
+    // doctor reports the mode and the terminal's throughput, and passes.
+    let output = xfer(endpoint.config(), &["doctor", "--json", "pod"]);
+    assert_ok(&output, "doctor");
+    let reports: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let report = &reports[0];
+    assert_eq!(
+        report["mode"], "shell-only: transfers through the terminal",
+        "{report}"
+    );
+    assert_eq!(
+        (report["exec"].as_str(), report["sftp"].as_str()),
+        (Some("refused"), Some("refused"))
+    );
+    for direction in [
+        "terminal_down_bytes_per_second",
+        "terminal_up_bytes_per_second",
+    ] {
+        assert!(
+            report[direction].as_f64().is_some_and(|rate| rate > 0.0),
+            "{report}"
+        );
+    }
+    assert_eq!(report["agent"], "cached", "{report}");
+}
+
+#[test]
+fn a_cut_transfer_resumes_and_a_small_change_moves_little() {
+    remote_home();
+    let endpoint = ShellOnly::builder(LoginShell::Bash).start();
+    let proxy = Proxy::start(endpoint.port());
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("proxy_config");
+    endpoint
+        .sshd()
+        .append_client_config(&config, "pod", &[&format!("Port {}", proxy.port())]);
+    let source = work.path().join("source");
+    let size = 24usize << 20;
+    write_file(&source.join("big.bin"), 7, size, 0o644, 1_700_000_000);
+    let local = work.path().join("local");
+    let pull = |extra: &[&str]| {
+        let mut arguments = vec!["pull", "--retries", "0"];
+        arguments.extend_from_slice(extra);
+        let source = remote_path(&source);
+        arguments.push(&source);
+        arguments.push(local.to_str().unwrap());
+        xfer(&config, &arguments)
+    };
+
+    // Cut every connection once a third of the file went down.
+    proxy.set_mode(ProxyMode::CutAllAfter(size as u64 / 3));
+    let output = pull(&[]);
+    assert!(
+        !output.status.success(),
+        "the cut run succeeded:\n{}",
+        said(&output)
+    );
+    assert!(proxy.cuts() >= 1, "nothing was cut:\n{}", said(&output));
+
+    proxy.set_mode(ProxyMode::Pass);
+    proxy.reset_counters();
+    let output = pull(&[]);
+    assert_ok(&output, "the re-run");
+    assert_eq!(
+        fs::read(local.join("big.bin")).unwrap(),
+        fs::read(source.join("big.bin")).unwrap()
+    );
+    // The escaped link costs an eighth more than the data; the re-run fetched what was missing.
+    let moved = proxy.bytes_down();
+    assert!(
+        moved < (size as u64) * 95 / 100,
+        "the re-run moved {moved} bytes of a {size}-byte file"
+    );
+
+    // Four bytes change on the host: the re-run moves well under 1 MiB.
+    let mut changed = fs::read(source.join("big.bin")).unwrap();
+    changed[size / 2..size / 2 + 4].copy_from_slice(b"XFER");
+    fs::write(source.join("big.bin"), &changed).unwrap();
+    proxy.reset_counters();
+    let output = pull(&[]);
+    assert_ok(&output, "the delta re-run");
+    assert_eq!(fs::read(local.join("big.bin")).unwrap(), changed);
+    let moved = proxy.bytes_total();
+    assert!(moved < 1 << 20, "a 4-byte change moved {moved} bytes");
+}
+
+#[test]
+fn the_agent_is_uploaded_through_the_terminal_once() {
+    let users = local_users();
+    let user = &users.zsh;
+    let _change = CacheChange::take(user);
+    user.reset_cache(false);
+    let endpoint = ShellOnly::builder(LoginShell::Zsh).login_as(user).start();
+    let source = user.fresh_dir("shell-only-upload");
+    user.write_file(
+        &source.join("data.bin"),
+        &crate::support::pattern(5, 300_000),
+        0o644,
+    );
+    let work = tempfile::tempdir().unwrap();
+
+    let first = work.path().join("first");
+    let output = xfer(
+        endpoint.config(),
+        &["pull", "-v", &remote_path(&source), first.to_str().unwrap()],
+    );
+    assert_ok(&output, "the first pull");
+    assert!(
+        said(&output).contains("uploading the xfer agent"),
+        "{}",
+        said(&output)
+    );
+    let agent = user.agent_path();
+    let uploaded = fs::metadata(&agent).unwrap_or_else(|error| {
+        panic!("no agent at {} after the upload: {error}", agent.display())
+    });
+    assert_eq!(
+        fs::read(&agent).unwrap(),
+        fs::read(env!("CARGO_BIN_EXE_xfer")).unwrap(),
+        "the uploaded agent differs from xfer's executable"
+    );
+    assert_eq!(uploaded.mode() & 0o777, 0o700);
+    assert_eq!(tree_digest(&first), tree_digest(&source));
+
+    let second = work.path().join("second");
+    let output = xfer(
+        endpoint.config(),
+        &[
+            "pull",
+            "-v",
+            &remote_path(&source),
+            second.to_str().unwrap(),
+        ],
+    );
+    assert_ok(&output, "the second pull");
+    assert!(
+        !said(&output).contains("uploading the xfer agent"),
+        "{}",
+        said(&output)
+    );
+    assert_eq!(
+        fs::metadata(&agent).unwrap().ino(),
+        uploaded.ino(),
+        "uploaded again"
+    );
+    assert_eq!(tree_digest(&second), tree_digest(&source));
+}
+
+#[test]
+fn noisy_logins_in_every_shell_carry_a_pull_and_a_push() {
+    remote_home();
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("source");
+    write_file(&source.join("a/one.bin"), 3, 200_000, 0o644, 1_700_000_000);
+    write_file(&source.join("b/two.txt"), 4, 1000, 0o600, 1_700_000_000);
+    for shell in LoginShell::ALL {
+        let endpoint = ShellOnly::builder(shell).noisy().start();
+        let pulled = work.path().join(format!("pulled-{}", shell.name()));
+        let output = xfer(
+            endpoint.config(),
+            &["pull", &remote_path(&source), pulled.to_str().unwrap()],
+        );
+        assert_ok(
+            &output,
+            &format!("the pull through a noisy {} login", shell.name()),
+        );
+        assert_eq!(
+            tree_digest(&pulled),
+            tree_digest(&source),
+            "{}",
+            shell.name()
+        );
+        let pushed = work.path().join(format!("pushed-{}", shell.name()));
+        let output = xfer(
+            endpoint.config(),
+            &["push", source.to_str().unwrap(), &remote_path(&pushed)],
+        );
+        assert_ok(
+            &output,
+            &format!("the push through a noisy {} login", shell.name()),
+        );
+        assert_eq!(
+            tree_digest(&pushed),
+            tree_digest(&source),
+            "{}",
+            shell.name()
+        );
+    }
+}
+
+/// A tree with every byte value, pulled and pushed through `relay`; returns the -vv output of
+/// the pull.
+fn through_relay(relay: &Relay, work: &Path) -> String {
+    let config = relay.write_client_config("pod", &[]);
+    let source = work.join("source");
+    let every_byte: Vec<u8> = (0..=255u8).cycle().take(700_000).collect();
+    fs::create_dir_all(source.join("bytes")).unwrap();
+    fs::write(source.join("bytes/all.bin"), &every_byte).unwrap();
+    write_file(
+        &source.join("other/random.bin"),
+        8,
+        500_000,
+        0o644,
+        1_700_000_000,
+    );
+    let pulled = work.join("pulled");
+    let output = xfer(
+        &config,
+        &[
+            "pull",
+            "-vv",
+            &remote_path(&source),
+            pulled.to_str().unwrap(),
+        ],
+    );
+    assert_ok(&output, "the pull through the relay");
+    assert_eq!(tree_digest(&pulled), tree_digest(&source));
+    let pushed = work.join("pushed");
+    let output = xfer(
+        &config,
+        &["push", source.to_str().unwrap(), &remote_path(&pushed)],
+    );
+    assert_ok(&output, "the push through the relay");
+    assert_eq!(tree_digest(&pushed), tree_digest(&source));
+    crate::support::stderr(&xfer(
+        &config,
+        &[
+            "pull",
+            "-vv",
+            &remote_path(&source),
+            work.join("again").to_str().unwrap(),
+        ],
+    ))
+}
+
+#[test]
+fn a_relay_that_strips_the_eighth_bit_gets_base64_and_the_data_whole() {
+    // The agent is uploaded through this relay: base64 text, which the stripping spares.
+    let relay = Relay::builder().strip_eighth_bit().start();
+    let work = tempfile::tempdir().unwrap();
+    let log = through_relay(&relay, work.path());
+    assert!(
+        log.contains("the terminal link is up") && log.contains("read=Base64 write=Base64"),
+        "{log}"
+    );
+    assert!(!log.contains("read=Escaped"), "{log}");
+}
+
+#[test]
+fn a_relay_that_translates_newlines_carries_the_data_whole() {
+    let relay = Relay::builder().translate_newlines().start();
+    install_agent(relay.home());
+    let work = tempfile::tempdir().unwrap();
+    let log = through_relay(&relay, work.path());
+    // No frame holds a raw CR or LF, so the escaped encoding survives the translation.
+    assert!(log.contains("read=Escaped write=Escaped"), "{log}");
+}
+
+#[test]
+fn a_secret_goes_through_the_terminal_and_leaks_nowhere() {
+    remote_home();
+    let endpoint = ShellOnly::builder(LoginShell::Bash)
+        .log_level("DEBUG3")
+        .start();
+    let work = tempfile::tempdir().unwrap();
+    let target = work.path().join("secrets/token");
+    let value = canary();
+
+    let watcher = Watcher::start(&value);
+    let mut command = xfer_command();
+    command
+        .env("CANARY_TOKEN", &value)
+        .args([
+            "secret",
+            "push",
+            "-vvv",
+            "--from-env",
+            "CANARY_TOKEN",
+            "--to",
+        ])
+        .arg(&target)
+        .arg("-F")
+        .arg(endpoint.config())
+        .arg("pod")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = command.spawn().unwrap();
+    let xfer_pid = child.id();
+    let output = child.wait_with_output().unwrap();
+    let (sightings, samples) = watcher.finish();
+    assert_ok(&output, "secret push");
+    assert_eq!(fs::read_to_string(&target).unwrap(), value);
+    assert_eq!(fs::metadata(&target).unwrap().mode() & 0o7777, 0o600);
+
+    assert!(samples > 5, "only {samples} samples");
+    assert!(
+        sightings
+            .iter()
+            .any(|sighting| sighting.pid == xfer_pid && sighting.what.starts_with("environ")),
+        "the watcher never saw xfer's own environment"
+    );
+    let leaks: Vec<_> = sightings
+        .iter()
+        .filter(|sighting| sighting.pid != xfer_pid && !sighting.in_xfer)
+        .collect();
+    assert!(
+        leaks.is_empty(),
+        "the value was visible in other processes: {leaks:?}"
+    );
+    let printed = said(&output);
+    assert!(
+        printed.contains("scripts run through the terminal"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("DEBUG") || printed.contains("TRACE"),
+        "-vvv logged nothing"
+    );
+    assert!(!printed.contains(&value), "xfer printed the value");
+    assert!(
+        endpoint.log().contains("debug3"),
+        "sshd did not log at DEBUG3"
+    );
+    assert!(!endpoint.log().contains(&value), "sshd logged the value");
+    // Not in any file but the target: the shells' startup and history files, the remote
+    // home, the sshd's directory, the test's.
+    for root in [
+        endpoint.files(),
+        endpoint.sshd().dir(),
+        remote_home(),
+        work.path(),
+    ] {
+        let found: Vec<PathBuf> = files_containing(root, &value)
+            .into_iter()
+            .filter(|path| *path != target)
+            .collect();
+        assert!(found.is_empty(), "the value is in {found:?}");
+    }
+
+    // A check says it matches, through the terminal, without echoing the value.
+    let mut command = xfer_command();
+    command
+        .env("CANARY_TOKEN", &value)
+        .args(["secret", "check", "--from-env", "CANARY_TOKEN", "--to"])
+        .arg(&target)
+        .arg("-F")
+        .arg(endpoint.config())
+        .arg("pod");
+    let output = run_with_timeout(&mut command, LIMIT);
+    assert_ok(&output, "secret check");
+    assert!(
+        said(&output).contains("content matches"),
+        "{}",
+        said(&output)
+    );
+    assert!(!said(&output).contains(&value));
+}
