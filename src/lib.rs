@@ -6,7 +6,10 @@
 //!
 //! - [`ssh`]: reaching a host exactly as OpenSSH would (config, known_hosts, keys, proxies).
 //! - [`remote`]: the [`remote::Remote`] trait the engine uses, over SFTP or the agent, the
-//!   connection pool, the agent's deployment, an in-memory remote for tests.
+//!   connection pool, the agent's deployment, an in-memory remote for tests, and the way into
+//!   a shell-only endpoint's terminal.
+//! - [`terminal_link`]: the agent's byte stream through a terminal: checked frames, encodings,
+//!   the probe that picks them.
 //! - [`agent`]: the remote xfer agent: its protocol, server and client.
 //! - [`engine`]: plan, then execute: units, planners, pull and push, journals, verification.
 //! - [`blocks`]: block layout, hashes, the block set, journal and record formats; no IO.
