@@ -60,6 +60,20 @@ pub enum Outcome {
 
 /// Exit status of the upload script when a write failed and stdin is used up.
 const FULL: u32 = 92;
+/// Exit status of the upload script when the written file is not what was sent.
+const CHANGED: u32 = 94;
+
+/// The upload script's fourth line: the executable's SHA-256, POSIX cksum CRC and length.
+fn expected_sums(executable: &[u8]) -> String {
+    use sha2::Digest;
+    let sha = sha2::Sha256::digest(executable);
+    format!(
+        "{} {} {}",
+        crate::blocks::to_hex(&sha.into()),
+        crate::remote::shell_only::posix_cksum(executable),
+        executable.len()
+    )
+}
 /// How long starting (or uploading) may take before the agent is given up.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// An upload may take this long, plus a second for every [`UPLOAD_RATE_FLOOR`] bytes: a link
@@ -148,11 +162,14 @@ if [ -f "$agent" ] && [ -x "$agent" ]; then exec "$agent" agent; fi
 printf "XFER-NO-AGENT\n%s\n%s\nmissing\n" "$(uname -s 2>/dev/null)" "$(uname -m 2>/dev/null)"
 "#;
 
-/// Writes the executable on stdin (after the name, nonce and first-cache lines) into the first
-/// usable cache, from the one numbered on the third line on, where it also runs. Missing cache
-/// directories are made private (0700); the upload lands in a file created exclusively under a
-/// random name (noclobber: never an existing file, never through a symlink), written through
-/// that descriptor, started once to see that the mount allows programs, and renamed into place.
+/// Writes the executable on stdin (after the name, nonce, first-cache and expected-sums lines)
+/// into the first usable cache, from the one numbered on the third line on, where it also runs.
+/// Missing cache directories are made private (0700); the upload lands in a file created
+/// exclusively under a random name (noclobber: never an existing file, never through a
+/// symlink), written through that descriptor, checked whole against the fourth line (`SHA256
+/// CRC LENGTH`: `sha256sum` where the host has it, POSIX `cksum` otherwise) before it ever
+/// runs (exit 94 when it differs), started once to see that the mount allows programs, and
+/// renamed into place.
 /// The executable is read from stdin into the first place that takes it; a place further down
 /// copies it from there. A write that fails (a full disk, a quota) has used up stdin: the
 /// script says `full N` (exit 92) and the client sends it again for the places after N.
@@ -162,9 +179,18 @@ const UPLOAD: &str = concat!(
     r#"IFS= read -r name || exit 96
 IFS= read -r nonce || exit 96
 IFS= read -r first || exit 96
+IFS=' ' read -r want_sha want_crc want_length || exit 96
 case $name in ""|*/*|.*) exit 96;; esac
 case $nonce in ""|*[!0-9a-f]*) exit 96;; esac
 case $first in [1-4]) ;; *) exit 96;; esac
+case $want_sha$want_crc$want_length in ""|*[!0-9a-f]*) exit 96;; esac
+whole() {
+  if sum=$(sha256sum < "$1" 2>/dev/null) && [ -n "$sum" ]; then
+    [ "${sum%% *}" = "$want_sha" ]
+  else
+    [ "$(cksum < "$1")" = "$want_crc $want_length" ]
+  fi
+}
 umask 077
 reasons=
 copy=
@@ -187,6 +213,12 @@ for n in 1 2 3 4; do
     exec 3>&-; rm -f -- "$tmp"; reasons="$reasons; $dir: writing failed (full or over quota)"; continue
   fi
   exec 3>&-
+  if ! whole "$tmp"; then
+    rm -f -- "$tmp"
+    [ "$tmp" = "$copy" ] || rm -f -- "$copy"
+    echo "the executable arrived changed"
+    exit 94
+  fi
   chmod 700 -- "$tmp" || { reasons="$reasons; $dir: chmod failed"; continue; }
   if [ "$("$tmp" agent </dev/null 2>/dev/null | dd bs=7 count=1 2>/dev/null)" != XFERAGT ]; then
     reasons="$reasons; $dir: programs cannot run there (mounted noexec?)"
@@ -684,7 +716,13 @@ async fn upload(runner: &mut Runner<'_>, connection: &Connection, own: &Own) -> 
     let mut full = Vec::new();
     let mut first = 1;
     loop {
-        let header = format!("{}\n{}\n{first}\n", own.name, random_nonce()).into_bytes();
+        let header = format!(
+            "{}\n{}\n{first}\n{}\n",
+            own.name,
+            random_nonce(),
+            expected_sums(&executable)
+        )
+        .into_bytes();
         let output = runner
             .run_parts(
                 UPLOAD,
@@ -714,6 +752,12 @@ async fn upload(runner: &mut Runner<'_>, connection: &Connection, own: &Own) -> 
             Some(0) if output.success() => {
                 tracing::debug!(label = %connection.label(), "{}", crate::terminal::printable(answer));
                 return Ok(());
+            }
+            Some(CHANGED) => {
+                return Err(Error::connect(format!(
+                    "{}: the xfer agent's executable arrived changed on the host",
+                    connection.label()
+                )));
             }
             Some(FULL) => {
                 // `full N REASONS`: the place numbered N ran out of room.
@@ -845,9 +889,69 @@ mod tests {
     }
 
     fn upload_input(name: &str, first: u32) -> Vec<u8> {
-        let mut input = format!("{name}\n{}\n{first}\n", random_nonce()).into_bytes();
+        let mut input = format!(
+            "{name}\n{}\n{first}\n{}\n",
+            random_nonce(),
+            expected_sums(FAKE_AGENT)
+        )
+        .into_bytes();
         input.extend_from_slice(FAKE_AGENT);
         input
+    }
+
+    #[test]
+    fn an_executable_that_arrived_changed_never_runs_and_is_removed() {
+        let work = tempfile::tempdir().unwrap();
+        let (home, tmp) = (work.path().join("home"), work.path().join("tmp"));
+        private_directory(&home);
+        private_directory(&tmp);
+        let name = test_name();
+        let mut input = upload_input(&name, 1);
+        // One byte of the executable changed on the way; it would print a different greeting.
+        let last = input.len() - 2;
+        input[last] = b'Z';
+        let (status, output) = run_here(UPLOAD, &home, &tmp, &input);
+        assert_eq!(
+            (status, output.trim()),
+            (94, "the executable arrived changed")
+        );
+        let cache = home.join(".cache/xfer");
+        assert_eq!(
+            std::fs::read_dir(&cache).unwrap().count(),
+            0,
+            "something was left"
+        );
+    }
+
+    #[test]
+    fn without_sha256sum_the_posix_checksum_decides() {
+        let work = tempfile::tempdir().unwrap();
+        let (home, tmp) = (work.path().join("home"), work.path().join("tmp"));
+        private_directory(&home);
+        private_directory(&tmp);
+        // A host whose sha256sum is missing: a PATH with the rest of the tools only.
+        let tools = work.path().join("bin");
+        std::fs::create_dir_all(&tools).unwrap();
+        for tool in [
+            "cat", "cksum", "stat", "id", "mkdir", "chmod", "mv", "rm", "dd", "sh",
+        ] {
+            let found = ["/usr/bin", "/bin"]
+                .iter()
+                .map(|dir| Path::new(dir).join(tool))
+                .find(|path| path.exists())
+                .unwrap();
+            std::os::unix::fs::symlink(found, tools.join(tool)).unwrap();
+        }
+        let script = format!("PATH={}\n{UPLOAD}", tools.display());
+        let script: &'static str = Box::leak(script.into_boxed_str());
+        let name = test_name();
+        let (status, output) = run_here(script, &home, &tmp, &upload_input(&name, 1));
+        assert_eq!(status, 0, "{output}");
+        let mut input = upload_input(&name, 1);
+        let last = input.len() - 2;
+        input[last] = b'Z';
+        let (status, _) = run_here(script, &home, &tmp, &input);
+        assert_eq!(status, 94);
     }
 
     #[test]
