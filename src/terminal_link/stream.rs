@@ -11,8 +11,13 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// How much encoded input one read of the terminal takes.
 const READ_SIZE: usize = 64 * 1024;
 
+/// A frame that fails its checks means the terminal changed what it carried: the link is as
+/// good as dropped (a new one may well be clean), so it reads as a connection that broke, not
+/// as a peer that broke the protocol. The request in flight then fails as transient and is
+/// retried on a new connection.
 fn broken(error: FrameError) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, error)
+    tracing::debug!(%error, "the terminal link broke");
+    io::Error::new(io::ErrorKind::ConnectionAborted, error)
 }
 
 /// Reads frames from `inner` and yields their data.
@@ -199,7 +204,7 @@ mod tests {
         let mut reader = LinkReader::new(&wire[..], Encoding::Escaped, b"").unwrap();
         let mut received = Vec::new();
         let error = reader.read_to_end(&mut received).await.unwrap_err();
-        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionAborted);
         assert!(received.is_empty());
     }
 }

@@ -9,7 +9,8 @@
 //! - the agent is uploaded through the terminal once, and a re-run starts the cached copy;
 //! - noisy logins (a coloured banner and prompt) in dash, bash, zsh and fish are seen past;
 //! - relays that strip the eighth bit or translate newlines still carry the data whole (the
-//!   link picks base64 where the probe came back damaged);
+//!   link picks base64 where the probe came back damaged), and a byte a relay changes fails
+//!   the request, which is retried, never the file;
 //! - `secret push` and `check` work there, and the value appears in no other process's argv or
 //!   environment, not in sshd's DEBUG3 log, not in `-vvv` output, not in any history file;
 //! - `doctor` reports the mode and the terminal's throughput.
@@ -371,6 +372,37 @@ fn a_relay_that_translates_newlines_carries_the_data_whole() {
     let log = through_relay(&relay, work.path());
     // No frame holds a raw CR or LF, so the escaped encoding survives the translation.
     assert!(log.contains("read=Escaped write=Escaped"), "{log}");
+}
+
+#[test]
+fn a_byte_the_relay_changes_fails_the_request_never_the_file() {
+    let relay = Relay::start();
+    install_agent(relay.home());
+    let config = relay.write_client_config("pod", &[]);
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("source");
+    let size = 8usize << 20;
+    write_file(&source.join("big.bin"), 21, size, 0o644, 1_700_000_000);
+    // Past the login and the link's start, in the middle of the file's blocks.
+    relay.damage_down_after(size as u64 / 2);
+    let pulled = work.path().join("pulled");
+    let output = xfer(
+        &config,
+        &["pull", &remote_path(&source), pulled.to_str().unwrap()],
+    );
+    assert_eq!(
+        relay.damaged(),
+        1,
+        "the relay changed nothing:\n{}",
+        said(&output)
+    );
+    assert_ok(&output, "the pull through a damaging relay");
+    assert_eq!(
+        fs::read(pulled.join("big.bin")).unwrap(),
+        fs::read(source.join("big.bin")).unwrap()
+    );
+    // The damaged frame failed its session, which was retried on a new login.
+    assert!(relay.shells_started() >= 2, "{}", said(&output));
 }
 
 #[test]

@@ -117,9 +117,27 @@ struct Shared {
     cut_after: Mutex<Option<u64>>,
     /// Bumped by each cut; every connection open at that moment watches it.
     cuts: watch::Sender<u64>,
+    /// Bytes still to go down before one byte is changed, when a change is armed.
+    damage_after: Mutex<Option<u64>>,
+    /// Bytes changed so far.
+    damaged: AtomicU64,
 }
 
 impl Shared {
+    /// Changes one byte of `bytes` if an armed damage falls in them.
+    fn damage(&self, bytes: &mut [u8]) {
+        let mut damage_after = self.damage_after.lock().unwrap();
+        if let Some(left) = *damage_after {
+            if (left as usize) < bytes.len() {
+                bytes[left as usize] ^= 0x01;
+                *damage_after = None;
+                self.damaged.fetch_add(1, Ordering::SeqCst);
+            } else {
+                *damage_after = Some(left - bytes.len() as u64);
+            }
+        }
+    }
+
     fn note(&self, request: String) {
         self.requests.lock().unwrap().push(request);
     }
@@ -212,6 +230,8 @@ impl Relay {
             client_key: public_key,
             home,
             bytes_down: AtomicU64::new(0),
+            damage_after: Mutex::new(None),
+            damaged: AtomicU64::new(0),
             bytes_up: AtomicU64::new(0),
             shells_started: AtomicU64::new(0),
             running_shells: AtomicU64::new(0),
@@ -332,6 +352,17 @@ impl Relay {
     /// How many cuts have happened.
     pub fn cuts(&self) -> u64 {
         *self.shared.cuts.borrow()
+    }
+
+    /// Once `bytes` more bytes have gone down (any sessions), flips the lowest bit of the next
+    /// one, once, like a relay that damages what it carries.
+    pub fn damage_down_after(&self, bytes: u64) {
+        *self.shared.damage_after.lock().unwrap() = Some(bytes);
+    }
+
+    /// How many bytes the relay has changed on purpose so far.
+    pub fn damaged(&self) -> u64 {
+        self.shared.damaged.load(Ordering::SeqCst)
     }
 }
 
@@ -910,6 +941,7 @@ async fn pump_down(
             Ok(count) => count,
         };
         let mut bytes = transform_down(&shared.settings, &buffer[..count]);
+        shared.damage(&mut bytes);
         let allowed = shared.allow_down(bytes.len(), cuts);
         if allowed == 0 {
             return;
