@@ -226,6 +226,30 @@ print(host.get("mode", "-").replace(" ", "_"), rate("terminal_down_bytes_per_sec
 PY
 ); then doctor_mode=${doctor_mode//_/ }; else say "doctor gave no report:"; cat "$work/logs/doctor.log" >&2; fi
 
+# The terminal's own ceiling, before xfer or any framing: the same number of bytes down one
+# OpenSSH connection of the exec endpoint, through a raw terminal (`ssh -tt`, `stty raw`) and
+# without one (`ssh -T`).
+raw_stream() { # -tt|-T: prints wall seconds
+  local start end
+  start=$(date +%s.%N)
+  # shellcheck disable=SC2029 # the byte count is expanded here, on purpose
+  ssh "$1" -e none -F "$exec_config" bench "stty raw -echo 2>/dev/null; head -c $bytes /dev/zero | tr '\\000' a" \
+    </dev/null >"$work/raw.out" 2>/dev/null || die "the raw stream with ssh $1 failed"
+  end=$(date +%s.%N)
+  [ "$(wc -c <"$work/raw.out")" -ge "$bytes" ] || die "the raw stream with ssh $1 came short"
+  rm -f "$work/raw.out"
+  seconds "$start" "$end"
+}
+say "raw streams down one connection, with and without a terminal"
+declare -A raw_median raw_all
+for mode in -tt -T; do
+  raw_times=
+  for ((n = 1; n <= runs; n++)); do raw_times+="$(raw_stream "$mode") "; done
+  # shellcheck disable=SC2086 # one word per time
+  raw_median[$mode]=$(median $raw_times)
+  raw_all[$mode]=${raw_times% }
+done
+
 # trzsz: the same file down (tsz) and up (trz) through the same terminal.
 trzsz_why=
 trzsz_version=
@@ -341,6 +365,20 @@ shell_runs=$(find "$work/logs" -name 'xfer-*-shell-*.log' | wc -l)
   echo "| to the host (push) | $doctor_up MB/s | $(mbps "${median_of[push-rerun-shell]}") MB/s |"
   echo
   echo "doctor's mode: $doctor_mode."
+  echo
+  echo "## The terminal's own ceiling"
+  echo
+  echo "The same $size_mib MiB of text down one OpenSSH connection of the exec endpoint (OpenSSH's"
+  echo "client, its default cipher), with no xfer and no framing: through a raw terminal and without one."
+  echo
+  echo "| stream | time | throughput | xfer's terminal pull, re-run, ÷ this |"
+  echo "|---|---|---|---|"
+  for mode in -tt -T; do
+    case $mode in -tt) what="\`ssh -tt\` (terminal, raw)" ;; -T) what="\`ssh -T\` (no terminal)" ;; esac
+    echo "| $what | ${raw_median[$mode]} s | $(mbps "${raw_median[$mode]}") MB/s | $(ratio "${raw_median[$mode]}" "${median_of[pull-rerun-shell]}")x |"
+  done
+  echo
+  echo "Raw runs (seconds): -tt ${raw_all[-tt]}; -T ${raw_all[-T]}."
   echo
   echo "## trzsz through the same terminal"
   echo
