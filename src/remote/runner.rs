@@ -65,7 +65,7 @@ impl Shell {
     pub async fn find(connection: &Arc<Connection>) -> Result<Shell> {
         let limits = ExecLimits {
             max_output: 4096,
-            timeout: TerminalSession::login_timeout(),
+            timeout: crate::remote::shell_only::LOGIN_TIMEOUT,
         };
         match exec::run(connection, RUNS_SCRIPTS, b"", limits).await {
             Ok(output) if output.success() => return Ok(Shell::Exec),

@@ -37,6 +37,10 @@ pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 const QUIET: Duration = Duration::from_millis(300);
 /// How long to wait for a login that prints nothing at all before typing anyway.
 const SILENT_LOGIN: Duration = Duration::from_secs(3);
+/// How long the agent may take to start on the terminal and agree on the link.
+const AGENT_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long measuring the terminal's throughput may take.
+const MEASURE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the second answer (to the shell request) may lag the first.
 const UNANSWERED_REQUEST: Duration = Duration::from_secs(2);
 /// How long a terminal may stay silent after the start line is typed: a shell echoes what is
@@ -165,44 +169,7 @@ impl TerminalSession {
     pub async fn open(connection: &Arc<Connection>) -> Result<TerminalSession> {
         let label = connection.label().to_string();
         let work = async {
-            let channel = connection.open_session().await?;
-            channel
-                .request_pty(true, TERM, 400, 40, 0, 0, &[])
-                .await
-                .map_err(|error| russh_error(&label, error))?;
-            channel
-                .request_shell(true)
-                .await
-                .map_err(|error| russh_error(&label, error))?;
-            let mut channel = channel;
-            let mut early = Vec::new();
-            // Both requests were sent wanting replies, answered in order: the second success
-            // grants the shell. A refusal of either ends it.
-            let mut granted = 0;
-            while granted < 2 {
-                // A server that never answers the PTY request: its one success was the shell's.
-                let message = if granted == 1 {
-                    match tokio::time::timeout(UNANSWERED_REQUEST, channel.wait()).await {
-                        Ok(message) => message,
-                        Err(_) => break,
-                    }
-                } else {
-                    channel.wait().await
-                };
-                match message {
-                    Some(ChannelMsg::Success) => granted += 1,
-                    Some(ChannelMsg::Failure) => {
-                        return Err(Error::remote(format!(
-                            "{label}: the server refuses a terminal and a shell too"
-                        )));
-                    }
-                    Some(ChannelMsg::Data { data }) => early.extend_from_slice(&data),
-                    Some(ChannelMsg::Eof | ChannelMsg::Close) | None => {
-                        return Err(closed(connection, &label, "before the shell started"));
-                    }
-                    Some(_) => {}
-                }
-            }
+            let (channel, early) = open_shell(connection, &label).await?;
             let (reader, writer) = tokio::io::split(channel.into_stream());
             let mut session = TerminalSession {
                 label: label.clone(),
@@ -230,11 +197,6 @@ impl TerminalSession {
 
     pub fn label(&self) -> &str {
         &self.label
-    }
-
-    /// How long logging in on a terminal may take.
-    pub fn login_timeout() -> Duration {
-        LOGIN_TIMEOUT
     }
 
     /// Reads what the terminal has; false at its end.
@@ -302,8 +264,7 @@ impl TerminalSession {
         }
         self.wait_for(ready.as_bytes()).await?;
         self.write(DRIVER.as_bytes()).await?;
-        let hello = self.wait_for(b"XFER-DRIVER-1 ").await?;
-        drop(hello);
+        self.wait_for(b"XFER-DRIVER-1 ").await?;
         let line = self.wait_for(b"\n").await?;
         self.decoder = if line.starts_with(b"octal") {
             Decoder::Octal
@@ -457,6 +418,18 @@ impl TerminalSession {
     /// Measures the terminal's raw throughput, in bytes per second, from the host and to it,
     /// with `blocks` times 64 KiB each way.
     pub async fn measure(&mut self, blocks: usize) -> Result<(f64, f64)> {
+        let label = self.label.clone();
+        tokio::time::timeout(MEASURE_TIMEOUT, self.measure_unbounded(blocks))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::remote(format!(
+                    "{label}: measuring the terminal took over {} s",
+                    MEASURE_TIMEOUT.as_secs()
+                )))
+            })
+    }
+
+    async fn measure_unbounded(&mut self, blocks: usize) -> Result<(f64, f64)> {
         let length = blocks * 65536;
         self.seen.clear();
         self.write(format!("pace {blocks}\n").as_bytes()).await?;
@@ -502,7 +475,31 @@ impl TerminalSession {
     /// Runs `script` (which reads `line` from its stdin and either starts the agent or prints
     /// why not) with the terminal as its stdin and stdout, and when an agent answers, agrees on
     /// the link and starts the protocol inside it.
-    pub async fn start_agent(mut self, script: &'static str, line: &str) -> Result<TerminalLaunch> {
+    pub async fn start_agent(self, script: &'static str, line: &str) -> Result<TerminalLaunch> {
+        let connection = self.connection.clone();
+        let label = self.label.clone();
+        match tokio::time::timeout(
+            AGENT_START_TIMEOUT,
+            self.start_agent_unbounded(script, line),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_) if connection.is_closed() => {
+                Err(closed(&connection, &label, "while the xfer agent started"))
+            }
+            Err(_) => Ok(TerminalLaunch::Refused(format!(
+                "the xfer agent did not answer on the terminal within {} s",
+                AGENT_START_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    async fn start_agent_unbounded(
+        mut self,
+        script: &'static str,
+        line: &str,
+    ) -> Result<TerminalLaunch> {
         self.seen.clear();
         let command = format!("agent {}\n{script}{line}\n", script.len());
         self.write(command.as_bytes()).await?;
@@ -559,6 +556,50 @@ impl TerminalSession {
             ))),
         }
     }
+}
+
+/// A session channel with a PTY and a shell granted, and what the shell printed meanwhile.
+async fn open_shell(
+    connection: &Connection,
+    label: &str,
+) -> Result<(russh::Channel<Msg>, Vec<u8>)> {
+    let mut channel = connection.open_session().await?;
+    channel
+        .request_pty(true, TERM, 400, 40, 0, 0, &[])
+        .await
+        .map_err(|error| russh_error(label, error))?;
+    channel
+        .request_shell(true)
+        .await
+        .map_err(|error| russh_error(label, error))?;
+    let mut early = Vec::new();
+    // Both requests want replies, which come in order: the second success grants the shell.
+    let mut granted = 0;
+    while granted < 2 {
+        // A server that never answers the PTY request: its one success was the shell's.
+        let message = if granted == 1 {
+            match tokio::time::timeout(UNANSWERED_REQUEST, channel.wait()).await {
+                Ok(message) => message,
+                Err(_) => break,
+            }
+        } else {
+            channel.wait().await
+        };
+        match message {
+            Some(ChannelMsg::Success) => granted += 1,
+            Some(ChannelMsg::Failure) => {
+                return Err(Error::remote(format!(
+                    "{label}: the server refuses a terminal and a shell too"
+                )));
+            }
+            Some(ChannelMsg::Data { data }) => early.extend_from_slice(&data),
+            Some(ChannelMsg::Eof | ChannelMsg::Close) | None => {
+                return Err(closed(connection, label, "before the shell started"));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok((channel, early))
 }
 
 fn closed(connection: &Connection, label: &str, when: &str) -> Error {
