@@ -3,7 +3,8 @@
 //! that may strip the eighth bit or translate newlines):
 //!
 //! - a tree (a large file, small files, an empty directory, a symlink) pulls and pushes
-//!   byte-identical, over several terminal sessions at once, with the one-line notice;
+//!   byte-identical, over several terminal sessions at once, with the one-line notice; a dry
+//!   run plans through the terminal and changes nothing;
 //! - a transfer cut mid-way resumes on the re-run, moving about what was missing, and a 4-byte
 //!   change moves well under 1 MiB (bytes counted at a proxy);
 //! - the agent is uploaded through the terminal once, and a re-run starts the cached copy;
@@ -81,6 +82,21 @@ fn a_tree_pulls_and_pushes_through_the_terminal_byte_identical() {
     make_tree(&source);
 
     let pulled = work.path().join("pulled");
+    // A dry run plans through the terminal too, and changes nothing here.
+    let output = xfer(
+        endpoint.config(),
+        &[
+            "pull",
+            "--dry-run",
+            &remote_path(&source),
+            pulled.to_str().unwrap(),
+        ],
+    );
+    assert_ok(&output, "the dry run");
+    assert!(said(&output).contains("model.bin"), "{}", said(&output));
+    assert!(!pulled.exists(), "the dry run made the destination");
+
+    let sessions_before = endpoint.log().matches("on pts/").count();
     let output = xfer(
         endpoint.config(),
         &["pull", &remote_path(&source), pulled.to_str().unwrap()],
