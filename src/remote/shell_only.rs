@@ -3,9 +3,9 @@
 //!
 //! A [`TerminalSession`] asks for a PTY and a shell, waits until the login has printed its
 //! banner, MOTD and prompt (bounded), and types one shell-neutral line, like the exec path's
-//! command line ([`exec::command_line`]): it replaces the login shell with `/bin/sh`, makes the
+//! command line ([`crate::ssh::exec::command_line`]): it replaces the login shell with `/bin/sh`, makes the
 //! terminal raw with echo off, prints a marker the typed line's echo cannot contain, and reads
-//! the driver script ([`DRIVER`]) from the terminal. The driver runs each of xfer's fixed
+//! the driver script (`DRIVER`) from the terminal. The driver runs each of xfer's fixed
 //! scripts on request, as exec would: the script's stdin arrives in chunks, each checked
 //! (`cksum`: length and CRC) before it is decoded (`base64 -d`, or `printf %b` where the host
 //! has no base64), and its output and exit status return as hex (`od`), which no terminal
