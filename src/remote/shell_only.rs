@@ -48,17 +48,22 @@ const UNANSWERED_REQUEST: Duration = Duration::from_secs(2);
 const NO_ECHO_LIMIT: Duration = Duration::from_secs(15);
 /// The most a login may print before the driver is ready.
 const MAX_LOGIN_OUTPUT: usize = 1 << 20;
-/// Encoded stdin per checked chunk: one shell variable on the remote.
-const CHUNK: usize = 256 * 1024;
+/// Encoded stdin per checked chunk: one shell variable on the remote. Larger chunks cost the
+/// remote shell fewer processes; a damaged one is sent again only by a whole new run.
+const CHUNK: usize = 1024 * 1024;
+/// Stdin at least this large crosses the terminal gzipped where the host has gzip: the agent's
+/// executable, not a secret (a few bytes, which compression would not shrink).
+const COMPRESS_FROM: usize = 1 << 20;
 
 /// The terminal the PTY request names: no colours or cursor tricks from prompts that check.
 const TERM: &str = "dumb";
 
 /// Read by `/bin/sh` from the terminal once the typed line made it raw. Prints which decoder
-/// it has, then runs one command per line:
-/// - `run LENGTH CHUNKS`: reads a script of LENGTH bytes, then runs it in a subshell whose
-///   stdin is CHUNKS checked chunks (each `ENCODED-LENGTH CRC` on a line, then the encoded
-///   bytes), printing `XFER-OUT`, the output and `XFER-STATUS N` in hex, then `XFER-DONE`.
+/// it has and whether gzip works, then runs one command per line:
+/// - `run LENGTH CHUNKS [gzip]`: reads a script of LENGTH bytes, then runs it in a subshell
+///   whose stdin is CHUNKS checked chunks (each `ENCODED-LENGTH CRC` on a line, then the
+///   encoded bytes), gunzipped when asked, printing `XFER-OUT`, the output and `XFER-STATUS N`
+///   in hex, then `XFER-DONE`.
 ///   A chunk that fails its check ends the script's input and prints `XFER-BAD-CHUNK`. Every
 ///   chunk is read off the terminal even when the script stopped reading early (it refused,
 ///   or its disk is full), so the next command line is a command line.
@@ -81,6 +86,11 @@ if [ "$(printf QUJD | base64 -d 2>/dev/null)" = ABC ]; then
 else
   decoder=octal
   decode() { printf %b "$(cat)"; }
+fi
+if [ "$(printf xfer | gzip -c 2>/dev/null | gzip -dc 2>/dev/null)" = xfer ]; then
+  inflater=gzip
+else
+  inflater=none
 fi
 feed() {
   left=$1
@@ -105,14 +115,18 @@ feed() {
   return $status
 }
 exec 4>&1
-echo "XFER-DRIVER-1 $decoder"
+echo "XFER-DRIVER-1 $decoder $inflater"
 while IFS= read -r command; do
   set -- $command
   case $1 in
     run)
       script=$(take "$2")
       echo XFER-OUT
-      { feed "$3" | ( eval "$script" ) 2>&1; echo "XFER-STATUS $?"; } | od -An -v -tx1
+      if [ "${4:-}" = gzip ]; then
+        { feed "$3" | gzip -dc 2>/dev/null | ( eval "$script" ) 2>&1; echo "XFER-STATUS $?"; } | od -An -v -tx1
+      else
+        { feed "$3" | ( eval "$script" ) 2>&1; echo "XFER-STATUS $?"; } | od -An -v -tx1
+      fi
       echo XFER-DONE
       ;;
     agent)
@@ -151,6 +165,8 @@ pub struct TerminalSession {
     /// Read from the terminal and not yet used.
     seen: Vec<u8>,
     decoder: Decoder,
+    /// Whether the host's gzip inflates.
+    gzip: bool,
 }
 
 /// What [`TerminalSession::start_agent`] came to.
@@ -178,6 +194,7 @@ impl TerminalSession {
                 writer,
                 seen: early,
                 decoder: Decoder::Base64,
+                gzip: false,
             };
             session.start_driver().await?;
             Ok(session)
@@ -266,12 +283,14 @@ impl TerminalSession {
         self.write(DRIVER.as_bytes()).await?;
         self.wait_for(b"XFER-DRIVER-1 ").await?;
         let line = self.wait_for(b"\n").await?;
-        self.decoder = if line.starts_with(b"octal") {
-            Decoder::Octal
-        } else {
-            Decoder::Base64
+        let line = String::from_utf8_lossy(&line);
+        let mut words = line.split_whitespace();
+        self.decoder = match words.next() {
+            Some("octal") => Decoder::Octal,
+            _ => Decoder::Base64,
         };
-        tracing::debug!(label = %self.label, decoder = ?self.decoder, "the terminal's driver runs");
+        self.gzip = words.next() == Some("gzip");
+        tracing::debug!(label = %self.label, decoder = ?self.decoder, gzip = self.gzip, "the terminal's driver runs");
         Ok(())
     }
 
@@ -334,8 +353,17 @@ impl TerminalSession {
         stdin: &[&[u8]],
         limits: ExecLimits,
     ) -> Result<ExecOutput> {
-        let mut chunks = encode_chunks(stdin, self.decoder);
-        let result = self.run_chunks(script, &chunks, limits).await;
+        let length: usize = stdin.iter().map(|part| part.len()).sum();
+        let compressed = (self.gzip && length >= COMPRESS_FROM)
+            .then(|| gzip(stdin))
+            .flatten();
+        let mut chunks = match &compressed {
+            Some(compressed) => encode_chunks(&[compressed], self.decoder),
+            None => encode_chunks(stdin, self.decoder),
+        };
+        let result = self
+            .run_chunks(script, &chunks, compressed.is_some(), limits)
+            .await;
         // The chunks may hold a secret's value.
         chunks.iter_mut().for_each(|chunk| chunk.zeroize());
         result
@@ -345,10 +373,12 @@ impl TerminalSession {
         &mut self,
         script: &'static str,
         chunks: &[Vec<u8>],
+        gzipped: bool,
         limits: ExecLimits,
     ) -> Result<ExecOutput> {
         self.seen.clear();
-        let command = format!("run {} {}\n{script}", script.len(), chunks.len());
+        let inflate = if gzipped { " gzip" } else { "" };
+        let command = format!("run {} {}{inflate}\n{script}", script.len(), chunks.len());
         self.write(command.as_bytes()).await?;
         self.wait_for(b"XFER-OUT").await?;
         // Chunks go out while the output comes back: a script that stops reading early has
@@ -639,6 +669,17 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
         .position(|window| window == needle)
 }
 
+/// `parts` as one gzip stream, at the fastest level: the terminal, not the compressor, is
+/// what is slow.
+fn gzip(parts: &[&[u8]]) -> Option<Vec<u8>> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    for part in parts {
+        encoder.write_all(part).ok()?;
+    }
+    encoder.finish().ok()
+}
+
 /// Stdin as the driver's checked chunks: `LENGTH CRC` on a line, then the encoded bytes.
 fn encode_chunks(stdin: &[&[u8]], decoder: Decoder) -> Vec<Vec<u8>> {
     let mut encoded = Vec::new();
@@ -834,7 +875,7 @@ mod tests {
         writer.join().unwrap().unwrap();
         let text = output.stdout;
         let hello = format!(
-            "XFER-DRIVER-1 {}\n",
+            "XFER-DRIVER-1 {} gzip\n",
             if decoder_missing { "octal" } else { "base64" }
         );
         assert!(
@@ -889,6 +930,38 @@ mod tests {
             rest = &rest[done + b"XFER-DONE".len()..];
         }
         answers
+    }
+
+    #[test]
+    fn a_gzipped_stdin_is_inflated_on_the_host() {
+        let stdin: Vec<u8> = (0..=255u8).cycle().take(3 << 20).collect();
+        let compressed = gzip(&[&stdin[..1000], &stdin[1000..]]).unwrap();
+        assert!(compressed.len() < stdin.len() / 10);
+        let chunks = encode_chunks(&[&compressed], Decoder::Base64);
+        let script = "cksum";
+        let mut input =
+            format!("run {} {} gzip\n{script}", script.len(), chunks.len()).into_bytes();
+        chunks
+            .iter()
+            .for_each(|chunk| input.extend_from_slice(chunk));
+        input.extend_from_slice(b"quit\n");
+        let mut child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(DRIVER)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut child_stdin = child.stdin.take().unwrap();
+        let writer = std::thread::spawn(move || child_stdin.write_all(&input));
+        let output = child.wait_with_output().unwrap();
+        writer.join().unwrap().unwrap();
+        let answers = answers(&output.stdout);
+        assert_eq!(answers.len(), 1);
+        assert_eq!(
+            String::from_utf8_lossy(&answers[0].0.stdout),
+            format!("{} {}\n", posix_cksum(&stdin), stdin.len())
+        );
     }
 
     #[test]
