@@ -529,9 +529,15 @@ fn read_facts(text: &str, local_time: f64, report: &mut HostReport) {
     }
 }
 
-/// Asks for a shell with want-reply and reads the verdict, bounded in time.
+/// Asks for a terminal and a shell, as xfer would use them (a relay may give a shell only with
+/// a terminal), the shell with want-reply, and reads the verdict, bounded in time.
 async fn shell_accepted(mut channel: russh::Channel<russh::client::Msg>) -> Capability {
-    if channel.request_shell(true).await.is_err() {
+    if channel
+        .request_pty(false, "dumb", 80, 24, 0, 0, &[])
+        .await
+        .is_err()
+        || channel.request_shell(true).await.is_err()
+    {
         return Capability::Refused;
     }
     let verdict = tokio::time::timeout(Duration::from_secs(15), async {

@@ -381,13 +381,11 @@ async fn start_cached(connection: &Arc<Connection>) -> Result<Outcome> {
         Err(reason) => return Ok(Outcome::Fallback(reason)),
     };
     let platform = match launch(connection, START_CACHED, &own.name).await? {
-        Launch::Agent(client)
-            if client.hello().build.executable_blake3 == own.build.executable_blake3 =>
-        {
+        Launch::Agent(client) if is_ours(&client, own) => {
             return Ok(Outcome::Ready(AgentRemote::new(client, connection.clone())));
         }
         // Same name, other bytes: a damaged or tampered copy. Replace it.
-        Launch::Agent(_) | Launch::Refused(_) => probe(connection).await?,
+        Launch::Agent(_) | Launch::Refused(_) => probe(&mut Runner::Exec(connection)).await?,
         Launch::Failed(reason) => return Ok(Outcome::Fallback(reason)),
         Launch::NotAgent(text) => match parse_no_agent(&text) {
             Some(answer) if answer.platform.is_none() => {
@@ -397,29 +395,21 @@ async fn start_cached(connection: &Arc<Connection>) -> Result<Outcome> {
             }
             Some(answer) => answer.platform,
             // No answer at all: an agent was there but could not run. Replace it.
-            None => probe(connection).await?,
+            None => probe(&mut Runner::Exec(connection)).await?,
         },
     };
     let (os, machine) = match platform {
         Some(platform) => platform,
         None => return Ok(Outcome::Fallback("the host does not run commands".into())),
     };
-    if !same_platform(&own.build.os, &own.build.arch, &os, &machine) {
-        return Ok(Outcome::Fallback(format!(
-            "the host is {} {}, this xfer is built for {} {}",
-            crate::terminal::printable(&os),
-            crate::terminal::printable(&machine),
-            own.build.os,
-            own.build.arch
-        )));
+    if let Some(reason) = other_platform(own, &os, &machine) {
+        return Ok(Outcome::Fallback(reason));
     }
     if let Some(reason) = upload_once(connection, &mut Runner::Exec(connection), own).await? {
         return Ok(Outcome::Fallback(reason));
     }
     match launch(connection, START_CACHED, &own.name).await? {
-        Launch::Agent(client)
-            if client.hello().build.executable_blake3 == own.build.executable_blake3 =>
-        {
+        Launch::Agent(client) if is_ours(&client, own) => {
             Ok(Outcome::Ready(AgentRemote::new(client, connection.clone())))
         }
         Launch::Agent(_) => Ok(Outcome::Fallback(
@@ -467,79 +457,50 @@ pub async fn start_through_terminal(connection: &Arc<Connection>) -> Result<Outc
         Ok(own) => own,
         Err(reason) => return Ok(Outcome::Fallback(reason)),
     };
-    let mut session = TerminalSession::open(connection).await?;
-    let platform = match session.start_agent(START_CACHED, &own.name).await? {
-        TerminalLaunch::Agent(client)
-            if client.hello().build.executable_blake3 == own.build.executable_blake3 =>
-        {
+    let session = TerminalSession::open(connection).await?;
+    let (platform, mut session) = match session.start_agent(START_CACHED, &own.name).await? {
+        TerminalLaunch::Agent(client) if is_ours(&client, own) => {
             return Ok(Outcome::Ready(AgentRemote::new(client, connection.clone())));
         }
-        // Same name, other bytes: a damaged copy, replaced below from a new terminal.
+        // Same name, other bytes (a damaged copy), or an agent that would not talk: replaced
+        // from a new terminal, the session it started being its own now.
         TerminalLaunch::Agent(_) | TerminalLaunch::Refused(_) => {
-            session = TerminalSession::open(connection).await?;
-            let output = session
-                .run(
-                    PROBE,
-                    b"",
-                    ExecLimits {
-                        max_output: 4096,
-                        timeout: START_TIMEOUT,
-                    },
-                )
-                .await?;
-            let text = output.stdout_text();
-            let mut lines = text.lines().map(str::trim);
-            match (lines.next(), lines.next()) {
-                (Some(os), Some(machine)) if !os.is_empty() && !machine.is_empty() => {
-                    Some((os.to_string(), machine.to_string()))
-                }
-                _ => None,
-            }
+            let mut session = TerminalSession::open(connection).await?;
+            (probe(&mut Runner::Terminal(&mut session)).await?, session)
         }
-        TerminalLaunch::NotAgent(text, same) => {
-            session = same;
-            match parse_no_agent(&text) {
-                Some(answer) => answer.platform,
-                None => {
-                    return Ok(Outcome::Fallback(format!(
-                        "the start script on the terminal did not answer: {}",
-                        crate::terminal::printable(String::from_utf8_lossy(&text).trim())
-                    )));
-                }
+        TerminalLaunch::NotAgent(text, session) => match parse_no_agent(&text) {
+            Some(answer) => (answer.platform, session),
+            None => {
+                return Ok(Outcome::Fallback(format!(
+                    "the start script on the terminal did not answer: {}",
+                    crate::terminal::printable(String::from_utf8_lossy(&text).trim())
+                )));
             }
-        }
+        },
     };
     let Some((os, machine)) = platform else {
         return Ok(Outcome::Fallback(
             "the host has no uname, so which agent it runs is unknown".into(),
         ));
     };
-    if !same_platform(&own.build.os, &own.build.arch, &os, &machine) {
-        return Ok(Outcome::Fallback(format!(
-            "the host is {} {}, this xfer is built for {} {}",
-            crate::terminal::printable(&os),
-            crate::terminal::printable(&machine),
-            own.build.os,
-            own.build.arch
-        )));
+    if let Some(reason) = other_platform(own, &os, &machine) {
+        return Ok(Outcome::Fallback(reason));
     }
     if let Some(reason) = upload_once(connection, &mut Runner::Terminal(&mut session), own).await? {
         return Ok(Outcome::Fallback(reason));
     }
-    match session.start_agent(START_CACHED, &own.name).await? {
-        TerminalLaunch::Agent(client)
-            if client.hello().build.executable_blake3 == own.build.executable_blake3 =>
-        {
-            Ok(Outcome::Ready(AgentRemote::new(client, connection.clone())))
+    Ok(match session.start_agent(START_CACHED, &own.name).await? {
+        TerminalLaunch::Agent(client) if is_ours(&client, own) => {
+            Outcome::Ready(AgentRemote::new(client, connection.clone()))
         }
-        TerminalLaunch::Agent(_) => Ok(Outcome::Fallback(
-            "the uploaded agent's hash differs from this executable's".into(),
-        )),
-        TerminalLaunch::NotAgent(..) => Ok(Outcome::Fallback(
-            "the uploaded agent does not start on the host".into(),
-        )),
-        TerminalLaunch::Refused(reason) => Ok(Outcome::Fallback(reason)),
-    }
+        TerminalLaunch::Agent(_) => {
+            Outcome::Fallback("the uploaded agent's hash differs from this executable's".into())
+        }
+        TerminalLaunch::NotAgent(..) => {
+            Outcome::Fallback("the uploaded agent does not start on the host".into())
+        }
+        TerminalLaunch::Refused(reason) => Outcome::Fallback(reason),
+    })
 }
 
 enum Launch {
@@ -675,28 +636,43 @@ fn parse_no_agent(text: &[u8]) -> Option<NoAgent> {
     })
 }
 
-async fn probe(connection: &Arc<Connection>) -> Result<Option<(String, String)>> {
-    let output = exec::run(
-        connection,
-        PROBE,
-        b"",
-        ExecLimits {
-            max_output: 4096,
-            timeout: START_TIMEOUT,
-        },
-    )
-    .await?;
+/// The host's `uname -s` and `uname -m`, None when it has no uname or runs no commands.
+async fn probe(runner: &mut Runner<'_>) -> Result<Option<(String, String)>> {
+    let limits = ExecLimits {
+        max_output: 4096,
+        timeout: START_TIMEOUT,
+    };
+    let output = runner.run(PROBE, b"", limits).await?;
     if !output.success() {
         return Ok(None);
     }
     let text = output.stdout_text();
-    let mut lines = text.lines();
+    let mut lines = text.lines().map(str::trim);
     match (lines.next(), lines.next()) {
-        (Some(os), Some(machine)) if !os.trim().is_empty() => {
-            Ok(Some((os.trim().to_string(), machine.trim().to_string())))
+        (Some(os), Some(machine)) if !os.is_empty() && !machine.is_empty() => {
+            Ok(Some((os.to_string(), machine.to_string())))
         }
         _ => Ok(None),
     }
+}
+
+/// Why this build's agent cannot run on a host of that `uname -s` and `uname -m`, if it
+/// cannot.
+fn other_platform(own: &Own, os: &str, machine: &str) -> Option<String> {
+    (!same_platform(&own.build.os, &own.build.arch, os, machine)).then(|| {
+        format!(
+            "the host is {} {}, this xfer is built for {} {}",
+            crate::terminal::printable(os),
+            crate::terminal::printable(machine),
+            own.build.os,
+            own.build.arch
+        )
+    })
+}
+
+/// Whether the agent that answered runs this very executable.
+fn is_ours(client: &AgentClient, own: &Own) -> bool {
+    client.hello().build.executable_blake3 == own.build.executable_blake3
 }
 
 async fn upload(runner: &mut Runner<'_>, connection: &Connection, own: &Own) -> Result<()> {

@@ -233,8 +233,11 @@ async fn execute_once(
             }
             ChannelMsg::Success => answered = true,
             ChannelMsg::Failure => {
+                // The exec request was refused: nothing will run on this channel, and a server
+                // (a relay) may leave it open rather than close it.
                 answered = true;
-                refused = true
+                refused = true;
+                break;
             }
             _ => {}
         }

@@ -322,8 +322,8 @@ fn noisy_logins_in_every_shell_carry_a_pull_and_a_push() {
     }
 }
 
-/// A tree with every byte value, pulled and pushed through `relay`; returns the -vv output of
-/// the pull.
+/// A tree with every byte value pulled and pushed through `relay`, a delta re-run, a dry run,
+/// doctor and a secret; returns the -vv output of the delta pull.
 fn through_relay(relay: &Relay, work: &Path) -> String {
     let config = relay.write_client_config("pod", &[]);
     let source = work.join("source");
@@ -356,15 +356,66 @@ fn through_relay(relay: &Relay, work: &Path) -> String {
     );
     assert_ok(&output, "the push through the relay");
     assert_eq!(tree_digest(&pushed), tree_digest(&source));
-    crate::support::stderr(&xfer(
+
+    // A 4-byte change moves well under 1 MiB down, logins included.
+    let mut changed = fs::read(source.join("other/random.bin")).unwrap();
+    changed[250_000..250_004].copy_from_slice(b"XFER");
+    fs::write(source.join("other/random.bin"), &changed).unwrap();
+    let before = relay.bytes_down();
+    let output = xfer(
         &config,
         &[
             "pull",
             "-vv",
             &remote_path(&source),
-            work.join("again").to_str().unwrap(),
+            pulled.to_str().unwrap(),
         ],
-    ))
+    );
+    assert_ok(&output, "the delta pull through the relay");
+    assert_eq!(tree_digest(&pulled), tree_digest(&source));
+    let moved = relay.bytes_down() - before;
+    assert!(moved < 1 << 20, "a 4-byte change moved {moved} bytes down");
+    let log = crate::support::stderr(&output);
+
+    // A dry run changes nothing; doctor sees the mode.
+    let planned = work.join("planned");
+    let output = xfer(
+        &config,
+        &[
+            "pull",
+            "--dry-run",
+            &remote_path(&source),
+            planned.to_str().unwrap(),
+        ],
+    );
+    assert_ok(&output, "the dry run through the relay");
+    assert!(!planned.exists());
+    let output = xfer(&config, &["doctor", "--json", "pod"]);
+    assert_ok(&output, "doctor through the relay");
+    let reports: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        reports[0]["mode"],
+        "shell-only: transfers through the terminal"
+    );
+
+    // A secret arrives, and checks out.
+    let target = work.join("secret/token");
+    let value = canary();
+    for action in ["push", "check"] {
+        let mut command = xfer_command();
+        command
+            .env("CANARY_TOKEN", &value)
+            .args(["secret", action, "--from-env", "CANARY_TOKEN", "--to"])
+            .arg(&target)
+            .arg("-F")
+            .arg(&config)
+            .arg("pod");
+        let output = run_with_timeout(&mut command, LIMIT);
+        assert_ok(&output, &format!("secret {action} through the relay"));
+        assert!(!said(&output).contains(&value));
+    }
+    assert_eq!(fs::read_to_string(&target).unwrap(), value);
+    log
 }
 
 #[test]
