@@ -6,7 +6,8 @@
 //!   byte-identical, over several terminal sessions at once, with the one-line notice; a dry
 //!   run plans through the terminal and changes nothing;
 //! - a transfer cut mid-way resumes on the re-run, moving about what was missing, and a 4-byte
-//!   change moves well under 1 MiB (bytes counted at a proxy);
+//!   change moves well under 1 MiB (bytes counted at a proxy); connections that go silent are
+//!   given up and the units resumed on new ones; a re-run after SIGKILL ends identical;
 //! - the agent is uploaded through the terminal once, and a re-run starts the cached copy;
 //! - noisy logins (a coloured banner and prompt) in dash, bash, zsh and fish are seen past;
 //! - relays that strip the eighth bit or translate newlines still carry the data whole (the
@@ -21,7 +22,7 @@ use crate::support::shell_only::{LoginShell, ShellOnly};
 use crate::support::users::{CacheChange, local_users};
 use crate::support::{
     Proxy, ProxyMode, Relay, files_containing, install_agent, remote_home, run_with_timeout, said,
-    tree_digest, write_file, xfer_command,
+    tree_digest, write_file, xfer_command, xfer_command_in,
 };
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -216,6 +217,90 @@ fn a_cut_transfer_resumes_and_a_small_change_moves_little() {
     assert_eq!(fs::read(local.join("big.bin")).unwrap(), changed);
     let moved = proxy.bytes_total();
     assert!(moved < 1 << 20, "a 4-byte change moved {moved} bytes");
+}
+
+#[test]
+fn a_stalled_terminal_and_a_killed_xfer_both_end_byte_identical() {
+    remote_home();
+    let endpoint = ShellOnly::builder(LoginShell::Bash).start();
+    let proxy = Proxy::start(endpoint.port());
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("proxy_config");
+    // Keepalives find a silent connection in seconds.
+    endpoint.sshd().append_client_config(
+        &config,
+        "pod",
+        &[
+            &format!("Port {}", proxy.port()),
+            "ServerAliveInterval 1",
+            "ServerAliveCountMax 2",
+        ],
+    );
+    let source = work.path().join("source");
+    for directory in ["one", "two"] {
+        write_file(
+            &source.join(directory).join("part.bin"),
+            directory.len() as u64,
+            8 << 20,
+            0o644,
+            1_700_000_000,
+        );
+    }
+    let state = tempfile::tempdir().unwrap();
+    let pull = |destination: &Path, extra: &[&str]| {
+        let mut command = xfer_command_in(state.path());
+        command
+            .args(["pull", "--json", "-j", "2"])
+            .args(extra)
+            .arg(remote_path(&source))
+            .arg(destination)
+            .arg("-F")
+            .arg(&config);
+        command
+    };
+
+    // Every connection goes silent after 5 MiB, its socket left open: each directory needs a
+    // second connection, which resumes.
+    proxy.set_mode(ProxyMode::StallEachAfter(5 << 20));
+    let stalled = work.path().join("stalled");
+    let output = run_with_timeout(&mut pull(&stalled, &[]), LIMIT);
+    assert_ok(&output, "the pull over stalling connections");
+    assert_eq!(tree_digest(&stalled), tree_digest(&source));
+    let result = crate::support::summary(&output);
+    let retried: u64 = result["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|unit| unit["attempts"].as_u64().unwrap() - 1)
+        .sum();
+    assert!(retried >= 1, "{result}");
+    assert!(proxy.stalls() >= 1);
+
+    // SIGKILL mid-transfer over a slow link; the same command again ends identical.
+    proxy.set_mode(ProxyMode::Throttle {
+        bytes_per_second: 4 << 20,
+    });
+    proxy.reset_counters();
+    let killed = work.path().join("killed");
+    let mut child = pull(&killed, &[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + LIMIT;
+    while proxy.bytes_total() < 6 << 20 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "finished before the kill"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    proxy.set_mode(ProxyMode::Pass);
+    let output = run_with_timeout(&mut pull(&killed, &[]), LIMIT);
+    assert_ok(&output, "the re-run after SIGKILL");
+    assert_eq!(tree_digest(&killed), tree_digest(&source));
 }
 
 #[test]
