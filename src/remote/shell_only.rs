@@ -20,7 +20,7 @@ use crate::agent::client::{AgentClient, AgentError, Startup};
 use crate::error::{Error, Result};
 use crate::ssh::connect::{Connection, russh_error};
 use crate::ssh::exec::{ExecLimits, ExecOutput};
-use crate::terminal_link::handshake::{self, Found};
+use crate::terminal_link::handshake::{self, Found, find};
 use crate::terminal_link::{LinkReader, LinkWriter};
 use russh::ChannelMsg;
 use russh::client::Msg;
@@ -377,8 +377,7 @@ impl TerminalSession {
         limits: ExecLimits,
     ) -> Result<ExecOutput> {
         self.seen.clear();
-        let inflate = if gzipped { " gzip" } else { "" };
-        let command = format!("run {} {}{inflate}\n{script}", script.len(), chunks.len());
+        let command = run_request(script, chunks.len(), gzipped);
         self.write(command.as_bytes()).await?;
         self.wait_for(b"XFER-OUT").await?;
         // Chunks go out while the output comes back: a script that stops reading early has
@@ -640,6 +639,12 @@ fn closed(connection: &Connection, label: &str, when: &str) -> Error {
     }
 }
 
+/// The driver's `run` line for `script` with `chunks` chunks of stdin, then the script.
+fn run_request(script: &str, chunks: usize, gzipped: bool) -> String {
+    let inflate = if gzipped { " gzip" } else { "" };
+    format!("run {} {chunks}{inflate}\n{script}", script.len())
+}
+
 /// The line typed into the login shell. Every login shell (sh, bash, zsh, fish, tcsh) runs it
 /// the same way: it holds no `!`, backslash or nested single quote. It holds nothing secret,
 /// but it should not clutter the user's history either: the leading space keeps it out of
@@ -661,12 +666,6 @@ async fn answer_cursor_queries(output: &[u8], writer: &mut WriteHalf<Stream>) {
         let _ = writer.write_all(b"\x1b[1;1R").await;
         let _ = writer.flush().await;
     }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack
-        .windows(needle.len())
-        .position(|window| window == needle)
 }
 
 /// `parts` as one gzip stream, at the fastest level: the terminal, not the compressor, is
@@ -782,6 +781,7 @@ pub fn posix_cksum(bytes: &[u8]) -> u32 {
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::path::Path;
     use std::process::{Command, Stdio};
 
     fn system_cksum(bytes: &[u8]) -> String {
@@ -834,10 +834,40 @@ mod tests {
         assert!(!inner.contains('\''));
     }
 
-    /// Runs the driver here on a pipe (no terminal), feeding it a `run` request the way the
-    /// client sends it, and reads its answer the way the client does.
+    /// Runs the driver here on a pipe (no terminal) with `input` then `quit`, the programs on
+    /// `path` first, and returns everything it printed.
+    fn run_driver(mut input: Vec<u8>, path: Option<&Path>) -> Vec<u8> {
+        input.extend_from_slice(b"quit\n");
+        let mut command = Command::new("/bin/sh");
+        command.arg("-c").arg(DRIVER);
+        if let Some(path) = path {
+            let inherited = std::env::var("PATH").unwrap_or_default();
+            command.env("PATH", format!("{}:{inherited}", path.display()));
+        }
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut child_stdin = child.stdin.take().unwrap();
+        let writer = std::thread::spawn(move || child_stdin.write_all(&input));
+        let output = child.wait_with_output().unwrap();
+        writer.join().unwrap().unwrap();
+        output.stdout
+    }
+
+    /// A `run` request as the client sends it.
+    fn request(script: &str, chunks: &[Vec<u8>], gzipped: bool) -> Vec<u8> {
+        let mut input = run_request(script, chunks.len(), gzipped).into_bytes();
+        chunks
+            .iter()
+            .for_each(|chunk| input.extend_from_slice(chunk));
+        input
+    }
+
+    /// Runs one `run` request through the driver here and reads its answer the way the client
+    /// does.
     fn drive(decoder_missing: bool, script: &'static str, stdin: &[u8]) -> ExecOutput {
-        let mut environment_path = std::env::var("PATH").unwrap_or_default();
         let shim = tempfile::tempdir().unwrap();
         if decoder_missing {
             // A host without base64: a base64 that fails.
@@ -848,7 +878,6 @@ mod tests {
                 <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
             )
             .unwrap();
-            environment_path = format!("{}:{environment_path}", shim.path().display());
         }
         let decoder = if decoder_missing {
             Decoder::Octal
@@ -856,24 +885,10 @@ mod tests {
             Decoder::Base64
         };
         let chunks = encode_chunks(&[stdin], decoder);
-        let mut input = format!("run {} {}\n{script}", script.len(), chunks.len()).into_bytes();
-        for chunk in &chunks {
-            input.extend_from_slice(chunk);
-        }
-        input.extend_from_slice(b"quit\n");
-        let mut child = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(DRIVER)
-            .env("PATH", environment_path)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut child_stdin = child.stdin.take().unwrap();
-        let writer = std::thread::spawn(move || child_stdin.write_all(&input));
-        let output = child.wait_with_output().unwrap();
-        writer.join().unwrap().unwrap();
-        let text = output.stdout;
+        let text = run_driver(
+            request(script, &chunks, false),
+            decoder_missing.then_some(shim.path()),
+        );
         let hello = format!(
             "XFER-DRIVER-1 {} gzip\n",
             if decoder_missing { "octal" } else { "base64" }
@@ -888,8 +903,8 @@ mod tests {
         parse_output(&text[start..done], 1 << 20)
     }
 
-    /// Runs the driver here on a pipe with `requests` (each a script and its stdin, the last
-    /// one's chunks passed through `damage`) and returns its whole output.
+    /// Runs `requests` (each a script and its stdin, the last one's chunks passed through
+    /// `damage`) through the driver here and returns its whole output.
     fn drive_many(requests: &[(&'static str, &[u8])], damage: fn(&mut Vec<u8>)) -> Vec<u8> {
         let mut input = Vec::new();
         for (index, (script, stdin)) in requests.iter().enumerate() {
@@ -897,24 +912,9 @@ mod tests {
             if index + 1 == requests.len() {
                 chunks.iter_mut().for_each(damage);
             }
-            input.extend(format!("run {} {}\n{script}", script.len(), chunks.len()).bytes());
-            chunks
-                .iter()
-                .for_each(|chunk| input.extend_from_slice(chunk));
+            input.extend(request(script, &chunks, false));
         }
-        input.extend_from_slice(b"quit\n");
-        let mut child = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(DRIVER)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut child_stdin = child.stdin.take().unwrap();
-        let writer = std::thread::spawn(move || child_stdin.write_all(&input));
-        let output = child.wait_with_output().unwrap();
-        writer.join().unwrap().unwrap();
-        output.stdout
+        run_driver(input, None)
     }
 
     fn answers(text: &[u8]) -> Vec<(ExecOutput, bool)> {
@@ -938,25 +938,8 @@ mod tests {
         let compressed = gzip(&[&stdin[..1000], &stdin[1000..]]).unwrap();
         assert!(compressed.len() < stdin.len() / 10);
         let chunks = encode_chunks(&[&compressed], Decoder::Base64);
-        let script = "cksum";
-        let mut input =
-            format!("run {} {} gzip\n{script}", script.len(), chunks.len()).into_bytes();
-        chunks
-            .iter()
-            .for_each(|chunk| input.extend_from_slice(chunk));
-        input.extend_from_slice(b"quit\n");
-        let mut child = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(DRIVER)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut child_stdin = child.stdin.take().unwrap();
-        let writer = std::thread::spawn(move || child_stdin.write_all(&input));
-        let output = child.wait_with_output().unwrap();
-        writer.join().unwrap().unwrap();
-        let answers = answers(&output.stdout);
+        let output = run_driver(request("cksum", &chunks, true), None);
+        let answers = answers(&output);
         assert_eq!(answers.len(), 1);
         assert_eq!(
             String::from_utf8_lossy(&answers[0].0.stdout),

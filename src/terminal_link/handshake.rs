@@ -100,7 +100,8 @@ pub async fn read_message<R: AsyncRead + Unpin>(
     }
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+/// Where `needle` first starts in `haystack`: the markers a terminal's output is searched for.
+pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack
         .windows(needle.len())
         .position(|window| window == needle)
