@@ -32,15 +32,15 @@ pub(crate) fn canary() -> String {
 /// sighting of the needle.
 /// A process where the watcher saw the value.
 #[derive(Debug, Clone)]
-pub(crate) struct Sighting {
-    pub(crate) pid: u32,
-    pub(crate) what: String,
+struct Sighting {
+    pid: u32,
+    what: String,
     /// The process ran xfer's executable before and after the read: xfer itself, or a child
     /// of it between fork and exec (still xfer's memory).
-    pub(crate) in_xfer: bool,
+    in_xfer: bool,
 }
 
-pub(crate) struct Watcher {
+struct Watcher {
     stop: Arc<AtomicBool>,
     sightings: Arc<Mutex<Vec<Sighting>>>,
     samples: Arc<Mutex<u64>>,
@@ -48,7 +48,7 @@ pub(crate) struct Watcher {
 }
 
 impl Watcher {
-    pub(crate) fn start(needle: &str) -> Watcher {
+    fn start(needle: &str) -> Watcher {
         let stop = Arc::new(AtomicBool::new(false));
         let sightings = Arc::new(Mutex::new(Vec::new()));
         let samples = Arc::new(Mutex::new(0));
@@ -109,7 +109,7 @@ impl Watcher {
         }
     }
 
-    pub(crate) fn finish(mut self) -> (Vec<Sighting>, u64) {
+    fn finish(mut self) -> (Vec<Sighting>, u64) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
             thread.join().unwrap();
@@ -118,6 +118,37 @@ impl Watcher {
         let samples = *self.samples.lock().unwrap();
         (sightings, samples)
     }
+}
+
+/// Runs `command` with its output captured while a [`Watcher`] looks for `value` in every
+/// process, and fails the test if any process but xfer itself showed it, or if the watcher
+/// never saw it where it must be (xfer's own environment).
+pub(crate) fn run_watched(command: &mut Command, value: &str) -> Output {
+    let watcher = Watcher::start(value);
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let xfer_pid = child.id();
+    let output = child.wait_with_output().unwrap();
+    let (sightings, samples) = watcher.finish();
+    assert!(samples > 5, "only {samples} samples");
+    assert!(
+        sightings
+            .iter()
+            .any(|sighting| sighting.pid == xfer_pid && sighting.what.starts_with("environ")),
+        "the watcher never saw xfer's own environment"
+    );
+    let leaks: Vec<_> = sightings
+        .iter()
+        .filter(|sighting| sighting.pid != xfer_pid && !sighting.in_xfer)
+        .collect();
+    assert!(
+        leaks.is_empty(),
+        "the value was visible in other processes: {leaks:?}"
+    );
+    output
 }
 
 #[test]
@@ -131,7 +162,6 @@ fn a_canary_appears_nowhere_but_in_the_target() {
     let target = work.path().join("secrets/token");
     let value = canary();
 
-    let watcher = Watcher::start(&value);
     let mut command = xfer_command();
     command
         .env("CANARY_TOKEN", &value)
@@ -146,13 +176,8 @@ fn a_canary_appears_nowhere_but_in_the_target() {
         .arg(&target)
         .arg("-F")
         .arg(&config)
-        .arg("proxied")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let child = command.spawn().unwrap();
-    let xfer_pid = child.id();
-    let output = child.wait_with_output().unwrap();
-    let (sightings, samples) = watcher.finish();
+        .arg("proxied");
+    let output = run_watched(&mut command, &value);
 
     assert!(
         output.status.success(),
@@ -172,22 +197,6 @@ fn a_canary_appears_nowhere_but_in_the_target() {
             .mode()
             & 0o777,
         0o700
-    );
-    // The watcher works: it saw the value where it must be, in xfer's own environment.
-    assert!(samples > 5, "only {samples} samples");
-    assert!(
-        sightings
-            .iter()
-            .any(|sighting| sighting.pid == xfer_pid && sighting.what.starts_with("environ")),
-        "the watcher never saw xfer's own environment"
-    );
-    let leaks: Vec<_> = sightings
-        .iter()
-        .filter(|sighting| sighting.pid != xfer_pid && !sighting.in_xfer)
-        .collect();
-    assert!(
-        leaks.is_empty(),
-        "the value was visible in other processes: {leaks:?}"
     );
     assert!(
         !text(&output.stdout).contains(&value) && !text(&output.stderr).contains(&value),

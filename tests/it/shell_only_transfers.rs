@@ -17,7 +17,7 @@
 //!   environment, not in sshd's DEBUG3 log, not in `-vvv` output, not in any history file;
 //! - `doctor` reports the mode and the terminal's throughput.
 
-use crate::secret::{Watcher, canary};
+use crate::secret::{canary, run_watched};
 use crate::support::shell_only::{LoginShell, ShellOnly};
 use crate::support::users::{CacheChange, local_users};
 use crate::support::{
@@ -40,6 +40,22 @@ fn xfer(config: &Path, arguments: &[&str]) -> Output {
     let mut command = xfer_command();
     command.args(arguments).arg("-F").arg(config);
     run_with_timeout(&mut command, LIMIT)
+}
+
+/// `xfer pull EXTRA pod:SOURCE DESTINATION -F CONFIG`.
+fn pull(config: &Path, extra: &[&str], source: &Path, destination: &Path) -> Output {
+    let mut arguments = vec!["pull"];
+    arguments.extend_from_slice(extra);
+    let source = remote_path(source);
+    arguments.push(&source);
+    arguments.push(destination.to_str().unwrap());
+    xfer(config, &arguments)
+}
+
+/// `xfer push SOURCE pod:DESTINATION -F CONFIG`.
+fn push(config: &Path, source: &Path, destination: &Path) -> Output {
+    let destination = remote_path(destination);
+    xfer(config, &["push", source.to_str().unwrap(), &destination])
 }
 
 fn assert_ok(output: &Output, what: &str) {
@@ -84,24 +100,13 @@ fn a_tree_pulls_and_pushes_through_the_terminal_byte_identical() {
 
     let pulled = work.path().join("pulled");
     // A dry run plans through the terminal too, and changes nothing here.
-    let output = xfer(
-        endpoint.config(),
-        &[
-            "pull",
-            "--dry-run",
-            &remote_path(&source),
-            pulled.to_str().unwrap(),
-        ],
-    );
+    let output = pull(endpoint.config(), &["--dry-run"], &source, &pulled);
     assert_ok(&output, "the dry run");
     assert!(said(&output).contains("model.bin"), "{}", said(&output));
     assert!(!pulled.exists(), "the dry run made the destination");
 
     let sessions_before = endpoint.log().matches("on pts/").count();
-    let output = xfer(
-        endpoint.config(),
-        &["pull", &remote_path(&source), pulled.to_str().unwrap()],
-    );
+    let output = pull(endpoint.config(), &[], &source, &pulled);
     assert_ok(&output, "the pull");
     assert_eq!(
         said(&output).matches(NOTICE).count(),
@@ -119,18 +124,12 @@ fn a_tree_pulls_and_pushes_through_the_terminal_byte_identical() {
     );
 
     let pushed = work.path().join("pushed");
-    let output = xfer(
-        endpoint.config(),
-        &["push", source.to_str().unwrap(), &remote_path(&pushed)],
-    );
+    let output = push(endpoint.config(), &source, &pushed);
     assert_ok(&output, "the push");
     assert_eq!(tree_digest(&pushed), tree_digest(&source));
 
     // A re-run finds everything in place.
-    let output = xfer(
-        endpoint.config(),
-        &["pull", &remote_path(&source), pulled.to_str().unwrap()],
-    );
+    let output = pull(endpoint.config(), &[], &source, &pulled);
     assert_ok(&output, "the re-run");
     assert!(said(&output).contains("0 transferred"), "{}", said(&output));
 
@@ -173,18 +172,11 @@ fn a_cut_transfer_resumes_and_a_small_change_moves_little() {
     let size = 24usize << 20;
     write_file(&source.join("big.bin"), 7, size, 0o644, 1_700_000_000);
     let local = work.path().join("local");
-    let pull = |extra: &[&str]| {
-        let mut arguments = vec!["pull", "--retries", "0"];
-        arguments.extend_from_slice(extra);
-        let source = remote_path(&source);
-        arguments.push(&source);
-        arguments.push(local.to_str().unwrap());
-        xfer(&config, &arguments)
-    };
+    let pull_once = || pull(&config, &["--retries", "0"], &source, &local);
 
     // Cut every connection once a third of the file went down.
     proxy.set_mode(ProxyMode::CutAllAfter(size as u64 / 3));
-    let output = pull(&[]);
+    let output = pull_once();
     assert!(
         !output.status.success(),
         "the cut run succeeded:\n{}",
@@ -194,7 +186,7 @@ fn a_cut_transfer_resumes_and_a_small_change_moves_little() {
 
     proxy.set_mode(ProxyMode::Pass);
     proxy.reset_counters();
-    let output = pull(&[]);
+    let output = pull_once();
     assert_ok(&output, "the re-run");
     assert_eq!(
         fs::read(local.join("big.bin")).unwrap(),
@@ -212,7 +204,7 @@ fn a_cut_transfer_resumes_and_a_small_change_moves_little() {
     changed[size / 2..size / 2 + 4].copy_from_slice(b"XFER");
     fs::write(source.join("big.bin"), &changed).unwrap();
     proxy.reset_counters();
-    let output = pull(&[]);
+    let output = pull_once();
     assert_ok(&output, "the delta re-run");
     assert_eq!(fs::read(local.join("big.bin")).unwrap(), changed);
     let moved = proxy.bytes_total();
@@ -319,10 +311,7 @@ fn the_agent_is_uploaded_through_the_terminal_once() {
     let work = tempfile::tempdir().unwrap();
 
     let first = work.path().join("first");
-    let output = xfer(
-        endpoint.config(),
-        &["pull", "-v", &remote_path(&source), first.to_str().unwrap()],
-    );
+    let output = pull(endpoint.config(), &["-v"], &source, &first);
     assert_ok(&output, "the first pull");
     assert!(
         said(&output).contains("uploading the xfer agent"),
@@ -342,15 +331,7 @@ fn the_agent_is_uploaded_through_the_terminal_once() {
     assert_eq!(tree_digest(&first), tree_digest(&source));
 
     let second = work.path().join("second");
-    let output = xfer(
-        endpoint.config(),
-        &[
-            "pull",
-            "-v",
-            &remote_path(&source),
-            second.to_str().unwrap(),
-        ],
-    );
+    let output = pull(endpoint.config(), &["-v"], &source, &second);
     assert_ok(&output, "the second pull");
     assert!(
         !said(&output).contains("uploading the xfer agent"),
@@ -375,10 +356,7 @@ fn noisy_logins_in_every_shell_carry_a_pull_and_a_push() {
     for shell in LoginShell::ALL {
         let endpoint = ShellOnly::builder(shell).noisy().start();
         let pulled = work.path().join(format!("pulled-{}", shell.name()));
-        let output = xfer(
-            endpoint.config(),
-            &["pull", &remote_path(&source), pulled.to_str().unwrap()],
-        );
+        let output = pull(endpoint.config(), &[], &source, &pulled);
         assert_ok(
             &output,
             &format!("the pull through a noisy {} login", shell.name()),
@@ -390,10 +368,7 @@ fn noisy_logins_in_every_shell_carry_a_pull_and_a_push() {
             shell.name()
         );
         let pushed = work.path().join(format!("pushed-{}", shell.name()));
-        let output = xfer(
-            endpoint.config(),
-            &["push", source.to_str().unwrap(), &remote_path(&pushed)],
-        );
+        let output = push(endpoint.config(), &source, &pushed);
         assert_ok(
             &output,
             &format!("the push through a noisy {} login", shell.name()),
@@ -423,22 +398,11 @@ fn through_relay(relay: &Relay, work: &Path) -> String {
         1_700_000_000,
     );
     let pulled = work.join("pulled");
-    let output = xfer(
-        &config,
-        &[
-            "pull",
-            "-vv",
-            &remote_path(&source),
-            pulled.to_str().unwrap(),
-        ],
-    );
+    let output = pull(&config, &["-vv"], &source, &pulled);
     assert_ok(&output, "the pull through the relay");
     assert_eq!(tree_digest(&pulled), tree_digest(&source));
     let pushed = work.join("pushed");
-    let output = xfer(
-        &config,
-        &["push", source.to_str().unwrap(), &remote_path(&pushed)],
-    );
+    let output = push(&config, &source, &pushed);
     assert_ok(&output, "the push through the relay");
     assert_eq!(tree_digest(&pushed), tree_digest(&source));
 
@@ -447,15 +411,7 @@ fn through_relay(relay: &Relay, work: &Path) -> String {
     changed[250_000..250_004].copy_from_slice(b"XFER");
     fs::write(source.join("other/random.bin"), &changed).unwrap();
     let before = relay.bytes_down();
-    let output = xfer(
-        &config,
-        &[
-            "pull",
-            "-vv",
-            &remote_path(&source),
-            pulled.to_str().unwrap(),
-        ],
-    );
+    let output = pull(&config, &["-vv"], &source, &pulled);
     assert_ok(&output, "the delta pull through the relay");
     assert_eq!(tree_digest(&pulled), tree_digest(&source));
     let moved = relay.bytes_down() - before;
@@ -464,15 +420,7 @@ fn through_relay(relay: &Relay, work: &Path) -> String {
 
     // A dry run changes nothing; doctor sees the mode.
     let planned = work.join("planned");
-    let output = xfer(
-        &config,
-        &[
-            "pull",
-            "--dry-run",
-            &remote_path(&source),
-            planned.to_str().unwrap(),
-        ],
-    );
+    let output = pull(&config, &["--dry-run"], &source, &planned);
     assert_ok(&output, "the dry run through the relay");
     assert!(!planned.exists());
     let output = xfer(&config, &["doctor", "--json", "pod"]);
@@ -538,10 +486,7 @@ fn a_byte_the_relay_changes_fails_the_request_never_the_file() {
     // Past the login and the link's start, in the middle of the file's blocks.
     relay.damage_down_after(size as u64 / 2);
     let pulled = work.path().join("pulled");
-    let output = xfer(
-        &config,
-        &["pull", &remote_path(&source), pulled.to_str().unwrap()],
-    );
+    let output = pull(&config, &[], &source, &pulled);
     assert_eq!(
         relay.damaged(),
         1,
@@ -567,7 +512,6 @@ fn a_secret_goes_through_the_terminal_and_leaks_nowhere() {
     let target = work.path().join("secrets/token");
     let value = canary();
 
-    let watcher = Watcher::start(&value);
     let mut command = xfer_command();
     command
         .env("CANARY_TOKEN", &value)
@@ -582,32 +526,11 @@ fn a_secret_goes_through_the_terminal_and_leaks_nowhere() {
         .arg(&target)
         .arg("-F")
         .arg(endpoint.config())
-        .arg("pod")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let child = command.spawn().unwrap();
-    let xfer_pid = child.id();
-    let output = child.wait_with_output().unwrap();
-    let (sightings, samples) = watcher.finish();
+        .arg("pod");
+    let output = run_watched(&mut command, &value);
     assert_ok(&output, "secret push");
     assert_eq!(fs::read_to_string(&target).unwrap(), value);
     assert_eq!(fs::metadata(&target).unwrap().mode() & 0o7777, 0o600);
-
-    assert!(samples > 5, "only {samples} samples");
-    assert!(
-        sightings
-            .iter()
-            .any(|sighting| sighting.pid == xfer_pid && sighting.what.starts_with("environ")),
-        "the watcher never saw xfer's own environment"
-    );
-    let leaks: Vec<_> = sightings
-        .iter()
-        .filter(|sighting| sighting.pid != xfer_pid && !sighting.in_xfer)
-        .collect();
-    assert!(
-        leaks.is_empty(),
-        "the value was visible in other processes: {leaks:?}"
-    );
     let printed = said(&output);
     assert!(
         printed.contains("scripts run through the terminal"),
