@@ -15,7 +15,7 @@ use crate::remote::runner::Runner;
 use crate::remote::sftp;
 use crate::remote::shell_only::TerminalSession;
 use crate::ssh::connect::{Connection, Connector, label_of};
-use crate::ssh::exec::{self, ExecLimits};
+use crate::ssh::exec::{ExecLimits, ExecOutput};
 use crate::target::HostSpec;
 use crate::terminal::printable;
 use russh::ChannelMsg;
@@ -308,17 +308,9 @@ async fn check_terminal(
         }
     };
     report.mode = Some(SHELL_ONLY_MODE.into());
-    let mut stdin = options.path.clone().unwrap_or_default().into_bytes();
-    stdin.push(b'\n');
-    let before = unix_now();
-    let limits = ExecLimits {
-        max_output: 64 * 1024,
-        timeout: Duration::from_secs(30),
-    };
-    match session.run(FACTS_SCRIPT, &stdin, limits).await {
-        Ok(output) if output.success() => {
-            read_facts(&output.stdout_text(), (before + unix_now()) / 2.0, report)
-        }
+    let (facts, local_time) = run_facts(&mut Runner::Terminal(&mut session), options).await;
+    match facts {
+        Ok(output) if output.success() => read_facts(&output.stdout_text(), local_time, report),
         Ok(_) => report
             .problems
             .push(format!("{label}: the check script failed on the terminal")),
@@ -409,20 +401,7 @@ async fn probe(
     let channel = connection.open_session().await?;
     report.latency_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
     let _ = channel.close().await;
-    let mut stdin = options.path.clone().unwrap_or_default().into_bytes();
-    stdin.push(b'\n');
-    let before = unix_now();
-    let facts = exec::run(
-        connection,
-        FACTS_SCRIPT,
-        &stdin,
-        ExecLimits {
-            max_output: 64 * 1024,
-            timeout: Duration::from_secs(30),
-        },
-    )
-    .await;
-    let after = unix_now();
+    let (facts, local_time) = run_facts(&mut Runner::Exec(connection), options).await;
     let mut check_shell = false;
     match facts {
         Ok(output) if output.success() => {
@@ -434,7 +413,7 @@ async fn probe(
                     output.preamble.len()
                 ));
             }
-            read_facts(&output.stdout_text(), (before + after) / 2.0, report);
+            read_facts(&output.stdout_text(), local_time, report);
             if report.free_bytes.is_none() {
                 report.problems.push(format!(
                     "{}: cannot measure free space at {}",
@@ -496,6 +475,20 @@ async fn probe(
         report.shell = shell_accepted(channel).await;
     }
     Ok(())
+}
+
+/// Runs [`FACTS_SCRIPT`] (the path to measure on its stdin); also returns this machine's clock
+/// in the middle of the run, to compare with the host's.
+async fn run_facts(runner: &mut Runner<'_>, options: &DoctorOptions) -> (Result<ExecOutput>, f64) {
+    let mut stdin = options.path.clone().unwrap_or_default().into_bytes();
+    stdin.push(b'\n');
+    let limits = ExecLimits {
+        max_output: 64 * 1024,
+        timeout: Duration::from_secs(30),
+    };
+    let before = unix_now();
+    let facts = runner.run(FACTS_SCRIPT, &stdin, limits).await;
+    (facts, (before + unix_now()) / 2.0)
 }
 
 /// Fills in the facts [`FACTS_SCRIPT`] printed; `local_time` is this machine's clock in the

@@ -85,11 +85,6 @@ impl Shell {
         }
     }
 
-    /// Whether scripts go through a terminal.
-    pub fn is_terminal(&self) -> bool {
-        matches!(self, Shell::Terminal(_))
-    }
-
     pub fn runner<'a>(&'a mut self, connection: &'a Connection) -> Runner<'a> {
         match self {
             Shell::Exec => Runner::Exec(connection),

@@ -69,22 +69,7 @@ impl Session {
         if *mode != AgentMode::Auto || error.is_transient() || connection.is_closed() {
             return Err(with_agent_reason(error, &reason));
         }
-        // Neither exec nor SFTP: a shell-only endpoint, if the login gives a terminal.
-        match deploy::start_through_terminal(&connection).await {
-            Ok(Outcome::Ready(agent)) => {
-                remember_shell_only(connection.label());
-                Ok((Session::Agent(agent), Some(SHELL_ONLY_NOTICE.to_string())))
-            }
-            Ok(Outcome::Fallback(terminal)) => Err(with_agent_reason(
-                error,
-                &format!("{reason}; through a terminal: {terminal}"),
-            )),
-            Err(terminal) if terminal.is_transient() => Err(terminal),
-            Err(terminal) => {
-                tracing::debug!(label = %connection.label(), error = %terminal, "no agent through a terminal either");
-                Err(with_agent_reason(error, &reason))
-            }
-        }
+        through_terminal(&connection, error, &reason).await
     }
 
     /// Opens a remote for looking only (stat, list, read links), as a dry run plans: SFTP
@@ -112,18 +97,7 @@ impl Session {
         if *mode != AgentMode::Auto || connection.is_closed() {
             return Err(with_agent_reason(missing, &reason));
         }
-        match deploy::start_through_terminal(&connection).await {
-            Ok(Outcome::Ready(agent)) => {
-                remember_shell_only(connection.label());
-                Ok((Session::Agent(agent), Some(SHELL_ONLY_NOTICE.to_string())))
-            }
-            Ok(Outcome::Fallback(terminal)) => Err(with_agent_reason(
-                missing,
-                &format!("{reason}; through a terminal: {terminal}"),
-            )),
-            Err(terminal) if terminal.is_transient() => Err(terminal),
-            Err(_) => Err(with_agent_reason(missing, &reason)),
-        }
+        through_terminal(&connection, missing, &reason).await
     }
 
     pub fn connection(&self) -> &Arc<Connection> {
@@ -138,6 +112,31 @@ impl Session {
         match self {
             Session::Agent(_) => "agent",
             Session::Sftp(_) => "sftp",
+        }
+    }
+}
+
+/// The last way to a host that refuses exec (the agent did not start: `reason`) and SFTP
+/// (`no_sftp`): a shell-only endpoint's terminal, if the login gives one. Remembered for the
+/// run's later connections when it works; otherwise the SFTP error, with every reason.
+async fn through_terminal(
+    connection: &Arc<Connection>,
+    no_sftp: crate::Error,
+    reason: &str,
+) -> Result<(Session, Option<String>)> {
+    match deploy::start_through_terminal(connection).await {
+        Ok(Outcome::Ready(agent)) => {
+            remember_shell_only(connection.label());
+            Ok((Session::Agent(agent), Some(SHELL_ONLY_NOTICE.to_string())))
+        }
+        Ok(Outcome::Fallback(terminal)) => Err(with_agent_reason(
+            no_sftp,
+            &format!("{reason}; through a terminal: {terminal}"),
+        )),
+        Err(terminal) if terminal.is_transient() => Err(terminal),
+        Err(terminal) => {
+            tracing::debug!(label = %connection.label(), error = %terminal, "no agent through a terminal either");
+            Err(with_agent_reason(no_sftp, reason))
         }
     }
 }

@@ -411,8 +411,7 @@ impl TerminalSession {
                     }
                 }
             };
-            let (sent, answer) = tokio::join!(send, receive);
-            (sent, answer)
+            tokio::join!(send, receive)
         };
         let Some(done) = answer else {
             return Err(closed(
