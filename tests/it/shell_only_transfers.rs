@@ -169,13 +169,13 @@ fn a_cut_transfer_resumes_and_a_small_change_moves_little() {
         .sshd()
         .append_client_config(&config, "pod", &[&format!("Port {}", proxy.port())]);
     let source = work.path().join("source");
-    let size = 24usize << 20;
+    let size = 48usize << 20;
     write_file(&source.join("big.bin"), 7, size, 0o644, 1_700_000_000);
     let local = work.path().join("local");
     let pull_once = || pull(&config, &["--retries", "0"], &source, &local);
 
-    // Cut every connection once a third of the file went down.
-    proxy.set_mode(ProxyMode::CutAllAfter(size as u64 / 3));
+    // Cut every connection once half the file went down.
+    proxy.set_mode(ProxyMode::CutAllAfter(size as u64 / 2));
     let output = pull_once();
     assert!(
         !output.status.success(),
@@ -192,10 +192,11 @@ fn a_cut_transfer_resumes_and_a_small_change_moves_little() {
         fs::read(local.join("big.bin")).unwrap(),
         fs::read(source.join("big.bin")).unwrap()
     );
-    // The escaped link costs an eighth more than the data; the re-run fetched what was missing.
+    // The escaped link costs an eighth more than the data, and what was in flight or not yet
+    // synced at the cut is fetched again: the re-run still moves well under the whole file.
     let moved = proxy.bytes_down();
     assert!(
-        moved < (size as u64) * 95 / 100,
+        moved < (size as u64) * 85 / 100,
         "the re-run moved {moved} bytes of a {size}-byte file"
     );
 
