@@ -78,6 +78,38 @@ pub fn read_file(path: &Path) -> Result<Vec<String>> {
     Ok(hosts)
 }
 
+/// The hosts a command names: its arguments (each a host or a list) and the lines of a hosts
+/// file, in that order. A host named twice is refused: it would get the same work twice at
+/// once.
+pub fn hosts_named(arguments: &[String], file: Option<&Path>) -> Result<Vec<String>> {
+    let mut hosts = Vec::new();
+    for argument in arguments {
+        hosts.extend(expand(argument)?);
+    }
+    if let Some(file) = file {
+        hosts.extend(read_file(file)?);
+    }
+    if hosts.len() > MAX_HOSTS {
+        return Err(too_many("the command line"));
+    }
+    refuse_repeats(&hosts)?;
+    Ok(hosts)
+}
+
+/// Refuses a host named twice.
+pub fn refuse_repeats(hosts: &[String]) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for host in hosts {
+        if !seen.insert(host.to_ascii_lowercase()) {
+            return Err(Error::usage(format!(
+                "the host {} is named twice",
+                printable(host)
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn bad(list: &str, what: &str) -> Error {
     Error::usage(format!("host list '{}': {what}", printable(list)))
         .with_hint("write ranges as gpu-[1-8,10] or node[01-16]: numbers, ascending, in brackets")
@@ -275,6 +307,24 @@ mod tests {
             expand("a[1-64]b[1-64]").map(|hosts| hosts.len()).ok(),
             Some(4096)
         );
+    }
+
+    #[test]
+    fn a_host_named_twice_is_refused() {
+        let named = |arguments: &[&str]| {
+            let arguments: Vec<String> = arguments.iter().map(|text| text.to_string()).collect();
+            hosts_named(&arguments, None)
+        };
+        assert_eq!(
+            named(&["gpu-[1-2]", "head"]).expect("distinct"),
+            ["gpu-1", "gpu-2", "head"]
+        );
+        let error = named(&["gpu-[1-3]", "gpu-2"])
+            .expect_err("repeated")
+            .to_string();
+        assert!(error.contains("gpu-2 is named twice"), "{error}");
+        assert!(named(&["gpu-[1-2,2]"]).is_err());
+        assert!(named(&["Gpu-1", "gpu-1"]).is_err());
     }
 
     #[test]

@@ -145,11 +145,24 @@ pub struct OutputArgs {
     pub quiet: bool,
 }
 
+/// Which hosts a command that takes several works on, and how many at once.
+#[derive(Debug, Args, Clone)]
+pub struct HostsArgs {
+    /// Hosts from this file, one per line (lists allowed, # comments; - reads stdin).
+    #[arg(long = "hosts", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Hosts worked on at once.
+    #[arg(long, value_name = "N", default_value_t = xfer::fleet::DEFAULT_HOSTS_AT_ONCE)]
+    pub hosts_at_once: usize,
+}
+
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
-    /// Hosts to check: ssh_config aliases, HOST or USER@HOST.
-    #[arg(value_name = "HOST", required = true)]
+    /// Hosts to check: ssh_config aliases, HOST or USER@HOST, or lists (gpu-[1-8,10]).
+    #[arg(value_name = "HOST", required_unless_present = "file")]
     pub hosts: Vec<String>,
+    #[command(flatten)]
+    pub host_list: HostsArgs,
     /// Measure free disk space at this remote path (default: the login directory).
     #[arg(long, value_name = "REMOTE_PATH")]
     pub path: Option<String>,
@@ -270,9 +283,11 @@ pub struct SecretPushArgs {
     /// others without the sticky bit, or owned by another user), where it could swap the file.
     #[arg(long)]
     pub allow_writable_dir: bool,
-    /// Hosts to write to.
-    #[arg(value_name = "HOST", required = true)]
+    /// Hosts to write to (lists allowed: gpu-[1-8,10]).
+    #[arg(value_name = "HOST", required_unless_present = "file")]
     pub hosts: Vec<String>,
+    #[command(flatten)]
+    pub host_list: HostsArgs,
     #[command(flatten)]
     pub connection: ConnectionArgs,
     #[command(flatten)]
@@ -289,9 +304,11 @@ pub struct SecretCheckArgs {
     /// Remote path to check (the same default as push).
     #[arg(long, value_name = "REMOTE_PATH")]
     pub to: Option<String>,
-    /// Hosts to check.
-    #[arg(value_name = "HOST", required = true)]
+    /// Hosts to check (lists allowed: gpu-[1-8,10]).
+    #[arg(value_name = "HOST", required_unless_present = "file")]
     pub hosts: Vec<String>,
+    #[command(flatten)]
+    pub host_list: HostsArgs,
     #[command(flatten)]
     pub connection: ConnectionArgs,
     #[command(flatten)]
