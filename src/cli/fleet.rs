@@ -46,11 +46,13 @@ pub async fn run(request: Request) -> Result<()> {
     let shared_source =
         (request.direction == Direction::Push).then(|| Arc::new(SharedSource::new(DEFAULT_WINDOW)));
     let started = Instant::now();
+    let mut options = request.options;
+    options.engine = options.engine.for_hosts_at_once(at_once, options.jobs);
     let host = HostRun {
         direction: request.direction,
         connector,
         agent: request.agent.clone(),
-        options: request.options,
+        options,
         state,
         shared_source: shared_source.clone(),
     };
@@ -61,7 +63,8 @@ pub async fn run(request: Request) -> Result<()> {
             let began = Instant::now();
             let result = host.run(&target, reporter.clone()).await;
             let outcome = host.outcome(&target, result, began);
-            progress.host_finished(&reporter, &finished_line(&outcome));
+            let failed = outcome.state != HostState::Done;
+            progress.host_finished(&reporter, &finished_line(&outcome), failed);
             outcome
         }
     });

@@ -267,8 +267,9 @@ impl FleetProgress {
         })
     }
 
-    /// Host `name` is finished: its line goes, and a line says how it ended.
-    pub fn host_finished(&self, host: &HostProgress, line: &str) {
+    /// Host `name` is finished: its line goes, and a line says how it ended (with `-q`, only
+    /// when it failed).
+    pub fn host_finished(&self, host: &HostProgress, line: &str, failed: bool) {
         self.finished.fetch_add(1, Ordering::Relaxed);
         if let Some(bar) = &host.line {
             bar.finish_and_clear();
@@ -276,7 +277,7 @@ impl FleetProgress {
                 bars.multi.remove(bar);
             }
         }
-        if !self.quiet {
+        if !self.quiet || failed {
             self.print(line);
         }
         self.update_message();

@@ -22,7 +22,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 /// Blocks kept for the hosts that have not taken them yet, all files together. Hosts on
 /// similar links stay within a few MiB of each other; this also covers one that connected a
 /// fraction of a second later.
-pub const DEFAULT_WINDOW: u64 = 48 << 20;
+pub const DEFAULT_WINDOW: u64 = 32 << 20;
 
 /// One block of the source and its hash.
 #[derive(Debug)]

@@ -576,3 +576,26 @@ async fn a_push_to_a_host_without_block_hashes_resumes_and_ends_identical() {
         fixture.bytes_written() - written
     );
 }
+
+#[test]
+fn hosts_at_once_share_the_bytes_in_flight() {
+    use crate::engine::{BYTES_IN_FLIGHT, MIN_BYTES_IN_FLIGHT, Options};
+    let alone = Options::default();
+    assert_eq!(alone.bytes_in_flight, BYTES_IN_FLIGHT);
+    // Two hosts with -j 4 keep what one would.
+    assert_eq!(
+        alone.for_hosts_at_once(2, 4).bytes_in_flight,
+        BYTES_IN_FLIGHT
+    );
+    // Eight with -j 4 share 32 MiB: 1 MiB per connection.
+    let eight = alone.for_hosts_at_once(8, 4);
+    assert_eq!(eight.bytes_in_flight, 1 << 20);
+    assert_eq!(eight.requests_for(256 << 10), 4);
+    assert_eq!(eight.requests_for(1 << 20), 1);
+    assert_eq!(alone.requests_for(1 << 20), 4);
+    // Never below the floor, however many.
+    assert_eq!(
+        alone.for_hosts_at_once(64, 16).bytes_in_flight,
+        MIN_BYTES_IN_FLIGHT
+    );
+}

@@ -689,9 +689,24 @@ fn is_ours(client: &AgentClient, own: &Own) -> bool {
     client.hello().build.executable_blake3 == own.build.executable_blake3
 }
 
+/// xfer's own executable, read once for the uploads running at the same time (a fleet
+/// command uploads to many hosts at once) and let go when the last of them ends.
+fn own_executable() -> std::io::Result<Arc<Vec<u8>>> {
+    static SHARED: std::sync::Mutex<std::sync::Weak<Vec<u8>>> =
+        std::sync::Mutex::new(std::sync::Weak::new());
+    let mut shared = SHARED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(executable) = shared.upgrade() {
+        return Ok(executable);
+    }
+    let executable = Arc::new(std::fs::read(std::env::current_exe()?)?);
+    *shared = Arc::downgrade(&executable);
+    Ok(executable)
+}
+
 async fn upload(runner: &mut Runner<'_>, connection: &Connection, own: &Own) -> Result<()> {
-    let executable = std::env::current_exe()
-        .and_then(std::fs::read)
+    let executable = own_executable()
         .map_err(|error| Error::local_io("cannot read xfer's own executable", error))?;
     if crate::blocks::file_hash_of(&executable) != own.build.executable_blake3 {
         return Err(Error::remote(

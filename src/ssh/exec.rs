@@ -178,9 +178,11 @@ async fn execute_once(
         writer.data(script_input(script)).await?;
         match stdin {
             Stdin::Borrowed(bytes) => writer.data(bytes).await?,
+            // Streamed from the caller's buffer as the window opens, never copied whole: an
+            // upload of the agent to many hosts at once would otherwise hold one copy each.
             Stdin::Parts(parts) => {
                 for part in parts {
-                    writer.data_bytes(part.to_vec()).await?;
+                    writer.data(*part).await?;
                 }
             }
         }
