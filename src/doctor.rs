@@ -151,23 +151,27 @@ impl HostReport {
 pub async fn check_hosts(
     connector: Arc<Connector>,
     hosts: Vec<HostSpec>,
+    at_once: usize,
     options: DoctorOptions,
 ) -> Vec<HostReport> {
-    let mut tasks = tokio::task::JoinSet::new();
-    for (index, spec) in hosts.into_iter().enumerate() {
-        let connector = connector.clone();
-        let options = options.clone();
-        tasks.spawn(async move { (index, check_host(&connector, &spec, &options).await) });
-    }
-    let mut reports: Vec<(usize, HostReport)> = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok(report) => reports.push(report),
-            Err(error) => tracing::error!(%error, "a doctor check crashed"),
-        }
-    }
-    reports.sort_by_key(|(index, _)| *index);
-    reports.into_iter().map(|(_, report)| report).collect()
+    let names: Vec<String> = hosts.iter().map(ToString::to_string).collect();
+    let reports = crate::fleet::for_each_host(hosts, at_once, |_, spec| {
+        let (connector, options) = (connector.clone(), options.clone());
+        async move { check_host(&connector, &spec, &options).await }
+    })
+    .await;
+    reports
+        .into_iter()
+        .zip(names)
+        .map(|(report, name)| {
+            report.unwrap_or_else(|error| {
+                tracing::error!(%error, "a doctor check crashed");
+                let mut report = HostReport::new(&name);
+                report.problems.push(error.to_string());
+                report
+            })
+        })
+        .collect()
 }
 
 pub async fn check_host(

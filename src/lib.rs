@@ -16,7 +16,8 @@
 //! - [`local`]: the one safety boundary on this machine: names, writes below the destination.
 //! - [`secret`]: secret sources, netrc, delivery to a host without leaking the value.
 //! - [`doctor`]: `xfer doctor`'s checks of hosts.
-//! - [`target`]: `alias:path` arguments.
+//! - [`target`]: `alias:path` arguments; [`host_list`]: `gpu-[1-8]` lists and hosts files.
+//! - [`fleet`]: one piece of work per host for many hosts, a bounded number at once.
 //! - [`terminal`]: text from peers, files and users made safe to print.
 //! - [`entry`]: the kind of a filesystem entry, as listings, plans and records name it.
 //! - [`progress`]: the [`progress::Reporter`] trait the engine reports through.
@@ -35,6 +36,8 @@ pub mod env;
 pub mod error;
 pub mod file_hashing;
 pub mod file_writing;
+pub mod fleet;
+pub mod host_list;
 pub mod local;
 pub mod progress;
 pub mod remote;

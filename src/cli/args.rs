@@ -21,9 +21,11 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Copy a remote file or tree here: xfer pull HOST:PATH LOCAL. Re-run to resume.
+    /// Copy a remote file or tree here: xfer pull HOST:PATH LOCAL; from several hosts
+    /// (gpu-[1-8]:PATH, or HOST:PATH...) into LOCAL/HOST. Re-run to resume.
     Pull(TransferArgs),
-    /// Copy a local file or tree to a host: xfer push LOCAL HOST:PATH. Re-run to resume.
+    /// Copy a local file or tree to hosts: xfer push LOCAL HOST:PATH [HOST:PATH...], or
+    /// gpu-[1-8]:PATH. Re-run to resume.
     Push(TransferArgs),
     /// Put a token or a netrc stanza into a private file on remote hosts, leaking it nowhere.
     #[command(subcommand)]
@@ -143,11 +145,24 @@ pub struct OutputArgs {
     pub quiet: bool,
 }
 
+/// Which hosts a command that takes several works on, and how many at once.
+#[derive(Debug, Args, Clone)]
+pub struct HostsArgs {
+    /// Hosts from this file, one per line (lists allowed, # comments; - reads stdin).
+    #[arg(long = "hosts", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Hosts worked on at once.
+    #[arg(long, value_name = "N", default_value_t = xfer::fleet::DEFAULT_HOSTS_AT_ONCE)]
+    pub hosts_at_once: usize,
+}
+
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
-    /// Hosts to check: ssh_config aliases, HOST or USER@HOST.
-    #[arg(value_name = "HOST", required = true)]
+    /// Hosts to check: ssh_config aliases, HOST or USER@HOST, or lists (gpu-[1-8,10]).
+    #[arg(value_name = "HOST", required_unless_present = "file")]
     pub hosts: Vec<String>,
+    #[command(flatten)]
+    pub host_list: HostsArgs,
     /// Measure free disk space at this remote path (default: the login directory).
     #[arg(long, value_name = "REMOTE_PATH")]
     pub path: Option<String>,
@@ -173,13 +188,18 @@ pub struct ForgetHostArgs {
 
 #[derive(Debug, Args)]
 pub struct TransferArgs {
-    /// What to copy: HOST:PATH for pull, a local path for push.
-    #[arg(value_name = "SOURCE")]
-    pub source: String,
-    /// Where the copy goes: a local path for pull, HOST:PATH for push. It becomes the copy
-    /// itself (a tree's root or the file); a file sent onto an existing directory goes inside it.
-    #[arg(value_name = "DESTINATION")]
-    pub destination: String,
+    /// pull: HOST:PATH... then a local path; push: a local path then HOST:PATH.... The
+    /// destination becomes the copy itself (a tree's root or the file); a file sent onto an
+    /// existing directory goes inside it. HOST may be a list (gpu-[1-8,10], a,b); from several
+    /// hosts a pull writes LOCAL/HOST. With --hosts, the remote side is a path alone.
+    #[arg(value_name = "LOCATION", required = true, num_args = 2..)]
+    pub locations: Vec<String>,
+    /// Hosts from this file, one per line (lists allowed, # comments; - reads stdin).
+    #[arg(long, value_name = "FILE")]
+    pub hosts: Option<PathBuf>,
+    /// Hosts transferred at once when several are named; each opens up to -j connections.
+    #[arg(long, value_name = "N", default_value_t = xfer::fleet::DEFAULT_HOSTS_AT_ONCE)]
+    pub hosts_at_once: usize,
     /// Print what would be transferred and why, and change nothing.
     #[arg(short = 'n', long)]
     pub dry_run: bool,
@@ -263,9 +283,11 @@ pub struct SecretPushArgs {
     /// others without the sticky bit, or owned by another user), where it could swap the file.
     #[arg(long)]
     pub allow_writable_dir: bool,
-    /// Hosts to write to.
-    #[arg(value_name = "HOST", required = true)]
+    /// Hosts to write to (lists allowed: gpu-[1-8,10]).
+    #[arg(value_name = "HOST", required_unless_present = "file")]
     pub hosts: Vec<String>,
+    #[command(flatten)]
+    pub host_list: HostsArgs,
     #[command(flatten)]
     pub connection: ConnectionArgs,
     #[command(flatten)]
@@ -282,9 +304,11 @@ pub struct SecretCheckArgs {
     /// Remote path to check (the same default as push).
     #[arg(long, value_name = "REMOTE_PATH")]
     pub to: Option<String>,
-    /// Hosts to check.
-    #[arg(value_name = "HOST", required = true)]
+    /// Hosts to check (lists allowed: gpu-[1-8,10]).
+    #[arg(value_name = "HOST", required_unless_present = "file")]
     pub hosts: Vec<String>,
+    #[command(flatten)]
+    pub host_list: HostsArgs,
     #[command(flatten)]
     pub connection: ConnectionArgs,
     #[command(flatten)]

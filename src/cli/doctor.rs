@@ -8,22 +8,17 @@ use std::sync::Arc;
 use xfer::doctor::{DoctorOptions, HostReport, check_hosts};
 use xfer::engine::plan::human_bytes;
 use xfer::error::{Error, ErrorKind, Result};
-use xfer::target::parse_host;
 // The report holds pieces already escaped where they came from a host: guard, do not re-escape.
 use xfer::terminal::printable_message;
 
 pub async fn run(args: &DoctorArgs) -> Result<()> {
     let settings = ConnectionSettings::from_args(&args.connection)?;
     let connector = Arc::new(settings.connector()?);
-    let hosts = args
-        .hosts
-        .iter()
-        .map(|host| parse_host(host))
-        .collect::<Result<Vec<_>>>()?;
+    let hosts = crate::cli::settings::hosts(&args.hosts, &args.host_list)?;
     let options = DoctorOptions {
         path: args.path.clone(),
     };
-    let reports = check_hosts(connector, hosts, options).await;
+    let reports = check_hosts(connector, hosts, args.host_list.hosts_at_once, options).await;
     if args.json {
         let text = serde_json::to_string_pretty(&reports).map_err(|error| {
             Error::new(ErrorKind::LocalIo, format!("cannot encode JSON: {error}"))

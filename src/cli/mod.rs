@@ -4,6 +4,7 @@
 
 pub mod args;
 pub mod doctor;
+pub mod fleet;
 pub mod forget_host;
 pub mod logging;
 pub mod output;

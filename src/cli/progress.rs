@@ -9,8 +9,8 @@ use crate::cli::output::errln;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::HashMap;
 use std::io::IsTerminal;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use xfer::progress::Reporter;
 use xfer::terminal::{printable, printable_message};
 
@@ -182,6 +182,178 @@ impl TerminalReporter {
                 let _ = bars.multi.println(line);
             }
             None => errln!("{line}"),
+        }
+    }
+}
+
+/// Progress of a pull or push on several hosts: on a terminal, one bar for the whole job and a
+/// line per host at work (state, bytes, rate); a line per host as it finishes, on a terminal
+/// or not.
+pub struct FleetProgress {
+    bars: Option<FleetBars>,
+    quiet: bool,
+    verbose: bool,
+    hosts: usize,
+    finished: AtomicU64,
+    /// The longest host name, to align the lines.
+    width: usize,
+}
+
+struct FleetBars {
+    multi: MultiProgress,
+    total: ProgressBar,
+}
+
+impl FleetProgress {
+    pub fn new(names: &[String], verbose: bool, quiet: bool) -> Self {
+        let bars = (!quiet && std::io::stderr().is_terminal()).then(|| {
+            let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+            let total = multi.add(ProgressBar::new(0));
+            total.set_style(
+                ProgressStyle::with_template(
+                    "{bar:30.cyan/blue} {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            FleetBars { multi, total }
+        });
+        let fleet = FleetProgress {
+            bars,
+            quiet,
+            verbose,
+            hosts: names.len(),
+            finished: AtomicU64::new(0),
+            width: names
+                .iter()
+                .map(|name| printable(name.as_bytes()).chars().count())
+                .max()
+                .unwrap_or(0)
+                .min(40),
+        };
+        fleet.update_message();
+        fleet
+    }
+
+    fn update_message(&self) {
+        if let Some(bars) = &self.bars {
+            bars.total.set_message(format!(
+                "hosts {}/{} finished",
+                self.finished.load(Ordering::Relaxed),
+                self.hosts
+            ));
+        }
+    }
+
+    /// Host `name` starts: its reporter, which draws its line while it works.
+    pub fn host_started(self: &Arc<Self>, name: &str) -> Arc<HostProgress> {
+        let shown = printable(name.as_bytes());
+        let line = self.bars.as_ref().map(|bars| {
+            let line = bars.multi.add(ProgressBar::new(0));
+            line.set_style(
+                ProgressStyle::with_template(&format!(
+                    "  {{prefix:<{}}} {{bytes:>10}}/{{total_bytes:<10}} {{binary_bytes_per_sec:>12}} {{msg}}",
+                    self.width
+                ))
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            line.set_prefix(shown.clone());
+            line.set_message("connecting");
+            line
+        });
+        Arc::new(HostProgress {
+            fleet: self.clone(),
+            name: shown,
+            line,
+        })
+    }
+
+    /// Host `name` is finished: its line goes, and a line says how it ended.
+    pub fn host_finished(&self, host: &HostProgress, line: &str) {
+        self.finished.fetch_add(1, Ordering::Relaxed);
+        if let Some(bar) = &host.line {
+            bar.finish_and_clear();
+            if let Some(bars) = &self.bars {
+                bars.multi.remove(bar);
+            }
+        }
+        if !self.quiet {
+            self.print(line);
+        }
+        self.update_message();
+    }
+
+    /// Hosts finished so far.
+    pub fn finished(&self) -> u64 {
+        self.finished.load(Ordering::Relaxed)
+    }
+
+    /// Removes the bars before the summary is printed.
+    pub fn finish(&self) {
+        if let Some(bars) = &self.bars {
+            bars.total.finish_and_clear();
+            let _ = bars.multi.clear();
+        }
+    }
+
+    fn print(&self, line: &str) {
+        match &self.bars {
+            Some(bars) => {
+                let _ = bars.multi.println(line);
+            }
+            None => errln!("{line}"),
+        }
+    }
+}
+
+/// One host's reporter in a fleet: feeds its line and the job's bar.
+pub struct HostProgress {
+    fleet: Arc<FleetProgress>,
+    /// Terminal-safe.
+    name: String,
+    line: Option<ProgressBar>,
+}
+
+impl Reporter for HostProgress {
+    fn planned(&self, _files: u64, bytes: u64) {
+        if let Some(line) = &self.line {
+            line.inc_length(bytes);
+            line.set_message("");
+        }
+        if let Some(bars) = &self.fleet.bars {
+            bars.total.inc_length(bytes);
+        }
+    }
+
+    fn file_started(&self, _path: &str, _size: u64, reused: u64) {
+        self.bytes_moved("", reused);
+    }
+
+    fn bytes_moved(&self, _path: &str, bytes: u64) {
+        if let Some(line) = &self.line {
+            line.inc(bytes);
+        }
+        if let Some(bars) = &self.fleet.bars {
+            bars.total.inc(bytes);
+        }
+    }
+
+    fn file_finished(&self, path: &str, result: Result<(), &str>) {
+        if result.is_ok() && self.fleet.verbose {
+            self.fleet.print(&format!(
+                "{}: done {}",
+                self.name,
+                printable(path.as_bytes())
+            ));
+        }
+    }
+
+    fn warning(&self, message: &str) {
+        if !self.fleet.quiet {
+            self.fleet.print(&format!(
+                "{}: warning: {}",
+                self.name,
+                printable_message(message)
+            ));
         }
     }
 }

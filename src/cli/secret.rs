@@ -15,7 +15,7 @@ use xfer::secret::netrc;
 use xfer::secret::source::{Secret, Source};
 use xfer::ssh::config::LocalContext;
 use xfer::ssh::connect::{Connection, Connector};
-use xfer::target::{HostSpec, parse_host};
+use xfer::target::HostSpec;
 use xfer::terminal::{printable, printable_message};
 
 fn source_of(args: &SecretSourceArgs, netrc_file: Option<&std::path::PathBuf>) -> Result<Source> {
@@ -44,6 +44,7 @@ struct Prepared {
     secret: Secret,
     path: String,
     hosts: Vec<HostSpec>,
+    hosts_at_once: usize,
     connector: Arc<Connector>,
 }
 
@@ -52,6 +53,7 @@ fn prepare(
     netrc_file: Option<&std::path::PathBuf>,
     to: Option<&String>,
     hosts: &[String],
+    host_list: &crate::cli::args::HostsArgs,
     connection: &crate::cli::args::ConnectionArgs,
 ) -> Result<Prepared> {
     let source = source_of(source_args, netrc_file)?;
@@ -63,10 +65,7 @@ fn prepare(
             ));
         }
     };
-    let hosts = hosts
-        .iter()
-        .map(|host| parse_host(host))
-        .collect::<Result<Vec<_>>>()?;
+    let hosts = crate::cli::settings::hosts(hosts, host_list)?;
     let local = LocalContext::current()?;
     xfer::secret::process::protect_from_dumps()?;
     let secret = source.read(&local.user)?;
@@ -81,31 +80,28 @@ fn prepare(
         secret,
         path,
         hosts,
+        hosts_at_once: host_list.hosts_at_once,
         connector,
     })
 }
 
-/// Runs `work` for every host at once and prints one line per host, in the order given.
+/// Runs `work` for every host, `--hosts-at-once` at a time, and prints one line per host, in
+/// the order given.
 async fn for_each_host<F, Fut>(prepared: &Prepared, work: F) -> Result<()>
 where
     F: Fn(Arc<Connector>, HostSpec) -> Fut,
     Fut: std::future::Future<Output = Result<String>> + Send + 'static,
 {
-    let mut tasks = tokio::task::JoinSet::new();
-    for (index, host) in prepared.hosts.iter().cloned().enumerate() {
-        let future = work(prepared.connector.clone(), host);
-        tasks.spawn(async move { (index, future.await) });
-    }
-    let mut results = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok(result) => results.push(result),
-            Err(error) => {
-                return Err(Error::internal(format!("a task failed: {error}")));
-            }
-        }
-    }
-    results.sort_by_key(|(index, _)| *index);
+    let results =
+        xfer::fleet::for_each_host(prepared.hosts.clone(), prepared.hosts_at_once, |_, host| {
+            work(prepared.connector.clone(), host)
+        })
+        .await;
+    let results: Vec<(usize, Result<String>)> = results
+        .into_iter()
+        .map(|result| result.and_then(|inner| inner))
+        .enumerate()
+        .collect();
     let mut first_failure: Option<Error> = None;
     let mut failed = 0;
     for (index, result) in results {
@@ -146,6 +142,7 @@ pub async fn push(args: &SecretPushArgs) -> Result<()> {
         args.netrc.as_ref(),
         args.to.as_ref(),
         &args.hosts,
+        &args.host_list,
         &args.connection,
     )?;
     tracing::info!(
@@ -202,6 +199,7 @@ pub async fn check(args: &SecretCheckArgs) -> Result<()> {
         args.netrc.as_ref(),
         args.to.as_ref(),
         &args.hosts,
+        &args.host_list,
         &args.connection,
     )?;
     let secret = Arc::new(prepared.secret_bytes_or_stanza());

@@ -1,7 +1,7 @@
 //! Validated settings, built from the raw command line. This is where a bad `-o` or an unusable
 //! `-F` path becomes a usage error, before anything connects.
 
-use crate::cli::args::{ConnectionArgs, OutputArgs};
+use crate::cli::args::{ConnectionArgs, HostsArgs, OutputArgs};
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
 use std::path::Path;
 use xfer::error::{Error, Result};
@@ -89,4 +89,16 @@ fn is_null_device(path: &Path) -> bool {
         (Ok(given), Ok(null)) => given.file_type().is_char_device() && given.rdev() == null.rdev(),
         _ => false,
     }
+}
+
+/// The hosts a doctor or secret command names (arguments and `--hosts FILE`, lists expanded,
+/// none twice), checked as host names before anything connects.
+pub fn hosts(arguments: &[String], list: &HostsArgs) -> Result<Vec<xfer::target::HostSpec>> {
+    if list.hosts_at_once == 0 {
+        return Err(Error::usage("--hosts-at-once takes at least 1"));
+    }
+    xfer::host_list::hosts_named(arguments, list.file.as_deref())?
+        .iter()
+        .map(|host| xfer::target::parse_host(host))
+        .collect()
 }

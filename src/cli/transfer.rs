@@ -7,7 +7,7 @@ use crate::cli::output::{errln, out, outln};
 use crate::cli::progress::TerminalReporter;
 use crate::cli::settings::{ConnectionSettings, Verbosity};
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use xfer::engine::plan::{Direction, Plan, human_bytes};
@@ -19,21 +19,28 @@ use xfer::progress::{NoProgress, Reporter};
 use xfer::remote::deploy::AgentMode;
 use xfer::remote::pool::SessionPool;
 use xfer::ssh::connect::Connector;
-use xfer::target::{HostSpec, Location, RemotePath, parse_location};
+use xfer::target::{HostSpec, Location, RemotePath, parse_host, parse_location};
 
 pub async fn run(args: &TransferArgs, direction: Direction, verbosity: Verbosity) -> Result<()> {
     let request = Request::from_args(args, direction, verbosity)?;
+    if request.fleet {
+        return crate::cli::fleet::run(request).await;
+    }
     let connector = Arc::new(request.connection.connector()?);
-    let remote_path = resolve(&connector, &request.host, &request.remote_path).await?;
+    let Some(target) = request.targets.first().cloned() else {
+        return Err(Error::usage("no host to transfer with"));
+    };
+    let remote_path = resolve(&connector, &target.host, &target.remote_path).await?;
     let transfer = Transfer {
         direction,
         remote_path,
-        local_path: request.local_path,
+        local_path: target.local_path,
         state: StateDir::locate()?,
         reporter: Arc::new(NoProgress),
         options: request.options,
+        shared_source: None,
     };
-    let (host, agent) = (request.host, request.agent);
+    let (host, agent) = (target.host, request.agent);
     if request.dry_run {
         // Planned as a run plans, over SFTP where the host has it: that changes nothing on
         // the host, not even the agent's cache. Where it has none, the plan comes through the
@@ -43,6 +50,7 @@ pub async fn run(args: &TransferArgs, direction: Direction, verbosity: Verbosity
         // there anyway. The one line on stderr says when it went through the agent.
         let reporter = Arc::new(Warnings {
             quiet: request.quiet,
+            host: None,
         });
         let pool = SessionPool::for_planning(connector, host, agent, reporter).await?;
         let plan = units::plan_only(&transfer, &pool).await?;
@@ -58,45 +66,46 @@ pub async fn run(args: &TransferArgs, direction: Direction, verbosity: Verbosity
     }
 }
 
-/// A pull or push as the command line asks for it, checked before anything connects.
-struct Request {
-    host: HostSpec,
+/// One host's side of a pull or push, as the command line named it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The host as written, after list expansion: a pull from several hosts writes into a
+    /// directory of this name.
+    pub name: String,
+    pub host: HostSpec,
     /// As given: `~` and `~user` are resolved on the host.
-    remote_path: String,
-    local_path: PathBuf,
-    connection: ConnectionSettings,
-    agent: AgentMode,
-    options: UnitOptions,
-    dry_run: bool,
-    json: bool,
-    quiet: bool,
-    verbose: bool,
+    pub remote_path: String,
+    pub local_path: PathBuf,
+}
+
+/// A pull or push as the command line asks for it, checked before anything connects.
+pub struct Request {
+    pub direction: Direction,
+    pub targets: Vec<Target>,
+    /// Several hosts (or a host list, or --hosts): each host is reported on its own, and a
+    /// pull writes into `LOCAL/HOST`.
+    pub fleet: bool,
+    pub hosts_at_once: usize,
+    /// The local side as given: a pull's parent of the per-host directories, a push's source.
+    pub local_path: PathBuf,
+    pub connection: ConnectionSettings,
+    pub agent: AgentMode,
+    pub options: UnitOptions,
+    pub dry_run: bool,
+    pub json: bool,
+    pub quiet: bool,
+    pub verbose: bool,
 }
 
 impl Request {
     fn from_args(args: &TransferArgs, direction: Direction, verbosity: Verbosity) -> Result<Self> {
-        let source = parse_location(&args.source)?;
-        let destination = parse_location(&args.destination)?;
-        let (host, remote_path, local_path) = match (direction, source, destination) {
-            (Direction::Pull, Location::Remote { host, path }, Location::Local(local)) => {
-                (host, path, local)
-            }
-            (Direction::Push, Location::Local(local), Location::Remote { host, path }) => {
-                (host, path, local)
-            }
-            (Direction::Pull, _, _) => {
-                return Err(Error::usage(
-                    "pull takes HOST:PATH then a local path (xfer pull gpu:/ckpt ./ckpt)",
-                ));
-            }
-            (Direction::Push, _, _) => {
-                return Err(Error::usage(
-                    "push takes a local path then HOST:PATH (xfer push ./out gpu:/data)",
-                ));
-            }
-        };
+        let (local_path, remotes) = split_locations(&args.locations, direction)?;
+        let (fleet, targets) = targets(direction, &local_path, &remotes, args.hosts.as_deref())?;
         if args.jobs == 0 {
             return Err(Error::usage("-j takes at least 1"));
+        }
+        if args.hosts_at_once == 0 {
+            return Err(Error::usage("--hosts-at-once takes at least 1"));
         }
         if !(0.0..=3600.0).contains(&args.retry_wait) {
             return Err(Error::usage("--retry-wait takes 0 to 3600 seconds"));
@@ -127,8 +136,10 @@ impl Request {
             },
         };
         Ok(Request {
-            host,
-            remote_path,
+            direction,
+            targets,
+            fleet,
+            hosts_at_once: args.hosts_at_once,
             local_path,
             connection,
             agent,
@@ -141,9 +152,177 @@ impl Request {
     }
 }
 
+/// The local path and the remote arguments: a pull names its sources first and the local
+/// path last, a push the local path first.
+fn split_locations(locations: &[String], direction: Direction) -> Result<(PathBuf, Vec<String>)> {
+    let usage = || match direction {
+        Direction::Pull => Error::usage(
+            "pull takes HOST:PATH (one or more) then a local path (xfer pull gpu:/ckpt ./ckpt)",
+        ),
+        Direction::Push => Error::usage(
+            "push takes a local path then HOST:PATH (one or more) (xfer push ./out gpu:/data)",
+        ),
+    };
+    let (local, remotes) = match direction {
+        Direction::Pull => match locations.split_last() {
+            Some((local, remotes)) if !remotes.is_empty() => (local, remotes),
+            _ => return Err(usage()),
+        },
+        Direction::Push => match locations.split_first() {
+            Some((local, remotes)) if !remotes.is_empty() => (local, remotes),
+            _ => return Err(usage()),
+        },
+    };
+    match parse_location(local)? {
+        Location::Local(path) => Ok((path, remotes.to_vec())),
+        Location::Remote { .. } => Err(usage()),
+    }
+}
+
+/// Every host's side of the transfer, lists and a hosts file expanded, and whether the
+/// command is a fleet command. Refuses a host named twice, and a pull where two sources would
+/// land in the same local directory.
+fn targets(
+    direction: Direction,
+    local: &Path,
+    remotes: &[String],
+    hosts_file: Option<&Path>,
+) -> Result<(bool, Vec<Target>)> {
+    let mut named: Vec<(HostSpec, String)> = Vec::new();
+    let mut listed = false;
+    match hosts_file {
+        Some(file) => {
+            let [path] = remotes else {
+                return Err(Error::usage(
+                    "with --hosts, give one remote path (without a host) and the local path",
+                ));
+            };
+            if let Location::Remote { .. } = parse_location(path)? {
+                return Err(Error::usage(format!(
+                    "with --hosts, give the remote path without a host ('{}' names one)",
+                    xfer::terminal::printable(path)
+                )));
+            }
+            for host in xfer::host_list::read_file(file)? {
+                named.push((parse_host(&host)?, path.clone()));
+            }
+            listed = true;
+        }
+        None => {
+            for argument in remotes {
+                let (hosts, path, is_list) = expand_remote(argument, direction)?;
+                listed |= is_list;
+                named.extend(hosts.into_iter().map(|host| (host, path.clone())));
+            }
+        }
+    }
+    if named.len() > xfer::host_list::MAX_HOSTS {
+        return Err(Error::usage(format!(
+            "more than {} hosts named",
+            xfer::host_list::MAX_HOSTS
+        )));
+    }
+    let fleet = listed || named.len() > 1;
+    let mut targets: Vec<Target> = Vec::with_capacity(named.len());
+    for (host, remote_path) in named {
+        let name = host.to_string();
+        let local_path = match (fleet, direction) {
+            (true, Direction::Pull) => {
+                if name == "." || name == ".." {
+                    return Err(Error::usage(format!(
+                        "a pull from several hosts writes into LOCAL/HOST, and '{name}' cannot be a directory's name"
+                    )));
+                }
+                local.join(&name)
+            }
+            _ => local.to_path_buf(),
+        };
+        let clash = targets.iter().find(|other| match direction {
+            // Directory names compared without case: on a client whose filesystem ignores it,
+            // gpu-1 and GPU-1 are one directory.
+            Direction::Pull => other.name.eq_ignore_ascii_case(&name),
+            Direction::Push => other.name == name && other.remote_path == remote_path,
+        });
+        if let Some(other) = clash {
+            let shown = xfer::terminal::printable(&name);
+            return Err(match direction {
+                Direction::Pull => Error::usage(format!(
+                    "{shown} and {} would both be pulled into {}: a pull from several hosts writes each into LOCAL/HOST",
+                    xfer::terminal::printable(&other.name),
+                    local_path.display()
+                ))
+                .with_hint("pull a second path of one host with a second command"),
+                Direction::Push => {
+                    Error::usage(format!("{shown} is named twice with the same path"))
+                }
+            });
+        }
+        targets.push(Target {
+            name,
+            host,
+            remote_path,
+            local_path,
+        });
+    }
+    Ok((fleet, targets))
+}
+
+/// A remote argument's hosts (its list expanded), its path, and whether it was a list.
+fn expand_remote(argument: &str, direction: Direction) -> Result<(Vec<HostSpec>, String, bool)> {
+    let not_remote = || {
+        Error::usage(format!(
+            "'{}' is not HOST:PATH: {} takes the local path {}",
+            xfer::terminal::printable(argument),
+            if direction == Direction::Pull {
+                "pull"
+            } else {
+                "push"
+            },
+            if direction == Direction::Pull {
+                "last"
+            } else {
+                "first"
+            },
+        ))
+    };
+    // A host list's brackets and commas are no host name's characters: the list is taken
+    // apart first, then every host is checked as one.
+    if let Some((hosts, path)) = list_split(argument)
+        && xfer::host_list::is_list(hosts)
+    {
+        let hosts = xfer::host_list::expand(hosts)?
+            .iter()
+            .map(|host| parse_host(host))
+            .collect::<Result<Vec<_>>>()?;
+        if path.contains('\0') {
+            return Err(Error::usage("a remote path contains a NUL byte"));
+        }
+        return Ok((hosts, path.to_string(), true));
+    }
+    match parse_location(argument)? {
+        Location::Remote { host, path } => Ok((vec![host], path, false)),
+        Location::Local(_) => Err(not_remote()),
+    }
+}
+
+/// Splits `LIST:PATH` at the first `:` outside brackets, if no `/` comes before it.
+fn list_split(argument: &str) -> Option<(&str, &str)> {
+    let mut depth = 0usize;
+    for (at, character) in argument.char_indices() {
+        match character {
+            '[' => depth += 1,
+            ']' => depth = depth.saturating_sub(1),
+            '/' if depth == 0 => return None,
+            ':' if depth == 0 => return Some((&argument[..at], &argument[at + 1..])),
+            _ => {}
+        }
+    }
+    None
+}
+
 /// The remote path with `~user` resolved on the host (`~` and relative paths need no lookup:
 /// they start at the login directory).
-async fn resolve(connector: &Connector, host: &HostSpec, path: &str) -> Result<String> {
+pub async fn resolve(connector: &Connector, host: &HostSpec, path: &str) -> Result<String> {
     match xfer::target::remote_path(path) {
         RemotePath::Ready(path) => Ok(path),
         RemotePath::UserHome { user, rest } => {
@@ -189,21 +368,28 @@ where
     summary
 }
 
-/// A dry run's reporter: planning says nothing but warnings.
-struct Warnings {
-    quiet: bool,
+/// A dry run's reporter: planning says nothing but warnings (with the host's name, when a
+/// command plans for several).
+pub struct Warnings {
+    pub quiet: bool,
+    pub host: Option<String>,
 }
 
 impl Reporter for Warnings {
     fn warning(&self, message: &str) {
-        if !self.quiet {
-            errln!("warning: {}", xfer::terminal::printable_message(message));
+        if self.quiet {
+            return;
+        }
+        let message = xfer::terminal::printable_message(message);
+        match &self.host {
+            Some(host) => errln!("{}: warning: {message}", xfer::terminal::printable(host)),
+            None => errln!("warning: {message}"),
         }
     }
 }
 
 /// Prints a dry run's plan: what would change, and with `-v` what is already up to date.
-fn show_plan(plan: &Plan, json: bool, verbose: bool) -> Result<()> {
+pub fn show_plan(plan: &Plan, json: bool, verbose: bool) -> Result<()> {
     if json {
         let text = serde_json::to_string_pretty(plan).map_err(|error| {
             Error::new(ErrorKind::LocalIo, format!("cannot encode JSON: {error}"))
@@ -217,7 +403,7 @@ fn show_plan(plan: &Plan, json: bool, verbose: bool) -> Result<()> {
 
 /// Waits for Ctrl-C or SIGTERM and says which. A second one while xfer winds down ends it at
 /// once, with the same exit code.
-async fn interrupted() -> ErrorKind {
+pub async fn interrupted() -> ErrorKind {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut interrupt), Ok(mut terminate)) = (
         signal(SignalKind::interrupt()),

@@ -10,6 +10,7 @@
 use crate::engine::early::EarlyHashes;
 use crate::engine::lanes::Lanes;
 use crate::engine::plan::{self, Action, Endpoints, Plan, PlanItem};
+use crate::engine::shared_source::SourceHost;
 use crate::engine::state::StateDir;
 use crate::engine::{ItemError, Options, Summary};
 use crate::error::{Error, Result};
@@ -30,6 +31,8 @@ pub struct Setup<R: Remote> {
     pub lanes: Option<Arc<Lanes<R>>>,
     /// The local file's hashes, computed while connecting.
     pub early: Option<Arc<EarlyHashes>>,
+    /// A push to several hosts: this host's part in reading the source once for all of them.
+    pub shared_source: Option<Arc<SourceHost>>,
 }
 
 /// What every file's transfer of one plan shares: the remote, the requests in flight on its

@@ -26,6 +26,7 @@ pub mod lanes;
 pub mod plan;
 pub mod pull;
 pub mod push;
+pub mod shared_source;
 pub mod state;
 pub mod units;
 pub mod verify;

@@ -17,6 +17,7 @@ use crate::engine::delta;
 use crate::engine::job::{self, Context, FileTotals, Setup, Side};
 use crate::engine::lanes::{Arrivals, Paths, borrow_for_file, close_late, next_arrival};
 use crate::engine::plan::{Action, Direction, Plan, PlanItem};
+use crate::engine::shared_source::SourceReader;
 use crate::engine::state::{JournalFile, open_journal};
 use crate::engine::verify::{
     Verification, WholeFileDigests, buffer_size, still_matching, verify_file,
@@ -613,6 +614,8 @@ struct Sending<'p, 'a, R: Remote> {
     syncing: Option<tokio::task::JoinHandle<Result<()>>>,
     /// One block of the source, read to be hashed.
     buffer: Vec<u8>,
+    /// Pushed to several hosts: this host's reading of the blocks they share.
+    shared: Option<SourceReader>,
 }
 
 impl<'p, 'a, R: Remote> Sending<'p, 'a, R> {
@@ -642,6 +645,12 @@ impl<'p, 'a, R: Remote> Sending<'p, 'a, R> {
             checked: BTreeMap::new(),
             since_sync: 0,
             syncing: None,
+            shared: push
+                .context
+                .setup
+                .shared_source
+                .as_ref()
+                .map(|host| host.reader(push.opened)),
             buffer: vec![0u8; buffer_size(&push.layout)],
             push,
         }
@@ -737,12 +746,22 @@ impl<'p, 'a, R: Remote> Sending<'p, 'a, R> {
         let ranges = push.blocks.ranges_to_move(index);
         let read_error =
             |error| Error::local_io(format!("cannot read {}", push.item.source), error);
-        // A block hashed already is read only where it travels, straight into the buffers that
-        // go out (a small delta reads its changed pieces, not the blocks around them); any
-        // other is read whole to be hashed.
-        let (hash, whole_block) = match push.known.get(&index) {
-            Some(hash) => (*hash, None),
-            None => {
+        // Pushed to several hosts, a block comes whole from the window they share: read and
+        // hashed once for all of them. Otherwise a block hashed already is read only where it
+        // travels, straight into the buffers that go out (a small delta reads its changed
+        // pieces, not the blocks around them); any other is read whole to be hashed.
+        let shared_block = match &self.shared {
+            Some(reader) => Some(
+                reader
+                    .block(&push.file, &push.layout, index)
+                    .map_err(read_error)?,
+            ),
+            None => None,
+        };
+        let (hash, whole_block) = match (&shared_block, push.known.get(&index)) {
+            (Some(block), _) => (block.hash, Some(&block.data[..])),
+            (None, Some(hash)) => (*hash, None),
+            (None, None) => {
                 let slice = &mut self.buffer[..(range.end - range.start) as usize];
                 push.file
                     .read_exact_at(slice, range.start)

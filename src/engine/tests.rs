@@ -106,6 +106,7 @@ impl Fixture {
             state: StateDir::at(self.state.clone()).expect("a state directory"),
             reporter: Arc::new(NoProgress),
             options,
+            shared_source: None,
         }
     }
 

@@ -21,6 +21,7 @@ use crate::engine::early::EarlyHashes;
 use crate::engine::job::Setup;
 use crate::engine::lanes::Lanes;
 use crate::engine::plan::{self, Direction, Endpoints, Plan, PullScope, PushScope};
+use crate::engine::shared_source::SourceHost;
 use crate::engine::state::StateDir;
 use crate::engine::{ItemError, Options, Summary, pull, push};
 use crate::error::{Error, Result};
@@ -124,6 +125,8 @@ pub struct Transfer {
     pub state: StateDir,
     pub reporter: Arc<dyn Reporter>,
     pub options: UnitOptions,
+    /// A push to several hosts: this host's part in reading the source once for all of them.
+    pub shared_source: Option<Arc<SourceHost>>,
 }
 
 /// Shared by the workers.
@@ -172,7 +175,12 @@ where
     Connecting: Future<Output = Result<P>>,
 {
     let started = Instant::now();
-    let early = early_candidate(&transfer).and_then(|path| EarlyHashes::start(&path));
+    // A fleet push reads each block once for every host (`shared_source`); hashing the file
+    // while connecting would read it a second time, for hashes only a delta or a resume uses,
+    // and those hash what they need as they go.
+    let early = early_candidate(&transfer)
+        .filter(|_| transfer.shared_source.is_none())
+        .and_then(|path| EarlyHashes::start(&path));
     let pool = Arc::new(connect(early.is_some()).await?);
     let first = pool.planner();
     let endpoints = Endpoints {
@@ -590,6 +598,7 @@ async fn execute<P: Pool>(
         options: transfer.options.engine,
         lanes: Some(shared.lanes.clone()),
         early: shared.early.clone(),
+        shared_source: transfer.shared_source.clone(),
     };
     Ok(match transfer.direction {
         Direction::Pull => {

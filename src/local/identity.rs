@@ -11,7 +11,7 @@
 use std::fs::{File, Metadata};
 use std::os::unix::fs::MetadataExt;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FileIdentity {
     device: u64,
     inode: u64,

@@ -424,18 +424,32 @@ async fn start_cached(connection: &Arc<Connection>) -> Result<Outcome> {
 
 /// Uploads the agent unless another connection of this run did it already for the host: the
 /// connections of one run find the agent missing at the same moment, so one uploads while the
-/// others wait, then they start the copy it left. A failed upload is remembered too, so the
-/// others do not each wait for it again. Some(reason) when it failed for good.
+/// others to that host wait, then they start the copy it left; uploads to different hosts go
+/// on at once. A failed upload is remembered too, so the others do not each wait for it
+/// again. Some(reason) when it failed for good.
 async fn upload_once(
     connection: &Connection,
     runner: &mut Runner<'_>,
     own: &Own,
 ) -> Result<Option<String>> {
-    static UPLOADED: tokio::sync::Mutex<Vec<(String, Option<String>)>> =
-        tokio::sync::Mutex::const_new(Vec::new());
-    let mut uploaded = UPLOADED.lock().await;
+    type Uploaded = Arc<tokio::sync::Mutex<Option<Option<String>>>>;
+    static UPLOADS: std::sync::Mutex<Vec<(String, Uploaded)>> = std::sync::Mutex::new(Vec::new());
     let host = connection.label().to_string();
-    if let Some((_, failed)) = uploaded.iter().find(|(done, _)| *done == host) {
+    let this_host = {
+        let mut uploads = UPLOADS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match uploads.iter().find(|(label, _)| *label == host) {
+            Some((_, uploaded)) => uploaded.clone(),
+            None => {
+                let uploaded = Uploaded::default();
+                uploads.push((host, uploaded.clone()));
+                uploaded
+            }
+        }
+    };
+    let mut uploaded = this_host.lock().await;
+    if let Some(failed) = &*uploaded {
         return Ok(failed.clone());
     }
     let failed = match upload(runner, connection, own).await {
@@ -443,7 +457,7 @@ async fn upload_once(
         Err(error) if error.is_transient() => return Err(error),
         Err(error) => Some(error.message().to_string()),
     };
-    uploaded.push((host, failed.clone()));
+    *uploaded = Some(failed.clone());
     Ok(failed)
 }
 

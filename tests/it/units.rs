@@ -587,6 +587,7 @@ fn the_plan_is_told_complete_once_after_every_unit_is_planned() {
                 fix_crlf: false,
                 engine: xfer::engine::Options::default(),
             },
+            shared_source: None,
         };
         let connect = |eager| {
             xfer::remote::pool::SessionPool::connect(
