@@ -18,6 +18,12 @@ use super::{current_user, keygen, public_key_path, read_lossy, running_as_root};
 const SSHD_BINARY: &str = "/usr/sbin/sshd";
 /// sshd's privilege separation directory, which it checks for when started as root.
 const PRIVSEP_DIR: &str = "/run/sshd";
+/// Started by `unshare` in sshd's new mount namespace (see [`SshdBuilder::private_mount`]):
+/// binds `$1` over `$2`, then becomes sshd with the rest of the arguments. Exit 97: the mount
+/// failed (its message is in sshd.stderr).
+const PRIVATE_MOUNT: &str = r#"mount --bind "$1" "$2" || exit 97
+shift 2
+exec "$@""#;
 
 /// Options for an [`Sshd`]; start one with [`SshdBuilder::start`].
 #[derive(Clone, Debug)]
@@ -30,6 +36,8 @@ pub struct SshdBuilder {
     /// A CA's private key and the ssh-keygen options (principals, validity) to sign the host
     /// key with, for a `HostCertificate`.
     host_certificate: Option<(PathBuf, Vec<String>)>,
+    /// A directory to bind over a path in a mount namespace of sshd's own: (directory, path).
+    private_mount: Option<(PathBuf, PathBuf)>,
 }
 
 impl Default for SshdBuilder {
@@ -49,6 +57,7 @@ impl SshdBuilder {
             log_level: "DEBUG1".to_owned(),
             local_users: false,
             host_certificate: None,
+            private_mount: None,
         }
     }
 
@@ -98,6 +107,15 @@ impl SshdBuilder {
         self
     }
 
+    /// Runs sshd (and so every session it serves) in a mount namespace of its own in which the
+    /// directory `source` is bind-mounted over the existing directory `over`: its sessions see
+    /// `source`'s files at `over`, and nothing else on the machine does. So several servers can
+    /// each have their own files at one path, as the machines of a fleet do. Needs root.
+    pub fn private_mount(mut self, source: &Path, over: &Path) -> Self {
+        self.private_mount = Some((source.to_path_buf(), over.to_path_buf()));
+        self
+    }
+
     pub fn start(self) -> Sshd {
         Sshd::launch(self)
     }
@@ -126,6 +144,14 @@ impl Sshd {
     fn launch(settings: SshdBuilder) -> Sshd {
         if running_as_root() {
             ensure_privsep_dir();
+        }
+        if let Some((source, over)) = &settings.private_mount {
+            assert!(
+                running_as_root(),
+                "an sshd that binds {} over {} in a mount namespace of its own needs root: run the tests as root, as CI does",
+                source.display(),
+                over.display()
+            );
         }
         let dir = tempfile::Builder::new()
             .prefix("xfer-sshd-")
@@ -253,6 +279,25 @@ impl Sshd {
         self.stop();
         self.make_host_key();
         self.sign_host_key();
+        self.start_again();
+    }
+
+    /// The process id of the running sshd (the listener, parent of every session), if running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Stops sshd, as when its machine goes down: SIGTERM, then SIGKILL if it lingers.
+    /// Connections then find the port closed; sessions already open end when their clients
+    /// disconnect. [`Sshd::start_again`] brings it back.
+    pub fn stop(&mut self) {
+        server::stop(&mut self.child);
+    }
+
+    /// Starts sshd again on the same port with the same host key and settings (after
+    /// [`Sshd::stop`]; stops it first if it is still running), as when a machine comes back.
+    pub fn start_again(&mut self) {
+        self.stop();
         let deadline = Instant::now() + START_LIMIT;
         loop {
             match self.spawn(self.port) {
@@ -265,7 +310,7 @@ impl Sshd {
                     thread::sleep(Duration::from_millis(100))
                 }
                 Startup::PortTaken => panic!(
-                    "sshd could not bind port {} again after regenerating its host key\n{}",
+                    "sshd could not bind port {} again\n{}",
                     self.port,
                     self.report()
                 ),
@@ -419,7 +464,22 @@ impl Sshd {
             .append(true)
             .open(self.stderr_path())
             .unwrap_or_else(|error| panic!("cannot open sshd's stderr file: {error}"));
-        let child = Command::new(SSHD_BINARY)
+        let mut command = match &self.settings.private_mount {
+            None => Command::new(SSHD_BINARY),
+            // unshare and sh both exec, so the child's pid stays sshd's own.
+            Some((source, over)) => {
+                let mut command = Command::new("unshare");
+                command
+                    .args(["--mount", "--propagation", "private", "sh", "-c"])
+                    .arg(PRIVATE_MOUNT)
+                    .arg("sh")
+                    .arg(source)
+                    .arg(over)
+                    .arg(SSHD_BINARY);
+                command
+            }
+        };
+        let child = command
             .arg("-D")
             .arg("-f")
             .arg(self.config_path())
@@ -429,7 +489,7 @@ impl Sshd {
             .stdout(Stdio::null())
             .stderr(stderr_file)
             .spawn()
-            .unwrap_or_else(|error| panic!("cannot run {SSHD_BINARY}: {error}"));
+            .unwrap_or_else(|error| panic!("cannot run {SSHD_BINARY} ({command:?}): {error}"));
 
         let listening = format!("Server listening on 127.0.0.1 port {port}.");
         let watch_log = self.logs_listening(&config);
@@ -456,11 +516,6 @@ impl Sshd {
             },
             || self.report(),
         )
-    }
-
-    /// Stops the sshd process this harness started: SIGTERM, then SIGKILL if it lingers.
-    fn stop(&mut self) {
-        server::stop(&mut self.child);
     }
 
     /// The configuration, log and stderr of sshd, for panic messages.
