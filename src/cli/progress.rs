@@ -318,7 +318,7 @@ impl Reporter for HostProgress {
     fn planned(&self, _files: u64, bytes: u64) {
         if let Some(line) = &self.line {
             line.inc_length(bytes);
-            line.set_message("");
+            line.set_message("transferring");
         }
         if let Some(bars) = &self.fleet.bars {
             bars.total.inc_length(bytes);

@@ -539,3 +539,125 @@ fn report(summary: &Summary, json: bool, quiet: bool) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each target's name, remote path and local path.
+    type Layout = Vec<(String, String, PathBuf)>;
+
+    fn layout(direction: Direction, arguments: &[&str]) -> Result<(bool, Layout)> {
+        let arguments: Vec<String> = arguments.iter().map(|text| text.to_string()).collect();
+        let (local, remotes) = split_locations(&arguments, direction)?;
+        let (fleet, targets) = targets(direction, &local, &remotes, None)?;
+        Ok((
+            fleet,
+            targets
+                .into_iter()
+                .map(|target| (target.name, target.remote_path, target.local_path))
+                .collect(),
+        ))
+    }
+
+    fn target(name: &str, path: &str, local: &str) -> (String, String, PathBuf) {
+        (name.to_string(), path.to_string(), PathBuf::from(local))
+    }
+
+    #[test]
+    fn one_host_is_not_a_fleet() {
+        assert_eq!(
+            layout(Direction::Pull, &["gpu:/ckpt", "./ckpt"]).expect("parses"),
+            (false, vec![target("gpu", "/ckpt", "./ckpt")])
+        );
+        assert_eq!(
+            layout(Direction::Push, &["./out", "me@gpu:data"]).expect("parses"),
+            (false, vec![target("me@gpu", "data", "./out")])
+        );
+    }
+
+    #[test]
+    fn a_pull_from_several_hosts_writes_local_slash_host() {
+        assert_eq!(
+            layout(
+                Direction::Pull,
+                &["gpu-[1-2]:/ckpt", "me@head:~/ckpt", "out"]
+            )
+            .expect("parses"),
+            (
+                true,
+                vec![
+                    target("gpu-1", "/ckpt", "out/gpu-1"),
+                    target("gpu-2", "/ckpt", "out/gpu-2"),
+                    target("me@head", "~/ckpt", "out/me@head"),
+                ]
+            )
+        );
+        // A list of one host is still a fleet: the layout does not depend on the count.
+        assert_eq!(
+            layout(Direction::Pull, &["gpu-[7]:/ckpt", "out"]).expect("parses"),
+            (true, vec![target("gpu-7", "/ckpt", "out/gpu-7")])
+        );
+        assert_eq!(
+            layout(Direction::Pull, &["[::1]:/x", "a,b:/y", "out"]).expect("parses"),
+            (
+                true,
+                vec![
+                    target("[::1]", "/x", "out/[::1]"),
+                    target("a", "/y", "out/a"),
+                    target("b", "/y", "out/b"),
+                ]
+            )
+        );
+    }
+
+    #[test]
+    fn a_push_goes_to_every_destination() {
+        assert_eq!(
+            layout(Direction::Push, &["./data", "n[1-2]:/data", "n1:/backup"]).expect("parses"),
+            (
+                true,
+                vec![
+                    target("n1", "/data", "./data"),
+                    target("n2", "/data", "./data"),
+                    target("n1", "/backup", "./data"),
+                ]
+            )
+        );
+    }
+
+    #[test]
+    fn layouts_that_write_one_place_twice_are_refused() {
+        for (direction, arguments) in [
+            (Direction::Pull, &["n1:/a", "n1:/b", "out"][..]),
+            (Direction::Pull, &["n[1-2]:/a", "N2:/a", "out"][..]),
+            (Direction::Push, &["./d", "n[1-3]:/a", "n2:/a"][..]),
+            // A host named `..` would put its copy beside LOCAL, not in it.
+            (Direction::Pull, &["..:/a", "n1:/a", "out"][..]),
+        ] {
+            let error = layout(direction, arguments).expect_err("refused");
+            assert_eq!(error.kind(), xfer::ErrorKind::Usage, "{arguments:?}");
+        }
+    }
+
+    #[test]
+    fn arguments_on_the_wrong_side_are_refused() {
+        for (direction, arguments) in [
+            (Direction::Pull, &["n1:/a", "n2:/b"][..]),
+            (Direction::Pull, &["n1:/a", "./x", "out"][..]),
+            (Direction::Push, &["n1:/a", "n2:/b"][..]),
+            (Direction::Push, &["./x", "n1:/a", "./y"][..]),
+            (Direction::Push, &["./x", "n[2-1]:/a"][..]),
+        ] {
+            assert!(layout(direction, arguments).is_err(), "{arguments:?}");
+        }
+    }
+
+    #[test]
+    fn host_lists_split_at_the_colon_outside_brackets() {
+        assert_eq!(list_split("gpu-[1-2]:/d"), Some(("gpu-[1-2]", "/d")));
+        assert_eq!(list_split("me@[::1]:/d"), Some(("me@[::1]", "/d")));
+        assert_eq!(list_split("./a:b"), None);
+        assert_eq!(list_split("plain"), None);
+    }
+}

@@ -207,7 +207,7 @@ async fn compare_pieces<R: Remote>(
     Ok(found)
 }
 
-async fn hash_on_thread(
+pub(crate) async fn hash_on_thread(
     file: &File,
     layout: BlockLayout,
     which: Vec<u64>,

@@ -17,7 +17,7 @@ use crate::engine::delta;
 use crate::engine::job::{self, Context, FileTotals, Setup, Side};
 use crate::engine::lanes::{Arrivals, Paths, borrow_for_file, close_late, next_arrival};
 use crate::engine::plan::{Action, Direction, Plan, PlanItem};
-use crate::engine::shared_source::SourceReader;
+use crate::engine::shared_source::{REMEMBERED_HASHES_MIN_SIZE, SourceReader};
 use crate::engine::state::{JournalFile, open_journal};
 use crate::engine::verify::{
     Verification, WholeFileDigests, buffer_size, still_matching, verify_file,
@@ -280,6 +280,7 @@ impl<'a, R: Remote> PushFile<'a, R> {
                 && entry.size == crate::engine::plan::size_while_incomplete(item.size)
         });
         if remote_intact && !recorded.is_empty() {
+            self.hash_once(recorded.keys().copied().collect()).await?;
             // Their local bytes were just read (or hashed early): not read back again.
             let matching = still_matching(&self.file, &layout, recorded, &self.known);
             self.blocks.hold_all_checked(matching);
@@ -302,11 +303,12 @@ impl<'a, R: Remote> PushFile<'a, R> {
             return Ok(());
         };
         let layout = self.layout;
-        let candidates = self
+        let candidates: Vec<u64> = self
             .blocks
             .missing()
             .filter(|&index| layout.range(index).end <= existing_size)
             .collect();
+        self.hash_once(candidates.clone()).await?;
         let found = delta::compare(
             &self.context.remote,
             &self.item.target,
@@ -331,6 +333,39 @@ impl<'a, R: Remote> PushFile<'a, R> {
         self.blocks.confirm_held();
         self.blocks.set_pieces(found.pieces);
         self.known.extend(found.local);
+        Ok(())
+    }
+
+    /// Pushed to several hosts, a large file's blocks `wanted` are hashed once for all of
+    /// them: under the file's hash memory, this host hashes those no host hashed yet, and
+    /// takes the others' from it. Alone, nothing happens here: the comparison hashes what it
+    /// needs.
+    async fn hash_once(&mut self, wanted: Vec<u64>) -> Result<()> {
+        let Some(host) = self
+            .context
+            .setup
+            .shared_source
+            .as_ref()
+            .filter(|_| self.item.size >= REMEMBERED_HASHES_MIN_SIZE)
+        else {
+            return Ok(());
+        };
+        let memory = host.hash_memory(self.opened);
+        let mut remembered = memory.lock().await;
+        let missing: Vec<u64> = wanted
+            .iter()
+            .copied()
+            .filter(|index| !remembered.contains_key(index) && !self.known.contains_key(index))
+            .collect();
+        let hashed = delta::hash_on_thread(&self.file, self.layout, missing).await?;
+        remembered.extend(hashed);
+        for index in wanted {
+            if let Some(hash) = remembered.get(&index) {
+                self.known.insert(index, *hash);
+            } else if let Some(hash) = self.known.get(&index) {
+                remembered.insert(index, *hash);
+            }
+        }
         Ok(())
     }
 
@@ -651,7 +686,9 @@ impl<'p, 'a, R: Remote> Sending<'p, 'a, R> {
                 .shared_source
                 .as_ref()
                 .map(|host| host.reader(push.opened)),
-            buffer: vec![0u8; buffer_size(&push.layout)],
+            // Made when first needed: a block from the shared window or one hashed already
+            // never passes through it.
+            buffer: Vec::new(),
             push,
         }
     }
@@ -714,15 +751,22 @@ impl<'p, 'a, R: Remote> Sending<'p, 'a, R> {
     async fn send_writes(&mut self) -> Result<()> {
         let context = self.push.context;
         while let Some(lane) = self.paths.least_busy(self.per_connection) {
-            // Read the next block only when its writes can go out, to bound memory.
+            if self.requests.is_empty() && self.waiting.is_empty() {
+                break;
+            }
+            // The next block is read only once a write of it can go out: files waiting for
+            // the connection hold no data (a tree sends many files at once, and a fleet
+            // many trees).
+            let Some((remote, handle, permit)) = self.paths.request(lane, &context.requests).await
+            else {
+                break;
+            };
             if self.requests.is_empty() && !self.read_next_block()? {
+                self.paths.answered(lane);
                 break;
             }
             let Some((index, offset, data)) = self.requests.pop_front() else {
-                break;
-            };
-            let Some((remote, handle, permit)) = self.paths.request(lane, &context.requests).await
-            else {
+                self.paths.answered(lane);
                 break;
             };
             self.in_flight.spawn(async move {
@@ -762,6 +806,9 @@ impl<'p, 'a, R: Remote> Sending<'p, 'a, R> {
             (Some(block), _) => (block.hash, Some(&block.data[..])),
             (None, Some(hash)) => (*hash, None),
             (None, None) => {
+                if self.buffer.is_empty() {
+                    self.buffer = vec![0u8; buffer_size(&push.layout)];
+                }
                 let slice = &mut self.buffer[..(range.end - range.start) as usize];
                 push.file
                     .read_exact_at(slice, range.start)

@@ -24,6 +24,15 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 /// fraction of a second later.
 pub const DEFAULT_WINDOW: u64 = 32 << 20;
 
+/// Files at least this large have their block hashes remembered for the other hosts when one
+/// host hashes them to compare with its copy (a delta, a resume): hashing them again is a full
+/// read. A smaller file costs little to hash again, and a tree of many would make the memory
+/// grow with the tree.
+pub const REMEMBERED_HASHES_MIN_SIZE: u64 = 16 << 20;
+
+/// The block hashes of one source file known so far; one host at a time adds to them.
+pub type HashMemory = Arc<tokio::sync::Mutex<BTreeMap<u64, BlockHash>>>;
+
 /// One block of the source and its hash.
 #[derive(Debug)]
 pub struct SharedBlock {
@@ -40,6 +49,8 @@ pub struct SharedSource {
     loaded: Condvar,
     /// Bytes read from source files, for the run's debug log and tests.
     bytes_read: AtomicU64,
+    /// Hashes of large files' blocks, by file.
+    hashes: Mutex<HashMap<FileIdentity, HashMemory>>,
 }
 
 #[derive(Debug, Default)]
@@ -83,6 +94,7 @@ impl SharedSource {
             window: Mutex::new(Window::default()),
             loaded: Condvar::new(),
             bytes_read: AtomicU64::new(0),
+            hashes: Mutex::new(HashMap::new()),
         }
     }
 
@@ -118,6 +130,19 @@ pub struct SourceHost {
 }
 
 impl SourceHost {
+    /// The block hashes the hosts found so far for the file whose identity is `identity`:
+    /// a host that needs hashes to compare with its copy locks them, hashes what is missing,
+    /// and adds it, so that the others wait for it rather than read the file again.
+    pub fn hash_memory(&self, identity: FileIdentity) -> HashMemory {
+        self.source
+            .hashes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(identity)
+            .or_default()
+            .clone()
+    }
+
     /// This host starts sending the file whose identity is `identity`; it must ask for the
     /// file's blocks in increasing order. A second reader of the same file (a retry) starts
     /// from the beginning again.

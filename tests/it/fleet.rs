@@ -607,6 +607,58 @@ fn a_push_to_four_hosts_reads_its_source_about_once() {
         ratio < 1.2,
         "the push read {ratio:.2} x its source for 4 hosts ({read} bytes)"
     );
+
+    // A delta to the four: each host compares its copy with the source's block hashes, which
+    // are computed once for all of them (a full read); then each host hashes the pieces of
+    // the three changed blocks (3 MiB each), and the changed pieces are read to be sent. So
+    // about 1.3 x the file, where hashing per host would read it 4 times.
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut file = fs::OpenOptions::new().write(true).open(&source).unwrap();
+        for block in [3u64, 20, 41] {
+            file.seek(SeekFrom::Start(block * MIB as u64 + 1000))
+                .unwrap();
+            file.write_all(&pattern(block, 5000)).unwrap();
+        }
+    }
+    set_mtime(&source, 1_700_000_500);
+    let (output, rchar) = run_counting_reads(
+        &mut local.xfer(
+            &fleet,
+            &[
+                "push",
+                "--json",
+                source.to_str().unwrap(),
+                &host_list(&fleet, &fleet.common_path().join("big.bin")),
+            ],
+        ),
+        LIMIT,
+    );
+    assert_success(&output);
+    let report = summary(&output);
+    let content = fs::read(&source).unwrap();
+    for (index, host) in hosts_in_order(&report, &fleet.aliases()).iter().enumerate() {
+        assert!(
+            fs::read(fleet.host_dir(index + 1).join("big.bin")).unwrap() == content,
+            "node-{}'s copy differs after the delta",
+            index + 1
+        );
+        assert!(
+            bytes_moved(host) < (4 * MIB) as u64,
+            "node-{} was sent more than the changed blocks: {host:#}",
+            index + 1
+        );
+    }
+    let read = rchar.saturating_sub(fixed);
+    let ratio = read as f64 / size as f64;
+    println!(
+        "a delta push of {} MiB to 4 hosts read {ratio:.3} x the file",
+        size / MIB
+    );
+    assert!(
+        ratio < 1.5,
+        "the delta push read {ratio:.2} x its source for 4 hosts ({read} bytes)"
+    );
 }
 
 /// A config whose every `node-N` reaches one listener that never accepts: a run that connects
@@ -846,5 +898,79 @@ fn doctor_and_secrets_take_host_lists() {
             .any(|line| line.starts_with("node-2")),
         "{}",
         said(&output)
+    );
+}
+
+#[test]
+fn a_dry_run_plans_every_host_and_changes_nothing() {
+    let fleet = Fleet::builder(2).private_dirs().start();
+    let local = Local::new();
+    let source = local.path("dataset");
+    make_dataset(&source, 5, MIB);
+    // node-2 already holds the data: its plan has nothing to send.
+    let pushed = local.run(
+        &fleet,
+        &[
+            "push",
+            source.to_str().unwrap(),
+            &format!("node-2:{}", fleet.common("data")),
+        ],
+    );
+    assert_success(&pushed);
+    let destination = fleet.common_path().join("data");
+    let output = local.run(
+        &fleet,
+        &[
+            "push",
+            "--dry-run",
+            "--json",
+            source.to_str().unwrap(),
+            &host_list(&fleet, &destination),
+        ],
+    );
+    assert_success(&output);
+    let report = summary(&output);
+    let hosts = hosts_in_order(&report, &fleet.aliases());
+    let to_send = |host: &Value| -> usize {
+        host["plan"]["items"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no plan items in {host:#}"))
+            .iter()
+            .filter(|item| item["action"] != "up-to-date")
+            .count()
+    };
+    assert!(
+        to_send(&hosts[0]) >= DATASET_FILES as usize,
+        "{:#}",
+        hosts[0]
+    );
+    assert_eq!(to_send(&hosts[1]), 0, "{:#}", hosts[1]);
+    assert!(
+        !fleet.host_dir(1).join("data").exists(),
+        "the dry run wrote node-1"
+    );
+
+    // As text, each plan comes under its host's name.
+    let output = local.run(
+        &fleet,
+        &[
+            "push",
+            "--dry-run",
+            source.to_str().unwrap(),
+            &host_list(&fleet, &destination),
+        ],
+    );
+    assert_success(&output);
+    let shown = text(&output.stdout);
+    let first = shown
+        .find("== node-1 ==")
+        .unwrap_or_else(|| panic!("{shown}"));
+    let second = shown
+        .find("== node-2 ==")
+        .unwrap_or_else(|| panic!("{shown}"));
+    assert!(first < second, "{shown}");
+    assert!(
+        !fleet.host_dir(1).join("data").exists(),
+        "the dry run wrote node-1"
     );
 }
