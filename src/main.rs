@@ -26,6 +26,10 @@ fn main() -> ExitCode {
     };
     let verbosity = Verbosity::from_args(output);
     cli::logging::init(verbosity);
+    // This binary is the agent it deploys to hosts.
+    if let Ok(executable) = std::env::current_exe() {
+        xfer::remote::deploy::serve_agent_from(executable);
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -318,7 +318,27 @@ pub async fn inspect(runner: &mut Runner<'_>) -> Result<AgentPlace> {
 /// Prints the host's platform.
 const PROBE: &str = r#"printf "%s\n%s\n" "$(uname -s)" "$(uname -m)""#;
 
-/// This executable: its bytes' identity and its platform, read once per process.
+/// The executable that serves `agent`, as the program using this library declared it with
+/// [`serve_agent_from`]: the xfer binary declares itself. Without a declaration there is no
+/// agent to deploy, and an automatic agent falls back to SFTP: uploading whatever program is
+/// running and starting it with the argument `agent` would run something that takes that word
+/// for anything else (a test harness takes it for a filter and runs tests on the host).
+static AGENT_EXECUTABLE: OnceLock<std::path::PathBuf> = OnceLock::new();
+
+/// Declares `executable` (an xfer binary of this build) as the agent to deploy to hosts.
+/// The first declaration of a process stands.
+pub fn serve_agent_from(executable: std::path::PathBuf) {
+    let _ = AGENT_EXECUTABLE.set(executable);
+}
+
+fn agent_executable() -> std::result::Result<&'static std::path::Path, String> {
+    AGENT_EXECUTABLE
+        .get()
+        .map(std::path::PathBuf::as_path)
+        .ok_or_else(|| "this program declares no xfer agent to deploy".to_string())
+}
+
+/// The agent this process deploys: its bytes' identity and its platform, read once.
 struct Own {
     build: BuildId,
     name: String,
@@ -327,7 +347,7 @@ struct Own {
 fn own() -> std::result::Result<&'static Own, String> {
     static OWN: OnceLock<std::result::Result<Own, String>> = OnceLock::new();
     OWN.get_or_init(|| {
-        let build = crate::agent::server::own_build_id()
+        let build = crate::agent::server::build_id_of(agent_executable()?)
             .map_err(|error| format!("cannot read xfer's own executable: {error}"))?;
         let name = cache_name(&build.version, &build.executable_blake3);
         Ok(Own { build, name })
@@ -700,7 +720,8 @@ fn own_executable() -> std::io::Result<Arc<Vec<u8>>> {
     if let Some(executable) = shared.upgrade() {
         return Ok(executable);
     }
-    let executable = Arc::new(std::fs::read(std::env::current_exe()?)?);
+    let path = agent_executable().map_err(std::io::Error::other)?;
+    let executable = Arc::new(std::fs::read(path)?);
     *shared = Arc::downgrade(&executable);
     Ok(executable)
 }

@@ -559,6 +559,9 @@ impl xfer::progress::Reporter for Recording {
 #[test]
 fn the_plan_is_told_complete_once_after_every_unit_is_planned() {
     use xfer::engine::units::{Transfer, UnitOptions};
+    // The agent this in-process run deploys is the xfer binary, as the command line declares
+    // it; this test binary would take `agent` for a filter and run tests on the host.
+    xfer::remote::deploy::serve_agent_from(PathBuf::from(env!("CARGO_BIN_EXE_xfer")));
     let sshd = Sshd::start();
     let config = sshd.write_client_config("box", &[]);
     let work = tempfile::tempdir().unwrap();

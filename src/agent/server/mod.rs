@@ -21,7 +21,7 @@ mod files;
 mod hashing;
 mod stdio;
 
-pub use stdio::{own_build_id, run_stdio};
+pub use stdio::{build_id_of, own_build_id, run_stdio};
 
 use super::connection::{Connection, FrameReader, FrameWriter, ReadError};
 use super::protocol::{

@@ -13,7 +13,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 /// This build's identity: the crate version, the plain BLAKE3 of the running executable and the
 /// platform.
 pub fn own_build_id() -> io::Result<BuildId> {
-    let executable = std::env::current_exe()?;
+    build_id_of(&std::env::current_exe()?)
+}
+
+/// The identity of `executable` as an agent of this build: the crate version, the plain
+/// BLAKE3 of its bytes and this platform.
+pub fn build_id_of(executable: &std::path::Path) -> io::Result<BuildId> {
     let hash = hash_whole(&File::open(executable)?)?;
     Ok(BuildId {
         version: env!("CARGO_PKG_VERSION").to_string(),
