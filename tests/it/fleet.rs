@@ -974,3 +974,61 @@ fn a_dry_run_plans_every_host_and_changes_nothing() {
         "the dry run wrote node-1"
     );
 }
+
+/// A fleet reached through one login host with OpenSSH's default `MaxStartups 10:30:100`
+/// (set here explicitly): every host's connections open a jump connection to it, sixteen in
+/// all for four hosts with `-j 4`, more than it takes while they are still being set up. The
+/// run paces its start-ups to the one jump host across all the hosts, so the push completes
+/// with no retries and the gate drops nothing.
+#[test]
+fn a_fleet_behind_a_login_host_that_limits_start_ups_completes() {
+    let fleet = Fleet::builder(4).private_dirs().start();
+    let gate = crate::support::Sshd::builder()
+        .extra_config("MaxStartups 10:30:100")
+        .start();
+    let local = Local::new();
+    let config = local.path("ssh_config");
+    let mut through_gate = String::new();
+    for line in fs::read_to_string(fleet.config()).unwrap().lines() {
+        through_gate.push_str(line);
+        through_gate.push('\n');
+        if line.trim_start().starts_with("Host node-") {
+            through_gate.push_str("    ProxyJump gate\n");
+        }
+    }
+    fs::write(&config, through_gate).unwrap();
+    gate.append_client_config(&config, "gate", &[]);
+    let source = local.path("dataset");
+    make_dataset(&source, 9, MIB);
+    let mut command = xfer_command_in(local.state.path());
+    command
+        .args(["push", "--json", "-j", "4", "--retries", "0", "-F"])
+        .arg(&config)
+        .arg(&source)
+        .arg(host_list(&fleet, &fleet.common_path().join("data")));
+    let output = run_with_timeout(&mut command, LIMIT);
+    assert_success(&output);
+    let expected = tree_digest(&source);
+    for (index, host) in hosts_in_order(&summary(&output), &fleet.aliases())
+        .iter()
+        .enumerate()
+    {
+        assert_done(host);
+        assert_eq!(
+            tree_digest(&fleet.host_dir(index + 1).join("data")),
+            expected,
+            "node-{}'s copy",
+            index + 1
+        );
+    }
+    // Every connection went through the gate: it accepted one per connection xfer made.
+    let accepted = gate.log().matches("Accepted publickey").count();
+    assert!(
+        accepted >= 4,
+        "the gate logged {accepted} logins:\n{}",
+        gate.log()
+    );
+    let dropped = gate.log().matches("past MaxStartups").count();
+    eprintln!("the gate took {accepted} logins and dropped {dropped} start-ups past MaxStartups");
+    assert_eq!(dropped, 0, "{}", gate.log());
+}
