@@ -203,14 +203,19 @@ impl Connector {
         let key = startup_key(&config);
         let label = label_of(&config);
         self.startups
-            .open(&key, &label, || self.connect_at_depth(config.clone(), 0))
+            .open(&key, &label, || {
+                self.connect_at_depth(config.clone(), 0, vec![key.clone()])
+            })
             .await
     }
 
+    /// Connects to `config`, `depth` jumps in; `pacing` holds the start-up keys whose places
+    /// the connects this one is part of hold already (see `open_transport`).
     fn connect_at_depth<'a>(
         &'a self,
         config: Arc<HostConfig>,
         depth: usize,
+        pacing: Vec<String>,
     ) -> Pin<Box<dyn Future<Output = Result<Connection>> + Send + 'a>> {
         Box::pin(async move {
             let label = label_of(&config);
@@ -238,7 +243,7 @@ impl Connector {
 
             let mut heard = None;
             let handshake = async {
-                let (stream, guard) = self.open_transport(&config, depth, &label).await?;
+                let (stream, guard) = self.open_transport(&config, depth, &label, &pacing).await?;
                 let (stream, recorded) = crate::ssh::greeting::Recorded::new(stream);
                 heard = Some(recorded);
                 let handle = client::connect_stream(ssh_config, stream, handler).await;
@@ -383,28 +388,43 @@ impl Connector {
         config: &HostConfig,
         depth: usize,
         label: &str,
+        pacing: &[String],
     ) -> Result<(BoxedStream, TransportGuard)> {
         if let Some((last, earlier)) = config.proxy_jump.split_last() {
-            let jump_config = self.resolve_jump(last, earlier)?;
+            let jump_config = Arc::new(self.resolve_jump(last, earlier)?);
             let jump_label = label_of(&jump_config);
-            let jump = self
-                .connect_at_depth(Arc::new(jump_config), depth + 1)
-                .await
-                .map_err(|error| {
-                    let kind = error.kind();
-                    let hint = error.hint().map(str::to_string);
-                    let mut wrapped =
-                        Error::new(kind, format!("{label}: via jump host: {}", error.message()))
-                            .transient(error.is_transient());
-                    if let Some(hint) = hint {
-                        wrapped = wrapped.with_hint(hint);
-                    }
-                    // A jump host dropping a connection it is still setting up is a limit too.
-                    if closed_before_login(&error) {
-                        wrapped = wrapped.with_source(ClosedBeforeLogin);
-                    }
-                    wrapped
-                })?;
+            // Paced as a host of its own: the connections of a run to many hosts behind one
+            // login host all start up there, and it limits them (MaxStartups) as any host. A
+            // chain that passes the same host twice (`-J gate,gate`) holds its place already:
+            // waiting for it again would wait for itself.
+            let jump_key = startup_key(&jump_config);
+            let jump = if pacing.contains(&jump_key) {
+                self.connect_at_depth(jump_config.clone(), depth + 1, pacing.to_vec())
+                    .await
+            } else {
+                let mut inner = pacing.to_vec();
+                inner.push(jump_key.clone());
+                self.startups
+                    .open(&jump_key, &jump_label, || {
+                        self.connect_at_depth(jump_config.clone(), depth + 1, inner.clone())
+                    })
+                    .await
+            };
+            let jump = jump.map_err(|error| {
+                let kind = error.kind();
+                let hint = error.hint().map(str::to_string);
+                let mut wrapped =
+                    Error::new(kind, format!("{label}: via jump host: {}", error.message()))
+                        .transient(error.is_transient());
+                if let Some(hint) = hint {
+                    wrapped = wrapped.with_hint(hint);
+                }
+                // A jump host dropping a connection it is still setting up is a limit too.
+                if closed_before_login(&error) {
+                    wrapped = wrapped.with_source(ClosedBeforeLogin);
+                }
+                wrapped
+            })?;
             let channel = tokio::time::timeout(
                 CHANNEL_OPEN_TIMEOUT,
                 jump.handle
