@@ -154,23 +154,34 @@ pub fn fleet_error(outcomes: &[HostOutcome]) -> Option<Error> {
         .iter()
         .filter_map(|outcome| outcome.error.as_ref())
         .collect();
-    if failures.is_empty() {
-        return None;
-    }
     let done = outcomes.len() - failures.len();
     let summary = format!(
         "{done} of {} host(s) done, {} not",
         outcomes.len(),
         failures.len()
     );
-    match failures.iter().find(|error| !error.is_transient()) {
-        None => {
+    match failure_kind(&failures)? {
+        ErrorKind::Partial => {
             Some(Error::new(ErrorKind::Partial, summary).with_hint(
                 "re-run the same command: complete hosts are skipped, the others resume",
             ))
         }
-        Some(permanent) => Some(Error::new(permanent.kind(), summary).transient(false)),
+        kind => Some(Error::new(kind, summary).transient(false)),
     }
+}
+
+/// The kind a command over several hosts ends with when `failures` is not empty: partly done
+/// when every failure is transient, otherwise the first permanent failure's.
+pub fn failure_kind(failures: &[&Error]) -> Option<ErrorKind> {
+    if failures.is_empty() {
+        return None;
+    }
+    Some(
+        failures
+            .iter()
+            .find(|error| !error.is_transient())
+            .map_or(ErrorKind::Partial, |permanent| permanent.kind()),
+    )
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! with each failing host and what to do about it.
 
 use crate::cli::args::DoctorArgs;
-use crate::cli::output::{out, outln};
+use crate::cli::output::out;
 use crate::cli::settings::ConnectionSettings;
 use std::sync::Arc;
 use xfer::doctor::{DoctorOptions, HostReport, check_hosts};
@@ -20,10 +20,7 @@ pub async fn run(args: &DoctorArgs) -> Result<()> {
     };
     let reports = check_hosts(connector, hosts, args.host_list.hosts_at_once, options).await;
     if args.json {
-        let text = serde_json::to_string_pretty(&reports).map_err(|error| {
-            Error::new(ErrorKind::LocalIo, format!("cannot encode JSON: {error}"))
-        })?;
-        outln!("{text}");
+        crate::cli::output::print_json(&reports)?;
     } else {
         out!("{}", render_table(&reports));
         out!("{}", render_problems(&reports));

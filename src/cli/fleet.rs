@@ -14,7 +14,7 @@ use xfer::engine::plan::{Direction, human_bytes};
 use xfer::engine::shared_source::{DEFAULT_WINDOW, SharedSource};
 use xfer::engine::state::StateDir;
 use xfer::engine::units::{self, Transfer, UnitOptions};
-use xfer::error::{Error, ErrorKind, Result};
+use xfer::error::{Error, Result};
 use xfer::fleet::{HostOutcome, HostState, fleet_error, for_each_host};
 use xfer::remote::deploy::AgentMode;
 use xfer::remote::pool::SessionPool;
@@ -226,10 +226,7 @@ fn report(outcomes: &[HostOutcome], seconds: f64, json: bool, quiet: bool) -> Re
             bytes_moved,
             seconds,
         };
-        let text = serde_json::to_string_pretty(&report).map_err(|error| {
-            Error::new(ErrorKind::LocalIo, format!("cannot encode JSON: {error}"))
-        })?;
-        outln!("{text}");
+        crate::cli::output::print_json(&report)?;
         return Ok(());
     }
     if quiet {
@@ -346,10 +343,7 @@ async fn plan_each(request: &Request, connector: Arc<Connector>) -> Result<()> {
                 error: plan.as_ref().err().map(ToString::to_string),
             })
             .collect();
-        let text = serde_json::to_string_pretty(&serde_json::json!({ "hosts": hosts })).map_err(
-            |error| Error::new(ErrorKind::LocalIo, format!("cannot encode JSON: {error}")),
-        )?;
-        outln!("{text}");
+        crate::cli::output::print_json(&serde_json::json!({ "hosts": hosts }))?;
     } else {
         for (target, plan) in request.targets.iter().zip(&plans) {
             outln!("== {} ==", printable(&target.name));
@@ -363,18 +357,10 @@ async fn plan_each(request: &Request, connector: Arc<Connector>) -> Result<()> {
         .iter()
         .filter_map(|plan| plan.as_ref().err())
         .collect();
-    match failures.iter().find(|error| !error.is_transient()) {
-        _ if failures.is_empty() => Ok(()),
-        None => Err(Error::new(
-            ErrorKind::Partial,
-            format!(
-                "{} of {} host(s) could not be planned",
-                failures.len(),
-                plans.len()
-            ),
-        )),
-        Some(permanent) => Err(Error::new(
-            permanent.kind(),
+    match xfer::fleet::failure_kind(&failures) {
+        None => Ok(()),
+        Some(kind) => Err(Error::new(
+            kind,
             format!(
                 "{} of {} host(s) could not be planned",
                 failures.len(),

@@ -39,3 +39,15 @@ macro_rules! errln {
 }
 
 pub(crate) use {errln, out, outln};
+
+/// Prints `value` as pretty JSON on stdout, as every `--json` does.
+pub fn print_json(value: &impl serde::Serialize) -> xfer::error::Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|error| {
+        xfer::error::Error::new(
+            xfer::error::ErrorKind::LocalIo,
+            format!("cannot encode JSON: {error}"),
+        )
+    })?;
+    write_stdout(format_args!("{text}\n"));
+    Ok(())
+}

@@ -3,7 +3,7 @@
 //! code.
 
 use crate::cli::args::TransferArgs;
-use crate::cli::output::{errln, out, outln};
+use crate::cli::output::{errln, out};
 use crate::cli::progress::TerminalReporter;
 use crate::cli::settings::{ConnectionSettings, Verbosity};
 use std::future::Future;
@@ -391,10 +391,7 @@ impl Reporter for Warnings {
 /// Prints a dry run's plan: what would change, and with `-v` what is already up to date.
 pub fn show_plan(plan: &Plan, json: bool, verbose: bool) -> Result<()> {
     if json {
-        let text = serde_json::to_string_pretty(plan).map_err(|error| {
-            Error::new(ErrorKind::LocalIo, format!("cannot encode JSON: {error}"))
-        })?;
-        outln!("{text}");
+        crate::cli::output::print_json(&plan)?;
     } else {
         out!("{}", plan.render(verbose));
     }
@@ -437,10 +434,7 @@ fn unit_name(relative: &str) -> String {
 
 fn report(summary: &Summary, json: bool, quiet: bool) -> Result<()> {
     if json {
-        let text = serde_json::to_string_pretty(summary).map_err(|error| {
-            Error::new(ErrorKind::LocalIo, format!("cannot encode JSON: {error}"))
-        })?;
-        outln!("{text}");
+        crate::cli::output::print_json(&summary)?;
         return Ok(());
     }
     if quiet {
