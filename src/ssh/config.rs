@@ -66,6 +66,15 @@ const DEFAULT_IDENTITY_FILES: [&str; 7] = [
 const DEFAULT_USER_KNOWN_HOSTS: [&str; 2] = ["~/.ssh/known_hosts", "~/.ssh/known_hosts2"];
 const DEFAULT_GLOBAL_KNOWN_HOSTS: [&str; 2] =
     ["/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2"];
+/// The authentication methods in the order ssh tries them when `PreferredAuthentications` is
+/// unset (sshconnect2.c's `authmethods` table).
+pub const DEFAULT_AUTHENTICATION_ORDER: [&str; 5] = [
+    "gssapi-with-mic",
+    "hostbased",
+    "publickey",
+    "keyboard-interactive",
+    "password",
+];
 const CONFIG_HINT: &str =
     "fix or remove that line; OpenSSH refuses it too (`ssh -G <host>` shows the same complaint)";
 
@@ -190,6 +199,18 @@ pub struct HostConfig {
     pub global_known_hosts_files: Vec<PathBuf>,
     pub strict_host_key_checking: StrictHostKeyChecking,
     pub batch_mode: bool,
+    /// `PasswordAuthentication`: whether a password may be asked for and sent.
+    pub password_authentication: bool,
+    /// `KbdInteractiveAuthentication` (or its older names `ChallengeResponseAuthentication`,
+    /// `SkeyAuthentication`, `TisAuthentication`): whether keyboard-interactive prompts may be
+    /// answered.
+    pub keyboard_interactive_authentication: bool,
+    /// `PreferredAuthentications` as written (a comma-separated list of method names); `None`
+    /// when unset, which means ssh's own order. See [`Self::authentication_order`].
+    pub preferred_authentications: Option<String>,
+    /// `NumberOfPasswordPrompts`: how many times a password is asked for, and how many
+    /// keyboard-interactive exchanges are started, before the method is given up.
+    pub number_of_password_prompts: u32,
     /// `IdentityAgent` as ssh prints it: `~`, `%` tokens and `${VAR}` expanded; the special
     /// values `none`, `SSH_AUTH_SOCK` and `$VAR` are left verbatim for the agent code.
     pub identity_agent: Option<String>,
@@ -226,6 +247,15 @@ impl HostConfig {
             self.port,
             self.host_key_alias.as_deref(),
         )
+    }
+
+    /// The authentication methods to try, in order: `PreferredAuthentications`, or ssh's default
+    /// order when it is unset. Names are kept as written; ssh matches them exactly.
+    pub fn authentication_order(&self) -> Vec<&str> {
+        match &self.preferred_authentications {
+            Some(list) => list.split(',').filter(|name| !name.is_empty()).collect(),
+            None => DEFAULT_AUTHENTICATION_ORDER.to_vec(),
+        }
     }
 
     /// The proxy command with `%h %k %n %p %r %%` expanded as ssh does before running it.
@@ -408,6 +438,10 @@ struct Options {
     global_known_hosts: Vec<String>,
     strict_host_key_checking: Option<StrictHostKeyChecking>,
     batch_mode: Option<bool>,
+    password_authentication: Option<bool>,
+    keyboard_interactive_authentication: Option<bool>,
+    preferred_authentications: Option<String>,
+    number_of_password_prompts: Option<u32>,
     identity_agent: Option<String>,
     hash_known_hosts: Option<bool>,
     tcp_keepalive: Option<bool>,
@@ -784,6 +818,19 @@ impl<'a> Resolver<'a> {
             }
             Keyword::IdentitiesOnly => line.set_flag(&mut options.identities_only)?,
             Keyword::BatchMode => line.set_flag(&mut options.batch_mode)?,
+            Keyword::PasswordAuthentication => {
+                line.set_flag(&mut options.password_authentication)?;
+            }
+            Keyword::KeyboardInteractiveAuthentication => {
+                line.set_flag(&mut options.keyboard_interactive_authentication)?;
+            }
+            // One word, unchecked: ssh skips the names it does not know when authenticating.
+            Keyword::PreferredAuthentications => {
+                line.set_string(&mut options.preferred_authentications)?;
+            }
+            Keyword::NumberOfPasswordPrompts => {
+                line.set_count(&mut options.number_of_password_prompts)?;
+            }
             Keyword::HashKnownHosts => line.set_flag(&mut options.hash_known_hosts)?,
             Keyword::TcpKeepAlive => line.set_flag(&mut options.tcp_keepalive)?,
             Keyword::StrictHostKeyChecking => {
@@ -1223,6 +1270,12 @@ impl<'a> Resolver<'a> {
                 .strict_host_key_checking
                 .unwrap_or(StrictHostKeyChecking::Ask),
             batch_mode: options.batch_mode.unwrap_or(false),
+            password_authentication: options.password_authentication.unwrap_or(true),
+            keyboard_interactive_authentication: options
+                .keyboard_interactive_authentication
+                .unwrap_or(true),
+            preferred_authentications: options.preferred_authentications,
+            number_of_password_prompts: options.number_of_password_prompts.unwrap_or(3),
             identity_agent,
             hash_known_hosts: options.hash_known_hosts.unwrap_or(false),
             tcp_keepalive: options.tcp_keepalive.unwrap_or(true),
@@ -1538,6 +1591,10 @@ enum Keyword {
     GlobalKnownHostsFile,
     StrictHostKeyChecking,
     BatchMode,
+    PasswordAuthentication,
+    KeyboardInteractiveAuthentication,
+    PreferredAuthentications,
+    NumberOfPasswordPrompts,
     IdentityAgent,
     HashKnownHosts,
     TcpKeepAlive,
@@ -1546,7 +1603,7 @@ enum Keyword {
 }
 
 /// The directives xfer reads, by ssh's lowercase names (aliases included).
-const KEYWORD_NAMES: [(&str, Keyword); 28] = [
+const KEYWORD_NAMES: [(&str, Keyword); 35] = [
     ("host", Keyword::Host),
     ("match", Keyword::Match),
     ("include", Keyword::Include),
@@ -1570,6 +1627,29 @@ const KEYWORD_NAMES: [(&str, Keyword); 28] = [
     ("globalknownhostsfile", Keyword::GlobalKnownHostsFile),
     ("stricthostkeychecking", Keyword::StrictHostKeyChecking),
     ("batchmode", Keyword::BatchMode),
+    ("passwordauthentication", Keyword::PasswordAuthentication),
+    (
+        "kbdinteractiveauthentication",
+        Keyword::KeyboardInteractiveAuthentication,
+    ),
+    // ssh 9.2 reads all three older names as KbdInteractiveAuthentication.
+    (
+        "challengeresponseauthentication",
+        Keyword::KeyboardInteractiveAuthentication,
+    ),
+    (
+        "skeyauthentication",
+        Keyword::KeyboardInteractiveAuthentication,
+    ),
+    (
+        "tisauthentication",
+        Keyword::KeyboardInteractiveAuthentication,
+    ),
+    (
+        "preferredauthentications",
+        Keyword::PreferredAuthentications,
+    ),
+    ("numberofpasswordprompts", Keyword::NumberOfPasswordPrompts),
     ("identityagent", Keyword::IdentityAgent),
     ("hashknownhosts", Keyword::HashKnownHosts),
     ("tcpkeepalive", Keyword::TcpKeepAlive),
@@ -1797,7 +1877,7 @@ impl Line<'_, '_> {
         Ok(())
     }
 
-    /// A non-negative `int`, as ssh's `ServerAliveCountMax` reads it.
+    /// A non-negative `int`, as ssh reads `ServerAliveCountMax` and `NumberOfPasswordPrompts`.
     fn set_count(&mut self, slot: &mut Option<u32>) -> Result<()> {
         let argument = self.arguments.next().unwrap_or_default();
         let Some(value) = parse_decimal(&argument, 0, i64::from(i32::MAX)) else {
@@ -3458,6 +3538,89 @@ mod tests {
                 .as_deref(),
             Some("SSH_AUTH_SOCK")
         );
+    }
+
+    #[test]
+    fn interactive_authentication_settings_default_as_in_ssh() {
+        let config = from_text("h", "").expect("resolves");
+        assert!(config.password_authentication);
+        assert!(config.keyboard_interactive_authentication);
+        assert_eq!(config.preferred_authentications, None);
+        assert_eq!(config.number_of_password_prompts, 3);
+        assert_eq!(
+            config.authentication_order(),
+            [
+                "gssapi-with-mic",
+                "hostbased",
+                "publickey",
+                "keyboard-interactive",
+                "password"
+            ]
+        );
+    }
+
+    #[test]
+    fn interactive_authentication_settings_are_read_first_value_wins() {
+        let config = from_text(
+            "h",
+            "Host h\n  PasswordAuthentication no\n  KbdInteractiveAuthentication no\n  \
+             PreferredAuthentications password,keyboard-interactive\n  \
+             NumberOfPasswordPrompts 1\n\
+             Host *\n  PasswordAuthentication yes\n  NumberOfPasswordPrompts 5\n",
+        )
+        .expect("resolves");
+        assert!(!config.password_authentication);
+        assert!(!config.keyboard_interactive_authentication);
+        assert_eq!(config.number_of_password_prompts, 1);
+        assert_eq!(
+            config.authentication_order(),
+            ["password", "keyboard-interactive"]
+        );
+        // The older names set the same option, and the first of them wins.
+        for alias in [
+            "ChallengeResponseAuthentication",
+            "SkeyAuthentication",
+            "TisAuthentication",
+        ] {
+            let text = format!("{alias} no\nKbdInteractiveAuthentication yes\n");
+            let config = from_text("h", &text).expect("resolves");
+            assert!(!config.keyboard_interactive_authentication, "{alias}");
+        }
+        let config = from_text(
+            "h",
+            "KbdInteractiveAuthentication yes\nChallengeResponseAuthentication no\n",
+        )
+        .expect("resolves");
+        assert!(config.keyboard_interactive_authentication);
+        // A command-line -o comes first, as ssh applies it before reading any file.
+        let config = resolve_from_text(
+            "h",
+            &with_options(&["PasswordAuthentication=no", "NumberOfPasswordPrompts 0"]),
+            "test.conf",
+            "PasswordAuthentication yes\nNumberOfPasswordPrompts 4\n",
+            &fake_local(),
+        )
+        .expect("resolves");
+        assert!(!config.password_authentication);
+        assert_eq!(config.number_of_password_prompts, 0);
+    }
+
+    #[test]
+    fn interactive_authentication_values_are_checked_as_ssh_checks_them() {
+        for text in [
+            "PasswordAuthentication maybe\n",
+            "KbdInteractiveAuthentication\n",
+            "NumberOfPasswordPrompts -1\n",
+            "NumberOfPasswordPrompts three\n",
+            "NumberOfPasswordPrompts 0x5\n",
+            // One word: a space after the comma leaves a second argument, which ssh refuses.
+            "PreferredAuthentications password, publickey\n",
+        ] {
+            assert!(from_text("h", text).is_err(), "{text}");
+        }
+        // The names themselves are not checked: ssh skips those it does not know.
+        let config = from_text("h", "PreferredAuthentications foo,,Password\n").expect("resolves");
+        assert_eq!(config.authentication_order(), ["foo", "Password"]);
     }
 
     proptest::proptest! {

@@ -21,7 +21,7 @@ use xfer::ssh::config::{
 };
 
 /// The fields compared, by ssh -G's names.
-const FIELDS: [&str; 21] = [
+const FIELDS: [&str; 25] = [
     "host",
     "hostname",
     "port",
@@ -38,6 +38,10 @@ const FIELDS: [&str; 21] = [
     "globalknownhostsfile",
     "stricthostkeychecking",
     "batchmode",
+    "passwordauthentication",
+    "kbdinteractiveauthentication",
+    "preferredauthentications",
+    "numberofpasswordprompts",
     "identityagent",
     "hashknownhosts",
     "tcpkeepalive",
@@ -451,6 +455,50 @@ fn cases() -> Vec<Case> {
             "IdentityAgent with an environment variable",
             "web",
             "IdentityAgent ${HOME}/agent.sock\n",
+        ),
+        case(
+            "interactive authentication settings, first value wins",
+            "web",
+            "Host web\n  PasswordAuthentication no\n  KbdInteractiveAuthentication no\n  PreferredAuthentications keyboard-interactive,password\n  NumberOfPasswordPrompts 1\nHost *\n  PasswordAuthentication yes\n  KbdInteractiveAuthentication yes\n  PreferredAuthentications publickey\n  NumberOfPasswordPrompts 7\n",
+        ),
+        case(
+            "the older names of KbdInteractiveAuthentication",
+            "x",
+            "ChallengeResponseAuthentication no\nKbdInteractiveAuthentication yes\n",
+        ),
+        case(
+            "SkeyAuthentication and TisAuthentication set it too",
+            "x",
+            "Host x\n  SkeyAuthentication no\nHost *\n  TisAuthentication yes\n",
+        ),
+        case(
+            "interactive authentication from the command line wins over the file",
+            "x",
+            "PasswordAuthentication yes\nKbdInteractiveAuthentication yes\nPreferredAuthentications publickey\nNumberOfPasswordPrompts 2\n",
+        )
+        .option("PasswordAuthentication=no")
+        .option("ChallengeResponseAuthentication no")
+        .option("PreferredAuthentications=password,Unknown-Method")
+        .option("NumberOfPasswordPrompts=0"),
+        case(
+            "a quoted PreferredAuthentications with a space is one word",
+            "x",
+            "PreferredAuthentications \"password, publickey\"\n",
+        ),
+        case(
+            "PreferredAuthentications with two words is refused",
+            "x",
+            "PreferredAuthentications password, publickey\n",
+        ),
+        case(
+            "a negative NumberOfPasswordPrompts is refused",
+            "x",
+            "NumberOfPasswordPrompts -1\n",
+        ),
+        case(
+            "a PasswordAuthentication that is not yes or no is refused",
+            "x",
+            "PasswordAuthentication maybe\n",
         ),
         case(
             "BatchMode makes ServerAliveInterval default to 300 (Debian)",
@@ -922,6 +970,13 @@ fn normalize_xfer(config: &HostConfig) -> BTreeMap<&'static str, String> {
             }
             .to_string(),
             "batchmode" => yes_no(config.batch_mode),
+            "passwordauthentication" => yes_no(config.password_authentication),
+            "kbdinteractiveauthentication" => yes_no(config.keyboard_interactive_authentication),
+            "preferredauthentications" => config
+                .preferred_authentications
+                .clone()
+                .unwrap_or_else(|| "(unset)".to_string()),
+            "numberofpasswordprompts" => config.number_of_password_prompts.to_string(),
             "identityagent" => config
                 .identity_agent
                 .clone()
