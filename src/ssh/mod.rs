@@ -1,8 +1,8 @@
 //! Reaching a host the way `ssh alias` does: configuration resolution (`config`, with OpenSSH's
 //! own glob for `Include` in `glob`), host key checking (`known_hosts`), the wildcard patterns
-//! both match names with (`pattern`), authentication (`auth`), the connection itself with
-//! proxies, keepalive and timeouts (`connect`), and the pace at which one run opens connections
-//! to a host (`startups`).
+//! both match names with (`pattern`), authentication (`auth`) and the questions it asks the
+//! person at the terminal (`prompt`), the connection itself with proxies, keepalive and timeouts
+//! (`connect`), and the pace at which one run opens connections to a host (`startups`).
 
 pub mod auth;
 pub mod config;
@@ -12,4 +12,5 @@ mod glob;
 pub mod greeting;
 pub mod known_hosts;
 mod pattern;
+pub mod prompt;
 pub mod startups;
