@@ -1,43 +1,76 @@
-//! Public-key authentication in OpenSSH's order.
+//! Authentication in OpenSSH's order: public keys, keyboard-interactive prompts and passwords.
 //!
-//! ssh tries, in turn: certificates named by `CertificateFile`, certificates found beside
-//! identity files (`id-cert.pub`), agent keys that match an identity file, the agent's other
-//! keys (unless `IdentitiesOnly`), and last the identity files that the agent does not hold.
-//! This module does the same and keeps a record of every key it tried, so that a refusal can
-//! say exactly what was offered. Decrypted keys are kept in a [`KeyStore`] shared by all
-//! connections of one run, so a passphrase is asked for once.
+//! Like ssh, xfer first asks the server which methods it takes (a `none` request), then tries
+//! them in the order of `PreferredAuthentications` (ssh's own when unset: public keys, then
+//! keyboard-interactive, then a password), skipping those the server does not take, those the
+//! configuration turns off (`PasswordAuthentication`, `KbdInteractiveAuthentication`) and those
+//! xfer cannot do itself (`gssapi-with-mic`, `hostbased`). When the server accepts a method but
+//! wants another one as well (sshd's `AuthenticationMethods publickey,keyboard-interactive`: a
+//! "partial success"), the round goes on from the top of the order among the methods the server
+//! then names, as ssh does.
+//!
+//! Public keys are offered in ssh's order, each once per round: certificates named by
+//! `CertificateFile`, certificates found beside identity files (`id-cert.pub`), agent keys that
+//! match an identity file, the agent's other keys (unless `IdentitiesOnly`), and last the
+//! identity files that the agent does not hold. A password, and the answers to the server's
+//! keyboard-interactive prompts, are asked on the terminal through the run's [`Answerer`], up to
+//! `NumberOfPasswordPrompts` times each; never without a terminal or under `BatchMode`. Every
+//! attempt is recorded (never what was typed), so that a refusal can say exactly what was
+//! tried and what to do.
+//!
+//! A [`KeyStore`] holds what the connections of one run share: the keys decrypted so far, so a
+//! passphrase is asked for once, and the turn at the terminal, so that the questions of
+//! connections authenticating at the same time never interleave.
 
 use crate::error::{Error, Result};
 use crate::ssh::config::HostConfig;
-use crate::terminal::printable;
-use russh::client::{Handle, Handler};
+use crate::ssh::prompt::{Answerer, Echo, Terminal};
+use crate::terminal::{printable, printable_cut};
+use russh::client::{AuthResult, Handle, Handler, KeyboardInteractiveAuthResponse, Prompt};
 use russh::keys::agent::AgentIdentity;
 use russh::keys::agent::client::AgentClient;
 use russh::keys::{Certificate, HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey};
+use russh::{MethodKind, MethodSet};
 use secrecy::{ExposeSecret, SecretString};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Upper bound on one authentication exchange; a server that stops answering mid-auth must not
-/// hang xfer.
+/// Upper bound on each wait for the server during authentication; a server that stops
+/// answering mid-auth must not hang xfer. It never covers the time a person takes to type.
 const AUTH_STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Largest key or certificate file read; real ones are a few KiB.
 const MAX_KEY_FILE_SIZE: u64 = 1 << 20;
 
-/// How many times a wrong passphrase may be typed, as ssh allows.
-const PASSPHRASE_TRIES: usize = 3;
+/// Most keyboard-interactive requests answered in one exchange. PAM asks its few questions (a
+/// password, a one-time code) one request each, with a request without prompts for its notices;
+/// a server asking on and on is broken or hostile, and must not keep xfer there.
+const MAX_INFO_REQUESTS: usize = 16;
 
-/// Whether xfer may ask the person at the terminal for passphrases and confirmations.
+/// Most prompts in one keyboard-interactive request; real ones have one or two.
+const MAX_PROMPTS: usize = 32;
+
+/// Most methods accepted in part in one round: sshd's AuthenticationMethods lists two or three;
+/// a server that always wants one more is not going to let anyone in.
+const MAX_PARTIAL_SUCCESSES: usize = 8;
+
+/// How much of a server's keyboard-interactive text is shown: lines of a name or instruction,
+/// and characters of one such line or of a prompt. Enough for any notice a person reads.
+const MAX_SHOWN_LINES: usize = 24;
+const MAX_SHOWN_CHARACTERS: usize = 300;
+
+/// Whether xfer may ask the person at the terminal for passphrases, passwords, answers and
+/// confirmations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Interaction {
     /// A controlling terminal is available and BatchMode is off.
     Terminal,
-    /// No prompts: a key that needs a passphrase is skipped with a message.
+    /// No prompts: a key that needs a passphrase is skipped with a message, and so are
+    /// passwords and keyboard-interactive.
     Batch,
 }
 
@@ -52,14 +85,33 @@ impl Interaction {
     }
 }
 
-/// Keys decrypted during this run, by file, so every connection after the first authenticates
-/// without asking again.
-#[derive(Default)]
+/// What the connections of one run share for authentication: keys decrypted so far, by file,
+/// so every connection after the first authenticates without asking again; and the terminal,
+/// which one connection at a time may ask on.
 pub struct KeyStore {
     keys: Mutex<HashMap<PathBuf, Arc<PrivateKey>>>,
+    answerer: Arc<dyn Answerer>,
+    /// Held while a connection asks (from its first question to the server's verdict on the
+    /// answers), so that connections authenticating at once ask one after the other.
+    turn: tokio::sync::Mutex<()>,
+}
+
+impl Default for KeyStore {
+    fn default() -> Self {
+        KeyStore::with_answerer(Arc::new(Terminal))
+    }
 }
 
 impl KeyStore {
+    /// A store whose questions go to `answerer` instead of the terminal.
+    pub fn with_answerer(answerer: Arc<dyn Answerer>) -> Self {
+        KeyStore {
+            keys: Mutex::new(HashMap::new()),
+            answerer,
+            turn: tokio::sync::Mutex::new(()),
+        }
+    }
+
     fn get(&self, path: &Path) -> Option<Arc<PrivateKey>> {
         self.keys.lock().ok()?.get(path).cloned()
     }
@@ -69,6 +121,12 @@ impl KeyStore {
             keys.insert(path.to_path_buf(), key);
         }
     }
+
+    /// Waits until no other connection is asking; the terminal is this one's until the guard
+    /// is dropped.
+    async fn take_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.turn.lock().await
+    }
 }
 
 impl fmt::Debug for KeyStore {
@@ -77,20 +135,28 @@ impl fmt::Debug for KeyStore {
     }
 }
 
-/// One key offered (or not) to the server, for the error message and `-v` logs.
-#[derive(Debug, Clone)]
+/// One thing tried with the server (a key, a certificate, a method), or not tried and why, for
+/// the error message and `-v` logs. Never holds what was typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attempt {
-    pub key: String,
+    pub what: String,
     pub outcome: String,
 }
 
-/// How the connection was authenticated, for `xfer doctor`.
-#[derive(Debug, Clone)]
+/// How the connection was authenticated, for `xfer doctor` and for deciding whether another
+/// connection to the host would have to ask the person again.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Authenticated {
-    /// The whole story: method, key source, algorithm and fingerprint.
+    /// The whole story: each method the server accepted, in order, joined by " + "; for a key
+    /// its source, algorithm and fingerprint ("publickey (key file ... (ssh-ed25519 SHA256:...))
+    /// + keyboard-interactive").
     pub method: String,
-    /// A few words for a table column: "agent", "key id_ed25519", "cert id-cert.pub".
+    /// A few words for a table column, joined the same way: "agent", "key id_ed25519",
+    /// "cert id-cert.pub", "password", "key id_ed25519 + keyboard-interactive".
     pub summary: String,
+    /// Whether the person typed answers for this login (a password, or answers to
+    /// keyboard-interactive prompts): another connection to the host would ask them again.
+    pub interactive: bool,
 }
 
 fn file_name(path: &Path) -> String {
@@ -177,24 +243,14 @@ pub struct Authenticator<'a> {
 }
 
 impl Authenticator<'_> {
-    /// Offers keys in ssh's order until the server accepts one; the error lists every key
+    /// Tries the methods in ssh's order until the server accepts; the error lists everything
     /// tried and why each failed.
     pub async fn authenticate<H: Handler>(
         &self,
         handle: &mut Handle<H>,
         label: &str,
     ) -> Result<Authenticated> {
-        let mut round = Round::start(self, handle, label).await;
-        if let Some(done) = round.offer_certificates().await? {
-            return Ok(done);
-        }
-        if let Some(done) = round.offer_agent_keys().await? {
-            return Ok(done);
-        }
-        if let Some(done) = round.offer_identity_files().await? {
-            return Ok(done);
-        }
-        Err(self.refusal(label, &round.attempts, round.server_methods))
+        Round::start(self, handle, label).await.run().await
     }
 
     async fn connect_agent(
@@ -206,7 +262,7 @@ impl Authenticator<'_> {
             Ok(Ok(agent)) => Some(agent),
             _ => {
                 attempts.push(Attempt {
-                    key: format!("ssh-agent at {}", socket.display()),
+                    what: format!("ssh-agent at {}", socket.display()),
                     outcome: "could not connect to the agent".into(),
                 });
                 None
@@ -214,8 +270,17 @@ impl Authenticator<'_> {
         }
     }
 
+    /// Why this connection may not ask the person: no terminal, or BatchMode.
+    fn no_asking(&self) -> &'static str {
+        if self.config.batch_mode {
+            "BatchMode is yes, so xfer does not ask"
+        } else {
+            "there is no terminal to ask"
+        }
+    }
+
     /// Loads (and if needed decrypts) a private key file, noting why when it cannot be used.
-    fn load_private_key(
+    async fn load_private_key(
         &self,
         identity: &IdentityFile,
         attempts: &mut Vec<Attempt>,
@@ -226,7 +291,7 @@ impl Authenticator<'_> {
         }
         let note = |attempts: &mut Vec<Attempt>, outcome: String| {
             attempts.push(Attempt {
-                key: format!("key file {}", path.display()),
+                what: format!("key file {}", path.display()),
                 outcome,
             })
         };
@@ -269,13 +334,28 @@ impl Authenticator<'_> {
             );
             return None;
         }
-        for _ in 0..PASSPHRASE_TRIES {
-            let prompt = format!(
-                "Enter passphrase for key '{}': ",
-                printable(path.display().to_string())
+        // ssh asks as many times as NumberOfPasswordPrompts allows.
+        let tries = self.config.number_of_password_prompts;
+        if tries == 0 {
+            note(
+                attempts,
+                format!(
+                    "encrypted, and NumberOfPasswordPrompts is 0, so xfer does not ask for its passphrase; add it to ssh-agent first: ssh-add {}",
+                    path.display()
+                ),
             );
-            let passphrase = match rpassword::prompt_password(prompt) {
-                Ok(passphrase) => SecretString::from(passphrase),
+            return None;
+        }
+        let _turn = self.keys.take_turn().await;
+        // Another connection may have decrypted it while this one waited for the terminal.
+        if let Some(key) = self.keys.get(path) {
+            return Some(key);
+        }
+        let shown_path = printable(path.display().to_string());
+        for _ in 0..tries {
+            let prompt = format!("Enter passphrase for key '{shown_path}': ");
+            let passphrase = match self.keys.answerer.ask(&prompt, Echo::Hidden).await {
+                Ok(passphrase) => passphrase,
                 Err(error) => {
                     note(
                         attempts,
@@ -296,10 +376,12 @@ impl Authenticator<'_> {
                     self.keys.insert(path, key.clone());
                     return Some(key);
                 }
-                Err(_) => eprintln!(
-                    "Bad passphrase, try again for {}",
-                    printable(path.display().to_string())
-                ),
+                Err(_) => {
+                    let again = format!("Bad passphrase, try again for {shown_path}");
+                    if let Err(error) = self.keys.answerer.show(&again).await {
+                        tracing::debug!(%error, "could not write to the terminal");
+                    }
+                }
             }
         }
         note(
@@ -308,49 +390,127 @@ impl Authenticator<'_> {
         );
         None
     }
+}
 
-    fn refusal(&self, label: &str, attempts: &[Attempt], server_methods: Option<String>) -> Error {
-        let mut message = format!("{label}: permission denied for user '{}'", self.config.user);
-        if let Some(methods) = &server_methods {
-            message.push_str(&format!(" (the server accepts: {methods})"));
+/// The methods xfer does itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    PublicKey,
+    KeyboardInteractive,
+    Password,
+}
+
+impl Method {
+    fn name(self) -> &'static str {
+        match self {
+            Method::PublicKey => "publickey",
+            Method::KeyboardInteractive => "keyboard-interactive",
+            Method::Password => "password",
         }
-        if attempts.is_empty() {
-            message.push_str("; no key was available to try (no agent keys, no identity files)");
-        } else {
-            message.push_str("; tried:");
-            for attempt in attempts {
-                message.push_str(&format!("\n  - {}: {}", attempt.key, attempt.outcome));
-            }
+    }
+
+    fn from_name(name: &str) -> Option<Method> {
+        [
+            Method::PublicKey,
+            Method::KeyboardInteractive,
+            Method::Password,
+        ]
+        .into_iter()
+        .find(|method| method.name() == name)
+    }
+
+    /// Whether the configuration lets xfer use it (ssh has no switch xfer reads for keys).
+    fn allowed_by(self, config: &HostConfig) -> bool {
+        match self {
+            Method::PublicKey => true,
+            Method::KeyboardInteractive => config.keyboard_interactive_authentication,
+            Method::Password => config.password_authentication,
         }
-        let needs_agent = attempts.iter().any(|a| a.outcome.contains("ssh-add"));
-        let hint = if needs_agent && self.config.batch_mode {
-            "load the encrypted key into ssh-agent (eval $(ssh-agent); ssh-add KEY), or run xfer from a terminal with -o BatchMode=no"
-                .to_string()
-        } else if needs_agent {
-            "load the encrypted key into ssh-agent (eval $(ssh-agent); ssh-add KEY) or run xfer from a terminal"
-                .to_string()
-        } else if server_methods
-            .as_deref()
-            .is_some_and(|m| !m.contains("publickey"))
-        {
-            "this server does not take public keys; xfer authenticates with keys only".to_string()
-        } else {
-            format!(
-                "check that one of these public keys is in ~/.ssh/authorized_keys of '{}' on the remote (ssh-copy-id does that), or name the right key with -i or IdentityFile",
-                self.config.user
-            )
-        };
-        Error::auth(message).with_hint(hint)
     }
 }
 
-/// One server reply to an offered key, within [`AUTH_STEP_TIMEOUT`].
-type Reply<E> = std::result::Result<
-    std::result::Result<russh::client::AuthResult, E>,
-    tokio::time::error::Elapsed,
->;
+/// The next method to try, ssh's `authmethod_get`: from `position` on in `order` (moving it
+/// past the method returned), the first the server takes, the configuration allows, xfer
+/// does itself and has not given up.
+fn next_method(
+    order: &[&str],
+    position: &mut usize,
+    server: &MethodSet,
+    config: &HostConfig,
+    given_up: &[Method],
+) -> Option<Method> {
+    while let Some(name) = order.get(*position) {
+        *position += 1;
+        let Some(method) = Method::from_name(name) else {
+            continue;
+        };
+        if server_takes(server, name) && method.allowed_by(config) && !given_up.contains(&method) {
+            return Some(method);
+        }
+    }
+    None
+}
 
-/// One connection's authentication under way: the keys there are to offer, what was tried, and
+fn server_takes(server: &MethodSet, name: &str) -> bool {
+    server.iter().any(|kind| <&str>::from(kind) == name)
+}
+
+fn method_names(methods: &MethodSet) -> Vec<&'static str> {
+    methods
+        .iter()
+        .filter(|kind| **kind != MethodKind::None)
+        .map(<&str>::from)
+        .collect()
+}
+
+/// What came of one method's turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Logged in.
+    Accepted,
+    /// Accepted, and the server wants another method as well (partial success).
+    Partial,
+    /// Not accepted (or nothing to offer); the round goes on with the next method.
+    Refused,
+}
+
+/// The server's verdict on one authentication request.
+enum Verdict {
+    Accepted,
+    Partial,
+    Refused,
+}
+
+/// A key to offer, in ssh's order.
+enum Offer {
+    /// A certificate, signed by the agent when it holds the key, else by the identity file's key.
+    Certificate {
+        path: PathBuf,
+        certificate: Certificate,
+    },
+    AgentKey(AgentIdentity),
+    /// An identity file, by its index in the round's identities.
+    IdentityFile(usize),
+}
+
+/// One server reply to an authentication request, within [`AUTH_STEP_TIMEOUT`].
+type Reply<T, E> = std::result::Result<std::result::Result<T, E>, tokio::time::error::Elapsed>;
+
+/// How one keyboard-interactive exchange went: the server's verdict, how many requests it
+/// sent, and whether the person answered prompts.
+struct Exchange {
+    verdict: Verdict,
+    requests: usize,
+    answered: bool,
+}
+
+/// What a method the server accepted adds to [`Authenticated`].
+struct Success {
+    method: String,
+    summary: String,
+}
+
+/// One connection's authentication under way: what there is to offer, what was tried, and
 /// what the server said it accepts.
 struct Round<'r, 'a, H: Handler> {
     authenticator: &'r Authenticator<'a>,
@@ -362,9 +522,25 @@ struct Round<'r, 'a, H: Handler> {
     identities: Vec<IdentityFile>,
     agent: Option<AgentClient<tokio::net::UnixStream>>,
     agent_keys: Vec<AgentIdentity>,
+    /// The keys not offered yet: each key is offered once per round, also after a partial
+    /// success, as ssh does.
+    offers: VecDeque<Offer>,
     attempts: Vec<Attempt>,
-    /// The methods the server said may continue, after its last refusal.
-    server_methods: Option<String>,
+    /// The methods the server said can continue, after its last reply.
+    server_methods: Option<MethodSet>,
+    /// The methods the server accepted so far, in order.
+    accepted: Vec<Success>,
+    /// Methods tried to the end (or that cannot be tried): not taken up again after a partial
+    /// success.
+    given_up: Vec<Method>,
+    keyboard_interactive_tries: u32,
+    password_tries: u32,
+    /// Whether an accepted method needed answers typed by the person.
+    interactive: bool,
+    /// A password or keyboard-interactive answers were wanted, and there was no one to ask.
+    asking_blocked: bool,
+    /// The server refused a password or keyboard-interactive answers that were typed.
+    answers_refused: bool,
 }
 
 impl<'r, 'a, H: Handler> Round<'r, 'a, H> {
@@ -382,7 +558,7 @@ impl<'r, 'a, H: Handler> Round<'r, 'a, H> {
                 // No server-sig-algs: OpenSSH servers since 7.2 take rsa-sha2-256.
                 _ => Some(HashAlg::Sha256),
             };
-        let identities = config
+        let identities: Vec<IdentityFile> = config
             .identity_files
             .iter()
             .map(|path| IdentityFile {
@@ -399,7 +575,7 @@ impl<'r, 'a, H: Handler> Round<'r, 'a, H> {
                     Ok(Ok(keys)) => keys,
                     _ => {
                         attempts.push(Attempt {
-                            key: "ssh-agent".into(),
+                            what: "ssh-agent".into(),
                             outcome: "did not list its keys".into(),
                         });
                         Vec::new()
@@ -408,6 +584,7 @@ impl<'r, 'a, H: Handler> Round<'r, 'a, H> {
             }
             None => Vec::new(),
         };
+        let offers = key_offers(config, &identities, &agent_keys);
         Round {
             authenticator,
             handle,
@@ -417,43 +594,254 @@ impl<'r, 'a, H: Handler> Round<'r, 'a, H> {
             identities,
             agent,
             agent_keys,
+            offers,
             attempts,
             server_methods: None,
+            accepted: Vec::new(),
+            given_up: Vec::new(),
+            keyboard_interactive_tries: 0,
+            password_tries: 0,
+            interactive: false,
+            asking_blocked: false,
+            answers_refused: false,
         }
     }
 
-    /// 1 and 2: certificates from CertificateFile, then beside identity files, each signed
-    /// by the agent when it holds the key, else by the identity file's key.
-    async fn offer_certificates(&mut self) -> Result<Option<Authenticated>> {
-        let mut certificates: Vec<(PathBuf, Certificate)> = Vec::new();
-        let certificate_paths = self
-            .authenticator
-            .config
-            .certificate_files
-            .iter()
-            .cloned()
-            .chain(
-                self.identities
-                    .iter()
-                    .map(|identity| with_suffix(&identity.path, "-cert.pub")),
-            );
-        for path in certificate_paths {
-            if let Some(certificate) = read_certificate(&path) {
-                certificates.push((path, certificate));
+    /// Asks which methods the server takes, then tries them in the configured order.
+    async fn run(mut self) -> Result<Authenticated> {
+        if self.ask_methods().await? {
+            return Ok(self.authenticated());
+        }
+        let config = self.authenticator.config;
+        let order = config.authentication_order();
+        let mut position = 0;
+        let mut partial_successes = 0;
+        loop {
+            let server = self.server_methods.clone().unwrap_or_else(MethodSet::empty);
+            let Some(method) = next_method(&order, &mut position, &server, config, &self.given_up)
+            else {
+                break;
+            };
+            tracing::debug!(label = %self.label, method = method.name(), "trying");
+            let step = match method {
+                Method::PublicKey => self.offer_keys().await?,
+                Method::KeyboardInteractive => self.keyboard_interactive().await?,
+                Method::Password => self.password().await?,
+            };
+            match step {
+                Step::Accepted => return Ok(self.authenticated()),
+                // The server names what else it wants: from the top of the order, as ssh.
+                Step::Partial => {
+                    partial_successes += 1;
+                    if partial_successes > MAX_PARTIAL_SUCCESSES {
+                        self.note(
+                            method.name(),
+                            format!("given up: the server accepted {partial_successes} methods in part and still wants more"),
+                        );
+                        break;
+                    }
+                    position = 0;
+                }
+                Step::Refused => {}
             }
         }
-        for (path, certificate) in certificates {
-            let public = PublicKey::new(certificate.public_key().clone(), "");
-            let description = format!(
-                "certificate {} ({})",
-                path.display(),
-                describe_public(&public)
+        Err(self.refusal())
+    }
+
+    /// The `none` request ssh starts with: its refusal names the methods the server takes.
+    /// True when the server lets the user in without any.
+    async fn ask_methods(&mut self) -> Result<bool> {
+        let reply = tokio::time::timeout(
+            AUTH_STEP_TIMEOUT,
+            self.handle.authenticate_none(self.user.clone()),
+        )
+        .await;
+        match self.server_reply(reply)? {
+            AuthResult::Success => {
+                self.accepted.push(Success {
+                    method: "none (the server asks for nothing)".into(),
+                    summary: "none".into(),
+                });
+                Ok(true)
+            }
+            AuthResult::Failure {
+                remaining_methods, ..
+            } => {
+                tracing::debug!(label = %self.label, methods = ?method_names(&remaining_methods), "the server takes");
+                self.server_methods = Some(remaining_methods);
+                Ok(false)
+            }
+        }
+    }
+
+    fn authenticated(&self) -> Authenticated {
+        let join = |part: fn(&Success) -> &str| {
+            self.accepted
+                .iter()
+                .map(part)
+                .collect::<Vec<_>>()
+                .join(" + ")
+        };
+        Authenticated {
+            method: join(|success| &success.method),
+            summary: join(|success| &success.summary),
+            interactive: self.interactive,
+        }
+    }
+
+    /// The server's reply; an error when the connection is gone or the server stopped
+    /// answering.
+    fn server_reply<T>(&self, reply: Reply<T, russh::Error>) -> Result<T> {
+        match reply {
+            Err(_) => Err(self.stopped_answering()),
+            Ok(Err(error)) => Err(Error::connect(format!(
+                "{}: the connection ended during authentication: {error}",
+                self.label
+            ))),
+            Ok(Ok(reply)) => Ok(reply),
+        }
+    }
+
+    fn stopped_answering(&self) -> Error {
+        Error::connect(format!(
+            "{}: the server stopped answering during authentication",
+            self.label
+        ))
+    }
+
+    fn note(&mut self, what: impl Into<String>, outcome: impl Into<String>) {
+        self.attempts.push(Attempt {
+            what: what.into(),
+            outcome: outcome.into(),
+        });
+    }
+
+    /// Records what the server said of a method, and what the round does next.
+    fn conclude(&mut self, verdict: Verdict, method: String, summary: String) -> Step {
+        match verdict {
+            Verdict::Accepted => {
+                self.accepted.push(Success { method, summary });
+                Step::Accepted
+            }
+            Verdict::Partial => {
+                self.accepted.push(Success { method, summary });
+                Step::Partial
+            }
+            Verdict::Refused => Step::Refused,
+        }
+    }
+
+    /// Takes the server's methods from a refusal; a partial success is noted among the
+    /// attempts, since the round may still fail on what the server asks next.
+    fn refused_with(&mut self, remaining: MethodSet, partial: bool, what: &str) -> Verdict {
+        let names = method_names(&remaining).join(", ");
+        self.server_methods = Some(remaining);
+        if partial {
+            self.note(
+                what,
+                format!("accepted, and the server then asks for more: {names}"),
             );
-            let accepted = if let (Some(agent), true) =
-                (self.agent.as_mut(), agent_has(&self.agent_keys, &public))
-            {
-                let hash = hash_for(self.rsa_hash, &public);
-                let reply = tokio::time::timeout(
+            Verdict::Partial
+        } else {
+            Verdict::Refused
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Public keys.
+
+    /// Offers the keys not offered yet, in order, until the server accepts one.
+    async fn offer_keys(&mut self) -> Result<Step> {
+        while let Some(offer) = self.offers.pop_front() {
+            let step = match offer {
+                Offer::Certificate { path, certificate } => {
+                    self.offer_certificate(path, certificate).await?
+                }
+                Offer::AgentKey(identity) => self.offer_agent_key(identity).await?,
+                Offer::IdentityFile(index) => self.offer_identity_file(index).await?,
+            };
+            if step != Step::Refused {
+                return Ok(step);
+            }
+        }
+        Ok(Step::Refused)
+    }
+
+    /// 1 and 2: a certificate, signed by the agent when it holds the key, else by the identity
+    /// file's key.
+    async fn offer_certificate(&mut self, path: PathBuf, certificate: Certificate) -> Result<Step> {
+        let public = PublicKey::new(certificate.public_key().clone(), "");
+        let description = format!(
+            "certificate {} ({})",
+            path.display(),
+            describe_public(&public)
+        );
+        let agent_holds_it = agent_has(&self.agent_keys, &public);
+        let verdict = if let (Some(agent), true) = (self.agent.as_mut(), agent_holds_it) {
+            let hash = hash_for(self.rsa_hash, &public);
+            let reply = tokio::time::timeout(
+                AUTH_STEP_TIMEOUT,
+                self.handle.authenticate_certificate_with(
+                    self.user.clone(),
+                    certificate,
+                    hash,
+                    agent,
+                ),
+            )
+            .await;
+            self.settle(reply, &description)?
+        } else if let Some(index) = identity_index(&self.identities, &public) {
+            let Some(key) = self
+                .authenticator
+                .load_private_key(&self.identities[index], &mut self.attempts)
+                .await
+            else {
+                return Ok(Step::Refused);
+            };
+            let reply = tokio::time::timeout(
+                AUTH_STEP_TIMEOUT,
+                self.handle
+                    .authenticate_openssh_cert(self.user.clone(), key, certificate),
+            )
+            .await;
+            self.settle(reply, &description)?
+        } else {
+            self.note(
+                description,
+                "skipped: no private key for it in the agent or the identity files",
+            );
+            return Ok(Step::Refused);
+        };
+        Ok(self.conclude(
+            verdict,
+            format!("publickey ({description})"),
+            format!("cert {}", file_name(&path)),
+        ))
+    }
+
+    /// 3 and 4: a key the agent holds.
+    async fn offer_agent_key(&mut self, identity: AgentIdentity) -> Result<Step> {
+        let Some(agent) = self.agent.as_mut() else {
+            return Ok(Step::Refused);
+        };
+        let public = identity.public_key().into_owned();
+        let description = format!("agent key {}", describe_public(&public));
+        let hash = hash_for(self.rsa_hash, &public);
+        let reply = match identity {
+            AgentIdentity::PublicKey { .. } => {
+                tokio::time::timeout(
+                    AUTH_STEP_TIMEOUT,
+                    self.handle.authenticate_publickey_with(
+                        self.user.clone(),
+                        public.clone(),
+                        hash,
+                        agent,
+                    ),
+                )
+                .await
+            }
+            AgentIdentity::Certificate { certificate, .. } => {
+                tokio::time::timeout(
                     AUTH_STEP_TIMEOUT,
                     self.handle.authenticate_certificate_with(
                         self.user.clone(),
@@ -462,209 +850,579 @@ impl<'r, 'a, H: Handler> Round<'r, 'a, H> {
                         agent,
                     ),
                 )
-                .await;
-                self.settle(reply, &description)?
-            } else if let Some(identity) = identity_of(&self.identities, &public) {
-                let Some(key) = self
-                    .authenticator
-                    .load_private_key(identity, &mut self.attempts)
-                else {
-                    continue;
-                };
-                let reply = tokio::time::timeout(
-                    AUTH_STEP_TIMEOUT,
-                    self.handle
-                        .authenticate_openssh_cert(self.user.clone(), key, certificate),
-                )
-                .await;
-                self.settle(reply, &description)?
-            } else {
-                self.attempts.push(Attempt {
-                    key: description,
-                    outcome: "skipped: no private key for it in the agent or the identity files"
-                        .into(),
-                });
-                continue;
-            };
-            if accepted {
-                return Ok(Some(Authenticated {
-                    method: format!("publickey ({description})"),
-                    summary: format!("cert {}", file_name(&path)),
-                }));
+                .await
             }
-        }
-        Ok(None)
+        };
+        let verdict = self.settle(reply, &description)?;
+        Ok(self.conclude(
+            verdict,
+            format!("publickey ({description})"),
+            "agent".into(),
+        ))
     }
 
-    /// 3 and 4: agent keys, those named in the config first, the others unless
-    /// IdentitiesOnly.
-    async fn offer_agent_keys(&mut self) -> Result<Option<Authenticated>> {
-        let Some(agent) = self.agent.as_mut() else {
-            return Ok(None);
+    /// 5: an identity file the agent does not hold, decrypted here when it must be.
+    async fn offer_identity_file(&mut self, index: usize) -> Result<Step> {
+        let identity = &self.identities[index];
+        if !identity.path.exists() {
+            if identity.explicit {
+                let what = identity.path.display().to_string();
+                self.note(what, "no such file");
+            }
+            return Ok(Step::Refused);
+        }
+        let Some(key) = self
+            .authenticator
+            .load_private_key(&self.identities[index], &mut self.attempts)
+            .await
+        else {
+            return Ok(Step::Refused);
         };
-        let in_config = |identity: &&AgentIdentity| {
-            let public = identity.public_key();
-            self.identities.iter().any(|file| {
-                file.public
-                    .as_ref()
-                    .is_some_and(|p| p.key_data() == public.key_data())
-            })
-        };
-        let mut ordered: Vec<AgentIdentity> =
-            self.agent_keys.iter().filter(in_config).cloned().collect();
-        if !self.authenticator.config.identities_only {
-            ordered.extend(
-                self.agent_keys
-                    .iter()
-                    .filter(|identity| !in_config(identity))
-                    .cloned(),
+        let path = self.identities[index].path.clone();
+        let description = format!(
+            "key file {} ({})",
+            path.display(),
+            describe_public(key.public_key())
+        );
+        let hash = hash_for(self.rsa_hash, key.public_key());
+        let reply = tokio::time::timeout(
+            AUTH_STEP_TIMEOUT,
+            self.handle
+                .authenticate_publickey(self.user.clone(), PrivateKeyWithHashAlg::new(key, hash)),
+        )
+        .await;
+        let verdict = self.settle(reply, &description)?;
+        Ok(self.conclude(
+            verdict,
+            format!("publickey ({description})"),
+            format!("key {}", file_name(&path)),
+        ))
+    }
+
+    /// Turns the server's reply to an offered key into its verdict, noting a refusal among
+    /// the attempts; an error when the server stopped answering. A key that could not be
+    /// used here (the agent would not sign) counts as refused.
+    fn settle<E: fmt::Display>(
+        &mut self,
+        reply: Reply<AuthResult, E>,
+        description: &str,
+    ) -> Result<Verdict> {
+        match reply {
+            Err(_) => return Err(self.stopped_answering()),
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "an authentication attempt failed locally");
+            }
+            Ok(Ok(AuthResult::Success)) => return Ok(Verdict::Accepted),
+            Ok(Ok(AuthResult::Failure {
+                remaining_methods,
+                partial_success,
+            })) => {
+                let verdict = self.refused_with(remaining_methods, partial_success, description);
+                if let Verdict::Partial = verdict {
+                    return Ok(verdict);
+                }
+            }
+        }
+        self.note(description, "refused by the server");
+        Ok(Verdict::Refused)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Keyboard-interactive.
+
+    /// Answers the server's keyboard-interactive requests, starting the exchange again after
+    /// a refusal, up to NumberOfPasswordPrompts times. Without anyone to ask, it is not
+    /// started at all (as ssh, which does not try it in batch mode): a request could not be
+    /// abandoned once it has prompts, and empty answers would count as failed logins.
+    async fn keyboard_interactive(&mut self) -> Result<Step> {
+        const WHAT: &str = "keyboard-interactive";
+        if self.authenticator.interaction == Interaction::Batch {
+            let why = self.authenticator.no_asking();
+            self.note(
+                WHAT,
+                format!("the server asks for answers (keyboard-interactive), and {why} them"),
             );
+            self.asking_blocked = true;
+            self.given_up.push(Method::KeyboardInteractive);
+            return Ok(Step::Refused);
         }
-        for identity in ordered {
-            let public = identity.public_key().into_owned();
-            let description = format!("agent key {}", describe_public(&public));
-            let hash = hash_for(self.rsa_hash, &public);
-            let reply = match identity {
-                AgentIdentity::PublicKey { .. } => {
-                    tokio::time::timeout(
-                        AUTH_STEP_TIMEOUT,
-                        self.handle.authenticate_publickey_with(
-                            self.user.clone(),
-                            public.clone(),
-                            hash,
-                            agent,
-                        ),
-                    )
-                    .await
-                }
-                AgentIdentity::Certificate { certificate, .. } => {
-                    tokio::time::timeout(
-                        AUTH_STEP_TIMEOUT,
-                        self.handle.authenticate_certificate_with(
-                            self.user.clone(),
-                            certificate,
-                            hash,
-                            agent,
-                        ),
-                    )
-                    .await
-                }
-            };
-            if settle(
-                reply,
-                &description,
-                self.label,
-                &mut self.attempts,
-                &mut self.server_methods,
-            )? {
-                return Ok(Some(Authenticated {
-                    method: format!("publickey ({description})"),
-                    summary: "agent".into(),
-                }));
+        let tries = self.authenticator.config.number_of_password_prompts;
+        if let Some(outcome) = out_of_tries(self.keyboard_interactive_tries, tries) {
+            self.note(WHAT, outcome);
+            self.given_up.push(Method::KeyboardInteractive);
+            return Ok(Step::Refused);
+        }
+        // Taken at the first thing to show, and kept until the server's verdict.
+        let mut turn = None;
+        let mut answered_tries = 0;
+        while self.keyboard_interactive_tries < tries {
+            self.keyboard_interactive_tries += 1;
+            let exchange = self.keyboard_interactive_exchange(&mut turn).await?;
+            if exchange.answered {
+                answered_tries += 1;
+            }
+            if let Verdict::Accepted | Verdict::Partial = exchange.verdict {
+                // Not given up after a partial success: the server may want another
+                // keyboard-interactive exchange (AuthenticationMethods naming it twice).
+                self.interactive |= exchange.answered;
+                return Ok(self.conclude(exchange.verdict, WHAT.into(), WHAT.into()));
+            }
+            // As ssh: a server that asked nothing this time will not ask on another try, and
+            // one that no longer names the method has said its last word on it.
+            if exchange.requests == 0 || !self.server_still_takes(WHAT) {
+                break;
             }
         }
-        Ok(None)
+        self.given_up.push(Method::KeyboardInteractive);
+        if answered_tries > 0 {
+            self.answers_refused = true;
+            let plural = if answered_tries == 1 { "try" } else { "tries" };
+            self.note(
+                WHAT,
+                format!(
+                    "the server refused the answers to its keyboard-interactive prompts ({answered_tries} {plural})"
+                ),
+            );
+        } else {
+            self.note(WHAT, "refused by the server without asking anything");
+        }
+        Ok(Step::Refused)
     }
 
-    /// 5: identity files the agent does not hold, decrypted here when they must be.
-    async fn offer_identity_files(&mut self) -> Result<Option<Authenticated>> {
-        for index in 0..self.identities.len() {
-            let identity = &self.identities[index];
-            if identity
-                .public
-                .as_ref()
-                .is_some_and(|public| self.agent.is_some() && agent_has(&self.agent_keys, public))
-            {
-                continue;
-            }
-            if !identity.path.exists() {
-                if identity.explicit {
-                    self.attempts.push(Attempt {
-                        key: identity.path.display().to_string(),
-                        outcome: "no such file".into(),
+    /// One keyboard-interactive exchange: the request that starts it, then the server's
+    /// requests, each answered, until its verdict. A request that cannot be answered ends the
+    /// round with an error: the server waits for the answers, so no other method can follow.
+    async fn keyboard_interactive_exchange(
+        &mut self,
+        turn: &mut Option<tokio::sync::MutexGuard<'a, ()>>,
+    ) -> Result<Exchange> {
+        const WHAT: &str = "keyboard-interactive";
+        let keys: &'a KeyStore = self.authenticator.keys;
+        let reply = tokio::time::timeout(
+            AUTH_STEP_TIMEOUT,
+            self.handle
+                .authenticate_keyboard_interactive_start(self.user.clone(), None),
+        )
+        .await;
+        let mut reply = self.server_reply(reply)?;
+        let mut requests = 0;
+        let mut answered = false;
+        loop {
+            let (name, instructions, prompts) = match reply {
+                KeyboardInteractiveAuthResponse::Success => {
+                    let verdict = Verdict::Accepted;
+                    return Ok(Exchange {
+                        verdict,
+                        requests,
+                        answered,
                     });
                 }
-                continue;
-            }
-            let Some(key) = self
-                .authenticator
-                .load_private_key(identity, &mut self.attempts)
-            else {
-                continue;
+                KeyboardInteractiveAuthResponse::Failure {
+                    remaining_methods,
+                    partial_success,
+                } => {
+                    let verdict = self.refused_with(remaining_methods, partial_success, WHAT);
+                    return Ok(Exchange {
+                        verdict,
+                        requests,
+                        answered,
+                    });
+                }
+                KeyboardInteractiveAuthResponse::InfoRequest {
+                    name,
+                    instructions,
+                    prompts,
+                } => (name, instructions, prompts),
             };
-            let path = identity.path.clone();
-            let description = format!(
-                "key file {} ({})",
-                path.display(),
-                describe_public(key.public_key())
-            );
-            let hash = hash_for(self.rsa_hash, key.public_key());
-            let reply = tokio::time::timeout(
+            requests += 1;
+            if requests > MAX_INFO_REQUESTS || prompts.len() > MAX_PROMPTS {
+                let excess = if prompts.len() > MAX_PROMPTS {
+                    format!("{} prompts in one request", prompts.len())
+                } else {
+                    format!("more than {MAX_INFO_REQUESTS} requests in one exchange")
+                };
+                self.note(
+                    WHAT,
+                    format!("given up: the server sent {excess}, more than any real login asks"),
+                );
+                return Err(self.refusal());
+            }
+            tracing::debug!(label = %self.label, prompts = prompts.len(), "keyboard-interactive request");
+            let answers = if prompts.is_empty() && name.is_empty() && instructions.is_empty() {
+                // PAM sends these between questions; they want an empty response.
+                Vec::new()
+            } else {
+                if turn.is_none() {
+                    *turn = Some(keys.take_turn().await);
+                }
+                match self.answer(&name, &instructions, &prompts).await {
+                    Ok(answers) => answers,
+                    Err(error) => {
+                        let outcome = if error.kind() == std::io::ErrorKind::UnexpectedEof {
+                            "no answer was typed (end of input)".to_string()
+                        } else {
+                            format!("the terminal could not be read: {error}")
+                        };
+                        self.note(WHAT, outcome);
+                        return Err(self.refusal());
+                    }
+                }
+            };
+            answered |= !prompts.is_empty();
+            let responses: Vec<String> = answers
+                .iter()
+                .map(|answer| answer.expose_secret().to_owned())
+                .collect();
+            let next = tokio::time::timeout(
                 AUTH_STEP_TIMEOUT,
-                self.handle.authenticate_publickey(
-                    self.user.clone(),
-                    PrivateKeyWithHashAlg::new(key, hash),
-                ),
+                self.handle
+                    .authenticate_keyboard_interactive_respond(responses),
             )
             .await;
-            if self.settle(reply, &description)? {
-                return Ok(Some(Authenticated {
-                    method: format!("publickey ({description})"),
-                    summary: format!("key {}", file_name(&path)),
-                }));
+            reply = self.server_reply(next)?;
+        }
+    }
+
+    /// Shows one request as ssh does (its name and instruction, then each prompt after
+    /// `(user@host)`), every piece of the server's text made printable, and reads the answers.
+    async fn answer(
+        &self,
+        name: &str,
+        instructions: &str,
+        prompts: &[Prompt],
+    ) -> std::io::Result<Vec<SecretString>> {
+        let answerer = &self.authenticator.keys.answerer;
+        for text in [name, instructions] {
+            if let Some(shown) = shown_lines(text) {
+                answerer.show(&shown).await?;
             }
         }
-        Ok(None)
+        let mut answers = Vec::with_capacity(prompts.len());
+        for prompt in prompts {
+            let shown = format!(
+                "({}@{}) {}",
+                printable(&self.user),
+                printable(self.host_name()),
+                printable_cut(&prompt.prompt, MAX_SHOWN_CHARACTERS)
+            );
+            let echo = if prompt.echo {
+                Echo::Shown
+            } else {
+                Echo::Hidden
+            };
+            answers.push(answerer.ask(&shown, echo).await?);
+        }
+        Ok(answers)
     }
 
-    fn settle<E: fmt::Display>(&mut self, reply: Reply<E>, description: &str) -> Result<bool> {
-        settle(
-            reply,
-            description,
-            self.label,
-            &mut self.attempts,
-            &mut self.server_methods,
-        )
+    fn server_still_takes(&self, method: &str) -> bool {
+        self.server_methods
+            .as_ref()
+            .is_some_and(|methods| server_takes(methods, method))
+    }
+
+    /// The host as ssh names it in prompts: HostKeyAlias, else the host name.
+    fn host_name(&self) -> &str {
+        let config = self.authenticator.config;
+        config.host_key_alias.as_deref().unwrap_or(&config.hostname)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Password.
+
+    /// Asks for the password as ssh does, up to NumberOfPasswordPrompts times in the round.
+    async fn password(&mut self) -> Result<Step> {
+        const WHAT: &str = "password";
+        if self.authenticator.interaction == Interaction::Batch {
+            let why = self.authenticator.no_asking();
+            self.note(
+                WHAT,
+                format!("the server asks for a password, and {why} for it"),
+            );
+            self.asking_blocked = true;
+            self.given_up.push(Method::Password);
+            return Ok(Step::Refused);
+        }
+        let tries = self.authenticator.config.number_of_password_prompts;
+        if let Some(outcome) = out_of_tries(self.password_tries, tries) {
+            self.note(WHAT, outcome);
+            self.given_up.push(Method::Password);
+            return Ok(Step::Refused);
+        }
+        let keys: &'a KeyStore = self.authenticator.keys;
+        let _turn = keys.take_turn().await;
+        let prompt = format!(
+            "{}@{}'s password: ",
+            printable(&self.user),
+            printable(self.host_name())
+        );
+        let mut sent = 0;
+        while self.password_tries < tries {
+            self.password_tries += 1;
+            if sent > 0
+                && let Err(error) = keys
+                    .answerer
+                    .show("Permission denied, please try again.")
+                    .await
+            {
+                tracing::debug!(%error, "could not write to the terminal");
+            }
+            let password = match keys.answerer.ask(&prompt, Echo::Hidden).await {
+                Ok(password) => password,
+                Err(error) => {
+                    let outcome = if error.kind() == std::io::ErrorKind::UnexpectedEof {
+                        "no password was typed (end of input)".to_string()
+                    } else {
+                        format!("the terminal could not be read: {error}")
+                    };
+                    self.note(WHAT, outcome);
+                    self.given_up.push(Method::Password);
+                    return Ok(Step::Refused);
+                }
+            };
+            sent += 1;
+            let reply = tokio::time::timeout(
+                AUTH_STEP_TIMEOUT,
+                self.handle
+                    .authenticate_password(self.user.clone(), password.expose_secret()),
+            )
+            .await;
+            let verdict = match self.server_reply(reply)? {
+                AuthResult::Success => Verdict::Accepted,
+                AuthResult::Failure {
+                    remaining_methods,
+                    partial_success,
+                } => self.refused_with(remaining_methods, partial_success, WHAT),
+            };
+            if let Verdict::Accepted | Verdict::Partial = verdict {
+                self.interactive = true;
+                return Ok(self.conclude(verdict, WHAT.into(), WHAT.into()));
+            }
+            // A server that no longer takes passwords has said its last word on them.
+            if !self.server_still_takes(WHAT) {
+                break;
+            }
+        }
+        self.given_up.push(Method::Password);
+        self.answers_refused = true;
+        let plural = if sent == 1 { "try" } else { "tries" };
+        self.note(
+            WHAT,
+            format!("the server refused the password ({sent} {plural})"),
+        );
+        Ok(Step::Refused)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // The refusal.
+
+    /// The error when no method got through: what the server takes, everything tried, and
+    /// the likeliest way in.
+    fn refusal(&self) -> Error {
+        let config = self.authenticator.config;
+        let names = self.server_methods.as_ref().map(method_names);
+        let mut message = format!(
+            "{}: permission denied for user '{}'",
+            self.label, config.user
+        );
+        match names.as_deref() {
+            Some([]) => message.push_str(" (the server names no further method xfer knows)"),
+            Some(names) => {
+                message.push_str(&format!(" (the server accepts: {})", names.join(", ")))
+            }
+            None => {}
+        }
+        let mut attempts = self.attempts.clone();
+        attempts.extend(untried_methods(
+            config,
+            names.as_deref().unwrap_or_default(),
+            &self.attempts,
+        ));
+        let takes = |method: &str| {
+            names
+                .as_deref()
+                .is_some_and(|names| names.contains(&method))
+        };
+        if attempts.is_empty() {
+            if names.is_none() || takes("publickey") {
+                message
+                    .push_str("; no key was available to try (no agent keys, no identity files)");
+            }
+        } else {
+            message.push_str("; tried:");
+            for attempt in &attempts {
+                message.push_str(&format!("\n  - {}: {}", attempt.what, attempt.outcome));
+            }
+        }
+        let needs_agent = attempts.iter().any(|a| a.outcome.contains("ssh-add"));
+        let native = takes("publickey") || takes("keyboard-interactive") || takes("password");
+        let hint = if needs_agent && config.batch_mode {
+            "load the encrypted key into ssh-agent (eval $(ssh-agent); ssh-add KEY), or run xfer from a terminal with -o BatchMode=no"
+                .to_string()
+        } else if needs_agent {
+            "load the encrypted key into ssh-agent (eval $(ssh-agent); ssh-add KEY) or run xfer from a terminal"
+                .to_string()
+        } else if self.asking_blocked {
+            let terminal = if config.batch_mode {
+                "from a terminal with -o BatchMode=no"
+            } else {
+                "from a terminal"
+            };
+            format!(
+                "the server wants a password or other typed answers: run xfer {terminal} to type them, log in with the system's ssh instead (--ssh-command ssh), or use a key the server accepts on its own (ssh-copy-id installs one)"
+            )
+        } else if self.answers_refused {
+            format!(
+                "check the user name ('{}') and what was typed; with a key in ~/.ssh/authorized_keys of '{}' on the remote there is nothing to type (ssh-copy-id installs one)",
+                config.user, config.user
+            )
+        } else if let Some(names) = names.as_deref().filter(|_| !native) {
+            let methods = if names.is_empty() {
+                "the methods this server takes".to_string()
+            } else {
+                names.join(", ")
+            };
+            format!(
+                "xfer does not do {methods} itself; --ssh-command ssh logs in with the system's ssh instead"
+            )
+        } else if names.is_some() && !takes("publickey") {
+            "this server does not take public keys, and xfer may not use what it takes (see above): allow it with PasswordAuthentication, KbdInteractiveAuthentication or PreferredAuthentications, or log in with the system's ssh (--ssh-command ssh)".to_string()
+        } else {
+            format!(
+                "check that one of these public keys is in ~/.ssh/authorized_keys of '{}' on the remote (ssh-copy-id does that), or name the right key with -i or IdentityFile",
+                config.user
+            )
+        };
+        Error::auth(message).with_hint(hint)
     }
 }
 
-/// Turns one server reply into accepted (`true`) or refused, noting a refusal among the
-/// attempts and the methods the server still accepts; an error when the server stopped
-/// answering.
-fn settle<E: fmt::Display>(
-    reply: Reply<E>,
-    description: &str,
-    label: &str,
-    attempts: &mut Vec<Attempt>,
-    server_methods: &mut Option<String>,
-) -> Result<bool> {
-    match reply {
-        Err(_) => {
-            return Err(Error::connect(format!(
-                "{label}: the server stopped answering during authentication"
-            )));
-        }
-        Ok(Err(error)) => {
-            tracing::debug!(%error, "an authentication attempt failed locally");
-        }
-        Ok(Ok(russh::client::AuthResult::Success)) => return Ok(true),
-        Ok(Ok(russh::client::AuthResult::Failure {
-            remaining_methods, ..
-        })) => {
-            let names: Vec<&str> = remaining_methods.iter().map(<&str>::from).collect();
-            *server_methods = Some(names.join(", "));
-        }
+/// Why a method asking the person is not tried (again), when it is not: NumberOfPasswordPrompts
+/// allows none, or the round has used them up.
+fn out_of_tries(used: u32, tries: u32) -> Option<String> {
+    if tries == 0 {
+        Some("not tried: NumberOfPasswordPrompts is 0".into())
+    } else if used >= tries {
+        Some(format!(
+            "not tried again: the {tries} tries NumberOfPasswordPrompts allows are used up"
+        ))
+    } else {
+        None
     }
-    attempts.push(Attempt {
-        key: description.to_string(),
-        outcome: "refused by the server".into(),
-    });
-    Ok(false)
 }
 
-/// The identity file whose public key is `public`.
-fn identity_of<'i>(identities: &'i [IdentityFile], public: &PublicKey) -> Option<&'i IdentityFile> {
-    identities.iter().find(|identity| {
+/// The keys of a round in ssh's order: certificates from CertificateFile and beside the
+/// identity files, the agent's keys (those named in the config first, the others unless
+/// IdentitiesOnly), then the identity files the agent does not hold.
+fn key_offers(
+    config: &HostConfig,
+    identities: &[IdentityFile],
+    agent_keys: &[AgentIdentity],
+) -> VecDeque<Offer> {
+    let mut offers = VecDeque::new();
+    let certificate_paths = config.certificate_files.iter().cloned().chain(
+        identities
+            .iter()
+            .map(|identity| with_suffix(&identity.path, "-cert.pub")),
+    );
+    for path in certificate_paths {
+        if let Some(certificate) = read_certificate(&path) {
+            offers.push_back(Offer::Certificate { path, certificate });
+        }
+    }
+    let in_config = |identity: &&AgentIdentity| {
+        let public = identity.public_key();
+        identities.iter().any(|file| {
+            file.public
+                .as_ref()
+                .is_some_and(|p| p.key_data() == public.key_data())
+        })
+    };
+    offers.extend(
+        agent_keys
+            .iter()
+            .filter(in_config)
+            .cloned()
+            .map(Offer::AgentKey),
+    );
+    if !config.identities_only {
+        offers.extend(
+            agent_keys
+                .iter()
+                .filter(|identity| !in_config(identity))
+                .cloned()
+                .map(Offer::AgentKey),
+        );
+    }
+    for (index, identity) in identities.iter().enumerate() {
+        let held_by_agent = identity
+            .public
+            .as_ref()
+            .is_some_and(|public| agent_has(agent_keys, public));
+        if !held_by_agent {
+            offers.push_back(Offer::IdentityFile(index));
+        }
+    }
+    offers
+}
+
+/// The methods the server takes that were not tried, and why, for the refusal: turned off
+/// in the configuration, left out of PreferredAuthentications, or not done by xfer.
+fn untried_methods(config: &HostConfig, server: &[&str], attempts: &[Attempt]) -> Vec<Attempt> {
+    let order = config.authentication_order();
+    server
+        .iter()
+        .filter(|name| **name != "publickey" && !attempts.iter().any(|a| a.what == **name))
+        .map(|name| {
+            let outcome = match Method::from_name(name) {
+                None => "not tried: xfer does not do this method itself".to_string(),
+                Some(_) if !order.contains(name) => {
+                    "not tried: PreferredAuthentications leaves it out".to_string()
+                }
+                Some(Method::Password) if !config.password_authentication => {
+                    "not tried: PasswordAuthentication is no".to_string()
+                }
+                Some(Method::KeyboardInteractive)
+                    if !config.keyboard_interactive_authentication =>
+                {
+                    "not tried: KbdInteractiveAuthentication is no".to_string()
+                }
+                Some(_) => "not tried".to_string(),
+            };
+            Attempt {
+                what: name.to_string(),
+                outcome,
+            }
+        })
+        .collect()
+}
+
+/// A server's name or instruction made fit to show: printable line by line, without the
+/// empty lines at its end, at most [`MAX_SHOWN_LINES`] lines of [`MAX_SHOWN_CHARACTERS`];
+/// `None` when there is nothing to show.
+fn shown_lines(text: &str) -> Option<String> {
+    let lines: Vec<&str> = text
+        .trim_end_matches(['\r', '\n'])
+        .split('\n')
+        .map(|line| line.strip_suffix('\r').unwrap_or(line))
+        .collect();
+    if lines.iter().all(|line| line.is_empty()) {
+        return None;
+    }
+    let mut shown: Vec<String> = lines
+        .iter()
+        .take(MAX_SHOWN_LINES)
+        .map(|line| printable_cut(line, MAX_SHOWN_CHARACTERS))
+        .collect();
+    if lines.len() > MAX_SHOWN_LINES {
+        shown.push(format!("({} more lines)", lines.len() - MAX_SHOWN_LINES));
+    }
+    Some(shown.join("\n"))
+}
+
+/// Where the identity file whose public key is `public` is among `identities`.
+fn identity_index(identities: &[IdentityFile], public: &PublicKey) -> Option<usize> {
+    identities.iter().position(|identity| {
         identity
             .public
             .as_ref()
@@ -686,3 +1444,6 @@ fn hash_for(rsa_hash: Option<HashAlg>, public: &PublicKey) -> Option<HashAlg> {
         None
     }
 }
+
+#[cfg(test)]
+mod tests;

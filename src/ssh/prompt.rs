@@ -215,3 +215,73 @@ impl Drop for LineEnd<'_> {
         }
     }
 }
+
+/// Answers given in advance, for tests: each question takes the next one, and everything
+/// shown and asked is kept in order.
+#[cfg(test)]
+pub(crate) struct Script {
+    answers: std::sync::Mutex<std::collections::VecDeque<String>>,
+    transcript: std::sync::Mutex<Vec<String>>,
+    /// How long the "person" takes to type each answer.
+    typing: std::time::Duration,
+}
+
+#[cfg(test)]
+impl Script {
+    pub(crate) fn new(answers: &[&str]) -> Script {
+        Script {
+            answers: std::sync::Mutex::new(answers.iter().map(|a| a.to_string()).collect()),
+            transcript: std::sync::Mutex::new(Vec::new()),
+            typing: std::time::Duration::ZERO,
+        }
+    }
+
+    pub(crate) fn typing_for(mut self, typing: std::time::Duration) -> Script {
+        self.typing = typing;
+        self
+    }
+
+    /// Everything shown (`show: TEXT`) and asked (`ask hidden: PROMPT`, `ask shown: PROMPT`).
+    pub(crate) fn transcript(&self) -> Vec<String> {
+        self.transcript
+            .lock()
+            .map(|lines| lines.clone())
+            .unwrap_or_default()
+    }
+
+    fn note(&self, line: String) {
+        if let Ok(mut lines) = self.transcript.lock() {
+            lines.push(line);
+        }
+    }
+}
+
+#[cfg(test)]
+impl Answerer for Script {
+    fn show<'a>(&'a self, text: &'a str) -> Asking<'a, ()> {
+        self.note(format!("show: {text}"));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn ask<'a>(&'a self, prompt: &'a str, echo: Echo) -> Asking<'a, SecretString> {
+        let shown = match echo {
+            Echo::Shown => "shown",
+            Echo::Hidden => "hidden",
+        };
+        self.note(format!("ask {shown}: {prompt}"));
+        let answer = self
+            .answers
+            .lock()
+            .ok()
+            .and_then(|mut answers| answers.pop_front());
+        Box::pin(async move {
+            tokio::time::sleep(self.typing).await;
+            answer.map(SecretString::from).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the script has no more answers",
+                )
+            })
+        })
+    }
+}
