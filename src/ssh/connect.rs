@@ -749,6 +749,11 @@ impl Connection {
         &self.authenticated.summary
     }
 
+    /// How the connection logged in, and whether the person typed answers for it.
+    pub fn authenticated(&self) -> &Authenticated {
+        &self.authenticated
+    }
+
     pub fn host_key(&self) -> &HostKeyVerdict {
         &self.host_key
     }
