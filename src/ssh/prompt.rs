@@ -5,9 +5,9 @@
 //! which asks on the controlling terminal (`/dev/tty`, as ssh does; never stdout, which may be
 //! a pipe or carry the output of a run). Text is shown as given (callers make a server's text
 //! printable first); answers are read a line at a time, with echo off for secrets, and held as
-//! [`SecretString`]. The terminal's settings are put back whenever a question ends, also when
-//! the wait for an answer is abandoned: Ctrl-C stopping a run drops the question, and a
-//! terminal left without echo would outlive xfer.
+//! [`SecretString`]. The terminal's settings are put back whenever a question ends: when the
+//! wait for an answer is abandoned (a run stopping drops the question), and before the Ctrl-C
+//! typed at a secret's prompt stops xfer, since a terminal left without echo outlives it.
 
 use secrecy::SecretString;
 use secrecy::zeroize::Zeroizing;
@@ -103,16 +103,14 @@ fn open_terminal() -> io::Result<File> {
 fn ask_terminal(prompt: &str, echo: Echo, abandoned: &AtomicBool) -> io::Result<SecretString> {
     let mut tty = open_terminal()?;
     tty.write_all(prompt.as_bytes())?;
-    // Both guards act when dropped, on every way out; echo comes back first.
     let mut line_end = LineEnd {
         tty: &tty,
         needed: true,
     };
-    let _hidden = match echo {
-        Echo::Hidden => Some(EchoOff::start(&tty)?),
-        Echo::Shown => None,
+    let line = match echo {
+        Echo::Shown => read_line(&tty, abandoned)?,
+        Echo::Hidden => read_hidden(&tty, abandoned, &mut line_end)?,
     };
-    let line = read_line(&tty, abandoned)?;
     line_end.needed = false;
     let mut text = std::str::from_utf8(&line)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "the answer is not UTF-8 text"))?
@@ -124,13 +122,10 @@ fn ask_terminal(prompt: &str, echo: Echo, abandoned: &AtomicBool) -> io::Result<
     Ok(SecretString::from(text))
 }
 
-/// One line as the terminal's line discipline hands it over (with the person's own editing
-/// done), without the line break. End of input before anything was typed (Ctrl-D) is an
-/// error: no answer was given.
-fn read_line(tty: &File, abandoned: &AtomicBool) -> io::Result<Zeroizing<Vec<u8>>> {
+/// Waits (in steps, to notice an abandoned question) until the terminal has something to
+/// read, and reads it; 0 is end of input (Ctrl-D at the start of a line, or a hang-up).
+fn read_ready(tty: &File, abandoned: &AtomicBool, chunk: &mut [u8]) -> io::Result<usize> {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    let mut line = Zeroizing::new(Vec::with_capacity(MAX_ANSWER_BYTES));
-    let mut chunk = Zeroizing::new([0u8; 256]);
     loop {
         if abandoned.load(Ordering::Relaxed) {
             return Err(io::Error::new(
@@ -144,26 +139,43 @@ fn read_line(tty: &File, abandoned: &AtomicBool) -> io::Result<Zeroizing<Vec<u8>
             Ok(_) => {}
             Err(errno) => return Err(errno.into()),
         }
-        // Something to read, or the terminal hung up (then the read says end of input).
-        let part = match (&*tty).read(&mut chunk[..]) {
-            Ok(0) if line.is_empty() => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "end of input before an answer",
-                ));
-            }
-            Ok(0) => return Ok(line),
-            Ok(count) => &chunk[..count],
+        match (&*tty).read(chunk) {
             Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-            Err(error) => return Err(error),
+            read => return read,
+        }
+    }
+}
+
+fn end_of_input() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "end of input before an answer",
+    )
+}
+
+fn too_long() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("the answer is longer than {MAX_ANSWER_BYTES} bytes"),
+    )
+}
+
+/// One line as the terminal's line discipline hands it over (with the person's own editing
+/// done), without the line break. End of input before anything was typed (Ctrl-D) is an
+/// error: no answer was given.
+fn read_line(tty: &File, abandoned: &AtomicBool) -> io::Result<Zeroizing<Vec<u8>>> {
+    let mut line = Zeroizing::new(Vec::with_capacity(MAX_ANSWER_BYTES));
+    let mut chunk = Zeroizing::new([0u8; 256]);
+    loop {
+        let part = match read_ready(tty, abandoned, &mut chunk[..])? {
+            0 if line.is_empty() => return Err(end_of_input()),
+            0 => return Ok(line),
+            count => &chunk[..count],
         };
         let end = part.iter().position(|&byte| byte == b'\n');
         let take = &part[..end.unwrap_or(part.len())];
         if line.len() + take.len() > MAX_ANSWER_BYTES {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("the answer is longer than {MAX_ANSWER_BYTES} bytes"),
-            ));
+            return Err(too_long());
         }
         line.extend_from_slice(take);
         if end.is_some() {
@@ -172,32 +184,169 @@ fn read_line(tty: &File, abandoned: &AtomicBool) -> io::Result<Zeroizing<Vec<u8>
     }
 }
 
-/// Echo turned off for one answer; the settings found are restored when dropped. The line
-/// break the person types is still shown (`ECHONL`), so what follows starts on a new line.
-struct EchoOff {
-    tty: File,
-    saved: nix::sys::termios::Termios,
-}
-
-impl EchoOff {
-    fn start(tty: &File) -> io::Result<EchoOff> {
-        use nix::sys::termios::{LocalFlags, SetArg, tcgetattr, tcsetattr};
-        let tty = tty.try_clone()?;
-        let saved = tcgetattr(&tty).map_err(io::Error::from)?;
-        let mut quiet = saved.clone();
-        quiet.local_flags.remove(LocalFlags::ECHO);
-        quiet.local_flags.insert(LocalFlags::ECHONL);
-        tcsetattr(&tty, SetArg::TCSANOW, &quiet).map_err(io::Error::from)?;
-        Ok(EchoOff { tty, saved })
+/// A secret answer, read with echo off. The terminal is taken out of line mode meanwhile, as
+/// ssh's `readpassphrase` takes over the terminal's signals: so that Ctrl-C puts the echo back
+/// before it stops xfer (a terminal killed without echo stays so after xfer), and Ctrl-Z before
+/// it suspends it. Erasing a character, a word or the line works as the terminal's own keys
+/// say. Bytes typed ahead after the line break are dropped.
+fn read_hidden(
+    tty: &File,
+    abandoned: &AtomicBool,
+    line_end: &mut LineEnd<'_>,
+) -> io::Result<Zeroizing<Vec<u8>>> {
+    use nix::sys::signal::Signal;
+    let quiet = Quiet::start(tty)?;
+    let keys = quiet.keys;
+    let mut line = Zeroizing::new(Vec::with_capacity(MAX_ANSWER_BYTES));
+    let mut chunk = Zeroizing::new([0u8; 256]);
+    loop {
+        let count = read_ready(tty, abandoned, &mut chunk[..])?;
+        if count == 0 {
+            // The terminal hung up.
+            return Err(end_of_input());
+        }
+        for &byte in &chunk[..count] {
+            let key = Some(byte);
+            if byte == b'\n' || byte == b'\r' {
+                let _ = (&*tty).write_all(b"\n");
+                line_end.needed = false;
+                return Ok(line);
+            } else if key == keys.interrupt || key == keys.quit {
+                let signal = if key == keys.interrupt {
+                    Signal::SIGINT
+                } else {
+                    Signal::SIGQUIT
+                };
+                drop(quiet);
+                let _ = (&*tty).write_all(b"\n");
+                line_end.needed = false;
+                return Err(stop_with(signal, abandoned));
+            } else if key == keys.suspend {
+                quiet.restore();
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), Signal::SIGTSTP);
+                // Continued (fg): the question goes on where it was.
+                quiet.apply()?;
+            } else if key == keys.end {
+                if line.is_empty() {
+                    return Err(end_of_input());
+                }
+            } else if key == keys.erase || byte == 0x08 {
+                pop_character(&mut line);
+            } else if key == keys.kill {
+                line.clear();
+            } else if key == keys.word_erase {
+                while line.last().is_some_and(u8::is_ascii_whitespace) {
+                    line.pop();
+                }
+                while line.last().is_some_and(|byte| !byte.is_ascii_whitespace()) {
+                    pop_character(&mut line);
+                }
+            } else {
+                if line.len() >= MAX_ANSWER_BYTES {
+                    return Err(too_long());
+                }
+                line.push(byte);
+            }
+        }
     }
 }
 
-impl Drop for EchoOff {
-    fn drop(&mut self) {
+/// Sends the signal the person typed to xfer, as the terminal would have, now that the
+/// terminal is back as it was: with no handler it stops xfer here; a run that handles it
+/// abandons the question, which is waited for a moment so that the run reports the
+/// interruption rather than a failed question.
+fn stop_with(signal: nix::sys::signal::Signal, abandoned: &AtomicBool) -> io::Error {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), signal);
+    for _ in 0..20 {
+        if abandoned.load(Ordering::Relaxed) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(u64::from(
+            ABANDON_CHECK_MILLISECONDS,
+        )));
+    }
+    io::Error::new(io::ErrorKind::Interrupted, "interrupted")
+}
+
+/// Removes the last character (all the bytes of a UTF-8 one).
+fn pop_character(line: &mut Vec<u8>) {
+    while let Some(byte) = line.pop() {
+        // A continuation byte (10xxxxxx) belongs to the character before it.
+        if byte & 0xc0 != 0x80 {
+            break;
+        }
+    }
+}
+
+/// The terminal's editing and signal keys; `None` for one switched off.
+#[derive(Clone, Copy)]
+struct Keys {
+    interrupt: Option<u8>,
+    quit: Option<u8>,
+    suspend: Option<u8>,
+    end: Option<u8>,
+    erase: Option<u8>,
+    kill: Option<u8>,
+    word_erase: Option<u8>,
+}
+
+/// The terminal without echo, line mode or signal keys, for one secret answer; put back as it
+/// was when dropped.
+struct Quiet {
+    tty: File,
+    saved: nix::sys::termios::Termios,
+    quiet: nix::sys::termios::Termios,
+    keys: Keys,
+}
+
+impl Quiet {
+    fn start(tty: &File) -> io::Result<Quiet> {
+        use nix::sys::termios::{LocalFlags, SpecialCharacterIndices as Index, tcgetattr};
+        let tty = tty.try_clone()?;
+        let saved = tcgetattr(&tty).map_err(io::Error::from)?;
+        // _POSIX_VDISABLE (0) switches a key off.
+        let key = |index: Index| Some(saved.control_chars[index as usize]).filter(|&key| key != 0);
+        let keys = Keys {
+            interrupt: key(Index::VINTR),
+            quit: key(Index::VQUIT),
+            suspend: key(Index::VSUSP),
+            end: key(Index::VEOF),
+            erase: key(Index::VERASE),
+            kill: key(Index::VKILL),
+            word_erase: key(Index::VWERASE),
+        };
+        let mut quiet = saved.clone();
+        quiet
+            .local_flags
+            .remove(LocalFlags::ECHO | LocalFlags::ICANON | LocalFlags::ISIG | LocalFlags::IEXTEN);
+        quiet.control_chars[Index::VMIN as usize] = 1;
+        quiet.control_chars[Index::VTIME as usize] = 0;
+        let terminal = Quiet {
+            tty,
+            saved,
+            quiet,
+            keys,
+        };
+        terminal.apply()?;
+        Ok(terminal)
+    }
+
+    fn apply(&self) -> io::Result<()> {
+        use nix::sys::termios::{SetArg, tcsetattr};
+        tcsetattr(&self.tty, SetArg::TCSANOW, &self.quiet).map_err(io::Error::from)
+    }
+
+    fn restore(&self) {
         use nix::sys::termios::{SetArg, tcsetattr};
         if let Err(error) = tcsetattr(&self.tty, SetArg::TCSANOW, &self.saved) {
-            tracing::warn!("could not turn the terminal's echo back on: {error}");
+            tracing::warn!("could not put the terminal's settings back: {error}");
         }
+    }
+}
+
+impl Drop for Quiet {
+    fn drop(&mut self) {
+        self.restore();
     }
 }
 
