@@ -1268,9 +1268,15 @@ impl<'r, 'a, H: Handler> Round<'r, 'a, H> {
             } else {
                 "from a terminal"
             };
-            format!(
-                "the server wants a password or other typed answers: run xfer {terminal} to type them, log in with the system's ssh instead (--ssh-command ssh), or use a key the server accepts on its own (ssh-copy-id installs one)"
-            )
+            if self.accepted.is_empty() {
+                format!(
+                    "the server wants a password or other typed answers: run xfer {terminal} to type them, log in with the system's ssh instead (--ssh-command ssh), or use a key the server accepts on its own (ssh-copy-id installs one)"
+                )
+            } else {
+                format!(
+                    "the server wants typed answers besides what it accepted: run xfer {terminal} to type them, or log in with the system's ssh instead (--ssh-command ssh)"
+                )
+            }
         } else if self.answers_refused {
             format!(
                 "check the user name ('{}') and what was typed; with a key in ~/.ssh/authorized_keys of '{}' on the remote there is nothing to type (ssh-copy-id installs one)",
