@@ -1103,7 +1103,7 @@ impl<'r, 'a, H: Handler> Round<'r, 'a, H> {
                 "({}@{}) {}",
                 printable(&self.user),
                 printable(self.host_name()),
-                printable_cut(&prompt.prompt, MAX_SHOWN_CHARACTERS)
+                shown_prompt(&prompt.prompt)
             );
             let echo = if prompt.echo {
                 Echo::Shown
@@ -1424,6 +1424,27 @@ fn shown_lines(text: &str) -> Option<String> {
         shown.push(format!("({} more lines)", lines.len() - MAX_SHOWN_LINES));
     }
     Some(shown.join("\n"))
+}
+
+/// A server's prompt made fit to show: printable line by line (sshd puts PAM's notices before
+/// the question, on lines of their own), its last [`MAX_SHOWN_LINES`] lines of
+/// [`MAX_SHOWN_CHARACTERS`] (the question is at the end), spaces kept.
+fn shown_prompt(text: &str) -> String {
+    let lines: Vec<&str> = text
+        .split('\n')
+        .map(|line| line.strip_suffix('\r').unwrap_or(line))
+        .collect();
+    let skipped = lines.len().saturating_sub(MAX_SHOWN_LINES);
+    let mut shown: Vec<String> = Vec::with_capacity(MAX_SHOWN_LINES + 1);
+    if skipped > 0 {
+        shown.push(format!("({skipped} lines before)"));
+    }
+    shown.extend(
+        lines[skipped..]
+            .iter()
+            .map(|line| printable_cut(line, MAX_SHOWN_CHARACTERS)),
+    );
+    shown.join("\n")
 }
 
 /// Where the identity file whose public key is `public` is among `identities`.

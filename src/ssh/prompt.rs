@@ -48,7 +48,8 @@ pub trait Answerer: Send + Sync {
     /// asked again.
     fn show<'a>(&'a self, text: &'a str) -> Asking<'a, ()>;
 
-    /// Shows `prompt` (already printable) and reads one line, without its line break.
+    /// Shows `prompt` (already printable; it may hold line breaks, the question being on its
+    /// last line) and reads one line, without its line break.
     fn ask<'a>(&'a self, prompt: &'a str, echo: Echo) -> Asking<'a, SecretString>;
 }
 

@@ -750,7 +750,7 @@ async fn the_servers_text_reaches_the_terminal_printable() {
             instructions: "First line\r\nSecond \u{1b}[2J line\n\n".into(),
             prompts: vec![
                 ("User \u{1b}[31mname: ".into(), true),
-                ("Code\u{202e}: ".into(), false),
+                ("Your code expires.\r\nCode\u{202e}: ".into(), false),
             ],
         }],
         expected: vec!["alice".into(), "42".into()],
@@ -766,7 +766,7 @@ async fn the_servers_text_reaches_the_terminal_printable() {
             "show: \\x1b]0;owned\\x07Login",
             "show: First line\nSecond \\x1b[2J line",
             "ask shown: (alice@box.example) User \\x1b[31mname: ",
-            "ask hidden: (alice@box.example) Code\\u{202e}: ",
+            "ask hidden: (alice@box.example) Your code expires.\nCode\\u{202e}: ",
         ]
     );
 }
@@ -903,6 +903,21 @@ fn the_next_method_follows_the_order_among_what_the_server_takes() {
         next_method(&order, &mut position, &server, &config, &[]),
         None
     );
+}
+
+#[test]
+fn shown_prompts_keep_their_lines_and_spaces_and_end_with_the_question() {
+    assert_eq!(shown_prompt("Password: "), "Password: ");
+    assert_eq!(
+        shown_prompt("Notice: read me\nPassword: "),
+        "Notice: read me\nPassword: "
+    );
+    assert_eq!(shown_prompt("a\u{1b}[2J\r\nb: "), "a\\x1b[2J\nb: ");
+    let long = format!("{}Question: ", "x\n".repeat(MAX_SHOWN_LINES + 5));
+    let shown = shown_prompt(&long);
+    assert_eq!(shown.lines().count(), MAX_SHOWN_LINES + 1);
+    assert!(shown.starts_with("(6 lines before)\n"), "{shown}");
+    assert!(shown.ends_with("\nQuestion: "), "{shown}");
 }
 
 #[test]
