@@ -91,6 +91,9 @@ pub struct Authenticated {
     pub method: String,
     /// A few words for a table column: "agent", "key id_ed25519", "cert id-cert.pub".
     pub summary: String,
+    /// Whether a person answered the server (a password, a one-time code): such a login is
+    /// made once per run and shared (see `connect`).
+    pub interactive: bool,
 }
 
 fn file_name(path: &Path) -> String {
@@ -490,6 +493,7 @@ impl<'r, 'a, H: Handler> Round<'r, 'a, H> {
                 return Ok(Some(Authenticated {
                     method: format!("publickey ({description})"),
                     summary: format!("cert {}", file_name(&path)),
+                    interactive: false,
                 }));
             }
         }
@@ -560,6 +564,7 @@ impl<'r, 'a, H: Handler> Round<'r, 'a, H> {
                 return Ok(Some(Authenticated {
                     method: format!("publickey ({description})"),
                     summary: "agent".into(),
+                    interactive: false,
                 }));
             }
         }
@@ -611,6 +616,7 @@ impl<'r, 'a, H: Handler> Round<'r, 'a, H> {
                 return Ok(Some(Authenticated {
                     method: format!("publickey ({description})"),
                     summary: format!("key {}", file_name(&path)),
+                    interactive: false,
                 }));
             }
         }

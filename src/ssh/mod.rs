@@ -5,6 +5,7 @@
 //! to a host (`startups`).
 
 pub mod auth;
+pub mod channel;
 pub mod config;
 pub mod connect;
 pub mod exec;
@@ -13,3 +14,4 @@ pub mod greeting;
 pub mod known_hosts;
 mod pattern;
 pub mod startups;
+pub mod system;
