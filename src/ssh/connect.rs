@@ -301,18 +301,19 @@ impl Connector {
         match &self.transport {
             Transport::Native => config::resolve(&spec.host, &overrides, &self.source, &self.local),
             Transport::System(ssh) => {
-                let route = self.route(ssh, spec);
-                let dump = route.dump()?;
-                let mut words = config::argument_words(Some(&self.source), &overrides);
-                words.push(spec.to_string());
-                Ok(system::host_config_from_dump(
-                    &dump,
-                    &spec.host,
-                    &self.local.home,
-                    words,
-                ))
+                let dump = self.route(ssh, spec).dump()?;
+                Ok(self.system_config(&dump, spec))
             }
         }
+    }
+
+    /// The [`HostConfig`] of `spec` from what `ssh -G` printed for it.
+    fn system_config(&self, dump: &str, spec: &HostSpec) -> HostConfig {
+        let mut overrides = self.overrides.clone();
+        overrides.user = spec.user.clone();
+        let mut words = config::argument_words(Some(&self.source), &overrides);
+        words.push(spec.to_string());
+        system::host_config_from_dump(dump, &spec.host, &self.local.home, words)
     }
 
     /// How the system ssh reaches `spec`.
@@ -342,10 +343,12 @@ impl Connector {
         let config = match &self.transport {
             Transport::Native => self.resolve(spec)?,
             // `ssh -G` may run the config's `Match exec` commands: off the runtime's threads.
-            Transport::System(_) => {
-                let connector_spec = spec.clone();
-                let resolved = tokio::task::block_in_place(|| self.resolve(&connector_spec));
-                resolved?
+            Transport::System(ssh) => {
+                let route = self.route(ssh, spec);
+                let dump = tokio::task::spawn_blocking(move || route.dump())
+                    .await
+                    .map_err(|_| Error::config(format!("{spec}: `ssh -G` did not finish")))??;
+                self.system_config(&dump, spec)
             }
         };
         self.connect_resolved(Arc::new(config)).await

@@ -21,5 +21,6 @@ mod shared_host;
 mod shell_only;
 mod shell_only_transfers;
 mod soak;
+mod system_ssh;
 mod transfer;
 mod units;
