@@ -514,3 +514,29 @@ fn a_secret_travels_only_on_stdin_through_the_system_ssh() {
     assert!(!sshd.log().contains(&value), "sshd logged the value");
     assert!(sshd.log().contains("debug3"));
 }
+
+#[test]
+fn a_shell_only_endpoint_works_through_the_system_ssh_terminal() {
+    use crate::support::shell_only::{LoginShell, ShellOnly};
+    crate::support::remote_home();
+    let endpoint = ShellOnly::builder(LoginShell::Bash).start();
+    let work = tempfile::tempdir().unwrap();
+    make_tree(&work.path().join("source"));
+    let source = format!("pod:{}", work.path().join("source").display());
+    let pulled = work.path().join("pulled");
+    let mut command = crate::support::xfer_command();
+    command
+        .args(["pull", "-e", "ssh", &source, pulled.to_str().unwrap(), "-F"])
+        .arg(endpoint.config());
+    let output = crate::support::run_with_timeout(&mut command, Duration::from_secs(240));
+    assert_success(&output);
+    assert!(
+        said(&output).contains("transfers go through the terminal"),
+        "{}",
+        said(&output)
+    );
+    assert_eq!(
+        tree_digest(&pulled),
+        tree_digest(&work.path().join("source"))
+    );
+}
