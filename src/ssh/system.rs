@@ -51,6 +51,21 @@ const READ_SIZE: usize = 64 * 1024;
 /// Pieces of output waiting for the reader: a bound on what a slow reader makes xfer hold.
 const QUEUED_PIECES: usize = 32;
 
+/// What a config may ask for `ssh HOST` that would break or burden a transfer's channels: a
+/// command of its own instead of xfer's (`RemoteCommand`, which ssh refuses beside a command),
+/// forwardings (a `LocalForward` whose port is taken ends the master under
+/// `ExitOnForwardFailure`), a local command after login, X11. After the command line's own
+/// options, so a `-o` given to xfer still wins.
+const WITHOUT_EXTRAS: &[&str] = &[
+    "-o",
+    "RemoteCommand=none",
+    "-o",
+    "ClearAllForwardings=yes",
+    "-o",
+    "PermitLocalCommand=no",
+    "-x",
+];
+
 /// The command that runs ssh, as the user gave it (`--ssh-command`, `XFER_SSH_COMMAND`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct SystemSsh {
@@ -104,6 +119,7 @@ impl Route {
         command
             .args(&self.ssh.words[1..])
             .args(&self.arguments)
+            .args(WITHOUT_EXTRAS)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -692,7 +708,7 @@ impl SystemChannel {
 
     /// `shell`: the login shell, on a terminal when one was asked for.
     pub fn request_shell(&mut self, want_reply: bool) -> std::io::Result<()> {
-        let mut process = match &self.terminal {
+        let process = match &self.terminal {
             Some(term) => {
                 let mut process = self.host.channel_command(&["-tt"], &[]);
                 process.env("TERM", term);
@@ -700,7 +716,6 @@ impl SystemChannel {
             }
             None => self.host.channel_command(&["-T"], &[]),
         };
-        process.env_remove("SSH_ASKPASS_REQUIRE");
         self.start(process, want_reply)
     }
 

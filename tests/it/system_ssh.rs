@@ -368,13 +368,28 @@ fn the_users_control_master_is_used_and_outlives_the_run_as_configured() {
 }
 
 #[test]
-fn ssh_reads_its_own_configuration_match_exec_included() {
+fn ssh_reads_its_own_configuration_match_exec_and_interactive_settings_included() {
     let setup = Setup::start();
     fs::write(setup.path("file"), b"through ssh's own config\n").unwrap();
     let config = setup.path("match_config");
     // xfer's own client refuses `Match exec` (it would run a command to read a config);
-    // the system ssh runs it.
-    let block = setup.sshd.client_config_block("box", &[]);
+    // the system ssh runs it. What a config may set up for interactive logins (a command of
+    // its own, a terminal, a forwarding whose port is taken and must not fail) must not get in
+    // the way of the transfer's channels.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let forward = format!(
+        "LocalForward 127.0.0.1:{} 127.0.0.1:22",
+        taken.local_addr().unwrap().port()
+    );
+    let block = setup.sshd.client_config_block(
+        "box",
+        &[
+            "RemoteCommand exec bash -l",
+            "RequestTTY yes",
+            &forward,
+            "ExitOnForwardFailure yes",
+        ],
+    );
     fs::write(
         &config,
         format!("Match exec \"true\"\n    ServerAliveInterval 7\n{block}"),
