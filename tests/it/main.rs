@@ -16,6 +16,7 @@ mod keepalive;
 mod limits;
 mod local_safety;
 mod netrc_golden;
+mod pam_fixture;
 mod secret;
 mod shared_host;
 mod shell_only;

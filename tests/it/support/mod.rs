@@ -6,8 +6,9 @@
 //! each with its own directory at one common path ([`Fleet`]), what the tests check a run's output
 //! and a tree with ([`assert_success`], [`tree_digest`] and their kin), local users for tests of a
 //! shared host ([`users`]), shell-only endpoints that give nothing but an interactive shell on a
-//! terminal (a real sshd, [`shell_only`], and an in-process relay, [`Relay`]), and a way to drive a
-//! terminal session line by line ([`Conversation`]).
+//! terminal (a real sshd, [`shell_only`], and an in-process relay, [`Relay`]), a way to drive a
+//! terminal session line by line ([`Conversation`]), and logins that need a password or a key
+//! and a one-time code, with askpass programs that answer for a test ([`pam`]).
 //!
 //! The integration test binary (`tests/it/main.rs`) declares it once; its test modules use it
 //! as `crate::support`.
@@ -17,6 +18,7 @@ mod conversation;
 mod dropbear;
 mod fleet;
 mod output;
+pub mod pam;
 mod proxy;
 mod relay;
 mod server;
