@@ -30,6 +30,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -314,6 +315,9 @@ enum Master {
 pub struct SystemHost {
     route: Route,
     master: Master,
+    /// A channel found the master gone (ssh could not reach it, or the link under it dropped):
+    /// the run's next connection logs in again rather than keep trying this one.
+    lost: Arc<AtomicBool>,
 }
 
 impl fmt::Debug for SystemHost {
@@ -350,6 +354,7 @@ impl SystemHost {
                     master: Master::Theirs {
                         process: Mutex::new(None),
                     },
+                    lost: Arc::default(),
                 });
             }
             let child = start_master(&route, &["-o", "ControlMaster=yes"], label)?;
@@ -359,6 +364,7 @@ impl SystemHost {
                 master: Master::Theirs {
                     process: Mutex::new(child),
                 },
+                lost: Arc::default(),
             });
         }
         let directory = private_directory()?;
@@ -392,6 +398,7 @@ impl SystemHost {
                     directory,
                     process: Mutex::new(child),
                 },
+                lost: Arc::default(),
             }),
             Ok(None) => {
                 let _ = std::fs::remove_dir(&directory);
@@ -410,13 +417,16 @@ impl SystemHost {
 
     /// Whether the master is gone: the run's channels to the host can no longer open.
     pub fn is_closed(&self) -> bool {
+        if self.lost.load(Ordering::Relaxed) {
+            return true;
+        }
         let exited = |child: &mut Child| !matches!(child.try_wait(), Ok(None));
         match &self.master {
             Master::Own { process, .. } => {
                 exited(&mut process.lock().unwrap_or_else(PoisonError::into_inner))
             }
             // A master of the user's may have been started by another program and outlive
-            // this run; its channels say when it is gone.
+            // this run; its channels say when it is gone (`lost`).
             Master::Theirs { process } => process
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -425,21 +435,19 @@ impl SystemHost {
         }
     }
 
-    /// The options that send a channel through the master.
+    /// The options that send a channel through the master. A channel never becomes a master
+    /// itself and never asks (BatchMode): with the master gone, ssh would otherwise log in on
+    /// its own and ask again in the middle of the run, once per channel; failing instead marks
+    /// the login lost, and the run's next connection logs in once.
     fn channel_options(&self) -> Vec<String> {
-        match &self.master {
-            // BatchMode: with the master gone, ssh would log in again on its own and ask again
-            // in the middle of the run; failing instead lets the run open a new connection.
-            Master::Own { socket, .. } => vec![
-                "-o".into(),
-                "ControlMaster=no".into(),
-                "-o".into(),
-                format!("ControlPath={}", socket.display()),
-                "-o".into(),
-                "BatchMode=yes".into(),
-            ],
-            Master::Theirs { .. } => Vec::new(),
+        let mut options: Vec<String> = ["-o", "ControlMaster=no", "-o", "BatchMode=yes"]
+            .map(String::from)
+            .to_vec();
+        if let Master::Own { socket, .. } = &self.master {
+            options.push("-o".into());
+            options.push(format!("ControlPath={}", socket.display()));
         }
+        options
     }
 
     /// A channel to the host; nothing runs until a request starts it.
@@ -737,6 +745,7 @@ impl SystemChannel {
             sender,
             stop.clone(),
             failure.clone(),
+            self.host.lost.clone(),
             self.host.route.destination.clone(),
         ));
         if want_reply {
@@ -842,6 +851,7 @@ async fn pump(
     sender: mpsc::Sender<ChannelMsg>,
     stop: Arc<Notify>,
     failure: Arc<Mutex<Option<String>>>,
+    lost: Arc<AtomicBool>,
     destination: String,
 ) {
     let stdout = child.stdout.take();
@@ -893,6 +903,10 @@ async fn pump(
         let said = said.lock().unwrap_or_else(PoisonError::into_inner).clone();
         if ssh_failed(code, &said) {
             tracing::debug!(%destination, ssh = %String::from_utf8_lossy(&said).trim(), "ssh ended the channel");
+            // A refused subsystem is the host's answer; anything else, the way there is gone.
+            if !String::from_utf8_lossy(&said).contains("subsystem request failed") {
+                lost.store(true, Ordering::Relaxed);
+            }
             *failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(last_lines(&said));
         } else if let Some(code) = code {
             let _ = sender

@@ -12,6 +12,7 @@ mod dropbear;
 mod fleet;
 mod harness;
 mod hostile_server;
+mod interactive_logins;
 mod keepalive;
 mod limits;
 mod local_safety;
