@@ -617,7 +617,11 @@ impl<'r, 'a, H: Handler> Round<'r, 'a, H> {
         Ok(None)
     }
 
-    fn settle<E: fmt::Display>(&mut self, reply: Reply<E>, description: &str) -> Result<bool> {
+    fn settle<E: fmt::Display + SignFailure>(
+        &mut self,
+        reply: Reply<E>,
+        description: &str,
+    ) -> Result<bool> {
         settle(
             reply,
             description,
@@ -628,10 +632,37 @@ impl<'r, 'a, H: Handler> Round<'r, 'a, H> {
     }
 }
 
+/// Tells the agent's not signing apart from the other local failures of an attempt, which are
+/// the connection's.
+trait SignFailure {
+    /// Why the agent did not sign, when that is what failed.
+    fn agent_did_not_sign(&self) -> Option<String>;
+}
+
+impl SignFailure for russh::AgentAuthError {
+    fn agent_did_not_sign(&self) -> Option<String> {
+        match self {
+            // SSH_AGENT_FAILURE: the agent's only word for "no", whatever the reason.
+            russh::AgentAuthError::Key(russh::keys::Error::AgentFailure) => {
+                Some("it refused".into())
+            }
+            russh::AgentAuthError::Key(error) => Some(error.to_string()),
+            russh::AgentAuthError::Send(_) => None,
+        }
+    }
+}
+
+impl SignFailure for russh::Error {
+    /// Key files are signed inside russh's session, so its errors are the connection's.
+    fn agent_did_not_sign(&self) -> Option<String> {
+        None
+    }
+}
+
 /// Turns one server reply into accepted (`true`) or refused, noting a refusal among the
 /// attempts and the methods the server still accepts; an error when the server stopped
 /// answering.
-fn settle<E: fmt::Display>(
+fn settle<E: fmt::Display + SignFailure>(
     reply: Reply<E>,
     description: &str,
     label: &str,
@@ -646,6 +677,19 @@ fn settle<E: fmt::Display>(
         }
         Ok(Err(error)) => {
             tracing::debug!(%error, "an authentication attempt failed locally");
+            if let Some(why) = error.agent_did_not_sign() {
+                // The server never saw a signature, so "refused by the server" would send the
+                // person to authorized_keys. Most often the key is a security key nobody
+                // touched in time; ssh, which can also use the token without the agent, is
+                // the other way.
+                attempts.push(Attempt {
+                    key: description.to_string(),
+                    outcome: format!(
+                        "the agent did not sign ({why}); a security key (FIDO) signs only when touched: check that it is plugged in and touch it when it blinks, or run xfer with --ssh-command ssh"
+                    ),
+                });
+                return Ok(false);
+            }
         }
         Ok(Ok(russh::client::AuthResult::Success)) => return Ok(true),
         Ok(Ok(russh::client::AuthResult::Failure {

@@ -3,8 +3,8 @@
 //! sshd, which verifies their signatures and their user-presence flag. The token is the
 //! in-process [`FakeAgent`]: first held against ssh-key's own verifier, then, in each test
 //! against sshd, against OpenSSH's own client, so that a failure points at xfer, not at the
-//! double. Then: pulls with each kind of key, and a signature without user presence that sshd
-//! refuses.
+//! double. Then: pulls with each kind of key, an agent that does not sign (nobody touched the
+//! token), and a signature without user presence that sshd refuses.
 
 use crate::support::{
     FakeAgent, SecurityKey, Setup, Sshd, SshdBuilder, Touch, assert_success, public_key_path,
@@ -241,6 +241,56 @@ fn pull_with_an_ed25519_security_key_in_the_agent() {
 #[test]
 fn pull_with_an_ecdsa_security_key_in_the_agent() {
     Fixture::start(Sshd::builder(), SecurityKey::EcdsaP256, "").assert_pull_works();
+}
+
+/// A token nobody touches: the agent answers SSH_AGENT_FAILURE. xfer fails at once with exit
+/// code 4, naming the key by type and fingerprint, saying the agent did not sign (not that
+/// the server refused), and what to do.
+#[test]
+fn an_agent_that_does_not_sign_is_named_with_what_to_do() {
+    let fixture = Fixture::start(Sshd::builder(), SecurityKey::Ed25519, "");
+    fixture.assert_ssh_logs_in();
+    fixture.agent.set_touch(Touch::Refused);
+    let asked = fixture.agent.sign_requests();
+
+    write_file(
+        &fixture.setup.path("data.bin"),
+        8,
+        4096,
+        0o644,
+        1_600_000_000,
+    );
+    let (output, took) = fixture.pull("data.bin");
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(4), "{}", said(&output));
+    assert!(took < PROMPT, "the refusal took {took:?}:\n{text}");
+    assert!(
+        fixture.agent.sign_requests() > asked,
+        "xfer never asked the agent to sign:\n{text}"
+    );
+    let line = text
+        .lines()
+        .find(|line| line.contains(&fixture.agent.fingerprint()))
+        .unwrap_or_else(|| panic!("the key's fingerprint is not named:\n{text}"));
+    for words in [
+        fixture.agent.algorithm().as_str(),
+        "the agent did not sign",
+        "touch",
+        "--ssh-command ssh",
+    ] {
+        assert!(line.contains(words), "no {words:?} in {line:?}:\n{text}");
+    }
+    assert!(
+        !line.contains("refused by the server"),
+        "the server never saw a signature: {line:?}"
+    );
+    assert!(!fixture.setup.path("data.bin.copy").exists());
+    assert_eq!(
+        fixture.logins(),
+        1,
+        "only ssh's login: {}",
+        fixture.setup.sshd.log()
+    );
 }
 
 /// `PubkeyAuthOptions touch-required` on the server: a signature without user presence is
