@@ -4,7 +4,8 @@
 //! in-process [`FakeAgent`]: first held against ssh-key's own verifier, then, in each test
 //! against sshd, against OpenSSH's own client, so that a failure points at xfer, not at the
 //! double. Then: pulls with each kind of key, an agent that does not sign (nobody touched the
-//! token), and a signature without user presence that sshd refuses.
+//! token), a signature without user presence that sshd refuses, and a security key's file
+//! that the agent does not hold, which xfer cannot sign with and skips for the next key.
 
 use crate::support::{
     FakeAgent, SecurityKey, Setup, Sshd, SshdBuilder, Touch, assert_success, public_key_path,
@@ -12,8 +13,11 @@ use crate::support::{
 };
 use russh::keys::agent::client::AgentClient;
 use russh::keys::signature::Verifier;
-use russh::keys::ssh_key::Signature;
+use russh::keys::ssh_key::private::{KeypairData, SkEd25519 as SecurityKeyHandle};
+use russh::keys::ssh_key::public::KeyData;
+use russh::keys::ssh_key::{HashAlg, LineEnding, PrivateKey, Signature};
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -355,4 +359,66 @@ fn a_signature_without_user_presence_is_refused_where_touch_is_required() {
     let (output, _) = strict.pull("data.bin");
     assert_success(&output);
     assert_eq!(strict.logins(), 1, "{}", strict.setup.sshd.log());
+}
+
+/// A security key's file that the agent does not hold (as `ssh-keygen -t ed25519-sk` leaves
+/// it: a handle for the token) cannot be signed with by xfer itself, and must not end the
+/// connection: it is skipped and the next key gets in, as with ssh, which finds no token and
+/// goes on.
+#[test]
+fn a_security_key_file_outside_the_agent_is_skipped_for_the_next_key() {
+    let fixture = Fixture::start(Sshd::builder(), SecurityKey::Ed25519, "");
+    let KeyData::SkEd25519(public) = fixture.agent.public_key().key_data().clone() else {
+        panic!("the fake agent holds an sk-ssh-ed25519 key");
+    };
+    let handle = SecurityKeyHandle::new(public, 0x01, vec![7; 64]).unwrap();
+    let key_file = fixture.setup.path("id_ed25519_sk");
+    let text = PrivateKey::new(KeypairData::SkEd25519(handle), "token")
+        .and_then(|key| key.to_openssh(LineEnding::LF))
+        .unwrap();
+    fs::write(&key_file, text.as_bytes()).unwrap();
+    fs::set_permissions(&key_file, fs::Permissions::from_mode(0o600)).unwrap();
+    // The security key first: sshd, which authorizes it, asks for its signature.
+    let client_key = fixture.setup.sshd.client_key();
+    fixture.setup.sshd.append_client_config(
+        &fixture.setup.config,
+        "files",
+        &[
+            &format!("IdentityFile {}", key_file.display()),
+            &format!("IdentityFile {}", client_key.display()),
+        ],
+    );
+    let client_key_fingerprint = PrivateKey::read_openssh_file(&client_key)
+        .unwrap()
+        .public_key()
+        .fingerprint(HashAlg::Sha256)
+        .to_string();
+
+    let output = fixture.ssh_to("files", None);
+    assert!(output.status.success(), "{}", said(&output));
+    assert_eq!(fixture.logins_with(&client_key_fingerprint), 1);
+
+    write_file(
+        &fixture.setup.path("data.bin"),
+        10,
+        4096,
+        0o644,
+        1_600_000_000,
+    );
+    let (output, _) = fixture.pull_from("files", "data.bin", None);
+    assert_success(&output);
+    assert_eq!(
+        fs::read(fixture.setup.path("data.bin.copy")).unwrap(),
+        fs::read(fixture.setup.path("data.bin")).unwrap()
+    );
+    assert!(
+        fixture.logins_with(&client_key_fingerprint) > 1,
+        "{}",
+        fixture.setup.sshd.log()
+    );
+    assert_eq!(
+        fixture.logins(),
+        0,
+        "no token, no login with the security key"
+    );
 }
