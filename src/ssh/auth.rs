@@ -117,6 +117,12 @@ fn describe_public(key: &PublicKey) -> String {
     )
 }
 
+/// Whether `key` is a security key's (FIDO: `sk-ssh-ed25519@openssh.com`,
+/// `sk-ecdsa-sha2-nistp256@openssh.com`), which only its token can sign with.
+fn is_security_key(key: &PublicKey) -> bool {
+    key.key_data().is_sk_ed25519() || key.key_data().is_sk_ecdsa_p256()
+}
+
 fn read_small(path: &Path) -> std::io::Result<String> {
     let metadata = std::fs::metadata(path)?;
     if metadata.len() > MAX_KEY_FILE_SIZE {
@@ -224,6 +230,16 @@ impl Authenticator<'_> {
         attempts: &mut Vec<Attempt>,
     ) -> Option<Arc<PrivateKey>> {
         let path = &identity.path;
+        // A security key's file holds only a handle for its token, which xfer can ask to sign
+        // through ssh-agent alone: russh, given the file, fails to sign and ends the
+        // connection, and the keys after it would never be tried.
+        if let Some(public) = identity.public.as_ref().filter(|key| is_security_key(key)) {
+            attempts.push(Attempt {
+                key: format!("key file {} ({})", path.display(), describe_public(public)),
+                outcome: "skipped: a security key (FIDO) signs only on its token, which xfer reaches through ssh-agent alone: add the key to the agent, or run xfer with --ssh-command ssh".into(),
+            });
+            return None;
+        }
         if let Some(key) = self.keys.get(path) {
             return Some(key);
         }
@@ -623,7 +639,11 @@ impl<'r, 'a, H: Handler> Round<'r, 'a, H> {
         Ok(None)
     }
 
-    fn settle<E: fmt::Display>(&mut self, reply: Reply<E>, description: &str) -> Result<bool> {
+    fn settle<E: fmt::Display + SignFailure>(
+        &mut self,
+        reply: Reply<E>,
+        description: &str,
+    ) -> Result<bool> {
         settle(
             reply,
             description,
@@ -634,10 +654,37 @@ impl<'r, 'a, H: Handler> Round<'r, 'a, H> {
     }
 }
 
+/// Tells the agent's not signing apart from the other local failures of an attempt, which are
+/// the connection's.
+trait SignFailure {
+    /// Why the agent did not sign, when that is what failed.
+    fn agent_did_not_sign(&self) -> Option<String>;
+}
+
+impl SignFailure for russh::AgentAuthError {
+    fn agent_did_not_sign(&self) -> Option<String> {
+        match self {
+            // SSH_AGENT_FAILURE: the agent's only word for "no", whatever the reason.
+            russh::AgentAuthError::Key(russh::keys::Error::AgentFailure) => {
+                Some("it refused".into())
+            }
+            russh::AgentAuthError::Key(error) => Some(error.to_string()),
+            russh::AgentAuthError::Send(_) => None,
+        }
+    }
+}
+
+impl SignFailure for russh::Error {
+    /// Key files are signed inside russh's session, so its errors are the connection's.
+    fn agent_did_not_sign(&self) -> Option<String> {
+        None
+    }
+}
+
 /// Turns one server reply into accepted (`true`) or refused, noting a refusal among the
 /// attempts and the methods the server still accepts; an error when the server stopped
 /// answering.
-fn settle<E: fmt::Display>(
+fn settle<E: fmt::Display + SignFailure>(
     reply: Reply<E>,
     description: &str,
     label: &str,
@@ -652,6 +699,19 @@ fn settle<E: fmt::Display>(
         }
         Ok(Err(error)) => {
             tracing::debug!(%error, "an authentication attempt failed locally");
+            if let Some(why) = error.agent_did_not_sign() {
+                // The server never saw a signature, so "refused by the server" would send the
+                // person to authorized_keys. Most often the key is a security key nobody
+                // touched in time; ssh, which can also use the token without the agent, is
+                // the other way.
+                attempts.push(Attempt {
+                    key: description.to_string(),
+                    outcome: format!(
+                        "the agent did not sign ({why}); a security key (FIDO) signs only when touched: check that it is plugged in and touch it when it blinks, or run xfer with --ssh-command ssh"
+                    ),
+                });
+                return Ok(false);
+            }
         }
         Ok(Ok(russh::client::AuthResult::Success)) => return Ok(true),
         Ok(Ok(russh::client::AuthResult::Failure {
@@ -690,5 +750,86 @@ fn hash_for(rsa_hash: Option<HashAlg>, public: &PublicKey) -> Option<HashAlg> {
         rsa_hash
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ssh::config::{LocalContext, Overrides, resolve_from_text};
+    use russh::keys::ssh_key::LineEnding;
+    use russh::keys::ssh_key::private::{Ed25519Keypair, KeypairData, SkEd25519};
+    use std::os::unix::fs::PermissionsExt;
+
+    fn write_key(path: &Path, key: &PrivateKey) {
+        std::fs::write(path, key.to_openssh(LineEnding::LF).unwrap().as_bytes()).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    /// A security key's file is skipped with a word on the agent, before any attempt to read or
+    /// sign with it; an ordinary key file beside it still loads.
+    #[test]
+    fn a_security_key_file_is_left_to_the_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        let keypair = Ed25519Keypair::from_seed(&[7; 32]);
+        // As `ssh-keygen -t ed25519-sk` writes it: the public key, flags (user presence) and
+        // the token's key handle.
+        let public = russh::keys::ssh_key::public::SkEd25519::new(keypair.public, "ssh:");
+        let handle = SkEd25519::new(public, 0x01, vec![9; 64]).unwrap();
+        let security_key = dir.path().join("id_ed25519_sk");
+        write_key(
+            &security_key,
+            &PrivateKey::new(KeypairData::SkEd25519(handle), "token").unwrap(),
+        );
+        let ordinary = dir.path().join("id_ed25519");
+        write_key(
+            &ordinary,
+            &PrivateKey::from(Ed25519Keypair::from_seed(&[8; 32])),
+        );
+
+        let local = LocalContext {
+            user: "someone".into(),
+            uid: nix::unistd::getuid().as_raw(),
+            home: dir.path().to_path_buf(),
+            hostname: "here".into(),
+        };
+        let config =
+            resolve_from_text("box", &Overrides::default(), "test.conf", "", &local).unwrap();
+        let authenticator = Authenticator {
+            config: &config,
+            keys: &KeyStore::default(),
+            interaction: Interaction::Batch,
+            agent_socket: None,
+        };
+        let identity = |path: &Path| IdentityFile {
+            path: path.to_path_buf(),
+            public: identity_public_key(path),
+            explicit: true,
+        };
+
+        let mut attempts = Vec::new();
+        assert!(
+            authenticator
+                .load_private_key(&identity(&security_key), &mut attempts)
+                .is_none()
+        );
+        assert_eq!(attempts.len(), 1, "{attempts:?}");
+        assert!(
+            attempts[0].key.contains("sk-ssh-ed25519@openssh.com"),
+            "{attempts:?}"
+        );
+        assert!(attempts[0].outcome.contains("ssh-agent"), "{attempts:?}");
+        assert!(
+            attempts[0].outcome.contains("--ssh-command ssh"),
+            "{attempts:?}"
+        );
+
+        let mut attempts = Vec::new();
+        assert!(
+            authenticator
+                .load_private_key(&identity(&ordinary), &mut attempts)
+                .is_some(),
+            "{attempts:?}"
+        );
     }
 }

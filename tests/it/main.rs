@@ -9,6 +9,7 @@ mod agent;
 mod config_parity;
 mod connect;
 mod dropbear;
+mod fido;
 mod fleet;
 mod harness;
 mod hostile_server;

@@ -1,5 +1,6 @@
 //! Shared harness for xfer's integration tests: a real OpenSSH server on 127.0.0.1 ([`Sshd`]) and a
-//! real Dropbear ([`Dropbear`]), an ssh-agent ([`Agent`]), a byte-counting TCP proxy that can cut
+//! real Dropbear ([`Dropbear`]), an ssh-agent ([`Agent`]), a fake one in process holding a
+//! software FIDO security key ([`FakeAgent`]), a byte-counting TCP proxy that can cut
 //! or stall links ([`Proxy`]), key generation, a way to run the built `xfer` binary that can never
 //! hang a test (and can measure its peak memory, [`run_measuring_memory`]), one sshd with its
 //! client config and directories ([`Setup`]), several sshds standing for the machines of a cluster,
@@ -16,6 +17,7 @@
 mod agent;
 mod conversation;
 mod dropbear;
+mod fake_agent;
 mod fleet;
 mod output;
 pub mod pam;
@@ -31,6 +33,7 @@ pub mod users;
 pub use agent::Agent;
 pub use conversation::Conversation;
 pub use dropbear::Dropbear;
+pub use fake_agent::{FakeAgent, SecurityKey, Touch};
 pub use fleet::Fleet;
 pub use output::{
     assert_agent_used, assert_succeeded, assert_success, said, stderr, summary, tail, text,
