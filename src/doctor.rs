@@ -68,6 +68,8 @@ impl std::fmt::Display for Capability {
 #[derive(Debug, Clone, Serialize)]
 pub struct HostReport {
     pub host: String,
+    /// Which SSH client reached the host: xfer's own, or the system ssh (`--ssh-command`).
+    pub transport: String,
     pub hostname: Option<String>,
     pub port: Option<u16>,
     pub user: Option<String>,
@@ -109,6 +111,7 @@ impl HostReport {
     fn new(host: &str) -> Self {
         HostReport {
             host: host.to_string(),
+            transport: String::new(),
             hostname: None,
             port: None,
             user: None,
@@ -180,6 +183,7 @@ pub async fn check_host(
     options: &DoctorOptions,
 ) -> HostReport {
     let mut report = HostReport::new(&spec.to_string());
+    report.transport = connector.transport().describe();
     let config = match connector.resolve(spec) {
         Ok(config) => config,
         Err(error) => {
@@ -401,10 +405,13 @@ async fn probe(
     options: &DoctorOptions,
 ) -> Result<()> {
     // Round trip: opening a channel is one request and one reply, with no process started.
-    let started = Instant::now();
-    let channel = connection.open_session().await?;
-    report.latency_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
-    let _ = channel.close().await;
+    // (Through the system ssh, a channel opens with the command it runs: no round trip alone.)
+    if !connection.is_system() {
+        let started = Instant::now();
+        let channel = connection.open_session().await?;
+        report.latency_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+        let _ = channel.close().await;
+    }
     let (facts, local_time) = run_facts(&mut Runner::Exec(connection), options).await;
     let mut check_shell = false;
     match facts {
@@ -528,11 +535,8 @@ fn read_facts(text: &str, local_time: f64, report: &mut HostReport) {
 
 /// Asks for a terminal and a shell, as xfer would use them (a relay may give a shell only with
 /// a terminal), the shell with want-reply, and reads the verdict, bounded in time.
-async fn shell_accepted(mut channel: russh::Channel<russh::client::Msg>) -> Capability {
-    if channel
-        .request_pty(false, "dumb", 80, 24, 0, 0, &[])
-        .await
-        .is_err()
+async fn shell_accepted(mut channel: crate::ssh::channel::Channel) -> Capability {
+    if channel.request_pty(false, "dumb", 80, 24).await.is_err()
         || channel.request_shell(true).await.is_err()
     {
         return Capability::Refused;

@@ -21,6 +21,9 @@ pub const XFER_AGENT_TIMEOUT: &str = "XFER_AGENT_TIMEOUT";
 pub const XFER_PLAN_MEMORY: &str = "XFER_PLAN_MEMORY";
 /// The `ssh` binary used by tests and `xfer doctor --compare`; never needed to transfer.
 pub const XFER_SSH_BINARY: &str = "XFER_SSH_BINARY";
+/// The ssh command every connection runs when `--ssh-command` is not given (as rsync's
+/// RSYNC_RSH); unset, xfer uses its own SSH client.
+pub const XFER_SSH_COMMAND: &str = "XFER_SSH_COMMAND";
 /// The netrc file to read stanzas from when `--netrc` is not given (as curl and Python do).
 pub const NETRC: &str = "NETRC";
 /// Whether a desktop session bus (and so perhaps a Secret Service keyring) is reachable.

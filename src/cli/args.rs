@@ -69,6 +69,11 @@ pub struct ConnectionArgs {
     /// the first value of a setting wins, as in ssh.
     #[arg(short = 'o', value_name = "KEY=VALUE")]
     pub option: Vec<String>,
+    /// Run this ssh command for every connection instead of xfer's own SSH client (as rsync
+    /// -e): for logins only ssh makes (Kerberos, FIDO keys, PKCS#11, ControlMaster). -F, -p,
+    /// -i, -J and -o are passed on to it. Default: $XFER_SSH_COMMAND.
+    #[arg(short = 'e', long = "ssh-command", value_name = "COMMAND")]
+    pub ssh_command: Option<String>,
     /// `-p`, `-i`, `-J` and `-o` in command-line order.
     #[arg(skip)]
     pub in_order: Vec<CommandLineArgument>,

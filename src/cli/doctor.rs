@@ -18,11 +18,18 @@ pub async fn run(args: &DoctorArgs) -> Result<()> {
     let options = DoctorOptions {
         path: args.path.clone(),
     };
-    let reports = check_hosts(connector, hosts, args.host_list.hosts_at_once, options).await;
+    let reports = check_hosts(
+        connector.clone(),
+        hosts,
+        args.host_list.hosts_at_once,
+        options,
+    )
+    .await;
     if args.json {
         crate::cli::output::print_json(&reports)?;
     } else {
         out!("{}", render_table(&reports));
+        out!("connections: {}", connector.transport().describe());
         out!("{}", render_problems(&reports));
     }
     let failed = reports.iter().filter(|report| !report.passed).count();

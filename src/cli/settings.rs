@@ -6,7 +6,8 @@ use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
 use std::path::Path;
 use xfer::error::{Error, Result};
 use xfer::ssh::config::{CommandLineArgument, ConfigSource, LocalContext, Overrides};
-use xfer::ssh::connect::Connector;
+use xfer::ssh::connect::{Connector, Transport};
+use xfer::ssh::system::SystemSsh;
 
 /// How much to say on stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +33,7 @@ impl Verbosity {
 pub struct ConnectionSettings {
     pub source: ConfigSource,
     pub overrides: Overrides,
+    pub transport: Transport,
 }
 
 impl ConnectionSettings {
@@ -64,22 +66,30 @@ impl ConnectionSettings {
                 )));
             }
         }
+        let ssh_command = args
+            .ssh_command
+            .clone()
+            .or_else(|| xfer::env::var(xfer::env::XFER_SSH_COMMAND));
+        let transport = match ssh_command {
+            Some(command) => Transport::System(SystemSsh::parse(&command)?),
+            None => Transport::Native,
+        };
         Ok(ConnectionSettings {
             source,
             overrides: Overrides {
                 user: None,
                 arguments: args.in_order.clone(),
             },
+            transport,
         })
     }
 
     pub fn connector(&self) -> Result<Connector> {
         let local = LocalContext::current()?;
-        Ok(Connector::new(
-            self.source.clone(),
-            self.overrides.clone(),
-            local,
-        ))
+        Ok(
+            Connector::new(self.source.clone(), self.overrides.clone(), local)
+                .with_transport(self.transport.clone()),
+        )
     }
 }
 

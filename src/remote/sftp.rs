@@ -13,8 +13,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::remote::{EntryKind, ListingLimits, Remote, RemoteDigest, RemoteEntry, SetAttributes};
 use crate::ssh::connect::{Connection, channel_refused, russh_error};
 use crate::ssh::exec::{self, ExecLimits};
-use russh::client::Msg;
-use russh::{Channel, ChannelMsg};
+use russh::ChannelMsg;
 use russh_sftp::client::RawSftpSession;
 use russh_sftp::client::error::Error as SftpError;
 use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
@@ -131,7 +130,7 @@ pub async fn check(connection: &Connection) -> Result<()> {
 
 /// What the server said to a subsystem request.
 enum Answer {
-    Accepted(Channel<Msg>),
+    Accepted(crate::ssh::channel::Channel),
     Refused,
     /// The channel closed with no answer (see [`exec::UNANSWERED_ATTEMPTS`]).
     Unanswered,

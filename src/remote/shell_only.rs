@@ -23,13 +23,12 @@ use crate::ssh::exec::{ExecLimits, ExecOutput};
 use crate::terminal_link::handshake::{self, Found, find};
 use crate::terminal_link::{LinkReader, LinkWriter};
 use russh::ChannelMsg;
-use russh::client::Msg;
 use secrecy::zeroize::Zeroize;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 
-type Stream = russh::ChannelStream<Msg>;
+type Stream = crate::ssh::channel::ChannelStream;
 
 /// How long the login may take to print its banner, MOTD and prompt and to run the typed line.
 pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -590,10 +589,10 @@ impl TerminalSession {
 async fn open_shell(
     connection: &Connection,
     label: &str,
-) -> Result<(russh::Channel<Msg>, Vec<u8>)> {
+) -> Result<(crate::ssh::channel::Channel, Vec<u8>)> {
     let mut channel = connection.open_session().await?;
     channel
-        .request_pty(true, TERM, 400, 40, 0, 0, &[])
+        .request_pty(true, TERM, 400, 40)
         .await
         .map_err(|error| russh_error(label, error))?;
     channel

@@ -155,7 +155,8 @@ pub struct Authenticated {
     /// "cert id-cert.pub", "password", "key id_ed25519 + keyboard-interactive".
     pub summary: String,
     /// Whether the person typed answers for this login (a password, or answers to
-    /// keyboard-interactive prompts): another connection to the host would ask them again.
+    /// keyboard-interactive prompts such as a one-time code): another connection to the host
+    /// would ask them again, so such a login is made once per run and shared (see `connect`).
     pub interactive: bool,
 }
 
@@ -178,6 +179,12 @@ fn describe_public(key: &PublicKey) -> String {
         key.algorithm().as_str(),
         key.fingerprint(HashAlg::Sha256)
     )
+}
+
+/// Whether `key` is a security key's (FIDO: `sk-ssh-ed25519@openssh.com`,
+/// `sk-ecdsa-sha2-nistp256@openssh.com`), which only its token can sign with.
+fn is_security_key(key: &PublicKey) -> bool {
+    key.key_data().is_sk_ed25519() || key.key_data().is_sk_ecdsa_p256()
 }
 
 fn read_small(path: &Path) -> std::io::Result<String> {
@@ -286,6 +293,16 @@ impl Authenticator<'_> {
         attempts: &mut Vec<Attempt>,
     ) -> Option<Arc<PrivateKey>> {
         let path = &identity.path;
+        // A security key's file holds only a handle for its token, which xfer can ask to sign
+        // through ssh-agent alone: russh, given the file, fails to sign and ends the
+        // connection, and the keys after it would never be tried.
+        if let Some(public) = identity.public.as_ref().filter(|key| is_security_key(key)) {
+            attempts.push(Attempt {
+                what: format!("key file {} ({})", path.display(), describe_public(public)),
+                outcome: "skipped: a security key (FIDO) signs only on its token, which xfer reaches through ssh-agent alone: add the key to the agent, or run xfer with --ssh-command ssh".into(),
+            });
+            return None;
+        }
         if let Some(key) = self.keys.get(path) {
             return Some(key);
         }
@@ -901,8 +918,8 @@ impl<'r, 'a, H: Handler> Round<'r, 'a, H> {
 
     /// Turns the server's reply to an offered key into its verdict, noting a refusal among
     /// the attempts; an error when the server stopped answering. A key that could not be
-    /// used here (the agent would not sign) counts as refused.
-    fn settle<E: fmt::Display>(
+    /// used here (the agent would not sign) counts as refused, and is said so.
+    fn settle<E: fmt::Display + SignFailure>(
         &mut self,
         reply: Reply<AuthResult, E>,
         description: &str,
@@ -911,6 +928,19 @@ impl<'r, 'a, H: Handler> Round<'r, 'a, H> {
             Err(_) => return Err(self.stopped_answering()),
             Ok(Err(error)) => {
                 tracing::debug!(%error, "an authentication attempt failed locally");
+                if let Some(why) = error.agent_did_not_sign() {
+                    // The server never saw a signature, so "refused by the server" would send
+                    // the person to authorized_keys. Most often the key is a security key
+                    // nobody touched in time; ssh, which can also use the token without the
+                    // agent, is the other way.
+                    self.note(
+                        description,
+                        format!(
+                            "the agent did not sign ({why}); a security key (FIDO) signs only when touched: check that it is plugged in and touch it when it blinks, or run xfer with --ssh-command ssh"
+                        ),
+                    );
+                    return Ok(Verdict::Refused);
+                }
             }
             Ok(Ok(AuthResult::Success)) => return Ok(Verdict::Accepted),
             Ok(Ok(AuthResult::Failure {
@@ -1313,6 +1343,33 @@ fn out_of_tries(used: u32, tries: u32) -> Option<String> {
             "not tried again: the {tries} tries NumberOfPasswordPrompts allows are used up"
         ))
     } else {
+        None
+    }
+}
+
+/// Tells the agent's not signing apart from the other local failures of an attempt, which are
+/// the connection's.
+trait SignFailure {
+    /// Why the agent did not sign, when that is what failed.
+    fn agent_did_not_sign(&self) -> Option<String>;
+}
+
+impl SignFailure for russh::AgentAuthError {
+    fn agent_did_not_sign(&self) -> Option<String> {
+        match self {
+            // SSH_AGENT_FAILURE: the agent's only word for "no", whatever the reason.
+            russh::AgentAuthError::Key(russh::keys::Error::AgentFailure) => {
+                Some("it refused".into())
+            }
+            russh::AgentAuthError::Key(error) => Some(error.to_string()),
+            russh::AgentAuthError::Send(_) => None,
+        }
+    }
+}
+
+impl SignFailure for russh::Error {
+    /// Key files are signed inside russh's session, so its errors are the connection's.
+    fn agent_did_not_sign(&self) -> Option<String> {
         None
     }
 }

@@ -321,6 +321,23 @@ pub fn resolve_from_text(
 
 /// The arguments that give `xfer` this source, these overrides and this host.
 fn command_line(source: Option<&ConfigSource>, overrides: &Overrides, host: &str) -> Vec<String> {
+    let mut words = argument_words(source, overrides);
+    // As xfer's own host arguments are written: IPv6 addresses in brackets.
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    words.push(match &overrides.user {
+        Some(user) => format!("{user}@{host}"),
+        None => host,
+    });
+    words
+}
+
+/// `-F` (for a file `source`), then `-p`, `-i`, `-J` and `-o` in the order given: the
+/// arguments that carry the command line's choices, as ssh takes them too.
+pub fn argument_words(source: Option<&ConfigSource>, overrides: &Overrides) -> Vec<String> {
     let mut words = Vec::new();
     if let Some(ConfigSource::File(path)) = source {
         words.push("-F".to_string());
@@ -336,16 +353,6 @@ fn command_line(source: Option<&ConfigSource>, overrides: &Overrides, host: &str
         words.push(flag.to_string());
         words.push(value.clone());
     }
-    // As xfer's own host arguments are written: IPv6 addresses in brackets.
-    let host = if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host.to_string()
-    };
-    words.push(match &overrides.user {
-        Some(user) => format!("{user}@{host}"),
-        None => host,
-    });
     words
 }
 

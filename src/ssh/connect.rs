@@ -19,21 +19,24 @@
 use crate::env;
 use crate::error::{Error, Result};
 use crate::ssh::auth::{Authenticated, Authenticator, Interaction, KeyStore};
+use crate::ssh::channel::Channel;
 use crate::ssh::config::{
     self, CommandLineArgument, ConfigSource, HostConfig, JumpHost, LocalContext, Overrides,
     StrictHostKeyChecking,
 };
 use crate::ssh::known_hosts::{self, HostKeyStatus};
 use crate::ssh::startups::{ClosedBeforeLogin, Startups, closed_before_login};
+use crate::ssh::system::{self, Route, SystemHost, SystemSsh};
 use crate::target::HostSpec;
 use russh::client::{self, Handle};
 use russh::keys::ssh_key::public::KeyData;
 use russh::keys::{PublicKey, PublicKeyOrCertificate};
+use std::collections::HashMap;
 use std::fmt;
 use std::io::Write;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
@@ -72,6 +75,10 @@ pub struct Connector {
     scrubbed: Vec<String>,
     /// How many connections to each host are being opened at once.
     startups: Startups,
+    /// xfer's own client, or the system ssh.
+    transport: Transport,
+    /// Logins later connections share, by host (see [`Shared`]).
+    shared: Mutex<HashMap<String, Shared>>,
 }
 
 /// SSH transport settings that matter for throughput.
@@ -105,6 +112,8 @@ pub enum HostKeyVerdict {
     Certified { file: PathBuf, line: usize },
     /// Refused; the error explains why.
     Refused,
+    /// The system ssh checked it, against the files its config names.
+    CheckedBySsh,
 }
 
 impl HostKeyVerdict {
@@ -116,6 +125,7 @@ impl HostKeyVerdict {
             HostKeyVerdict::Learned { .. } => "recorded",
             HostKeyVerdict::AcceptedUnrecorded => "accepted",
             HostKeyVerdict::Refused => "refused",
+            HostKeyVerdict::CheckedBySsh => "by ssh",
         }
     }
 }
@@ -130,19 +140,104 @@ impl fmt::Display for HostKeyVerdict {
             HostKeyVerdict::Learned { file } => write!(f, "new, recorded in {}", file.display()),
             HostKeyVerdict::AcceptedUnrecorded => f.write_str("new, accepted without recording"),
             HostKeyVerdict::Refused => f.write_str("refused"),
+            HostKeyVerdict::CheckedBySsh => f.write_str("checked by the system ssh"),
         }
     }
 }
 
-/// An authenticated connection. Dropping it closes the session and ends any proxy it used.
+/// An authenticated connection. Dropping it closes the session and ends any proxy it used,
+/// once no other [`Connection`] shares it (see [`Connector::connect_resolved`]).
 pub struct Connection {
-    handle: Handle<ClientHandler>,
+    link: Arc<Link>,
     config: Arc<HostConfig>,
     label: String,
     authenticated: Authenticated,
     host_key: HostKeyVerdict,
     host_key_fingerprint: String,
-    _transport: TransportGuard,
+}
+
+/// What carries a connection's channels.
+// One per login, behind an Arc: the size of the native variant costs nothing.
+#[allow(clippy::large_enum_variant)]
+enum Link {
+    /// xfer's own SSH client, and what its transport depends on.
+    Native {
+        handle: Handle<ClientHandler>,
+        _transport: TransportGuard,
+    },
+    /// The system ssh, through its master for the host.
+    System(Arc<SystemHost>),
+}
+
+/// How a run reaches hosts: xfer's own SSH client, or the system's `ssh` command.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Transport {
+    #[default]
+    Native,
+    System(SystemSsh),
+}
+
+impl Transport {
+    /// For `doctor` and `-v`: which client carried the connection.
+    pub fn describe(&self) -> String {
+        match self {
+            Transport::Native => "native (xfer's own SSH client)".to_string(),
+            Transport::System(ssh) => format!("system ssh ({})", ssh.describe()),
+        }
+    }
+}
+
+/// One host's login that later connections of the run share: a host that asked a person for
+/// answers is logged in to once, and the system ssh's master serves every channel.
+type Shared = Arc<tokio::sync::Mutex<Option<SharedLogin>>>;
+
+/// What a shared login keeps to make more [`Connection`]s of it; it does not keep the login
+/// alive (the connections do).
+struct SharedLogin {
+    link: Weak<Link>,
+    config: Arc<HostConfig>,
+    label: String,
+    authenticated: Authenticated,
+    host_key: HostKeyVerdict,
+    host_key_fingerprint: String,
+}
+
+impl SharedLogin {
+    fn of(connection: &Connection) -> SharedLogin {
+        SharedLogin {
+            link: Arc::downgrade(&connection.link),
+            config: connection.config.clone(),
+            label: connection.label.clone(),
+            authenticated: connection.authenticated.clone(),
+            host_key: connection.host_key.clone(),
+            host_key_fingerprint: connection.host_key_fingerprint.clone(),
+        }
+    }
+
+    /// Another connection on the login, while it is up.
+    fn connection(&self) -> Option<Connection> {
+        let link = self.link.upgrade()?;
+        if link.is_closed() {
+            return None;
+        }
+        Some(Connection {
+            link,
+            config: self.config.clone(),
+            label: self.label.clone(),
+            authenticated: self.authenticated.clone(),
+            host_key: self.host_key.clone(),
+            host_key_fingerprint: self.host_key_fingerprint.clone(),
+        })
+    }
+}
+
+impl Link {
+    fn is_closed(&self) -> bool {
+        match self {
+            Link::Native { handle, .. } => handle.is_closed(),
+            Link::System(host) => host.is_closed(),
+        }
+    }
 }
 
 impl fmt::Debug for Connection {
@@ -174,7 +269,19 @@ impl Connector {
             tuning: Tuning::default(),
             scrubbed: Vec::new(),
             startups: Startups::new(),
+            transport: Transport::Native,
+            shared: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Reaches hosts through `transport` instead of xfer's own client.
+    pub fn with_transport(mut self, transport: Transport) -> Self {
+        self.transport = transport;
+        self
+    }
+
+    pub fn transport(&self) -> &Transport {
+        &self.transport
     }
 
     /// Keeps these environment variables from every process a connection starts
@@ -184,29 +291,145 @@ impl Connector {
         self
     }
 
-    /// Resolves a command-line host the way `ssh -G` would.
+    /// Resolves a command-line host the way `ssh -G` would (by running it, for the system
+    /// ssh: its configuration is its own, `Match exec` and all).
     pub fn resolve(&self, spec: &HostSpec) -> Result<HostConfig> {
         let mut overrides = self.overrides.clone();
         if spec.user.is_some() {
             overrides.user = spec.user.clone();
         }
-        config::resolve(&spec.host, &overrides, &self.source, &self.local)
+        match &self.transport {
+            Transport::Native => config::resolve(&spec.host, &overrides, &self.source, &self.local),
+            Transport::System(ssh) => {
+                let dump = self.route(ssh, spec).dump()?;
+                Ok(self.system_config(&dump, spec))
+            }
+        }
+    }
+
+    /// The [`HostConfig`] of `spec` from what `ssh -G` printed for it.
+    fn system_config(&self, dump: &str, spec: &HostSpec) -> HostConfig {
+        let mut overrides = self.overrides.clone();
+        overrides.user = spec.user.clone();
+        let mut words = config::argument_words(Some(&self.source), &overrides);
+        words.push(spec.to_string());
+        system::host_config_from_dump(dump, &spec.host, &self.local.home, words)
+    }
+
+    /// How the system ssh reaches `spec`.
+    fn route(&self, ssh: &SystemSsh, spec: &HostSpec) -> Route {
+        Route {
+            ssh: ssh.clone(),
+            arguments: config::argument_words(Some(&self.source), &self.overrides),
+            destination: match &spec.user {
+                Some(user) => format!("{user}@{}", spec.host),
+                None => spec.host.clone(),
+            },
+            scrubbed: self.scrubbed.clone(),
+        }
+    }
+
+    /// The login to the host named `key` that connections share, if any.
+    fn shared(&self, key: &str) -> Shared {
+        self.shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(key.to_string())
+            .or_default()
+            .clone()
     }
 
     pub async fn connect(&self, spec: &HostSpec) -> Result<Connection> {
-        let config = self.resolve(spec)?;
+        let config = match &self.transport {
+            Transport::Native => self.resolve(spec)?,
+            // `ssh -G` may run the config's `Match exec` commands: off the runtime's threads.
+            Transport::System(ssh) => {
+                let route = self.route(ssh, spec);
+                let dump = tokio::task::spawn_blocking(move || route.dump())
+                    .await
+                    .map_err(|_| Error::config(format!("{spec}: `ssh -G` did not finish")))??;
+                self.system_config(&dump, spec)
+            }
+        };
         self.connect_resolved(Arc::new(config)).await
     }
 
     /// Connects at the pace the host takes new connections (see `startups`).
+    ///
+    /// A host whose login asked a person for answers (a password, a one-time code) is logged
+    /// in to once per run: later connections are channels of the first connection, so a `-j 4`
+    /// run asks once, not four times; the streams then share that connection's bandwidth and
+    /// its fate. The system ssh always logs in once per host (its master).
     pub async fn connect_resolved(&self, config: Arc<HostConfig>) -> Result<Connection> {
         let key = startup_key(&config);
         let label = label_of(&config);
-        self.startups
+        let shared = self.shared(&key);
+        if let Transport::System(ssh) = &self.transport {
+            // Held while logging in, so the run's other connections to the host wait for this
+            // login instead of starting logins (and prompts) of their own.
+            let mut login = shared.lock().await;
+            if let Some(connection) = login.as_ref().and_then(SharedLogin::connection) {
+                return Ok(connection);
+            }
+            let connection = self
+                .startups
+                .open(&key, &label, || self.connect_system(ssh, config.clone()))
+                .await?;
+            *login = Some(SharedLogin::of(&connection));
+            return Ok(connection);
+        }
+        if let Some(connection) = shared
+            .lock()
+            .await
+            .as_ref()
+            .and_then(SharedLogin::connection)
+        {
+            tracing::debug!(%label, "a new channel of the connection this run logged in with");
+            return Ok(connection);
+        }
+        let connection = self
+            .startups
             .open(&key, &label, || {
                 self.connect_at_depth(config.clone(), 0, vec![key.clone()])
             })
-            .await
+            .await?;
+        if connection.authenticated.interactive {
+            *shared.lock().await = Some(SharedLogin::of(&connection));
+        }
+        Ok(connection)
+    }
+
+    /// Logs in to the host through the system ssh (see `system`).
+    async fn connect_system(&self, ssh: &SystemSsh, config: Arc<HostConfig>) -> Result<Connection> {
+        let label = label_of(&config);
+        let spec = HostSpec {
+            user: config
+                .command_line
+                .last()
+                .and_then(|destination| destination.rsplit_once('@'))
+                .map(|(user, _)| user.to_string()),
+            host: config.original_host.clone(),
+        };
+        let route = self.route(ssh, &spec);
+        let dump = {
+            let route = route.clone();
+            tokio::task::spawn_blocking(move || route.dump())
+                .await
+                .map_err(|_| Error::connect(format!("{label}: `ssh -G` did not finish")))??
+        };
+        let host = SystemHost::log_in(route, &dump, &label).await?;
+        Ok(Connection {
+            link: Arc::new(Link::System(Arc::new(host))),
+            config,
+            label,
+            authenticated: Authenticated {
+                method: format!("by {}", ssh.describe()),
+                summary: "system ssh".into(),
+                interactive: false,
+            },
+            host_key: HostKeyVerdict::CheckedBySsh,
+            host_key_fingerprint: String::new(),
+        })
     }
 
     /// Connects to `config`, `depth` jumps in; `pacing` holds the start-up keys whose places
@@ -290,13 +513,15 @@ impl Connector {
             tracing::debug!(%label, method = %authenticated.method, "authenticated");
             let host_key_fingerprint = fingerprint.lock().map(|f| f.clone()).unwrap_or_default();
             Ok(Connection {
-                handle,
+                link: Arc::new(Link::Native {
+                    handle,
+                    _transport: guard,
+                }),
                 config,
                 label,
                 authenticated,
                 host_key,
                 host_key_fingerprint,
-                _transport: guard,
             })
         })
     }
@@ -427,7 +652,7 @@ impl Connector {
             })?;
             let channel = tokio::time::timeout(
                 CHANNEL_OPEN_TIMEOUT,
-                jump.handle
+                jump.native_handle()?
                     .channel_open_direct_tcpip(config.hostname.clone(), u32::from(config.port), "127.0.0.1", 0),
             )
             .await
@@ -763,18 +988,47 @@ impl Connection {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.handle.is_closed()
+        self.link.is_closed()
+    }
+
+    /// The SSH handle of a native connection (a jump host's, to forward through).
+    fn native_handle(&self) -> Result<&Handle<ClientHandler>> {
+        match &*self.link {
+            Link::Native { handle, .. } => Ok(handle),
+            Link::System(_) => Err(Error::new(
+                crate::ErrorKind::Internal,
+                format!(
+                    "{}: a system ssh connection used as a jump host",
+                    self.label
+                ),
+            )),
+        }
+    }
+
+    /// Whether the system ssh carries this connection.
+    pub fn is_system(&self) -> bool {
+        matches!(&*self.link, Link::System(_))
     }
 
     /// Opens a session channel, bounded in time. A refusal is tried again after each of
     /// [`CHANNEL_REFUSED_WAITS`], then is an error marked [`ChannelRefused`]: on a host that
     /// allows one session per connection, the caller's other channel is still open.
-    pub async fn open_session(&self) -> Result<russh::Channel<client::Msg>> {
-        open_refused_again(&CHANNEL_REFUSED_WAITS, || self.open_session_once()).await
+    pub async fn open_session(&self) -> Result<Channel> {
+        let handle = match &*self.link {
+            Link::Native { handle, .. } => handle,
+            // A process started by the request that follows; ssh opens its channel then.
+            Link::System(host) => return Ok(Channel::System(host.channel())),
+        };
+        open_refused_again(&CHANNEL_REFUSED_WAITS, || self.open_session_once(handle))
+            .await
+            .map(Channel::Native)
     }
 
-    async fn open_session_once(&self) -> Result<russh::Channel<client::Msg>> {
-        match tokio::time::timeout(CHANNEL_OPEN_TIMEOUT, self.handle.channel_open_session()).await {
+    async fn open_session_once(
+        &self,
+        handle: &Handle<ClientHandler>,
+    ) -> Result<russh::Channel<client::Msg>> {
+        match tokio::time::timeout(CHANNEL_OPEN_TIMEOUT, handle.channel_open_session()).await {
             Err(_) => Err(Error::connect(format!(
                 "{}: the server did not open a channel",
                 self.label
@@ -791,12 +1045,17 @@ impl Connection {
         }
     }
 
-    /// Ends the session politely; errors are irrelevant at this point.
+    /// Ends the session politely, unless other connections of the run share it; errors are
+    /// irrelevant at this point.
     pub async fn close(self) {
-        let _ = self
-            .handle
-            .disconnect(russh::Disconnect::ByApplication, "", "en")
-            .await;
+        if Arc::strong_count(&self.link) > 1 {
+            return;
+        }
+        if let Link::Native { handle, .. } = &*self.link {
+            let _ = handle
+                .disconnect(russh::Disconnect::ByApplication, "", "en")
+                .await;
+        }
     }
 }
 

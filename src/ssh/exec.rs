@@ -165,7 +165,7 @@ async fn execute_once(
     stdin: Stdin<'_>,
     limits: ExecLimits,
 ) -> Result<Attempt> {
-    let channel = connection.open_session().await?;
+    let mut channel = connection.open_session().await?;
     channel
         .exec(true, command_line(script))
         .await
@@ -173,7 +173,7 @@ async fn execute_once(
     // Stdin goes out while the answer comes in: a script that ends early (it refused, or
     // its disk is full) stops reading, and waiting for window to send the rest would wait
     // for the whole bound.
-    let (mut reader, writer) = channel.split();
+    let (mut reader, mut writer) = channel.split();
     let send = async {
         writer.data(script_input(script)).await?;
         match stdin {
@@ -182,7 +182,7 @@ async fn execute_once(
             // upload of the agent to many hosts at once would otherwise hold one copy each.
             Stdin::Parts(parts) => {
                 for part in parts {
-                    writer.data(*part).await?;
+                    writer.data(part).await?;
                 }
             }
         }
@@ -245,6 +245,13 @@ async fn execute_once(
         }
     }
     let exited = output.status.is_some() || output.signal.is_some();
+    // The system ssh gave up on the channel (its master is gone, the link dropped): what a
+    // dropped connection is, with ssh's own words.
+    if let Some(failure) = reader.failure()
+        && !exited
+    {
+        return Err(Error::connect(format!("{label}: ssh: {failure}")));
+    }
     if !answered && !exited && !connection.is_closed() {
         return Ok(Attempt::Unanswered);
     }

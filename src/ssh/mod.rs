@@ -5,6 +5,7 @@
 //! (`connect`), and the pace at which one run opens connections to a host (`startups`).
 
 pub mod auth;
+pub mod channel;
 pub mod config;
 pub mod connect;
 pub mod exec;
@@ -14,3 +15,4 @@ pub mod known_hosts;
 mod pattern;
 pub mod prompt;
 pub mod startups;
+pub mod system;

@@ -7,7 +7,7 @@ use crate::ssh::config::{LocalContext, Overrides, resolve_from_text};
 use crate::ssh::prompt::Script;
 use russh::keys::PublicKeyOrCertificate;
 use russh::keys::ssh_key::LineEnding;
-use russh::keys::ssh_key::private::Ed25519Keypair;
+use russh::keys::ssh_key::private::{Ed25519Keypair, KeypairData, SkEd25519};
 use russh::server::{Auth, VerifiedPublicKey};
 use std::borrow::Cow;
 use std::os::unix::fs::PermissionsExt as _;
@@ -939,4 +939,80 @@ fn shown_lines_are_printable_trimmed_and_bounded() {
     let wide = "y".repeat(MAX_SHOWN_CHARACTERS * 2);
     let shown = shown_lines(&wide).expect("something to show");
     assert_eq!(shown.chars().count(), MAX_SHOWN_CHARACTERS + 3);
+}
+
+fn write_key(path: &Path, key: &PrivateKey) {
+    let text = key.to_openssh(LineEnding::LF).expect("the key encodes");
+    std::fs::write(path, text.as_bytes()).expect("write the key");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+}
+
+/// A security key's file is skipped with a word on the agent, before any attempt to read or
+/// sign with it; an ordinary key file beside it still loads.
+#[tokio::test]
+async fn a_security_key_file_is_left_to_the_agent() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let keypair = Ed25519Keypair::from_seed(&[7; 32]);
+    // As `ssh-keygen -t ed25519-sk` writes it: the public key, flags (user presence) and the
+    // token's key handle.
+    let public = russh::keys::ssh_key::public::SkEd25519::new(keypair.public, "ssh:");
+    let handle = SkEd25519::new(public, 0x01, vec![9; 64]).expect("a key handle");
+    let security_key = dir.path().join("id_ed25519_sk");
+    write_key(
+        &security_key,
+        &PrivateKey::new(KeypairData::SkEd25519(handle), "token").expect("a security key"),
+    );
+    let ordinary = dir.path().join("id_ed25519");
+    write_key(
+        &ordinary,
+        &PrivateKey::from(Ed25519Keypair::from_seed(&[8; 32])),
+    );
+
+    let local = LocalContext {
+        user: "someone".into(),
+        uid: nix::unistd::getuid().as_raw(),
+        home: dir.path().to_path_buf(),
+        hostname: "here".into(),
+    };
+    let config = resolve_from_text("box", &Overrides::default(), "test.conf", "", &local)
+        .expect("the configuration resolves");
+    let keys = KeyStore::default();
+    let authenticator = Authenticator {
+        config: &config,
+        keys: &keys,
+        interaction: Interaction::Batch,
+        agent_socket: None,
+    };
+    let identity = |path: &Path| IdentityFile {
+        path: path.to_path_buf(),
+        public: identity_public_key(path),
+        explicit: true,
+    };
+
+    let mut attempts = Vec::new();
+    assert!(
+        authenticator
+            .load_private_key(&identity(&security_key), &mut attempts)
+            .await
+            .is_none()
+    );
+    assert_eq!(attempts.len(), 1, "{attempts:?}");
+    assert!(
+        attempts[0].what.contains("sk-ssh-ed25519@openssh.com"),
+        "{attempts:?}"
+    );
+    assert!(attempts[0].outcome.contains("ssh-agent"), "{attempts:?}");
+    assert!(
+        attempts[0].outcome.contains("--ssh-command ssh"),
+        "{attempts:?}"
+    );
+
+    let mut attempts = Vec::new();
+    assert!(
+        authenticator
+            .load_private_key(&identity(&ordinary), &mut attempts)
+            .await
+            .is_some(),
+        "{attempts:?}"
+    );
 }

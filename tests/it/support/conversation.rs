@@ -2,6 +2,10 @@
 //! line, wait until some text appears in what the process writes, type the next. Every wait
 //! has a limit, and the process (with everything in its process group) is killed when the
 //! conversation is dropped, so a test that drives `ssh -tt` can never hang.
+//!
+//! The process's own stdin and stdout are pipes; [`Conversation::start_on_terminal`] puts a
+//! pseudo-terminal between them (util-linux `script`) for programs that talk to their
+//! controlling terminal, as ssh does when it asks for a password.
 
 use std::io::Write;
 use std::os::unix::process::CommandExt;
@@ -61,6 +65,33 @@ impl Conversation {
             cursor: 0,
             readers,
         }
+    }
+
+    /// Starts `command` (its program, arguments, environment and working directory) on a
+    /// pseudo-terminal of its own, which is also its controlling terminal in a new session:
+    /// what it writes to the terminal, /dev/tty included, is what [`Conversation::expect`]
+    /// reads (with `\r\n` line ends), and what [`Conversation::send`] writes is typed on it.
+    /// The exit status is the command's own.
+    pub fn start_on_terminal(command: &Command) -> Conversation {
+        let mut line = String::from("exec");
+        for word in std::iter::once(command.get_program()).chain(command.get_args()) {
+            line.push(' ');
+            line.push_str(&shell_quote(&word.to_string_lossy()));
+        }
+        let mut script = Command::new("script");
+        // Quiet, flushed at once (a prompt must show before its answer is typed), the command's
+        // exit status, no typescript file.
+        script.args(["-qfec", &line, "/dev/null"]);
+        for (key, value) in command.get_envs() {
+            match value {
+                Some(value) => script.env(key, value),
+                None => script.env_remove(key),
+            };
+        }
+        if let Some(directory) = command.get_current_dir() {
+            script.current_dir(directory);
+        }
+        Conversation::start(&mut script)
     }
 
     /// Writes `bytes` to the process's stdin. A process that has stopped reading is not an
@@ -204,4 +235,9 @@ pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack
         .windows(needle.len())
         .position(|window| window == needle)
+}
+
+/// `word` as one word of a POSIX shell command line.
+fn shell_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', r"'\''"))
 }

@@ -1,13 +1,15 @@
 //! Shared harness for xfer's integration tests: a real OpenSSH server on 127.0.0.1 ([`Sshd`]) and a
-//! real Dropbear ([`Dropbear`]), an ssh-agent ([`Agent`]), a byte-counting TCP proxy that can cut
+//! real Dropbear ([`Dropbear`]), an ssh-agent ([`Agent`]), a fake one in process holding a
+//! software FIDO security key ([`FakeAgent`]), a byte-counting TCP proxy that can cut
 //! or stall links ([`Proxy`]), key generation, a way to run the built `xfer` binary that can never
 //! hang a test (and can measure its peak memory, [`run_measuring_memory`]), one sshd with its
 //! client config and directories ([`Setup`]), several sshds standing for the machines of a cluster,
 //! each with its own directory at one common path ([`Fleet`]), what the tests check a run's output
 //! and a tree with ([`assert_success`], [`tree_digest`] and their kin), local users for tests of a
 //! shared host ([`users`]), shell-only endpoints that give nothing but an interactive shell on a
-//! terminal (a real sshd, [`shell_only`], and an in-process relay, [`Relay`]), and a way to drive a
-//! terminal session line by line ([`Conversation`]).
+//! terminal (a real sshd, [`shell_only`], and an in-process relay, [`Relay`]), a way to drive a
+//! terminal session line by line ([`Conversation`]), and logins that need a password or a key
+//! and a one-time code, with askpass programs that answer for a test ([`pam`]).
 //!
 //! The integration test binary (`tests/it/main.rs`) declares it once; its test modules use it
 //! as `crate::support`.
@@ -15,8 +17,10 @@
 mod agent;
 mod conversation;
 mod dropbear;
+mod fake_agent;
 mod fleet;
 mod output;
+pub mod pam;
 mod proxy;
 mod relay;
 mod server;
@@ -29,6 +33,7 @@ pub mod users;
 pub use agent::Agent;
 pub use conversation::Conversation;
 pub use dropbear::Dropbear;
+pub use fake_agent::{FakeAgent, SecurityKey, Touch};
 pub use fleet::Fleet;
 pub use output::{
     assert_agent_used, assert_succeeded, assert_success, said, stderr, summary, tail, text,

@@ -36,7 +36,8 @@ pub struct SshdBuilder {
     /// A CA's private key and the ssh-keygen options (principals, validity) to sign the host
     /// key with, for a `HostCertificate`.
     host_certificate: Option<(PathBuf, Vec<String>)>,
-    /// A directory to bind over a path in a mount namespace of sshd's own: (directory, path).
+    /// A directory or file to bind over a path in a mount namespace of sshd's own:
+    /// (source, path).
     private_mount: Option<(PathBuf, PathBuf)>,
 }
 
@@ -108,9 +109,11 @@ impl SshdBuilder {
     }
 
     /// Runs sshd (and so every session it serves) in a mount namespace of its own in which the
-    /// directory `source` is bind-mounted over the existing directory `over`: its sessions see
-    /// `source`'s files at `over`, and nothing else on the machine does. So several servers can
-    /// each have their own files at one path, as the machines of a fleet do. Needs root.
+    /// directory `source` is bind-mounted over the existing directory `over` (or the file
+    /// `source` over the existing file `over`): sshd and its sessions see `source` at `over`,
+    /// and nothing else on the machine does. So several servers can each have their own files
+    /// at one path, as the machines of a fleet do, or one server its own PAM stack at
+    /// /etc/pam.d/sshd (`super::pam`). Needs root.
     pub fn private_mount(mut self, source: &Path, over: &Path) -> Self {
         self.private_mount = Some((source.to_path_buf(), over.to_path_buf()));
         self

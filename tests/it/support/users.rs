@@ -5,7 +5,8 @@
 //! `useradd`), giving a test clean directories of its own in their homes, resetting a login's
 //! agent cache (with the lock that keeps a test from changing a cache another test is using),
 //! running a process as one of them, and waiting until the processes of an sshd's sessions are
-//! gone.
+//! gone. The password login of `super::pam` is created with the same helper, under the same
+//! lock.
 //!
 //! Creating users needs root, as in CI; a test that uses this module fails saying so otherwise.
 
@@ -102,14 +103,7 @@ fn create_users() -> LocalUsers {
             "{shell} is missing: install its package (.ci/run installs tcsh, fish and zsh)"
         );
     }
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(LOCK_FILE)
-        .unwrap_or_else(|error| panic!("cannot open {LOCK_FILE}: {error}"));
-    lock.lock()
-        .unwrap_or_else(|error| panic!("cannot lock {LOCK_FILE}: {error}"));
+    let lock = lock_user_creation();
 
     if Group::from_name(SHARED_GROUP).ok().flatten().is_none() {
         tool(Command::new("groupadd").arg(SHARED_GROUP));
@@ -120,7 +114,7 @@ fn create_users() -> LocalUsers {
         .unwrap_or_else(|| panic!("groupadd {SHARED_GROUP} left no such group"));
     let mut created = Vec::new();
     for (name, shell) in USERS {
-        created.push(ensure_user(name, shell));
+        created.push(ensure_user(name, shell, Some(SHARED_GROUP)));
     }
     drop(lock);
 
@@ -137,14 +131,32 @@ fn create_users() -> LocalUsers {
     }
 }
 
+/// Holds the lock under which local users are created (see [`LOCK_FILE`]) until dropped.
+pub(super) fn lock_user_creation() -> File {
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(LOCK_FILE)
+        .unwrap_or_else(|error| panic!("cannot open {LOCK_FILE}: {error}"));
+    lock.lock()
+        .unwrap_or_else(|error| panic!("cannot lock {LOCK_FILE}: {error}"));
+    lock
+}
+
 /// Creates the user if it is missing and corrects what an earlier run (or a person) may have
-/// left different, then checks the result.
-fn ensure_user(name: &str, shell: &str) -> LocalUser {
+/// left different, then checks the result: its shell, membership of `supplementary` (a group
+/// that must exist), a password field that does not lock it out of sshd, and a home of mode
+/// 0711. Call it under [`lock_user_creation`].
+pub(super) fn ensure_user(name: &str, shell: &str, supplementary: Option<&str>) -> LocalUser {
     if User::from_name(name).ok().flatten().is_none() {
         let mut command = Command::new("useradd");
         command
-            .args(["--create-home", "--shell", shell, "--groups", SHARED_GROUP])
+            .args(["--create-home", "--shell", shell])
             .args(["--password", "*"]);
+        if let Some(group) = supplementary {
+            command.args(["--groups", group]);
+        }
         // A group of the user's name may be left from a user removed by hand.
         if Group::from_name(name).ok().flatten().is_some() {
             command.args(["--gid", name]);
@@ -160,8 +172,10 @@ fn ensure_user(name: &str, shell: &str) -> LocalUser {
     if user.shell != Path::new(shell) {
         tool(Command::new("usermod").args(["--shell", shell, name]));
     }
-    if !member_of_shared_group(name) {
-        tool(Command::new("usermod").args(["--append", "--groups", SHARED_GROUP, name]));
+    if let Some(group) = supplementary
+        && !member_of(group, name)
+    {
+        tool(Command::new("usermod").args(["--append", "--groups", group, name]));
     }
     if password_field(name).is_none_or(|field| field.starts_with('!')) {
         tool(Command::new("usermod").args(["--password", "*", name]));
@@ -169,10 +183,9 @@ fn ensure_user(name: &str, shell: &str) -> LocalUser {
 
     let user = User::from_name(name).ok().flatten().expect("just checked");
     assert_eq!(user.shell, Path::new(shell), "the shell of {name}");
-    assert!(
-        member_of_shared_group(name),
-        "{name} is not in {SHARED_GROUP}"
-    );
+    if let Some(group) = supplementary {
+        assert!(member_of(group, name), "{name} is not in {group}");
+    }
     assert!(
         password_field(name).is_some_and(|field| !field.starts_with('!')),
         "{name}'s password field still locks it out of sshd"
@@ -190,9 +203,9 @@ fn ensure_user(name: &str, shell: &str) -> LocalUser {
     }
 }
 
-/// Whether the group database lists `name` in [`SHARED_GROUP`] (a supplementary member).
-fn member_of_shared_group(name: &str) -> bool {
-    Group::from_name(SHARED_GROUP)
+/// Whether the group database lists `name` in `group` (a supplementary member).
+fn member_of(group: &str, name: &str) -> bool {
+    Group::from_name(group)
         .ok()
         .flatten()
         .is_some_and(|group| group.mem.iter().any(|member| member == name))

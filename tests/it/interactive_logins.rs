@@ -1,0 +1,233 @@
+//! Logins that need a person: a password, or a key and then a one-time code (real sshds with
+//! PAM, `support::pam`). Through the system ssh (`-e ssh`) with the user's `ControlMaster`: the
+//! first run asks once (through `SSH_ASKPASS`), the next asks nothing; pull, push, a delta re-run
+//! and a resume after a cut work; a secret leaks nowhere.
+
+use crate::support::pam::{Askpass, TotpLogin};
+use crate::support::{
+    Proxy, ProxyMode, assert_success, run_with_timeout, said, summary, tree_digest, write_file,
+    xfer_command_in,
+};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(180);
+
+/// A small tree in two directories, so a pull has several units.
+fn make_tree(root: &Path) {
+    for (index, (name, size)) in [
+        ("a/one.bin", 900_000),
+        ("a/two.bin", 2_000_000),
+        ("b/three.bin", 50_000),
+        ("c/four.txt", 12),
+    ]
+    .iter()
+    .enumerate()
+    {
+        write_file(
+            &root.join(name),
+            40 + index as u64,
+            *size,
+            0o644,
+            1_700_000_000,
+        );
+    }
+}
+
+/// A directory for control sockets: short, since a socket path has about 100 bytes.
+fn socket_directory() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("cm")
+        .tempdir_in("/tmp")
+        .unwrap()
+}
+
+/// The lines that make ssh keep a master for the host, its socket in `directory`.
+fn master_lines(directory: &Path) -> [String; 3] {
+    [
+        "ControlMaster auto".to_string(),
+        format!("ControlPath {}/%C", directory.display()),
+        "ControlPersist 120".to_string(),
+    ]
+}
+
+/// Ends the master `config` names for `alias`, if one runs.
+fn end_master(config: &Path, alias: &str) {
+    let _ = Command::new("ssh")
+        .args(["-F", config.to_str().unwrap(), "-O", "exit", alias])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// `xfer ARGUMENTS -F CONFIG -e ssh`, its questions answered by `askpass`.
+fn system_run(state: &Path, config: &Path, askpass: &Askpass, arguments: &[&str]) -> Output {
+    let mut command = xfer_command_in(state);
+    command
+        .args(arguments)
+        .arg("-F")
+        .arg(config)
+        .args(["-e", "ssh"]);
+    askpass.configure(&mut command);
+    run_with_timeout(&mut command, LIMIT)
+}
+
+struct MasterGuard(PathBuf, &'static str);
+
+impl Drop for MasterGuard {
+    fn drop(&mut self) {
+        end_master(&self.0, self.1);
+    }
+}
+
+#[test]
+fn through_the_system_ssh_a_code_is_asked_once_and_the_next_run_asks_nothing() {
+    let totp = TotpLogin::builder().log_level("DEBUG3").start();
+    let sockets = socket_directory();
+    let lines = master_lines(sockets.path());
+    let extra: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let config = totp.client_config("mfa", &extra);
+    let _master = MasterGuard(config.clone(), "mfa");
+    let askpass = Askpass::totp(totp.secret());
+    let work = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let source = work.path().join("source");
+    make_tree(&source);
+    let remote = |path: &Path| format!("mfa:{}", path.display());
+
+    // A tree pull over four streams and a planner: one question.
+    let pulled = work.path().join("pulled");
+    let output = system_run(
+        state.path(),
+        &config,
+        &askpass,
+        &[
+            "pull",
+            "-j",
+            "4",
+            &remote(&source),
+            pulled.to_str().unwrap(),
+        ],
+    );
+    assert_success(&output);
+    assert_eq!(tree_digest(&pulled), tree_digest(&source));
+    assert_eq!(askpass.calls(), 1, "asked: {:?}", askpass.prompts());
+    assert!(
+        askpass.prompts()[0].contains("Verification code"),
+        "{:?}",
+        askpass.prompts()
+    );
+
+    // The next runs ride the master the config keeps: no question.
+    let pushed = work.path().join("pushed");
+    let output = system_run(
+        state.path(),
+        &config,
+        &askpass,
+        &["push", pulled.to_str().unwrap(), &remote(&pushed)],
+    );
+    assert_success(&output);
+    assert_eq!(tree_digest(&pushed), tree_digest(&source));
+    let changed = pulled.join("a/two.bin");
+    let mut bytes = fs::read(&changed).unwrap();
+    bytes[1_000_000] ^= 1;
+    fs::write(&changed, &bytes).unwrap();
+    let output = system_run(
+        state.path(),
+        &config,
+        &askpass,
+        &["push", "--json", pulled.to_str().unwrap(), &remote(&pushed)],
+    );
+    assert_success(&output);
+    assert_eq!(tree_digest(&pushed), tree_digest(&pulled));
+    let moved = summary(&output)["bytes_moved"].as_u64().unwrap();
+    assert!(moved < 1_000_000, "a one-byte change moved {moved} bytes");
+
+    // A secret: only on stdin, nowhere else, and still no question.
+    let target = work.path().join("token");
+    let value = crate::secret::canary();
+    let mut command = xfer_command_in(state.path());
+    command
+        .env("CANARY_TOKEN", &value)
+        .args([
+            "secret",
+            "push",
+            "-vvv",
+            "-e",
+            "ssh",
+            "--from-env",
+            "CANARY_TOKEN",
+            "--to",
+        ])
+        .arg(&target)
+        .arg("-F")
+        .arg(&config)
+        .arg("mfa");
+    askpass.configure(&mut command);
+    let output = crate::secret::run_watched(&mut command, &value);
+    assert_success(&output);
+    assert_eq!(fs::read_to_string(&target).unwrap(), value);
+    assert!(!said(&output).contains(&value), "xfer printed the value");
+    assert!(!totp.sshd().log().contains(&value), "sshd logged the value");
+    assert!(totp.sshd().log().contains("debug3"));
+    assert_eq!(askpass.calls(), 1, "asked again: {:?}", askpass.prompts());
+}
+
+#[test]
+fn through_the_system_ssh_a_cut_resumes_and_asks_again_only_for_the_new_login() {
+    let totp = TotpLogin::start();
+    let proxy = Proxy::start(totp.sshd().port());
+    let sockets = socket_directory();
+    let [master, path, persist] = master_lines(sockets.path());
+    let port = format!("Port {}", proxy.port());
+    let config = totp.client_config("via", &[&port, &master, &path, &persist]);
+    let _master = MasterGuard(config.clone(), "via");
+    let askpass = Askpass::totp(totp.secret());
+    let work = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let size = 24 << 20;
+    let file = work.path().join("big.bin");
+    write_file(&file, 3, size, 0o644, 1_700_000_000);
+    let source = format!("via:{}", file.display());
+    let copy = work.path().join("copy.bin");
+
+    // The link drops at half; without retries the run stops there.
+    proxy.set_mode(ProxyMode::CutAllAfter(size as u64 / 2));
+    let output = system_run(
+        state.path(),
+        &config,
+        &askpass,
+        &["pull", "--retries", "0", &source, copy.to_str().unwrap()],
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", said(&output));
+    assert_eq!(askpass.calls(), 1);
+    proxy.set_mode(ProxyMode::Pass);
+
+    // The re-run logs in again (the master died with the link), once, and keeps what arrived.
+    let output = system_run(
+        state.path(),
+        &config,
+        &askpass,
+        &["pull", "--json", &source, copy.to_str().unwrap()],
+    );
+    assert_success(&output);
+    assert_eq!(fs::read(&copy).unwrap(), fs::read(&file).unwrap());
+    assert!(summary(&output)["bytes_reused"].as_u64().unwrap() > 0);
+    assert_eq!(askpass.calls(), 2, "asked: {:?}", askpass.prompts());
+
+    // Within one run: the link drops, the retry logs in once more and finishes.
+    end_master(&config, "via");
+    fs::remove_file(&copy).unwrap();
+    proxy.set_mode(ProxyMode::CutAllAfter(size as u64 / 3));
+    let output = system_run(
+        state.path(),
+        &config,
+        &askpass,
+        &["pull", &source, copy.to_str().unwrap()],
+    );
+    assert_success(&output);
+    assert_eq!(fs::read(&copy).unwrap(), fs::read(&file).unwrap());
+    assert_eq!(askpass.calls(), 4, "asked: {:?}", askpass.prompts());
+}
