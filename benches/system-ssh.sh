@@ -26,7 +26,9 @@ exec > >(python3 "$here/ratios.py" >&3)
 echo "# xfer over the system ssh (-e ssh) and over its own client, with the peers ($(date -u +%Y-%m-%d), $(nproc) cores, $(uname -sr), $(ssh -V 2>&1))"
 for ciphers in "" aes256-gcm@openssh.com; do
   echo
-  echo "## ${ciphers:-OpenSSH's default cipher for the peers and the system ssh}"
+  title="every tool on $ciphers"
+  [ -n "$ciphers" ] || title="OpenSSH's default cipher for the peers and the system ssh"
+  echo "## $title"
   echo
   # --retries 0: the resume scenario's first run must end at the cut, as the peers' do.
   CIPHERS=$ciphers SCENARIOS="full resume" DATASETS=big \

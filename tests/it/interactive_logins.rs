@@ -1,9 +1,17 @@
 //! Logins that need a person: a password, or a key and then a one-time code (real sshds with
-//! PAM, `support::pam`). Through the system ssh (`-e ssh`) with the user's `ControlMaster`: the
-//! first run asks once (through `SSH_ASKPASS`), the next asks nothing; pull, push, a delta re-run
-//! and a resume after a cut work; a secret leaks nowhere.
+//! PAM, `support::pam`).
+//!
+//! - xfer's own client, driven through a terminal: a password typed once carries a `-j 4` tree
+//!   pull and a push (one login, its streams channels of it); a key then a code asks the code
+//!   once, and a wrong code fails with exit 4 and says so; `BatchMode yes` and a missing
+//!   terminal ask nothing and say what to do; `PreferredAuthentications` decides between a key
+//!   and a password.
+//! - The system ssh (`-e ssh`) with the user's `ControlMaster`: the first run asks once (through
+//!   `SSH_ASKPASS`), the next asks nothing; pull, push, a delta re-run and a resume after a cut
+//!   work; a secret leaks nowhere.
 
-use crate::support::pam::{Askpass, TotpLogin};
+use crate::support::Conversation;
+use crate::support::pam::{Askpass, PasswordLogin, TotpLogin};
 use crate::support::{
     Proxy, ProxyMode, assert_success, run_with_timeout, said, summary, tree_digest, write_file,
     xfer_command_in,
@@ -230,4 +238,240 @@ fn through_the_system_ssh_a_cut_resumes_and_asks_again_only_for_the_new_login() 
     assert_success(&output);
     assert_eq!(fs::read(&copy).unwrap(), fs::read(&file).unwrap());
     assert_eq!(askpass.calls(), 4, "asked: {:?}", askpass.prompts());
+}
+
+/// `xfer ARGUMENTS -F CONFIG` on a terminal of its own, with `state` as its state directory.
+fn on_terminal(state: &Path, config: &Path, arguments: &[&str]) -> Conversation {
+    let mut command = xfer_command_in(state);
+    command.args(arguments).arg("-F").arg(config);
+    Conversation::start_on_terminal(&command)
+}
+
+/// How many times `needle` appears in what the conversation's program wrote.
+fn count(conversation: &Conversation, needle: &str) -> usize {
+    String::from_utf8_lossy(&conversation.stdout())
+        .matches(needle)
+        .count()
+}
+
+/// How many times sshd logged `needle`, waiting a moment for a line still on its way.
+fn logged(login: &crate::support::Sshd, needle: &str, at_least: usize) -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = login.log().matches(needle).count();
+        if found >= at_least || std::time::Instant::now() > deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_password_typed_once_carries_a_four_stream_pull_and_a_push() {
+    // Keyboard-interactive alone carries the password, through PAM.
+    let login = PasswordLogin::builder()
+        .password_authentication(false)
+        .start();
+    let config = login.client_config("pw", &[]);
+    let source = login.user().fresh_dir("interactive-source");
+    make_tree(&source);
+    let work = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let pulled = work.path().join("pulled");
+    let before = logged(login.sshd(), "Accepted keyboard-interactive/pam", 0);
+
+    let remote = format!("pw:{}", source.display());
+    let mut run = on_terminal(
+        state.path(),
+        &config,
+        &["pull", "-j", "4", &remote, pulled.to_str().unwrap()],
+    );
+    run.expect(b"Password:", LIMIT);
+    run.send(format!("{}\n", login.password()).as_bytes());
+    let status = run.finish(LIMIT);
+    assert!(status.success(), "{}", run.transcript());
+    assert_eq!(tree_digest(&pulled), tree_digest(&source));
+    assert_eq!(count(&run, "Password:"), 1, "{}", run.transcript());
+    assert!(
+        !String::from_utf8_lossy(&run.stdout()).contains(login.password()),
+        "the password was echoed"
+    );
+    // One login carried the planner and the four streams.
+    assert_eq!(
+        logged(
+            login.sshd(),
+            "Accepted keyboard-interactive/pam",
+            before + 1
+        ) - before,
+        1,
+        "{}",
+        login.sshd().log()
+    );
+
+    // A push the same way: one question, the tree lands whole.
+    let pushed = login.user().fresh_dir("interactive-pushed");
+    let remote = format!("pw:{}", pushed.join("tree").display());
+    let mut run = on_terminal(
+        state.path(),
+        &config,
+        &["push", pulled.to_str().unwrap(), &remote],
+    );
+    run.expect(b"Password:", LIMIT);
+    run.send(format!("{}\n", login.password()).as_bytes());
+    let status = run.finish(LIMIT);
+    assert!(status.success(), "{}", run.transcript());
+    assert_eq!(tree_digest(&pushed.join("tree")), tree_digest(&source));
+    assert_eq!(count(&run, "Password:"), 1, "{}", run.transcript());
+}
+
+#[test]
+fn a_key_then_a_code_asks_the_code_once_and_a_wrong_code_is_exit_4() {
+    let totp = TotpLogin::start();
+    let config = totp.client_config("mfa", &[]);
+    let work = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let source = work.path().join("source");
+    make_tree(&source);
+    let remote = format!("mfa:{}", source.display());
+
+    let pulled = work.path().join("pulled");
+    let mut run = on_terminal(
+        state.path(),
+        &config,
+        &["pull", "-j", "4", &remote, pulled.to_str().unwrap()],
+    );
+    run.expect(b"Verification code", LIMIT);
+    run.send(format!("{}\n", totp.current_code()).as_bytes());
+    let status = run.finish(LIMIT);
+    assert!(status.success(), "{}", run.transcript());
+    assert_eq!(tree_digest(&pulled), tree_digest(&source));
+    assert_eq!(count(&run, "Verification code"), 1, "{}", run.transcript());
+    assert_eq!(
+        logged(totp.sshd(), "Accepted keyboard-interactive/pam", 1),
+        1,
+        "{}",
+        totp.sshd().log()
+    );
+
+    // A wrong code: refused, exit 4, and the message says what was refused.
+    let mut run = on_terminal(
+        state.path(),
+        &config,
+        &["pull", &remote, work.path().join("again").to_str().unwrap()],
+    );
+    run.expect(b"Verification code", LIMIT);
+    run.send(format!("{}\n", totp.wrong_code()).as_bytes());
+    let status = run.finish(LIMIT);
+    assert_eq!(status.code(), Some(4), "{}", run.transcript());
+    let transcript = run.transcript();
+    assert!(
+        transcript.contains("keyboard-interactive") && transcript.contains("refused"),
+        "{transcript}"
+    );
+    assert!(!work.path().join("again").exists());
+}
+
+#[test]
+fn batch_mode_and_a_missing_terminal_ask_nothing_and_say_what_to_do() {
+    let login = PasswordLogin::start();
+    let config = login.client_config("pw", &[]);
+    let work = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let remote = format!("pw:{}", work.path().display());
+    let copy = work.path().join("copy");
+
+    // BatchMode on a terminal: no question.
+    let mut run = on_terminal(
+        state.path(),
+        &config,
+        &[
+            "pull",
+            "-o",
+            "BatchMode=yes",
+            &remote,
+            copy.to_str().unwrap(),
+        ],
+    );
+    let status = run.finish(LIMIT);
+    assert_eq!(status.code(), Some(4), "{}", run.transcript());
+    let transcript = run.transcript();
+    assert!(
+        !transcript.contains("Password:") && !transcript.contains("'s password: "),
+        "asked under BatchMode: {transcript}"
+    );
+    assert!(transcript.contains("BatchMode"), "{transcript}");
+
+    // No terminal at all (a new session, as under cron): no question, and the way out.
+    let mut command = Command::new("setsid");
+    command
+        .arg("-w")
+        .arg(env!("CARGO_BIN_EXE_xfer"))
+        .env("XFER_STATE_DIR", state.path())
+        .env_remove("SSH_AUTH_SOCK")
+        .args(["pull", &remote, copy.to_str().unwrap(), "-F"])
+        .arg(&config)
+        .stdin(Stdio::null());
+    let output = run_with_timeout(&mut command, LIMIT);
+    assert_eq!(output.status.code(), Some(4), "{}", said(&output));
+    assert!(
+        said(&output).contains("no terminal") && said(&output).contains("--ssh-command ssh"),
+        "{}",
+        said(&output)
+    );
+}
+
+#[test]
+fn preferred_authentications_chooses_between_the_key_and_the_password() {
+    // The server takes either the key or the password.
+    let login = PasswordLogin::builder()
+        .authentication_methods("publickey password")
+        .start();
+    let source = login.user().fresh_dir("preferred-source");
+    write_file(&source.join("file"), 5, 1000, 0o644, 1_700_000_000);
+    let remote = format!("pw:{}", source.join("file").display());
+    let work = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+
+    // Password first: asked, though the key would do.
+    let config = login.client_config("pw", &["PreferredAuthentications password,publickey"]);
+    let before = logged(login.sshd(), "Accepted password", 0);
+    let mut run = on_terminal(
+        state.path(),
+        &config,
+        &["pull", &remote, work.path().join("one").to_str().unwrap()],
+    );
+    run.expect(b"password:", LIMIT);
+    run.send(format!("{}\n", login.password()).as_bytes());
+    let status = run.finish(LIMIT);
+    assert!(status.success(), "{}", run.transcript());
+    assert_eq!(
+        logged(login.sshd(), "Accepted password", before + 1),
+        before + 1
+    );
+
+    // Key first: nothing asked. (Another alias: the file holds the first one's block, and
+    // ssh reads the first value of a setting.)
+    let config = login.client_config("key", &["PreferredAuthentications publickey,password"]);
+    let keys_before = logged(login.sshd(), "Accepted publickey", 0);
+    let remote = format!("key:{}", source.join("file").display());
+    let mut run = on_terminal(
+        state.path(),
+        &config,
+        &["pull", &remote, work.path().join("two").to_str().unwrap()],
+    );
+    let status = run.finish(LIMIT);
+    assert!(status.success(), "{}", run.transcript());
+    assert!(
+        !run.transcript().contains("password:"),
+        "{}",
+        run.transcript()
+    );
+    assert_eq!(
+        logged(login.sshd(), "Accepted publickey", keys_before + 1),
+        keys_before + 1
+    );
+    assert_eq!(
+        fs::read(work.path().join("two")).unwrap(),
+        fs::read(source.join("file")).unwrap()
+    );
 }
