@@ -29,7 +29,7 @@ use crate::terminal::{printable, printable_cut};
 use russh::client::{AuthResult, Handle, Handler, KeyboardInteractiveAuthResponse, Prompt};
 use russh::keys::agent::AgentIdentity;
 use russh::keys::agent::client::AgentClient;
-use russh::keys::{Certificate, HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey};
+use russh::keys::{Algorithm, Certificate, HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey};
 use russh::{MethodKind, MethodSet};
 use secrecy::{ExposeSecret, SecretString};
 use std::collections::{HashMap, VecDeque};
@@ -42,6 +42,10 @@ use std::time::Duration;
 /// Upper bound on each wait for the server during authentication; a server that stops
 /// answering mid-auth must not hang xfer. It never covers the time a person takes to type.
 const AUTH_STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Upper bound on a signature by a security key in the agent: the agent waits for a touch,
+/// which is a person's time (ssh-agent itself waits without end).
+const SECURITY_KEY_STEP_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Largest key or certificate file read; real ones are a few KiB.
 const MAX_KEY_FILE_SIZE: u64 = 1 << 20;
@@ -844,10 +848,27 @@ impl<'r, 'a, H: Handler> Round<'r, 'a, H> {
         let public = identity.public_key().into_owned();
         let description = format!("agent key {}", describe_public(&public));
         let hash = hash_for(self.rsa_hash, &public);
+        // A security key signs once touched: the wait is a person's, and they are told.
+        let security_key = matches!(
+            public.algorithm(),
+            Algorithm::SkEd25519 | Algorithm::SkEcdsaSha2NistP256
+        );
+        let step = if security_key {
+            if self.authenticator.interaction == Interaction::Terminal {
+                let notice = format!(
+                    "Confirm user presence for key {}: touch the security key",
+                    describe_public(&public)
+                );
+                let _ = self.authenticator.keys.answerer.show(&notice).await;
+            }
+            SECURITY_KEY_STEP_TIMEOUT
+        } else {
+            AUTH_STEP_TIMEOUT
+        };
         let reply = match identity {
             AgentIdentity::PublicKey { .. } => {
                 tokio::time::timeout(
-                    AUTH_STEP_TIMEOUT,
+                    step,
                     self.handle.authenticate_publickey_with(
                         self.user.clone(),
                         public.clone(),
@@ -859,7 +880,7 @@ impl<'r, 'a, H: Handler> Round<'r, 'a, H> {
             }
             AgentIdentity::Certificate { certificate, .. } => {
                 tokio::time::timeout(
-                    AUTH_STEP_TIMEOUT,
+                    step,
                     self.handle.authenticate_certificate_with(
                         self.user.clone(),
                         certificate,
@@ -1285,12 +1306,18 @@ impl<'r, 'a, H: Handler> Round<'r, 'a, H> {
             }
         }
         let needs_agent = attempts.iter().any(|a| a.outcome.contains("ssh-add"));
+        let unsigned = attempts
+            .iter()
+            .any(|a| a.outcome.starts_with("the agent did not sign"));
         let native = takes("publickey") || takes("keyboard-interactive") || takes("password");
         let hint = if needs_agent && config.batch_mode {
             "load the encrypted key into ssh-agent (eval $(ssh-agent); ssh-add KEY), or run xfer from a terminal with -o BatchMode=no"
                 .to_string()
         } else if needs_agent {
             "load the encrypted key into ssh-agent (eval $(ssh-agent); ssh-add KEY) or run xfer from a terminal"
+                .to_string()
+        } else if unsigned {
+            "the agent did not sign with a key above: for a security key (FIDO), check that it is plugged in and touch it when it blinks; or log in with the system's ssh instead (--ssh-command ssh)"
                 .to_string()
         } else if self.asking_blocked {
             let terminal = if config.batch_mode {

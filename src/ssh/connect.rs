@@ -189,7 +189,19 @@ impl Transport {
 
 /// One host's login that later connections of the run share: a host that asked a person for
 /// answers is logged in to once, and the system ssh's master serves every channel.
-type Shared = Arc<tokio::sync::Mutex<Option<SharedLogin>>>;
+type Shared = Arc<tokio::sync::Mutex<HostLogins>>;
+
+/// What the run knows of its logins to one host.
+#[derive(Default)]
+struct HostLogins {
+    /// The login its connections share, once one asked a person (or went through the system
+    /// ssh).
+    shared: Option<SharedLogin>,
+    /// A login to the host has succeeded.
+    logged_in: bool,
+    /// A login to the host asked a person: the next one will too.
+    asked: bool,
+}
 
 /// What a shared login keeps to make more [`Connection`]s of it; it does not keep the login
 /// alive (the connections do).
@@ -368,33 +380,46 @@ impl Connector {
             // Held while logging in, so the run's other connections to the host wait for this
             // login instead of starting logins (and prompts) of their own.
             let mut login = shared.lock().await;
-            if let Some(connection) = login.as_ref().and_then(SharedLogin::connection) {
+            if let Some(connection) = login.shared.as_ref().and_then(SharedLogin::connection) {
                 return Ok(connection);
             }
             let connection = self
                 .startups
                 .open(&key, &label, || self.connect_system(ssh, config.clone()))
                 .await?;
-            *login = Some(SharedLogin::of(&connection));
+            login.shared = Some(SharedLogin::of(&connection));
             return Ok(connection);
         }
-        if let Some(connection) = shared
-            .lock()
-            .await
-            .as_ref()
-            .and_then(SharedLogin::connection)
-        {
+        // The first login to a host, and every login to a host that asked a person, holds
+        // the host's place: connections opened at once (a retry of several streams after a
+        // drop) then wait for one login and share it, rather than each asking again. Other
+        // hosts' logins, once one went without questions, run side by side.
+        let login = shared.lock().await;
+        if let Some(connection) = login.shared.as_ref().and_then(SharedLogin::connection) {
             tracing::debug!(%label, "a new channel of the connection this run logged in with");
             return Ok(connection);
         }
+        let hold = !login.logged_in || login.asked;
+        let held = if hold {
+            Some(login)
+        } else {
+            drop(login);
+            None
+        };
         let connection = self
             .startups
             .open(&key, &label, || {
                 self.connect_at_depth(config.clone(), 0, vec![key.clone()])
             })
             .await?;
+        let mut login = match held {
+            Some(login) => login,
+            None => shared.lock().await,
+        };
+        login.logged_in = true;
         if connection.authenticated.interactive {
-            *shared.lock().await = Some(SharedLogin::of(&connection));
+            login.asked = true;
+            login.shared = Some(SharedLogin::of(&connection));
         }
         Ok(connection)
     }

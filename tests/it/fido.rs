@@ -288,6 +288,15 @@ fn an_agent_that_does_not_sign_is_named_with_what_to_do() {
         !line.contains("refused by the server"),
         "the server never saw a signature: {line:?}"
     );
+    // The closing hint is about the token, not about authorizing the key.
+    let hint = text
+        .lines()
+        .find(|line| line.starts_with("hint:"))
+        .unwrap_or_else(|| panic!("no hint:\n{text}"));
+    assert!(
+        hint.contains("touch") && !hint.contains("authorized_keys"),
+        "{hint}"
+    );
     assert!(!fixture.setup.path("data.bin.copy").exists());
     assert_eq!(
         fixture.logins(),
