@@ -10,9 +10,61 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use xfer::progress::Reporter;
+use xfer::ssh::prompt::{Answerer, Asking, Echo, Terminal};
 use xfer::terminal::{printable, printable_message};
+
+/// The bars on the terminal now, if any: a question asked in the middle of a run (a login
+/// after a dropped connection) hides them while it is on the terminal, so they do not draw
+/// over it.
+static SHOWN: Mutex<Option<MultiProgress>> = Mutex::new(None);
+
+fn show(multi: &MultiProgress) {
+    *SHOWN.lock().unwrap_or_else(PoisonError::into_inner) = Some(multi.clone());
+}
+
+/// The terminal for authentication's questions, with the bars out of the way while one is
+/// asked.
+pub struct PausingTerminal;
+
+/// Hides the bars for as long as it lives.
+struct Paused(Option<MultiProgress>);
+
+impl Paused {
+    fn now() -> Paused {
+        let shown = SHOWN.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        if let Some(multi) = &shown {
+            let _ = multi.clear();
+            multi.set_draw_target(ProgressDrawTarget::hidden());
+        }
+        Paused(shown)
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        if let Some(multi) = &self.0 {
+            multi.set_draw_target(ProgressDrawTarget::stderr());
+        }
+    }
+}
+
+impl Answerer for PausingTerminal {
+    fn show<'a>(&'a self, text: &'a str) -> Asking<'a, ()> {
+        Box::pin(async move {
+            let _paused = Paused::now();
+            Terminal.show(text).await
+        })
+    }
+
+    fn ask<'a>(&'a self, prompt: &'a str, echo: Echo) -> Asking<'a, secrecy::SecretString> {
+        Box::pin(async move {
+            let _paused = Paused::now();
+            Terminal.ask(prompt, echo).await
+        })
+    }
+}
 
 pub struct TerminalReporter {
     bars: Option<Bars>,
@@ -36,6 +88,7 @@ impl TerminalReporter {
     pub fn new(verbose: bool, quiet: bool) -> Self {
         let bars = (!quiet && std::io::stderr().is_terminal()).then(|| {
             let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+            show(&multi);
             let total = multi.add(ProgressBar::new(0));
             // Until every unit is planned the total is not known: the bar counts what moved,
             // with no share of a total and no ETA, which would only be wrong.
@@ -208,6 +261,7 @@ impl FleetProgress {
     pub fn new(names: &[String], verbose: bool, quiet: bool) -> Self {
         let bars = (!quiet && std::io::stderr().is_terminal()).then(|| {
             let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+            show(&multi);
             let total = multi.add(ProgressBar::new(0));
             total.set_style(
                 ProgressStyle::with_template(

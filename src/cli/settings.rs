@@ -4,6 +4,7 @@
 use crate::cli::args::{ConnectionArgs, HostsArgs, OutputArgs};
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
 use std::path::Path;
+use std::sync::Arc;
 use xfer::error::{Error, Result};
 use xfer::ssh::config::{CommandLineArgument, ConfigSource, LocalContext, Overrides};
 use xfer::ssh::connect::{Connector, Transport};
@@ -88,7 +89,8 @@ impl ConnectionSettings {
         let local = LocalContext::current()?;
         Ok(
             Connector::new(self.source.clone(), self.overrides.clone(), local)
-                .with_transport(self.transport.clone()),
+                .with_transport(self.transport.clone())
+                .with_answerer(Arc::new(crate::cli::progress::PausingTerminal)),
         )
     }
 }

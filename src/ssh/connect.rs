@@ -286,6 +286,13 @@ impl Connector {
         }
     }
 
+    /// Asks authentication's questions (passwords, codes, passphrases) through `answerer`
+    /// instead of straight on the terminal.
+    pub fn with_answerer(mut self, answerer: Arc<dyn crate::ssh::prompt::Answerer>) -> Self {
+        self.keys = KeyStore::with_answerer(answerer);
+        self
+    }
+
     /// Reaches hosts through `transport` instead of xfer's own client.
     pub fn with_transport(mut self, transport: Transport) -> Self {
         self.transport = transport;

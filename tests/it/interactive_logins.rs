@@ -475,3 +475,40 @@ fn preferred_authentications_chooses_between_the_key_and_the_password() {
         fs::read(source.join("file")).unwrap()
     );
 }
+
+#[test]
+fn a_dropped_link_mid_run_asks_once_more_and_the_run_finishes() {
+    let login = PasswordLogin::builder()
+        .password_authentication(false)
+        .start();
+    let proxy = Proxy::start(login.sshd().port());
+    let config = login.client_config("pw", &[&format!("Port {}", proxy.port())]);
+    let source = login.user().fresh_dir("interactive-drop");
+    let size = 24 << 20;
+    write_file(&source.join("big.bin"), 11, size, 0o644, 1_700_000_000);
+    let work = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let copy = work.path().join("copy.bin");
+    let remote = format!("pw:{}", source.join("big.bin").display());
+
+    proxy.set_mode(ProxyMode::CutAllAfter(size as u64 / 2));
+    let mut run = on_terminal(
+        state.path(),
+        &config,
+        &["pull", "-j", "2", &remote, copy.to_str().unwrap()],
+    );
+    run.expect(b"Password:", LIMIT);
+    run.send(format!("{}\n", login.password()).as_bytes());
+    // The link drops mid-file, with the progress bars up: the retry's login asks again, once,
+    // its question whole on the terminal.
+    run.expect(b"Password:", LIMIT);
+    run.send(format!("{}\n", login.password()).as_bytes());
+    let status = run.finish(LIMIT);
+    assert!(status.success(), "{}", run.transcript());
+    assert_eq!(count(&run, "Password:"), 2, "{}", run.transcript());
+    assert!(proxy.cuts() > 0, "the link was never cut");
+    assert_eq!(
+        fs::read(&copy).unwrap(),
+        fs::read(source.join("big.bin")).unwrap()
+    );
+}
