@@ -27,6 +27,7 @@ use bytes::Bytes;
 use russh::ChannelMsg;
 use std::collections::VecDeque;
 use std::fmt;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::Stdio;
@@ -748,6 +749,16 @@ impl SystemChannel {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = process.spawn()?;
+        // Wide pipes: see `widen_pipe`. The process's data runs through them.
+        for pipe in [
+            child.stdout.as_ref().map(|pipe| pipe.as_fd()),
+            child.stdin.as_ref().map(|pipe| pipe.as_fd()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let _ = crate::agent::server::stdio::widen_pipe(pipe);
+        }
         let stdin = child.stdin.take();
         let (sender, events) = mpsc::channel(QUEUED_PIECES);
         let stop = Arc::new(Notify::new());

@@ -19,7 +19,7 @@
 
 mod files;
 mod hashing;
-mod stdio;
+pub(crate) mod stdio;
 
 pub use stdio::{build_id_of, own_build_id, run_stdio};
 

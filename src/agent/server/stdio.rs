@@ -198,17 +198,17 @@ fn polled_writer(fd: std::os::fd::OwnedFd) -> io::Result<Writer> {
     }
 }
 
-/// What the pipes to and from sshd are widened to, where the system allows it. Through Linux's
-/// default 64 KiB pipe, sshd and the agent take turns every 64 KiB, each waking the other many
-/// times per block of a push; a pipe that holds a whole 1 MiB block lets each side move a block
-/// per turn.
+/// What the pipes to and from sshd (and, on the client, to and from the system ssh) are
+/// widened to, where the system allows it. Through Linux's default 64 KiB pipe, the two ends
+/// take turns every 64 KiB, each waking the other many times per block; a pipe that holds a
+/// whole 1 MiB block lets each side move a block per turn.
 const PIPE_SIZE: i32 = 1 << 20;
 
 /// Asks for a [`PIPE_SIZE`] buffer on `fd` and returns the size the pipe has then; a system
 /// that refuses (a user over `/proc/sys/fs/pipe-max-size` or over its share of pipe memory)
 /// keeps the pipe as it is.
 #[cfg(target_os = "linux")]
-fn widen_pipe(fd: &std::os::fd::OwnedFd) -> Option<i32> {
+pub(crate) fn widen_pipe(fd: impl std::os::fd::AsFd) -> Option<i32> {
     match nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE)) {
         Ok(size) => {
             tracing::debug!(size, "pipe widened");
@@ -223,7 +223,7 @@ fn widen_pipe(fd: &std::os::fd::OwnedFd) -> Option<i32> {
 
 /// Other systems have no call for it.
 #[cfg(not(target_os = "linux"))]
-fn widen_pipe(_fd: &std::os::fd::OwnedFd) -> Option<i32> {
+pub(crate) fn widen_pipe(_fd: impl std::os::fd::AsFd) -> Option<i32> {
     None
 }
 
