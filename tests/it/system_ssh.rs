@@ -555,3 +555,46 @@ fn a_shell_only_endpoint_works_through_the_system_ssh_terminal() {
         tree_digest(&work.path().join("source"))
     );
 }
+
+#[test]
+fn the_command_lines_port_key_jump_and_options_reach_ssh() {
+    let setup = Setup::start();
+    fs::write(setup.path("file"), b"passed through\n").unwrap();
+    // A config that names the host only: the port, the key, a jump host and the known hosts
+    // come from xfer's command line, and ssh must get them.
+    // (ssh reaches a jump host with the config file alone, so it has a block of its own.)
+    let config = setup.path("bare_config");
+    let port = setup.sshd.port().to_string();
+    let key = setup.sshd.client_key();
+    let known = format!("UserKnownHostsFile={}", setup.sshd.known_hosts().display());
+    fs::write(
+        &config,
+        format!(
+            "Host bare\n    HostName 127.0.0.1\n    BatchMode yes\n\
+             Host 127.0.0.1\n    IdentityFile {}\n    UserKnownHostsFile {}\n    BatchMode yes\n",
+            key.display(),
+            setup.sshd.known_hosts().display()
+        ),
+    )
+    .unwrap();
+    let user = format!("User={}", setup.sshd.user());
+    let jump = format!("{}@127.0.0.1:{port}", setup.sshd.user());
+    let mut command = xfer_command_in(setup.state.path());
+    command
+        .args(["pull", "-e", "ssh", "-F"])
+        .arg(&config)
+        .args(["-p", &port, "-i"])
+        .arg(&key)
+        .args(["-o", &known, "-o", &user, "-o", "StrictHostKeyChecking=yes"])
+        .args(["-J", &jump])
+        .arg(format!("bare:{}", setup.path("file").display()))
+        .arg(setup.path("copy"));
+    let output = crate::support::run_with_timeout(&mut command, LIMIT);
+    assert_success(&output);
+    assert_eq!(
+        fs::read(setup.path("copy")).unwrap(),
+        fs::read(setup.path("file")).unwrap()
+    );
+    // Two logins: the jump host's and the target's, both through the arguments.
+    assert_eq!(logins(&setup), 2, "{}", setup.sshd.log());
+}
