@@ -567,18 +567,28 @@ fn the_command_lines_port_key_jump_and_options_reach_ssh() {
     let port = setup.sshd.port().to_string();
     let key = setup.sshd.client_key();
     let known = format!("UserKnownHostsFile={}", setup.sshd.known_hosts().display());
+    // The jump host is the same sshd by another name (ssh refuses a jump to itself).
+    let jump_known = setup.path("jump_known_hosts");
+    fs::write(
+        &jump_known,
+        format!(
+            "{}\n",
+            setup.sshd.known_hosts_line("localhost", setup.sshd.port())
+        ),
+    )
+    .unwrap();
     fs::write(
         &config,
         format!(
             "Host bare\n    HostName 127.0.0.1\n    BatchMode yes\n\
-             Host 127.0.0.1\n    IdentityFile {}\n    UserKnownHostsFile {}\n    BatchMode yes\n",
+             Host localhost\n    IdentityFile {}\n    UserKnownHostsFile {}\n    BatchMode yes\n",
             key.display(),
-            setup.sshd.known_hosts().display()
+            jump_known.display()
         ),
     )
     .unwrap();
     let user = format!("User={}", setup.sshd.user());
-    let jump = format!("{}@127.0.0.1:{port}", setup.sshd.user());
+    let jump = format!("{}@localhost:{port}", setup.sshd.user());
     let mut command = xfer_command_in(setup.state.path());
     command
         .args(["pull", "-e", "ssh", "-F"])
