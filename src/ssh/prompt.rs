@@ -55,7 +55,7 @@ pub trait Answerer: Send + Sync {
 
 /// The controlling terminal, opened afresh for every question, as ssh's `read_passphrase`
 /// does. The terminal is read on a blocking thread that gives up within
-/// [`ABANDON_CHECK_MILLISECONDS`] of the question being dropped, so that it neither keeps the
+/// `ABANDON_CHECK_MILLISECONDS` of the question being dropped, so that it neither keeps the
 /// terminal without echo nor takes a line typed for a later question.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Terminal;

@@ -143,7 +143,7 @@ impl Route {
     }
 
     /// What `ssh -G` prints for the destination: every setting, resolved. Blocks for as long
-    /// as ssh reads its files (and runs `Match exec` commands), at most [`RESOLVE_TIMEOUT`].
+    /// as ssh reads its files (and runs `Match exec` commands), at most `RESOLVE_TIMEOUT`.
     pub fn dump(&self) -> Result<String> {
         let mut command = std::process::Command::new(self.ssh.program());
         command
