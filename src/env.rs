@@ -24,6 +24,9 @@ pub const XFER_SSH_BINARY: &str = "XFER_SSH_BINARY";
 /// The ssh command every connection runs when `--ssh-command` is not given (as rsync's
 /// RSYNC_RSH); unset, xfer uses its own SSH client.
 pub const XFER_SSH_COMMAND: &str = "XFER_SSH_COMMAND";
+/// Where xfer's own ssh master keeps its socket (with `--ssh-command`), when short enough for
+/// a socket path; `/tmp` otherwise.
+pub const TMPDIR: &str = "TMPDIR";
 /// The netrc file to read stanzas from when `--netrc` is not given (as curl and Python do).
 pub const NETRC: &str = "NETRC";
 /// Whether a desktop session bus (and so perhaps a Secret Service keyring) is reachable.

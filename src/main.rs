@@ -54,6 +54,7 @@ fn main() -> ExitCode {
     });
     // Proxy commands and jump connections end with the runtime; do not wait on stragglers.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    xfer::ssh::system::clean_up();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -418,6 +418,7 @@ pub async fn interrupted() -> ErrorKind {
             _ = interrupt.recv() => {}
             _ = terminate.recv() => {}
         }
+        xfer::ssh::system::clean_up();
         std::process::exit(kind.exit_code());
     });
     kind

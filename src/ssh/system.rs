@@ -343,13 +343,9 @@ impl fmt::Debug for SystemHost {
 
 impl Drop for SystemHost {
     fn drop(&mut self) {
-        if let Master::Own {
-            directory, socket, ..
-        } = &self.master
-        {
+        if let Master::Own { directory, .. } = &self.master {
             // The process is killed as its handle drops (kill_on_drop); what it leaves goes too.
-            let _ = std::fs::remove_file(socket);
-            let _ = std::fs::remove_dir(directory);
+            remove_directory(directory);
         }
     }
 }
@@ -381,7 +377,7 @@ impl SystemHost {
             });
         }
         let directory = private_directory()?;
-        let socket = directory.join("master");
+        let socket = directory.join(SOCKET_NAME);
         let path_option = format!("ControlPath={}", socket.display());
         let child = start_master(
             &route,
@@ -398,7 +394,7 @@ impl SystemHost {
         let child = match child {
             Ok(child) => child,
             Err(error) => {
-                let _ = std::fs::remove_dir(&directory);
+                remove_directory(&directory);
                 return Err(error);
             }
         };
@@ -414,15 +410,14 @@ impl SystemHost {
                 lost: Arc::default(),
             }),
             Ok(None) => {
-                let _ = std::fs::remove_dir(&directory);
+                remove_directory(&directory);
                 Err(Error::connect(format!(
                     "{label}: the ssh master went to the background, which xfer's own master must not do"
                 ))
                 .with_hint("remove ControlPersist from the ssh command's options"))
             }
             Err(error) => {
-                let _ = std::fs::remove_file(&socket);
-                let _ = std::fs::remove_dir(&directory);
+                remove_directory(&directory);
                 Err(error)
             }
         }
@@ -486,30 +481,70 @@ impl SystemHost {
     }
 }
 
-/// A new directory only this user can enter, for the master's socket. Short, since a socket
-/// path is limited to about 100 bytes.
+/// The directories of xfer's masters this process made and has not removed yet: a run that
+/// ends with connections still held (a failure, Ctrl-C) removes them on its way out
+/// ([`clean_up`]).
+static DIRECTORIES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// The longest directory a master's socket goes in: a socket path holds about 100 bytes, and
+/// the socket's name and ssh's temporary suffix while it binds take some.
+const MAX_DIRECTORY_LENGTH: usize = 64;
+
+/// A new directory only this user can enter, for the master's socket: in `$TMPDIR` when its
+/// path is short enough for a socket, else in `/tmp`.
 fn private_directory() -> Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
+    let base = crate::env::var_path(crate::env::TMPDIR)
+        .filter(|base| base.is_absolute() && base.as_os_str().len() <= MAX_DIRECTORY_LENGTH - 26)
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    let failed = |error: std::io::Error| {
+        Error::new(
+            ErrorKind::LocalIo,
+            format!(
+                "cannot create a directory for the ssh master's socket in {}: {error}",
+                base.display()
+            ),
+        )
+        .with_hint("set TMPDIR to a short directory you can write")
+    };
     for _ in 0..16 {
-        let name = format!("/tmp/xfer-ssh-{:016x}", rand::random::<u64>());
-        match std::fs::DirBuilder::new().mode(0o700).create(&name) {
-            Ok(()) => return Ok(PathBuf::from(name)),
-            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(error) => {
-                return Err(Error::new(
-                    ErrorKind::LocalIo,
-                    format!(
-                        "cannot create a directory for the ssh master's socket in /tmp: {error}"
-                    ),
-                ));
+        let directory = base.join(format!("xfer-ssh-{:016x}", rand::random::<u64>()));
+        match std::fs::DirBuilder::new().mode(0o700).create(&directory) {
+            Ok(()) => {
+                DIRECTORIES
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(directory.clone());
+                return Ok(directory);
             }
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(error) => return Err(failed(error)),
         }
     }
-    Err(Error::new(
-        ErrorKind::LocalIo,
-        "cannot create a directory for the ssh master's socket in /tmp",
-    ))
+    Err(failed(std::io::ErrorKind::AlreadyExists.into()))
 }
+
+/// Removes a master's directory and what the master left in it.
+fn remove_directory(directory: &Path) {
+    let _ = std::fs::remove_file(directory.join(SOCKET_NAME));
+    let _ = std::fs::remove_dir(directory);
+    DIRECTORIES
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .retain(|kept| kept != directory);
+}
+
+/// Removes the directories of masters still held as the process ends. The masters themselves
+/// end with the runtime's threads (see `ends_with_this_process`).
+pub fn clean_up() {
+    let left = std::mem::take(&mut *DIRECTORIES.lock().unwrap_or_else(PoisonError::into_inner));
+    for directory in left {
+        remove_directory(&directory);
+    }
+}
+
+/// The master's socket, in its private directory.
+const SOCKET_NAME: &str = "master";
 
 /// Starts `ssh -N` as a master with `options`.
 fn start_master(route: &Route, options: &[&str], label: &str) -> Result<Child> {

@@ -35,15 +35,34 @@ fn make_tree(root: &Path) {
     }
 }
 
-/// Runs `xfer ARGUMENTS -F CONFIG -e ssh` with the setup's state.
+/// Runs `xfer ARGUMENTS -F CONFIG -e ssh` with the setup's state, and `TMPDIR` (where xfer's
+/// master keeps its socket) in the setup's working directory.
 fn run_system(setup: &Setup, config: &Path, arguments: &[&str]) -> Output {
     let mut command = xfer_command_in(setup.state.path());
     command
         .args(arguments)
         .arg("-F")
         .arg(config)
-        .args(["-e", "ssh"]);
+        .args(["-e", "ssh"])
+        .env("TMPDIR", temporary(setup));
     crate::support::run_with_timeout(&mut command, LIMIT)
+}
+
+/// The setup's `TMPDIR` for xfer.
+fn temporary(setup: &Setup) -> std::path::PathBuf {
+    let directory = setup.path("tmp");
+    fs::create_dir_all(&directory).unwrap();
+    directory
+}
+
+/// What xfer's masters left in the setup's `TMPDIR`: nothing, once a run has ended (unless it
+/// was killed).
+fn master_directories_left(setup: &Setup) -> Vec<String> {
+    fs::read_dir(temporary(setup))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("xfer-ssh-"))
+        .collect()
 }
 
 /// How many logins sshd accepted so far.
@@ -171,6 +190,7 @@ fn pull_push_and_deltas_through_the_system_ssh_log_in_once() {
         gone_within(setup.config.to_str().unwrap(), Duration::from_secs(5)).is_empty(),
         "ssh processes outlived the run"
     );
+    assert!(master_directories_left(&setup).is_empty());
 }
 
 #[test]
@@ -222,6 +242,12 @@ fn a_cut_link_resumes_through_the_system_ssh() {
         ],
     );
     assert_eq!(output.status.code(), Some(1), "{}", said(&output));
+    // A run that ends at a failure leaves no master's directory behind either.
+    assert!(
+        master_directories_left(&setup).is_empty(),
+        "{:?}",
+        master_directories_left(&setup)
+    );
     proxy.set_mode(ProxyMode::Pass);
     let output = run_system(
         &setup,
@@ -253,6 +279,7 @@ fn a_cut_link_resumes_through_the_system_ssh() {
         fs::read(setup.path("big.bin")).unwrap()
     );
     assert!(proxy.cuts() > 0, "the proxy never cut the link");
+    assert!(master_directories_left(&setup).is_empty());
 }
 
 #[test]
