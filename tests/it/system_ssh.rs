@@ -298,6 +298,7 @@ fn a_killed_run_leaves_no_ssh_behind_and_resumes() {
         .args(["pull", "-F"])
         .arg(&config)
         .args(["-e", "ssh", &source, destination.to_str().unwrap()])
+        .env("TMPDIR", temporary(&setup))
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let mut child = command.spawn().unwrap();
@@ -314,6 +315,14 @@ fn a_killed_run_leaves_no_ssh_behind_and_resumes() {
         left.is_empty(),
         "ssh processes outlived a killed xfer: {left:?}"
     );
+    // The killed run could not remove its master's directory; the master, ended by SIGTERM,
+    // took its socket with it.
+    for name in master_directories_left(&setup) {
+        let inside: Vec<_> = fs::read_dir(temporary(&setup).join(&name))
+            .unwrap()
+            .collect();
+        assert!(inside.is_empty(), "{name} still holds {inside:?}");
+    }
 
     proxy.set_mode(ProxyMode::Pass);
     let output = run_system(
