@@ -978,6 +978,30 @@ impl<'r, 'a, H: Handler> Round<'r, 'a, H> {
         Ok(Verdict::Refused)
     }
 
+    /// Whether `method` may ask the person now: not without anyone to ask (the attempt says
+    /// `asks`, why not, then `object`), and not past NumberOfPasswordPrompts tries. When it may
+    /// not, it is noted and given up for the round.
+    fn may_ask(&mut self, method: Method, asks: &str, object: &str, tries_so_far: u32) -> bool {
+        let what = match method {
+            Method::Password => "password",
+            _ => "keyboard-interactive",
+        };
+        if self.authenticator.interaction == Interaction::Batch {
+            let why = self.authenticator.no_asking();
+            self.note(what, format!("{asks} {why} {object}"));
+            self.asking_blocked = true;
+            self.given_up.push(method);
+            return false;
+        }
+        let tries = self.authenticator.config.number_of_password_prompts;
+        if let Some(outcome) = out_of_tries(tries_so_far, tries) {
+            self.note(what, outcome);
+            self.given_up.push(method);
+            return false;
+        }
+        true
+    }
+
     // -----------------------------------------------------------------------------------------
     // Keyboard-interactive.
 
@@ -987,22 +1011,16 @@ impl<'r, 'a, H: Handler> Round<'r, 'a, H> {
     /// abandoned once it has prompts, and empty answers would count as failed logins.
     async fn keyboard_interactive(&mut self) -> Result<Step> {
         const WHAT: &str = "keyboard-interactive";
-        if self.authenticator.interaction == Interaction::Batch {
-            let why = self.authenticator.no_asking();
-            self.note(
-                WHAT,
-                format!("the server asks for answers (keyboard-interactive), and {why} them"),
-            );
-            self.asking_blocked = true;
-            self.given_up.push(Method::KeyboardInteractive);
+        let tries_so_far = self.keyboard_interactive_tries;
+        if !self.may_ask(
+            Method::KeyboardInteractive,
+            "the server asks for answers (keyboard-interactive), and",
+            "them",
+            tries_so_far,
+        ) {
             return Ok(Step::Refused);
         }
         let tries = self.authenticator.config.number_of_password_prompts;
-        if let Some(outcome) = out_of_tries(self.keyboard_interactive_tries, tries) {
-            self.note(WHAT, outcome);
-            self.given_up.push(Method::KeyboardInteractive);
-            return Ok(Step::Refused);
-        }
         // Taken at the first thing to show, and kept until the server's verdict.
         let mut turn = None;
         let mut answered_tries = 0;
@@ -1184,22 +1202,16 @@ impl<'r, 'a, H: Handler> Round<'r, 'a, H> {
     /// Asks for the password as ssh does, up to NumberOfPasswordPrompts times in the round.
     async fn password(&mut self) -> Result<Step> {
         const WHAT: &str = "password";
-        if self.authenticator.interaction == Interaction::Batch {
-            let why = self.authenticator.no_asking();
-            self.note(
-                WHAT,
-                format!("the server asks for a password, and {why} for it"),
-            );
-            self.asking_blocked = true;
-            self.given_up.push(Method::Password);
+        let tries_so_far = self.password_tries;
+        if !self.may_ask(
+            Method::Password,
+            "the server asks for a password, and",
+            "for it",
+            tries_so_far,
+        ) {
             return Ok(Step::Refused);
         }
         let tries = self.authenticator.config.number_of_password_prompts;
-        if let Some(outcome) = out_of_tries(self.password_tries, tries) {
-            self.note(WHAT, outcome);
-            self.given_up.push(Method::Password);
-            return Ok(Step::Refused);
-        }
         let keys: &'a KeyStore = self.authenticator.keys;
         let _turn = keys.take_turn().await;
         let prompt = format!(
