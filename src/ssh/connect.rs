@@ -79,6 +79,9 @@ pub struct Connector {
     transport: Transport,
     /// Logins later connections share, by host (see [`Shared`]).
     shared: Mutex<HashMap<String, Shared>>,
+    /// Whether the user's config names an ssh master for a destination, as `ssh -G` said when
+    /// the host was resolved, so that logging in does not run it again.
+    names_master: Mutex<HashMap<String, bool>>,
 }
 
 /// SSH transport settings that matter for throughput.
@@ -283,6 +286,7 @@ impl Connector {
             startups: Startups::new(),
             transport: Transport::Native,
             shared: Mutex::new(HashMap::new()),
+            names_master: Mutex::new(HashMap::new()),
         }
     }
 
@@ -328,6 +332,15 @@ impl Connector {
 
     /// The [`HostConfig`] of `spec` from what `ssh -G` printed for it.
     fn system_config(&self, dump: &str, spec: &HostSpec) -> HostConfig {
+        if let Transport::System(ssh) = &self.transport {
+            self.names_master
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(
+                    self.route(ssh, spec).destination,
+                    system::names_master(dump),
+                );
+        }
         let mut overrides = self.overrides.clone();
         overrides.user = spec.user.clone();
         let mut words = config::argument_words(Some(&self.source), &overrides);
@@ -443,13 +456,24 @@ impl Connector {
             host: config.original_host.clone(),
         };
         let route = self.route(ssh, &spec);
-        let dump = {
-            let route = route.clone();
-            tokio::task::spawn_blocking(move || route.dump())
-                .await
-                .map_err(|_| Error::connect(format!("{label}: `ssh -G` did not finish")))??
+        let known = self
+            .names_master
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&route.destination)
+            .copied();
+        let names_master = match known {
+            Some(names_master) => names_master,
+            // Resolved elsewhere (a config given ready-made): ask ssh now.
+            None => {
+                let route = route.clone();
+                let dump = tokio::task::spawn_blocking(move || route.dump())
+                    .await
+                    .map_err(|_| Error::connect(format!("{label}: `ssh -G` did not finish")))??;
+                system::names_master(&dump)
+            }
         };
-        let host = SystemHost::log_in(route, &dump, &label).await?;
+        let host = SystemHost::log_in(route, names_master, &label).await?;
         Ok(Connection {
             link: Arc::new(Link::System(Arc::new(host))),
             config,

@@ -300,7 +300,7 @@ pub fn host_config_from_dump(
 
 /// Whether the dump names a master the user set up (`ControlMaster` other than no, and a
 /// `ControlPath`).
-fn names_master(dump: &str) -> bool {
+pub fn names_master(dump: &str) -> bool {
     let value = |keyword: &str| {
         dump.lines()
             .find_map(|line| line.strip_prefix(keyword)?.strip_prefix(' '))
@@ -353,9 +353,10 @@ impl Drop for SystemHost {
 impl SystemHost {
     /// Logs in to the host through ssh: finds or starts its master, and waits for it to be up.
     /// ssh asks what it must ask (a password, a code, a touch) on the terminal or through
-    /// `SSH_ASKPASS`; its refusal comes back as an error of the kind it is.
-    pub async fn log_in(route: Route, dump: &str, label: &str) -> Result<SystemHost> {
-        if names_master(dump) {
+    /// `SSH_ASKPASS`; its refusal comes back as an error of the kind it is. `names_master`:
+    /// whether the user's config names a master for the host ([`names_master`]).
+    pub async fn log_in(route: Route, names_master: bool, label: &str) -> Result<SystemHost> {
+        if names_master {
             if check_master(&route, &[]).await {
                 tracing::debug!(%label, "using the running ssh master the config names");
                 return Ok(SystemHost {
