@@ -644,3 +644,61 @@ fn the_command_lines_port_key_jump_and_options_reach_ssh() {
     // Two logins: the jump host's and the target's, both through the arguments.
     assert_eq!(logins(&setup), 2, "{}", setup.sshd.log());
 }
+
+#[test]
+fn an_sftp_only_login_works_through_the_system_ssh_over_sftp() {
+    let sshd = crate::support::Sshd::builder()
+        .extra_config("ForceCommand internal-sftp")
+        .start();
+    let setup = Setup::with(sshd, tempfile::tempdir().unwrap(), None);
+    make_tree(&setup.path("source"));
+    let output = run_system(
+        &setup,
+        &setup.config,
+        &[
+            "pull",
+            &setup.remote("source"),
+            setup.path("pulled").to_str().unwrap(),
+        ],
+    );
+    assert_success(&output);
+    assert!(said(&output).contains("using SFTP"), "{}", said(&output));
+    assert_eq!(
+        tree_digest(&setup.path("pulled")),
+        tree_digest(&setup.path("source"))
+    );
+    let output = run_system(
+        &setup,
+        &setup.config,
+        &[
+            "push",
+            setup.path("pulled").to_str().unwrap(),
+            &setup.remote("pushed"),
+        ],
+    );
+    assert_success(&output);
+    assert_eq!(
+        tree_digest(&setup.path("pushed")),
+        tree_digest(&setup.path("source"))
+    );
+    // A secret needs commands: said in one line, not a hang.
+    let mut command = xfer_command_in(setup.state.path());
+    command
+        .env("TOKEN_FOR_SFTP_ONLY", "x")
+        .args([
+            "secret",
+            "push",
+            "-e",
+            "ssh",
+            "--from-env",
+            "TOKEN_FOR_SFTP_ONLY",
+            "--to",
+        ])
+        .arg(setup.path("token"))
+        .arg("-F")
+        .arg(&setup.config)
+        .arg("box");
+    let output = crate::support::run_with_timeout(&mut command, LIMIT);
+    assert_eq!(output.status.code(), Some(6), "{}", said(&output));
+    assert!(!setup.path("token").exists());
+}
