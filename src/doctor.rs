@@ -10,6 +10,7 @@
 //! throughput is measured each way; the report gives the mode.
 
 use crate::error::Result;
+use crate::remote::bundle::{Platform, Source};
 use crate::remote::deploy::AgentPlace;
 use crate::remote::runner::Runner;
 use crate::remote::sftp;
@@ -93,9 +94,16 @@ pub struct HostReport {
     /// A shell-only endpoint's terminal, measured each way.
     pub terminal_down_bytes_per_second: Option<f64>,
     pub terminal_up_bytes_per_second: Option<f64>,
+    /// The host's platform in Rust's names, as agent bundle files name it: `linux-aarch64`.
+    pub platform: Option<String>,
     /// Where transfers would run the xfer agent from: `cached`, `upload` (none cached yet, a
-    /// transfer puts it there first), `none` (no place can hold it: SFTP) or `other platform`.
+    /// transfer puts it there first), `none` (no place on the host can hold it: SFTP) or
+    /// `unavailable` (xfer has no agent for the host's platform: SFTP; a warning says which
+    /// bundle file would be needed).
     pub agent: Option<String>,
+    /// Which executable serves as the agent there: `this executable`, or the bundle file's
+    /// path.
+    pub agent_from: Option<String>,
     pub free_bytes: Option<u64>,
     pub free_path: Option<String>,
     /// What is wrong, one sentence each; empty when the host passed.
@@ -125,6 +133,8 @@ impl HostReport {
             latency_ms: None,
             remote_hostname: None,
             uname: None,
+            platform: None,
+            agent_from: None,
             clock_skew_seconds: None,
             exec: Capability::NotChecked,
             sftp: Capability::NotChecked,
@@ -356,20 +366,41 @@ fn rate(bytes_per_second: f64) -> String {
 /// host where no place can hold it still transfers over SFTP (a warning); without SFTP either,
 /// nothing can move (a problem).
 async fn check_agent(runner: &mut Runner<'_>, label: &str, report: &mut HostReport) {
-    let platform = report
+    let Some((system, machine)) = report
         .uname
         .as_deref()
         .and_then(|uname| uname.split_once(' '))
-        .and_then(|(system, machine)| crate::remote::deploy::runs_on(system, machine));
-    if platform == Some(false) {
-        report.agent = Some("other platform".into());
-        report.warnings.push(format!(
-            "{label}: this build's xfer agent does not run on {}; transfers use SFTP there (no deltas, no end-to-end block checks)",
-            report.uname.as_deref().unwrap_or("the host")
-        ));
+    else {
         return;
-    }
-    match crate::remote::deploy::inspect(runner).await {
+    };
+    let platform = Platform::from_uname(system, machine);
+    report.platform = Some(crate::terminal::printable(platform.key()));
+    let catalog = match crate::remote::deploy::catalog() {
+        Ok(catalog) => catalog,
+        Err(reason) => {
+            tracing::debug!(%label, %reason, "no agent to deploy");
+            return;
+        }
+    };
+    let agent = match catalog.for_platform(&platform) {
+        Ok(agent) => agent,
+        Err(reason) => {
+            report.agent = Some("unavailable".into());
+            report.warnings.push(format!(
+                "{label}: {reason}; transfers use SFTP there (no deltas, no end-to-end block checks)"
+            ));
+            report.hints.push(
+                "build the agent bundle for that platform with scripts/release.sh (README: Platforms)"
+                    .into(),
+            );
+            return;
+        }
+    };
+    report.agent_from = Some(match agent.source {
+        Source::ThisExecutable => "this executable".into(),
+        Source::Bundle => agent.path.display().to_string(),
+    });
+    match crate::remote::deploy::inspect(runner, agent).await {
         Ok(AgentPlace::Cached(_)) => report.agent = Some("cached".into()),
         Ok(AgentPlace::Upload(directory)) => {
             report.agent = Some("upload".into());

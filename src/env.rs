@@ -27,6 +27,9 @@ pub const XFER_SSH_COMMAND: &str = "XFER_SSH_COMMAND";
 /// Where xfer's own ssh master keeps its socket (with `--ssh-command`), when short enough for
 /// a socket path; `/tmp` otherwise.
 pub const TMPDIR: &str = "TMPDIR";
+/// The agent bundle: the directory with xfer agents for other platforms than xfer's own and
+/// their `MANIFEST.b3`; default `../lib/xfer/agents` from the directory holding xfer.
+pub const XFER_AGENT_BUNDLE: &str = "XFER_AGENT_BUNDLE";
 /// The netrc file to read stanzas from when `--netrc` is not given (as curl and Python do).
 pub const NETRC: &str = "NETRC";
 /// Whether a desktop session bus (and so perhaps a Secret Service keyring) is reachable.

@@ -1,16 +1,19 @@
 //! Starting `xfer agent` on a host, and putting it there first when it is missing.
 //!
-//! The agent is xfer's own executable. On the remote it lives in a per-user cache,
-//! `~/.cache/xfer/agent-VERSION-HASH` (HASH: the first 16 hex digits of the executable's
-//! BLAKE3), so different builds never run each other's agent. One exec channel both looks for
-//! it and, when it is there, becomes it (`exec`), so a cached agent costs no extra round trip;
-//! when it is not, the same script answers with the host's `uname -s` and `uname -m` instead.
-//! A missing or corrupted agent on a host of this binary's platform is replaced: the executable
-//! streams over exec stdin into `cat` (so hosts that refuse SFTP still get it), lands in a file
-//! created exclusively under a random name with `umask 077` and is renamed into place; the
-//! started agent then reports the BLAKE3 of its own executable, which must equal ours. Every
-//! failure (another platform, no exec, an agent that does not start, no common protocol
-//! version) is a [`Outcome::Fallback`] with one line saying why: the caller then uses SFTP.
+//! The agent is an xfer executable for the host's platform ([`bundle`]: xfer's own executable
+//! for its own platform, the agent bundle's file for others). On the remote it lives in a
+//! per-user cache, `~/.cache/xfer/agent-VERSION-OS-ARCH-HASH` (HASH: the first 16 hex digits of
+//! the executable's BLAKE3), so different builds never run each other's agent. One exec
+//! channel both looks for it and, when it is there, becomes it (`exec`), so a cached agent
+//! costs no extra round trip: the client sends the name of its agent for every platform it
+//! has one for, and the script runs the one matching the host's `uname -s` and `uname -m`; when
+//! none is cached, the same script answers with the host's platform instead. A missing or
+//! corrupted agent is replaced: the executable streams over exec stdin into `cat` (so hosts
+//! that refuse SFTP still get it), lands in a file created exclusively under a random name with
+//! `umask 077` and is renamed into place; the started agent then reports the BLAKE3 of its own
+//! executable, which must equal the one the client uploaded. Every failure (a platform without
+//! an agent, no exec, an agent that does not start, no common protocol version) is a
+//! [`Outcome::Fallback`] with one line saying why: the caller then uses SFTP.
 //!
 //! On a shared host another account may try to make xfer run its program as the user. The
 //! BLAKE3 handshake cannot stop that: it proves the file that answered holds our bytes, not
@@ -19,7 +22,7 @@
 //! real directory or file (not a symlink), owned by the user and writable by no one else,
 //! checked with `stat`; otherwise the reason is given and SFTP is used.
 //!
-//! Scripts are constants; the variables (the agent's file name, a random upload name, or the
+//! Scripts are constants; the variables (the agents' file names, a random upload name, or the
 //! path given with `--agent`) travel on stdin, never on the command line.
 //!
 //! A shell-only endpoint refuses exec: [`start_through_terminal`] does the same there through
@@ -27,9 +30,9 @@
 //! stdout, the same upload script fed through the terminal's driver, the same BLAKE3 check.
 
 use crate::agent::client::{AgentClient, AgentError, Startup};
-use crate::agent::protocol::BuildId;
 use crate::error::{Error, Result};
 use crate::remote::agent::AgentRemote;
+use crate::remote::bundle::{self, Agent, Catalog, Platform};
 use crate::remote::runner::Runner;
 use crate::remote::shell_only::{TerminalLaunch, TerminalSession};
 use crate::ssh::connect::{Connection, russh_error};
@@ -62,6 +65,9 @@ pub enum Outcome {
 const FULL: u32 = 92;
 /// Exit status of the upload script when the written file is not what was sent.
 const CHANGED: u32 = 94;
+/// Exit status of the upload script when the executable cannot start on the host at all (a C
+/// library too old, a loader missing): no other place would do better.
+const WONT_START: u32 = 95;
 
 /// The upload script's fourth line: the executable's SHA-256, POSIX cksum CRC and length.
 fn expected_sums(executable: &[u8]) -> String {
@@ -136,13 +142,25 @@ chain() {
     };
 }
 
-/// Runs the cached agent named on the first line of stdin from the first usable cache that
-/// holds a copy of ours, or prints why not.
+/// Runs the cached agent for the host's platform, or prints why not. Stdin starts with a
+/// table, one line `SYSTEM MACHINE NAME` per way an agent's platform spells itself in `uname`,
+/// ended by an empty line; the agent is the first name whose line matches the host, run from
+/// the first usable cache that holds it.
 const START_CACHED: &str = concat!(
     cache_checks!(),
-    r#"IFS= read -r name || exit 96
-case $name in ""|*/*|.*) exit 96;; esac
+    r#"system=$(uname -s 2>/dev/null) || system=
+machine=$(uname -m 2>/dev/null) || machine=
+name=
+lines=0
+while IFS=' ' read -r s m n; do
+  [ -n "$s" ] || break
+  lines=$((lines + 1))
+  [ "$lines" -le 256 ] || exit 96
+  if [ -z "$name" ] && [ "$s" = "$system" ] && [ "$m" = "$machine" ]; then name=$n; fi
+done
+case $name in */*|.*) exit 96;; esac
 for n in 1 2 3 4; do
+  [ -n "$name" ] || break
   dir=$(cache $n) || continue
   [ -n "$dir" ] && chain $n && private "$dir" || continue
   agent=$dir/$name
@@ -151,7 +169,7 @@ for n in 1 2 3 4; do
     case $mode in ""|*[!0-7]*|*[2367]?|*[2367]) ;; *) exec "$agent" agent;; esac
   fi
 done
-printf "XFER-NO-AGENT\n%s\n%s\n" "$(uname -s 2>/dev/null)" "$(uname -m 2>/dev/null)"
+printf "XFER-NO-AGENT\n%s\n%s\n" "$system" "$machine"
 "#
 );
 
@@ -220,11 +238,18 @@ for n in 1 2 3 4; do
     exit 94
   fi
   chmod 700 -- "$tmp" || { reasons="$reasons; $dir: chmod failed"; continue; }
-  if [ "$("$tmp" agent </dev/null 2>/dev/null | dd bs=7 count=1 2>/dev/null)" != XFERAGT ]; then
-    reasons="$reasons; $dir: programs cannot run there (mounted noexec?)"
-    [ "$tmp" = "$copy" ] || rm -f -- "$tmp"
-    continue
-  fi
+  said=$("$tmp" agent </dev/null 2>&1 | dd bs=512 count=1 2>/dev/null | tr -d '\n' | tr -c ' -~' '?')
+  case $said in
+    XFERAGT*) ;;
+    *)
+      if [ -z "$said" ]; then said="programs cannot run there (mounted noexec?)"; fi
+      case $said in *GLIBC_*|*"not found"*) exit_why=libc;; *) exit_why=;; esac
+      [ "$tmp" = "$copy" ] || rm -f -- "$tmp"
+      if [ "$exit_why" = libc ]; then rm -f -- "$copy"; echo "start $said"; exit 95; fi
+      reasons="$reasons; $dir: the agent does not start there: $said"
+      continue
+      ;;
+  esac
   [ "$tmp" = "$copy" ] || rm -f -- "$copy"
   mv -f -- "$tmp" "$dir/$name" || { rm -f -- "$tmp"; reasons="$reasons; $dir: rename failed"; continue; }
   for old in "$dir/${name%-*}"-*; do
@@ -282,14 +307,13 @@ pub enum AgentPlace {
     Nowhere(String),
 }
 
-/// Finds where a transfer would run the agent from on the host `runner` reaches, changing
+/// Finds where a transfer would run `agent` from on the host `runner` reaches, changing
 /// nothing there. `Err` when the host does not run the script (no exec).
-pub async fn inspect(runner: &mut Runner<'_>) -> Result<AgentPlace> {
-    let own = own().map_err(Error::remote)?;
+pub async fn inspect(runner: &mut Runner<'_>, agent: &Agent) -> Result<AgentPlace> {
     let output = runner
         .run(
             INSPECT,
-            format!("{}\n", own.name).as_bytes(),
+            format!("{}\n", agent.name).as_bytes(),
             ExecLimits {
                 max_output: 4096,
                 timeout: START_TIMEOUT,
@@ -338,29 +362,24 @@ fn agent_executable() -> std::result::Result<&'static std::path::Path, String> {
         .ok_or_else(|| "this program declares no xfer agent to deploy".to_string())
 }
 
-/// The agent this process deploys: its bytes' identity and its platform, read once.
-struct Own {
-    build: BuildId,
-    name: String,
-}
-
-fn own() -> std::result::Result<&'static Own, String> {
-    static OWN: OnceLock<std::result::Result<Own, String>> = OnceLock::new();
-    OWN.get_or_init(|| {
-        let build = crate::agent::server::build_id_of(agent_executable()?)
-            .map_err(|error| format!("cannot read xfer's own executable: {error}"))?;
-        let name = cache_name(&build.version, &build.executable_blake3);
-        Ok(Own { build, name })
-    })
-    .as_ref()
-    .map_err(Clone::clone)
-}
-
-/// The agent's file name in the remote cache: `agent-VERSION-HASH`, HASH the first 16 hex
-/// digits of the executable's BLAKE3.
-pub fn cache_name(version: &str, executable_blake3: &[u8; 32]) -> String {
-    let hash = crate::blocks::to_hex(executable_blake3);
-    format!("agent-{version}-{}", &hash[..16])
+/// The agents this process deploys (its own executable, hashed once, and the bundle's), or
+/// why it has none.
+pub fn catalog() -> std::result::Result<&'static Catalog, String> {
+    static CATALOG: OnceLock<std::result::Result<Catalog, String>> = OnceLock::new();
+    CATALOG
+        .get_or_init(|| {
+            let executable = agent_executable()?;
+            let build = crate::agent::server::build_id_of(executable)
+                .map_err(|error| format!("cannot read xfer's own executable: {error}"))?;
+            let bundle_dir = crate::env::var_path(crate::env::XFER_AGENT_BUNDLE)
+                .or_else(|| bundle::default_bundle_dir(executable));
+            Ok(Catalog::load(
+                Some((executable.to_path_buf(), build.executable_blake3)),
+                bundle_dir,
+            ))
+        })
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 /// Starts the agent on `connection` as `mode` says. `Err` only when the connection itself
@@ -396,12 +415,12 @@ async fn start_at_path(connection: &Arc<Connection>, path: &str) -> Result<Outco
 }
 
 async fn start_cached(connection: &Arc<Connection>) -> Result<Outcome> {
-    let own = match own() {
-        Ok(own) => own,
+    let catalog = match catalog() {
+        Ok(catalog) => catalog,
         Err(reason) => return Ok(Outcome::Fallback(reason)),
     };
-    let platform = match launch(connection, START_CACHED, &own.name).await? {
-        Launch::Agent(client) if is_ours(&client, own) => {
+    let platform = match launch(connection, START_CACHED, &catalog.start_table()).await? {
+        Launch::Agent(client) if is_ours(&client, catalog) => {
             return Ok(Outcome::Ready(AgentRemote::new(client, connection.clone())));
         }
         // Same name, other bytes: a damaged or tampered copy. Replace it.
@@ -418,22 +437,22 @@ async fn start_cached(connection: &Arc<Connection>) -> Result<Outcome> {
             None => probe(&mut Runner::Exec(connection)).await?,
         },
     };
-    let (os, machine) = match platform {
-        Some(platform) => platform,
-        None => return Ok(Outcome::Fallback("the host does not run commands".into())),
+    let Some(platform) = platform else {
+        return Ok(Outcome::Fallback("the host does not run commands".into()));
     };
-    if let Some(reason) = other_platform(own, &os, &machine) {
+    let agent = match catalog.for_platform(&platform) {
+        Ok(agent) => agent,
+        Err(reason) => return Ok(Outcome::Fallback(reason)),
+    };
+    if let Some(reason) = upload_once(connection, &mut Runner::Exec(connection), agent).await? {
         return Ok(Outcome::Fallback(reason));
     }
-    if let Some(reason) = upload_once(connection, &mut Runner::Exec(connection), own).await? {
-        return Ok(Outcome::Fallback(reason));
-    }
-    match launch(connection, START_CACHED, &own.name).await? {
-        Launch::Agent(client) if is_ours(&client, own) => {
+    match launch(connection, START_CACHED, &catalog.start_table()).await? {
+        Launch::Agent(client) if is_the(&client, agent) => {
             Ok(Outcome::Ready(AgentRemote::new(client, connection.clone())))
         }
         Launch::Agent(_) => Ok(Outcome::Fallback(
-            "the uploaded agent's hash differs from this executable's".into(),
+            "the uploaded agent's hash differs from the one xfer sent".into(),
         )),
         Launch::NotAgent(_) => Ok(Outcome::Fallback(
             "the uploaded agent does not start on the host".into(),
@@ -450,7 +469,7 @@ async fn start_cached(connection: &Arc<Connection>) -> Result<Outcome> {
 async fn upload_once(
     connection: &Connection,
     runner: &mut Runner<'_>,
-    own: &Own,
+    agent: &Agent,
 ) -> Result<Option<String>> {
     type Uploaded = Arc<tokio::sync::Mutex<Option<Option<String>>>>;
     static UPLOADS: std::sync::Mutex<Vec<(String, Uploaded)>> = std::sync::Mutex::new(Vec::new());
@@ -472,7 +491,7 @@ async fn upload_once(
     if let Some(failed) = &*uploaded {
         return Ok(failed.clone());
     }
-    let failed = match upload(runner, connection, own).await {
+    let failed = match upload(runner, connection, agent).await {
         Ok(()) => None,
         Err(error) if error.is_transient() => return Err(error),
         Err(error) => Some(error.message().to_string()),
@@ -487,13 +506,14 @@ async fn upload_once(
 /// had (permanent when the host refuses one or its login never runs xfer's line); anything
 /// else is a fallback with its reason.
 pub async fn start_through_terminal(connection: &Arc<Connection>) -> Result<Outcome> {
-    let own = match own() {
-        Ok(own) => own,
+    let catalog = match catalog() {
+        Ok(catalog) => catalog,
         Err(reason) => return Ok(Outcome::Fallback(reason)),
     };
+    let table = catalog.start_table();
     let session = TerminalSession::open(connection).await?;
-    let (platform, mut session) = match session.start_agent(START_CACHED, &own.name).await? {
-        TerminalLaunch::Agent(client) if is_ours(&client, own) => {
+    let (platform, mut session) = match session.start_agent(START_CACHED, &table).await? {
+        TerminalLaunch::Agent(client) if is_ours(&client, catalog) => {
             return Ok(Outcome::Ready(AgentRemote::new(client, connection.clone())));
         }
         // Same name, other bytes (a damaged copy), or an agent that would not talk: replaced
@@ -512,23 +532,26 @@ pub async fn start_through_terminal(connection: &Arc<Connection>) -> Result<Outc
             }
         },
     };
-    let Some((os, machine)) = platform else {
+    let Some(platform) = platform else {
         return Ok(Outcome::Fallback(
             "the host has no uname, so which agent it runs is unknown".into(),
         ));
     };
-    if let Some(reason) = other_platform(own, &os, &machine) {
+    let agent = match catalog.for_platform(&platform) {
+        Ok(agent) => agent,
+        Err(reason) => return Ok(Outcome::Fallback(reason)),
+    };
+    if let Some(reason) =
+        upload_once(connection, &mut Runner::Terminal(&mut session), agent).await?
+    {
         return Ok(Outcome::Fallback(reason));
     }
-    if let Some(reason) = upload_once(connection, &mut Runner::Terminal(&mut session), own).await? {
-        return Ok(Outcome::Fallback(reason));
-    }
-    Ok(match session.start_agent(START_CACHED, &own.name).await? {
-        TerminalLaunch::Agent(client) if is_ours(&client, own) => {
+    Ok(match session.start_agent(START_CACHED, &table).await? {
+        TerminalLaunch::Agent(client) if is_the(&client, agent) => {
             Outcome::Ready(AgentRemote::new(client, connection.clone()))
         }
         TerminalLaunch::Agent(_) => {
-            Outcome::Fallback("the uploaded agent's hash differs from this executable's".into())
+            Outcome::Fallback("the uploaded agent's hash differs from the one xfer sent".into())
         }
         TerminalLaunch::NotAgent(..) => {
             Outcome::Fallback("the uploaded agent does not start on the host".into())
@@ -654,7 +677,7 @@ async fn launch(connection: &Arc<Connection>, script: &'static str, line: &str) 
 
 /// What the start script printed when it did not find a usable agent.
 struct NoAgent {
-    platform: Option<(String, String)>,
+    platform: Option<Platform>,
 }
 
 fn parse_no_agent(text: &[u8]) -> Option<NoAgent> {
@@ -666,12 +689,14 @@ fn parse_no_agent(text: &[u8]) -> Option<NoAgent> {
     let os = lines.next().unwrap_or("").trim().to_string();
     let machine = lines.next().unwrap_or("").trim().to_string();
     Some(NoAgent {
-        platform: (!os.is_empty() && !machine.is_empty()).then_some((os, machine)),
+        platform: (!os.is_empty() && !machine.is_empty())
+            .then(|| Platform::from_uname(&os, &machine)),
     })
 }
 
-/// The host's `uname -s` and `uname -m`, None when it has no uname or runs no commands.
-async fn probe(runner: &mut Runner<'_>) -> Result<Option<(String, String)>> {
+/// The host's platform from its `uname -s` and `uname -m`, None when it has no uname or runs
+/// no commands.
+async fn probe(runner: &mut Runner<'_>) -> Result<Option<Platform>> {
     let limits = ExecLimits {
         max_output: 4096,
         timeout: START_TIMEOUT,
@@ -684,58 +709,47 @@ async fn probe(runner: &mut Runner<'_>) -> Result<Option<(String, String)>> {
     let mut lines = text.lines().map(str::trim);
     match (lines.next(), lines.next()) {
         (Some(os), Some(machine)) if !os.is_empty() && !machine.is_empty() => {
-            Ok(Some((os.to_string(), machine.to_string())))
+            Ok(Some(Platform::from_uname(os, machine)))
         }
         _ => Ok(None),
     }
 }
 
-/// Why this build's agent cannot run on a host of that `uname -s` and `uname -m`, if it
-/// cannot.
-fn other_platform(own: &Own, os: &str, machine: &str) -> Option<String> {
-    (!same_platform(&own.build.os, &own.build.arch, os, machine)).then(|| {
-        format!(
-            "the host is {} {}, this xfer is built for {} {}",
-            crate::terminal::printable(os),
-            crate::terminal::printable(machine),
-            own.build.os,
-            own.build.arch
-        )
-    })
+/// Whether the agent that answered runs one of the catalog's executables.
+fn is_ours(client: &AgentClient, catalog: &Catalog) -> bool {
+    catalog.holds(&client.hello().build.executable_blake3)
 }
 
-/// Whether the agent that answered runs this very executable.
-fn is_ours(client: &AgentClient, own: &Own) -> bool {
-    client.hello().build.executable_blake3 == own.build.executable_blake3
+/// Whether the agent that answered runs exactly `agent`'s executable.
+fn is_the(client: &AgentClient, agent: &Agent) -> bool {
+    client.hello().build.executable_blake3 == agent.blake3
 }
 
-/// xfer's own executable, read once for the uploads running at the same time (a fleet
-/// command uploads to many hosts at once) and let go when the last of them ends.
-fn own_executable() -> std::io::Result<Arc<Vec<u8>>> {
-    static SHARED: std::sync::Mutex<std::sync::Weak<Vec<u8>>> =
-        std::sync::Mutex::new(std::sync::Weak::new());
+/// An agent's bytes, read once for the uploads running at the same time (a fleet command
+/// uploads to many hosts at once) and let go when the last of them ends.
+fn agent_bytes(agent: &Agent) -> std::result::Result<Arc<Vec<u8>>, String> {
+    type Shared = Vec<(std::path::PathBuf, std::sync::Weak<Vec<u8>>)>;
+    static SHARED: std::sync::Mutex<Shared> = std::sync::Mutex::new(Vec::new());
     let mut shared = SHARED
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(executable) = shared.upgrade() {
-        return Ok(executable);
+    shared.retain(|(_, bytes)| bytes.strong_count() > 0);
+    if let Some(bytes) = shared
+        .iter()
+        .find(|(path, _)| *path == agent.path)
+        .and_then(|(_, bytes)| bytes.upgrade())
+    {
+        return Ok(bytes);
     }
-    let path = agent_executable().map_err(std::io::Error::other)?;
-    let executable = Arc::new(std::fs::read(path)?);
-    *shared = Arc::downgrade(&executable);
-    Ok(executable)
+    let catalog = catalog()?;
+    let bytes = Arc::new(catalog.read(agent)?);
+    shared.push((agent.path.clone(), Arc::downgrade(&bytes)));
+    Ok(bytes)
 }
 
-async fn upload(runner: &mut Runner<'_>, connection: &Connection, own: &Own) -> Result<()> {
-    let executable = own_executable()
-        .map_err(|error| Error::local_io("cannot read xfer's own executable", error))?;
-    if crate::blocks::file_hash_of(&executable) != own.build.executable_blake3 {
-        return Err(Error::remote(
-            "xfer's own executable changed on disk while running (an upgrade?)",
-        )
-        .transient(false));
-    }
-    tracing::info!(label = %connection.label(), bytes = executable.len(), "uploading the xfer agent");
+async fn upload(runner: &mut Runner<'_>, connection: &Connection, agent: &Agent) -> Result<()> {
+    let executable = agent_bytes(agent).map_err(|reason| Error::remote(reason).transient(false))?;
+    tracing::info!(label = %connection.label(), bytes = executable.len(), platform = %agent.platform, "uploading the xfer agent");
     let timeout =
         UPLOAD_TIMEOUT + Duration::from_secs((executable.len() / UPLOAD_RATE_FLOOR) as u64);
     // Places whose disk filled up while the executable streamed in: tried no more.
@@ -744,7 +758,7 @@ async fn upload(runner: &mut Runner<'_>, connection: &Connection, own: &Own) -> 
     loop {
         let header = format!(
             "{}\n{}\n{first}\n{}\n",
-            own.name,
+            agent.name,
             random_nonce(),
             expected_sums(&executable)
         )
@@ -785,6 +799,21 @@ async fn upload(runner: &mut Runner<'_>, connection: &Connection, own: &Own) -> 
                     connection.label()
                 )));
             }
+            Some(WONT_START) => {
+                // `start MESSAGE`: the system's own words, the loader's as a rule.
+                let said = answer.strip_prefix("start ").unwrap_or(answer);
+                let said = crate::terminal::printable_cut(said, 240);
+                let libc = if said.contains("GLIBC_") {
+                    "; the host's C library is older than this build of xfer needs: a release build (scripts/release.sh) needs glibc 2.17 or newer"
+                } else {
+                    ""
+                };
+                return Err(Error::remote(format!(
+                    "the xfer agent for {} does not start on the host: {said}{libc}",
+                    agent.platform
+                ))
+                .transient(false));
+            }
             Some(FULL) => {
                 // `full N REASONS`: the place numbered N ran out of room.
                 let mut words = answer.splitn(3, ' ');
@@ -820,29 +849,6 @@ pub fn random_nonce() -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
-/// Whether this build's agent runs on a host whose `uname -s` / `uname -m` are these; None when
-/// xfer cannot read its own executable.
-pub fn runs_on(uname_system: &str, uname_machine: &str) -> Option<bool> {
-    let own = own().ok()?;
-    Some(same_platform(
-        &own.build.os,
-        &own.build.arch,
-        uname_system,
-        uname_machine,
-    ))
-}
-
-/// Whether `uname -s` / `uname -m` of a host name the platform Rust calls `os` / `arch`.
-pub fn same_platform(os: &str, arch: &str, uname_system: &str, uname_machine: &str) -> bool {
-    let machine = match uname_machine {
-        "amd64" => "x86_64",
-        "arm64" | "armv8l" => "aarch64",
-        "i386" | "i486" | "i586" | "i686" => "x86",
-        other => other,
-    };
-    os.eq_ignore_ascii_case(uname_system) && arch == machine
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -855,19 +861,11 @@ mod tests {
     }
 
     #[test]
-    fn platforms() {
-        assert!(same_platform("linux", "x86_64", "Linux", "x86_64"));
-        assert!(same_platform("linux", "aarch64", "Linux", "arm64"));
-        assert!(!same_platform("linux", "x86_64", "Linux", "aarch64"));
-        assert!(!same_platform("linux", "x86_64", "Darwin", "x86_64"));
-    }
-
-    #[test]
     fn no_agent_answers() {
         let answer = parse_no_agent(b"XFER-NO-AGENT\nLinux\nx86_64\n").unwrap();
         assert_eq!(
             answer.platform,
-            Some(("Linux".to_string(), "x86_64".to_string()))
+            Some(Platform::from_uname("Linux", "x86_64"))
         );
         assert_eq!(
             parse_no_agent(b"XFER-NO-AGENT\n\n\n").unwrap().platform,
@@ -915,14 +913,78 @@ mod tests {
     }
 
     fn upload_input(name: &str, first: u32) -> Vec<u8> {
+        upload_input_of(name, first, FAKE_AGENT)
+    }
+
+    fn upload_input_of(name: &str, first: u32, executable: &[u8]) -> Vec<u8> {
         let mut input = format!(
             "{name}\n{}\n{first}\n{}\n",
             random_nonce(),
-            expected_sums(FAKE_AGENT)
+            expected_sums(executable)
         )
         .into_bytes();
-        input.extend_from_slice(FAKE_AGENT);
+        input.extend_from_slice(executable);
         input
+    }
+
+    /// The start script's table naming `name` for this machine's platform, as the client sends
+    /// it.
+    fn start_input(name: &str) -> Vec<u8> {
+        let mut table = String::new();
+        for (system, machine) in Platform::this().uname_spellings() {
+            table.push_str(&format!("{system} {machine} {name}\n"));
+        }
+        table.push('\n');
+        table.into_bytes()
+    }
+
+    #[test]
+    fn the_start_script_runs_the_agent_for_the_hosts_platform_only() {
+        let work = tempfile::tempdir().unwrap();
+        let (home, tmp) = (work.path().join("home"), work.path().join("tmp"));
+        private_directory(&home);
+        private_directory(&tmp);
+        // Agents of two platforms in a shared home (an upload removes older agents of its own
+        // platform only): the other platform's is listed first.
+        let ours = format!("agent-test-ours-{}", random_nonce());
+        let other = format!("agent-test-other-{}", random_nonce());
+        for (name, agent) in [
+            (&ours, FAKE_AGENT),
+            (&other, b"#!/bin/sh\necho XFERAGT-OTHER\n"),
+        ] {
+            let (status, output) = run_here(UPLOAD, &home, &tmp, &upload_input_of(name, 1, agent));
+            assert_eq!(status, 0, "{output}");
+        }
+        let mut table = format!("Linux riscv64 {other}\nDarwin arm64 {other}\n").into_bytes();
+        table.extend_from_slice(&start_input(&ours));
+        let (status, output) = run_here(START_CACHED, &home, &tmp, &table);
+        assert_eq!((status, output.as_str()), (0, "XFERAGT\n"));
+
+        // Only the other platform listed: nothing runs, and the host's platform is given.
+        let table = format!("Linux riscv64 {other}\n\n");
+        let (status, output) = run_here(START_CACHED, &home, &tmp, table.as_bytes());
+        assert_eq!(status, 0);
+        let platform = parse_no_agent(output.as_bytes()).unwrap().platform;
+        assert_eq!(platform, Some(Platform::this()), "{output}");
+    }
+
+    #[test]
+    fn an_agent_the_hosts_c_library_cannot_load_is_reported_in_the_loaders_words() {
+        let work = tempfile::tempdir().unwrap();
+        let (home, tmp) = (work.path().join("home"), work.path().join("tmp"));
+        private_directory(&home);
+        private_directory(&tmp);
+        // What the dynamic loader prints for a binary built against a newer glibc.
+        let agent: &[u8] = b"#!/bin/sh\necho \"$0: /lib64/libc.so.6: version \\`GLIBC_2.34' not found (required by $0)\" >&2\nexit 1\n";
+        let name = test_name();
+        let (status, output) = run_here(UPLOAD, &home, &tmp, &upload_input_of(&name, 1, agent));
+        assert_eq!(status, 95, "{output}");
+        assert!(output.starts_with("start "), "{output}");
+        assert!(output.contains("`GLIBC_2.34' not found"), "{output}");
+        // Nothing is left behind, and no other place was tried.
+        let cache = home.join(".cache/xfer");
+        assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
     }
 
     #[test]
@@ -959,7 +1021,7 @@ mod tests {
         let tools = work.path().join("bin");
         std::fs::create_dir_all(&tools).unwrap();
         for tool in [
-            "cat", "cksum", "stat", "id", "mkdir", "chmod", "mv", "rm", "dd", "sh",
+            "cat", "cksum", "stat", "id", "mkdir", "chmod", "mv", "rm", "dd", "sh", "tr", "uname",
         ] {
             let found = ["/usr/bin", "/bin"]
                 .iter()
@@ -997,7 +1059,7 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o700);
         // The start script finds it there (it runs it: the fake prints its greeting).
-        let (status, output) = run_here(START_CACHED, &home, &tmp, format!("{name}\n").as_bytes());
+        let (status, output) = run_here(START_CACHED, &home, &tmp, &start_input(&name));
         assert_eq!((status, output.as_str()), (0, "XFERAGT\n"));
     }
 
@@ -1016,8 +1078,8 @@ mod tests {
         let planted = home.join(".cache/xfer").join(&name);
         std::fs::write(&planted, b"#!/bin/sh\necho PLANTED\n").unwrap();
         std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o700)).unwrap();
-        let start = format!("{name}\n");
-        let (status, output) = run_here(START_CACHED, &home, &tmp, start.as_bytes());
+        let start = start_input(&name);
+        let (status, output) = run_here(START_CACHED, &home, &tmp, &start);
         assert_eq!(status, 0);
         assert!(output.starts_with("XFER-NO-AGENT\n"), "{output}");
 
@@ -1027,7 +1089,7 @@ mod tests {
         let cache = tmp.join(format!("xfer-agent-{uid}"));
         assert_eq!(output.trim(), format!("ok {}", cache.display()));
         assert_eq!(std::fs::read(cache.join(&name)).unwrap(), FAKE_AGENT);
-        let (_, output) = run_here(START_CACHED, &home, &tmp, start.as_bytes());
+        let (_, output) = run_here(START_CACHED, &home, &tmp, &start);
         assert_eq!(output, "XFERAGT\n");
     }
 

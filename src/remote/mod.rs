@@ -8,12 +8,14 @@
 //! caps what one may hold, in entries and in bytes, for every remote.
 //!
 //! - [`sftp`] and [`agent`]: the two implementations over SSH; [`session`]: either, per
-//!   connection; [`deploy`]: putting the agent on a host and starting it; [`home`]: `~user`.
+//!   connection; [`deploy`]: putting the agent on a host and starting it, [`bundle`]: which
+//!   executable is the agent for a host's platform; [`home`]: `~user`.
 //! - [`pool`]: where the engine gets its remotes ([`pool::Pool`], [`pool::SessionPool`]).
 //! - [`read_only`]: a remote with every change refused, which a dry run plans through.
 //! - [`memory`]: a host held in memory that can cut, stall and lie, for the engine's tests.
 
 pub mod agent;
+pub mod bundle;
 pub mod deploy;
 pub mod home;
 pub mod memory;

@@ -23,7 +23,11 @@ const BLOCK: usize = 1 << 20;
 
 /// An sshd whose sessions get `home` as HOME (an empty agent cache unless the test fills it),
 /// and `extra` sshd_config lines.
-fn setup_with(builder: SshdBuilder, own_home: bool, path_prefix: Option<&Path>) -> Setup {
+pub(crate) fn setup_with(
+    builder: SshdBuilder,
+    own_home: bool,
+    path_prefix: Option<&Path>,
+) -> Setup {
     let work = tempfile::tempdir().unwrap();
     let home = own_home.then(|| {
         let home = work.path().join("home");
@@ -57,7 +61,7 @@ fn setup() -> Setup {
 }
 
 /// A small tree: files around the block size, an empty file, a symlink, an empty directory.
-fn make_tree(root: &Path) {
+pub(crate) fn make_tree(root: &Path) {
     fs::create_dir_all(root.join("a/b")).unwrap();
     fs::create_dir_all(root.join("empty-dir")).unwrap();
     fs::write(root.join("empty.bin"), b"").unwrap();

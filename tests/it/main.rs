@@ -19,6 +19,7 @@ mod limits;
 mod local_safety;
 mod netrc_golden;
 mod pam_fixture;
+mod portable;
 mod secret;
 mod shared_host;
 mod shell_only;

@@ -21,6 +21,7 @@ mod fake_agent;
 mod fleet;
 mod output;
 pub mod pam;
+pub mod portable;
 mod proxy;
 mod relay;
 mod server;
@@ -136,8 +137,9 @@ pub fn remote_home() -> &'static Path {
 pub fn install_agent(home: &Path) {
     let binary = fs::read(env!("CARGO_BIN_EXE_xfer"))
         .unwrap_or_else(|error| panic!("cannot read the xfer binary: {error}"));
-    let name = xfer::remote::deploy::cache_name(
+    let name = xfer::remote::bundle::cache_name(
         env!("CARGO_PKG_VERSION"),
+        &xfer::remote::bundle::Platform::this(),
         &xfer::blocks::file_hash_of(&binary),
     );
     let cache = home.join(".cache/xfer");
@@ -182,9 +184,16 @@ pub fn xfer_command() -> Command {
 /// A `Command` for the built `xfer` binary using `state_dir` (kept alive by the caller) as
 /// `XFER_STATE_DIR`, with no ssh-agent and stdin from /dev/null.
 pub fn xfer_command_in(state_dir: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_xfer"));
+    xfer_binary_command_in(Path::new(env!("CARGO_BIN_EXE_xfer")), state_dir)
+}
+
+/// [`xfer_command_in`] for another xfer executable (the portable release build). No agent
+/// bundle but the one a test names: the environment's `XFER_AGENT_BUNDLE` is removed.
+pub fn xfer_binary_command_in(binary: &Path, state_dir: &Path) -> Command {
+    let mut command = Command::new(binary);
     command
         .env_remove("SSH_AUTH_SOCK")
+        .env_remove("XFER_AGENT_BUNDLE")
         .env("XFER_STATE_DIR", state_dir)
         .stdin(Stdio::null());
     command

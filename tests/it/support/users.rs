@@ -397,14 +397,15 @@ impl LocalUser {
     }
 }
 
-/// The agent's file name in a remote cache for this build: `agent-VERSION-HASH`.
+/// The agent's file name in a remote cache for this build: `agent-VERSION-OS-ARCH-HASH`.
 pub fn agent_name() -> &'static str {
     static NAME: OnceLock<String> = OnceLock::new();
     NAME.get_or_init(|| {
         let binary = fs::read(env!("CARGO_BIN_EXE_xfer"))
             .unwrap_or_else(|error| panic!("cannot read the xfer binary: {error}"));
-        xfer::remote::deploy::cache_name(
+        xfer::remote::bundle::cache_name(
             env!("CARGO_PKG_VERSION"),
+            &xfer::remote::bundle::Platform::this(),
             &xfer::blocks::file_hash_of(&binary),
         )
     })

@@ -1,0 +1,253 @@
+//! The agent on the remotes users have: the release build (glibc 2.17, `scripts/release.sh`)
+//! needs no newer C library symbol than 2.17 and starts with every symbol bound at once; a
+//! host reporting another architecture (a `uname` on sshd's PATH that says so) gets the agent
+//! bundle's file for it, checked by hash, and pulls, pushes and deltas go through it; a
+//! platform the bundle lacks, or a bundle file that does not match its manifest, falls back to
+//! SFTP in one line naming the file; `doctor` reports the platform and where its agent comes
+//! from, or why there is none.
+
+use crate::agent::{make_tree, setup_with};
+use crate::support::portable::{highest_glibc_version, portable_xfer};
+use crate::support::{
+    Setup, Sshd, assert_agent_used, assert_success, pattern, run_with_timeout, stderr, summary,
+    tree_digest,
+};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(120);
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+const BLOCK: usize = 1 << 20;
+
+#[test]
+fn the_agent_xfer_deploys_needs_no_c_library_newer_than_glibc_2_17() {
+    let portable = portable_xfer();
+    let highest = highest_glibc_version(portable);
+    assert!(
+        highest <= (2, 17),
+        "{} needs GLIBC_{}.{}: a dependency pulled in a newer C library symbol",
+        portable.display(),
+        highest.0,
+        highest.1
+    );
+    // Every symbol bound at start, as an old loader would have to: a missing one fails here.
+    let output = run_with_timeout(
+        std::process::Command::new(portable)
+            .arg("agent")
+            .env("LD_BIND_NOW", "1")
+            .stdin(Stdio::null()),
+        LIMIT,
+    );
+    assert!(
+        output.stdout.starts_with(b"XFERAGT"),
+        "the portable agent did not greet: {}",
+        stderr(&output)
+    );
+}
+
+/// A `uname` for sshd's PATH that says the host is `machine`.
+fn uname_saying(machine: &str) -> tempfile::TempDir {
+    let shim = tempfile::tempdir().unwrap();
+    let uname = shim.path().join("uname");
+    fs::write(
+        &uname,
+        format!(
+            "#!/bin/sh\ncase \"$1\" in -m) echo {machine};; -sm) echo Linux {machine};; *) echo Linux;; esac\n"
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&uname, fs::Permissions::from_mode(0o755)).unwrap();
+    shim
+}
+
+/// An agent bundle holding `agent` as the aarch64 Linux agent, listed in its manifest with
+/// the BLAKE3 of `listed` (the agent's own bytes, unless a test makes them differ).
+fn bundle_with(dir: &Path, agent: &[u8], listed: &[u8]) -> PathBuf {
+    let bundle = dir.join("agents");
+    fs::create_dir_all(&bundle).unwrap();
+    let name = format!("xfer-agent-{VERSION}-linux-aarch64");
+    fs::write(bundle.join(&name), agent).unwrap();
+    let hash = xfer::blocks::to_hex(&xfer::blocks::file_hash_of(listed));
+    fs::write(bundle.join("MANIFEST.b3"), format!("{hash}  {name}\n")).unwrap();
+    for path in [&bundle, &bundle.join(&name), &bundle.join("MANIFEST.b3")] {
+        fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    bundle
+}
+
+fn run_with_bundle(setup: &Setup, bundle: &Path, arguments: &[&str]) -> Output {
+    let mut command = setup.xfer(arguments);
+    command.env("XFER_AGENT_BUNDLE", bundle);
+    run_with_timeout(&mut command, LIMIT)
+}
+
+fn notices(output: &Output) -> Vec<String> {
+    stderr(output)
+        .lines()
+        .filter(|line| line.contains("using SFTP"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_host_of_another_architecture_gets_the_bundles_agent_checked_by_hash() {
+    let shim = uname_saying("aarch64");
+    let setup = setup_with(Sshd::builder(), true, Some(shim.path()));
+    // The portable build stands in for the aarch64 agent: this machine runs it, and its bytes
+    // differ from the client's, so the agent that answers shows which one was deployed.
+    let agent = fs::read(portable_xfer()).unwrap();
+    let client = fs::read(env!("CARGO_BIN_EXE_xfer")).unwrap();
+    assert_ne!(agent, client);
+    let bundle = bundle_with(setup.work.path(), &agent, &agent);
+    make_tree(&setup.path("source"));
+
+    let copy = setup.path("copy");
+    let output = run_with_bundle(
+        &setup,
+        &bundle,
+        &["pull", &setup.remote("source"), copy.to_str().unwrap()],
+    );
+    assert_success(&output);
+    assert_agent_used(&output, "the pull");
+    assert_eq!(tree_digest(&setup.path("source")), tree_digest(&copy));
+    let hash = xfer::blocks::to_hex(&xfer::blocks::file_hash_of(&agent));
+    let cached = setup.cached_agents();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    assert_eq!(
+        cached[0].file_name().unwrap().to_string_lossy(),
+        format!("agent-{VERSION}-linux-aarch64-{}", &hash[..16])
+    );
+    assert_eq!(fs::read(&cached[0]).unwrap(), agent);
+
+    // A push of a tree through it, then a delta push of one changed block.
+    let pushed = setup.path("pushed");
+    let output = run_with_bundle(
+        &setup,
+        &bundle,
+        &["push", copy.to_str().unwrap(), &setup.remote("pushed")],
+    );
+    assert_success(&output);
+    assert_agent_used(&output, "the push");
+    assert_eq!(tree_digest(&copy), tree_digest(&pushed));
+
+    let file = copy.join("a/b/several.bin");
+    let mut bytes = fs::read(&file).unwrap();
+    bytes[BLOCK + 17] ^= 0x5a;
+    fs::write(&file, &bytes).unwrap();
+    let output = run_with_bundle(
+        &setup,
+        &bundle,
+        &[
+            "push",
+            "--json",
+            copy.to_str().unwrap(),
+            &setup.remote("pushed"),
+        ],
+    );
+    assert_success(&output);
+    assert_agent_used(&output, "the delta push");
+    assert_eq!(tree_digest(&copy), tree_digest(&pushed));
+    // One byte changed: one block moves (the layout's block, at most 1 MiB), not the file.
+    let moved = summary(&output)["bytes_moved"].as_u64().unwrap();
+    assert!(moved > 0 && moved <= BLOCK as u64, "{moved} bytes moved");
+    // Still the one agent: the cached copy served the later runs.
+    assert_eq!(setup.cached_agents().len(), 1);
+}
+
+#[test]
+fn a_platform_the_bundle_lacks_falls_back_to_sftp_in_one_line_naming_the_file() {
+    let shim = uname_saying("aarch64");
+    let setup = setup_with(Sshd::builder(), true, Some(shim.path()));
+    let bundle = setup.work.path().join("agents");
+    fs::create_dir_all(&bundle).unwrap();
+    fs::write(bundle.join("MANIFEST.b3"), "").unwrap();
+    fs::write(setup.path("file.bin"), pattern(5, 3 * BLOCK + 9)).unwrap();
+    let copy = setup.path("copy.bin");
+    let output = run_with_bundle(
+        &setup,
+        &bundle,
+        &["pull", &setup.remote("file.bin"), copy.to_str().unwrap()],
+    );
+    assert_success(&output);
+    assert_eq!(
+        fs::read(setup.path("file.bin")).unwrap(),
+        fs::read(&copy).unwrap()
+    );
+    let lines = notices(&output);
+    assert_eq!(lines.len(), 1, "one line says why:\n{}", stderr(&output));
+    let needed = bundle.join(format!("xfer-agent-{VERSION}-linux-aarch64"));
+    assert!(
+        lines[0].contains(&needed.display().to_string()),
+        "{}",
+        lines[0]
+    );
+    assert!(setup.cached_agents().is_empty());
+}
+
+#[test]
+fn a_bundle_file_that_does_not_match_its_manifest_is_never_uploaded() {
+    let shim = uname_saying("arm64");
+    let setup = setup_with(Sshd::builder(), true, Some(shim.path()));
+    let client = fs::read(env!("CARGO_BIN_EXE_xfer")).unwrap();
+    // Listed with one hash, holding other bytes (replaced after the release was made).
+    let mut replaced = client.clone();
+    replaced.extend_from_slice(b"appended after the manifest was written");
+    let bundle = bundle_with(setup.work.path(), &replaced, &client);
+    fs::write(setup.path("file.bin"), pattern(6, BLOCK)).unwrap();
+    let copy = setup.path("copy.bin");
+    let output = run_with_bundle(
+        &setup,
+        &bundle,
+        &["pull", &setup.remote("file.bin"), copy.to_str().unwrap()],
+    );
+    assert_success(&output);
+    let lines = notices(&output);
+    assert_eq!(lines.len(), 1, "one line says why:\n{}", stderr(&output));
+    assert!(
+        lines[0].contains("does not match its BLAKE3"),
+        "{}",
+        lines[0]
+    );
+    assert!(setup.cached_agents().is_empty(), "nothing was uploaded");
+}
+
+#[test]
+fn doctor_reports_the_platform_and_where_its_agent_comes_from() {
+    let shim = uname_saying("aarch64");
+    let setup = setup_with(Sshd::builder(), true, Some(shim.path()));
+    let client = fs::read(env!("CARGO_BIN_EXE_xfer")).unwrap();
+    let mut agent = client.clone();
+    agent.extend_from_slice(b"another build");
+    let bundle = bundle_with(setup.work.path(), &agent, &agent);
+
+    let output = run_with_bundle(&setup, &bundle, &["doctor", "--json", "box"]);
+    let report = &summary(&output)[0];
+    assert_eq!(report["platform"], "linux-aarch64", "{report}");
+    assert_eq!(report["agent"], "upload", "{report}");
+    let file = bundle.join(format!("xfer-agent-{VERSION}-linux-aarch64"));
+    assert_eq!(report["agent_from"], file.display().to_string(), "{report}");
+
+    // Without a bundle: unavailable, and a warning naming what would be needed.
+    let empty = setup.work.path().join("no-bundle");
+    let output = run_with_bundle(&setup, &empty, &["doctor", "--json", "box"]);
+    let report = &summary(&output)[0];
+    assert_eq!(report["agent"], "unavailable", "{report}");
+    let warnings = report["warnings"].to_string();
+    assert!(
+        warnings.contains(&format!("xfer-agent-{VERSION}-linux-aarch64")),
+        "{warnings}"
+    );
+
+    // The host's own platform: this executable.
+    let plain = setup_with(Sshd::builder(), true, None);
+    let output = run_with_bundle(&plain, &bundle, &["doctor", "--json", "box"]);
+    let report = &summary(&output)[0];
+    assert_eq!(report["agent_from"], "this executable", "{report}");
+    assert_eq!(
+        report["platform"],
+        format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH)
+    );
+}
