@@ -19,12 +19,13 @@ const SSHD_BINARY: &str = "/usr/sbin/sshd";
 /// sshd's privilege separation directory, which it checks for when started as root.
 const PRIVSEP_DIR: &str = "/run/sshd";
 /// Started by `unshare` in sshd's new mount namespace (see [`SshdBuilder::private_mount`]):
-/// binds each pair of arguments before `--`, the first over the second, in order, then becomes
-/// sshd with the arguments after `--`. Exit 97: a mount failed (its message is in
-/// sshd.stderr).
+/// for each triple of arguments before `--` (`rw` or `ro`, source, path), in order, binds the
+/// source over the path, read-only for `ro`, then becomes sshd with the arguments after `--`.
+/// Exit 97: a mount failed (its message is in sshd.stderr).
 const PRIVATE_MOUNT: &str = r#"while [ "$1" != -- ]; do
-  mount --bind "$1" "$2" || exit 97
-  shift 2
+  mount --bind "$2" "$3" || exit 97
+  if [ "$1" = ro ]; then mount -o remount,bind,ro "$3" || exit 97; fi
+  shift 3
 done
 shift
 exec "$@""#;
@@ -40,9 +41,16 @@ pub struct SshdBuilder {
     /// A CA's private key and the ssh-keygen options (principals, validity) to sign the host
     /// key with, for a `HostCertificate`.
     host_certificate: Option<(PathBuf, Vec<String>)>,
-    /// Directories or files to bind over paths in a mount namespace of sshd's own, in order:
-    /// (source, path).
-    private_mounts: Vec<(PathBuf, PathBuf)>,
+    /// Directories or files to bind over paths in a mount namespace of sshd's own, in order.
+    private_mounts: Vec<PrivateMount>,
+}
+
+/// One bind mount of [`SshdBuilder::private_mount`]: `source` over `over`.
+#[derive(Clone, Debug)]
+struct PrivateMount {
+    source: PathBuf,
+    over: PathBuf,
+    read_only: bool,
 }
 
 impl Default for SshdBuilder {
@@ -121,8 +129,23 @@ impl SshdBuilder {
     /// order given, so a later one may land inside an earlier one (a fresh home inside a
     /// chroot, `super::old_libc`). Needs root.
     pub fn private_mount(mut self, source: &Path, over: &Path) -> Self {
-        self.private_mounts
-            .push((source.to_path_buf(), over.to_path_buf()));
+        self.private_mounts.push(PrivateMount {
+            source: source.to_path_buf(),
+            over: over.to_path_buf(),
+            read_only: false,
+        });
+        self
+    }
+
+    /// Like [`SshdBuilder::private_mount`], but nothing can be written through the mount; a
+    /// later mount inside it is writable as its own source is. Binding a directory over
+    /// itself so makes a shared tree read-only for sshd's sessions alone.
+    pub fn private_mount_read_only(mut self, source: &Path, over: &Path) -> Self {
+        self.private_mounts.push(PrivateMount {
+            source: source.to_path_buf(),
+            over: over.to_path_buf(),
+            read_only: true,
+        });
         self
     }
 
@@ -155,7 +178,7 @@ impl Sshd {
         if running_as_root() {
             ensure_privsep_dir();
         }
-        if let Some((source, over)) = settings.private_mounts.first() {
+        if let Some(PrivateMount { source, over, .. }) = settings.private_mounts.first() {
             assert!(
                 running_as_root(),
                 "an sshd that binds {} over {} in a mount namespace of its own needs root: run the tests as root, as CI does",
@@ -483,8 +506,11 @@ impl Sshd {
                 .args(["--mount", "--propagation", "private", "sh", "-c"])
                 .arg(PRIVATE_MOUNT)
                 .arg("sh");
-            for (source, over) in &self.settings.private_mounts {
-                command.arg(source).arg(over);
+            for mount in &self.settings.private_mounts {
+                command
+                    .arg(if mount.read_only { "ro" } else { "rw" })
+                    .arg(&mount.source)
+                    .arg(&mount.over);
             }
             command.arg("--").arg(SSHD_BINARY);
             command
