@@ -6,7 +6,8 @@
 //! - a program built on this machine cannot start there: this test binary's own xfer, which
 //!   runs here, fails in a session for want of a newer `GLIBC_2.x` symbol version;
 //! - sftp works there, and what it writes lands in that fixture's own home, which another
-//!   fixture does not share and the shared root never sees.
+//!   fixture does not share and the shared root never sees;
+//! - sessions cannot change the shared root, but write to their own /tmp.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -207,4 +208,25 @@ fn sftp_writes_land_in_each_fixtures_own_home() {
         .filter(|name| !matches!(name.as_str(), ".bashrc" | ".profile"))
         .collect();
     assert!(left.is_empty(), "{} holds {left:?}", shared.display());
+}
+
+#[test]
+fn sessions_cannot_change_the_shared_root_but_write_their_own_tmp() {
+    let server = OldLibcSshd::start();
+    let config = server.client_config("old-libc", &[]);
+    let output = ssh(&config, "old-libc", "touch /etc/xfer-old-libc-test");
+    assert!(
+        !output.status.success() && text(&output.stderr).contains("Read-only file system"),
+        "{}",
+        said(&output)
+    );
+    assert!(!server.root().join("etc/xfer-old-libc-test").exists());
+
+    let output = ssh(&config, "old-libc", "echo scratch > /tmp/scratch");
+    assert!(output.status.success(), "{}", said(&output));
+    assert_eq!(
+        fs::read_to_string(server.tmp().join("scratch")).expect("the file in the fixture's /tmp"),
+        "scratch\n"
+    );
+    assert!(!server.root().join("tmp/scratch").exists());
 }

@@ -1,10 +1,11 @@
 //! An OpenSSH sshd whose sessions run on an older C library than the machine's, for tests that
 //! an agent runs on hosts older than the one it was built on. This module owns the Debian
 //! bullseye root (glibc 2.31) those sessions run in: built once per machine with `debootstrap`
-//! under [`CACHE_DIR`], by whichever test process gets [`LOCK_FILE`] first, and never written
-//! by a session afterwards; and [`OldLibcSshd`], an [`Sshd`] with `ChrootDirectory` at that
-//! root, /proc bound inside it and a fresh home of its own bound over the root's /root, all in
-//! sshd's own mount namespace, so the machine and other tests see none of it.
+//! under [`CACHE_DIR`], by whichever test process gets [`LOCK_FILE`] first; and
+//! [`OldLibcSshd`], an [`Sshd`] with `ChrootDirectory` at that root, which its sessions see
+//! read-only, with /proc bound inside it and a fresh, writable home and /tmp of its own bound
+//! over the root's, all in sshd's own mount namespace: the machine and other tests see none of
+//! it, and no session changes the root the next test gets.
 //!
 //! It needs root (debootstrap, chroot, the mount namespace) and the package debootstrap, as
 //! `.ci/run` installs; the first build downloads the root (about 180 MB unpacked).
@@ -250,12 +251,12 @@ fn tail_lines(text: &str, count: usize) -> String {
 }
 
 /// An [`Sshd`] whose sessions (commands, and sftp through `internal-sftp`) run chrooted in the
-/// bullseye root, as root, with a home of their own. Dropping it stops sshd and removes the
-/// home.
+/// bullseye root, as root, with a home and a /tmp of their own. Dropping it stops sshd and
+/// removes both.
 pub struct OldLibcSshd {
     sshd: Sshd,
-    // Declared after sshd so that it is removed once sshd is gone.
-    home: TempDir,
+    // Holds `home` and `tmp`. Declared after sshd so that it is removed once sshd is gone.
+    dir: TempDir,
 }
 
 impl OldLibcSshd {
@@ -268,10 +269,19 @@ impl OldLibcSshd {
     /// chroot, its mounts and the home.
     pub fn start_with(builder: SshdBuilder) -> OldLibcSshd {
         let root = old_root();
-        let home = tempfile::Builder::new()
-            .prefix("xfer-old-libc-home-")
+        let dir = tempfile::Builder::new()
+            .prefix("xfer-old-libc-")
             .tempdir()
-            .unwrap_or_else(|error| panic!("cannot create a home for the old-libc sshd: {error}"));
+            .unwrap_or_else(|error| {
+                panic!("cannot create a directory for the old-libc sshd: {error}")
+            });
+        // The modes of a system's own: /root is its owner's alone, /tmp everyone's, sticky.
+        for (name, mode) in [("home", 0o700), ("tmp", 0o1777)] {
+            let path = dir.path().join(name);
+            fs::create_dir(&path)
+                .and_then(|()| fs::set_permissions(&path, fs::Permissions::from_mode(mode)))
+                .unwrap_or_else(|error| panic!("cannot create {}: {error}", path.display()));
+        }
         let sshd = builder
             // HostKey and AuthorizedKeysFile keep the machine's paths: sshd reads them before
             // it chroots.
@@ -281,16 +291,20 @@ impl OldLibcSshd {
                  Subsystem sftp internal-sftp",
                 root.path.display()
             ))
+            // Sessions run as root: only a read-only mount keeps them from changing the root
+            // every later test, and every checkout on the machine, shares.
+            .private_mount_read_only(&root.path, &root.path)
             // The agent finds itself through /proc/self/exe.
             .private_mount(Path::new("/proc"), &root.path.join("proc"))
-            // Over the root's own /root, which stays empty: tests never see each other's
-            // files, and the shared root is never written.
+            // Over the root's own: tests never see each other's files, and can write where
+            // programs expect to.
             .private_mount(
-                home.path(),
+                &dir.path().join("home"),
                 &root.path.join(HOME_INSIDE.trim_start_matches('/')),
             )
+            .private_mount(&dir.path().join("tmp"), &root.path.join("tmp"))
             .start();
-        OldLibcSshd { sshd, home }
+        OldLibcSshd { sshd, dir }
     }
 
     pub fn sshd(&self) -> &Sshd {
@@ -309,8 +323,13 @@ impl OldLibcSshd {
 
     /// The sessions' home (`/root` to them), as the machine sees it: put files here for a
     /// session to find, and read what it wrote.
-    pub fn home(&self) -> &Path {
-        self.home.path()
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    /// The sessions' /tmp, as the machine sees it.
+    pub fn tmp(&self) -> PathBuf {
+        self.dir.path().join("tmp")
     }
 
     /// The sessions' home as they see it.
