@@ -18,6 +18,7 @@ mod keepalive;
 mod limits;
 mod local_safety;
 mod netrc_golden;
+mod old_libc_fixture;
 mod pam_fixture;
 mod portable;
 mod secret;

@@ -9,7 +9,8 @@
 //! shared host ([`users`]), shell-only endpoints that give nothing but an interactive shell on a
 //! terminal (a real sshd, [`shell_only`], and an in-process relay, [`Relay`]), a way to drive a
 //! terminal session line by line ([`Conversation`]), and logins that need a password or a key
-//! and a one-time code, with askpass programs that answer for a test ([`pam`]).
+//! and a one-time code, with askpass programs that answer for a test ([`pam`]), and an sshd whose
+//! sessions run on an older C library than the machine's ([`old_libc`]).
 //!
 //! The integration test binary (`tests/it/main.rs`) declares it once; its test modules use it
 //! as `crate::support`.
@@ -19,6 +20,7 @@ mod conversation;
 mod dropbear;
 mod fake_agent;
 mod fleet;
+pub mod old_libc;
 mod output;
 pub mod pam;
 pub mod portable;

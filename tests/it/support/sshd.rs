@@ -19,10 +19,15 @@ const SSHD_BINARY: &str = "/usr/sbin/sshd";
 /// sshd's privilege separation directory, which it checks for when started as root.
 const PRIVSEP_DIR: &str = "/run/sshd";
 /// Started by `unshare` in sshd's new mount namespace (see [`SshdBuilder::private_mount`]):
-/// binds `$1` over `$2`, then becomes sshd with the rest of the arguments. Exit 97: the mount
-/// failed (its message is in sshd.stderr).
-const PRIVATE_MOUNT: &str = r#"mount --bind "$1" "$2" || exit 97
-shift 2
+/// for each triple of arguments before `--` (`rw` or `ro`, source, path), in order, binds the
+/// source over the path, read-only for `ro`, then becomes sshd with the arguments after `--`.
+/// Exit 97: a mount failed (its message is in sshd.stderr).
+const PRIVATE_MOUNT: &str = r#"while [ "$1" != -- ]; do
+  mount --bind "$2" "$3" || exit 97
+  if [ "$1" = ro ]; then mount -o remount,bind,ro "$3" || exit 97; fi
+  shift 3
+done
+shift
 exec "$@""#;
 
 /// Options for an [`Sshd`]; start one with [`SshdBuilder::start`].
@@ -36,9 +41,16 @@ pub struct SshdBuilder {
     /// A CA's private key and the ssh-keygen options (principals, validity) to sign the host
     /// key with, for a `HostCertificate`.
     host_certificate: Option<(PathBuf, Vec<String>)>,
-    /// A directory or file to bind over a path in a mount namespace of sshd's own:
-    /// (source, path).
-    private_mount: Option<(PathBuf, PathBuf)>,
+    /// Directories or files to bind over paths in a mount namespace of sshd's own, in order.
+    private_mounts: Vec<PrivateMount>,
+}
+
+/// One bind mount of [`SshdBuilder::private_mount`]: `source` over `over`.
+#[derive(Clone, Debug)]
+struct PrivateMount {
+    source: PathBuf,
+    over: PathBuf,
+    read_only: bool,
 }
 
 impl Default for SshdBuilder {
@@ -58,7 +70,7 @@ impl SshdBuilder {
             log_level: "DEBUG1".to_owned(),
             local_users: false,
             host_certificate: None,
-            private_mount: None,
+            private_mounts: Vec::new(),
         }
     }
 
@@ -113,9 +125,27 @@ impl SshdBuilder {
     /// `source` over the existing file `over`): sshd and its sessions see `source` at `over`,
     /// and nothing else on the machine does. So several servers can each have their own files
     /// at one path, as the machines of a fleet do, or one server its own PAM stack at
-    /// /etc/pam.d/sshd (`super::pam`). Needs root.
+    /// /etc/pam.d/sshd (`super::pam`). Called again, it adds a mount: they are made in the
+    /// order given, so a later one may land inside an earlier one (a fresh home inside a
+    /// chroot, `super::old_libc`). Needs root.
     pub fn private_mount(mut self, source: &Path, over: &Path) -> Self {
-        self.private_mount = Some((source.to_path_buf(), over.to_path_buf()));
+        self.private_mounts.push(PrivateMount {
+            source: source.to_path_buf(),
+            over: over.to_path_buf(),
+            read_only: false,
+        });
+        self
+    }
+
+    /// Like [`SshdBuilder::private_mount`], but nothing can be written through the mount; a
+    /// later mount inside it is writable as its own source is. Binding a directory over
+    /// itself so makes a shared tree read-only for sshd's sessions alone.
+    pub fn private_mount_read_only(mut self, source: &Path, over: &Path) -> Self {
+        self.private_mounts.push(PrivateMount {
+            source: source.to_path_buf(),
+            over: over.to_path_buf(),
+            read_only: true,
+        });
         self
     }
 
@@ -148,7 +178,7 @@ impl Sshd {
         if running_as_root() {
             ensure_privsep_dir();
         }
-        if let Some((source, over)) = &settings.private_mount {
+        if let Some(PrivateMount { source, over, .. }) = settings.private_mounts.first() {
             assert!(
                 running_as_root(),
                 "an sshd that binds {} over {} in a mount namespace of its own needs root: run the tests as root, as CI does",
@@ -467,20 +497,23 @@ impl Sshd {
             .append(true)
             .open(self.stderr_path())
             .unwrap_or_else(|error| panic!("cannot open sshd's stderr file: {error}"));
-        let mut command = match &self.settings.private_mount {
-            None => Command::new(SSHD_BINARY),
+        let mut command = if self.settings.private_mounts.is_empty() {
+            Command::new(SSHD_BINARY)
+        } else {
             // unshare and sh both exec, so the child's pid stays sshd's own.
-            Some((source, over)) => {
-                let mut command = Command::new("unshare");
+            let mut command = Command::new("unshare");
+            command
+                .args(["--mount", "--propagation", "private", "sh", "-c"])
+                .arg(PRIVATE_MOUNT)
+                .arg("sh");
+            for mount in &self.settings.private_mounts {
                 command
-                    .args(["--mount", "--propagation", "private", "sh", "-c"])
-                    .arg(PRIVATE_MOUNT)
-                    .arg("sh")
-                    .arg(source)
-                    .arg(over)
-                    .arg(SSHD_BINARY);
-                command
+                    .arg(if mount.read_only { "ro" } else { "rw" })
+                    .arg(&mount.source)
+                    .arg(&mount.over);
             }
+            command.arg("--").arg(SSHD_BINARY);
+            command
         };
         let child = command
             .arg("-D")
