@@ -1,5 +1,8 @@
 //! The agent on the remotes users have: the release build (glibc 2.17, `scripts/release.sh`)
-//! needs no newer C library symbol than 2.17 and starts with every symbol bound at once; a
+//! needs no newer C library symbol than 2.17 and starts with every symbol bound at once; on a
+//! host whose C library is older than this machine's (sessions chrooted into Debian 11), a
+//! client built here falls back to SFTP quoting the loader, while the release build deploys
+//! itself and pulls, pushes and deltas go through it; a
 //! host reporting another architecture (a `uname` on sshd's PATH that says so) gets the agent
 //! bundle's file for it, checked by hash, and pulls, pushes and deltas go through it; a
 //! platform the bundle lacks, or a bundle file that does not match its manifest, falls back to
@@ -7,10 +10,11 @@
 //! from, or why there is none.
 
 use crate::agent::{make_tree, setup_with};
+use crate::support::old_libc::OldLibcSshd;
 use crate::support::portable::{highest_glibc_version, portable_xfer};
 use crate::support::{
-    Setup, Sshd, assert_agent_used, assert_success, pattern, run_with_timeout, stderr, summary,
-    tree_digest,
+    Setup, Sshd, assert_agent_used, assert_success, pattern, run_with_timeout, set_mtime, stderr,
+    summary, tree_digest, xfer_binary_command_in,
 };
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -46,6 +50,109 @@ fn the_agent_xfer_deploys_needs_no_c_library_newer_than_glibc_2_17() {
         "the portable agent did not greet: {}",
         stderr(&output)
     );
+}
+
+#[test]
+fn the_release_agent_runs_where_the_c_library_is_older_than_the_build_machines() {
+    let server = OldLibcSshd::start();
+    let config = server.client_config("old", &[]);
+    let work = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    // The host's files live in the fixture's home, which its sessions see as /root.
+    let source = server.home().join("source");
+    make_tree(&source);
+    let run = |binary: &Path, arguments: &[&str]| {
+        let mut command = xfer_binary_command_in(binary, state.path());
+        command.args(arguments).arg("-F").arg(&config);
+        run_with_timeout(&mut command, LIMIT)
+    };
+    let cached = || -> Vec<PathBuf> {
+        match fs::read_dir(server.home().join(".cache/xfer")) {
+            Ok(entries) => entries.map(|entry| entry.unwrap().path()).collect(),
+            Err(_) => Vec::new(),
+        }
+    };
+
+    // A client built on this machine is its own agent, which the host's glibc cannot load:
+    // SFTP it is, in one line quoting the loader, and nothing is left in the cache.
+    let here = Path::new(env!("CARGO_BIN_EXE_xfer"));
+    assert!(
+        highest_glibc_version(here) > (2, 31),
+        "this machine's build would run there"
+    );
+    let copy = work.path().join("copy-over-sftp");
+    let output = run(here, &["pull", "old:/root/source", copy.to_str().unwrap()]);
+    assert_success(&output);
+    assert_eq!(tree_digest(&source), tree_digest(&copy));
+    let lines = notices(&output);
+    assert_eq!(lines.len(), 1, "one line says why:\n{}", stderr(&output));
+    assert!(
+        lines[0].contains("GLIBC_2.") && lines[0].contains("not found"),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[0].contains("glibc 2.17"), "{}", lines[0]);
+    assert!(cached().is_empty(), "{:?}", cached());
+
+    // The release build deploys itself there and everything goes through the agent.
+    let portable = portable_xfer();
+    let copy = work.path().join("copy");
+    let output = run(
+        portable,
+        &["pull", "old:/root/source", copy.to_str().unwrap()],
+    );
+    assert_success(&output);
+    assert_agent_used(&output, "the pull");
+    assert_eq!(tree_digest(&source), tree_digest(&copy));
+    let agents = cached();
+    assert_eq!(agents.len(), 1, "{agents:?}");
+    assert_eq!(fs::read(&agents[0]).unwrap(), fs::read(portable).unwrap());
+
+    let output = run(
+        portable,
+        &["push", copy.to_str().unwrap(), "old:/root/pushed"],
+    );
+    assert_success(&output);
+    assert_agent_used(&output, "the push");
+    assert_eq!(
+        tree_digest(&copy),
+        tree_digest(&server.home().join("pushed"))
+    );
+
+    // Deltas both ways: one byte changed moves one block, not the file.
+    let file = copy.join("a/b/several.bin");
+    let mut bytes = fs::read(&file).unwrap();
+    bytes[2 * BLOCK + 5] ^= 0x33;
+    fs::write(&file, &bytes).unwrap();
+    let output = run(
+        portable,
+        &["push", "--json", copy.to_str().unwrap(), "old:/root/pushed"],
+    );
+    assert_success(&output);
+    assert_agent_used(&output, "the delta push");
+    assert_eq!(
+        tree_digest(&copy),
+        tree_digest(&server.home().join("pushed"))
+    );
+    let moved = summary(&output)["bytes_moved"].as_u64().unwrap();
+    assert!(moved > 0 && moved <= BLOCK as u64, "{moved} bytes moved");
+
+    // The pull puts back the byte the push changed and brings one changed on the host.
+    let remote = source.join("a/b/several.bin");
+    let mut bytes = fs::read(&remote).unwrap();
+    bytes[100] ^= 0x44;
+    fs::write(&remote, &bytes).unwrap();
+    // Both copies were written this second: a different mtime tells the pull they differ.
+    set_mtime(&remote, 1_700_000_000);
+    let output = run(
+        portable,
+        &["pull", "--json", "old:/root/source", copy.to_str().unwrap()],
+    );
+    assert_success(&output);
+    assert_agent_used(&output, "the delta pull");
+    assert_eq!(tree_digest(&source), tree_digest(&copy));
+    let moved = summary(&output)["bytes_moved"].as_u64().unwrap();
+    assert!(moved > 0 && moved <= BLOCK as u64, "{moved} bytes moved");
 }
 
 /// A `uname` for sshd's PATH that says the host is `machine`.
