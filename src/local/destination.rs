@@ -16,6 +16,7 @@
 //! Every error names the full path (root joined with the relative path, terminal-safe).
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::local::mode;
 use crate::local::names::RelativePath;
 use crate::terminal::printable;
 use nix::errno::Errno;
@@ -52,7 +53,7 @@ pub enum EntryKind {
 }
 
 impl EntryKind {
-    fn from_mode(mode: u32) -> EntryKind {
+    fn from_mode(mode: nix::libc::mode_t) -> EntryKind {
         let format = SFlag::from_bits_truncate(mode & SFlag::S_IFMT.bits());
         match format {
             SFlag::S_IFREG => EntryKind::File,
@@ -117,7 +118,7 @@ impl EntryMetadata {
         EntryMetadata {
             kind: EntryKind::from_mode(status.st_mode),
             size: u64::try_from(status.st_size).unwrap_or(0),
-            mode: status.st_mode & 0o7777,
+            mode: mode::widen(status.st_mode & 0o7777),
             modified: Timestamp {
                 seconds: status.st_mtime,
                 nanoseconds: u32::try_from(status.st_mtime_nsec).unwrap_or(0),
@@ -238,7 +239,7 @@ impl Destination {
     /// component must be a real directory: a link or anything else there is an error, never
     /// followed.
     pub fn create_dir_all(&self, path: &RelativePath, mode: u32) -> Result<()> {
-        let mode = Mode::from_bits_truncate(mode & APPLIED_MODE_BITS);
+        let mode = mode::permissions(mode & APPLIED_MODE_BITS);
         self.directory(path.components(), Some(mode)).map(drop)
     }
 
@@ -287,13 +288,8 @@ impl Destination {
             | OFlag::O_CLOEXEC
             | OFlag::O_NOCTTY
             | OFlag::O_NONBLOCK;
-        let fd = fcntl::openat(
-            &parent,
-            name,
-            flags,
-            Mode::from_bits_truncate(NEW_FILE_MODE),
-        )
-        .map_err(|errno| self.entry_error(&parent, path, "open for writing", errno))?;
+        let fd = fcntl::openat(&parent, name, flags, mode::permissions(NEW_FILE_MODE))
+            .map_err(|errno| self.entry_error(&parent, path, "open for writing", errno))?;
         let status =
             stat::fstat(&fd).map_err(|errno| self.failure("inspect", path.components(), errno))?;
         self.require_writable_file(path, &status)?;
@@ -621,7 +617,7 @@ impl Destination {
         mode: u32,
         modified: Timestamp,
     ) -> Result<()> {
-        stat::fchmod(fd, Mode::from_bits_truncate(mode & APPLIED_MODE_BITS))
+        stat::fchmod(fd, mode::permissions(mode & APPLIED_MODE_BITS))
             .map_err(|errno| self.failure("set the permissions of", path.components(), errno))?;
         stat::futimens(fd, &TimeSpec::UTIME_OMIT, &modified.to_timespec())
             .map_err(|errno| self.failure("set the modification time of", path.components(), errno))
