@@ -946,6 +946,7 @@ impl<'p, 'a, R: Remote> Fetch<'p, 'a, R> {
 /// A second descriptor of `file` whose writes are durable when they return (O_DSYNC), opened
 /// through /proc/self/fd (the same file, whatever its name now); None where that is not
 /// possible, and the caller syncs as usual.
+#[cfg(target_os = "linux")]
 fn synchronous_writer(file: &File) -> Option<File> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
@@ -954,6 +955,13 @@ fn synchronous_writer(file: &File) -> Option<File> {
         .custom_flags(nix::fcntl::OFlag::O_DSYNC.bits())
         .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
         .ok()
+}
+
+/// Elsewhere there is no reopening a descriptor with other flags: macOS's /dev/fd/N only
+/// duplicates it, O_DSYNC ignored. The caller then syncs as usual.
+#[cfg(not(target_os = "linux"))]
+fn synchronous_writer(_file: &File) -> Option<File> {
+    None
 }
 
 /// Blocks synced and read back, waiting to be recorded.
