@@ -262,7 +262,8 @@ pub struct SecretSourceArgs {
     /// This machine's stanza (login, password, account) from the local netrc.
     #[arg(long, value_name = "MACHINE")]
     pub from_netrc: Option<String>,
-    /// An entry of the system keyring (Secret Service, or the kernel keyutils on a headless box).
+    /// An entry of the system keyring (Secret Service, or the kernel keyutils on a headless box;
+    /// the login keychain on macOS).
     #[arg(long, value_name = "SERVICE[/USER]")]
     pub from_keyring: Option<String>,
     /// Read the value from standard input (prompted without echo on a terminal).

@@ -533,6 +533,15 @@ impl<'a, R: Remote> PullFile<'a, R> {
     }
 }
 
+/// The bytes this user may still write on a filesystem.
+#[allow(
+    clippy::useless_conversion,
+    reason = "the block count is u64 on Linux, u32 on macOS"
+)]
+fn available_bytes(status: &nix::sys::statvfs::Statvfs) -> u64 {
+    u64::from(status.blocks_available()).saturating_mul(u64::from(status.fragment_size()))
+}
+
 /// Refuses a file the local filesystem has no room for, before anything is written: a clear
 /// message now beats "no space left" halfway through (and a lying size costs nothing).
 fn ensure_room(file: &File, size: u64, display: &str) -> Result<()> {
@@ -540,9 +549,7 @@ fn ensure_room(file: &File, size: u64, display: &str) -> Result<()> {
     let Ok(status) = nix::sys::statvfs::fstatvfs(file) else {
         return Ok(());
     };
-    let available = status
-        .blocks_available()
-        .saturating_mul(status.fragment_size());
+    let available = available_bytes(&status);
     let wanted = size.saturating_sub(current);
     if wanted > available {
         return Err(Error::new(
@@ -939,6 +946,7 @@ impl<'p, 'a, R: Remote> Fetch<'p, 'a, R> {
 /// A second descriptor of `file` whose writes are durable when they return (O_DSYNC), opened
 /// through /proc/self/fd (the same file, whatever its name now); None where that is not
 /// possible, and the caller syncs as usual.
+#[cfg(target_os = "linux")]
 fn synchronous_writer(file: &File) -> Option<File> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
@@ -947,6 +955,13 @@ fn synchronous_writer(file: &File) -> Option<File> {
         .custom_flags(nix::fcntl::OFlag::O_DSYNC.bits())
         .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
         .ok()
+}
+
+/// Elsewhere there is no reopening a descriptor with other flags: macOS's /dev/fd/N only
+/// duplicates it, O_DSYNC ignored. The caller then syncs as usual.
+#[cfg(not(target_os = "linux"))]
+fn synchronous_writer(_file: &File) -> Option<File> {
+    None
 }
 
 /// Blocks synced and read back, waiting to be recorded.

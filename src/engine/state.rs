@@ -19,6 +19,7 @@ use crate::blocks::BlockHash;
 use crate::blocks::journal::{self, JournalHeader, RECORD_LEN};
 use crate::env;
 use crate::error::{Error, ErrorKind, Result};
+use crate::local::mode;
 use nix::errno::Errno;
 use nix::fcntl::{self, OFlag};
 use nix::sys::stat::{self, Mode};
@@ -109,7 +110,7 @@ impl StateDir {
         top.check_private()?;
         let open = |name: &str| -> Result<Arc<Directory>> {
             let path = root.join(name);
-            match stat::mkdirat(&top.handle, name, Mode::from_bits_truncate(DIRECTORY_MODE)) {
+            match stat::mkdirat(&top.handle, name, mode::permissions(DIRECTORY_MODE)) {
                 Ok(()) | Err(Errno::EEXIST) => {}
                 Err(errno) => return Err(open_error(&path, io::Error::from(errno))),
             }
@@ -262,7 +263,7 @@ impl StateFile {
         // Blocking again: a regular file's reads never wait anyway.
         fcntl::fcntl(&handle, fcntl::FcntlArg::F_SETFL(access))?;
         if write && status.st_mode & 0o077 != 0 {
-            stat::fchmod(&handle, Mode::from_bits_truncate(FILE_MODE))?;
+            stat::fchmod(&handle, mode::permissions(FILE_MODE))?;
         }
         Ok(Some(File::from(handle)))
     }
@@ -300,7 +301,7 @@ impl StateFile {
             directory,
             temporary.as_str(),
             OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(FILE_MODE),
+            mode::permissions(FILE_MODE),
         )?;
         let mut file = File::from(handle);
         let written = parts

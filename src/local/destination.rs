@@ -16,6 +16,7 @@
 //! Every error names the full path (root joined with the relative path, terminal-safe).
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::local::mode;
 use crate::local::names::RelativePath;
 use crate::terminal::printable;
 use nix::errno::Errno;
@@ -28,7 +29,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Permission bits xfer applies. Set-user-ID and set-group-ID are left out on purpose: a server
 /// must not be able to plant a privileged executable (xfer may run as root).
@@ -52,7 +53,7 @@ pub enum EntryKind {
 }
 
 impl EntryKind {
-    fn from_mode(mode: u32) -> EntryKind {
+    fn from_mode(mode: nix::libc::mode_t) -> EntryKind {
         let format = SFlag::from_bits_truncate(mode & SFlag::S_IFMT.bits());
         match format {
             SFlag::S_IFREG => EntryKind::File,
@@ -117,7 +118,7 @@ impl EntryMetadata {
         EntryMetadata {
             kind: EntryKind::from_mode(status.st_mode),
             size: u64::try_from(status.st_size).unwrap_or(0),
-            mode: status.st_mode & 0o7777,
+            mode: mode::widen(status.st_mode & 0o7777),
             modified: Timestamp {
                 seconds: status.st_mtime,
                 nanoseconds: u32::try_from(status.st_mtime_nsec).unwrap_or(0),
@@ -188,12 +189,15 @@ impl Destination {
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
         let opened = match fcntl::openat(fcntl::AT_FDCWD, root, flags, Mode::empty()) {
             // A directory we may enter but not list (mode 0311) can still be written below.
-            Err(Errno::EACCES) => fcntl::openat(
-                fcntl::AT_FDCWD,
-                root,
-                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            ),
+            Err(Errno::EACCES) => match PATH_ONLY {
+                Some(path_only) => fcntl::openat(
+                    fcntl::AT_FDCWD,
+                    root,
+                    path_only | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                ),
+                None => Err(Errno::EACCES),
+            },
             other => other,
         };
         let root_fd = opened.map_err(|errno| {
@@ -238,7 +242,7 @@ impl Destination {
     /// component must be a real directory: a link or anything else there is an error, never
     /// followed.
     pub fn create_dir_all(&self, path: &RelativePath, mode: u32) -> Result<()> {
-        let mode = Mode::from_bits_truncate(mode & APPLIED_MODE_BITS);
+        let mode = mode::permissions(mode & APPLIED_MODE_BITS);
         self.directory(path.components(), Some(mode)).map(drop)
     }
 
@@ -287,13 +291,8 @@ impl Destination {
             | OFlag::O_CLOEXEC
             | OFlag::O_NOCTTY
             | OFlag::O_NONBLOCK;
-        let fd = fcntl::openat(
-            &parent,
-            name,
-            flags,
-            Mode::from_bits_truncate(NEW_FILE_MODE),
-        )
-        .map_err(|errno| self.entry_error(&parent, path, "open for writing", errno))?;
+        let fd = fcntl::openat(&parent, name, flags, mode::permissions(NEW_FILE_MODE))
+            .map_err(|errno| self.entry_error(&parent, path, "open for writing", errno))?;
         let status =
             stat::fstat(&fd).map_err(|errno| self.failure("inspect", path.components(), errno))?;
         self.require_writable_file(path, &status)?;
@@ -621,7 +620,7 @@ impl Destination {
         mode: u32,
         modified: Timestamp,
     ) -> Result<()> {
-        stat::fchmod(fd, Mode::from_bits_truncate(mode & APPLIED_MODE_BITS))
+        stat::fchmod(fd, mode::permissions(mode & APPLIED_MODE_BITS))
             .map_err(|errno| self.failure("set the permissions of", path.components(), errno))?;
         stat::futimens(fd, &TimeSpec::UTIME_OMIT, &modified.to_timespec())
             .map_err(|errno| self.failure("set the modification time of", path.components(), errno))
@@ -799,14 +798,26 @@ impl Destination {
     }
 }
 
+/// The flag that opens a directory one may enter but not list (mode 0311), to work beneath it:
+/// Linux's O_PATH.
+#[cfg(target_os = "linux")]
+const PATH_ONLY: Option<OFlag> = Some(OFlag::O_PATH);
+
+/// Elsewhere (macOS has no O_PATH) such a directory cannot be opened: it is refused with the
+/// EACCES of the first open, worded as any other permission error.
+#[cfg(not(target_os = "linux"))]
+const PATH_ONLY: Option<OFlag> = None;
+
 /// Opens the directory `name` in `parent` without following a link there.
 fn open_directory_at(parent: &impl AsFd, name: &str) -> std::result::Result<OwnedFd, Errno> {
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     match fcntl::openat(parent, name, flags, Mode::empty()) {
         // A directory we may enter but not list (mode 0311): O_PATH is enough to walk through.
         Err(Errno::EACCES) => {
-            let path_only =
-                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+            let Some(path_only) = PATH_ONLY else {
+                return Err(Errno::EACCES);
+            };
+            let path_only = path_only | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
             let fd = fcntl::openat(parent, name, path_only, Mode::empty())?;
             // O_PATH | O_NOFOLLOW can open a link itself; O_DIRECTORY should prevent that, and
             // this makes sure of it.
@@ -822,7 +833,9 @@ fn open_directory_at(parent: &impl AsFd, name: &str) -> std::result::Result<Owne
 }
 
 /// Set once `openat2` turns out to be unusable here, so the walk is used without trying again.
-static OPENAT2_UNAVAILABLE: AtomicBool = AtomicBool::new(false);
+#[cfg(target_os = "linux")]
+static OPENAT2_UNAVAILABLE: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 /// Opens an existing directory several components below `root` in one call, refusing any link
 /// on the way. `None` means "use the walk": `openat2` is missing, or the open failed for a
@@ -849,6 +862,8 @@ fn open_beneath(root: BorrowedFd<'_>, components: &[String]) -> Option<OwnedFd> 
     }
 }
 
+/// Elsewhere no single call gives that guarantee (openat2 is Linux's): the walk, one
+/// `openat(O_NOFOLLOW)` per component, is always used.
 #[cfg(not(target_os = "linux"))]
 fn open_beneath(_root: BorrowedFd<'_>, _components: &[String]) -> Option<OwnedFd> {
     None

@@ -18,6 +18,7 @@
 
 pub mod destination;
 pub mod identity;
+pub(crate) mod mode;
 pub mod names;
 pub mod symlinks;
 

@@ -213,6 +213,8 @@ fn read_stdin() -> Result<SecretString> {
     Ok(SecretString::from(text.to_string()))
 }
 
+/// Linux: the Secret Service when a desktop session bus is there, then the kernel's keyutils.
+#[cfg(target_os = "linux")]
 fn read_keyring(service: &str, user: &str) -> Result<SecretString> {
     use keyring_core::Error as KeyringError;
     let mut tried = Vec::new();
@@ -259,9 +261,48 @@ fn read_keyring(service: &str, user: &str) -> Result<SecretString> {
     )))
 }
 
+/// macOS: the user's login keychain, a generic password whose service and account are
+/// `service` and `user` (as `security add-generic-password -s SERVICE -a USER -w` stores it).
+#[cfg(target_os = "macos")]
+fn read_keyring(service: &str, user: &str) -> Result<SecretString> {
+    use keyring_core::Error as KeyringError;
+    let tried = match apple_native_keyring_store::keychain::Store::new() {
+        Ok(store) => {
+            keyring_core::set_default_store(store);
+            match keyring_core::Entry::new(service, user).and_then(|entry| entry.get_password()) {
+                Ok(value) => return Ok(SecretString::from(value)),
+                Err(KeyringError::NoEntry) => "login keychain: no such entry",
+                // Other errors may carry the secret's bytes (BadEncoding): never print them.
+                Err(_) => "login keychain: not usable",
+            }
+        }
+        Err(_) => "login keychain: not available",
+    };
+    Err(Error::new(
+        ErrorKind::Config,
+        format!("no keyring entry for service {service}, user {user} ({tried})"),
+    )
+    .with_hint(format!(
+        "store it first: security add-generic-password -s '{service}' -a '{user}' -w (it asks for the value), or with Keychain Access"
+    )))
+}
+
+/// Elsewhere xfer knows no system keyring: the other sources still work.
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
+fn read_keyring(service: &str, user: &str) -> Result<SecretString> {
+    Err(Error::new(
+        ErrorKind::Config,
+        format!(
+            "cannot read keyring entry for service {service}, user {user}: no keyring store on this platform"
+        ),
+    )
+    .with_hint("pass the secret with --from-env, --from-netrc or --stdin instead"))
+}
+
 /// The entry as `keyctl padd user 'keyring:USER@SERVICE' @u` stores it, read straight from the
 /// user keyring: in a plain shell, with no session keyring of its own, the keyring store
 /// (which links what it reads into the session keyring) is refused.
+#[cfg(target_os = "linux")]
 fn read_user_keyring(service: &str, user: &str) -> Option<SecretString> {
     use linux_keyutils::{KeyRing, KeyRingIdentifier};
     let keyring = KeyRing::from_special_id(KeyRingIdentifier::User, false)

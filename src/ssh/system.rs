@@ -572,6 +572,9 @@ fn ends_with_this_process(command: &mut Command) {
             });
         }
     }
+    // Other systems (macOS) have no parent-death signal. A run that ends, an error included,
+    // still stops the master: its handle kills it as it drops (kill_on_drop, see SystemHost's
+    // Drop); only a run killed outright (SIGKILL) leaves it behind.
     #[cfg(not(target_os = "linux"))]
     let _ = command;
 }

@@ -1,6 +1,10 @@
 //! xfer's integration tests, in one test binary (`cargo test --test it`): one module per area,
 //! all sharing one harness ([`support`]) and the lying SSH server of the hostile-server tests
 //! ([`hostile`]). Run one area with its module path, e.g. `cargo test --test it transfer::`.
+//!
+//! Linux only: the harness runs sshd, Dropbear and PAM, switches users (setgroups), opens
+//! terminals and uses the kernel keyring. Elsewhere the binary is empty.
+#![cfg(target_os = "linux")]
 
 mod hostile;
 mod support;

@@ -202,6 +202,7 @@ fn polled_writer(fd: std::os::fd::OwnedFd) -> io::Result<Writer> {
 /// widened to, where the system allows it. Through Linux's default 64 KiB pipe, the two ends
 /// take turns every 64 KiB, each waking the other many times per block; a pipe that holds a
 /// whole 1 MiB block lets each side move a block per turn.
+#[cfg(target_os = "linux")]
 const PIPE_SIZE: i32 = 1 << 20;
 
 /// Asks for a [`PIPE_SIZE`] buffer on `fd` and returns the size the pipe has then; a system
@@ -221,7 +222,7 @@ pub(crate) fn widen_pipe(fd: impl std::os::fd::AsFd) -> Option<i32> {
     }
 }
 
-/// Other systems have no call for it.
+/// Other systems (macOS) have no call to size a pipe: it keeps the system's size.
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn widen_pipe(_fd: impl std::os::fd::AsFd) -> Option<i32> {
     None
