@@ -6,8 +6,10 @@
 #   scripts/release.sh [--targets "TRIPLE ..."] [--out DIR]
 #
 # Linux targets are built against glibc 2.17 (cargo-zigbuild with zig as the linker), so the
-# client, which is also the agent it deploys, starts on CentOS 7 and everything newer. Without
-# --targets, every target of this list whose Rust standard library is installed is built:
+# client, which is also the agent it deploys, starts on CentOS 7 and everything newer; the
+# script fails if one needs a newer symbol. macOS targets link only with a macOS SDK (SDKROOT,
+# or on a Mac); without one they are compiled and checked, not packaged. Without --targets,
+# every target of this list whose Rust standard library is installed is built:
 #
 #   x86_64-unknown-linux-gnu  aarch64-unknown-linux-gnu  x86_64-apple-darwin  aarch64-apple-darwin
 #
@@ -37,7 +39,7 @@ while [ $# -gt 0 ]; do
   case $1 in
     --targets) targets=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
-    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "release.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -81,14 +83,43 @@ platform_of() {
 
 b3() { "$python" -c 'import sys, blake3; print(blake3.blake3(open(sys.argv[1], "rb").read()).hexdigest())' "$1"; }
 
+# The highest GLIBC_ symbol version an ELF executable needs (readelf, from binutils).
+highest_glibc() {
+  readelf -W --dyn-syms -V "$1" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -t. -k1,1n -k2,2n | tail -1
+}
+
+built=""
 for target in $targets; do
   zig_target=$target
   case $target in *-linux-gnu) zig_target=$target.$GLIBC ;; esac
+  case $target in
+    *-apple-darwin)
+      if [ -z "${SDKROOT:-}" ] && ! command -v xcrun >/dev/null 2>&1; then
+        # zig links for macOS only against its SDK's frameworks (Security, CoreFoundation).
+        echo "release.sh: $target: checking only, not linking: no macOS SDK here (set SDKROOT to a MacOSX.sdk, or run on a Mac)" >&2
+        cargo-zigbuild check --locked --release --target "$target" --target-dir target/release-build --bin xfer
+        continue
+      fi
+      ;;
+  esac
   echo "release.sh: building $zig_target" >&2
   cargo zigbuild --locked --release --target "$zig_target" --target-dir target/release-build --bin xfer
   platform=$(platform_of "$target")
-  cp "target/release-build/$target/release/xfer" "$out/agents/xfer-agent-$version-$platform"
+  agent="$out/agents/xfer-agent-$version-$platform"
+  cp "target/release-build/$target/release/xfer" "$agent"
+  case $target in
+    *-linux-gnu)
+      needs=$(highest_glibc "$agent")
+      if [ "$(printf '%s\n%s\n' "$needs" "$GLIBC" | sort -t. -k1,1n -k2,2n | tail -1)" != "$GLIBC" ]; then
+        echo "release.sh: $target needs GLIBC_$needs, newer than $GLIBC: a dependency calls a newer C library function" >&2
+        exit 1
+      fi
+      echo "release.sh: $target needs glibc $needs at most" >&2
+      ;;
+  esac
+  built="$built $target"
 done
+targets=$built
 
 # The manifest, in b3sum's format.
 (
