@@ -1,17 +1,20 @@
-//! The agent on the remotes users have: the release build (glibc 2.17, `scripts/release.sh`)
+//! The agent on the remotes users have. The release build (`scripts/release.sh`, glibc 2.17)
 //! needs no newer C library symbol than 2.17 and starts with every symbol bound at once; on a
 //! host whose C library is older than this machine's (sessions chrooted into Debian 11), a
 //! client built here falls back to SFTP quoting the loader, while the release build deploys
-//! itself and pulls, pushes and deltas go through it; a
-//! host reporting another architecture (a `uname` on sshd's PATH that says so) gets the agent
-//! bundle's file for it, checked by hash, and pulls, pushes and deltas go through it; a
-//! platform the bundle lacks, or a bundle file that does not match its manifest, falls back to
-//! SFTP in one line naming the file; `doctor` reports the platform and where its agent comes
-//! from, or why there is none.
+//! itself and pulls, pushes and deltas go through it. The aarch64 agent of the same release
+//! serves them too, run by qemu-aarch64 on an arm64 Debian 11 C library. A host reporting
+//! another architecture (a `uname` on sshd's PATH that says so) gets the agent bundle's file
+//! for it, checked by hash; a packaged client finds its bundle beside its `bin` directory; a
+//! platform the bundle lacks, or a bundle file that does not match its manifest, falls back
+//! to SFTP in one line naming the file; `doctor` reports the platform and where its agent
+//! comes from, or why there is none.
 
 use crate::agent::{make_tree, setup_with};
 use crate::support::old_libc::OldLibcSshd;
-use crate::support::portable::{highest_glibc_version, portable_xfer};
+use crate::support::portable::{
+    aarch64_agent, emulated_aarch64_agent, highest_glibc_version, portable_xfer,
+};
 use crate::support::{
     Setup, Sshd, assert_agent_used, assert_success, pattern, run_with_timeout, set_mtime, stderr,
     summary, tree_digest, xfer_binary_command_in,
@@ -50,6 +53,68 @@ fn the_agent_xfer_deploys_needs_no_c_library_newer_than_glibc_2_17() {
         "the portable agent did not greet: {}",
         stderr(&output)
     );
+}
+
+#[test]
+fn the_aarch64_agent_needs_glibc_2_17_and_serves_transfers_under_emulation() {
+    let agent = aarch64_agent();
+    let bytes = fs::read(agent).unwrap();
+    // An ELF executable for EM_AARCH64 (183).
+    assert!(bytes.starts_with(b"\x7fELF"), "not ELF");
+    assert_eq!(
+        u16::from_le_bytes([bytes[18], bytes[19]]),
+        183,
+        "not aarch64"
+    );
+    let highest = highest_glibc_version(agent);
+    assert!(
+        highest <= (2, 17),
+        "the aarch64 agent needs GLIBC_{highest:?}"
+    );
+
+    // The host runs it through qemu-aarch64 on an arm64 Debian 11 C library, as `--agent`.
+    let setup = setup_with(Sshd::builder(), true, None);
+    let wrapper = emulated_aarch64_agent(setup.work.path());
+    let agent_option = format!("--agent={}", wrapper.display());
+    make_tree(&setup.path("source"));
+    let copy = setup.path("copy");
+    let output = setup.run(&[
+        "pull",
+        &agent_option,
+        &setup.remote("source"),
+        copy.to_str().unwrap(),
+    ]);
+    assert_success(&output);
+    assert_agent_used(&output, "the pull");
+    assert_eq!(tree_digest(&setup.path("source")), tree_digest(&copy));
+
+    let pushed = setup.path("pushed");
+    let output = setup.run(&[
+        "push",
+        &agent_option,
+        copy.to_str().unwrap(),
+        &setup.remote("pushed"),
+    ]);
+    assert_success(&output);
+    assert_agent_used(&output, "the push");
+    assert_eq!(tree_digest(&copy), tree_digest(&pushed));
+
+    let file = copy.join("a/b/several.bin");
+    let mut bytes = fs::read(&file).unwrap();
+    bytes[7] ^= 0x21;
+    fs::write(&file, &bytes).unwrap();
+    let output = setup.run(&[
+        "push",
+        "--json",
+        &agent_option,
+        copy.to_str().unwrap(),
+        &setup.remote("pushed"),
+    ]);
+    assert_success(&output);
+    assert_agent_used(&output, "the delta push");
+    assert_eq!(tree_digest(&copy), tree_digest(&pushed));
+    let moved = summary(&output)["bytes_moved"].as_u64().unwrap();
+    assert!(moved > 0 && moved <= BLOCK as u64, "{moved} bytes moved");
 }
 
 #[test]
@@ -356,5 +421,53 @@ fn doctor_reports_the_platform_and_where_its_agent_comes_from() {
     assert_eq!(
         report["platform"],
         format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH)
+    );
+}
+
+#[test]
+fn a_packaged_client_finds_its_bundle_beside_its_bin_directory() {
+    // The x86_64 package: its bundle holds the aarch64 agent, and not its own platform's,
+    // which is the client itself.
+    let client = portable_xfer();
+    let package = client.parent().unwrap().parent().unwrap();
+    let bundle = package.join("lib/xfer/agents");
+    let manifest = fs::read_to_string(bundle.join("MANIFEST.b3")).unwrap();
+    assert!(!manifest.contains("linux-x86_64"), "{manifest}");
+    let aarch64 = bundle.join(format!("xfer-agent-{VERSION}-linux-aarch64"));
+    assert_eq!(
+        fs::read(&aarch64).unwrap(),
+        fs::read(aarch64_agent()).unwrap()
+    );
+
+    let shim = uname_saying("aarch64");
+    let setup = setup_with(Sshd::builder(), true, Some(shim.path()));
+    let doctor = |machine_bundle: Option<&Path>| {
+        let mut command = xfer_binary_command_in(client, setup.state.path());
+        command
+            .args(["doctor", "--json", "box", "-F"])
+            .arg(&setup.config);
+        if let Some(dir) = machine_bundle {
+            command.env("XFER_AGENT_BUNDLE", dir);
+        }
+        let output = run_with_timeout(&mut command, LIMIT);
+        summary(&output)[0].clone()
+    };
+    let report = doctor(None);
+    assert_eq!(report["agent"], "upload", "{report}");
+    assert_eq!(
+        report["agent_from"],
+        aarch64.display().to_string(),
+        "{report}"
+    );
+
+    // XFER_AGENT_BUNDLE overrides it: an empty one has no aarch64 agent.
+    let empty = setup.work.path().join("empty-bundle");
+    let report = doctor(Some(&empty));
+    assert_eq!(report["agent"], "unavailable", "{report}");
+    let needed = empty.join(format!("xfer-agent-{VERSION}-linux-aarch64"));
+    let warnings = report["warnings"].to_string();
+    assert!(
+        warnings.contains(&needed.display().to_string()),
+        "{warnings}"
     );
 }
