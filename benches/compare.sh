@@ -12,7 +12,12 @@
 # time); every table gets a column of ratios to the best peer (benches/ratios.py). Arguments
 # are passed to baseline.sh, so --tool NAME=TEMPLATE adds more tools to the pull tables.
 #
-#   benches/compare.sh > report.md              # everything, about 35 minutes
+# The peers run twice, on OpenSSH's default cipher (chacha20-poly1305) and on xfer's own
+# (aes256-gcm@openssh.com: CIPHERS for baseline.sh, `-c` for the loops here), in the same run:
+# every table has a `peers' cipher` column, and its ratios compare xfer with the peers on each.
+# PEER_CIPHERS="default" (or one cipher) runs one of them only.
+#
+#   benches/compare.sh > report.md              # everything, about an hour
 #   SCENARIOS="full resume" DATASETS=big benches/compare.sh
 #   benches/compare.sh --tool "xfer-j1=$PWD/target/release/xfer pull -j 1 -F {config} bench:{src} {dst}"
 set -euo pipefail
@@ -38,11 +43,22 @@ ratios=$!
 
 echo "# xfer compared with scp, sftp and rsync ($(date -u +%Y-%m-%d), $(nproc) cores, $(uname -sr))"
 echo
-echo "## Pull (baseline.sh, every tool on the same data in one run)"
-echo
-# --retries 0: the resume scenario's first run goes through a proxy that kills the link at half
-# the file and refuses every later connection; like the other tools, xfer must stop there.
-XFER="$xfer pull --retries 0 -F {config} bench:{src} {dst}" "$bench/baseline.sh" "$@"
+read -r -a peer_ciphers <<<"${PEER_CIPHERS:-default aes256-gcm@openssh.com}"
+# ssh's option for a peer cipher: none for OpenSSH's default.
+cipher_option() { [ "$1" = default ] || echo "-c $1"; }
+
+for cipher in "${peer_ciphers[@]}"; do
+  name=$cipher
+  [ "$cipher" != default ] || name="OpenSSH's default cipher"
+  echo "## Pull (baseline.sh, every tool on the same data in one run; the peers on $name)"
+  echo
+  # --retries 0: the resume scenario's first run goes through a proxy that kills the link at
+  # half the file and refuses every later connection; like the other tools, xfer must stop there.
+  ciphers=$cipher
+  [ "$cipher" != default ] || ciphers=
+  CIPHERS=$ciphers XFER="$xfer pull --retries 0 -F {config} bench:{src} {dst}" "$bench/baseline.sh" "$@"
+  echo
+done
 
 # Push: the same data uploaded by each tool, timed with a shell loop (median of REPS).
 echo
@@ -56,24 +72,28 @@ config=$SSHD_DIR/ssh_config
 # The data just made is still being written back: every tool starts from a settled disk, and
 # each run from an empty remote directory whose removal has reached the disk.
 sync
-echo "| dataset | tool | seconds (median of ${REPS:-3}) |"
-echo "|---|---|---|"
+echo "| dataset | peers' cipher | tool | seconds (median of ${REPS:-3}) |"
+echo "|---|---|---|---|"
 for dataset in big.bin ckpt; do
-  for tool in xfer scp rsync; do
-    times=()
-    for _ in $(seq "${REPS:-3}"); do
-      rm -rf "$work/remote" && mkdir -p "$work/remote" && sync
-      start=$(date +%s.%N)
-      case $tool in
-        xfer) "$xfer" push -q -F "$config" "$work/data/$dataset" "bench:$work/remote/$dataset" ;;
-        scp) scp -q -r -F "$config" "$work/data/$dataset" "bench:$work/remote/$dataset" ;;
-        rsync) rsync -a -e "ssh -F $config" "$work/data/$dataset" "bench:$work/remote/" ;;
-      esac
-      end=$(date +%s.%N)
-      times+=("$(python3 -c "print(round($end - $start, 2))")")
+  for cipher in "${peer_ciphers[@]}"; do
+    copt=$(cipher_option "$cipher")
+    for tool in xfer scp rsync; do
+      times=()
+      for _ in $(seq "${REPS:-3}"); do
+        rm -rf "$work/remote" && mkdir -p "$work/remote" && sync
+        start=$(date +%s.%N)
+        case $tool in
+          xfer) "$xfer" push -q -F "$config" "$work/data/$dataset" "bench:$work/remote/$dataset" ;;
+          # shellcheck disable=SC2086 # the cipher option is two words or none
+          scp) scp -q -r $copt -F "$config" "$work/data/$dataset" "bench:$work/remote/$dataset" ;;
+          rsync) rsync -a -e "ssh -F $config $copt" "$work/data/$dataset" "bench:$work/remote/" ;;
+        esac
+        end=$(date +%s.%N)
+        times+=("$(python3 -c "print(round($end - $start, 2))")")
+      done
+      median=$(printf '%s\n' "${times[@]}" | sort -n | sed -n "$(( (${#times[@]} + 1) / 2 ))p")
+      echo "| $dataset | $cipher | $tool | $median |"
     done
-    median=$(printf '%s\n' "${times[@]}" | sort -n | sed -n "$(( (${#times[@]} + 1) / 2 ))p")
-    echo "| $dataset | $tool | $median |"
   done
 done
 
@@ -84,16 +104,16 @@ done
 echo
 echo "## Delta push (${BIG_MIB:-1024} MiB file, 1% of its 64 KiB blocks rewritten locally)"
 echo
-echo "| tool | seconds (median of ${REPS:-3}) | wire MiB | same content |"
-echo "|---|---|---|---|"
+echo "| peers' cipher | tool | seconds (median of ${REPS:-3}) | wire MiB | same content |"
+echo "|---|---|---|---|---|"
 cp "$work/data/big.bin" "$work/mutated.bin"
 "$bench/make-data" mutate "$work/mutated.bin" 1 >/dev/null 2>&1
 proxy_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 (source "$bench/lib.sh"; write_ssh_config "$SSHD_DIR" bench 127.0.0.1 "$proxy_port" "$work/proxy_config")
-delta_push() { # TOOL CONFIG
+delta_push() { # TOOL CONFIG [CIPHER-OPTION]
   case $1 in
     xfer) "$xfer" push -q -F "$2" "$work/mutated.bin" "bench:$work/remote/big.bin" ;;
-    rsync) rsync -a --inplace --no-whole-file -e "ssh -F $2" "$work/mutated.bin" "bench:$work/remote/big.bin" ;;
+    rsync) rsync -a --inplace --no-whole-file -e "ssh -F $2 ${3:-}" "$work/mutated.bin" "bench:$work/remote/big.bin" ;;
   esac
 }
 old_copy() {
@@ -102,23 +122,26 @@ old_copy() {
   touch -d '2001-01-01' "$work/remote/big.bin"
   sync
 }
-for tool in xfer rsync; do
-  times=()
-  for _ in $(seq "${REPS:-3}"); do
+for cipher in "${peer_ciphers[@]}"; do
+  copt=$(cipher_option "$cipher")
+  for tool in xfer rsync; do
+    times=()
+    for _ in $(seq "${REPS:-3}"); do
+      old_copy
+      start=$(date +%s.%N)
+      delta_push "$tool" "$config" "$copt"
+      end=$(date +%s.%N)
+      times+=("$(python3 -c "print(round($end - $start, 2))")")
+    done
+    median=$(printf '%s\n' "${times[@]}" | sort -n | sed -n "$(( (${#times[@]} + 1) / 2 ))p")
     old_copy
-    start=$(date +%s.%N)
-    delta_push "$tool" "$config"
-    end=$(date +%s.%N)
-    times+=("$(python3 -c "print(round($end - $start, 2))")")
+    "$bench/wire-proxy" "$proxy_port" "$(cat "$SSHD_DIR/port")" --stats "$work/wire.json" -- \
+      bash -c "$(declare -f delta_push); xfer=$xfer work=$work delta_push $tool $work/proxy_config '$copt'" >/dev/null 2>&1
+    wire=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(round((d["total_up"]+d["total_down"])/1048576, 1))' "$work/wire.json")
+    same=no
+    cmp -s "$work/mutated.bin" "$work/remote/big.bin" && same=yes
+    echo "| $cipher | $tool | $median | $wire | $same |"
   done
-  median=$(printf '%s\n' "${times[@]}" | sort -n | sed -n "$(( (${#times[@]} + 1) / 2 ))p")
-  old_copy
-  "$bench/wire-proxy" "$proxy_port" "$(cat "$SSHD_DIR/port")" --stats "$work/wire.json" -- \
-    bash -c "$(declare -f delta_push); xfer=$xfer work=$work delta_push $tool $work/proxy_config" >/dev/null 2>&1
-  wire=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(round((d["total_up"]+d["total_down"])/1048576, 1))' "$work/wire.json")
-  same=no
-  cmp -s "$work/mutated.bin" "$work/remote/big.bin" && same=yes
-  echo "| $tool | $median | $wire | $same |"
 done
 
 # Delta pull into a copy already on disk. The kit's delta scenario copies the old file over the
@@ -129,26 +152,29 @@ done
 echo
 echo "## Delta pull into a copy on disk (${BIG_MIB:-1024} MiB file, 1% of its 64 KiB blocks rewritten remotely)"
 echo
-echo "| tool | seconds (median of ${REPS:-3}) | same content |"
-echo "|---|---|---|"
+echo "| peers' cipher | tool | seconds (median of ${REPS:-3}) | same content |"
+echo "|---|---|---|---|"
 mkdir -p "$work/local"
-for tool in xfer rsync; do
-  times=()
-  for _ in $(seq "${REPS:-3}"); do
-    cp -p "$work/data/big.bin" "$work/local/big.bin"
-    sync
-    start=$(date +%s.%N)
-    case $tool in
-      xfer) "$xfer" pull -q -F "$config" "bench:$work/mutated.bin" "$work/local/big.bin" ;;
-      rsync) rsync -a --inplace -e "ssh -F $config" "bench:$work/mutated.bin" "$work/local/big.bin" ;;
-    esac
-    end=$(date +%s.%N)
-    times+=("$(python3 -c "print(round($end - $start, 2))")")
+for cipher in "${peer_ciphers[@]}"; do
+  copt=$(cipher_option "$cipher")
+  for tool in xfer rsync; do
+    times=()
+    for _ in $(seq "${REPS:-3}"); do
+      cp -p "$work/data/big.bin" "$work/local/big.bin"
+      sync
+      start=$(date +%s.%N)
+      case $tool in
+        xfer) "$xfer" pull -q -F "$config" "bench:$work/mutated.bin" "$work/local/big.bin" ;;
+        rsync) rsync -a --inplace -e "ssh -F $config $copt" "bench:$work/mutated.bin" "$work/local/big.bin" ;;
+      esac
+      end=$(date +%s.%N)
+      times+=("$(python3 -c "print(round($end - $start, 2))")")
+    done
+    median=$(printf '%s\n' "${times[@]}" | sort -n | sed -n "$(( (${#times[@]} + 1) / 2 ))p")
+    same=no
+    cmp -s "$work/mutated.bin" "$work/local/big.bin" && same=yes
+    echo "| $cipher | $tool | $median | $same |"
   done
-  median=$(printf '%s\n' "${times[@]}" | sort -n | sed -n "$(( (${#times[@]} + 1) / 2 ))p")
-  same=no
-  cmp -s "$work/mutated.bin" "$work/local/big.bin" && same=yes
-  echo "| $tool | $median | $same |"
 done
 
 # Far link, at the sizes issue 5 names (the kit's far scenario pulls 128 MiB): the 1 GiB file
@@ -158,30 +184,33 @@ done
 echo
 echo "## Far link (pulls of the ${BIG_MIB:-1024} MiB file and the checkpoint tree, a push of the file; 100 ms, 2 MiB window, 100 MiB/s)"
 echo
-echo "| dataset | tool | seconds | MB/s | same content |"
-echo "|---|---|---|---|---|"
-far_copy() { # TOOL DATASET CONFIG (pull, or push for DATASET "push:NAME")
+echo "| dataset | peers' cipher | tool | seconds | MB/s | same content |"
+echo "|---|---|---|---|---|---|"
+far_copy() { # TOOL DATASET CONFIG [CIPHER-OPTION] (pull, or push for DATASET "push:NAME")
   case $1:$2 in
     xfer:push:*) "$xfer" push -q -F "$3" "$work/data/${2#push:}" "bench:$work/far/${2#push:}" ;;
-    rsync:push:*) rsync -a -e "ssh -F $3" "$work/data/${2#push:}" "bench:$work/far/" ;;
+    rsync:push:*) rsync -a -e "ssh -F $3 ${4:-}" "$work/data/${2#push:}" "bench:$work/far/" ;;
     xfer:*) "$xfer" pull -q -F "$3" "bench:$work/data/$2" "$work/far/$2" ;;
-    rsync:*) rsync -a -e "ssh -F $3" "bench:$work/data/$2" "$work/far/" ;;
+    rsync:*) rsync -a -e "ssh -F $3 ${4:-}" "bench:$work/data/$2" "$work/far/" ;;
   esac
 }
 for dataset in big.bin ckpt push:big.bin; do
   name=${dataset#push:}
   bytes=$(du -sb --apparent-size "$work/data/$name" | cut -f1)
-  for tool in xfer rsync; do
-    rm -rf "$work/far" && mkdir -p "$work/far"
-    start=$(date +%s.%N)
-    "$bench/wire-proxy" "$proxy_port" "$(cat "$SSHD_DIR/port")" --delay-ms 50 --window $((2 << 20)) \
-      --rate $((100 << 20)) --stats "$work/wire.json" -- \
-      bash -c "$(declare -f far_copy); xfer=$xfer work=$work far_copy $tool $dataset $work/proxy_config" >/dev/null 2>&1
-    end=$(date +%s.%N)
-    seconds=$(python3 -c "print(round($end - $start, 2))")
-    same=no
-    diff -r "$work/data/$name" "$work/far/$name" >/dev/null 2>&1 && same=yes
-    echo "| $dataset | $tool | $seconds | $(python3 -c "print(round($bytes / ($end - $start) / 1e6))") | $same |"
+  for cipher in "${peer_ciphers[@]}"; do
+    copt=$(cipher_option "$cipher")
+    for tool in xfer rsync; do
+      rm -rf "$work/far" && mkdir -p "$work/far"
+      start=$(date +%s.%N)
+      "$bench/wire-proxy" "$proxy_port" "$(cat "$SSHD_DIR/port")" --delay-ms 50 --window $((2 << 20)) \
+        --rate $((100 << 20)) --stats "$work/wire.json" -- \
+        bash -c "$(declare -f far_copy); xfer=$xfer work=$work far_copy $tool $dataset $work/proxy_config '$copt'" >/dev/null 2>&1
+      end=$(date +%s.%N)
+      seconds=$(python3 -c "print(round($end - $start, 2))")
+      same=no
+      diff -r "$work/data/$name" "$work/far/$name" >/dev/null 2>&1 && same=yes
+      echo "| $dataset | $cipher | $tool | $seconds | $(python3 -c "print(round($bytes / ($end - $start) / 1e6))") | $same |"
+    done
   done
 done
 rm -rf "$work/far"
