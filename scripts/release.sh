@@ -67,8 +67,15 @@ PATH="$PWD/$tools/bin:$PATH"
 python="$PWD/$tools/bin/python"
 
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+# The output directory is replaced: only one this script made (its marker inside) or an empty
+# or missing one, never a directory that holds anything else (`--out /usr/local` by mistake).
+if [ -d "$out" ] && [ -n "$(ls -A "$out")" ] && [ ! -f "$out/.xfer-release" ] && [ ! -f "$out/agents/MANIFEST.b3" ]; then
+  echo "release.sh: $out is not empty and was not made by this script; choose another --out" >&2
+  exit 2
+fi
 rm -rf "$out"
 mkdir -p "$out/agents"
+: > "$out/.xfer-release"
 
 # Rust's names for a target's platform, as bundle files name it: linux-x86_64, macos-aarch64.
 platform_of() {
