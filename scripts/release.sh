@@ -149,6 +149,8 @@ for target in $targets; do
     cp "$out/agents/$agent" "$out/$package/lib/xfer/agents/"
   done < "$out/$package/lib/xfer/agents/MANIFEST.b3"
   chmod -R go-w "$out/$package"
-  tar -C "$out" -czf "$out/$package.tar.gz" "$package"
+  # Owned by root in the archive: extracted by root under /usr/local, the bundle is then
+  # root's, which xfer trusts for every user (a bundle of another account is not used).
+  tar -C "$out" --owner=0 --group=0 --numeric-owner -czf "$out/$package.tar.gz" "$package"
   echo "release.sh: $out/$package.tar.gz" >&2
 done
