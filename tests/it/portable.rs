@@ -88,33 +88,13 @@ fn the_aarch64_agent_needs_glibc_2_17_and_serves_transfers_under_emulation() {
     assert_agent_used(&output, "the pull");
     assert_eq!(tree_digest(&setup.path("source")), tree_digest(&copy));
 
+    let run = |arguments: &[&str]| {
+        let mut with_agent = vec![arguments[0], agent_option.as_str()];
+        with_agent.extend_from_slice(&arguments[1..]);
+        setup.run(&with_agent)
+    };
     let pushed = setup.path("pushed");
-    let output = setup.run(&[
-        "push",
-        &agent_option,
-        copy.to_str().unwrap(),
-        &setup.remote("pushed"),
-    ]);
-    assert_success(&output);
-    assert_agent_used(&output, "the push");
-    assert_eq!(tree_digest(&copy), tree_digest(&pushed));
-
-    let file = copy.join("a/b/several.bin");
-    let mut bytes = fs::read(&file).unwrap();
-    bytes[7] ^= 0x21;
-    fs::write(&file, &bytes).unwrap();
-    let output = setup.run(&[
-        "push",
-        "--json",
-        &agent_option,
-        copy.to_str().unwrap(),
-        &setup.remote("pushed"),
-    ]);
-    assert_success(&output);
-    assert_agent_used(&output, "the delta push");
-    assert_eq!(tree_digest(&copy), tree_digest(&pushed));
-    let moved = summary(&output)["bytes_moved"].as_u64().unwrap();
-    assert!(moved > 0 && moved <= BLOCK as u64, "{moved} bytes moved");
+    push_then_delta_push(run, &copy, &setup.remote("pushed"), &pushed, 7);
 }
 
 #[test]
@@ -173,40 +153,18 @@ fn the_release_agent_runs_where_the_c_library_is_older_than_the_build_machines()
     assert_eq!(agents.len(), 1, "{agents:?}");
     assert_eq!(fs::read(&agents[0]).unwrap(), fs::read(portable).unwrap());
 
-    let output = run(
-        portable,
-        &["push", copy.to_str().unwrap(), "old:/root/pushed"],
-    );
-    assert_success(&output);
-    assert_agent_used(&output, "the push");
-    assert_eq!(
-        tree_digest(&copy),
-        tree_digest(&server.home().join("pushed"))
-    );
-
     // Deltas both ways: one byte changed moves one block, not the file.
-    let file = copy.join("a/b/several.bin");
-    let mut bytes = fs::read(&file).unwrap();
-    bytes[2 * BLOCK + 5] ^= 0x33;
-    fs::write(&file, &bytes).unwrap();
-    let output = run(
-        portable,
-        &["push", "--json", copy.to_str().unwrap(), "old:/root/pushed"],
+    push_then_delta_push(
+        |arguments| run(portable, arguments),
+        &copy,
+        "old:/root/pushed",
+        &server.home().join("pushed"),
+        2 * BLOCK + 5,
     );
-    assert_success(&output);
-    assert_agent_used(&output, "the delta push");
-    assert_eq!(
-        tree_digest(&copy),
-        tree_digest(&server.home().join("pushed"))
-    );
-    let moved = summary(&output)["bytes_moved"].as_u64().unwrap();
-    assert!(moved > 0 && moved <= BLOCK as u64, "{moved} bytes moved");
 
     // The pull puts back the byte the push changed and brings one changed on the host.
     let remote = source.join("a/b/several.bin");
-    let mut bytes = fs::read(&remote).unwrap();
-    bytes[100] ^= 0x44;
-    fs::write(&remote, &bytes).unwrap();
+    flip_byte(&remote, 100);
     // Both copies were written this second: a different mtime tells the pull they differ.
     set_mtime(&remote, 1_700_000_000);
     let output = run(
@@ -216,8 +174,7 @@ fn the_release_agent_runs_where_the_c_library_is_older_than_the_build_machines()
     assert_success(&output);
     assert_agent_used(&output, "the delta pull");
     assert_eq!(tree_digest(&source), tree_digest(&copy));
-    let moved = summary(&output)["bytes_moved"].as_u64().unwrap();
-    assert!(moved > 0 && moved <= BLOCK as u64, "{moved} bytes moved");
+    assert_one_block_moved(&output);
 }
 
 /// A `uname` for sshd's PATH that says the host is `machine`.
@@ -264,6 +221,57 @@ fn notices(output: &Output) -> Vec<String> {
         .collect()
 }
 
+/// Pushes `copy` to `remote` (the host's `pushed`), then changes one byte of a 3 MiB file in
+/// it at `offset` and pushes again: both runs go through the agent and leave `pushed`
+/// identical, and the second moves one block, not the file. `run` runs one xfer command.
+fn push_then_delta_push(
+    run: impl Fn(&[&str]) -> Output,
+    copy: &Path,
+    remote: &str,
+    pushed: &Path,
+    offset: usize,
+) {
+    let output = run(&["push", copy.to_str().unwrap(), remote]);
+    assert_success(&output);
+    assert_agent_used(&output, "the push");
+    assert_eq!(tree_digest(copy), tree_digest(pushed));
+
+    flip_byte(&copy.join("a/b/several.bin"), offset);
+    let output = run(&["push", "--json", copy.to_str().unwrap(), remote]);
+    assert_success(&output);
+    assert_agent_used(&output, "the delta push");
+    assert_eq!(tree_digest(copy), tree_digest(pushed));
+    assert_one_block_moved(&output);
+}
+
+fn flip_byte(file: &Path, offset: usize) {
+    let mut bytes = fs::read(file).unwrap();
+    bytes[offset] ^= 0x5a;
+    fs::write(file, &bytes).unwrap();
+}
+
+/// One byte changed: one block moves (the layout's block, at most 1 MiB), not the file.
+fn assert_one_block_moved(output: &Output) {
+    let moved = summary(output)["bytes_moved"].as_u64().unwrap();
+    assert!(moved > 0 && moved <= BLOCK as u64, "{moved} bytes moved");
+}
+
+/// Pulls a file of `length` bytes from a host whose agent cannot be had and returns the one
+/// line that says why SFTP serves instead.
+fn pull_without_agent(setup: &Setup, bundle: &Path, seed: u64, length: usize) -> String {
+    fs::write(setup.path("file.bin"), pattern(seed, length)).unwrap();
+    let copy = setup.path("copy.bin");
+    let output = run_with_bundle(
+        setup,
+        bundle,
+        &["pull", &setup.remote("file.bin"), copy.to_str().unwrap()],
+    );
+    assert_success(&output);
+    let lines = notices(&output);
+    assert_eq!(lines.len(), 1, "one line says why:\n{}", stderr(&output));
+    lines[0].clone()
+}
+
 #[test]
 fn a_host_of_another_architecture_gets_the_bundles_agent_checked_by_hash() {
     let shim = uname_saying("aarch64");
@@ -295,36 +303,13 @@ fn a_host_of_another_architecture_gets_the_bundles_agent_checked_by_hash() {
     assert_eq!(fs::read(&cached[0]).unwrap(), agent);
 
     // A push of a tree through it, then a delta push of one changed block.
-    let pushed = setup.path("pushed");
-    let output = run_with_bundle(
-        &setup,
-        &bundle,
-        &["push", copy.to_str().unwrap(), &setup.remote("pushed")],
+    push_then_delta_push(
+        |arguments| run_with_bundle(&setup, &bundle, arguments),
+        &copy,
+        &setup.remote("pushed"),
+        &setup.path("pushed"),
+        BLOCK + 17,
     );
-    assert_success(&output);
-    assert_agent_used(&output, "the push");
-    assert_eq!(tree_digest(&copy), tree_digest(&pushed));
-
-    let file = copy.join("a/b/several.bin");
-    let mut bytes = fs::read(&file).unwrap();
-    bytes[BLOCK + 17] ^= 0x5a;
-    fs::write(&file, &bytes).unwrap();
-    let output = run_with_bundle(
-        &setup,
-        &bundle,
-        &[
-            "push",
-            "--json",
-            copy.to_str().unwrap(),
-            &setup.remote("pushed"),
-        ],
-    );
-    assert_success(&output);
-    assert_agent_used(&output, "the delta push");
-    assert_eq!(tree_digest(&copy), tree_digest(&pushed));
-    // One byte changed: one block moves (the layout's block, at most 1 MiB), not the file.
-    let moved = summary(&output)["bytes_moved"].as_u64().unwrap();
-    assert!(moved > 0 && moved <= BLOCK as u64, "{moved} bytes moved");
     // Still the one agent: the cached copy served the later runs.
     assert_eq!(setup.cached_agents().len(), 1);
 }
@@ -336,26 +321,13 @@ fn a_platform_the_bundle_lacks_falls_back_to_sftp_in_one_line_naming_the_file() 
     let bundle = setup.work.path().join("agents");
     fs::create_dir_all(&bundle).unwrap();
     fs::write(bundle.join("MANIFEST.b3"), "").unwrap();
-    fs::write(setup.path("file.bin"), pattern(5, 3 * BLOCK + 9)).unwrap();
-    let copy = setup.path("copy.bin");
-    let output = run_with_bundle(
-        &setup,
-        &bundle,
-        &["pull", &setup.remote("file.bin"), copy.to_str().unwrap()],
-    );
-    assert_success(&output);
+    let line = pull_without_agent(&setup, &bundle, 5, 3 * BLOCK + 9);
     assert_eq!(
         fs::read(setup.path("file.bin")).unwrap(),
-        fs::read(&copy).unwrap()
+        fs::read(setup.path("copy.bin")).unwrap()
     );
-    let lines = notices(&output);
-    assert_eq!(lines.len(), 1, "one line says why:\n{}", stderr(&output));
     let needed = bundle.join(format!("xfer-agent-{VERSION}-linux-aarch64"));
-    assert!(
-        lines[0].contains(&needed.display().to_string()),
-        "{}",
-        lines[0]
-    );
+    assert!(line.contains(&needed.display().to_string()), "{line}");
     assert!(setup.cached_agents().is_empty());
 }
 
@@ -368,21 +340,8 @@ fn a_bundle_file_that_does_not_match_its_manifest_is_never_uploaded() {
     let mut replaced = client.clone();
     replaced.extend_from_slice(b"appended after the manifest was written");
     let bundle = bundle_with(setup.work.path(), &replaced, &client);
-    fs::write(setup.path("file.bin"), pattern(6, BLOCK)).unwrap();
-    let copy = setup.path("copy.bin");
-    let output = run_with_bundle(
-        &setup,
-        &bundle,
-        &["pull", &setup.remote("file.bin"), copy.to_str().unwrap()],
-    );
-    assert_success(&output);
-    let lines = notices(&output);
-    assert_eq!(lines.len(), 1, "one line says why:\n{}", stderr(&output));
-    assert!(
-        lines[0].contains("does not match its BLAKE3"),
-        "{}",
-        lines[0]
-    );
+    let line = pull_without_agent(&setup, &bundle, 6, BLOCK);
+    assert!(line.contains("does not match its BLAKE3"), "{line}");
     assert!(setup.cached_agents().is_empty(), "nothing was uploaded");
 }
 

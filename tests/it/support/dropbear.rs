@@ -12,7 +12,7 @@
 //! Needs root (Dropbear switches to the login user; the namespace and the mount), as in CI, and
 //! the Debian package dropbear-bin (.ci/run installs it).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -268,7 +268,7 @@ fn client_key() -> &'static Path {
             .unwrap_or_else(|error| panic!("cannot create {}: {error}", dir.display()));
         chmod(&dir, 0o700);
         // Test binaries of this checkout running at once make it once.
-        let _lock = lock(&dir.join(".lock"));
+        let _lock = super::lock_exclusively(&dir.join(".lock"));
         let key = dir.join("client_key");
         if !(key.is_file() && public_key_path(&key).is_file()) {
             keygen(&dir, "client_key", "ed25519", None);
@@ -283,7 +283,7 @@ fn authorize(user: &LocalUser, public_key: &Path) {
     let key = fs::read_to_string(public_key)
         .unwrap_or_else(|error| panic!("cannot read {}: {error}", public_key.display()));
     let key = key.trim();
-    let _lock = lock(Path::new(AUTHORIZED_KEYS_LOCK));
+    let _lock = super::lock_exclusively(Path::new(AUTHORIZED_KEYS_LOCK));
     let ssh = user.home.join(".ssh");
     if !ssh.is_dir() {
         fs::create_dir(&ssh)
@@ -300,17 +300,4 @@ fn authorize(user: &LocalUser, public_key: &Path) {
     }
     user.own(&authorized);
     chmod(&authorized, 0o600);
-}
-
-/// An exclusive flock(2) on `path`, created if missing; released when the file is dropped.
-fn lock(path: &Path) -> File {
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .unwrap_or_else(|error| panic!("cannot open {}: {error}", path.display()));
-    file.lock()
-        .unwrap_or_else(|error| panic!("cannot lock {}: {error}", path.display()));
-    file
 }

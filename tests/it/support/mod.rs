@@ -201,6 +201,20 @@ pub fn xfer_binary_command_in(binary: &Path, state_dir: &Path) -> Command {
     command
 }
 
+/// An exclusive flock(2) on `path`, created if missing, waited for; released when the file is
+/// dropped. Test processes and checkouts that build or change one shared thing take turns.
+pub fn lock_exclusively(path: &Path) -> fs::File {
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|error| panic!("cannot open {}: {error}", path.display()));
+    file.lock()
+        .unwrap_or_else(|error| panic!("cannot lock {}: {error}", path.display()));
+    file
+}
+
 /// Runs `command` to completion and returns its output, capturing stdout and stderr.
 /// If it takes longer than `limit`, kills it (and everything in its process group) and panics
 /// with what it wrote to stderr, so that a test can never hang.

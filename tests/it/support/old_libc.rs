@@ -10,7 +10,7 @@
 //! It needs root (debootstrap, chroot, the mount namespace) and the package debootstrap, as
 //! `.ci/run` installs; the first build downloads the root (about 180 MB unpacked).
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -90,15 +90,8 @@ fn ensure_root(path: &Path) {
     fs::create_dir_all(CACHE_DIR)
         .and_then(|()| fs::set_permissions(CACHE_DIR, fs::Permissions::from_mode(0o755)))
         .unwrap_or_else(|error| panic!("cannot create {CACHE_DIR}: {error}"));
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(LOCK_FILE)
-        .unwrap_or_else(|error| panic!("cannot open {LOCK_FILE}: {error}"));
     // Blocking: a build in another process ends within its own BUILD_LIMIT.
-    lock.lock()
-        .unwrap_or_else(|error| panic!("cannot lock {LOCK_FILE}: {error}"));
+    let _lock = super::lock_exclusively(Path::new(LOCK_FILE));
     if path.is_dir() {
         return;
     }

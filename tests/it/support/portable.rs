@@ -8,7 +8,7 @@
 //! from the Python package registry into `target/release-tools` the first time; without them
 //! these tests fail saying so, as `.ci/run` installs what the suite needs.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -32,7 +32,7 @@ fn build() -> (PathBuf, PathBuf) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let target = root.join("target");
     fs::create_dir_all(&target).expect("target directory");
-    let _lock = lock(&target.join("test-release.lock"));
+    let _lock = super::lock_exclusively(&target.join("test-release.lock"));
     let out = target.join("test-release");
     let status = Command::new(root.join("scripts/release.sh"))
         .args([
@@ -77,7 +77,7 @@ pub fn arm64_root() -> &'static Path {
         let root = PathBuf::from(ARM64_ROOT);
         let parent = root.parent().expect("a parent");
         fs::create_dir_all(parent).expect("the test cache directory");
-        let _lock = lock(&parent.join("bullseye-arm64.lock"));
+        let _lock = super::lock_exclusively(&parent.join("bullseye-arm64.lock"));
         if !root.join("usr/lib/ld-linux-aarch64.so.1").exists() {
             let build = parent.join(format!("bullseye-arm64.build-{}", std::process::id()));
             let _ = fs::remove_dir_all(&build);
@@ -118,19 +118,6 @@ pub fn emulated_aarch64_agent(dir: &Path) -> PathBuf {
     .expect("the wrapper");
     fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).expect("chmod");
     wrapper
-}
-
-/// An exclusive flock(2) on `path`, created if missing; released when the file is dropped.
-fn lock(path: &Path) -> File {
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .unwrap_or_else(|error| panic!("cannot open {}: {error}", path.display()));
-    file.lock()
-        .unwrap_or_else(|error| panic!("cannot lock {}: {error}", path.display()));
-    file
 }
 
 /// The highest `GLIBC_x.y` symbol version `binary` needs, read by `readelf` (binutils), which

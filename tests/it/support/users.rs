@@ -133,15 +133,7 @@ fn create_users() -> LocalUsers {
 
 /// Holds the lock under which local users are created (see [`LOCK_FILE`]) until dropped.
 pub(super) fn lock_user_creation() -> File {
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(LOCK_FILE)
-        .unwrap_or_else(|error| panic!("cannot open {LOCK_FILE}: {error}"));
-    lock.lock()
-        .unwrap_or_else(|error| panic!("cannot lock {LOCK_FILE}: {error}"));
-    lock
+    super::lock_exclusively(Path::new(LOCK_FILE))
 }
 
 /// Creates the user if it is missing and corrects what an earlier run (or a person) may have
