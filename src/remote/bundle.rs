@@ -185,10 +185,8 @@ impl Catalog {
                     let Some(platform) = platform_of_file(&file) else {
                         continue;
                     };
-                    // The local executable serves its own platform.
-                    if platform == this && catalog.agents.iter().any(|a| a.platform == this) {
-                        continue;
-                    }
+                    // The first agent of a platform stands: the local executable for its own,
+                    // the manifest's first line for the others.
                     if catalog.agents.iter().any(|a| a.platform == platform) {
                         continue;
                     }
@@ -204,11 +202,6 @@ impl Catalog {
             Err(problem) => catalog.bundle_problem = Some(problem),
         }
         catalog
-    }
-
-    /// Every agent, the running executable's first.
-    pub fn agents(&self) -> &[Agent] {
-        &self.agents
     }
 
     /// Whether an agent reporting this BLAKE3 of its executable is one of ours.
