@@ -12,6 +12,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 bench=${BENCH_DIR:-$root/../shared/bench}
+# shellcheck source=benches/timing.sh
+source "$here/timing.sh"
 [ -x "$bench/baseline.sh" ] || { echo "budget.sh: no benchmark kit at $bench (set BENCH_DIR)" >&2; exit 2; }
 [ -x /usr/bin/time ] || { echo "budget.sh: needs GNU time (apt-get install time)" >&2; exit 2; }
 dataset=${DATASET:-big}
@@ -77,7 +79,7 @@ print(f"{float(end) - float(start):.2f} {client / gib:.2f} {agent / gib:.2f} {re
 PY
 )")
   done
-  median=$(printf '%s\n' "${rows[@]}" | sort -n | sed -n "$(( (${#rows[@]} + 1) / 2 ))p")
+  median=$(median "${rows[@]}")
   read -r wall client agent rest total <<<"$median"
   [ "$tool" = xfer ] || agent=-
   echo "| $tool | $wall | $client | $agent | $rest | $total |"

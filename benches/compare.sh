@@ -24,6 +24,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 bench=${BENCH_DIR:-$root/../shared/bench}
+# shellcheck source=benches/timing.sh
+source "$here/timing.sh"
 [ -x "$bench/baseline.sh" ] || { echo "compare.sh: no benchmark kit at $bench (set BENCH_DIR)" >&2; exit 2; }
 
 cargo build --release --quiet --manifest-path "$root/Cargo.toml" >&2
@@ -89,9 +91,9 @@ for dataset in big.bin ckpt; do
           rsync) rsync -a -e "ssh -F $config $copt" "$work/data/$dataset" "bench:$work/remote/" ;;
         esac
         end=$(date +%s.%N)
-        times+=("$(python3 -c "print(round($end - $start, 2))")")
+        times+=("$(seconds_between "$start" "$end")")
       done
-      median=$(printf '%s\n' "${times[@]}" | sort -n | sed -n "$(( (${#times[@]} + 1) / 2 ))p")
+      median=$(median "${times[@]}")
       echo "| $dataset | $cipher | $tool | $median |"
     done
   done
@@ -131,9 +133,9 @@ for cipher in "${peer_ciphers[@]}"; do
       start=$(date +%s.%N)
       delta_push "$tool" "$config" "$copt"
       end=$(date +%s.%N)
-      times+=("$(python3 -c "print(round($end - $start, 2))")")
+      times+=("$(seconds_between "$start" "$end")")
     done
-    median=$(printf '%s\n' "${times[@]}" | sort -n | sed -n "$(( (${#times[@]} + 1) / 2 ))p")
+    median=$(median "${times[@]}")
     old_copy
     "$bench/wire-proxy" "$proxy_port" "$(cat "$SSHD_DIR/port")" --stats "$work/wire.json" -- \
       bash -c "$(declare -f delta_push); xfer=$xfer work=$work delta_push $tool $work/proxy_config '$copt'" >/dev/null 2>&1
@@ -168,9 +170,9 @@ for cipher in "${peer_ciphers[@]}"; do
         rsync) rsync -a --inplace -e "ssh -F $config $copt" "bench:$work/mutated.bin" "$work/local/big.bin" ;;
       esac
       end=$(date +%s.%N)
-      times+=("$(python3 -c "print(round($end - $start, 2))")")
+      times+=("$(seconds_between "$start" "$end")")
     done
-    median=$(printf '%s\n' "${times[@]}" | sort -n | sed -n "$(( (${#times[@]} + 1) / 2 ))p")
+    median=$(median "${times[@]}")
     same=no
     cmp -s "$work/mutated.bin" "$work/local/big.bin" && same=yes
     echo "| $cipher | $tool | $median | $same |"
@@ -206,7 +208,7 @@ for dataset in big.bin ckpt push:big.bin; do
         --rate $((100 << 20)) --stats "$work/wire.json" -- \
         bash -c "$(declare -f far_copy); xfer=$xfer work=$work far_copy $tool $dataset $work/proxy_config '$copt'" >/dev/null 2>&1
       end=$(date +%s.%N)
-      seconds=$(python3 -c "print(round($end - $start, 2))")
+      seconds=$(seconds_between "$start" "$end")
       same=no
       diff -r "$work/data/$name" "$work/far/$name" >/dev/null 2>&1 && same=yes
       echo "| $dataset | $cipher | $tool | $seconds | $(python3 -c "print(round($bytes / ($end - $start) / 1e6))") | $same |"

@@ -11,6 +11,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 bench=${BENCH_DIR:-$root/../shared/bench}
+# shellcheck source=benches/timing.sh
+source "$here/timing.sh"
 [ -x "$bench/baseline.sh" ] || { echo "durable.sh: no benchmark kit at $bench (set BENCH_DIR)" >&2; exit 2; }
 reps=${REPS:-3}
 read -r -a peer_ciphers <<<"${PEER_CIPHERS:-default aes256-gcm@openssh.com}"
@@ -52,9 +54,9 @@ for dataset in big.bin ckpt; do
           rsync+sync) rsync -a -e "ssh -F $config $copt" "bench:$work/data/$dataset" "$work/out/" && sync ;;
         esac
         end=$(date +%s.%N)
-        times+=("$(python3 -c "print(round($end - $start, 2))")")
+        times+=("$(seconds_between "$start" "$end")")
       done
-      median=$(printf '%s\n' "${times[@]}" | sort -n | sed -n "$(( (${#times[@]} + 1) / 2 ))p")
+      median=$(median "${times[@]}")
       echo "| $dataset | $cipher | $tool | $median |"
     done
   done
