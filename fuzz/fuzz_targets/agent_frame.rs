@@ -1,11 +1,13 @@
 //! Agent protocol frames (`xfer::agent::protocol`): any bytes, read as a stream of frames the way
 //! the agent reads requests and the client reads responses, decode or are refused without
-//! panicking, whatever decodes re-encodes to exactly the same bytes, the decoders of an owned
-//! body agree with those of a borrowed frame, and no decoded entry has a name over the name cap.
+//! panicking, whatever decodes re-encodes to exactly the same bytes, the decoders of a body split
+//! as a reader splits it (file data apart) agree with those of a borrowed frame, and no decoded
+//! entry has a name over the name cap.
 #![no_main]
 
 use xfer::agent::protocol::{
-    ClientHello, Frame, LENGTH_LEN, MAX_NAME, Request, Response, ServerHello,
+    ClientHello, Frame, FrameBody, LENGTH_LEN, MAX_NAME, Request, Response, ServerHello,
+    split_body,
 };
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
@@ -42,17 +44,19 @@ fn check_frame(bytes: &[u8], frame: &Frame<'_>) {
         };
         assert!(names.iter().all(|name| name.len() <= MAX_NAME));
     }
-    // The owned-body decoders (data moved out of the body) agree with the borrowing ones,
-    // errors included.
-    let body = bytes[LENGTH_LEN..].to_vec();
-    assert_eq!(
-        Request::decode_body(body.clone()),
-        Request::decode(frame).map(|request| (frame.id, request))
-    );
-    assert_eq!(
-        Response::decode_body(body),
-        Response::decode(frame).map(|response| (frame.id, response))
-    );
+    // The decoders of a body as a reader gives it (file data apart from the fields, or the
+    // body in one piece) agree with the borrowing ones, errors included.
+    let body = &bytes[LENGTH_LEN..];
+    for parts in [split_body(body), FrameBody::whole(body.to_vec())] {
+        assert_eq!(
+            Request::decode_parts(parts.clone()),
+            Request::decode(frame).map(|request| (frame.id, request))
+        );
+        assert_eq!(
+            Response::decode_parts(parts),
+            Response::decode(frame).map(|response| (frame.id, response))
+        );
+    }
     if let Ok(hello) = ServerHello::decode(frame) {
         assert_eq!(hello.encode().as_deref(), Ok(bytes));
     }

@@ -8,14 +8,21 @@
 //! The handshake uses the whole [`Connection`]; a session then splits it ([`Connection::split`])
 //! into a [`FrameReader`] and a [`FrameWriter`] for the tasks that read and write concurrently.
 
-use super::protocol::{EncodedRequest, LENGTH_LEN, MAGIC, ProtocolError, frame_length};
+use super::protocol::{
+    EncodedFrame, FrameBody, LENGTH_LEN, MAGIC, ProtocolError, bulk_offset, frame_length,
+};
 use std::io;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::mpsc;
 
-/// The buffer of each direction of the stream: large enough that a burst of small frames is one
-/// write to the stream, and a block of data is read in few calls.
+/// The buffer of the writing direction: large enough that a burst of small frames is one
+/// write to the stream.
 pub const STREAM_BUFFER: usize = 256 << 10;
+
+/// The buffer of the reading direction: many small frames per fill. It is small because what
+/// it holds of a block's data is copied twice (into it, then out of it), while reads into a
+/// block's own buffer from an empty one go straight there.
+const READ_BUFFER: usize = 32 << 10;
 
 /// How much of a frame body is allocated ahead of the bytes actually arriving: a block of data
 /// and its frame's fields, so a frame carrying a 1 MiB block is one allocation (growing it
@@ -59,7 +66,7 @@ pub struct FrameReader<R> {
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(stream: R) -> Self {
         FrameReader {
-            stream: BufReader::with_capacity(STREAM_BUFFER, stream),
+            stream: BufReader::with_capacity(READ_BUFFER, stream),
         }
     }
 
@@ -80,16 +87,27 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         Ok(Opening::Other(head))
     }
 
-    /// Reads one frame body (everything after the length field). `Ok(None)` at a clean end of
-    /// the stream, before the first byte of a frame. A length over the cap is refused before
-    /// anything is allocated; memory grows with the bytes received, never more than
+    /// Reads one frame body (everything after the length field), the file data of a message
+    /// that carries some into a buffer of its own ([`FrameBody`]). `Ok(None)` at a clean end
+    /// of the stream, before the first byte of a frame. A length over the cap is refused
+    /// before anything is allocated; memory grows with the bytes received, never more than
     /// `READ_STEP` (a block and its fields) ahead of them.
-    pub async fn read_frame(&mut self) -> Result<Option<Vec<u8>>, ReadError> {
+    pub async fn read_frame(&mut self) -> Result<Option<FrameBody>, ReadError> {
         let Some(prefix) = self.read_length_field().await? else {
             return Ok(None);
         };
         let length = frame_length(prefix)?;
-        self.read_body(length).await.map(Some)
+        // A frame holds at least its type (checked by frame_length): the type says where
+        // its file data, if any, starts.
+        let mut head = Vec::new();
+        self.read_more(&mut head, 1).await?;
+        let split = bulk_offset(head[0])
+            .filter(|&offset| offset <= length)
+            .unwrap_or(length);
+        self.read_more(&mut head, split - 1).await?;
+        let mut bulk = Vec::new();
+        self.read_more(&mut bulk, length - split).await?;
+        Ok(Some(FrameBody { head, bulk }))
     }
 
     /// The 4 bytes of a length field; None when the stream ends before the first of them.
@@ -111,27 +129,25 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         Ok(Some(prefix))
     }
 
-    /// The `length` bytes of a frame body, whose length field was checked against the cap.
-    async fn read_body(&mut self, length: usize) -> Result<Vec<u8>, ReadError> {
-        let mut body = Vec::new();
-        while body.len() < length {
-            let step = (length - body.len()).min(READ_STEP);
+    /// Appends `length` more bytes of a frame body, whose length field was checked against
+    /// the cap, to `body`.
+    async fn read_more(&mut self, body: &mut Vec<u8>, length: usize) -> Result<(), ReadError> {
+        let end = body.len() + length;
+        while body.len() < end {
+            let step = (end - body.len()).min(READ_STEP);
             body.reserve_exact(step);
             // Into the spare capacity, never past the frame: no zeroing of what is overwritten.
-            let read = (&mut self.stream)
-                .take(step as u64)
-                .read_buf(&mut body)
-                .await?;
+            let read = (&mut self.stream).take(step as u64).read_buf(body).await?;
             if read == 0 {
                 return Err(ReadError::Truncated { what: "a frame" });
             }
         }
-        Ok(body)
+        Ok(())
     }
 }
 
-/// An encoded frame as it is written: in one piece, or in two (a Write request, whose data is
-/// not copied behind its fields) written one after the other.
+/// An encoded frame as it is written: in one piece, or in two (a Write request or a Data
+/// answer, whose data is not copied behind its fields) written one after the other.
 pub trait Outgoing {
     /// The frame's bytes: the first piece, then the second (empty for a frame in one piece).
     fn pieces(&self) -> (&[u8], &[u8]);
@@ -143,7 +159,7 @@ impl Outgoing for Vec<u8> {
     }
 }
 
-impl Outgoing for EncodedRequest {
+impl Outgoing for EncodedFrame {
     fn pieces(&self) -> (&[u8], &[u8]) {
         (&self.head, &self.data)
     }
@@ -229,7 +245,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
     }
 
     /// See [`FrameReader::read_frame`].
-    pub async fn read_frame(&mut self) -> Result<Option<Vec<u8>>, ReadError> {
+    pub async fn read_frame(&mut self) -> Result<Option<FrameBody>, ReadError> {
         self.reader.read_frame().await
     }
 
@@ -259,7 +275,11 @@ mod tests {
         let mut reader = FrameReader::new(bytes);
         let mut read = Vec::new();
         loop {
-            let frame = reader.read_frame().await.map_err(|error| error.to_string());
+            let frame = reader
+                .read_frame()
+                .await
+                .map(|body| body.map(FrameBody::into_whole))
+                .map_err(|error| error.to_string());
             let done = !matches!(frame, Ok(Some(_)));
             read.push(frame);
             if done {
@@ -350,8 +370,26 @@ mod tests {
         let mut reader = FrameReader::new(receiving);
         for frame in &frames {
             let body = reader.read_frame().await.expect("read").expect("a frame");
-            assert_eq!(body, frame[LENGTH_LEN..]);
+            assert_eq!(body.into_whole(), frame[LENGTH_LEN..]);
         }
+        assert!(reader.read_frame().await.expect("read").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_blocks_data_is_read_apart_from_its_fields() {
+        let data: Vec<u8> = (0..300_000u32).map(|index| index as u8).collect();
+        let frame = Response::Data(data.clone()).encode(9).expect("encodable");
+        // A Data frame too short to hold a length for its data is read in one piece (and
+        // refused by the decoder), never split past its end.
+        let short = [&6u32.to_be_bytes()[..], &frame[LENGTH_LEN..LENGTH_LEN + 6]].concat();
+        let stream: &'static [u8] = Box::leak([frame.clone(), short.clone()].concat().into());
+        let mut reader = FrameReader::new(stream);
+        let body = reader.read_frame().await.expect("read").expect("a frame");
+        assert_eq!(body.head, frame[LENGTH_LEN..LENGTH_LEN + 9]);
+        assert_eq!(body.bulk, data);
+        let body = reader.read_frame().await.expect("read").expect("a frame");
+        assert_eq!(body.head, short[LENGTH_LEN..]);
+        assert!(body.bulk.is_empty());
         assert!(reader.read_frame().await.expect("read").is_none());
     }
 }

@@ -138,6 +138,8 @@ struct PullFile<'a, R: Remote> {
     /// The local file's block hashes computed while connecting, if this is the file they are
     /// of (checked before this run changed it).
     early: BTreeMap<u64, BlockHash>,
+    /// The remote's hashes of the blocks it sent whole with a hashed read.
+    read_hashes: BTreeMap<u64, BlockHash>,
 }
 
 /// The remote's block hashes: known already, or still being computed.
@@ -146,6 +148,9 @@ enum RemoteHashes {
     Pending(delta::RemoteTask),
     /// A file of one block: its hash comes with the data (see [`PullFile::fetch_small`]).
     WithData,
+    /// Every block travels: each read of a whole block comes with the remote's hash of it
+    /// (see [`Remote::hashes_reads`]).
+    WithReads,
 }
 
 impl<'a, R: Remote> PullFile<'a, R> {
@@ -206,6 +211,7 @@ impl<'a, R: Remote> PullFile<'a, R> {
             journal,
             blocks,
             early,
+            read_hashes: BTreeMap::new(),
         };
         Ok((pull, remote_task))
     }
@@ -222,6 +228,11 @@ impl<'a, R: Remote> PullFile<'a, R> {
             } else if one_block {
                 // One block, read whole: its hash comes with the data.
                 RemoteHashes::WithData
+            } else if remote.hashes_reads() && self.blocks.holds_none() {
+                // Nothing here to compare, so every block travels, each with the remote's
+                // hash of it: the remote reads the file once, where a separate pass for its
+                // hashes would read it twice (from disk, for a file larger than its memory).
+                RemoteHashes::WithReads
             } else {
                 let task = delta::remote_hashes_task(remote, &self.item.source, self.layout);
                 RemoteHashes::Pending(task)
@@ -281,12 +292,14 @@ impl<'a, R: Remote> PullFile<'a, R> {
             // Fetch::new), rather than synced with whatever else of the file is dirty.
             let synchronous =
                 self.existing_length > 0 && self.blocks.bytes_needed() <= SYNC_INTERVAL;
-            self.fetch_large(synchronous).await?;
+            let hashed_reads = matches!(remote_hashes, RemoteHashes::WithReads);
+            self.fetch_large(synchronous, hashed_reads).await?;
         }
         tracing::debug!(path = %self.item.path, "fetched");
         Ok(match remote_hashes {
             RemoteHashes::Ready(hashes) => hashes,
             RemoteHashes::Pending(task) => delta::join(task).await?,
+            RemoteHashes::WithReads => self.hashes_from_reads().await?,
             RemoteHashes::WithData => match small_hash {
                 Some(hash) => Some(vec![hash]),
                 // The remote sent the data without its hash: ask for it now.
@@ -299,6 +312,20 @@ impl<'a, R: Remote> PullFile<'a, R> {
         })
     }
 
+    /// The remote's hashes of every block, from its hashed reads; where some block came
+    /// without one (over a borrowed connection without an agent, or read in pieces), the
+    /// remote hashes the whole file instead.
+    async fn hashes_from_reads(&mut self) -> Result<Option<Vec<BlockHash>>> {
+        let read_hashes = std::mem::take(&mut self.read_hashes);
+        if read_hashes.len() as u64 == self.layout.block_count() {
+            // One hash per block index below the count: every block, in order.
+            return Ok(Some(read_hashes.into_values().collect()));
+        }
+        let remote = &self.context.remote;
+        let task = delta::remote_hashes_task(remote, &self.item.source, self.layout);
+        delta::join(task).await
+    }
+
     /// A file of one block, in one request (the agent reads it whole): no open, no close.
     /// Returns the remote's hash of the block when it came with the data.
     async fn fetch_small(&mut self) -> Result<Option<BlockHash>> {
@@ -306,7 +333,7 @@ impl<'a, R: Remote> PullFile<'a, R> {
         // One byte more than the size, so a file that grew is told from one that did not.
         let asked = u32::try_from(item.size.saturating_add(1)).unwrap_or(u32::MAX);
         let Some(small) = context.remote.read_small(&item.source, asked).await? else {
-            self.fetch_large(false).await?;
+            self.fetch_large(false, false).await?;
             return Ok(None);
         };
         let data = small.data;
@@ -331,8 +358,9 @@ impl<'a, R: Remote> PullFile<'a, R> {
     }
 
     /// Opens the remote file, fetches the blocks not held, and checks the file ends where its
-    /// size said. `synchronous`: write each block durably (see [`Fetch::new`]).
-    async fn fetch_large(&mut self, synchronous: bool) -> Result<()> {
+    /// size said. `synchronous`: write each block durably (see [`Fetch::new`]); `hashed_reads`:
+    /// ask for the remote's hash of each read (see [`RemoteHashes::WithReads`]).
+    async fn fetch_large(&mut self, synchronous: bool, hashed_reads: bool) -> Result<()> {
         let (context, item) = (self.context, self.item);
         let handle = context.remote.open_read(&item.source).await?;
         // The size was a promise: more bytes past it means the stat lied or the file grew.
@@ -355,7 +383,7 @@ impl<'a, R: Remote> PullFile<'a, R> {
                 async move { remote.open_read(&source).await }
             },
         );
-        let fetched = Fetch::new(self, handle.clone(), arrivals, synchronous)
+        let fetched = Fetch::new(self, handle.clone(), arrivals, synchronous, hashed_reads)
             .run()
             .await;
         if let Some(task) = lanes_task {
@@ -564,8 +592,9 @@ fn ensure_room(file: &File, size: u64, display: &str) -> Result<()> {
     Ok(())
 }
 
-/// A finished read: the connection it went over, block index, offset, length asked, data.
-type ReadDone = (usize, u64, u64, u32, Result<Vec<u8>>);
+/// A finished read: the connection it went over, block index, offset, length asked, data and
+/// the remote's hash of it (when asked for and given).
+type ReadDone = (usize, u64, u64, u32, Result<(Vec<u8>, Option<BlockHash>)>);
 
 /// A block being assembled from several reads.
 struct Assembly {
@@ -602,6 +631,9 @@ struct Fetch<'p, 'a, R: Remote> {
     sync: bool,
     /// Whether the remote hashes blocks: its hashes are then the reference for what arrived.
     remote_hashes_blocks: bool,
+    /// Whether reads ask for the remote's hash of what they read (see
+    /// [`RemoteHashes::WithReads`]).
+    hashed_reads: bool,
     /// After the first failure no new reads go out, but replies that already arrived are
     /// still written: on a dropped link that is everything the server managed to send.
     first_error: Option<Error>,
@@ -618,6 +650,7 @@ impl<'p, 'a, R: Remote> Fetch<'p, 'a, R> {
         handle: R::File,
         arrivals: Option<Arrivals<R>>,
         synchronous: bool,
+        hashed_reads: bool,
     ) -> Self {
         let context = pull.context;
         let chunk = u64::from(context.remote.max_io_size());
@@ -640,6 +673,7 @@ impl<'p, 'a, R: Remote> Fetch<'p, 'a, R> {
             sync: pull.journal.is_some() && durable.is_none(),
             durable,
             remote_hashes_blocks: context.remote.hashes_blocks(),
+            hashed_reads,
             first_error: None,
             pull,
         }
@@ -686,7 +720,7 @@ impl<'p, 'a, R: Remote> Fetch<'p, 'a, R> {
                 joined.map_err(|error| Error::internal(format!("a read task failed: {error}")))?;
             self.paths.answered(lane);
             match result {
-                Ok(data) => self.arrived(index, offset, length, data).await?,
+                Ok((data, hash)) => self.arrived(index, offset, length, data, hash).await?,
                 Err(error) => {
                     self.first_error.get_or_insert(error);
                 }
@@ -716,8 +750,16 @@ impl<'p, 'a, R: Remote> Fetch<'p, 'a, R> {
             else {
                 break;
             };
+            let hashed = self.hashed_reads;
             self.in_flight.spawn(async move {
-                let result = remote.read_at(&handle, offset, length).await;
+                let result = if hashed {
+                    remote.read_at_hashed(&handle, offset, length).await
+                } else {
+                    remote
+                        .read_at(&handle, offset, length)
+                        .await
+                        .map(|data| (data, None))
+                };
                 drop(permit);
                 (lane, index, offset, length, result)
             });
@@ -743,8 +785,16 @@ impl<'p, 'a, R: Remote> Fetch<'p, 'a, R> {
         true
     }
 
-    /// A read of `length` bytes at `offset` of block `index` returned `data`.
-    async fn arrived(&mut self, index: u64, offset: u64, length: u32, data: Vec<u8>) -> Result<()> {
+    /// A read of `length` bytes at `offset` of block `index` returned `data`, and the remote's
+    /// `hash` of it when asked for.
+    async fn arrived(
+        &mut self,
+        index: u64,
+        offset: u64,
+        length: u32,
+        data: Vec<u8>,
+        hash: Option<BlockHash>,
+    ) -> Result<()> {
         let (context, item) = (self.pull.context, self.pull.item);
         if data.is_empty() {
             return Err(Error::remote(format!(
@@ -763,6 +813,10 @@ impl<'p, 'a, R: Remote> Fetch<'p, 'a, R> {
             && self.pull.blocks.pieces_of(index).is_none()
             && !self.assemblies.contains_key(&index);
         if whole_read {
+            if let Some(hash) = hash {
+                // The hash of exactly the block's bytes: the reference for what arrived.
+                self.pull.read_hashes.insert(index, hash);
+            }
             context
                 .setup
                 .reporter

@@ -326,14 +326,21 @@ async fn a_host_without_block_hashes_still_resumes_and_verifies() {
 
 #[tokio::test(start_paused = true)]
 async fn reads_that_disagree_with_the_hosts_hashes_never_count_as_done() {
-    // A large file (hashed block by block while it travels) and a small one (read whole with
-    // its hash), each read back as other bytes than the host hashes.
-    for corrupted in ["/data/model.bin", "/data/small.txt"] {
+    // A large file (each block's hash coming with its read, or from a separate pass of the
+    // host over the file) and a small one (read whole with its hash), each read back as
+    // other bytes than the host hashes.
+    let cases = [
+        ("/data/model.bin", false),
+        ("/data/model.bin", true),
+        ("/data/small.txt", false),
+    ];
+    for (corrupted, no_hashed_reads) in cases {
         let fixture = Fixture::new();
         fixture.host.put_file("/data/model.bin", &data(9 * MIB, 5));
         fixture.host.put_file("/data/small.txt", b"small file\n");
         fixture.host.set_faults(Faults {
             corrupt_reads: Some(corrupted.into()),
+            no_hashed_reads,
             ..Faults::default()
         });
         let summary = fixture.pull(options(1, 2)).await;
@@ -348,6 +355,34 @@ async fn reads_that_disagree_with_the_hosts_hashes_never_count_as_done() {
             local_entries(&fixture.local("copy")),
             remote_entries(&fixture.host, "/data")
         );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_pull_takes_the_block_hashes_from_its_reads() {
+    // Nothing here to compare: the host's hash of each block comes with the block, and the
+    // host makes no second pass over the file for its hashes. A host whose reads come
+    // without hashes (an older agent) is asked for them, with the same result.
+    for no_hashed_reads in [false, true] {
+        let fixture = Fixture::new();
+        let content = data(9 * MIB + 100, 8);
+        fixture.host.put_file("/data/model.bin", &content);
+        fixture.host.set_faults(Faults {
+            no_hashed_reads,
+            ..Faults::default()
+        });
+        let summary = fixture.pull(options(2, 0)).await;
+        assert_clean(&summary, "pull");
+        assert_eq!(fixture.pulled("model.bin"), content);
+        let hashed = fixture.host.counters.blocks_hashed.load(Ordering::Relaxed);
+        if no_hashed_reads {
+            assert_eq!(
+                hashed, 10,
+                "the blocks of the file, hashed in a pass of their own"
+            );
+        } else {
+            assert_eq!(hashed, 0, "the host hashed the file a second time");
+        }
     }
 }
 

@@ -165,6 +165,29 @@ impl Remote for AgentRemote {
             .map_err(|error| self.error(&format!("reading {}", file.path), error))
     }
 
+    fn hashes_reads(&self) -> bool {
+        self.client.version() >= 4
+    }
+
+    async fn read_at_hashed(
+        &self,
+        file: &AgentFile,
+        offset: u64,
+        length: u32,
+    ) -> Result<(Vec<u8>, Option<BlockHash>)> {
+        if !self.hashes_reads() {
+            return self
+                .read_at(file, offset, length)
+                .await
+                .map(|data| (data, None));
+        }
+        self.client
+            .read_hashed(file.handle, offset, length.min(IO_SIZE))
+            .await
+            .map(|(data, hash)| (data, Some(hash)))
+            .map_err(|error| self.error(&format!("reading {}", file.path), error))
+    }
+
     async fn open_write(&self, path: &str) -> Result<AgentFile> {
         let handle = self
             .client

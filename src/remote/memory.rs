@@ -24,8 +24,11 @@ use std::time::Duration;
 /// How long a stalled read waits before it fails, as the agent's stall watchdog would make it.
 pub const STALL: Duration = Duration::from_secs(60);
 
-/// The largest read or write one request carries.
+/// The largest read or write one request carries over an SFTP-like host.
 pub const MAX_IO_SIZE: u32 = 256 << 10;
+/// The largest read one request carries where reads come hashed, as the agent's do: a whole
+/// block.
+pub const HASHED_IO_SIZE: u32 = 1 << 20;
 
 /// One entry of the tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +68,9 @@ pub struct Faults {
     pub no_block_hashes: bool,
     /// The host has no way to digest a whole file.
     pub no_digest: bool,
+    /// Reads come without the host's hash of what was read (an agent older than protocol
+    /// version 4), though block hashes are answered.
+    pub no_hashed_reads: bool,
 }
 
 /// What the host's connections did.
@@ -75,6 +81,8 @@ pub struct Counters {
     pub most_open_at_once: AtomicUsize,
     pub bytes_read: AtomicU64,
     pub bytes_written: AtomicU64,
+    /// Blocks hashed for block-hash requests (hashes that came with reads not counted).
+    pub blocks_hashed: AtomicU64,
 }
 
 /// A remote machine's files, in memory.
@@ -343,7 +351,11 @@ impl Remote for MemoryRemote {
     }
 
     fn max_io_size(&self) -> u32 {
-        MAX_IO_SIZE
+        if self.hashes_reads() {
+            HASHED_IO_SIZE
+        } else {
+            MAX_IO_SIZE
+        }
     }
 
     async fn stat(&self, path: &str, follow: bool) -> Result<Option<RemoteEntry>> {
@@ -406,9 +418,37 @@ impl Remote for MemoryRemote {
         let data = self.file_data(&file.path)?;
         let start = offset.min(data.len() as u64) as usize;
         let end = offset
-            .saturating_add(u64::from(length.min(MAX_IO_SIZE)))
+            .saturating_add(u64::from(length.min(self.max_io_size())))
             .min(data.len() as u64) as usize;
         self.deliver(&file.path, data[start..end].to_vec()).await
+    }
+
+    fn hashes_reads(&self) -> bool {
+        let faults = self.host.faults();
+        !faults.no_block_hashes && !faults.no_hashed_reads
+    }
+
+    async fn read_at_hashed(
+        &self,
+        file: &MemoryFile,
+        offset: u64,
+        length: u32,
+    ) -> Result<(Vec<u8>, Option<BlockHash>)> {
+        if !self.hashes_reads() {
+            return self
+                .read_at(file, offset, length)
+                .await
+                .map(|data| (data, None));
+        }
+        let data = self.file_data(&file.path)?;
+        let start = offset.min(data.len() as u64) as usize;
+        let end = offset
+            .saturating_add(u64::from(length.min(self.max_io_size())))
+            .min(data.len() as u64) as usize;
+        // The hash of the true bytes, whatever the delivery does to them.
+        let hash = hash_block(&data[start..end]);
+        let delivered = self.deliver(&file.path, data[start..end].to_vec()).await?;
+        Ok((delivered, Some(hash)))
     }
 
     async fn open_write(&self, path: &str) -> Result<MemoryFile> {
@@ -571,6 +611,10 @@ impl Remote for MemoryRemote {
             }
             let end = start.saturating_add(block_size).min(data.len() as u64);
             hashes.push(hash_block(&data[start as usize..end as usize]));
+            self.host
+                .counters
+                .blocks_hashed
+                .fetch_add(1, Ordering::Relaxed);
         }
         Ok(Some(hashes))
     }

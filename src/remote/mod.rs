@@ -243,6 +243,27 @@ pub trait Remote: Send + Sync + 'static {
         async { Ok(None) }
     }
 
+    /// Whether [`Remote::read_at_hashed`] comes with the remote's hash of what it read (an
+    /// agent of protocol version 4 or later).
+    fn hashes_reads(&self) -> bool {
+        false
+    }
+
+    /// [`Remote::read_at`], with the remote's [`crate::blocks::hash_block`] hash of the bytes
+    /// it read where it computes one (see [`Remote::hashes_reads`]), else None.
+    fn read_at_hashed(
+        &self,
+        file: &Self::File,
+        offset: u64,
+        length: u32,
+    ) -> impl Future<Output = Result<(Vec<u8>, Option<BlockHash>)>> + Send {
+        async move {
+            self.read_at(file, offset, length)
+                .await
+                .map(|data| (data, None))
+        }
+    }
+
     /// The whole content of a file of at most `max_length` bytes in one request, or None where
     /// the remote has no such request (then the caller opens and reads).
     fn read_small(

@@ -58,6 +58,19 @@ impl<R: Remote> Remote for ReadOnly<R> {
         self.inner.read_at(file, offset, length).await
     }
 
+    fn hashes_reads(&self) -> bool {
+        self.inner.hashes_reads()
+    }
+
+    async fn read_at_hashed(
+        &self,
+        file: &R::File,
+        offset: u64,
+        length: u32,
+    ) -> Result<(Vec<u8>, Option<BlockHash>)> {
+        self.inner.read_at_hashed(file, offset, length).await
+    }
+
     async fn open_write(&self, path: &str) -> Result<R::File> {
         self.refuse("open for writing", path)
     }

@@ -232,6 +232,27 @@ impl Remote for Session {
         }
     }
 
+    fn hashes_reads(&self) -> bool {
+        both!(self, remote => remote.hashes_reads())
+    }
+
+    async fn read_at_hashed(
+        &self,
+        file: &SessionFile,
+        offset: u64,
+        length: u32,
+    ) -> Result<(Vec<u8>, Option<BlockHash>)> {
+        match (self, file) {
+            (Session::Agent(agent), SessionFile::Agent(file)) => {
+                agent.read_at_hashed(file, offset, length).await
+            }
+            (Session::Sftp(sftp), SessionFile::Sftp(file)) => {
+                sftp.read_at_hashed(file, offset, length).await
+            }
+            _ => Err(mismatched()),
+        }
+    }
+
     async fn open_write(&self, path: &str) -> Result<SessionFile> {
         match self {
             Session::Agent(agent) => agent.open_write(path).await.map(SessionFile::Agent),

@@ -5,7 +5,7 @@
 
 use super::{AgentError, MAX_IN_FLIGHT, StallLimit};
 use crate::agent::connection::{FrameReader, FrameWriter, ReadError};
-use crate::agent::protocol::{EncodedRequest, ProtocolError, Response, ResponseKind};
+use crate::agent::protocol::{EncodedFrame, FrameBody, ProtocolError, Response, ResponseKind};
 use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
@@ -233,8 +233,8 @@ impl Link {
     }
 
     /// Hands one answer frame to the request waiting for it; `Err` ends the session.
-    fn route(&self, body: Vec<u8>) -> Result<(), Closure> {
-        let (id, response) = Response::decode_body(body).map_err(Closure::malformed)?;
+    fn route(&self, body: FrameBody) -> Result<(), Closure> {
+        let (id, response) = Response::decode_parts(body).map_err(Closure::malformed)?;
         if id == 0 {
             return Err(Closure::ended_by_agent(response));
         }
@@ -338,7 +338,7 @@ pub(super) async fn read_responses<R: AsyncRead + Unpin>(
 /// sender is gone; then closes the agent's stdin.
 pub(super) async fn write_requests<W: AsyncWrite + Unpin>(
     mut writer: FrameWriter<W>,
-    mut requests: mpsc::Receiver<EncodedRequest>,
+    mut requests: mpsc::Receiver<EncodedFrame>,
     link: Arc<Link>,
 ) {
     let written: io::Result<()> = async {

@@ -35,7 +35,7 @@ pub use stall::{MAX_SILENCE, SLOWEST_DISK_RATE, STALL_TIMEOUT, StallLimit};
 
 use super::connection::{Connection, Opening, ReadError};
 use super::protocol::{
-    ClientHello, EncodedRequest, Entry, ErrorCode, Frame, PROTOCOL_MAX, PROTOCOL_MIN, Request,
+    ClientHello, EncodedFrame, Entry, ErrorCode, Frame, PROTOCOL_MAX, PROTOCOL_MIN, Request,
     Response, ServerHello, choose_version,
 };
 use crate::remote::ListingLimits;
@@ -122,7 +122,7 @@ pub struct AgentClient {
 struct Shared {
     hello: ServerHello,
     version: u16,
-    requests: mpsc::Sender<EncodedRequest>,
+    requests: mpsc::Sender<EncodedFrame>,
     link: Arc<Link>,
     reader: tokio::task::AbortHandle,
     watchdog: tokio::task::AbortHandle,
@@ -159,6 +159,7 @@ where
             });
         }
     };
+    let body = body.into_whole();
     Frame::parse(&body)
         .and_then(|frame| ServerHello::decode(&frame))
         .map_err(|error| refused(&error))
@@ -489,6 +490,30 @@ impl AgentClient {
         match self.call(request).await? {
             Response::Data(data) if data.len() <= length as usize => Ok(data),
             Response::Data(data) => Err(AgentError::Protocol(format!(
+                "{} bytes in answer to a read of {length}",
+                data.len()
+            ))),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// [`AgentClient::read`] with the agent's block hash of what it read (protocol version 4).
+    pub async fn read_hashed(
+        &self,
+        handle: u64,
+        offset: u64,
+        length: u32,
+    ) -> Result<(Vec<u8>, [u8; 32]), AgentError> {
+        let request = Request::ReadHashed {
+            handle,
+            offset,
+            length,
+        };
+        match self.call(request).await? {
+            Response::HashedData { hash, data } if data.len() <= length as usize => {
+                Ok((data, hash))
+            }
+            Response::HashedData { data, .. } => Err(AgentError::Protocol(format!(
                 "{} bytes in answer to a read of {length}",
                 data.len()
             ))),

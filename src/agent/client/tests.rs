@@ -468,6 +468,46 @@ async fn a_small_file_comes_with_the_agents_hash_of_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_read_comes_with_the_agents_hash_of_what_it_read() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    let file = path(&directory, "large");
+    std::fs::write(&file, &data).expect("write");
+    let (client, server) = connect().await;
+    let handle = client.open_read(&file).await.expect("open");
+    let (read, hash) = client
+        .read_hashed(handle, 65536, 131072)
+        .await
+        .expect("read");
+    assert_eq!(read, data[65536..196608]);
+    assert_eq!(hash, hash_block(&read));
+    // At the end of the file: the bytes there are, and the hash of just those.
+    let (tail, hash) = client
+        .read_hashed(handle, 250_000, 131072)
+        .await
+        .expect("read");
+    assert_eq!(tail, data[250_000..]);
+    assert_eq!(hash, hash_block(&tail));
+    client.close(handle).await.expect("close");
+    // A version 3 session refuses it, and goes on.
+    shutdown(client, server).await;
+    let (startup, server) = connect_versions((1, PROTOCOL_MAX), (1, 3)).await;
+    let Ok(Startup::Agent(client, _)) = startup else {
+        panic!("no agent: {startup:?}");
+    };
+    let handle = client.open_read(&file).await.expect("open");
+    assert_eq!(
+        code(client.read_hashed(handle, 0, 100).await),
+        ErrorCode::Invalid
+    );
+    assert_eq!(
+        client.read(handle, 0, 100).await.expect("read"),
+        data[..100]
+    );
+    shutdown(client, server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_1_session_refuses_what_version_2_added() {
     let directory = tempfile::tempdir().expect("tempdir");
     let file = path(&directory, "small");
@@ -609,7 +649,8 @@ impl FakeAgent {
             .read_frame()
             .await
             .expect("read")
-            .expect("hello");
+            .expect("hello")
+            .into_whole();
         let frame = Frame::parse(&body).expect("frame");
         assert_eq!(ClientHello::decode(&frame), Ok(ClientHello { version: 1 }));
         (fake, client)
@@ -617,8 +658,7 @@ impl FakeAgent {
 
     async fn request(&mut self) -> Option<(u32, Request)> {
         let body = self.from_client.read_frame().await.expect("read")?;
-        let frame = Frame::parse(&body).expect("frame");
-        Some((frame.id, Request::decode(&frame).expect("request")))
+        Some(Request::decode_parts(body).expect("request"))
     }
 
     async fn answer(&mut self, id: u32, response: Response) {

@@ -55,6 +55,45 @@ pub struct Frame<'a> {
     pub payload: &'a [u8],
 }
 
+/// A frame in two parts: `head` then `data` make the frame. `data` is the file data of a
+/// message that carries some, moved in rather than copied behind its fields (empty for the
+/// others).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedFrame {
+    pub head: Vec<u8>,
+    pub data: Vec<u8>,
+}
+
+/// A frame body (everything after its length field) as it was read: `head`, the message type,
+/// request id and fields, and `bulk`, the file data of a message that carries some, read into a
+/// buffer of its own so that it is handed on without being moved. `bulk` is empty for other
+/// messages, whose whole body is `head`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FrameBody {
+    pub head: Vec<u8>,
+    pub bulk: Vec<u8>,
+}
+
+impl FrameBody {
+    /// A body read in one piece.
+    pub fn whole(body: Vec<u8>) -> FrameBody {
+        FrameBody {
+            head: body,
+            bulk: Vec::new(),
+        }
+    }
+
+    /// The body in one piece.
+    pub fn into_whole(self) -> Vec<u8> {
+        let FrameBody { mut head, bulk } = self;
+        if bulk.is_empty() {
+            return head;
+        }
+        head.extend_from_slice(&bulk);
+        head
+    }
+}
+
 /// The length a frame's 4-byte length field announces, checked against [`MAX_FRAME`] and the
 /// smallest frame, so the caller can allocate it safely.
 pub fn frame_length(prefix: [u8; LENGTH_LEN]) -> Result<usize, ProtocolError> {
@@ -234,6 +273,33 @@ impl<'a> Cursor<'a> {
     }
 
     /// Checks that the whole payload was read.
+    /// The length field of a message's file data whose bytes came apart from its fields
+    /// (`bulk`, see [`FrameBody`]): it must say `bulk`'s length, within `cap`.
+    pub(super) fn bulk_length(
+        &mut self,
+        what: &'static str,
+        bulk: &[u8],
+        cap: usize,
+    ) -> Result<(), ProtocolError> {
+        let length = self.u32()? as usize;
+        if length > cap {
+            return Err(ProtocolError::TooLong {
+                what,
+                length: length as u64,
+                cap: cap as u64,
+            });
+        }
+        // The errors a frame read in one piece gets: its payload ends early, or goes on.
+        match length.cmp(&bulk.len()) {
+            std::cmp::Ordering::Equal => Ok(()),
+            std::cmp::Ordering::Greater => Err(ProtocolError::Truncated { what: self.what }),
+            std::cmp::Ordering::Less => Err(ProtocolError::TrailingBytes {
+                what: self.what,
+                count: bulk.len() - length,
+            }),
+        }
+    }
+
     pub(super) fn finish(self) -> Result<(), ProtocolError> {
         if self.rest.is_empty() {
             Ok(())

@@ -80,6 +80,7 @@
 //! | 0x11 | BlockHashes                | path, block_size u32, first u64, count u32 (≤ MAX_HASHES) | Hashes  |
 //! | 0x12 | ReadFileHashed (version 2) | path, max_length u32 (≤ MAX_DATA)                    | HashedData   |
 //! | 0x13 | SetFileAttributes (version 3) | handle u64, size `Option<u64>`, mode `Option<u32>`, mtime `Option<i64>` | Done |
+//! | 0x14 | ReadHashed (version 4)     | handle u64, offset u64, length u32 (≤ MAX_DATA)      | HashedData   |
 //!
 //! | type | message (agent → client)   | payload                                              |
 //! |------|----------------------------|------------------------------------------------------|
@@ -112,6 +113,9 @@
 //! Version 3 adds SetFileAttributes, so a push sets size, mode and times through the handle it
 //! wrote, never by a name that another account on the host could swap; from version 3 on,
 //! OpenWrite and SetAttributes never follow a final symlink either.
+//! Version 4 adds ReadHashed: a block of a large file and the agent's hash of it in one
+//! answer, so a full pull needs no separate pass of the agent over the file for its block
+//! hashes (a second read of it from disk, where the file is larger than the host's memory).
 //! An agent answers a request newer than the session's version with an Error.
 
 pub mod frame;
@@ -120,17 +124,46 @@ pub mod requests;
 pub mod responses;
 
 pub use frame::{
-    FRAME_HEADER_LEN, Frame, LENGTH_LEN, MAX_DATA, MAX_FRAME, ProtocolError, frame_length,
+    EncodedFrame, FRAME_HEADER_LEN, Frame, FrameBody, LENGTH_LEN, MAX_DATA, MAX_FRAME,
+    ProtocolError, frame_length,
 };
 pub use hello::{
     BuildId, ClientHello, MAGIC, MAX_BUILD_PLATFORM, MAX_BUILD_VERSION, PROTOCOL_MAX, PROTOCOL_MIN,
     ServerHello, choose_version, test_server_hello,
 };
-pub use requests::{EncodedRequest, MAX_HASHES, MAX_PATH, Request};
+pub use requests::{MAX_HASHES, MAX_PATH, Request};
 pub use responses::{
     Entry, EntryKind, ErrorCode, MAX_LIST_BATCH, MAX_MESSAGE, MAX_NAME, Response, ResponseKind,
     cap_message,
 };
+
+/// Where the file data starts in the body (what follows the length field) of a frame of
+/// message type `kind`: past the type, the request id, the fixed fields and the data's 4-byte
+/// length, for the messages that carry file data (Data, HashedData, Write); None for the
+/// others. A reader puts the data in a buffer of its own ([`FrameBody`]).
+pub fn bulk_offset(kind: u8) -> Option<usize> {
+    let fields = match kind {
+        kind::DATA => 0,
+        kind::HASHED_DATA => 32,
+        kind::WRITE => 16,
+        _ => return None,
+    };
+    Some(FRAME_HEADER_LEN + fields + 4)
+}
+
+/// A whole frame body split as a reader splits it while reading ([`bulk_offset`]): for
+/// decoders' tests and fuzzing, which start from whole frames.
+pub fn split_body(body: &[u8]) -> FrameBody {
+    let split = body
+        .first()
+        .and_then(|&kind| bulk_offset(kind))
+        .filter(|&offset| offset <= body.len())
+        .unwrap_or(body.len());
+    FrameBody {
+        head: body[..split].to_vec(),
+        bulk: body[split..].to_vec(),
+    }
+}
 
 /// The message type bytes of every family, in one list so that no two messages share one:
 /// requests below 0x80 (the ClientHello at 0x7f), answers from 0x80 (the ServerHello at 0xff).
@@ -154,6 +187,7 @@ mod kind {
     pub const BLOCK_HASHES: u8 = 0x11;
     pub const READ_FILE_HASHED: u8 = 0x12;
     pub const SET_FILE_ATTRIBUTES: u8 = 0x13;
+    pub const READ_HASHED: u8 = 0x14;
     pub const CLIENT_HELLO: u8 = 0x7f;
 
     pub const ERROR: u8 = 0x80;

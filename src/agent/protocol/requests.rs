@@ -1,9 +1,12 @@
 //! Requests, client to agent: [`Request`], one variant per message type, its encoding (in one
-//! piece, or in two for a Write so its data is never copied, [`EncodedRequest`]) and its
-//! decoding (from a borrowed frame, or from an owned body a Write's data is moved out of). Every
-//! path, count and length is checked against its cap on the way in and on the way out.
+//! piece, or in two for a Write so its data is never copied, [`EncodedFrame`]) and its
+//! decoding (from a borrowed frame, or from a [`FrameBody`] whose Write data is handed on as it
+//! was read). Every path, count and length is checked against its cap on the way in and on the
+//! way out.
 
-use super::frame::{Cursor, Frame, MAX_DATA, ProtocolError, Writer, request_id};
+use super::frame::{
+    Cursor, EncodedFrame, Frame, FrameBody, MAX_DATA, ProtocolError, Writer, request_id,
+};
 use super::kind;
 use super::responses::ResponseKind;
 
@@ -87,6 +90,13 @@ pub enum Request {
         mode: Option<u32>,
         mtime: Option<i64>,
     },
+    /// Version 4: Read, answered with the data and its block hash (`crate::blocks::hash_block`,
+    /// computed by the agent over the bytes it read). Answer: HashedData.
+    ReadHashed {
+        handle: u64,
+        offset: u64,
+        length: u32,
+    },
 }
 
 /// A Write's frame up to its data of `length` bytes (the frame's length field counting them),
@@ -107,19 +117,13 @@ fn write_head(id: u32, handle: u64, offset: u64, length: usize) -> Result<Vec<u8
     out.finish_before(length)
 }
 
-/// A request's frame in two parts: `head` then `data` (empty but for a Write) make the frame.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EncodedRequest {
-    pub head: Vec<u8>,
-    pub data: Vec<u8>,
-}
-
 impl Request {
     /// The first protocol version with this request.
     pub fn since_version(&self) -> u16 {
         match self {
             Request::ReadFileHashed { .. } => 2,
             Request::SetFileAttributes { .. } => 3,
+            Request::ReadHashed { .. } => 4,
             _ => 1,
         }
     }
@@ -134,7 +138,7 @@ impl Request {
             Request::Read { .. } | Request::ReadFile { .. } => ResponseKind::Data,
             Request::Digest { .. } => ResponseKind::Hash,
             Request::BlockHashes { .. } => ResponseKind::Hashes,
-            Request::ReadFileHashed { .. } => ResponseKind::HashedData,
+            Request::ReadFileHashed { .. } | Request::ReadHashed { .. } => ResponseKind::HashedData,
             Request::Write { .. }
             | Request::Sync { .. }
             | Request::Close { .. }
@@ -150,17 +154,17 @@ impl Request {
     /// The request's frame with request id `id` as [`Request::encode`] makes it, in two parts
     /// sent one after the other: a Write's data is moved in, not copied behind its fields (a
     /// copy of up to 1 MiB per block pushed).
-    pub fn encode_owned(self, id: u32) -> Result<EncodedRequest, ProtocolError> {
+    pub fn encode_owned(self, id: u32) -> Result<EncodedFrame, ProtocolError> {
         match self {
             Request::Write {
                 handle,
                 offset,
                 data,
-            } => Ok(EncodedRequest {
+            } => Ok(EncodedFrame {
                 head: write_head(request_id(id)?, handle, offset, data.len())?,
                 data,
             }),
-            other => Ok(EncodedRequest {
+            other => Ok(EncodedFrame {
                 head: other.encode(id)?,
                 data: Vec::new(),
             }),
@@ -186,20 +190,12 @@ impl Request {
                 handle,
                 offset,
                 length,
-            } => {
-                if *length > MAX_DATA {
-                    return Err(ProtocolError::TooLong {
-                        what: "read length",
-                        length: u64::from(*length),
-                        cap: u64::from(MAX_DATA),
-                    });
-                }
-                let mut out = Writer::new(kind::READ, id, 20);
-                out.u64(*handle);
-                out.u64(*offset);
-                out.u32(*length);
-                out
-            }
+            } => read_request(kind::READ, id, *handle, *offset, *length)?,
+            Request::ReadHashed {
+                handle,
+                offset,
+                length,
+            } => read_request(kind::READ_HASHED, id, *handle, *offset, *length)?,
             Request::Write {
                 handle,
                 offset,
@@ -287,32 +283,35 @@ impl Request {
         out.finish()
     }
 
-    /// [`Request::decode`] of a frame body the caller owns, with the frame's id. A Write's data
-    /// is the tail of the body and is moved out of it, not copied: a push sends its data in
-    /// Write requests of a block each, and copying every block into fresh memory cost the
-    /// agent page faults and zeroing as well as the copy.
-    pub fn decode_body(mut body: Vec<u8>) -> Result<(u32, Request), ProtocolError> {
-        let (id, header) = {
-            let frame = Frame::parse(&body)?;
+    /// Decodes a frame body as a reader gave it: a Write's data, read into a buffer of its own
+    /// ([`FrameBody::bulk`]), becomes the request's data without being moved. Returns the
+    /// frame's id with the request.
+    pub fn decode_parts(body: FrameBody) -> Result<(u32, Request), ProtocolError> {
+        if body.bulk.is_empty() {
+            let frame = Frame::parse(&body.head)?;
+            return Request::decode(&frame).map(|request| (frame.id, request));
+        }
+        let (id, handle, offset) = {
+            let frame = Frame::parse(&body.head)?;
             if frame.kind != kind::WRITE {
+                let whole = body.into_whole();
+                let frame = Frame::parse(&whole)?;
                 return Request::decode(&frame).map(|request| (frame.id, request));
             }
             request_id(frame.id)?;
             let mut input = Cursor::new(frame.payload, "request");
             let handle = input.u64()?;
             let offset = input.u64()?;
-            let length = input.bytes("write data", MAX_DATA as usize)?.len();
+            input.bulk_length("write data", &body.bulk, MAX_DATA as usize)?;
             input.finish()?;
-            (frame.id, (handle, offset, body.len() - length))
+            (frame.id, handle, offset)
         };
-        let (handle, offset, start) = header;
-        body.drain(..start);
         Ok((
             id,
             Request::Write {
                 handle,
                 offset,
-                data: body,
+                data: body.bulk,
             },
         ))
     }
@@ -340,17 +339,16 @@ impl Request {
                 path: read_path(&mut input)?,
             },
             kind::READ => {
-                let handle = input.u64()?;
-                let offset = input.u64()?;
-                let length = input.u32()?;
-                if length > MAX_DATA {
-                    return Err(ProtocolError::TooLong {
-                        what: "read length",
-                        length: u64::from(length),
-                        cap: u64::from(MAX_DATA),
-                    });
-                }
+                let (handle, offset, length) = read_fields(&mut input)?;
                 Request::Read {
+                    handle,
+                    offset,
+                    length,
+                }
+            }
+            kind::READ_HASHED => {
+                let (handle, offset, length) = read_fields(&mut input)?;
+                Request::ReadHashed {
                     handle,
                     offset,
                     length,
@@ -463,6 +461,42 @@ fn read_path(input: &mut Cursor<'_>) -> Result<String, ProtocolError> {
 
 fn write_path(out: &mut Writer, path: &str) -> Result<(), ProtocolError> {
     out.bytes("path", path.as_bytes(), MAX_PATH)
+}
+
+/// A Read or ReadHashed frame: handle, offset and a length ≤ MAX_DATA.
+fn read_request(
+    kind: u8,
+    id: u32,
+    handle: u64,
+    offset: u64,
+    length: u32,
+) -> Result<Writer, ProtocolError> {
+    check_read_length(length)?;
+    let mut out = Writer::new(kind, id, 20);
+    out.u64(handle);
+    out.u64(offset);
+    out.u32(length);
+    Ok(out)
+}
+
+/// The payload of Read and ReadHashed: handle, offset and a length ≤ MAX_DATA.
+fn read_fields(input: &mut Cursor<'_>) -> Result<(u64, u64, u32), ProtocolError> {
+    let handle = input.u64()?;
+    let offset = input.u64()?;
+    let length = input.u32()?;
+    check_read_length(length)?;
+    Ok((handle, offset, length))
+}
+
+fn check_read_length(length: u32) -> Result<(), ProtocolError> {
+    if length > MAX_DATA {
+        return Err(ProtocolError::TooLong {
+            what: "read length",
+            length: u64::from(length),
+            cap: u64::from(MAX_DATA),
+        });
+    }
+    Ok(())
 }
 
 /// The payload of ReadFile and ReadFileHashed: a path and a maximum length ≤ MAX_DATA.

@@ -3,7 +3,9 @@
 //! decoding (a Data answer's bytes moved out of an owned body, never copied). Every name, count,
 //! message and length is checked against its cap on the way in and on the way out.
 
-use super::frame::{Cursor, Frame, MAX_DATA, ProtocolError, Writer, request_id};
+use super::frame::{
+    Cursor, EncodedFrame, Frame, FrameBody, MAX_DATA, ProtocolError, Writer, request_id,
+};
 use super::kind;
 use super::requests::{MAX_HASHES, MAX_PATH};
 
@@ -105,7 +107,7 @@ pub enum Response {
     Hash([u8; 32]),
     /// Answers BlockHashes.
     Hashes(Vec<[u8; 32]>),
-    /// Answers ReadFileHashed: the block hash of `data`, and `data`.
+    /// Answers ReadFileHashed and ReadHashed: the block hash of `data`, and `data`.
     HashedData { hash: [u8; 32], data: Vec<u8> },
     /// Answers any request; with request id 0, a protocol-level error before the agent exits.
     Error { code: ErrorCode, message: String },
@@ -126,6 +128,18 @@ pub enum ResponseKind {
     Error,
 }
 
+/// Refuses file data over [`MAX_DATA`], as [`Writer::bytes`] does.
+fn check_data(data: &[u8]) -> Result<(), ProtocolError> {
+    if data.len() > MAX_DATA as usize {
+        return Err(ProtocolError::TooLong {
+            what: "data",
+            length: data.len() as u64,
+            cap: u64::from(MAX_DATA),
+        });
+    }
+    Ok(())
+}
+
 impl Response {
     pub fn kind(&self) -> ResponseKind {
         match self {
@@ -140,6 +154,38 @@ impl Response {
             Response::HashedData { .. } => ResponseKind::HashedData,
             Response::Error { .. } => ResponseKind::Error,
         }
+    }
+
+    /// The response's frame with request id `id` as [`Response::encode`] makes it, in two
+    /// parts sent one after the other: the data of a Data or HashedData answer is moved in, not
+    /// copied behind its fields (a copy of up to 1 MiB per block pulled).
+    pub fn encode_owned(self, id: u32) -> Result<EncodedFrame, ProtocolError> {
+        let (head, data) = match self {
+            Response::Data(data) => {
+                check_data(&data)?;
+                let out = Writer::new(kind::DATA, request_id(id)?, 4);
+                (out, data)
+            }
+            Response::HashedData { hash, data } => {
+                check_data(&data)?;
+                let mut out = Writer::new(kind::HASHED_DATA, request_id(id)?, 36);
+                out.raw(&hash);
+                (out, data)
+            }
+            other => {
+                return Ok(EncodedFrame {
+                    head: other.encode(id)?,
+                    data: Vec::new(),
+                });
+            }
+        };
+        let mut head = head;
+        // Checked against MAX_DATA just above, so the length fits a u32.
+        head.u32(data.len() as u32);
+        Ok(EncodedFrame {
+            head: head.finish_before(data.len())?,
+            data,
+        })
     }
 
     /// The response's frame with request id `id` (0 only for Error), or why it cannot be sent
@@ -210,22 +256,40 @@ impl Response {
         out.finish()
     }
 
-    /// [`Response::decode`] of a frame body the caller owns, with the frame's id; a Data
-    /// answer's bytes are moved out of the body, not copied (see `Request::decode_body`).
-    pub fn decode_body(mut body: Vec<u8>) -> Result<(u32, Response), ProtocolError> {
-        let (id, start) = {
-            let frame = Frame::parse(&body)?;
-            if frame.kind != kind::DATA {
+    /// Decodes a frame body as a reader gave it: the file data of a Data or HashedData answer,
+    /// read into a buffer of its own ([`FrameBody::bulk`]), becomes the answer's data without
+    /// being moved. Returns the frame's id with the response.
+    pub fn decode_parts(body: FrameBody) -> Result<(u32, Response), ProtocolError> {
+        if body.bulk.is_empty() {
+            let frame = Frame::parse(&body.head)?;
+            return Response::decode(&frame).map(|response| (frame.id, response));
+        }
+        let (id, hash) = {
+            let frame = Frame::parse(&body.head)?;
+            if frame.kind != kind::DATA && frame.kind != kind::HASHED_DATA {
+                let whole = body.into_whole();
+                let frame = Frame::parse(&whole)?;
                 return Response::decode(&frame).map(|response| (frame.id, response));
             }
             request_id(frame.id)?;
             let mut input = Cursor::new(frame.payload, "response");
-            let length = input.bytes("data", MAX_DATA as usize)?.len();
+            let hash = if frame.kind == kind::HASHED_DATA {
+                Some(input.array::<32>()?)
+            } else {
+                None
+            };
+            input.bulk_length("data", &body.bulk, MAX_DATA as usize)?;
             input.finish()?;
-            (frame.id, body.len() - length)
+            (frame.id, hash)
         };
-        body.drain(..start);
-        Ok((id, Response::Data(body)))
+        let data = body.bulk;
+        Ok((
+            id,
+            match hash {
+                Some(hash) => Response::HashedData { hash, data },
+                None => Response::Data(data),
+            },
+        ))
     }
 
     /// Decodes a response frame. Request id 0 is accepted only for Error.

@@ -89,6 +89,13 @@ fn request() -> impl Strategy<Value = Request> {
             .prop_map(|(path, max_length)| Request::ReadFile { path, max_length }),
         (text(40), 0..=MAX_DATA)
             .prop_map(|(path, max_length)| Request::ReadFileHashed { path, max_length }),
+        (any::<u64>(), any::<u64>(), 0..=MAX_DATA).prop_map(|(handle, offset, length)| {
+            Request::ReadHashed {
+                handle,
+                offset,
+                length,
+            }
+        }),
         (
             any::<u64>(),
             any::<Option<u64>>(),
@@ -158,9 +165,14 @@ proptest! {
         // The frame in two parts is the same bytes.
         let parts = request.clone().encode_owned(id).expect("encodable");
         prop_assert_eq!([parts.head, parts.data].concat(), frame.clone());
-        // Decoding an owned body (a Write's data moved out of it) gives the same.
+        // Decoding the body as a reader splits it (a Write's data apart) gives the same, and
+        // so does the body in one piece.
         prop_assert_eq!(
-            Request::decode_body(frame[LENGTH_LEN..].to_vec()),
+            Request::decode_parts(split_body(&frame[LENGTH_LEN..])),
+            Ok((id, request.clone()))
+        );
+        prop_assert_eq!(
+            Request::decode_parts(FrameBody::whole(frame[LENGTH_LEN..].to_vec())),
             Ok((id, request.clone()))
         );
         // A request is never mistaken for a response or a hello.
@@ -182,9 +194,16 @@ proptest! {
         prop_assert_eq!(decoded.kind(), response.kind());
         prop_assert_eq!(decoded, response.clone());
         prop_assert_eq!(
-            Response::decode_body(frame[LENGTH_LEN..].to_vec()),
+            Response::decode_parts(split_body(&frame[LENGTH_LEN..])),
             Ok((id, response.clone()))
         );
+        prop_assert_eq!(
+            Response::decode_parts(FrameBody::whole(frame[LENGTH_LEN..].to_vec())),
+            Ok((id, response.clone()))
+        );
+        // The frame in two parts is the same bytes.
+        let parts = response.clone().encode_owned(id).expect("encodable");
+        prop_assert_eq!([parts.head, parts.data].concat(), frame.clone());
         prop_assert!(Request::decode(&split).is_err());
         prop_assert!(ServerHello::decode(&split).is_err());
     }
@@ -406,6 +425,52 @@ fn bad_types_flags_and_ids_are_refused() {
     let mut hello = ClientHello { version: 1 }.encode().expect("encodable");
     hello[8] = 1;
     assert!(decode_client_hello(&hello).is_err());
+}
+
+#[test]
+fn data_apart_from_its_fields_must_be_as_long_as_they_say() {
+    let data = Response::Data(vec![5; 100]).encode(3).expect("encodable");
+    let mut parts = split_body(&data[LENGTH_LEN..]);
+    assert_eq!(parts.bulk.len(), 100);
+    parts.bulk.push(0);
+    assert_eq!(
+        Response::decode_parts(parts.clone()),
+        Err(ProtocolError::TrailingBytes {
+            what: "response",
+            count: 1
+        })
+    );
+    parts.bulk.truncate(99);
+    assert_eq!(
+        Response::decode_parts(parts),
+        Err(ProtocolError::Truncated { what: "response" })
+    );
+    let write = Request::Write {
+        handle: 1,
+        offset: 2,
+        data: vec![7; 10],
+    }
+    .encode(4)
+    .expect("encodable");
+    let mut parts = split_body(&write[LENGTH_LEN..]);
+    parts.bulk.pop();
+    assert_eq!(
+        Request::decode_parts(parts),
+        Err(ProtocolError::Truncated { what: "request" })
+    );
+    // Bytes apart from a message that carries no file data are read as the rest of its body.
+    let done = Response::Done.encode(5).expect("encodable");
+    let parts = FrameBody {
+        head: done[LENGTH_LEN..].to_vec(),
+        bulk: vec![1],
+    };
+    assert_eq!(
+        Response::decode_parts(parts),
+        Err(ProtocolError::TrailingBytes {
+            what: "response",
+            count: 1
+        })
+    );
 }
 
 #[test]

@@ -25,8 +25,8 @@ pub use stdio::{build_id_of, own_build_id, run_stdio};
 
 use super::connection::{Connection, FrameReader, FrameWriter, ReadError};
 use super::protocol::{
-    BuildId, ClientHello, ErrorCode, Frame, PROTOCOL_MAX, PROTOCOL_MIN, Request, Response,
-    ServerHello, cap_message,
+    BuildId, ClientHello, EncodedFrame, ErrorCode, Frame, PROTOCOL_MAX, PROTOCOL_MIN, Request,
+    Response, ServerHello, cap_message,
 };
 use crate::file_writing;
 use files::{
@@ -133,6 +133,7 @@ where
         Ok(None) => return Ok(None),
         Err(error) => return Err(session_error(error)),
     };
+    let body = body.into_whole();
     let hello = Frame::parse(&body)
         .and_then(|frame| ClientHello::decode(&frame))
         .map_err(invalid_data)?;
@@ -179,7 +180,7 @@ fn session_error(error: ReadError) -> io::Error {
 
 /// The Error frame (request id 0) that tells the client why the session ends, for protocol
 /// errors only.
-fn protocol_error_frame(error: &io::Error) -> Option<Vec<u8>> {
+fn protocol_error_frame(error: &io::Error) -> Option<EncodedFrame> {
     if error.kind() != io::ErrorKind::InvalidData {
         return None;
     }
@@ -187,7 +188,7 @@ fn protocol_error_frame(error: &io::Error) -> Option<Vec<u8>> {
         code: ErrorCode::Invalid,
         message: cap_message(format!("malformed frame: {error}")),
     }
-    .encode(0)
+    .encode_owned(0)
     .ok()
 }
 
@@ -199,7 +200,7 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (reader, writer) = connection.split();
-    let (output, frames) = mpsc::channel::<Vec<u8>>(OUTPUT_QUEUE);
+    let (output, frames) = mpsc::channel::<EncodedFrame>(OUTPUT_QUEUE);
     let writer_task = tokio::spawn(write_frames(writer, frames));
     let session = Arc::new(Session::new(version));
     let outcome = serve_requests(reader, &session, &output).await;
@@ -221,7 +222,7 @@ where
 async fn serve_requests<R: AsyncRead + Unpin>(
     mut reader: FrameReader<R>,
     session: &Arc<Session>,
-    output: &mpsc::Sender<Vec<u8>>,
+    output: &mpsc::Sender<EncodedFrame>,
 ) -> io::Result<()> {
     let jobs = Arc::new(Semaphore::new(MAX_JOBS));
     loop {
@@ -239,7 +240,7 @@ async fn serve_requests<R: AsyncRead + Unpin>(
             Ok(None) => return Ok(()),
             Err(error) => return Err(session_error(error)),
         };
-        let (id, request) = Request::decode_body(body).map_err(invalid_data)?;
+        let (id, request) = Request::decode_parts(body).map_err(invalid_data)?;
         spawn_job(session, id, request, permit, output);
     }
 }
@@ -248,7 +249,7 @@ async fn serve_requests<R: AsyncRead + Unpin>(
 /// stream down when every sender is gone.
 async fn write_frames<W: AsyncWrite + Unpin>(
     mut writer: FrameWriter<W>,
-    mut frames: mpsc::Receiver<Vec<u8>>,
+    mut frames: mpsc::Receiver<EncodedFrame>,
 ) -> io::Result<()> {
     while let Some(frame) = frames.recv().await {
         writer.write_burst(frame, &mut frames).await?;
@@ -346,7 +347,7 @@ fn spawn_job(
     id: u32,
     request: Request,
     permit: OwnedSemaphorePermit,
-    output: &mpsc::Sender<Vec<u8>>,
+    output: &mpsc::Sender<EncodedFrame>,
 ) {
     let session = Arc::clone(session);
     let answers = Answers {
@@ -386,18 +387,19 @@ fn run_job(session: &Session, request: Request, answers: &Answers) {
 /// Where one request's answers go.
 struct Answers {
     id: u32,
-    output: mpsc::Sender<Vec<u8>>,
+    output: mpsc::Sender<EncodedFrame>,
 }
 
 impl Answers {
     /// Queues an answer (from the blocking pool); false when nobody listens any more.
     fn send(&self, response: Response) -> bool {
-        let frame = response.encode(self.id).or_else(|error| {
+        // A block's data is moved into its frame, not copied.
+        let frame = response.encode_owned(self.id).or_else(|error| {
             Response::Error {
                 code: ErrorCode::TooLarge,
                 message: cap_message(format!("the answer cannot be sent: {error}")),
             }
-            .encode(self.id)
+            .encode_owned(self.id)
         });
         match frame {
             Ok(frame) => self.output.blocking_send(frame).is_ok(),
@@ -501,6 +503,17 @@ fn answer(session: &Session, request: Request) -> Result<Response, Failure> {
         } => {
             let file = session.file(handle)?;
             Response::Data(read_at(&file, offset, length)?)
+        }
+        Request::ReadHashed {
+            handle,
+            offset,
+            length,
+        } => {
+            let data = read_at(&*session.file(handle)?, offset, length)?;
+            Response::HashedData {
+                hash: crate::blocks::hash_block(&data),
+                data,
+            }
         }
         Request::Write {
             handle,
@@ -607,14 +620,14 @@ mod tests {
             .read_frame()
             .await
             .expect("frame")
-            .expect("hello");
+            .expect("hello")
+            .into_whole();
         ServerHello::decode(&Frame::parse(&body).expect("frame")).expect("hello")
     }
 
     async fn read_response(from_server: &mut FrameReader<DuplexStream>) -> Option<(u32, Response)> {
         let body = from_server.read_frame().await.expect("frame")?;
-        let frame = Frame::parse(&body).expect("frame");
-        Some((frame.id, Response::decode(&frame).expect("response")))
+        Some(Response::decode_parts(body).expect("response"))
     }
 
     async fn expect_protocol_error(
