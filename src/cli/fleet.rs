@@ -16,6 +16,7 @@ use xfer::engine::state::StateDir;
 use xfer::engine::units::{self, Transfer, UnitOptions};
 use xfer::error::{Error, Result};
 use xfer::fleet::{HostOutcome, HostState, fleet_error, for_each_host};
+use xfer::local::GroupSync;
 use xfer::remote::deploy::AgentMode;
 use xfer::remote::pool::SessionPool;
 use xfer::ssh::connect::Connector;
@@ -55,6 +56,7 @@ pub async fn run(request: Request) -> Result<()> {
         options,
         state,
         shared_source: shared_source.clone(),
+        group_sync: Arc::new(GroupSync::new()),
     };
     let work = for_each_host(request.targets.clone(), at_once, |_, target| {
         let (host, progress) = (host.clone(), progress.clone());
@@ -119,6 +121,8 @@ struct HostRun {
     options: UnitOptions,
     state: StateDir,
     shared_source: Option<Arc<SharedSource>>,
+    /// Every host's pull writes to the same disks: their small files share syncs.
+    group_sync: Arc<GroupSync>,
 }
 
 impl HostRun {
@@ -137,6 +141,7 @@ impl HostRun {
                 .shared_source
                 .as_ref()
                 .map(|source| Arc::new(source.host())),
+            group_sync: self.group_sync.clone(),
         };
         let (connector, host, agent) = (
             self.connector.clone(),
@@ -315,6 +320,7 @@ async fn plan_each(request: &Request, connector: Arc<Connector>) -> Result<()> {
                 reporter: reporter.clone(),
                 options,
                 shared_source: None,
+                group_sync: Arc::new(GroupSync::new()),
             };
             let pool =
                 SessionPool::for_planning(connector, target.host.clone(), agent, reporter).await?;

@@ -15,6 +15,7 @@ use xfer::engine::state::StateDir;
 use xfer::engine::units::{self, Transfer, UnitOptions, UnitOutcome};
 use xfer::engine::{Options, Summary};
 use xfer::error::{Error, ErrorKind, Result};
+use xfer::local::GroupSync;
 use xfer::progress::{NoProgress, Reporter};
 use xfer::remote::deploy::AgentMode;
 use xfer::remote::pool::SessionPool;
@@ -39,6 +40,7 @@ pub async fn run(args: &TransferArgs, direction: Direction, verbosity: Verbosity
         reporter: Arc::new(NoProgress),
         options: request.options,
         shared_source: None,
+        group_sync: Arc::new(GroupSync::new()),
     };
     let (host, agent) = (target.host, request.agent);
     if request.dry_run {

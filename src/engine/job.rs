@@ -14,6 +14,7 @@ use crate::engine::shared_source::SourceHost;
 use crate::engine::state::StateDir;
 use crate::engine::{ItemError, Options, Summary};
 use crate::error::{Error, Result};
+use crate::local::GroupSync;
 use crate::progress::Reporter;
 use crate::remote::{EntryKind, Remote};
 use std::collections::VecDeque;
@@ -33,6 +34,8 @@ pub struct Setup<R: Remote> {
     pub early: Option<Arc<EarlyHashes>>,
     /// A push to several hosts: this host's part in reading the source once for all of them.
     pub shared_source: Option<Arc<SourceHost>>,
+    /// The syncs that make a pull's small files durable (see [`GroupSync`]).
+    pub group_sync: Arc<GroupSync>,
 }
 
 /// What every file's transfer of one plan shares: the remote, the requests in flight on its
@@ -43,6 +46,9 @@ pub(crate) struct Context<R: Remote, D = ()> {
     /// Reads or writes in flight on this connection, whatever file they belong to: bounds the
     /// memory they hold (and half-assembled blocks) and what a dropped link loses.
     pub requests: Arc<tokio::sync::Semaphore>,
+    /// Files moving data at once ([`Options::files_in_flight`]): a pulled file gives its slot
+    /// back while it waits for the sync that makes it durable, so the next ones move meanwhile.
+    pub moving: Arc<tokio::sync::Semaphore>,
     pub destination: D,
     pub setup: Setup<R>,
 }
@@ -52,6 +58,9 @@ impl<R: Remote, D> Context<R, D> {
         Context {
             requests: Arc::new(tokio::sync::Semaphore::new(
                 setup.options.requests_for(remote.max_io_size()),
+            )),
+            moving: Arc::new(tokio::sync::Semaphore::new(
+                setup.options.files_in_flight.max(1),
             )),
             remote,
             destination,

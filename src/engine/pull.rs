@@ -50,8 +50,10 @@ impl<R: Remote> Side for PullContext<R> {
         &self.setup.reporter
     }
 
+    /// The files moving data ([`Context::moving`]) and those waiting for the sync that makes
+    /// them durable, each holding its file open.
     fn files_in_flight(&self) -> usize {
-        self.setup.options.files_in_flight
+        self.setup.options.files_in_flight + WAITING_FOR_SYNC
     }
 
     async fn make_directory(&self, item: &PlanItem) -> Result<()> {
@@ -96,8 +98,18 @@ fn make_directory(destination: &Destination, item: &PlanItem) -> Result<()> {
     destination.create_dir_all(&relative, item.mode | 0o700)
 }
 
+/// Small files waiting at once for the sync that makes them durable (see
+/// [`PullFile::make_durable`]), beside those moving data.
+const WAITING_FOR_SYNC: usize = 64;
+
 /// Transfers one file; returns what moved.
 async fn pull_file<R: Remote>(context: &PullContext<R>, item: &PlanItem) -> Result<FileTotals> {
+    let moving = context
+        .moving
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| Error::internal("the transfer's file slots are closed"))?;
     let (mut pull, remote_task) = PullFile::open(context, item).await?;
     let remote_hashes = pull.find_delta(remote_task).await?;
     let reused = item.size.saturating_sub(pull.blocks.bytes_needed());
@@ -113,6 +125,9 @@ async fn pull_file<R: Remote>(context: &PullContext<R>, item: &PlanItem) -> Resu
         None => pull.remote_digest().await,
     };
     pull.read_back(digest).await?;
+    // Its data has moved: the next file may start while this one waits for its sync.
+    drop(moving);
+    pull.make_durable().await?;
     pull.finish()?;
     Ok(FileTotals {
         moved: item.size - reused,
@@ -507,6 +522,24 @@ impl<'a, R: Remote> PullFile<'a, R> {
             .transient(true));
         }
         Ok(())
+    }
+
+    /// A file of one block has no journal, so nothing synced it on the way: it waits for a
+    /// sync of its filesystem shared with the other small files (see [`GroupSync`]) before the
+    /// mode and mtime that mark it done. Larger files were synced before their blocks were
+    /// journaled, or written durably.
+    ///
+    /// [`GroupSync`]: crate::local::GroupSync
+    async fn make_durable(&self) -> Result<()> {
+        if self.layout.block_count() > 1 || self.item.size == 0 {
+            return Ok(());
+        }
+        self.context
+            .setup
+            .group_sync
+            .sync(&self.file)
+            .await
+            .map_err(|error| Error::local_io(format!("cannot sync {}", self.display), error))
     }
 
     /// Verified: the real size, then the mode and mtime that mark the file done.

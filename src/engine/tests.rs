@@ -8,6 +8,7 @@ use crate::engine::plan::{Action, Direction};
 use crate::engine::state::StateDir;
 use crate::engine::units::{self, Transfer, UnitOptions, UnitOutcome};
 use crate::error::ErrorKind;
+use crate::local::GroupSync;
 use crate::progress::NoProgress;
 use crate::remote::memory::{Faults, MemoryHost, MemoryPool, Node};
 use std::collections::BTreeMap;
@@ -23,6 +24,7 @@ struct Fixture {
     host: Arc<MemoryHost>,
     work: tempfile::TempDir,
     state: PathBuf,
+    group_sync: Arc<GroupSync>,
 }
 
 /// Bytes that differ from block to block, so a block in the wrong place shows.
@@ -49,6 +51,7 @@ impl Fixture {
             host: MemoryHost::new(),
             work,
             state,
+            group_sync: Arc::new(GroupSync::new()),
         }
     }
 
@@ -107,6 +110,7 @@ impl Fixture {
             reporter: Arc::new(NoProgress),
             options,
             shared_source: None,
+            group_sync: self.group_sync.clone(),
         }
     }
 
@@ -384,6 +388,30 @@ async fn a_full_pull_takes_the_block_hashes_from_its_reads() {
             assert_eq!(hashed, 0, "the host hashed the file a second time");
         }
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn small_files_are_synced_before_they_count_as_done() {
+    // Files of one block have no journal, so no sync of their own on the way: before one is
+    // marked done it waits for a sync of its filesystem shared with the others.
+    let fixture = Fixture::new();
+    for index in 0..40 {
+        fixture
+            .host
+            .put_file(&format!("/data/small-{index}.txt"), &data(1000 + index, 9));
+    }
+    let summary = fixture.pull(options(2, 0)).await;
+    assert_clean(&summary, "pull");
+    assert_eq!(summary.files_transferred, 40);
+    let syncs = fixture.group_sync.syncs_made();
+    assert!(
+        (1..=40).contains(&syncs),
+        "{syncs} syncs for 40 small files"
+    );
+    // A re-run that moves nothing syncs nothing.
+    let again = fixture.pull(options(2, 0)).await;
+    assert_clean(&again, "re-run");
+    assert_eq!(fixture.group_sync.syncs_made(), syncs);
 }
 
 #[tokio::test(start_paused = true)]

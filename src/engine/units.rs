@@ -25,7 +25,7 @@ use crate::engine::shared_source::SourceHost;
 use crate::engine::state::StateDir;
 use crate::engine::{ItemError, Options, Summary, pull, push};
 use crate::error::{Error, Result};
-use crate::local::{Destination, RelativePath, Timestamp};
+use crate::local::{Destination, GroupSync, RelativePath, Timestamp};
 use crate::progress::Reporter;
 use crate::remote::pool::Pool;
 use crate::remote::read_only::ReadOnly;
@@ -127,6 +127,9 @@ pub struct Transfer {
     pub options: UnitOptions,
     /// A push to several hosts: this host's part in reading the source once for all of them.
     pub shared_source: Option<Arc<SourceHost>>,
+    /// The syncs that make a pull's small files durable: one for every transfer writing to
+    /// the same disks (the hosts of a fleet pull share it), so they share the syncs.
+    pub group_sync: Arc<GroupSync>,
 }
 
 /// Shared by the workers.
@@ -599,6 +602,7 @@ async fn execute<P: Pool>(
         lanes: Some(shared.lanes.clone()),
         early: shared.early.clone(),
         shared_source: transfer.shared_source.clone(),
+        group_sync: transfer.group_sync.clone(),
     };
     Ok(match transfer.direction {
         Direction::Pull => {

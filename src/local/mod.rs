@@ -12,17 +12,20 @@
 //!   link ([`Destination`]).
 //! - [`identity`] tells whether a local file changed between two moments without reading it
 //!   ([`FileIdentity`]).
+//! - [`group_sync`] makes many small files durable with one filesystem sync ([`GroupSync`]).
 //!
 //! The engine never builds a local path itself: it validates names here, then hands the
 //! resulting [`RelativePath`] to [`Destination`].
 
 pub mod destination;
+pub mod group_sync;
 pub mod identity;
 pub(crate) mod mode;
 pub mod names;
 pub mod symlinks;
 
 pub use destination::{Destination, EntryKind, EntryMetadata, Lookup, Timestamp};
+pub use group_sync::GroupSync;
 pub use identity::FileIdentity;
 pub use names::{MAX_NAME_BYTES, NameError, PathError, RelativePath, validate_component};
 pub use symlinks::symlink_target_is_contained;

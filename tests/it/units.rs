@@ -591,6 +591,7 @@ fn the_plan_is_told_complete_once_after_every_unit_is_planned() {
                 engine: xfer::engine::Options::default(),
             },
             shared_source: None,
+            group_sync: std::sync::Arc::new(xfer::local::GroupSync::new()),
         };
         let connect = |eager| {
             xfer::remote::pool::SessionPool::connect(
