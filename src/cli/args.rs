@@ -224,7 +224,8 @@ pub struct TransferArgs {
     /// Run the agent from this remote executable instead of xfer's cached copy of itself.
     #[arg(long, value_name = "REMOTE_PATH")]
     pub agent: Option<String>,
-    /// Directories transferred at once, each over its own SSH connection.
+    /// Directories transferred at once, each over its own SSH connection (on a far link, a round
+    /// trip of 20 ms or more, a large file may borrow as many more).
     #[arg(short = 'j', long, value_name = "N", default_value_t = 4)]
     pub jobs: usize,
     /// Further attempts of a directory after a transient failure (dropped link, stall, timeout).

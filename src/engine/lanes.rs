@@ -9,6 +9,11 @@
 //! connection and the borrowed ones join as they come up. They go back to an idle list when
 //! the file is done, so the next large file does not authenticate again.
 //!
+//! On a far link (a round trip of [`FAR_ROUND_TRIP`] or more, measured before the transfer
+//! starts) `-j` connections at their window per round trip may carry less than the link: there
+//! the budget is twice `-j` (at most [`FAR_LINK_MOST`]), the extra slots only for large files to
+//! borrow, so the number of directories at once stays `-j`.
+//!
 //! A worker holds its slot for as long as there are units to take, and when the queue is empty
 //! it leaves its connection here before giving the slot up: at the end of a transfer the last
 //! files are carried by every connection that is still open, not by their unit's alone. A
@@ -27,6 +32,23 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub const LANE_MIN_SIZE: u64 = 64 << 20;
 /// Blocks each borrowed connection should have to carry, at least.
 pub const BLOCKS_PER_LANE: u64 = 16;
+/// A round trip at least this long makes a link far: a 2 MiB window per 20 ms is 100 MB/s,
+/// about what a gigabit link or one SSH connection's processing carries, so below it more
+/// connections than `-j` gain nothing but handshakes.
+pub const FAR_ROUND_TRIP: std::time::Duration = std::time::Duration::from_millis(20);
+/// The most connections a far link's budget grows to.
+pub const FAR_LINK_MOST: usize = 16;
+
+/// The transfer's connection budget for `jobs` (`-j`) over a link whose round trip is
+/// `round_trip`: `jobs`, or on a far link twice `jobs` (at most [`FAR_LINK_MOST`], never less
+/// than `jobs`).
+pub fn connection_budget(jobs: usize, round_trip: std::time::Duration) -> usize {
+    let jobs = jobs.max(1);
+    if round_trip < FAR_ROUND_TRIP {
+        return jobs;
+    }
+    jobs.saturating_mul(2).min(FAR_LINK_MOST).max(jobs)
+}
 
 /// Opens a fresh connection to the transfer's host.
 pub type Opener<R> =
@@ -276,6 +298,20 @@ pub fn wanted_for(size: u64, blocks_needed: u64) -> Wanted {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_far_link_doubles_the_connections_large_files_may_borrow() {
+        let near = FAR_ROUND_TRIP - std::time::Duration::from_millis(1);
+        assert_eq!(connection_budget(4, near), 4);
+        assert_eq!(connection_budget(4, FAR_ROUND_TRIP), 8);
+        assert_eq!(
+            connection_budget(1, std::time::Duration::from_millis(150)),
+            2
+        );
+        assert_eq!(connection_budget(12, FAR_ROUND_TRIP), FAR_LINK_MOST);
+        assert_eq!(connection_budget(40, FAR_ROUND_TRIP), 40);
+        assert_eq!(connection_budget(0, near), 1);
+    }
 
     #[test]
     fn only_large_files_open_connections() {

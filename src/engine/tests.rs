@@ -487,6 +487,31 @@ async fn units_run_on_at_most_jobs_connections_and_each_reports_once() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_large_file_borrows_more_connections_over_a_far_link() {
+    // With -j 1, a large file has no connection to borrow over a near link; over a far one
+    // (its round trip measured before the transfer) the budget doubles, and it borrows one.
+    for (round_trip, most_expected) in [(None, 2), (Some(Duration::from_millis(80)), 3)] {
+        let fixture = Fixture::new();
+        let content = data(80 * MIB, 4);
+        fixture.host.put_file("/data/model.bin", &content);
+        fixture.host.set_faults(Faults {
+            round_trip,
+            ..Faults::default()
+        });
+        let summary = fixture.pull(options(1, 0)).await;
+        assert_clean(&summary, "pull");
+        assert_eq!(fixture.pulled("model.bin"), content);
+        // The planner's connection, the unit's, and the borrowed one over the far link.
+        let most = fixture
+            .host
+            .counters
+            .most_open_at_once
+            .load(Ordering::Relaxed);
+        assert_eq!(most, most_expected, "round trip {round_trip:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_permanent_failure_is_not_retried_and_other_units_go_on() {
     let fixture = Fixture::new();
     fixture.remote_tree();

@@ -19,7 +19,7 @@ use crate::engine::discovery::{
 };
 use crate::engine::early::EarlyHashes;
 use crate::engine::job::Setup;
-use crate::engine::lanes::Lanes;
+use crate::engine::lanes::{self, Lanes};
 use crate::engine::plan::{self, Direction, Endpoints, Plan, PullScope, PushScope};
 use crate::engine::shared_source::SourceHost;
 use crate::engine::state::StateDir;
@@ -142,7 +142,8 @@ struct Shared<P: Pool> {
     local_root: PathBuf,
     queue: Mutex<VecDeque<Unit>>,
     results: Mutex<Vec<(UnitReport, Summary)>>,
-    /// The `-j` connection budget: one slot per running unit, the rest lent to large files.
+    /// The connection budget (`-j`, twice that on a far link): one slot per running unit, the
+    /// rest lent to large files.
     lanes: Arc<Lanes<P::Remote>>,
     /// Hashes of the single local file the command names, computed while connecting.
     early: Option<Arc<EarlyHashes>>,
@@ -189,11 +190,17 @@ where
     let endpoints = Endpoints {
         remote_id: pool.remote_id().to_string(),
     };
+    let round_trip = round_trip(&*first, &transfer.remote_path).await;
     let discovery = discover(&transfer, &*first, Discover::ToTransfer).await?;
     let data_expected = discovery.data_expected;
     tracing::debug!(units = discovery.units.len(), data_expected, "discovered");
-    let budget = transfer.options.jobs.clamp(1, 64);
-    let jobs = budget.min(discovery.units.len().max(1));
+    let jobs = transfer
+        .options
+        .jobs
+        .clamp(1, 64)
+        .min(discovery.units.len().max(1));
+    let budget = lanes::connection_budget(transfer.options.jobs.clamp(1, 64), round_trip);
+    tracing::debug!(?round_trip, budget, "connections");
     let lanes = {
         let pool = pool.clone();
         Lanes::new(
@@ -254,6 +261,17 @@ where
     }
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// How long one small request over the planner takes: the link's round trip, near enough
+/// (the time of the host's answer is small beside a far link's). Measured on the clock tests
+/// can pause; a failure counts as a near link.
+async fn round_trip<R: Remote>(planner: &R, path: &str) -> Duration {
+    let started = tokio::time::Instant::now();
+    match planner.stat(path, false).await {
+        Ok(_) => started.elapsed(),
+        Err(_) => Duration::ZERO,
+    }
 }
 
 /// The units' reports and summaries as one summary, units in order of their names.

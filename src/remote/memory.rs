@@ -71,6 +71,8 @@ pub struct Faults {
     /// Reads come without the host's hash of what was read (an agent older than protocol
     /// version 4), though block hashes are answered.
     pub no_hashed_reads: bool,
+    /// A stat takes this long to answer, as over a far link.
+    pub round_trip: Option<Duration>,
 }
 
 /// What the host's connections did.
@@ -335,8 +337,18 @@ impl MemoryRemote {
     }
 
     fn file_data(&self, path: &str) -> Result<Vec<u8>> {
-        match self.host.node(path) {
-            Some(Node::File { data, .. }) => Ok(data),
+        self.file_range(path, 0, u64::MAX)
+    }
+
+    /// The bytes of the file at `path` from `offset`, at most `length` of them (copying only
+    /// those: tests pull files of many MiB a block at a time).
+    fn file_range(&self, path: &str, offset: u64, length: u64) -> Result<Vec<u8>> {
+        match lock(&self.host.tree).get(path) {
+            Some(Node::File { data, .. }) => {
+                let start = offset.min(data.len() as u64) as usize;
+                let end = offset.saturating_add(length).min(data.len() as u64) as usize;
+                Ok(data[start..end].to_vec())
+            }
             Some(_) => Err(Error::remote(format!("memory: {path}: not a file")).transient(false)),
             None => Err(no_such(path)),
         }
@@ -360,6 +372,9 @@ impl Remote for MemoryRemote {
 
     async fn stat(&self, path: &str, follow: bool) -> Result<Option<RemoteEntry>> {
         self.check_open()?;
+        if let Some(round_trip) = self.host.faults().round_trip {
+            tokio::time::sleep(round_trip).await;
+        }
         let mut path = path.to_string();
         for _ in 0..40 {
             match self.host.node(&path) {
@@ -415,12 +430,9 @@ impl Remote for MemoryRemote {
     }
 
     async fn read_at(&self, file: &MemoryFile, offset: u64, length: u32) -> Result<Vec<u8>> {
-        let data = self.file_data(&file.path)?;
-        let start = offset.min(data.len() as u64) as usize;
-        let end = offset
-            .saturating_add(u64::from(length.min(self.max_io_size())))
-            .min(data.len() as u64) as usize;
-        self.deliver(&file.path, data[start..end].to_vec()).await
+        let length = u64::from(length.min(self.max_io_size()));
+        let data = self.file_range(&file.path, offset, length)?;
+        self.deliver(&file.path, data).await
     }
 
     fn hashes_reads(&self) -> bool {
@@ -440,14 +452,11 @@ impl Remote for MemoryRemote {
                 .await
                 .map(|data| (data, None));
         }
-        let data = self.file_data(&file.path)?;
-        let start = offset.min(data.len() as u64) as usize;
-        let end = offset
-            .saturating_add(u64::from(length.min(self.max_io_size())))
-            .min(data.len() as u64) as usize;
+        let length = u64::from(length.min(self.max_io_size()));
+        let data = self.file_range(&file.path, offset, length)?;
         // The hash of the true bytes, whatever the delivery does to them.
-        let hash = hash_block(&data[start..end]);
-        let delivered = self.deliver(&file.path, data[start..end].to_vec()).await?;
+        let hash = hash_block(&data);
+        let delivered = self.deliver(&file.path, data).await?;
         Ok((delivered, Some(hash)))
     }
 
