@@ -20,13 +20,7 @@ dataset=${DATASET:-big}
 reps=${REPS:-3}
 cipher=aes256-gcm@openssh.com
 
-cargo build --release --quiet --manifest-path "$root/Cargo.toml" >&2
-xfer="$root/target/release/xfer"
-work=$(mktemp -d)
-trap '"$bench/sshd-down" "$work/sshd" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
-export XFER_STATE_DIR=$work/state
-"$bench/sshd-up" "$work/sshd" >/dev/null
-config=$work/sshd/ssh_config
+start_bench
 "$bench/make-data" "$work/data" "$dataset" >/dev/null 2>&1
 source=$work/data/$dataset
 [ -e "$source" ] || source=$work/data/$dataset.bin

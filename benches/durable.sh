@@ -17,13 +17,7 @@ source "$here/timing.sh"
 reps=${REPS:-3}
 read -r -a peer_ciphers <<<"${PEER_CIPHERS:-default aes256-gcm@openssh.com}"
 
-cargo build --release --quiet --manifest-path "$root/Cargo.toml" >&2
-xfer="$root/target/release/xfer"
-work=$(mktemp -d)
-trap '"$bench/sshd-down" "$work/sshd" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
-export XFER_STATE_DIR=$work/state
-"$bench/sshd-up" "$work/sshd" >/dev/null
-config=$work/sshd/ssh_config
+start_bench
 "$bench/make-data" "$work/data" big >/dev/null 2>&1
 "$bench/make-data" "$work/data" ckpt >/dev/null 2>&1
 sync
@@ -45,11 +39,10 @@ for dataset in big.bin ckpt; do
       for _ in $(seq "$reps"); do
         rm -rf "$work/out" "$XFER_STATE_DIR" && mkdir -p "$work/out" && sync
         start=$(date +%s.%N)
+        # shellcheck disable=SC2086 # the cipher option is two words or none
         case $tool in
           xfer) "$xfer" pull -q -F "$config" "bench:$work/data/$dataset" "$work/out/$dataset" ;;
-          # shellcheck disable=SC2086 # the cipher option is two words or none
           scp+sync) scp -q -r $copt -F "$config" "bench:$work/data/$dataset" "$work/out/" && sync ;;
-          # shellcheck disable=SC2086
           sftp+sync) sftp -q $copt -F "$config" -r "bench:$work/data/$dataset" "$work/out/" >/dev/null && sync ;;
           rsync+sync) rsync -a -e "ssh -F $config $copt" "bench:$work/data/$dataset" "$work/out/" && sync ;;
         esac

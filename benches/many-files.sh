@@ -21,13 +21,7 @@ read -r -a counts <<<"${COUNTS:-10000 100000 1000000}"
 reps=${REPS:-3}
 cipher=aes256-gcm@openssh.com
 
-cargo build --release --quiet --manifest-path "$root/Cargo.toml" >&2
-xfer="$root/target/release/xfer"
-work=$(mktemp -d)
-trap '"$bench/sshd-down" "$work/sshd" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
-export XFER_STATE_DIR=$work/state
-"$bench/sshd-up" "$work/sshd" >/dev/null
-config=$work/sshd/ssh_config
+start_bench
 
 # make_tree DIR COUNT: COUNT files of 100-2048 bytes of deterministic noise, 1,000 per
 # directory (d0000/f0000.bin ...).

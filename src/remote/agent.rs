@@ -176,10 +176,7 @@ impl Remote for AgentRemote {
         length: u32,
     ) -> Result<(Vec<u8>, Option<BlockHash>)> {
         if !self.hashes_reads() {
-            return self
-                .read_at(file, offset, length)
-                .await
-                .map(|data| (data, None));
+            return super::read_unhashed(self, file, offset, length).await;
         }
         self.client
             .read_hashed(file.handle, offset, length.min(IO_SIZE))

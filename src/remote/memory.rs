@@ -447,10 +447,7 @@ impl Remote for MemoryRemote {
         length: u32,
     ) -> Result<(Vec<u8>, Option<BlockHash>)> {
         if !self.hashes_reads() {
-            return self
-                .read_at(file, offset, length)
-                .await
-                .map(|data| (data, None));
+            return super::read_unhashed(self, file, offset, length).await;
         }
         let length = u64::from(length.min(self.max_io_size()));
         let data = self.file_range(&file.path, offset, length)?;

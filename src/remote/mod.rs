@@ -257,11 +257,7 @@ pub trait Remote: Send + Sync + 'static {
         offset: u64,
         length: u32,
     ) -> impl Future<Output = Result<(Vec<u8>, Option<BlockHash>)>> + Send {
-        async move {
-            self.read_at(file, offset, length)
-                .await
-                .map(|data| (data, None))
-        }
+        read_unhashed(self, file, offset, length)
     }
 
     /// The whole content of a file of at most `max_length` bytes in one request, or None where
@@ -274,6 +270,20 @@ pub trait Remote: Send + Sync + 'static {
         let _ = (path, max_length);
         async { Ok(None) }
     }
+}
+
+/// [`Remote::read_at`] without a hash: what [`Remote::read_at_hashed`] answers where the
+/// remote does not hash what it reads.
+pub async fn read_unhashed<R: Remote + ?Sized>(
+    remote: &R,
+    file: &R::File,
+    offset: u64,
+    length: u32,
+) -> Result<(Vec<u8>, Option<BlockHash>)> {
+    remote
+        .read_at(file, offset, length)
+        .await
+        .map(|data| (data, None))
 }
 
 /// A small file read whole in one request.
