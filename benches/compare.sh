@@ -84,9 +84,9 @@ for dataset in big.bin ckpt; do
       for _ in $(seq "${REPS:-3}"); do
         rm -rf "$work/remote" && mkdir -p "$work/remote" && sync
         start=$(date +%s.%N)
+        # shellcheck disable=SC2086 # the cipher option is two words or none
         case $tool in
           xfer) "$xfer" push -q -F "$config" "$work/data/$dataset" "bench:$work/remote/$dataset" ;;
-          # shellcheck disable=SC2086 # the cipher option is two words or none
           scp) scp -q -r $copt -F "$config" "$work/data/$dataset" "bench:$work/remote/$dataset" ;;
           rsync) rsync -a -e "ssh -F $config $copt" "$work/data/$dataset" "bench:$work/remote/" ;;
         esac

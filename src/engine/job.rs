@@ -46,8 +46,9 @@ pub(crate) struct Context<R: Remote, D = ()> {
     /// Reads or writes in flight on this connection, whatever file they belong to: bounds the
     /// memory they hold (and half-assembled blocks) and what a dropped link loses.
     pub requests: Arc<tokio::sync::Semaphore>,
-    /// Files moving data at once ([`Options::files_in_flight`]): a pulled file gives its slot
-    /// back while it waits for the sync that makes it durable, so the next ones move meanwhile.
+    /// A pull's files moving data at once ([`Options::files_in_flight`]): a pulled file gives
+    /// its slot back while it waits for the sync that makes it durable, so the next ones move
+    /// meanwhile. A push's files are bounded by [`Side::files_in_flight`] alone.
     pub moving: Arc<tokio::sync::Semaphore>,
     pub destination: D,
     pub setup: Setup<R>,

@@ -22,7 +22,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::file_writing;
 use crate::local::{Destination, RelativePath, Timestamp};
 use crate::progress::Reporter;
-use crate::remote::{Remote, RemoteDigest};
+use crate::remote::{Remote, RemoteDigest, read_unhashed};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
 use std::ops::Range;
@@ -788,10 +788,7 @@ impl<'p, 'a, R: Remote> Fetch<'p, 'a, R> {
                 let result = if hashed {
                     remote.read_at_hashed(&handle, offset, length).await
                 } else {
-                    remote
-                        .read_at(&handle, offset, length)
-                        .await
-                        .map(|data| (data, None))
+                    read_unhashed(&*remote, &handle, offset, length).await
                 };
                 drop(permit);
                 (lane, index, offset, length, result)
