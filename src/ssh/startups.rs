@@ -5,8 +5,11 @@
 //! `10:30:100` by default, as low as `2:30:4` on hardened hosts): the dropped one sees its TCP
 //! connection closed or reset before the SSH handshake ends. A run opening `-j` connections at
 //! once to such a host would have some of them dropped. So the first connection to a host is
-//! opened alone (it also finds out whether the host is there at all), then at most [`AT_ONCE`]
-//! are being opened at a time. When a connection to a host that has already accepted one of this
+//! opened alone (it also finds out whether the host is there at all); from then on, as TCP's
+//! slow start grows its window, each login the host accepts lets two more connections be opened
+//! at once, up to [`MOST_AT_ONCE`] (see [`at_once`]). A login takes several round trips, half a
+//! second on a 100 ms link, so a fixed two at a time would keep most of a far run's connections
+//! waiting for seconds. When a connection to a host that has already accepted one of this
 //! run's is closed before it logged in, that is the host's limit, not a failure: the connect is
 //! tried again after a backoff with jitter, without counting against `--retries`, at most
 //! [`MAX_EARLY_CLOSES`] times, and from then on connections to that host are opened one at a
@@ -24,9 +27,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::Notify;
 
-/// Connections being opened to one host at once, once it has accepted one: few enough that a
-/// host dropping start-ups past two (`MaxStartups 2:...`) seldom sees more, however large `-j`.
-pub const AT_ONCE: usize = 2;
+/// The most connections being opened to one host at once, however large `-j` and however many
+/// logins it took: below OpenSSH's default `MaxStartups` of 10, leaving room for other logins.
+pub const MOST_AT_ONCE: usize = 8;
 /// Early closes one connect rides out before its error stands.
 pub const MAX_EARLY_CLOSES: u32 = 8;
 /// The first wait after an early close; each next one doubles, up to [`MAX_BACKOFF`].
@@ -88,12 +91,22 @@ struct State {
 
 impl State {
     fn at_once(&self) -> usize {
-        if self.accepted == 0 || self.limited {
+        if self.limited {
             1
         } else {
-            AT_ONCE
+            at_once(self.accepted)
         }
     }
+}
+
+/// Connections that may be opened at once to a host that has accepted `accepted` of this run's
+/// and not closed one early: one while none got in, then twice the logins it took, up to
+/// [`MOST_AT_ONCE`]. A host that drops start-ups past two (`MaxStartups 2:...`) sees only two
+/// at first; when it drops one of the next, larger lot it is paced one at a time from then on.
+pub fn at_once(accepted: u64) -> usize {
+    usize::try_from(accepted.saturating_mul(2))
+        .unwrap_or(usize::MAX)
+        .clamp(1, MOST_AT_ONCE)
 }
 
 /// A place among the connections being opened to a host; dropping it gives the place up.
@@ -183,7 +196,7 @@ impl Startups {
             };
             if newly_limited {
                 tracing::info!(
-                    "{label}: the host limits new connections (sshd MaxStartups); using 1 at a time from now on, not {AT_ONCE}"
+                    "{label}: the host limits new connections (sshd MaxStartups); using 1 at a time from now on"
                 );
             }
             early_closes += 1;
@@ -250,11 +263,11 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_first_connection_is_opened_alone_then_a_few_at_once() {
+    async fn the_first_connection_is_opened_alone_then_more_at_once_as_logins_succeed() {
         let startups = Arc::new(Startups::new());
         let gauge = Arc::new(Gauge::default());
         let mut opens = tokio::task::JoinSet::new();
-        for _ in 0..6 {
+        for _ in 0..20 {
             let (startups, gauge) = (startups.clone(), gauge.clone());
             opens.spawn(async move {
                 startups
@@ -268,10 +281,19 @@ mod tests {
         while let Some(joined) = opens.join_next().await {
             assert!(joined.expect("no panic").is_ok());
         }
-        // One alone, then five two at a time: 100 ms + 3 x 100 ms.
-        assert_eq!(started.elapsed(), Duration::from_millis(400));
-        assert_eq!(gauge.most(), AT_ONCE);
+        // One alone, then 2 (3 logins in), 6 (9 in), 8, the most (17 in), and the last 3.
+        assert_eq!(started.elapsed(), Duration::from_millis(500));
+        assert_eq!(gauge.most(), MOST_AT_ONCE);
         assert!(!startups.limited("h:22"));
+    }
+
+    #[test]
+    fn connections_at_once_grow_with_the_logins_taken_up_to_the_most() {
+        assert_eq!(at_once(0), 1);
+        assert_eq!(at_once(1), 2);
+        assert_eq!(at_once(3), 6);
+        assert_eq!(at_once(4), MOST_AT_ONCE);
+        assert_eq!(at_once(u64::MAX), MOST_AT_ONCE);
     }
 
     #[tokio::test(start_paused = true)]
@@ -312,7 +334,7 @@ mod tests {
         assert_eq!(attempts.load(Ordering::SeqCst), 4 + 3);
         assert!(startups.limited("h:22"));
         // Two at most, the two opened before the limit was known; then one at a time.
-        assert_eq!(gauge.most.swap(0, Ordering::SeqCst), AT_ONCE);
+        assert_eq!(gauge.most.swap(0, Ordering::SeqCst), at_once(1));
         let mut opens = tokio::task::JoinSet::new();
         for _ in 0..3 {
             let (startups, gauge) = (startups.clone(), gauge.clone());
