@@ -71,6 +71,18 @@ pub(super) fn early_candidate(transfer: &Transfer) -> Option<PathBuf> {
     None
 }
 
+/// Whether a pull's destination does not exist yet: such a pull will all but surely move data,
+/// so its first connection starts the agent beside the planner rather than after it. An
+/// existing directory says nothing (a tree lands in it, a file inside it), and a re-run with
+/// nothing to do must not start the agent.
+pub(super) fn pull_into_nothing(transfer: &Transfer) -> bool {
+    transfer.direction == Direction::Pull
+        && matches!(
+            std::fs::symlink_metadata(&transfer.local_path),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound
+        )
+}
+
 pub(super) fn pull_top(transfer: &Transfer, kind: EntryKind) -> Result<RelativePath> {
     Ok(plan::pull_target(&transfer.remote_path, kind, &transfer.local_path)?.top)
 }

@@ -122,6 +122,23 @@ impl Fixture {
             .expect("the transfer runs")
     }
 
+    /// Runs a transfer and says whether the engine told its connect that data will most
+    /// likely move (so the agent starts beside the planner).
+    async fn eager(&self, direction: Direction, local: &Path) -> bool {
+        let transfer = self.transfer(direction, local, options(2, 0));
+        let host = self.host.clone();
+        let told = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let record = told.clone();
+        let summary = units::run(transfer, move |eager| {
+            record.store(eager, Ordering::Relaxed);
+            async move { Ok(MemoryPool::new(host)) }
+        })
+        .await
+        .expect("the transfer runs");
+        assert_clean(&summary, "transfer");
+        told.load(Ordering::Relaxed)
+    }
+
     async fn pull(&self, options: UnitOptions) -> Summary {
         self.run(Direction::Pull, &self.local("copy"), options)
             .await
@@ -445,6 +462,19 @@ async fn sizes_that_lie_end_in_an_error_or_a_true_copy() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_pull_into_a_new_destination_starts_the_data_session_at_once_and_a_re_run_does_not() {
+    let fixture = Fixture::new();
+    fixture.remote_tree();
+    let copy = fixture.local("copy");
+    assert!(fixture.eager(Direction::Pull, &copy).await, "a first pull");
+    assert!(!fixture.eager(Direction::Pull, &copy).await, "a re-run");
+    // A small tree pushed: nothing large to hash early, nothing says data will move.
+    let source = fixture.local_tree("source");
+    std::fs::remove_file(source.join("big.bin")).expect("removed");
+    assert!(!fixture.eager(Direction::Push, &source).await, "a push");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_stalled_read_fails_over_to_a_new_connection() {
     let fixture = Fixture::new();
     let content = data(4 * MIB + 5, 8);
@@ -508,6 +538,47 @@ async fn a_large_file_borrows_more_connections_over_a_far_link() {
             .most_open_at_once
             .load(Ordering::Relaxed);
         assert_eq!(most, most_expected, "round trip {round_trip:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pull_into_a_new_destination_over_a_far_link_opens_its_budget_before_discovery() {
+    // -j 2: over a far link the budget is 4. A first pull opens the 3 beyond the first before
+    // it knows the units; over a near link it opens only the workers' (-j 2 less the first)
+    // once the units say data moves; a re-run into an existing copy opens none ahead.
+    for (round_trip, expected) in [(Some(Duration::from_millis(80)), vec![3]), (None, vec![1])] {
+        let fixture = Fixture::new();
+        fixture.remote_tree();
+        fixture.host.set_faults(Faults {
+            round_trip,
+            ..Faults::default()
+        });
+        let summary = fixture.pull(options(2, 0)).await;
+        assert_clean(&summary, "first pull");
+        let asked = std::mem::take(&mut *fixture.host.counters.asked_ahead.lock().expect("lock"));
+        assert_eq!(asked, expected, "first pull, round trip {round_trip:?}");
+        // The connections opened ahead are used, not opened again: the planner's and the
+        // budget's, no more.
+        let opened = fixture
+            .host
+            .counters
+            .connections_opened
+            .load(Ordering::Relaxed);
+        assert!(
+            opened <= 1 + 4,
+            "{opened} connections, round trip {round_trip:?}"
+        );
+        assert_eq!(fixture.pulled("big.bin"), data(5 * MIB + 12345, 1));
+        fixture.host.put_file("/data/top.txt", b"changed\n");
+        let summary = fixture.pull(options(2, 0)).await;
+        assert_clean(&summary, "re-run");
+        let asked = std::mem::take(&mut *fixture.host.counters.asked_ahead.lock().expect("lock"));
+        assert_eq!(
+            asked,
+            Vec::<usize>::new(),
+            "re-run, round trip {round_trip:?}"
+        );
+        assert_eq!(fixture.pulled("top.txt"), b"changed\n");
     }
 }
 

@@ -15,7 +15,7 @@ use crate::engine::budget::Held;
 use crate::engine::checksum::verify_by_checksum;
 use crate::engine::completion;
 use crate::engine::discovery::{
-    Discover, Unit, discover, early_candidate, pull_top, push_root, unit_name,
+    Discover, Unit, discover, early_candidate, pull_into_nothing, pull_top, push_root, unit_name,
 };
 use crate::engine::early::EarlyHashes;
 use crate::engine::job::Setup;
@@ -185,12 +185,22 @@ where
     let early = early_candidate(&transfer)
         .filter(|_| transfer.shared_source.is_none())
         .and_then(|path| EarlyHashes::start(&path));
-    let pool = Arc::new(connect(early.is_some()).await?);
+    let eager = early.is_some() || pull_into_nothing(&transfer);
+    let pool = Arc::new(connect(eager).await?);
     let first = pool.planner();
     let endpoints = Endpoints {
         remote_id: pool.remote_id().to_string(),
     };
     let round_trip = round_trip(&*first, &transfer.remote_path).await;
+    let budget = lanes::connection_budget(transfer.options.jobs.clamp(1, 64), round_trip);
+    tracing::debug!(?round_trip, budget, "connections");
+    // On a far link every connection takes a second or more to come up, longer than the
+    // discovery: when data will most likely move, the whole budget is opened now, beside it.
+    // Workers and large files take these before opening any of their own.
+    let opened_early = eager && round_trip >= lanes::FAR_ROUND_TRIP;
+    if opened_early {
+        pool.expect_data(budget - 1);
+    }
     let discovery = discover(&transfer, &*first, Discover::ToTransfer).await?;
     let data_expected = discovery.data_expected;
     tracing::debug!(units = discovery.units.len(), data_expected, "discovered");
@@ -199,8 +209,6 @@ where
         .jobs
         .clamp(1, 64)
         .min(discovery.units.len().max(1));
-    let budget = lanes::connection_budget(transfer.options.jobs.clamp(1, 64), round_trip);
-    tracing::debug!(?round_trip, budget, "connections");
     let lanes = {
         let pool = pool.clone();
         Lanes::new(
@@ -234,7 +242,9 @@ where
     // the units are planned, and so are the ones for the slots no unit will use, which are lent
     // to large files.
     if data_expected {
-        shared.pool.expect_data(jobs - 1);
+        if !opened_early {
+            shared.pool.expect_data(jobs - 1);
+        }
         for _ in jobs..budget {
             let lanes = shared.lanes.clone();
             tokio::spawn(async move { drop(lanes.borrow_one(true).await) });

@@ -85,6 +85,8 @@ pub struct Counters {
     pub bytes_written: AtomicU64,
     /// Blocks hashed for block-hash requests (hashes that came with reads not counted).
     pub blocks_hashed: AtomicU64,
+    /// The connections each call of the pool's `expect_data` asked for, in order.
+    pub asked_ahead: Mutex<Vec<usize>>,
 }
 
 /// A remote machine's files, in memory.
@@ -512,6 +514,10 @@ impl Remote for MemoryRemote {
     }
 
     async fn close(&self, _file: MemoryFile) -> Result<()> {
+        self.check_open()?;
+        if let Some(round_trip) = self.host.faults().round_trip {
+            tokio::time::sleep(round_trip).await;
+        }
         self.check_open()
     }
 
@@ -640,10 +646,11 @@ impl Remote for MemoryRemote {
 }
 
 /// Connections to one [`MemoryHost`]: the planner is one (never cut), every other request
-/// opens another.
+/// takes one opened ahead or opens another.
 pub struct MemoryPool {
     host: Arc<MemoryHost>,
     planner: Arc<MemoryRemote>,
+    ahead: Mutex<Vec<MemoryRemote>>,
 }
 
 impl MemoryPool {
@@ -651,7 +658,19 @@ impl MemoryPool {
         MemoryPool {
             planner: Arc::new(host.connect_planner()),
             host,
+            ahead: Mutex::new(Vec::new()),
         }
+    }
+
+    /// A connection opened ahead that is still open, else a new one.
+    fn take(&self) -> MemoryRemote {
+        let mut ahead = lock(&self.ahead);
+        while let Some(remote) = ahead.pop() {
+            if !remote.is_closed() {
+                return remote;
+            }
+        }
+        self.host.connect()
     }
 }
 
@@ -667,12 +686,15 @@ impl Pool for MemoryPool {
     }
 
     async fn for_data(&self) -> Result<Arc<MemoryRemote>> {
-        Ok(Arc::new(self.host.connect()))
+        Ok(Arc::new(self.take()))
     }
 
     async fn open(&self) -> Result<Arc<MemoryRemote>> {
-        Ok(Arc::new(self.host.connect()))
+        Ok(Arc::new(self.take()))
     }
 
-    fn expect_data(&self, _more: usize) {}
+    fn expect_data(&self, more: usize) {
+        lock(&self.host.counters.asked_ahead).push(more);
+        lock(&self.ahead).extend((0..more).map(|_| self.host.connect()));
+    }
 }

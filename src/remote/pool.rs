@@ -11,8 +11,9 @@
 //! files cost more than the whole listing), so the planner is an SFTP session, and the agent is
 //! started on the same connection only when a unit has data to move: a re-run with nothing to
 //! do never starts it. When data will most likely move (`eager`: the command names a large local
-//! file, so a delta, a resume or a big push) the agent is started at once, beside the planner,
-//! since starting it is the longest wait of such a run. A host that refuses SFTP plans over the
+//! file, so a delta, a resume or a big push, or a pull's destination does not exist yet) the
+//! agent is started at once, beside the planner, since starting it is the longest wait of such
+//! a run. A host that refuses SFTP plans over the
 //! agent.
 
 use crate::error::{Error, ErrorKind, Result};
@@ -41,11 +42,11 @@ pub trait Pool: Send + Sync + 'static {
     /// ahead, else a new one.
     fn for_data(&self) -> impl Future<Output = Result<Arc<Self::Remote>>> + Send;
 
-    /// A remote on a new connection.
+    /// A remote on a connection of its own, not used before: one opened ahead, else a new one.
     fn open(&self) -> impl Future<Output = Result<Arc<Self::Remote>>> + Send;
 
     /// Data is sure to move: start the first connection's data session and `more` connections
-    /// now, for the workers that will want them.
+    /// now, for the workers and the large files that will want them.
     fn expect_data(&self, more: usize);
 }
 
@@ -198,6 +199,24 @@ impl SessionPool {
         Ok(())
     }
 
+    /// A session opened ahead that came up, if any is left: whoever asks first, a worker or a
+    /// large file borrowing, takes it, so none is opened twice.
+    async fn opened_ahead(&self) -> Result<Option<Arc<Session>>> {
+        loop {
+            let ahead = self
+                .opening
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop();
+            let Some(ahead) = ahead else {
+                return Ok(None);
+            };
+            if let Some(remote) = came_up(ahead).await? {
+                return Ok(Some(remote));
+            }
+        }
+    }
+
     /// The first connection's data session, if it is still to be had.
     async fn first_data(&self) -> Result<Option<Arc<Session>>> {
         let first = self
@@ -277,16 +296,10 @@ impl Pool for SessionPool {
 
     async fn for_data(&self) -> Result<Arc<Session>> {
         self.refuse_data()?;
-        let mut remote = self.first_data().await?;
-        while remote.is_none() {
-            let ahead = self
-                .opening
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .pop();
-            let Some(ahead) = ahead else { break };
-            remote = came_up(ahead).await?;
-        }
+        let remote = match self.first_data().await? {
+            Some(remote) => Some(remote),
+            None => self.opened_ahead().await?,
+        };
         match remote {
             Some(remote) => Ok(remote),
             None => self.opener.open().await,
@@ -295,7 +308,10 @@ impl Pool for SessionPool {
 
     async fn open(&self) -> Result<Arc<Session>> {
         self.refuse_data()?;
-        self.opener.open().await
+        match self.opened_ahead().await? {
+            Some(remote) => Ok(remote),
+            None => self.opener.open().await,
+        }
     }
 
     fn expect_data(&self, more: usize) {
