@@ -7,6 +7,7 @@ pub mod doctor;
 pub mod fleet;
 pub mod forget_host;
 pub mod logging;
+pub mod open_files;
 pub mod output;
 pub mod progress;
 pub mod secret;

@@ -23,7 +23,17 @@ use xfer::ssh::connect::Connector;
 use xfer::target::{HostSpec, Location, RemotePath, parse_host, parse_location};
 
 pub async fn run(args: &TransferArgs, direction: Direction, verbosity: Verbosity) -> Result<()> {
-    let request = Request::from_args(args, direction, verbosity)?;
+    let mut request = Request::from_args(args, direction, verbosity)?;
+    if let Some(open_files) = crate::cli::open_files::raise() {
+        let hosts = match request.fleet {
+            true => request.hosts_at_once.min(request.targets.len()).max(1),
+            false => 1,
+        };
+        request.options.engine = request
+            .options
+            .engine
+            .within_open_files(open_files, hosts.saturating_mul(request.options.jobs));
+    }
     if request.fleet {
         return crate::cli::fleet::run(request).await;
     }

@@ -45,6 +45,10 @@ pub struct Options {
     pub bytes_in_flight: u64,
     /// Files transferred at once (hides per-file round trips for trees of small files).
     pub files_in_flight: usize,
+    /// A pull's small files waiting at once, each holding its file open, for the sync that
+    /// makes them durable, beside those moving data: the more wait, the fewer syncs
+    /// ([`Options::within_open_files`] keeps them within the process's open-file limit).
+    pub files_waiting_for_sync: usize,
     /// Ask the remote for a whole-file digest (b3sum or sha256sum over exec) and compare.
     pub remote_digest: bool,
 }
@@ -55,6 +59,7 @@ impl Default for Options {
             requests_in_flight: 32,
             bytes_in_flight: BYTES_IN_FLIGHT,
             files_in_flight: 16,
+            files_waiting_for_sync: FEWEST_WAITING_FOR_SYNC,
             remote_digest: true,
         }
     }
@@ -75,12 +80,38 @@ pub const FLEET_BYTES_IN_FLIGHT: u64 = 32 << 20;
 /// The least a connection keeps in flight, however many hosts share the client.
 pub const MIN_BYTES_IN_FLIGHT: u64 = 1 << 20;
 
+/// A unit's small files waiting at once for their sync, where open files allow: each sync
+/// then covers hundreds of files, so tens of thousands of them cost tens of syncs, not
+/// thousands (a sync takes milliseconds to tens of them, whatever it covers).
+pub const MOST_WAITING_FOR_SYNC: usize = 512;
+/// A unit's small files waiting for their sync when open files are scarce (or not known).
+pub const FEWEST_WAITING_FOR_SYNC: usize = 64;
+/// Open files left for everything but the files being written: connections, journals, the
+/// state directory, the runtime's own.
+pub const DESCRIPTORS_KEPT: u64 = 256;
+
 impl Options {
     /// Requests in flight on one connection whose requests carry `io_size` bytes each.
     pub fn requests_for(&self, io_size: u32) -> usize {
         // One request at least; a single host's default share holds four of the largest.
         let by_bytes = (self.bytes_in_flight / u64::from(io_size.max(1))).max(1) as usize;
         by_bytes.min(self.requests_in_flight.max(1))
+    }
+
+    /// The options for a process that may hold `open_files` descriptors with `units` units
+    /// running at once (every host's): each unit's files waiting for a sync get an even share
+    /// of what is left beside [`DESCRIPTORS_KEPT`] and the files moving data, between
+    /// [`FEWEST_WAITING_FOR_SYNC`] and [`MOST_WAITING_FOR_SYNC`]. Below the fewest, a low
+    /// limit still gets the fewest: it is what every run used before it was counted.
+    pub fn within_open_files(self, open_files: u64, units: usize) -> Options {
+        let share = open_files.saturating_sub(DESCRIPTORS_KEPT) / units.max(1) as u64;
+        let waiting = share.saturating_sub(self.files_in_flight as u64);
+        Options {
+            files_waiting_for_sync: usize::try_from(waiting)
+                .unwrap_or(usize::MAX)
+                .clamp(FEWEST_WAITING_FOR_SYNC, MOST_WAITING_FOR_SYNC),
+            ..self
+        }
     }
 
     /// The options for each of `hosts` transfers running at once with `jobs` connections

@@ -53,7 +53,7 @@ impl<R: Remote> Side for PullContext<R> {
     /// The files moving data ([`Context::moving`]) and those waiting for the sync that makes
     /// them durable, each holding its file open.
     fn files_in_flight(&self) -> usize {
-        self.setup.options.files_in_flight + WAITING_FOR_SYNC
+        self.setup.options.files_in_flight + self.setup.options.files_waiting_for_sync
     }
 
     async fn make_directory(&self, item: &PlanItem) -> Result<()> {
@@ -97,10 +97,6 @@ fn make_directory(destination: &Destination, item: &PlanItem) -> Result<()> {
     // Owner-writable until the end, whatever the final mode, so the children can be written.
     destination.create_dir_all(&relative, item.mode | 0o700)
 }
-
-/// Small files waiting at once for the sync that makes them durable (see
-/// [`PullFile::make_durable`]), beside those moving data.
-const WAITING_FOR_SYNC: usize = 64;
 
 /// Transfers one file; returns what moved.
 async fn pull_file<R: Remote>(context: &PullContext<R>, item: &PlanItem) -> Result<FileTotals> {

@@ -758,3 +758,28 @@ fn hosts_at_once_share_the_bytes_in_flight() {
         MIN_BYTES_IN_FLIGHT
     );
 }
+
+#[test]
+fn files_waiting_for_a_sync_share_the_open_files() {
+    use crate::engine::{
+        DESCRIPTORS_KEPT, FEWEST_WAITING_FOR_SYNC, MOST_WAITING_FOR_SYNC, Options,
+    };
+    let alone = Options::default();
+    let waiting = |open_files, units| {
+        alone
+            .within_open_files(open_files, units)
+            .files_waiting_for_sync
+    };
+    // Plenty: the most, for one unit or sixty-four.
+    assert_eq!(waiting(1 << 16, 4), MOST_WAITING_FOR_SYNC);
+    assert_eq!(waiting(1 << 16, 64), MOST_WAITING_FOR_SYNC);
+    // 1,024 with -j 4: (1024 - kept) / 4 less the 16 moving data.
+    assert_eq!(
+        waiting(1024, 4),
+        ((1024 - DESCRIPTORS_KEPT) / 4) as usize - alone.files_in_flight
+    );
+    // Scarce, or far too many units: the fewest, what every run used before.
+    assert_eq!(waiting(256, 4), FEWEST_WAITING_FOR_SYNC);
+    assert_eq!(waiting(1 << 16, 10_000), FEWEST_WAITING_FOR_SYNC);
+    assert_eq!(waiting(u64::MAX, 0), MOST_WAITING_FOR_SYNC);
+}
