@@ -419,7 +419,13 @@ impl<'a, R: Remote> PushFile<'a, R> {
         for (index, hash) in sent? {
             self.blocks.confirm(index, &hash);
         }
-        context.remote.sync(handle).await
+        // A file of one block is one of many small ones, as often as not: a flush of the
+        // remote disk for each would be most of their time, so they share syncs there.
+        if self.layout.block_count() <= 1 {
+            context.remote.sync_grouped(handle).await
+        } else {
+            context.remote.sync(handle).await
+        }
     }
 
     /// Journals the acknowledged blocks and holds them (a local append and sync; the remote is

@@ -635,6 +635,22 @@ async fn a_push_copies_the_tree_resumes_after_a_cut_and_reruns_read_nothing() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_push_syncs_small_files_together_and_large_ones_alone() {
+    let fixture = Fixture::new();
+    let source = fixture.local_tree("source");
+    let summary = fixture.run(Direction::Push, &source, options(2, 0)).await;
+    assert_clean(&summary, "push");
+    let counters = &fixture.host.counters;
+    // top.txt, a/deep/two.txt and b/three.bin are of one block; big.bin and a/one.bin are not.
+    assert_eq!(counters.syncs_grouped.load(Ordering::Relaxed), 3);
+    assert!(counters.syncs_alone.load(Ordering::Relaxed) >= 2);
+    assert_eq!(
+        remote_entries(&fixture.host, "/data"),
+        local_entries(&source)
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_push_whose_writes_do_not_land_never_counts_as_done() {
     let fixture = Fixture::new();
     let source = fixture.local_tree("source");

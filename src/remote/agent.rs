@@ -211,6 +211,16 @@ impl Remote for AgentRemote {
             .map_err(|error| self.error(&format!("syncing {}", file.path), error))
     }
 
+    async fn sync_grouped(&self, file: &AgentFile) -> Result<()> {
+        if self.client.version() < 5 {
+            return self.sync(file).await;
+        }
+        self.client
+            .sync_filesystem(file.handle)
+            .await
+            .map_err(|error| self.error(&format!("syncing {}", file.path), error))
+    }
+
     async fn close(&self, file: AgentFile) -> Result<()> {
         self.client
             .close(file.handle)

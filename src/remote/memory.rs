@@ -87,6 +87,9 @@ pub struct Counters {
     pub blocks_hashed: AtomicU64,
     /// The connections each call of the pool's `expect_data` asked for, in order.
     pub asked_ahead: Mutex<Vec<usize>>,
+    /// Files synced alone, and synced with others ([`Remote::sync_grouped`]).
+    pub syncs_alone: AtomicU64,
+    pub syncs_grouped: AtomicU64,
 }
 
 /// A remote machine's files, in memory.
@@ -510,7 +513,21 @@ impl Remote for MemoryRemote {
     }
 
     async fn sync(&self, _file: &MemoryFile) -> Result<()> {
-        self.check_open()
+        self.check_open()?;
+        self.host
+            .counters
+            .syncs_alone
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn sync_grouped(&self, _file: &MemoryFile) -> Result<()> {
+        self.check_open()?;
+        self.host
+            .counters
+            .syncs_grouped
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     async fn close(&self, _file: MemoryFile) -> Result<()> {

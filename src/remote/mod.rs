@@ -190,6 +190,13 @@ pub trait Remote: Send + Sync + 'static {
     /// Makes what was written durable on the remote disk, where the remote can.
     fn sync(&self, file: &Self::File) -> impl Future<Output = Result<()>> + Send;
 
+    /// [`Remote::sync`] for a small file among many being written at once: where the remote
+    /// can, one sync of its whole filesystem covers every file waiting, instead of a disk
+    /// flush each. By default the file is synced alone.
+    fn sync_grouped(&self, file: &Self::File) -> impl Future<Output = Result<()>> + Send {
+        self.sync(file)
+    }
+
     fn close(&self, file: Self::File) -> impl Future<Output = Result<()>> + Send;
 
     /// Sets attributes of what `path` names (a directory, in practice) without following a

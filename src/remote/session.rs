@@ -280,6 +280,14 @@ impl Remote for Session {
         }
     }
 
+    async fn sync_grouped(&self, file: &SessionFile) -> Result<()> {
+        match (self, file) {
+            (Session::Agent(agent), SessionFile::Agent(file)) => agent.sync_grouped(file).await,
+            (Session::Sftp(sftp), SessionFile::Sftp(file)) => sftp.sync(file).await,
+            _ => Err(mismatched()),
+        }
+    }
+
     async fn close(&self, file: SessionFile) -> Result<()> {
         match (self, file) {
             (Session::Agent(agent), SessionFile::Agent(file)) => agent.close(file).await,

@@ -531,6 +531,12 @@ impl AgentClient {
         .await
     }
 
+    /// Makes what was written durable with a sync of the file's whole filesystem, shared with
+    /// the other files waiting on the agent at once (protocol version 5).
+    pub async fn sync_filesystem(&self, handle: u64) -> Result<(), AgentError> {
+        self.call_done(Request::SyncFilesystem { handle }).await
+    }
+
     /// Makes what was written durable (fsync).
     pub async fn sync(&self, handle: u64) -> Result<(), AgentError> {
         let request = Request::Sync { handle };

@@ -468,6 +468,56 @@ async fn a_small_file_comes_with_the_agents_hash_of_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_written_at_once_share_a_sync_of_their_filesystem() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let (client, server) = connect().await;
+    let mut handles = Vec::new();
+    for index in 0..20u8 {
+        let handle = client
+            .open_write(&path(&directory, &format!("f{index}")))
+            .await
+            .expect("open");
+        client
+            .write(handle, 0, vec![index; 100])
+            .await
+            .expect("write");
+        handles.push(handle);
+    }
+    let mut syncs = tokio::task::JoinSet::new();
+    for &handle in &handles {
+        let client = client.clone();
+        syncs.spawn(async move { client.sync_filesystem(handle).await });
+    }
+    while let Some(synced) = syncs.join_next().await {
+        synced.expect("no panic").expect("synced");
+    }
+    for handle in handles {
+        client.close(handle).await.expect("close");
+    }
+    // A handle that is not open is an error, as for Sync.
+    assert_eq!(
+        code(client.sync_filesystem(999).await),
+        ErrorCode::BadHandle
+    );
+    // A version 4 session refuses it, and goes on.
+    shutdown(client, server).await;
+    let (startup, server) = connect_versions((1, PROTOCOL_MAX), (1, 4)).await;
+    let Ok(Startup::Agent(client, _)) = startup else {
+        panic!("no agent: {startup:?}");
+    };
+    let handle = client
+        .open_write(&path(&directory, "old"))
+        .await
+        .expect("open");
+    assert_eq!(
+        code(client.sync_filesystem(handle).await),
+        ErrorCode::Invalid
+    );
+    client.sync(handle).await.expect("a plain sync");
+    shutdown(client, server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_block_read_comes_with_the_agents_hash_of_what_it_read() {
     let directory = tempfile::tempdir().expect("tempdir");
     let data: Vec<u8> = (0..300_000u32).map(|i| (i * 13 % 251) as u8).collect();

@@ -10,7 +10,7 @@ pub const MAGIC: [u8; 8] = *b"XFERAGT\n";
 /// The oldest protocol version this build speaks.
 pub const PROTOCOL_MIN: u16 = 1;
 /// The newest protocol version this build speaks.
-pub const PROTOCOL_MAX: u16 = 4;
+pub const PROTOCOL_MAX: u16 = 5;
 
 /// The longest build version string, in bytes.
 pub const MAX_BUILD_VERSION: usize = 64;

@@ -81,6 +81,7 @@
 //! | 0x12 | ReadFileHashed (version 2) | path, max_length u32 (≤ MAX_DATA)                    | HashedData   |
 //! | 0x13 | SetFileAttributes (version 3) | handle u64, size `Option<u64>`, mode `Option<u32>`, mtime `Option<i64>` | Done |
 //! | 0x14 | ReadHashed (version 4)     | handle u64, offset u64, length u32 (≤ MAX_DATA)      | HashedData   |
+//! | 0x15 | SyncFilesystem (version 5) | handle u64                                           | Done         |
 //!
 //! | type | message (agent → client)   | payload                                              |
 //! |------|----------------------------|------------------------------------------------------|
@@ -116,6 +117,9 @@
 //! Version 4 adds ReadHashed: a block of a large file and the agent's hash of it in one
 //! answer, so a full pull needs no separate pass of the agent over the file for its block
 //! hashes (a second read of it from disk, where the file is larger than the host's memory).
+//! Version 5 adds SyncFilesystem: answered once a sync of the whole filesystem the file is on
+//! (`syncfs`), started after the request arrived, has finished. Files waiting at once share
+//! one sync, so a push of many small files costs a sync per lot rather than an fsync each.
 //! An agent answers a request newer than the session's version with an Error.
 
 pub mod frame;
@@ -188,6 +192,7 @@ mod kind {
     pub const READ_FILE_HASHED: u8 = 0x12;
     pub const SET_FILE_ATTRIBUTES: u8 = 0x13;
     pub const READ_HASHED: u8 = 0x14;
+    pub const SYNC_FILESYSTEM: u8 = 0x15;
     pub const CLIENT_HELLO: u8 = 0x7f;
 
     pub const ERROR: u8 = 0x80;

@@ -84,6 +84,7 @@ fn request() -> impl Strategy<Value = Request> {
             }
         }),
         any::<u64>().prop_map(|handle| Request::Sync { handle }),
+        any::<u64>().prop_map(|handle| Request::SyncFilesystem { handle }),
         any::<u64>().prop_map(|handle| Request::Close { handle }),
         (text(40), 0..=MAX_DATA)
             .prop_map(|(path, max_length)| Request::ReadFile { path, max_length }),

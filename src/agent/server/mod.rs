@@ -29,6 +29,7 @@ use super::protocol::{
     Response, ServerHello, cap_message,
 };
 use crate::file_writing;
+use crate::local::GroupSync;
 use files::{
     apply_attributes, list, make_directory, make_symlink, open_for_writing, open_regular, read_at,
     read_file, set_attributes, stat,
@@ -267,6 +268,8 @@ struct Session {
     temporaries: AtomicU64,
     /// The protocol version agreed on: newer requests are refused.
     version: u16,
+    /// The syncs SyncFilesystem requests wait for, shared by the files waiting at once.
+    group_sync: GroupSync,
 }
 
 impl Session {
@@ -277,6 +280,7 @@ impl Session {
             next_handle: AtomicU64::new(1),
             heavy: Arc::new(Semaphore::new(HEAVY_JOBS)),
             temporaries: AtomicU64::new(0),
+            group_sync: GroupSync::new(),
         }
     }
 }
@@ -525,6 +529,13 @@ fn answer(session: &Session, request: Request) -> Result<Response, Failure> {
         }
         Request::Sync { handle } => {
             session.file(handle)?.sync_all()?;
+            Response::Done
+        }
+        Request::SyncFilesystem { handle } => {
+            let file = session.file(handle)?;
+            // Jobs run on the blocking pool, where a thread may wait on the runtime; the wait
+            // lasts one or two syncs of the filesystem.
+            tokio::runtime::Handle::current().block_on(session.group_sync.sync(&file))?;
             Response::Done
         }
         Request::Close { handle } => {
