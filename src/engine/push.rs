@@ -162,6 +162,12 @@ fn open_source(item: &PlanItem) -> Result<(File, FileIdentity)> {
 
 /// Transfers one file; returns what moved.
 async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<FileTotals> {
+    if item.action == Action::Create
+        && item.size <= u64::from(DEFAULT_BLOCK_SIZE)
+        && context.remote.puts_small()
+    {
+        return put_small(context, item).await;
+    }
     let (mut push, recorded) = PushFile::open(context, item)?;
     let remote_task = push.look_at_remote(recorded).await?;
     push.find_delta(remote_task).await?;
@@ -187,6 +193,38 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
     Ok(FileTotals {
         moved: item.size - reused,
         reused,
+    })
+}
+
+/// A new file of one block, whole in one request ([`Remote::put_small`]): read and hashed
+/// here, unchanged from its open to the end of the read; written, synced with the other files
+/// being written, checked against the hash and given its mode and mtime there. Where a push
+/// of many small files took eight requests for each, it takes one.
+async fn put_small<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<FileTotals> {
+    let (file, opened) = open_source(item)?;
+    // open_source checked the size against the plan, and the plan bounds it by one block.
+    let mut data = vec![0; usize::try_from(item.size).unwrap_or(0)];
+    file.read_exact_at(&mut data, 0)
+        .map_err(|error| Error::local_io(format!("cannot read {}", item.source), error))?;
+    if FileIdentity::of_file(&file) != Some(opened) {
+        return Err(Error::new(
+            ErrorKind::LocalIo,
+            format!("{} changed while it was being sent", item.source),
+        )
+        .with_hint("re-run the same command once the file stops changing")
+        .transient(true));
+    }
+    let reporter = &context.setup.reporter;
+    reporter.file_started(&item.path, item.size, 0);
+    let hash = hash_block(&data);
+    context
+        .remote
+        .put_small(&item.target, data, hash, item.mode, item.mtime)
+        .await?;
+    reporter.bytes_moved(&item.path, item.size);
+    Ok(FileTotals {
+        moved: item.size,
+        reused: 0,
     })
 }
 

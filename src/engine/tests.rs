@@ -636,14 +636,52 @@ async fn a_push_copies_the_tree_resumes_after_a_cut_and_reruns_read_nothing() {
 
 #[tokio::test(start_paused = true)]
 async fn a_push_syncs_small_files_together_and_large_ones_alone() {
+    // A host that takes no whole small files: they are opened, written and synced.
     let fixture = Fixture::new();
     let source = fixture.local_tree("source");
+    fixture.host.set_faults(Faults {
+        no_put_small: true,
+        ..Faults::default()
+    });
     let summary = fixture.run(Direction::Push, &source, options(2, 0)).await;
     assert_clean(&summary, "push");
     let counters = &fixture.host.counters;
     // top.txt, a/deep/two.txt and b/three.bin are of one block; big.bin and a/one.bin are not.
     assert_eq!(counters.syncs_grouped.load(Ordering::Relaxed), 3);
     assert!(counters.syncs_alone.load(Ordering::Relaxed) >= 2);
+    assert_eq!(
+        remote_entries(&fixture.host, "/data"),
+        local_entries(&source)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_push_puts_each_new_small_file_whole_and_one_that_does_not_land_stays_incomplete() {
+    let fixture = Fixture::new();
+    let source = fixture.local_tree("source");
+    fixture.host.set_faults(Faults {
+        drop_writes: Some("/data/top.txt".into()),
+        ..Faults::default()
+    });
+    let summary = fixture.run(Direction::Push, &source, options(2, 0)).await;
+    assert_eq!(summary.errors.len(), 1, "{:?}", summary.errors);
+    assert!(
+        summary.errors[0].path.contains("top.txt"),
+        "{:?}",
+        summary.errors
+    );
+    // The file that did not land looks incomplete: one byte too long, not the source's mtime.
+    match fixture.host.node("/data/top.txt") {
+        Some(Node::File { data, .. }) => assert_eq!(data.len(), b"top level\n".len() + 1),
+        other => panic!("top.txt is {other:?}"),
+    }
+    // top.txt, a/deep/two.txt and b/three.bin each went in one request.
+    let counters = &fixture.host.counters;
+    assert_eq!(counters.puts_small.load(Ordering::Relaxed), 3);
+    assert_eq!(counters.syncs_grouped.load(Ordering::Relaxed), 0);
+    fixture.host.set_faults(Faults::default());
+    let summary = fixture.run(Direction::Push, &source, options(2, 0)).await;
+    assert_clean(&summary, "honest run");
     assert_eq!(
         remote_entries(&fixture.host, "/data"),
         local_entries(&source)

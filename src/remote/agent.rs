@@ -211,6 +211,24 @@ impl Remote for AgentRemote {
             .map_err(|error| self.error(&format!("syncing {}", file.path), error))
     }
 
+    fn puts_small(&self) -> bool {
+        self.client.version() >= 5
+    }
+
+    async fn put_small(
+        &self,
+        path: &str,
+        data: Vec<u8>,
+        hash: BlockHash,
+        mode: u32,
+        mtime: i64,
+    ) -> Result<()> {
+        self.client
+            .put_file(path, data, hash, mode, mtime)
+            .await
+            .map_err(|error| self.error(&format!("writing {path}"), error))
+    }
+
     async fn sync_grouped(&self, file: &AgentFile) -> Result<()> {
         if self.client.version() < 5 {
             return self.sync(file).await;

@@ -73,6 +73,9 @@ pub struct Faults {
     pub no_hashed_reads: bool,
     /// A stat takes this long to answer, as over a far link.
     pub round_trip: Option<Duration>,
+    /// The host takes no whole small files in one request (an agent older than protocol
+    /// version 5, or SFTP).
+    pub no_put_small: bool,
 }
 
 /// What the host's connections did.
@@ -90,6 +93,8 @@ pub struct Counters {
     /// Files synced alone, and synced with others ([`Remote::sync_grouped`]).
     pub syncs_alone: AtomicU64,
     pub syncs_grouped: AtomicU64,
+    /// Whole small files taken in one request ([`Remote::put_small`]).
+    pub puts_small: AtomicU64,
 }
 
 /// A remote machine's files, in memory.
@@ -510,6 +515,52 @@ impl Remote for MemoryRemote {
             .fetch_add(data.len() as u64, Ordering::Relaxed);
         // The write landed; the answer is what a cut loses.
         self.carry(data.len() as u64)
+    }
+
+    fn puts_small(&self) -> bool {
+        !self.host.faults().no_put_small
+    }
+
+    /// As the agent does it: the file one byte too long while it is written, then checked
+    /// against `hash`, and only then its size, mode and mtime.
+    async fn put_small(
+        &self,
+        path: &str,
+        data: Vec<u8>,
+        hash: BlockHash,
+        mode: u32,
+        mtime: i64,
+    ) -> Result<()> {
+        let file = self.open_write(path).await?;
+        let length = data.len();
+        self.set_file_attributes(
+            &file,
+            SetAttributes {
+                size: Some(crate::engine::plan::size_while_incomplete(length as u64)),
+                ..SetAttributes::default()
+            },
+        )
+        .await?;
+        self.write_at(&file, 0, data).await?;
+        self.host
+            .counters
+            .puts_small
+            .fetch_add(1, Ordering::Relaxed);
+        let held = self.host.file(path).unwrap_or_default();
+        if held.get(..length).map(hash_block) != Some(hash) {
+            return Err(Error::remote(format!(
+                "memory: {path}: what the file holds after writing differs from what was sent"
+            )));
+        }
+        self.set_file_attributes(
+            &file,
+            SetAttributes {
+                size: Some(length as u64),
+                mode: Some(mode),
+                mtime: Some(mtime),
+            },
+        )
+        .await
     }
 
     async fn sync(&self, _file: &MemoryFile) -> Result<()> {

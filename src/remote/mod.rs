@@ -267,6 +267,27 @@ pub trait Remote: Send + Sync + 'static {
         read_unhashed(self, file, offset, length)
     }
 
+    /// Whether [`Remote::put_small`] works on this remote.
+    fn puts_small(&self) -> bool {
+        false
+    }
+
+    /// A whole file of one block in one request: written at `path`, made durable with syncs
+    /// shared by the files written at once, checked on the remote against `hash` (the block
+    /// hash of `data`), then given its size, mode and mtime. An error leaves the file looking
+    /// incomplete (one byte too long). Only where [`Remote::puts_small`].
+    fn put_small(
+        &self,
+        path: &str,
+        data: Vec<u8>,
+        hash: BlockHash,
+        mode: u32,
+        mtime: i64,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let _ = (path, data, hash, mode, mtime);
+        async { Err(Error::internal("this remote takes no whole small files")) }
+    }
+
     /// The whole content of a file of at most `max_length` bytes in one request, or None where
     /// the remote has no such request (then the caller opens and reads).
     fn read_small(

@@ -280,6 +280,27 @@ impl Remote for Session {
         }
     }
 
+    fn puts_small(&self) -> bool {
+        match self {
+            Session::Agent(agent) => agent.puts_small(),
+            Session::Sftp(sftp) => sftp.puts_small(),
+        }
+    }
+
+    async fn put_small(
+        &self,
+        path: &str,
+        data: Vec<u8>,
+        hash: BlockHash,
+        mode: u32,
+        mtime: i64,
+    ) -> Result<()> {
+        match self {
+            Session::Agent(agent) => agent.put_small(path, data, hash, mode, mtime).await,
+            Session::Sftp(sftp) => sftp.put_small(path, data, hash, mode, mtime).await,
+        }
+    }
+
     async fn sync_grouped(&self, file: &SessionFile) -> Result<()> {
         match (self, file) {
             (Session::Agent(agent), SessionFile::Agent(file)) => agent.sync_grouped(file).await,

@@ -193,7 +193,7 @@ where
 fn work_of(request: &Request) -> u64 {
     match request {
         Request::Read { length, .. } => u64::from(*length),
-        Request::Write { data, .. } => data.len() as u64,
+        Request::Write { data, .. } | Request::PutFile { data, .. } => data.len() as u64,
         Request::ReadFile { max_length, .. } | Request::ReadFileHashed { max_length, .. } => {
             u64::from(*max_length)
         }
@@ -526,6 +526,25 @@ impl AgentClient {
         self.call_done(Request::Write {
             handle,
             offset,
+            data,
+        })
+        .await
+    }
+
+    /// A whole small file in one request (protocol version 5; see `Request::PutFile`).
+    pub async fn put_file(
+        &self,
+        path: &str,
+        data: Vec<u8>,
+        hash: [u8; 32],
+        mode: u32,
+        mtime: i64,
+    ) -> Result<(), AgentError> {
+        self.call_done(Request::PutFile {
+            path: path.to_owned(),
+            mode,
+            mtime,
+            hash,
             data,
         })
         .await

@@ -518,6 +518,66 @@ async fn files_written_at_once_share_a_sync_of_their_filesystem() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_file_is_put_whole_and_marked_done_only_when_it_checks() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let directory = tempfile::tempdir().expect("tempdir");
+    let (client, server) = connect().await;
+    let data = b"a small file".to_vec();
+    let file = path(&directory, "put");
+    client
+        .put_file(&file, data.clone(), hash_block(&data), 0o640, 1_600_000_000)
+        .await
+        .expect("put");
+    let metadata = std::fs::metadata(&file).expect("metadata");
+    assert_eq!(std::fs::read(&file).expect("read"), data);
+    assert_eq!(metadata.permissions().mode() & 0o7777, 0o640);
+    assert_eq!(metadata.mtime(), 1_600_000_000);
+    // A hash that is not of the data: an error, and the file stays one byte too long, with
+    // neither the mode nor the mtime asked for.
+    let other = path(&directory, "other");
+    assert_eq!(
+        code(
+            client
+                .put_file(
+                    &other,
+                    data.clone(),
+                    hash_block(b"else"),
+                    0o644,
+                    1_600_000_000
+                )
+                .await
+        ),
+        ErrorCode::Other
+    );
+    let metadata = std::fs::metadata(&other).expect("metadata");
+    assert_eq!(metadata.len(), data.len() as u64 + 1);
+    assert_ne!(metadata.mtime(), 1_600_000_000);
+    assert_eq!(metadata.permissions().mode() & 0o7777, 0o600);
+    // A version 4 session refuses it.
+    shutdown(client, server).await;
+    let (startup, server) = connect_versions((1, PROTOCOL_MAX), (1, 4)).await;
+    let Ok(Startup::Agent(client, _)) = startup else {
+        panic!("no agent: {startup:?}");
+    };
+    assert_eq!(
+        code(
+            client
+                .put_file(
+                    &path(&directory, "old"),
+                    data.clone(),
+                    hash_block(&data),
+                    0o644,
+                    0
+                )
+                .await
+        ),
+        ErrorCode::Invalid
+    );
+    assert!(!directory.path().join("old").exists());
+    shutdown(client, server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_block_read_comes_with_the_agents_hash_of_what_it_read() {
     let directory = tempfile::tempdir().expect("tempdir");
     let data: Vec<u8> = (0..300_000u32).map(|i| (i * 13 % 251) as u8).collect();

@@ -82,6 +82,7 @@
 //! | 0x13 | SetFileAttributes (version 3) | handle u64, size `Option<u64>`, mode `Option<u32>`, mtime `Option<i64>` | Done |
 //! | 0x14 | ReadHashed (version 4)     | handle u64, offset u64, length u32 (≤ MAX_DATA)      | HashedData   |
 //! | 0x15 | SyncFilesystem (version 5) | handle u64                                           | Done         |
+//! | 0x16 | PutFile (version 5)        | path, mode u32, mtime i64, hash \[32\], data (≤ MAX_DATA) | Done     |
 //!
 //! | type | message (agent → client)   | payload                                              |
 //! |------|----------------------------|------------------------------------------------------|
@@ -120,6 +121,8 @@
 //! Version 5 adds SyncFilesystem: answered once a sync of the whole filesystem the file is on
 //! (`syncfs`), started after the request arrived, has finished. Files waiting at once share
 //! one sync, so a push of many small files costs a sync per lot rather than an fsync each.
+//! It also adds PutFile: a small file written, synced that way, checked against its hash and
+//! marked done in one round trip, where a push took eight requests for each.
 //! An agent answers a request newer than the session's version with an Error.
 
 pub mod frame;
@@ -193,6 +196,7 @@ mod kind {
     pub const SET_FILE_ATTRIBUTES: u8 = 0x13;
     pub const READ_HASHED: u8 = 0x14;
     pub const SYNC_FILESYSTEM: u8 = 0x15;
+    pub const PUT_FILE: u8 = 0x16;
     pub const CLIENT_HELLO: u8 = 0x7f;
 
     pub const ERROR: u8 = 0x80;

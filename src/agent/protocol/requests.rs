@@ -101,6 +101,19 @@ pub enum Request {
     /// of its whole filesystem that started after the request arrived, shared with the other
     /// files waiting (where there is no `syncfs`, an fsync of the file). Answer: Done.
     SyncFilesystem { handle: u64 },
+    /// Version 5: a whole small file in one request. The agent opens `path` as OpenWrite does
+    /// (never following a final symlink; made with mode 0600 when missing), gives it one byte
+    /// more than `data` (the size of a file not yet complete), writes `data` at offset 0,
+    /// syncs it as SyncFilesystem does, reads it back and compares the block hash of what it
+    /// holds with `hash`, and only when they are equal sets its size to `data`'s, its mode and
+    /// its mtime. Answer: Done; an Error leaves the file looking incomplete.
+    PutFile {
+        path: String,
+        mode: u32,
+        mtime: i64,
+        hash: [u8; 32],
+        data: Vec<u8>,
+    },
 }
 
 /// A Write's frame up to its data of `length` bytes (the frame's length field counting them),
@@ -128,7 +141,7 @@ impl Request {
             Request::ReadFileHashed { .. } => 2,
             Request::SetFileAttributes { .. } => 3,
             Request::ReadHashed { .. } => 4,
-            Request::SyncFilesystem { .. } => 5,
+            Request::SyncFilesystem { .. } | Request::PutFile { .. } => 5,
             _ => 1,
         }
     }
@@ -147,6 +160,7 @@ impl Request {
             Request::Write { .. }
             | Request::Sync { .. }
             | Request::SyncFilesystem { .. }
+            | Request::PutFile { .. }
             | Request::Close { .. }
             | Request::SetAttributes { .. }
             | Request::SetFileAttributes { .. }
@@ -214,6 +228,21 @@ impl Request {
             Request::Sync { handle } => Writer::single_u64(kind::SYNC, id, *handle),
             Request::SyncFilesystem { handle } => {
                 Writer::single_u64(kind::SYNC_FILESYSTEM, id, *handle)
+            }
+            Request::PutFile {
+                path,
+                mode,
+                mtime,
+                hash,
+                data,
+            } => {
+                let mut out = Writer::new(kind::PUT_FILE, id, path.len() + data.len() + 56);
+                write_path(&mut out, path)?;
+                out.u32(*mode);
+                out.i64(*mtime);
+                out.raw(hash);
+                out.bytes("file data", data, MAX_DATA as usize)?;
+                out
             }
             Request::Close { handle } => Writer::single_u64(kind::CLOSE, id, *handle),
             Request::ReadFile { path, max_length } => {
@@ -373,6 +402,13 @@ impl Request {
             },
             kind::SYNC_FILESYSTEM => Request::SyncFilesystem {
                 handle: input.u64()?,
+            },
+            kind::PUT_FILE => Request::PutFile {
+                path: read_path(&mut input)?,
+                mode: input.u32()?,
+                mtime: input.i64()?,
+                hash: input.array()?,
+                data: input.bytes("file data", MAX_DATA as usize)?.to_vec(),
             },
             kind::CLOSE => Request::Close {
                 handle: input.u64()?,

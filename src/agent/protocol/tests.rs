@@ -85,6 +85,20 @@ fn request() -> impl Strategy<Value = Request> {
         }),
         any::<u64>().prop_map(|handle| Request::Sync { handle }),
         any::<u64>().prop_map(|handle| Request::SyncFilesystem { handle }),
+        (
+            text(40),
+            any::<u32>(),
+            any::<i64>(),
+            any::<[u8; 32]>(),
+            bytes(300)
+        )
+            .prop_map(|(path, mode, mtime, hash, data)| Request::PutFile {
+                path,
+                mode,
+                mtime,
+                hash,
+                data,
+            }),
         any::<u64>().prop_map(|handle| Request::Close { handle }),
         (text(40), 0..=MAX_DATA)
             .prop_map(|(path, max_length)| Request::ReadFile { path, max_length }),

@@ -473,6 +473,32 @@ fn error_code(error: &io::Error) -> ErrorCode {
     }
 }
 
+/// PutFile (see [`Request::PutFile`]): the file looks incomplete (one byte too long, its
+/// mtime the time of writing) until what it holds is durable and checked.
+fn put_file(
+    session: &Session,
+    path: &str,
+    mode: u32,
+    mtime: i64,
+    hash: &[u8; 32],
+    data: &[u8],
+) -> Result<(), Failure> {
+    let file = open_for_writing(path)?;
+    let length = data.len() as u64;
+    file.set_len(crate::engine::plan::size_while_incomplete(length))?;
+    file_writing::write_all_at(&file, data, 0)?;
+    // Jobs run on the blocking pool, where a thread may wait on the runtime.
+    tokio::runtime::Handle::current().block_on(session.group_sync.sync(&file))?;
+    let held = read_at(&file, 0, u32::try_from(data.len()).unwrap_or(u32::MAX))?;
+    if held.len() != data.len() || crate::blocks::hash_block(&held) != *hash {
+        return Err(Failure::new(
+            ErrorCode::Other,
+            format!("{path}: what the file holds after writing differs from what was sent"),
+        ));
+    }
+    apply_attributes(&file, Some(length), Some(mode), Some(mtime))
+}
+
 /// Carries out one request and queues its answers.
 fn handle(session: &Session, request: Request, answers: &Answers) {
     if let Request::List { path } = &request {
@@ -529,6 +555,16 @@ fn answer(session: &Session, request: Request) -> Result<Response, Failure> {
         }
         Request::Sync { handle } => {
             session.file(handle)?.sync_all()?;
+            Response::Done
+        }
+        Request::PutFile {
+            path,
+            mode,
+            mtime,
+            hash,
+            data,
+        } => {
+            put_file(session, &path, mode, mtime, &hash, &data)?;
             Response::Done
         }
         Request::SyncFilesystem { handle } => {
