@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Many tiny files: full pulls and no-op re-runs of trees of COUNTS files (default 10,000,
-# 100,000 and 1,000,000) of 100 B to 2 KiB, 1,000 per directory, by xfer and by rsync (on
-# xfer's cipher, aes256-gcm@openssh.com, and on OpenSSH's default), over the kit's loopback
-# sshd. For each run: the wall time, the time per file, and the client's peak memory (GNU
-# time's maximum resident set). The question it answers: does the cost per file stay flat as
-# the tree grows, and does memory stay bounded? Medians of REPS (default 3; one run at a
+# Many tiny files: full pulls, no-op re-runs and full pushes of trees of COUNTS files (default
+# 10,000, 100,000 and 1,000,000) of 100 B to 2 KiB, 1,000 per directory, by xfer and by rsync
+# (on xfer's cipher, aes256-gcm@openssh.com, and on OpenSSH's default), over the kit's loopback
+# sshd. For each run: the wall time, the same followed by `sync` (the fair durable comparison),
+# the time per file, and the client's peak memory (GNU time's maximum resident set). The
+# question it answers: does the cost per file stay flat as the tree grows, and does memory stay
+# bounded? Medians of REPS (default 3; one run at a
 # million files, where one run of each tool takes minutes). The machine must be idle.
 #
 #   benches/many-files.sh > benches/results/STAMP-many-files.md   # about 25 minutes with 1M
@@ -64,6 +65,29 @@ pull() {
   esac
 }
 
+# push TOOL SOURCE: one full push into an empty remote directory (the same disk, loopback).
+push() {
+  rm -rf "$work/pushed" && sync
+  case $1 in
+    xfer) run "$xfer" push -q -F "$config" "$2" "bench:$work/pushed" ;;
+    rsync-aes) run rsync -a -e "ssh -F $config -c $cipher" "$2/" "bench:$work/pushed" ;;
+    rsync) run rsync -a -e "ssh -F $config" "$2/" "bench:$work/pushed" ;;
+  esac
+}
+
+# synced: the seconds a `sync` takes now, to 0.01 s: what a copy left in the page cache owes
+# the disk (xfer's are durable when it returns; the peers' are not).
+synced() {
+  local start end
+  start=$(date +%s.%N)
+  sync
+  end=$(date +%s.%N)
+  seconds_between "$start" "$end"
+}
+
+# plus A B: A + B, to 0.01 s.
+plus() { python3 -c "print(round($1 + $2, 2))"; }
+
 # again TOOL SOURCE: the same command once more, with nothing to do.
 again() {
   case $1 in
@@ -77,33 +101,40 @@ echo "# Many tiny files ($(date -u +%Y-%m-%d\ %H:%M) UTC, $(nproc) cores, $(unam
 echo
 echo "Files of 100-2048 bytes, 1,000 per directory; xfer \`$(git -C "$root" rev-parse --short HEAD)\`;"
 echo "rsync-aes runs on $cipher (xfer's cipher), rsync on OpenSSH's default. Medians of $reps"
-echo "runs (1 at 1,000,000 files); peak = the client's maximum resident set."
+echo "runs (1 at 1,000,000 files); peak = the client's maximum resident set; + sync = the copy"
+echo "and then \`sync\` (xfer's copy is durable when it ends: its sync costs nothing more)."
 echo
-echo "| files | tool | full pull s | µs per file | peak MiB | no-op re-run s | µs per file |"
-echo "|---|---|---|---|---|---|---|"
+echo "| files | tool | full pull s | + sync s | µs per file | peak MiB | no-op re-run s | µs per file | full push s | + sync s |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 for count in "${counts[@]}"; do
   source_tree=$work/data/tree-$count
   make_tree "$source_tree" "$count"
   sync
   tries=$reps
   [ "$count" -lt 1000000 ] || tries=1
-  declare -A full=() noop=()
+  declare -A full=() durable=() noop=() pushed=() pushed_durable=()
   for tool in xfer rsync-aes rsync; do
-    fulls=() noops=() peaks=()
+    fulls=() durables=() noops=() peaks=() pushes=() push_durables=()
     for _ in $(seq "$tries"); do
       read -r seconds peak < <(pull "$tool" "$source_tree")
-      fulls+=("$seconds") peaks+=("$peak")
+      fulls+=("$seconds") peaks+=("$peak") durables+=("$(plus "$seconds" "$(synced)")")
       read -r seconds _ < <(again "$tool" "$source_tree")
       noops+=("$seconds")
+      read -r seconds _ < <(push "$tool" "$source_tree")
+      pushes+=("$seconds") push_durables+=("$(plus "$seconds" "$(synced)")")
     done
     diff -r "$source_tree" "$work/out/tree" >/dev/null || { echo "many-files.sh: $tool's copy of $count files differs" >&2; exit 1; }
+    diff -r "$source_tree" "$work/pushed" >/dev/null || { echo "many-files.sh: $tool's push of $count files differs" >&2; exit 1; }
     full[$tool]=$(median "${fulls[@]}")
+    durable[$tool]=$(median "${durables[@]}")
     noop[$tool]=$(median "${noops[@]}")
+    pushed[$tool]=$(median "${pushes[@]}")
+    pushed_durable[$tool]=$(median "${push_durables[@]}")
     peak=$(printf '%s\n' "${peaks[@]}" | sort -n | tail -n 1)
-    echo "| $count | $tool | ${full[$tool]} | $(per_file "${full[$tool]}" "$count") | $((peak / 1024)) | ${noop[$tool]} | $(per_file "${noop[$tool]}" "$count") |"
+    echo "| $count | $tool | ${full[$tool]} | ${durable[$tool]} | $(per_file "${full[$tool]}" "$count") | $((peak / 1024)) | ${noop[$tool]} | $(per_file "${noop[$tool]}" "$count") | ${pushed[$tool]} | ${pushed_durable[$tool]} |"
   done
   for peer in rsync-aes rsync; do
-    echo "| $count | xfer ÷ $peer | $(ratio "${full[xfer]}" "${full[$peer]}") | | | $(ratio "${noop[xfer]}" "${noop[$peer]}") | |"
+    echo "| $count | xfer ÷ $peer | $(ratio "${full[xfer]}" "${full[$peer]}") | $(ratio "${durable[xfer]}" "${durable[$peer]}") | | | $(ratio "${noop[xfer]}" "${noop[$peer]}") | | $(ratio "${pushed[xfer]}" "${pushed[$peer]}") | $(ratio "${pushed_durable[xfer]}" "${pushed_durable[$peer]}") |"
   done
-  rm -rf "$source_tree" "$work/out"
+  rm -rf "$source_tree" "$work/out" "$work/pushed"
 done
