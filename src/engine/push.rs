@@ -26,7 +26,7 @@ use crate::engine::{JOURNAL_INTERVAL, REMOTE_DIGEST_MIN_SIZE, SYNC_INTERVAL, Sum
 use crate::error::{Error, ErrorKind, Result};
 use crate::local::FileIdentity;
 use crate::progress::Reporter;
-use crate::remote::{EntryKind, Remote, RemoteDigest, SetAttributes};
+use crate::remote::{EntryKind, Remote, RemoteDigest, SetAttributes, SmallPut};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
@@ -196,6 +196,16 @@ async fn push_file<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
     })
 }
 
+/// The error for a source whose bytes changed while they were being sent.
+fn changed_while_sent(item: &PlanItem) -> Error {
+    Error::new(
+        ErrorKind::LocalIo,
+        format!("{} changed while it was being sent", item.source),
+    )
+    .with_hint("re-run the same command once the file stops changing")
+    .transient(true)
+}
+
 /// A new file of one block, whole in one request ([`Remote::put_small`]): read and hashed
 /// here, unchanged from its open to the end of the read; written, synced with the other files
 /// being written, checked against the hash and given its mode and mtime there. Where a push
@@ -207,20 +217,17 @@ async fn put_small<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
     file.read_exact_at(&mut data, 0)
         .map_err(|error| Error::local_io(format!("cannot read {}", item.source), error))?;
     if FileIdentity::of_file(&file) != Some(opened) {
-        return Err(Error::new(
-            ErrorKind::LocalIo,
-            format!("{} changed while it was being sent", item.source),
-        )
-        .with_hint("re-run the same command once the file stops changing")
-        .transient(true));
+        return Err(changed_while_sent(item));
     }
     let reporter = &context.setup.reporter;
     reporter.file_started(&item.path, item.size, 0);
-    let hash = hash_block(&data);
-    context
-        .remote
-        .put_small(&item.target, data, hash, item.mode, item.mtime)
-        .await?;
+    let put = SmallPut {
+        hash: hash_block(&data),
+        data,
+        mode: item.mode,
+        mtime: item.mtime,
+    };
+    context.remote.put_small(&item.target, put).await?;
     reporter.bytes_moved(&item.path, item.size);
     Ok(FileTotals {
         moved: item.size,
@@ -509,12 +516,7 @@ impl<'a, R: Remote> PushFile<'a, R> {
         let verification = verification?;
         if !verification.mismatched.is_empty() {
             self.discard_journal()?;
-            return Err(Error::new(
-                ErrorKind::LocalIo,
-                format!("{} changed while it was being sent", item.source),
-            )
-            .with_hint("re-run the same command once the file stops changing")
-            .transient(true));
+            return Err(changed_while_sent(item));
         }
         let agrees = match remote_check? {
             Some(RemoteCheck::Digest(RemoteDigest::Blake3(remote))) => {

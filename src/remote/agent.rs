@@ -14,7 +14,7 @@ use crate::blocks::{BlockHash, BlockLayout};
 use crate::error::{Error, Result};
 use crate::remote::{
     EntryKind, LISTING_HINT, ListingLimits, Remote, RemoteDigest, RemoteEntry, SetAttributes,
-    SmallFile,
+    SmallFile, SmallPut,
 };
 use crate::ssh::connect::Connection;
 use std::sync::Arc;
@@ -215,16 +215,9 @@ impl Remote for AgentRemote {
         self.client.version() >= 5
     }
 
-    async fn put_small(
-        &self,
-        path: &str,
-        data: Vec<u8>,
-        hash: BlockHash,
-        mode: u32,
-        mtime: i64,
-    ) -> Result<()> {
+    async fn put_small(&self, path: &str, file: SmallPut) -> Result<()> {
         self.client
-            .put_file(path, data, hash, mode, mtime)
+            .put_file(path, file.data, file.hash, file.mode, file.mtime)
             .await
             .map_err(|error| self.error(&format!("writing {path}"), error))
     }

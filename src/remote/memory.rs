@@ -15,7 +15,9 @@
 use crate::blocks::{BlockHash, BlockLayout, file_hash_of, hash_block};
 use crate::error::{Error, Result};
 use crate::remote::pool::Pool;
-use crate::remote::{EntryKind, Remote, RemoteDigest, RemoteEntry, SetAttributes, SmallFile};
+use crate::remote::{
+    EntryKind, Remote, RemoteDigest, RemoteEntry, SetAttributes, SmallFile, SmallPut,
+};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -523,16 +525,9 @@ impl Remote for MemoryRemote {
 
     /// As the agent does it: the file one byte too long while it is written, then checked
     /// against `hash`, and only then its size, mode and mtime.
-    async fn put_small(
-        &self,
-        path: &str,
-        data: Vec<u8>,
-        hash: BlockHash,
-        mode: u32,
-        mtime: i64,
-    ) -> Result<()> {
+    async fn put_small(&self, path: &str, put: SmallPut) -> Result<()> {
         let file = self.open_write(path).await?;
-        let length = data.len();
+        let length = put.data.len();
         self.set_file_attributes(
             &file,
             SetAttributes {
@@ -541,13 +536,13 @@ impl Remote for MemoryRemote {
             },
         )
         .await?;
-        self.write_at(&file, 0, data).await?;
+        self.write_at(&file, 0, put.data).await?;
         self.host
             .counters
             .puts_small
             .fetch_add(1, Ordering::Relaxed);
         let held = self.host.file(path).unwrap_or_default();
-        if held.get(..length).map(hash_block) != Some(hash) {
+        if held.get(..length).map(hash_block) != Some(put.hash) {
             return Err(Error::remote(format!(
                 "memory: {path}: what the file holds after writing differs from what was sent"
             )));
@@ -556,8 +551,8 @@ impl Remote for MemoryRemote {
             &file,
             SetAttributes {
                 size: Some(length as u64),
-                mode: Some(mode),
-                mtime: Some(mtime),
+                mode: Some(put.mode),
+                mtime: Some(put.mtime),
             },
         )
         .await

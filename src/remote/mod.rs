@@ -273,18 +273,11 @@ pub trait Remote: Send + Sync + 'static {
     }
 
     /// A whole file of one block in one request: written at `path`, made durable with syncs
-    /// shared by the files written at once, checked on the remote against `hash` (the block
-    /// hash of `data`), then given its size, mode and mtime. An error leaves the file looking
-    /// incomplete (one byte too long). Only where [`Remote::puts_small`].
-    fn put_small(
-        &self,
-        path: &str,
-        data: Vec<u8>,
-        hash: BlockHash,
-        mode: u32,
-        mtime: i64,
-    ) -> impl Future<Output = Result<()>> + Send {
-        let _ = (path, data, hash, mode, mtime);
+    /// shared by the files written at once, checked on the remote against its hash, then given
+    /// its size, mode and mtime. An error leaves the file looking incomplete (one byte too
+    /// long). Only where [`Remote::puts_small`].
+    fn put_small(&self, path: &str, file: SmallPut) -> impl Future<Output = Result<()>> + Send {
+        let _ = (path, file);
         async { Err(Error::internal("this remote takes no whole small files")) }
     }
 
@@ -312,6 +305,17 @@ pub async fn read_unhashed<R: Remote + ?Sized>(
         .read_at(file, offset, length)
         .await
         .map(|data| (data, None))
+}
+
+/// A small file to write whole in one request ([`Remote::put_small`]).
+#[derive(Debug)]
+pub struct SmallPut {
+    pub data: Vec<u8>,
+    /// [`crate::blocks::hash_block`] of `data` as the source holds it: the remote compares it
+    /// with what it holds after writing.
+    pub hash: BlockHash,
+    pub mode: u32,
+    pub mtime: i64,
 }
 
 /// A small file read whole in one request.

@@ -14,7 +14,7 @@ use crate::error::Result;
 use crate::remote::agent::{AgentFile, AgentRemote};
 use crate::remote::deploy::{self, AgentMode, Outcome};
 use crate::remote::sftp::{self, SftpFile, SftpRemote};
-use crate::remote::{Remote, RemoteDigest, RemoteEntry, SetAttributes, SmallFile};
+use crate::remote::{Remote, RemoteDigest, RemoteEntry, SetAttributes, SmallFile, SmallPut};
 use crate::ssh::connect::Connection;
 use std::sync::Arc;
 
@@ -287,24 +287,17 @@ impl Remote for Session {
         }
     }
 
-    async fn put_small(
-        &self,
-        path: &str,
-        data: Vec<u8>,
-        hash: BlockHash,
-        mode: u32,
-        mtime: i64,
-    ) -> Result<()> {
+    async fn put_small(&self, path: &str, file: SmallPut) -> Result<()> {
         match self {
-            Session::Agent(agent) => agent.put_small(path, data, hash, mode, mtime).await,
-            Session::Sftp(sftp) => sftp.put_small(path, data, hash, mode, mtime).await,
+            Session::Agent(agent) => agent.put_small(path, file).await,
+            Session::Sftp(sftp) => sftp.put_small(path, file).await,
         }
     }
 
     async fn sync_grouped(&self, file: &SessionFile) -> Result<()> {
         match (self, file) {
             (Session::Agent(agent), SessionFile::Agent(file)) => agent.sync_grouped(file).await,
-            (Session::Sftp(sftp), SessionFile::Sftp(file)) => sftp.sync(file).await,
+            (Session::Sftp(sftp), SessionFile::Sftp(file)) => sftp.sync_grouped(file).await,
             _ => Err(mismatched()),
         }
     }

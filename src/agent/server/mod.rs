@@ -314,6 +314,15 @@ impl Session {
         Ok(handle)
     }
 
+    /// Waits for a sync of `file`'s filesystem that started after this call, shared with the
+    /// other files waiting at once (SyncFilesystem, PutFile).
+    fn sync_with_others(&self, file: &File) -> Result<(), Failure> {
+        // Jobs run on the blocking pool, where a thread may wait on the runtime; the wait
+        // lasts one or two syncs of the filesystem.
+        tokio::runtime::Handle::current().block_on(self.group_sync.sync(file))?;
+        Ok(())
+    }
+
     fn file(&self, handle: u64) -> Result<Arc<File>, Failure> {
         self.handles
             .lock()
@@ -487,8 +496,7 @@ fn put_file(
     let length = data.len() as u64;
     file.set_len(crate::engine::plan::size_while_incomplete(length))?;
     file_writing::write_all_at(&file, data, 0)?;
-    // Jobs run on the blocking pool, where a thread may wait on the runtime.
-    tokio::runtime::Handle::current().block_on(session.group_sync.sync(&file))?;
+    session.sync_with_others(&file)?;
     let held = read_at(&file, 0, u32::try_from(data.len()).unwrap_or(u32::MAX))?;
     if held.len() != data.len() || crate::blocks::hash_block(&held) != *hash {
         return Err(Failure::new(
@@ -568,10 +576,7 @@ fn answer(session: &Session, request: Request) -> Result<Response, Failure> {
             Response::Done
         }
         Request::SyncFilesystem { handle } => {
-            let file = session.file(handle)?;
-            // Jobs run on the blocking pool, where a thread may wait on the runtime; the wait
-            // lasts one or two syncs of the filesystem.
-            tokio::runtime::Handle::current().block_on(session.group_sync.sync(&file))?;
+            session.sync_with_others(&*session.file(handle)?)?;
             Response::Done
         }
         Request::Close { handle } => {
