@@ -16,7 +16,8 @@ use crate::ssh::exec::{self, ExecLimits};
 use russh::ChannelMsg;
 use russh_sftp::client::RawSftpSession;
 use russh_sftp::client::error::Error as SftpError;
-use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
+use russh_sftp::protocol::{FileAttributes, Name, OpenFlags, StatusCode};
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
@@ -30,6 +31,11 @@ pub use crate::remote::MAX_DIRECTORY_ENTRIES;
 /// One SFTP request may take this long before the link is considered stalled.
 const REQUEST_TIMEOUT_SECONDS: u64 = 60;
 
+/// The most readdirs of one directory sent before their replies come back.
+pub const MAX_READDIRS_AHEAD: usize = 8;
+
+type SftpResult<T> = std::result::Result<T, SftpError>;
+
 /// Whether exec works on this connection, learned on first use.
 const EXEC_UNKNOWN: u8 = 0;
 const EXEC_ALLOWED: u8 = 1;
@@ -37,11 +43,85 @@ const EXEC_REFUSED: u8 = 2;
 
 /// An SFTP session on an authenticated connection.
 pub struct SftpRemote {
-    session: RawSftpSession,
+    session: Arc<RawSftpSession>,
     connection: Arc<Connection>,
     label: String,
     io_size: u32,
     exec: AtomicU8,
+}
+
+/// One directory's listing as its readdir replies arrive, held to [`ListingLimits`].
+///
+/// Readdirs are pipelined: OpenSSH's server answers a hundred entries per reply, so a
+/// directory of a thousand would otherwise cost eleven round trips one after another. Each
+/// reply takes the next entries of the directory whatever order the server answers in, and
+/// every request after the end gets the end again, so the replies of a round hold the whole
+/// listing once any of them is the end.
+struct Listing<'a> {
+    label: &'a str,
+    path: &'a str,
+    limits: ListingLimits,
+    entries: Vec<RemoteEntry>,
+    bytes: usize,
+}
+
+impl<'a> Listing<'a> {
+    fn new(label: &'a str, path: &'a str) -> Self {
+        Listing {
+            label,
+            path,
+            limits: ListingLimits::DEFAULT,
+            entries: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Takes a round's replies, in the order sent; true if the directory has ended. What a
+    /// request sent after the end fails with is not an error of the listing: some servers
+    /// answer a readdir past the end with a failure rather than the end again.
+    fn take_round(&mut self, replies: Vec<SftpResult<Name>>) -> Result<bool> {
+        let mut ended = false;
+        for reply in replies {
+            if ended && reply.is_err() {
+                continue;
+            }
+            ended |= self.take(reply)?;
+        }
+        Ok(ended)
+    }
+
+    /// Takes one reply; true if it is the end of the directory.
+    fn take(&mut self, reply: SftpResult<Name>) -> Result<bool> {
+        let name = match reply {
+            Ok(name) => name,
+            Err(error) if is_status(&error, StatusCode::Eof) => return Ok(true),
+            Err(error) => {
+                return Err(sftp_error(
+                    self.label,
+                    &format!("listing {}", self.path),
+                    error,
+                ));
+            }
+        };
+        let before = self.entries.len();
+        for file in name.files {
+            if file.filename == "." || file.filename == ".." {
+                continue;
+            }
+            // Counted before it is kept: one reply may hold hundreds of long names.
+            self.bytes = self
+                .bytes
+                .saturating_add(ListingLimits::entry_bytes(file.filename.len()));
+            if let Err(too_large) = self.limits.check(self.entries.len() + 1, self.bytes) {
+                return Err(too_large.into_error(self.label, self.path));
+            }
+            self.entries.push(entry_from(file.filename, &file.attrs));
+        }
+        // A batch with no entries (empty, or only `.` and `..` again) is taken as the end:
+        // OpenSSH never sends one, and a server that did would otherwise keep us listing
+        // forever.
+        Ok(self.entries.len() == before)
+    }
 }
 
 /// An open remote file: the SFTP handle and the path (for messages).
@@ -58,7 +138,7 @@ impl SftpRemote {
         let label = connection.label().to_string();
         tracing::debug!(%label, io_size, "SFTP session started");
         Ok(SftpRemote {
-            session,
+            session: Arc::new(session),
             connection,
             label,
             io_size,
@@ -96,6 +176,57 @@ impl SftpRemote {
         }
         // Replies that arrived before the end may still be on their way up: let them land.
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    /// `count` readdirs of `handle`, sent in order without waiting between them, and their
+    /// replies in the order sent.
+    async fn readdir_round(&self, handle: &str, count: usize) -> Vec<SftpResult<Name>> {
+        let mut requests: Vec<_> = (0..count)
+            .map(|_| Some(Box::pin(self.session.readdir(handle))))
+            .collect();
+        let mut replies: Vec<Option<SftpResult<Name>>> = (0..count).map(|_| None).collect();
+        // Polled in order, so they are sent in order (each is sent when first polled).
+        let all = std::future::poll_fn(|context| {
+            let mut waiting = false;
+            for (request, reply) in requests.iter_mut().zip(replies.iter_mut()) {
+                if let Some(pending) = request {
+                    match pending.as_mut().poll(context) {
+                        std::task::Poll::Ready(answer) => {
+                            *reply = Some(answer);
+                            *request = None;
+                        }
+                        std::task::Poll::Pending => waiting = true,
+                    }
+                }
+            }
+            if waiting {
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(())
+            }
+        });
+        let closed = self.call(async {
+            all.await;
+            Ok(())
+        });
+        let ended = closed.await;
+        replies
+            .into_iter()
+            .map(|reply| match (reply, &ended) {
+                (Some(reply), _) => reply,
+                (None, Err(error)) => Err(SftpError::UnexpectedBehavior(error.to_string())),
+                (None, Ok(())) => Err(SftpError::UnexpectedBehavior("no reply".into())),
+            })
+            .collect()
+    }
+
+    /// Closes `handle` without waiting for the answer: nothing waits on it, and a failed
+    /// close of a directory handle leaves nothing to undo.
+    fn close_later(&self, handle: String) {
+        let session = self.session.clone();
+        tokio::spawn(async move {
+            let _ = session.close(handle).await;
+        });
     }
 
     /// Sends a `posix-rename@openssh.com`, which replaces the target atomically (plain SFTP
@@ -440,40 +571,19 @@ impl Remote for SftpRemote {
             .await
             .map_err(|error| sftp_error(&self.label, &format!("listing {path}"), error))?
             .handle;
-        let limits = ListingLimits::DEFAULT;
-        let mut entries = Vec::new();
-        let mut bytes = 0usize;
-        let outcome = 'listing: loop {
-            match self.call(self.session.readdir(handle.as_str())).await {
-                Ok(name) => {
-                    let before = entries.len();
-                    for file in name.files {
-                        if file.filename == "." || file.filename == ".." {
-                            continue;
-                        }
-                        // Counted before it is kept: one reply may hold hundreds of long names.
-                        bytes =
-                            bytes.saturating_add(ListingLimits::entry_bytes(file.filename.len()));
-                        if let Err(too_large) = limits.check(entries.len() + 1, bytes) {
-                            break 'listing Err(too_large.into_error(&self.label, path));
-                        }
-                        entries.push(entry_from(file.filename, &file.attrs));
-                    }
-                    // A batch with no entries (empty, or only `.` and `..` again) is taken as
-                    // the end: OpenSSH never sends one, and a server that did would otherwise
-                    // keep us listing forever.
-                    if entries.len() == before {
-                        break Ok(());
-                    }
-                }
-                Err(error) if is_status(&error, StatusCode::Eof) => break Ok(()),
-                Err(error) => {
-                    break Err(sftp_error(&self.label, &format!("listing {path}"), error));
-                }
+        let mut listing = Listing::new(&self.label, path);
+        // Readdirs are sent in rounds without waiting for each reply (see `Listing`): a round
+        // of two covers a directory of one batch and its end; larger ones double the round.
+        let mut round = 2;
+        let outcome = loop {
+            match listing.take_round(self.readdir_round(&handle, round).await) {
+                Ok(false) => round = (round * 2).min(MAX_READDIRS_AHEAD),
+                Ok(true) => break Ok(()),
+                Err(error) => break Err(error),
             }
         };
-        let _ = self.call(self.session.close(handle)).await;
-        outcome.map(|()| entries)
+        self.close_later(handle);
+        outcome.map(|()| listing.entries)
     }
 
     async fn read_link(&self, path: &str) -> Result<String> {
@@ -762,6 +872,113 @@ mod tests {
         assert_eq!(parse_digest(&format!("md5 {hex}")), None);
         assert_eq!(parse_digest(&format!("blake3 {}", "zz".repeat(32))), None);
         assert_eq!(parse_digest(""), None);
+    }
+
+    fn batch(names: &[&str]) -> SftpResult<Name> {
+        let attributes = FileAttributes {
+            size: Some(7),
+            permissions: Some(TYPE_REGULAR | 0o644),
+            ..FileAttributes::default()
+        };
+        Ok(Name {
+            id: 0,
+            files: names
+                .iter()
+                .map(|name| russh_sftp::protocol::File::new(*name, attributes.clone()))
+                .collect(),
+        })
+    }
+
+    fn status(code: StatusCode) -> SftpResult<Name> {
+        Err(SftpError::Status(russh_sftp::protocol::Status {
+            id: 0,
+            status_code: code,
+            error_message: String::new(),
+            language_tag: String::new(),
+        }))
+    }
+
+    fn names<'a>(listing: &'a Listing<'a>) -> Vec<&'a str> {
+        listing
+            .entries
+            .iter()
+            .map(|entry| entry.name.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn a_pipelined_listing_gathers_every_batch_until_the_end() {
+        let mut listing = Listing::new("host", "/d");
+        let round = vec![batch(&[".", "..", "a", "b"]), batch(&["c"])];
+        assert!(!listing.take_round(round).expect("taken"), "ended early");
+        let round = vec![
+            batch(&["d"]),
+            batch(&["e", "f"]),
+            status(StatusCode::Eof),
+            status(StatusCode::Eof),
+        ];
+        assert!(listing.take_round(round).expect("taken"), "did not end");
+        assert_eq!(names(&listing), ["a", "b", "c", "d", "e", "f"]);
+        assert!(listing.entries.iter().all(|entry| entry.size == 7));
+    }
+
+    #[test]
+    fn a_failure_past_the_end_is_not_the_listings() {
+        // Some servers answer a readdir after the end with a failure, not the end again.
+        let mut listing = Listing::new("host", "/d");
+        let round = vec![
+            batch(&["a"]),
+            status(StatusCode::Eof),
+            status(StatusCode::Failure),
+            Err(SftpError::UnexpectedBehavior("gone".into())),
+        ];
+        assert!(listing.take_round(round).expect("taken"));
+        assert_eq!(names(&listing), ["a"]);
+    }
+
+    #[test]
+    fn a_failure_before_the_end_fails_the_listing() {
+        let mut listing = Listing::new("host", "/d");
+        let round = vec![
+            batch(&["a"]),
+            status(StatusCode::PermissionDenied),
+            status(StatusCode::Eof),
+        ];
+        let error = listing.take_round(round).expect_err("a failure was taken");
+        assert!(error.to_string().contains("listing /d"), "{error}");
+    }
+
+    #[test]
+    fn a_batch_of_nothing_new_ends_the_listing() {
+        // OpenSSH never sends one; a server that did would otherwise be listed forever.
+        let mut listing = Listing::new("host", "/d");
+        assert!(
+            listing
+                .take_round(vec![batch(&["a"]), batch(&[".", ".."])])
+                .expect("taken")
+        );
+        assert!(
+            Listing::new("host", "/d")
+                .take_round(vec![batch(&[])])
+                .expect("taken")
+        );
+    }
+
+    #[test]
+    fn a_pipelined_listing_keeps_to_its_caps() {
+        let mut listing = Listing::new("host", "/d");
+        listing.limits = ListingLimits {
+            entries: 3,
+            bytes: usize::MAX,
+        };
+        let round = vec![
+            batch(&["a", "b"]),
+            batch(&["c", "d"]),
+            status(StatusCode::Eof),
+        ];
+        let error = listing.take_round(round).expect_err("over the cap");
+        assert!(error.to_string().contains("more than 3 entries"), "{error}");
+        assert_eq!(listing.entries.len(), 3);
     }
 
     #[test]

@@ -28,6 +28,7 @@ use russh_sftp::protocol::StatusCode;
 use tempfile::TempDir;
 use xfer::engine::plan::{MAX_REFUSED_SHOWN, REFUSED_NAME_CHARS};
 use xfer::local::{printable, printable_cut};
+use xfer::remote::sftp::MAX_READDIRS_AHEAD;
 use xfer::remote::{ENTRY_OVERHEAD, MAX_LISTING_BYTES};
 
 /// The remote root every fake tree is served at.
@@ -844,7 +845,7 @@ fn a_listing_that_never_ends_stops_at_its_cap() {
     );
     let listed = scene.server.record.names_listed.load(Ordering::Relaxed);
     assert!(
-        listed <= cap + 2 * BATCH as u64,
+        listed <= cap + (MAX_READDIRS_AHEAD * BATCH) as u64,
         "xfer read {listed} names, well past the cap"
     );
     scene.assert_nothing_outside_changed();
@@ -893,7 +894,7 @@ fn a_listing_of_huge_names_fails_its_directory_in_bounded_memory() {
     let cap = (MAX_LISTING_BYTES / (4000 + ENTRY_OVERHEAD)) as u64;
     let listed = scene.server.record.names_listed.load(Ordering::Relaxed);
     assert!(
-        listed <= cap + 2 * BATCH as u64,
+        listed <= cap + (MAX_READDIRS_AHEAD * BATCH) as u64,
         "xfer read {listed} names, past the cap of {cap}"
     );
     assert!(

@@ -218,6 +218,46 @@ fn a_noop_rerun_of_ten_thousand_files_reads_no_file_data() {
 }
 
 #[test]
+fn directories_of_every_size_around_the_listings_batches_arrive_whole() {
+    // OpenSSH answers a readdir with at most 100 names, and xfer sends its readdirs in rounds
+    // of 2, 4, then 8 before the answers come back: sizes on each side of a batch and of a
+    // round, so a name lost or listed twice between batches shows.
+    const SIZES: [usize; 13] = [
+        0, 1, 99, 100, 101, 199, 200, 201, 600, 601, 1400, 1401, 2150,
+    ];
+    let bench = bench(&[]);
+    let source = bench.path("source");
+    let mut files = 0;
+    for (dir, &size) in SIZES.iter().enumerate() {
+        let directory = source.join(format!("d{dir:02}-{size}"));
+        fs::create_dir_all(&directory).unwrap();
+        for file in 0..size {
+            write(
+                &directory.join(format!("f{file:04}")),
+                file as u64,
+                file % 61,
+            );
+        }
+        files += size;
+    }
+    let output = bench.pull(&[]);
+    assert_success(&output);
+    assert_eq!(summary(&output)["files_transferred"], files);
+    assert_eq!(files_digest(&source), files_digest(&bench.path("copy")));
+    for (dir, &size) in SIZES.iter().enumerate() {
+        let copied = fs::read_dir(bench.path("copy").join(format!("d{dir:02}-{size}")))
+            .unwrap()
+            .count();
+        assert_eq!(copied, size, "directory {dir} of {size} files");
+    }
+    let output = bench.pull(&[]);
+    assert_success(&output);
+    let result = summary(&output);
+    assert_eq!(result["files_up_to_date"], files, "{result}");
+    assert_eq!(result["bytes_moved"], 0, "{result}");
+}
+
+#[test]
 fn a_stalled_link_is_detected_and_retried() {
     let bench = bench(&["ServerAliveInterval 1", "ServerAliveCountMax 2"]);
     let data = make_tree(&bench.path("source"), 2, 2, 8 * MIB);
