@@ -53,6 +53,15 @@ impl Budget {
         self.used.load(Ordering::Relaxed)
     }
 
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
+    /// Whether less than a quarter of the cap is held: room to plan ahead of need.
+    pub fn mostly_free(&self) -> bool {
+        self.used.load(Ordering::Relaxed) <= self.cap / 4
+    }
+
     /// Takes `bytes` if the total stays within the cap.
     fn take(&self, bytes: usize) -> bool {
         self.used
@@ -80,15 +89,30 @@ pub struct OverBudget {
 pub struct Held {
     budget: &'static Budget,
     bytes: usize,
+    /// The most this holder may take, whatever the budget has left.
+    limit: usize,
 }
 
 impl Held {
     pub fn new(budget: &'static Budget) -> Held {
-        Held { budget, bytes: 0 }
+        Held {
+            budget,
+            bytes: 0,
+            limit: usize::MAX,
+        }
     }
 
-    /// Takes `bytes` more; nothing is taken when the budget cannot spare them.
+    /// The same holder, never taking more than `limit` bytes in all.
+    pub fn at_most(self, limit: usize) -> Held {
+        Held { limit, ..self }
+    }
+
+    /// Takes `bytes` more; nothing is taken when the budget cannot spare them or the holder's
+    /// own limit would be passed.
     pub fn take(&mut self, bytes: usize) -> Result<(), OverBudget> {
+        if self.bytes.saturating_add(bytes) > self.limit {
+            return Err(OverBudget { cap: self.limit });
+        }
         if self.budget.take(bytes) {
             self.bytes += bytes;
             Ok(())
@@ -138,6 +162,11 @@ mod tests {
         let mut second = Held::new(&BUDGET);
         assert_eq!(first.take(600), Ok(()));
         assert_eq!(second.take(401), Err(OverBudget { cap: 1000 }));
+        let mut limited = Held::new(&BUDGET).at_most(300);
+        assert_eq!(limited.take(200), Ok(()));
+        assert_eq!(limited.take(101), Err(OverBudget { cap: 300 }));
+        assert_eq!(limited.take(100), Ok(()));
+        drop(limited);
         // A refusal takes nothing.
         assert_eq!((second.bytes(), BUDGET.used()), (0, 600));
         assert_eq!(second.take(400), Ok(()));

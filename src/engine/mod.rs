@@ -14,6 +14,7 @@
 //! One failing item is reported and the others go on; the [`Summary`] lists what failed, and
 //! whether re-running the same command can help.
 
+mod ahead;
 pub mod budget;
 mod checksum;
 mod completion;

@@ -583,6 +583,58 @@ async fn a_pull_into_a_new_destination_over_a_far_link_opens_its_budget_before_d
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_rerun_plans_units_ahead_of_the_workers_and_lists_each_once() {
+    // 40 directories over a far link, -j 2: a re-run is all planning, which needs no
+    // connection of its own, so scouts plan beside the two workers; a unit with work is
+    // handed to a worker with its plan, not listed again.
+    let fixture = Fixture::new();
+    for unit in 0..40 {
+        for file in 0..3 {
+            fixture.host.put_file(
+                &format!("/data/u{unit:02}/f{file}.txt"),
+                format!("{unit} {file}\n").as_bytes(),
+            );
+        }
+    }
+    fixture.host.set_faults(Faults {
+        round_trip: Some(Duration::from_millis(50)),
+        ..Faults::default()
+    });
+    assert_clean(&fixture.pull(options(2, 0)).await, "first pull");
+    let counters = &fixture.host.counters;
+    let listings = |fixture: &Fixture| fixture.host.counters.listings.swap(0, Ordering::Relaxed);
+    listings(&fixture);
+    counters.most_listings_at_once.store(0, Ordering::Relaxed);
+    let summary = fixture.pull(options(2, 0)).await;
+    assert_clean(&summary, "re-run");
+    assert_eq!(summary.files_up_to_date, 120);
+    assert!(
+        summary
+            .units
+            .iter()
+            .all(|unit| unit.outcome == UnitOutcome::SkippedComplete && unit.attempts == 1),
+        "{:?}",
+        summary.units
+    );
+    let most = counters.most_listings_at_once.load(Ordering::Relaxed);
+    assert_eq!(most, units::PLANNED_AT_ONCE);
+    assert!(most > 2, "planned no more at once than the two workers");
+    let unchanged = listings(&fixture);
+    // Five units change: they move, over the plans the scouts made.
+    for unit in [3, 11, 19, 27, 35] {
+        fixture
+            .host
+            .put_file(&format!("/data/u{unit:02}/f1.txt"), b"changed\n");
+    }
+    let summary = fixture.pull(options(2, 0)).await;
+    assert_clean(&summary, "re-run after changes");
+    assert_eq!(summary.files_transferred, 5);
+    assert_eq!(fixture.pulled("u27/f1.txt"), b"changed\n");
+    assert_eq!(fixture.pulled("u28/f1.txt"), b"28 1\n");
+    assert_eq!(listings(&fixture), unchanged, "a unit was listed twice");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_permanent_failure_is_not_retried_and_other_units_go_on() {
     let fixture = Fixture::new();
     fixture.remote_tree();

@@ -11,7 +11,8 @@
 //! data (`completion`). [`plan_only`] is the dry run: the same discovery and per-unit planning
 //! over a read-only planner, with nothing executed.
 
-use crate::engine::budget::Held;
+use crate::engine::ahead::{Next, Scouted, UnitQueue};
+use crate::engine::budget::{self, Held};
 use crate::engine::checksum::verify_by_checksum;
 use crate::engine::completion;
 use crate::engine::discovery::{
@@ -31,7 +32,6 @@ use crate::remote::pool::Pool;
 use crate::remote::read_only::ReadOnly;
 use crate::remote::{EntryKind, Remote, SetAttributes};
 use serde::Serialize;
-use std::collections::VecDeque;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -66,6 +66,11 @@ impl Default for UnitOptions {
         }
     }
 }
+
+/// Units planned at once, workers and scouts together (see [`crate::engine::ahead`]): on a
+/// far link each plan waits several round trips, and a re-run of a tree of many directories
+/// is mostly plans.
+pub const PLANNED_AT_ONCE: usize = 16;
 
 /// The longest wait between two attempts of a unit.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -140,7 +145,8 @@ struct Shared<P: Pool> {
     destination: Option<Arc<Destination>>,
     /// Where a pull's plans say the destination is.
     local_root: PathBuf,
-    queue: Mutex<VecDeque<Unit>>,
+    /// Units waiting for a worker, and those scouts planned ahead (`ahead`).
+    queue: UnitQueue<Unit, (Unit, Plan)>,
     results: Mutex<Vec<(UnitReport, Summary)>>,
     /// The connection budget (`-j`, twice that on a far link): one slot per running unit, the
     /// rest lent to large files.
@@ -228,7 +234,7 @@ where
         local_root: discovery.local_root,
         units_total: discovery.units.len(),
         units_settled: AtomicUsize::new(0),
-        queue: Mutex::new(discovery.units.into_iter().collect()),
+        queue: UnitQueue::new(discovery.units),
         results: Mutex::new(Vec::new()),
         lanes,
         early,
@@ -254,6 +260,15 @@ where
     for _ in 0..jobs {
         let shared = shared.clone();
         workers.spawn(async move { worker(shared).await });
+    }
+    // --checksum plans over the data sessions (it hashes): no scouts then.
+    let scouts = PLANNED_AT_ONCE.saturating_sub(jobs);
+    if !shared.transfer.options.checksum && scouts > 0 {
+        let share = budget::TRANSFER.cap() / 2 / scouts;
+        for _ in 0..scouts {
+            let shared = shared.clone();
+            workers.spawn(async move { scout(shared, jobs, share).await });
+        }
     }
     while let Some(joined) = workers.join_next().await {
         if let Err(error) = joined {
@@ -385,36 +400,20 @@ async fn finish_remote_root<P: Pool>(
     }
 }
 
-/// Takes units from the queue until it is empty. The worker's slot is held across units, so a
-/// large file's borrowing never delays the next unit; once the queue is empty the worker's
-/// connection is left to the lanes before its slot is given up, and the files still running
-/// get it without a new handshake.
+/// Takes units from the queue until it is empty, those scouts planned first. The worker's
+/// slot is held across units, so a large file's borrowing never delays the next unit; once the
+/// queue is empty the worker's connection is left to the lanes before its slot is given up,
+/// and the files still running get it without a new handshake.
 async fn worker<P: Pool>(shared: Arc<Shared<P>>) {
     let mut connection = None;
     let slot = shared.lanes.hold_slot().await;
-    loop {
-        let unit = shared
-            .queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop_front();
-        let Some(unit) = unit else { break };
-        let (report, mut summary) = run_unit(&shared, &unit, &mut connection).await;
-        let count = summary.skipped.len();
-        let kept_before = shared.skipped_kept.fetch_add(count, Ordering::Relaxed);
-        let room = MAX_SKIPPED_KEPT.saturating_sub(kept_before);
-        if count > room {
-            summary.skipped.truncate(room);
-            summary.skipped.shrink_to_fit();
-            shared
-                .skipped_left_out
-                .fetch_add((count - room) as u64, Ordering::Relaxed);
-        }
-        shared
-            .results
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push((report, summary));
+    while let Some(next) = shared.queue.next_for_worker().await {
+        let (unit, plan) = match next {
+            Next::Planned((unit, plan)) => (unit, Some(plan)),
+            Next::Unplanned(unit) => (unit, None),
+        };
+        let (report, summary) = run_unit(&shared, &unit, &mut connection, plan).await;
+        record_result(&shared, report, summary);
     }
     if let Some(connection) = connection {
         shared.lanes.add_idle(connection);
@@ -422,14 +421,75 @@ async fn worker<P: Pool>(shared: Arc<Shared<P>>) {
     drop(slot);
 }
 
-/// Runs one unit to completion or to its last attempt.
+/// Plans units ahead of the workers over the planner (see [`crate::engine::ahead`]): a unit
+/// found complete is done here, one with work is handed to the workers with its plan.
+///
+/// What planning ahead costs is memory, which must never make a worker's plan fail: the
+/// scouts' plans together hold at most half the transfer's budget (`share` each), and a scout
+/// takes no new unit while a quarter of it is held or while `jobs` planned units wait for a
+/// worker. A unit too large for a scout's share is given back to the workers, and the scouts
+/// stop: the tree's units are large, and listing them twice would cost more than planning
+/// ahead saves.
+async fn scout<P: Pool>(shared: Arc<Shared<P>>, jobs: usize, share: usize) {
+    while !shared.planner.is_closed()
+        && budget::TRANSFER.mostly_free()
+        && let Some(unit) = shared.queue.next_for_scout(jobs)
+    {
+        let outcome = match check_unit(&shared, &shared.planner, &unit, share).await {
+            Ok(Checked::Complete(summary)) => {
+                let report = UnitReport {
+                    unit: unit_name(&unit),
+                    outcome: UnitOutcome::SkippedComplete,
+                    attempts: 1,
+                    files_transferred: 0,
+                    bytes_moved: 0,
+                    last_error: None,
+                };
+                record_result(&shared, report, summary);
+                shared.unit_settled();
+                Scouted::Complete
+            }
+            Ok(Checked::Work(plan)) => Scouted::Planned((unit, plan)),
+            // Planned again by a worker, which retries what is transient.
+            Err(_) => {
+                shared.queue.stop_scouting();
+                Scouted::GiveBack(unit)
+            }
+        };
+        shared.queue.scouted(outcome);
+    }
+}
+
+/// Keeps a unit's report and summary for the end of the run, and as many of its skipped
+/// entries as the run keeps.
+fn record_result<P: Pool>(shared: &Shared<P>, report: UnitReport, mut summary: Summary) {
+    let count = summary.skipped.len();
+    let kept_before = shared.skipped_kept.fetch_add(count, Ordering::Relaxed);
+    let room = MAX_SKIPPED_KEPT.saturating_sub(kept_before);
+    if count > room {
+        summary.skipped.truncate(room);
+        summary.skipped.shrink_to_fit();
+        shared
+            .skipped_left_out
+            .fetch_add((count - room) as u64, Ordering::Relaxed);
+    }
+    shared
+        .results
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push((report, summary));
+}
+
+/// Runs one unit to completion or to its last attempt; `ready` is its plan when a scout made
+/// it (the first attempt runs on it).
 async fn run_unit<P: Pool>(
     shared: &Shared<P>,
     unit: &Unit,
     connection: &mut Option<Arc<P::Remote>>,
+    ready: Option<Plan>,
 ) -> (UnitReport, Summary) {
     let mut planned = false;
-    let outcome = attempt_until_done(shared, unit, connection, &mut planned).await;
+    let outcome = attempt_until_done(shared, unit, connection, &mut planned, ready).await;
     // Found complete, or failed before it was planned: it adds nothing more to the plan.
     if !planned {
         shared.unit_settled();
@@ -443,6 +503,7 @@ async fn attempt_until_done<P: Pool>(
     unit: &Unit,
     connection: &mut Option<Arc<P::Remote>>,
     planned: &mut bool,
+    mut ready: Option<Plan>,
 ) -> (UnitReport, Summary) {
     let transfer = &shared.transfer;
     let options = transfer.options;
@@ -461,7 +522,15 @@ async fn attempt_until_done<P: Pool>(
     loop {
         report.attempts += 1;
         let first_attempt = report.attempts == 1;
-        let attempt = attempt_unit(shared, unit, connection, first_attempt, planned).await;
+        let attempt = attempt_unit(
+            shared,
+            unit,
+            connection,
+            first_attempt,
+            planned,
+            ready.take(),
+        )
+        .await;
         let retry = match attempt {
             Ok(Attempt::SkippedComplete(summary)) => {
                 report.outcome = UnitOutcome::SkippedComplete;
@@ -554,41 +623,30 @@ async fn attempt_unit<P: Pool>(
     connection: &mut Option<Arc<P::Remote>>,
     first_attempt: bool,
     planned: &mut bool,
+    ready: Option<Plan>,
 ) -> Result<Attempt> {
     let transfer = &shared.transfer;
-    // A unit is planned over the first connection's listing session, so a unit with nothing
-    // to do never opens a connection of its own. A retry plans over its fresh connection (the
-    // first one may be what failed), and --checksum hashes, which wants the data session.
-    let remote = if first_attempt && !transfer.options.checksum && !shared.planner.is_closed() {
-        shared.planner.clone()
-    } else {
-        data_session(shared, connection).await?
+    let plan = match ready {
+        Some(plan) => plan,
+        None => {
+            // A unit is planned over the first connection's listing session, so a unit with
+            // nothing to do never opens a connection of its own. A retry plans over its fresh
+            // connection (the first one may be what failed), and --checksum hashes, which
+            // wants the data session.
+            let remote =
+                if first_attempt && !transfer.options.checksum && !shared.planner.is_closed() {
+                    shared.planner.clone()
+                } else {
+                    data_session(shared, connection).await?
+                };
+            match check_unit(shared, &*remote, unit, usize::MAX).await? {
+                Checked::Complete(summary) => return Ok(Attempt::SkippedComplete(summary)),
+                Checked::Work(plan) => plan,
+            }
+        }
     };
-    let mut plan = plan_unit(
-        transfer,
-        &*remote,
-        unit,
-        shared.destination.as_deref(),
-        &shared.local_root,
-        &shared.endpoints,
-    )
-    .await?;
-    if transfer.options.checksum {
-        verify_by_checksum(
-            &mut plan,
-            &*remote,
-            shared.destination.as_deref(),
-            transfer.direction,
-        )
-        .await?;
-    }
     let record_file = completion::record_file(transfer, &shared.endpoints, unit);
     let record = completion::completion_record(unit, &plan);
-    if completion::found_complete(&plan, &record, &record_file) {
-        return Ok(Attempt::SkippedComplete(completion::complete_summary(
-            &plan,
-        )));
-    }
     let remote = data_session(shared, connection).await?;
     if !*planned {
         transfer
@@ -612,6 +670,51 @@ async fn attempt_unit<P: Pool>(
         &unit_name(unit),
     );
     Ok(Attempt::Executed(summary))
+}
+
+/// A unit found complete (its summary), or its plan.
+enum Checked {
+    Complete(Summary),
+    Work(Plan),
+}
+
+/// Plans `unit` over `remote`, holding at most `held_at_most` bytes of the transfer's budget,
+/// and tells whether a run completed it and nothing changed since.
+async fn check_unit<P: Pool>(
+    shared: &Shared<P>,
+    remote: &P::Remote,
+    unit: &Unit,
+    held_at_most: usize,
+) -> Result<Checked> {
+    let transfer = &shared.transfer;
+    let mut plan = plan_unit(
+        transfer,
+        remote,
+        unit,
+        shared.destination.as_deref(),
+        &shared.local_root,
+        &shared.endpoints,
+        held_at_most,
+    )
+    .await?;
+    if transfer.options.checksum {
+        verify_by_checksum(
+            &mut plan,
+            remote,
+            shared.destination.as_deref(),
+            transfer.direction,
+        )
+        .await?;
+    }
+    let record_file = completion::record_file(transfer, &shared.endpoints, unit);
+    let record = completion::completion_record(unit, &plan);
+    Ok(
+        if completion::found_complete(&plan, &record, &record_file) {
+            Checked::Complete(completion::complete_summary(&plan))
+        } else {
+            Checked::Work(plan)
+        },
+    )
 }
 
 /// Executes a unit's plan over `remote`, reporting to `reporter`.
@@ -653,6 +756,7 @@ async fn plan_unit<R: Remote>(
     destination: Option<&Destination>,
     local_root: &Path,
     endpoints: &Endpoints,
+    held_at_most: usize,
 ) -> Result<Plan> {
     let (state, local_text) = (&transfer.state, transfer.local_path.display().to_string());
     let plan = match transfer.direction {
@@ -664,6 +768,7 @@ async fn plan_unit<R: Remote>(
                 destination,
                 top: &unit.relative,
                 shallow: unit.shallow,
+                held_at_most,
             };
             plan::plan_pull(remote, &scope, state, endpoints).await?
         }
@@ -673,6 +778,7 @@ async fn plan_unit<R: Remote>(
                 destination: &unit.target,
                 shallow: unit.shallow,
                 fix_crlf: transfer.options.fix_crlf,
+                held_at_most,
             };
             plan::plan_push(remote, &scope, state, endpoints).await?
         }
@@ -713,6 +819,7 @@ pub async fn plan_only<P: Pool>(transfer: &Transfer, pool: &P) -> Result<Plan> {
             discovery.destination.as_deref(),
             &discovery.local_root,
             &endpoints,
+            usize::MAX,
         )
         .await?;
         match whole.as_mut() {

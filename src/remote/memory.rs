@@ -97,6 +97,11 @@ pub struct Counters {
     pub syncs_grouped: AtomicU64,
     /// Whole small files taken in one request ([`Remote::put_small`]).
     pub puts_small: AtomicU64,
+    /// Directories listed, those being listed now, and the most listed at once (a listing
+    /// takes `Faults::round_trip`).
+    pub listings: AtomicU64,
+    pub listings_now: AtomicUsize,
+    pub most_listings_at_once: AtomicUsize,
 }
 
 /// A remote machine's files, in memory.
@@ -408,6 +413,16 @@ impl Remote for MemoryRemote {
 
     async fn list(&self, path: &str) -> Result<Vec<RemoteEntry>> {
         self.check_open()?;
+        let counters = &self.host.counters;
+        counters.listings.fetch_add(1, Ordering::Relaxed);
+        if let Some(round_trip) = self.host.faults().round_trip {
+            let now = counters.listings_now.fetch_add(1, Ordering::Relaxed) + 1;
+            counters
+                .most_listings_at_once
+                .fetch_max(now, Ordering::Relaxed);
+            tokio::time::sleep(round_trip).await;
+            counters.listings_now.fetch_sub(1, Ordering::Relaxed);
+        }
         match self.host.node(path) {
             Some(Node::Directory { .. }) => {}
             Some(_) => {

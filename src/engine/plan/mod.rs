@@ -168,7 +168,8 @@ pub struct Plan {
 const REFUSED_REASON: &str = "refused name from the server";
 
 impl Plan {
-    fn new(direction: Direction, source: String, destination: String) -> Plan {
+    /// An empty plan, which may hold at most `held_at_most` bytes of the transfer's budget.
+    fn new(direction: Direction, source: String, destination: String, held_at_most: usize) -> Plan {
         Plan {
             direction,
             source,
@@ -177,7 +178,7 @@ impl Plan {
             skipped: Vec::new(),
             warnings: Vec::new(),
             problems: Vec::new(),
-            held: Held::new(&budget::TRANSFER),
+            held: Held::new(&budget::TRANSFER).at_most(held_at_most),
             refused_shown: 0,
             refused_unshown: 0,
         }
@@ -568,7 +569,12 @@ mod tests {
 
     #[test]
     fn refused_names_are_shown_cut_short_then_counted() {
-        let mut plan = Plan::new(Direction::Pull, "h:/source".into(), "destination".into());
+        let mut plan = Plan::new(
+            Direction::Pull,
+            "h:/source".into(),
+            "destination".into(),
+            usize::MAX,
+        );
         let directory = RelativePath::parse("d").expect("a path");
         let extra = 5;
         for index in 0..MAX_REFUSED_SHOWN + extra {
@@ -637,7 +643,7 @@ mod tests {
         assert!(item(&shallow).held_bytes() < 1000);
         assert!(item(&deep).held_bytes() > 3 * 100 * 255);
         // Held bytes go into the plan's share of the budget with the item.
-        let mut plan = Plan::new(Direction::Pull, "h:/r".into(), "/l".into());
+        let mut plan = Plan::new(Direction::Pull, "h:/r".into(), "/l".into(), usize::MAX);
         plan.add_item(item(&deep)).expect("within the budget");
         assert_eq!(plan.held.bytes(), item(&deep).held_bytes());
     }

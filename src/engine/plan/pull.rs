@@ -91,6 +91,9 @@ pub struct PullScope<'a> {
     pub top: &'a RelativePath,
     /// Only the top directory and what is directly in it but its subdirectories.
     pub shallow: bool,
+    /// The most the plan may hold of the transfer's memory budget (`usize::MAX`: as much as
+    /// the budget has left).
+    pub held_at_most: usize,
 }
 
 /// Builds the plan of a pull: lists the remote tree (metadata only), breadth first, validates
@@ -116,6 +119,7 @@ pub async fn plan_pull<R: Remote>(
             Direction::Pull,
             format!("{}:{source}", endpoints.remote_id),
             scope.destination_text.to_string(),
+            scope.held_at_most,
         ),
         queue: VecDeque::new(),
     };

@@ -70,6 +70,9 @@ pub struct PushScope<'a> {
     pub shallow: bool,
     /// Convert shell scripts with CRLF line endings (`--fix-crlf`).
     pub fix_crlf: bool,
+    /// The most the plan may hold of the transfer's memory budget (`usize::MAX`: as much as
+    /// the budget has left).
+    pub held_at_most: usize,
 }
 
 /// Builds the plan of a push: walks the local tree (never following links) and compares with
@@ -96,6 +99,7 @@ pub async fn plan_push<R: Remote>(
             Direction::Push,
             source.display().to_string(),
             format!("{}:{destination_root}", endpoints.remote_id),
+            scope.held_at_most,
         ),
         listings: BTreeMap::new(),
         listings_held: Held::new(&budget::TRANSFER),
