@@ -8,7 +8,8 @@
 # shell loop (median of REPS wall times; no byte counts, no content check), a delta push against
 # rsync --inplace (time and bytes on the wire), a delta pull into an old copy already synced to
 # disk against rsync --inplace, pulls of the 1 GiB file and the checkpoint tree
-# and a push of the file over the emulated far link against rsync, and xfer's peak memory (GNU
+# and a push of the file over the emulated far link against rsync, a no-op re-run of the small
+# files over that link against rsync, and xfer's peak memory (GNU
 # time); every table gets a column of ratios to the best peer (benches/ratios.py). Arguments
 # are passed to baseline.sh, so --tool NAME=TEMPLATE adds more tools to the pull tables.
 #
@@ -213,6 +214,39 @@ for dataset in big.bin ckpt push:big.bin; do
       diff -r "$work/data/$name" "$work/far/$name" >/dev/null 2>&1 && same=yes
       echo "| $dataset | $cipher | $tool | $seconds | $(python3 -c "print(round($bytes / ($end - $start) / 1e6))") | $same |"
     done
+  done
+done
+rm -rf "$work/far"
+
+# A no-op re-run over the far link: the 10,000 small files copied once through the proxy by each
+# tool (xfer's completion records name the host as the proxy's port), then the same command
+# again, REPS times. On a far link a re-run is round trips: listings, not data.
+echo
+echo "## Far link, no-op re-run of the 10,000 small files (100 ms, 2 MiB window, 100 MiB/s; median of ${REPS:-3})"
+echo
+echo "| peers' cipher | tool | seconds |"
+echo "|---|---|---|"
+far_run() { # COMMAND...: runs it through the far-link proxy
+  "$bench/wire-proxy" "$proxy_port" "$(cat "$SSHD_DIR/port")" --delay-ms 50 --window $((2 << 20)) \
+    --rate $((100 << 20)) -- "$@" >/dev/null 2>&1
+}
+for cipher in "${peer_ciphers[@]}"; do
+  copt=$(cipher_option "$cipher")
+  for tool in xfer rsync; do
+    rm -rf "$work/far" && mkdir -p "$work/far"
+    case $tool in
+      xfer) copy=("$xfer" pull -q -F "$work/proxy_config" "bench:$work/data/small" "$work/far/small") ;;
+      rsync) copy=(rsync -a -e "ssh -F $work/proxy_config $copt" "bench:$work/data/small" "$work/far/") ;;
+    esac
+    far_run "${copy[@]}"
+    times=()
+    for _ in $(seq "${REPS:-3}"); do
+      start=$(date +%s.%N)
+      far_run "${copy[@]}"
+      end=$(date +%s.%N)
+      times+=("$(seconds_between "$start" "$end")")
+    done
+    echo "| $cipher | $tool | $(median "${times[@]}") |"
   done
 done
 rm -rf "$work/far"
