@@ -226,6 +226,7 @@ echo "## Far link, no-op re-run of the 10,000 small files (100 ms, 2 MiB window,
 echo
 echo "| peers' cipher | tool | seconds |"
 echo "|---|---|---|"
+"$bench/make-data" "$work/data" small >/dev/null 2>&1
 far_run() { # COMMAND...: runs it through the far-link proxy
   "$bench/wire-proxy" "$proxy_port" "$(cat "$SSHD_DIR/port")" --delay-ms 50 --window $((2 << 20)) \
     --rate $((100 << 20)) -- "$@" >/dev/null 2>&1

@@ -814,6 +814,38 @@ async fn a_dry_run_plans_what_a_run_does_and_changes_nothing() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_dry_run_over_a_far_link_plans_units_at_once_and_keeps_their_order() {
+    let fixture = Fixture::new();
+    for unit in 0..30 {
+        fixture
+            .host
+            .put_file(&format!("/data/u{unit:02}/f.txt"), b"f\n");
+    }
+    fixture.host.set_faults(Faults {
+        round_trip: Some(Duration::from_millis(50)),
+        ..Faults::default()
+    });
+    let copy = fixture.local("copy");
+    let transfer = fixture.transfer(Direction::Pull, &copy, options(2, 0));
+    let pool = MemoryPool::new(fixture.host.clone());
+    let plan = units::plan_only(&transfer, &pool).await.expect("a plan");
+    let most = fixture
+        .host
+        .counters
+        .most_listings_at_once
+        .load(Ordering::Relaxed);
+    assert_eq!(most, units::PLANNED_AT_ONCE);
+    let planned: Vec<&str> = plan.items.iter().map(|item| item.path.as_str()).collect();
+    let mut expected = vec![String::new()];
+    for unit in 0..30 {
+        expected.push(format!("u{unit:02}"));
+        expected.push(format!("u{unit:02}/f.txt"));
+    }
+    assert_eq!(planned, expected);
+    assert!(!copy.exists(), "the dry run made the destination");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_push_to_a_host_without_block_hashes_resumes_and_ends_identical() {
     let fixture = Fixture::new();
     let source = fixture.local_tree("source");

@@ -8,8 +8,9 @@
 //! exponential backoff with jitter, up to `retries` times; a permanent failure (auth, host key,
 //! no such file, permission denied, disk full) is not retried. One unit failing does not stop
 //! the others. A unit unchanged since a run completed it is skipped without reading any file
-//! data (`completion`). [`plan_only`] is the dry run: the same discovery and per-unit planning
-//! over a read-only planner, with nothing executed.
+//! data (`completion`); scouts plan units ahead of the workers (`ahead`), since planning needs
+//! no connection of its own and a re-run is mostly plans. [`plan_only`] is the dry run: the
+//! same discovery and per-unit planning over a read-only planner, with nothing executed.
 
 use crate::engine::ahead::{Next, Scouted, UnitQueue};
 use crate::engine::budget::{self, Held};
@@ -31,6 +32,7 @@ use crate::progress::Reporter;
 use crate::remote::pool::Pool;
 use crate::remote::read_only::ReadOnly;
 use crate::remote::{EntryKind, Remote, SetAttributes};
+use futures::StreamExt;
 use serde::Serialize;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -810,18 +812,31 @@ pub async fn plan_only<P: Pool>(transfer: &Transfer, pool: &P) -> Result<Plan> {
         remote_id: pool.remote_id().to_string(),
     };
     let discovery = discover(transfer, &planner, Discover::ToPlan).await?;
+    // Planned as a run plans them, several at once (each waits round trips), and taken in the
+    // units' order: the first unit's plan is the whole one's.
+    let (planner, endpoints) = (&planner, &endpoints);
+    let (destination, local_root) = (discovery.destination.as_deref(), &discovery.local_root);
+    let units = &discovery.units;
+    // By index: a closure over borrowed units would not be `Send` for every lifetime.
+    let mut plans = futures::stream::iter(0..units.len())
+        .map(|index| async move {
+            let unit = &units[index];
+            let plan = plan_unit(
+                transfer,
+                planner,
+                unit,
+                destination,
+                local_root,
+                endpoints,
+                usize::MAX,
+            )
+            .await;
+            (unit, plan)
+        })
+        .buffered(PLANNED_AT_ONCE);
     let mut whole: Option<Plan> = None;
-    for unit in &discovery.units {
-        let plan = plan_unit(
-            transfer,
-            &planner,
-            unit,
-            discovery.destination.as_deref(),
-            &discovery.local_root,
-            &endpoints,
-            usize::MAX,
-        )
-        .await?;
+    while let Some((unit, plan)) = plans.next().await {
+        let plan = plan?;
         match whole.as_mut() {
             None => whole = Some(plan),
             Some(whole) => {

@@ -13,11 +13,11 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::remote::{EntryKind, ListingLimits, Remote, RemoteDigest, RemoteEntry, SetAttributes};
 use crate::ssh::connect::{Connection, channel_refused, russh_error};
 use crate::ssh::exec::{self, ExecLimits};
+use futures::future::join_all;
 use russh::ChannelMsg;
 use russh_sftp::client::RawSftpSession;
 use russh_sftp::client::error::Error as SftpError;
 use russh_sftp::protocol::{FileAttributes, Name, OpenFlags, StatusCode};
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
@@ -178,46 +178,19 @@ impl SftpRemote {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
-    /// `count` readdirs of `handle`, sent in order without waiting between them, and their
-    /// replies in the order sent.
+    /// `count` readdirs of `handle`, sent in order without waiting between them (each is sent
+    /// when first polled, and `join_all` polls in order), and their replies in the order sent.
     async fn readdir_round(&self, handle: &str, count: usize) -> Vec<SftpResult<Name>> {
-        let mut requests: Vec<_> = (0..count)
-            .map(|_| Some(Box::pin(self.session.readdir(handle))))
-            .collect();
-        let mut replies: Vec<Option<SftpResult<Name>>> = (0..count).map(|_| None).collect();
-        // Polled in order, so they are sent in order (each is sent when first polled).
-        let all = std::future::poll_fn(|context| {
-            let mut waiting = false;
-            for (request, reply) in requests.iter_mut().zip(replies.iter_mut()) {
-                if let Some(pending) = request {
-                    match pending.as_mut().poll(context) {
-                        std::task::Poll::Ready(answer) => {
-                            *reply = Some(answer);
-                            *request = None;
-                        }
-                        std::task::Poll::Pending => waiting = true,
-                    }
-                }
+        let round = join_all((0..count).map(|_| self.session.readdir(handle)));
+        match self.call(async { Ok(round.await) }).await {
+            Ok(replies) => replies,
+            Err(closed) => {
+                let reason = closed.to_string();
+                (0..count)
+                    .map(|_| Err(SftpError::UnexpectedBehavior(reason.clone())))
+                    .collect()
             }
-            if waiting {
-                std::task::Poll::Pending
-            } else {
-                std::task::Poll::Ready(())
-            }
-        });
-        let closed = self.call(async {
-            all.await;
-            Ok(())
-        });
-        let ended = closed.await;
-        replies
-            .into_iter()
-            .map(|reply| match (reply, &ended) {
-                (Some(reply), _) => reply,
-                (None, Err(error)) => Err(SftpError::UnexpectedBehavior(error.to_string())),
-                (None, Ok(())) => Err(SftpError::UnexpectedBehavior("no reply".into())),
-            })
-            .collect()
+        }
     }
 
     /// Closes `handle` without waiting for the answer: nothing waits on it, and a failed
