@@ -73,6 +73,9 @@ impl Default for UnitOptions {
 /// far link each plan waits several round trips, and a re-run of a tree of many directories
 /// is mostly plans.
 pub const PLANNED_AT_ONCE: usize = 16;
+/// The same over a far link ([`lanes::FAR_ROUND_TRIP`]), where a plan is mostly waiting: a
+/// unit's plan is three round trips or more (its stat, the opendir, the readdirs).
+pub const PLANNED_AT_ONCE_FAR: usize = 64;
 
 /// The longest wait between two attempts of a unit.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -264,7 +267,12 @@ where
         workers.spawn(async move { worker(shared).await });
     }
     // --checksum plans over the data sessions (it hashes): no scouts then.
-    let scouts = PLANNED_AT_ONCE.saturating_sub(jobs);
+    let planned_at_once = if round_trip >= lanes::FAR_ROUND_TRIP {
+        PLANNED_AT_ONCE_FAR
+    } else {
+        PLANNED_AT_ONCE
+    };
+    let scouts = planned_at_once.saturating_sub(jobs);
     if !shared.transfer.options.checksum && scouts > 0 {
         let share = budget::TRANSFER.cap() / 2 / scouts;
         for _ in 0..scouts {
@@ -427,15 +435,15 @@ async fn worker<P: Pool>(shared: Arc<Shared<P>>) {
 /// found complete is done here, one with work is handed to the workers with its plan.
 ///
 /// What planning ahead costs is memory, which must never make a worker's plan fail: the
-/// scouts' plans together hold at most half the transfer's budget (`share` each), and a scout
-/// takes no new unit while a quarter of it is held or while `jobs` planned units wait for a
-/// worker. A unit too large for a scout's share is given back to the workers, and the scouts
+/// scouts' plans together hold at most half the transfer's budget (`share` each), a scout
+/// waits while `jobs` planned units wait for a worker, and ends when a quarter of the budget
+/// is held. A unit too large for a scout's share is given back to the workers, and the scouts
 /// stop: the tree's units are large, and listing them twice would cost more than planning
 /// ahead saves.
 async fn scout<P: Pool>(shared: Arc<Shared<P>>, jobs: usize, share: usize) {
     while !shared.planner.is_closed()
         && budget::TRANSFER.mostly_free()
-        && let Some(unit) = shared.queue.next_for_scout(jobs)
+        && let Some(unit) = shared.queue.next_for_scout(jobs).await
     {
         let outcome = match check_unit(&shared, &shared.planner, &unit, share).await {
             Ok(Checked::Complete(summary)) => {
