@@ -69,7 +69,7 @@ impl Default for UnitOptions {
     }
 }
 
-/// Units planned at once, workers and scouts together (see [`crate::engine::ahead`]): on a
+/// Units planned at once, workers and scouts together (see `engine::ahead`): on a
 /// far link each plan waits several round trips, and a re-run of a tree of many directories
 /// is mostly plans.
 pub const PLANNED_AT_ONCE: usize = 16;
