@@ -457,6 +457,10 @@ async fn serve(
             _ = &mut stopped => return,
             accepted = listener.accept() => {
                 let Ok((socket, _)) = accepted else { continue };
+                // `Config::nodelay` is applied by russh's own accept loop only, not by
+                // `run_stream`. With Nagle on, a reply written right after another waits for the
+                // client's delayed ACK, some 40 ms, whenever the client pipelines requests.
+                let _ = socket.set_nodelay(true);
                 let handler = SshConnection { shared: shared.clone(), channels: HashMap::new() };
                 let config = config.clone();
                 tokio::spawn(async move {

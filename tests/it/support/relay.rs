@@ -447,6 +447,8 @@ async fn serve(
             _ = &mut stopped => return,
             accepted = listener.accept() => {
                 let Ok((socket, _)) = accepted else { continue };
+                // As in FakeServer: russh's `run_stream` does not apply `Config::nodelay`.
+                let _ = socket.set_nodelay(true);
                 tokio::spawn(connection(config.clone(), shared.clone(), socket));
             }
         }
