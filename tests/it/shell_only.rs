@@ -442,10 +442,17 @@ fn relay_dropped_ends_its_connections_and_shells() {
     let mut session = terminal(&config, "relay", Some("xterm"));
     session.send(b"nohup sleep 600 >/dev/null 2>&1 &\necho XFER\"\"OK\n");
     session.expect(b"XFEROK", WAIT);
-    let sleeping = processes_with_home(&home).into_iter().any(|pid| {
+    // The job may still be `nohup`, not yet `sleep`, when the shell has answered.
+    let deadline = Instant::now() + WAIT;
+    while !processes_with_home(&home).into_iter().any(|pid| {
         std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|name| name == "sleep\n")
-    });
-    assert!(sleeping, "the shell's job is not found by its HOME");
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "the shell's job is not found by its HOME"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
 
     drop(relay);
     let status = session.finish(WAIT);
