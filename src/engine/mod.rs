@@ -10,6 +10,8 @@
 //! - [`lanes`]: extra connections a large file borrows from the same budget.
 //! - [`state`]: where journals live and how they are read and appended.
 //! - [`verify`]: reading files back.
+//! - `settle`: when a copy may take its source's mtime and pass the quick check with it (a
+//!   source written again within the same second would otherwise look current).
 //!
 //! One failing item is reported and the others go on; the [`Summary`] lists what failed, and
 //! whether re-running the same command can help.
@@ -27,6 +29,7 @@ pub mod lanes;
 pub mod plan;
 pub mod pull;
 pub mod push;
+mod settle;
 pub mod shared_source;
 pub mod state;
 pub mod units;

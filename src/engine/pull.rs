@@ -15,6 +15,7 @@ use crate::engine::delta;
 use crate::engine::job::{self, Context, FileTotals, Setup, Side};
 use crate::engine::lanes::{Arrivals, Paths, borrow_for_file, close_late, next_arrival};
 use crate::engine::plan::{Action, Direction, Plan, PlanItem};
+use crate::engine::settle;
 use crate::engine::state::{JournalFile, open_journal};
 use crate::engine::verify::{WholeFileDigests, hash_blocks_parallel, still_matching, verify_file};
 use crate::engine::{REMOTE_DIGEST_MIN_SIZE, SYNC_INTERVAL, Summary, finished};
@@ -28,6 +29,7 @@ use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
+use std::time::SystemTime;
 use tokio::task::JoinSet;
 
 /// A pull's context: the local destination beside what every transfer shares.
@@ -151,6 +153,8 @@ struct PullFile<'a, R: Remote> {
     early: BTreeMap<u64, BlockHash>,
     /// The remote's hashes of the blocks it sent whole with a hashed read.
     read_hashes: BTreeMap<u64, BlockHash>,
+    /// When this run started reading the source, on this machine's clock ([`settle`]).
+    read_from: SystemTime,
 }
 
 /// The remote's block hashes: known already, or still being computed.
@@ -173,6 +177,7 @@ impl<'a, R: Remote> PullFile<'a, R> {
         item: &'a PlanItem,
     ) -> Result<(Self, Option<delta::RemoteTask>)> {
         let relative = item.relative()?;
+        let read_from = SystemTime::now();
         let destination = &context.destination;
         let display = destination.display_path(&relative);
         let layout = BlockLayout::new(item.size, DEFAULT_BLOCK_SIZE).map_err(|error| {
@@ -223,6 +228,7 @@ impl<'a, R: Remote> PullFile<'a, R> {
             blocks,
             early,
             read_hashes: BTreeMap::new(),
+            read_from,
         };
         Ok((pull, remote_task))
     }
@@ -538,15 +544,20 @@ impl<'a, R: Remote> PullFile<'a, R> {
             .map_err(|error| Error::local_io(format!("cannot sync {}", self.display), error))
     }
 
-    /// Verified: the real size, then the mode and mtime that mark the file done.
+    /// Verified: the real size, then the mode and mtime that mark the file done, marked for a
+    /// check of its content by the next run where the source may change unseen ([`settle`]).
     fn finish(self) -> Result<()> {
         let destination = &self.context.destination;
         destination.set_len(&self.file, &self.relative, self.item.size)?;
+        let mut mtime = timestamp(self.item.mtime);
+        if settle::pulled_copy_may_be_racy(self.item.mtime, self.read_from) {
+            mtime.nanoseconds = settle::RACY_NANOSECONDS;
+        }
         destination.set_file_permissions_and_times(
             &self.file,
             &self.relative,
             self.item.mode,
-            timestamp(self.item.mtime),
+            mtime,
         )?;
         if let Some(journal) = self.journal {
             journal.remove()?;

@@ -17,6 +17,7 @@ use crate::engine::delta;
 use crate::engine::job::{self, Context, FileTotals, Setup, Side};
 use crate::engine::lanes::{Arrivals, Paths, borrow_for_file, close_late, next_arrival};
 use crate::engine::plan::{Action, Direction, Plan, PlanItem};
+use crate::engine::settle;
 use crate::engine::shared_source::{REMEMBERED_HASHES_MIN_SIZE, SourceReader};
 use crate::engine::state::{JournalFile, open_journal};
 use crate::engine::verify::{
@@ -31,6 +32,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::sync::Arc;
+use std::time::SystemTime;
 use tokio::task::JoinSet;
 
 /// Executes `plan` over `remote`: see [`job`] for the phases.
@@ -206,6 +208,21 @@ fn changed_while_sent(item: &PlanItem) -> Error {
     .transient(true)
 }
 
+/// Waits until the source may give its copy its mtime ([`settle`]), then checks that it is
+/// still what was read, through the handle the bytes were read from.
+async fn settle_source(file: &File, opened: FileIdentity, item: &PlanItem) -> Result<()> {
+    let wait = settle::wait_before_settled(item.mtime, SystemTime::now());
+    if wait.is_zero() {
+        return Ok(());
+    }
+    tracing::debug!(path = %item.path, ?wait, "written in this second: waiting for the next");
+    tokio::time::sleep(wait).await;
+    if FileIdentity::of_file(file) != Some(opened) {
+        return Err(changed_while_sent(item));
+    }
+    Ok(())
+}
+
 /// A new file of one block, whole in one request ([`Remote::put_small`]): read and hashed
 /// here, unchanged from its open to the end of the read; written, synced with the other files
 /// being written, checked against the hash and given its mode and mtime there. Where a push
@@ -219,6 +236,8 @@ async fn put_small<R: Remote>(context: &Context<R>, item: &PlanItem) -> Result<F
     if FileIdentity::of_file(&file) != Some(opened) {
         return Err(changed_while_sent(item));
     }
+    // The request gives the copy its mtime too.
+    settle_source(&file, opened, item).await?;
     let reporter = &context.setup.reporter;
     reporter.file_started(&item.path, item.size, 0);
     let put = SmallPut {
@@ -540,6 +559,7 @@ impl<'a, R: Remote> PushFile<'a, R> {
             .with_hint("re-run the same command; the file will be sent again")
             .transient(true));
         }
+        settle_source(&self.file, self.opened, item).await?;
         remote
             .set_file_attributes(
                 handle,

@@ -1,7 +1,7 @@
 //! The engine against the in-memory remote: resume, delta, verification, retry and the unit
 //! scheduler, in both directions, with hosts that cut, stall and lie. No SSH and no waits (the
-//! clock is paused, so backoffs and stalls pass at once); the real-server tests in `tests/`
-//! cover what only a real server shows.
+//! clock is paused, so backoffs and stalls pass at once; one test is about the wall clock and
+//! waits for it); the real-server tests in `tests/` cover what only a real server shows.
 
 use crate::engine::Summary;
 use crate::engine::plan::{Action, Direction};
@@ -688,6 +688,77 @@ async fn a_push_copies_the_tree_resumes_after_a_cut_and_reruns_read_nothing() {
         "{:?}",
         again.units
     );
+}
+
+/// Sleeps until just after the wall clock's next whole second.
+fn start_of_a_second() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970");
+    let into_second = Duration::from_nanos(u64::from(now.subsec_nanos()));
+    std::thread::sleep(Duration::from_secs(1) - into_second + Duration::from_millis(30));
+}
+
+/// Pushes a file of `length` bytes written at the start of a second, rewrites it with other
+/// bytes of the same length as soon as the push returns, and pushes again: the copy must end
+/// with the new bytes.
+async fn push_then_rewrite_at_once(length: usize) {
+    let fixture = Fixture::new();
+    let source = fixture.local("source");
+    std::fs::create_dir_all(&source).expect("a directory");
+    let file = source.join("file");
+    start_of_a_second();
+    std::fs::write(&file, data(length, 1)).expect("a file");
+    let summary = fixture.run(Direction::Push, &source, options(2, 0)).await;
+    assert_clean(&summary, "push");
+    // Within the second of the first write, unless the push waited for it to pass before
+    // giving the copy its mtime.
+    std::fs::write(&file, data(length, 2)).expect("a file");
+    let again = fixture.run(Direction::Push, &source, options(2, 0)).await;
+    assert_clean(&again, "re-run");
+    assert_eq!(
+        remote_entries(&fixture.host, "/data"),
+        local_entries(&source)
+    );
+}
+
+// On the wall clock, not tokio's paused one: the quick check's seconds are the file system's.
+#[tokio::test]
+async fn a_small_file_rewritten_in_the_second_it_was_pushed_is_pushed_again() {
+    // Put whole, with its mtime, in one request.
+    push_then_rewrite_at_once(100).await;
+}
+
+#[tokio::test]
+async fn a_large_file_rewritten_in_the_second_it_was_pushed_is_pushed_again() {
+    // Written block by block, then checked and given its mtime.
+    push_then_rewrite_at_once(MIB + 10).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_source_rewritten_in_the_second_it_was_pulled_is_pulled_again() {
+    let fixture = Fixture::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_secs() as i64;
+    let file = |seed: u8, length: usize| Node::File {
+        data: data(length, seed),
+        mode: 0o644,
+        mtime: now,
+    };
+    // One small file and one of several blocks, both written this second.
+    fixture.host.put("/data/small.txt", file(1, 100));
+    fixture.host.put("/data/large.bin", file(1, MIB + 10));
+    let summary = fixture.pull(options(2, 0)).await;
+    assert_clean(&summary, "pull");
+    // Written again within the same second, after the pull read them: same sizes, same mtimes.
+    fixture.host.put("/data/small.txt", file(2, 100));
+    fixture.host.put("/data/large.bin", file(2, MIB + 10));
+    let again = fixture.pull(options(2, 0)).await;
+    assert_clean(&again, "re-run");
+    assert_eq!(fixture.pulled("small.txt"), data(100, 2));
+    assert_eq!(fixture.pulled("large.bin"), data(MIB + 10, 2));
 }
 
 #[tokio::test(start_paused = true)]

@@ -18,9 +18,19 @@ use std::time::{Duration, Instant};
 const LIMIT: Duration = Duration::from_secs(240);
 const MIB: usize = 1 << 20;
 
+/// Writes a source file as if an hour ago: a pull of a file written within seconds of it is
+/// checked again by the next run (`engine::settle`), and these tests count what re-runs do.
 fn write(path: &Path, seed: u64, length: usize) {
     fs::create_dir_all(path.parent().unwrap()).unwrap();
     fs::write(path, pattern(seed, length)).unwrap();
+    set_mtime(path, an_hour_ago());
+}
+
+fn an_hour_ago() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    now.as_secs() as i64 - 3600
 }
 
 /// A checkpoint-like tree: `dirs` step directories of files, plus loose files at the top.
@@ -345,6 +355,26 @@ fn a_changed_source_file_is_noticed_even_within_a_complete_unit() {
     fs::write(&changed, pattern(999, before.len() as usize)).unwrap();
     fs::set_permissions(&changed, fs::Permissions::from_mode(0o600)).unwrap();
     set_mtime(&changed, before.mtime() + 5);
+    let output = bench.pull(&[]);
+    assert_success(&output);
+    assert_eq!(
+        files_digest(&bench.path("source")),
+        files_digest(&bench.path("copy"))
+    );
+    assert_eq!(summary(&output)["files_transferred"], 1);
+}
+
+#[test]
+fn a_source_rewritten_within_the_second_the_pull_read_it_is_fetched_again() {
+    let bench = bench(&[]);
+    let source = bench.path("source/step/part.bin");
+    fs::create_dir_all(source.parent().unwrap()).unwrap();
+    fs::write(&source, pattern(1, 3 * MIB)).unwrap();
+    assert_success(&bench.pull(&[]));
+    // Written again after the pull read it, as within the same second: same size, same mtime.
+    let before = fs::metadata(&source).unwrap();
+    fs::write(&source, pattern(2, 3 * MIB)).unwrap();
+    set_mtime(&source, before.mtime());
     let output = bench.pull(&[]);
     assert_success(&output);
     assert_eq!(

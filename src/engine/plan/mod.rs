@@ -512,6 +512,9 @@ pub(crate) struct Existing {
     pub mtime: i64,
     /// Its target, read where it and the item are both symlinks.
     pub link_target: Option<String>,
+    /// A pulled copy marked as possibly racily current (`engine::settle`): its
+    /// content is checked whatever the quick check says.
+    pub racy: bool,
 }
 
 /// The action an item needs, given what the destination holds there: rsync's quick check
@@ -539,7 +542,8 @@ pub(crate) fn action_for(
             reason: "link target differs".into(),
         },
         EntryKind::File | EntryKind::Special => {
-            if existing.size == item.size && existing.mtime == item.mtime {
+            let looks_current = existing.size == item.size && existing.mtime == item.mtime;
+            if looks_current && !existing.racy {
                 return Action::UpToDate;
             }
             let header = journal_header(direction, endpoints, item);
@@ -553,6 +557,8 @@ pub(crate) fn action_for(
             }
             let reason = if existing.size != item.size {
                 format!("size {} -> {}", existing.size, item.size)
+            } else if looks_current {
+                "copied within seconds of its source's last change: content checked".to_string()
             } else {
                 "modification time differs".to_string()
             };

@@ -10,6 +10,7 @@ use super::{
     REFUSED_NAME_CHARS, Skipped, action_for,
 };
 use crate::engine::budget::{ALLOCATION_OVERHEAD, text_bytes};
+use crate::engine::settle;
 use crate::engine::state::StateDir;
 use crate::error::{Error, Result};
 use crate::local::{
@@ -399,6 +400,7 @@ fn local_action(
         size: existing.size,
         mtime: existing.modified.seconds,
         link_target,
+        racy: existing.modified.nanoseconds == settle::RACY_NANOSECONDS,
     };
     Ok(action_for(
         item,

@@ -299,6 +299,8 @@ impl<R: Remote> PushWalk<'_, R> {
             size: entry.size,
             mtime: entry.mtime,
             link_target,
+            // A pushed copy's race is settled before it gets its mtime.
+            racy: false,
         }))
     }
 
