@@ -18,7 +18,7 @@ use xfer::error::{Error, ErrorKind, Result};
 use xfer::local::GroupSync;
 use xfer::progress::{NoProgress, Reporter};
 use xfer::remote::deploy::AgentMode;
-use xfer::remote::pool::SessionPool;
+use xfer::remote::pool::{Eager, SessionPool};
 use xfer::ssh::connect::Connector;
 use xfer::target::{HostSpec, Location, RemotePath, parse_host, parse_location};
 
@@ -356,7 +356,7 @@ async fn execute<Connect, Connecting>(
     reporter: &Arc<TerminalReporter>,
 ) -> Result<Summary>
 where
-    Connect: FnOnce(bool) -> Connecting,
+    Connect: FnOnce(Eager) -> Connecting,
     Connecting: Future<Output = Result<SessionPool>>,
 {
     transfer.reporter = reporter.clone();

@@ -9,8 +9,8 @@
 //! connection and the borrowed ones join as they come up. They go back to an idle list when
 //! the file is done, so the next large file does not authenticate again.
 //!
-//! On a far link (a round trip of [`FAR_ROUND_TRIP`] or more, measured before the transfer
-//! starts) `-j` connections at their window per round trip may carry less than the link: there
+//! On a far link (a round trip of [`FAR_ROUND_TRIP`] or more, timed by the pool as the first
+//! connection logs in, else on a request before the transfer starts) `-j` connections at their window per round trip may carry less than the link: there
 //! the budget is twice `-j` (at most [`FAR_LINK_MOST`]), the extra slots only for large files to
 //! borrow, so the number of directories at once stays `-j`.
 //!

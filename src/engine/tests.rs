@@ -130,7 +130,7 @@ impl Fixture {
         let told = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let record = told.clone();
         let summary = units::run(transfer, move |eager| {
-            record.store(eager, Ordering::Relaxed);
+            record.store(eager.data_likely, Ordering::Relaxed);
             async move { Ok(MemoryPool::new(host)) }
         })
         .await

@@ -29,7 +29,7 @@ use crate::engine::{ItemError, Options, Summary, pull, push};
 use crate::error::{Error, Result};
 use crate::local::{Destination, GroupSync, RelativePath, Timestamp};
 use crate::progress::Reporter;
-use crate::remote::pool::Pool;
+use crate::remote::pool::{Eager, Pool};
 use crate::remote::read_only::ReadOnly;
 use crate::remote::{EntryKind, Remote, SetAttributes};
 use futures::StreamExt;
@@ -181,12 +181,12 @@ impl<P: Pool> Shared<P> {
 }
 
 /// Runs a whole transfer: connects with `connect` (told whether data will most likely move,
-/// so it can start a data session at once), discovers the units over the planner, then runs
-/// them.
+/// so it can start a data session at once, and what to open ahead over a far link), discovers
+/// the units over the planner, then runs them.
 pub async fn run<P, Connect, Connecting>(transfer: Transfer, connect: Connect) -> Result<Summary>
 where
     P: Pool,
-    Connect: FnOnce(bool) -> Connecting,
+    Connect: FnOnce(Eager) -> Connecting,
     Connecting: Future<Output = Result<P>>,
 {
     let started = Instant::now();
@@ -197,13 +197,24 @@ where
         .filter(|_| transfer.shared_source.is_none())
         .and_then(|path| EarlyHashes::start(&path));
     let eager = early.is_some() || pull_into_nothing(&transfer);
-    let pool = Arc::new(connect(eager).await?);
+    let jobs = transfer.options.jobs.clamp(1, 64);
+    let pool = Arc::new(
+        connect(Eager {
+            data_likely: eager,
+            far: lanes::FAR_ROUND_TRIP,
+            ahead_when_far: lanes::connection_budget(jobs, lanes::FAR_ROUND_TRIP) - 1,
+        })
+        .await?,
+    );
     let first = pool.planner();
     let endpoints = Endpoints {
         remote_id: pool.remote_id().to_string(),
     };
-    let round_trip = round_trip(&*first, &transfer.remote_path).await;
-    let budget = lanes::connection_budget(transfer.options.jobs.clamp(1, 64), round_trip);
+    let round_trip = match pool.round_trip() {
+        Some(round_trip) => round_trip,
+        None => round_trip(&*first, &transfer.remote_path).await,
+    };
+    let budget = lanes::connection_budget(jobs, round_trip);
     tracing::debug!(?round_trip, budget, "connections");
     // On a far link every connection takes a second or more to come up, longer than the
     // discovery: when data will most likely move, the whole budget is opened now, beside it.
@@ -215,11 +226,7 @@ where
     let discovery = discover(&transfer, &*first, Discover::ToTransfer).await?;
     let data_expected = discovery.data_expected;
     tracing::debug!(units = discovery.units.len(), data_expected, "discovered");
-    let jobs = transfer
-        .options
-        .jobs
-        .clamp(1, 64)
-        .min(discovery.units.len().max(1));
+    let jobs = jobs.min(discovery.units.len().max(1));
     let lanes = {
         let pool = pool.clone();
         Lanes::new(

@@ -15,6 +15,10 @@
 //! agent is started at once, beside the planner, since starting it is the longest wait of such
 //! a run. A host that refuses SFTP plans over the
 //! agent.
+//!
+//! The first connection times the link's round trip as soon as it has logged in, beside the
+//! planner's start ([`Eager`]): over a far link, where every connection takes many round trips
+//! to come up, the connections a likely transfer wants are opened at that moment.
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::progress::Reporter;
@@ -25,8 +29,9 @@ use crate::remote::sftp::SftpRemote;
 use crate::ssh::connect::{Connection, Connector, channel_refused};
 use crate::target::HostSpec;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 /// The engine's source of remotes.
 pub trait Pool: Send + Sync + 'static {
@@ -45,9 +50,26 @@ pub trait Pool: Send + Sync + 'static {
     /// A remote on a connection of its own, not used before: one opened ahead, else a new one.
     fn open(&self) -> impl Future<Output = Result<Arc<Self::Remote>>> + Send;
 
-    /// Data is sure to move: start the first connection's data session and `more` connections
-    /// now, for the workers and the large files that will want them.
+    /// Data is sure to move: start the first connection's data session, and connections now
+    /// until `more` in all were opened ahead, for the workers and the large files that will
+    /// want them.
     fn expect_data(&self, more: usize);
+
+    /// The link's round trip, where the pool timed it while connecting.
+    fn round_trip(&self) -> Option<Duration>;
+}
+
+/// What a transfer's connect is told before its first connection is up.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Eager {
+    /// Data will most likely move: the first connection's data session starts at once, and a
+    /// far link opens [`Eager::ahead_when_far`] more connections as soon as its round trip is
+    /// known, each of which takes many round trips to come up.
+    pub data_likely: bool,
+    /// A round trip at least this long makes the link far.
+    pub far: Duration,
+    /// Connections opened ahead over a far link when data is likely.
+    pub ahead_when_far: usize,
 }
 
 /// A data session being opened while other work goes on.
@@ -123,19 +145,24 @@ pub struct SessionPool {
     first_data: Mutex<Option<Pending>>,
     /// Data sessions being opened ahead of the workers that will want them.
     opening: Mutex<Vec<Opening>>,
+    /// Connections opened ahead so far, taken or not.
+    ahead_asked: AtomicUsize,
+    /// The round trip timed while connecting.
+    round_trip: Option<Duration>,
     /// A dry run's pool: it plans and never moves data.
     planning_only: bool,
 }
 
 impl SessionPool {
-    /// Connects to `host` for a transfer: the planner, and the first connection's data session
-    /// started at once when `eager` (see the module's opening).
+    /// Connects to `host` for a transfer: the planner, and where data is likely (`eager`, see
+    /// the module's opening) the first connection's data session started at once, and over a
+    /// far link more connections opened ahead.
     pub async fn connect(
         connector: Arc<Connector>,
         host: HostSpec,
         agent: AgentMode,
         reporter: Arc<dyn Reporter>,
-        eager: bool,
+        eager: Eager,
     ) -> Result<SessionPool> {
         let opener = Opener {
             connector,
@@ -145,14 +172,43 @@ impl SessionPool {
             fallback_said: Arc::new(AtomicBool::new(false)),
         };
         let connection = Arc::new(opener.connector.connect(&opener.host).await?);
-        let (planner, pending) = first_sessions(&opener, connection, eager).await?;
+        // The round trip is timed beside the first sessions' start, and a far link's
+        // connections are opened the moment it is known rather than once the planner is up.
+        let opening = Mutex::new(Vec::new());
+        let timing = async {
+            let round_trip = connection.round_trip().await;
+            if eager.data_likely && round_trip.is_some_and(|round_trip| round_trip >= eager.far) {
+                opening
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .extend((0..eager.ahead_when_far).map(|_| opener.open_ahead(None)));
+            }
+            round_trip
+        };
+        let (round_trip, sessions) = tokio::join!(
+            timing,
+            first_sessions(&opener, connection.clone(), eager.data_likely)
+        );
+        let opening = opening.into_inner().unwrap_or_else(PoisonError::into_inner);
+        let (planner, pending) = match sessions {
+            Ok(sessions) => sessions,
+            Err(error) => {
+                for ahead in opening {
+                    ahead.abort();
+                }
+                return Err(error);
+            }
+        };
+        tracing::debug!(?round_trip, ahead = opening.len(), "first connection up");
         Ok(SessionPool {
             remote_id: remote_id(&planner),
             opener,
             planner,
             first_data: Mutex::new(Some(pending)),
-            opening: Mutex::new(Vec::new()),
+            ahead_asked: AtomicUsize::new(opening.len()),
+            opening: Mutex::new(opening),
             planning_only: false,
+            round_trip,
         })
     }
 
@@ -185,7 +241,9 @@ impl SessionPool {
             planner,
             first_data: Mutex::new(None),
             opening: Mutex::new(Vec::new()),
+            ahead_asked: AtomicUsize::new(0),
             planning_only: true,
+            round_trip: None,
         })
     }
 
@@ -328,9 +386,14 @@ impl Pool for SessionPool {
                 *first_data = Some(Pending::Starting(starting));
             }
         }
+        let asked = self.ahead_asked.fetch_max(more, Ordering::AcqRel);
         self.opening
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .extend((0..more).map(|_| self.opener.open_ahead(None)));
+            .extend((asked..more).map(|_| self.opener.open_ahead(None)));
+    }
+
+    fn round_trip(&self) -> Option<Duration> {
+        self.round_trip
     }
 }

@@ -40,6 +40,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
+/// How long a timed global request waits for its answer ([`Connection::round_trip`]).
+pub const ROUND_TRIP_WAIT: Duration = Duration::from_secs(5);
+
 /// ConnectTimeout when the config sets none: long enough for a slow login host, short enough
 /// that a black-holed address is reported while the user still waits.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -1059,6 +1062,32 @@ impl Connection {
                 ),
             )),
         }
+    }
+
+    /// The link's round trip, timed on SSH global requests (`keepalive@openssh.com`, which
+    /// every server answers, if only to refuse it): None where the system ssh carries the
+    /// connection, or when an answer does not come within [`ROUND_TRIP_WAIT`].
+    ///
+    /// The shorter of two, one after the other: right after a login the server may still be
+    /// busy with it (PAM sessions, a slow directory service) and answer the first late, which
+    /// would make a near host look far.
+    pub async fn round_trip(&self) -> Option<Duration> {
+        let Link::Native { handle, .. } = &*self.link else {
+            return None;
+        };
+        let mut shortest: Option<Duration> = None;
+        for _ in 0..2 {
+            let started = tokio::time::Instant::now();
+            match tokio::time::timeout(ROUND_TRIP_WAIT, handle.send_ping()).await {
+                // A connection that closed meanwhile answers at once, and tells nothing.
+                Ok(Ok(())) if !self.is_closed() => {
+                    let took = started.elapsed();
+                    shortest = Some(shortest.map_or(took, |shortest| shortest.min(took)));
+                }
+                _ => return None,
+            }
+        }
+        shortest
     }
 
     /// Whether the system ssh carries this connection.

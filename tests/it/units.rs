@@ -268,6 +268,48 @@ fn directories_of_every_size_around_the_listings_batches_arrive_whole() {
 }
 
 #[test]
+fn a_far_link_opens_its_connections_as_soon_as_its_round_trip_is_timed() {
+    // A round trip of 40 ms or more: far (20 ms). A first pull: data is likely, so the budget
+    // (twice -j 4) is opened when the first connection has logged in and timed its round
+    // trip, beside the planner's start, not after it.
+    let bench = bench(&[]);
+    make_tree(&bench.path("source"), 2, 1, 1000);
+    bench
+        .proxy
+        .set_mode(ProxyMode::Delay(Duration::from_millis(20)));
+    let output = bench.pull(&["-vv"]);
+    assert_success(&output);
+    assert_eq!(
+        files_digest(&bench.path("source")),
+        files_digest(&bench.path("copy"))
+    );
+    let log = String::from_utf8_lossy(&output.stderr);
+    let line = log
+        .lines()
+        .find(|line| line.contains("first connection up"))
+        .unwrap_or_else(|| panic!("no line on the first connection:\n{log}"));
+    assert!(
+        line.contains("round_trip=Some(") && line.contains("ahead=7"),
+        "{line}"
+    );
+    assert_eq!(bench.proxy.connections(), 8);
+
+    // Over the same link undelayed, a re-run of a complete tree: nothing opened ahead.
+    bench.proxy.set_mode(ProxyMode::Pass);
+    let output = bench.pull(&["-vv"]);
+    assert_success(&output);
+    let log = String::from_utf8_lossy(&output.stderr);
+    let line = log
+        .lines()
+        .find(|line| line.contains("first connection up"))
+        .unwrap_or_else(|| panic!("no line on the first connection:\n{log}"));
+    assert!(
+        line.contains("round_trip=Some(") && line.contains("ahead=0"),
+        "{line}"
+    );
+}
+
+#[test]
 fn a_stalled_link_is_detected_and_retried() {
     let bench = bench(&["ServerAliveInterval 1", "ServerAliveCountMax 2"]);
     let data = make_tree(&bench.path("source"), 2, 2, 8 * MIB);

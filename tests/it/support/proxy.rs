@@ -35,6 +35,9 @@ pub enum ProxyMode {
     /// Forward everything, but no faster than this many bytes per second over all connections
     /// and both directions together, like one slow shared link (a rate of 0 is taken as 1).
     Throttle { bytes_per_second: u64 },
+    /// Forward everything, each chunk this long after it was read, in each direction: a far
+    /// link's round trip of at least twice the delay (a chunk behind another waits for it too).
+    Delay(Duration),
 }
 
 /// A byte-counting proxy; dropping it closes the listener and every connection.
@@ -386,6 +389,7 @@ fn pump(
         let (allowed, next, pace) = reserve(shared, id, count);
         if let Some(until) = pace {
             // Throttled: these bytes leave when the shared link has carried the ones before.
+            // Delayed: they leave once the link's delay has passed.
             thread::sleep(until.saturating_duration_since(Instant::now()));
         }
         let mut written = 0;
@@ -444,10 +448,12 @@ fn reserve(shared: &Shared, id: u64, count: usize) -> (usize, Next, Option<Insta
         return (allowed, next, None);
     }
     let mut state = shared.lock();
-    let ProxyMode::Throttle { bytes_per_second } = state.mode else {
-        return (allowed, next, None);
-    };
     let now = Instant::now();
+    let bytes_per_second = match state.mode {
+        ProxyMode::Throttle { bytes_per_second } => bytes_per_second,
+        ProxyMode::Delay(delay) => return (allowed, next, Some(now + delay)),
+        _ => return (allowed, next, None),
+    };
     let start = state.throttle_free_at.map_or(now, |free| free.max(now));
     let takes = Duration::from_secs_f64(allowed as f64 / bytes_per_second.max(1) as f64);
     state.throttle_free_at = Some(start + takes);
@@ -472,7 +478,9 @@ fn reserve_bytes(shared: &Shared, id: u64, count: usize) -> (usize, Next) {
     }
     let wanted = count as u64;
     match state.mode {
-        ProxyMode::Pass | ProxyMode::Throttle { .. } => (count, Next::Continue),
+        ProxyMode::Pass | ProxyMode::Throttle { .. } | ProxyMode::Delay(_) => {
+            (count, Next::Continue)
+        }
         ProxyMode::CutEachAfter(limit) | ProxyMode::StallEachAfter(limit) => {
             let allowed = min(wanted, limit.saturating_sub(link.carried));
             link.carried += allowed;
