@@ -25,18 +25,23 @@ cipher=aes256-gcm@openssh.com
 start_bench
 
 # make_tree DIR COUNT: COUNT files of 100-2048 bytes of deterministic noise, 1,000 per
-# directory (d0000/f0000.bin ...).
+# directory (d0000/f0000.bin ...), dated an hour ago like a dataset at rest: a pull of files
+# written seconds before it is content-checked by the next run (docs/design.md, "Up to date"),
+# which would make the no-op re-run measure that instead.
 make_tree() {
   python3 - "$1" "$2" <<'PY'
-import os, random, sys
+import os, random, sys, time
 root, count = sys.argv[1], int(sys.argv[2])
 rng = random.Random(26)
+past = time.time() - 3600
 for index in range(count):
     directory = os.path.join(root, f"d{index // 1000:04}")
     if index % 1000 == 0:
         os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, f"f{index % 1000:04}.bin"), "wb") as out:
+    path = os.path.join(directory, f"f{index % 1000:04}.bin")
+    with open(path, "wb") as out:
         out.write(rng.randbytes(rng.randint(100, 2048)))
+    os.utime(path, (past, past))
 PY
 }
 
