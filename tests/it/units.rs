@@ -267,6 +267,15 @@ fn directories_of_every_size_around_the_listings_batches_arrive_whole() {
     assert_eq!(result["bytes_moved"], 0, "{result}");
 }
 
+/// The `-vv` line of a run on its first connection: the round trip timed, connections ahead.
+fn first_connection_line(output: &Output) -> String {
+    let log = String::from_utf8_lossy(&output.stderr);
+    log.lines()
+        .find(|line| line.contains("first connection up"))
+        .unwrap_or_else(|| panic!("no line on the first connection:\n{log}"))
+        .to_string()
+}
+
 #[test]
 fn a_far_link_opens_its_connections_as_soon_as_its_round_trip_is_timed() {
     // A round trip of 40 ms or more: far (20 ms). A first pull: data is likely, so the budget
@@ -283,11 +292,7 @@ fn a_far_link_opens_its_connections_as_soon_as_its_round_trip_is_timed() {
         files_digest(&bench.path("source")),
         files_digest(&bench.path("copy"))
     );
-    let log = String::from_utf8_lossy(&output.stderr);
-    let line = log
-        .lines()
-        .find(|line| line.contains("first connection up"))
-        .unwrap_or_else(|| panic!("no line on the first connection:\n{log}"));
+    let line = first_connection_line(&output);
     assert!(
         line.contains("round_trip=Some(") && line.contains("ahead=7"),
         "{line}"
@@ -298,11 +303,7 @@ fn a_far_link_opens_its_connections_as_soon_as_its_round_trip_is_timed() {
     bench.proxy.set_mode(ProxyMode::Pass);
     let output = bench.pull(&["-vv"]);
     assert_success(&output);
-    let log = String::from_utf8_lossy(&output.stderr);
-    let line = log
-        .lines()
-        .find(|line| line.contains("first connection up"))
-        .unwrap_or_else(|| panic!("no line on the first connection:\n{log}"));
+    let line = first_connection_line(&output);
     assert!(
         line.contains("round_trip=Some(") && line.contains("ahead=0"),
         "{line}"
