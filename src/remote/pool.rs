@@ -59,6 +59,9 @@ pub trait Pool: Send + Sync + 'static {
     fn round_trip(&self) -> Option<Duration>;
 }
 
+/// How long the round trip's timing may go on once the planner is up ([`SessionPool::connect`]).
+const ROUND_TRIP_GRACE: Duration = Duration::from_millis(500);
+
 /// What a transfer's connect is told before its first connection is up.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Eager {
@@ -175,8 +178,19 @@ impl SessionPool {
         // The round trip is timed beside the first sessions' start, and a far link's
         // connections are opened the moment it is known rather than once the planner is up.
         let opening = Mutex::new(Vec::new());
+        let (planner_up, planner_is_up) = tokio::sync::oneshot::channel::<()>();
         let timing = async {
-            let round_trip = connection.round_trip().await;
+            // A server slow to answer global requests (each waits up to ROUND_TRIP_WAIT) must
+            // not hold the run back: once the planner is up, the timing gets a moment more,
+            // then the engine times a request of its own instead.
+            let given_up = async {
+                let _ = planner_is_up.await;
+                tokio::time::sleep(ROUND_TRIP_GRACE).await;
+            };
+            let round_trip = tokio::select! {
+                round_trip = connection.round_trip() => round_trip,
+                () = given_up => None,
+            };
             if eager.data_likely && round_trip.is_some_and(|round_trip| round_trip >= eager.far) {
                 opening
                     .lock()
@@ -185,10 +199,12 @@ impl SessionPool {
             }
             round_trip
         };
-        let (round_trip, sessions) = tokio::join!(
-            timing,
-            first_sessions(&opener, connection.clone(), eager.data_likely)
-        );
+        let starting = async {
+            let sessions = first_sessions(&opener, connection.clone(), eager.data_likely).await;
+            let _ = planner_up.send(());
+            sessions
+        };
+        let (round_trip, sessions) = tokio::join!(timing, starting);
         let opening = opening.into_inner().unwrap_or_else(PoisonError::into_inner);
         let (planner, pending) = match sessions {
             Ok(sessions) => sessions,
