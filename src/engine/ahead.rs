@@ -168,16 +168,19 @@ mod tests {
         assert_eq!(queue.next_for_worker().await, None);
     }
 
+    /// A scout asking for its next unit (one plan may wait), in a task of its own.
+    fn spawn_scout(queue: &Arc<UnitQueue<i32, i32>>) -> tokio::task::JoinHandle<Option<i32>> {
+        let queue = queue.clone();
+        tokio::spawn(async move { queue.next_for_scout(1).await })
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_scout_waits_while_enough_plans_wait() {
         let queue: Arc<UnitQueue<i32, i32>> = Arc::new(UnitQueue::new([1, 2, 3, 4]));
         queue.next_for_scout(1).await.expect("a unit");
         queue.scouted(Scouted::Planned(10));
         // A second plan would wait too: the scout waits until a worker takes the first.
-        let scout = {
-            let queue = queue.clone();
-            tokio::spawn(async move { queue.next_for_scout(1).await })
-        };
+        let scout = spawn_scout(&queue);
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(!scout.is_finished(), "the scout did not wait for room");
         assert_eq!(queue.next_for_worker().await, Some(Next::Planned(10)));
@@ -193,10 +196,7 @@ mod tests {
         let queue: Arc<UnitQueue<i32, i32>> = Arc::new(UnitQueue::new([1, 2]));
         queue.next_for_scout(1).await.expect("a unit");
         queue.scouted(Scouted::Planned(10));
-        let scout = {
-            let queue = queue.clone();
-            tokio::spawn(async move { queue.next_for_scout(1).await })
-        };
+        let scout = spawn_scout(&queue);
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(queue.next_for_worker().await, Some(Next::Planned(10)));
         // The worker may take the last unit before the scout wakes; either way the scout ends
