@@ -177,7 +177,6 @@ impl SessionPool {
         let connection = Arc::new(opener.connector.connect(&opener.host).await?);
         // The round trip is timed beside the first sessions' start, and a far link's
         // connections are opened the moment it is known rather than once the planner is up.
-        let opening = Mutex::new(Vec::new());
         let (planner_up, planner_is_up) = tokio::sync::oneshot::channel::<()>();
         let timing = async {
             // A server slow to answer global requests (each waits up to ROUND_TRIP_WAIT) must
@@ -191,21 +190,21 @@ impl SessionPool {
                 round_trip = connection.round_trip() => round_trip,
                 () = given_up => None,
             };
-            if eager.data_likely && round_trip.is_some_and(|round_trip| round_trip >= eager.far) {
-                opening
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .extend((0..eager.ahead_when_far).map(|_| opener.open_ahead(None)));
-            }
-            round_trip
+            let far = round_trip.is_some_and(|round_trip| round_trip >= eager.far);
+            let ahead = if eager.data_likely && far {
+                eager.ahead_when_far
+            } else {
+                0
+            };
+            let opening: Vec<Opening> = (0..ahead).map(|_| opener.open_ahead(None)).collect();
+            (round_trip, opening)
         };
         let starting = async {
             let sessions = first_sessions(&opener, connection.clone(), eager.data_likely).await;
             let _ = planner_up.send(());
             sessions
         };
-        let (round_trip, sessions) = tokio::join!(timing, starting);
-        let opening = opening.into_inner().unwrap_or_else(PoisonError::into_inner);
+        let ((round_trip, opening), sessions) = tokio::join!(timing, starting);
         let (planner, pending) = match sessions {
             Ok(sessions) => sessions,
             Err(error) => {
