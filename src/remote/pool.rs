@@ -191,6 +191,9 @@ impl SessionPool {
                 () = given_up => None,
             };
             let far = round_trip.is_some_and(|round_trip| round_trip >= eager.far);
+            if far {
+                opener.connector.link_is_far(&connection);
+            }
             let ahead = if eager.data_likely && far {
                 eager.ahead_when_far
             } else {

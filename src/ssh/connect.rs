@@ -389,6 +389,13 @@ impl Connector {
         self.connect_resolved(Arc::new(config)).await
     }
 
+    /// The link to `connection`'s host is far: the run's next connections to it are opened
+    /// together rather than on a ramp (see `startups`).
+    pub fn link_is_far(&self, connection: &Connection) {
+        self.startups
+            .far(&startup_key(connection.config()), connection.label());
+    }
+
     /// Connects at the pace the host takes new connections (see `startups`).
     ///
     /// A host whose login asked a person for answers (a password, a one-time code) is logged

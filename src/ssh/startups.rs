@@ -9,7 +9,10 @@
 //! slow start grows its window, each login the host accepts lets two more connections be opened
 //! at once, up to [`MOST_AT_ONCE`] (see [`at_once`]). A login takes several round trips, half a
 //! second on a 100 ms link, so a fixed two at a time would keep most of a far run's connections
-//! waiting for seconds. When a connection to a host that has already accepted one of this
+//! waiting for seconds. Over a link known to be far ([`Startups::far`]) even that ramp costs a
+//! login's round trips per step, a second or more in all: once the host has accepted one
+//! connection, [`MOST_AT_ONCE`] are opened together, and a host that limits start-ups is
+//! found out by its early closes as below. When a connection to a host that has already accepted one of this
 //! run's is closed before it logged in, that is the host's limit, not a failure: the connect is
 //! tried again after a backoff with jitter, without counting against `--retries`, at most
 //! [`MAX_EARLY_CLOSES`] times, and from then on connections to that host are opened one at a
@@ -87,12 +90,16 @@ struct State {
     opening: usize,
     /// The host closed one before login after accepting others: one at a time from then on.
     limited: bool,
+    /// The link to the host is far: no ramp once it accepted one.
+    far: bool,
 }
 
 impl State {
     fn at_once(&self) -> usize {
         if self.limited {
             1
+        } else if self.far && self.accepted > 0 {
+            MOST_AT_ONCE
         } else {
             at_once(self.accepted)
         }
@@ -155,6 +162,17 @@ impl Startups {
     fn host(&self, key: &str) -> Arc<Host> {
         let mut hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
         hosts.entry(key.to_string()).or_default().clone()
+    }
+
+    /// The link to the host `key` is far (its round trip was timed): from its first accepted
+    /// login on, connections are opened [`MOST_AT_ONCE`] at a time, without the ramp, unless
+    /// the host limits them.
+    pub fn far(&self, key: &str, label: &str) {
+        let host = self.host(key);
+        if !std::mem::replace(&mut host.lock().far, true) {
+            tracing::debug!(%label, "a far link: connections open up to {MOST_AT_ONCE} at once");
+        }
+        host.changed.notify_waiters();
     }
 
     /// Opens one connection to the host `key` with `attempt` (which logs in), paced as the
@@ -285,6 +303,64 @@ mod tests {
         assert_eq!(started.elapsed(), Duration::from_millis(500));
         assert_eq!(gauge.most(), MOST_AT_ONCE);
         assert!(!startups.limited("h:22"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn over_a_far_link_the_most_are_opened_at_once_after_the_first_login() {
+        let startups = Arc::new(Startups::new());
+        let gauge = Arc::new(Gauge::default());
+        startups
+            .open("h:22", "h", || {
+                gauge.attempt(Duration::from_millis(100), Ok(()))
+            })
+            .await
+            .expect("the first connection");
+        startups.far("h:22", "h");
+        let mut opens = tokio::task::JoinSet::new();
+        for _ in 0..MOST_AT_ONCE + 2 {
+            let (startups, gauge) = (startups.clone(), gauge.clone());
+            opens.spawn(async move {
+                startups
+                    .open("h:22", "h", || {
+                        gauge.attempt(Duration::from_millis(100), Ok(()))
+                    })
+                    .await
+            });
+        }
+        let started = Instant::now();
+        while let Some(joined) = opens.join_next().await {
+            assert!(joined.expect("no panic").is_ok());
+        }
+        // The most at once, then the two left: no ramp of 2, then 6.
+        assert_eq!(gauge.most(), MOST_AT_ONCE);
+        assert_eq!(started.elapsed(), Duration::from_millis(200));
+        // Another host is not far for it.
+        assert!(!startups.host("other:22").lock().far);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_far_host_is_still_opened_to_alone_until_it_takes_a_login() {
+        let startups = Arc::new(Startups::new());
+        startups.far("h:22", "h");
+        let gauge = Arc::new(Gauge::default());
+        let mut opens = tokio::task::JoinSet::new();
+        for _ in 0..3 {
+            let (startups, gauge) = (startups.clone(), gauge.clone());
+            opens.spawn(async move {
+                startups
+                    .open("h:22", "h", || {
+                        gauge.attempt(Duration::from_millis(100), Ok(()))
+                    })
+                    .await
+            });
+        }
+        let started = Instant::now();
+        while let Some(joined) = opens.join_next().await {
+            assert!(joined.expect("no panic").is_ok());
+        }
+        // One alone, then the other two together.
+        assert_eq!(started.elapsed(), Duration::from_millis(200));
+        assert_eq!(gauge.most(), 2);
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! correctly.
 
 use crate::support::{
-    Sshd, assert_succeeded, files_digest, pattern, run_with_timeout, xfer_command_in,
+    Proxy, ProxyMode, Sshd, assert_succeeded, files_digest, pattern, run_with_timeout,
+    xfer_command_in,
 };
 use serde_json::Value;
 use std::fs;
@@ -41,6 +42,7 @@ struct Host {
     sshd: Sshd,
     config: PathBuf,
     work: tempfile::TempDir,
+    _proxy: Option<Proxy>,
 }
 
 fn host(sshd_lines: &str) -> Host {
@@ -48,7 +50,29 @@ fn host(sshd_lines: &str) -> Host {
     let work = tempfile::tempdir().unwrap();
     let config = work.path().join("ssh_config");
     sshd.append_client_config(&config, "limited", &[]);
-    Host { sshd, config, work }
+    Host {
+        sshd,
+        config,
+        work,
+        _proxy: None,
+    }
+}
+
+/// A host behind a link of `round_trip`, emulated by a proxy in front of its sshd.
+fn far_host(sshd_lines: &str, round_trip: Duration) -> Host {
+    let sshd = Sshd::builder().extra_config(sshd_lines).start();
+    let proxy = Proxy::start(sshd.port());
+    proxy.set_mode(ProxyMode::Delay(round_trip / 2));
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("ssh_config");
+    let port = format!("Port {}", proxy.port());
+    sshd.append_client_config(&config, "limited", &[&port]);
+    Host {
+        sshd,
+        config,
+        work,
+        _proxy: Some(proxy),
+    }
 }
 
 impl Host {
@@ -186,6 +210,48 @@ fn a_host_that_drops_every_second_start_up_is_seen_as_limited_and_paced() {
             describe(&output)
         );
     }
+}
+
+#[test]
+fn a_far_host_that_limits_start_ups_drops_the_connections_opened_together_and_they_come_back() {
+    // Over a far link, once the first login is in, a pull into nothing opens its whole budget
+    // (twice -j 4) together rather than on a ramp; sshd keeps two start-ups at most and drops
+    // the rest, which must be ridden out without a retry of any unit.
+    let host = far_host("MaxStartups 2:30:4", Duration::from_millis(40));
+    make_tree(&host.path("source"), 5);
+    let copy = host.path("copy");
+    let output = host.xfer(
+        "pull",
+        &[
+            "--json",
+            "-vv",
+            "-j",
+            "4",
+            "--retries",
+            "0",
+            &host.remote("source"),
+            copy.to_str().unwrap(),
+        ],
+    );
+    assert_succeeded(&output, "pull");
+    assert_eq!(files_digest(&host.path("source")), files_digest(&copy));
+    assert_no_retry(&output, "pull");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("a far link: connections open up to"),
+        "{}",
+        describe(&output)
+    );
+    let dropped = host.sshd.log().matches("past MaxStartups").count();
+    assert!(
+        dropped > 0,
+        "sshd dropped nothing: the connections were not opened together"
+    );
+    assert!(
+        stderr.contains("the host limits new connections"),
+        "{}",
+        describe(&output)
+    );
 }
 
 #[test]
