@@ -45,7 +45,7 @@ pub(super) enum Next<U, T> {
 
 /// What became of a unit a scout took.
 pub(super) enum Scouted<U, T> {
-    /// Found complete: nothing more to do.
+    /// Settled by the scout (found complete, or failed for good): nothing more to do.
     Complete,
     /// It has work: a worker runs it on this plan.
     Planned(T),

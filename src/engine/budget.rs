@@ -81,7 +81,24 @@ impl Budget {
 #[error("the transfer would hold more than {} MiB for the names and paths it lists", .cap >> 20)]
 pub struct OverBudget {
     pub cap: usize,
+    /// The holder's own limit was passed (see [`Held::at_most`]), not the whole budget's cap:
+    /// another holder with more room may succeed.
+    pub share: bool,
 }
+
+/// The source of a plan's error when the plan passed its own share of the budget
+/// ([`Held::at_most`]) rather than the budget's cap: planned with more room, it may succeed. It
+/// says nothing of its own: the error's message says what happened.
+#[derive(Debug, Clone, Copy)]
+pub struct OverShare;
+
+impl std::fmt::Display for OverShare {
+    fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        Ok(())
+    }
+}
+
+impl std::error::Error for OverShare {}
 
 /// Bytes taken from a budget by one holder (a plan, a discovery's units), given back when it is
 /// dropped.
@@ -111,7 +128,10 @@ impl Held {
     /// own limit would be passed.
     pub fn take(&mut self, bytes: usize) -> Result<(), OverBudget> {
         if self.bytes.saturating_add(bytes) > self.limit {
-            return Err(OverBudget { cap: self.limit });
+            return Err(OverBudget {
+                cap: self.limit,
+                share: true,
+            });
         }
         if self.budget.take(bytes) {
             self.bytes += bytes;
@@ -119,6 +139,7 @@ impl Held {
         } else {
             Err(OverBudget {
                 cap: self.budget.cap,
+                share: false,
             })
         }
     }
@@ -161,10 +182,22 @@ mod tests {
         let mut first = Held::new(&BUDGET);
         let mut second = Held::new(&BUDGET);
         assert_eq!(first.take(600), Ok(()));
-        assert_eq!(second.take(401), Err(OverBudget { cap: 1000 }));
+        assert_eq!(
+            second.take(401),
+            Err(OverBudget {
+                cap: 1000,
+                share: false
+            })
+        );
         let mut limited = Held::new(&BUDGET).at_most(300);
         assert_eq!(limited.take(200), Ok(()));
-        assert_eq!(limited.take(101), Err(OverBudget { cap: 300 }));
+        assert_eq!(
+            limited.take(101),
+            Err(OverBudget {
+                cap: 300,
+                share: true
+            })
+        );
         assert_eq!(limited.take(100), Ok(()));
         drop(limited);
         // A refusal takes nothing.
@@ -177,13 +210,22 @@ mod tests {
         // Never more than was taken.
         second.give_back(10_000);
         assert_eq!((second.bytes(), BUDGET.used()), (0, 500));
-        assert_eq!(second.take(usize::MAX), Err(OverBudget { cap: 1000 }));
+        assert_eq!(
+            second.take(usize::MAX),
+            Err(OverBudget {
+                cap: 1000,
+                share: false
+            })
+        );
         drop(first);
         assert_eq!(BUDGET.used(), 0);
         assert!(
-            OverBudget { cap: 512 << 20 }
-                .to_string()
-                .contains("more than 512 MiB")
+            OverBudget {
+                cap: 512 << 20,
+                share: false
+            }
+            .to_string()
+            .contains("more than 512 MiB")
         );
     }
 

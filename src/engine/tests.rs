@@ -639,6 +639,53 @@ async fn a_rerun_plans_units_ahead_of_the_workers_and_lists_each_once() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_directory_a_scout_cannot_list_fails_once_and_is_not_listed_again() {
+    // -j 1 over a far link: the worker takes the first units, scouts plan the next ones,
+    // among them a directory the host refuses to list. A worker planning it again would meet
+    // the same refusal: it fails after one attempt, listed once, and the rest arrives.
+    let fixture = Fixture::new();
+    for unit in 0..20 {
+        fixture
+            .host
+            .put_file(&format!("/data/u{unit:02}/f.txt"), b"f\n");
+    }
+    fixture.host.set_faults(Faults {
+        round_trip: Some(Duration::from_millis(50)),
+        unlistable: Some("/data/u06".into()),
+        ..Faults::default()
+    });
+    let summary = fixture.pull(options(1, 3)).await;
+    let failed: Vec<_> = summary
+        .units
+        .iter()
+        .filter(|unit| unit.outcome == UnitOutcome::Failed)
+        .collect();
+    assert_eq!(failed.len(), 1, "{:?}", summary.units);
+    assert_eq!(failed[0].unit, "u06");
+    assert_eq!(failed[0].attempts, 1);
+    assert!(
+        failed[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|error| error.contains("permission denied")),
+        "{:?}",
+        failed[0]
+    );
+    assert_eq!(summary.errors.len(), 1, "{:?}", summary.errors);
+    assert_eq!(
+        fixture
+            .host
+            .counters
+            .unlistable_tries
+            .load(Ordering::Relaxed),
+        1,
+        "the directory was listed again"
+    );
+    assert_eq!(summary.files_transferred, 19);
+    assert_eq!(fixture.pulled("u19/f.txt"), b"f\n");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_permanent_failure_is_not_retried_and_other_units_go_on() {
     let fixture = Fixture::new();
     fixture.remote_tree();

@@ -438,8 +438,10 @@ async fn worker<P: Pool>(shared: Arc<Shared<P>>) {
     drop(slot);
 }
 
-/// Plans units ahead of the workers over the planner (see [`crate::engine::ahead`]): a unit
-/// found complete is done here, one with work is handed to the workers with its plan.
+/// Plans units ahead of the workers (see [`crate::engine::ahead`]) over the pool's listing
+/// session beside the planner's ([`Pool::lister`]), else over the planner: a unit found
+/// complete is done here, and so is one whose planning failed for a reason a worker would meet
+/// again; one with work is handed to the workers with its plan.
 ///
 /// What planning ahead costs is memory, which must never make a worker's plan fail: the
 /// scouts' plans together hold at most half the transfer's budget (`share` each), a scout
@@ -448,11 +450,24 @@ async fn worker<P: Pool>(shared: Arc<Shared<P>>) {
 /// stop: the tree's units are large, and listing them twice would cost more than planning
 /// ahead saves.
 async fn scout<P: Pool>(shared: Arc<Shared<P>>, jobs: usize, share: usize) {
+    let mut lister = None;
     while !shared.planner.is_closed()
         && budget::TRANSFER.mostly_free()
         && let Some(unit) = shared.queue.next_for_scout(jobs).await
     {
-        let outcome = match check_unit(&shared, &shared.planner, &unit, share).await {
+        // Asked for once a scout has a unit: a tree the workers plan alone opens no session
+        // for the scouts.
+        let remote = match &lister {
+            Some(remote) => remote,
+            None => lister.insert(
+                shared
+                    .pool
+                    .lister()
+                    .await
+                    .unwrap_or_else(|| shared.planner.clone()),
+            ),
+        };
+        let outcome = match check_unit(&shared, remote, &unit, share).await {
             Ok(Checked::Complete(summary)) => {
                 let report = UnitReport {
                     unit: unit_name(&unit),
@@ -467,10 +482,30 @@ async fn scout<P: Pool>(shared: Arc<Shared<P>>, jobs: usize, share: usize) {
                 Scouted::Complete
             }
             Ok(Checked::Work(plan)) => Scouted::Planned((unit, plan)),
-            // Planned again by a worker, which retries what is transient.
-            Err(_) => {
+            // Planned again by a worker, which retries what is transient and has the room
+            // a scout's share lacked.
+            Err(error) if error.is_transient() || error.source_is::<budget::OverShare>() => {
                 shared.queue.stop_scouting();
                 Scouted::GiveBack(unit)
+            }
+            // A worker would meet it again (a listing past its cap, a directory it may not
+            // read): planning it twice would only double what a server made xfer read.
+            Err(error) => {
+                let report = UnitReport {
+                    unit: unit_name(&unit),
+                    outcome: UnitOutcome::Failed,
+                    attempts: 1,
+                    files_transferred: 0,
+                    bytes_moved: 0,
+                    last_error: Some(error.to_string()),
+                };
+                let summary = Summary {
+                    errors: vec![ItemError::new(&report.unit, &error)],
+                    ..Summary::default()
+                };
+                record_result(&shared, report, summary);
+                shared.unit_settled();
+                Scouted::Complete
             }
         };
         shared.queue.scouted(outcome);

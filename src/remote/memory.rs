@@ -78,6 +78,9 @@ pub struct Faults {
     /// The host takes no whole small files in one request (an agent older than protocol
     /// version 5, or SFTP).
     pub no_put_small: bool,
+    /// Listing this directory is refused for good (permission denied); each try is counted
+    /// in [`Counters::unlistable_tries`].
+    pub unlistable: Option<String>,
 }
 
 /// What the host's connections did.
@@ -100,6 +103,8 @@ pub struct Counters {
     /// Directories listed, those being listed now, and the most listed at once (a listing
     /// takes `Faults::round_trip`).
     pub listings: AtomicU64,
+    /// Listings of [`Faults::unlistable`] tried.
+    pub unlistable_tries: AtomicU64,
     pub listings_now: AtomicUsize,
     pub most_listings_at_once: AtomicUsize,
 }
@@ -243,6 +248,19 @@ impl MemoryHost {
             moved: AtomicU64::new(0),
             read: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            counted: true,
+        }
+    }
+
+    /// A second session on the planner's connection: never cut, not counted as a connection.
+    pub fn planner_session(self: &Arc<Self>) -> MemoryRemote {
+        MemoryRemote {
+            host: self.clone(),
+            cut_after: None,
+            moved: AtomicU64::new(0),
+            read: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            counted: false,
         }
     }
 
@@ -283,11 +301,13 @@ pub struct MemoryRemote {
     moved: AtomicU64,
     read: AtomicU64,
     closed: AtomicBool,
+    /// A connection of its own, counted among the host's (not a second session on one).
+    counted: bool,
 }
 
 impl Drop for MemoryRemote {
     fn drop(&mut self) {
-        if !self.closed.load(Ordering::Relaxed) {
+        if self.counted && !self.closed.load(Ordering::Relaxed) {
             self.host
                 .counters
                 .connections_open
@@ -318,7 +338,7 @@ impl MemoryRemote {
 
     /// Closes the connection as a dropped link would.
     pub fn cut(&self) {
-        if !self.closed.swap(true, Ordering::Relaxed) {
+        if !self.closed.swap(true, Ordering::Relaxed) && self.counted {
             self.host
                 .counters
                 .connections_open
@@ -422,6 +442,12 @@ impl Remote for MemoryRemote {
                 .fetch_max(now, Ordering::Relaxed);
             tokio::time::sleep(round_trip).await;
             counters.listings_now.fetch_sub(1, Ordering::Relaxed);
+        }
+        if self.host.faults().unlistable.as_deref() == Some(path) {
+            counters.unlistable_tries.fetch_add(1, Ordering::Relaxed);
+            return Err(
+                Error::remote(format!("memory: {path}: permission denied")).transient(false)
+            );
         }
         match self.host.node(path) {
             Some(Node::Directory { .. }) => {}
@@ -728,6 +754,8 @@ impl Remote for MemoryRemote {
 pub struct MemoryPool {
     host: Arc<MemoryHost>,
     planner: Arc<MemoryRemote>,
+    /// The scouts' listing session: another remote like the planner, never cut.
+    lister: Arc<MemoryRemote>,
     ahead: Mutex<Vec<MemoryRemote>>,
 }
 
@@ -735,6 +763,7 @@ impl MemoryPool {
     pub fn new(host: Arc<MemoryHost>) -> MemoryPool {
         MemoryPool {
             planner: Arc::new(host.connect_planner()),
+            lister: Arc::new(host.planner_session()),
             host,
             ahead: Mutex::new(Vec::new()),
         }
@@ -780,5 +809,9 @@ impl Pool for MemoryPool {
     /// slows on the clock tests pause.
     fn round_trip(&self) -> Option<std::time::Duration> {
         None
+    }
+
+    async fn lister(&self) -> Option<Arc<MemoryRemote>> {
+        Some(self.lister.clone())
     }
 }

@@ -57,6 +57,14 @@ pub trait Pool: Send + Sync + 'static {
 
     /// The link's round trip, where the pool timed it while connecting.
     fn round_trip(&self) -> Option<Duration>;
+
+    /// A listing session beside the planner's for the scouts, the same one for all of them,
+    /// where the host gives one: an SFTP server answers one request after another, so two
+    /// sessions (two server processes on the host) list a large tree side by side. None keeps
+    /// the scouts on the planner.
+    fn lister(&self) -> impl Future<Output = Option<Arc<Self::Remote>>> + Send {
+        async { None }
+    }
 }
 
 /// How long the round trip's timing may go on once the planner is up ([`SessionPool::connect`]).
@@ -154,6 +162,8 @@ pub struct SessionPool {
     round_trip: Option<Duration>,
     /// A dry run's pool: it plans and never moves data.
     planning_only: bool,
+    /// The scouts' listing session, once asked for ([`Pool::lister`]).
+    lister: tokio::sync::OnceCell<Option<Arc<Session>>>,
 }
 
 impl SessionPool {
@@ -227,6 +237,7 @@ impl SessionPool {
             opening: Mutex::new(opening),
             planning_only: false,
             round_trip,
+            lister: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -262,6 +273,7 @@ impl SessionPool {
             ahead_asked: AtomicUsize::new(0),
             planning_only: true,
             round_trip: None,
+            lister: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -413,5 +425,26 @@ impl Pool for SessionPool {
 
     fn round_trip(&self) -> Option<Duration> {
         self.round_trip
+    }
+
+    /// A second SFTP session on the first connection, beside the planner's. Where the
+    /// planner is the agent (a host without SFTP), or the host refuses a second channel
+    /// (sshd `MaxSessions 1`), the scouts stay on the planner.
+    async fn lister(&self) -> Option<Arc<Session>> {
+        self.lister
+            .get_or_init(|| async {
+                let Session::Sftp(_) = &*self.planner else {
+                    return None;
+                };
+                match SftpRemote::open(self.planner.connection().clone()).await {
+                    Ok(sftp) => Some(Arc::new(Session::Sftp(sftp))),
+                    Err(error) => {
+                        tracing::debug!("no second listing session: {error}");
+                        None
+                    }
+                }
+            })
+            .await
+            .clone()
     }
 }

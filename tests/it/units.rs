@@ -185,6 +185,11 @@ fn without_retries_failures_are_reported_and_a_rerun_skips_finished_units() {
     }
 }
 
+/// SFTP sessions the host has started so far (its log names each one's subsystem).
+fn sftp_sessions(sshd: &Sshd) -> usize {
+    sshd.log().matches("subsystem 'sftp'").count()
+}
+
 #[test]
 fn a_noop_rerun_of_ten_thousand_files_reads_no_file_data() {
     let bench = bench(&[]);
@@ -204,6 +209,7 @@ fn a_noop_rerun_of_ten_thousand_files_reads_no_file_data() {
     assert_success(&bench.pull(&[]));
     assert_eq!(files_digest(&source), files_digest(&bench.path("copy")));
     bench.proxy.reset_counters();
+    let sessions_before = sftp_sessions(&bench.sshd);
     let started = Instant::now();
     let output = bench.pull(&[]);
     let took = started.elapsed();
@@ -211,6 +217,10 @@ fn a_noop_rerun_of_ten_thousand_files_reads_no_file_data() {
     let result = summary(&output);
     assert_eq!(result["bytes_moved"], 0);
     assert_eq!(result["files_up_to_date"], 10_000);
+    // One connection, whose two SFTP sessions (the planner's and the scouts') list side by
+    // side; no agent started.
+    assert_eq!(bench.proxy.connections(), 1);
+    assert_eq!(sftp_sessions(&bench.sshd) - sessions_before, 2);
     let skipped = result["units"]
         .as_array()
         .unwrap()

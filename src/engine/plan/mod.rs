@@ -190,7 +190,7 @@ impl Plan {
             Direction::Pull => ErrorKind::Remote,
             Direction::Push => ErrorKind::LocalIo,
         };
-        Error::new(
+        let over = Error::new(
             kind,
             format!(
                 "{}: {error}; refusing to plan more of it",
@@ -198,7 +198,12 @@ impl Plan {
             ),
         )
         .with_hint("transfer a smaller part of the tree at a time, e.g. one subdirectory per run, or raise XFER_PLAN_MEMORY (MiB) for a directory of very many files")
-        .transient(false)
+        .transient(false);
+        if error.share {
+            over.with_source(budget::OverShare)
+        } else {
+            over
+        }
     }
 
     /// Takes `bytes` more of the budget for what the plan is about to hold.
