@@ -450,24 +450,16 @@ async fn worker<P: Pool>(shared: Arc<Shared<P>>) {
 /// stop: the tree's units are large, and listing them twice would cost more than planning
 /// ahead saves.
 async fn scout<P: Pool>(shared: Arc<Shared<P>>, jobs: usize, share: usize) {
-    let mut lister = None;
     while !shared.planner.is_closed()
         && budget::TRANSFER.mostly_free()
         && let Some(unit) = shared.queue.next_for_scout(jobs).await
     {
-        // Asked for once a scout has a unit: a tree the workers plan alone opens no session
-        // for the scouts.
-        let remote = match &lister {
-            Some(remote) => remote,
-            None => lister.insert(
-                shared
-                    .pool
-                    .lister()
-                    .await
-                    .unwrap_or_else(|| shared.planner.clone()),
-            ),
-        };
-        let outcome = match check_unit(&shared, remote, &unit, share).await {
+        // The lister once it is up (the first ask starts it), the planner until then.
+        let remote = shared
+            .pool
+            .lister()
+            .unwrap_or_else(|| shared.planner.clone());
+        let outcome = match check_unit(&shared, &remote, &unit, share).await {
             Ok(Checked::Complete(summary)) => {
                 let report = UnitReport {
                     unit: unit_name(&unit),

@@ -811,7 +811,7 @@ impl Pool for MemoryPool {
         None
     }
 
-    async fn lister(&self) -> Option<Arc<MemoryRemote>> {
+    fn lister(&self) -> Option<Arc<MemoryRemote>> {
         Some(self.lister.clone())
     }
 }

@@ -58,12 +58,14 @@ pub trait Pool: Send + Sync + 'static {
     /// The link's round trip, where the pool timed it while connecting.
     fn round_trip(&self) -> Option<Duration>;
 
-    /// A listing session beside the planner's for the scouts, the same one for all of them,
-    /// where the host gives one: an SFTP server answers one request after another, so two
-    /// sessions (two server processes on the host) list a large tree side by side. None keeps
-    /// the scouts on the planner.
-    fn lister(&self) -> impl Future<Output = Option<Arc<Self::Remote>>> + Send {
-        async { None }
+    /// The scouts' listing session beside the planner's, the same one for all of them, once
+    /// it is up: an SFTP server answers one request after another, so two sessions (two server
+    /// processes on the host) list a large tree side by side. The first call starts opening it
+    /// and answers None, as every call does until it is up or where the host gives none: the
+    /// scouts plan over the planner meanwhile rather than wait (over a far link the session
+    /// takes round trips to open).
+    fn lister(&self) -> Option<Arc<Self::Remote>> {
+        None
     }
 }
 
@@ -162,8 +164,28 @@ pub struct SessionPool {
     round_trip: Option<Duration>,
     /// A dry run's pool: it plans and never moves data.
     planning_only: bool,
-    /// The scouts' listing session, once asked for ([`Pool::lister`]).
-    lister: tokio::sync::OnceCell<Option<Arc<Session>>>,
+    /// The scouts' listing session ([`Pool::lister`]).
+    lister: Arc<Mutex<Lister>>,
+}
+
+/// Where the scouts' listing session is.
+enum Lister {
+    Unasked,
+    Opening(tokio::task::JoinHandle<()>),
+    Up(Arc<Session>),
+    /// The host gives none: the scouts stay on the planner.
+    Unavailable,
+}
+
+impl Drop for SessionPool {
+    fn drop(&mut self) {
+        // A session still being opened holds the connection: the run is over without it.
+        if let Lister::Opening(opening) =
+            &*self.lister.lock().unwrap_or_else(PoisonError::into_inner)
+        {
+            opening.abort();
+        }
+    }
 }
 
 impl SessionPool {
@@ -237,7 +259,7 @@ impl SessionPool {
             opening: Mutex::new(opening),
             planning_only: false,
             round_trip,
-            lister: tokio::sync::OnceCell::new(),
+            lister: Arc::new(Mutex::new(Lister::Unasked)),
         })
     }
 
@@ -273,7 +295,7 @@ impl SessionPool {
             ahead_asked: AtomicUsize::new(0),
             planning_only: true,
             round_trip: None,
-            lister: tokio::sync::OnceCell::new(),
+            lister: Arc::new(Mutex::new(Lister::Unasked)),
         })
     }
 
@@ -427,24 +449,32 @@ impl Pool for SessionPool {
         self.round_trip
     }
 
-    /// A second SFTP session on the first connection, beside the planner's. Where the
-    /// planner is the agent (a host without SFTP), or the host refuses a second channel
-    /// (sshd `MaxSessions 1`), the scouts stay on the planner.
-    async fn lister(&self) -> Option<Arc<Session>> {
-        self.lister
-            .get_or_init(|| async {
-                let Session::Sftp(_) = &*self.planner else {
-                    return None;
-                };
-                match SftpRemote::open(self.planner.connection().clone()).await {
-                    Ok(sftp) => Some(Arc::new(Session::Sftp(sftp))),
-                    Err(error) => {
-                        tracing::debug!("no second listing session: {error}");
-                        None
-                    }
+    /// A second SFTP session on the first connection, beside the planner's, opened in the
+    /// background. Where the planner is the agent (a host without SFTP), or the host refuses a
+    /// second channel (sshd `MaxSessions 1`), the scouts stay on the planner.
+    fn lister(&self) -> Option<Arc<Session>> {
+        let mut lister = self.lister.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*lister {
+            Lister::Up(session) if !session.is_closed() => return Some(session.clone()),
+            Lister::Unasked => {}
+            _ => return None,
+        }
+        if !matches!(&*self.planner, Session::Sftp(_)) {
+            *lister = Lister::Unavailable;
+            return None;
+        }
+        let connection = self.planner.connection().clone();
+        let state = self.lister.clone();
+        *lister = Lister::Opening(tokio::spawn(async move {
+            let opened = match SftpRemote::open(connection).await {
+                Ok(sftp) => Lister::Up(Arc::new(Session::Sftp(sftp))),
+                Err(error) => {
+                    tracing::debug!("no second listing session: {error}");
+                    Lister::Unavailable
                 }
-            })
-            .await
-            .clone()
+            };
+            *state.lock().unwrap_or_else(PoisonError::into_inner) = opened;
+        }));
+        None
     }
 }
