@@ -638,17 +638,22 @@ async fn a_rerun_plans_units_ahead_of_the_workers_and_lists_each_once() {
     assert_eq!(listings(&fixture), unchanged, "a unit was listed twice");
 }
 
+/// `count` directories `/data/uNN`, each holding one small file `f.txt`.
+fn one_file_units(fixture: &Fixture, count: usize) {
+    for unit in 0..count {
+        fixture
+            .host
+            .put_file(&format!("/data/u{unit:02}/f.txt"), b"f\n");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_directory_a_scout_cannot_list_fails_once_and_is_not_listed_again() {
     // -j 1 over a far link: the worker takes the first units, scouts plan the next ones,
     // among them a directory the host refuses to list. A worker planning it again would meet
     // the same refusal: it fails after one attempt, listed once, and the rest arrives.
     let fixture = Fixture::new();
-    for unit in 0..20 {
-        fixture
-            .host
-            .put_file(&format!("/data/u{unit:02}/f.txt"), b"f\n");
-    }
+    one_file_units(&fixture, 20);
     fixture.host.set_faults(Faults {
         round_trip: Some(Duration::from_millis(50)),
         unlistable: Some("/data/u06".into()),
@@ -938,11 +943,7 @@ async fn a_dry_run_plans_what_a_run_does_and_changes_nothing() {
 #[tokio::test(start_paused = true)]
 async fn a_dry_run_over_a_far_link_plans_units_at_once_and_keeps_their_order() {
     let fixture = Fixture::new();
-    for unit in 0..30 {
-        fixture
-            .host
-            .put_file(&format!("/data/u{unit:02}/f.txt"), b"f\n");
-    }
+    one_file_units(&fixture, 30);
     fixture.host.set_faults(Faults {
         round_trip: Some(Duration::from_millis(50)),
         ..Faults::default()

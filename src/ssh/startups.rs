@@ -269,6 +269,27 @@ mod tests {
         }
     }
 
+    /// Opens `count` connections of 100 ms each to `h:22` at once, each succeeding; the time
+    /// they took together.
+    async fn open_at_once(startups: &Arc<Startups>, gauge: &Arc<Gauge>, count: usize) -> Duration {
+        let mut opens = tokio::task::JoinSet::new();
+        for _ in 0..count {
+            let (startups, gauge) = (startups.clone(), gauge.clone());
+            opens.spawn(async move {
+                startups
+                    .open("h:22", "h", || {
+                        gauge.attempt(Duration::from_millis(100), Ok(()))
+                    })
+                    .await
+            });
+        }
+        let started = Instant::now();
+        while let Some(joined) = opens.join_next().await {
+            assert!(joined.expect("no panic").is_ok());
+        }
+        started.elapsed()
+    }
+
     #[test]
     fn backoff_doubles_caps_and_jitters() {
         assert_eq!(backoff(1, 0.5), FIRST_BACKOFF);
@@ -284,23 +305,9 @@ mod tests {
     async fn the_first_connection_is_opened_alone_then_more_at_once_as_logins_succeed() {
         let startups = Arc::new(Startups::new());
         let gauge = Arc::new(Gauge::default());
-        let mut opens = tokio::task::JoinSet::new();
-        for _ in 0..20 {
-            let (startups, gauge) = (startups.clone(), gauge.clone());
-            opens.spawn(async move {
-                startups
-                    .open("h:22", "h", || {
-                        gauge.attempt(Duration::from_millis(100), Ok(()))
-                    })
-                    .await
-            });
-        }
-        let started = Instant::now();
-        while let Some(joined) = opens.join_next().await {
-            assert!(joined.expect("no panic").is_ok());
-        }
+        let elapsed = open_at_once(&startups, &gauge, 20).await;
         // One alone, then 2 (3 logins in), 6 (9 in), 8, the most (17 in), and the last 3.
-        assert_eq!(started.elapsed(), Duration::from_millis(500));
+        assert_eq!(elapsed, Duration::from_millis(500));
         assert_eq!(gauge.most(), MOST_AT_ONCE);
         assert!(!startups.limited("h:22"));
     }
@@ -316,24 +323,10 @@ mod tests {
             .await
             .expect("the first connection");
         startups.far("h:22", "h");
-        let mut opens = tokio::task::JoinSet::new();
-        for _ in 0..MOST_AT_ONCE + 2 {
-            let (startups, gauge) = (startups.clone(), gauge.clone());
-            opens.spawn(async move {
-                startups
-                    .open("h:22", "h", || {
-                        gauge.attempt(Duration::from_millis(100), Ok(()))
-                    })
-                    .await
-            });
-        }
-        let started = Instant::now();
-        while let Some(joined) = opens.join_next().await {
-            assert!(joined.expect("no panic").is_ok());
-        }
+        let elapsed = open_at_once(&startups, &gauge, MOST_AT_ONCE + 2).await;
         // The most at once, then the two left: no ramp of 2, then 6.
         assert_eq!(gauge.most(), MOST_AT_ONCE);
-        assert_eq!(started.elapsed(), Duration::from_millis(200));
+        assert_eq!(elapsed, Duration::from_millis(200));
         // Another host is not far for it.
         assert!(!startups.host("other:22").lock().far);
     }
@@ -343,23 +336,9 @@ mod tests {
         let startups = Arc::new(Startups::new());
         startups.far("h:22", "h");
         let gauge = Arc::new(Gauge::default());
-        let mut opens = tokio::task::JoinSet::new();
-        for _ in 0..3 {
-            let (startups, gauge) = (startups.clone(), gauge.clone());
-            opens.spawn(async move {
-                startups
-                    .open("h:22", "h", || {
-                        gauge.attempt(Duration::from_millis(100), Ok(()))
-                    })
-                    .await
-            });
-        }
-        let started = Instant::now();
-        while let Some(joined) = opens.join_next().await {
-            assert!(joined.expect("no panic").is_ok());
-        }
+        let elapsed = open_at_once(&startups, &gauge, 3).await;
         // One alone, then the other two together.
-        assert_eq!(started.elapsed(), Duration::from_millis(200));
+        assert_eq!(elapsed, Duration::from_millis(200));
         assert_eq!(gauge.most(), 2);
     }
 

@@ -91,6 +91,23 @@ impl Host {
         run_with_timeout(&mut xfer, LIMIT)
     }
 
+    /// `xfer pull --json VERBOSITY -j 4 --retries 0` of `source` into `copy`.
+    fn pull_without_retries(&self, verbosity: &str, copy: &Path) -> Output {
+        self.xfer(
+            "pull",
+            &[
+                "--json",
+                verbosity,
+                "-j",
+                "4",
+                "--retries",
+                "0",
+                &self.remote("source"),
+                copy.to_str().unwrap(),
+            ],
+        )
+    }
+
     fn remote(&self, name: &str) -> String {
         format!("limited:{}", self.path(name).display())
     }
@@ -186,19 +203,7 @@ fn a_host_that_drops_every_second_start_up_is_seen_as_limited_and_paced() {
     let host = host("MaxStartups 1:100:1");
     make_tree(&host.path("source"), 3);
     let copy = host.path("copy");
-    let output = host.xfer(
-        "pull",
-        &[
-            "--json",
-            "-v",
-            "-j",
-            "4",
-            "--retries",
-            "0",
-            &host.remote("source"),
-            copy.to_str().unwrap(),
-        ],
-    );
+    let output = host.pull_without_retries("-v", &copy);
     assert_succeeded(&output, "pull");
     assert_eq!(files_digest(&host.path("source")), files_digest(&copy));
     assert_no_retry(&output, "pull");
@@ -220,19 +225,7 @@ fn a_far_host_that_limits_start_ups_drops_the_connections_opened_together_and_th
     let host = far_host("MaxStartups 2:30:4", Duration::from_millis(40));
     make_tree(&host.path("source"), 5);
     let copy = host.path("copy");
-    let output = host.xfer(
-        "pull",
-        &[
-            "--json",
-            "-vv",
-            "-j",
-            "4",
-            "--retries",
-            "0",
-            &host.remote("source"),
-            copy.to_str().unwrap(),
-        ],
-    );
+    let output = host.pull_without_retries("-vv", &copy);
     assert_succeeded(&output, "pull");
     assert_eq!(files_digest(&host.path("source")), files_digest(&copy));
     assert_no_retry(&output, "pull");
