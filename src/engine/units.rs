@@ -461,17 +461,7 @@ async fn scout<P: Pool>(shared: Arc<Shared<P>>, jobs: usize, share: usize) {
             .unwrap_or_else(|| shared.planner.clone());
         let outcome = match check_unit(&shared, &remote, &unit, share).await {
             Ok(Checked::Complete(summary)) => {
-                let report = UnitReport {
-                    unit: unit_name(&unit),
-                    outcome: UnitOutcome::SkippedComplete,
-                    attempts: 1,
-                    files_transferred: 0,
-                    bytes_moved: 0,
-                    last_error: None,
-                };
-                record_result(&shared, report, summary);
-                shared.unit_settled();
-                Scouted::Complete
+                settled_by_scout(&shared, &unit, UnitOutcome::SkippedComplete, None, summary)
             }
             Ok(Checked::Work(plan)) => Scouted::Planned((unit, plan)),
             // Planned again by a worker, which retries what is transient and has the room
@@ -483,25 +473,42 @@ async fn scout<P: Pool>(shared: Arc<Shared<P>>, jobs: usize, share: usize) {
             // A worker would meet it again (a listing past its cap, a directory it may not
             // read): planning it twice would only double what a server made xfer read.
             Err(error) => {
-                let report = UnitReport {
-                    unit: unit_name(&unit),
-                    outcome: UnitOutcome::Failed,
-                    attempts: 1,
-                    files_transferred: 0,
-                    bytes_moved: 0,
-                    last_error: Some(error.to_string()),
-                };
                 let summary = Summary {
-                    errors: vec![ItemError::new(&report.unit, &error)],
+                    errors: vec![ItemError::new(&unit_name(&unit), &error)],
                     ..Summary::default()
                 };
-                record_result(&shared, report, summary);
-                shared.unit_settled();
-                Scouted::Complete
+                settled_by_scout(
+                    &shared,
+                    &unit,
+                    UnitOutcome::Failed,
+                    Some(error.to_string()),
+                    summary,
+                )
             }
         };
         shared.queue.scouted(outcome);
     }
+}
+
+/// Records a unit a scout settled on its one plan (found complete, or failed for good).
+fn settled_by_scout<P: Pool>(
+    shared: &Shared<P>,
+    unit: &Unit,
+    outcome: UnitOutcome,
+    last_error: Option<String>,
+    summary: Summary,
+) -> Scouted<Unit, (Unit, Plan)> {
+    let report = UnitReport {
+        unit: unit_name(unit),
+        outcome,
+        attempts: 1,
+        files_transferred: 0,
+        bytes_moved: 0,
+        last_error,
+    };
+    record_result(shared, report, summary);
+    shared.unit_settled();
+    Scouted::Complete
 }
 
 /// Keeps a unit's report and summary for the end of the run, and as many of its skipped

@@ -146,19 +146,7 @@ fn pull_and_push_without_retries_succeed_where_sshd_limits_start_ups() {
     make_tree(&host.path("source"), 1);
     for run in 0..REPETITIONS {
         let copy = host.path(&format!("copy-{run}"));
-        let output = host.xfer(
-            "pull",
-            &[
-                "--json",
-                "-v",
-                "-j",
-                "4",
-                "--retries",
-                "0",
-                &host.remote("source"),
-                copy.to_str().unwrap(),
-            ],
-        );
+        let output = host.pull_without_retries("-v", &copy);
         assert_succeeded(&output, &format!("pull {run}"));
         assert_eq!(
             files_digest(&host.path("source")),
