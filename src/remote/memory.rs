@@ -103,10 +103,10 @@ pub struct Counters {
     /// Directories listed, those being listed now, and the most listed at once (a listing
     /// takes `Faults::round_trip`).
     pub listings: AtomicU64,
-    /// Listings of [`Faults::unlistable`] tried.
-    pub unlistable_tries: AtomicU64,
     pub listings_now: AtomicUsize,
     pub most_listings_at_once: AtomicUsize,
+    /// Listings of [`Faults::unlistable`] tried.
+    pub unlistable_tries: AtomicU64,
 }
 
 /// A remote machine's files, in memory.
@@ -242,25 +242,22 @@ impl MemoryHost {
         counters
             .most_open_at_once
             .fetch_max(open, Ordering::Relaxed);
-        MemoryRemote {
-            host: self.clone(),
-            cut_after: budget,
-            moved: AtomicU64::new(0),
-            read: AtomicU64::new(0),
-            closed: AtomicBool::new(false),
-            counted: true,
-        }
+        self.remote(budget, true)
     }
 
     /// A second session on the planner's connection: never cut, not counted as a connection.
     pub fn planner_session(self: &Arc<Self>) -> MemoryRemote {
+        self.remote(None, false)
+    }
+
+    fn remote(self: &Arc<Self>, cut_after: Option<u64>, counted: bool) -> MemoryRemote {
         MemoryRemote {
             host: self.clone(),
-            cut_after: None,
+            cut_after,
             moved: AtomicU64::new(0),
             read: AtomicU64::new(0),
             closed: AtomicBool::new(false),
-            counted: false,
+            counted,
         }
     }
 
